@@ -1,0 +1,2 @@
+document.querySelectorAll("nav button").forEach((b) =>
+  b.addEventListener("click", () => b.parentElement.classList.toggle("open")));

@@ -1,0 +1,138 @@
+"""The backend protocol and the registry of backends by URL scheme.
+
+A backend opens one endpoint (a location such as a path, ``file:///abs``,
+``ldap://host/BASE``). Backends register in the entry-point group ``hsync.backends``
+under their scheme; the filesystem backend is built in under ``file`` and is also
+what a bare path opens.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
+
+import attrs
+
+from .errors import UsageError
+
+if TYPE_CHECKING:
+    from .model import Key, Op, Problem, Snapshot
+
+
+@attrs.frozen(kw_only=True)
+class Capabilities:
+    """What a backend can do; the planner and applier respect it."""
+
+    subtree_move: bool = True
+    """A move of a container carries its subtree (rename, modrdn with newSuperior)."""
+    atomic_rename: bool = True
+    """Content can be published under a temporary name and renamed over the final one."""
+    case_insensitive: bool = False
+    """Names that differ only by case are the same name."""
+    content: bool = True
+    """Nodes carry content streamed by ``read`` (files), not only attributes."""
+
+
+class CancelToken:
+    """Cooperative cancellation: checked between items by scan, diff and apply."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@attrs.define
+class ApplyResult:
+    """What one batch did: per-op outcome counters and problems."""
+
+    done: list[Op] = attrs.field(factory=list)
+    problems: list[Problem] = attrs.field(factory=list)
+    bytes_copied: int = 0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One endpoint of a sync."""
+
+    url: str
+    capabilities: Capabilities
+
+    def exists(self) -> bool:
+        """True when the endpoint's root exists (a missing root is not an error)."""
+        ...
+
+    def scan(
+        self, subtree: Key = (), *, exclude: Callable[[Key, bool], bool] | None = None
+    ) -> Snapshot:
+        """What is below ``subtree`` now, parents before children. Never follows a
+        symlink; unreadable parts are listed in ``Snapshot.incomplete``, not raised."""
+        ...
+
+    def read(self, key: Key) -> BinaryIO:
+        """An open binary stream of the content at ``key``."""
+        ...
+
+    def digest(self, key: Key) -> bytes | None:
+        """A fast content hash of ``key``, or None when it cannot be read."""
+        ...
+
+    def apply_batch(
+        self, ops: Sequence[Op], source: Backend, final: Snapshot, *, fsync: bool = False
+    ) -> ApplyResult:
+        """Run ``ops`` in order on this endpoint, reading content from ``source``.
+
+        A failure on one op is a ``Problem`` in the result and the rest goes on. Before
+        a destructive op the backend checks the target still holds what the plan
+        expected. ``final`` is the source snapshot (directory metadata is set from it
+        after a directory's children have settled)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+_BUILTIN = {"file": ("hsync.backends.fs:FsBackend", "built in")}
+
+
+def _load(spec: str) -> type:
+    module, _, name = spec.partition(":")
+    mod = __import__(module, fromlist=[name])
+    return getattr(mod, name)
+
+
+def scheme_of(location: str) -> str:
+    head, sep, _ = location.partition(":")
+    # "C:" style and plain relative paths are files; a scheme is letters then "://" or ":"
+    if sep and head.isascii() and head.replace("+", "").replace("-", "").isalnum() and (
+        len(head) > 1
+    ) and not location.startswith(("./", "/")):
+        return head.lower()
+    return "file"
+
+
+def open_backend(location: str, *, role: str) -> Backend:
+    """Open ``location`` with the backend registered for its scheme.
+
+    ``role`` is "source" or "destination" (credentials and checks may differ)."""
+    scheme = scheme_of(location)
+    if scheme in _BUILTIN:
+        cls = _load(_BUILTIN[scheme][0])
+    else:
+        found = [ep for ep in entry_points(group="hsync.backends") if ep.name == scheme]
+        if not found:
+            known = sorted({"file", *(ep.name for ep in entry_points(group="hsync.backends"))})
+            hint = ""
+            if scheme in {"ldap", "ldaps", "ldif"}:
+                hint = " (install the LDAP plugin: pip install ./plugins/ldap)"
+            raise UsageError(
+                f"{location}: unknown URL scheme {scheme!r}; known: {', '.join(known)}{hint}"
+            )
+        cls = found[0].load()
+    return cls(location, role=role)

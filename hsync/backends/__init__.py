@@ -1,0 +1,1 @@
+"""Built-in backends. Others register in the entry-point group ``hsync.backends``."""

@@ -1,0 +1,528 @@
+"""The filesystem backend: a directory tree on a POSIX filesystem.
+
+Scan: ``os.scandir`` + lstat, never following a symlink below the root. Names are
+``str`` with surrogate escapes, so a name that is not UTF-8 survives.
+
+Apply: file content is written to a temporary name in the target directory (recognisable
+by ``TMP_PREFIX``) and renamed over the final name; a source file that changes while it
+is copied is not published. Copies run on a thread pool (``copy_file_range`` where the
+kernel has it); every op that changes the structure waits for the copies in flight.
+Directory mode and mtime are set after their children settle, deepest first. One
+``syncfs`` per batch, or one ``fsync`` per file with ``fsync=True``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import os
+import stat
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import BinaryIO
+
+from ..backend import ApplyResult, Backend, Capabilities
+from ..errors import BackendError
+from ..model import (
+    CREATE,
+    DELETE,
+    DIR,
+    FILE,
+    MOVE,
+    SYMLINK,
+    UPDATE,
+    Key,
+    Node,
+    Op,
+    Problem,
+    Snapshot,
+)
+
+TMP_PREFIX = ".hsync-tmp-"
+"""Temporary files of an unfinished publish: never synced, removed by the next run."""
+
+COPY_THREADS = 8
+_CHUNK = 1 << 20
+_counter = itertools.count()
+
+
+class SourceChanged(Exception):
+    """The source file changed while it was read; the copy is not published."""
+
+
+class TargetChanged(Exception):
+    """The destination does not hold what the plan expected."""
+
+
+def _safe_name(name: str) -> str:
+    if not name or name in (".", "..") or "/" in name or "\0" in name:
+        raise TargetChanged(f"refusing unsafe name {name!r}")
+    return name
+
+
+class FsBackend:
+    """A local directory tree (``PATH`` or ``file:///PATH``)."""
+
+    def __init__(self, location: str, *, role: str = "source") -> None:
+        path = location[len("file://") :] if location.startswith("file://") else location
+        if not path:
+            raise BackendError(f"{location}: empty path")
+        self.url = location
+        self.role = role
+        self.root = os.path.abspath(path)
+        self.capabilities = Capabilities()
+        self.stale_temps: list[Key] = []
+        self._lock = threading.Lock()
+
+    # -- reading ------------------------------------------------------------------------
+    def path(self, key: Key) -> str:
+        if not key:
+            return self.root
+        return os.path.join(self.root, *map(_safe_name, key))
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.root)
+
+    def root_error(self) -> str | None:
+        """Why the root cannot be used as a tree, or None."""
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            return "does not exist"
+        except OSError as e:
+            return e.strerror or str(e)
+        if not stat.S_ISDIR(st.st_mode):
+            return "is not a directory"
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            return "is not readable"
+        return None
+
+    def scan(
+        self, subtree: Key = (), *, exclude: Callable[[Key, bool], bool] | None = None
+    ) -> Snapshot:
+        """See ``Backend.scan``. The root itself may be a symlink to a directory."""
+        snap = Snapshot()
+        nodes = snap.nodes
+        top = self.path(subtree)
+        try:
+            st = os.stat(top) if not subtree else os.lstat(top)
+        except OSError as e:
+            snap.incomplete[subtree] = e.strerror or str(e)
+            return snap
+        if not stat.S_ISDIR(st.st_mode):
+            snap.incomplete[subtree] = "is not a directory"
+            return snap
+        root_dev = st.st_dev
+        nodes[subtree] = Node(DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, None, st.st_ino)
+        incomplete, skipped, temps = snap.incomplete, snap.skipped, self.stale_temps
+        S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
+        readlink, scandir = os.readlink, os.scandir
+        stack: list[tuple[str, Key]] = [(top, subtree)]
+        while stack:
+            path, key = stack.pop()
+            try:
+                it = scandir(path)
+            except FileNotFoundError:
+                incomplete[key] = "vanished during the scan"
+                continue
+            except OSError as e:
+                incomplete[key] = e.strerror or str(e)
+                continue
+            with it:
+                for entry in it:
+                    name = entry.name
+                    k = (*key, name)
+                    try:
+                        st = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # gone between readdir and lstat: it is not there now
+                    except OSError as e:
+                        incomplete[k] = e.strerror or str(e)
+                        continue
+                    mode = st.st_mode
+                    ino = st.st_ino if st.st_dev == root_dev else (st.st_dev << 64) | st.st_ino
+                    if S_ISREG(mode):
+                        if name.startswith(TMP_PREFIX):
+                            temps.append(k)
+                            continue
+                        if exclude is not None and exclude(k, False):
+                            continue
+                        nodes[k] = Node(FILE, S_IMODE(mode), st.st_size, st.st_mtime_ns, None, ino)
+                    elif S_ISDIR(mode):
+                        if exclude is not None and exclude(k, True):
+                            continue
+                        nodes[k] = Node(DIR, S_IMODE(mode), 0, st.st_mtime_ns, None, ino)
+                        stack.append((entry.path, k))
+                    elif S_ISLNK(mode):
+                        if exclude is not None and exclude(k, False):
+                            continue
+                        try:
+                            target = readlink(entry.path)
+                        except FileNotFoundError:
+                            continue
+                        except OSError as e:
+                            incomplete[k] = e.strerror or str(e)
+                            continue
+                        nodes[k] = Node(SYMLINK, S_IMODE(mode), 0, st.st_mtime_ns, target, ino)
+                    else:
+                        skipped.append((k, _special_kind(mode)))
+        return snap
+
+    def read(self, key: Key) -> BinaryIO:
+        fd = os.open(self.path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        return os.fdopen(fd, "rb")
+
+    def digest(self, key: Key) -> bytes | None:
+        import xxhash
+
+        h = xxhash.xxh3_128()
+        try:
+            with self.read(key) as f:
+                while chunk := f.read(_CHUNK):
+                    h.update(chunk)
+        except OSError:
+            return None
+        return h.digest()
+
+    def close(self) -> None:
+        pass
+
+    # -- writing ------------------------------------------------------------------------
+    def clean_temps(self) -> list[Problem]:
+        """Remove temporary files left by an interrupted publish (found by the scan)."""
+        problems = []
+        for key in self.stale_temps:
+            try:
+                os.unlink(self.path(key))
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                problems.append(Problem(key, f"cannot remove stale temporary file: {e.strerror}"))
+        self.stale_temps = []
+        return problems
+
+    def apply_batch(
+        self,
+        ops: Sequence[Op],
+        source: Backend,
+        final: Snapshot,
+        *,
+        fsync: bool = False,
+        on_done: Callable[[Op], None] | None = None,
+    ) -> ApplyResult:
+        return _Batch(self, source, final, fsync, on_done).run(ops)
+
+
+class _Batch:
+    """One batch of ops on a filesystem destination."""
+
+    def __init__(
+        self,
+        dst: FsBackend,
+        src: Backend,
+        final: Snapshot,
+        fsync: bool,
+        on_done: Callable[[Op], None] | None,
+    ) -> None:
+        self.dst = dst
+        self.src = src
+        self.final = final
+        self.fsync = fsync
+        self.on_done = on_done
+        self.result = ApplyResult()
+        self.touched: set[Key] = set()
+        self.inflight: list[tuple[Op, Future[int]]] = []
+        self.lock = threading.Lock()
+
+    def run(self, ops: Sequence[Op]) -> ApplyResult:
+        with ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="hsync-copy") as pool:
+            self.pool = pool
+            for op in ops:
+                try:
+                    self.one(op)
+                except (OSError, SourceChanged, TargetChanged) as e:
+                    self.fail(op, e)
+            self.barrier()
+        self.settle_directories()
+        if not self.fsync and self.result.done:
+            _syncfs(self.dst.root)
+        return self.result
+
+    def fail(self, op: Op, e: BaseException) -> None:
+        key = op.key
+        if isinstance(e, OSError):
+            msg = f"{op.op} failed: {e.strerror or e}"
+            if e.filename and isinstance(e.filename, str):
+                rel = os.path.relpath(e.filename, self.dst.root)
+                if not rel.startswith(".."):
+                    msg += f" ({rel})"
+        else:
+            msg = f"{op.op} skipped: {e}"
+        self.result.problems.append(Problem(key, msg, retry=isinstance(e, SourceChanged)))
+
+    def ok(self, op: Op, nbytes: int = 0) -> None:
+        with self.lock:
+            self.result.done.append(op)
+            self.result.bytes_copied += nbytes
+        if self.on_done is not None:
+            self.on_done(op)
+
+    def barrier(self) -> None:
+        for op, fut in self.inflight:
+            try:
+                self.ok(op, fut.result())
+            except (OSError, SourceChanged, TargetChanged) as e:
+                self.fail(op, e)
+        self.inflight = []
+
+    def touch(self, key: Key | None) -> None:
+        if key:
+            self.touched.add(key[:-1])
+
+    def one(self, op: Op) -> None:
+        dst = self.dst
+        kind = op.kind
+        if op.op == CREATE:
+            self.touch(op.key)
+            if kind == DIR:
+                self.mkdir(op.key)
+                self.touched.add(op.key)
+                self.ok(op)
+            elif kind == FILE:
+                self.inflight.append((op, self.pool.submit(self.copy, op)))
+            elif kind == SYMLINK:
+                assert op.node is not None and op.node.target is not None
+                os.symlink(op.node.target, dst.path(op.key))
+                self.ok(op)
+            else:
+                raise TargetChanged(f"cannot create a {kind} on a filesystem")
+        elif op.op == UPDATE:
+            self.update(op)
+        elif op.op == MOVE:
+            self.barrier()
+            assert op.to is not None
+            self.expect(op.key, op.old)
+            target = dst.path(op.to)
+            if os.path.lexists(target):
+                raise TargetChanged(f"{'/'.join(op.to)} appeared on the destination")
+            os.rename(dst.path(op.key), target)
+            self.touch(op.key)
+            self.touch(op.to)
+            self.ok(op)
+        elif op.op == DELETE:
+            self.barrier()
+            self.expect(op.key, op.old)
+            if kind == DIR:
+                os.rmdir(dst.path(op.key))
+            else:
+                os.unlink(dst.path(op.key))
+            self.touch(op.key)
+            self.ok(op)
+
+    def mkdir(self, key: Key) -> None:
+        path = self.dst.path(key)
+        try:
+            # owner-writable until its children are in; final mode set in settle
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                raise
+        if not key:
+            self.touched.add(key)
+
+    def update(self, op: Op) -> None:
+        node = op.node
+        assert node is not None
+        path = self.dst.path(op.key)
+        if op.kind == DIR:
+            self.touched.add(op.key)
+            self.ok(op)
+        elif op.kind == FILE and op.content:
+            self.expect(op.key, op.old)
+            self.inflight.append((op, self.pool.submit(self.copy, op)))
+        elif op.kind == FILE:
+            self.expect(op.key, op.old)
+            os.chmod(path, node.mode, follow_symlinks=False)
+            os.utime(path, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
+            self.ok(op)
+        elif op.kind == SYMLINK:
+            assert node.target is not None
+            self.expect(op.key, op.old)
+            tmp = _tmp_name(path)
+            os.symlink(node.target, tmp)
+            try:
+                os.rename(tmp, path)
+            except OSError:
+                _unlink_quiet(tmp)
+                raise
+            self.touch(op.key)
+            self.ok(op)
+        else:
+            raise TargetChanged(f"cannot update a {op.kind} on a filesystem")
+
+    def expect(self, key: Key, old: Node | None) -> None:
+        """Before a destructive op: the destination still holds what was planned."""
+        if old is None:
+            return
+        try:
+            st = os.lstat(self.dst.path(key))
+        except FileNotFoundError:
+            raise TargetChanged(f"{'/'.join(key)} vanished from the destination") from None
+        mode = st.st_mode
+        if old.kind == DIR:
+            ok = stat.S_ISDIR(mode)
+        elif old.kind == FILE:
+            ok = (
+                stat.S_ISREG(mode)
+                and st.st_size == old.size
+                and st.st_mtime_ns == old.mtime_ns
+            )
+        else:
+            ok = stat.S_ISLNK(mode)
+        if not ok:
+            raise TargetChanged("the destination changed since it was scanned")
+
+    def copy(self, op: Op) -> int:
+        """Publish the source file at ``op.key`` atomically; return the bytes copied."""
+        node = op.node
+        assert node is not None
+        final = self.dst.path(op.key)
+        tmp = _tmp_name(final)
+        if isinstance(self.src, FsBackend):
+            src_path = self.src.path(op.key)
+            fd_in = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        else:
+            src_path = None
+            stream = self.src.read(op.key)
+            fd_in = os.dup(stream.fileno())
+            stream.close()
+        try:
+            before = os.fstat(fd_in)
+            if (
+                not stat.S_ISREG(before.st_mode)
+                or before.st_size != node.size
+                or before.st_mtime_ns != node.mtime_ns
+            ):
+                raise SourceChanged("the source file changed since it was scanned")
+            fd_out = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+            try:
+                try:
+                    copied = _copy_fd(fd_in, fd_out, node.size)
+                    os.fchmod(fd_out, node.mode)
+                    os.utime(fd_out, ns=(node.mtime_ns, node.mtime_ns))
+                    if self.fsync:
+                        os.fsync(fd_out)
+                finally:
+                    os.close(fd_out)
+                after = os.fstat(fd_in)
+                now = os.stat(src_path, follow_symlinks=False) if src_path else after
+                if (
+                    copied != before.st_size
+                    or after.st_size != before.st_size
+                    or after.st_mtime_ns != before.st_mtime_ns
+                    or now.st_ino != before.st_ino
+                ):
+                    raise SourceChanged("the source file changed while it was copied")
+                os.rename(tmp, final)
+            except BaseException:
+                _unlink_quiet(tmp)
+                raise
+        finally:
+            os.close(fd_in)
+        return copied
+
+    def settle_directories(self) -> None:
+        """Set directory mode and mtime from the source, deepest first."""
+        final = self.final.nodes
+        for key in sorted(self.touched, key=len, reverse=True):
+            node = final.get(key)
+            if node is None or node.kind != DIR:
+                continue
+            path = self.dst.path(key)
+            try:
+                os.chmod(path, node.mode, follow_symlinks=False)
+                os.utime(path, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # it moved on since; the op that moved it touched its new place
+            except OSError as e:
+                self.result.problems.append(
+                    Problem(key, f"cannot set directory metadata: {e.strerror}")
+                )
+
+
+def _tmp_name(final: str) -> str:
+    head = os.path.dirname(final)
+    return os.path.join(head, f"{TMP_PREFIX}{os.getpid():x}-{next(_counter):x}")
+
+
+def _unlink_quiet(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+_copy_file_range_ok = hasattr(os, "copy_file_range")
+
+
+def _copy_fd(fd_in: int, fd_out: int, size_hint: int) -> int:
+    """Copy until EOF; kernel-side where possible. Returns the bytes copied."""
+    global _copy_file_range_ok
+    total = 0
+    if _copy_file_range_ok:
+        try:
+            while True:
+                n = os.copy_file_range(fd_in, fd_out, max(size_hint - total, _CHUNK) , None, None)
+                if n == 0:
+                    return total
+                total += n
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            if total:
+                raise
+            _copy_file_range_ok = False
+    try:
+        while True:
+            n = os.sendfile(fd_out, fd_in, total, max(size_hint - total, _CHUNK))
+            if n == 0:
+                return total
+            total += n
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS) or total:
+            raise
+    while chunk := os.read(fd_in, _CHUNK):
+        os.write(fd_out, chunk)
+        total += len(chunk)
+    return total
+
+
+def _syncfs(path: str) -> None:
+    """Flush the filesystem holding ``path`` (one call per batch; SPEC section 5)."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        os.sync()
+        return
+    try:
+        if libc.syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "special file"

@@ -1,0 +1,278 @@
+"""The command line (typer). It only parses and prints; the work is in ``hsync.sync``.
+
+Exit codes (SPEC section 9): 0 success / in sync; 1 the trees differ; 2 bad usage or
+bad input; 3 partial: some nodes failed, the rest was synced.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+
+from .errors import HsyncError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Keep a destination tree equal to a source tree, in an order that keeps the "
+    "hierarchy: parents before children, children leave before parents, moves as renames.",
+)
+
+_state = {"debug": False}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _err(message: str) -> None:
+    sys.stderr.write(f"hsync: {message}\n")
+
+
+def _guard(fn: F) -> F:
+    """One clear line on stderr and the SPEC's exit code; a traceback only with --debug."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except HsyncError as e:
+            if _state["debug"]:
+                raise
+            _err(f"error: {e}")
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            _err("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as e:
+            if _state["debug"]:
+                raise
+            where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
+            _err(f"error: {type(e).__name__}: {e}{where} (--debug shows the traceback)")
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@app.callback()
+def _main(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks and check every plan."),
+) -> None:
+    _state["debug"] = debug
+
+
+def _options(**kw: Any) -> Any:
+    from .sync import Options
+
+    patterns = list(kw.pop("exclude", None) or [])
+    for path in kw.pop("exclude_from", None) or []:
+        try:
+            patterns += Path(path).read_text(errors="surrogateescape").splitlines()
+        except OSError as e:
+            raise HsyncError(f"{path}: cannot read the exclude file: {e.strerror}") from None
+    return Options(exclude=tuple(patterns), check=_state["debug"], **kw)
+
+
+ExcludeOpt = typer.Option(
+    None, "--exclude", help="Gitignore-style pattern; excluded nodes are neither copied "
+    "nor deleted. Repeatable."
+)
+ExcludeFromOpt = typer.Option(None, "--exclude-from", help="File of exclude patterns.")
+StateOpt = typer.Option(
+    None, "--state", help="History file (SQLite). Default: $XDG_STATE_HOME/hsync/history.sqlite"
+)
+
+
+def _describe(op: Any) -> str:
+    from .model import key_str
+
+    path = key_str(op.key) or "."
+    if op.to is not None:
+        return f"{op.op:<7}{op.kind:<8}{path} -> {key_str(op.to)}"
+    extra = " (metadata)" if op.op == "update" and op.kind == "file" and not op.content else ""
+    return f"{op.op:<7}{op.kind:<8}{path}{extra}"
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+@app.command()
+@_guard
+def sync(
+    src: str = typer.Argument(..., help="Source tree (path or URL)."),
+    dst: str = typer.Argument(..., help="Destination tree; created when missing."),
+    dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print the plan, change nothing."),
+    no_delete: bool = typer.Option(False, "--no-delete", help="Keep destination-only nodes."),
+    checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
+    exclude: list[str] = ExcludeOpt,
+    exclude_from: list[str] = ExcludeFromOpt,
+    max_delete: int | None = typer.Option(
+        None, "--max-delete", min=0, help="Delete nothing when more than N deletions are due."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    state: str | None = StateOpt,
+    progress: bool | None = typer.Option(
+        None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."
+    ),
+    allow_empty_source: bool = typer.Option(
+        False, "--allow-empty-source", help="Let an empty source empty the destination."
+    ),
+    fsync: bool = typer.Option(
+        False, "--fsync", help="fsync every file (default: one syncfs per batch)."
+    ),
+) -> None:
+    """Make DST equal to SRC (SRC's contents go into DST, like rsync SRC/ DST/)."""
+    from .sync import sync_once
+
+    opts = _options(
+        dry_run=dry_run, delete=not no_delete, checksum=checksum, exclude=exclude,
+        exclude_from=exclude_from, max_delete=max_delete, state=state,
+        allow_empty_source=allow_empty_source, fsync=fsync,
+    )
+    show = sys.stderr.isatty() and not json_out if progress is None else progress
+    bar = _Progress() if show and not dry_run else None
+    try:
+        report = sync_once(
+            src, dst, opts,
+            on_planned=bar.start if bar else None,
+            on_done=bar.advance if bar else None,
+        )
+    finally:
+        if bar:
+            bar.stop()
+    if json_out:
+        out = report.to_json()
+        if dry_run and report.plan is not None:
+            out["plan"] = report.plan.to_json()
+        print(json.dumps(out, indent=2))
+    else:
+        if dry_run and report.plan is not None:
+            for op in report.plan:
+                print(_describe(op))
+        c = report.counts if not dry_run else report.planned
+        verb = "would be" if dry_run else ""
+        print(
+            f"{c['create']} created, {c['update']} updated, {c['move']} moved, "
+            f"{c['delete']} deleted{' ' + verb if verb else ''}; "
+            f"{_human_bytes(report.bytes_copied)} copied in {report.elapsed:.2f} s"
+        )
+    for key, why in report.skipped:
+        _err(f"warning: {'/'.join(key)}: {why} skipped")
+    for p in report.problems:
+        _err(f"{'/'.join(p.key) or src}: {p.message}")
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+@_guard
+def diff(
+    src: str = typer.Argument(..., help="Source tree (path or URL)."),
+    dst: str = typer.Argument(..., help="Destination tree."),
+    json_out: bool = typer.Option(False, "--json", help="Print the ordered plan as JSON."),
+    tree: bool = typer.Option(False, "--tree", help="Render the plan as a tree."),
+    checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
+    exclude: list[str] = ExcludeOpt,
+    exclude_from: list[str] = ExcludeFromOpt,
+    no_delete: bool = typer.Option(False, "--no-delete", help="Plan as sync --no-delete would."),
+    state: str | None = StateOpt,
+) -> None:
+    """Print the plan that would make DST equal to SRC. Exit 0 in sync, 1 differ."""
+    from .sync import compare
+
+    if json_out and tree:
+        raise typer.BadParameter("--json and --tree are exclusive")
+    opts = _options(
+        checksum=checksum, exclude=exclude, exclude_from=exclude_from, state=state,
+        delete=not no_delete, dry_run=True, allow_empty_source=True,
+    )
+    cmp = compare(src, dst, opts)
+    try:
+        the_plan = cmp.plan
+        if json_out:
+            print(json.dumps(the_plan.to_json(), indent=1))
+        elif tree:
+            print(render_tree(the_plan))
+        else:
+            for op in the_plan:
+                print(_describe(op))
+            if not the_plan:
+                print("in sync")
+        for key, why in cmp.src.incomplete.items():
+            _err(f"{'/'.join(key) or src}: not compared: {why}")
+    finally:
+        cmp.close()
+    raise typer.Exit(1 if the_plan else 0)
+
+
+def render_tree(the_plan: Any) -> str:
+    """The plan drawn as a tree of the paths it touches (anytree)."""
+    from anytree import Node, RenderTree
+
+    root = Node(".", label=".")
+    index: dict[tuple[str, ...], Node] = {(): root}
+
+    def at(key: tuple[str, ...]) -> Node:
+        node = index.get(key)
+        if node is None:
+            node = Node(key[-1], parent=at(key[:-1]), label=key[-1])
+            index[key] = node
+        return node
+
+    for i, op in enumerate(the_plan, 1):
+        node = at(op.key)
+        what = f"{op.op} {op.kind}"
+        if op.to is not None:
+            what += f" -> {'/'.join(op.to)}"
+        node.label += f"  [{i}: {what}]"
+    return "\n".join(f"{pre}{node.label}" for pre, _, node in RenderTree(root))
+
+
+class _Progress:
+    """A rich progress bar on stderr, for runs that are long enough to want one."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.task: Any = None
+
+    def start(self, the_plan: Any) -> None:
+        if len(the_plan) < 200:
+            return
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+        self.bar = Progress(
+            "{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True,
+        )
+        self.task = self.bar.add_task("syncing", total=len(the_plan))
+        self.bar.start()
+
+    def advance(self, _op: Any) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.task)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def main() -> None:
+    os.environ.setdefault("TYPER_USE_RICH", "0")
+    app(prog_name="hsync")
+
+
+if __name__ == "__main__":
+    main()

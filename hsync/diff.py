@@ -1,0 +1,388 @@
+"""diff: what differs between two snapshots, moves included. Pure: no disk, no network.
+
+The heart of it is a *matching*: a partial one-to-one map from destination keys to source
+keys saying which destination node becomes which source node. Everything follows from it:
+
+- a matched pair whose name or matched parent differs is a **move** (the root of a moved
+  subtree; its descendants travel with it and need no op of their own);
+- a matched pair whose payload differs is an **update**;
+- an unmatched source node is a **create**, an unmatched destination node a **delete**
+  (a type change is both, on the same key).
+
+Evidence for the matching, strongest first (SPEC section 3):
+
+1. identity from the history of the last sync (an inode, an entryUUID), trusted only
+   while the destination still holds what was synced there;
+2. same key, same kind, under a parent that is itself matched to the same place;
+3. descendants of a moved directory keep their relative place below it;
+4. without history: directories whose children mostly match (Dice >= 0.5), files with
+   the same size and mtime, or the same content hash (bounded by a hashing budget).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Literal, Protocol
+
+from .model import (
+    CREATE,
+    DELETE,
+    DIR,
+    FILE,
+    MOVE,
+    ROOT,
+    UPDATE,
+    Change,
+    Key,
+    Node,
+    Snapshot,
+    same_content,
+    same_payload,
+)
+
+Side = Literal["source", "destination"]
+Digest = Callable[[Side, Key], bytes | None]
+"""Content hash oracle: ``digest(side, key)`` (memoised by the caller)."""
+
+DICE_THRESHOLD = 0.5
+HASH_CANDIDATES = 8
+HASH_BUDGET = 256 * 1024 * 1024
+
+
+class HistoryView(Protocol):
+    """What diff needs from the history of the last sync."""
+
+    def lookup_many(self, identities: Iterable[object]) -> Mapping[object, tuple[Key, Node]]:
+        """identity -> (key, node) as synced last time, for the identities it knows."""
+        ...
+
+
+class MemoryHistory:
+    """An in-memory history (tests, and a daemon's known state)."""
+
+    def __init__(self, entries: Mapping[object, tuple[Key, Node]] | None = None) -> None:
+        self.entries: dict[object, tuple[Key, Node]] = dict(entries or {})
+
+    @classmethod
+    def from_snapshot(cls, snapshot: Snapshot) -> MemoryHistory:
+        return cls(
+            {n.identity: (k, n) for k, n in snapshot.nodes.items() if n.identity is not None}
+        )
+
+    def lookup_many(self, identities: Iterable[object]) -> dict[object, tuple[Key, Node]]:
+        out = {}
+        for ident in identities:
+            hit = self.entries.get(ident)
+            if hit is not None:
+                out[ident] = hit
+        return out
+
+
+class _Matcher:
+    """Builds the destination -> source matching; see the module docstring."""
+
+    def __init__(
+        self,
+        src: Mapping[Key, Node],
+        dst: Mapping[Key, Node],
+        source: Snapshot,
+        destination: Snapshot,
+        digest: Digest | None,
+        checksum: bool,
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.source = source
+        self.destination = destination
+        self.digest = digest
+        self.checksum = checksum
+        self.match: dict[Key, Key] = {}  # destination key -> source key
+        self.claimed: dict[Key, Key] = {}  # source key -> destination key
+        self.hash_budget = HASH_BUDGET
+
+    # -- bookkeeping -------------------------------------------------------------------
+    def pair(self, d: Key, s: Key) -> None:
+        self.match[d] = s
+        self.claimed[s] = d
+
+    def unpair(self, d: Key) -> None:
+        s = self.match.pop(d)
+        del self.claimed[s]
+
+    def _same_digest(self, s: Key, d: Key, size: int) -> bool:
+        if self.digest is None or self.hash_budget < 2 * size:
+            return False
+        self.hash_budget -= 2 * size
+        a = self.digest("source", s)
+        return a is not None and a == self.digest("destination", d)
+
+    # -- 1. identity ---------------------------------------------------------------------
+    def by_identity(self, history: HistoryView, candidates: list[Key]) -> None:
+        src, dst = self.src, self.dst
+        idents = [src[s].identity for s in candidates if src[s].identity is not None]
+        if not idents:
+            return
+        known = history.lookup_many(idents)
+        if not known:
+            return
+        for s in candidates:
+            node = src[s]
+            hit = known.get(node.identity)
+            if hit is None:
+                continue
+            k1, synced = hit
+            if k1 in (s, ROOT) or k1 in self.match:
+                continue
+            there = dst.get(k1)
+            if there is None or there.kind != node.kind or there.kind != synced.kind:
+                continue
+            # Trust the history only while the destination still holds what was synced.
+            if not same_content(synced, there):
+                continue
+            still = src.get(k1)
+            if still is not None and still.identity == node.identity:
+                continue  # a second name for the same node (hard link): not a move
+            self.pair(k1, s)
+
+    # -- 2, 3. same place, and relocation below moved directories -------------------------
+    def by_place(self) -> None:
+        src, dst, match, claimed = self.src, self.dst, self.match, self.claimed
+        moved = [d for d, s in match.items() if d != s]
+        # Destination directories whose children cannot keep their keys: moved away, or
+        # their key taken over by another node.
+        disturbed = [d for d in moved if dst[d].kind == DIR]
+        disturbed += [
+            s for s, d in claimed.items() if s != d and s in dst and dst[s].kind == DIR
+        ]
+        below: set[Key] = set()
+        for root in disturbed:
+            below.update(self.destination.walk(root))
+        for d, dn in dst.items():
+            if d in match or d in below:
+                continue
+            sn = src.get(d)
+            if sn is not None and sn.kind == dn.kind and d not in claimed:
+                self.pair(d, d)
+        for d in sorted(moved, key=len):
+            self.relocate(d)
+
+    def relocate(self, root: Key) -> None:
+        """Descendants of a matched directory keep their place relative to it."""
+        if self.dst[root].kind != DIR:
+            return
+        src, dst, match, claimed = self.src, self.dst, self.match, self.claimed
+        stack = [root]
+        while stack:
+            p = stack.pop()
+            target_parent = match.get(p)
+            for c in self.destination.children(p):
+                if c in match or c not in dst:
+                    continue  # explicit evidence elsewhere, or frozen (incomplete scan)
+                if target_parent is not None:
+                    t = (*target_parent, c[-1])
+                    sn = src.get(t)
+                    if sn is not None and sn.kind == dst[c].kind and t not in claimed:
+                        self.pair(c, t)
+                if dst[c].kind == DIR:
+                    stack.append(c)
+
+    # -- 4. heuristics, for a first run -------------------------------------------------
+    def by_similarity(self) -> None:
+        self._directories()
+        self._files()
+
+    def _directories(self) -> None:
+        src, dst, source, destination = self.src, self.dst, self.source, self.destination
+        gone = [d for d, n in dst.items() if n.kind == DIR and d not in self.match and d]
+        if not gone:
+            return
+        new = sorted(
+            (s for s, n in src.items() if n.kind == DIR and s not in self.claimed and s),
+            key=lambda k: (len(k), k),
+        )
+        if not new:
+            return
+
+        def signature(snap: Mapping[Key, Node], k: Key) -> tuple[str, str, int]:
+            n = snap[k]
+            return (k[-1], n.kind, n.size if n.kind == FILE else 0)
+
+        index: dict[tuple[str, str, int], list[Key]] = {}
+        sizes: dict[Key, int] = {}
+        for d in gone:
+            kids = [c for c in destination.children(d) if c in dst]
+            sizes[d] = len(kids)
+            for c in kids:
+                index.setdefault(signature(dst, c), []).append(d)
+        for s in new:
+            if s in self.claimed:
+                continue  # matched meanwhile by relocation below a moved ancestor
+            kids = [c for c in source.children(s) if c in src]
+            if not kids:
+                continue
+            votes: dict[Key, int] = {}
+            for c in kids:
+                for d in index.get(signature(src, c), ()):
+                    if d not in self.match:
+                        votes[d] = votes.get(d, 0) + 1
+            best: tuple[float, bool, Key] | None = None
+            for d, shared in votes.items():
+                dice = 2 * shared / (len(kids) + sizes[d])
+                if dice >= DICE_THRESHOLD:
+                    cand = (dice, d[-1] == s[-1], d)
+                    if best is None or cand[:2] > best[:2]:
+                        best = cand
+            if best is not None:
+                self.pair(best[2], s)
+                self.relocate(best[2])
+
+    def _files(self) -> None:
+        src, dst, match, claimed = self.src, self.dst, self.match, self.claimed
+        # Destination files that may have moved: unmatched, or matched in place to a
+        # source file whose content differs (the two halves of a swap).
+        pool: dict[tuple[int, int], list[Key]] = {}
+        by_size: dict[int, list[Key]] = {}
+        changed_here: set[Key] = set()
+        for d, n in dst.items():
+            if n.kind != FILE:
+                continue
+            s = match.get(d)
+            if s is None:
+                pool.setdefault((n.size, n.mtime_ns), []).append(d)
+                by_size.setdefault(n.size, []).append(d)
+            elif s == d and not same_content(src[s], n):
+                pool.setdefault((n.size, n.mtime_ns), []).append(d)
+                changed_here.add(d)
+        if not pool:
+            return
+        wanted = sorted(
+            s
+            for s, n in src.items()
+            if n.kind == FILE and (s not in claimed or s in changed_here)
+        )
+        for s in wanted:
+            if s in claimed and s not in changed_here:
+                continue
+            n = src[s]
+
+            def free(d: Key, s: Key = s) -> bool:
+                m = match.get(d)
+                return d != s and (m is None or (m == d and d in changed_here))
+
+            exact = [d for d in pool.get((n.size, n.mtime_ns), ()) if free(d)]
+            choice: Key | None = None
+            if self.checksum:
+                exact = [d for d in exact if self._same_digest(s, d, n.size)]
+            if len(exact) == 1:
+                choice = exact[0]
+            elif exact:
+                if self.digest is not None and not self.checksum:
+                    same = [d for d in exact[:HASH_CANDIDATES] if self._same_digest(s, d, n.size)]
+                    exact = same or exact
+                named = [d for d in exact if d[-1] == s[-1]]
+                choice = min(named or exact)
+            elif s not in claimed and n.size > 0 and self.digest is not None:
+                # Same content under another mtime: only for a plain create, never to
+                # second-guess an ordinary in-place modification.
+                cands = [d for d in by_size.get(n.size, ()) if free(d) and d not in match]
+                for d in sorted(cands, key=lambda d: d[-1] != s[-1])[:HASH_CANDIDATES]:
+                    if self._same_digest(s, d, n.size):
+                        choice = d
+                        break
+            if choice is None:
+                continue
+            if s in claimed:  # s was matched in place; its old content moves elsewhere
+                self.unpair(claimed[s])
+            if choice in match:  # the chosen one was matched in place; its key frees up
+                self.unpair(choice)
+            self.pair(choice, s)
+
+
+def diff(
+    source: Snapshot,
+    destination: Snapshot,
+    history: HistoryView | None = None,
+    *,
+    checksum: bool = False,
+    digest: Digest | None = None,
+    delete: bool = True,
+    moves: bool = True,
+) -> list[Change]:
+    """The changes that make ``destination`` equal to ``source``.
+
+    Pure given its inputs (``digest`` is a read-only oracle over the two trees). With
+    ``delete=False`` no move is inferred and destination nodes are removed only where
+    a source node of another kind needs their key (a type change).
+    Keys under an ``incomplete`` key of either snapshot are left alone.
+    """
+    src, dst = source.nodes, destination.nodes
+    frozen = {**source.incomplete, **destination.incomplete}
+    if frozen:
+        src = {k: n for k, n in src.items() if not _strictly_under_any(k, frozen)}
+        dst = {k: n for k, n in dst.items() if not _strictly_under_any(k, frozen)}
+    if checksum and digest is None:
+        raise ValueError("checksum=True needs a digest oracle")
+
+    m = _Matcher(src, dst, source, destination, digest, checksum)
+    if moves and delete:
+        if history is not None:
+            candidates = sorted(
+                s for s, n in src.items()
+                if s and (s not in dst or not same_payload(n, dst[s]))
+            )
+            m.by_identity(history, candidates)
+        m.by_place()
+        m.by_similarity()
+    else:
+        m.by_place()
+    match, claimed = m.match, m.claimed
+
+    changes: list[Change] = []
+    for d, s in match.items():
+        old, new = dst[d], src[s]
+        if d and (d[-1] != s[-1] or match.get(d[:-1]) != s[:-1]):
+            changes.append(Change(op=MOVE, key=d, to=s, kind=new.kind, node=new, old=old))
+        if s in frozen:
+            continue
+        content = _content_differs(new, old, s, d, checksum, digest)
+        if content or not same_payload(new, old):
+            changes.append(
+                Change(op=UPDATE, key=s, kind=new.kind, node=new, old=old, content=content)
+            )
+    for s, n in src.items():
+        if s not in claimed:
+            changes.append(Change(op=CREATE, key=s, kind=n.kind, node=n))
+    for d, n in dst.items():
+        if d in match:
+            continue
+        if not delete and not _needed(d, src, dst):
+            continue
+        changes.append(Change(op=DELETE, key=d, kind=n.kind, old=n))
+    return changes
+
+
+def _content_differs(
+    new: Node, old: Node, s: Key, d: Key, checksum: bool, digest: Digest | None
+) -> bool:
+    if new.kind != FILE:
+        return not same_content(new, old)
+    if new.size != old.size:
+        return True
+    if checksum and digest is not None:
+        return digest("source", s) != digest("destination", d)
+    return new.mtime_ns != old.mtime_ns
+
+
+def _needed(d: Key, src: Mapping[Key, Node], dst: Mapping[Key, Node]) -> bool:
+    """With deletes off, a destination node still goes when a source node of another
+    kind needs its key, or when it lives below such a node."""
+    for i in range(1, len(d) + 1):
+        k = d[:i]
+        sn = src.get(k)
+        if sn is not None and sn.kind != dst[k].kind:
+            return True
+    return False
+
+
+def _strictly_under_any(key: Key, roots: Mapping[Key, str]) -> bool:
+    return any(len(key) > len(r) and key[: len(r)] == r for r in roots)

@@ -1,0 +1,183 @@
+"""The history of past syncs (SQLite): what was synced, per pair, keyed by source identity.
+
+It lets diff turn "the inode that was at K1 is now at K2" into one rename (SPEC sections
+3 and 7). It is advisory: diff trusts it only while the destination still holds what was
+synced, so a stale, missing or corrupt history costs a copy, never a wrong plan. A
+corrupt file is set aside and replaced.
+
+One row per synced source node: (pair, key, identity, kind, size, mtime_ns). Keys are
+stored as the names joined by NUL (a name never contains NUL), encoded with surrogate
+escapes. Rows change only where a sync changed something: a no-op run writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+
+from .model import Key, Node, Snapshot
+
+SCHEMA_VERSION = 1
+_SEP = "\0"
+
+
+def default_state_path() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(base, "hsync", "history.sqlite")
+
+
+def pair_id(source_url: str, destination_url: str) -> str:
+    raw = f"{source_url}\n{destination_url}".encode(errors="surrogateescape")
+    return hashlib.sha256(raw).hexdigest()[:32]
+
+
+def _enc(key: Key) -> bytes:
+    return _SEP.join(key).encode("utf-8", "surrogateescape")
+
+
+def _dec(blob: bytes) -> Key:
+    if not blob:
+        return ()
+    return tuple(blob.decode("utf-8", "surrogateescape").split(_SEP))
+
+
+def _ident(value: object) -> int | str | None:
+    # inode numbers beyond SQLite's 64-bit integers (device-qualified) are kept as text
+    if isinstance(value, int) and not -(1 << 63) <= value < (1 << 63):
+        return str(value)
+    return value  # type: ignore[return-value]
+
+
+class History:
+    """The history store for one (source, destination) pair."""
+
+    def __init__(self, path: str, source_url: str, destination_url: str) -> None:
+        self.path = path
+        self.pair = pair_id(source_url, destination_url)
+        self.db = self._open(path)
+        self.db.execute(
+            "INSERT OR IGNORE INTO pairs(pair, source, destination, complete) VALUES (?,?,?,0)",
+            (self.pair, source_url, destination_url),
+        )
+        self.db.commit()
+
+    @staticmethod
+    def _connect(path: str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level="DEFERRED")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(
+            f"""
+            CREATE TABLE IF NOT EXISTS meta(name TEXT PRIMARY KEY, value TEXT);
+            INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');
+            CREATE TABLE IF NOT EXISTS pairs(
+                pair TEXT PRIMARY KEY, source TEXT, destination TEXT,
+                complete INTEGER, synced_at REAL);
+            CREATE TABLE IF NOT EXISTS nodes(
+                pair TEXT, key BLOB, ident, kind TEXT, size INTEGER, mtime INTEGER,
+                PRIMARY KEY(pair, key)) WITHOUT ROWID;
+            CREATE INDEX IF NOT EXISTS nodes_ident ON nodes(pair, ident);
+            """
+        )
+        (schema,) = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
+        if int(schema) != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema {schema}, expected {SCHEMA_VERSION}")
+        return db
+
+    def _open(self, path: str) -> sqlite3.Connection:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        if not os.path.exists(path):
+            # created 0600: it names every synced path (SPEC section 8)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        try:
+            return self._connect(path)
+        except sqlite3.DatabaseError:
+            # corrupt or foreign: keep it aside for a post-mortem, start afresh
+            aside = f"{path}.corrupt-{int(time.time())}"
+            os.replace(path, aside)
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.replace(path + suffix, aside + suffix)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+            return self._connect(path)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- reading ------------------------------------------------------------------------
+    @property
+    def complete(self) -> bool:
+        row = self.db.execute("SELECT complete FROM pairs WHERE pair=?", (self.pair,)).fetchone()
+        return bool(row and row[0])
+
+    def lookup_many(self, identities: Iterable[object]) -> dict[object, tuple[Key, Node]]:
+        wanted = {_ident(i): i for i in identities if i is not None}
+        out: dict[object, tuple[Key, Node]] = {}
+        items = list(wanted)
+        for start in range(0, len(items), 500):
+            chunk = items[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, ident, kind, size, mtime in self.db.execute(
+                f"SELECT key, ident, kind, size, mtime FROM nodes "
+                f"WHERE pair=? AND ident IN ({marks})",
+                (self.pair, *chunk),
+            ):
+                orig = wanted.get(ident)
+                if orig is not None and orig not in out:
+                    out[orig] = (_dec(key), Node(kind, 0, size, mtime, None, orig))
+        return out
+
+    def rows(self) -> Iterator[tuple[Key, object]]:
+        for key, ident in self.db.execute(
+            "SELECT key, ident FROM nodes WHERE pair=?", (self.pair,)
+        ):
+            yield _dec(key), ident
+
+    # -- writing ------------------------------------------------------------------------
+    def record(
+        self,
+        source: Snapshot,
+        set_keys: Iterable[Key] = (),
+        drop_prefixes: Iterable[Key] = (),
+        drop_keys: Iterable[Key] = (),
+        *,
+        full: bool = False,
+    ) -> None:
+        """Record what the last sync made true.
+
+        ``full``: replace everything with ``source``. Otherwise remove ``drop_keys`` and
+        everything below ``drop_prefixes``, then (re)write ``set_keys`` from ``source``.
+        """
+        db = self.db
+        nodes: Mapping[Key, Node] = source.nodes
+        with db:
+            if full:
+                db.execute("DELETE FROM nodes WHERE pair=?", (self.pair,))
+                set_keys = nodes.keys()
+            for prefix in drop_prefixes:
+                lo = _enc(prefix) + _SEP.encode()
+                hi = _enc(prefix) + b"\x01"
+                db.execute(
+                    "DELETE FROM nodes WHERE pair=? AND (key=? OR (key>=? AND key<?))",
+                    (self.pair, _enc(prefix), lo, hi),
+                )
+            db.executemany(
+                "DELETE FROM nodes WHERE pair=? AND key=?",
+                ((self.pair, _enc(k)) for k in drop_keys),
+            )
+            db.executemany(
+                "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?)",
+                (
+                    (self.pair, _enc(k), _ident(n.identity), n.kind, n.size, n.mtime_ns)
+                    for k in set_keys
+                    if (n := nodes.get(k)) is not None
+                ),
+            )
+            db.execute(
+                "UPDATE pairs SET complete=1, synced_at=? WHERE pair=?", (time.time(), self.pair)
+            )

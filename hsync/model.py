@@ -1,0 +1,209 @@
+"""Value types shared by every layer: keys, nodes, snapshots, changes, ops, problems.
+
+A key is a tuple of names from the tree's root (``()`` is the root). Names are ``str``;
+a filesystem name that is not valid UTF-8 is carried with surrogate escapes
+(``os.fsdecode``), so it survives end to end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+import attrs
+
+Key = tuple[str, ...]
+ROOT: Key = ()
+
+DIR = "dir"
+FILE = "file"
+SYMLINK = "symlink"
+ENTRY = "entry"
+NodeKind = Literal["dir", "file", "symlink", "entry"]
+
+CREATE = "create"
+UPDATE = "update"
+MOVE = "move"
+DELETE = "delete"
+OpName = Literal["create", "update", "move", "delete"]
+
+
+@attrs.frozen
+class Node:
+    """What one scan saw at one key.
+
+    ``identity`` survives renames on the side that was scanned (an inode, an entryUUID);
+    it is never compared as payload. ``data`` is a backend's extra payload (LDAP
+    attributes as a sorted tuple of ``(name, frozenset(values))``).
+    """
+
+    kind: str
+    mode: int = 0
+    size: int = 0
+    mtime_ns: int = 0
+    target: str | None = None
+    identity: int | str | None = None
+    data: Any = None
+
+
+def same_content(a: Node, b: Node) -> bool:
+    """Content presumed equal: same size and mtime (ns) for files; SPEC section 2."""
+    if a.kind == FILE:
+        return a.size == b.size and a.mtime_ns == b.mtime_ns
+    if a.kind == SYMLINK:
+        return a.target == b.target
+    if a.kind == ENTRY:
+        return a.data == b.data
+    return True
+
+
+def same_payload(a: Node, b: Node) -> bool:
+    """True when the two nodes are in sync (SPEC section 2), identity ignored."""
+    if a.kind != b.kind:
+        return False
+    if a.kind == FILE:
+        return a.size == b.size and a.mtime_ns == b.mtime_ns and a.mode == b.mode
+    if a.kind == DIR:
+        return a.mode == b.mode and a.mtime_ns == b.mtime_ns
+    if a.kind == SYMLINK:
+        return a.target == b.target
+    return a.data == b.data
+
+
+def parent(key: Key) -> Key:
+    return key[:-1]
+
+
+def is_under(key: Key, ancestor: Key) -> bool:
+    """True when ``key`` is ``ancestor`` or below it."""
+    return key[: len(ancestor)] == ancestor
+
+
+def key_str(key: Key) -> str:
+    return "/".join(key)
+
+
+@attrs.define
+class Snapshot:
+    """What one scan of a tree saw: key -> node, parents before children.
+
+    ``incomplete`` lists keys whose listing failed (unreadable, vanished mid-scan):
+    nothing under them may be deleted or matched on the strength of this snapshot.
+    ``skipped`` lists special files (FIFO, socket, device) left out with a warning.
+    """
+
+    nodes: dict[Key, Node] = attrs.field(factory=dict)
+    incomplete: dict[Key, str] = attrs.field(factory=dict)
+    skipped: list[tuple[Key, str]] = attrs.field(factory=list)
+    _children: dict[Key, list[Key]] | None = attrs.field(default=None, init=False, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.nodes
+
+    def get(self, key: Key) -> Node | None:
+        return self.nodes.get(key)
+
+    def children(self, key: Key) -> list[Key]:
+        """Direct children of ``key`` (an index built once, on first use)."""
+        if self._children is None:
+            index: dict[Key, list[Key]] = {}
+            for k in self.nodes:
+                if k:
+                    index.setdefault(k[:-1], []).append(k)
+            self._children = index
+        return self._children.get(key, [])
+
+    def walk(self, key: Key) -> Iterator[Key]:
+        """``key``'s descendants, parents before children (``key`` itself excluded)."""
+        stack = [key]
+        while stack:
+            for child in self.children(stack.pop()):
+                yield child
+                stack.append(child)
+
+    def is_incomplete(self, key: Key) -> bool:
+        return any(key[: len(k)] == k for k in self.incomplete)
+
+    @classmethod
+    def from_mapping(cls, nodes: Mapping[Key, Node]) -> Snapshot:
+        return cls(nodes=dict(nodes))
+
+
+@attrs.frozen(kw_only=True)
+class Change:
+    """One difference found by diff.
+
+    ``key`` is the destination key for delete and move (where the node is now), the
+    source key for create and update (where it ends). ``to`` is a move's source key.
+    ``node`` is the source node (what must end up there), ``old`` the destination node.
+    ``content`` says whether an update must copy content (else metadata only).
+    """
+
+    op: str
+    key: Key
+    kind: str
+    to: Key | None = None
+    node: Node | None = None
+    old: Node | None = None
+    content: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Op:
+    """One step of a plan, with the destination keys valid at the moment it runs."""
+
+    op: str
+    kind: str
+    key: Key
+    to: Key | None = None
+    node: Node | None = None
+    old: Node | None = None
+    content: bool = False
+    temporary: bool = False
+
+    def to_json(self) -> dict[str, str]:
+        out = {"op": self.op, "kind": self.kind, "path": key_str(self.key)}
+        if self.to is not None:
+            out["to"] = key_str(self.to)
+        return out
+
+
+@attrs.frozen
+class Plan:
+    """The ordered ops that turn the destination into the source."""
+
+    ops: tuple[Op, ...] = ()
+    changes: tuple[Change, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __iter__(self) -> Iterator[Op]:
+        return iter(self.ops)
+
+    def __bool__(self) -> bool:
+        return bool(self.ops)
+
+    def counts(self) -> dict[str, int]:
+        out = {CREATE: 0, UPDATE: 0, MOVE: 0, DELETE: 0}
+        for op in self.ops:
+            out[op.op] += 1
+        return out
+
+    def to_json(self) -> list[dict[str, str]]:
+        return [op.to_json() for op in self.ops]
+
+
+@attrs.frozen
+class Problem:
+    """A failure on one node: data for the report, not an exception."""
+
+    key: Key
+    message: str
+    retry: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {"path": key_str(self.key), "message": self.message, "retry": self.retry}

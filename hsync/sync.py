@@ -1,0 +1,327 @@
+"""One entry point for every caller: the CLI, the daemon and the Python API.
+
+``compare`` opens both endpoints, checks the safety rules (SPEC section 8), scans both
+trees (in parallel), and diffs and plans; ``sync_once`` then applies the plan in batches
+and records the history.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import attrs
+
+from .backend import Backend, open_backend
+from .diff import Side, diff
+from .errors import SafetyError, UsageError
+from .model import CREATE, DELETE, MOVE, UPDATE, Key, Op, Plan, Problem, Snapshot
+from .plan import check_plan, plan
+
+BATCH_OPS = 20_000
+BATCH_BYTES = 1 << 30
+
+
+@attrs.frozen(kw_only=True)
+class Options:
+    dry_run: bool = False
+    delete: bool = True
+    checksum: bool = False
+    exclude: tuple[str, ...] = ()
+    max_delete: int | None = None
+    state: str | None = None
+    """History file; None for the default location, "" for no history."""
+    allow_empty_source: bool = False
+    fsync: bool = False
+    check: bool = False
+    """Run check_plan on every plan before applying it (tests, --debug)."""
+
+
+@attrs.define
+class Report:
+    """What a run did (``sync --json`` prints ``to_json()``)."""
+
+    source: str
+    destination: str
+    counts: dict[str, int] = attrs.field(
+        factory=lambda: dict.fromkeys((CREATE, UPDATE, MOVE, DELETE), 0)
+    )
+    planned: dict[str, int] = attrs.field(factory=dict)
+    bytes_copied: int = 0
+    problems: list[Problem] = attrs.field(factory=list)
+    skipped: list[tuple[Key, str]] = attrs.field(factory=list)
+    warnings: list[str] = attrs.field(factory=list)
+    elapsed: float = 0.0
+    dry_run: bool = False
+    plan: Plan | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.problems else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "dry_run": self.dry_run,
+            "counts": self.counts,
+            "planned": self.planned,
+            "bytes_copied": self.bytes_copied,
+            "errors": [p.to_json() for p in self.problems],
+            "skipped": [{"path": "/".join(k), "kind": why} for k, why in self.skipped],
+            "warnings": self.warnings,
+            "elapsed": round(self.elapsed, 6),
+        }
+
+
+@attrs.define
+class Comparison:
+    """Both endpoints, their snapshots and the plan between them."""
+
+    source: Backend
+    destination: Backend
+    src: Snapshot
+    dst: Snapshot
+    plan: Plan
+    history: Any = None
+    warnings: list[str] = attrs.field(factory=list)
+
+    def close(self) -> None:
+        if self.history is not None:
+            self.history.close()
+        self.source.close()
+        self.destination.close()
+
+
+def _exclude_matcher(patterns: Sequence[str]) -> Callable[[Key, bool], bool] | None:
+    if not patterns:
+        return None
+    import pathspec
+
+    spec = pathspec.GitIgnoreSpec.from_lines(patterns)
+    match = spec.match_file
+
+    def excluded(key: Key, is_dir: bool) -> bool:
+        rel = "/".join(key)
+        return match(rel + "/" if is_dir else rel)
+
+    return excluded
+
+
+def _check_pair(source: Backend, destination: Backend) -> None:
+    """SPEC section 8: the same tree, or one inside the other, is refused."""
+    sroot = getattr(source, "root", None)
+    droot = getattr(destination, "root", None)
+    if sroot is None or droot is None:
+        if source.url.rstrip("/") == destination.url.rstrip("/"):
+            raise UsageError(f"{source.url}: source and destination are the same")
+        return
+    s = os.path.realpath(sroot)
+    d = os.path.realpath(droot)
+    if s == d:
+        raise UsageError(f"{destination.url}: source and destination are the same tree")
+    if d.startswith(s.rstrip("/") + "/"):
+        raise UsageError(f"{destination.url}: destination is inside the source {source.url}")
+    if s.startswith(d.rstrip("/") + "/"):
+        raise UsageError(f"{source.url}: source is inside the destination {destination.url}")
+    if os.path.exists(d) and os.path.exists(s) and os.path.samefile(s, d):
+        raise UsageError(f"{destination.url}: source and destination are the same tree")
+
+
+def _root_checks(source: Backend, destination: Backend) -> None:
+    why = getattr(source, "root_error", lambda: None)()
+    if why is None and not source.exists():
+        why = "does not exist"
+    if why is not None:
+        raise SafetyError(f"{source.url}: source {why}; nothing done")
+    if not destination.exists():
+        droot = getattr(destination, "root", None)
+        if droot is not None:
+            if os.path.lexists(droot):
+                raise UsageError(f"{destination.url}: destination is not a directory")
+            parent = os.path.dirname(droot.rstrip("/")) or "/"
+            if not os.path.isdir(parent):
+                raise UsageError(
+                    f"{destination.url}: the destination's parent directory does not exist"
+                )
+
+
+def compare(
+    source_url: str,
+    destination_url: str,
+    options: Options = Options(),
+) -> Comparison:
+    source = open_backend(source_url, role="source")
+    destination = open_backend(destination_url, role="destination")
+    _check_pair(source, destination)
+    _root_checks(source, destination)
+    exclude = _exclude_matcher(options.exclude)
+
+    # The two scans overlap: their system calls release the GIL.
+    with ThreadPoolExecutor(1, thread_name_prefix="hsync-scan") as pool:
+        fut = pool.submit(
+            destination.scan, (), exclude=exclude
+        ) if destination.exists() else None
+        src = source.scan((), exclude=exclude)
+        dst = fut.result() if fut is not None else Snapshot()
+
+    if () in src.incomplete:
+        raise SafetyError(f"{source.url}: source {src.incomplete[()]}; nothing done")
+    if len(src.nodes) <= 1 and len(dst.nodes) > 1 and not options.allow_empty_source:
+        raise SafetyError(
+            f"{source.url}: source is empty but the destination is not; refusing to delete "
+            "everything (--allow-empty-source to allow it)"
+        )
+
+    history = None
+    if options.state != "" and options.delete:
+        from .history import History, default_state_path
+
+        path = options.state or default_state_path()
+        try:
+            history = History(path, _url_id(source), _url_id(destination))
+        except (OSError, sqlite3.Error) as e:
+            raise UsageError(f"{path}: cannot open the history: {e}") from None
+
+    digests: dict[tuple[Side, Key], bytes | None] = {}
+
+    def digest(side: Side, key: Key) -> bytes | None:
+        k = (side, key)
+        if k not in digests:
+            digests[k] = (source if side == "source" else destination).digest(key)
+        return digests[k]
+
+    changes = diff(
+        src,
+        dst,
+        history if history is not None and history.complete else None,
+        checksum=options.checksum,
+        digest=digest,
+        delete=options.delete,
+        moves=destination.capabilities.subtree_move and options.delete,
+    )
+    warnings: list[str] = []
+    n_delete = sum(1 for c in changes if c.op == DELETE)
+    if options.max_delete is not None and n_delete > options.max_delete:
+        warnings.append(
+            f"{n_delete} deletions planned, more than --max-delete {options.max_delete}: "
+            "no deletion done"
+        )
+        changes = diff(
+            src, dst, None, checksum=options.checksum, digest=digest, delete=False, moves=False
+        )
+    the_plan = plan(changes, dst, case_insensitive=destination.capabilities.case_insensitive)
+    if options.check:
+        check_plan(
+            the_plan.ops, dst, src,
+            case_insensitive=destination.capabilities.case_insensitive,
+            allow_extra=not options.delete or bool(warnings),
+        )
+    return Comparison(source, destination, src, dst, the_plan, history, warnings)
+
+
+def _url_id(backend: Backend) -> str:
+    root = getattr(backend, "root", None)
+    return f"file://{os.path.realpath(root)}" if root is not None else backend.url
+
+
+def sync_once(
+    source_url: str,
+    destination_url: str,
+    options: Options = Options(),
+    *,
+    on_planned: Callable[[Plan], None] | None = None,
+    on_done: Callable[[Op], None] | None = None,
+) -> Report:
+    """Make ``destination_url`` equal to ``source_url`` once; the report says how it went."""
+    t0 = time.perf_counter()
+    cmp = compare(source_url, destination_url, options)
+    try:
+        report = Report(source=source_url, destination=destination_url, dry_run=options.dry_run)
+        report.plan = cmp.plan
+        report.planned = cmp.plan.counts()
+        report.skipped = list(cmp.src.skipped)
+        report.warnings = list(cmp.warnings)
+        report.problems.extend(
+            Problem(k, f"not synced: {why}", retry=True)
+            for k, why in cmp.src.incomplete.items()
+        )
+        if cmp.warnings:
+            report.problems.append(Problem((), cmp.warnings[0]))
+        if on_planned is not None:
+            on_planned(cmp.plan)
+        if not options.dry_run:
+            _apply(cmp, options, report, on_done)
+        report.elapsed = time.perf_counter() - t0
+        return report
+    finally:
+        cmp.close()
+
+
+def _apply(
+    cmp: Comparison, options: Options, report: Report, on_done: Callable[[Op], None] | None
+) -> None:
+    dst = cmp.destination
+    clean = getattr(dst, "clean_temps", None)
+    if clean is not None:
+        report.problems.extend(clean())
+    ops = cmp.plan.ops
+    failed: set[Key] = set()
+    for batch in _batches(ops):
+        result = dst.apply_batch(batch, cmp.source, cmp.src, fsync=options.fsync, on_done=on_done)
+        for op in result.done:
+            report.counts[op.op] += 0 if op.temporary else 1
+        report.bytes_copied += result.bytes_copied
+        report.problems.extend(result.problems)
+        failed.update(p.key for p in result.problems)
+    if cmp.history is not None:
+        _record(cmp, failed)
+
+
+def _batches(ops: Sequence[Op]) -> list[Sequence[Op]]:
+    out: list[Sequence[Op]] = []
+    start = 0
+    size = 0
+    for i, op in enumerate(ops):
+        if op.node is not None and op.op in (CREATE, UPDATE) and op.content is not False:
+            size += op.node.size
+        if i + 1 - start >= BATCH_OPS or size >= BATCH_BYTES:
+            out.append(ops[start : i + 1])
+            start, size = i + 1, 0
+    if start < len(ops):
+        out.append(ops[start:])
+    return out
+
+
+def _record(cmp: Comparison, failed: set[Key]) -> None:
+    history = cmp.history
+    if not history.complete:
+        keys = [k for k in cmp.src.nodes if k not in failed]
+        history.record(cmp.src, keys, full=True)
+        return
+    set_keys: list[Key] = []
+    drop_prefixes: list[Key] = []
+    drop_keys: list[Key] = list(failed)
+    for c in cmp.plan.changes:
+        if c.op == MOVE:
+            assert c.to is not None
+            drop_prefixes.append(c.key)
+            if c.key in failed or c.to in failed:
+                drop_prefixes.append(c.to)
+                continue
+            set_keys.append(c.to)
+            set_keys.extend(cmp.src.walk(c.to))
+        elif c.op == DELETE:
+            drop_keys.append(c.key)
+        elif c.key not in failed:
+            set_keys.append(c.key)
+    if set_keys or drop_prefixes or drop_keys:
+        history.record(cmp.src, set_keys, drop_prefixes, drop_keys)
