@@ -1,0 +1,90 @@
+"""Helpers for tests: build real trees from literals, read them back for comparison."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+
+@attrs.frozen
+class Link:
+    target: str
+
+
+@attrs.frozen
+class File:
+    content: bytes
+    mode: int = 0o644
+    mtime_ns: int | None = None
+
+
+DIR = "DIR"
+"""A directory literal: ``{"a": DIR, "a/b": b"content", "l": Link("a/b")}``."""
+
+
+def build(root: Path | str, spec: dict[str, Any]) -> Path:
+    """Create ``root`` and the nodes of ``spec`` (paths joined with '/', parents implied)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for rel in sorted(spec):
+        value = spec[rel]
+        path = os.path.join(os.fsencode(root), os.fsencode(rel))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if value == DIR:
+            os.makedirs(path, exist_ok=True)
+        elif isinstance(value, Link):
+            os.symlink(value.target, path)
+        else:
+            f = value if isinstance(value, File) else File(value)
+            with open(path, "wb") as fh:
+                fh.write(f.content)
+            os.chmod(path, f.mode)
+            if f.mtime_ns is not None:
+                os.utime(path, ns=(f.mtime_ns, f.mtime_ns))
+    return root
+
+
+def read_tree(root: Path | str, *, dir_mtime: bool = True) -> dict[bytes, tuple[Any, ...]]:
+    """Everything "in sync" compares (SPEC section 2), keyed by relative bytes path."""
+    out: dict[bytes, tuple[Any, ...]] = {}
+    base = os.fsencode(root)
+    st = os.stat(base)
+    out[b""] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns if dir_mtime else 0)
+    for dirpath, dirnames, filenames in os.walk(base):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, base)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                out[rel] = ("symlink", os.readlink(path))
+            elif stat.S_ISDIR(st.st_mode):
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns if dir_mtime else 0)
+            elif stat.S_ISREG(st.st_mode):
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, data)
+    return out
+
+
+def assert_same_tree(src: Path | str, dst: Path | str) -> None:
+    a, b = read_tree(src), read_tree(dst)
+    if a != b:
+        only_a = sorted(set(a) - set(b))[:10]
+        only_b = sorted(set(b) - set(a))[:10]
+        differ = sorted(k for k in set(a) & set(b) if a[k] != b[k])[:10]
+        raise AssertionError(
+            f"trees differ: only in source {only_a}, only in destination {only_b}, "
+            f"different {[(k, a[k][:3], b[k][:3]) for k in differ]}"
+        )
+
+
+def hsync_bin() -> str:
+    """The installed console script next to this interpreter."""
+    cand = Path(sys.executable).with_name("hsync")
+    return str(cand) if cand.exists() else shutil.which("hsync") or "hsync"
