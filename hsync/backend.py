@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 import attrs
@@ -125,6 +124,8 @@ def open_backend(location: str, *, role: str) -> Backend:
     if scheme in _BUILTIN:
         cls = _load(_BUILTIN[scheme][0])
     else:
+        from importlib.metadata import entry_points
+
         found = [ep for ep in entry_points(group="hsync.backends") if ep.name == scheme]
         if not found:
             known = sorted({"file", *(ep.name for ep in entry_points(group="hsync.backends"))})

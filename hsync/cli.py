@@ -7,6 +7,7 @@ bad input; 3 partial: some nodes failed, the rest was synced.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
 import sys
@@ -270,6 +271,9 @@ class _Progress:
 
 
 def main() -> None:
+    # A scan allocates a few objects per node and frees almost none: let the cyclic
+    # collector run far less often (a measured 10-20% of a no-op re-sync).
+    gc.set_threshold(100_000, 50, 100)
     os.environ.setdefault("TYPER_USE_RICH", "0")
     app(prog_name="hsync")
 

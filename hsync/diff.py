@@ -37,7 +37,6 @@ from .model import (
     Node,
     Snapshot,
     same_content,
-    same_payload,
 )
 
 Side = Literal["source", "destination"]
@@ -79,7 +78,13 @@ class MemoryHistory:
 
 
 class _Matcher:
-    """Builds the destination -> source matching; see the module docstring."""
+    """Builds the destination -> source matching; see the module docstring.
+
+    Nodes whose key and payload are the same on both sides (the vast majority on a
+    re-sync) are matched *implicitly*: they cost one comparison and are never stored.
+    ``open_src``/``open_dst`` hold every other key: new, gone, changed, and the equal
+    ones that lost their implicit match because an ancestor moved or was replaced.
+    """
 
     def __init__(
         self,
@@ -89,6 +94,9 @@ class _Matcher:
         destination: Snapshot,
         digest: Digest | None,
         checksum: bool,
+        changed: list[Key],
+        new: list[Key],
+        gone: list[Key],
     ) -> None:
         self.src = src
         self.dst = dst
@@ -96,8 +104,11 @@ class _Matcher:
         self.destination = destination
         self.digest = digest
         self.checksum = checksum
-        self.match: dict[Key, Key] = {}  # destination key -> source key
-        self.claimed: dict[Key, Key] = {}  # source key -> destination key
+        self.match: dict[Key, Key] = {}  # destination key -> source key (explicit)
+        self.claimed: dict[Key, Key] = {}  # source key -> destination key (explicit)
+        self.changed = changed
+        self.open_src: set[Key] = {*new, *changed}
+        self.open_dst: set[Key] = {*gone, *changed}
         self.hash_budget = HASH_BUDGET
 
     # -- bookkeeping -------------------------------------------------------------------
@@ -109,6 +120,17 @@ class _Matcher:
         s = self.match.pop(d)
         del self.claimed[s]
 
+    def target(self, d: Key) -> Key | None:
+        """The source key destination node ``d`` becomes, or None (it is deleted)."""
+        t = self.match.get(d)
+        if t is not None or d in self.open_dst:
+            return t
+        return d if d in self.dst else None
+
+    def is_free(self, s: Key) -> bool:
+        """True when no destination node becomes source node ``s`` (yet)."""
+        return s in self.open_src and s not in self.claimed
+
     def _same_digest(self, s: Key, d: Key, size: int) -> bool:
         if self.digest is None or self.hash_budget < 2 * size:
             return False
@@ -117,8 +139,9 @@ class _Matcher:
         return a is not None and a == self.digest("destination", d)
 
     # -- 1. identity ---------------------------------------------------------------------
-    def by_identity(self, history: HistoryView, candidates: list[Key]) -> None:
+    def by_identity(self, history: HistoryView) -> None:
         src, dst = self.src, self.dst
+        candidates = sorted(self.open_src)
         idents = [src[s].identity for s in candidates if src[s].identity is not None]
         if not idents:
             return
@@ -131,10 +154,10 @@ class _Matcher:
             if hit is None:
                 continue
             k1, synced = hit
-            if k1 in (s, ROOT) or k1 in self.match:
+            if k1 in (s, ROOT) or k1 in self.match or k1 not in self.open_dst:
                 continue
-            there = dst.get(k1)
-            if there is None or there.kind != node.kind or there.kind != synced.kind:
+            there = dst[k1]
+            if there.kind != node.kind or there.kind != synced.kind:
                 continue
             # Trust the history only while the destination still holds what was synced.
             if not same_content(synced, there):
@@ -149,19 +172,22 @@ class _Matcher:
         src, dst, match, claimed = self.src, self.dst, self.match, self.claimed
         moved = [d for d, s in match.items() if d != s]
         # Destination directories whose children cannot keep their keys: moved away, or
-        # their key taken over by another node.
+        # their key taken over by another node. Their subtrees are reopened.
         disturbed = [d for d in moved if dst[d].kind == DIR]
         disturbed += [
             s for s, d in claimed.items() if s != d and s in dst and dst[s].kind == DIR
         ]
-        below: set[Key] = set()
         for root in disturbed:
-            below.update(self.destination.walk(root))
-        for d, dn in dst.items():
-            if d in match or d in below:
+            for k in self.destination.walk(root):
+                if k in dst:
+                    self.open_dst.add(k)
+                    if k in src:
+                        self.open_src.add(k)
+        # Changed nodes keep their key when the kind allows and no evidence says otherwise
+        for d in sorted(self.open_dst, key=len):
+            if d in match or d in claimed or d not in src:
                 continue
-            sn = src.get(d)
-            if sn is not None and sn.kind == dn.kind and d not in claimed:
+            if src[d].kind == dst[d].kind and (not d or self.target(d[:-1]) == d[:-1]):
                 self.pair(d, d)
         for d in sorted(moved, key=len):
             self.relocate(d)
@@ -170,7 +196,7 @@ class _Matcher:
         """Descendants of a matched directory keep their place relative to it."""
         if self.dst[root].kind != DIR:
             return
-        src, dst, match, claimed = self.src, self.dst, self.match, self.claimed
+        src, dst, match = self.src, self.dst, self.match
         stack = [root]
         while stack:
             p = stack.pop()
@@ -181,7 +207,7 @@ class _Matcher:
                 if target_parent is not None:
                     t = (*target_parent, c[-1])
                     sn = src.get(t)
-                    if sn is not None and sn.kind == dst[c].kind and t not in claimed:
+                    if sn is not None and sn.kind == dst[c].kind and self.is_free(t):
                         self.pair(c, t)
                 if dst[c].kind == DIR:
                     stack.append(c)
@@ -193,11 +219,11 @@ class _Matcher:
 
     def _directories(self) -> None:
         src, dst, source, destination = self.src, self.dst, self.source, self.destination
-        gone = [d for d, n in dst.items() if n.kind == DIR and d not in self.match and d]
+        gone = [d for d in self.open_dst if d not in self.match and dst[d].kind == DIR and d]
         if not gone:
             return
         new = sorted(
-            (s for s, n in src.items() if n.kind == DIR and s not in self.claimed and s),
+            (s for s in self.open_src if src[s].kind == DIR and s and s not in self.claimed),
             key=lambda k: (len(k), k),
         )
         if not new:
@@ -243,7 +269,8 @@ class _Matcher:
         pool: dict[tuple[int, int], list[Key]] = {}
         by_size: dict[int, list[Key]] = {}
         changed_here: set[Key] = set()
-        for d, n in dst.items():
+        for d in sorted(self.open_dst):
+            n = dst[d]
             if n.kind != FILE:
                 continue
             s = match.get(d)
@@ -257,8 +284,8 @@ class _Matcher:
             return
         wanted = sorted(
             s
-            for s, n in src.items()
-            if n.kind == FILE and (s not in claimed or s in changed_here)
+            for s in self.open_src
+            if src[s].kind == FILE and (s not in claimed or s in changed_here)
         )
         for s in wanted:
             if s in claimed and s not in changed_here:
@@ -323,41 +350,60 @@ def diff(
     if checksum and digest is None:
         raise ValueError("checksum=True needs a digest oracle")
 
-    m = _Matcher(src, dst, source, destination, digest, checksum)
+    # One pass sorts every key: equal (the common case, never stored), changed, new.
+    new: list[Key] = []
+    changed: list[Key] = []
+    same_size: list[Key] = []
+    dget = dst.get
+    for k, n in src.items():
+        d = dget(k)
+        if d is None:
+            new.append(k)
+        elif d != n:
+            changed.append(k)
+        elif checksum and n.kind == FILE:
+            same_size.append(k)
+    gone = [k for k in dst.keys() - src.keys()] if len(dst) + len(new) != len(src) else []
+    if checksum:
+        # presumed-equal files are equal only if their content is
+        changed += [k for k in same_size if digest("source", k) != digest("destination", k)]
+    for k in frozen:
+        if k in changed:
+            changed.remove(k)
+    if not (new or changed or gone):
+        return []
+
+    m = _Matcher(src, dst, source, destination, digest, checksum, changed, new, gone)
     if moves and delete:
         if history is not None:
-            candidates = sorted(
-                s for s, n in src.items()
-                if s and (s not in dst or not same_payload(n, dst[s]))
-            )
-            m.by_identity(history, candidates)
+            m.by_identity(history)
         m.by_place()
         m.by_similarity()
     else:
         m.by_place()
-    match, claimed = m.match, m.claimed
+    match = m.match
 
     changes: list[Change] = []
     for d, s in match.items():
-        old, new = dst[d], src[s]
-        if d and (d[-1] != s[-1] or match.get(d[:-1]) != s[:-1]):
-            changes.append(Change(op=MOVE, key=d, to=s, kind=new.kind, node=new, old=old))
+        old, node = dst[d], src[s]
+        if d and (d[-1] != s[-1] or m.target(d[:-1]) != s[:-1]):
+            changes.append(Change(op=MOVE, key=d, to=s, kind=node.kind, node=node, old=old))
         if s in frozen:
             continue
-        content = _content_differs(new, old, s, d, checksum, digest)
-        if content or not same_payload(new, old):
+        content = _content_differs(node, old, s, d, checksum, digest)
+        if content or node != old:
             changes.append(
-                Change(op=UPDATE, key=s, kind=new.kind, node=new, old=old, content=content)
+                Change(op=UPDATE, key=s, kind=node.kind, node=node, old=old, content=content)
             )
-    for s, n in src.items():
-        if s not in claimed:
-            changes.append(Change(op=CREATE, key=s, kind=n.kind, node=n))
-    for d, n in dst.items():
+    for s in sorted(m.open_src):
+        if s not in m.claimed:
+            changes.append(Change(op=CREATE, key=s, kind=src[s].kind, node=src[s]))
+    for d in sorted(m.open_dst):
         if d in match:
             continue
         if not delete and not _needed(d, src, dst):
             continue
-        changes.append(Change(op=DELETE, key=d, kind=n.kind, old=n))
+        changes.append(Change(op=DELETE, key=d, kind=dst[d].kind, old=dst[d]))
     return changes
 
 

@@ -32,8 +32,10 @@ OpName = Literal["create", "update", "move", "delete"]
 class Node:
     """What one scan saw at one key.
 
+    Equality is payload equality (SPEC section 2): backends leave fields that are not
+    payload at their defaults (a symlink's mode and mtime, a directory's size).
     ``identity`` survives renames on the side that was scanned (an inode, an entryUUID);
-    it is never compared as payload. ``data`` is a backend's extra payload (LDAP
+    it is never compared. ``data`` is a backend's extra payload (LDAP
     attributes as a sorted tuple of ``(name, frozenset(values))``).
     """
 
@@ -42,7 +44,7 @@ class Node:
     size: int = 0
     mtime_ns: int = 0
     target: str | None = None
-    identity: int | str | None = None
+    identity: int | str | None = attrs.field(default=None, eq=False)
     data: Any = None
 
 
@@ -59,15 +61,7 @@ def same_content(a: Node, b: Node) -> bool:
 
 def same_payload(a: Node, b: Node) -> bool:
     """True when the two nodes are in sync (SPEC section 2), identity ignored."""
-    if a.kind != b.kind:
-        return False
-    if a.kind == FILE:
-        return a.size == b.size and a.mtime_ns == b.mtime_ns and a.mode == b.mode
-    if a.kind == DIR:
-        return a.mode == b.mode and a.mtime_ns == b.mtime_ns
-    if a.kind == SYMLINK:
-        return a.target == b.target
-    return a.data == b.data
+    return a == b
 
 
 def parent(key: Key) -> Key:

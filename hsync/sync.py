@@ -11,7 +11,6 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -165,13 +164,18 @@ def compare(
     _root_checks(source, destination)
     exclude = _exclude_matcher(options.exclude)
 
-    # The two scans overlap: their system calls release the GIL.
-    with ThreadPoolExecutor(1, thread_name_prefix="hsync-scan") as pool:
-        fut = pool.submit(
-            destination.scan, (), exclude=exclude
-        ) if destination.exists() else None
-        src = source.scan((), exclude=exclude)
-        dst = fut.result() if fut is not None else Snapshot()
+    # The two walks overlap in two processes where the backend can fork one.
+    pending = None
+    if destination.exists():
+        start = getattr(destination, "scan_in_child", None)
+        pending = start((), exclude=exclude) if start is not None else None
+    src = source.scan((), exclude=exclude)
+    if pending is not None:
+        dst = pending()
+    elif destination.exists():
+        dst = destination.scan((), exclude=exclude)
+    else:
+        dst = Snapshot()
 
     if () in src.incomplete:
         raise SafetyError(f"{source.url}: source {src.incomplete[()]}; nothing done")

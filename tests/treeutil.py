@@ -11,6 +11,8 @@ from typing import Any
 
 import attrs
 
+from hsync.model import Node, Snapshot
+
 
 @attrs.frozen
 class Link:
@@ -88,3 +90,46 @@ def hsync_bin() -> str:
     """The installed console script next to this interpreter."""
     cand = Path(sys.executable).with_name("hsync")
     return str(cand) if cand.exists() else shutil.which("hsync") or "hsync"
+
+
+
+# -- in-memory tree literals for the pure core (diff, plan) --------------------------------
+
+
+def F(size: int = 0, mtime: int = 0, ident: object = None, mode: int = 0o644) -> Node:
+    """A file node literal."""
+    return Node("file", mode, size, mtime, None, ident)
+
+
+def D(mode: int = 0o755, mtime: int = 0, ident: object = None) -> Node:
+    """A directory node literal (``"a/": None`` in a tree literal is ``D()``)."""
+    return Node("dir", mode, 0, mtime, None, ident)
+
+
+def L(target: str, ident: object = None) -> Node:
+    """A symlink node literal."""
+    return Node("symlink", 0, 0, 0, target, ident)
+
+
+def snapshot(
+    spec: dict[str, Node | None],
+    *,
+    incomplete: dict[str, str] | None = None,
+    root: Node | None = None,
+) -> Snapshot:
+    """A ``Snapshot`` from a readable literal: ``{"a/": None, "a/f": F(size=1)}``.
+
+    A key ending in "/" with value None is a default directory (``D()``); the root
+    ``()`` is always present, as ``root`` or ``D()``. Parents must be listed explicitly.
+    """
+    nodes: dict[tuple[str, ...], Node] = {(): root if root is not None else D()}
+    for rel, value in spec.items():
+        key = tuple(part for part in rel.split("/") if part)
+        if value is None:
+            assert rel.endswith("/"), f"{rel!r}: None is only for directories ('a/')"
+            value = D()
+        nodes[key] = value
+    for key in nodes:
+        assert not key or key[:-1] in nodes, f"{'/'.join(key)}: parent missing in literal"
+    inc = {tuple(k.split("/")) if k else (): why for k, why in (incomplete or {}).items()}
+    return Snapshot(nodes=nodes, incomplete=inc)

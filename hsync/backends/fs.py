@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import marshal
 import os
 import stat
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..backend import ApplyResult, Backend, Capabilities
 from ..errors import BackendError
@@ -100,9 +101,14 @@ class FsBackend:
         return None
 
     def scan(
-        self, subtree: Key = (), *, exclude: Callable[[Key, bool], bool] | None = None
+        self,
+        subtree: Key = (),
+        *,
+        exclude: Callable[[Key, bool], bool] | None = None,
+        _node: Callable[..., Any] = Node,
     ) -> Snapshot:
         """See ``Backend.scan``. The root itself may be a symlink to a directory."""
+        Node = _node  # the forked scan builds plain tuples instead
         snap = Snapshot()
         nodes = snap.nodes
         top = self.path(subtree)
@@ -165,10 +171,53 @@ class FsBackend:
                         except OSError as e:
                             incomplete[k] = e.strerror or str(e)
                             continue
-                        nodes[k] = Node(SYMLINK, S_IMODE(mode), 0, st.st_mtime_ns, target, ino)
+                        nodes[k] = Node(SYMLINK, 0, 0, 0, target, ino)  # payload: target only
                     else:
                         skipped.append((k, _special_kind(mode)))
         return snap
+
+    def scan_in_child(
+        self, subtree: Key = (), *, exclude: Callable[[Key, bool], bool] | None = None
+    ) -> Callable[[], Snapshot]:
+        """Start ``scan`` in a forked child and return the function that collects it.
+
+        The walk is CPU-bound Python: two walks in threads contend for the GIL and are
+        slower than one after the other, two processes are not. Falls back to an
+        in-process scan where forking is unsafe (other threads running) or fails.
+        """
+        if threading.active_count() > 1 or not hasattr(os, "fork"):
+            snap = self.scan(subtree, exclude=exclude)
+            return lambda: snap
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: scan, send plain tuples, never return into the caller
+            code = 1
+            try:
+                os.close(r)
+                s = self.scan(subtree, exclude=exclude, _node=_row)
+                data = marshal.dumps((s.nodes, s.incomplete, s.skipped, self.stale_temps))
+                with os.fdopen(w, "wb") as f:
+                    f.write(data)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+
+        def collect() -> Snapshot:
+            with os.fdopen(r, "rb") as f:
+                data = f.read()
+            _, status = os.waitpid(pid, 0)
+            if status != 0 or not data:
+                return self.scan(subtree, exclude=exclude)
+            rows, incomplete, skipped, temps = marshal.loads(data)
+            self.stale_temps = temps
+            return Snapshot(
+                nodes={k: Node(*row) for k, row in rows.items()},
+                incomplete=incomplete,
+                skipped=skipped,
+            )
+
+        return collect
 
     def read(self, key: Key) -> BinaryIO:
         fd = os.open(self.path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -341,6 +390,7 @@ class _Batch:
             self.ok(op)
         elif op.kind == FILE and op.content:
             self.expect(op.key, op.old)
+            self.touch(op.key)  # the publish renames over it: the directory changes
             self.inflight.append((op, self.pool.submit(self.copy, op)))
         elif op.kind == FILE:
             self.expect(op.key, op.old)
@@ -452,6 +502,10 @@ class _Batch:
                 self.result.problems.append(
                     Problem(key, f"cannot set directory metadata: {e.strerror}")
                 )
+
+
+def _row(*fields: Any) -> tuple[Any, ...]:
+    return fields
 
 
 def _tmp_name(final: str) -> str:
