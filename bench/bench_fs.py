@@ -381,6 +381,7 @@ def snapshot(root: Path) -> dict[str, tuple[str, int, int, int]]:
 class Comparison:
     hard: list[str] = field(default_factory=list)  # missing/extra keys, file payload, modes
     dir_mtimes: int = 0  # directories whose mtime differs (reported, not fatal)
+    soft: list[str] = field(default_factory=list)  # examples of those
     root_meta: bool = False  # the destination root's own mode/mtime differ (not fatal)
 
     @property
@@ -413,6 +414,8 @@ def compare(
             continue
         if a[0] == "dir" and b[0] == "dir" and a[2] == b[2]:
             result.dir_mtimes += 1
+            if len(result.soft) < 5:
+                result.soft.append(f"dir mtime {rel}: {a[3]} vs {b[3]}")
         else:
             result.hard.append(f"differs {rel}: {a} vs {b}")
     return result
@@ -660,7 +663,7 @@ class Bench:
     def verify(self, pair: Pair, tool: Tool, source: SourceState, run: Run) -> bool:
         cmp = compare(source.snap, pair.dst[tool.name], source.root)
         run.verified = cmp.equal
-        run.verify_problems = cmp.hard[:10]
+        run.verify_problems = cmp.hard[:10] + cmp.soft
         run.dir_mtime_mismatches = cmp.dir_mtimes
         if not cmp.equal:
             msg = f"{tool.name}: destination differs from source ({len(cmp.hard)} problems)"
@@ -668,7 +671,7 @@ class Bench:
         if cmp.dir_mtimes:
             self.warn(
                 f"{tool.name}: directory mtimes differ from the source after a sync "
-                f"(first seen: {cmp.dir_mtimes} directories, scenario {run.scenario})"
+                f"(first seen: {cmp.dir_mtimes} dirs, scenario {run.scenario}, e.g. {cmp.soft[0]})"
             )
         if cmp.root_meta:
             self.warn(f"{tool.name}: destination root mode/mtime differ from the source root")

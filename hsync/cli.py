@@ -83,12 +83,19 @@ def _options(**kw: Any) -> Any:
 
 
 ExcludeOpt = typer.Option(
-    None, "--exclude", help="Gitignore-style pattern; excluded nodes are neither copied "
-    "nor deleted. Repeatable."
+    None,
+    "--exclude",
+    metavar="PATTERN",
+    help="Gitignore-style pattern; excluded nodes are neither copied nor deleted. Repeatable.",
 )
-ExcludeFromOpt = typer.Option(None, "--exclude-from", help="File of exclude patterns.")
+ExcludeFromOpt = typer.Option(
+    None, "--exclude-from", metavar="FILE", help="File of exclude patterns."
+)
 StateOpt = typer.Option(
-    None, "--state", help="History file (SQLite). Default: $XDG_STATE_HOME/hsync/history.sqlite"
+    None,
+    "--state",
+    metavar="PATH",
+    help="History file (SQLite). Default: $XDG_STATE_HOME/hsync/history.sqlite",
 )
 
 
@@ -113,15 +120,21 @@ def _human_bytes(n: float) -> str:
 @app.command()
 @_guard
 def sync(
-    src: str = typer.Argument(..., help="Source tree (path or URL)."),
-    dst: str = typer.Argument(..., help="Destination tree; created when missing."),
+    src: str = typer.Argument(..., metavar="SRC", help="Source tree (path or URL)."),
+    dst: str = typer.Argument(
+        ..., metavar="DST", help="Destination tree; created when missing."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print the plan, change nothing."),
     no_delete: bool = typer.Option(False, "--no-delete", help="Keep destination-only nodes."),
     checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
     exclude: list[str] = ExcludeOpt,
     exclude_from: list[str] = ExcludeFromOpt,
     max_delete: int | None = typer.Option(
-        None, "--max-delete", min=0, help="Delete nothing when more than N deletions are due."
+        None,
+        "--max-delete",
+        min=0,
+        metavar="N",
+        help="Delete nothing when more than N deletions are due.",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     state: str | None = StateOpt,
@@ -180,8 +193,8 @@ def sync(
 @app.command()
 @_guard
 def diff(
-    src: str = typer.Argument(..., help="Source tree (path or URL)."),
-    dst: str = typer.Argument(..., help="Destination tree."),
+    src: str = typer.Argument(..., metavar="SRC", help="Source tree (path or URL)."),
+    dst: str = typer.Argument(..., metavar="DST", help="Destination tree."),
     json_out: bool = typer.Option(False, "--json", help="Print the ordered plan as JSON."),
     tree: bool = typer.Option(False, "--tree", help="Render the plan as a tree."),
     checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
@@ -272,7 +285,7 @@ class _Progress:
 
 def main() -> None:
     # A scan allocates a few objects per node and frees almost none: let the cyclic
-    # collector run far less often (a measured 10-20% of a no-op re-sync).
+    # collector run far less often.
     gc.set_threshold(100_000, 50, 100)
     os.environ.setdefault("TYPER_USE_RICH", "0")
     app(prog_name="hsync")

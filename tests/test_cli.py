@@ -516,17 +516,12 @@ def test_checksum_detects_same_size_same_mtime_difference(tmp_path: Path) -> Non
     assert "a/sibling" in r.out
     ok(hsync("sync", "--checksum", src, dst))
     assert target.read_bytes() == b"sib"
-    # directory mtimes left out: see test_content_update_keeps_the_parent_directory_mtime
-    assert read_tree(dst, dir_mtime=False) == read_tree(src, dir_mtime=False)
+    assert_same_tree(src, dst)
+    ok(hsync("diff", "--checksum", src, dst))
 
 
-@pytest.mark.xfail(
-    reason="BUG: a content update publishes by rename into the parent directory but does "
-    "not restore that directory's mtime (fs.py _Batch.update does not touch the parent); "
-    "`hsync diff` then reports `update dir a/b/c` until a second sync",
-    strict=True,
-)
 def test_content_update_keeps_the_parent_directory_mtime(tmp_path: Path) -> None:
+    """Publishing by rename changes the parent directory; its source mtime is restored."""
     src = make_sample(tmp_path / "src")
     dst = tmp_path / "dst"
     ok(hsync("sync", src, dst))

@@ -267,6 +267,25 @@ CASES = [
         ],
     ),
     Case(
+        "directory moved into a new parent, its old name reused (different mtime)",
+        destination={"d/": D(ident=1), "d/f": F(1, 1, ident=2), "d/g": F(2, 2, ident=3)},
+        source={
+            "p/": D(ident=9),
+            "p/d/": D(ident=1),
+            "p/d/f": F(1, 1, ident=2),
+            "p/d/g": F(2, 2, ident=3),
+            "d/": D(mtime=5, ident=5),
+            "d/h": F(7, 7, ident=6),
+        },
+        history="destination",
+        expected=[
+            ("create", "p", None),
+            ("move", "d", "p/d"),
+            ("create", "d", None),
+            ("create", "d/h", None),
+        ],
+    ),
+    Case(
         "history ignored when the destination no longer holds what was synced",
         destination={"a": F(1, 5)},
         source={"b": F(1, 1, ident=1)},
