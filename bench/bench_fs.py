@@ -19,16 +19,19 @@ Stdlib only. Run ``python bench/bench_fs.py --help``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import random
 import re
 import shutil
+import signal
 import statistics
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -477,20 +480,36 @@ class Process:
     stderr: str
 
 
-def run_process(argv: Sequence[str], logdir: Path) -> Process:
-    """Run argv (argv[0] an absolute path) through the launcher; output goes to files."""
+def run_process(argv: Sequence[str], logdir: Path, timeout: float | None = None) -> Process:
+    """Run argv (argv[0] an absolute path) through the launcher; output goes to files.
+
+    The launcher leads its own process group, so a timeout kills it and the tool together.
+    """
     out_path, err_path = logdir / "stdout.txt", logdir / "stderr.txt"
     res_path = logdir / "launcher.txt"
     res_path.unlink(missing_ok=True)
     launcher = [sys.executable, "-S", "-I", "-c", _LAUNCHER, str(res_path), *argv]
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(launcher, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        _, status, _usage = os.wait4(proc.pid, 0)  # the launcher's own rusage: not the tool's
+        proc = subprocess.Popen(
+            launcher, stdout=out, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+        timer = None
+        killed = threading.Event()
+        if timeout:
+            timer = threading.Timer(timeout, _kill_group, (proc.pid, killed))
+            timer.start()
+        try:
+            _, status, _usage = os.wait4(proc.pid, 0)  # the launcher's rusage, not the tool's
+        finally:
+            if timer:
+                timer.cancel()
         outer = time.perf_counter() - t0
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped: keep Popen from waiting
     stdout = out_path.read_text(errors="replace")
     stderr = err_path.read_text(errors="replace")
+    if killed.is_set():
+        stderr += f"\n[bench] killed after {timeout} s (--timeout)"
     try:
         secs, rss, rc = res_path.read_text().split()
     except (OSError, ValueError):  # the launcher itself failed (e.g. no such executable)
@@ -499,6 +518,12 @@ def run_process(argv: Sequence[str], logdir: Path) -> Process:
     if maxrss is not None and maxrss > _PHYS_KIB:  # seen once here: a bogus 139 GB peak
         maxrss = None
     return Process(float(secs), outer, maxrss, int(rc), stdout, stderr)
+
+
+def _kill_group(pgid: int, killed: threading.Event) -> None:
+    killed.set()
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def rss_floor(logdir: Path) -> int | None:
@@ -514,7 +539,8 @@ def rss_floor(logdir: Path) -> int | None:
 class Tool:
     name = ""
 
-    def __init__(self, exe: str, logdir: Path) -> None:
+    def __init__(self, exe: str, logdir: Path, timeout: float | None) -> None:
+        self.timeout = timeout
         found = shutil.which(exe)
         if not found:
             raise SystemExit(f"{self.name} executable not found: {exe}")
@@ -530,7 +556,7 @@ class Tool:
     def sync(self, src: Path, dst: Path, state: Path, scenario: str, rnd: int, timed: bool) -> Run:
         argv = self.argv(src, dst, state)
         os.sync()  # do not bill this command for the previous one's dirty pages
-        proc = run_process(argv, self.logdir)
+        proc = run_process(argv, self.logdir, self.timeout)
         run = Run(
             self.name,
             scenario,
@@ -668,12 +694,12 @@ class Bench:
         if not cmp.equal:
             msg = f"{tool.name}: destination differs from source ({len(cmp.hard)} problems)"
             log(f"  ! {msg}: {cmp.hard[:5]}")
-        if cmp.dir_mtimes:
+        if cmp.dir_mtimes and cmp.equal and run.ok:  # noise after a failed run
             self.warn(
                 f"{tool.name}: directory mtimes differ from the source after a sync "
                 f"(first seen: {cmp.dir_mtimes} dirs, scenario {run.scenario}, e.g. {cmp.soft[0]})"
             )
-        if cmp.root_meta:
+        if cmp.root_meta and cmp.equal and run.ok:
             self.warn(f"{tool.name}: destination root mode/mtime differ from the source root")
         return cmp.equal
 
@@ -689,7 +715,8 @@ class Bench:
         source = SourceState.of(pair.src)
         for tool in self.tools:
             state = pair.state[tool.name]
-            state.parent.mkdir(parents=True, exist_ok=True)
+            if tool.name == "hsync":
+                state.parent.mkdir(parents=True, exist_ok=True)
             cmp = compare(source.snap, pair.dst[tool.name], source.root)
             # Directory mtimes count here: a timed round starts from an equal destination.
             need = warmup or not cmp.equal or cmp.dir_mtimes > 0 or cmp.root_meta
@@ -708,12 +735,16 @@ class Bench:
         parts = []
         for tool in order:
             state = pair.state[tool.name]
-            state.parent.mkdir(parents=True, exist_ok=True)
+            if tool.name == "hsync":
+                state.parent.mkdir(parents=True, exist_ok=True)
             run = tool.sync(pair.src, pair.dst[tool.name], state, scenario, rnd, timed=True)
             self.verify(pair, tool, source, run)
             self.runs.append(run)
             bc = "n/a" if run.bytes_copied is None else f"{run.bytes_copied:,}"
             flag = "" if run.ok and run.verified else " FAILED"
+            ops = ",".join(f"{k}={v}" for k, v in (run.counts or {}).items() if v)
+            if ops:
+                flag += f" {ops}"
             parts.append(
                 f"{tool.name} {run.seconds:.3f} s, {_fmt_rss(run.maxrss_kib)}, {bc} B{flag}"
             )
@@ -805,6 +836,10 @@ def summarize(bench: Bench, scenarios: str, batch: int, big_size: int) -> dict[s
                 "max_rss_kib": max(
                     (r.maxrss_kib for r in mine if r.maxrss_kib is not None), default=None
                 ),
+                # hsync's own "elapsed" (its work without interpreter start-up)
+                "median_tool_elapsed": _median(
+                    [r.tool_elapsed for r in good if r.tool_elapsed is not None]
+                ),
             }
         ratios = [
             rs["hsync"].seconds / rs["rsync"].seconds
@@ -883,7 +918,7 @@ def markdown_table(summary: dict[str, Any], rss_floor_kib: int | None) -> str:
             met,
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    rounds = max((len(e["hsync"]["seconds"]) for e in summary.values()), default=0)
+    rounds = max((len(e[t]["seconds"]) for e in summary.values() for t in TOOLS), default=0)
     floor = "n/a" if rss_floor_kib is None else f"{rss_floor_kib / 1024:.1f} MiB"
     lines += [
         "",
@@ -922,13 +957,27 @@ def default_hsync() -> str | None:
 
 
 def version_of(argv: list[str]) -> str:
+    """First line of `argv`'s output, for the record; never fails."""
     try:
-        out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        proc = subprocess.Popen(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            start_new_session=True,
+        )
     except OSError as exc:
         return f"unavailable: {exc}"
-    text = out.stdout.strip()
-    if out.returncode != 0 or not text:
-        return f"unknown ({' '.join(argv)}: exit {out.returncode})"
+    try:
+        text, _ = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc.pid, threading.Event())
+        proc.communicate()
+        return f"unknown ({' '.join(argv)}: timed out)"
+    text = text.strip()
+    if proc.returncode != 0 or not text:
+        return f"unknown ({' '.join(argv)}: exit {proc.returncode})"
     return text.splitlines()[0]
 
 
@@ -970,6 +1019,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="JSON results (default WORKDIR/results.json)",
     )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=1800.0,
+        help="kill a sync that runs longer (seconds, 0: never; default %(default)s)",
+    )
     p.add_argument("--regen", action="store_true", help="regenerate the cached trees")
     p.add_argument("--keep", action="store_true", help="keep destinations after the run")
     args = p.parse_args(argv)
@@ -1000,12 +1055,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name not in names:
             continue
         if name == "rsync":
-            tools.append(Rsync(ensure_rsync(args.rsync), work / "logs"))
+            tools.append(Rsync(ensure_rsync(args.rsync), work / "logs", args.timeout))
         else:
             exe = args.hsync or default_hsync()
             if not exe:
                 raise SystemExit("hsync executable not found (use --hsync or --tools rsync)")
-            tools.append(Hsync(exe, work / "logs"))
+            tools.append(Hsync(exe, work / "logs", args.timeout))
     floor = rss_floor(work / "logs")
     env = {
         "rss_floor_kib": floor,
@@ -1096,6 +1151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(run_dir)
 
     print(table)
+    internal = [
+        f"{sc} {e['hsync']['median_tool_elapsed']:.3f} s"
+        for sc, e in summary.items()
+        if e["hsync"]["median_tool_elapsed"] is not None
+    ]
+    if internal:
+        print("\nhsync's own 'elapsed' (median, from its JSON report): " + ", ".join(internal))
     if bench.warnings:
         print("\nwarnings:\n" + "\n".join(f"- {w}" for w in bench.warnings))
     print(f"\nresults: {out_path}")

@@ -395,11 +395,14 @@ def diff(
             changes.append(
                 Change(op=UPDATE, key=s, kind=node.kind, node=node, old=old, content=content)
             )
+    keep: set[Key] = set()  # directories holding excluded nodes, and their ancestors
+    for k in destination.holds_excluded:
+        keep.update(k[:i] for i in range(len(k) + 1))
     for s in sorted(m.open_src):
-        if s not in m.claimed:
+        if s not in m.claimed and not (s in keep and src[s].kind != dst[s].kind):
             changes.append(Change(op=CREATE, key=s, kind=src[s].kind, node=src[s]))
     for d in sorted(m.open_dst):
-        if d in match:
+        if d in match or d in keep:
             continue
         if not delete and not _needed(d, src, dst):
             continue

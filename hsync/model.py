@@ -89,6 +89,9 @@ class Snapshot:
     nodes: dict[Key, Node] = attrs.field(factory=dict)
     incomplete: dict[Key, str] = attrs.field(factory=dict)
     skipped: list[tuple[Key, str]] = attrs.field(factory=list)
+    holds_excluded: set[Key] = attrs.field(factory=set)
+    """Directories with excluded children: excluded nodes are never deleted, so neither
+    are these directories nor their ancestors."""
     _children: dict[Key, list[Key]] | None = attrs.field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:

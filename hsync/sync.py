@@ -274,12 +274,9 @@ def _apply(
     cmp: Comparison, options: Options, report: Report, on_done: Callable[[Op], None] | None
 ) -> None:
     dst = cmp.destination
-    clean = getattr(dst, "clean_temps", None)
-    if clean is not None:
-        report.problems.extend(clean())
     ops = cmp.plan.ops
     failed: set[Key] = set()
-    for batch in _batches(ops):
+    for batch in _batches(ops) or [()]:  # one batch even when empty: it cleans up
         result = dst.apply_batch(batch, cmp.source, cmp.src, fsync=options.fsync, on_done=on_done)
         for op in result.done:
             report.counts[op.op] += 0 if op.temporary else 1

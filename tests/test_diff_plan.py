@@ -39,6 +39,7 @@ class Case:
     delete: bool = True
     case_insensitive: bool = False
     source_incomplete: dict[str, str] = field(default_factory=dict)
+    source_root: Node | None = None
     properties: Callable[[list[OpRow]], None] | None = None
     bug: str | None = None
     """Set when hsync is known wrong here (SPEC): the case is a strict xfail."""
@@ -299,6 +300,15 @@ CASES = [
         history={1: ("a", F(1, 1, ident=1))},
         expected=[("delete", "a/x", None), ("delete", "a", None), ("create", "b", None)],
     ),
+    Case(
+        "the source root's identity was a subdirectory's in the history: no crash",
+        destination={"a/": D(ident=1)},
+        source={},
+        source_root=D(mtime=1, ident=1),
+        history="destination",
+        expected=[("delete", "a", None), ("update", "", None)],
+        bug="diff pairs the source root with a destination subdirectory: IndexError",
+    ),
     # -- options and partial scans ----------------------------------------------------------
     Case(
         "delete=False: no deletes except where a type change needs the key, no moves",
@@ -448,7 +458,7 @@ def _params(cases: list[Case]) -> list[Any]:
 @pytest.mark.parametrize("case", _params(CASES))
 def test_diff_plan(case: Case) -> None:
     dst = snapshot(case.destination)
-    src = snapshot(case.source, incomplete=case.source_incomplete)
+    src = snapshot(case.source, incomplete=case.source_incomplete, root=case.source_root)
     digest = None
     if case.digests is not None:
         table = {(side, _key(path)): h for (side, path), h in case.digests.items()}

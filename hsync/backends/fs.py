@@ -44,7 +44,10 @@ from ..model import (
 TMP_PREFIX = ".hsync-tmp-"
 """Temporary files of an unfinished publish: never synced, removed by the next run."""
 
-COPY_THREADS = 8
+COPY_THREADS = 4
+INLINE_MAX = 64 * 1024
+"""Files up to this size are copied on the calling thread: for them the hand-off to a
+pool thread costs more than the copy (page-cache to page-cache)."""
 _CHUNK = 1 << 20
 _counter = itertools.count()
 
@@ -55,12 +58,6 @@ class SourceChanged(Exception):
 
 class TargetChanged(Exception):
     """The destination does not hold what the plan expected."""
-
-
-def _safe_name(name: str) -> str:
-    if not name or name in (".", "..") or "/" in name or "\0" in name:
-        raise TargetChanged(f"refusing unsafe name {name!r}")
-    return name
 
 
 class FsBackend:
@@ -79,9 +76,20 @@ class FsBackend:
 
     # -- reading ------------------------------------------------------------------------
     def path(self, key: Key) -> str:
+        """The absolute path of ``key``; refuses names that could leave the tree."""
         if not key:
             return self.root
-        return os.path.join(self.root, *map(_safe_name, key))
+        rel = "/".join(key)
+        probe = f"/{rel}/"
+        if (
+            rel.count("/") != len(key) - 1
+            or "//" in probe
+            or "/./" in probe
+            or "/../" in probe
+            or "\0" in rel
+        ):
+            raise TargetChanged(f"refusing unsafe name in {rel!r}")
+        return f"{self.root}/{rel}" if self.root != "/" else f"/{rel}"
 
     def exists(self) -> bool:
         return os.path.isdir(self.root)
@@ -123,6 +131,7 @@ class FsBackend:
         root_dev = st.st_dev
         nodes[subtree] = Node(DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, None, st.st_ino)
         incomplete, skipped, temps = snap.incomplete, snap.skipped, self.stale_temps
+        held = snap.holds_excluded
         S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
         readlink, scandir = os.readlink, os.scandir
         stack: list[tuple[str, Key]] = [(top, subtree)]
@@ -154,15 +163,18 @@ class FsBackend:
                             temps.append(k)
                             continue
                         if exclude is not None and exclude(k, False):
+                            held.add(key)
                             continue
                         nodes[k] = Node(FILE, S_IMODE(mode), st.st_size, st.st_mtime_ns, None, ino)
                     elif S_ISDIR(mode):
                         if exclude is not None and exclude(k, True):
+                            held.add(key)
                             continue
                         nodes[k] = Node(DIR, S_IMODE(mode), 0, st.st_mtime_ns, None, ino)
                         stack.append((entry.path, k))
                     elif S_ISLNK(mode):
                         if exclude is not None and exclude(k, False):
+                            held.add(key)
                             continue
                         try:
                             target = readlink(entry.path)
@@ -195,7 +207,9 @@ class FsBackend:
             try:
                 os.close(r)
                 s = self.scan(subtree, exclude=exclude, _node=_row)
-                data = marshal.dumps((s.nodes, s.incomplete, s.skipped, self.stale_temps))
+                data = marshal.dumps(
+                    (s.nodes, s.incomplete, s.skipped, self.stale_temps, s.holds_excluded)
+                )
                 with os.fdopen(w, "wb") as f:
                     f.write(data)
                 code = 0
@@ -209,12 +223,13 @@ class FsBackend:
             _, status = os.waitpid(pid, 0)
             if status != 0 or not data:
                 return self.scan(subtree, exclude=exclude)
-            rows, incomplete, skipped, temps = marshal.loads(data)
+            rows, incomplete, skipped, temps, held = marshal.loads(data)
             self.stale_temps = temps
             return Snapshot(
                 nodes={k: Node(*row) for k, row in rows.items()},
                 incomplete=incomplete,
                 skipped=skipped,
+                holds_excluded=held,
             )
 
         return collect
@@ -239,19 +254,6 @@ class FsBackend:
         pass
 
     # -- writing ------------------------------------------------------------------------
-    def clean_temps(self) -> list[Problem]:
-        """Remove temporary files left by an interrupted publish (found by the scan)."""
-        problems = []
-        for key in self.stale_temps:
-            try:
-                os.unlink(self.path(key))
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                problems.append(Problem(key, f"cannot remove stale temporary file: {e.strerror}"))
-        self.stale_temps = []
-        return problems
-
     def apply_batch(
         self,
         ops: Sequence[Op],
@@ -285,7 +287,22 @@ class _Batch:
         self.inflight: list[tuple[Op, Future[int]]] = []
         self.lock = threading.Lock()
 
+    def clean_temps(self) -> None:
+        """Remove temporary files left by an interrupted publish (found by the scan)."""
+        for key in self.dst.stale_temps:
+            try:
+                os.unlink(self.dst.path(key))
+                self.touch(key)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                self.result.problems.append(
+                    Problem(key, f"cannot remove a stale temporary file: {e.strerror}")
+                )
+        self.dst.stale_temps = []
+
     def run(self, ops: Sequence[Op]) -> ApplyResult:
+        self.clean_temps()
         with ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="hsync-copy") as pool:
             self.pool = pool
             for op in ops:
@@ -295,7 +312,7 @@ class _Batch:
                     self.fail(op, e)
             self.barrier()
         self.settle_directories()
-        if not self.fsync and self.result.done:
+        if not self.fsync and (self.result.done or self.touched):
             _syncfs(self.dst.root)
         return self.result
 
@@ -340,7 +357,7 @@ class _Batch:
                 self.touched.add(op.key)
                 self.ok(op)
             elif kind == FILE:
-                self.inflight.append((op, self.pool.submit(self.copy, op)))
+                self.publish(op)
             elif kind == SYMLINK:
                 assert op.node is not None and op.node.target is not None
                 os.symlink(op.node.target, dst.path(op.key))
@@ -370,6 +387,13 @@ class _Batch:
             self.touch(op.key)
             self.ok(op)
 
+    def publish(self, op: Op) -> None:
+        assert op.node is not None
+        if op.node.size <= INLINE_MAX:
+            self.ok(op, self.copy(op))
+        else:
+            self.inflight.append((op, self.pool.submit(self.copy, op)))
+
     def mkdir(self, key: Key) -> None:
         path = self.dst.path(key)
         try:
@@ -391,11 +415,11 @@ class _Batch:
         elif op.kind == FILE and op.content:
             self.expect(op.key, op.old)
             self.touch(op.key)  # the publish renames over it: the directory changes
-            self.inflight.append((op, self.pool.submit(self.copy, op)))
+            self.publish(op)
         elif op.kind == FILE:
             self.expect(op.key, op.old)
-            os.chmod(path, node.mode, follow_symlinks=False)
-            os.utime(path, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
+            os.chmod(path, node.mode)  # expect() saw a regular file, not a symlink
+            os.utime(path, ns=(node.mtime_ns, node.mtime_ns))
             self.ok(op)
         elif op.kind == SYMLINK:
             assert node.target is not None
@@ -435,46 +459,47 @@ class _Batch:
             raise TargetChanged("the destination changed since it was scanned")
 
     def copy(self, op: Op) -> int:
-        """Publish the source file at ``op.key`` atomically; return the bytes copied."""
+        """Publish the source file at ``op.key`` atomically; return the bytes copied.
+
+        The hot path of an initial sync: one open, fstat, create, copy, utime, close and
+        rename per file, and as little Python as that allows.
+        """
         node = op.node
         assert node is not None
         final = self.dst.path(op.key)
         tmp = _tmp_name(final)
         if isinstance(self.src, FsBackend):
-            src_path = self.src.path(op.key)
-            fd_in = os.open(src_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd_in = os.open(self.src.path(op.key), _O_READ)
         else:
-            src_path = None
             stream = self.src.read(op.key)
             fd_in = os.dup(stream.fileno())
             stream.close()
         try:
             before = os.fstat(fd_in)
             if (
-                not stat.S_ISREG(before.st_mode)
-                or before.st_size != node.size
+                before.st_size != node.size
                 or before.st_mtime_ns != node.mtime_ns
+                or (node.identity is not None and _ident(before, node) != node.identity)
+                or not stat.S_ISREG(before.st_mode)
             ):
                 raise SourceChanged("the source file changed since it was scanned")
-            fd_out = os.open(
-                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-            )
+            mode = node.mode
+            fd_out = os.open(tmp, _O_CREATE, mode & 0o777)
             try:
                 try:
                     copied = _copy_fd(fd_in, fd_out, node.size)
-                    os.fchmod(fd_out, node.mode)
+                    if mode & ~_UMASK_SAFE or _umask() & mode:
+                        os.fchmod(fd_out, mode)
                     os.utime(fd_out, ns=(node.mtime_ns, node.mtime_ns))
                     if self.fsync:
                         os.fsync(fd_out)
                 finally:
                     os.close(fd_out)
                 after = os.fstat(fd_in)
-                now = os.stat(src_path, follow_symlinks=False) if src_path else after
                 if (
                     copied != before.st_size
                     or after.st_size != before.st_size
                     or after.st_mtime_ns != before.st_mtime_ns
-                    or now.st_ino != before.st_ino
                 ):
                     raise SourceChanged("the source file changed while it was copied")
                 os.rename(tmp, final)
@@ -494,14 +519,43 @@ class _Batch:
                 continue
             path = self.dst.path(key)
             try:
-                os.chmod(path, node.mode, follow_symlinks=False)
-                os.utime(path, ns=(node.mtime_ns, node.mtime_ns), follow_symlinks=False)
+                # through a descriptor that is this directory, not what a symlink names
+                # (only the root may be a symlink the user gave us)
+                fd = os.open(path, _O_DIR if key else _O_DIR & ~os.O_NOFOLLOW)
+                try:
+                    os.fchmod(fd, node.mode)
+                    os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+                finally:
+                    os.close(fd)
             except FileNotFoundError:
                 continue  # it moved on since; the op that moved it touched its new place
             except OSError as e:
                 self.result.problems.append(
                     Problem(key, f"cannot set directory metadata: {e.strerror}")
                 )
+
+
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_UMASK_SAFE = 0o777
+_umask_value: list[int] = []
+
+
+def _umask() -> int:
+    """The process umask (read once: reading it means setting it)."""
+    if not _umask_value:
+        old = os.umask(0o022)
+        os.umask(old)
+        _umask_value.append(old)
+    return _umask_value[0]
+
+
+def _ident(st: os.stat_result, node: Node) -> int:
+    ino = st.st_ino
+    return ino if not isinstance(node.identity, int) or node.identity == ino else (
+        (st.st_dev << 64) | ino
+    )
 
 
 def _row(*fields: Any) -> tuple[Any, ...]:
@@ -525,13 +579,15 @@ def _copy_fd(fd_in: int, fd_out: int, size_hint: int) -> int:
     """Copy until EOF; kernel-side where possible. Returns the bytes copied."""
     global _copy_file_range_ok
     total = 0
+    if size_hint == 0:
+        return 0  # the caller's fstat after the copy catches a file that grew
     if _copy_file_range_ok:
         try:
             while True:
-                n = os.copy_file_range(fd_in, fd_out, max(size_hint - total, _CHUNK) , None, None)
-                if n == 0:
-                    return total
+                n = os.copy_file_range(fd_in, fd_out, max(size_hint - total, _CHUNK))
                 total += n
+                if n == 0 or total == size_hint:
+                    return total  # a file that grew meanwhile is caught by the caller
         except OSError as e:
             if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                 raise

@@ -1,0 +1,173 @@
+"""sync_once on real filesystem trees (tmp_path): renames stay renames, and a source
+file that changes under the copy is never published (SPEC sections 3 and 5)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from treeutil import DIR, File, Link, assert_same_tree, build
+
+from hsync.history import History
+from hsync.model import Plan
+from hsync.sync import Options, sync_once
+
+T0 = 1_600_000_000 * 10**9
+N_FILES = 1000
+
+
+def _inodes(root: Path) -> dict[str, int]:
+    out = {}
+    for d, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(d, name)
+            out[os.path.relpath(path, root)] = os.lstat(path).st_ino
+    return out
+
+
+def _temps(root: Path) -> list[str]:
+    return [
+        os.path.join(d, n)
+        for d, dirs, files in os.walk(root)
+        for n in dirs + files
+        if n.startswith(".hsync-tmp-")
+    ]
+
+
+@pytest.mark.parametrize(
+    "evidence",
+    ["history", "matching"],
+    ids=[
+        "history: the directory's inode is found where it was synced",
+        "matching: no state file, the children match by name and size",
+    ],
+)
+def test_renamed_directory_of_1000_files_is_one_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, evidence: str
+) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    state = str(tmp_path / "state.sqlite") if evidence == "history" else ""
+    build(
+        src,
+        {
+            "big": DIR,
+            **{
+                f"big/f{i:04d}": File(b"%d" % i, mode=0o600 if i % 7 else 0o755, mtime_ns=T0 + i)
+                for i in range(N_FILES)
+            },
+            "other": b"unrelated",
+        },
+    )
+    first = sync_once(str(src), str(dst), Options(state=state, check=True))
+    assert first.ok and first.counts["create"] == N_FILES + 3  # root, big, other
+    before = _inodes(dst / "big")
+    assert len(before) == N_FILES
+
+    found: dict[object, tuple[str, ...]] = {}
+    original = History.lookup_many
+
+    def spy(self: History, identities: Iterable[object]) -> dict[object, Any]:
+        hits = original(self, identities)
+        found.update({ident: key for ident, (key, _) in hits.items()})
+        return hits
+
+    monkeypatch.setattr(History, "lookup_many", spy)
+    big_ino = os.stat(src / "big").st_ino
+    (src / "big").rename(src / "renamed")
+
+    report = sync_once(str(src), str(dst), Options(state=state, check=True))
+    assert report.ok, report.problems
+    assert report.counts["move"] == 1
+    assert report.counts["create"] == 0
+    assert report.counts["delete"] == 0
+    assert report.bytes_copied == 0
+    assert report.plan is not None
+    moves = [op.to_json() for op in report.plan.ops if op.op == "move"]
+    assert moves == [{"op": "move", "kind": "dir", "path": "big", "to": "renamed"}]
+    assert not (dst / "big").exists()
+    assert _inodes(dst / "renamed") == before
+    assert_same_tree(src, dst)
+    if evidence == "history":
+        # the move was found by identity: the history placed the inode at "big"
+        assert found.get(big_ino) == ("big",)
+    else:
+        assert found == {}  # no history at all: the children's similarity found it
+
+
+@pytest.mark.parametrize(
+    "existing",
+    [None, b"old content"],
+    ids=["new file: nothing is published", "updated file: the old content stays"],
+)
+def test_source_file_changing_during_the_sync_is_not_published(
+    tmp_path: Path, existing: bytes | None
+) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    state = str(tmp_path / "state.sqlite")
+    build(src, {"keep": File(b"k", mtime_ns=T0), "d": DIR, "d/f": File(b"v1", mtime_ns=T0 + 1)})
+    if existing is not None:
+        build(dst, {"keep": File(b"k", mtime_ns=T0), "d": DIR, "d/f": File(existing, mtime_ns=T0)})
+
+    def change_source(plan: Plan) -> None:
+        # The plan is made; the file it will copy changes before its copy starts.
+        assert any(op.key == ("d", "f") and op.op in ("create", "update") for op in plan.ops)
+        (src / "d" / "f").write_bytes(b"v2 longer")
+        os.utime(src / "d" / "f", ns=(T0 + 2, T0 + 2))
+
+    options = Options(state=state, check=True)
+    report = sync_once(str(src), str(dst), options, on_planned=change_source)
+    problems = [p for p in report.problems if p.key == ("d", "f")]
+    assert len(problems) == 1 and problems[0].retry, report.problems
+    assert report.exit_code == 3
+    if existing is None:
+        assert not os.path.lexists(dst / "d" / "f")
+    else:
+        assert (dst / "d" / "f").read_bytes() == existing
+    assert (dst / "keep").read_bytes() == b"k"
+    assert _temps(dst) == []
+
+    again = sync_once(str(src), str(dst), Options(state=state, check=True))
+    assert again.ok, again.problems
+    assert (dst / "d" / "f").read_bytes() == b"v2 longer"
+    assert_same_tree(src, dst)
+    assert len(sync_once(str(src), str(dst), Options(state=state, dry_run=True)).plan) == 0
+
+
+def test_source_file_replaced_during_the_sync_is_not_published(tmp_path: Path) -> None:
+    """Same size, another mtime, another inode: still a stale plan, still not published."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    build(src, {"f": File(b"aaaa", mtime_ns=T0)})
+
+    def replace_source(plan: Plan) -> None:
+        build(tmp_path / "side", {"f": File(b"bbbb", mtime_ns=T0 + 5)})
+        os.rename(tmp_path / "side" / "f", src / "f")
+
+    report = sync_once(str(src), str(dst), Options(state=""), on_planned=replace_source)
+    assert [(p.key, p.retry) for p in report.problems] == [(("f",), True)]
+    assert not os.path.lexists(dst / "f")
+    assert _temps(dst) == []
+    assert sync_once(str(src), str(dst), Options(state="")).ok
+    assert_same_tree(src, dst)
+
+
+@pytest.mark.xfail(
+    reason="BUG: History.lookup_many returns nodes without a symlink target, so "
+    "same_content(synced, there) never holds for a symlink: its rename is delete + create",
+    strict=True,
+)
+def test_symlink_rename_is_a_move_with_history(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    state = str(tmp_path / "state.sqlite")
+    build(src, {"a": File(b"x", mtime_ns=T0), "link": Link("a")})
+    assert sync_once(str(src), str(dst), Options(state=state, check=True)).ok
+    (src / "link").rename(src / "renamed")
+    report = sync_once(str(src), str(dst), Options(state=state, check=True))
+    assert report.ok
+    assert_same_tree(src, dst)
+    assert report.plan is not None
+    assert [op.to_json() for op in report.plan.ops if op.op != "update"] == [
+        {"op": "move", "kind": "symlink", "path": "link", "to": "renamed"}
+    ]
