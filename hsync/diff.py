@@ -141,31 +141,37 @@ class _Matcher:
     # -- 1. identity ---------------------------------------------------------------------
     def by_identity(self, history: HistoryView) -> None:
         src, dst = self.src, self.dst
-        candidates = sorted(self.open_src)
-        idents = [src[s].identity for s in candidates if src[s].identity is not None]
-        if not idents:
-            return
-        known = history.lookup_many(idents)
-        if not known:
-            return
-        for s in candidates:
-            node = src[s]
-            hit = known.get(node.identity)
-            if hit is None:
-                continue
-            k1, synced = hit
-            if k1 in (s, ROOT) or k1 in self.match or k1 not in self.open_dst:
-                continue
-            there = dst[k1]
-            if there.kind != node.kind or there.kind != synced.kind:
-                continue
-            # Trust the history only while the destination still holds what was synced.
-            if not same_content(synced, there):
-                continue
-            still = src.get(k1)
-            if still is not None and still.identity == node.identity:
-                continue  # a second name for the same node (hard link): not a move
-            self.pair(k1, s)
+        candidates = sorted(k for k in self.open_src if k)  # the roots are matched already
+        while candidates:
+            idents = [src[s].identity for s in candidates if src[s].identity is not None]
+            known = history.lookup_many(idents) if idents else {}
+            reopened: list[Key] = []
+            for s in candidates:
+                node = src[s]
+                hit = known.get(node.identity)
+                if hit is None:
+                    continue
+                k1, synced = hit
+                if k1 in (s, ROOT) or k1 in self.match or k1 not in dst:
+                    continue
+                there = dst[k1]
+                if there.kind != node.kind or there.kind != synced.kind:
+                    continue
+                # Trust the history only while the destination still holds what was synced
+                if not same_content(synced, there):
+                    continue
+                still = src.get(k1)
+                if still is not None and still.identity == node.identity:
+                    continue  # a second name for the same node (hard link): not a move
+                if k1 not in self.open_dst:
+                    # k1 looked unchanged, but another node now lives there: reopen it
+                    # (and look up where that node came from, in the next round)
+                    self.open_dst.add(k1)
+                    if still is not None and k1 not in self.open_src:
+                        self.open_src.add(k1)
+                        reopened.append(k1)
+                self.pair(k1, s)
+            candidates = reopened
 
     # -- 2, 3. same place, and relocation below moved directories -------------------------
     def by_place(self) -> None:
@@ -345,8 +351,15 @@ def diff(
     src, dst = source.nodes, destination.nodes
     frozen = {**source.incomplete, **destination.incomplete}
     if frozen:
+        # Nothing at or below a key that could not be read is touched: kept as it is
+        # where both sides have it, ignored where one side has no node for it.
+        full_src = src
         src = {k: n for k, n in src.items() if not _strictly_under_any(k, frozen)}
-        dst = {k: n for k, n in dst.items() if not _strictly_under_any(k, frozen)}
+        dst = {
+            k: n
+            for k, n in dst.items()
+            if not _strictly_under_any(k, frozen) and (k not in frozen or k in full_src)
+        }
     if checksum and digest is None:
         raise ValueError("checksum=True needs a digest oracle")
 
