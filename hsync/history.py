@@ -56,9 +56,16 @@ def _ident(value: object) -> int | str | None:
 class History:
     """The history store for one (source, destination) pair."""
 
-    def __init__(self, path: str, source_url: str, destination_url: str) -> None:
+    def __init__(
+        self, path: str, source_url: str, destination_url: str, *, readonly: bool = False
+    ) -> None:
+        """Open (creating it unless ``readonly``) the history at ``path`` for one pair."""
         self.path = path
         self.pair = pair_id(source_url, destination_url)
+        self.readonly = readonly
+        if readonly:
+            self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            return
         self.db = self._open(path)
         self.db.execute(
             "INSERT OR IGNORE INTO pairs(pair, source, destination, complete) VALUES (?,?,?,0)",
@@ -112,7 +119,12 @@ class History:
     # -- reading ------------------------------------------------------------------------
     @property
     def complete(self) -> bool:
-        row = self.db.execute("SELECT complete FROM pairs WHERE pair=?", (self.pair,)).fetchone()
+        try:
+            row = self.db.execute(
+                "SELECT complete FROM pairs WHERE pair=?", (self.pair,)
+            ).fetchone()
+        except sqlite3.DatabaseError:
+            return False  # read-only and unreadable: as if there were no history
         return bool(row and row[0])
 
     def lookup_many(self, identities: Iterable[object]) -> dict[object, tuple[Key, Node]]:

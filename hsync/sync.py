@@ -191,7 +191,10 @@ def compare(
 
         path = options.state or default_state_path()
         try:
-            history = History(path, _url_id(source), _url_id(destination))
+            if not options.dry_run:
+                history = History(path, _url_id(source), _url_id(destination))
+            elif os.path.exists(path):  # a dry run reads the history, never creates it
+                history = History(path, _url_id(source), _url_id(destination), readonly=True)
         except (OSError, sqlite3.Error) as e:
             raise UsageError(f"{path}: cannot open the history: {e}") from None
 
