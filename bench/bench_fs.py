@@ -752,15 +752,24 @@ class Bench:
 
     # a
     def scenario_a(self, pair: Pair) -> None:
-        for rnd in range(self.args.rounds):
-            for tool in self.tools:
-                dst, state_dir = pair.dst[tool.name], pair.state[tool.name].parent
-                if dst.exists():
-                    shutil.rmtree(dst)
-                if state_dir.exists():
-                    shutil.rmtree(state_dir)
-                state_dir.mkdir(parents=True)
-            self.timed_round(pair, "a", rnd)
+        # Old destinations are renamed into a trash directory and deleted after the last
+        # round: deleting 100k files right before a timed command would bill whichever
+        # tool runs first for the journal and discard work.
+        trash = self.work / "trash"
+        try:
+            for rnd in range(self.args.rounds):
+                for tool in self.tools:
+                    dst, state_dir = pair.dst[tool.name], pair.state[tool.name].parent
+                    if dst.exists():
+                        trash.mkdir(parents=True, exist_ok=True)
+                        dst.rename(trash / f"{dst.name}-{rnd}")
+                    if state_dir.exists():
+                        shutil.rmtree(state_dir)
+                    if tool.name == "hsync":
+                        state_dir.mkdir(parents=True)
+                self.timed_round(pair, "a", rnd)
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
 
     # b
     def scenario_b(self, pair: Pair) -> None:
@@ -901,7 +910,7 @@ def markdown_table(summary: dict[str, Any], rss_floor_kib: int | None) -> str:
             target += ", 0 B by hsync"
         if sc == "e":
             target += " (>= 10x faster)"
-        ratio = "n/a" if e["median_ratio"] is None else f"{e['median_ratio']:.2f}x"
+        ratio = "n/a" if e["median_ratio"] is None else f"{e['median_ratio']:.3f}x"
         met = {True: "met", False: "NOT met", None: "n/a"}[e["target_met"]]
         if e["target_note"]:
             met += f" ({e['target_note']})"
@@ -1048,6 +1057,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if work == here or here in work.parents:
         raise SystemExit(f"--workdir must be outside the repository ({here})")
     (work / "logs").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "trash", ignore_errors=True)  # left by an interrupted run
     out_path: Path = args.out or work / "results.json"
 
     tools: list[Tool] = []

@@ -97,6 +97,7 @@ class _Matcher:
         changed: list[Key],
         new: list[Key],
         gone: list[Key],
+        pinned: set[Key],
     ) -> None:
         self.src = src
         self.dst = dst
@@ -110,6 +111,7 @@ class _Matcher:
         self.open_src: set[Key] = {*new, *changed}
         self.open_dst: set[Key] = {*gone, *changed}
         self.hash_budget = HASH_BUDGET
+        self.pinned = pinned  # unreadable keys and their ancestors: they keep their place
 
     # -- bookkeeping -------------------------------------------------------------------
     def pair(self, d: Key, s: Key) -> None:
@@ -154,6 +156,8 @@ class _Matcher:
                 k1, synced = hit
                 if k1 in (s, ROOT) or k1 in self.match or k1 not in dst:
                     continue
+                if k1 in self.pinned or s in self.pinned:
+                    continue  # what holds an unreadable part neither moves nor is replaced
                 there = dst[k1]
                 if there.kind != node.kind or there.kind != synced.kind:
                     continue
@@ -386,7 +390,8 @@ def diff(
     if not (new or changed or gone):
         return []
 
-    m = _Matcher(src, dst, source, destination, digest, checksum, changed, new, gone)
+    pinned = {k[:i] for k in frozen for i in range(len(k) + 1)}
+    m = _Matcher(src, dst, source, destination, digest, checksum, changed, new, gone, pinned)
     if moves and delete:
         if history is not None:
             m.by_identity(history)

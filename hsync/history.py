@@ -5,7 +5,7 @@ It lets diff turn "the inode that was at K1 is now at K2" into one rename (SPEC 
 synced, so a stale, missing or corrupt history costs a copy, never a wrong plan. A
 corrupt file is set aside and replaced.
 
-One row per synced source node: (pair, key, identity, kind, size, mtime_ns). Keys are
+One row per synced source node: (pair, key, identity, kind, size, mtime_ns, target). Keys are
 stored as the names joined by NUL (a name never contains NUL), encoded with surrogate
 escapes. Rows change only where a sync changed something: a no-op run writes nothing.
 """
@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from .model import Key, Node, Snapshot
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SEP = "\0"
 
 
@@ -87,7 +87,7 @@ class History:
                 complete INTEGER, synced_at REAL);
             CREATE TABLE IF NOT EXISTS nodes(
                 pair TEXT, key BLOB, ident, kind TEXT, size INTEGER, mtime INTEGER,
-                PRIMARY KEY(pair, key)) WITHOUT ROWID;
+                target TEXT, PRIMARY KEY(pair, key)) WITHOUT ROWID;
             CREATE INDEX IF NOT EXISTS nodes_ident ON nodes(pair, ident);
             """
         )
@@ -134,14 +134,14 @@ class History:
         for start in range(0, len(items), 500):
             chunk = items[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for key, ident, kind, size, mtime in self.db.execute(
-                f"SELECT key, ident, kind, size, mtime FROM nodes "
+            for key, ident, kind, size, mtime, target in self.db.execute(
+                f"SELECT key, ident, kind, size, mtime, target FROM nodes "
                 f"WHERE pair=? AND ident IN ({marks})",
                 (self.pair, *chunk),
             ):
                 orig = wanted.get(ident)
                 if orig is not None and orig not in out:
-                    out[orig] = (_dec(key), Node(kind, 0, size, mtime, None, orig))
+                    out[orig] = (_dec(key), Node(kind, 0, size, mtime, target, orig))
         return out
 
     def rows(self) -> Iterator[tuple[Key, object]]:
@@ -183,9 +183,9 @@ class History:
                 ((self.pair, _enc(k)) for k in drop_keys),
             )
             db.executemany(
-                "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?)",
                 (
-                    (self.pair, _enc(k), _ident(n.identity), n.kind, n.size, n.mtime_ns)
+                    (self.pair, _enc(k), _ident(n.identity), n.kind, n.size, n.mtime_ns, n.target)
                     for k in set_keys
                     if (n := nodes.get(k)) is not None
                 ),

@@ -401,6 +401,8 @@ def check_plan(
         return
     for k, node in source.nodes.items():
         have = state.get(k)
+        if have is None and _frozen(k, source, destination):
+            continue
         if have is None:
             raise PlanError(f"{'/'.join(k) or '(root)'}: missing after the plan (rule 5)")
         if not same_payload(have, node) and not _frozen(k, source, destination):

@@ -39,6 +39,7 @@ class Case:
     delete: bool = True
     case_insensitive: bool = False
     source_incomplete: dict[str, str] = field(default_factory=dict)
+    destination_incomplete: dict[str, str] = field(default_factory=dict)
     source_root: Node | None = None
     properties: Callable[[list[OpRow]], None] | None = None
     bug: str | None = None
@@ -66,13 +67,14 @@ def _creates_after_parents(rows: list[OpRow]) -> None:
             seen.add(path)
 
 
-def _dir_update_last(rows: list[OpRow]) -> None:
-    index = {(op, path): i for i, (op, path, _) in enumerate(rows)}
-    for (op, path), i in index.items():
-        if op == "update" and path in ("a", "a/s"):
-            below = [j for (o, p), j in index.items() if p.startswith(path + "/")]
-            below += [j for j, row in enumerate(rows) if (row[2] or "").startswith(path + "/")]
-            assert all(j < i for j in below), f"update {path} before an op on its children"
+def _updates_after_children(rows: list[OpRow]) -> None:
+    """An update (a directory's mode and mtime) comes after every op below it."""
+    for i, (op, path, _) in enumerate(rows):
+        if op != "update":
+            continue
+        for j, (_, p, to) in enumerate(rows):
+            below = p.startswith(path + "/") or (to or "").startswith(path + "/")
+            assert not below or j < i, f"update {path} before op {j} below it"
 
 
 CASES = [
@@ -307,7 +309,6 @@ CASES = [
         source_root=D(mtime=1, ident=1),
         history="destination",
         expected=[("delete", "a", None), ("update", "", None)],
-        bug="diff pairs the source root with a destination subdirectory: IndexError",
     ),
     # -- options and partial scans ----------------------------------------------------------
     Case(
@@ -360,7 +361,6 @@ CASES = [
         source={"b": F(2, 2)},
         source_incomplete={"a": "Permission denied"},
         expected=[],
-        bug="diff deletes a destination node whose source key is itself incomplete",
     ),
     Case(
         "incomplete source entry with no node (its lstat failed): a directory there is kept",
@@ -368,7 +368,33 @@ CASES = [
         source={"b": F(2, 2)},
         source_incomplete={"a": "Permission denied"},
         expected=[],
-        bug="diff emits 'delete a' while a's children are frozen: plan raises PlanError",
+    ),
+    Case(
+        "a directory at an incomplete source key is not carried off by identity evidence",
+        # history: inode 1 was synced at "a"; now "a" was renamed to "A" and a new, unreadable
+        # "a" appeared. Whatever the plan does, "A" must not end up holding "x".
+        destination={"a/": D(ident=1), "a/x/": None},
+        source={"A/": D(ident=1), "a/": None},
+        source_incomplete={"a": "Permission denied"},
+        history="destination",
+        expected=None,
+    ),
+    Case(
+        "identity evidence does not replace a directory that holds an incomplete key",
+        # history: inode 1 was synced at "c"; now it is at "b" (the old "b" went away),
+        # and b/a cannot be read. Nothing below b/a may be deleted.
+        destination={"b/": None, "b/a/": None, "b/a/x": F(), "c/": D(ident=1)},
+        source={"b/": D(mtime=1, ident=1), "b/a/": None},
+        source_incomplete={"b/a": "Permission denied"},
+        history="destination",
+        expected=None,
+    ),
+    Case(
+        "incomplete destination subtree: the source's nodes below it are left alone",
+        destination={"a/": None, "b": F(1, 1)},
+        destination_incomplete={"a": "Permission denied"},
+        source={"a/": None, "a/x": F(1, 1), "c": F(2, 2)},
+        expected=None,
     ),
     Case(
         "deletes are deepest first, creates after their parents",
@@ -420,7 +446,7 @@ CASES = [
             ("update", "a/s", None),
             ("update", "a", None),
         ],
-        properties=_dir_update_last,
+        properties=_updates_after_children,
     ),
     Case(
         "trees already equal: an empty plan",
@@ -457,7 +483,7 @@ def _params(cases: list[Case]) -> list[Any]:
 
 @pytest.mark.parametrize("case", _params(CASES))
 def test_diff_plan(case: Case) -> None:
-    dst = snapshot(case.destination)
+    dst = snapshot(case.destination, incomplete=case.destination_incomplete)
     src = snapshot(case.source, incomplete=case.source_incomplete, root=case.source_root)
     digest = None
     if case.digests is not None:
@@ -476,6 +502,7 @@ def test_diff_plan(case: Case) -> None:
         allow_extra=not case.delete,
     )
     rows = [(j["op"], j["path"], j.get("to")) for j in (op.to_json() for op in the_plan.ops)]
+    _updates_after_children(rows)  # SPEC 4: directory metadata after the children
     if case.expected is not None:
         assert rows == case.expected
     if case.properties is not None:

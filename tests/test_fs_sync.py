@@ -153,11 +153,6 @@ def test_source_file_replaced_during_the_sync_is_not_published(tmp_path: Path) -
     assert_same_tree(src, dst)
 
 
-@pytest.mark.xfail(
-    reason="BUG: History.lookup_many returns nodes without a symlink target, so "
-    "same_content(synced, there) never holds for a symlink: its rename is delete + create",
-    strict=True,
-)
 def test_symlink_rename_is_a_move_with_history(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     state = str(tmp_path / "state.sqlite")
@@ -171,3 +166,22 @@ def test_symlink_rename_is_a_move_with_history(tmp_path: Path) -> None:
     assert [op.to_json() for op in report.plan.ops if op.op != "update"] == [
         {"op": "move", "kind": "symlink", "path": "link", "to": "renamed"}
     ]
+
+
+def test_directory_mtime_restored_after_a_delete_inside_a_moved_directory(
+    tmp_path: Path,
+) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    build(src, {"b/c/k": File(b"1", mtime_ns=T0)})
+    build(dst, {"a/c/k": File(b"1", mtime_ns=T0), "a/c/x": b"gone"})
+    for tree, top in ((src, "b"), (dst, "a")):
+        for d in (tree / top / "c", tree / top, tree):
+            os.utime(d, ns=(T0, T0))
+    report = sync_once(str(src), str(dst), Options(state="", check=True))
+    assert report.ok
+    assert report.plan is not None
+    assert [op.to_json() for op in report.plan.ops] == [
+        {"op": "delete", "kind": "file", "path": "a/c/x"},
+        {"op": "move", "kind": "dir", "path": "a", "to": "b"},
+    ]
+    assert_same_tree(src, dst)  # b/c keeps the source's mtime

@@ -44,10 +44,9 @@ from ..model import (
 TMP_PREFIX = ".hsync-tmp-"
 """Temporary files of an unfinished publish: never synced, removed by the next run."""
 
-COPY_THREADS = 4
-INLINE_MAX = 64 * 1024
-"""Files up to this size are copied on the calling thread: for them the hand-off to a
-pool thread costs more than the copy (page-cache to page-cache)."""
+COPY_THREADS = 3
+CHUNK_FILES = 64
+CHUNK_BYTES = 4 << 20
 _CHUNK = 1 << 20
 _counter = itertools.count()
 
@@ -284,7 +283,9 @@ class _Batch:
         self.on_done = on_done
         self.result = ApplyResult()
         self.touched: set[Key] = set()
-        self.inflight: list[tuple[Op, Future[int]]] = []
+        self.inflight: list[tuple[list[Op], Future[list[int | BaseException]]]] = []
+        self.chunk: list[Op] = []
+        self.chunk_bytes = 0
         self.lock = threading.Lock()
 
     def clean_temps(self) -> None:
@@ -336,16 +337,41 @@ class _Batch:
             self.on_done(op)
 
     def barrier(self) -> None:
-        for op, fut in self.inflight:
-            try:
-                self.ok(op, fut.result())
-            except (OSError, SourceChanged, TargetChanged) as e:
-                self.fail(op, e)
+        """Wait for every copy in flight (before an op that changes the structure)."""
+        self.flush()
+        for ops, fut in self.inflight:
+            for op, outcome in zip(ops, fut.result(), strict=True):
+                if isinstance(outcome, BaseException):
+                    self.fail(op, outcome)
+                else:
+                    self.ok(op, outcome)
         self.inflight = []
 
+    def flush(self) -> None:
+        if self.chunk:
+            self.inflight.append((self.chunk, self.pool.submit(self.copy_many, self.chunk)))
+            self.chunk = []
+            self.chunk_bytes = 0
+
+    def copy_many(self, ops: list[Op]) -> list[int | BaseException]:
+        out: list[int | BaseException] = []
+        for op in ops:
+            try:
+                out.append(self.copy(op))
+            except (OSError, SourceChanged, TargetChanged) as e:
+                out.append(e)
+        return out
+
     def touch(self, key: Key | None) -> None:
+        """Remember that ``key``'s parent directory changed (its mtime is set again)."""
         if key:
             self.touched.add(key[:-1])
+
+    def follow(self, old: Key, new: Key) -> None:
+        """Touched directories at or below a moved one are now under its new key."""
+        n = len(old)
+        if any(k[:n] == old for k in self.touched):
+            self.touched = {(*new, *k[n:]) if k[:n] == old else k for k in self.touched}
 
     def one(self, op: Op) -> None:
         dst = self.dst
@@ -375,6 +401,7 @@ class _Batch:
                 raise TargetChanged(f"{'/'.join(op.to)} appeared on the destination")
             os.rename(dst.path(op.key), target)
             self.touch(op.key)
+            self.follow(op.key, op.to)
             self.touch(op.to)
             self.ok(op)
         elif op.op == DELETE:
@@ -388,11 +415,13 @@ class _Batch:
             self.ok(op)
 
     def publish(self, op: Op) -> None:
+        """Queue a content copy: small files travel in chunks (one hand-off to a pool
+        thread per chunk, not per file), a large file alone."""
         assert op.node is not None
-        if op.node.size <= INLINE_MAX:
-            self.ok(op, self.copy(op))
-        else:
-            self.inflight.append((op, self.pool.submit(self.copy, op)))
+        self.chunk.append(op)
+        self.chunk_bytes += op.node.size
+        if len(self.chunk) >= CHUNK_FILES or self.chunk_bytes >= CHUNK_BYTES:
+            self.flush()
 
     def mkdir(self, key: Key) -> None:
         path = self.dst.path(key)
