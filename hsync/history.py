@@ -46,6 +46,14 @@ def _dec(blob: bytes) -> Key:
     return tuple(blob.decode("utf-8", "surrogateescape").split(_SEP))
 
 
+def _enc_text(text: str | None) -> bytes | None:
+    return None if text is None else text.encode("utf-8", "surrogateescape")
+
+
+def _dec_text(blob: bytes | None) -> str | None:
+    return None if blob is None else blob.decode("utf-8", "surrogateescape")
+
+
 def _ident(value: object) -> int | str | None:
     # inode numbers beyond SQLite's 64-bit integers (device-qualified) are kept as text
     if isinstance(value, int) and not -(1 << 63) <= value < (1 << 63):
@@ -87,7 +95,7 @@ class History:
                 complete INTEGER, synced_at REAL);
             CREATE TABLE IF NOT EXISTS nodes(
                 pair TEXT, key BLOB, ident, kind TEXT, size INTEGER, mtime INTEGER,
-                target TEXT, PRIMARY KEY(pair, key)) WITHOUT ROWID;
+                target BLOB, PRIMARY KEY(pair, key)) WITHOUT ROWID;
             CREATE INDEX IF NOT EXISTS nodes_ident ON nodes(pair, ident);
             """
         )
@@ -141,7 +149,7 @@ class History:
             ):
                 orig = wanted.get(ident)
                 if orig is not None and orig not in out:
-                    out[orig] = (_dec(key), Node(kind, 0, size, mtime, target, orig))
+                    out[orig] = (_dec(key), Node(kind, 0, size, mtime, _dec_text(target), orig))
         return out
 
     def rows(self) -> Iterator[tuple[Key, object]]:
@@ -185,7 +193,10 @@ class History:
             db.executemany(
                 "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?)",
                 (
-                    (self.pair, _enc(k), _ident(n.identity), n.kind, n.size, n.mtime_ns, n.target)
+                    (
+                        self.pair, _enc(k), _ident(n.identity), n.kind, n.size, n.mtime_ns,
+                        _enc_text(n.target),
+                    )
                     for k in set_keys
                     if (n := nodes.get(k)) is not None
                 ),
