@@ -286,14 +286,7 @@ class _Planner:
         return True
 
     def emit_updates(self) -> None:
-        files = sorted((c for c in self.updates if c.kind != DIR), key=lambda c: c.key)
-        dirs = sorted(
-            (c for c in self.updates if c.kind == DIR), key=lambda c: (-len(c.key), c.key)
-        )
-        for c in [*files, *dirs]:
-            self.emit(
-                Op(op=UPDATE, kind=c.kind, key=c.key, node=c.node, old=c.old, content=c.content)
-            )
+        self.ops += _creates_only(self.updates)
 
 
 def plan(
@@ -302,8 +295,27 @@ def plan(
     """Order ``changes`` (from ``diff``) into ops valid against ``destination``."""
     changes = list(changes)
     fold = casefold if case_insensitive else _identity
-    ops = _Planner(changes, destination, fold).run()
+    if all(c.op in (CREATE, UPDATE) for c in changes):
+        ops = _creates_only(changes)
+    else:
+        ops = _Planner(changes, destination, fold).run()
     return Plan(ops=tuple(ops), changes=tuple(changes))
+
+
+def _creates_only(changes: list[Change]) -> list[Op]:
+    """Without moves and deletes every created key is free and its parent either exists
+    or is created: key order (a parent sorts before its children) is a legal order.
+    The common case of an initial sync, and of a tree that only grew."""
+    creates = sorted((c for c in changes if c.op == CREATE), key=lambda c: c.key)
+    ops = [Op(op=CREATE, kind=c.kind, key=c.key, node=c.node) for c in creates]
+    updates = [c for c in changes if c.op == UPDATE]
+    files = sorted((c for c in updates if c.kind != DIR), key=lambda c: c.key)
+    dirs = sorted((c for c in updates if c.kind == DIR), key=lambda c: (-len(c.key), c.key))
+    ops += [
+        Op(op=UPDATE, kind=c.kind, key=c.key, node=c.node, old=c.old, content=c.content)
+        for c in (*files, *dirs)
+    ]
+    return ops
 
 
 def check_plan(

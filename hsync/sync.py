@@ -21,7 +21,7 @@ from .errors import SafetyError, UsageError
 from .model import CREATE, DELETE, MOVE, UPDATE, Key, Op, Plan, Problem, Snapshot
 from .plan import check_plan, plan
 
-BATCH_OPS = 20_000
+BATCH_OPS = 100_000
 BATCH_BYTES = 1 << 30
 
 
