@@ -299,7 +299,16 @@ def main() -> None:
     # collector run far less often.
     gc.set_threshold(100_000, 50, 100)
     os.environ.setdefault("TYPER_USE_RICH", "0")
-    app(prog_name="hsync")
+    try:
+        app(prog_name="hsync")
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    # Everything is closed and flushed by now (the history is committed and closed when
+    # the run ends); skip tearing down a heap of snapshot objects one by one.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from .model import (
     Change,
     Key,
     Node,
+    Rows,
     Snapshot,
     same_content,
 )
@@ -358,12 +359,11 @@ def diff(
         # Nothing at or below a key that could not be read is touched: kept as it is
         # where both sides have it, ignored where one side has no node for it.
         full_src = src
-        src = {k: n for k, n in src.items() if not _strictly_under_any(k, frozen)}
-        dst = {
-            k: n
-            for k, n in dst.items()
-            if not _strictly_under_any(k, frozen) and (k not in frozen or k in full_src)
-        }
+        src = _only(src, lambda k: not _strictly_under_any(k, frozen))
+        dst = _only(
+            dst,
+            lambda k: not _strictly_under_any(k, frozen) and (k not in frozen or k in full_src),
+        )
     if checksum and digest is None:
         raise ValueError("checksum=True needs a digest oracle")
 
@@ -371,15 +371,27 @@ def diff(
     new: list[Key] = []
     changed: list[Key] = []
     same_size: list[Key] = []
-    dget = dst.get
-    for k, n in src.items():
-        d = dget(k)
-        if d is None:
-            new.append(k)
-        elif d != n:
-            changed.append(k)
-        elif checksum and n.kind == FILE:
-            same_size.append(k)
+    if isinstance(src, Rows) and isinstance(dst, Rows):
+        # the hot loop of a re-sync: rows compare as payloads without building a Node
+        rget = dst.rows.get
+        for k, r in src.rows.items():
+            d = rget(k)
+            if d is None:
+                new.append(k)
+            elif d[:5] != r[:5]:
+                changed.append(k)
+            elif checksum and r[0] == FILE:
+                same_size.append(k)
+    else:
+        dget = dst.get
+        for k, n in src.items():
+            d = dget(k)
+            if d is None:
+                new.append(k)
+            elif d != n:
+                changed.append(k)
+            elif checksum and n.kind == FILE:
+                same_size.append(k)
     gone = [k for k in dst.keys() - src.keys()] if len(dst) + len(new) != len(src) else []
     if checksum:
         # presumed-equal files are equal only if their content is
@@ -449,6 +461,12 @@ def _needed(d: Key, src: Mapping[Key, Node], dst: Mapping[Key, Node]) -> bool:
         if sn is not None and sn.kind != dst[k].kind:
             return True
     return False
+
+
+def _only(nodes: Mapping[Key, Node], keep: Callable[[Key], bool]) -> Mapping[Key, Node]:
+    if isinstance(nodes, Rows):
+        return Rows({k: r for k, r in nodes.rows.items() if keep(k)})
+    return {k: n for k, n in nodes.items() if keep(k)}
 
 
 def _strictly_under_any(key: Key, roots: Mapping[Key, str]) -> bool:

@@ -7,7 +7,7 @@ a filesystem name that is not valid UTF-8 is carried with surrogate escapes
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, KeysView, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -77,6 +77,47 @@ def key_str(key: Key) -> str:
     return "/".join(key)
 
 
+Row = tuple[str, int, int, int, "str | None", "int | str | None"]
+"""A node as a scanner stores it: (kind, mode, size, mtime_ns, target, identity)."""
+
+
+class Rows(Mapping[Key, Node]):
+    """A read-only key -> Node mapping over compact rows.
+
+    A scan of a million nodes keeps one small tuple per node; a ``Node`` is built only
+    for a key that is looked at (diff compares rows directly, and on a re-sync it looks
+    at few keys). Rows of the first five fields compare as payloads.
+    """
+
+    __slots__ = ("_cache", "rows")
+
+    def __init__(self, rows: dict[Key, Row]) -> None:
+        self.rows = rows
+        self._cache: dict[Key, Node] = {}
+
+    def __getitem__(self, key: Key) -> Node:
+        node = self._cache.get(key)
+        if node is None:
+            node = Node(*self.rows[key])
+            self._cache[key] = node
+        return node
+
+    def get(self, key: Key, default: Any = None) -> Any:  # type: ignore[override]
+        return self[key] if key in self.rows else default
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.rows
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def keys(self) -> KeysView[Key]:  # type: ignore[override]
+        return self.rows.keys()
+
+
 @attrs.define
 class Snapshot:
     """What one scan of a tree saw: key -> node, parents before children.
@@ -86,7 +127,7 @@ class Snapshot:
     ``skipped`` lists special files (FIFO, socket, device) left out with a warning.
     """
 
-    nodes: dict[Key, Node] = attrs.field(factory=dict)
+    nodes: Mapping[Key, Node] = attrs.field(factory=dict)
     incomplete: dict[Key, str] = attrs.field(factory=dict)
     skipped: list[tuple[Key, str]] = attrs.field(factory=list)
     holds_excluded: set[Key] = attrs.field(factory=set)

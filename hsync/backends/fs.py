@@ -38,6 +38,7 @@ from ..model import (
     Node,
     Op,
     Problem,
+    Rows,
     Snapshot,
 )
 
@@ -112,12 +113,11 @@ class FsBackend:
         subtree: Key = (),
         *,
         exclude: Callable[[Key, bool], bool] | None = None,
-        _node: Callable[..., Any] = Node,
     ) -> Snapshot:
         """See ``Backend.scan``. The root itself may be a symlink to a directory."""
-        Node = _node  # the forked scan builds plain tuples instead
-        snap = Snapshot()
-        nodes = snap.nodes
+        rows: dict[Key, Any] = {}
+        snap = Snapshot(nodes=Rows(rows))
+        nodes = rows
         top = self.path(subtree)
         try:
             st = os.stat(top) if not subtree else os.lstat(top)
@@ -128,7 +128,7 @@ class FsBackend:
             snap.incomplete[subtree] = "is not a directory"
             return snap
         root_dev = st.st_dev
-        nodes[subtree] = Node(DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, None, st.st_ino)
+        nodes[subtree] = (DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, None, st.st_ino)
         incomplete, skipped, temps = snap.incomplete, snap.skipped, self.stale_temps
         held = snap.holds_excluded
         S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
@@ -164,12 +164,12 @@ class FsBackend:
                         if exclude is not None and exclude(k, False):
                             held.add(key)
                             continue
-                        nodes[k] = Node(FILE, S_IMODE(mode), st.st_size, st.st_mtime_ns, None, ino)
+                        nodes[k] = (FILE, S_IMODE(mode), st.st_size, st.st_mtime_ns, None, ino)
                     elif S_ISDIR(mode):
                         if exclude is not None and exclude(k, True):
                             held.add(key)
                             continue
-                        nodes[k] = Node(DIR, S_IMODE(mode), 0, st.st_mtime_ns, None, ino)
+                        nodes[k] = (DIR, S_IMODE(mode), 0, st.st_mtime_ns, None, ino)
                         stack.append((entry.path, k))
                     elif S_ISLNK(mode):
                         if exclude is not None and exclude(k, False):
@@ -182,7 +182,7 @@ class FsBackend:
                         except OSError as e:
                             incomplete[k] = e.strerror or str(e)
                             continue
-                        nodes[k] = Node(SYMLINK, 0, 0, 0, target, ino)  # payload: target only
+                        nodes[k] = (SYMLINK, 0, 0, 0, target, ino)  # payload: target only
                     else:
                         skipped.append((k, _special_kind(mode)))
         return snap
@@ -205,9 +205,9 @@ class FsBackend:
             code = 1
             try:
                 os.close(r)
-                s = self.scan(subtree, exclude=exclude, _node=_row)
+                s = self.scan(subtree, exclude=exclude)
                 data = marshal.dumps(
-                    (s.nodes, s.incomplete, s.skipped, self.stale_temps, s.holds_excluded)
+                    (rows_of(s), s.incomplete, s.skipped, self.stale_temps, s.holds_excluded)
                 )
                 with os.fdopen(w, "wb") as f:
                     f.write(data)
@@ -225,7 +225,7 @@ class FsBackend:
             rows, incomplete, skipped, temps, held = marshal.loads(data)
             self.stale_temps = temps
             return Snapshot(
-                nodes={k: Node(*row) for k, row in rows.items()},
+                nodes=Rows(rows),
                 incomplete=incomplete,
                 skipped=skipped,
                 holds_excluded=held,
@@ -587,8 +587,11 @@ def _ident(st: os.stat_result, node: Node) -> int:
     )
 
 
-def _row(*fields: Any) -> tuple[Any, ...]:
-    return fields
+def rows_of(snap: Snapshot) -> dict[Key, Any]:
+    nodes = snap.nodes
+    if isinstance(nodes, Rows):
+        return nodes.rows
+    return {k: (n.kind, n.mode, n.size, n.mtime_ns, n.target, n.identity) for k, n in nodes.items()}
 
 
 def _tmp_name(final: str) -> str:
