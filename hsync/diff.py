@@ -46,6 +46,7 @@ Digest = Callable[[Side, Key], bytes | None]
 
 DICE_THRESHOLD = 0.5
 HASH_CANDIDATES = 8
+COMMON_SIGNATURE = 64
 HASH_BUDGET = 256 * 1024 * 1024
 
 
@@ -113,6 +114,7 @@ class _Matcher:
         self.open_dst: set[Key] = {*gone, *changed}
         self.hash_budget = HASH_BUDGET
         self.pinned = pinned  # unreadable keys and their ancestors: they keep their place
+        self.by_evidence: set[Key] = set()  # destination keys matched by identity or content
 
     # -- bookkeeping -------------------------------------------------------------------
     def pair(self, d: Key, s: Key) -> None:
@@ -176,6 +178,7 @@ class _Matcher:
                         self.open_src.add(k1)
                         reopened.append(k1)
                 self.pair(k1, s)
+                self.by_evidence.add(k1)
             candidates = reopened
 
     # -- 2, 3. same place, and relocation below moved directories -------------------------
@@ -259,7 +262,10 @@ class _Matcher:
                 continue
             votes: dict[Key, int] = {}
             for c in kids:
-                for d in index.get(signature(src, c), ()):
+                holders = index.get(signature(src, c), ())
+                if len(holders) > COMMON_SIGNATURE:
+                    continue  # "__init__.py" in every package says nothing about which
+                for d in holders:
                     if d not in self.match:
                         votes[d] = votes.get(d, 0) + 1
             best: tuple[float, bool, Key] | None = None
@@ -288,52 +294,63 @@ class _Matcher:
             if s is None:
                 pool.setdefault((n.size, n.mtime_ns), []).append(d)
                 by_size.setdefault(n.size, []).append(d)
-            elif s == d and not same_content(src[s], n):
+            elif d not in self.by_evidence and not same_content(src[s], n):
+                # matched only by place (same key, or relocated with its directory)
                 pool.setdefault((n.size, n.mtime_ns), []).append(d)
                 changed_here.add(d)
         if not pool:
             return
+        changed_src = {match[d] for d in changed_here}
         wanted = sorted(
             s
             for s in self.open_src
-            if src[s].kind == FILE and (s not in claimed or s in changed_here)
+            if src[s].kind == FILE and (s not in claimed or s in changed_src)
         )
         for s in wanted:
-            if s in claimed and s not in changed_here:
+            if s in claimed and s not in changed_src:
                 continue
             n = src[s]
 
             def free(d: Key, s: Key = s) -> bool:
                 m = match.get(d)
-                return d != s and (m is None or (m == d and d in changed_here))
+                return m != s and (m is None or d in changed_here)
 
-            exact = [d for d in pool.get((n.size, n.mtime_ns), ()) if free(d)]
+            exact = _first(pool.get((n.size, n.mtime_ns), ()), free, HASH_CANDIDATES)
             choice: Key | None = None
-            if self.checksum:
-                exact = [d for d in exact if self._same_digest(s, d, n.size)]
-            if len(exact) == 1:
-                choice = exact[0]
-            elif exact:
-                if self.digest is not None and not self.checksum:
-                    same = [d for d in exact[:HASH_CANDIDATES] if self._same_digest(s, d, n.size)]
-                    exact = same or exact
+            if exact and self.digest is not None:
+                # Same size and mtime under another name is a move only if the content
+                # agrees too (a different file can share both); same name first.
+                for d in sorted(exact, key=lambda d: (d[-1] != s[-1], d)):
+                    if self._same_digest(s, d, n.size):
+                        choice = d
+                        break
+            elif exact:  # no way to read content (a pure diff without an oracle)
                 named = [d for d in exact if d[-1] == s[-1]]
                 choice = min(named or exact)
             elif s not in claimed and n.size > 0 and self.digest is not None:
                 # Same content under another mtime: only for a plain create, never to
                 # second-guess an ordinary in-place modification.
-                cands = [d for d in by_size.get(n.size, ()) if free(d) and d not in match]
-                for d in sorted(cands, key=lambda d: d[-1] != s[-1])[:HASH_CANDIDATES]:
+                cands = _first(
+                    by_size.get(n.size, ()), lambda d: free(d) and d not in match,
+                    HASH_CANDIDATES,
+                )
+                for d in sorted(cands, key=lambda d: (d[-1] != s[-1], d)):
                     if self._same_digest(s, d, n.size):
                         choice = d
                         break
             if choice is None:
                 continue
-            if s in claimed:  # s was matched in place; its old content moves elsewhere
+            if s in claimed:  # s was matched by place; its old partner is free again
+                changed_here.discard(claimed[s])
                 self.unpair(claimed[s])
-            if choice in match:  # the chosen one was matched in place; its key frees up
+            if choice in match:  # the chosen one was matched by place; its target frees up
+                changed_src.discard(match[choice])
                 self.unpair(choice)
+            changed_here.discard(choice)
             self.pair(choice, s)
+            self.by_evidence.add(choice)
+            dn = dst[choice]
+            pool[(dn.size, dn.mtime_ns)].remove(choice)  # taken: later lookups skip it
 
 
 def diff(
@@ -463,6 +480,18 @@ def _needed(d: Key, src: Mapping[Key, Node], dst: Mapping[Key, Node]) -> bool:
     return False
 
 
+def _first(bucket: Iterable[Key], ok: Callable[[Key], bool], limit: int) -> list[Key]:
+    """Up to ``limit`` entries of ``bucket`` that pass ``ok`` (bounded work per lookup:
+    thousands of files sharing one size must not make matching quadratic)."""
+    out: list[Key] = []
+    for d in bucket:
+        if ok(d):
+            out.append(d)
+            if len(out) >= limit:
+                break
+    return out
+
+
 def _only(nodes: Mapping[Key, Node], keep: Callable[[Key], bool]) -> Mapping[Key, Node]:
     if isinstance(nodes, Rows):
         return Rows({k: r for k, r in nodes.rows.items() if keep(k)})
@@ -470,4 +499,4 @@ def _only(nodes: Mapping[Key, Node], keep: Callable[[Key], bool]) -> Mapping[Key
 
 
 def _strictly_under_any(key: Key, roots: Mapping[Key, str]) -> bool:
-    return any(len(key) > len(r) and key[: len(r)] == r for r in roots)
+    return any(key[:i] in roots for i in range(len(key)))
