@@ -235,11 +235,14 @@ def diff(
                 print(_describe(op))
             if not the_plan:
                 print("in sync")
-        for key, why in cmp.src.incomplete.items():
-            _err(f"{'/'.join(key) or src}: not compared: {why}")
+        unknown = [(src, k, why) for k, why in cmp.src.incomplete.items()]
+        unknown += [(dst, k, why) for k, why in cmp.dst.incomplete.items()]
+        for root, key, why in unknown:
+            _err(f"{os.path.join(root, *key)}: not compared: {why}")
     finally:
         cmp.close()
-    raise typer.Exit(1 if the_plan else 0)
+    # a part that could not be read cannot be called in sync
+    raise typer.Exit(2 if unknown else 1 if the_plan else 0)
 
 
 def render_tree(the_plan: Any) -> str:
@@ -299,6 +302,11 @@ def main() -> None:
     # collector run far less often.
     gc.set_threshold(100_000, 50, 100)
     os.environ.setdefault("TYPER_USE_RICH", "0")
+    # Names are bytes on POSIX: one that is not UTF-8 is printed back as those bytes
+    # whatever the locale, never an encoding error.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     try:
         app(prog_name="hsync")
         code = 0

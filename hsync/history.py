@@ -178,13 +178,13 @@ class History:
         with db:
             if full:
                 db.execute("DELETE FROM nodes WHERE pair=?", (self.pair,))
-                set_keys = nodes.keys()
             for prefix in drop_prefixes:
-                lo = _enc(prefix) + _SEP.encode()
-                hi = _enc(prefix) + b"\x01"
+                top = _enc(prefix)
+                # two primary-key lookups (an OR would make SQLite scan the pair)
+                db.execute("DELETE FROM nodes WHERE pair=? AND key=?", (self.pair, top))
                 db.execute(
-                    "DELETE FROM nodes WHERE pair=? AND (key=? OR (key>=? AND key<?))",
-                    (self.pair, _enc(prefix), lo, hi),
+                    "DELETE FROM nodes WHERE pair=? AND key>=? AND key<?",
+                    (self.pair, top + _SEP.encode(), top + b"\x01"),
                 )
             db.executemany(
                 "DELETE FROM nodes WHERE pair=? AND key=?",

@@ -141,7 +141,11 @@ def _root_checks(source: Backend, destination: Backend) -> None:
         why = "does not exist"
     if why is not None:
         raise SafetyError(f"{source.url}: source {why}; nothing done")
-    if not destination.exists():
+    if destination.exists():
+        why = getattr(destination, "root_error", lambda: None)()
+        if why is not None:
+            raise UsageError(f"{destination.url}: destination {why}")
+    else:
         droot = getattr(destination, "root", None)
         if droot is not None:
             if os.path.lexists(droot):
@@ -261,6 +265,10 @@ def sync_once(
             Problem(k, f"not synced: {why}", retry=True)
             for k, why in cmp.src.incomplete.items()
         )
+        report.problems.extend(
+            Problem(k, f"not synced: the destination {why}", retry=True)
+            for k, why in cmp.dst.incomplete.items()
+        )
         if cmp.warnings:
             report.problems.append(Problem((), cmp.warnings[0]))
         if on_planned is not None:
@@ -295,7 +303,7 @@ def _batches(ops: Sequence[Op]) -> list[Sequence[Op]]:
     start = 0
     size = 0
     for i, op in enumerate(ops):
-        if op.node is not None and op.op in (CREATE, UPDATE) and op.content is not False:
+        if op.node is not None and (op.op == CREATE or (op.op == UPDATE and op.content)):
             size += op.node.size
         if i + 1 - start >= BATCH_OPS or size >= BATCH_BYTES:
             out.append(ops[start : i + 1])

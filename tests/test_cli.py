@@ -869,3 +869,51 @@ def test_command_help(command: str, options: list[str]) -> None:
     assert "Usage" in r.out
     for opt in options:
         assert opt in r.out, f"{opt} missing from `hsync {command} --help`"
+
+
+def test_unreadable_destination_directory_is_not_called_in_sync(shared_dir: Path) -> None:
+    """Regression: a destination directory hsync cannot list was skipped silently (exit 0,
+    "in sync") and the source's new file there was never copied."""
+    src = build(shared_dir / "src", {"sub/a": b"a"})
+    dst = shared_dir / "dst"
+    env = nobody_env(shared_dir)
+    ok(hsync("sync", src, dst, env=env, nobody=True))
+    (src / "sub" / "new").write_bytes(b"new")
+    os.chmod(dst / "sub", 0o300)  # writable, not listable
+    r = hsync("sync", src, dst, env=env, nobody=True)
+    assert r.rc == 3, r
+    assert "sub" in r.err and "Traceback" not in r.err
+    d = hsync("diff", src, dst, env=env, nobody=True)
+    assert d.rc == 2, d
+    assert "not compared" in d.err
+
+
+# -- regressions named after the bug they pin ----------------------------------------------
+
+
+def test_same_size_and_mtime_but_other_content_is_not_a_move(tmp_path: Path) -> None:
+    """Regression: without a history, a file created with the size and mtime of a deleted
+    one was taken for it moved, and its content was never copied."""
+    src = build(tmp_path / "src", {"old/x": File(b"AAAA", mtime_ns=T0)})
+    dst = tmp_path / "dst"
+    ok(hsync("sync", src, dst, "--state", ""))
+    shutil.rmtree(src / "old")
+    build(src, {"new/z": File(b"CCCC", mtime_ns=T0)})
+    ok(hsync("sync", src, dst, "--state", ""))
+    assert (dst / "new" / "z").read_bytes() == b"CCCC"
+    assert_same_tree(src, dst)
+
+
+def test_non_utf8_name_printed_under_a_strict_utf8_stdout(tmp_path: Path) -> None:
+    """Regression: with PYTHONIOENCODING=utf-8, printing a name that is not UTF-8 raised
+    UnicodeEncodeError (exit 2) instead of printing the plan."""
+    src = tmp_path / "src"
+    src.mkdir()
+    with open(os.path.join(os.fsencode(src), b"caf\xe9"), "wb") as f:
+        f.write(b"x")
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    r = hsync("diff", src, tmp_path / "dst", env=env)
+    assert r.rc == 1, r
+    assert b"caf\xe9" in r.out_bytes
+    r = ok(hsync("sync", "-n", src, tmp_path / "dst", env=env))
+    assert b"caf\xe9" in r.out_bytes

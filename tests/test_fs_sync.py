@@ -185,3 +185,21 @@ def test_directory_mtime_restored_after_a_delete_inside_a_moved_directory(
         {"op": "move", "kind": "dir", "path": "a", "to": "b"},
     ]
     assert_same_tree(src, dst)  # b/c keeps the source's mtime
+
+
+@pytest.mark.timeout(60)
+def test_source_file_replaced_by_a_fifo_does_not_hang(tmp_path: Path) -> None:
+    """Regression: a source file replaced by a FIFO after the scan made the copy block
+    forever on open(); now it is a problem for retry and the rest is synced."""
+    src = build(tmp_path / "src", {"a": b"aaa", "b": b"bbb"})
+    dst = tmp_path / "dst"
+
+    def to_fifo(_plan: Plan) -> None:
+        os.unlink(src / "a")
+        os.mkfifo(src / "a")
+
+    report = sync_once(str(src), str(dst), Options(state=""), on_planned=to_fifo)
+    assert report.exit_code == 3
+    assert [p.key for p in report.problems] == [("a",)]
+    assert (dst / "b").read_bytes() == b"bbb"
+    assert not (dst / "a").exists()

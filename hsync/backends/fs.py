@@ -234,7 +234,10 @@ class FsBackend:
         return collect
 
     def read(self, key: Key) -> BinaryIO:
-        fd = os.open(self.path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(self.path(key), _O_READ)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise SourceChanged(f"{'/'.join(key)} is no longer a regular file")
         return os.fdopen(fd, "rb")
 
     def digest(self, key: Key) -> bytes | None:
@@ -245,7 +248,7 @@ class FsBackend:
             with self.read(key) as f:
                 while chunk := f.read(_CHUNK):
                     h.update(chunk)
-        except OSError:
+        except (OSError, SourceChanged):
             return None
         return h.digest()
 
@@ -564,7 +567,8 @@ class _Batch:
                 )
 
 
-_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO put where a file was must not hang the run (no effect on files)
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _UMASK_SAFE = 0o777
