@@ -362,12 +362,14 @@ def diff(
     digest: Digest | None = None,
     delete: bool = True,
     moves: bool = True,
+    replace: bool = True,
 ) -> list[Change]:
     """The changes that make ``destination`` equal to ``source``.
 
     Pure given its inputs (``digest`` is a read-only oracle over the two trees). With
     ``delete=False`` no move is inferred and destination nodes are removed only where
-    a source node of another kind needs their key (a type change).
+    a source node of another kind needs their key (a type change); with
+    ``replace=False`` not even then: such a source node is left out.
     Keys under an ``incomplete`` key of either snapshot are left alone.
     """
     src, dst = source.nodes, destination.nodes
@@ -446,12 +448,15 @@ def diff(
     for k in destination.holds_excluded:
         keep.update(k[:i] for i in range(len(k) + 1))
     for s in sorted(m.open_src):
-        if s not in m.claimed and not (s in keep and src[s].kind != dst[s].kind):
-            changes.append(Change(op=CREATE, key=s, kind=src[s].kind, node=src[s]))
+        if s in m.claimed or (s in keep and src[s].kind != dst[s].kind):
+            continue
+        if not replace and _needed(s, src, dst):
+            continue  # it would take the place of a destination node of another kind
+        changes.append(Change(op=CREATE, key=s, kind=src[s].kind, node=src[s]))
     for d in sorted(m.open_dst):
         if d in match or d in keep:
             continue
-        if not delete and not _needed(d, src, dst):
+        if not delete and (not replace or not _needed(d, src, dst)):
             continue
         changes.append(Change(op=DELETE, key=d, kind=dst[d].kind, old=dst[d]))
     return changes
@@ -469,13 +474,14 @@ def _content_differs(
     return new.mtime_ns != old.mtime_ns
 
 
-def _needed(d: Key, src: Mapping[Key, Node], dst: Mapping[Key, Node]) -> bool:
-    """With deletes off, a destination node still goes when a source node of another
-    kind needs its key, or when it lives below such a node."""
-    for i in range(1, len(d) + 1):
-        k = d[:i]
-        sn = src.get(k)
-        if sn is not None and sn.kind != dst[k].kind:
+def _needed(key: Key, src: Mapping[Key, Node], dst: Mapping[Key, Node]) -> bool:
+    """True when ``key`` or one of its ancestors is a source node and a destination
+    node of another kind (a type change: with deletes off, the destination node still
+    goes, and what lives below it)."""
+    for i in range(1, len(key) + 1):
+        k = key[:i]
+        sn, dn = src.get(k), dst.get(k)
+        if sn is not None and dn is not None and sn.kind != dn.kind:
             return True
     return False
 

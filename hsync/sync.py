@@ -227,7 +227,8 @@ def compare(
             "no deletion done"
         )
         changes = diff(
-            src, dst, None, checksum=options.checksum, digest=digest, delete=False, moves=False
+            src, dst, None, checksum=options.checksum, digest=digest,
+            delete=False, moves=False, replace=False,
         )
     the_plan = plan(changes, dst, case_insensitive=destination.capabilities.case_insensitive)
     if options.check:

@@ -481,6 +481,21 @@ def test_max_delete_counts_a_subtree(tmp_path: Path) -> None:
     ok(hsync("sync", "--max-delete", "0", src, tmp_path / "fresh"))  # nothing to delete: fine
 
 
+def test_max_delete_also_caps_a_type_change(tmp_path: Path) -> None:
+    """Regression: a directory replaced by a file on the source bypassed --max-delete:
+    its whole subtree was deleted although the run said "no deletion done"."""
+    src = build(tmp_path / "src", {f"photos/{i}": b"p%d" % i for i in range(10)})
+    dst = tmp_path / "dst"
+    ok(hsync("sync", src, dst))
+    shutil.rmtree(src / "photos")
+    (src / "photos").write_bytes(b"now a file")
+    (src / "other").write_bytes(b"still synced")
+    r = hsync("sync", "--max-delete", "5", src, dst)
+    assert r.rc == 3 and "max-delete" in r.err, r
+    assert sorted(os.listdir(dst / "photos")) == [str(i) for i in range(10)]
+    assert (dst / "other").read_bytes() == b"still synced"
+
+
 # -- --checksum ---------------------------------------------------------------------------
 
 
