@@ -203,3 +203,28 @@ def test_source_file_replaced_by_a_fifo_does_not_hang(tmp_path: Path) -> None:
     assert [p.key for p in report.problems] == [("a",)]
     assert (dst / "b").read_bytes() == b"bbb"
     assert not (dst / "a").exists()
+
+
+def test_directory_swapped_for_a_symlink_mid_scan_is_not_followed(tmp_path: Path) -> None:
+    """Regression: the scan lstat'ed a directory, then listed whatever was at that path
+    later, so a directory swapped for a symlink mid-scan leaked files from outside the
+    source into the destination. The swap happens from the exclude hook, which runs
+    right after the entry's lstat and before its listing."""
+    from hsync.backends.fs import FsBackend
+
+    outside = build(tmp_path / "outside", {"secret": b"not yours"})
+    src = build(tmp_path / "src", {"a/f": b"f", "b": b"b"})
+
+    def swap(key: tuple[str, ...], is_dir: bool) -> bool:
+        if key == ("a",):
+            os.rename(src / "a", tmp_path / "a-aside")
+            os.symlink(outside, src / "a")
+        return False
+
+    snap = FsBackend(str(src)).scan(exclude=swap)
+    assert ("a", "secret") not in snap.nodes
+    assert ("a",) in snap.incomplete
+    report = sync_once(str(src), str(tmp_path / "dst"), Options(state=""))
+    assert not (tmp_path / "dst" / "a" / "secret").exists()
+    assert report.exit_code == 0  # the next scan sees a symlink and copies it as one
+    assert os.readlink(tmp_path / "dst" / "a") == str(outside)

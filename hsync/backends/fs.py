@@ -129,63 +129,98 @@ class FsBackend:
             return snap
         root_dev = st.st_dev
         nodes[subtree] = (DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, None, st.st_ino)
-        incomplete, skipped, temps = snap.incomplete, snap.skipped, self.stale_temps
-        held = snap.holds_excluded
-        S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
-        readlink, scandir = os.readlink, os.scandir
-        stack: list[tuple[str, Key]] = [(top, subtree)]
+        incomplete = snap.incomplete
+        scandir, fstat, osopen, close = os.scandir, os.fstat, os.open, os.close
+        # Each directory is listed through a descriptor opened without following a
+        # symlink and checked to be the directory that was seen: one swapped for a
+        # symlink mid-scan is never followed out of the tree.
+        stack: list[tuple[str, Key, int, int]] = [(top, subtree, st.st_ino, st.st_dev)]
         while stack:
-            path, key = stack.pop()
+            path, key, want_ino, want_dev = stack.pop()
             try:
-                it = scandir(path)
+                fd = osopen(path, _O_LIST if key != subtree else _O_LIST & ~os.O_NOFOLLOW)
             except FileNotFoundError:
                 incomplete[key] = "vanished during the scan"
                 continue
             except OSError as e:
-                incomplete[key] = e.strerror or str(e)
+                incomplete[key] = (
+                    "replaced during the scan" if e.errno in (errno.ELOOP, errno.ENOTDIR)
+                    else e.strerror or str(e)
+                )
                 continue
-            with it:
-                for entry in it:
-                    name = entry.name
-                    k = (*key, name)
+            try:
+                seen = fstat(fd)
+                if seen.st_ino != want_ino or seen.st_dev != want_dev:
+                    incomplete[key] = "replaced during the scan"
+                    continue
+                try:
+                    it = scandir(fd)
+                except OSError as e:
+                    incomplete[key] = e.strerror or str(e)
+                    continue
+                self._list(it, fd, path, key, root_dev, exclude, snap, stack)
+            finally:
+                close(fd)
+        return snap
+
+    def _list(
+        self,
+        it: Any,
+        fd: int,
+        path: str,
+        key: Key,
+        root_dev: int,
+        exclude: Callable[[Key, bool], bool] | None,
+        snap: Snapshot,
+        stack: list[tuple[str, Key, int, int]],
+    ) -> None:
+        """List one directory into ``snap`` (the scan's inner loop)."""
+        nodes = snap.nodes.rows  # type: ignore[attr-defined]
+        incomplete, skipped, temps = snap.incomplete, snap.skipped, self.stale_temps
+        held = snap.holds_excluded
+        S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
+        readlink = os.readlink
+        with it:
+            for entry in it:
+                name = entry.name
+                k = (*key, name)
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # gone between readdir and lstat: it is not there now
+                except OSError as e:
+                    incomplete[k] = e.strerror or str(e)
+                    continue
+                mode = st.st_mode
+                ino = st.st_ino if st.st_dev == root_dev else (st.st_dev << 64) | st.st_ino
+                if S_ISREG(mode):
+                    if name.startswith(TMP_PREFIX):
+                        temps.append(k)
+                        continue
+                    if exclude is not None and exclude(k, False):
+                        held.add(key)
+                        continue
+                    nodes[k] = (FILE, S_IMODE(mode), st.st_size, st.st_mtime_ns, None, ino)
+                elif S_ISDIR(mode):
+                    if exclude is not None and exclude(k, True):
+                        held.add(key)
+                        continue
+                    nodes[k] = (DIR, S_IMODE(mode), 0, st.st_mtime_ns, None, ino)
+                    stack.append((f"{path}/{name}", k, st.st_ino, st.st_dev))
+                elif S_ISLNK(mode):
+                    if exclude is not None and exclude(k, False):
+                        held.add(key)
+                        continue
                     try:
-                        st = entry.stat(follow_symlinks=False)
+                        target = readlink(name, dir_fd=fd)
                     except FileNotFoundError:
-                        continue  # gone between readdir and lstat: it is not there now
+                        continue
                     except OSError as e:
                         incomplete[k] = e.strerror or str(e)
                         continue
-                    mode = st.st_mode
-                    ino = st.st_ino if st.st_dev == root_dev else (st.st_dev << 64) | st.st_ino
-                    if S_ISREG(mode):
-                        if name.startswith(TMP_PREFIX):
-                            temps.append(k)
-                            continue
-                        if exclude is not None and exclude(k, False):
-                            held.add(key)
-                            continue
-                        nodes[k] = (FILE, S_IMODE(mode), st.st_size, st.st_mtime_ns, None, ino)
-                    elif S_ISDIR(mode):
-                        if exclude is not None and exclude(k, True):
-                            held.add(key)
-                            continue
-                        nodes[k] = (DIR, S_IMODE(mode), 0, st.st_mtime_ns, None, ino)
-                        stack.append((entry.path, k))
-                    elif S_ISLNK(mode):
-                        if exclude is not None and exclude(k, False):
-                            held.add(key)
-                            continue
-                        try:
-                            target = readlink(entry.path)
-                        except FileNotFoundError:
-                            continue
-                        except OSError as e:
-                            incomplete[k] = e.strerror or str(e)
-                            continue
-                        nodes[k] = (SYMLINK, 0, 0, 0, target, ino)  # payload: target only
-                    else:
-                        skipped.append((k, _special_kind(mode)))
-        return snap
+                    nodes[k] = (SYMLINK, 0, 0, 0, target, ino)  # payload: target only
+                else:
+                    skipped.append((k, _special_kind(mode)))
 
     def scan_in_child(
         self, subtree: Key = (), *, exclude: Callable[[Key, bool], bool] | None = None
@@ -569,6 +604,7 @@ class _Batch:
 
 # O_NONBLOCK: a FIFO put where a file was must not hang the run (no effect on files)
 _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_O_LIST = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _UMASK_SAFE = 0o777
