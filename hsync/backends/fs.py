@@ -321,6 +321,7 @@ class _Batch:
         self.on_done = on_done
         self.result = ApplyResult()
         self.touched: set[Key] = set()
+        self.under: dict[Key, set[Key]] = {}
         self.inflight: list[tuple[list[Op], Future[list[int | BaseException]]]] = []
         self.chunk: list[Op] = []
         self.chunk_bytes = 0
@@ -403,13 +404,28 @@ class _Batch:
     def touch(self, key: Key | None) -> None:
         """Remember that ``key``'s parent directory changed (its mtime is set again)."""
         if key:
-            self.touched.add(key[:-1])
+            self.mark(key[:-1])
+
+    def mark(self, key: Key) -> None:
+        """Remember that directory ``key`` changed (indexed by every prefix, so a move
+        finds the marks below it without looking at the others)."""
+        if key not in self.touched:
+            self.touched.add(key)
+            under = self.under
+            for i in range(len(key) + 1):
+                under.setdefault(key[:i], set()).add(key)
 
     def follow(self, old: Key, new: Key) -> None:
         """Touched directories at or below a moved one are now under its new key."""
+        below = self.under.get(old)
+        if not below:
+            return
         n = len(old)
-        if any(k[:n] == old for k in self.touched):
-            self.touched = {(*new, *k[n:]) if k[:n] == old else k for k in self.touched}
+        for k in list(below):
+            self.touched.discard(k)
+            for i in range(len(k) + 1):
+                self.under[k[:i]].discard(k)
+            self.mark((*new, *k[n:]))
 
     def one(self, op: Op) -> None:
         dst = self.dst
@@ -418,7 +434,7 @@ class _Batch:
             self.touch(op.key)
             if kind == DIR:
                 self.mkdir(op.key)
-                self.touched.add(op.key)
+                self.mark(op.key)
                 self.ok(op)
             elif kind == FILE:
                 self.publish(op)
@@ -470,14 +486,14 @@ class _Batch:
             if not stat.S_ISDIR(os.lstat(path).st_mode):
                 raise
         if not key:
-            self.touched.add(key)
+            self.mark(key)
 
     def update(self, op: Op) -> None:
         node = op.node
         assert node is not None
         path = self.dst.path(op.key)
         if op.kind == DIR:
-            self.touched.add(op.key)
+            self.mark(op.key)
             self.ok(op)
         elif op.kind == FILE and op.content:
             self.expect(op.key, op.old)
