@@ -143,6 +143,10 @@ class _Planner:
         self.deleted: set[int] = set()
         self.placed_cache: set[int] = {_ROOT_ID}
         self.temp_names = itertools.count(1)
+        self.done: set[int] = set()  # id() of the changes already emitted
+        self.waiting: dict[tuple[int, str], list[Change]] = {}  # by the name they need
+        self.waiting_delete: dict[int, Change] = {}  # by the directory to empty
+        self.wake: list[Change] = []
 
     # -- who ends where --------------------------------------------------------------
     def final_id(self, skey: Key) -> int:
@@ -190,6 +194,7 @@ class _Planner:
     def do_move(self, nid: int, pid: int, name: str, change: Change | None) -> None:
         sim = self.sim
         before = sim.key(nid)
+        self.freed(nid)
         sim.detach(nid)
         sim.attach(nid, pid, name)
         self.placed_cache = {_ROOT_ID}  # a move can change what is placed below it
@@ -237,35 +242,74 @@ class _Planner:
         creates = sorted(self.creates.values(), key=lambda c: c.key)
         pending: list[Change] = [*deletes, *moves, *creates]
         while pending:
-            left: list[Change] = []
-            blocked: list[tuple[int, int]] = []  # (occupant, for whom)
+            blocked: list[tuple[int, Change]] = []  # (occupant, whose target it holds)
+            progress = len(self.done)
             for c in pending:
-                if not self.try_one(c, blocked):
-                    left.append(c)
-            if len(left) == len(pending):
-                if not blocked:
+                if id(c) not in self.done:
+                    self.attempt(c, blocked)
+            if len(self.done) == progress:
+                parked = False
+                # Only cycles are left: park one node of each (it frees a target, and the
+                # wake-ups run the rest of that cycle at once).
+                for occupant, c in blocked:
+                    if id(c) in self.done:
+                        continue
+                    pid, name = self.final[self.node_of(c)]
+                    if self.sim.children(pid).get(self.fold(name)) == occupant:
+                        self.park(occupant)
+                        parked = True
+                        self.drain(blocked)
+                if not parked:
                     raise PlanError(
                         "no legal order for: "
-                        + ", ".join(f"{c.op} {'/'.join(c.key)}" for c in left[:5])
+                        + ", ".join(f"{c.op} {'/'.join(c.key)}" for c in pending[:5])
                     )
-                self.park(blocked[0][0])
-            pending = left
+            pending = [c for c in pending if id(c) not in self.done]
         self.emit_updates()
         return self.ops
 
-    def try_one(self, c: Change, blocked: list[tuple[int, int]]) -> bool:
+    def node_of(self, c: Change) -> int:
+        return self.sim.id_of[c.key] if c.op != CREATE else self.created_id[c.key]
+
+    def attempt(self, c: Change, blocked: list[tuple[int, Change]]) -> None:
+        """Try ``c``; then whatever its op unblocked (a freed name, an emptied directory),
+        at once: a chain of n renames takes one pass, not n."""
+        if not self.try_one(c, blocked):
+            return
+        self.done.add(id(c))
+        self.drain(blocked)
+
+    def drain(self, blocked: list[tuple[int, Change]]) -> None:
+        while self.wake:
+            w = self.wake.pop()
+            if id(w) not in self.done and self.try_one(w, blocked):
+                self.done.add(id(w))
+
+    def freed(self, nid: int) -> None:
+        """``nid`` is about to leave its place: wake what waits for that name, and the
+        delete of its parent if it was the last child."""
+        pid, name = self.sim.loc[nid]
+        waiting = self.waiting.pop((pid, self.fold(name)), None)
+        if waiting:
+            self.wake.extend(waiting)
+        parent_delete = self.waiting_delete.get(pid)
+        if parent_delete is not None and len(self.sim.children(pid)) <= 1:
+            del self.waiting_delete[pid]
+            self.wake.append(parent_delete)
+
+    def try_one(self, c: Change, blocked: list[tuple[int, Change]]) -> bool:
         sim = self.sim
         if c.op == DELETE:
             nid = sim.id_of[c.key]
             if sim.children(nid):
+                self.waiting_delete[nid] = c
                 return False
             before = sim.key(nid)
+            self.freed(nid)
             sim.detach(nid)
             self.emit(Op(op=DELETE, kind=c.kind, key=before, old=c.old))
             return True
-        target = c.to if c.op == MOVE else c.key
-        assert target is not None
-        nid = sim.id_of[c.key] if c.op == MOVE else self.created_id[c.key]
+        nid = self.node_of(c)
         pid, name = self.final[nid]
         if not self.placed(pid):
             return False
@@ -273,7 +317,8 @@ class _Planner:
         if occupant is not None:
             if occupant == nid and sim.loc[nid][1] == name:
                 return True  # already there (cannot happen for a real move)
-            blocked.append((occupant, nid))
+            blocked.append((occupant, c))
+            self.waiting.setdefault((pid, self.fold(name)), []).append(c)
             return False
         if c.op == MOVE:
             if sim.is_ancestor(nid, pid):
