@@ -932,3 +932,25 @@ def test_non_utf8_name_printed_under_a_strict_utf8_stdout(tmp_path: Path) -> Non
     assert b"caf\xe9" in r.out_bytes
     r = ok(hsync("sync", "-n", src, tmp_path / "dst", env=env))
     assert b"caf\xe9" in r.out_bytes
+
+
+def test_read_only_directories_are_synced_as_a_user(shared_dir: Path) -> None:
+    """Regression: as an ordinary user, creates and deletes inside a destination
+    directory without owner write (a read-only tree, a module cache) failed on every run.
+    hsync makes it owner-writable for the change and puts its mode back."""
+    src = build(shared_dir / "src", {"ro/a": b"a", "ro/b": b"b"})
+    dst = shared_dir / "dst"
+    env = nobody_env(shared_dir)
+    os.chown(src, 65534, 65534)
+    for p in (src / "ro", src / "ro" / "a", src / "ro" / "b"):
+        os.chown(p, 65534, 65534)
+    os.chmod(src / "ro", 0o555)
+    ok(hsync("sync", src, dst, env=env, nobody=True))
+    assert stat.S_IMODE(os.stat(dst / "ro").st_mode) == 0o555
+    os.chmod(src / "ro", 0o755)
+    (src / "ro" / "a").unlink()
+    (src / "ro" / "c").write_bytes(b"c")
+    os.chmod(src / "ro", 0o555)
+    ok(hsync("sync", src, dst, env=env, nobody=True))
+    assert sorted(os.listdir(dst / "ro")) == ["b", "c"]
+    assert_same_tree(src, dst)

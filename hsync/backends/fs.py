@@ -348,6 +348,8 @@ class _Batch:
             for op in ops:
                 try:
                     self.one(op)
+                except PermissionError as e:
+                    self.retry_writable(op, e, lambda op=op: self.one(op))
                 except (OSError, SourceChanged, TargetChanged) as e:
                     self.fail(op, e)
             self.barrier()
@@ -355,6 +357,31 @@ class _Batch:
         if not self.fsync and (self.result.done or self.touched):
             _syncfs(self.dst.root)
         return self.result
+
+    def retry_writable(self, op: Op, error: OSError, again: Callable[[], object]) -> None:
+        """A directory without owner write (a read-only tree, a module cache) refuses
+        creates, renames and deletes in it: make it owner-writable, retry once, and let
+        settle_directories put its mode back (rsync does the same)."""
+        unlocked = False
+        for key in {op.key[:-1], *((op.to[:-1],) if op.to is not None else ())}:
+            if len(key) >= len(op.key) and key == op.key:
+                continue
+            try:
+                path = self.dst.path(key)
+                mode = os.lstat(path).st_mode
+                if stat.S_ISDIR(mode) and not mode & stat.S_IWUSR:
+                    os.chmod(path, stat.S_IMODE(mode) | stat.S_IWUSR | stat.S_IXUSR)
+                    self.mark(key)
+                    unlocked = True
+            except OSError:
+                continue
+        if not unlocked:
+            self.fail(op, error)
+            return
+        try:
+            again()
+        except (OSError, SourceChanged, TargetChanged) as e:
+            self.fail(op, e)
 
     def fail(self, op: Op, e: BaseException) -> None:
         key = op.key
@@ -380,7 +407,9 @@ class _Batch:
         self.flush()
         for ops, fut in self.inflight:
             for op, outcome in zip(ops, fut.result(), strict=True):
-                if isinstance(outcome, BaseException):
+                if isinstance(outcome, PermissionError):
+                    self.retry_writable(op, outcome, lambda op=op: self.ok(op, self.copy(op)))
+                elif isinstance(outcome, BaseException):
                     self.fail(op, outcome)
                 else:
                     self.ok(op, outcome)
