@@ -169,17 +169,17 @@ def compare(
     exclude = _exclude_matcher(options.exclude)
 
     # The two walks overlap in two processes where the backend can fork one.
-    pending = None
+    collect: Callable[[], Snapshot] = Snapshot
     if destination.exists():
         start = getattr(destination, "scan_in_child", None)
-        pending = start((), exclude=exclude) if start is not None else None
-    src = source.scan((), exclude=exclude)
-    if pending is not None:
-        dst = pending()
-    elif destination.exists():
-        dst = destination.scan((), exclude=exclude)
-    else:
-        dst = Snapshot()
+        if start is not None:
+            collect = start((), exclude=exclude)
+        else:
+            collect = lambda: destination.scan((), exclude=exclude)  # noqa: E731
+    try:
+        src = source.scan((), exclude=exclude)
+    finally:
+        dst = collect()  # even when the source scan failed: no child left behind
 
     if () in src.incomplete:
         raise SafetyError(f"{source.url}: source {src.incomplete[()]}; nothing done")

@@ -954,3 +954,13 @@ def test_read_only_directories_are_synced_as_a_user(shared_dir: Path) -> None:
     ok(hsync("sync", src, dst, env=env, nobody=True))
     assert sorted(os.listdir(dst / "ro")) == ["b", "c"]
     assert_same_tree(src, dst)
+
+
+def test_destination_directory_holding_a_fifo_is_deleted(tmp_path: Path) -> None:
+    """Regression: special files are never synced, so the plan did not know the FIFO in
+    a destination-only directory, and the directory's delete failed on every run."""
+    src = build(tmp_path / "src", {"keep": b"k"})
+    dst = build(tmp_path / "dst", {"keep": b"k", "gone/f": b"f"})
+    os.mkfifo(dst / "gone" / "pipe")
+    ok(hsync("sync", src, dst))
+    assert not os.path.lexists(dst / "gone")

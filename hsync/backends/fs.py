@@ -491,7 +491,7 @@ class _Batch:
             self.barrier()
             self.expect(op.key, op.old)
             if kind == DIR:
-                os.rmdir(dst.path(op.key))
+                _rmdir(dst.path(op.key))
             else:
                 os.unlink(dst.path(op.key))
             self.touch(op.key)
@@ -677,6 +677,29 @@ def rows_of(snap: Snapshot) -> dict[Key, Any]:
     if isinstance(nodes, Rows):
         return nodes.rows
     return {k: (n.kind, n.mode, n.size, n.mtime_ns, n.target, n.identity) for k, n in nodes.items()}
+
+
+def _rmdir(path: str) -> None:
+    """Remove a directory the plan emptied. Special files (FIFOs, sockets, devices) are
+    never synced, so the plan does not know them: they go with their directory, as
+    rsync --delete removes them; anything else that appeared since the scan stays."""
+    try:
+        os.rmdir(path)
+        return
+    except OSError as e:
+        if e.errno != errno.ENOTEMPTY:
+            raise
+        with os.scandir(path) as it:
+            left = [(x.name, x.stat(follow_symlinks=False).st_mode) for x in it]
+        if any(stat.S_ISREG(m) or stat.S_ISDIR(m) or stat.S_ISLNK(m) for _, m in left):
+            raise
+    fd = os.open(path, _O_LIST)
+    try:
+        for name, _ in left:
+            os.unlink(name, dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
 
 
 def _tmp_name(final: str) -> str:
