@@ -117,6 +117,7 @@ class FsBackend:
         """See ``Backend.scan``. The root itself may be a symlink to a directory."""
         rows: dict[Key, Any] = {}
         snap = Snapshot(nodes=Rows(rows))
+        snap._children = {}
         nodes = rows
         top = self.path(subtree)
         try:
@@ -176,6 +177,8 @@ class FsBackend:
     ) -> None:
         """List one directory into ``snap`` (the scan's inner loop)."""
         nodes = snap.nodes.rows  # type: ignore[attr-defined]
+        kids: list[Key] = []  # the children index, built as we go: cheaper than after
+        snap._children[key] = kids  # type: ignore[index]
         incomplete, skipped, temps = snap.incomplete, snap.skipped, self.stale_temps
         held = snap.holds_excluded
         S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
@@ -201,11 +204,13 @@ class FsBackend:
                         held.add(key)
                         continue
                     nodes[k] = (FILE, S_IMODE(mode), st.st_size, st.st_mtime_ns, None, ino)
+                    kids.append(k)
                 elif S_ISDIR(mode):
                     if exclude is not None and exclude(k, True):
                         held.add(key)
                         continue
                     nodes[k] = (DIR, S_IMODE(mode), 0, st.st_mtime_ns, None, ino)
+                    kids.append(k)
                     stack.append((f"{path}/{name}", k, st.st_ino, st.st_dev))
                 elif S_ISLNK(mode):
                     if exclude is not None and exclude(k, False):
@@ -219,6 +224,7 @@ class FsBackend:
                         incomplete[k] = e.strerror or str(e)
                         continue
                     nodes[k] = (SYMLINK, 0, 0, 0, target, ino)  # payload: target only
+                    kids.append(k)
                 else:
                     skipped.append((k, _special_kind(mode)))
 
@@ -242,7 +248,10 @@ class FsBackend:
                 os.close(r)
                 s = self.scan(subtree, exclude=exclude)
                 data = marshal.dumps(
-                    (rows_of(s), s.incomplete, s.skipped, self.stale_temps, s.holds_excluded)
+                    (
+                        rows_of(s), s.incomplete, s.skipped, self.stale_temps,
+                        s.holds_excluded, s._children,
+                    )
                 )
                 with os.fdopen(w, "wb") as f:
                     f.write(data)
@@ -257,14 +266,13 @@ class FsBackend:
             _, status = os.waitpid(pid, 0)
             if status != 0 or not data:
                 return self.scan(subtree, exclude=exclude)
-            rows, incomplete, skipped, temps, held = marshal.loads(data)
+            rows, incomplete, skipped, temps, held, children = marshal.loads(data)
             self.stale_temps = temps
-            return Snapshot(
-                nodes=Rows(rows),
-                incomplete=incomplete,
-                skipped=skipped,
-                holds_excluded=held,
+            snap = Snapshot(
+                nodes=Rows(rows), incomplete=incomplete, skipped=skipped, holds_excluded=held
             )
+            snap._children = children
+            return snap
 
         return collect
 
