@@ -228,3 +228,25 @@ def test_directory_swapped_for_a_symlink_mid_scan_is_not_followed(tmp_path: Path
     assert report.exit_code == 0  # the next scan sees a symlink and copies it as one
     assert os.path.islink(tmp_path / "dst" / "a")
     assert os.readlink(tmp_path / "dst" / "a") == str(outside)
+
+
+def test_copies_in_worker_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many files from a local tree are copied by worker processes: the tree is equal,
+    and a file changed after the plan comes back as a retry problem from the worker."""
+    import hsync.backends.fs as fs
+
+    monkeypatch.setattr(fs, "PROCESS_MIN_FILES", 1)
+    monkeypatch.setattr(fs, "CHUNK_FILES", 7)
+    spec: dict[str, object] = {f"d{i % 5}/f{i}": File(b"x" * i, mode=0o640) for i in range(60)}
+    src = build(tmp_path / "src", spec)
+    dst = tmp_path / "dst"
+
+    def touch_one(_plan: Plan) -> None:
+        (src / "d3" / "f33").write_bytes(b"changed after the plan")
+
+    report = sync_once(str(src), str(dst), Options(state=""), on_planned=touch_one)
+    assert [(p.key, p.retry) for p in report.problems] == [(("d3", "f33"), True)]
+    assert report.counts["create"] == 1 + 5 + 59
+    report = sync_once(str(src), str(dst), Options(state=""))
+    assert report.ok
+    assert_same_tree(src, dst)

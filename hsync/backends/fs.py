@@ -21,7 +21,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any, BinaryIO
 
 from ..backend import ApplyResult, Backend, Capabilities
@@ -46,6 +46,8 @@ TMP_PREFIX = ".hsync-tmp-"
 """Temporary files of an unfinished publish: never synced, removed by the next run."""
 
 COPY_THREADS = 3
+COPY_PROCESSES = 2
+PROCESS_MIN_FILES = 2000
 CHUNK_FILES = 64
 CHUNK_BYTES = 4 << 20
 _CHUNK = 1 << 20
@@ -248,10 +250,7 @@ class FsBackend:
                 os.close(r)
                 s = self.scan(subtree, exclude=exclude)
                 data = marshal.dumps(
-                    (
-                        rows_of(s), s.incomplete, s.skipped, self.stale_temps,
-                        s.holds_excluded, s._children,
-                    )
+                    (rows_of(s), s.incomplete, s.skipped, self.stale_temps, s.holds_excluded)
                 )
                 with os.fdopen(w, "wb") as f:
                     f.write(data)
@@ -266,13 +265,13 @@ class FsBackend:
             _, status = os.waitpid(pid, 0)
             if status != 0 or not data:
                 return self.scan(subtree, exclude=exclude)
-            rows, incomplete, skipped, temps, held, children = marshal.loads(data)
+            rows, incomplete, skipped, temps, held = marshal.loads(data)
             self.stale_temps = temps
-            snap = Snapshot(
+            # the children index is not sent: it costs more to ship than a no-op run
+            # needs; the planner builds it if it looks
+            return Snapshot(
                 nodes=Rows(rows), incomplete=incomplete, skipped=skipped, holds_excluded=held
             )
-            snap._children = children
-            return snap
 
         return collect
 
@@ -351,7 +350,7 @@ class _Batch:
 
     def run(self, ops: Sequence[Op]) -> ApplyResult:
         self.clean_temps()
-        with ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="hsync-copy") as pool:
+        with self.executor(ops) as pool:
             self.pool = pool
             for op in ops:
                 try:
@@ -365,6 +364,27 @@ class _Batch:
         if not self.fsync and (self.result.done or self.touched):
             _syncfs(self.dst.root)
         return self.result
+
+    def executor(self, ops: Sequence[Op]) -> Executor:
+        """Where copies run. Many small files from a local tree: worker processes, so the
+        per-file Python work runs on every core instead of queueing for the GIL; else (a
+        few files, a source that is not a local tree, threads already running, where a
+        fork is unsafe) a thread pool."""
+        self.by_path = isinstance(self.src, FsBackend)
+        files = sum(1 for op in ops if op.kind == FILE and op.op in (CREATE, UPDATE))
+        if (
+            self.by_path
+            and files >= PROCESS_MIN_FILES
+            and threading.active_count() == 1
+            and hasattr(os, "fork")
+        ):
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            return ProcessPoolExecutor(
+                COPY_PROCESSES, mp_context=multiprocessing.get_context("fork")
+            )
+        return ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="hsync-copy")
 
     def retry_writable(self, op: Op, error: OSError, again: Callable[[], object]) -> None:
         """A directory without owner write (a read-only tree, a module cache) refuses
@@ -425,11 +445,18 @@ class _Batch:
 
     def flush(self) -> None:
         if self.chunk:
-            self.inflight.append((self.chunk, self.pool.submit(self.copy_many, self.chunk)))
+            if self.by_path:  # picklable work: a process pool may take it
+                fut = self.pool.submit(
+                    _copy_chunk, [self.item(op) for op in self.chunk], self.fsync
+                )
+            else:
+                fut = self.pool.submit(self.copy_many, self.chunk)
+            self.inflight.append((self.chunk, fut))
             self.chunk = []
             self.chunk_bytes = 0
 
     def copy_many(self, ops: list[Op]) -> list[int | BaseException]:
+        """Copies for a source that is not a local tree (streams from ``read``)."""
         out: list[int | BaseException] = []
         for op in ops:
             try:
@@ -578,57 +605,33 @@ class _Batch:
         if not ok:
             raise TargetChanged("the destination changed since it was scanned")
 
-    def copy(self, op: Op) -> int:
-        """Publish the source file at ``op.key`` atomically; return the bytes copied.
+    def item(self, op: Op) -> tuple[Any, ...]:
+        node = op.node
+        assert node is not None and isinstance(self.src, FsBackend)
+        return (
+            self.src.path(op.key), self.dst.path(op.key),
+            node.size, node.mtime_ns, node.mode, node.identity,
+        )
 
-        The hot path of an initial sync: one open, fstat, create, copy, utime, close and
-        rename per file, and as little Python as that allows.
-        """
+    def copy(self, op: Op) -> int:
+        """Publish the source file at ``op.key`` atomically; return the bytes copied."""
         node = op.node
         assert node is not None
-        final = self.dst.path(op.key)
-        tmp = _tmp_name(final)
         if isinstance(self.src, FsBackend):
-            fd_in = os.open(self.src.path(op.key), _O_READ)
-        else:
-            stream = self.src.read(op.key)
-            fd_in = os.dup(stream.fileno())
-            stream.close()
+            outcome = _copy_chunk([self.item(op)], self.fsync)[0]
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        stream = self.src.read(op.key)
+        fd_in = os.dup(stream.fileno())
+        stream.close()
         try:
-            before = os.fstat(fd_in)
-            if (
-                before.st_size != node.size
-                or before.st_mtime_ns != node.mtime_ns
-                or (node.identity is not None and _ident(before, node) != node.identity)
-                or not stat.S_ISREG(before.st_mode)
-            ):
-                raise SourceChanged("the source file changed since it was scanned")
-            mode = node.mode
-            fd_out = os.open(tmp, _O_CREATE, mode & 0o777)
-            try:
-                try:
-                    copied = _copy_fd(fd_in, fd_out, node.size)
-                    if mode & ~_UMASK_SAFE or _umask() & mode:
-                        os.fchmod(fd_out, mode)
-                    os.utime(fd_out, ns=(node.mtime_ns, node.mtime_ns))
-                    if self.fsync:
-                        os.fsync(fd_out)
-                finally:
-                    os.close(fd_out)
-                after = os.fstat(fd_in)
-                if (
-                    copied != before.st_size
-                    or after.st_size != before.st_size
-                    or after.st_mtime_ns != before.st_mtime_ns
-                ):
-                    raise SourceChanged("the source file changed while it was copied")
-                os.rename(tmp, final)
-            except BaseException:
-                _unlink_quiet(tmp)
-                raise
+            return _publish(
+                fd_in, self.dst.path(op.key), node.size, node.mtime_ns, node.mode,
+                node.identity, self.fsync,
+            )
         finally:
             os.close(fd_in)
-        return copied
 
     def settle_directories(self) -> None:
         """Set directory mode and mtime from the source, deepest first."""
@@ -673,11 +676,10 @@ def _umask() -> int:
     return _umask_value[0]
 
 
-def _ident(st: os.stat_result, node: Node) -> int:
+def _ident(st: os.stat_result, identity: int | str) -> int:
+    """``st``'s identity as the scan records it (device-qualified off the root's device)."""
     ino = st.st_ino
-    return ino if not isinstance(node.identity, int) or node.identity == ino else (
-        (st.st_dev << 64) | ino
-    )
+    return ino if not isinstance(identity, int) or identity == ino else (st.st_dev << 64) | ino
 
 
 def rows_of(snap: Snapshot) -> dict[Key, Any]:
@@ -685,6 +687,68 @@ def rows_of(snap: Snapshot) -> dict[Key, Any]:
     if isinstance(nodes, Rows):
         return nodes.rows
     return {k: (n.kind, n.mode, n.size, n.mtime_ns, n.target, n.identity) for k, n in nodes.items()}
+
+
+def _copy_chunk(
+    items: list[tuple[Any, ...]], fsync: bool
+) -> list[int | BaseException]:
+    """Copy (source path, final path, size, mtime_ns, mode, identity) items; one outcome
+    per item: the bytes copied or the exception. Module level: it runs in a worker
+    process too."""
+    out: list[int | BaseException] = []
+    for src_path, final, size, mtime_ns, mode, identity in items:
+        try:
+            fd_in = os.open(src_path, _O_READ)
+            try:
+                out.append(_publish(fd_in, final, size, mtime_ns, mode, identity, fsync))
+            finally:
+                os.close(fd_in)
+        except (OSError, SourceChanged, TargetChanged) as e:
+            out.append(e)
+    return out
+
+
+def _publish(
+    fd_in: int, final: str, size: int, mtime_ns: int, mode: int,
+    identity: int | str | None, fsync: bool,
+) -> int:
+    """Write what ``fd_in`` holds to a temporary name beside ``final``, rename it over
+    ``final``; not if the source is not what was scanned or changes meanwhile.
+
+    The hot path of an initial sync: fstat, create, copy, utime, close, fstat, rename
+    per file, and as little Python as that allows."""
+    before = os.fstat(fd_in)
+    if (
+        before.st_size != size
+        or before.st_mtime_ns != mtime_ns
+        or (identity is not None and _ident(before, identity) != identity)
+        or not stat.S_ISREG(before.st_mode)
+    ):
+        raise SourceChanged("the source file changed since it was scanned")
+    tmp = _tmp_name(final)
+    fd_out = os.open(tmp, _O_CREATE, mode & 0o777)
+    try:
+        try:
+            copied = _copy_fd(fd_in, fd_out, size)
+            if mode & ~_UMASK_SAFE or _umask() & mode:
+                os.fchmod(fd_out, mode)
+            os.utime(fd_out, ns=(mtime_ns, mtime_ns))
+            if fsync:
+                os.fsync(fd_out)
+        finally:
+            os.close(fd_out)
+        after = os.fstat(fd_in)
+        if (
+            copied != before.st_size
+            or after.st_size != before.st_size
+            or after.st_mtime_ns != before.st_mtime_ns
+        ):
+            raise SourceChanged("the source file changed while it was copied")
+        os.rename(tmp, final)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+    return copied
 
 
 def _rmdir(path: str) -> None:
