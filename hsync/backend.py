@@ -8,7 +8,6 @@ what a bare path opens.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
@@ -32,20 +31,6 @@ class Capabilities:
     """Names that differ only by case are the same name."""
     content: bool = True
     """Nodes carry content streamed by ``read`` (files), not only attributes."""
-
-
-class CancelToken:
-    """Cooperative cancellation: checked between items by scan, diff and apply."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
 
 
 @attrs.define

@@ -29,7 +29,3 @@ class PlanError(HsyncError):
     """A plan broke an ordering rule (SPEC section 4): a bug, never a user error."""
 
     exit_code = 70
-
-
-class Cancelled(Exception):
-    """Raised at a checkpoint when the run's cancel token was set."""

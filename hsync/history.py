@@ -16,7 +16,7 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 
 from .model import Key, Node, Snapshot
 
@@ -151,12 +151,6 @@ class History:
                 if orig is not None and orig not in out:
                     out[orig] = (_dec(key), Node(kind, 0, size, mtime, _dec_text(target), orig))
         return out
-
-    def rows(self) -> Iterator[tuple[Key, object]]:
-        for key, ident in self.db.execute(
-            "SELECT key, ident FROM nodes WHERE pair=?", (self.pair,)
-        ):
-            yield _dec(key), ident
 
     # -- writing ------------------------------------------------------------------------
     def record(

@@ -141,9 +141,6 @@ class Snapshot:
     def __contains__(self, key: object) -> bool:
         return key in self.nodes
 
-    def get(self, key: Key) -> Node | None:
-        return self.nodes.get(key)
-
     def children(self, key: Key) -> list[Key]:
         """Direct children of ``key`` (an index built once, on first use)."""
         if self._children is None:
@@ -164,10 +161,6 @@ class Snapshot:
 
     def is_incomplete(self, key: Key) -> bool:
         return any(key[: len(k)] == k for k in self.incomplete)
-
-    @classmethod
-    def from_mapping(cls, nodes: Mapping[Key, Node]) -> Snapshot:
-        return cls(nodes=dict(nodes))
 
 
 @attrs.frozen(kw_only=True)

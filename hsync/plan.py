@@ -68,7 +68,6 @@ class _Sim:
         self.loc: dict[int, tuple[int, str]] = {}
         self.kids: dict[int, dict[str, int]] = {}
         self.orig: dict[int, Key] = {_ROOT_ID: ROOT}
-        self.root_exists = ROOT in destination.nodes
 
     def of(self, key: Key) -> int:
         """The id of the node that is at destination key ``key`` in the snapshot."""
@@ -228,7 +227,6 @@ class _Planner:
         root_create = self.creates.pop(ROOT, None)
         if root_create is not None:
             self.emit(Op(op=CREATE, kind=DIR, key=ROOT, node=root_create.node))
-            sim.root_exists = True
         for c in self.deletes:
             self.deleted.add(sim.of(c.key))
         for s, c in self.moves.items():
