@@ -162,6 +162,8 @@ def compare(
     destination_url: str,
     options: Options = Options(),
 ) -> Comparison:
+    """Open both endpoints, refuse what SPEC section 8 refuses, scan both trees, and
+    return the plan between them (nothing is written). The caller closes the result."""
     source = open_backend(source_url, role="source")
     destination = open_backend(destination_url, role="destination")
     _check_pair(source, destination)
