@@ -964,3 +964,35 @@ def test_destination_directory_holding_a_fifo_is_deleted(tmp_path: Path) -> None
     os.mkfifo(dst / "gone" / "pipe")
     ok(hsync("sync", src, dst))
     assert not os.path.lexists(dst / "gone")
+
+
+def test_read_only_directory_moved_to_another_parent(shared_dir: Path) -> None:
+    """Regression: moving a directory to a new parent rewrites its "..", which needs
+    write permission on the directory itself; a read-only one failed on every run."""
+    src = build(shared_dir / "src", {"a/ro/f": b"f", "b/g": b"g"})
+    dst = shared_dir / "dst"
+    env = nobody_env(shared_dir)
+    for dirpath, dirnames, filenames in os.walk(src):
+        for n in [dirpath, *(os.path.join(dirpath, x) for x in dirnames + filenames)]:
+            os.chown(n, 65534, 65534)
+    os.chmod(src / "a" / "ro", 0o555)
+    ok(hsync("sync", src, dst, env=env, nobody=True))
+    os.chmod(src / "a", 0o755)
+    os.rename(src / "a" / "ro", src / "b" / "ro")
+    r = ok(hsync("sync", "--json", src, dst, env=env, nobody=True))
+    assert json.loads(r.out)["counts"]["move"] == 1
+    assert_same_tree(src, dst)
+
+
+def test_kept_read_only_directory_keeps_its_mode(shared_dir: Path) -> None:
+    """Regression: a destination-only directory kept for its excluded content was left
+    owner-writable after hsync unlocked it to delete a sibling of that content."""
+    src = build(shared_dir / "src", {"z": b"z"})
+    dst = build(shared_dir / "dst", {"P/keep.log": b"log", "P/y": b"y", "z": b"z"})
+    for dirpath, dirnames, filenames in os.walk(dst):
+        for n in [dirpath, *(os.path.join(dirpath, x) for x in dirnames + filenames)]:
+            os.chown(n, 65534, 65534)
+    os.chmod(dst / "P", 0o555)
+    ok(hsync("sync", "--exclude", "*.log", src, dst, env=nobody_env(shared_dir), nobody=True))
+    assert sorted(os.listdir(dst / "P")) == ["keep.log"]
+    assert stat.S_IMODE(os.stat(dst / "P").st_mode) == 0o555

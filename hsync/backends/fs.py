@@ -329,6 +329,7 @@ class _Batch:
         self.result = ApplyResult()
         self.touched: set[Key] = set()
         self.under: dict[Key, set[Key]] = {}
+        self.unlocked: dict[Key, int] = {}  # made owner-writable: the mode it had
         self.inflight: list[tuple[list[Op], Future[list[int | BaseException]]]] = []
         self.chunk: list[Op] = []
         self.chunk_bytes = 0
@@ -382,7 +383,10 @@ class _Batch:
             from concurrent.futures import ProcessPoolExecutor
 
             return ProcessPoolExecutor(
-                COPY_PROCESSES, mp_context=multiprocessing.get_context("fork")
+                COPY_PROCESSES,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=_worker_init,
+                initargs=(os.getpid(),),
             )
         return ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="hsync-copy")
 
@@ -391,15 +395,19 @@ class _Batch:
         creates, renames and deletes in it: make it owner-writable, retry once, and let
         settle_directories put its mode back (rsync does the same)."""
         unlocked = False
-        for key in {op.key[:-1], *((op.to[:-1],) if op.to is not None else ())}:
-            if len(key) >= len(op.key) and key == op.key:
-                continue
+        keys = {op.key[:-1]}
+        if op.to is not None:
+            keys.add(op.to[:-1])
+            if op.kind == DIR:
+                keys.add(op.key)  # a directory moving to a new parent rewrites its ".."
+        for key in keys:
             try:
                 path = self.dst.path(key)
                 mode = os.lstat(path).st_mode
                 if stat.S_ISDIR(mode) and not mode & stat.S_IWUSR:
                     os.chmod(path, stat.S_IMODE(mode) | stat.S_IWUSR | stat.S_IXUSR)
                     self.mark(key)
+                    self.unlocked.setdefault(key, stat.S_IMODE(mode))
                     unlocked = True
             except OSError:
                 continue
@@ -489,7 +497,10 @@ class _Batch:
             self.touched.discard(k)
             for i in range(len(k) + 1):
                 self.under[k[:i]].discard(k)
-            self.mark((*new, *k[n:]))
+            moved = (*new, *k[n:])
+            self.mark(moved)
+            if k in self.unlocked:
+                self.unlocked[moved] = self.unlocked.pop(k)
 
     def one(self, op: Op) -> None:
         dst = self.dst
@@ -639,6 +650,11 @@ class _Batch:
         for key in sorted(self.touched, key=len, reverse=True):
             node = final.get(key)
             if node is None or node.kind != DIR:
+                # not a source directory (kept for its excluded content): only undo
+                # what retry_writable did to it
+                if key in self.unlocked:
+                    with contextlib.suppress(OSError):
+                        os.chmod(self.dst.path(key), self.unlocked[key])
                 continue
             path = self.dst.path(key)
             try:
@@ -687,6 +703,17 @@ def rows_of(snap: Snapshot) -> dict[Key, Any]:
     if isinstance(nodes, Rows):
         return nodes.rows
     return {k: (n.kind, n.mode, n.size, n.mtime_ns, n.target, n.identity) for k, n in nodes.items()}
+
+
+def _worker_init(parent: int) -> None:
+    """A copy worker dies with its parent: a killed run must not go on writing."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _copy_chunk(
