@@ -250,3 +250,64 @@ def test_copies_in_worker_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     report = sync_once(str(src), str(dst), Options(state=""))
     assert report.ok
     assert_same_tree(src, dst)
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.timeout(120)
+def test_copy_workers_die_with_a_killed_run(tmp_path: Path) -> None:
+    """Regression: after kill -9 of a run, its copy worker processes went on writing
+    into the destination and then hung for ever."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from treeutil import hsync_bin
+
+    src = tmp_path / "src"
+    chunk = os.urandom(64 * 1024)
+    for i in range(3000):
+        d = src / f"d{i % 30}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}").write_bytes(chunk)
+    proc = subprocess.Popen(
+        [hsync_bin(), "sync", str(src), str(tmp_path / "dst"), "--state", ""],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    workers: list[int] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        workers = _children_of(proc.pid)
+        if len(workers) >= 2:
+            break
+        time.sleep(0.005)
+    if proc.poll() is not None or len(workers) < 2:
+        proc.wait()
+        pytest.skip(f"the run ended before its copy workers could be seen ({sys.platform})")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "copy workers outlived the killed run"
