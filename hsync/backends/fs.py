@@ -544,8 +544,8 @@ class _Batch:
             self.ok(op)
 
     def publish(self, op: Op) -> None:
-        """Queue a content copy: small files travel in chunks (one hand-off to a pool
-        thread per chunk, not per file), a large file alone."""
+        """Queue a content copy: files travel in chunks (one hand-off to a pool worker
+        per chunk of up to CHUNK_FILES files or CHUNK_BYTES bytes, not one per file)."""
         assert op.node is not None
         self.chunk.append(op)
         self.chunk_bytes += op.node.size
