@@ -311,3 +311,19 @@ def test_copy_workers_die_with_a_killed_run(tmp_path: Path) -> None:
     while time.monotonic() < deadline and any(_alive(w) for w in workers):
         time.sleep(0.05)
     assert not any(_alive(w) for w in workers), "copy workers outlived the killed run"
+
+
+def test_create_never_clobbers_a_file_that_appeared_since_the_scan(tmp_path: Path) -> None:
+    """Regression: a planned create renamed its content over whatever had appeared at
+    that name on the destination since the scan; now that node is kept and the create
+    is a problem for the next round."""
+    src = build(tmp_path / "src", {"new": b"from the source", "other": b"o"})
+    dst = build(tmp_path / "dst", {"other": b"o"})
+
+    def someone_writes(_plan: Plan) -> None:
+        (dst / "new").write_bytes(b"written by someone else meanwhile")
+
+    report = sync_once(str(src), str(dst), Options(state=""), on_planned=someone_writes)
+    assert [p.key for p in report.problems] == [("new",)]
+    assert (dst / "new").read_bytes() == b"written by someone else meanwhile"
+    assert not [n for n in os.listdir(dst) if n.startswith(".hsync-tmp-")]

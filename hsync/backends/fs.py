@@ -525,10 +525,7 @@ class _Batch:
             self.barrier()
             assert op.to is not None
             self.expect(op.key, op.old)
-            target = dst.path(op.to)
-            if os.path.lexists(target):
-                raise TargetChanged(f"{'/'.join(op.to)} appeared on the destination")
-            os.rename(dst.path(op.key), target)
+            _rename_noreplace(dst.path(op.key), dst.path(op.to))
             self.touch(op.key)
             self.follow(op.key, op.to)
             self.touch(op.to)
@@ -621,7 +618,7 @@ class _Batch:
         assert node is not None and isinstance(self.src, FsBackend)
         return (
             self.src.path(op.key), self.dst.path(op.key),
-            node.size, node.mtime_ns, node.mode, node.identity,
+            node.size, node.mtime_ns, node.mode, node.identity, op.op == UPDATE,
         )
 
     def copy(self, op: Op) -> int:
@@ -639,7 +636,7 @@ class _Batch:
         try:
             return _publish(
                 fd_in, self.dst.path(op.key), node.size, node.mtime_ns, node.mode,
-                node.identity, self.fsync,
+                node.identity, self.fsync, op.op == UPDATE,
             )
         finally:
             os.close(fd_in)
@@ -719,15 +716,18 @@ def _worker_init(parent: int) -> None:
 def _copy_chunk(
     items: list[tuple[Any, ...]], fsync: bool
 ) -> list[int | BaseException]:
-    """Copy (source path, final path, size, mtime_ns, mode, identity) items; one outcome
+    """Copy (source path, final path, size, mtime_ns, mode, identity, replace) items;
+    one outcome
     per item: the bytes copied or the exception. Module level: it runs in a worker
     process too."""
     out: list[int | BaseException] = []
-    for src_path, final, size, mtime_ns, mode, identity in items:
+    for src_path, final, size, mtime_ns, mode, identity, replace in items:
         try:
             fd_in = os.open(src_path, _O_READ)
             try:
-                out.append(_publish(fd_in, final, size, mtime_ns, mode, identity, fsync))
+                out.append(
+                    _publish(fd_in, final, size, mtime_ns, mode, identity, fsync, replace)
+                )
             finally:
                 os.close(fd_in)
         except (OSError, SourceChanged, TargetChanged) as e:
@@ -737,10 +737,12 @@ def _copy_chunk(
 
 def _publish(
     fd_in: int, final: str, size: int, mtime_ns: int, mode: int,
-    identity: int | str | None, fsync: bool,
+    identity: int | str | None, fsync: bool, replace: bool,
 ) -> int:
-    """Write what ``fd_in`` holds to a temporary name beside ``final``, rename it over
-    ``final``; not if the source is not what was scanned or changes meanwhile.
+    """Write what ``fd_in`` holds to a temporary name beside ``final``, rename it to
+    ``final`` (over it only when ``replace``: a create never clobbers a node that
+    appeared since the scan); not if the source is not what was scanned or changes
+    meanwhile.
 
     The hot path of an initial sync: fstat, create, copy, utime, close, fstat, rename
     per file, and as little Python as that allows."""
@@ -771,11 +773,43 @@ def _publish(
             or after.st_mtime_ns != before.st_mtime_ns
         ):
             raise SourceChanged("the source file changed while it was copied")
-        os.rename(tmp, final)
+        if replace:
+            os.rename(tmp, final)
+        else:
+            _rename_noreplace(tmp, final)
     except BaseException:
         _unlink_quiet(tmp)
         raise
     return copied
+
+
+_renameat2: list[Any] = []
+
+
+def _rename_noreplace(old: str, new: str) -> None:
+    """rename(2) that fails instead of replacing what is at ``new`` (renameat2 with
+    RENAME_NOREPLACE; where the kernel or filesystem lacks it, a check then a rename)."""
+    if not _renameat2:
+        import ctypes
+
+        try:
+            _renameat2.append(ctypes.CDLL(None, use_errno=True).renameat2)
+        except (OSError, AttributeError):
+            _renameat2.append(None)
+    call = _renameat2[0]
+    if call is not None:
+        import ctypes
+
+        if call(-100, os.fsencode(old), -100, os.fsencode(new), 1) == 0:  # AT_FDCWD
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise TargetChanged("a node appeared on the destination since the scan")
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err), new)
+    if os.path.lexists(new):
+        raise TargetChanged("a node appeared on the destination since the scan")
+    os.rename(old, new)
 
 
 def _rmdir(path: str) -> None:
