@@ -95,7 +95,6 @@ class _Matcher:
         source: Snapshot,
         destination: Snapshot,
         digest: Digest | None,
-        checksum: bool,
         changed: list[Key],
         new: list[Key],
         gone: list[Key],
@@ -106,7 +105,6 @@ class _Matcher:
         self.source = source
         self.destination = destination
         self.digest = digest
-        self.checksum = checksum
         self.match: dict[Key, Key] = {}  # destination key -> source key (explicit)
         self.claimed: dict[Key, Key] = {}  # source key -> destination key (explicit)
         self.changed = changed
@@ -422,7 +420,7 @@ def diff(
         return []
 
     pinned = {k[:i] for k in frozen for i in range(len(k) + 1)}
-    m = _Matcher(src, dst, source, destination, digest, checksum, changed, new, gone, pinned)
+    m = _Matcher(src, dst, source, destination, digest, changed, new, gone, pinned)
     if moves and delete:
         if history is not None:
             m.by_identity(history)
