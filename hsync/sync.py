@@ -49,7 +49,6 @@ class Report:
     counts: dict[str, int] = attrs.field(
         factory=lambda: dict.fromkeys((CREATE, UPDATE, MOVE, DELETE), 0)
     )
-    planned: dict[str, int] = attrs.field(factory=dict)
     bytes_copied: int = 0
     problems: list[Problem] = attrs.field(factory=list)
     skipped: list[tuple[Key, str]] = attrs.field(factory=list)
@@ -57,6 +56,11 @@ class Report:
     elapsed: float = 0.0
     dry_run: bool = False
     plan: Plan | None = None
+
+    @property
+    def planned(self) -> dict[str, int]:
+        """Ops per kind in the plan (what a dry run would do)."""
+        return self.plan.counts() if self.plan is not None else {}
 
     @property
     def ok(self) -> bool:
@@ -261,7 +265,6 @@ def sync_once(
     try:
         report = Report(source=source_url, destination=destination_url, dry_run=options.dry_run)
         report.plan = cmp.plan
-        report.planned = cmp.plan.counts()
         report.skipped = list(cmp.src.skipped)
         report.warnings = list(cmp.warnings)
         report.problems.extend(

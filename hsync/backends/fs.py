@@ -249,8 +249,9 @@ class FsBackend:
             try:
                 os.close(r)
                 s = self.scan(subtree, exclude=exclude)
+                rows = s.nodes.rows  # type: ignore[attr-defined]  # scan() builds Rows
                 data = marshal.dumps(
-                    (rows_of(s), s.incomplete, s.skipped, self.stale_temps, s.holds_excluded)
+                    (rows, s.incomplete, s.skipped, self.stale_temps, s.holds_excluded)
                 )
                 with os.fdopen(w, "wb") as f:
                     f.write(data)
@@ -693,13 +694,6 @@ def _ident(st: os.stat_result, identity: int | str) -> int:
     """``st``'s identity as the scan records it (device-qualified off the root's device)."""
     ino = st.st_ino
     return ino if not isinstance(identity, int) or identity == ino else (st.st_dev << 64) | ino
-
-
-def rows_of(snap: Snapshot) -> dict[Key, Any]:
-    nodes = snap.nodes
-    if isinstance(nodes, Rows):
-        return nodes.rows
-    return {k: (n.kind, n.mode, n.size, n.mtime_ns, n.target, n.identity) for k, n in nodes.items()}
 
 
 def _worker_init(parent: int) -> None:
