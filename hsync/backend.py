@@ -9,6 +9,7 @@ what a bare path opens.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
 import attrs
@@ -16,7 +17,7 @@ import attrs
 from .errors import UsageError
 
 if TYPE_CHECKING:
-    from .model import Key, Op, Problem, Snapshot
+    from .model import Key, Node, Op, Problem, Snapshot
 
 
 @attrs.frozen(kw_only=True)
@@ -42,6 +43,27 @@ class ApplyResult:
     bytes_copied: int = 0
 
 
+class WatchSink(Protocol):
+    """Where a backend's watcher reports what changed (the watcher never applies).
+
+    Methods are called from the watcher's own thread(s) and must return quickly."""
+
+    def dirty(self, key: Key, *, deep: bool = True) -> None:
+        """``key`` changed. ``deep``: anything at or below it may have changed (created,
+        deleted, moved in or out: rescan its subtree); otherwise only the node itself
+        (its content or metadata). A move reports both its old and its new key."""
+        ...
+
+    def lost(self, reason: str) -> None:
+        """Notifications were lost (queue overflow, watch limit, reconnect without a
+        usable cookie): a full comparison is needed."""
+        ...
+
+    def unwatched(self, key: Key, reason: str) -> None:
+        """``key``'s subtree could not be watched: it is polled instead."""
+        ...
+
+
 @runtime_checkable
 class Backend(Protocol):
     """One endpoint of a sync."""
@@ -56,8 +78,19 @@ class Backend(Protocol):
     def scan(
         self, subtree: Key = (), *, exclude: Callable[[Key, bool], bool] | None = None
     ) -> Snapshot:
-        """What is below ``subtree`` now, parents before children. Never follows a
-        symlink; unreadable parts are listed in ``Snapshot.incomplete``, not raised."""
+        """What is at and below ``subtree`` now, parents before children. Never follows
+        a symlink; unreadable parts are listed in ``Snapshot.incomplete``, not raised.
+
+        For ``subtree != ()``: an absent key gives an empty snapshot (no node, nothing
+        incomplete); a leaf gives a snapshot of that one node; the ancestors of
+        ``subtree`` are not included (see ``stat``). No ancestor is followed through a
+        symlink either."""
+        ...
+
+    def stat(self, key: Key) -> Node | None:
+        """The node at ``key`` without its children, or None when it is absent (also when
+        an ancestor is absent or not a container). Raises ``OSError``-like errors only
+        for what cannot be read."""
         ...
 
     def read(self, key: Key) -> BinaryIO:
@@ -80,6 +113,16 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class Watchable(Protocol):
+    """Optional: a backend that can report changes (filesystem: inotify through
+    watchdog; LDAP: syncrepl)."""
+
+    def watch(self, sink: WatchSink) -> AbstractContextManager[None]:
+        """Start reporting changes below the root to ``sink`` on entering; stop (join
+        every thread, release every watch) on exiting."""
+        ...
 
 
 _BUILTIN = {"file": ("hsync.backends.fs:FsBackend", "built in")}
