@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,12 @@ if TYPE_CHECKING:
     from .fs import FsBackend
 
 log = logging.getLogger("hsync.watch")
+
+# watchdog warns when `mkdir -p a/b` makes it register the same watch twice (the create
+# event of a/b and the walk of a both add it); the second registration is harmless
+warnings.filterwarnings(
+    "ignore", message="Callback with id .* already exists", category=RuntimeWarning
+)
 
 EVENTS: list[type[FileSystemEvent]] = [
     FileCreatedEvent,
