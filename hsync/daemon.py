@@ -134,7 +134,17 @@ def pair_config(
         poll_interval=raw.get("poll_interval_s", 10),
     )
     name = raw.get("name") or f"{raw['source']} -> {raw['destination']}"
-    return PairConfig(name, raw["source"], raw["destination"], options, wopts)
+    source, destination = (_relative_to(base, raw[k]) for k in ("source", "destination"))
+    return PairConfig(name, source, destination, options, wopts)
+
+
+def _relative_to(base: Path | None, location: str) -> str:
+    """A relative path in a config file is relative to the file, not to the cwd."""
+    from .backend import scheme_of
+
+    if base is None or scheme_of(location) != "file" or location.startswith("file:"):
+        return location
+    return str(base / location) if not Path(location).is_absolute() else location
 
 
 def load_config(path: str, *, debug: bool = False) -> Config:

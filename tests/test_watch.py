@@ -511,3 +511,11 @@ def test_daemon_bad_config_is_one_line_and_exit_2(tmp_path: Path, text: str, nee
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert needle in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_the_example_config_is_valid_and_paths_are_relative_to_it() -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "hsync.toml"
+    out = subprocess.run([hsync_bin(), "daemon", "--config", str(example), "--check"],
+                         capture_output=True, text=True, timeout=30, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert str(example.parent / "source") in out.stdout
