@@ -5,7 +5,7 @@ It lets diff turn "the inode that was at K1 is now at K2" into one rename (SPEC 
 synced, so a stale, missing or corrupt history costs a copy, never a wrong plan. A
 corrupt file is set aside and replaced.
 
-One row per synced source node: (pair, key, identity, kind, size, mtime_ns, target). Keys are
+One row per synced source node: (pair, key, identity, kind, mode, size, mtime_ns, target). Keys are
 stored as the names joined by NUL (a name never contains NUL), encoded with surrogate
 escapes. Rows change only where a sync changed something: a no-op run writes nothing.
 """
@@ -16,11 +16,11 @@ import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from .model import Key, Node, Snapshot
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _SEP = "\0"
 
 
@@ -95,7 +95,7 @@ class History:
                 complete INTEGER, synced_at REAL);
             CREATE TABLE IF NOT EXISTS nodes(
                 pair TEXT, key BLOB, ident, kind TEXT, size INTEGER, mtime INTEGER,
-                target BLOB, PRIMARY KEY(pair, key)) WITHOUT ROWID;
+                target BLOB, mode INTEGER, PRIMARY KEY(pair, key)) WITHOUT ROWID;
             CREATE INDEX IF NOT EXISTS nodes_ident ON nodes(pair, ident);
             """
         )
@@ -154,6 +154,20 @@ class History:
                     out[orig] = (_dec(key), Node(kind, 0, size, mtime, _dec_text(target), orig))
         return out
 
+    def walk(self) -> Iterator[tuple[Key, tuple[object, ...]]]:
+        """Every synced node as ``(key, (kind, mode, size, mtime_ns, target, identity))``
+        (a scan's row), in key order: names compared as UTF-8 bytes with surrogate
+        escapes, a directory right before its descendants (``FsBackend.walk_sorted``
+        walks a tree in the same order)."""
+        cur = self.db.execute(
+            "SELECT key, ident, kind, size, mtime, target, mode FROM nodes WHERE pair=? "
+            "ORDER BY key",
+            (self.pair,),
+        )
+        while rows := cur.fetchmany(2000):
+            for key, ident, kind, size, mtime, target, mode in rows:
+                yield _dec(key), (kind, mode or 0, size, mtime, _dec_text(target), ident)
+
     # -- writing ------------------------------------------------------------------------
     def record(
         self,
@@ -187,11 +201,11 @@ class History:
                 ((self.pair, _enc(k)) for k in drop_keys),
             )
             db.executemany(
-                "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?)",
                 (
                     (
                         self.pair, _enc(k), _ident(n.identity), n.kind, n.size, n.mtime_ns,
-                        _enc_text(n.target),
+                        _enc_text(n.target), n.mode,
                     )
                     for k in set_keys
                     if (n := nodes.get(k)) is not None

@@ -14,7 +14,8 @@ the root is a full comparison.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import attrs
 
@@ -78,7 +79,7 @@ def scan_region(backend: Backend, region: Region, exclude: Exclude | None) -> Sn
     the ancestors of both (``partial``). Excluded keys count as absent."""
     nodes: dict[Key, Node] = {}
     snap = Snapshot(nodes=nodes)
-    context: set[Key] = set(region.shallow)
+    context: set[Key] = {(), *region.shallow}  # the root, always: is the tree there?
     for k in (*region.deep, *region.shallow):
         context.update(k[:i] for i in range(len(k)))
     for k in sorted(context, key=len):
@@ -143,3 +144,117 @@ def scan_region_pair(
         region = region.promote(k)
         if region.full:
             return region, src, dst
+
+
+def _enc(key: Key) -> bytes:
+    return "\0".join(key).encode("utf-8", "surrogateescape")
+
+
+def quick_pass(
+    source: Backend, history: Any, exclude: Exclude | None, *, allow_empty_source: bool = False
+) -> Region:
+    """What changed on the source since the history was recorded, found by walking the
+    source and the history side by side, both in key order (a stat-only pass: no content
+    is read, the destination is not scanned, and nothing bigger than one directory
+    listing per level is held). New, gone and replaced nodes are deep, changed ones
+    shallow. Changes made by others on the destination are not seen here (a full
+    comparison, ``--rescan-interval``, repairs those).
+
+    Raises ``SafetyError`` when the source root is gone, or empty while the history is
+    not (unless ``allow_empty_source``)."""
+    deep: list[Key] = []
+    shallow: list[Key] = []
+    root = source.stat(())
+    if root is None:
+        raise SafetyError(f"{source.url}: source root is gone; nothing done")
+    walk_sorted = getattr(source, "walk_sorted", None)
+    if walk_sorted is not None:
+        src_iter: Iterator[tuple[Key, Any]] = walk_sorted(exclude)
+    else:  # a backend without an ordered walk: a scan, sorted (its size, in memory)
+        snap = source.scan((), exclude=exclude)
+        rows = [(k, _row(n)) for k, n in snap.nodes.items() if k]
+        rows.sort(key=lambda kr: _enc(kr[0]))
+        src_iter = iter(rows)
+    top = [0, 0]  # entries right below the root: on the source, in the history
+    src_iter = _counted(src_iter, top, 0)
+    hist_iter = _counted(iter(history.walk()), top, 1)
+    end = (None, None)
+    h = next(hist_iter, end)
+    if h[0] == ():
+        if h[1] is None or _differs(_row(root), h[1]):
+            shallow.append(())
+        h = next(hist_iter, end)
+    s = next(src_iter, end)
+    skip_src: Key | None = None  # descendants of a deep key: already covered
+    skip_hist: Key | None = None
+    while s[0] is not None or h[0] is not None:
+        sk, srow = s
+        hk, hrow = h
+        if sk is not None and skip_src is not None and sk[: len(skip_src)] == skip_src and (
+            len(sk) > len(skip_src) or srow is None
+        ):
+            s = next(src_iter, end)
+            continue
+        if hk is not None and skip_hist is not None and hk[: len(skip_hist)] == skip_hist and (
+            len(hk) > len(skip_hist)
+        ):
+            h = next(hist_iter, end)
+            continue
+        if sk is not None and srow is None:  # a listing that failed: nothing below is known
+            deep.append(sk)
+            skip_hist = sk
+            s = next(src_iter, end)
+            continue
+        if sk is None:
+            order = 1
+        elif hk is None:
+            order = -1
+        else:
+            a, b = _enc(sk), _enc(hk)
+            order = (a > b) - (a < b)
+        if order < 0:  # only on the source: new
+            deep.append(sk)  # type: ignore[arg-type]
+            skip_src = sk
+            s = next(src_iter, end)
+        elif order > 0:  # only in the history: gone (deleted or moved away)
+            deep.append(hk)  # type: ignore[arg-type]
+            skip_hist = hk
+            h = next(hist_iter, end)
+        else:
+            assert sk is not None and hk is not None
+            if srow[0] != hrow[0] or _ident(srow[5]) != hrow[5]:
+                deep.append(sk)  # replaced: another node under the same name
+                skip_src = skip_hist = sk
+            elif _differs(srow, hrow):
+                shallow.append(sk)
+            s = next(src_iter, end)
+            h = next(hist_iter, end)
+    if top[0] == 0 and top[1] > 0 and not allow_empty_source:
+        raise SafetyError(
+            f"{source.url}: source is empty but the history of what was synced is not; "
+            "refusing to delete everything (--allow-empty-source to allow it)"
+        )
+    return Region.of(deep, shallow)
+
+
+def _counted(
+    it: Iterator[tuple[Key, Any]], top: list[int], i: int
+) -> Iterator[tuple[Key, Any]]:
+    for k, r in it:
+        if len(k) == 1 and r is not None:
+            top[i] += 1
+        yield k, r
+
+
+def _row(node: Node) -> tuple[Any, ...]:
+    return (node.kind, node.mode, node.size, node.mtime_ns, node.target, node.identity)
+
+
+def _differs(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    return tuple(a[:5]) != tuple(b[:5])
+
+
+def _ident(value: object) -> object:
+    if isinstance(value, int) and not -(1 << 63) <= value < (1 << 63):
+        return str(value)
+    return value

@@ -38,7 +38,7 @@ import attrs
 from .backend import Backend
 from .errors import HsyncError, Interrupted, SafetyError
 from .model import CREATE, DELETE, MOVE, UPDATE, Key, Op, Problem
-from .region import Region, scan_region_pair
+from .region import Region, quick_pass, scan_region_pair
 from .sync import (
     Comparison,
     Options,
@@ -87,6 +87,7 @@ class Dirty:
         self.first: float | None = None  # monotonic time of the oldest pending event
         self.last: float | None = None
         self.lost_reason: str | None = None
+        self.lost_quick = True  # a stat-only pass against the history may stand for it
         self.unwatched_keys: dict[Key, str] = {}
         self.inflight: Region | None = None
         self.stale = False
@@ -104,8 +105,12 @@ class Dirty:
                 self.stale = True
             self.cond.notify_all()
 
-    def lost(self, reason: str) -> None:
+    def lost(self, reason: str, *, quick: bool = True) -> None:
+        """``quick``: a stat-only pass of the source against the history is enough (lost
+        notifications); otherwise both trees are scanned (drift on the destination, a
+        source root that came back)."""
         with self.cond:
+            self.lost_quick = quick and (self.lost_reason is None or self.lost_quick)
             self.lost_reason = reason
             self._touch()
             self.cond.notify_all()
@@ -153,18 +158,22 @@ class Dirty:
                     wake = min(wake, until)
                 self.cond.wait(max(0.0, wake - now))
 
-    def take(self, allow_full: bool) -> tuple[Region, float | None]:
-        """The pending region (and when its oldest event came); a lost-notification full
-        comparison only when ``allow_full``."""
+    def take(self, allow_full: bool) -> tuple[Region, float | None, bool]:
+        """The pending region, when its oldest event came, and whether a full comparison
+        in it may be a quick pass; a lost-notification full comparison only when
+        ``allow_full``."""
         with self.cond:
             deep, shallow = self.deep, self.shallow
+            quick = True
             if self.lost_reason is not None and allow_full:
                 deep.add(())
+                quick = self.lost_quick
                 self.lost_reason = None
+                self.lost_quick = True
             first = self.first
             self.deep, self.shallow = set(), set()
             self.first = self.last = None  # a full comparison not allowed yet: a deadline
-            return Region.of(deep, shallow), first
+            return Region.of(deep, shallow), first, quick
 
     def begin(self, region: Region) -> None:
         with self.cond:
@@ -294,6 +303,7 @@ class RoundResult:
 
     region: Region
     full: bool
+    """A full comparison: both trees, or the source against the history (quick)."""
     ops: tuple[Op, ...]
     done: tuple[Op, ...]
     problems: tuple[Problem, ...]
@@ -427,7 +437,7 @@ class PairWatch:
                         self.dirty.dirty(k, deep=True)
                     next_poll = now + self.wopts.poll_interval
                 if next_rescan is not None and now >= next_rescan:
-                    self.dirty.lost("periodic full comparison (--rescan-interval)")
+                    self.dirty.lost("periodic full comparison (--rescan-interval)", quick=False)
                     self._full_not_before = 0.0
                     assert self.wopts.rescan_interval is not None
                     next_rescan = now + self.wopts.rescan_interval
@@ -436,12 +446,12 @@ class PairWatch:
                         self.dirty.dirty(k, deep=True)
                     self._retry_keys = set()
                     self._retry_at = None
-                region, first = self.dirty.take(allow_full=now >= self._full_not_before)
+                region, first, quick = self.dirty.take(allow_full=now >= self._full_not_before)
                 self.status.unwatched = {
                     "/".join(k): v for k, v in self.dirty.unwatched_keys.items()
                 }
                 if region:
-                    self._round(source, destination, history, region, first)
+                    self._round(source, destination, history, region, first, quick)
                     self.status.pending = self.dirty.pending()
                     self.status.oldest_pending = self.dirty.first
         finally:
@@ -470,6 +480,7 @@ class PairWatch:
         history: Any,
         region: Region,
         first: float | None,
+        quick: bool = False,
     ) -> None:
         t0 = time.monotonic()
         st = self.status
@@ -477,7 +488,15 @@ class PairWatch:
         st.pending = len(region)
         self.status_file.write()
         self.dirty.begin(region)
+        passed = False
         try:
+            if region.full and quick and history is not None and history.complete:
+                # stat-only: the source against what the history says was synced
+                found = quick_pass(source, history, self.exclude,
+                                   allow_empty_source=self.options.allow_empty_source)
+                passed = True
+                region = found.union(Region.of(region.deep - {()}, region.shallow))
+                self.dirty.begin(region)
             if region.full:
                 cmp = self._compare_full(source, destination, history)
             else:
@@ -509,7 +528,7 @@ class PairWatch:
             if self._blocked != str(e):
                 log.error("%s", e)
             self._blocked = str(e)
-            self.dirty.lost("the source root is back")
+            self.dirty.lost("the source root is back", quick=False)
             self._full_not_before = time.monotonic() + self._backoff_full()
             self.status_file.write()
             return
@@ -526,7 +545,7 @@ class PairWatch:
         self.dirty.end()
         self._in_a_row = 0
         self._blocked = None
-        if region.full:
+        if region.full or passed:
             st.full_comparisons += 1
         done, problems = self._apply(cmp)
         seconds = time.monotonic() - t0
@@ -555,7 +574,7 @@ class PairWatch:
                      " (full comparison)" if region.full else "")
         self.status_file.write()
         if self.on_round is not None:
-            self.on_round(RoundResult(region, region.full, cmp.plan.ops, tuple(done),
+            self.on_round(RoundResult(region, region.full or passed, cmp.plan.ops, tuple(done),
                                       tuple(problems), seconds))
 
     def _backoff_full(self) -> float:

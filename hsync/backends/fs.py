@@ -20,7 +20,7 @@ import marshal
 import os
 import stat
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO
@@ -248,6 +248,92 @@ class FsBackend:
                     kids.append(k)
                 else:
                     skipped.append((k, _special_kind(mode)))
+
+    def walk_sorted(
+        self, exclude: Callable[[Key, bool], bool] | None = None
+    ) -> Iterator[tuple[Key, Any]]:
+        """Every node below the root as ``(key, row)``, in the history's key order:
+        depth first, a directory right before its descendants, siblings by the bytes
+        of their names. A directory whose listing failed is followed by ``(key, None)``
+        (nothing below it is known). Holds one listing per level, never the tree."""
+        root_st = os.stat(self.root)
+        stack: list[tuple[Key, list[tuple[bytes, str, Any]], int]] = []
+
+        def listing(key: Key, ino: int, dev: int) -> list[tuple[bytes, str, Any]] | None:
+            if self.interrupt is not None and self.interrupt():
+                raise Interrupted(f"{self.url}: scan interrupted")
+            path = self.path(key)
+            try:
+                fd = os.open(path, _O_LIST if key else _O_LIST & ~os.O_NOFOLLOW)
+            except OSError:
+                return None
+            try:
+                seen = os.fstat(fd)
+                if seen.st_ino != ino or seen.st_dev != dev:
+                    return None
+                out = []
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        name = entry.name
+                        try:
+                            st = entry.stat(follow_symlinks=False)
+                        except OSError:
+                            continue
+                        row: Any
+                        mode = st.st_mode
+                        ident = st.st_ino if st.st_dev == root_st.st_dev else (
+                            (st.st_dev << 64) | st.st_ino
+                        )
+                        k = (*key, name)
+                        if stat.S_ISREG(mode):
+                            if name.startswith(TMP_PREFIX) or (exclude and exclude(k, False)):
+                                continue
+                            row = (FILE, stat.S_IMODE(mode), st.st_size, st.st_mtime_ns, None,
+                                   ident)
+                        elif stat.S_ISDIR(mode):
+                            if exclude and exclude(k, True):
+                                continue
+                            row = (DIR, stat.S_IMODE(mode), 0, st.st_mtime_ns, None, ident,
+                                   st.st_ino, st.st_dev)
+                        elif stat.S_ISLNK(mode):
+                            if exclude and exclude(k, False):
+                                continue
+                            try:
+                                target = os.readlink(name, dir_fd=fd)
+                            except OSError:
+                                continue
+                            row = (SYMLINK, 0, 0, 0, target, ident)
+                        else:
+                            continue
+                        out.append((os.fsencode(name), name, row))
+                out.sort(reverse=True)  # popped from the end: smallest name first
+                return out
+            except OSError:
+                return None
+            finally:
+                os.close(fd)
+
+        top = listing((), root_st.st_ino, root_st.st_dev)
+        if top is None:
+            yield (), None
+            return
+        stack.append(((), top, 0))
+        while stack:
+            key, kids, _ = stack[-1]
+            if not kids:
+                stack.pop()
+                continue
+            _, name, row = kids.pop()
+            k = (*key, name)
+            if row[0] == DIR:
+                yield k, row[:6]
+                sub = listing(k, row[6], row[7])
+                if sub is None:
+                    yield k, None
+                else:
+                    stack.append((k, sub, 0))
+            else:
+                yield k, row
 
     def _parent_fd(self, key: Key) -> int | None:
         """A descriptor of ``key``'s parent directory, reached from the root one name at
