@@ -30,6 +30,7 @@ import logging
 import os
 import threading
 import time
+from collections import ChainMap
 from collections.abc import Callable
 from typing import Any
 
@@ -37,7 +38,7 @@ import attrs
 
 from .backend import Backend
 from .errors import HsyncError, Interrupted, SafetyError
-from .model import CREATE, DELETE, MOVE, UPDATE, Key, Op, Problem
+from .model import CREATE, DELETE, DIR, MOVE, UPDATE, Key, Node, Op, Problem, Snapshot
 from .region import Region, quick_pass, scan_region_pair
 from .sync import (
     Comparison,
@@ -497,6 +498,14 @@ class PairWatch:
                 passed = True
                 region = found.union(Region.of(region.deep - {()}, region.shallow))
                 self.dirty.begin(region)
+            if (
+                region.full
+                and getattr(source, "walk_sorted", None) is not None
+                and getattr(destination, "is_empty", lambda: False)()
+            ):
+                self.dirty.end()
+                self._populate(source, destination, history, t0, first)
+                return
             if region.full:
                 cmp = self._compare_full(source, destination, history)
             else:
@@ -576,6 +585,78 @@ class PairWatch:
         if self.on_round is not None:
             self.on_round(RoundResult(region, region.full or passed, cmp.plan.ops, tuple(done),
                                       tuple(problems), seconds))
+
+    def _populate(
+        self, source: Backend, destination: Backend, history: Any, t0: float,
+        first: float | None,
+    ) -> None:
+        """An empty destination: stream the source's walk (parents first) into creates,
+        a batch at a time, recording the history as it goes. Nothing on the destination
+        can be moved or deleted, so no diff is needed, and memory stays at one batch
+        (plus one small node per directory) instead of two snapshots of the tree."""
+        st = self.status
+        root = source.stat(())
+        if root is None:
+            raise SafetyError(f"{source.url}: source root is gone; nothing done")
+        dirs: dict[Key, Node] = {(): root}
+        batch: dict[Key, Node] = {}
+        ops: list[Op] = []
+        problems: list[Problem] = []
+        kept: list[Op] = []
+        total = 0
+        if destination.stat(()) is None:
+            batch[()] = root
+            ops.append(Op(op=CREATE, kind=DIR, key=(), node=root))
+
+        def flush() -> None:
+            nonlocal ops, batch, total
+            final = Snapshot(nodes=ChainMap(batch, dirs))
+            result = destination.apply_batch(ops, source, final, fsync=self.options.fsync)
+            failed = {p.key for p in result.problems}
+            problems.extend(result.problems)
+            st.bytes_copied += result.bytes_copied
+            for op in result.done:
+                st.counts[op.op] += 1
+            total += len(ops)
+            if total <= 10_000:
+                kept.extend(result.done)
+            if history is not None:
+                history.record(final, [k for k in (*batch, ()) if k not in failed])
+            ops, batch = [], {}
+
+        for key, row in source.walk_sorted(self.exclude):  # type: ignore[attr-defined]
+            if row is None:
+                problems.append(Problem(key, "not synced: cannot be listed", retry=True))
+                continue
+            node = Node(*row)
+            batch[key] = node
+            if node.kind == DIR:
+                dirs[key] = node
+            ops.append(Op(op=CREATE, kind=node.kind, key=key, node=node))
+            if len(ops) >= self.wopts.batch_ops * 5:
+                flush()
+                if self.stopping:
+                    break
+        if ops or not total:
+            flush()
+        st.full_comparisons += 1
+        st.rounds += 1
+        st.problems += len(problems)
+        st.last_round_at = time.time()
+        st.last_round_seconds = time.monotonic() - t0
+        st.last_lag_seconds = time.monotonic() - first if first is not None else None
+        st.state = "error" if problems else "idle"
+        st.last_error = problems[0].message if problems else None
+        self._retry_keys |= {p.key for p in problems}
+        if problems:
+            self._retry_at = time.monotonic() + self._retry_delay
+        log.info("initial copy into an empty destination: %d node(s) in %.3f s",
+                 total, st.last_round_seconds)
+        self.status_file.write()
+        if self.on_round is not None:
+            self.on_round(RoundResult(Region.of([()]), True, tuple(kept) if total <= 10_000
+                                      else (), tuple(kept), tuple(problems),
+                                      st.last_round_seconds))
 
     def _backoff_full(self) -> float:
         now = time.monotonic()

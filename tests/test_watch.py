@@ -553,3 +553,19 @@ def test_a_restart_over_an_emptied_source_deletes_nothing(tmp_path: Path) -> Non
     finally:
         pw.stop()
         t.join(10)
+
+
+def test_the_initial_copy_into_an_empty_destination_streams_in_batches(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for i in range(60):
+        write(src / f"t{i % 3}" / f"m{i % 7}" / f"f{i}.txt", f"{i}".encode() * i)
+    os.symlink("t0/m0", src / "link")
+    os.chmod(src / "t1" / "m1", 0o555)  # read-only: its children still arrive
+    for i, d in enumerate(sorted(p for p in src.rglob("*") if p.is_dir())):
+        os.utime(d, ns=(10**18 + i, 10**18 + i))
+    # batches of 5 ops: directories get children over several batches
+    with running(src, dst, tmp_path, batch_ops=1) as (pw, rounds):
+        assert rounds[0].full and pw.status.counts["create"] == 60 + 3 + 21 + 1 + 1
+        assert_same_tree(src, dst)
+    os.chmod(src / "t1" / "m1", 0o755)
+    os.chmod(dst / "t1" / "m1", 0o755)

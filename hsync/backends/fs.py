@@ -249,6 +249,16 @@ class FsBackend:
                 else:
                     skipped.append((k, _special_kind(mode)))
 
+    def is_empty(self) -> bool:
+        """True when the root is missing or holds nothing but hsync's temporary files."""
+        try:
+            with os.scandir(self.root) as it:
+                return all(e.name.startswith(TMP_PREFIX) for e in it)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+
     def walk_sorted(
         self, exclude: Callable[[Key, bool], bool] | None = None
     ) -> Iterator[tuple[Key, Any]]:
