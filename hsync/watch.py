@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from collections import ChainMap
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
@@ -57,6 +57,8 @@ FULL_BACKOFF_MIN = 1.0
 FULL_BACKOFF_MAX = 60.0
 RETRY_MAX = 60.0
 ROOT_POLL = 1.0
+BATCH_BYTES = 64 << 20
+"""Bytes copied per batch at most (with ``batch_ops``): what a stop request waits for."""
 
 
 @attrs.frozen(kw_only=True)
@@ -603,7 +605,7 @@ class PairWatch:
         ops: list[Op] = []
         problems: list[Problem] = []
         kept: list[Op] = []
-        total = 0
+        total = size = 0
         if destination.stat(()) is None:
             batch[()] = root
             ops.append(Op(op=CREATE, kind=DIR, key=(), node=root))
@@ -633,7 +635,9 @@ class PairWatch:
             if node.kind == DIR:
                 dirs[key] = node
             ops.append(Op(op=CREATE, kind=node.kind, key=key, node=node))
-            if len(ops) >= self.wopts.batch_ops * 5:
+            size += node.size
+            if len(ops) >= self.wopts.batch_ops or size >= BATCH_BYTES:
+                size = 0
                 flush()
                 if self.stopping:
                     break
@@ -683,9 +687,7 @@ class PairWatch:
         ops = cmp.plan.ops
         if self.options.dry_run:
             return done, problems
-        n = self.wopts.batch_ops
-        for start in range(0, max(len(ops), 1), n):
-            batch = ops[start : start + n]
+        for start, batch in _batches(ops, self.wopts.batch_ops):
             if self.stopping:
                 for op in ops[start:]:  # not applied: not recorded as synced either
                     failed.add(op.key)
@@ -720,3 +722,17 @@ def _root_identity(backend: Backend) -> object:
             return None
         return (st.st_dev, st.st_ino)
     return node.identity
+
+
+def _batches(ops: tuple[Op, ...], max_ops: int) -> Iterator[tuple[int, tuple[Op, ...]]]:
+    """``(start, ops[start:end])`` slices of at most ``max_ops`` ops and about
+    ``BATCH_BYTES`` of content; one empty batch when there is no op (it cleans up)."""
+    start = size = 0
+    for i, op in enumerate(ops):
+        if op.node is not None and (op.op == CREATE or (op.op == UPDATE and op.content)):
+            size += op.node.size
+        if i + 1 - start >= max_ops or size >= BATCH_BYTES:
+            yield start, ops[start : i + 1]
+            start, size = i + 1, 0
+    if start < len(ops) or not ops:
+        yield start, ops[start:]

@@ -569,3 +569,35 @@ def test_the_initial_copy_into_an_empty_destination_streams_in_batches(tmp_path:
         assert_same_tree(src, dst)
     os.chmod(src / "t1" / "m1", 0o755)
     os.chmod(dst / "t1" / "m1", 0o755)
+
+
+def test_sigterm_during_the_initial_copy_stops_within_5s_and_a_restart_finishes(
+    tmp_path: Path,
+) -> None:
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "h.sqlite"
+    for i in range(4000):
+        write(src / f"d{i % 40}" / f"f{i}.bin", os.urandom(2000))
+    cmd = [hsync_bin(), "watch", str(src), str(dst), "--state", str(state)]
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: dst.exists() and any(dst.iterdir()), what="the copy to start")
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+        assert time.monotonic() - t0 < 5
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    # nothing torn, no temporary file left behind under a final name
+    leftovers = [q for q in dst.rglob(".hsync-tmp-*")]
+    assert not leftovers
+    p = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    try:
+        converge(src, dst, timeout=60)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
