@@ -122,6 +122,18 @@ def running(
     assert not errors, errors
 
 
+@contextmanager
+def spawned(cmd: list[str], **kw: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``hsync`` process, killed if the test leaves it running."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    try:
+        yield p
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
 def write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
@@ -412,12 +424,8 @@ def _status(path: Path) -> dict[str, Any]:
 def test_cli_watch_status_and_sigterm(tmp_path: Path) -> None:
     src, dst, status = tmp_path / "src", tmp_path / "dst", tmp_path / "status.json"
     write(src / "a" / "f.txt", b"hello")
-    p = subprocess.Popen(
-        [hsync_bin(), "watch", str(src), str(dst), "--debounce", "20",
-         "--status-file", str(status), "--log-format", "json"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )
-    try:
+    with spawned([hsync_bin(), "watch", str(src), str(dst), "--debounce", "20",
+                  "--status-file", str(status), "--log-format", "json"]) as p:
         wait_for(lambda: _status(status).get("pairs", [{}])[0].get("rounds", 0) >= 1,
                  what="the first round")
         write(src / "a" / "g.txt", b"new")
@@ -432,10 +440,6 @@ def test_cli_watch_status_and_sigterm(tmp_path: Path) -> None:
         code = p.wait(10)
         assert time.monotonic() - t0 < 5
         assert code == 0
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     err = p.stderr.read().decode() if p.stderr else ""
     lines = [json.loads(line) for line in err.splitlines() if line.strip()]
     assert any("round" in line["message"] for line in lines)
@@ -472,9 +476,7 @@ def test_daemon_runs_pairs_and_reloads_on_sighup(tmp_path: Path) -> None:
         return text
 
     config.write_text(conf("ab"))
-    p = subprocess.Popen([hsync_bin(), "daemon", "--config", str(config)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with spawned([hsync_bin(), "daemon", "--config", str(config)]) as p:
         converge(*pairs["a"])
         converge(*pairs["b"])
         assert not pairs["c"][1].exists()
@@ -495,10 +497,6 @@ def test_daemon_runs_pairs_and_reloads_on_sighup(tmp_path: Path) -> None:
         converge(*pairs["c"])
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     err = p.stderr.read().decode() if p.stderr else ""
     assert "reload refused" in err
 
@@ -578,26 +576,16 @@ def test_sigterm_during_the_initial_copy_stops_within_5s_and_a_restart_finishes(
     for i in range(4000):
         write(src / f"d{i % 40}" / f"f{i}.bin", os.urandom(2000))
     cmd = [hsync_bin(), "watch", str(src), str(dst), "--state", str(state)]
-    p = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-    try:
+    with spawned(cmd) as p:
         wait_for(lambda: dst.exists() and any(dst.iterdir()), what="the copy to start")
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
         assert time.monotonic() - t0 < 5
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     # nothing torn, no temporary file left behind under a final name
     leftovers = [q for q in dst.rglob(".hsync-tmp-*")]
     assert not leftovers
-    p = subprocess.Popen(cmd, stderr=subprocess.PIPE)
-    try:
+    with spawned(cmd) as p:
         converge(src, dst, timeout=60)
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
