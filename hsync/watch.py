@@ -548,7 +548,9 @@ class PairWatch:
             st.state = "error"
             st.last_error = str(e)
             log.error("%s", e)
-            self.dirty.put_back(region, first)
+            # retried after a delay that grows, not at once: an error that persists
+            # must not become a busy loop
+            self._retry_keys |= region.deep | region.shallow
             self._retry_at = time.monotonic() + self._retry_delay
             self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
             self.status_file.write()
