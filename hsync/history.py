@@ -153,6 +153,12 @@ class History:
         return out
 
     # -- writing ------------------------------------------------------------------------
+    def forget(self) -> None:
+        """Stop trusting the history of this pair until the next full record (a killed
+        run's batch may have left the destination anywhere; see ``journal.recover``)."""
+        with self.db:
+            self.db.execute("UPDATE pairs SET complete=0 WHERE pair=?", (self.pair,))
+
     def record(
         self,
         source: Snapshot,

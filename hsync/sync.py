@@ -207,6 +207,7 @@ def compare(
                 history = History(path, _url_id(source), _url_id(destination), readonly=True)
         except (OSError, sqlite3.Error) as e:
             raise UsageError(f"{path}: cannot open the history: {e}") from None
+    trusted = history is not None and _journal_recover(history)
 
     digests: dict[tuple[Side, Key], bytes | None] = {}
 
@@ -219,7 +220,7 @@ def compare(
     changes = diff(
         src,
         dst,
-        history if history is not None and history.complete else None,
+        history if trusted and history.complete else None,
         checksum=options.checksum,
         digest=digest,
         delete=options.delete,
@@ -293,15 +294,39 @@ def _apply(
     dst = cmp.destination
     ops = cmp.plan.ops
     failed: set[Key] = set()
-    for batch in _batches(ops) or [()]:  # one batch even when empty: it cleans up
-        result = dst.apply_batch(batch, cmp.source, cmp.src, fsync=options.fsync, on_done=on_done)
-        for op in result.done:
-            report.counts[op.op] += 0 if op.temporary else 1
-        report.bytes_copied += result.bytes_copied
-        report.problems.extend(result.problems)
-        failed.update(p.key for p in result.problems)
+    journal = _journal_open(cmp.history)
+    try:
+        for batch in _batches(ops) or [()]:  # one batch even when empty: it cleans up
+            logged = journal is not None and bool(batch)
+            if logged:
+                journal.begin(batch)  # recorded before it runs, done after its syncfs
+            result = dst.apply_batch(
+                batch, cmp.source, cmp.src, fsync=options.fsync, on_done=on_done
+            )
+            if logged:
+                journal.done()
+            for op in result.done:
+                report.counts[op.op] += 0 if op.temporary else 1
+            report.bytes_copied += result.bytes_copied
+            report.problems.extend(result.problems)
+            failed.update(p.key for p in result.problems)
+    finally:
+        if journal is not None:
+            journal.close()
     if cmp.history is not None:
         _record(cmp, failed)
+
+
+def _journal_recover(history: Any) -> bool:
+    from .journal import recover
+
+    return recover(history)
+
+
+def _journal_open(history: Any) -> Any:
+    from .journal import open_for
+
+    return open_for(history)
 
 
 def _batches(ops: Sequence[Op]) -> list[Sequence[Op]]:
