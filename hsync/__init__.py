@@ -5,6 +5,7 @@ The Python API mirrors the command line::
     import hsync
     report = hsync.sync("src/", "dst/", dry_run=False)   # -> Report
     plan = hsync.diff("src/", "dst/")                     # -> Plan
+    found = hsync.verify("src/", "dst/")                  # -> VerifyReport
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "diff_snapshots",
     "plan",
     "sync",
+    "verify",
 ]
 
 
@@ -57,3 +59,11 @@ def diff(src: str, dst: str, **options: Any) -> Plan:
         return cmp.plan
     finally:
         cmp.close()
+
+
+def verify(src: str, dst: str, **options: Any) -> Any:
+    """Compare ``src`` and ``dst`` content and all (``hsync.verify.VerifyReport``);
+    options: ``exclude``, ``settle``, ``repair``, ``state``, ``pending``."""
+    from .verify import verify as run
+
+    return run(src, dst, **options)
