@@ -10,7 +10,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -212,7 +211,7 @@ def test_source_file_replaced_by_a_directory_mid_copy(tmp_path: Path) -> None:
     os.rename(src / "big", tmp_path / "big-old")
     (src / "big").mkdir()
     (src / "big" / "inside").write_bytes(b"i")
-    out, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode in (0, 3), err
     assert "Traceback" not in err
     assert _temps(dst) == []

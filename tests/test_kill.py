@@ -4,6 +4,7 @@ the next run converges (``hsync diff`` exits 0)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -120,10 +121,8 @@ def test_kill_9_at_random_moments_never_tears_a_file(tmp_path: Path) -> None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         time.sleep(0.02)  # copy workers die with their parent (PR_SET_PDEATHSIG)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         if dst.exists():
             _check_destination(dst, started)
     print(f"full run {full:.2f} s, a run after a mutation {again:.2f} s, "
