@@ -17,6 +17,7 @@ from .errors import HsyncError
 from .model import Change, Key, Node, Op, Plan, Problem, Snapshot
 from .plan import check_plan, plan
 from .sync import Options, Report
+from .verify import verify as _verify  # loaded now: a later import would rebind the name
 
 __all__ = [
     "Change",
@@ -64,6 +65,4 @@ def diff(src: str, dst: str, **options: Any) -> Plan:
 def verify(src: str, dst: str, **options: Any) -> Any:
     """Compare ``src`` and ``dst`` content and all (``hsync.verify.VerifyReport``);
     options: ``exclude``, ``settle``, ``repair``, ``state``, ``pending``."""
-    from .verify import verify as run
-
-    return run(src, dst, **options)
+    return _verify(src, dst, **options)
