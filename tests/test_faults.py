@@ -305,3 +305,47 @@ def test_a_directory_swapped_for_a_symlink_between_scan_and_apply(
     after = {p.name: (p.lstat().st_mode, p.lstat().st_mtime_ns) for p in outside.iterdir()}
     assert after == before
     assert sorted(os.listdir(outside)) == sorted(before)
+
+
+def _walk_create(root: Path, names: list[str], leaf: str, data: bytes) -> None:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names:
+            os.mkdir(name, dir_fd=fd)
+            nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        out = os.open(leaf, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, data)
+        os.close(out)
+    finally:
+        os.close(fd)
+
+
+def _walk_read(root: Path, names: list[str], leaf: str) -> bytes:
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for name in names:
+            nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        f = os.open(leaf, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+        try:
+            return os.read(f, 1 << 16)
+        finally:
+            os.close(f)
+    finally:
+        os.close(fd)
+
+
+def test_a_path_longer_than_path_max_is_synced_name_by_name(tmp_path: Path) -> None:
+    chain = [c * 255 for c in "ABCDEFGHIJKLMNOPQRST"]  # 5,120 bytes: over PATH_MAX (4096)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    _walk_create(src, chain, "leaf", b"at the bottom")
+    report = sync_once(str(src), str(dst), Options(state=str(tmp_path / "h.sqlite")))
+    assert report.problems == [], report.problems
+    assert _walk_read(dst, chain, "leaf") == b"at the bottom"
+    again = sync_once(str(src), str(dst), Options(state=str(tmp_path / "h.sqlite"),
+                                                   dry_run=True))
+    assert again.plan is not None and not again.plan

@@ -142,7 +142,12 @@ class FsBackend:
         while stack:
             path, key, want_ino, want_dev = stack.pop()
             try:
-                fd = osopen(path, _O_LIST if key != subtree else _O_LIST & ~os.O_NOFOLLOW)
+                try:
+                    fd = osopen(path, _O_LIST if key != subtree else _O_LIST & ~os.O_NOFOLLOW)
+                except OSError as e:
+                    if e.errno != errno.ENAMETOOLONG:
+                        raise
+                    fd = _open_long(self.root, key, _O_LIST)  # past PATH_MAX: name by name
             except FileNotFoundError:
                 incomplete[key] = "vanished during the scan"
                 continue
@@ -278,7 +283,7 @@ class FsBackend:
         return collect
 
     def read(self, key: Key) -> BinaryIO:
-        fd = os.open(self.path(key), _O_READ)
+        fd = _open_file(self.root, key, self.path(key))
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise SourceChanged(f"{'/'.join(key)} is no longer a regular file")
@@ -686,7 +691,8 @@ class _Batch:
         assert node is not None and isinstance(self.src, FsBackend)
         self.dst.path(op.key)  # refuses names that could leave the tree
         return (
-            self.src.path(op.key), self.dst.root, op.key[:-1], op.key[-1],
+            (self.src.root, op.key, self.src.path(op.key)), self.dst.root, op.key[:-1],
+            op.key[-1],
             node.size, node.mtime_ns, node.mode, node.identity, op.op == UPDATE,
         )
 
@@ -803,7 +809,7 @@ def _copy_chunk(
                     if root_fd is None:
                         root_fd = os.open(root, _O_DIR & ~os.O_NOFOLLOW)
                     dfd = parents[parent] = _open_beneath(root_fd, parent)
-                fd_in = os.open(src_path, _O_READ)
+                fd_in = _open_file(*src_path)
                 try:
                     out.append(
                         _publish(
@@ -820,6 +826,31 @@ def _copy_chunk(
         if root_fd is not None:
             os.close(root_fd)
     return out
+
+
+def _open_file(root: str, key: Key, path: str) -> int:
+    """Open the file at ``path`` (``key`` below ``root``) to read it, without following
+    a symlink in its last name; past PATH_MAX, name by name from the root."""
+    try:
+        return os.open(path, _O_READ)
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        return _open_long(root, key, _O_READ)
+
+
+def _open_long(root: str, key: Key, flags: int) -> int:
+    """``key`` below ``root`` opened with ``flags``, through one directory descriptor per
+    name (for paths longer than PATH_MAX); no symlink below the root is followed."""
+    fd = os.open(root, _O_DIR & ~os.O_NOFOLLOW)
+    try:
+        for name in key[:-1]:
+            nfd = os.open(name, _O_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return os.open(key[-1], flags, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _publish(
