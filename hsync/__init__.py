@@ -6,6 +6,7 @@ The Python API mirrors the command line::
     report = hsync.sync("src/", "dst/", dry_run=False)   # -> Report
     plan = hsync.diff("src/", "dst/")                     # -> Plan
     hsync.watch("src/", "dst/", stop=event)               # until event.set()
+    found = hsync.verify("src/", "dst/")                  # -> VerifyReport
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from .errors import HsyncError
 from .model import Change, Key, Node, Op, Plan, Problem, Snapshot
 from .plan import check_plan, plan
 from .sync import Options, Report
+from .verify import verify as _verify  # loaded now: a later import would rebind the name
 
 __all__ = [
     "Change",
@@ -34,6 +36,7 @@ __all__ = [
     "diff_snapshots",
     "plan",
     "sync",
+    "verify",
     "watch",
 ]
 
@@ -80,3 +83,9 @@ def watch(src: str, dst: str, *, stop: Any = None, **options: Any) -> None:
     t = threading.Thread(target=lambda: (stop.wait(), pw.stop()), daemon=True)
     t.start()
     pw.run()
+
+
+def verify(src: str, dst: str, **options: Any) -> Any:
+    """Compare ``src`` and ``dst`` content and all (``hsync.verify.VerifyReport``);
+    options: ``exclude``, ``settle``, ``repair``, ``state``, ``pending``."""
+    return _verify(src, dst, **options)

@@ -401,6 +401,58 @@ def _check_endpoints(src: str, dst: str) -> None:
     destination.close()
 
 
+@app.command()
+@_guard
+def verify(
+    src: str = typer.Argument(..., metavar="SRC", help="Source tree (path or URL)."),
+    dst: str = typer.Argument(..., metavar="DST", help="Destination tree."),
+    json_out: bool = typer.Option(False, "--json", help="Print the findings as JSON."),
+    repair: bool = typer.Option(
+        False, "--repair", help="Fix the differences found (a checksum sync)."
+    ),
+    settle: float = typer.Option(
+        1.0, "--settle", min=0.0, metavar="SECONDS",
+        help="Wait this long before re-checking a mismatch (changes in flight settle).",
+    ),
+    exclude: list[str] = ExcludeOpt,
+    exclude_from: list[str] = ExcludeFromOpt,
+    state: str | None = StateOpt,
+) -> None:
+    """Compare SRC and DST content and all (xxhash). Exit 0 consistent, 1 differences."""
+    from .verify import verify as run_verify
+
+    opts = _options(exclude=exclude, exclude_from=exclude_from)
+    report = run_verify(
+        src, dst, exclude=opts.exclude, settle=settle, repair=repair, state=state
+    )
+    if json_out:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        for d in report.differences:
+            print(f"{d.what:<9}{'/'.join(d.key) or '.'}  ({d.detail})")
+        for key in report.pending:
+            print(f"{'pending':<9}{'/'.join(key)}  (the source changed during verify)")
+        state_line = "consistent" if not report.differences else (
+            f"{len(report.differences)} difference(s)"
+        )
+        print(
+            f"{state_line}; {report.files} files, {_human_bytes(report.bytes_hashed)} "
+            f"hashed in {report.elapsed:.2f} s"
+        )
+        if report.repair is not None:
+            c = report.repair.counts
+            print(
+                f"repair: {c['create']} created, {c['update']} updated, {c['move']} moved, "
+                f"{c['delete']} deleted"
+            )
+    for key, why in report.unreadable:
+        _err(f"{'/'.join(key) or '.'}: not verified: {why}")
+    if report.repair is not None:
+        for p in report.repair.problems:
+            _err(f"{'/'.join(p.key) or src}: {p.message}")
+    raise typer.Exit(report.exit_code)
+
+
 def render_tree(the_plan: Any) -> str:
     """The plan drawn as a tree of the paths it touches (anytree)."""
     from anytree import Node, RenderTree

@@ -25,6 +25,11 @@ class BackendError(HsyncError):
     """An endpoint that cannot be opened or read at all."""
 
 
+class DestinationFull(HsyncError):
+    """ENOSPC or EDQUOT on the destination: the run stops (what is done stays done, the
+    temporary file is removed); the next run after space is freed converges."""
+
+
 class PlanError(HsyncError):
     """A plan broke an ordering rule (SPEC section 4): a bug, never a user error."""
 

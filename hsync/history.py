@@ -169,6 +169,12 @@ class History:
                 yield _dec(key), (kind, mode or 0, size, mtime, _dec_text(target), ident)
 
     # -- writing ------------------------------------------------------------------------
+    def forget(self) -> None:
+        """Stop trusting the history of this pair until the next full record (a killed
+        run's batch may have left the destination anywhere; see ``journal.recover``)."""
+        with self.db:
+            self.db.execute("UPDATE pairs SET complete=0 WHERE pair=?", (self.pair,))
+
     def record(
         self,
         source: Snapshot,

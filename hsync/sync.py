@@ -246,20 +246,27 @@ def check_source(source: Backend, src: Snapshot, dst: Snapshot, options: Options
 
 
 def open_history(source: Backend, destination: Backend, options: Options) -> Any:
-    """The pair's history, or None (no history asked for, or a dry run without one)."""
+    """The pair's history, or None (no history asked for, or a dry run without one).
+
+    A batch that a killed run left unfinished is rolled forward first (the history is
+    then incomplete: this run compares in full; see ``journal``)."""
     if options.state == "" or not options.delete:
         return None
     from .history import History, default_state_path
 
     path = options.state or default_state_path()
+    history = None
     try:
         if not options.dry_run:
-            return History(path, _url_id(source), _url_id(destination))
-        if os.path.exists(path):  # a dry run reads the history, never creates it
-            return History(path, _url_id(source), _url_id(destination), readonly=True)
+            history = History(path, _url_id(source), _url_id(destination))
+        elif os.path.exists(path):  # a dry run reads the history, never creates it
+            history = History(path, _url_id(source), _url_id(destination), readonly=True)
     except (OSError, sqlite3.Error) as e:
         raise UsageError(f"{path}: cannot open the history: {e}") from None
-    return None
+    if history is not None and not _journal_recover(history) and history.readonly:
+        history.close()  # a dry run after a killed one: plan without the history
+        return None
+    return history
 
 
 def plan_between(
@@ -356,15 +363,39 @@ def _apply(
     dst = cmp.destination
     ops = cmp.plan.ops
     failed: set[Key] = set()
-    for batch in _batches(ops) or [()]:  # one batch even when empty: it cleans up
-        result = dst.apply_batch(batch, cmp.source, cmp.src, fsync=options.fsync, on_done=on_done)
-        for op in result.done:
-            report.counts[op.op] += 0 if op.temporary else 1
-        report.bytes_copied += result.bytes_copied
-        report.problems.extend(result.problems)
-        failed.update(p.key for p in result.problems)
+    journal = _journal_open(cmp.history)
+    try:
+        for batch in _batches(ops) or [()]:  # one batch even when empty: it cleans up
+            logged = journal is not None and bool(batch)
+            if logged:
+                journal.begin(batch)  # recorded before it runs, done after its syncfs
+            result = dst.apply_batch(
+                batch, cmp.source, cmp.src, fsync=options.fsync, on_done=on_done
+            )
+            if logged:
+                journal.done()
+            for op in result.done:
+                report.counts[op.op] += 0 if op.temporary else 1
+            report.bytes_copied += result.bytes_copied
+            report.problems.extend(result.problems)
+            failed.update(p.key for p in result.problems)
+    finally:
+        if journal is not None:
+            journal.close()
     if cmp.history is not None:
         _record(cmp, failed)
+
+
+def _journal_recover(history: Any) -> bool:
+    from .journal import recover
+
+    return recover(history)
+
+
+def _journal_open(history: Any) -> Any:
+    from .journal import open_for
+
+    return open_for(history)
 
 
 def _batches(ops: Sequence[Op]) -> list[Sequence[Op]]:

@@ -14,6 +14,7 @@ Directory mode and mtime are set after their children settle, deepest first. One
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import itertools
 import marshal
@@ -26,7 +27,7 @@ from contextlib import AbstractContextManager
 from typing import Any, BinaryIO
 
 from ..backend import ApplyResult, Backend, Capabilities, WatchSink
-from ..errors import BackendError, Interrupted
+from ..errors import BackendError, DestinationFull, Interrupted
 from ..model import (
     CREATE,
     DELETE,
@@ -160,7 +161,12 @@ class FsBackend:
             if self.interrupt is not None and self.interrupt():
                 raise Interrupted(f"{self.url}: scan interrupted")
             try:
-                fd = osopen(path, _O_LIST if key != subtree else _O_LIST & ~os.O_NOFOLLOW)
+                try:
+                    fd = osopen(path, _O_LIST if key != subtree else _O_LIST & ~os.O_NOFOLLOW)
+                except OSError as e:
+                    if e.errno != errno.ENAMETOOLONG:
+                        raise
+                    fd = _open_long(self.root, key, _O_LIST)  # past PATH_MAX: name by name
             except FileNotFoundError:
                 incomplete[key] = "vanished during the scan"
                 continue
@@ -465,7 +471,7 @@ class FsBackend:
         return collect
 
     def read(self, key: Key) -> BinaryIO:
-        fd = os.open(self.path(key), _O_READ)
+        fd = _open_file(self.root, key, self.path(key))
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise SourceChanged(f"{'/'.join(key)} is no longer a regular file")
@@ -523,37 +529,82 @@ class _Batch:
         self.chunk: list[Op] = []
         self.chunk_bytes = 0
         self.lock = threading.Lock()
+        self.full: tuple[Key, OSError] | None = None
+        self._root_fd: int | None = None
 
     def clean_temps(self) -> None:
         """Remove temporary files left by an interrupted publish (found by the scan)."""
         for key in self.dst.stale_temps:
             try:
-                os.unlink(self.dst.path(key))
+                with self.parent(key) as (dfd, name):
+                    os.unlink(name, dir_fd=dfd)
                 self.touch(key)
             except FileNotFoundError:
                 pass
-            except OSError as e:
+            except (OSError, TargetChanged) as e:
+                if isinstance(e, TargetChanged):
+                    continue  # its directory is not what was scanned: not ours to clean
                 self.result.problems.append(
                     Problem(key, f"cannot remove a stale temporary file: {e.strerror}")
                 )
+                self.stop_if_full(key, e)
         self.dst.stale_temps = []
 
     def run(self, ops: Sequence[Op]) -> ApplyResult:
-        self.clean_temps()
-        with self.executor(ops) as pool:
-            self.pool = pool
-            for op in ops:
-                try:
-                    self.one(op)
-                except PermissionError as e:
-                    self.retry_writable(op, e, lambda op=op: self.one(op))
-                except (OSError, SourceChanged, TargetChanged) as e:
-                    self.fail(op, e)
-            self.barrier()
-        self.settle_directories()
-        if not self.fsync and (self.result.done or self.touched):
-            _syncfs(self.dst.root)
+        try:
+            self.clean_temps()
+            with self.executor(ops) as pool:
+                self.pool = pool
+                for op in ops:
+                    if self.full is not None:
+                        break  # the disk is full: stop, keep what is done
+                    try:
+                        self.one(op)
+                    except PermissionError as e:
+                        self.retry_writable(op, e, lambda op=op: self.one(op))
+                    except (OSError, SourceChanged, TargetChanged) as e:
+                        self.fail(op, e)
+                self.barrier()
+            self.settle_directories()
+            if not self.fsync and (self.result.done or self.touched):
+                _syncfs(self.dst.root)
+        finally:
+            if self._root_fd is not None:
+                os.close(self._root_fd)
+                self._root_fd = None
+        if self.full is not None:
+            key, e = self.full
+            raise DestinationFull(
+                f"{_join(self.dst.root, key)}: {e.strerror or e} on the destination; the run "
+                "stopped and its temporary file was removed: free some space and run again"
+            )
         return self.result
+
+    def stop_if_full(self, key: Key, e: BaseException) -> None:
+        """ENOSPC or EDQUOT: no later op can succeed either; the run stops (SPEC 5)."""
+        if isinstance(e, OSError) and e.errno in _FULL and self.full is None:
+            self.full = (key, e)
+
+    def root_fd(self) -> int:
+        """The destination root, opened once per batch (it may be a symlink the user gave;
+        nothing below it is followed)."""
+        if self._root_fd is None:
+            self._root_fd = os.open(self.dst.root, _O_DIR & ~os.O_NOFOLLOW)
+        return self._root_fd
+
+    @contextlib.contextmanager
+    def parent(self, key: Key) -> Iterator[tuple[int, str]]:
+        """``(descriptor of key's parent directory, key's name)``: every write names its
+        target relative to a directory reached from the root without following a
+        symlink, so a directory swapped for a symlink mid-run is never written through
+        and no path is longer than one name (PATH_MAX does not apply)."""
+        assert key, "the root has no parent"
+        self.dst.path(key)  # refuses names that could leave the tree
+        fd = _open_beneath(self.root_fd(), key[:-1])
+        try:
+            yield fd, key[-1]
+        finally:
+            os.close(fd)
 
     def executor(self, ops: Sequence[Op]) -> Executor:
         """Where copies run. Many small files from a local tree: worker processes, so the
@@ -591,14 +642,17 @@ class _Batch:
                 keys.add(op.key)  # a directory moving to a new parent rewrites its ".."
         for key in keys:
             try:
-                path = self.dst.path(key)
-                mode = os.lstat(path).st_mode
-                if stat.S_ISDIR(mode) and not mode & stat.S_IWUSR:
-                    os.chmod(path, stat.S_IMODE(mode) | stat.S_IWUSR | stat.S_IXUSR)
-                    self.mark(key)
-                    self.unlocked.setdefault(key, stat.S_IMODE(mode))
-                    unlocked = True
-            except OSError:
+                fd = _open_beneath(self.root_fd(), key)
+                try:
+                    mode = os.fstat(fd).st_mode
+                    if not mode & stat.S_IWUSR:
+                        os.fchmod(fd, stat.S_IMODE(mode) | stat.S_IWUSR | stat.S_IXUSR)
+                        self.mark(key)
+                        self.unlocked.setdefault(key, stat.S_IMODE(mode))
+                        unlocked = True
+                finally:
+                    os.close(fd)
+            except (OSError, TargetChanged):
                 continue
         if not unlocked:
             self.fail(op, error)
@@ -619,6 +673,7 @@ class _Batch:
         else:
             msg = f"{op.op} skipped: {e}"
         self.result.problems.append(Problem(key, msg, retry=isinstance(e, SourceChanged)))
+        self.stop_if_full(op.key, e)
 
     def ok(self, op: Op, nbytes: int = 0) -> None:
         with self.lock:
@@ -692,7 +747,6 @@ class _Batch:
                 self.unlocked[moved] = self.unlocked.pop(k)
 
     def one(self, op: Op) -> None:
-        dst = self.dst
         kind = op.kind
         if op.op == CREATE:
             self.touch(op.key)
@@ -704,7 +758,8 @@ class _Batch:
                 self.publish(op)
             elif kind == SYMLINK:
                 assert op.node is not None and op.node.target is not None
-                os.symlink(op.node.target, dst.path(op.key))
+                with self.parent(op.key) as (dfd, name):
+                    os.symlink(op.node.target, name, dir_fd=dfd)
                 self.ok(op)
             else:
                 raise TargetChanged(f"cannot create a {kind} on a filesystem")
@@ -714,7 +769,8 @@ class _Batch:
             self.barrier()
             assert op.to is not None
             self.expect(op.key, op.old)
-            _rename_noreplace(dst.path(op.key), dst.path(op.to))
+            with self.parent(op.key) as (ofd, old), self.parent(op.to) as (nfd, new):
+                _rename_noreplace(old, new, ofd, nfd)
             self.touch(op.key)
             self.follow(op.key, op.to)
             self.touch(op.to)
@@ -722,10 +778,11 @@ class _Batch:
         elif op.op == DELETE:
             self.barrier()
             self.expect(op.key, op.old)
-            if kind == DIR:
-                _rmdir(dst.path(op.key))
-            else:
-                os.unlink(dst.path(op.key))
+            with self.parent(op.key) as (dfd, name):
+                if kind == DIR:
+                    _rmdir(name, dfd)
+                else:
+                    os.unlink(name, dir_fd=dfd)
             self.touch(op.key)
             self.ok(op)
 
@@ -739,20 +796,25 @@ class _Batch:
             self.flush()
 
     def mkdir(self, key: Key) -> None:
-        path = self.dst.path(key)
-        try:
-            # owner-writable until its children are in; final mode set in settle
-            os.mkdir(path, 0o700)
-        except FileExistsError:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                raise
         if not key:
+            try:
+                os.mkdir(self.dst.root, 0o700)
+            except FileExistsError:
+                if not os.path.isdir(self.dst.root):
+                    raise
             self.mark(key)
+            return
+        with self.parent(key) as (dfd, name):
+            try:
+                # owner-writable until its children are in; final mode set in settle
+                os.mkdir(name, 0o700, dir_fd=dfd)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                    raise
 
     def update(self, op: Op) -> None:
         node = op.node
         assert node is not None
-        path = self.dst.path(op.key)
         if op.kind == DIR:
             self.mark(op.key)
             self.ok(op)
@@ -762,19 +824,25 @@ class _Batch:
             self.publish(op)
         elif op.kind == FILE:
             self.expect(op.key, op.old)
-            os.chmod(path, node.mode)  # expect() saw a regular file, not a symlink
-            os.utime(path, ns=(node.mtime_ns, node.mtime_ns))
+            with self.parent(op.key) as (dfd, name):
+                fd = os.open(name, _O_META, dir_fd=dfd)  # never a symlink's target
+                try:
+                    os.fchmod(fd, node.mode)
+                    os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+                finally:
+                    os.close(fd)
             self.ok(op)
         elif op.kind == SYMLINK:
             assert node.target is not None
             self.expect(op.key, op.old)
-            tmp = _tmp_name(path)
-            os.symlink(node.target, tmp)
-            try:
-                os.rename(tmp, path)
-            except OSError:
-                _unlink_quiet(tmp)
-                raise
+            with self.parent(op.key) as (dfd, name):
+                tmp = _tmp_name()
+                os.symlink(node.target, tmp, dir_fd=dfd)
+                try:
+                    os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                except OSError:
+                    _unlink_quiet(tmp, dfd)
+                    raise
             self.touch(op.key)
             self.ok(op)
         else:
@@ -785,7 +853,11 @@ class _Batch:
         if old is None:
             return
         try:
-            st = os.lstat(self.dst.path(key))
+            if key:
+                with self.parent(key) as (dfd, name):
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            else:
+                st = os.stat(self.dst.root)
         except FileNotFoundError:
             raise TargetChanged(f"{'/'.join(key)} vanished from the destination") from None
         mode = st.st_mode
@@ -805,8 +877,10 @@ class _Batch:
     def item(self, op: Op) -> tuple[Any, ...]:
         node = op.node
         assert node is not None and isinstance(self.src, FsBackend)
+        self.dst.path(op.key)  # refuses names that could leave the tree
         return (
-            self.src.path(op.key), self.dst.path(op.key),
+            (self.src.root, op.key, self.src.path(op.key)), self.dst.root, op.key[:-1],
+            op.key[-1],
             node.size, node.mtime_ns, node.mode, node.identity, op.op == UPDATE,
         )
 
@@ -823,10 +897,11 @@ class _Batch:
         fd_in = os.dup(stream.fileno())
         stream.close()
         try:
-            return _publish(
-                fd_in, self.dst.path(op.key), node.size, node.mtime_ns, node.mode,
-                node.identity, self.fsync, op.op == UPDATE,
-            )
+            with self.parent(op.key) as (dfd, name):
+                return _publish(
+                    fd_in, dfd, name, node.size, node.mtime_ns, node.mode,
+                    node.identity, self.fsync, op.op == UPDATE,
+                )
         finally:
             os.close(fd_in)
 
@@ -839,21 +914,26 @@ class _Batch:
                 # not a source directory (kept for its excluded content): only undo
                 # what retry_writable did to it
                 if key in self.unlocked:
-                    with contextlib.suppress(OSError):
-                        os.chmod(self.dst.path(key), self.unlocked[key])
+                    with contextlib.suppress(OSError, TargetChanged):
+                        fd = _open_beneath(self.root_fd(), key)
+                        try:
+                            os.fchmod(fd, self.unlocked[key])
+                        finally:
+                            os.close(fd)
                 continue
-            path = self.dst.path(key)
             try:
                 # through a descriptor that is this directory, not what a symlink names
                 # (only the root may be a symlink the user gave us)
-                fd = os.open(path, _O_DIR if key else _O_DIR & ~os.O_NOFOLLOW)
+                fd = _open_beneath(self.root_fd(), key)
                 try:
                     os.fchmod(fd, node.mode)
                     os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
                 finally:
                     os.close(fd)
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):
                 continue  # it moved on since; the op that moved it touched its new place
+            except TargetChanged as e:
+                self.result.problems.append(Problem(key, f"directory metadata not set: {e}"))
             except OSError as e:
                 self.result.problems.append(
                     Problem(key, f"cannot set directory metadata: {e.strerror}")
@@ -865,6 +945,10 @@ _O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _O_LIST = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# a file's metadata is set through a descriptor: O_NOFOLLOW refuses a symlink put there,
+# O_NONBLOCK a FIFO
+_O_META = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 _UMASK_SAFE = 0o777
 _umask_value: list[int] = []
 
@@ -903,26 +987,66 @@ def _copy_chunk(
     per item: the bytes copied or the exception. Module level: it runs in a worker
     process too."""
     out: list[int | BaseException] = []
-    for src_path, final, size, mtime_ns, mode, identity, replace in items:
-        try:
-            fd_in = os.open(src_path, _O_READ)
+    root_fd: int | None = None
+    parents: dict[Key, int] = {}  # within one chunk: no move or delete runs meanwhile
+    try:
+        for src_path, root, parent, name, size, mtime_ns, mode, identity, replace in items:
             try:
-                out.append(
-                    _publish(fd_in, final, size, mtime_ns, mode, identity, fsync, replace)
-                )
-            finally:
-                os.close(fd_in)
-        except (OSError, SourceChanged, TargetChanged) as e:
-            out.append(e)
+                dfd = parents.get(parent)
+                if dfd is None:
+                    if root_fd is None:
+                        root_fd = os.open(root, _O_DIR & ~os.O_NOFOLLOW)
+                    dfd = parents[parent] = _open_beneath(root_fd, parent)
+                fd_in = _open_file(*src_path)
+                try:
+                    out.append(
+                        _publish(
+                            fd_in, dfd, name, size, mtime_ns, mode, identity, fsync, replace
+                        )
+                    )
+                finally:
+                    os.close(fd_in)
+            except (OSError, SourceChanged, TargetChanged) as e:
+                out.append(e)
+    finally:
+        for fd in parents.values():
+            os.close(fd)
+        if root_fd is not None:
+            os.close(root_fd)
     return out
 
 
+def _open_file(root: str, key: Key, path: str) -> int:
+    """Open the file at ``path`` (``key`` below ``root``) to read it, without following
+    a symlink in its last name; past PATH_MAX, name by name from the root."""
+    try:
+        return os.open(path, _O_READ)
+    except OSError as e:
+        if e.errno != errno.ENAMETOOLONG:
+            raise
+        return _open_long(root, key, _O_READ)
+
+
+def _open_long(root: str, key: Key, flags: int) -> int:
+    """``key`` below ``root`` opened with ``flags``, through one directory descriptor per
+    name (for paths longer than PATH_MAX); no symlink below the root is followed."""
+    fd = os.open(root, _O_DIR & ~os.O_NOFOLLOW)
+    try:
+        for name in key[:-1]:
+            nfd = os.open(name, _O_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return os.open(key[-1], flags, dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
 def _publish(
-    fd_in: int, final: str, size: int, mtime_ns: int, mode: int,
+    fd_in: int, dfd: int, final: str, size: int, mtime_ns: int, mode: int,
     identity: int | str | None, fsync: bool, replace: bool,
 ) -> int:
-    """Write what ``fd_in`` holds to a temporary name beside ``final``, rename it to
-    ``final`` (over it only when ``replace``: a create never clobbers a node that
+    """Write what ``fd_in`` holds to a temporary name in directory ``dfd``, rename it to
+    ``final`` there (over it only when ``replace``: a create never clobbers a node that
     appeared since the scan); not if the source is not what was scanned or changes
     meanwhile.
 
@@ -936,8 +1060,8 @@ def _publish(
         or not stat.S_ISREG(before.st_mode)
     ):
         raise SourceChanged("the source file changed since it was scanned")
-    tmp = _tmp_name(final)
-    fd_out = os.open(tmp, _O_CREATE, mode & 0o777)
+    tmp = _tmp_name()
+    fd_out = os.open(tmp, _O_CREATE, mode & 0o777, dir_fd=dfd)
     try:
         try:
             copied = _copy_fd(fd_in, fd_out, size)
@@ -956,11 +1080,11 @@ def _publish(
         ):
             raise SourceChanged("the source file changed while it was copied")
         if replace:
-            os.rename(tmp, final)
+            os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
         else:
-            _rename_noreplace(tmp, final)
+            _rename_noreplace(tmp, final, dfd, dfd)
     except BaseException:
-        _unlink_quiet(tmp)
+        _unlink_quiet(tmp, dfd)
         raise
     return copied
 
@@ -968,9 +1092,10 @@ def _publish(
 _renameat2: list[Any] = []
 
 
-def _rename_noreplace(old: str, new: str) -> None:
+def _rename_noreplace(old: str, new: str, old_fd: int = -100, new_fd: int = -100) -> None:
     """rename(2) that fails instead of replacing what is at ``new`` (renameat2 with
-    RENAME_NOREPLACE; where the kernel or filesystem lacks it, a check then a rename)."""
+    RENAME_NOREPLACE; where the kernel or filesystem lacks it, a check then a rename).
+    Names are relative to the directory descriptors (default: the working directory)."""
     if not _renameat2:
         import ctypes
 
@@ -982,49 +1107,124 @@ def _rename_noreplace(old: str, new: str) -> None:
     if call is not None:
         import ctypes
 
-        if call(-100, os.fsencode(old), -100, os.fsencode(new), 1) == 0:  # AT_FDCWD
+        if call(old_fd, os.fsencode(old), new_fd, os.fsencode(new), 1) == 0:
             return
         err = ctypes.get_errno()
         if err == errno.EEXIST:
             raise TargetChanged("a node appeared on the destination since the scan")
         if err not in (errno.EINVAL, errno.ENOSYS):
             raise OSError(err, os.strerror(err), new)
-    if os.path.lexists(new):
-        raise TargetChanged("a node appeared on the destination since the scan")
-    os.rename(old, new)
+    try:
+        os.stat(new, dir_fd=new_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(old, new, src_dir_fd=old_fd, dst_dir_fd=new_fd)
+        return
+    raise TargetChanged("a node appeared on the destination since the scan")
 
 
-def _rmdir(path: str) -> None:
+def _rmdir(path: str, dfd: int) -> None:
     """Remove a directory the plan emptied. Special files (FIFOs, sockets, devices) are
     never synced, so the plan does not know them: they go with their directory, as
     rsync --delete removes them; anything else that appeared since the scan stays."""
     try:
-        os.rmdir(path)
+        os.rmdir(path, dir_fd=dfd)
         return
     except OSError as e:
         if e.errno != errno.ENOTEMPTY:
             raise
-        with os.scandir(path) as it:
-            left = [(x.name, x.stat(follow_symlinks=False).st_mode) for x in it]
-        if any(stat.S_ISREG(m) or stat.S_ISDIR(m) or stat.S_ISLNK(m) for _, m in left):
-            raise
-    fd = os.open(path, _O_LIST)
-    try:
-        for name, _ in left:
-            os.unlink(name, dir_fd=fd)
-    finally:
-        os.close(fd)
-    os.rmdir(path)
+        fd = os.open(path, _O_LIST, dir_fd=dfd)
+        try:
+            with os.scandir(fd) as it:
+                left = [(x.name, x.stat(follow_symlinks=False).st_mode) for x in it]
+            if any(stat.S_ISREG(m) or stat.S_ISDIR(m) or stat.S_ISLNK(m) for _, m in left):
+                raise
+            for name, _ in left:
+                os.unlink(name, dir_fd=fd)
+        finally:
+            os.close(fd)
+    os.rmdir(path, dir_fd=dfd)
 
 
-def _tmp_name(final: str) -> str:
-    head = os.path.dirname(final)
-    return os.path.join(head, f"{TMP_PREFIX}{os.getpid():x}-{next(_counter):x}")
+def _tmp_name() -> str:
+    return f"{TMP_PREFIX}{os.getpid():x}-{next(_counter):x}"
 
 
-def _unlink_quiet(path: str) -> None:
+def _unlink_quiet(name: str, dfd: int) -> None:
     with contextlib.suppress(OSError):
-        os.unlink(path)
+        os.unlink(name, dir_fd=dfd)
+
+
+def _join(root: str, key: Key) -> str:
+    return "/".join((root.rstrip("/") or "", *key)) if key else root
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = (
+        ("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)
+    )
+
+
+_RESOLVE = 0x04 | 0x08  # RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH
+_SYS_OPENAT2 = 437  # the same number on every architecture (added in Linux 5.6)
+_openat2_ok: list[Any] = []
+
+
+def _open_beneath(root_fd: int, rel: Key) -> int:
+    """A new descriptor of directory ``rel`` below the directory ``root_fd``, reached
+    without following any symlink and without leaving it: openat2(RESOLVE_NO_SYMLINKS |
+    RESOLVE_BENEATH) in one call, else (an old kernel, a path over PATH_MAX) one
+    ``openat(O_NOFOLLOW)`` per name. A symlink on the way raises ``OSError(ELOOP)`` or
+    ``ENOTDIR``; nothing is ever written through one."""
+    if not rel:
+        return os.dup(root_fd)
+    if not _openat2_ok:
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            fn = libc.syscall
+            fn.restype = ctypes.c_long
+            _openat2_ok.append(fn)
+        except (OSError, AttributeError):
+            _openat2_ok.append(None)
+    call = _openat2_ok[0]
+    path = "/".join(rel)
+    if call is not None and len(path) < 4000:
+        how = _OpenHow(_O_DIR, 0, _RESOLVE)
+        raw = os.fsencode(path)
+        for _ in range(3):  # EAGAIN: a rename raced the lookup; try again
+            fd = call(
+                ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(root_fd), ctypes.c_char_p(raw),
+                ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how)),
+            )
+            if fd >= 0:
+                return fd
+            err = ctypes.get_errno()
+            if err == errno.EAGAIN:
+                continue
+            if err in (errno.ENOSYS, errno.EPERM):  # no openat2 (or a seccomp filter)
+                _openat2_ok[0] = None
+                break
+            if err in _SWAPPED:
+                raise TargetChanged(_SWAPPED_MSG.format(path))
+            raise OSError(err, os.strerror(err), path)
+    fd = os.dup(root_fd)
+    try:
+        for name in rel:
+            nfd = os.open(name, _O_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except OSError as e:
+        os.close(fd)
+        if e.errno in _SWAPPED:
+            raise TargetChanged(_SWAPPED_MSG.format(path)) from None
+        raise
+    return fd
+
+
+_SWAPPED = (errno.ELOOP, errno.ENOTDIR, errno.EXDEV)
+_SWAPPED_MSG = (
+    "{}: no longer a directory on the destination (a symlink or a file was put there): "
+    "nothing written through it"
+)
 
 
 _copy_file_range_ok = hasattr(os, "copy_file_range")

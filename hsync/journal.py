@@ -1,0 +1,204 @@
+"""The journal of applied batches (SQLite, WAL): what a killed run leaves behind.
+
+SPEC section 5: the ops of a plan run in batches; each batch gets a sequence number and
+is written here (durably: ``synchronous=FULL``) before its first op runs, and is marked
+done after the batch's ``syncfs``. Batches run one after the other, so at most one batch
+per pair is unfinished at any time.
+
+Roll forward. A run that finds an unfinished batch for its pair does not replay the
+recorded ops blindly: the destination may hold any prefix of them, and a source that
+cannot be locked may have changed since. Instead it re-checks every key against the
+destination's actual state by the simplest means that is always correct: the history
+of the pair is marked incomplete, so this run's diff compares the two full scans
+without trusting the history (a key already done compares equal, a key not done is
+planned again, a key changed by someone else is planned from what is there now), and
+the run records a full history at its end. The cost is one run without the history's
+move hints; the gain is that no recorded op is ever applied against a destination it
+no longer describes. Temporary files of an interrupted publish (``.hsync-tmp-*``) are
+never synced; the scan lists them and the first batch of the next run removes them.
+
+The journal lives next to the history (``history.sqlite`` -> ``history.journal.sqlite``),
+is created with mode 0600, and keeps the last ``KEEP`` batches per pair (older ones are
+pruned). ``HSYNC_JOURNAL=0`` in the environment turns it off (to measure its cost).
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+import sqlite3
+import time
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+from .model import Op
+
+KEEP = 64
+"""Batches kept per pair; older ones are pruned."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS batches(
+    pair TEXT, seq INTEGER, state TEXT, pid INTEGER, started REAL, finished REAL,
+    n_ops INTEGER, ops BLOB, PRIMARY KEY(pair, seq)) WITHOUT ROWID;
+"""
+RUNNING = "running"
+DONE = "done"
+ROLLED = "rolled forward"
+
+
+def enabled() -> bool:
+    return os.environ.get("HSYNC_JOURNAL", "1") not in ("0", "off", "no", "false")
+
+
+def journal_path(history_path: str) -> str:
+    """The journal beside the history file ``history_path``."""
+    head, tail = os.path.split(history_path)
+    stem = tail[: -len(".sqlite")] if tail.endswith(".sqlite") else tail
+    return os.path.join(head, f"{stem}.journal.sqlite")
+
+
+def _pack(ops: Sequence[Op]) -> bytes:
+    """The ops as plain tuples (for a post-mortem; recovery does not replay them)."""
+    rows = [(op.op, op.kind, op.key, op.to) for op in ops]
+    return zlib.compress(marshal.dumps(rows), 1)
+
+
+def unpack(blob: bytes) -> list[tuple[Any, ...]]:
+    return marshal.loads(zlib.decompress(blob))
+
+
+class Journal:
+    """The journal of one pair (``pair`` is the history's pair id)."""
+
+    def __init__(self, path: str, pair: str) -> None:
+        self.path = path
+        self.pair = pair
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        if not os.path.exists(path):
+            # 0600 from the start: it names synced paths (SPEC section 8)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+        try:
+            self.db = self._connect(path)
+        except sqlite3.DatabaseError:
+            # corrupt: set it aside; without a journal the history is not trusted either
+            # (the caller treats a journal it had to replace as an unfinished batch)
+            os.replace(path, f"{path}.corrupt-{int(time.time())}")
+            for suffix in ("-wal", "-shm"):
+                if os.path.exists(path + suffix):
+                    os.remove(path + suffix)
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600))
+            self.db = self._connect(path)
+            self.replaced = True
+        else:
+            self.replaced = False
+        self.seq: int | None = None
+
+    @staticmethod
+    def _connect(path: str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, isolation_level="DEFERRED")
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # a begun batch is on disk before it runs
+        db.executescript(_SCHEMA)
+        return db
+
+    def close(self) -> None:
+        self.db.close()
+
+    def unfinished(self) -> list[int]:
+        """Sequence numbers of batches begun and never marked done."""
+        return [
+            seq
+            for (seq,) in self.db.execute(
+                "SELECT seq FROM batches WHERE pair=? AND state=? ORDER BY seq",
+                (self.pair, RUNNING),
+            )
+        ]
+
+    def mark_rolled(self, seqs: Sequence[int]) -> None:
+        with self.db:
+            self.db.executemany(
+                "UPDATE batches SET state=?, finished=? WHERE pair=? AND seq=?",
+                ((ROLLED, time.time(), self.pair, s) for s in seqs),
+            )
+
+    def begin(self, ops: Sequence[Op]) -> int:
+        """Record a batch before it runs; returns its sequence number."""
+        assert self.seq is None, "a batch is already running"
+        with self.db:
+            (last,) = self.db.execute(
+                "SELECT coalesce(max(seq), 0) FROM batches WHERE pair=?", (self.pair,)
+            ).fetchone()
+            seq = last + 1
+            self.db.execute(
+                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?)",
+                (self.pair, seq, RUNNING, os.getpid(), time.time(), None, len(ops), _pack(ops)),
+            )
+        self.seq = seq
+        return seq
+
+    def done(self) -> None:
+        """Mark the running batch done (after its syncfs) and prune old batches."""
+        assert self.seq is not None
+        seq, self.seq = self.seq, None
+        with self.db:
+            self.db.execute(
+                "UPDATE batches SET state=?, finished=? WHERE pair=? AND seq=?",
+                (DONE, time.time(), self.pair, seq),
+            )
+            self.db.execute(
+                "DELETE FROM batches WHERE pair=? AND seq<=? AND state!=?",
+                (self.pair, seq - KEEP, RUNNING),
+            )
+
+    def batches(self) -> list[tuple[int, str, int]]:
+        """(seq, state, n_ops) of the kept batches, oldest first (tests, post-mortems)."""
+        return list(
+            self.db.execute(
+                "SELECT seq, state, n_ops FROM batches WHERE pair=? ORDER BY seq", (self.pair,)
+            )
+        )
+
+
+def recover(history: Any) -> bool:
+    """Before a diff: roll forward what a killed run left for ``history``'s pair.
+
+    Returns True when the history may be trusted. With an unfinished batch (or a journal
+    that had to be replaced), a writable history is marked incomplete (this run then
+    compares in full and records a full history) and the batch is marked rolled forward;
+    a read-only history (a dry run) is only not trusted."""
+    if not enabled():
+        return True
+    path = journal_path(history.path)
+    if history.readonly:
+        if not os.path.exists(path):
+            return True
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                row = db.execute(
+                    "SELECT 1 FROM batches WHERE pair=? AND state=? LIMIT 1",
+                    (history.pair, RUNNING),
+                ).fetchone()
+            finally:
+                db.close()
+        except sqlite3.Error:
+            return False
+        return row is None
+    journal = Journal(path, history.pair)
+    try:
+        seqs = journal.unfinished()
+        if not seqs and not journal.replaced:
+            return True
+        history.forget()  # first: a crash between the two repeats this, harmlessly
+        journal.mark_rolled(seqs)
+        return False
+    finally:
+        journal.close()
+
+
+def open_for(history: Any) -> Journal | None:
+    """The journal to record this run's batches in, or None (no history, or turned off)."""
+    if history is None or history.readonly or not enabled():
+        return None
+    return Journal(journal_path(history.path), history.pair)

@@ -1,0 +1,402 @@
+"""``hsync verify``: is the destination really equal to the source, content included?
+
+A sync trusts size and mtime (SPEC section 2); verify does not. It scans both trees,
+compares every key's kind and metadata, and hashes every file present on both sides
+(xxh3-128), a chunk at a time: keys are taken in sorted order, so a chunk is a run of
+neighbouring keys (a subtree or a part of one), bounded to ``chunk_files`` files and
+``chunk_bytes`` bytes of reading per side. Both sides of a chunk are read in parallel.
+
+Safe beside a running watch on the same pair. A mismatch is only a candidate: after a
+settle delay both sides are looked at again (lstat, and the content hashed again):
+
+- the source changed since verify first looked (or ``pending(key)`` says the watcher
+  holds a change for it): the watcher owns it; listed as *pending*, not a difference;
+- the two sides are now equal: a sync caught up meanwhile; nothing reported;
+- the destination changed meanwhile (a sync writing it): looked at again, up to
+  ``rounds`` times;
+- otherwise the mismatch persisted while the source stood still: a *difference*.
+
+The daemon can run it periodically (``verify_interval``): ``Verifier.chunks()`` yields
+after each chunk, so a caller can spread the work over time or stop between chunks.
+Nothing is written by verify; ``repair`` runs a checksum sync (the normal plan/apply
+path) when differences were found.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import attrs
+
+from .backend import Backend, open_backend
+from .errors import UsageError
+from .model import DIR, FILE, Key, Node, Snapshot, key_str
+
+CONTENT = "content"
+METADATA = "metadata"
+MISSING = "missing"
+EXTRA = "extra"
+TYPE = "type"
+
+CHUNK_FILES = 2000
+CHUNK_BYTES = 64 << 20
+SETTLE = 1.0
+ROUNDS = 3
+_READ = 1 << 20
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+@attrs.frozen
+class Difference:
+    """One key where the destination is not what the source holds."""
+
+    key: Key
+    what: str
+    """content | metadata | missing (on the destination) | extra | type"""
+    detail: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"path": key_str(self.key), "difference": self.what, "detail": self.detail}
+
+
+@attrs.define
+class VerifyReport:
+    """What one verify found (``verify --json`` prints ``to_json()``)."""
+
+    source: str
+    destination: str
+    differences: list[Difference] = attrs.field(factory=list)
+    pending: list[Key] = attrs.field(factory=list)
+    """Keys whose source changed during verify: left to the watcher (or the next verify)."""
+    unreadable: list[tuple[Key, str]] = attrs.field(factory=list)
+    files: int = 0
+    bytes_hashed: int = 0
+    elapsed: float = 0.0
+    repair: Any = None
+    """The ``Report`` of the repairing sync, when one ran."""
+
+    @property
+    def exit_code(self) -> int:
+        if self.repair is not None:
+            return self.repair.exit_code
+        if self.differences:
+            return 1
+        return 2 if self.unreadable else 0
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "source": self.source,
+            "destination": self.destination,
+            "consistent": not self.differences and not self.unreadable,
+            "differences": [d.to_json() for d in self.differences],
+            "pending": [key_str(k) for k in self.pending],
+            "unreadable": [{"path": key_str(k), "why": w} for k, w in self.unreadable],
+            "files": self.files,
+            "bytes_hashed": self.bytes_hashed,
+            "elapsed": round(self.elapsed, 6),
+        }
+        if self.repair is not None:
+            out["repair"] = self.repair.to_json()
+        return out
+
+
+Look = tuple[Any, ...] | None
+"""What one side holds at a key, cheaply (lstat fields, or the node): compared between
+two looks to tell whether it changed."""
+
+
+class _Side:
+    """One tree as verify reads it: a fast path for local trees, ``digest`` else."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.root: str | None = getattr(backend, "root", None)
+
+    def look(self, key: Key) -> Look:
+        if self.root is not None:
+            try:
+                st = os.lstat(os.path.join(self.root, *key) if key else self.root)
+            except OSError:
+                return None
+            return (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        snap = self.backend.scan(key)
+        node = snap.nodes.get(key)
+        return None if node is None else (node.kind, node.mode, node.size, node.mtime_ns,
+                                          node.target, node.data)
+
+    def node(self, key: Key) -> Node | None:
+        """The node at ``key`` now (for a re-check)."""
+        if self.root is not None:
+            path = os.path.join(self.root, *key) if key else self.root
+            try:
+                st = os.lstat(path)
+            except OSError:
+                return None
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                return Node(FILE, stat.S_IMODE(mode), st.st_size, st.st_mtime_ns)
+            if stat.S_ISDIR(mode):
+                return Node(DIR, stat.S_IMODE(mode), 0, st.st_mtime_ns)
+            if stat.S_ISLNK(mode):
+                try:
+                    return Node("symlink", 0, 0, 0, os.readlink(path))
+                except OSError:
+                    return None
+            return None
+        return self.backend.scan(key).nodes.get(key)
+
+    def hash(self, key: Key) -> tuple[bytes | None, int]:
+        """(xxh3-128 of the content, bytes read); None when it cannot be read."""
+        if self.root is None:
+            d = self.backend.digest(key)
+            return d, 0
+        import xxhash
+
+        h = xxhash.xxh3_128()
+        n = 0
+        try:
+            fd = os.open(os.path.join(self.root, *key), _O_READ)
+        except OSError:
+            return None, 0
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None, 0
+            while chunk := os.read(fd, _READ):
+                h.update(chunk)
+                n += len(chunk)
+        except OSError:
+            return None, n
+        finally:
+            os.close(fd)
+        return h.digest(), n
+
+    def hash_many(self, keys: Sequence[Key]) -> list[tuple[bytes | None, int]]:
+        return [self.hash(k) for k in keys]
+
+
+def _meta_diff(s: Node, d: Node) -> str:
+    """Which payload fields differ, besides content ("" when none)."""
+    out = []
+    if s.mode != d.mode and s.kind != "symlink":
+        out.append(f"mode {s.mode:o} != {d.mode:o}")
+    if s.kind == FILE and s.mtime_ns != d.mtime_ns:
+        out.append("mtime")
+    if s.kind == DIR and s.mtime_ns != d.mtime_ns:
+        out.append("directory mtime")
+    if s.target != d.target:
+        out.append("symlink target")
+    if s.data != d.data:
+        out.append("attributes")
+    return ", ".join(out)
+
+
+class Verifier:
+    """A content-level comparison of one pair, a chunk at a time (see the module doc)."""
+
+    def __init__(
+        self,
+        source: Backend,
+        destination: Backend,
+        *,
+        exclude: Callable[[Key, bool], bool] | None = None,
+        settle: float = SETTLE,
+        rounds: int = ROUNDS,
+        chunk_files: int = CHUNK_FILES,
+        chunk_bytes: int = CHUNK_BYTES,
+        pending: Callable[[Key], bool] | None = None,
+        on_candidate: Callable[[Difference], None] | None = None,
+        dir_mtime: bool = True,
+    ) -> None:
+        self.src = _Side(source)
+        self.dst = _Side(destination)
+        self.exclude = exclude
+        self.settle = settle
+        self.rounds = rounds
+        self.chunk_files = chunk_files
+        self.chunk_bytes = chunk_bytes
+        self.is_pending = pending
+        self.on_candidate = on_candidate
+        self.dir_mtime = dir_mtime
+        self.report = VerifyReport(source.url, destination.url)
+
+    # -- the walk -------------------------------------------------------------------------
+    def run(self) -> VerifyReport:
+        t0 = time.perf_counter()
+        for _ in self.chunks():
+            pass
+        self.report.elapsed = time.perf_counter() - t0
+        return self.report
+
+    def chunks(self) -> Iterator[int]:
+        """Verify chunk after chunk; yields the number of keys each chunk covered."""
+        src_snap, dst_snap = self._scan()
+        rep = self.report
+        rep.unreadable += [(k, f"source: {w}") for k, w in src_snap.incomplete.items()]
+        rep.unreadable += [(k, f"destination: {w}") for k, w in dst_snap.incomplete.items()]
+        keys = sorted(set(src_snap.nodes) | set(dst_snap.nodes))
+        chunk: list[Key] = []
+        size = 0
+        for key in keys:
+            chunk.append(key)
+            node = src_snap.nodes.get(key)
+            if node is not None and node.kind == FILE:
+                size += node.size
+            if len(chunk) >= self.chunk_files or size >= self.chunk_bytes:
+                yield self._chunk(chunk, src_snap, dst_snap)
+                chunk, size = [], 0
+        if chunk:
+            yield self._chunk(chunk, src_snap, dst_snap)
+        rep.differences.sort(key=lambda d: d.key)
+        rep.pending.sort()
+
+    def _scan(self) -> tuple[Snapshot, Snapshot]:
+        src_b, dst_b = self.src.backend, self.dst.backend
+        start = getattr(dst_b, "scan_in_child", None)
+        if start is not None:
+            collect = start((), exclude=self.exclude)
+        else:
+            collect = lambda: dst_b.scan((), exclude=self.exclude)  # noqa: E731
+        try:
+            src_snap = src_b.scan((), exclude=self.exclude)
+        finally:
+            dst_snap = collect()
+        return src_snap, dst_snap
+
+    def _chunk(self, keys: list[Key], src_snap: Snapshot, dst_snap: Snapshot) -> int:
+        candidates: list[Difference] = []
+        to_hash: list[Key] = []
+        for key in keys:
+            if src_snap.is_incomplete(key) or dst_snap.is_incomplete(key):
+                continue  # listed as unreadable already
+            s = src_snap.nodes.get(key)
+            d = dst_snap.nodes.get(key)
+            diff = self._compare_nodes(key, s, d)
+            if diff is not None:
+                candidates.append(diff)
+            elif s is not None and s.kind == FILE:
+                to_hash.append(key)
+        looks = {k: (self.src.look(k), self.dst.look(k)) for k in to_hash}
+        with ThreadPoolExecutor(2, thread_name_prefix="hsync-verify") as pool:
+            fs = pool.submit(self.src.hash_many, to_hash)
+            fd = pool.submit(self.dst.hash_many, to_hash)
+            hs, hd = fs.result(), fd.result()
+        self.report.files += len(to_hash)
+        for key, (a, na), (b, nb) in zip(to_hash, hs, hd, strict=True):
+            self.report.bytes_hashed += na + nb
+            if a is None or b is None:
+                candidates.append(Difference(key, CONTENT, "cannot be read"))
+            elif a != b:
+                candidates.append(Difference(key, CONTENT, "same size, different bytes"))
+        if candidates:
+            self._recheck(candidates, looks)
+        return len(keys)
+
+    def _compare_nodes(self, key: Key, s: Node | None, d: Node | None) -> Difference | None:
+        if s is None and d is None:
+            return None
+        if d is None:
+            return Difference(key, MISSING, f"{s.kind} missing on the destination")  # type: ignore[union-attr]
+        if s is None:
+            return Difference(key, EXTRA, f"{d.kind} only on the destination")
+        if s.kind != d.kind:
+            return Difference(key, TYPE, f"{s.kind} on the source, {d.kind} on the destination")
+        if s.kind == FILE and s.size != d.size:
+            return Difference(key, CONTENT, f"size {s.size} != {d.size}")
+        meta = _meta_diff(s, d)
+        if meta and not (meta == "directory mtime" and not self.dir_mtime):
+            return Difference(key, METADATA, meta)
+        return None
+
+    # -- the settle re-check ----------------------------------------------------------------
+    def _recheck(
+        self, candidates: list[Difference], looks: dict[Key, tuple[Look, Look]]
+    ) -> None:
+        """Report only what persists while the source stands still (module doc)."""
+        first = {
+            c.key: looks.get(c.key) or (self.src.look(c.key), self.dst.look(c.key))
+            for c in candidates
+        }
+        if self.on_candidate is not None:
+            for c in candidates:
+                self.on_candidate(c)
+        last = dict(first)
+        todo = candidates
+        for round_ in range(self.rounds):
+            if self.settle > 0:
+                time.sleep(self.settle)
+            again: list[Difference] = []
+            for c in todo:
+                key = c.key
+                now_src, now_dst = self.src.look(key), self.dst.look(key)
+                if now_src != first[key][0] or (self.is_pending and self.is_pending(key)):
+                    self.report.pending.append(key)
+                    continue
+                still = self._still_differs(key)
+                if still is None:
+                    continue  # equal now: a sync caught up
+                if now_dst != last[key][1] and round_ + 1 < self.rounds:
+                    last[key] = (now_src, now_dst)
+                    again.append(still)  # the destination is being written: wait again
+                    continue
+                self.report.differences.append(still)
+            todo = again
+            if not todo:
+                break
+
+    def _still_differs(self, key: Key) -> Difference | None:
+        s, d = self.src.node(key), self.dst.node(key)
+        diff = self._compare_nodes(key, s, d)
+        if diff is not None or s is None or s.kind != FILE:
+            return diff
+        (a, _), (b, _) = self.src.hash(key), self.dst.hash(key)
+        if a is None or b is None:
+            return Difference(key, CONTENT, "cannot be read")
+        return None if a == b else Difference(key, CONTENT, "same size, different bytes")
+
+
+def verify(
+    src: str,
+    dst: str,
+    *,
+    exclude: Sequence[str] = (),
+    settle: float = SETTLE,
+    repair: bool = False,
+    state: str | None = None,
+    pending: Callable[[Key], bool] | None = None,
+    on_candidate: Callable[[Difference], None] | None = None,
+    chunk_files: int = CHUNK_FILES,
+    chunk_bytes: int = CHUNK_BYTES,
+) -> VerifyReport:
+    """Compare ``src`` and ``dst`` content and all; with ``repair``, fix what differs
+    through a checksum sync. Raises ``HsyncError`` for bad input (exit 2)."""
+    from .sync import Options, _check_pair, _exclude_matcher, sync_once
+
+    source = open_backend(src, role="source")
+    destination = open_backend(dst, role="destination")
+    try:
+        _check_pair(source, destination)
+        for side, b in (("source", source), ("destination", destination)):
+            why = getattr(b, "root_error", lambda: None)()
+            if why is None and not b.exists():
+                why = "does not exist"
+            if why is not None:
+                raise UsageError(f"{b.url}: {side} {why}")
+        verifier = Verifier(
+            source, destination, exclude=_exclude_matcher(tuple(exclude)), settle=settle,
+            pending=pending, on_candidate=on_candidate, chunk_files=chunk_files,
+            chunk_bytes=chunk_bytes,
+        )
+        report = verifier.run()
+    finally:
+        source.close()
+        destination.close()
+    if repair and report.differences:
+        report.repair = sync_once(
+            src, dst, Options(checksum=True, exclude=tuple(exclude), state=state)
+        )
+    return report

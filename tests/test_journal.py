@@ -1,0 +1,122 @@
+"""The journal of batches (SPEC section 5): recorded before a batch runs, done after its
+syncfs, an unfinished one rolled forward by the next run, bounded, 0600."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+from treeutil import assert_same_tree, build
+
+from hsync import journal as journal_mod
+from hsync.backends import fs
+from hsync.history import History
+from hsync.journal import DONE, KEEP, ROLLED, RUNNING, Journal, journal_path, recover
+from hsync.model import Op
+from hsync.sync import Options, _url_id, sync_once
+
+
+def _pair_history(src: Path, dst: Path, state: str) -> History:
+    from hsync.backends.fs import FsBackend
+
+    return History(state, _url_id(FsBackend(str(src))), _url_id(FsBackend(str(dst))))
+
+
+def test_each_batch_is_recorded_before_it_runs_and_done_after(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = build(tmp_path / "src", {"a/b": b"1", "c": b"2"})
+    dst = tmp_path / "dst"
+    state = str(tmp_path / "h.sqlite")
+    seen: list[Any] = []
+    real = fs._Batch.run
+
+    def spy(self: Any, ops: Any) -> Any:
+        history = _pair_history(src, dst, state)
+        j = Journal(journal_path(state), history.pair)
+        seen.append((j.unfinished(), j.batches()))
+        j.close()
+        history.close()
+        return real(self, ops)
+
+    monkeypatch.setattr(fs._Batch, "run", spy)
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    (unfinished, batches), = seen
+    assert unfinished == [1] and batches == [(1, RUNNING, 4)]
+    history = _pair_history(src, dst, state)
+    j = Journal(journal_path(state), history.pair)
+    assert j.batches() == [(1, DONE, 4)]
+    assert stat.S_IMODE(Path(journal_path(state)).stat().st_mode) == 0o600
+
+
+def test_an_unfinished_batch_makes_the_next_run_compare_in_full(tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {"a/f": b"1", "b": b"2"})
+    dst = tmp_path / "dst"
+    state = str(tmp_path / "h.sqlite")
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    history = _pair_history(src, dst, state)
+    assert history.complete
+    # a run killed between "begin" and "done"
+    j = Journal(journal_path(state), history.pair)
+    seq = j.begin([Op(op="create", kind="file", key=("x",))])
+    j.close()
+
+    assert recover(history) is False  # the history is not trusted by this run
+    assert not history.complete  # ... nor by any later run until a full record
+    j = Journal(journal_path(state), history.pair)
+    assert j.unfinished() == []
+    assert (seq, ROLLED, 1) in j.batches()
+    assert recover(history) is True  # nothing left to roll forward
+    history.close()
+
+    (src / "a" / "f").write_bytes(b"changed")
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    assert_same_tree(src, dst)
+    history = _pair_history(src, dst, state)
+    assert history.complete  # the run recorded a full history again
+
+
+def test_a_dry_run_does_not_trust_the_history_of_an_unfinished_batch(tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {"a": b"1"})
+    dst = tmp_path / "dst"
+    state = str(tmp_path / "h.sqlite")
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    history = _pair_history(src, dst, state)
+    Journal(journal_path(state), history.pair).begin([])
+    ro = History(state, "x", "y", readonly=True)
+    ro.pair = history.pair
+    assert recover(ro) is False
+    assert history.complete  # a dry run changes nothing
+
+
+def test_the_journal_is_bounded(tmp_path: Path) -> None:
+    j = Journal(str(tmp_path / "j.sqlite"), "pair")
+    for _ in range(KEEP + 10):
+        j.begin([])
+        j.done()
+    kept = j.batches()
+    assert len(kept) == KEEP
+    assert kept[-1][0] == KEEP + 10
+
+
+def test_the_journal_can_be_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HSYNC_JOURNAL", "0")
+    assert not journal_mod.enabled()
+    src = build(tmp_path / "src", {"a": b"1"})
+    state = str(tmp_path / "h.sqlite")
+    assert sync_once(str(src), str(tmp_path / "dst"), Options(state=state)).ok
+    assert not Path(journal_path(state)).exists()
+
+
+def test_a_corrupt_journal_is_set_aside_and_distrusted(tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {"a": b"1"})
+    dst = tmp_path / "dst"
+    state = str(tmp_path / "h.sqlite")
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    Path(journal_path(state)).write_bytes(b"not a database" * 100)
+    history = _pair_history(src, dst, state)
+    assert recover(history) is False
+    assert list(tmp_path.glob("h.journal.sqlite.corrupt-*"))
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
