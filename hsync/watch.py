@@ -31,13 +31,14 @@ import os
 import threading
 import time
 from collections import ChainMap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
 
-from .backend import Backend
+from .backend import ApplyResult, Backend
 from .errors import HsyncError, Interrupted, SafetyError
+from .journal import Journal, open_for
 from .model import CREATE, DELETE, DIR, MOVE, UPDATE, Key, Node, Op, Problem, Snapshot
 from .region import Region, quick_pass, scan_region_pair
 from .sync import (
@@ -371,6 +372,7 @@ class PairWatch:
         history = None
         try:
             history = open_history(source, destination, self.options)
+            self._journal = open_for(history)
             for b in (source, destination):
                 if hasattr(b, "interrupt"):
                     b.interrupt = self._interrupt  # type: ignore[attr-defined]
@@ -381,6 +383,8 @@ class PairWatch:
         finally:
             self.status.state = "stopped"
             self.status_file.write()
+            if self._journal is not None:
+                self._journal.close()
             if history is not None:
                 history.close()
             source.close()
@@ -463,6 +467,7 @@ class PairWatch:
                 watcher.__exit__(None, None, None)
 
     watcher: Any = None
+    _journal: Journal | None = None
     """The backend's watcher while one runs (tests inject faults at its boundary)."""
 
     def _wait_for_root(self, source: Backend) -> None:
@@ -615,7 +620,7 @@ class PairWatch:
         def flush() -> None:
             nonlocal ops, batch, total
             final = Snapshot(nodes=ChainMap(batch, dirs))
-            result = destination.apply_batch(ops, source, final, fsync=self.options.fsync)
+            result = self._run_batch(destination, ops, source, final)
             failed = {p.key for p in result.problems}
             problems.extend(result.problems)
             st.bytes_copied += result.bytes_copied
@@ -664,6 +669,18 @@ class PairWatch:
                                       else (), tuple(kept), tuple(problems),
                                       st.last_round_seconds))
 
+    def _run_batch(
+        self, destination: Backend, ops: Sequence[Op], source: Backend, final: Snapshot
+    ) -> ApplyResult:
+        """One batch, journaled: recorded before it runs, marked done after (SPEC 5)."""
+        journal = self._journal if ops else None
+        if journal is not None:
+            journal.begin(ops)
+        result = destination.apply_batch(ops, source, final, fsync=self.options.fsync)
+        if journal is not None:
+            journal.done()
+        return result
+
     def _backoff_full(self) -> float:
         now = time.monotonic()
         if now - self._last_loss > FULL_BACKOFF_MAX:
@@ -696,9 +713,7 @@ class PairWatch:
                     if op.to is not None:
                         failed.add(op.to)
                 break
-            result = cmp.destination.apply_batch(
-                batch, cmp.source, cmp.src, fsync=self.options.fsync
-            )
+            result = self._run_batch(cmp.destination, batch, cmp.source, cmp.src)
             done.extend(result.done)
             problems.extend(result.problems)
             self.status.bytes_copied += result.bytes_copied

@@ -589,3 +589,25 @@ def test_sigterm_during_the_initial_copy_stops_within_5s_and_a_restart_finishes(
         converge(src, dst, timeout=60)
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
+
+
+def test_a_watch_killed_mid_copy_leaves_nothing_torn_and_a_restart_converges(
+    tmp_path: Path,
+) -> None:
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "h.sqlite"
+    for i in range(3000):
+        write(src / f"d{i % 30}" / f"f{i}.bin", os.urandom(3000 + i))
+    cmd = [hsync_bin(), "watch", str(src), str(dst), "--state", str(state)]
+    with spawned(cmd) as p:
+        wait_for(lambda: dst.exists() and sum(1 for _ in dst.rglob("*.bin")) > 300,
+                 what="the copy to be under way")
+        p.kill()  # SIGKILL: no batch finishes, no history is flushed
+        p.wait()
+    for f in dst.rglob("*.bin"):  # whatever is under a final name is whole
+        assert f.read_bytes() == (src / f.relative_to(dst)).read_bytes(), f
+    with spawned(cmd) as p:
+        converge(src, dst, timeout=60)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+    assert not list(dst.rglob(".hsync-tmp-*"))
+    assert_same_tree(src, dst)
