@@ -20,6 +20,8 @@ FILE = "file"
 SYMLINK = "symlink"
 ENTRY = "entry"
 NodeKind = Literal["dir", "file", "symlink", "entry"]
+CONTAINERS = frozenset({DIR, ENTRY})
+"""Kinds that can have children (an LDAP entry is a leaf or a container alike)."""
 
 CREATE = "create"
 UPDATE = "update"
