@@ -7,6 +7,7 @@ a filesystem name that is not valid UTF-8 is carried with surrogate escapes
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, KeysView, Mapping
 from typing import Any, Literal
 
@@ -50,6 +51,29 @@ class Node:
     data: Any = None
 
 
+@attrs.frozen
+class Fingerprint:
+    """An entry's payload as the history keeps it: a digest of its ``data``."""
+
+    digest: str
+
+
+def fingerprint(data: Any) -> str:
+    """A stable digest of an entry's ``data`` (a tuple of ``(name, values)``; values are
+    ``bytes`` or ``str``, compared as they are, so a backend that normalizes values by
+    matching rule gets the normalized form hashed)."""
+    if isinstance(data, Fingerprint):
+        return data.digest
+    h = hashlib.sha256()
+    for name, values in sorted(data or ()):
+        h.update(repr(name).encode())
+        for v in sorted(bytes(v) if isinstance(v, bytes) else str(v).encode() for v in values):
+            h.update(len(v).to_bytes(8, "big"))
+            h.update(v)
+        h.update(b"\n")
+    return h.hexdigest()
+
+
 def same_content(a: Node, b: Node) -> bool:
     """Content presumed equal: same size and mtime (ns) for files; SPEC section 2."""
     if a.kind == FILE:
@@ -57,6 +81,8 @@ def same_content(a: Node, b: Node) -> bool:
     if a.kind == SYMLINK:
         return a.target == b.target
     if a.kind == ENTRY:
+        if isinstance(a.data, Fingerprint) or isinstance(b.data, Fingerprint):
+            return fingerprint(a.data) == fingerprint(b.data)  # one side is from the history
         return a.data == b.data
     return True
 
