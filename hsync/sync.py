@@ -38,6 +38,8 @@ class Options:
     fsync: bool = False
     check: bool = False
     """Run check_plan on every plan before applying it (tests, --debug)."""
+    exclude_attrs: tuple[str, ...] = ()
+    """Attribute names left out of entries' payloads (backends with attributes: LDAP)."""
 
 
 @attrs.define
@@ -170,6 +172,11 @@ def compare(
     return the plan between them (nothing is written). The caller closes the result."""
     source = open_backend(source_url, role="source")
     destination = open_backend(destination_url, role="destination")
+    if options.exclude_attrs:
+        for backend in (source, destination):
+            setter = getattr(backend, "exclude_attributes", None)
+            if setter is not None:
+                setter(options.exclude_attrs)
     _check_pair(source, destination)
     _root_checks(source, destination)
     exclude = _exclude_matcher(options.exclude)
