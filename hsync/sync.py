@@ -123,6 +123,17 @@ def _exclude_matcher(patterns: Sequence[str]) -> Callable[[Key, bool], bool] | N
 
 def _check_pair(source: Backend, destination: Backend) -> None:
     """SPEC section 8: the same tree, or one inside the other, is refused."""
+    relation = getattr(source, "relation", None)
+    if relation is not None:
+        # a backend without a filesystem root says how two of its endpoints overlap
+        rel = relation(destination)
+        if rel == "same":
+            raise UsageError(f"{destination.url}: source and destination are the same tree")
+        if rel == "inside":
+            raise UsageError(f"{destination.url}: destination is inside the source {source.url}")
+        if rel == "contains":
+            raise UsageError(f"{source.url}: source is inside the destination {destination.url}")
+        return
     sroot = getattr(source, "root", None)
     droot = getattr(destination, "root", None)
     if sroot is None or droot is None:
