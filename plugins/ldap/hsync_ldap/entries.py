@@ -1,0 +1,181 @@
+"""Entries <-> hsync nodes, for one tree (a base DN and a schema).
+
+- key: the RDNs from the base down, each normalized (``ou=people``: attribute names
+  canonical lower-case, values by matching rule, multi-valued RDNs sorted); a key
+  component is always exactly one RDN, so no name can address outside the base;
+- identity: entryUUID;
+- payload (``Node.data``): user attributes as a sorted tuple of
+  ``(name, frozenset(values))``, values normalized (``schema.NValue`` keeps the spelling);
+  operational and excluded attributes are left out; DN values inside the base are held
+  relative to it (so a copy under another base compares equal and is written with the
+  destination's base);
+- the root (the base entry itself): its own RDN value is not payload (two bases have
+  different names; the attribute is put back when the root is written).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import ldap
+import ldap.dn
+
+from hsync.model import ENTRY, Key, Node
+from hsync.plan import TEMP_PREFIX
+
+from .schema import Schema, raw_of
+
+Data = tuple[tuple[str, frozenset[bytes]], ...]
+
+
+class Mapper:
+    """Keys, payloads and DNs for the tree rooted at ``base_dn``."""
+
+    def __init__(self, schema: Schema, base_dn: str, exclude: Iterable[str] = ()) -> None:
+        self.schema = schema
+        self.base_dn = base_dn
+        self.base_rdns = ldap.dn.str2dn(base_dn) if base_dn else []
+        self.base_norm = [schema.norm_rdn_parts(r) for r in self.base_rdns]
+        self.exclude = {schema.canonical(a) for a in exclude}
+        self._rdn_cache: dict[str, str] = {}
+        self.temps: dict[str, str] = {}
+        """Temporary names given by the planner (``.hsync-mv-N``) -> the RDN used."""
+
+    def set_exclude(self, names: Iterable[str]) -> None:
+        self.exclude = {self.schema.canonical(a) for a in names}
+
+    # -- reading ---------------------------------------------------------------------------
+    def key_of(self, dn: str) -> Key | None:
+        """The key of ``dn``, or None when it is not at or below the base."""
+        rdns = ldap.dn.str2dn(dn)
+        n = len(rdns) - len(self.base_rdns)
+        if n < 0:
+            return None
+        norm = self.schema.norm_rdn_parts
+        if [norm(r) for r in rdns[n:]] != self.base_norm:
+            return None
+        out = []
+        cache = self._rdn_cache
+        for r in reversed(rdns[:n]):
+            text = ldap.dn.dn2str([r])
+            k = cache.get(text)
+            if k is None:
+                k = cache[text] = norm(r)
+            out.append(k)
+        return tuple(out)
+
+    def data_of(self, attrs: Mapping[str, Sequence[bytes]], *, root: bool = False) -> Data:
+        schema = self.schema
+        out: dict[str, set[bytes]] = {}
+        for name, values in attrs.items():
+            lname = schema.canonical(name)
+            if lname in self.exclude or lname.partition(";")[0] in self.exclude:
+                continue
+            if schema.is_operational(lname):
+                continue
+            bucket = out.setdefault(lname, set())
+            for v in values:
+                bucket.add(schema.norm_value(lname, v, self.base_norm))
+        if root and self.base_rdns:
+            for name, value, _ in self.base_rdns[0]:
+                lname = schema.canonical(name)
+                have = out.get(lname)
+                if have is not None:
+                    drop = schema.norm_value(lname, value.encode("utf-8"), None)
+                    have.discard(drop)
+                    if not have:
+                        del out[lname]
+        return tuple(sorted((k, frozenset(v)) for k, v in out.items() if v))
+
+    def node_of(self, attrs: Mapping[str, Sequence[bytes]], *, root: bool = False) -> Node:
+        ident = None
+        for name in ("entryUUID", "entryuuid"):
+            v = attrs.get(name)
+            if v:
+                ident = v[0].decode("ascii", "replace")
+                break
+        return Node(ENTRY, identity=ident, data=self.data_of(attrs, root=root))
+
+    # -- writing ---------------------------------------------------------------------------
+    def dn_of(self, key: Key) -> str:
+        """The DN of an existing entry at ``key`` (normalized RDNs: the server matches
+        them by the same rules)."""
+        parts = [self.temps.get(c, c) for c in reversed(key)]
+        for p in parts:
+            if len(ldap.dn.str2dn(p)) != 1:
+                raise ValueError(f"{p!r} is not one RDN")
+        return ",".join([*parts, self.base_dn] if self.base_dn else parts)
+
+    def rdn_for(self, name: str, data: Data | None) -> str:
+        """The RDN to write for key component ``name``, spelled as in the entry's
+        attribute values (``data``) where they hold it."""
+        (parts,) = ldap.dn.str2dn(name)
+        values = dict(data or ())
+        out = []
+        for attr, value, flags in parts:
+            lname = self.schema.canonical(attr)
+            spelled = value
+            want = self.schema.norm_value(lname, value.encode("utf-8"), None)
+            for v in values.get(lname, ()):
+                if v == want:
+                    spelled = raw_of(v, self.base_dn).decode("utf-8", "replace")
+                    break
+            out.append((self.schema.spelling(lname), spelled, flags))
+        return ldap.dn.dn2str([out])
+
+    def temp_rdn(self, tmp: str, current: str) -> str:
+        """The RDN standing for the planner's temporary name ``tmp``: the first
+        attribute of the entry's current RDN, with ``tmp`` as its value."""
+        (parts,) = ldap.dn.str2dn(self.temps.get(current, current))
+        rdn = ldap.dn.dn2str([[(parts[0][0], tmp, 1)]])
+        self.temps[tmp] = rdn
+        return rdn
+
+    def is_temp(self, name: str) -> bool:
+        return name.startswith(TEMP_PREFIX)
+
+    def entry_attrs(self, data: Data | None, *, root: bool = False) -> dict[str, list[bytes]]:
+        """Attributes to write (canonical spelling, original values, DNs inside the base
+        rewritten to this tree's base)."""
+        out: dict[str, list[bytes]] = {}
+        for lname, values in data or ():
+            out[self.schema.spelling(lname)] = [raw_of(v, self.base_dn) for v in values]
+        if root and self.base_rdns:
+            for name, value, _ in self.base_rdns[0]:
+                lname = self.schema.canonical(name)
+                spelled = self.schema.spelling(lname)
+                have = out.setdefault(spelled, [])
+                want = self.schema.norm_value(lname, value.encode("utf-8"), None)
+                normed = {self.schema.norm_value(lname, v, None) for v in have}
+                if want not in normed:
+                    have.append(value.encode("utf-8"))
+        return out
+
+    def modlist(self, current: Data, desired: Data) -> list[tuple[int, str, Any]]:
+        """The minimal modify that turns ``current`` into ``desired``: a whole attribute
+        added, deleted or replaced when every value changes, else values deleted and
+        added one by one."""
+        cur = dict(current)
+        want = dict(desired)
+        mods: list[tuple[int, str, Any]] = []
+        base = self.base_dn
+        for lname in sorted(cur.keys() | want.keys()):
+            spelled = self.schema.spelling(lname)
+            a, b = cur.get(lname, frozenset()), want.get(lname, frozenset())
+            if a == b:
+                continue
+            if not a:
+                mods.append((ldap.MOD_ADD, spelled, [raw_of(v, base) for v in b]))
+            elif not b:
+                mods.append((ldap.MOD_DELETE, spelled, None))
+            elif not (a & b):
+                mods.append((ldap.MOD_REPLACE, spelled, [raw_of(v, base) for v in b]))
+            else:
+                gone, new = a - b, b - a
+                if gone:
+                    mods.append((ldap.MOD_DELETE, spelled, [raw_of(v, base) for v in gone]))
+                if new:
+                    mods.append((ldap.MOD_ADD, spelled, [raw_of(v, base) for v in new]))
+        return mods
+
