@@ -177,6 +177,15 @@ class _Matcher:
                         reopened.append(k1)
                 self.pair(k1, s)
                 self.by_evidence.add(k1)
+                # A node that changed parents: its new parent may itself have moved
+                # while looking unchanged in place (two LDAP OUs swapped carry equal
+                # payloads); look it up too, so the move is the parent's, not each
+                # child's.
+                up = s[:-1]
+                if up and k1[:-1] != up and up not in self.open_src and up in dst:
+                    self.open_src.add(up)
+                    self.open_dst.add(up)
+                    reopened.append(up)
             candidates = reopened
 
     # -- 2, 3. same place, and relocation below moved directories -------------------------
