@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,3 +172,68 @@ def ldap_env(slapd: Slapd, monkeypatch: pytest.MonkeyPatch) -> Slapd:
     for k, v in slapd.env().items():
         monkeypatch.setenv(k, v)
     return slapd
+
+
+# -- a second connection, as another client of the directory would be -----------------------
+
+
+def admin(server: Slapd, base: str) -> Any:
+    """A python-ldap connection bound as ``base``'s admin (not hsync's own)."""
+    import ldap
+
+    conn = ldap.initialize(server.url, bytes_mode=False)
+    conn.simple_bind_s(f"cn=admin,{base}", PASSWORD)
+    return conn
+
+
+def add_ldif(server: Slapd, base: str, text: str) -> None:
+    """``ldapadd`` of ``text`` as ``base``'s admin (the password on stdin's side: -y)."""
+    pw = server.root / "pw"
+    pw.write_text(PASSWORD)
+    pw.chmod(0o600)
+    r = subprocess.run(
+        ["ldapadd", "-x", "-H", server.url, "-D", f"cn=admin,{base}", "-y", str(pw)],
+        input=text, text=True, capture_output=True,
+    )
+    assert r.returncode == 0, r.stderr
+
+
+def entries(server: Slapd, base: str) -> dict[str, dict[str, set[bytes]]]:
+    """Every entry below ``base`` (base excluded): DN relative to the base, lower-cased
+    -> attribute (lower-case) -> values; user attributes only."""
+    import ldap
+
+    conn = ldap.initialize(server.url, bytes_mode=False)
+    out = {}
+    for dn, attrs in conn.search_s(base, ldap.SCOPE_SUBTREE, "(objectClass=*)", ["*"]):
+        rel = dn[: -len(base)].rstrip(",").lower()
+        if rel:
+            out[rel] = {k.lower(): set(v) for k, v in attrs.items()}
+    conn.unbind_s()
+    return out
+
+
+def uuids(server: Slapd, base: str) -> dict[str, str]:
+    """Relative DN (lower-case) -> entryUUID, below ``base``."""
+    import ldap
+
+    conn = ldap.initialize(server.url, bytes_mode=False)
+    out = {}
+    for dn, attrs in conn.search_s(base, ldap.SCOPE_SUBTREE, "(objectClass=*)", ["entryUUID"]):
+        rel = dn[: -len(base)].rstrip(",").lower()
+        if rel:
+            out[rel] = attrs["entryUUID"][0].decode()
+    conn.unbind_s()
+    return out
+
+
+def clear(server: Slapd, base: str) -> None:
+    """Delete everything below ``base``, leaves first."""
+    import ldap
+
+    conn = admin(server, base)
+    found = conn.search_s(base, ldap.SCOPE_SUBTREE, "(objectClass=*)", ["1.1"])
+    for dn, _ in sorted(found, key=lambda r: -len(ldap.dn.str2dn(r[0]))):
+        if dn.lower() != base.lower():
+            conn.delete_s(dn)
+    conn.unbind_s()
