@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from conformance import BackendConformance, Tree
-from ldap_fixtures import DST_BASE, SRC_BASE, Slapd, admin, ldap_env, slapd  # noqa: F401
+from ldap_fixtures import DST_BASE, SRC_BASE, Slapd, admin
 
 ldap = pytest.importorskip("ldap")
 
@@ -83,5 +83,5 @@ class LdapAdapter:
 
 class TestLdapConformance(BackendConformance):
     @pytest.fixture
-    def adapter(self, ldap_env: Slapd) -> LdapAdapter:  # noqa: F811
+    def adapter(self, ldap_env: Slapd) -> LdapAdapter:
         return LdapAdapter(ldap_env)
