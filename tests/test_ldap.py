@@ -88,7 +88,8 @@ def same(server: Slapd) -> None:
         b = {k: {norm.norm_value(k, v, None) for v in vs} for k, vs in dst[rel].items()}
         for k in a:
             if norm.is_dn(k):
-                a[k] = {v.replace(b"dc=src,dc=test", b"dc=dst,dc=test") for v in a[k]}
+                a[k] = {bytes(v).replace(b"dc=src,dc=test", b"dc=dst,dc=test") for v in a[k]}
+                b[k] = {bytes(v) for v in b[k]}
         assert a == b, rel
 
 

@@ -15,7 +15,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import ldap
@@ -24,9 +25,25 @@ import ldap.dn
 from hsync.model import ENTRY, Key, Node
 from hsync.plan import TEMP_PREFIX
 
-from .schema import Schema, raw_of
+from .schema import AttrType, NValue, Schema, raw_of
 
 Data = tuple[tuple[str, frozenset[bytes]], ...]
+_UNSET = object()
+_NOT_NORMAL = re.compile(rb"[A-Z\t\n\r\f\v\x80-\xff]|  |^ | $")
+"""A byte that case folding or space folding would change (non-ASCII: let Python decide)."""
+_NO_TYPE = AttrType("")
+
+
+def _case_ignore(v: bytes) -> bytes:
+    """caseIgnoreMatch (and objectClass names): case and insignificant spaces ignored."""
+    if _NOT_NORMAL.search(v) is None:
+        return v  # already in normal form (the common case for most values)
+    try:
+        text = v.decode("utf-8")
+    except UnicodeDecodeError:
+        return v
+    n = " ".join(text.split()).lower().encode("utf-8")
+    return v if n == v else NValue(n, v)
 
 
 class Mapper:
@@ -38,12 +55,14 @@ class Mapper:
         self.base_rdns = ldap.dn.str2dn(base_dn) if base_dn else []
         self.base_norm = [schema.norm_rdn_parts(r) for r in self.base_rdns]
         self.exclude = {schema.canonical(a) for a in exclude}
-        self._rdn_cache: dict[str, str] = {}
+        self._rdn_cache: dict[tuple[Any, ...], str] = {}
+        self._plans: dict[str, Any] = {}
         self.temps: dict[str, str] = {}
         """Temporary names given by the planner (``.hsync-mv-N``) -> the RDN used."""
 
     def set_exclude(self, names: Iterable[str]) -> None:
         self.exclude = {self.schema.canonical(a) for a in names}
+        self._plans = {}
 
     # -- reading ---------------------------------------------------------------------------
     def key_of(self, dn: str) -> Key | None:
@@ -52,41 +71,72 @@ class Mapper:
         n = len(rdns) - len(self.base_rdns)
         if n < 0:
             return None
+        cache = self._rdn_cache
         norm = self.schema.norm_rdn_parts
-        if [norm(r) for r in rdns[n:]] != self.base_norm:
+        tail = rdns[n:]
+        if tail != self.base_rdns and [norm(r) for r in tail] != self.base_norm:
             return None
         out = []
-        cache = self._rdn_cache
         for r in reversed(rdns[:n]):
-            text = ldap.dn.dn2str([r])
-            k = cache.get(text)
+            t = tuple(r)
+            k = cache.get(t)
             if k is None:
-                k = cache[text] = norm(r)
+                k = cache[t] = norm(r)
             out.append(k)
         return tuple(out)
 
-    def data_of(self, attrs: Mapping[str, Sequence[bytes]], *, root: bool = False) -> Data:
+    def _plan(self, name: str) -> tuple[str, Callable[[bytes], bytes] | None] | None:
+        """How to read attribute ``name``: (canonical name, value normalizer or None for
+        exact bytes), or None when it is not payload (operational, excluded)."""
         schema = self.schema
-        out: dict[str, set[bytes]] = {}
+        lname = schema.canonical(name)
+        if lname in self.exclude or lname.partition(";")[0] in self.exclude:
+            return None
+        if schema.is_operational(lname):
+            return None
+        probe = b"\x00probe"
+        base = self.base_norm
+        if not schema.is_dn(lname) and schema.norm_value(lname, probe, base) is probe:
+            t = schema.types.get(lname.partition(";")[0])
+            rule = t.equality if t is not None else ""
+            if rule in ("", "octetstringmatch") and lname != "objectclass":
+                return lname, None
+        if lname == "objectclass" or (
+            not schema.is_dn(lname)
+            and (schema.types.get(lname.partition(";")[0]) or _NO_TYPE).equality.startswith(
+                "caseignore")
+        ):
+            return lname, _case_ignore
+        return lname, lambda v, lname=lname: schema.norm_value(lname, v, base)
+
+    def data_of(self, attrs: Mapping[str, Sequence[bytes]], *, root: bool = False) -> Data:
+        plans = self._plans
+        items: dict[str, frozenset[bytes]] = {}
         for name, values in attrs.items():
-            lname = schema.canonical(name)
-            if lname in self.exclude or lname.partition(";")[0] in self.exclude:
+            p = plans.get(name, _UNSET)
+            if p is _UNSET:
+                p = plans[name] = self._plan(name)
+            if p is None:
                 continue
-            if schema.is_operational(lname):
-                continue
-            bucket = out.setdefault(lname, set())
-            for v in values:
-                bucket.add(schema.norm_value(lname, v, self.base_norm))
+            lname, norm = p
+            fs = frozenset(values) if norm is None else frozenset([norm(v) for v in values])
+            if lname in items:  # the same attribute under two names (an LDIF alias)
+                fs = items[lname] | fs
+            if fs:
+                items[lname] = fs
         if root and self.base_rdns:
+            schema = self.schema
             for name, value, _ in self.base_rdns[0]:
                 lname = schema.canonical(name)
-                have = out.get(lname)
+                have = items.get(lname)
                 if have is not None:
                     drop = schema.norm_value(lname, value.encode("utf-8"), None)
-                    have.discard(drop)
-                    if not have:
-                        del out[lname]
-        return tuple(sorted((k, frozenset(v)) for k, v in out.items() if v))
+                    have = have - {drop}
+                    if have:
+                        items[lname] = have
+                    else:
+                        del items[lname]
+        return tuple(sorted(items.items()))
 
     def node_of(self, attrs: Mapping[str, Sequence[bytes]], *, root: bool = False) -> Node:
         ident = None

@@ -33,23 +33,41 @@ OPERATIONAL = frozenset(
 """Never payload, even when an LDIF file (slapcat) carries them."""
 
 
-class NValue(bytes):
+class NValue:
     """A normalized value that remembers the spelling it had (``raw``).
 
-    ``rel``: a DN inside the tree's base, held relative to it (``raw`` is the relative
-    part as spelled, empty for the base itself); the writer appends its own base."""
+    Equal to, and hashed as, its normalized bytes (``norm``), so sets of values compare
+    by matching rule whatever mix of ``bytes`` and ``NValue`` they hold. ``rel``: a DN
+    inside the tree's base, held relative to it (``raw`` is the relative part as
+    spelled, empty for the base itself); the writer appends its own base."""
 
-    raw: bytes
-    rel: bool
+    __slots__ = ("norm", "raw", "rel")
 
-    def __new__(cls, norm: bytes, raw: bytes, rel: bool = False) -> NValue:
-        self = super().__new__(cls, norm)
+    def __init__(self, norm: bytes, raw: bytes, rel: bool = False) -> None:
+        self.norm = norm
         self.raw = raw
         self.rel = rel
-        return self
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, NValue):
+            return self.norm == other.norm
+        return self.norm == other
+
+    def __hash__(self) -> int:
+        return hash(self.norm)
+
+    def __bytes__(self) -> bytes:
+        return self.norm
+
+    def __str__(self) -> str:
+        # what hsync.model.fingerprint hashes: the normalized form
+        return self.norm.decode("utf-8", "surrogateescape")
+
+    def __repr__(self) -> str:
+        return f"NValue({self.norm!r}, raw={self.raw!r}{', rel' if self.rel else ''})"
 
     def __reduce__(self) -> Any:
-        return (NValue, (bytes(self), self.raw, self.rel))
+        return (NValue, (self.norm, self.raw, self.rel))
 
 
 REL_MARK = b"\x00rel:"
@@ -216,7 +234,7 @@ class Schema:
         return raw if norm == raw else NValue(norm, raw)
 
 
-def raw_of(value: bytes, base_dn: str) -> bytes:
+def raw_of(value: bytes | NValue, base_dn: str) -> bytes:
     """What to write for a (possibly normalized) value, on a tree based at ``base_dn``."""
     if isinstance(value, NValue):
         if value.rel:
@@ -227,4 +245,4 @@ def raw_of(value: bytes, base_dn: str) -> bytes:
                 return f"{full}#{tail}".encode()
             return (f"{rel},{base_dn}" if rel else base_dn).encode("utf-8")
         return value.raw
-    return bytes(value)
+    return value
