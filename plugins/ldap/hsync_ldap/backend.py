@@ -97,6 +97,7 @@ class LdapBackend:
         self.schema = self._read_schema()
         self.mapper = Mapper(self.schema, self.base_dn)
         self._target = ""
+        self._after_park: dict[str, Data] = {}
         self.cookie: bytes | None = None
         """The last syncrepl cookie a watch saw (kept in memory only)."""
 
@@ -289,10 +290,18 @@ class LdapBackend:
         """See ``Backend.apply_batch``; one LDAP operation per op (two for an update:
         the entry is read, then modified by what differs)."""
         result = ApplyResult()
+        # what a node parked under a temporary name finally holds (its later move's
+        # payload): the park keeps its old RDN value only if that payload does
+        self._after_park = {
+            op.key[-1]: op.node.data
+            for op in ops
+            if op.op == MOVE and op.key and self.mapper.is_temp(op.key[-1]) and op.node
+        }
         for op in ops:
             self._target = ""
             try:
-                self._one(op)
+                if not self._one(op):
+                    continue  # nothing left to change (a modrdn already did it)
             except ldap.SERVER_DOWN as e:
                 result.problems.append(
                     Problem(op.key, f"{op.op} failed: {self.url}: {describe(e)}", retry=True)
@@ -316,8 +325,10 @@ class LdapBackend:
         except ValueError:
             return "/".join(key)
 
-    def _one(self, op: Op) -> str:
-        """Run one op; ``self._target`` names its DN once known (for the message)."""
+    def _one(self, op: Op) -> bool:
+        """Run one op; False when it had nothing to do (an update whose values a modrdn
+        has already set: it is not counted). ``self._target`` names its DN once known
+        (for the message)."""
         m = self.mapper
         conn = self.conn
         if op.op == CREATE:
@@ -328,15 +339,16 @@ class LdapBackend:
                 dn = f"{m.rdn_for(op.key[-1], data)},{m.dn_of(op.key[:-1])}"
             self._target = dn
             conn.add_s(dn, list(m.entry_attrs(data, root=not op.key).items()))
-            return dn
+            return True
         dn = m.dn_of(op.key)
         self._target = dn
         if op.op == UPDATE:
             current = self._current(op.key, dn)
             assert op.node is not None
             mods = m.modlist(current, op.node.data or ())
-            if mods:
-                conn.modify_s(dn, mods)
+            if not mods:
+                return False
+            conn.modify_s(dn, mods)
         elif op.op == MOVE:
             assert op.to is not None
             if not op.key:
@@ -345,6 +357,7 @@ class LdapBackend:
             desired: Data = op.node.data if op.node is not None else ()
             if m.is_temp(new_name):
                 newrdn = m.temp_rdn(new_name, old_name)
+                desired = self._after_park.get(new_name, desired)
             else:
                 newrdn = m.rdn_for(new_name, desired)
             keep_old = not m.is_temp(old_name) and _rdn_kept(m, old_name, desired)
@@ -356,7 +369,7 @@ class LdapBackend:
             conn.delete_s(dn)
         else:
             raise ValueError(f"unknown op {op.op!r}")
-        return dn
+        return True
 
     def _current(self, key: Key, dn: str) -> Data:
         found = self.conn.search_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", USER_ATTRS)
