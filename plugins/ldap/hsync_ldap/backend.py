@@ -38,6 +38,7 @@ from .entries import Data, Mapper
 from .schema import Schema
 
 PAGE_SIZE = 2000
+WINDOW = 64
 TIMEOUT = 10.0
 USER_ATTRS = ["*", "entryUUID"]
 
@@ -297,27 +298,78 @@ class LdapBackend:
             for op in ops
             if op.op == MOVE and op.key and self.mapper.is_temp(op.key[-1]) and op.node
         }
+        # Adds are pipelined (up to WINDOW in flight): an add waits only for its
+        # parent's add to be answered, since the server may run the operations of one
+        # connection concurrently. Any other op first waits for every add in flight.
+        inflight: dict[int, tuple[Op, str]] = {}  # msgid -> (op, dn), oldest first
+        by_key: dict[Key, int] = {}
+
+        def finish(msgid: int) -> None:
+            op, dn = inflight.pop(msgid)
+            by_key.pop(op.key, None)
+            try:
+                self.conn.result3(msgid)
+            except ldap.LDAPError as e:
+                self._fail(result, op, dn, e)
+                return
+            self._ok(result, op, on_done)
+
         for op in ops:
             self._target = ""
+            if op.op == CREATE and op.key:
+                waiting = by_key.get(op.key[:-1])
+                if waiting is not None:
+                    finish(waiting)
+                try:
+                    dn, attrs = self._add_request(op)
+                    msgid = self.conn.add_ext(dn, attrs)
+                except ValueError as e:
+                    result.problems.append(Problem(op.key, f"{op.op} skipped: {e}"))
+                    continue
+                except ldap.LDAPError as e:
+                    self._fail(result, op, self._target, e)
+                    continue
+                inflight[msgid] = (op, dn)
+                by_key[op.key] = msgid
+                if len(inflight) >= WINDOW:
+                    finish(next(iter(inflight)))
+                continue
+            for msgid in list(inflight):
+                finish(msgid)
             try:
                 if not self._one(op):
                     continue  # nothing left to change (a modrdn already did it)
-            except ldap.SERVER_DOWN as e:
-                result.problems.append(
-                    Problem(op.key, f"{op.op} failed: {self.url}: {describe(e)}", retry=True)
-                )
-                continue
             except ldap.LDAPError as e:
-                target = self._target or self._dn_or_key(op.key)
-                result.problems.append(Problem(op.key, f"{op.op} failed: {target}: {describe(e)}"))
+                self._fail(result, op, self._target, e)
                 continue
             except ValueError as e:
                 result.problems.append(Problem(op.key, f"{op.op} skipped: {e}"))
                 continue
-            result.done.append(op)
-            if on_done is not None:
-                on_done(op)
+            self._ok(result, op, on_done)
+        for msgid in list(inflight):
+            finish(msgid)
         return result
+
+    def _ok(self, result: ApplyResult, op: Op, on_done: Callable[[Op], None] | None) -> None:
+        result.done.append(op)
+        if on_done is not None:
+            on_done(op)
+
+    def _fail(self, result: ApplyResult, op: Op, dn: str, e: ldap.LDAPError) -> None:
+        if isinstance(e, ldap.SERVER_DOWN):
+            result.problems.append(
+                Problem(op.key, f"{op.op} failed: {self.url}: {describe(e)}", retry=True)
+            )
+            return
+        target = dn or self._dn_or_key(op.key)
+        result.problems.append(Problem(op.key, f"{op.op} failed: {target}: {describe(e)}"))
+
+    def _add_request(self, op: Op) -> tuple[str, list[tuple[str, list[bytes]]]]:
+        m = self.mapper
+        data = op.node.data if op.node is not None else ()
+        dn = f"{m.rdn_for(op.key[-1], data)},{m.dn_of(op.key[:-1])}" if op.key else self.base_dn
+        self._target = dn
+        return dn, list(m.entry_attrs(data, root=not op.key).items())
 
     def _dn_or_key(self, key: Key) -> str:
         try:
@@ -332,13 +384,8 @@ class LdapBackend:
         m = self.mapper
         conn = self.conn
         if op.op == CREATE:
-            data = op.node.data if op.node is not None else ()
-            if not op.key:
-                dn = self.base_dn
-            else:
-                dn = f"{m.rdn_for(op.key[-1], data)},{m.dn_of(op.key[:-1])}"
-            self._target = dn
-            conn.add_s(dn, list(m.entry_attrs(data, root=not op.key).items()))
+            dn, attrs = self._add_request(op)
+            conn.add_s(dn, attrs)
             return True
         dn = m.dn_of(op.key)
         self._target = dn
