@@ -38,7 +38,7 @@ from .entries import Data, Mapper
 from .schema import Schema
 
 PAGE_SIZE = 2000
-WINDOW = 64
+WINDOW = 256
 TIMEOUT = 10.0
 USER_ATTRS = ["*", "entryUUID"]
 
