@@ -105,6 +105,11 @@ def key_str(key: Key) -> str:
     return "/".join(key)
 
 
+def key_dn(key: Key) -> str:
+    """An LDAP key as a DN relative to the base (``("ou=a", "cn=b")`` -> ``cn=b,ou=a``)."""
+    return ",".join(reversed(key))
+
+
 Row = tuple[str, int, int, int, "str | None", "int | str | None"]
 """A node as a scanner stores it: (kind, mode, size, mtime_ns, target, identity)."""
 
@@ -224,9 +229,11 @@ class Op:
     temporary: bool = False
 
     def to_json(self) -> dict[str, str]:
-        out = {"op": self.op, "kind": self.kind, "path": key_str(self.key)}
+        # SPEC section 9: an LDAP entry's path is its DN relative to the base
+        show = key_dn if self.kind == ENTRY else key_str
+        out = {"op": self.op, "kind": self.kind, "path": show(self.key)}
         if self.to is not None:
-            out["to"] = key_str(self.to)
+            out["to"] = show(self.to)
         return out
 
 
