@@ -408,3 +408,14 @@ def test_same_or_nested_endpoints_are_refused(ldap_env: Slapd) -> None:
     assert r.returncode == 2 and "same tree" in r.stderr
     r = run_cli("sync", src, ldap_env.endpoint(f"ou=inner,{SRC_BASE}"), env=ldap_env.env())
     assert r.returncode == 2 and "inside the source" in r.stderr
+
+
+def test_diff_json_paths_are_dns_relative_to_the_base(ldap_env: Slapd) -> None:
+    import json
+
+    add_ldif(ldap_env, SRC_BASE, PEOPLE)
+    r = run_cli("diff", "--json", ldap_env.endpoint(SRC_BASE), ldap_env.endpoint(DST_BASE),
+                env=ldap_env.env())
+    assert r.returncode == 1, r.stderr
+    ops = json.loads(r.stdout)
+    assert {"op": "create", "kind": "entry", "path": "cn=alice smith,ou=people"} in ops
