@@ -122,7 +122,13 @@ def _exclude_matcher(patterns: Sequence[str]) -> Callable[[Key, bool], bool] | N
 
 
 def _check_pair(source: Backend, destination: Backend) -> None:
-    """SPEC section 8: the same tree, or one inside the other, is refused."""
+    """SPEC section 8: the same tree, or one inside the other, is refused; so is a pair
+    of a tree of files and a tree of entries (one has content, the other attributes)."""
+    if source.capabilities.content != destination.capabilities.content:
+        raise UsageError(
+            f"{destination.url}: cannot sync {source.url} into it (files and directory "
+            "entries are different kinds of trees)"
+        )
     relation = getattr(source, "relation", None)
     if relation is not None:
         # a backend without a filesystem root says how two of its endpoints overlap
