@@ -419,3 +419,28 @@ def test_diff_json_paths_are_dns_relative_to_the_base(ldap_env: Slapd) -> None:
     assert r.returncode == 1, r.stderr
     ops = json.loads(r.stdout)
     assert {"op": "create", "kind": "entry", "path": "cn=alice smith,ou=people"} in ops
+
+
+def test_files_and_entries_are_not_synced_into_each_other(
+    ldap_env: Slapd, tmp_path: Path
+) -> None:
+    (tmp_path / "tree").mkdir()
+    for a, b in ((ldap_env.endpoint(SRC_BASE), str(tmp_path / "copy")),
+                 (str(tmp_path / "tree"), ldap_env.endpoint(DST_BASE))):
+        r = run_cli("sync", a, b, env=ldap_env.env())
+        assert r.returncode == 2, r.stderr
+        assert "different kinds of trees" in r.stderr and len(r.stderr.splitlines()) == 1
+    assert not (tmp_path / "copy").exists()
+
+
+def test_a_refused_entry_takes_its_subtree_with_it_in_one_problem_each(
+    ldap_env: Slapd,
+) -> None:
+    """The destination base is missing and cannot be made from the source's root (a
+    dcObject needs dc): one clear problem for it, and its entries are not even sent."""
+    add_ldif(ldap_env, SRC_BASE, PEOPLE)
+    report = hsync.sync(ldap_env.endpoint(SRC_BASE), ldap_env.endpoint(f"ou=copy,{DST_BASE}"))
+    assert report.exit_code == 3
+    first, *rest = report.problems
+    assert f"ou=copy,{DST_BASE}" in first.message and "Object class violation" in first.message
+    assert rest and all("was not created" in p.message for p in rest)

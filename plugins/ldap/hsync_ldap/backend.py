@@ -304,12 +304,15 @@ class LdapBackend:
         inflight: dict[int, tuple[Op, str]] = {}  # msgid -> (op, dn), oldest first
         by_key: dict[Key, int] = {}
 
+        failed: set[Key] = set()  # adds refused: nothing is sent for their subtrees
+
         def finish(msgid: int) -> None:
             op, dn = inflight.pop(msgid)
             by_key.pop(op.key, None)
             try:
                 self.conn.result3(msgid)
             except ldap.LDAPError as e:
+                failed.add(op.key)
                 self._fail(result, op, dn, e)
                 return
             self._ok(result, op, on_done)
@@ -320,6 +323,12 @@ class LdapBackend:
                 waiting = by_key.get(op.key[:-1])
                 if waiting is not None:
                     finish(waiting)
+                if op.key[:-1] in failed:
+                    failed.add(op.key)
+                    result.problems.append(Problem(
+                        op.key, f"create skipped: its parent {self._dn_or_key(op.key[:-1])} "
+                        "was not created"))
+                    continue
                 try:
                     dn, attrs = self._add_request(op)
                     msgid = self.conn.add_ext(dn, attrs)
@@ -327,6 +336,7 @@ class LdapBackend:
                     result.problems.append(Problem(op.key, f"{op.op} skipped: {e}"))
                     continue
                 except ldap.LDAPError as e:
+                    failed.add(op.key)
                     self._fail(result, op, self._target, e)
                     continue
                 inflight[msgid] = (op, dn)
@@ -340,6 +350,8 @@ class LdapBackend:
                 if not self._one(op):
                     continue  # nothing left to change (a modrdn already did it)
             except ldap.LDAPError as e:
+                if op.op == CREATE:
+                    failed.add(op.key)
                 self._fail(result, op, self._target, e)
                 continue
             except ValueError as e:
