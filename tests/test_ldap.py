@@ -444,3 +444,28 @@ def test_a_refused_entry_takes_its_subtree_with_it_in_one_problem_each(
     first, *rest = report.problems
     assert f"ou=copy,{DST_BASE}" in first.message and "Object class violation" in first.message
     assert rest and all("was not created" in p.message for p in rest)
+
+
+def test_an_entry_replaced_after_the_scan_is_not_deleted(ldap_env: Slapd) -> None:
+    """Before a destructive op the destination must still hold what the plan saw: an
+    entry deleted and re-added under the same DN (a new entryUUID) is left alone."""
+    add_ldif(ldap_env, DST_BASE, f"dn: ou=Old,{DST_BASE}\nobjectClass: organizationalUnit\n"
+                                 "ou: Old\n")
+    from hsync.sync import Options, compare
+
+    c = compare(ldap_env.endpoint(SRC_BASE), ldap_env.endpoint(DST_BASE),
+                Options(state="", allow_empty_source=True))
+    try:
+        ops = [op for op in c.plan if op.key]  # (the base entry's "o" differs too)
+        assert [(op.op, op.key) for op in ops] == [("delete", ("ou=old",))]
+        conn = admin(ldap_env, DST_BASE)  # meanwhile another client replaces it
+        conn.delete_s(f"ou=Old,{DST_BASE}")
+        conn.add_s(f"ou=Old,{DST_BASE}", [("objectClass", [b"organizationalUnit"]),
+                                          ("ou", [b"Old"]), ("description", [b"new"])])
+        result = c.destination.apply_batch(ops, c.source, c.src)
+    finally:
+        c.close()
+    assert not result.done
+    (problem,) = result.problems
+    assert "Assertion Failed" in problem.message, problem.message
+    assert "ou=old" in entries(ldap_env, DST_BASE)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import os
+import re
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, suppress
 from typing import Any
@@ -29,6 +30,7 @@ import ldap
 import ldap.dn
 import ldapurl
 from ldap.controls import SimplePagedResultsControl
+from ldap.controls.libldap import AssertionControl
 
 from hsync.backend import ApplyResult, Backend, Capabilities, WatchSink
 from hsync.errors import BackendError, UsageError
@@ -41,6 +43,7 @@ PAGE_SIZE = 2000
 WINDOW = 256
 TIMEOUT = 10.0
 USER_ATTRS = ["*", "entryUUID"]
+_UUID = re.compile(r"[0-9a-fA-F-]{36}")
 
 
 def describe(e: ldap.LDAPError) -> str:
@@ -407,7 +410,7 @@ class LdapBackend:
             mods = m.modlist(current, op.node.data or ())
             if not mods:
                 return False
-            conn.modify_s(dn, mods)
+            conn.modify_ext_s(dn, mods, serverctrls=_still(op))
         elif op.op == MOVE:
             assert op.to is not None
             if not op.key:
@@ -421,11 +424,11 @@ class LdapBackend:
                 newrdn = m.rdn_for(new_name, desired)
             keep_old = not m.is_temp(old_name) and _rdn_kept(m, old_name, desired)
             newsup = m.dn_of(op.to[:-1]) if op.to[:-1] != op.key[:-1] else None
-            conn.rename_s(dn, newrdn, newsup, 0 if keep_old else 1)
+            conn.rename_s(dn, newrdn, newsup, 0 if keep_old else 1, serverctrls=_still(op))
         elif op.op == DELETE:
             if not op.key:
                 raise ValueError("the base entry is never deleted")
-            conn.delete_s(dn)
+            conn.delete_ext_s(dn, serverctrls=_still(op))
         else:
             raise ValueError(f"unknown op {op.op!r}")
         return True
@@ -443,6 +446,16 @@ class LdapBackend:
         from .watch import SyncreplWatch
 
         return SyncreplWatch(self, sink)
+
+
+def _still(op: Op) -> list[Any] | None:
+    """An assertion (RFC 4528) that the entry is still the one the plan saw: its
+    entryUUID from the destination's scan. A modify, modrdn or delete of an entry
+    replaced since then is refused by the server (assertionFailed), not applied."""
+    ident = op.old.identity if op.old is not None else None
+    if not isinstance(ident, str) or not _UUID.fullmatch(ident):
+        return None
+    return [AssertionControl(True, f"(entryUUID={ident})")]
 
 
 def _rdn_kept(m: Mapper, name: str, desired: Data) -> bool:
