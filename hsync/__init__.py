@@ -46,8 +46,9 @@ def sync(src: str, dst: str, **options: Any) -> Report:
     ``checksum``, ``exclude``, ``max_delete``, ``state``, ...)."""
     from .sync import sync_once
 
-    if "exclude" in options:
-        options["exclude"] = tuple(options["exclude"])
+    for name in ("exclude", "exclude_attrs"):
+        if name in options:
+            options[name] = tuple(options[name])
     return sync_once(src, dst, Options(**options))
 
 
@@ -55,8 +56,9 @@ def diff(src: str, dst: str, **options: Any) -> Plan:
     """The plan that would make ``dst`` equal to ``src`` (nothing is changed)."""
     from .sync import compare
 
-    if "exclude" in options:
-        options["exclude"] = tuple(options["exclude"])
+    for name in ("exclude", "exclude_attrs"):
+        if name in options:
+            options[name] = tuple(options[name])
     cmp = compare(src, dst, Options(dry_run=True, **options))
     try:
         return cmp.plan

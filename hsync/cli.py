@@ -90,7 +90,8 @@ def _options(**kw: Any) -> Any:
             patterns += Path(path).read_text(errors="surrogateescape").splitlines()
         except OSError as e:
             raise HsyncError(f"{path}: cannot read the exclude file: {e.strerror}") from None
-    return Options(exclude=tuple(patterns), check=_state["debug"], **kw)
+    attrs = tuple(kw.pop("exclude_attr", None) or ())
+    return Options(exclude=tuple(patterns), exclude_attrs=attrs, check=_state["debug"], **kw)
 
 
 ExcludeOpt = typer.Option(
@@ -101,6 +102,13 @@ ExcludeOpt = typer.Option(
 )
 ExcludeFromOpt = typer.Option(
     None, "--exclude-from", metavar="FILE", help="File of exclude patterns."
+)
+ExcludeAttrOpt = typer.Option(
+    None,
+    "--exclude-attr",
+    metavar="NAME",
+    help="LDAP attribute left out of the comparison (never read, written or deleted). "
+    "Repeatable.",
 )
 StateOpt = typer.Option(
     None,
@@ -140,6 +148,7 @@ def sync(
     checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
     exclude: list[str] = ExcludeOpt,
     exclude_from: list[str] = ExcludeFromOpt,
+    exclude_attr: list[str] = ExcludeAttrOpt,
     max_delete: int | None = typer.Option(
         None,
         "--max-delete",
@@ -164,7 +173,8 @@ def sync(
 
     opts = _options(
         dry_run=dry_run, delete=not no_delete, checksum=checksum, exclude=exclude,
-        exclude_from=exclude_from, max_delete=max_delete, state=state,
+        exclude_from=exclude_from, exclude_attr=exclude_attr, max_delete=max_delete,
+        state=state,
         allow_empty_source=allow_empty_source, fsync=fsync,
     )
     show = sys.stderr.isatty() and not json_out if progress is None else progress
@@ -211,6 +221,7 @@ def diff(
     checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
     exclude: list[str] = ExcludeOpt,
     exclude_from: list[str] = ExcludeFromOpt,
+    exclude_attr: list[str] = ExcludeAttrOpt,
     no_delete: bool = typer.Option(False, "--no-delete", help="Plan as sync --no-delete would."),
     state: str | None = StateOpt,
 ) -> None:
@@ -220,8 +231,9 @@ def diff(
     if json_out and tree:
         raise typer.BadParameter("--json and --tree are exclusive")
     opts = _options(
-        checksum=checksum, exclude=exclude, exclude_from=exclude_from, state=state,
-        delete=not no_delete, dry_run=True, allow_empty_source=True,
+        checksum=checksum, exclude=exclude, exclude_from=exclude_from,
+        exclude_attr=exclude_attr, state=state, delete=not no_delete, dry_run=True,
+        allow_empty_source=True,
     )
     cmp = compare(src, dst, opts)
     try:

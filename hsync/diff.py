@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Literal, Protocol
 
 from .model import (
+    CONTAINERS,
     CREATE,
     DELETE,
-    DIR,
     FILE,
     MOVE,
     ROOT,
@@ -177,6 +177,15 @@ class _Matcher:
                         reopened.append(k1)
                 self.pair(k1, s)
                 self.by_evidence.add(k1)
+                # A node that changed parents: its new parent may itself have moved
+                # while looking unchanged in place (two LDAP OUs swapped carry equal
+                # payloads); look it up too, so the move is the parent's, not each
+                # child's.
+                up = s[:-1]
+                if up and k1[:-1] != up and up not in self.open_src and up in dst:
+                    self.open_src.add(up)
+                    self.open_dst.add(up)
+                    reopened.append(up)
             candidates = reopened
 
     # -- 2, 3. same place, and relocation below moved directories -------------------------
@@ -185,9 +194,9 @@ class _Matcher:
         moved = [d for d, s in match.items() if d != s]
         # Destination directories whose children cannot keep their keys: moved away, or
         # their key taken over by another node. Their subtrees are reopened.
-        disturbed = [d for d in moved if dst[d].kind == DIR]
+        disturbed = [d for d in moved if dst[d].kind in CONTAINERS]
         disturbed += [
-            s for s, d in claimed.items() if s != d and s in dst and dst[s].kind == DIR
+            s for s, d in claimed.items() if s != d and s in dst and dst[s].kind in CONTAINERS
         ]
         for root in disturbed:
             for k in self.destination.walk(root):
@@ -206,7 +215,7 @@ class _Matcher:
 
     def relocate(self, root: Key) -> None:
         """Descendants of a matched directory keep their place relative to it."""
-        if self.dst[root].kind != DIR:
+        if self.dst[root].kind not in CONTAINERS:
             return
         src, dst, match = self.src, self.dst, self.match
         stack = [root]
@@ -221,7 +230,7 @@ class _Matcher:
                     sn = src.get(t)
                     if sn is not None and sn.kind == dst[c].kind and self.is_free(t):
                         self.pair(c, t)
-                if dst[c].kind == DIR:
+                if dst[c].kind in CONTAINERS:
                     stack.append(c)
 
     # -- 4. heuristics, for a first run -------------------------------------------------
@@ -231,11 +240,11 @@ class _Matcher:
 
     def _directories(self) -> None:
         src, dst, source, destination = self.src, self.dst, self.source, self.destination
-        gone = [d for d in self.open_dst if d not in self.match and dst[d].kind == DIR and d]
+        gone = [d for d in self.open_dst if d not in self.match and dst[d].kind in CONTAINERS and d]
         if not gone:
             return
         new = sorted(
-            (s for s in self.open_src if src[s].kind == DIR and s and s not in self.claimed),
+            (s for s in self.open_src if src[s].kind in CONTAINERS and s and s not in self.claimed),
             key=lambda k: (len(k), k),
         )
         if not new:

@@ -5,7 +5,8 @@ It lets diff turn "the inode that was at K1 is now at K2" into one rename (SPEC 
 synced, so a stale, missing or corrupt history costs a copy, never a wrong plan. A
 corrupt file is set aside and replaced.
 
-One row per synced source node: (pair, key, identity, kind, mode, size, mtime_ns, target). Keys are
+One row per synced source node: (pair, key, identity, kind, size, mtime_ns, target, mode,
+fingerprint); the fingerprint digests an entry's attributes (LDAP), None for files. Keys are
 stored as the names joined by NUL (a name never contains NUL), encoded with surrogate
 escapes. Rows change only where a sync changed something: a no-op run writes nothing.
 """
@@ -18,7 +19,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
-from .model import Key, Node, Snapshot
+from .model import ENTRY, Fingerprint, Key, Node, Snapshot, fingerprint
 
 SCHEMA_VERSION = 3
 _SEP = "\0"
@@ -95,7 +96,7 @@ class History:
                 complete INTEGER, synced_at REAL);
             CREATE TABLE IF NOT EXISTS nodes(
                 pair TEXT, key BLOB, ident, kind TEXT, size INTEGER, mtime INTEGER,
-                target BLOB, mode INTEGER, PRIMARY KEY(pair, key)) WITHOUT ROWID;
+                target BLOB, mode INTEGER, fp TEXT, PRIMARY KEY(pair, key)) WITHOUT ROWID;
             CREATE INDEX IF NOT EXISTS nodes_ident ON nodes(pair, ident);
             """
         )
@@ -142,31 +143,33 @@ class History:
         for start in range(0, len(items), 500):
             chunk = items[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for key, ident, kind, size, mtime, target in self.db.execute(
+            for key, ident, kind, size, mtime, target, fp in self.db.execute(
                 # without statistics SQLite prefers walking the pair's primary-key range
                 # (every row) to this index: 6 ms per lookup on 100k nodes instead of 6 us
-                f"SELECT key, ident, kind, size, mtime, target FROM nodes INDEXED BY "
+                f"SELECT key, ident, kind, size, mtime, target, fp FROM nodes INDEXED BY "
                 f"nodes_ident WHERE pair=? AND ident IN ({marks})",
                 (self.pair, *chunk),
             ):
                 orig = wanted.get(ident)
                 if orig is not None and orig not in out:
-                    out[orig] = (_dec(key), Node(kind, 0, size, mtime, _dec_text(target), orig))
+                    data = Fingerprint(fp) if fp is not None else None
+                    node = Node(kind, 0, size, mtime, _dec_text(target), orig, data)
+                    out[orig] = (_dec(key), node)
         return out
 
     def walk(self) -> Iterator[tuple[Key, tuple[object, ...]]]:
-        """Every synced node as ``(key, (kind, mode, size, mtime_ns, target, identity))``
-        (a scan's row), in key order: names compared as UTF-8 bytes with surrogate
-        escapes, a directory right before its descendants (``FsBackend.walk_sorted``
-        walks a tree in the same order)."""
+        """Every synced node as ``(key, (kind, mode, size, mtime_ns, target, identity,
+        fingerprint))`` (a scan's row, and an entry's fingerprint), in key order: names
+        compared as UTF-8 bytes with surrogate escapes, a directory right before its
+        descendants (``FsBackend.walk_sorted`` walks a tree in the same order)."""
         cur = self.db.execute(
-            "SELECT key, ident, kind, size, mtime, target, mode FROM nodes WHERE pair=? "
+            "SELECT key, ident, kind, size, mtime, target, mode, fp FROM nodes WHERE pair=? "
             "ORDER BY key",
             (self.pair,),
         )
         while rows := cur.fetchmany(2000):
-            for key, ident, kind, size, mtime, target, mode in rows:
-                yield _dec(key), (kind, mode or 0, size, mtime, _dec_text(target), ident)
+            for key, ident, kind, size, mtime, target, mode, fp in rows:
+                yield _dec(key), (kind, mode or 0, size, mtime, _dec_text(target), ident, fp)
 
     # -- writing ------------------------------------------------------------------------
     def forget(self) -> None:
@@ -207,11 +210,12 @@ class History:
                 ((self.pair, _enc(k)) for k in drop_keys),
             )
             db.executemany(
-                "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     (
                         self.pair, _enc(k), _ident(n.identity), n.kind, n.size, n.mtime_ns,
                         _enc_text(n.target), n.mode,
+                        fingerprint(n.data) if n.kind == ENTRY else None,
                     )
                     for k in set_keys
                     if (n := nodes.get(k)) is not None

@@ -7,6 +7,7 @@ a filesystem name that is not valid UTF-8 is carried with surrogate escapes
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, KeysView, Mapping
 from typing import Any, Literal
 
@@ -20,6 +21,8 @@ FILE = "file"
 SYMLINK = "symlink"
 ENTRY = "entry"
 NodeKind = Literal["dir", "file", "symlink", "entry"]
+CONTAINERS = frozenset({DIR, ENTRY})
+"""Kinds that can have children (an LDAP entry is a leaf or a container alike)."""
 
 CREATE = "create"
 UPDATE = "update"
@@ -48,6 +51,29 @@ class Node:
     data: Any = None
 
 
+@attrs.frozen
+class Fingerprint:
+    """An entry's payload as the history keeps it: a digest of its ``data``."""
+
+    digest: str
+
+
+def fingerprint(data: Any) -> str:
+    """A stable digest of an entry's ``data`` (a tuple of ``(name, values)``; values are
+    ``bytes`` or ``str``, compared as they are, so a backend that normalizes values by
+    matching rule gets the normalized form hashed)."""
+    if isinstance(data, Fingerprint):
+        return data.digest
+    h = hashlib.sha256()
+    for name, values in sorted(data or ()):
+        h.update(repr(name).encode())
+        for v in sorted(bytes(v) if isinstance(v, bytes) else str(v).encode() for v in values):
+            h.update(len(v).to_bytes(8, "big"))
+            h.update(v)
+        h.update(b"\n")
+    return h.hexdigest()
+
+
 def same_content(a: Node, b: Node) -> bool:
     """Content presumed equal: same size and mtime (ns) for files; SPEC section 2."""
     if a.kind == FILE:
@@ -55,6 +81,8 @@ def same_content(a: Node, b: Node) -> bool:
     if a.kind == SYMLINK:
         return a.target == b.target
     if a.kind == ENTRY:
+        if isinstance(a.data, Fingerprint) or isinstance(b.data, Fingerprint):
+            return fingerprint(a.data) == fingerprint(b.data)  # one side is from the history
         return a.data == b.data
     return True
 
@@ -75,6 +103,11 @@ def is_under(key: Key, ancestor: Key) -> bool:
 
 def key_str(key: Key) -> str:
     return "/".join(key)
+
+
+def key_dn(key: Key) -> str:
+    """An LDAP key as a DN relative to the base (``("ou=a", "cn=b")`` -> ``cn=b,ou=a``)."""
+    return ",".join(reversed(key))
 
 
 Row = tuple[str, int, int, int, "str | None", "int | str | None"]
@@ -200,9 +233,11 @@ class Op:
     temporary: bool = False
 
     def to_json(self) -> dict[str, str]:
-        out = {"op": self.op, "kind": self.kind, "path": key_str(self.key)}
+        # SPEC section 9: an LDAP entry's path is its DN relative to the base
+        show = key_dn if self.kind == ENTRY else key_str
+        out = {"op": self.op, "kind": self.kind, "path": show(self.key)}
         if self.to is not None:
-            out["to"] = key_str(self.to)
+            out["to"] = show(self.to)
         return out
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from .errors import PlanError
 from .model import (
+    CONTAINERS,
     CREATE,
     DELETE,
     DIR,
@@ -226,7 +227,7 @@ class _Planner:
         sim = self.sim
         root_create = self.creates.pop(ROOT, None)
         if root_create is not None:
-            self.emit(Op(op=CREATE, kind=DIR, key=ROOT, node=root_create.node))
+            self.emit(Op(op=CREATE, kind=root_create.kind, key=ROOT, node=root_create.node))
         for c in self.deletes:
             self.deleted.add(sim.of(c.key))
         for s, c in self.moves.items():
@@ -406,8 +407,8 @@ def check_plan(
         p = state.get(k[:-1])
         if p is None:
             fail(i, op, "parent does not exist (rule 1)")
-        elif p.kind != DIR:
-            fail(i, op, "parent is not a directory (rule 1)")
+        elif p.kind not in CONTAINERS:
+            fail(i, op, "parent is not a container (rule 1)")
 
     for i, op in enumerate(ops):
         if op.op == CREATE:

@@ -21,7 +21,7 @@ import attrs
 
 from .backend import Backend
 from .errors import SafetyError
-from .model import DIR, Key, Node, Snapshot
+from .model import DIR, ENTRY, Key, Node, Snapshot, fingerprint
 
 Exclude = Callable[[Key, bool], bool]
 
@@ -247,11 +247,17 @@ def _counted(
 
 
 def _row(node: Node) -> tuple[Any, ...]:
-    return (node.kind, node.mode, node.size, node.mtime_ns, node.target, node.identity)
+    fp = fingerprint(node.data) if node.kind == ENTRY else None
+    return (node.kind, node.mode, node.size, node.mtime_ns, node.target, node.identity, fp)
 
 
 def _differs(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
-    return tuple(a[:5]) != tuple(b[:5])
+    """Payloads differ: the row's first five fields, and an entry's fingerprint."""
+    if tuple(a[:5]) != tuple(b[:5]):
+        return True
+    fa = a[6] if len(a) > 6 else None
+    fb = b[6] if len(b) > 6 else None
+    return fa != fb
 
 
 def _ident(value: object) -> object:

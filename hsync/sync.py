@@ -38,6 +38,8 @@ class Options:
     fsync: bool = False
     check: bool = False
     """Run check_plan on every plan before applying it (tests, --debug)."""
+    exclude_attrs: tuple[str, ...] = ()
+    """Attribute names left out of entries' payloads (backends with attributes: LDAP)."""
 
 
 @attrs.define
@@ -120,7 +122,24 @@ def _exclude_matcher(patterns: Sequence[str]) -> Callable[[Key, bool], bool] | N
 
 
 def _check_pair(source: Backend, destination: Backend) -> None:
-    """SPEC section 8: the same tree, or one inside the other, is refused."""
+    """SPEC section 8: the same tree, or one inside the other, is refused; so is a pair
+    of a tree of files and a tree of entries (one has content, the other attributes)."""
+    if source.capabilities.content != destination.capabilities.content:
+        raise UsageError(
+            f"{destination.url}: cannot sync {source.url} into it (files and directory "
+            "entries are different kinds of trees)"
+        )
+    relation = getattr(source, "relation", None)
+    if relation is not None:
+        # a backend without a filesystem root says how two of its endpoints overlap
+        rel = relation(destination)
+        if rel == "same":
+            raise UsageError(f"{destination.url}: source and destination are the same tree")
+        if rel == "inside":
+            raise UsageError(f"{destination.url}: destination is inside the source {source.url}")
+        if rel == "contains":
+            raise UsageError(f"{source.url}: source is inside the destination {destination.url}")
+        return
     sroot = getattr(source, "root", None)
     droot = getattr(destination, "root", None)
     if sroot is None or droot is None:
@@ -172,7 +191,7 @@ def compare(
 ) -> Comparison:
     """Open both endpoints, refuse what SPEC section 8 refuses, scan both trees, and
     return the plan between them (nothing is written). The caller closes the result."""
-    source, destination = open_pair(source_url, destination_url)
+    source, destination = open_pair(source_url, destination_url, options.exclude_attrs)
     try:
         history = open_history(source, destination, options)
         try:
@@ -188,8 +207,11 @@ def compare(
         raise
 
 
-def open_pair(source_url: str, destination_url: str) -> tuple[Backend, Backend]:
-    """Both endpoints, opened, with the pair and root checks of SPEC section 8 done."""
+def open_pair(
+    source_url: str, destination_url: str, exclude_attrs: Sequence[str] = ()
+) -> tuple[Backend, Backend]:
+    """Both endpoints, opened, with the pair and root checks of SPEC section 8 done.
+    ``exclude_attrs``: attributes left out of payloads (backends that have them)."""
     source = open_backend(source_url, role="source")
     try:
         destination = open_backend(destination_url, role="destination")
@@ -197,6 +219,11 @@ def open_pair(source_url: str, destination_url: str) -> tuple[Backend, Backend]:
         source.close()
         raise
     try:
+        if exclude_attrs:
+            for backend in (source, destination):
+                setter = getattr(backend, "exclude_attributes", None)
+                if setter is not None:
+                    setter(exclude_attrs)
         _check_pair(source, destination)
         _root_checks(source, destination)
     except BaseException:

@@ -368,7 +368,9 @@ class PairWatch:
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:
         """Run until ``stop()``. Raises ``HsyncError`` when the pair cannot be opened."""
-        source, destination = open_pair(self.source_url, self.destination_url)
+        source, destination = open_pair(
+            self.source_url, self.destination_url, self.options.exclude_attrs
+        )
         history = None
         try:
             history = open_history(source, destination, self.options)

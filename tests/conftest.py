@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+from ldap_fixtures import ldap_env, slapd, slapd_server  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(autouse=True)

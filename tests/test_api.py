@@ -67,7 +67,17 @@ def test_scheme_of(location: str, scheme: str) -> None:
     assert scheme_of(location) == scheme
 
 
-def test_ldap_scheme_without_plugin_says_what_to_install() -> None:
+def test_ldap_scheme_without_plugin_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import importlib.metadata
+
+    real = importlib.metadata.entry_points
+
+    def without_ldap(**kw: object) -> object:
+        return [ep for ep in real(**kw) if not ep.value.startswith("hsync_ldap")]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", without_ldap)
     with pytest.raises(UsageError, match="install the LDAP plugin"):
         open_backend("ldap://127.0.0.1:1/dc=x", role="source")
 

@@ -1,0 +1,198 @@
+#!/usr/bin/env python3
+"""LDAP benchmark: hsync against ``ldapadd -c`` on a throwaway slapd (loopback).
+
+Directory: N inetOrgPerson entries (default 10,000) under nested OUs
+(``ou=oJ,ou=gI,BASE``: 2 groups x 5 OUs x N/10 people). Scenarios:
+
+  a  initial sync into an empty destination suffix: ``hsync sync`` vs ``ldapadd -c`` of
+     the same entries (an LDIF with the destination's base), interleaved per round, each
+     on a fresh slapd; ratio hsync/ldapadd per round, median over rounds (target <= 1.3);
+  b  incremental: 10 changes on the source (5 modifies, 3 adds, 2 deletes), then
+     ``hsync sync`` (target: well under a second);
+  c  a subtree move of one OU of N/10 entries on the source, then ``hsync sync``: the ops
+     it sends (target: one modrdn) and whether the destination kept the entryUUIDs.
+
+Every command is timed as a whole process (wall clock), like a user would run it.
+Needs slapd, ldap-utils and the LDAP plugin (``bash tests/run.sh`` installs them).
+    .venv/bin/python bench/bench_ldap.py [--entries 10000] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from ldap_fixtures import (
+    DST_ADMIN,
+    DST_BASE,
+    PASSWORD,
+    SLAPADD,
+    SRC_BASE,
+    Slapd,
+    uuids,
+)
+
+
+def hsync_bin() -> str:
+    here = Path(sys.executable).parent / "hsync"
+    return str(here) if here.exists() else "hsync"
+
+
+def people_ldif(base: str, n: int, *, with_base: bool = False) -> str:
+    out = []
+    if with_base:
+        rdn = base.split(",")[0].split("=")[1]
+        out.append(f"dn: {base}\nobjectClass: dcObject\nobjectClass: organization\n"
+                   f"dc: {rdn}\no: {rdn}\n")
+    per = max(1, n // 10)
+    k = 0
+    for g in range(2):
+        out.append(f"dn: ou=g{g},{base}\nobjectClass: organizationalUnit\nou: g{g}\n")
+        for o in range(5):
+            ou = f"ou=o{o},ou=g{g},{base}"
+            out.append(f"dn: {ou}\nobjectClass: organizationalUnit\nou: o{o}\n")
+            for _ in range(per):
+                out.append(
+                    f"dn: uid=user{k},{ou}\nobjectClass: inetOrgPerson\nuid: user{k}\n"
+                    f"cn: User Number {k}\nsn: Number{k}\ngivenName: User\n"
+                    f"mail: user{k}@example.com\ntelephoneNumber: +1 555 {k:06d}\n"
+                    f"employeeNumber: {k}\ndescription: benchmark person {k}\n"
+                )
+                k += 1
+    return "\n".join(out)
+
+
+def fresh_server(work: Path, source_ldif: Path) -> Slapd:
+    """A new slapd whose source suffix holds the directory (slapadd, offline) and whose
+    destination suffix holds only its base entry."""
+    server = Slapd(Path(tempfile.mkdtemp(dir=work)))
+    subprocess.run([SLAPADD, "-q", "-f", str(server.conf), "-b", SRC_BASE, "-l",
+                    str(source_ldif)], check=True, capture_output=True)
+    server.start()
+    return server
+
+
+def timed(cmd: list[str], env: dict[str, str], stdin: str | None = None) -> tuple[float, str]:
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=env, input=stdin, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"{cmd[0]} failed ({p.returncode}): {p.stderr[-2000:]}")
+    return dt, p.stdout
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--entries", type=int, default=10_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", default="", help="also write the figures as JSON here")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="hsync-bench-ldap-"))
+    src_body = people_ldif(SRC_BASE, args.entries)
+    source_ldif = work / "source.ldif"
+    source_ldif.write_text(src_body)
+    dst_ldif = people_ldif(DST_BASE, args.entries)
+    pwfile = work / "pw"
+    pwfile.write_text(PASSWORD)
+    pwfile.chmod(0o600)
+    per = max(1, args.entries // 10)
+
+    initial: list[dict[str, float]] = []
+    incremental: list[float] = []
+    move: dict[str, object] = {}
+    for r in range(args.rounds):
+        row: dict[str, float] = {}
+        order = ["ldapadd", "hsync"] if r % 2 == 0 else ["hsync", "ldapadd"]
+        for tool in order:
+            server = fresh_server(work, source_ldif)
+            env = {**os.environ, **server.env(), "XDG_STATE_HOME": str(work / f"state{r}")}
+            try:
+                if tool == "ldapadd":
+                    row[tool], _ = timed(["ldapadd", "-x", "-c", "-H", server.url, "-D",
+                                          DST_ADMIN, "-y", str(pwfile)], env, dst_ldif)
+                    continue
+                row[tool], _ = timed([hsync_bin(), "sync", server.endpoint(SRC_BASE),
+                                      server.endpoint(DST_BASE)], env)
+                # b: ten changes on the source, then an incremental sync
+                conn = _admin(server)
+                for i in range(5):
+                    conn.modify_s(_person(i * 7, per), [(2, "description", [b"changed"])])
+                for i in range(3):
+                    conn.add_s(f"uid=new{i},ou=o1,ou=g1,{SRC_BASE}", [
+                        ("objectClass", [b"inetOrgPerson"]), ("uid", [f"new{i}".encode()]),
+                        ("cn", [b"New"]), ("sn", [b"Person"])])
+                for i in range(2):
+                    conn.delete_s(_person(per * 3 + i, per))
+                dt, _ = timed([hsync_bin(), "sync", server.endpoint(SRC_BASE),
+                               server.endpoint(DST_BASE)], env)
+                incremental.append(dt)
+                if r == 0:
+                    # c: one OU of `per` entries moved to the other group
+                    before = uuids(server, DST_BASE)
+                    conn.rename_s(f"ou=o0,ou=g0,{SRC_BASE}", "ou=o0moved",
+                                  f"ou=g1,{SRC_BASE}", 1)
+                    dt, out = timed([hsync_bin(), "sync", "--json", server.endpoint(SRC_BASE),
+                                     server.endpoint(DST_BASE)], env)
+                    report = json.loads(out)
+                    after = uuids(server, DST_BASE)
+                    moved = [k for k in before if k.endswith("ou=o0,ou=g0")]
+                    kept = sum(
+                        1 for k in moved
+                        if after.get(k.replace("ou=o0,ou=g0", "ou=o0moved,ou=g1")) == before[k]
+                    )
+                    move = {"entries": len(moved), "seconds": dt, "ops": report["counts"],
+                            "uuids_kept": kept}
+                conn.unbind_s()
+            finally:
+                server.stop()
+        initial.append(row)
+        print(f"round {r + 1}: ldapadd {row['ldapadd']:.2f} s, hsync {row['hsync']:.2f} s, "
+              f"incremental {incremental[-1]:.3f} s", file=sys.stderr)
+
+    ratios = [row["hsync"] / row["ldapadd"] for row in initial]
+    print(f"\n{args.entries:,} inetOrgPerson entries, {args.rounds} rounds "
+          "(whole-process wall clock, fresh slapd per run, dbnosync)\n")
+    print("| scenario | hsync | baseline | median ratio | target |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| a initial sync into an empty suffix | "
+          f"{statistics.median(r['hsync'] for r in initial):.2f} s | ldapadd -c "
+          f"{statistics.median(r['ldapadd'] for r in initial):.2f} s | "
+          f"{statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}) "
+          "| <= 1.3 |")
+    print(f"| b incremental after 10 changes | {statistics.median(incremental):.3f} s | | | "
+          "well under 1 s |")
+    ops = move.get("ops", {})
+    nops = sum(ops.values()) if isinstance(ops, dict) else "?"
+    print(f"| c move of an OU of {move.get('entries')} entries | {move.get('seconds', 0):.3f} s,"
+          f" {nops} op(s) {ops}, entryUUIDs kept {move.get('uuids_kept')}/"
+          f"{move.get('entries')} | | | one modrdn |")
+    if args.out:
+        Path(args.out).write_text(json.dumps(
+            {"initial": initial, "ratios": ratios, "incremental": incremental, "move": move},
+            indent=2))
+
+
+def _admin(server: Slapd) -> object:
+    import ldap
+
+    conn = ldap.initialize(server.url, bytes_mode=False)
+    conn.simple_bind_s(f"cn=admin,{SRC_BASE}", PASSWORD)
+    return conn
+
+
+def _person(k: int, per: int) -> str:
+    g, o = divmod(k // per, 5)
+    return f"uid=user{k},ou=o{o},ou=g{g},{SRC_BASE}"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""Entries <-> hsync nodes, for one tree (a base DN and a schema).
+
+- key: the RDNs from the base down, each normalized (``ou=people``: attribute names
+  canonical lower-case, values by matching rule, multi-valued RDNs sorted); a key
+  component is always exactly one RDN, so no name can address outside the base;
+- identity: entryUUID;
+- payload (``Node.data``): user attributes as a sorted tuple of
+  ``(name, frozenset(values))``, values normalized (``schema.NValue`` keeps the spelling);
+  operational and excluded attributes are left out; DN values inside the base are held
+  relative to it (so a copy under another base compares equal and is written with the
+  destination's base);
+- the root (the base entry itself): its own RDN value is not payload (two bases have
+  different names; the attribute is put back when the root is written).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import ldap
+import ldap.dn
+
+from hsync.model import ENTRY, Key, Node
+from hsync.plan import TEMP_PREFIX
+
+from .schema import AttrType, NValue, Schema, raw_of
+
+Data = tuple[tuple[str, frozenset[bytes]], ...]
+_UNSET = object()
+_NOT_NORMAL = re.compile(rb"[A-Z\t\n\r\f\v\x80-\xff]|  |^ | $")
+"""A byte that case folding or space folding would change (non-ASCII: let Python decide)."""
+_NO_TYPE = AttrType("")
+
+
+def _case_ignore(v: bytes) -> bytes:
+    """caseIgnoreMatch (and objectClass names): case and insignificant spaces ignored."""
+    if _NOT_NORMAL.search(v) is None:
+        return v  # already in normal form (the common case for most values)
+    try:
+        text = v.decode("utf-8")
+    except UnicodeDecodeError:
+        return v
+    n = " ".join(text.split()).lower().encode("utf-8")
+    return v if n == v else NValue(n, v)
+
+
+class Mapper:
+    """Keys, payloads and DNs for the tree rooted at ``base_dn``."""
+
+    def __init__(self, schema: Schema, base_dn: str, exclude: Iterable[str] = ()) -> None:
+        self.schema = schema
+        self.base_dn = base_dn
+        self.base_rdns = ldap.dn.str2dn(base_dn) if base_dn else []
+        self.base_norm = [schema.norm_rdn_parts(r) for r in self.base_rdns]
+        self.exclude = {schema.canonical(a) for a in exclude}
+        self._rdn_cache: dict[tuple[Any, ...], str] = {}
+        self._plans: dict[str, Any] = {}
+        self.temps: dict[str, str] = {}
+        """Temporary names given by the planner (``.hsync-mv-N``) -> the RDN used."""
+
+    def set_exclude(self, names: Iterable[str]) -> None:
+        self.exclude = {self.schema.canonical(a) for a in names}
+        self._plans = {}
+
+    # -- reading ---------------------------------------------------------------------------
+    def key_of(self, dn: str) -> Key | None:
+        """The key of ``dn``, or None when it is not at or below the base."""
+        rdns = ldap.dn.str2dn(dn)
+        n = len(rdns) - len(self.base_rdns)
+        if n < 0:
+            return None
+        cache = self._rdn_cache
+        norm = self.schema.norm_rdn_parts
+        tail = rdns[n:]
+        if tail != self.base_rdns and [norm(r) for r in tail] != self.base_norm:
+            return None
+        out = []
+        for r in reversed(rdns[:n]):
+            t = tuple(r)
+            k = cache.get(t)
+            if k is None:
+                k = cache[t] = norm(r)
+            out.append(k)
+        return tuple(out)
+
+    def _plan(self, name: str) -> tuple[str, Callable[[bytes], bytes] | None] | None:
+        """How to read attribute ``name``: (canonical name, value normalizer or None for
+        exact bytes), or None when it is not payload (operational, excluded)."""
+        schema = self.schema
+        lname = schema.canonical(name)
+        if lname in self.exclude or lname.partition(";")[0] in self.exclude:
+            return None
+        if schema.is_operational(lname):
+            return None
+        probe = b"\x00probe"
+        base = self.base_norm
+        if not schema.is_dn(lname) and schema.norm_value(lname, probe, base) is probe:
+            t = schema.types.get(lname.partition(";")[0])
+            rule = t.equality if t is not None else ""
+            if rule in ("", "octetstringmatch") and lname != "objectclass":
+                return lname, None
+        if lname == "objectclass" or (
+            not schema.is_dn(lname)
+            and (schema.types.get(lname.partition(";")[0]) or _NO_TYPE).equality.startswith(
+                "caseignore")
+        ):
+            return lname, _case_ignore
+        return lname, lambda v, lname=lname: schema.norm_value(lname, v, base)
+
+    def data_of(self, attrs: Mapping[str, Sequence[bytes]], *, root: bool = False) -> Data:
+        plans = self._plans
+        items: dict[str, frozenset[bytes]] = {}
+        for name, values in attrs.items():
+            p = plans.get(name, _UNSET)
+            if p is _UNSET:
+                p = plans[name] = self._plan(name)
+            if p is None:
+                continue
+            lname, norm = p
+            fs = frozenset(values) if norm is None else frozenset([norm(v) for v in values])
+            if lname in items:  # the same attribute under two names (an LDIF alias)
+                fs = items[lname] | fs
+            if fs:
+                items[lname] = fs
+        if root and self.base_rdns:
+            schema = self.schema
+            for name, value, _ in self.base_rdns[0]:
+                lname = schema.canonical(name)
+                have = items.get(lname)
+                if have is not None:
+                    drop = schema.norm_value(lname, value.encode("utf-8"), None)
+                    have = have - {drop}
+                    if have:
+                        items[lname] = have
+                    else:
+                        del items[lname]
+        return tuple(sorted(items.items()))
+
+    def node_of(self, attrs: Mapping[str, Sequence[bytes]], *, root: bool = False) -> Node:
+        ident = None
+        for name in ("entryUUID", "entryuuid"):
+            v = attrs.get(name)
+            if v:
+                ident = v[0].decode("ascii", "replace")
+                break
+        return Node(ENTRY, identity=ident, data=self.data_of(attrs, root=root))
+
+    # -- writing ---------------------------------------------------------------------------
+    def dn_of(self, key: Key) -> str:
+        """The DN of an existing entry at ``key`` (normalized RDNs: the server matches
+        them by the same rules)."""
+        parts = [self.temps.get(c, c) for c in reversed(key)]
+        for p in parts:
+            if len(ldap.dn.str2dn(p)) != 1:
+                raise ValueError(f"{p!r} is not one RDN")
+        return ",".join([*parts, self.base_dn] if self.base_dn else parts)
+
+    def rdn_for(self, name: str, data: Data | None) -> str:
+        """The RDN to write for key component ``name``, spelled as in the entry's
+        attribute values (``data``) where they hold it."""
+        (parts,) = ldap.dn.str2dn(name)
+        values = dict(data or ())
+        out = []
+        for attr, value, flags in parts:
+            lname = self.schema.canonical(attr)
+            spelled = value
+            want = self.schema.norm_value(lname, value.encode("utf-8"), None)
+            for v in values.get(lname, ()):
+                if v == want:
+                    spelled = raw_of(v, self.base_dn).decode("utf-8", "replace")
+                    break
+            out.append((self.schema.spelling(lname), spelled, flags))
+        return ldap.dn.dn2str([out])
+
+    def temp_rdn(self, tmp: str, current: str) -> str:
+        """The RDN standing for the planner's temporary name ``tmp``: the first
+        attribute of the entry's current RDN, with ``tmp`` as its value."""
+        (parts,) = ldap.dn.str2dn(self.temps.get(current, current))
+        rdn = ldap.dn.dn2str([[(parts[0][0], tmp, 1)]])
+        self.temps[tmp] = rdn
+        return rdn
+
+    def is_temp(self, name: str) -> bool:
+        return name.startswith(TEMP_PREFIX)
+
+    def entry_attrs(self, data: Data | None, *, root: bool = False) -> dict[str, list[bytes]]:
+        """Attributes to write (canonical spelling, original values, DNs inside the base
+        rewritten to this tree's base)."""
+        out: dict[str, list[bytes]] = {}
+        for lname, values in data or ():
+            out[self.schema.spelling(lname)] = [raw_of(v, self.base_dn) for v in values]
+        if root and self.base_rdns:
+            for name, value, _ in self.base_rdns[0]:
+                lname = self.schema.canonical(name)
+                spelled = self.schema.spelling(lname)
+                have = out.setdefault(spelled, [])
+                want = self.schema.norm_value(lname, value.encode("utf-8"), None)
+                normed = {self.schema.norm_value(lname, v, None) for v in have}
+                if want not in normed:
+                    have.append(value.encode("utf-8"))
+        return out
+
+    def modlist(self, current: Data, desired: Data) -> list[tuple[int, str, Any]]:
+        """The minimal modify that turns ``current`` into ``desired``: a whole attribute
+        added, deleted or replaced when every value changes, else values deleted and
+        added one by one."""
+        cur = dict(current)
+        want = dict(desired)
+        mods: list[tuple[int, str, Any]] = []
+        base = self.base_dn
+        for lname in sorted(cur.keys() | want.keys()):
+            spelled = self.schema.spelling(lname)
+            a, b = cur.get(lname, frozenset()), want.get(lname, frozenset())
+            if a == b:
+                continue
+            if not a:
+                mods.append((ldap.MOD_ADD, spelled, [raw_of(v, base) for v in b]))
+            elif not b:
+                mods.append((ldap.MOD_DELETE, spelled, None))
+            elif not (a & b):
+                mods.append((ldap.MOD_REPLACE, spelled, [raw_of(v, base) for v in b]))
+            else:
+                gone, new = a - b, b - a
+                if gone:
+                    mods.append((ldap.MOD_DELETE, spelled, [raw_of(v, base) for v in gone]))
+                if new:
+                    mods.append((ldap.MOD_ADD, spelled, [raw_of(v, base) for v in new]))
+        return mods
+

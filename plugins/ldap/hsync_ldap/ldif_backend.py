@@ -1,0 +1,270 @@
+"""An LDIF file as an hsync endpoint: ``ldif:PATH`` (``ldif:///abs/path``), optionally
+``ldif:PATH?base=DN``.
+
+As a source: the entries of the file (content records), the tree based at ``base``
+(default: the DN of the file's first entry). As a destination: the file is rewritten
+once per batch (to a temporary name, then renamed over it; mode 0600: it may hold
+password hashes); a new file takes the source's base DN unless ``base`` is given.
+Values are written by python-ldap's LDIF writer (base64 where LDIF needs it: non-ASCII,
+leading spaces, binary), so a round trip gives back the same entries and values.
+Values compare by the built-in matching rules (``schema.Schema.builtin``), the same an
+LDAP endpoint uses for the standard schema. An ``entryUUID`` in the file (slapcat output)
+is the entry's identity, never payload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+import ldap.dn
+import ldif
+
+from hsync.backend import ApplyResult, Backend, Capabilities
+from hsync.errors import BackendError, UsageError
+from hsync.model import CREATE, DELETE, MOVE, UPDATE, Key, Node, Op, Problem, Snapshot
+
+from .entries import Data, Mapper
+from .schema import Schema
+
+Attrs = dict[str, list[bytes]]
+
+
+class LdifBackend:
+    """A directory tree held in one LDIF file."""
+
+    def __init__(self, location: str, *, role: str = "source") -> None:
+        rest = location.split(":", 1)[1]
+        if rest.startswith("//"):
+            rest = rest[2:]
+        path, _, query = rest.partition("?")
+        path = unquote(path)
+        if not path:
+            raise UsageError(f"{location}: no file (ldif:PATH)")
+        self.path = os.path.abspath(path)
+        self.url = f"ldif:{self.path}"
+        self.role = role
+        base = parse_qs(query).get("base", [""])[0]
+        if base:
+            try:
+                ldap.dn.str2dn(base)
+            except ldap.DECODING_ERROR:
+                raise UsageError(f"{location}: base {base!r} is not a DN") from None
+        self.capabilities = Capabilities(subtree_move=True, atomic_rename=False, content=False)
+        self.schema = Schema.builtin()
+        self.records: list[tuple[str, Attrs]] | None = None
+        self.records = self._load()
+        if not base and self.records:
+            base = self.records[0][0]
+        self.base_dn = base
+        self.mapper = Mapper(self.schema, base)
+
+    def _load(self) -> list[tuple[str, Attrs]]:
+        try:
+            with open(self.path, "rb") as f:
+                parser = ldif.LDIFRecordList(f)
+                parser.parse()
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as e:
+            raise BackendError(f"{self.path}: cannot read the LDIF file: {e}") from None
+        return [(dn, dict(entry)) for dn, entry in parser.all_records]
+
+    def exclude_attributes(self, names: Sequence[str]) -> None:
+        self.mapper.set_exclude(names)
+
+    def relation(self, other: Backend) -> str | None:
+        if isinstance(other, LdifBackend) and other.path == self.path:
+            return "same"
+        return None
+
+    def exists(self) -> bool:
+        return () in self._entries()
+
+    def close(self) -> None:
+        pass
+
+    # -- reading ---------------------------------------------------------------------------
+    def _entries(self) -> dict[Key, tuple[str, Attrs]]:
+        out: dict[Key, tuple[str, Attrs]] = {}
+        for dn, attrs in self.records or ():
+            try:
+                key = self.mapper.key_of(dn)
+            except ldap.DECODING_ERROR:
+                continue
+            if key is not None:
+                out[key] = (dn, attrs)
+        return out
+
+    def scan(
+        self, subtree: Key = (), *, exclude: Callable[[Key, bool], bool] | None = None
+    ) -> Snapshot:
+        snap = Snapshot()
+        entries = self._entries()
+        if not subtree and () not in entries:
+            snap.incomplete[()] = "does not exist"
+            return snap
+        nodes: dict[Key, Node] = {}
+        n = len(subtree)
+        for key in sorted((k for k in entries if k[:n] == subtree), key=len):
+            if key != subtree and key[:-1] not in nodes:
+                continue  # an orphan, or below an excluded entry
+            if exclude is not None and key != subtree and exclude(key, True):
+                snap.holds_excluded.add(key[:-1])
+                continue
+            nodes[key] = self.mapper.node_of(entries[key][1], root=not key)
+        snap.nodes = nodes
+        return snap
+
+    def stat(self, key: Key) -> Node | None:
+        hit = self._entries().get(key)
+        return None if hit is None else self.mapper.node_of(hit[1], root=not key)
+
+    def read(self, key: Key) -> Any:
+        raise OSError(f"{'/'.join(key)}: an LDAP entry has no content stream")
+
+    def digest(self, key: Key) -> bytes | None:
+        return None
+
+    # -- writing ---------------------------------------------------------------------------
+    def apply_batch(
+        self,
+        ops: Sequence[Op],
+        source: Backend,
+        final: Snapshot,
+        *,
+        fsync: bool = False,
+        on_done: Callable[[Op], None] | None = None,
+    ) -> ApplyResult:
+        """Apply ``ops`` to the entries in memory, then write the file once."""
+        result = ApplyResult()
+        if not self.base_dn:
+            base = getattr(source, "base_dn", "")
+            if not base:
+                result.problems.extend(
+                    Problem(op.key, f"{self.path}: no base DN (ldif:PATH?base=DN)") for op in ops
+                )
+                return result
+            self.base_dn = base
+            self.mapper = Mapper(self.schema, base, self.mapper.exclude)
+        m = self.mapper
+        # key -> [rdn as written, attributes]; the root's "rdn" is the base DN
+        tree: dict[Key, list[Any]] = {}
+        for key, (dn, attrs) in self._entries().items():
+            tree[key] = [ldap.dn.explode_dn(dn)[0] if key else self.base_dn, attrs]
+        for op in ops:
+            try:
+                self._one(op, tree, m)
+            except _Refused as e:
+                result.problems.append(Problem(op.key, f"{op.op} failed: {e}"))
+                continue
+            result.done.append(op)
+            if on_done is not None:
+                on_done(op)
+        if result.done:
+            try:
+                self._write(tree)
+            except OSError as e:
+                result.problems.append(Problem((), f"{self.path}: cannot write: {e.strerror}"))
+                result.done.clear()
+        return result
+
+    def _dn(self, tree: dict[Key, list[Any]], key: Key) -> str:
+        parts = [tree[key[:i]][0] for i in range(len(key), 0, -1)]
+        return ",".join([*parts, self.base_dn])
+
+    def _one(self, op: Op, tree: dict[Key, list[Any]], m: Mapper) -> None:
+        data: Data = op.node.data if op.node is not None and op.node.data else ()
+        if op.op == CREATE:
+            if op.key in tree:
+                raise _Refused(f"{self._dn(tree, op.key)}: Already exists")
+            if op.key and op.key[:-1] not in tree:
+                raise _Refused(f"{'/'.join(op.key)}: No such object (no parent)")
+            rdn = m.rdn_for(op.key[-1], data) if op.key else self.base_dn
+            tree[op.key] = [rdn, m.entry_attrs(data, root=not op.key)]
+            return
+        if op.key not in tree:
+            raise _Refused(f"{'/'.join(op.key)}: No such object")
+        if op.op == UPDATE:
+            tree[op.key][1] = m.entry_attrs(data, root=not op.key)
+        elif op.op == DELETE:
+            if not op.key:
+                raise _Refused("the base entry is never deleted")
+            n = len(op.key)
+            if any(len(k) > n and k[:n] == op.key for k in tree):
+                raise _Refused(f"{self._dn(tree, op.key)}: Operation not allowed on non-leaf")
+            del tree[op.key]
+        elif op.op == MOVE:
+            assert op.to is not None
+            if not op.key:
+                raise _Refused("the base entry is never moved")
+            if op.to in tree:
+                raise _Refused(f"{self._dn(tree, op.to)}: Already exists")
+            if op.to[:-1] not in tree:
+                raise _Refused(f"{'/'.join(op.to)}: No such object (no new parent)")
+            old_rdn = tree[op.key][0]
+            if m.is_temp(op.to[-1]):
+                rdn = ldap.dn.dn2str([[(ldap.dn.str2dn(old_rdn)[0][0][0], op.to[-1], 1)]])
+            else:
+                rdn = m.rdn_for(op.to[-1], data)
+            n = len(op.key)
+            for k in sorted((k for k in tree if k[:n] == op.key), key=len):
+                tree[op.to + k[n:]] = tree.pop(k)
+            entry = tree[op.to]
+            entry[0] = rdn
+            _set_rdn_values(entry[1], old_rdn, rdn, data, m)
+
+    def _write(self, tree: dict[Key, list[Any]]) -> None:
+        tmp = f"{self.path}.hsync-tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                writer = ldif.LDIFWriter(f, cols=76)
+                for key in sorted(tree):
+                    attrs = tree[key][1]
+                    ordered = {
+                        k: attrs[k]
+                        for k in sorted(attrs, key=lambda a: (a.lower() != "objectclass", a))
+                    }
+                    writer.unparse(self._dn(tree, key), ordered)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self.records = self._load()
+
+
+class _Refused(Exception):
+    """An op the tree refuses (as a directory server would)."""
+
+
+def _set_rdn_values(attrs: Attrs, old_rdn: str, new_rdn: str, desired: Data, m: Mapper) -> None:
+    """What modrdn does to the attributes: the new RDN values are added; the old ones go
+    unless the desired payload keeps them."""
+    keep = dict(desired)
+    for name, value, _ in ldap.dn.str2dn(old_rdn)[0]:
+        lname = m.schema.canonical(name)
+        norm = m.schema.norm_value(lname, value.encode("utf-8"), None)
+        if norm in keep.get(lname, ()) and not m.is_temp(value):
+            continue
+        for spelled in list(attrs):
+            if m.schema.canonical(spelled) == lname:
+                attrs[spelled] = [
+                    v for v in attrs[spelled] if m.schema.norm_value(lname, v, None) != norm
+                ]
+                if not attrs[spelled]:
+                    del attrs[spelled]
+    for name, value, _ in ldap.dn.str2dn(new_rdn)[0]:
+        lname = m.schema.canonical(name)
+        norm = m.schema.norm_value(lname, value.encode("utf-8"), None)
+        spelled = next((s for s in attrs if m.schema.canonical(s) == lname), None)
+        if spelled is None:
+            attrs[m.schema.spelling(lname)] = [value.encode("utf-8")]
+        elif all(m.schema.norm_value(lname, v, None) != norm for v in attrs[spelled]):
+            attrs[spelled].append(value.encode("utf-8"))
