@@ -24,6 +24,8 @@ from .errors import SafetyError
 from .model import DIR, ENTRY, Key, Node, Snapshot, fingerprint
 
 Exclude = Callable[[Key, bool], bool]
+CONTAINERS = (DIR, ENTRY)
+"""Kinds that can have children (an LDAP entry can)."""
 
 
 def _under_any(key: Key, roots: Iterable[Key] | set[Key] | frozenset[Key]) -> bool:
@@ -83,7 +85,7 @@ def scan_region(backend: Backend, region: Region, exclude: Exclude | None) -> Sn
     for k in (*region.deep, *region.shallow):
         context.update(k[:i] for i in range(len(k)))
     for k in sorted(context, key=len):
-        if k and (k[:-1] not in nodes or nodes[k[:-1]].kind != DIR):
+        if k and (k[:-1] not in nodes or nodes[k[:-1]].kind not in CONTAINERS):
             continue  # under an absent node or a leaf: absent too
         try:
             node = backend.stat(k)
@@ -99,7 +101,11 @@ def scan_region(backend: Backend, region: Region, exclude: Exclude | None) -> Sn
         snap.partial.add(k)
     for k in sorted(region.deep, key=len):
         parent = nodes.get(k[:-1])
-        if parent is None or parent.kind != DIR or _under_any(k, snap.incomplete.keys()):
+        if (
+            parent is None
+            or parent.kind not in CONTAINERS
+            or _under_any(k, snap.incomplete.keys())
+        ):
             continue
         sub = backend.scan(k, exclude=exclude)
         node = sub.nodes.get(k)

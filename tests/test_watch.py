@@ -563,7 +563,9 @@ def test_the_initial_copy_into_an_empty_destination_streams_in_batches(tmp_path:
         os.utime(d, ns=(10**18 + i, 10**18 + i))
     # batches of 5 ops: directories get children over several batches
     with running(src, dst, tmp_path, batch_ops=1) as (pw, rounds):
-        assert rounds[0].full and pw.status.counts["create"] == 60 + 3 + 21 + 1 + 1
+        assert rounds[0].full, rounds[0]
+        assert not rounds[0].problems, rounds[0].problems
+        assert pw.status.counts["create"] == 60 + 3 + 21 + 1 + 1, pw.status.to_json()
         assert_same_tree(src, dst)
     os.chmod(src / "t1" / "m1", 0o755)
     os.chmod(dst / "t1" / "m1", 0o755)
