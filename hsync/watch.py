@@ -58,6 +58,8 @@ FULL_BACKOFF_MIN = 1.0
 FULL_BACKOFF_MAX = 60.0
 RETRY_MAX = 60.0
 ROOT_POLL = 1.0
+POLL_MANY = 1000
+"""More unwatched subtrees than this are polled by one full (quick) pass instead."""
 BATCH_BYTES = 64 << 20
 """Bytes copied per batch at most (with ``batch_ops``): what a stop request waits for."""
 
@@ -442,8 +444,15 @@ class PairWatch:
                     return
                 now = time.monotonic()
                 if self.dirty.unwatched_keys and now >= next_poll:
-                    for k in list(self.dirty.unwatched_keys):
-                        self.dirty.dirty(k, deep=True)
+                    unwatched = list(self.dirty.unwatched_keys)
+                    if len(unwatched) > POLL_MANY and () not in unwatched:
+                        # thousands of subtrees (the watch limit hit early): one pass of
+                        # the source against the history costs less than as many rescans
+                        self.dirty.lost("polling directories that cannot be watched")
+                        self._full_not_before = 0.0
+                    else:
+                        for k in unwatched:
+                            self.dirty.dirty(k, deep=True)
                     next_poll = now + self.wopts.poll_interval
                 if next_rescan is not None and now >= next_rescan:
                     self.dirty.lost("periodic full comparison (--rescan-interval)", quick=False)
