@@ -96,20 +96,15 @@ class Mapper:
             return None
         if schema.is_operational(lname):
             return None
-        probe = b"\x00probe"
         base = self.base_norm
-        if not schema.is_dn(lname) and schema.norm_value(lname, probe, base) is probe:
-            t = schema.types.get(lname.partition(";")[0])
-            rule = t.equality if t is not None else ""
-            if rule in ("", "octetstringmatch") and lname != "objectclass":
-                return lname, None
-        if lname == "objectclass" or (
-            not schema.is_dn(lname)
-            and (schema.types.get(lname.partition(";")[0]) or _NO_TYPE).equality.startswith(
-                "caseignore")
-        ):
+        if schema.is_dn(lname):
+            return lname, lambda v: schema.norm_value(lname, v, base)
+        t = schema.types.get(lname.partition(";")[0]) or _NO_TYPE
+        if lname == "objectclass" or t.equality.startswith("caseignore"):
             return lname, _case_ignore
-        return lname, lambda v, lname=lname: schema.norm_value(lname, v, base)
+        if t.equality in ("", "octetstringmatch"):
+            return lname, None  # exact bytes
+        return lname, lambda v: schema.norm_value(lname, v, base)
 
     def data_of(self, attrs: Mapping[str, Sequence[bytes]], *, root: bool = False) -> Data:
         plans = self._plans
