@@ -28,6 +28,7 @@ from treeutil import hsync_bin
 import hsync
 
 ldap = pytest.importorskip("ldap")
+pytest.importorskip("hsync_ldap", reason="the LDAP plugin is not installed (bash tests/run.sh)")
 ldif = pytest.importorskip("ldif")
 
 from hsync_ldap.backend import LdapBackend  # noqa: E402

@@ -23,6 +23,7 @@ from ldap_fixtures import DST_BASE, SRC_BASE, Slapd, admin, entries, slapd_missi
 import hsync
 
 ldap = pytest.importorskip("ldap")
+pytest.importorskip("hsync_ldap", reason="the LDAP plugin is not installed (bash tests/run.sh)")
 
 from hsync_ldap.schema import Schema  # noqa: E402
 

@@ -15,6 +15,7 @@ from ldap_fixtures import SRC_BASE, Slapd, add_ldif, admin
 from hsync.model import Key
 
 pytest.importorskip("ldap")
+pytest.importorskip("hsync_ldap", reason="the LDAP plugin is not installed (bash tests/run.sh)")
 
 from hsync_ldap.backend import LdapBackend
 
