@@ -37,7 +37,8 @@ rootpw {password}
 directory {dir}
 index objectClass eq
 index entryCSN,entryUUID eq
-overlay syncprov
+{overlay}"""
+_SYNCPROV = """overlay syncprov
 syncprov-checkpoint 100 10
 syncprov-sessionlog 1000
 """
@@ -59,7 +60,9 @@ def slapd_missing() -> str | None:
 class Slapd:
     """One slapd serving SRC_BASE and DST_BASE (both empty but for the suffix entry)."""
 
-    def __init__(self, root: Path, *, bases: tuple[str, ...] = (SRC_BASE, DST_BASE)) -> None:
+    def __init__(
+        self, root: Path, *, bases: tuple[str, ...] = (SRC_BASE, DST_BASE), syncprov: bool = True
+    ) -> None:
         self.root = root
         self.bases = bases
         self.port = free_port()
@@ -79,7 +82,8 @@ class Slapd:
         for i, base in enumerate(bases):
             d = root / f"db{i}"
             d.mkdir(parents=True)
-            parts.append(_DATABASE.format(base=base, password=PASSWORD, dir=d))
+            parts.append(_DATABASE.format(base=base, password=PASSWORD, dir=d,
+                                          overlay=_SYNCPROV if syncprov else ""))
         self.conf.write_text("\n".join(parts) + "\n")
         for base in bases:
             rdn = base.split(",")[0].split("=")[1]
