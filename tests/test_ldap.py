@@ -470,3 +470,16 @@ def test_an_entry_replaced_after_the_scan_is_not_deleted(ldap_env: Slapd) -> Non
     (problem,) = result.problems
     assert "Assertion Failed" in problem.message, problem.message
     assert "ou=old" in entries(ldap_env, DST_BASE)
+
+
+def test_exclude_patterns_match_rdn_paths(ldap_env: Slapd) -> None:
+    """--exclude takes gitignore patterns over the RDN path: an excluded subtree is
+    neither copied nor deleted."""
+    add_ldif(ldap_env, SRC_BASE, PEOPLE)
+    add_ldif(ldap_env, DST_BASE, f"dn: ou=Local,{DST_BASE}\nobjectClass: organizationalUnit\n"
+                                 "ou: Local\n")
+    report = sync(ldap_env, exclude=["ou=groups", "ou=local"])
+    assert report.counts["delete"] == 0
+    dst = entries(ldap_env, DST_BASE)
+    assert "ou=local" in dst and "cn=bob,ou=people" in dst
+    assert not any(k.endswith("ou=groups") for k in dst)
