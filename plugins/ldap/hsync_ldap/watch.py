@@ -139,11 +139,8 @@ class SyncreplWatch:
 
     def _session(self, first: bool) -> None:
         b = self.backend
-        conn = _Consumer(b.server, bytes_mode=False)
+        conn = b.prepare(_Consumer(b.server, bytes_mode=False))
         conn.watch = self
-        conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
-        conn.set_option(ldap.OPT_REFERRALS, 0)
-        conn.set_option(ldap.OPT_NETWORK_TIMEOUT, TIMEOUT)
         try:
             if b.starttls:
                 conn.start_tls_s()
