@@ -483,3 +483,39 @@ def test_exclude_patterns_match_rdn_paths(ldap_env: Slapd) -> None:
     dst = entries(ldap_env, DST_BASE)
     assert "ou=local" in dst and "cn=bob,ou=people" in dst
     assert not any(k.endswith("ou=groups") for k in dst)
+
+
+def test_starttls_and_ldaps_verify_the_server_certificate(tmp_path: Path) -> None:
+    """StartTLS (URL extension) and ldaps:// connect with the CA given; without it the
+    certificate check refuses the server: a clear error, exit 2."""
+    import shutil
+
+    from ldap_fixtures import slapd_missing
+
+    if slapd_missing() or not shutil.which("openssl"):
+        pytest.skip(slapd_missing() or "openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    key.chmod(0o644)  # slapd runs as root here, but may drop to its own user
+    server = Slapd(tmp_path / "slapd", tls=(cert, key))
+    server.start()
+    try:
+        env = {**server.env(), "HSYNC_LDAP_TLS_REQCERT": "demand",
+               "XDG_STATE_HOME": str(tmp_path / "state")}
+        starttls = f"{server.url}/{SRC_BASE}????!StartTLS"
+        assert server.ldaps_url is not None
+        ldaps = f"{server.ldaps_url}/{SRC_BASE}"
+        for src in (starttls, ldaps):
+            r = run_cli("diff", src, server.endpoint(DST_BASE),
+                        env={**env, "HSYNC_LDAP_CACERT": str(cert)})
+            assert r.returncode in (0, 1), r.stderr  # connected, compared
+            r = run_cli("diff", src, server.endpoint(DST_BASE), env=env)
+            assert r.returncode == 2, r.stderr  # the certificate is not trusted
+            assert len(r.stderr.splitlines()) == 1 and SRC_BASE in r.stderr
+    finally:
+        server.stop()
