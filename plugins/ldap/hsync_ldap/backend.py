@@ -115,7 +115,13 @@ class LdapBackend:
                 conn.start_tls_s()
             conn.simple_bind_s(dn, password)
         except ldap.SERVER_DOWN as e:
-            raise BackendError(f"{self.url}: cannot reach the server: {describe(e)}") from None
+            tls = " (or its TLS certificate is not trusted: HSYNC_LDAP_CACERT)" if (
+                self.starttls or self.scheme == "ldaps") else ""
+            raise BackendError(
+                f"{self.url}: cannot reach the server{tls}: {describe(e)}"
+            ) from None
+        except ldap.CONNECT_ERROR as e:  # StartTLS refused the certificate
+            raise BackendError(f"{self.url}: TLS failed: {describe(e)}") from None
         except ldap.INVALID_CREDENTIALS as e:
             who = dn or "anonymous"
             raise BackendError(f"{self.url}: bind as {who} refused: {describe(e)}") from None
