@@ -519,3 +519,22 @@ def test_starttls_and_ldaps_verify_the_server_certificate(tmp_path: Path) -> Non
             assert len(r.stderr.splitlines()) == 1 and SRC_BASE in r.stderr
     finally:
         server.stop()
+
+
+def test_ldif_orphans_are_skipped_with_a_warning_and_change_records_refused(
+    ldap_env: Slapd, tmp_path: Path
+) -> None:
+    src = tmp_path / "src.ldif"
+    src.write_text(
+        f"dn: {SRC_BASE}\nobjectClass: dcObject\nobjectClass: organization\ndc: src\no: src\n\n"
+        f"dn: cn=orphan,ou=Missing,{SRC_BASE}\nobjectClass: device\ncn: orphan\n\n"
+        f"dn: cn=fine,{SRC_BASE}\nobjectClass: device\ncn: fine\n"
+    )
+    r = run_cli("sync", f"ldif:{src}", ldap_env.endpoint(DST_BASE),
+                env={**ldap_env.env(), "XDG_STATE_HOME": str(tmp_path / "state")})
+    assert r.returncode == 0, r.stderr
+    assert "ou=missing/cn=orphan" in r.stderr and "parent is not in the file" in r.stderr
+    assert set(entries(ldap_env, DST_BASE)) == {"cn=fine"}
+    src.write_text(f"dn: cn=x,{SRC_BASE}\nchangetype: add\nobjectClass: device\ncn: x\n")
+    r = run_cli("sync", f"ldif:{src}", ldap_env.endpoint(DST_BASE), env=ldap_env.env())
+    assert r.returncode == 2 and "change records" in r.stderr, r.stderr
