@@ -37,7 +37,8 @@ rootpw {password}
 directory {dir}
 index objectClass eq
 index entryCSN,entryUUID eq
-overlay syncprov
+{overlay}"""
+_SYNCPROV = """overlay syncprov
 syncprov-checkpoint 100 10
 syncprov-sessionlog 1000
 """
@@ -59,11 +60,21 @@ def slapd_missing() -> str | None:
 class Slapd:
     """One slapd serving SRC_BASE and DST_BASE (both empty but for the suffix entry)."""
 
-    def __init__(self, root: Path, *, bases: tuple[str, ...] = (SRC_BASE, DST_BASE)) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        bases: tuple[str, ...] = (SRC_BASE, DST_BASE),
+        syncprov: bool = True,
+        tls: tuple[Path, Path] | None = None,
+    ) -> None:
+        """``tls``: (certificate, key) files: StartTLS on the ldap:// port and an
+        ldaps:// port (``ldaps_url``) besides."""
         self.root = root
         self.bases = bases
         self.port = free_port()
         self.url = f"ldap://127.0.0.1:{self.port}"
+        self.ldaps_url = f"ldaps://127.0.0.1:{free_port()}" if tls else None
         self.conf = root / "slapd.conf"
         self.proc: subprocess.Popen[bytes] | None = None
         parts = [
@@ -75,11 +86,14 @@ class Slapd:
             "moduleload back_mdb",
             "moduleload syncprov",
             "sizelimit unlimited",
+            *([f"TLSCertificateFile {tls[0]}", f"TLSCertificateKeyFile {tls[1]}"]
+              if tls else []),
         ]
         for i, base in enumerate(bases):
             d = root / f"db{i}"
             d.mkdir(parents=True)
-            parts.append(_DATABASE.format(base=base, password=PASSWORD, dir=d))
+            parts.append(_DATABASE.format(base=base, password=PASSWORD, dir=d,
+                                          overlay=_SYNCPROV if syncprov else ""))
         self.conf.write_text("\n".join(parts) + "\n")
         for base in bases:
             rdn = base.split(",")[0].split("=")[1]
@@ -97,7 +111,8 @@ class Slapd:
         """Start slapd and wait until it accepts connections."""
         log = open(self.root / "slapd.log", "ab")  # noqa: SIM115 (lives as long as slapd)
         self.proc = subprocess.Popen(
-            [SLAPD, "-f", str(self.conf), "-h", f"{self.url}/", "-d", "0"],
+            [SLAPD, "-f", str(self.conf), "-h",
+             " ".join(u + "/" for u in (self.url, self.ldaps_url) if u), "-d", "0"],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL,
         )
         log.close()

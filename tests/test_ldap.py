@@ -28,6 +28,7 @@ from treeutil import hsync_bin
 import hsync
 
 ldap = pytest.importorskip("ldap")
+pytest.importorskip("hsync_ldap", reason="the LDAP plugin is not installed (bash tests/run.sh)")
 ldif = pytest.importorskip("ldif")
 
 from hsync_ldap.backend import LdapBackend  # noqa: E402
@@ -469,3 +470,71 @@ def test_an_entry_replaced_after_the_scan_is_not_deleted(ldap_env: Slapd) -> Non
     (problem,) = result.problems
     assert "Assertion Failed" in problem.message, problem.message
     assert "ou=old" in entries(ldap_env, DST_BASE)
+
+
+def test_exclude_patterns_match_rdn_paths(ldap_env: Slapd) -> None:
+    """--exclude takes gitignore patterns over the RDN path: an excluded subtree is
+    neither copied nor deleted."""
+    add_ldif(ldap_env, SRC_BASE, PEOPLE)
+    add_ldif(ldap_env, DST_BASE, f"dn: ou=Local,{DST_BASE}\nobjectClass: organizationalUnit\n"
+                                 "ou: Local\n")
+    report = sync(ldap_env, exclude=["ou=groups", "ou=local"])
+    assert report.counts["delete"] == 0
+    dst = entries(ldap_env, DST_BASE)
+    assert "ou=local" in dst and "cn=bob,ou=people" in dst
+    assert not any(k.endswith("ou=groups") for k in dst)
+
+
+def test_starttls_and_ldaps_verify_the_server_certificate(tmp_path: Path) -> None:
+    """StartTLS (URL extension) and ldaps:// connect with the CA given; without it the
+    certificate check refuses the server: a clear error, exit 2."""
+    import shutil
+
+    from ldap_fixtures import slapd_missing
+
+    if slapd_missing() or not shutil.which("openssl"):
+        pytest.skip(slapd_missing() or "openssl is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    key.chmod(0o644)  # slapd runs as root here, but may drop to its own user
+    server = Slapd(tmp_path / "slapd", tls=(cert, key))
+    server.start()
+    try:
+        env = {**server.env(), "HSYNC_LDAP_TLS_REQCERT": "demand",
+               "XDG_STATE_HOME": str(tmp_path / "state")}
+        starttls = f"{server.url}/{SRC_BASE}????!StartTLS"
+        assert server.ldaps_url is not None
+        ldaps = f"{server.ldaps_url}/{SRC_BASE}"
+        for src in (starttls, ldaps):
+            r = run_cli("diff", src, server.endpoint(DST_BASE),
+                        env={**env, "HSYNC_LDAP_CACERT": str(cert)})
+            assert r.returncode in (0, 1), r.stderr  # connected, compared
+            r = run_cli("diff", src, server.endpoint(DST_BASE), env=env)
+            assert r.returncode == 2, r.stderr  # the certificate is not trusted
+            assert len(r.stderr.splitlines()) == 1 and SRC_BASE in r.stderr
+    finally:
+        server.stop()
+
+
+def test_ldif_orphans_are_skipped_with_a_warning_and_change_records_refused(
+    ldap_env: Slapd, tmp_path: Path
+) -> None:
+    src = tmp_path / "src.ldif"
+    src.write_text(
+        f"dn: {SRC_BASE}\nobjectClass: dcObject\nobjectClass: organization\ndc: src\no: src\n\n"
+        f"dn: cn=orphan,ou=Missing,{SRC_BASE}\nobjectClass: device\ncn: orphan\n\n"
+        f"dn: cn=fine,{SRC_BASE}\nobjectClass: device\ncn: fine\n"
+    )
+    r = run_cli("sync", f"ldif:{src}", ldap_env.endpoint(DST_BASE),
+                env={**ldap_env.env(), "XDG_STATE_HOME": str(tmp_path / "state")})
+    assert r.returncode == 0, r.stderr
+    assert "ou=missing/cn=orphan" in r.stderr and "parent is not in the file" in r.stderr
+    assert set(entries(ldap_env, DST_BASE)) == {"cn=fine"}
+    src.write_text(f"dn: cn=x,{SRC_BASE}\nchangetype: add\nobjectClass: device\ncn: x\n")
+    r = run_cli("sync", f"ldif:{src}", ldap_env.endpoint(DST_BASE), env=ldap_env.env())
+    assert r.returncode == 2 and "change records" in r.stderr, r.stderr

@@ -9,6 +9,7 @@ from conformance import BackendConformance, Tree
 from ldap_fixtures import DST_BASE, SRC_BASE, Slapd, admin
 
 ldap = pytest.importorskip("ldap")
+pytest.importorskip("hsync_ldap", reason="the LDAP plugin is not installed (bash tests/run.sh)")
 
 
 class LdapAdapter:

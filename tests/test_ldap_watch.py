@@ -15,6 +15,7 @@ from ldap_fixtures import SRC_BASE, Slapd, add_ldif, admin
 from hsync.model import Key
 
 pytest.importorskip("ldap")
+pytest.importorskip("hsync_ldap", reason="the LDAP plugin is not installed (bash tests/run.sh)")
 
 from hsync_ldap.backend import LdapBackend
 
@@ -134,3 +135,36 @@ def test_watch_on_a_server_gone_at_start_is_a_clear_error(ldap_env: Slapd) -> No
             pass
     finally:
         backend.close()
+
+
+def test_without_syncprov_the_watcher_polls(tmp_path: Any, monkeypatch: Any) -> None:
+    from ldap_fixtures import slapd_missing
+
+    if slapd_missing():
+        pytest.skip(slapd_missing() or "")
+    server = Slapd(tmp_path / "noprov", syncprov=False)
+    for k, v in server.env().items():
+        monkeypatch.setenv(k, v)
+    server.start()
+    try:
+        add_ldif(server, SRC_BASE, TREE)
+        backend = LdapBackend(server.endpoint(SRC_BASE), role="source")
+        sink = RecordingSink()
+        try:
+            watch = backend.watch(sink)
+            watch.poll_interval = 0.2  # type: ignore[attr-defined]
+            with watch:
+                assert watch.polling  # type: ignore[attr-defined]
+                conn = admin(server, SRC_BASE)
+                conn.modify_s(f"ou=B,{SRC_BASE}", [(0, "description", [b"x"])])
+                assert sink.wait(_has(("dirty", ("ou=b",), False)))
+                conn.rename_s(f"ou=Deep,ou=A,{SRC_BASE}", "ou=Moved", f"ou=B,{SRC_BASE}", 1)
+                assert sink.wait(_has(("dirty", ("ou=b", "ou=moved"), True)))
+                assert ("dirty", ("ou=a", "ou=deep"), True) in sink.take()
+                conn.delete_s(f"cn=x,ou=Moved,ou=B,{SRC_BASE}")
+                assert sink.wait(_has(("dirty", ("ou=b", "ou=moved", "cn=x"), True)))
+                conn.unbind_s()
+        finally:
+            backend.close()
+    finally:
+        server.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,7 +52,10 @@ try:
     rc = run("diff", src, dst)
     out = work / "backup.ldif"
     run("sync", dst, f"ldif:{out}")
-    print(f"\nbackup of the destination: {out} ({len(out.read_text().splitlines())} lines)")
+    lines = out.read_text().splitlines()
+    print(f"\nbackup of the destination ({len(lines)} lines), first entries:")
+    print("\n".join(lines[:16]))
     sys.exit(rc)
 finally:
     server.stop()
+    shutil.rmtree(work, ignore_errors=True)

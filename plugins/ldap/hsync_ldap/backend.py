@@ -108,7 +108,29 @@ class LdapBackend:
     # -- connection ------------------------------------------------------------------------
     def _connect(self) -> Any:
         """A bound connection; ``BackendError`` (exit 2) when it cannot be had."""
-        conn = ldap.initialize(self.server, bytes_mode=False)
+        conn = self.prepare(ldap.initialize(self.server, bytes_mode=False))
+        dn, password = credentials(self.role)
+        try:
+            if self.starttls:
+                conn.start_tls_s()
+            conn.simple_bind_s(dn, password)
+        except ldap.SERVER_DOWN as e:
+            tls = " (or its TLS certificate is not trusted: HSYNC_LDAP_CACERT)" if (
+                self.starttls or self.scheme == "ldaps") else ""
+            raise BackendError(
+                f"{self.url}: cannot reach the server{tls}: {describe(e)}"
+            ) from None
+        except ldap.CONNECT_ERROR as e:  # StartTLS refused the certificate
+            raise BackendError(f"{self.url}: TLS failed: {describe(e)}") from None
+        except ldap.INVALID_CREDENTIALS as e:
+            who = dn or "anonymous"
+            raise BackendError(f"{self.url}: bind as {who} refused: {describe(e)}") from None
+        except ldap.LDAPError as e:
+            raise BackendError(f"{self.url}: cannot connect: {describe(e)}") from None
+        return conn
+
+    def prepare(self, conn: Any) -> Any:
+        """Protocol, timeout and TLS options on a new connection (the watcher's too)."""
         conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
         conn.set_option(ldap.OPT_REFERRALS, 0)
         conn.set_option(ldap.OPT_NETWORK_TIMEOUT, TIMEOUT)
@@ -126,18 +148,6 @@ class LdapBackend:
             conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, level)
         if cacert or reqcert:
             conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
-        dn, password = credentials(self.role)
-        try:
-            if self.starttls:
-                conn.start_tls_s()
-            conn.simple_bind_s(dn, password)
-        except ldap.SERVER_DOWN as e:
-            raise BackendError(f"{self.url}: cannot reach the server: {describe(e)}") from None
-        except ldap.INVALID_CREDENTIALS as e:
-            who = dn or "anonymous"
-            raise BackendError(f"{self.url}: bind as {who} refused: {describe(e)}") from None
-        except ldap.LDAPError as e:
-            raise BackendError(f"{self.url}: cannot connect: {describe(e)}") from None
         return conn
 
     def _read_schema(self) -> Schema:

@@ -57,6 +57,8 @@ class Mapper:
         self.exclude = {schema.canonical(a) for a in exclude}
         self._rdn_cache: dict[tuple[Any, ...], str] = {}
         self._plans: dict[str, Any] = {}
+        self._dns: dict[Key, str] = {}
+        self._spell: dict[str, str] = {}
         self.temps: dict[str, str] = {}
         """Temporary names given by the planner (``.hsync-mv-N``) -> the RDN used."""
 
@@ -94,20 +96,15 @@ class Mapper:
             return None
         if schema.is_operational(lname):
             return None
-        probe = b"\x00probe"
         base = self.base_norm
-        if not schema.is_dn(lname) and schema.norm_value(lname, probe, base) is probe:
-            t = schema.types.get(lname.partition(";")[0])
-            rule = t.equality if t is not None else ""
-            if rule in ("", "octetstringmatch") and lname != "objectclass":
-                return lname, None
-        if lname == "objectclass" or (
-            not schema.is_dn(lname)
-            and (schema.types.get(lname.partition(";")[0]) or _NO_TYPE).equality.startswith(
-                "caseignore")
-        ):
+        if schema.is_dn(lname):
+            return lname, lambda v: schema.norm_value(lname, v, base)
+        t = schema.types.get(lname.partition(";")[0]) or _NO_TYPE
+        if lname == "objectclass" or t.equality.startswith("caseignore"):
             return lname, _case_ignore
-        return lname, lambda v, lname=lname: schema.norm_value(lname, v, base)
+        if t.equality in ("", "octetstringmatch"):
+            return lname, None  # exact bytes
+        return lname, lambda v: schema.norm_value(lname, v, base)
 
     def data_of(self, attrs: Mapping[str, Sequence[bytes]], *, root: bool = False) -> Data:
         plans = self._plans
@@ -151,28 +148,43 @@ class Mapper:
     def dn_of(self, key: Key) -> str:
         """The DN of an existing entry at ``key`` (normalized RDNs: the server matches
         them by the same rules)."""
+        dn = self._dns.get(key)
+        if dn is not None:
+            return dn
         parts = [self.temps.get(c, c) for c in reversed(key)]
         for p in parts:
             if len(ldap.dn.str2dn(p)) != 1:
                 raise ValueError(f"{p!r} is not one RDN")
-        return ",".join([*parts, self.base_dn] if self.base_dn else parts)
+        dn = ",".join([*parts, self.base_dn] if self.base_dn else parts)
+        if len(self._dns) < 100_000:
+            self._dns[key] = dn
+        return dn
 
     def rdn_for(self, name: str, data: Data | None) -> str:
         """The RDN to write for key component ``name``, spelled as in the entry's
         attribute values (``data``) where they hold it."""
         (parts,) = ldap.dn.str2dn(name)
-        values = dict(data or ())
         out = []
         for attr, value, flags in parts:
             lname = self.schema.canonical(attr)
             spelled = value
-            want = self.schema.norm_value(lname, value.encode("utf-8"), None)
-            for v in values.get(lname, ()):
-                if v == want:
-                    spelled = raw_of(v, self.base_dn).decode("utf-8", "replace")
+            # key components are normalized already: their values compare as they are
+            want = value.encode("utf-8")
+            for n, vs in data or ():
+                if n == lname:
+                    for v in vs:
+                        if v == want:
+                            spelled = raw_of(v, self.base_dn).decode("utf-8", "replace")
+                            break
                     break
-            out.append((self.schema.spelling(lname), spelled, flags))
+            out.append((self._spelling(lname), spelled, flags))
         return ldap.dn.dn2str([out])
+
+    def _spelling(self, lname: str) -> str:
+        s = self._spell.get(lname)
+        if s is None:
+            s = self._spell[lname] = self.schema.spelling(lname)
+        return s
 
     def temp_rdn(self, tmp: str, current: str) -> str:
         """The RDN standing for the planner's temporary name ``tmp``: the first
@@ -189,8 +201,10 @@ class Mapper:
         """Attributes to write (canonical spelling, original values, DNs inside the base
         rewritten to this tree's base)."""
         out: dict[str, list[bytes]] = {}
+        base = self.base_dn
+        spell = self._spelling
         for lname, values in data or ():
-            out[self.schema.spelling(lname)] = [raw_of(v, self.base_dn) for v in values]
+            out[spell(lname)] = [v if type(v) is bytes else raw_of(v, base) for v in values]
         if root and self.base_rdns:
             for name, value, _ in self.base_rdns[0]:
                 lname = self.schema.canonical(name)

@@ -71,7 +71,14 @@ class LdifBackend:
             return []
         except (OSError, ValueError) as e:
             raise BackendError(f"{self.path}: cannot read the LDIF file: {e}") from None
-        return [(dn, dict(entry)) for dn, entry in parser.all_records]
+        records = [(dn, dict(entry)) for dn, entry in parser.all_records]
+        for dn, entry in records:
+            if any(k.lower() == "changetype" for k in entry):
+                raise BackendError(
+                    f"{self.path}: {dn}: change records (changetype) are not supported; "
+                    "an ldif: endpoint holds entries"
+                )
+        return records
 
     def exclude_attributes(self, names: Sequence[str]) -> None:
         self.mapper.set_exclude(names)
@@ -109,11 +116,17 @@ class LdifBackend:
             return snap
         nodes: dict[Key, Node] = {}
         n = len(subtree)
+        excluded: set[Key] = set()
         for key in sorted((k for k in entries if k[:n] == subtree), key=len):
             if key != subtree and key[:-1] not in nodes:
-                continue  # an orphan, or below an excluded entry
+                if key[:-1] in excluded:
+                    excluded.add(key)
+                else:
+                    snap.skipped.append((key, "entry whose parent is not in the file"))
+                continue
             if exclude is not None and key != subtree and exclude(key, True):
                 snap.holds_excluded.add(key[:-1])
+                excluded.add(key)
                 continue
             nodes[key] = self.mapper.node_of(entries[key][1], root=not key)
         snap.nodes = nodes

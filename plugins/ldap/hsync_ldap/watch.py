@@ -11,6 +11,10 @@ a new entry -> ``dirty(key)``; a moved or renamed entry -> ``dirty(old)`` and
 ``dirty(new)``; a deleted one -> ``dirty(key)``. Nothing is reported for the refresh
 phase of the first connection (the loop compares everything when it starts).
 
+A server without the syncprov overlay refuses syncrepl; the watcher then lists every
+entry's entryUUID and entryCSN every ``POLL_INTERVAL`` seconds and reports what differs
+(the same events, a few seconds late).
+
 When the server goes away the watcher reconnects with backoff (0.1 s doubling up to
 5 s), runs a fresh refresh to rebuild the map, then calls ``sink.lost(...)``: what
 changed while it was away is unknown, so a full comparison is due. The cookie is kept
@@ -39,6 +43,8 @@ if TYPE_CHECKING:
     from .backend import LdapBackend
 
 POLL = 0.2
+POLL_INTERVAL = 2.0
+"""Seconds between two listings when the server has no syncrepl."""
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 
@@ -79,6 +85,9 @@ class SyncreplWatch:
         self.keys: dict[str, Key] = {}  # entryUUID -> key
         self.live = False  # past the refresh phase: events are reported
         self.reconnects = 0
+        self.polling = False
+        """The server refused syncrepl (no syncprov overlay): entries are polled."""
+        self.poll_interval = POLL_INTERVAL
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._first_error: str | None = None
@@ -130,11 +139,8 @@ class SyncreplWatch:
 
     def _session(self, first: bool) -> None:
         b = self.backend
-        conn = _Consumer(b.server, bytes_mode=False)
+        conn = b.prepare(_Consumer(b.server, bytes_mode=False))
         conn.watch = self
-        conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
-        conn.set_option(ldap.OPT_REFERRALS, 0)
-        conn.set_option(ldap.OPT_NETWORK_TIMEOUT, TIMEOUT)
         try:
             if b.starttls:
                 conn.start_tls_s()
@@ -143,6 +149,9 @@ class SyncreplWatch:
             self.keys = {}
             self.live = False
             b.cookie = None  # a fresh refresh: the map is rebuilt from it
+            if self.polling:
+                self._poll(conn)
+                return
             msgid = conn.syncrepl_search(
                 b.base_dn, ldap.SCOPE_SUBTREE, mode="refreshAndPersist",
                 filterstr="(objectClass=*)", attrlist=["1.1"],
@@ -153,9 +162,53 @@ class SyncreplWatch:
                         raise ldap.SERVER_DOWN({"desc": "the syncrepl search ended"})
                 except ldap.TIMEOUT:
                     continue
+                except (ldap.UNAVAILABLE_CRITICAL_EXTENSION, ldap.PROTOCOL_ERROR):
+                    # no syncprov overlay on this database: poll instead
+                    self.polling = True
+                    self._poll(conn)
+                    return
         finally:
             with contextlib.suppress(ldap.LDAPError):
                 conn.unbind_s()
+
+    def _poll(self, conn: Any) -> None:
+        """The fallback without syncrepl: every ``poll_interval`` seconds, list every
+        entry's entryUUID and entryCSN (a cheap search) and report what differs from the
+        last listing, as the syncrepl events would (an entry whose DN changed is a move;
+        one gone is a delete)."""
+        b = self.backend
+
+        def listing() -> dict[str, tuple[Key, str]]:
+            out: dict[str, tuple[Key, str]] = {}
+            found = b._search(b.base_dn, ldap.SCOPE_SUBTREE,
+                              ["entryUUID", "entryCSN", "modifyTimestamp"], conn=conn)
+            for dn, attrs in found:
+                uuid = (attrs.get("entryUUID") or [b""])[0].decode("ascii", "replace")
+                csn = attrs.get("entryCSN") or attrs.get("modifyTimestamp") or [b""]
+                key = b.mapper.key_of(dn)
+                if uuid and key is not None:
+                    out[uuid] = (key, csn[0].decode("ascii", "replace"))
+            return out
+
+        seen = listing()
+        self.keys = {u: k for u, (k, _) in seen.items()}
+        self.refreshed()
+        while not self._stop.wait(self.poll_interval):
+            now = listing()
+            for uuid, (key, csn) in now.items():
+                old = seen.get(uuid)
+                if old is None:
+                    self.sink.dirty(key, deep=True)
+                elif old[0] != key:
+                    self.sink.dirty(old[0], deep=True)
+                    self.sink.dirty(key, deep=True)
+                elif old[1] != csn:
+                    self.sink.dirty(key, deep=False)
+            for uuid, (key, _) in seen.items():
+                if uuid not in now:
+                    self.sink.dirty(key, deep=True)
+            seen = now
+            self.keys = {u: k for u, (k, _) in seen.items()}
 
     # -- events (on the thread) ------------------------------------------------------------
     def refreshed(self) -> None:
