@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -48,7 +49,6 @@ CHUNK_BYTES = 64 << 20
 SETTLE = 1.0
 ROUNDS = 3
 _READ = 1 << 20
-_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 @attrs.frozen
@@ -108,6 +108,48 @@ class VerifyReport:
 Look = tuple[Any, ...] | None
 """What one side holds at a key, cheaply (lstat fields, or the node): compared between
 two looks to tell whether it changed."""
+Hashed = tuple[bytes | None, int, Look]
+"""(xxh3-128 of the content or None when unreadable, bytes read, the look at open time)"""
+
+
+def _sig(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_files(root: str, keys: Sequence[Key]) -> list[Hashed]:
+    """Hash the files at ``keys`` below ``root``. Module level: it runs in a worker
+    process (one per side), so both sides hash at once on two cores. One reused buffer:
+    most files are small, and a fresh 1 MiB buffer per read costs an mmap each."""
+    import xxhash
+
+    from .backends.fs import _open_file
+
+    buf = bytearray(_READ)
+    view = memoryview(buf)
+    readv, fstat, close, new = os.readv, os.fstat, os.close, xxhash.xxh3_128
+    out: list[Hashed] = []
+    for key in keys:
+        try:
+            fd = _open_file(root, key, os.path.join(root, *key))
+        except OSError:
+            out.append((None, 0, None))
+            continue
+        n = 0
+        try:
+            st = fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                out.append((None, 0, _sig(st)))
+                continue
+            h = new()
+            while got := readv(fd, [buf]):
+                h.update(view[:got])
+                n += got
+            out.append((h.digest(), n, _sig(st)))
+        except OSError:
+            out.append((None, n, None))
+        finally:
+            close(fd)
+    return out
 
 
 class _Side:
@@ -123,7 +165,7 @@ class _Side:
                 st = os.lstat(os.path.join(self.root, *key) if key else self.root)
             except OSError:
                 return None
-            return (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            return _sig(st)
         snap = self.backend.scan(key)
         node = snap.nodes.get(key)
         return None if node is None else (node.kind, node.mode, node.size, node.mtime_ns,
@@ -150,33 +192,18 @@ class _Side:
             return None
         return self.backend.scan(key).nodes.get(key)
 
-    def hash(self, key: Key) -> tuple[bytes | None, int]:
-        """(xxh3-128 of the content, bytes read); None when it cannot be read."""
-        if self.root is None:
-            d = self.backend.digest(key)
-            return d, 0
-        import xxhash
+    def hash(self, key: Key) -> Hashed:
+        return self.hash_many([key])[0]
 
-        h = xxhash.xxh3_128()
-        n = 0
-        try:
-            fd = os.open(os.path.join(self.root, *key), _O_READ)
-        except OSError:
-            return None, 0
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None, 0
-            while chunk := os.read(fd, _READ):
-                h.update(chunk)
-                n += len(chunk)
-        except OSError:
-            return None, n
-        finally:
-            os.close(fd)
-        return h.digest(), n
+    def hash_many(self, keys: Sequence[Key]) -> list[Hashed]:
+        if self.root is not None:
+            return _hash_files(self.root, keys)
+        return [(self.backend.digest(k), 0, self.look(k)) for k in keys]
 
-    def hash_many(self, keys: Sequence[Key]) -> list[tuple[bytes | None, int]]:
-        return [self.hash(k) for k in keys]
+    def submit(self, pool: Executor, keys: Sequence[Key]) -> Future[list[Hashed]]:
+        if self.root is not None:
+            return pool.submit(_hash_files, self.root, keys)  # picklable: a process may run it
+        return pool.submit(self.hash_many, keys)
 
 
 def _meta_diff(s: Node, d: Node) -> str:
@@ -232,13 +259,42 @@ class Verifier:
         self.report.elapsed = time.perf_counter() - t0
         return self.report
 
+    def _pool(self) -> Executor:
+        """Two local trees: two worker processes, one per side (hashing is per-file
+        Python work; threads would queue for the GIL). Else, or where forking is unsafe
+        (other threads running), two threads."""
+        if (
+            self.src.root is not None
+            and self.dst.root is not None
+            and threading.active_count() == 1
+            and hasattr(os, "fork")
+        ):
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            return ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
+        return ThreadPoolExecutor(2, thread_name_prefix="hsync-verify")
+
     def chunks(self) -> Iterator[int]:
-        """Verify chunk after chunk; yields the number of keys each chunk covered."""
+        """Verify chunk after chunk; yields the number of keys each chunk covered. The
+        next chunk is hashed while this one's results are compared (one ahead)."""
         src_snap, dst_snap = self._scan()
         rep = self.report
         rep.unreadable += [(k, f"source: {w}") for k, w in src_snap.incomplete.items()]
         rep.unreadable += [(k, f"destination: {w}") for k, w in dst_snap.incomplete.items()]
         keys = sorted(set(src_snap.nodes) | set(dst_snap.nodes))
+        with self._pool() as pool:
+            ahead: list[Any] = []
+            for chunk in self._split(keys, src_snap):
+                ahead.append(self._start(pool, chunk, src_snap, dst_snap))
+                if len(ahead) > 1:
+                    yield self._finish(*ahead.pop(0))
+            while ahead:
+                yield self._finish(*ahead.pop(0))
+        rep.differences.sort(key=lambda d: d.key)
+        rep.pending.sort()
+
+    def _split(self, keys: list[Key], src_snap: Snapshot) -> Iterator[list[Key]]:
         chunk: list[Key] = []
         size = 0
         for key in keys:
@@ -247,12 +303,10 @@ class Verifier:
             if node is not None and node.kind == FILE:
                 size += node.size
             if len(chunk) >= self.chunk_files or size >= self.chunk_bytes:
-                yield self._chunk(chunk, src_snap, dst_snap)
+                yield chunk
                 chunk, size = [], 0
         if chunk:
-            yield self._chunk(chunk, src_snap, dst_snap)
-        rep.differences.sort(key=lambda d: d.key)
-        rep.pending.sort()
+            yield chunk
 
     def _scan(self) -> tuple[Snapshot, Snapshot]:
         src_b, dst_b = self.src.backend, self.dst.backend
@@ -267,7 +321,10 @@ class Verifier:
             dst_snap = collect()
         return src_snap, dst_snap
 
-    def _chunk(self, keys: list[Key], src_snap: Snapshot, dst_snap: Snapshot) -> int:
+    def _start(
+        self, pool: Executor, keys: list[Key], src_snap: Snapshot, dst_snap: Snapshot
+    ) -> tuple[Any, ...]:
+        """Compare one chunk's nodes and start hashing its files on both sides."""
         candidates: list[Difference] = []
         to_hash: list[Key] = []
         for key in keys:
@@ -280,18 +337,29 @@ class Verifier:
                 candidates.append(diff)
             elif s is not None and s.kind == FILE:
                 to_hash.append(key)
-        looks = {k: (self.src.look(k), self.dst.look(k)) for k in to_hash}
-        with ThreadPoolExecutor(2, thread_name_prefix="hsync-verify") as pool:
-            fs = pool.submit(self.src.hash_many, to_hash)
-            fd = pool.submit(self.dst.hash_many, to_hash)
-            hs, hd = fs.result(), fd.result()
+        futures = (self.src.submit(pool, to_hash), self.dst.submit(pool, to_hash))
+        return keys, candidates, to_hash, futures
+
+    def _finish(
+        self,
+        keys: list[Key],
+        candidates: list[Difference],
+        to_hash: list[Key],
+        futures: tuple[Future[list[Hashed]], Future[list[Hashed]]],
+    ) -> int:
+        hs, hd = futures[0].result(), futures[1].result()
         self.report.files += len(to_hash)
-        for key, (a, na), (b, nb) in zip(to_hash, hs, hd, strict=True):
+        # the looks taken when each file was opened: a change during the hash shows
+        looks: dict[Key, tuple[Look, Look]] = {}
+        for key, (a, na, la), (b, nb, lb) in zip(to_hash, hs, hd, strict=True):
             self.report.bytes_hashed += na + nb
             if a is None or b is None:
                 candidates.append(Difference(key, CONTENT, "cannot be read"))
             elif a != b:
                 candidates.append(Difference(key, CONTENT, "same size, different bytes"))
+            else:
+                continue
+            looks[key] = (la, lb)
         if candidates:
             self._recheck(candidates, looks)
         return len(keys)
@@ -353,7 +421,7 @@ class Verifier:
         diff = self._compare_nodes(key, s, d)
         if diff is not None or s is None or s.kind != FILE:
             return diff
-        (a, _), (b, _) = self.src.hash(key), self.dst.hash(key)
+        a, b = self.src.hash(key)[0], self.dst.hash(key)[0]
         if a is None or b is None:
             return Difference(key, CONTENT, "cannot be read")
         return None if a == b else Difference(key, CONTENT, "same size, different bytes")
