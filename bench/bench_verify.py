@@ -101,8 +101,7 @@ def main() -> int:
     skip = set(args.skip.split(","))
 
     if "verify" not in skip:
-        if not dst.exists():
-            timed([hsync, "sync", str(src), str(dst), "--state", ""])
+        timed([hsync, "sync", str(src), str(dst), "--state", ""])  # a synced pair
         hv, rv = [], []
         for r in range(args.rounds):
             hv.append(timed([hsync, "verify", "--settle", "0", str(src), str(dst)]))
@@ -121,7 +120,7 @@ def main() -> int:
         src_copy = work / "src"
         if not src_copy.exists():
             subprocess.run(["cp", "-a", str(src), str(src_copy)], check=True)
-        src = src_copy
+        src, dst = src_copy, work / "dst-journal"
         on, off, on2, off2 = [], [], [], []
         env_off = {**os.environ, "HSYNC_JOURNAL": "0"}
         for r in range(args.rounds):
