@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import tempfile
@@ -81,9 +82,18 @@ def test_disk_full_stops_with_one_line_removes_its_temp_and_converges_later(
         data = path.read_bytes()
         assert len(data) == 400_000 and len(set(data)) == 1, path
 
+    db = sqlite3.connect(str(tmp_path / "state.journal.sqlite"))
+    assert [r[0] for r in db.execute("SELECT state FROM batches")] == ["running"]
+    db.close()
+
     subprocess.run(["mount", "-o", "remount,size=40m", str(small_fs)], check=True)
     again = _run("sync", str(src), str(dst), "--state", state)
     assert again.returncode == 0, again.stderr
+    db = sqlite3.connect(str(tmp_path / "state.journal.sqlite"))
+    assert [r[0] for r in db.execute("SELECT state FROM batches ORDER BY seq")] == [
+        "rolled forward", "done"
+    ]
+    db.close()
     assert _run("diff", str(src), str(dst), "--state", state).returncode == 0
     assert_same_tree(src, dst)
 
