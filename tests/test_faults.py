@@ -359,3 +359,30 @@ def test_a_path_longer_than_path_max_is_synced_name_by_name(tmp_path: Path) -> N
     again = sync_once(str(src), str(dst), Options(state=str(tmp_path / "h.sqlite"),
                                                    dry_run=True))
     assert again.plan is not None and not again.plan
+
+
+def test_a_destination_file_replaced_by_a_directory_before_its_update_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The destination changed between the scan and the publish: the directory that took
+    the file's place (and what it holds) is not clobbered; the next run converges."""
+    src = build(tmp_path / "src", {"f": File(b"new content", mtime_ns=T0 + 1), "g": b"g"})
+    dst = build(tmp_path / "dst", {"f": File(b"old", mtime_ns=T0), "g": b"g"})
+    from hsync.backends import fs
+
+    real_batch = fs._Batch.run
+
+    def swap_then_run(self, ops):  # type: ignore[no-untyped-def]
+        (dst / "f").unlink()
+        (dst / "f").mkdir()
+        (dst / "f" / "precious").write_bytes(b"p")
+        return real_batch(self, ops)
+
+    monkeypatch.setattr(fs._Batch, "run", swap_then_run)
+    report = sync_once(str(src), str(dst), Options(state=""))
+    monkeypatch.undo()
+    assert [p.key for p in report.problems] == [("f",)], report.problems
+    assert (dst / "f" / "precious").read_bytes() == b"p"
+    assert _temps(dst) == []
+    assert sync_once(str(src), str(dst), Options(state="")).ok
+    assert_same_tree(src, dst)

@@ -1073,9 +1073,9 @@ def _open_beneath(root_fd: int, rel: Key) -> int:
             _openat2_ok.append(None)
     call = _openat2_ok[0]
     path = "/".join(rel)
-    if call is not None and len(path) < 4000:
+    raw = os.fsencode(path)
+    if call is not None and len(raw) < 4000:
         how = _OpenHow(_O_DIR, 0, _RESOLVE)
-        raw = os.fsencode(path)
         for _ in range(3):  # EAGAIN: a rename raced the lookup; try again
             fd = call(
                 ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(root_fd), ctypes.c_char_p(raw),
@@ -1089,6 +1089,8 @@ def _open_beneath(root_fd: int, rel: Key) -> int:
             if err in (errno.ENOSYS, errno.EPERM):  # no openat2 (or a seccomp filter)
                 _openat2_ok[0] = None
                 break
+            if err == errno.ENAMETOOLONG:
+                break  # name by name below
             if err in _SWAPPED:
                 raise TargetChanged(_SWAPPED_MSG.format(path))
             raise OSError(err, os.strerror(err), path)
