@@ -180,13 +180,33 @@ class _Side:
         self.backend = backend
         self.root: str | None = getattr(backend, "root", None)
 
+    def _lstat(self, key: Key) -> tuple[os.stat_result, str | None] | None:
+        """lstat of ``key`` (and a symlink's target), reached without following a
+        symlink below the root and whatever the path's length; None when absent."""
+        assert self.root is not None
+        from .backends.fs import _open_beneath
+
+        try:
+            if not key:
+                return os.stat(self.root), None
+            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                dfd = _open_beneath(root_fd, key[:-1])
+            finally:
+                os.close(root_fd)
+            try:
+                st = os.stat(key[-1], dir_fd=dfd, follow_symlinks=False)
+                target = os.readlink(key[-1], dir_fd=dfd) if stat.S_ISLNK(st.st_mode) else None
+            finally:
+                os.close(dfd)
+        except Exception:  # OSError, or a directory on the way that is not one any more
+            return None
+        return st, target
+
     def look(self, key: Key) -> Look:
         if self.root is not None:
-            try:
-                st = os.lstat(os.path.join(self.root, *key) if key else self.root)
-            except OSError:
-                return None
-            return _sig(st)
+            seen = self._lstat(key)
+            return None if seen is None else _sig(seen[0])
         snap = self.backend.scan(key)
         node = snap.nodes.get(key)
         return None if node is None else (node.kind, node.mode, node.size, node.mtime_ns,
@@ -195,21 +215,17 @@ class _Side:
     def node(self, key: Key) -> Node | None:
         """The node at ``key`` now (for a re-check)."""
         if self.root is not None:
-            path = os.path.join(self.root, *key) if key else self.root
-            try:
-                st = os.lstat(path)
-            except OSError:
+            seen = self._lstat(key)
+            if seen is None:
                 return None
+            st, target = seen
             mode = st.st_mode
             if stat.S_ISREG(mode):
                 return Node(FILE, stat.S_IMODE(mode), st.st_size, st.st_mtime_ns)
             if stat.S_ISDIR(mode):
                 return Node(DIR, stat.S_IMODE(mode), 0, st.st_mtime_ns)
             if stat.S_ISLNK(mode):
-                try:
-                    return Node("symlink", 0, 0, 0, os.readlink(path))
-                except OSError:
-                    return None
+                return Node("symlink", 0, 0, 0, target)
             return None
         return self.backend.scan(key).nodes.get(key)
 

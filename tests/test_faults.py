@@ -360,6 +360,24 @@ def test_a_path_longer_than_path_max_is_synced_name_by_name(tmp_path: Path) -> N
                                                    dry_run=True))
     assert again.plan is not None and not again.plan
 
+    import hsync
+
+    assert hsync.verify(str(src), str(dst), settle=0).exit_code == 0
+    # a byte flipped at the bottom, size and mtime kept: verify finds it there too
+    fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+    for name in chain:
+        nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    st = os.stat("leaf", dir_fd=fd)
+    leaf = os.open("leaf", os.O_WRONLY, dir_fd=fd)
+    os.pwrite(leaf, b"A", 0)
+    os.close(leaf)
+    os.utime("leaf", ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=fd)
+    os.close(fd)
+    found = hsync.verify(str(src), str(dst), settle=0.05)
+    assert [(d.key[-1], d.what) for d in found.differences] == [("leaf", "content")]
+
 
 def test_a_destination_file_replaced_by_a_directory_before_its_update_lands(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
