@@ -167,6 +167,9 @@ def sync(
     fsync: bool = typer.Option(
         False, "--fsync", help="fsync every file (default: one syncfs per batch)."
     ),
+    hard_links: bool = typer.Option(
+        False, "--hard-links", "-H", help="Keep hard-linked source files linked (rsync -H)."
+    ),
 ) -> None:
     """Make DST equal to SRC (SRC's contents go into DST, like rsync SRC/ DST/)."""
     from .sync import sync_once
@@ -174,8 +177,8 @@ def sync(
     opts = _options(
         dry_run=dry_run, delete=not no_delete, checksum=checksum, exclude=exclude,
         exclude_from=exclude_from, exclude_attr=exclude_attr, max_delete=max_delete,
-        state=state,
-        allow_empty_source=allow_empty_source, fsync=fsync,
+        state=state, allow_empty_source=allow_empty_source, fsync=fsync,
+        hard_links=hard_links,
     )
     show = sys.stderr.isatty() and not json_out if progress is None else progress
     bar = _Progress() if show and not dry_run else None

@@ -40,6 +40,8 @@ class Options:
     """Run check_plan on every plan before applying it (tests, --debug)."""
     exclude_attrs: tuple[str, ...] = ()
     """Attribute names left out of entries' payloads (backends with attributes: LDAP)."""
+    hard_links: bool = False
+    """Source files that are one inode stay one inode on the destination (rsync -H)."""
 
 
 @attrs.define
@@ -397,7 +399,8 @@ def _apply(
             if logged:
                 journal.begin(batch)  # recorded before it runs, done after its syncfs
             result = dst.apply_batch(
-                batch, cmp.source, cmp.src, fsync=options.fsync, on_done=on_done
+                batch, cmp.source, cmp.src, fsync=options.fsync, on_done=on_done,
+                **({"hard_links": True} if options.hard_links else {}),
             )
             if logged:
                 journal.done()

@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import Any
 
 import attrs
@@ -43,12 +44,12 @@ MISSING = "missing"
 EXTRA = "extra"
 TYPE = "type"
 
+_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 CHUNK_FILES = 2000
 CHUNK_BYTES = 64 << 20
 SETTLE = 1.0
 ROUNDS = 3
 _READ = 1 << 20
-_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 @attrs.frozen
@@ -108,6 +109,68 @@ class VerifyReport:
 Look = tuple[Any, ...] | None
 """What one side holds at a key, cheaply (lstat fields, or the node): compared between
 two looks to tell whether it changed."""
+Hashed = tuple[bytes | None, int, Look]
+"""(xxh3-128 of the content or None when unreadable, bytes read, the look at open time)"""
+
+
+def _sig(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _hash_files(root: str, keys: Sequence[Key]) -> list[Hashed]:
+    """Hash the files at ``keys`` below ``root``. Module level: it runs in a worker
+    process (one per side), so both sides hash at once on two cores.
+
+    Keys come sorted, so neighbours share a directory: each directory is opened once
+    (without following a symlink below the root) and its files relative to it. One reused
+    buffer (a fresh 1 MiB buffer per read costs an mmap), and no read past the size seen
+    at open (a file that grew meanwhile shows in the settle re-check)."""
+    import xxhash
+
+    from .backends.fs import _open_beneath
+
+    buf = bytearray(_READ)
+    view = memoryview(buf)
+    readv, fstat, close, osopen, new = os.readv, os.fstat, os.close, os.open, xxhash.xxh3_128
+    isreg = stat.S_ISREG
+    out: list[Hashed] = []
+    root_fd = osopen(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    parent: Key | None = None
+    pfd = -1
+    try:
+        for key in keys:
+            try:
+                if key[:-1] != parent:
+                    if pfd >= 0:
+                        close(pfd)
+                        pfd = -1
+                    parent = key[:-1]
+                    pfd = _open_beneath(root_fd, parent)
+                fd = osopen(key[-1], _O_READ, dir_fd=pfd)
+            except Exception:  # OSError, or the fs backend's "not a directory any more"
+                out.append((None, 0, None))
+                continue
+            n = 0
+            try:
+                st = fstat(fd)
+                if not isreg(st.st_mode):
+                    out.append((None, 0, _sig(st)))
+                    continue
+                h = new()
+                size = st.st_size
+                while n < size and (got := readv(fd, [buf])):
+                    h.update(view[:got])
+                    n += got
+                out.append((h.digest(), n, _sig(st)))
+            except OSError:
+                out.append((None, n, None))
+            finally:
+                close(fd)
+    finally:
+        if pfd >= 0:
+            close(pfd)
+        close(root_fd)
+    return out
 
 
 class _Side:
@@ -117,13 +180,33 @@ class _Side:
         self.backend = backend
         self.root: str | None = getattr(backend, "root", None)
 
+    def _lstat(self, key: Key) -> tuple[os.stat_result, str | None] | None:
+        """lstat of ``key`` (and a symlink's target), reached without following a
+        symlink below the root and whatever the path's length; None when absent."""
+        assert self.root is not None
+        from .backends.fs import _open_beneath
+
+        try:
+            if not key:
+                return os.stat(self.root), None
+            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                dfd = _open_beneath(root_fd, key[:-1])
+            finally:
+                os.close(root_fd)
+            try:
+                st = os.stat(key[-1], dir_fd=dfd, follow_symlinks=False)
+                target = os.readlink(key[-1], dir_fd=dfd) if stat.S_ISLNK(st.st_mode) else None
+            finally:
+                os.close(dfd)
+        except Exception:  # OSError, or a directory on the way that is not one any more
+            return None
+        return st, target
+
     def look(self, key: Key) -> Look:
         if self.root is not None:
-            try:
-                st = os.lstat(os.path.join(self.root, *key) if key else self.root)
-            except OSError:
-                return None
-            return (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            seen = self._lstat(key)
+            return None if seen is None else _sig(seen[0])
         snap = self.backend.scan(key)
         node = snap.nodes.get(key)
         return None if node is None else (node.kind, node.mode, node.size, node.mtime_ns,
@@ -132,51 +215,32 @@ class _Side:
     def node(self, key: Key) -> Node | None:
         """The node at ``key`` now (for a re-check)."""
         if self.root is not None:
-            path = os.path.join(self.root, *key) if key else self.root
-            try:
-                st = os.lstat(path)
-            except OSError:
+            seen = self._lstat(key)
+            if seen is None:
                 return None
+            st, target = seen
             mode = st.st_mode
             if stat.S_ISREG(mode):
                 return Node(FILE, stat.S_IMODE(mode), st.st_size, st.st_mtime_ns)
             if stat.S_ISDIR(mode):
                 return Node(DIR, stat.S_IMODE(mode), 0, st.st_mtime_ns)
             if stat.S_ISLNK(mode):
-                try:
-                    return Node("symlink", 0, 0, 0, os.readlink(path))
-                except OSError:
-                    return None
+                return Node("symlink", 0, 0, 0, target)
             return None
         return self.backend.scan(key).nodes.get(key)
 
-    def hash(self, key: Key) -> tuple[bytes | None, int]:
-        """(xxh3-128 of the content, bytes read); None when it cannot be read."""
-        if self.root is None:
-            d = self.backend.digest(key)
-            return d, 0
-        import xxhash
+    def hash(self, key: Key) -> Hashed:
+        return self.hash_many([key])[0]
 
-        h = xxhash.xxh3_128()
-        n = 0
-        try:
-            fd = os.open(os.path.join(self.root, *key), _O_READ)
-        except OSError:
-            return None, 0
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None, 0
-            while chunk := os.read(fd, _READ):
-                h.update(chunk)
-                n += len(chunk)
-        except OSError:
-            return None, n
-        finally:
-            os.close(fd)
-        return h.digest(), n
+    def hash_many(self, keys: Sequence[Key]) -> list[Hashed]:
+        if self.root is not None:
+            return _hash_files(self.root, keys)
+        return [(self.backend.digest(k), 0, self.look(k)) for k in keys]
 
-    def hash_many(self, keys: Sequence[Key]) -> list[tuple[bytes | None, int]]:
-        return [self.hash(k) for k in keys]
+    def submit(self, pool: Executor, keys: Sequence[Key]) -> Future[list[Hashed]]:
+        if self.root is not None:
+            return pool.submit(_hash_files, self.root, keys)  # picklable: a process may run it
+        return pool.submit(self.hash_many, keys)
 
 
 def _meta_diff(s: Node, d: Node) -> str:
@@ -232,27 +296,60 @@ class Verifier:
         self.report.elapsed = time.perf_counter() - t0
         return self.report
 
+    def _pool(self) -> Executor:
+        """Two local trees: two worker processes, one per side (hashing is per-file
+        Python work; threads would queue for the GIL). Else, or where forking is unsafe
+        (other threads running), two threads."""
+        if (
+            self.src.root is not None
+            and self.dst.root is not None
+            and threading.active_count() == 1
+            and hasattr(os, "fork")
+        ):
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            return ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
+        return ThreadPoolExecutor(2, thread_name_prefix="hsync-verify")
+
     def chunks(self) -> Iterator[int]:
-        """Verify chunk after chunk; yields the number of keys each chunk covered."""
+        """Verify chunk after chunk; yields the number of keys each chunk covered. The
+        next chunk is hashed while this one's results are compared (one ahead)."""
         src_snap, dst_snap = self._scan()
         rep = self.report
         rep.unreadable += [(k, f"source: {w}") for k, w in src_snap.incomplete.items()]
         rep.unreadable += [(k, f"destination: {w}") for k, w in dst_snap.incomplete.items()]
         keys = sorted(set(src_snap.nodes) | set(dst_snap.nodes))
-        chunk: list[Key] = []
-        size = 0
-        for key in keys:
-            chunk.append(key)
-            node = src_snap.nodes.get(key)
-            if node is not None and node.kind == FILE:
-                size += node.size
-            if len(chunk) >= self.chunk_files or size >= self.chunk_bytes:
-                yield self._chunk(chunk, src_snap, dst_snap)
-                chunk, size = [], 0
-        if chunk:
-            yield self._chunk(chunk, src_snap, dst_snap)
+        with self._pool() as pool:
+            ahead: list[Any] = []
+            for chunk in self._split(keys, src_snap):
+                ahead.append(self._start(pool, chunk, src_snap, dst_snap))
+                if len(ahead) > 1:
+                    yield self._finish(*ahead.pop(0))
+            while ahead:
+                yield self._finish(*ahead.pop(0))
         rep.differences.sort(key=lambda d: d.key)
         rep.pending.sort()
+
+    def _split(self, keys: list[Key], src_snap: Snapshot) -> Iterator[list[Key]]:
+        chunk: list[Key] = []
+        size = 0
+        rows = getattr(src_snap.nodes, "rows", None)
+        for key in keys:
+            chunk.append(key)
+            if rows is not None:
+                row = rows.get(key)
+                if row is not None and row[0] == FILE:
+                    size += row[2]
+            else:
+                node = src_snap.nodes.get(key)
+                if node is not None and node.kind == FILE:
+                    size += node.size
+            if len(chunk) >= self.chunk_files or size >= self.chunk_bytes:
+                yield chunk
+                chunk, size = [], 0
+        if chunk:
+            yield chunk
 
     def _scan(self) -> tuple[Snapshot, Snapshot]:
         src_b, dst_b = self.src.backend, self.dst.backend
@@ -267,12 +364,27 @@ class Verifier:
             dst_snap = collect()
         return src_snap, dst_snap
 
-    def _chunk(self, keys: list[Key], src_snap: Snapshot, dst_snap: Snapshot) -> int:
+    def _start(
+        self, pool: Executor, keys: list[Key], src_snap: Snapshot, dst_snap: Snapshot
+    ) -> tuple[Any, ...]:
+        """Compare one chunk's nodes and start hashing its files on both sides."""
         candidates: list[Difference] = []
         to_hash: list[Key] = []
+        # compact rows where the scan made them: equal payloads compare as tuples, and a
+        # Node is built only for a key that differs
+        sr = getattr(src_snap.nodes, "rows", None)
+        dr = getattr(dst_snap.nodes, "rows", None)
+        fast = sr is not None and dr is not None
+        partial = bool(src_snap.incomplete or dst_snap.incomplete)
         for key in keys:
-            if src_snap.is_incomplete(key) or dst_snap.is_incomplete(key):
+            if partial and (src_snap.is_incomplete(key) or dst_snap.is_incomplete(key)):
                 continue  # listed as unreadable already
+            if fast:
+                a, b = sr.get(key), dr.get(key)  # type: ignore[union-attr]
+                if a is not None and b is not None and a[:5] == b[:5]:
+                    if a[0] == FILE:
+                        to_hash.append(key)
+                    continue
             s = src_snap.nodes.get(key)
             d = dst_snap.nodes.get(key)
             diff = self._compare_nodes(key, s, d)
@@ -280,18 +392,29 @@ class Verifier:
                 candidates.append(diff)
             elif s is not None and s.kind == FILE:
                 to_hash.append(key)
-        looks = {k: (self.src.look(k), self.dst.look(k)) for k in to_hash}
-        with ThreadPoolExecutor(2, thread_name_prefix="hsync-verify") as pool:
-            fs = pool.submit(self.src.hash_many, to_hash)
-            fd = pool.submit(self.dst.hash_many, to_hash)
-            hs, hd = fs.result(), fd.result()
+        futures = (self.src.submit(pool, to_hash), self.dst.submit(pool, to_hash))
+        return keys, candidates, to_hash, futures
+
+    def _finish(
+        self,
+        keys: list[Key],
+        candidates: list[Difference],
+        to_hash: list[Key],
+        futures: tuple[Future[list[Hashed]], Future[list[Hashed]]],
+    ) -> int:
+        hs, hd = futures[0].result(), futures[1].result()
         self.report.files += len(to_hash)
-        for key, (a, na), (b, nb) in zip(to_hash, hs, hd, strict=True):
+        # the looks taken when each file was opened: a change during the hash shows
+        looks: dict[Key, tuple[Look, Look]] = {}
+        for key, (a, na, la), (b, nb, lb) in zip(to_hash, hs, hd, strict=True):
             self.report.bytes_hashed += na + nb
             if a is None or b is None:
                 candidates.append(Difference(key, CONTENT, "cannot be read"))
             elif a != b:
                 candidates.append(Difference(key, CONTENT, "same size, different bytes"))
+            else:
+                continue
+            looks[key] = (la, lb)
         if candidates:
             self._recheck(candidates, looks)
         return len(keys)
@@ -353,7 +476,7 @@ class Verifier:
         diff = self._compare_nodes(key, s, d)
         if diff is not None or s is None or s.kind != FILE:
             return diff
-        (a, _), (b, _) = self.src.hash(key), self.dst.hash(key)
+        a, b = self.src.hash(key)[0], self.dst.hash(key)[0]
         if a is None or b is None:
             return Difference(key, CONTENT, "cannot be read")
         return None if a == b else Difference(key, CONTENT, "same size, different bytes")

@@ -687,7 +687,10 @@ class PairWatch:
         journal = self._journal if ops else None
         if journal is not None:
             journal.begin(ops)
-        result = destination.apply_batch(ops, source, final, fsync=self.options.fsync)
+        result = destination.apply_batch(
+            ops, source, final, fsync=self.options.fsync,
+            **({"hard_links": True} if self.options.hard_links else {}),
+        )
         if journal is not None:
             journal.done()
         return result

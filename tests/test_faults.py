@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import tempfile
@@ -81,9 +82,18 @@ def test_disk_full_stops_with_one_line_removes_its_temp_and_converges_later(
         data = path.read_bytes()
         assert len(data) == 400_000 and len(set(data)) == 1, path
 
+    db = sqlite3.connect(str(tmp_path / "state.journal.sqlite"))
+    assert [r[0] for r in db.execute("SELECT state FROM batches")] == ["running"]
+    db.close()
+
     subprocess.run(["mount", "-o", "remount,size=40m", str(small_fs)], check=True)
     again = _run("sync", str(src), str(dst), "--state", state)
     assert again.returncode == 0, again.stderr
+    db = sqlite3.connect(str(tmp_path / "state.journal.sqlite"))
+    assert [r[0] for r in db.execute("SELECT state FROM batches ORDER BY seq")] == [
+        "rolled forward", "done"
+    ]
+    db.close()
     assert _run("diff", str(src), str(dst), "--state", state).returncode == 0
     assert_same_tree(src, dst)
 
@@ -349,3 +359,48 @@ def test_a_path_longer_than_path_max_is_synced_name_by_name(tmp_path: Path) -> N
     again = sync_once(str(src), str(dst), Options(state=str(tmp_path / "h.sqlite"),
                                                    dry_run=True))
     assert again.plan is not None and not again.plan
+
+    import hsync
+
+    assert hsync.verify(str(src), str(dst), settle=0).exit_code == 0
+    # a byte flipped at the bottom, size and mtime kept: verify finds it there too
+    fd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY)
+    for name in chain:
+        nfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    st = os.stat("leaf", dir_fd=fd)
+    leaf = os.open("leaf", os.O_WRONLY, dir_fd=fd)
+    os.pwrite(leaf, b"A", 0)
+    os.close(leaf)
+    os.utime("leaf", ns=(st.st_atime_ns, st.st_mtime_ns), dir_fd=fd)
+    os.close(fd)
+    found = hsync.verify(str(src), str(dst), settle=0.05)
+    assert [(d.key[-1], d.what) for d in found.differences] == [("leaf", "content")]
+
+
+def test_a_destination_file_replaced_by_a_directory_before_its_update_lands(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The destination changed between the scan and the publish: the directory that took
+    the file's place (and what it holds) is not clobbered; the next run converges."""
+    src = build(tmp_path / "src", {"f": File(b"new content", mtime_ns=T0 + 1), "g": b"g"})
+    dst = build(tmp_path / "dst", {"f": File(b"old", mtime_ns=T0), "g": b"g"})
+    from hsync.backends import fs
+
+    real_batch = fs._Batch.run
+
+    def swap_then_run(self, ops):  # type: ignore[no-untyped-def]
+        (dst / "f").unlink()
+        (dst / "f").mkdir()
+        (dst / "f" / "precious").write_bytes(b"p")
+        return real_batch(self, ops)
+
+    monkeypatch.setattr(fs._Batch, "run", swap_then_run)
+    report = sync_once(str(src), str(dst), Options(state=""))
+    monkeypatch.undo()
+    assert [p.key for p in report.problems] == [("f",)], report.problems
+    assert (dst / "f" / "precious").read_bytes() == b"p"
+    assert _temps(dst) == []
+    assert sync_once(str(src), str(dst), Options(state="")).ok
+    assert_same_tree(src, dst)

@@ -8,6 +8,7 @@ import contextlib
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -128,6 +129,12 @@ def test_kill_9_at_random_moments_never_tears_a_file(tmp_path: Path) -> None:
     print(f"full run {full:.2f} s, a run after a mutation {again:.2f} s, "
           f"{killed_mid_run}/{TRIALS} kills landed mid-run")
     assert killed_mid_run >= TRIALS // 2, f"only {killed_mid_run} kills landed mid-run"
+
+    # the journal saw batches begun and never done, and rolled them forward
+    db = sqlite3.connect(state.replace("history.sqlite", "history.journal.sqlite"))
+    states = [row[0] for row in db.execute("SELECT state FROM batches")]
+    db.close()
+    assert "rolled forward" in states, states
 
     done = _run("sync", str(src), str(dst), "--state", state)
     assert done.returncode == 0, done.stderr

@@ -501,8 +501,13 @@ class FsBackend:
         *,
         fsync: bool = False,
         on_done: Callable[[Op], None] | None = None,
+        hard_links: bool = False,
     ) -> ApplyResult:
-        return _Batch(self, source, final, fsync, on_done).run(ops)
+        """See ``Backend.apply_batch``. ``hard_links``: source files that are one inode
+        (the same identity) become one inode here too (rsync -H)."""
+        batch = _Batch(self, source, final, fsync, on_done)
+        batch.hard_links = hard_links
+        return batch.run(ops)
 
 
 class _Batch:
@@ -531,6 +536,9 @@ class _Batch:
         self.lock = threading.Lock()
         self.full: tuple[Key, OSError] | None = None
         self._root_fd: int | None = None
+        self.hard_links = False
+        self.groups: dict[object, list[Key]] = {}
+        self.linked: list[Op] = []  # file ops done by a link, after the copies
 
     def clean_temps(self) -> None:
         """Remove temporary files left by an interrupted publish (found by the scan)."""
@@ -553,6 +561,8 @@ class _Batch:
     def run(self, ops: Sequence[Op]) -> ApplyResult:
         try:
             self.clean_temps()
+            if self.hard_links:
+                self.groups = _link_groups(self.final)
             with self.executor(ops) as pool:
                 self.pool = pool
                 for op in ops:
@@ -565,6 +575,13 @@ class _Batch:
                     except (OSError, SourceChanged, TargetChanged) as e:
                         self.fail(op, e)
                 self.barrier()
+                for op in self.linked:
+                    if self.full is not None:
+                        break
+                    try:
+                        self.link_or_copy(op)
+                    except (OSError, SourceChanged, TargetChanged) as e:
+                        self.fail(op, e)
             self.settle_directories()
             if not self.fsync and (self.result.done or self.touched):
                 _syncfs(self.dst.root)
@@ -786,10 +803,53 @@ class _Batch:
             self.touch(op.key)
             self.ok(op)
 
+    def link_or_copy(self, op: Op) -> None:
+        """A file with other names for its source inode (``--hard-links``): link it to one
+        of them that the destination already holds as the source has it, else copy it
+        (then the next names link to it). Runs after the batch's copies have landed."""
+        node = op.node
+        assert node is not None
+        for other in self.groups.get(node.identity, ()):
+            if other == op.key:
+                continue
+            try:
+                with self.parent(other) as (ofd, oname):
+                    st = os.stat(oname, dir_fd=ofd, follow_symlinks=False)
+                    if not (
+                        stat.S_ISREG(st.st_mode)
+                        and st.st_size == node.size
+                        and st.st_mtime_ns == node.mtime_ns
+                        and stat.S_IMODE(st.st_mode) == node.mode
+                    ):
+                        continue
+                    if op.old is not None:
+                        self.expect(op.key, op.old)
+                    with self.parent(op.key) as (dfd, name):
+                        tmp = _tmp_name()
+                        os.link(oname, tmp, src_dir_fd=ofd, dst_dir_fd=dfd,
+                                follow_symlinks=False)
+                        try:
+                            if op.op == UPDATE:
+                                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+                            else:
+                                _rename_noreplace(tmp, name, dfd, dfd)
+                        except BaseException:
+                            _unlink_quiet(tmp, dfd)
+                            raise
+            except (FileNotFoundError, TargetChanged):
+                continue
+            self.touch(op.key)
+            self.ok(op)
+            return
+        self.ok(op, self.copy(op))
+
     def publish(self, op: Op) -> None:
         """Queue a content copy: files travel in chunks (one hand-off to a pool worker
         per chunk of up to CHUNK_FILES files or CHUNK_BYTES bytes, not one per file)."""
         assert op.node is not None
+        if self.groups and op.node.identity in self.groups:
+            self.linked.append(op)  # after the copies: its other names may land first
+            return
         self.chunk.append(op)
         self.chunk_bytes += op.node.size
         if len(self.chunk) >= CHUNK_FILES or self.chunk_bytes >= CHUNK_BYTES:
@@ -1016,6 +1076,20 @@ def _copy_chunk(
     return out
 
 
+def _link_groups(final: Snapshot) -> dict[object, list[Key]]:
+    """Source files that share an identity (an inode: hard links), by identity."""
+    rows = getattr(final.nodes, "rows", None)
+    items = (
+        ((k, r[0], r[5]) for k, r in rows.items()) if rows is not None
+        else ((k, n.kind, n.identity) for k, n in final.nodes.items())
+    )
+    seen: dict[object, list[Key]] = {}
+    for key, kind, ident in items:
+        if kind == FILE and ident is not None:
+            seen.setdefault(ident, []).append(key)
+    return {i: sorted(keys) for i, keys in seen.items() if len(keys) > 1}
+
+
 def _open_file(root: str, key: Key, path: str) -> int:
     """Open the file at ``path`` (``key`` below ``root``) to read it, without following
     a symlink in its last name; past PATH_MAX, name by name from the root."""
@@ -1187,9 +1261,9 @@ def _open_beneath(root_fd: int, rel: Key) -> int:
             _openat2_ok.append(None)
     call = _openat2_ok[0]
     path = "/".join(rel)
-    if call is not None and len(path) < 4000:
+    raw = os.fsencode(path)
+    if call is not None and len(raw) < 4000:
         how = _OpenHow(_O_DIR, 0, _RESOLVE)
-        raw = os.fsencode(path)
         for _ in range(3):  # EAGAIN: a rename raced the lookup; try again
             fd = call(
                 ctypes.c_long(_SYS_OPENAT2), ctypes.c_long(root_fd), ctypes.c_char_p(raw),
@@ -1203,6 +1277,8 @@ def _open_beneath(root_fd: int, rel: Key) -> int:
             if err in (errno.ENOSYS, errno.EPERM):  # no openat2 (or a seccomp filter)
                 _openat2_ok[0] = None
                 break
+            if err == errno.ENAMETOOLONG:
+                break  # name by name below
             if err in _SWAPPED:
                 raise TargetChanged(_SWAPPED_MSG.format(path))
             raise OSError(err, os.strerror(err), path)
