@@ -300,6 +300,9 @@ def watch(
         False, "--allow-empty-source", help="Let an empty source empty the destination."
     ),
     fsync: bool = typer.Option(False, "--fsync", help="fsync every file."),
+    hard_links: bool = typer.Option(
+        False, "--hard-links", "-H", help="Keep hard-linked source files linked."
+    ),
     log_format: str = LogFormatOpt,
     log_level: str = LogLevelOpt,
 ) -> None:
@@ -312,6 +315,7 @@ def watch(
     opts = _options(
         delete=not no_delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         max_delete=max_delete, state=state, allow_empty_source=allow_empty_source, fsync=fsync,
+        hard_links=hard_links,
     )
     wopts = WatchOptions(
         debounce=debounce / 1000, max_delay=max_delay / 1000,

@@ -44,6 +44,7 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "state": str,
     "allow_empty_source": bool,
     "fsync": bool,
+    "hard_links": bool,
     "debounce_ms": (int, float),
     "max_delay_ms": (int, float),
     "rescan_interval_s": (int, float),
@@ -125,6 +126,7 @@ def pair_config(
         state=raw.get("state"),
         allow_empty_source=raw.get("allow_empty_source", False),
         fsync=raw.get("fsync", False),
+        hard_links=raw.get("hard_links", False),
         check=debug,
     )
     wopts = WatchOptions(
