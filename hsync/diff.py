@@ -113,6 +113,7 @@ class _Matcher:
         self.hash_budget = HASH_BUDGET
         self.pinned = pinned  # unreadable keys and their ancestors: they keep their place
         self.by_evidence: set[Key] = set()  # destination keys matched by identity or content
+        self.history: HistoryView | None = None
 
     # -- bookkeeping -------------------------------------------------------------------
     def pair(self, d: Key, s: Key) -> None:
@@ -142,9 +143,16 @@ class _Matcher:
         return a is not None and a == self.digest("destination", d)
 
     # -- 1. identity ---------------------------------------------------------------------
-    def by_identity(self, history: HistoryView) -> None:
+    def by_identity(
+        self, history: HistoryView, keys: Iterable[Key] | None = None, *, in_place: bool = False
+    ) -> None:
+        """Pair source nodes with the destination key the history says they were synced
+        to. ``in_place``: also when that is the same key (its parent moved away, so the
+        node must come back: a move as well)."""
+        self.history = history
         src, dst = self.src, self.dst
-        candidates = sorted(k for k in self.open_src if k)  # the roots are matched already
+        # the roots are matched already
+        candidates = sorted(k for k in (self.open_src if keys is None else keys) if k)
         while candidates:
             idents = [src[s].identity for s in candidates if src[s].identity is not None]
             known = history.lookup_many(idents) if idents else {}
@@ -155,7 +163,9 @@ class _Matcher:
                 if hit is None:
                     continue
                 k1, synced = hit
-                if k1 in (s, ROOT) or k1 in self.match or k1 not in dst:
+                if k1 == ROOT or k1 in self.match or k1 not in dst:
+                    continue
+                if k1 == s and not (in_place and s not in self.claimed):
                     continue
                 if k1 in self.pinned or s in self.pinned:
                     continue  # what holds an unreadable part neither moves nor is replaced
@@ -166,7 +176,7 @@ class _Matcher:
                 if not same_content(synced, there):
                     continue
                 still = src.get(k1)
-                if still is not None and still.identity == node.identity:
+                if k1 != s and still is not None and still.identity == node.identity:
                     continue  # a second name for the same node (hard link): not a move
                 if k1 not in self.open_dst:
                     # k1 looked unchanged, but another node now lives there: reopen it
@@ -198,12 +208,19 @@ class _Matcher:
         disturbed += [
             s for s, d in claimed.items() if s != d and s in dst and dst[s].kind in CONTAINERS
         ]
+        fresh: list[Key] = []
         for root in disturbed:
             for k in self.destination.walk(root):
                 if k in dst:
                     self.open_dst.add(k)
                     if k in src:
                         self.open_src.add(k)
+                        if k not in claimed:
+                            fresh.append(k)
+        if fresh and self.history is not None:
+            # a node that looked unchanged below a directory that moves away may be the
+            # very node the source still has there: it comes back (a move, not a copy)
+            self.by_identity(self.history, fresh, in_place=True)
         # Changed nodes keep their key when the kind allows and no evidence says otherwise
         for d in sorted(self.open_dst, key=len):
             if d in match or d in claimed or d not in src:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from treeutil import D, F, snapshot
+from treeutil import D, F, L, snapshot
 
 from hsync.diff import MemoryHistory, diff
 from hsync.model import Node
@@ -287,6 +287,20 @@ CASES = [
             ("create", "d", None),
             ("create", "d/h", None),
         ],
+    ),
+    Case(
+        "regression (hypothesis seed 2210...1741): two directories swapped and a node "
+        "that stays at its key below them comes back by a move, not delete + create",
+        destination={"A/": D(ident=1), "A/x": L("t", ident=10), "B/": D(ident=2),
+                     "B/f": F(1, 1, ident=20)},
+        source={"A/": D(ident=2), "A/f": F(1, 1, ident=20), "A/x": L("t", ident=10),
+                "B/": D(ident=1)},
+        history="destination",
+        expected=None,
+        properties=lambda rows: (
+            _assert_counts(rows, create=0, delete=0),
+            _assert_counts(rows, move=4),
+        ),
     ),
     Case(
         "history ignored when the destination no longer holds what was synced",
