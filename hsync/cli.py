@@ -287,6 +287,10 @@ def watch(
         10, "--poll-interval", min=0.1, metavar="SECONDS",
         help="Rescan period of directories that could not be watched.",
     ),
+    verify_interval: float | None = typer.Option(
+        None, "--verify-interval", min=0, metavar="SECONDS",
+        help="Content-level verify this often; differences are repaired (default off).",
+    ),
     no_delete: bool = typer.Option(False, "--no-delete", help="Keep destination-only nodes."),
     checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
     exclude: list[str] = ExcludeOpt,
@@ -320,6 +324,7 @@ def watch(
     wopts = WatchOptions(
         debounce=debounce / 1000, max_delay=max_delay / 1000,
         rescan_interval=rescan_interval or None, poll_interval=poll_interval,
+        verify_interval=verify_interval or None,
     )
     _check_endpoints(src, dst)
     sup = Supervisor((PairConfig(src, src, dst, opts, wopts),), status_file, once=True)

@@ -49,6 +49,7 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "max_delay_ms": (int, float),
     "rescan_interval_s": (int, float),
     "poll_interval_s": (int, float),
+    "verify_interval_s": (int, float),
 }
 _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "status_file": str,
@@ -115,7 +116,8 @@ def pair_config(
             raise UsageError(
                 f"{where}: {path}: cannot read the exclude file: {e.strerror}"
             ) from None
-    for k in ("debounce_ms", "max_delay_ms", "rescan_interval_s", "poll_interval_s", "max_delete"):
+    for k in ("debounce_ms", "max_delay_ms", "rescan_interval_s", "poll_interval_s",
+              "verify_interval_s", "max_delete"):
         if k in raw and raw[k] < 0:
             raise UsageError(f"{where}: {k} must not be negative")
     options = Options(
@@ -134,6 +136,7 @@ def pair_config(
         max_delay=raw.get("max_delay_ms", 1000) / 1000,
         rescan_interval=raw.get("rescan_interval_s") or None,
         poll_interval=raw.get("poll_interval_s", 10),
+        verify_interval=raw.get("verify_interval_s") or None,
     )
     name = raw.get("name") or f"{raw['source']} -> {raw['destination']}"
     source, destination = (_relative_to(base, raw[k]) for k in ("source", "destination"))

@@ -76,6 +76,9 @@ class WatchOptions:
     """Seconds between rescans of subtrees that could not be watched."""
     batch_ops: int = 1000
     """Ops per applied batch: a stop request waits for at most one batch."""
+    verify_interval: float | None = None
+    """Seconds between content-level verifications (``hsync verify``) run beside the
+    loop; what they find is repaired by the next round (None: off)."""
     max_restarts: int = 3
 
 
@@ -237,6 +240,10 @@ class PairStatus:
     last_error: str | None = None
     warnings: list[str] = attrs.field(factory=list)
     unwatched: dict[str, str] = attrs.field(factory=dict)
+    verified_at: float | None = None
+    verify_differences: int | None = None
+    """Differences the last verify found; ``verify_found`` counts them all."""
+    verify_found: int = 0
 
     def to_json(self) -> dict[str, Any]:
         lag = 0.0
@@ -261,6 +268,9 @@ class PairStatus:
             "last_error": self.last_error,
             "warnings": self.warnings[-10:],
             "unwatched": self.unwatched,
+            "verified_at": _iso(self.verified_at),
+            "verify_differences": self.verify_differences,
+            "verify_found": self.verify_found,
         }
 
 
@@ -351,6 +361,7 @@ class PairWatch:
         self._retry_keys: set[Key] = set()
         self._retry_delay = 1.0
         self._blocked: str | None = None
+        self._checksum_next = False
 
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -420,6 +431,10 @@ class PairWatch:
         next_rescan = (
             time.monotonic() + self.wopts.rescan_interval if self.wopts.rescan_interval else None
         )
+        next_verify = (
+            time.monotonic() + self.wopts.verify_interval if self.wopts.verify_interval else None
+        )
+        verifying: threading.Thread | None = None
         try:
             while not self.stopping:
                 if watcher is not None and not getattr(watcher, "alive", True):
@@ -434,7 +449,8 @@ class PairWatch:
                         return
                     next_root_check = time.monotonic() + ROOT_POLL
                 deadlines = [t for t in (next_poll if self.dirty.unwatched_keys else None,
-                                         next_rescan, self._retry_at, next_root_check)
+                                         next_rescan, self._retry_at, next_root_check,
+                                         next_verify)
                              if t is not None]
                 if self.dirty.lost_reason is not None:
                     deadlines.append(self._full_not_before)
@@ -459,6 +475,16 @@ class PairWatch:
                     self._full_not_before = 0.0
                     assert self.wopts.rescan_interval is not None
                     next_rescan = now + self.wopts.rescan_interval
+                if next_verify is not None and now >= next_verify and (
+                    verifying is None or not verifying.is_alive()
+                ):
+                    verifying = threading.Thread(
+                        target=self._verify, args=(source, destination),
+                        name=f"hsync-verify-{self.status.name}",
+                    )
+                    verifying.start()
+                    assert self.wopts.verify_interval is not None
+                    next_verify = now + self.wopts.verify_interval
                 if self._retry_at is not None and now >= self._retry_at:
                     for k in self._retry_keys:
                         self.dirty.dirty(k, deep=True)
@@ -474,6 +500,8 @@ class PairWatch:
                     self.status.oldest_pending = self.dirty.first
         finally:
             self.watcher = None
+            if verifying is not None:
+                verifying.join()  # it checks stop between chunks
             if watcher is not None:
                 watcher.__exit__(None, None, None)
 
@@ -532,7 +560,11 @@ class PairWatch:
                     self.dirty.begin(compared)
                     cmp = self._compare_full(source, destination, history)
                 else:
-                    cmp = plan_between(source, destination, src, dst, history, self.options)
+                    options = self.options
+                    if self._checksum_next:  # verify found content that stat cannot see
+                        options = attrs.evolve(options, checksum=True)
+                        self._checksum_next = False
+                    cmp = plan_between(source, destination, src, dst, history, options)
                 region = compared
             if self.on_compared is not None:
                 self.on_compared(region)
@@ -679,6 +711,40 @@ class PairWatch:
             self.on_round(RoundResult(Region.of([()]), True, tuple(kept) if total <= 10_000
                                       else (), tuple(kept), tuple(problems),
                                       st.last_round_seconds))
+
+    def _verify(self, source: Backend, destination: Backend) -> None:
+        """One content-level verification beside the loop (``hsync verify``), a chunk at
+        a time. A key with a change pending in the loop is left to it; a difference that
+        persists is marked dirty, and the round that repairs it compares content."""
+        from .verify import Verifier
+
+        def pending(key: Key) -> bool:
+            with self.dirty.cond:
+                return any(
+                    key[:i] in self.dirty.deep for i in range(len(key) + 1)
+                ) or key in self.dirty.shallow
+
+        v = Verifier(source, destination, exclude=self.exclude, pending=pending)
+        t0 = time.monotonic()
+        try:
+            for _ in v.chunks():
+                if self.stopping:
+                    return
+        except (OSError, HsyncError) as e:
+            log.warning("verify: %s", e)
+            return
+        found = v.report.differences
+        self.status.verified_at = time.time()
+        self.status.verify_differences = len(found)
+        self.status.verify_found += len(found)
+        log.info("verify: %d difference(s), %d file(s) hashed in %.1f s", len(found),
+                 v.report.files, time.monotonic() - t0)
+        if found:
+            for d in found:
+                log.warning("verify: %s: %s (%s)", "/".join(d.key) or ".", d.what, d.detail)
+            self._checksum_next = True
+            for d in found:
+                self.dirty.dirty(d.key, deep=True)
 
     def _run_batch(
         self, destination: Backend, ops: Sequence[Op], source: Backend, final: Snapshot

@@ -613,3 +613,21 @@ def test_a_watch_killed_mid_copy_leaves_nothing_torn_and_a_restart_converges(
         assert p.wait(10) == 0
     assert not list(dst.rglob(".hsync-tmp-*"))
     assert_same_tree(src, dst)
+
+
+def test_periodic_verify_finds_a_flipped_byte_and_the_loop_repairs_it(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "d" / "data.bin", bytes(range(256)) * 64)
+    write(src / "other.txt", b"unchanged")
+    with running(src, dst, tmp_path, verify_interval=0.5) as (pw, _rounds):
+        converge(src, dst)
+        target = dst / "d" / "data.bin"
+        st = target.stat()
+        with open(target, "r+b") as f:  # bit rot: same size, same mtime
+            f.seek(1000)
+            f.write(b"\xff")
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert in_sync(src, dst)  # a stat comparison cannot see it
+        wait_for(lambda: target.read_bytes() == (src / "d" / "data.bin").read_bytes(),
+                 timeout=20, what="verify to find the flipped byte and a round to repair it")
+    assert pw.status.verify_found == 1  # the one file, found once, repaired
