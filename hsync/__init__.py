@@ -5,6 +5,7 @@ The Python API mirrors the command line::
     import hsync
     report = hsync.sync("src/", "dst/", dry_run=False)   # -> Report
     plan = hsync.diff("src/", "dst/")                     # -> Plan
+    hsync.watch("src/", "dst/", stop=event)               # until event.set()
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "diff_snapshots",
     "plan",
     "sync",
+    "watch",
 ]
 
 
@@ -57,3 +59,24 @@ def diff(src: str, dst: str, **options: Any) -> Plan:
         return cmp.plan
     finally:
         cmp.close()
+
+
+def watch(src: str, dst: str, *, stop: Any = None, **options: Any) -> None:
+    """Keep ``dst`` equal to ``src`` until ``stop`` (a ``threading.Event``) is set.
+
+    Watch options (``debounce``, ``max_delay`` in seconds, ``rescan_interval``,
+    ``poll_interval``, ``status_file``) beside the sync options."""
+    import threading
+
+    from .watch import PairWatch, StatusFile, WatchOptions
+
+    wkeys = {"debounce", "max_delay", "rescan_interval", "poll_interval", "batch_ops"}
+    wopts = WatchOptions(**{k: options.pop(k) for k in list(options) if k in wkeys})
+    status = StatusFile(options.pop("status_file", None))
+    if "exclude" in options:
+        options["exclude"] = tuple(options["exclude"])
+    pw = PairWatch(src, dst, Options(**options), wopts, status=status)
+    stop = stop if stop is not None else threading.Event()
+    t = threading.Thread(target=lambda: (stop.wait(), pw.stop()), daemon=True)
+    t.start()
+    pw.run()

@@ -245,6 +245,162 @@ def diff(
     raise typer.Exit(2 if unknown else 1 if the_plan else 0)
 
 
+LogFormatOpt = typer.Option("text", "--log-format", help="Log lines as text or json.")
+LogLevelOpt = typer.Option("info", "--log-level", help="debug, info, warning or error.")
+
+
+@app.command()
+@_guard
+def watch(
+    src: str = typer.Argument(..., metavar="SRC", help="Source tree (path or URL)."),
+    dst: str = typer.Argument(..., metavar="DST", help="Destination tree; created when missing."),
+    debounce: float = typer.Option(
+        100, "--debounce", min=0, metavar="MS", help="Quiet period before a round (ms)."
+    ),
+    max_delay: float = typer.Option(
+        1000, "--max-delay", min=0, metavar="MS",
+        help="A round starts at the latest this long after the first change (ms).",
+    ),
+    status_file: str | None = typer.Option(
+        None, "--status-file", metavar="PATH", help="JSON status, rewritten every round."
+    ),
+    rescan_interval: float | None = typer.Option(
+        None, "--rescan-interval", min=0, metavar="SECONDS",
+        help="Full comparison this often, to repair changes made by others (default off).",
+    ),
+    poll_interval: float = typer.Option(
+        10, "--poll-interval", min=0.1, metavar="SECONDS",
+        help="Rescan period of directories that could not be watched.",
+    ),
+    no_delete: bool = typer.Option(False, "--no-delete", help="Keep destination-only nodes."),
+    checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
+    exclude: list[str] = ExcludeOpt,
+    exclude_from: list[str] = ExcludeFromOpt,
+    max_delete: int | None = typer.Option(
+        None, "--max-delete", min=0, metavar="N",
+        help="Delete nothing in a round when more than N deletions are due.",
+    ),
+    state: str | None = StateOpt,
+    allow_empty_source: bool = typer.Option(
+        False, "--allow-empty-source", help="Let an empty source empty the destination."
+    ),
+    fsync: bool = typer.Option(False, "--fsync", help="fsync every file."),
+    log_format: str = LogFormatOpt,
+    log_level: str = LogLevelOpt,
+) -> None:
+    """Keep DST equal to SRC until stopped (SIGTERM/SIGINT): a full comparison, then
+    only what changes."""
+    from .daemon import PairConfig, Supervisor, serve, setup_logging
+    from .watch import WatchOptions
+
+    _log_setup(setup_logging, log_format, log_level)
+    opts = _options(
+        delete=not no_delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
+        max_delete=max_delete, state=state, allow_empty_source=allow_empty_source, fsync=fsync,
+    )
+    wopts = WatchOptions(
+        debounce=debounce / 1000, max_delay=max_delay / 1000,
+        rescan_interval=rescan_interval or None, poll_interval=poll_interval,
+    )
+    _check_endpoints(src, dst)
+    sup = Supervisor((PairConfig(src, src, dst, opts, wopts),), status_file, once=True)
+    raise typer.Exit(serve(sup, debug=_state["debug"]))
+
+
+@app.command()
+@_guard
+def daemon(
+    config: str = typer.Option(..., "--config", metavar="FILE", help="hsync.toml: the pairs."),
+    check: bool = typer.Option(False, "--check", help="Check the config and exit."),
+    log_format: str | None = typer.Option(None, "--log-format", help="text or json."),
+    log_level: str | None = typer.Option(None, "--log-level", help="Log level."),
+) -> None:
+    """Keep several pairs in sync, as the config file says; SIGHUP reloads it."""
+    from .daemon import Supervisor, load_config, serve, setup_logging
+
+    cfg = load_config(config, debug=_state["debug"])
+    if check:
+        for p in cfg.pairs:
+            print(f"{p.name}: {p.source} -> {p.destination}")
+        raise typer.Exit(0)
+    _log_setup(setup_logging, log_format or cfg.log_format, log_level or cfg.log_level)
+    sup = Supervisor(cfg.pairs, cfg.status_file)
+    raise typer.Exit(serve(sup, config, debug=_state["debug"]))
+
+
+@app.command()
+@_guard
+def status(
+    status_file: str = typer.Option(
+        ..., "--status-file", metavar="PATH", help="The file a watch or daemon writes."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the status file as it is."),
+) -> None:
+    """Show what a running watch or daemon is doing. Exit 0 all well, 1 a pair is in
+    error or waiting, or the process is not running."""
+    try:
+        with open(status_file, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as e:
+        raise HsyncError(f"{status_file}: cannot read the status file: {e.strerror}") from None
+    except ValueError as e:
+        raise HsyncError(f"{status_file}: not a status file: {e}") from None
+    alive = _pid_alive(doc.get("pid"))
+    if json_out:
+        print(json.dumps({**doc, "running": alive}, indent=1))
+    else:
+        print(f"hsync pid {doc.get('pid')} {'running' if alive else 'NOT RUNNING'}, "
+              f"started {doc.get('started_at')}, status written {doc.get('written_at')}")
+        for p in doc.get("pairs", []):
+            c = p.get("counts", {})
+            print(f"{p.get('name')}: {p.get('state')}  {p.get('source')} -> {p.get('destination')}")
+            print(f"  last round {p.get('last_round_at')} ({p.get('last_round_seconds')} s, "
+                  f"lag {p.get('last_lag_seconds')} s); rounds {p.get('rounds')}, full "
+                  f"comparisons {p.get('full_comparisons')}, restarts {p.get('restarts')}")
+            print(f"  pending {p.get('pending')}; {c.get('create', 0)} created, "
+                  f"{c.get('update', 0)} updated, {c.get('move', 0)} moved, "
+                  f"{c.get('delete', 0)} deleted; {_human_bytes(p.get('bytes_copied', 0))} copied; "
+                  f"{p.get('problems', 0)} problem(s)")
+            for k, why in (p.get("unwatched") or {}).items():
+                print(f"  not watched (polled): {k or '.'}: {why}")
+            if p.get("last_error"):
+                print(f"  last error: {p['last_error']}")
+    bad = not alive or any(p.get("state") in ("error", "waiting") for p in doc.get("pairs", []))
+    raise typer.Exit(1 if bad else 0)
+
+
+def _pid_alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _log_setup(setup: Callable[[str, str], None], fmt: str, level: str) -> None:
+    if fmt not in ("text", "json"):
+        raise typer.BadParameter("--log-format must be text or json")
+    import logging
+
+    if level.upper() not in logging.getLevelNamesMapping():
+        raise typer.BadParameter(f"unknown --log-level {level!r}")
+    setup(fmt, "debug" if _state["debug"] else level)
+
+
+def _check_endpoints(src: str, dst: str) -> None:
+    """The checks of SPEC section 8 before any thread starts: a bad pair is one line
+    and exit 2, like ``sync``."""
+    from .sync import open_pair
+
+    source, destination = open_pair(src, dst)
+    source.close()
+    destination.close()
+
+
 def render_tree(the_plan: Any) -> str:
     """The plan drawn as a tree of the paths it touches (anytree)."""
     from anytree import Node, RenderTree

@@ -368,7 +368,8 @@ def diff(
     ``delete=False`` no move is inferred and destination nodes are removed only where
     a source node of another kind needs their key (a type change); with
     ``replace=False`` not even then: such a source node is left out.
-    Keys under an ``incomplete`` key of either snapshot are left alone.
+    Keys under an ``incomplete`` key of either snapshot are left alone; ``partial``
+    keys (the context of a partial rescan) are at most updated.
     """
     src, dst = source.nodes, destination.nodes
     frozen = {**source.incomplete, **destination.incomplete}
@@ -420,6 +421,8 @@ def diff(
         return []
 
     pinned = {k[:i] for k in frozen for i in range(len(k) + 1)}
+    context = source.partial | destination.partial
+    pinned |= context
     m = _Matcher(src, dst, source, destination, digest, changed, new, gone, pinned)
     if moves and delete:
         if history is not None:
@@ -446,13 +449,13 @@ def diff(
     for k in destination.holds_excluded:
         keep.update(k[:i] for i in range(len(k) + 1))
     for s in sorted(m.open_src):
-        if s in m.claimed or (s in keep and src[s].kind != dst[s].kind):
+        if s in m.claimed or (s in keep and src[s].kind != dst[s].kind) or s in context:
             continue
         if not replace and _needed(s, src, dst):
             continue  # it would take the place of a destination node of another kind
         changes.append(Change(op=CREATE, key=s, kind=src[s].kind, node=src[s]))
     for d in sorted(m.open_dst):
-        if d in match or d in keep:
+        if d in match or d in keep or d in context:
             continue
         if not delete and (not replace or not _needed(d, src, dst)):
             continue

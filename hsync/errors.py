@@ -29,3 +29,7 @@ class PlanError(HsyncError):
     """A plan broke an ordering rule (SPEC section 4): a bug, never a user error."""
 
     exit_code = 70
+
+
+class Interrupted(Exception):
+    """A scan or a round stopped on request (a stop signal, a restarted comparison)."""

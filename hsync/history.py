@@ -143,8 +143,10 @@ class History:
             chunk = items[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for key, ident, kind, size, mtime, target in self.db.execute(
-                f"SELECT key, ident, kind, size, mtime, target FROM nodes "
-                f"WHERE pair=? AND ident IN ({marks})",
+                # without statistics SQLite prefers walking the pair's primary-key range
+                # (every row) to this index: 6 ms per lookup on 100k nodes instead of 6 us
+                f"SELECT key, ident, kind, size, mtime, target FROM nodes INDEXED BY "
+                f"nodes_ident WHERE pair=? AND ident IN ({marks})",
                 (self.pair, *chunk),
             ):
                 orig = wanted.get(ident)

@@ -133,6 +133,10 @@ class Snapshot:
     holds_excluded: set[Key] = attrs.field(factory=set)
     """Directories with excluded children: excluded nodes are never deleted, so neither
     are these directories nor their ancestors."""
+    partial: set[Key] = attrs.field(factory=set)
+    """Nodes listed without (all of) their children: the context of a partial rescan
+    (the ancestors of the rescanned subtrees). Diff may update them, never move,
+    replace or delete them."""
     _children: dict[Key, list[Key]] | None = attrs.field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:

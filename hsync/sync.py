@@ -145,6 +145,10 @@ def _root_checks(source: Backend, destination: Backend) -> None:
         why = "does not exist"
     if why is not None:
         raise SafetyError(f"{source.url}: source {why}; nothing done")
+    _destination_checks(destination)
+
+
+def _destination_checks(destination: Backend) -> None:
     if destination.exists():
         why = getattr(destination, "root_error", lambda: None)()
         if why is not None:
@@ -168,12 +172,46 @@ def compare(
 ) -> Comparison:
     """Open both endpoints, refuse what SPEC section 8 refuses, scan both trees, and
     return the plan between them (nothing is written). The caller closes the result."""
-    source = open_backend(source_url, role="source")
-    destination = open_backend(destination_url, role="destination")
-    _check_pair(source, destination)
-    _root_checks(source, destination)
-    exclude = _exclude_matcher(options.exclude)
+    source, destination = open_pair(source_url, destination_url)
+    try:
+        history = open_history(source, destination, options)
+        try:
+            src, dst = scan_both(source, destination, options)
+            return plan_between(source, destination, src, dst, history, options)
+        except BaseException:
+            if history is not None:
+                history.close()
+            raise
+    except BaseException:
+        source.close()
+        destination.close()
+        raise
 
+
+def open_pair(source_url: str, destination_url: str) -> tuple[Backend, Backend]:
+    """Both endpoints, opened, with the pair and root checks of SPEC section 8 done."""
+    source = open_backend(source_url, role="source")
+    try:
+        destination = open_backend(destination_url, role="destination")
+    except BaseException:
+        source.close()
+        raise
+    try:
+        _check_pair(source, destination)
+        _root_checks(source, destination)
+    except BaseException:
+        source.close()
+        destination.close()
+        raise
+    return source, destination
+
+
+def scan_both(
+    source: Backend, destination: Backend, options: Options
+) -> tuple[Snapshot, Snapshot]:
+    """Full scans of both trees (overlapping where the backend can fork a walk), with
+    the source checks of SPEC section 8 (missing, unreadable, suddenly empty)."""
+    exclude = _exclude_matcher(options.exclude)
     # The two walks overlap in two processes where the backend can fork one.
     collect: Callable[[], Snapshot] = Snapshot
     if destination.exists():
@@ -183,10 +221,21 @@ def compare(
         else:
             collect = lambda: destination.scan((), exclude=exclude)  # noqa: E731
     try:
+        why = getattr(source, "root_error", lambda: None)()
+        if why is None and not source.exists():
+            why = "does not exist"
+        if why is not None:
+            raise SafetyError(f"{source.url}: source {why}; nothing done")
         src = source.scan((), exclude=exclude)
     finally:
         dst = collect()  # even when the source scan failed: no child left behind
+    check_source(source, src, dst, options)
+    return src, dst
 
+
+def check_source(source: Backend, src: Snapshot, dst: Snapshot, options: Options) -> None:
+    """SPEC section 8: a source root that could not be read, or that is empty while the
+    destination is not, is never a reason to delete."""
     if () in src.incomplete:
         raise SafetyError(f"{source.url}: source {src.incomplete[()]}; nothing done")
     if len(src.nodes) <= 1 and len(dst.nodes) > 1 and not options.allow_empty_source:
@@ -195,19 +244,33 @@ def compare(
             "everything (--allow-empty-source to allow it)"
         )
 
-    history = None
-    if options.state != "" and options.delete:
-        from .history import History, default_state_path
 
-        path = options.state or default_state_path()
-        try:
-            if not options.dry_run:
-                history = History(path, _url_id(source), _url_id(destination))
-            elif os.path.exists(path):  # a dry run reads the history, never creates it
-                history = History(path, _url_id(source), _url_id(destination), readonly=True)
-        except (OSError, sqlite3.Error) as e:
-            raise UsageError(f"{path}: cannot open the history: {e}") from None
+def open_history(source: Backend, destination: Backend, options: Options) -> Any:
+    """The pair's history, or None (no history asked for, or a dry run without one)."""
+    if options.state == "" or not options.delete:
+        return None
+    from .history import History, default_state_path
 
+    path = options.state or default_state_path()
+    try:
+        if not options.dry_run:
+            return History(path, _url_id(source), _url_id(destination))
+        if os.path.exists(path):  # a dry run reads the history, never creates it
+            return History(path, _url_id(source), _url_id(destination), readonly=True)
+    except (OSError, sqlite3.Error) as e:
+        raise UsageError(f"{path}: cannot open the history: {e}") from None
+    return None
+
+
+def plan_between(
+    source: Backend,
+    destination: Backend,
+    src: Snapshot,
+    dst: Snapshot,
+    history: Any,
+    options: Options,
+) -> Comparison:
+    """Diff and plan two snapshots (whole trees, or the same partial region of both)."""
     digests: dict[tuple[Side, Key], bytes | None] = {}
 
     def digest(side: Side, key: Key) -> bytes | None:

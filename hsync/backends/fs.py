@@ -22,10 +22,11 @@ import stat
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Any, BinaryIO
 
-from ..backend import ApplyResult, Backend, Capabilities
-from ..errors import BackendError
+from ..backend import ApplyResult, Backend, Capabilities, WatchSink
+from ..errors import BackendError, Interrupted
 from ..model import (
     CREATE,
     DELETE,
@@ -75,6 +76,8 @@ class FsBackend:
         self.capabilities = Capabilities()
         self.stale_temps: list[Key] = []
         self._lock = threading.Lock()
+        self.interrupt: Callable[[], bool] | None = None
+        """Checked between directories of a scan: true stops it (``Interrupted``)."""
 
     # -- reading ------------------------------------------------------------------------
     def path(self, key: Key) -> str:
@@ -123,7 +126,21 @@ class FsBackend:
         nodes = rows
         top = self.path(subtree)
         try:
-            st = os.stat(top) if not subtree else os.lstat(top)
+            if subtree:
+                # a partial rescan: absent is an answer, a leaf is one node, and no
+                # ancestor is followed through a symlink
+                row = self._row_at(subtree)
+                if row is None:
+                    return snap
+                if row[0] != DIR:
+                    if row[0] in (FILE, SYMLINK):
+                        nodes[subtree] = row
+                    else:
+                        snap.skipped.append((subtree, row[0]))
+                    return snap
+                st = os.lstat(top)
+            else:
+                st = os.stat(top)
         except OSError as e:
             snap.incomplete[subtree] = e.strerror or str(e)
             return snap
@@ -140,6 +157,8 @@ class FsBackend:
         stack: list[tuple[str, Key, int, int]] = [(top, subtree, st.st_ino, st.st_dev)]
         while stack:
             path, key, want_ino, want_dev = stack.pop()
+            if self.interrupt is not None and self.interrupt():
+                raise Interrupted(f"{self.url}: scan interrupted")
             try:
                 fd = osopen(path, _O_LIST if key != subtree else _O_LIST & ~os.O_NOFOLLOW)
             except FileNotFoundError:
@@ -229,6 +248,79 @@ class FsBackend:
                     kids.append(k)
                 else:
                     skipped.append((k, _special_kind(mode)))
+
+    def _parent_fd(self, key: Key) -> int | None:
+        """A descriptor of ``key``'s parent directory, reached from the root one name at
+        a time without following a symlink; None when a name on the way is absent or is
+        not a directory. The caller closes it."""
+        fd = os.open(self.root, _O_LIST & ~os.O_NOFOLLOW)
+        try:
+            for name in key[:-1]:
+                try:
+                    nfd = os.open(name, _O_LIST, dir_fd=fd)
+                except (FileNotFoundError, NotADirectoryError):
+                    os.close(fd)
+                    return None
+                except OSError as e:
+                    if e.errno == errno.ELOOP:  # a symlink on the way: not a directory
+                        os.close(fd)
+                        return None
+                    raise
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _row_at(self, key: Key) -> Any:
+        """The row at ``key`` (a special file's row has its kind's name), or None."""
+        self.path(key)  # refuses unsafe names
+        fd = self._parent_fd(key)
+        if fd is None:
+            return None
+        try:
+            try:
+                st = os.stat(key[-1], dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            mode = st.st_mode
+            if stat.S_ISREG(mode):
+                if key[-1].startswith(TMP_PREFIX):
+                    return None
+                return (FILE, stat.S_IMODE(mode), st.st_size, st.st_mtime_ns, None, st.st_ino)
+            if stat.S_ISDIR(mode):
+                return (DIR, stat.S_IMODE(mode), 0, st.st_mtime_ns, None, st.st_ino)
+            if stat.S_ISLNK(mode):
+                try:
+                    target = os.readlink(key[-1], dir_fd=fd)
+                except FileNotFoundError:
+                    return None
+                return (SYMLINK, 0, 0, 0, target, st.st_ino)
+            return (_special_kind(mode),)
+        finally:
+            os.close(fd)
+
+    def stat(self, key: Key) -> Node | None:
+        """See ``Backend.stat``. Special files count as absent (they are never synced)."""
+        if not key:
+            try:
+                st = os.stat(self.root)
+            except FileNotFoundError:
+                return None
+            if not stat.S_ISDIR(st.st_mode):
+                return None
+            return Node(DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, None, st.st_ino)
+        row = self._row_at(key)
+        if row is None or len(row) == 1:
+            return None
+        return Node(*row)
+
+    def watch(self, sink: WatchSink) -> AbstractContextManager[None]:
+        """Report changes below the root (inotify through watchdog); see ``fswatch``."""
+        from .fswatch import FsWatcher
+
+        return FsWatcher(self, sink)
 
     def scan_in_child(
         self, subtree: Key = (), *, exclude: Callable[[Key, bool], bool] | None = None

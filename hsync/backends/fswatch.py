@@ -1,0 +1,209 @@
+"""Change notifications for a filesystem tree: inotify through watchdog.
+
+The watcher only reports: every event becomes ``sink.dirty(key, deep=...)`` and nothing
+else happens on watchdog's threads. What watchdog does not report by itself is made
+visible at its boundary (``_Group``, a subclass of its inotify watch group):
+
+- a queue overflow (events were lost) -> ``sink.lost``;
+- a directory that could not be watched (the watch limit, a permission) ->
+  ``sink.unwatched`` (the loop polls it).
+
+Facts measured here (shared/notes/baselines.md): watchdog's default event mask
+overflows the 16,384-event queue at once on a real tree, so an ``event_filter`` is
+passed; a directory rename fans out into one synthesised event per descendant, which
+are dropped (the one ``DirMovedEvent`` dirties both whole subtrees).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
+
+from ..backend import WatchSink
+from ..model import Key
+
+if TYPE_CHECKING:
+    from .fs import FsBackend
+
+log = logging.getLogger("hsync.watch")
+
+# watchdog warns when `mkdir -p a/b` makes it register the same watch twice (the create
+# event of a/b and the walk of a both add it); the second registration is harmless
+warnings.filterwarnings(
+    "ignore", message="Callback with id .* already exists", category=RuntimeWarning
+)
+
+EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    DirModifiedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+]
+"""What hsync listens to: never opens, reads or close-without-write."""
+
+_DEEP = (DirCreatedEvent, FileCreatedEvent, DirDeletedEvent, FileDeletedEvent)
+
+
+@dataclass
+class _Group(InotifyWatchGroup):
+    """watchdog's recursive watch group, telling the sink what watchdog only logs."""
+
+    sink: WatchSink | None = None
+    base: bytes = b""
+
+    def on_queue_overflow(self) -> None:
+        super().on_queue_overflow()
+        if self.sink is not None:
+            self.sink.lost("the inotify event queue overflowed")
+
+    def _add_callback(self, path: bytes) -> None:
+        try:
+            wd = self._inotify_fd.add_callback(path, self.event_mask, self._callback, self._id)
+        except OSError as e:
+            if path == self.path:
+                raise
+            if not os.path.isdir(path) or self.sink is None:
+                return  # gone, or replaced, meanwhile: its own events say so
+            self.sink.unwatched(_key_of(self.base, path), e.strerror or str(e))
+            return
+        self._active_callbacks_by_path[path] = wd
+        self._active_callbacks_by_watch[wd] = path
+
+
+class _Emitter(InotifyEmitter):
+    def __init__(self, *args: Any, sink: WatchSink, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sink = sink
+
+    def on_thread_start(self) -> None:
+        path = os.fsencode(self.watch.path)
+        self._inotify = _Group(
+            self._inotify_fd,
+            path,
+            is_recursive=self.watch.is_recursive,
+            event_mask=self.get_event_mask_from_filter(),
+            follow_symlink=False,
+            sink=self.sink,
+            base=path,
+        )
+
+
+def _key_of(base: bytes, path: bytes | str) -> Key:
+    raw = os.fsencode(path)
+    if raw == base:
+        return ()
+    rel = raw[len(base) + 1 :] if raw.startswith(base + b"/") else None
+    if rel is None:
+        return ("\0outside",)  # never a real key: ignored by the handler
+    return tuple(os.fsdecode(rel).split("/"))
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, base: bytes, sink: WatchSink) -> None:
+        self.base = base
+        self.sink = sink
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        if event.is_synthetic:
+            return  # one per descendant of a moved or created directory: already covered
+        key = _key_of(self.base, event.src_path)
+        if key[:1] == ("\0outside",):
+            return
+        sink = self.sink
+        if isinstance(event, (DirMovedEvent, FileMovedEvent)):
+            sink.dirty(key, deep=True)
+            if key:
+                sink.dirty(key[:-1], deep=False)
+            to = _key_of(self.base, event.dest_path)
+            if to[:1] != ("\0outside",):
+                sink.dirty(to, deep=True)
+                if to:
+                    sink.dirty(to[:-1], deep=False)
+        elif isinstance(event, _DEEP):
+            sink.dirty(key, deep=True)
+            if key:
+                sink.dirty(key[:-1], deep=False)
+        else:  # modified, closed after a write, attributes
+            sink.dirty(key, deep=False)
+
+
+class FsWatcher:
+    """A context manager: watches ``backend``'s root recursively while entered.
+
+    Entering raises ``OSError`` when the root itself cannot be watched (the caller
+    falls back to polling); a subdirectory that cannot be watched is reported to the
+    sink instead."""
+
+    def __init__(self, backend: FsBackend, sink: WatchSink) -> None:
+        self.backend = backend
+        self.sink = sink
+        self.observer: InotifyObserver | None = None
+
+    def __enter__(self) -> None:
+        root = os.path.realpath(self.backend.root)
+        observer = InotifyObserver()
+        # watchdog's own observer, with the emitter above (it passes these kwargs on)
+        observer._emitter_class = _Emitter  # type: ignore[attr-defined]
+        observer._emitter_kwargs = {**observer._emitter_kwargs, "sink": self.sink}  # type: ignore[attr-defined]
+        try:
+            observer.schedule(
+                _Handler(os.fsencode(root), self.sink), root, recursive=True, event_filter=EVENTS
+            )
+            observer.start()
+        except BaseException:
+            _stop(observer)
+            raise
+        self.observer = observer
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.observer is not None:
+            _stop(self.observer)
+            self.observer = None
+
+    @property
+    def alive(self) -> bool:
+        """False once the observer stopped by itself (the root was deleted or moved)."""
+        obs = self.observer
+        return obs is not None and obs.is_alive() and any(
+            e.is_alive() for e in list(obs.emitters)
+        )
+
+
+def _stop(observer: InotifyObserver) -> None:
+    try:
+        if observer.is_alive():
+            observer.stop()
+            observer.join(5)
+        else:
+            observer.on_thread_stop()  # releases the inotify descriptor it opened
+    except Exception:
+        log.debug("stopping the observer failed", exc_info=True)

@@ -1,0 +1,334 @@
+"""Several pairs in one process: the TOML config, one loop thread per pair, signals.
+
+``hsync watch SRC DST`` is the same thing with one pair built from the command line.
+
+Signals (handled in the main thread, which does nothing else): SIGTERM and SIGINT ask
+every loop to finish the batch in flight and record its history, then the process
+exits 0; SIGHUP re-reads the config: pairs that were removed or changed are stopped,
+new or changed ones started, unchanged ones keep running. A config that does not load
+on SIGHUP is reported and the running pairs are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import HsyncError, UsageError
+from .sync import Options
+from .watch import PairWatch, StatusFile, WatchOptions
+
+log = logging.getLogger("hsync.daemon")
+
+STOP_TIMEOUT = 5.0
+OPEN_RETRY = 5.0
+
+_PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "source": str,
+    "destination": str,
+    "exclude": list,
+    "exclude_from": list,
+    "delete": bool,
+    "checksum": bool,
+    "max_delete": int,
+    "state": str,
+    "allow_empty_source": bool,
+    "fsync": bool,
+    "debounce_ms": (int, float),
+    "max_delay_ms": (int, float),
+    "rescan_interval_s": (int, float),
+    "poll_interval_s": (int, float),
+}
+_TOP_KEYS: dict[str, type | tuple[type, ...]] = {
+    "status_file": str,
+    "log_format": str,
+    "log_level": str,
+    "defaults": dict,
+    "pair": list,
+}
+
+
+@attrs.frozen
+class PairConfig:
+    name: str
+    source: str
+    destination: str
+    options: Options
+    wopts: WatchOptions
+
+
+@attrs.frozen
+class Config:
+    path: str
+    pairs: tuple[PairConfig, ...]
+    status_file: str | None = None
+    log_format: str = "text"
+    log_level: str = "info"
+
+
+def _check_types(where: str, table: dict[str, Any], keys: dict[str, Any]) -> None:
+    for k, v in table.items():
+        want = keys.get(k)
+        if want is None:
+            raise UsageError(f"{where}: unknown key {k!r} (known: {', '.join(sorted(keys))})")
+        if isinstance(v, bool) and want is not bool and bool not in (
+            want if isinstance(want, tuple) else (want,)
+        ):
+            raise UsageError(f"{where}: {k} must be a {_type_name(want)}, not a boolean")
+        if not isinstance(v, want):
+            raise UsageError(f"{where}: {k} must be a {_type_name(want)}")
+
+
+def _type_name(want: type | tuple[type, ...]) -> str:
+    if isinstance(want, tuple):
+        return "number"
+    return {str: "string", list: "list", bool: "boolean", int: "integer", dict: "table"}.get(
+        want, want.__name__
+    )
+
+
+def pair_config(
+    where: str, raw: dict[str, Any], *, debug: bool = False, base: Path | None = None
+) -> PairConfig:
+    """One pair's options from a config table (keys as in ``_PAIR_KEYS``)."""
+    _check_types(where, raw, _PAIR_KEYS)
+    for need in ("source", "destination"):
+        if need not in raw:
+            raise UsageError(f"{where}: {need} is missing")
+    patterns = [str(p) for p in raw.get("exclude", [])]
+    for f in raw.get("exclude_from", []):
+        path = Path(f) if base is None or Path(f).is_absolute() else base / f
+        try:
+            patterns += path.read_text(errors="surrogateescape").splitlines()
+        except OSError as e:
+            raise UsageError(
+                f"{where}: {path}: cannot read the exclude file: {e.strerror}"
+            ) from None
+    for k in ("debounce_ms", "max_delay_ms", "rescan_interval_s", "poll_interval_s", "max_delete"):
+        if k in raw and raw[k] < 0:
+            raise UsageError(f"{where}: {k} must not be negative")
+    options = Options(
+        delete=raw.get("delete", True),
+        checksum=raw.get("checksum", False),
+        exclude=tuple(patterns),
+        max_delete=raw.get("max_delete"),
+        state=raw.get("state"),
+        allow_empty_source=raw.get("allow_empty_source", False),
+        fsync=raw.get("fsync", False),
+        check=debug,
+    )
+    wopts = WatchOptions(
+        debounce=raw.get("debounce_ms", 100) / 1000,
+        max_delay=raw.get("max_delay_ms", 1000) / 1000,
+        rescan_interval=raw.get("rescan_interval_s") or None,
+        poll_interval=raw.get("poll_interval_s", 10),
+    )
+    name = raw.get("name") or f"{raw['source']} -> {raw['destination']}"
+    source, destination = (_relative_to(base, raw[k]) for k in ("source", "destination"))
+    return PairConfig(name, source, destination, options, wopts)
+
+
+def _relative_to(base: Path | None, location: str) -> str:
+    """A relative path in a config file is relative to the file, not to the cwd."""
+    from .backend import scheme_of
+
+    if base is None or scheme_of(location) != "file" or location.startswith("file:"):
+        return location
+    return str(base / location) if not Path(location).is_absolute() else location
+
+
+def load_config(path: str, *, debug: bool = False) -> Config:
+    """Read and check ``path``; every mistake is one ``UsageError`` naming it."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read the config: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: not valid TOML: {e}") from None
+    _check_types(path, doc, _TOP_KEYS)
+    defaults = doc.get("defaults", {})
+    _check_types(f"{path}: [defaults]", defaults, _PAIR_KEYS)
+    raw_pairs = doc.get("pair", [])
+    if not raw_pairs:
+        raise UsageError(f"{path}: no [[pair]] defined")
+    pairs: list[PairConfig] = []
+    base = Path(path).resolve().parent
+    for i, raw in enumerate(raw_pairs, 1):
+        if not isinstance(raw, dict):
+            raise UsageError(f"{path}: pair {i} must be a table ([[pair]])")
+        where = f"{path}: pair {raw.get('name', i)!s}"
+        pairs.append(pair_config(where, {**defaults, **raw}, debug=debug, base=base))
+    names = [p.name for p in pairs]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise UsageError(f"{path}: pair names must be unique: {', '.join(sorted(dup))}")
+    fmt = doc.get("log_format", "text")
+    if fmt not in ("text", "json"):
+        raise UsageError(f"{path}: log_format must be \"text\" or \"json\"")
+    level = doc.get("log_level", "info")
+    if level.upper() not in logging.getLevelNamesMapping():
+        raise UsageError(f"{path}: unknown log_level {level!r}")
+    return Config(path, tuple(pairs), doc.get("status_file"), fmt, level)
+
+
+class _Running:
+    def __init__(self, config: PairConfig, status: StatusFile) -> None:
+        self.config = config
+        self.watch = PairWatch(
+            config.source, config.destination, config.options, config.wopts,
+            name=config.name, status=status,
+        )
+        self.error: HsyncError | None = None
+        self.thread = threading.Thread(target=self._run, name=f"hsync-pair-{config.name}")
+
+    def _run(self) -> None:
+        w = self.watch
+        while not w.stopping:
+            try:
+                w.run()
+                return
+            except HsyncError as e:
+                self.error = e
+                w.status.state = "error"
+                w.status.last_error = str(e)
+                w.status_file.write()
+                log.error("%s: %s", self.config.name, e)
+                if self.once:
+                    return
+                w._stop.wait(OPEN_RETRY)  # a daemon keeps trying (a mount not up yet)
+            except Exception:
+                log.exception("%s: the loop failed", self.config.name)
+                w.status.state = "error"
+                w.status_file.write()
+                if self.once:
+                    raise
+                w._stop.wait(OPEN_RETRY)
+
+    once = False
+
+
+class Supervisor:
+    """Runs the pairs of a config, each in its own thread."""
+
+    def __init__(
+        self, pairs: tuple[PairConfig, ...], status_file: str | None, *, once: bool = False
+    ) -> None:
+        self.status = StatusFile(status_file)
+        self.running: dict[str, _Running] = {}
+        self.once = once  # `hsync watch`: an error opening the pair ends the process
+        self.start(pairs)
+
+    def start(self, pairs: tuple[PairConfig, ...]) -> None:
+        for p in pairs:
+            r = _Running(p, self.status)
+            r.once = self.once
+            self.running[p.name] = r
+            r.thread.start()
+            log.info("%s: watching %s -> %s", p.name, p.source, p.destination)
+
+    def stop(self, names: list[str] | None = None, timeout: float = STOP_TIMEOUT) -> None:
+        which = [self.running[n] for n in (names if names is not None else list(self.running))]
+        for r in which:
+            r.watch.stop()
+        deadline = time.monotonic() + timeout
+        for r in which:
+            r.thread.join(max(0.0, deadline - time.monotonic()))
+            if r.thread.is_alive():
+                log.warning("%s: still finishing after %g s", r.config.name, timeout)
+        for r in which:
+            self.running.pop(r.config.name, None)
+            if r.watch.status in self.status.pairs:
+                self.status.pairs.remove(r.watch.status)
+
+    def reload(self, pairs: tuple[PairConfig, ...]) -> None:
+        new = {p.name: p for p in pairs}
+        gone = [n for n, r in self.running.items() if new.get(n) != r.config]
+        if gone:
+            log.info("reload: stopping %s", ", ".join(gone))
+            self.stop(gone)
+        self.start(tuple(p for n, p in new.items() if n not in self.running))
+        self.status.write()
+
+    def failed(self) -> HsyncError | None:
+        """The error that ended a pair that runs ``once``, when every pair has ended."""
+        if all(not r.thread.is_alive() for r in self.running.values()):
+            for r in self.running.values():
+                if r.error is not None:
+                    return r.error
+            return HsyncError("every pair stopped") if self.running else None
+        return None
+
+
+def serve(supervisor: Supervisor, config_path: str | None = None, *, debug: bool = False) -> int:
+    """The main thread: wait for signals, reload on SIGHUP, stop on SIGTERM/SIGINT."""
+    stop = threading.Event()
+    hup = threading.Event()
+
+    def on_stop(signum: int, _frame: Any) -> None:
+        log.info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())
+    code = 0
+    try:
+        while not stop.is_set():
+            stop.wait(0.1)
+            if hup.is_set():
+                hup.clear()
+                if config_path is None:
+                    log.info("SIGHUP: nothing to reload (no config file)")
+                    continue
+                try:
+                    cfg = load_config(config_path, debug=debug)
+                except HsyncError as e:
+                    log.error("reload refused, the running pairs are kept: %s", e)
+                    continue
+                log.info("SIGHUP: reloading %s", config_path)
+                supervisor.reload(cfg.pairs)
+            err = supervisor.failed()
+            if err is not None:
+                raise err
+    finally:
+        supervisor.stop()
+    return code
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def setup_logging(fmt: str = "text", level: str = "info") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s hsync %(levelname)s %(message)s"))
+    root = logging.getLogger("hsync")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

@@ -1,0 +1,622 @@
+"""The long-running loop: notifications mark subtrees dirty, rounds sync them (SPEC 6, 7).
+
+Threads and who does what:
+
+- the backend's watcher (watchdog's threads, a syncrepl thread) only calls the
+  ``Dirty`` sink: it never scans or applies;
+- one loop per pair (``PairWatch.run``) waits for a quiet period (``debounce``, bounded
+  by ``max_delay`` so a source that never goes quiet is still followed), takes the dirty
+  region, rescans it on both sides, diffs, plans and applies it, and records the
+  history.
+
+A notification that touches the region being compared marks the comparison stale: the
+scan stops at its next directory, the plan is dropped, and the region goes back to the
+dirty set to be compared again after the next quiet period (at most ``max_restarts``
+times in a row, so a subtree that never goes quiet is still synced; the applier then
+checks each source file before publishing it). Full comparisons are not restarted
+(on a busy tree they would never end): what changes during one is the next round's work.
+
+Lost notifications (queue overflow, an observer that died) lead to a full comparison,
+with a backoff so that an overflow storm does not become a loop of full rescans.
+Directories that could not be watched are rescanned every ``poll_interval``. A source
+root that vanished (unmounted, deleted, unreadable, suddenly empty) is never a reason
+to delete: the loop reports it and waits for the root to come back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .backend import Backend
+from .errors import HsyncError, Interrupted, SafetyError
+from .model import CREATE, DELETE, MOVE, UPDATE, Key, Op, Problem
+from .region import Region, scan_region_pair
+from .sync import (
+    Comparison,
+    Options,
+    _exclude_matcher,
+    _record,
+    open_history,
+    open_pair,
+    plan_between,
+    scan_both,
+)
+
+log = logging.getLogger("hsync.watch")
+
+FULL_BACKOFF_MIN = 1.0
+FULL_BACKOFF_MAX = 60.0
+RETRY_MAX = 60.0
+ROOT_POLL = 1.0
+
+
+@attrs.frozen(kw_only=True)
+class WatchOptions:
+    debounce: float = 0.1
+    """Seconds without a notification before a round starts."""
+    max_delay: float = 1.0
+    """A round starts at the latest this long after the first pending notification."""
+    rescan_interval: float | None = None
+    """Seconds between full comparisons that repair drift made by others (None: off)."""
+    poll_interval: float = 10.0
+    """Seconds between rescans of subtrees that could not be watched."""
+    batch_ops: int = 1000
+    """Ops per applied batch: a stop request waits for at most one batch."""
+    max_restarts: int = 3
+
+
+class Dirty:
+    """The de-duplicating sink between a watcher and the loop (a ``WatchSink``).
+
+    Keys are collected as they come (cheap under a burst) and normalised when the loop
+    takes them: a deep key absorbs everything below it."""
+
+    def __init__(self, exclude: Callable[[Key, bool], bool] | None = None) -> None:
+        self.cond = threading.Condition()
+        self.exclude = exclude
+        self.deep: set[Key] = set()
+        self.shallow: set[Key] = set()
+        self.first: float | None = None  # monotonic time of the oldest pending event
+        self.last: float | None = None
+        self.lost_reason: str | None = None
+        self.unwatched_keys: dict[Key, str] = {}
+        self.inflight: Region | None = None
+        self.stale = False
+        self.stopping = False
+        self.events = 0
+
+    # -- the WatchSink side (watcher threads) -------------------------------------------
+    def dirty(self, key: Key, *, deep: bool = True) -> None:
+        if key and self.exclude is not None and _excluded(self.exclude, key):
+            return
+        with self.cond:
+            (self.deep if deep else self.shallow).add(key)
+            self._touch()
+            if self.inflight is not None and not self.stale and self.inflight.touches(key):
+                self.stale = True
+            self.cond.notify_all()
+
+    def lost(self, reason: str) -> None:
+        with self.cond:
+            self.lost_reason = reason
+            self._touch()
+            self.cond.notify_all()
+
+    def unwatched(self, key: Key, reason: str) -> None:
+        with self.cond:
+            self.unwatched_keys[key] = reason
+            self.deep.add(key)
+            self._touch()
+            self.cond.notify_all()
+
+    def _touch(self) -> None:
+        now = time.monotonic()
+        self.events += 1
+        if self.first is None:
+            self.first = now
+        self.last = now
+
+    # -- the loop side --------------------------------------------------------------------
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    def pending(self) -> int:
+        with self.cond:
+            return len(self.deep) + len(self.shallow) + (self.lost_reason is not None)
+
+    def wait(self, debounce: float, max_delay: float, until: float | None) -> None:
+        """Return when pending work is ready (quiet for ``debounce``, or ``max_delay``
+        after the first pending event), at monotonic time ``until``, or on stop."""
+        with self.cond:
+            while not self.stopping:
+                now = time.monotonic()
+                if until is not None and now >= until:
+                    return
+                if self.first is not None and self.last is not None:
+                    ready_at = min(self.last + debounce, self.first + max_delay)
+                    if now >= ready_at:
+                        return
+                    wake = ready_at
+                else:
+                    wake = until if until is not None else now + 3600
+                if until is not None:
+                    wake = min(wake, until)
+                self.cond.wait(max(0.0, wake - now))
+
+    def take(self, allow_full: bool) -> tuple[Region, float | None]:
+        """The pending region (and when its oldest event came); a lost-notification full
+        comparison only when ``allow_full``."""
+        with self.cond:
+            deep, shallow = self.deep, self.shallow
+            if self.lost_reason is not None and allow_full:
+                deep.add(())
+                self.lost_reason = None
+            first = self.first
+            self.deep, self.shallow = set(), set()
+            self.first = self.last = None  # a full comparison not allowed yet: a deadline
+            return Region.of(deep, shallow), first
+
+    def begin(self, region: Region) -> None:
+        with self.cond:
+            self.inflight = None if region.full else region
+            self.stale = False
+
+    def end(self) -> None:
+        with self.cond:
+            self.inflight = None
+            self.stale = False
+
+    def put_back(self, region: Region, first: float | None) -> None:
+        with self.cond:
+            self.deep |= region.deep
+            self.shallow |= region.shallow
+            now = time.monotonic()
+            self.first = min(x for x in (self.first, first, now) if x is not None)
+            self.last = now
+            self.inflight = None
+            self.stale = False
+            self.cond.notify_all()
+
+
+def _excluded(exclude: Callable[[Key, bool], bool], key: Key) -> bool:
+    # the kind of a key named by an event is not known: a pattern for either counts,
+    # for the key or an ancestor (a directory pattern excludes what is below it)
+    for i in range(1, len(key) + 1):
+        k = key[:i]
+        if exclude(k, True) or (i == len(key) and exclude(k, False)):
+            return True
+    return False
+
+
+@attrs.define
+class PairStatus:
+    """What ``--status-file`` says about one pair."""
+
+    name: str
+    source: str
+    destination: str
+    state: str = "starting"  # starting, syncing, idle, waiting, error, stopped
+    rounds: int = 0
+    full_comparisons: int = 0
+    restarts: int = 0
+    counts: dict[str, int] = attrs.field(
+        factory=lambda: dict.fromkeys((CREATE, UPDATE, MOVE, DELETE), 0)
+    )
+    bytes_copied: int = 0
+    problems: int = 0
+    last_round_at: float | None = None
+    last_round_seconds: float | None = None
+    last_lag_seconds: float | None = None
+    oldest_pending: float | None = None  # monotonic
+    pending: int = 0
+    last_error: str | None = None
+    warnings: list[str] = attrs.field(factory=list)
+    unwatched: dict[str, str] = attrs.field(factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        lag = 0.0
+        if self.oldest_pending is not None:
+            lag = max(0.0, time.monotonic() - self.oldest_pending)
+        return {
+            "name": self.name,
+            "source": self.source,
+            "destination": self.destination,
+            "state": self.state,
+            "rounds": self.rounds,
+            "full_comparisons": self.full_comparisons,
+            "restarts": self.restarts,
+            "counts": dict(self.counts),
+            "bytes_copied": self.bytes_copied,
+            "problems": self.problems,
+            "last_round_at": _iso(self.last_round_at),
+            "last_round_seconds": _round6(self.last_round_seconds),
+            "last_lag_seconds": _round6(self.last_lag_seconds),
+            "lag_seconds": round(lag, 6),
+            "pending": self.pending,
+            "last_error": self.last_error,
+            "warnings": self.warnings[-10:],
+            "unwatched": self.unwatched,
+        }
+
+
+def _iso(t: float | None) -> str | None:
+    if t is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
+
+
+def _round6(x: float | None) -> float | None:
+    return None if x is None else round(x, 6)
+
+
+class StatusFile:
+    """Writes every pair's status to one JSON file, atomically (temporary + rename)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.pairs: list[PairStatus] = []
+        self.started = time.time()
+        self.lock = threading.Lock()
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        with self.lock:
+            doc = {
+                "pid": os.getpid(),
+                "started_at": _iso(self.started),
+                "written_at": _iso(time.time()),
+                "pairs": [p.to_json() for p in self.pairs],
+            }
+            tmp = f"{self.path}.tmp-{os.getpid()}"
+            try:
+                with open(tmp, "w", encoding="utf-8") as f:
+                    json.dump(doc, f, indent=1)
+                    f.write("\n")
+                os.replace(tmp, self.path)
+            except OSError as e:
+                log.warning("%s: cannot write the status file: %s", self.path, e.strerror)
+
+
+@attrs.frozen
+class RoundResult:
+    """What one round did (for ``on_round`` callbacks: tests, the status file)."""
+
+    region: Region
+    full: bool
+    ops: tuple[Op, ...]
+    done: tuple[Op, ...]
+    problems: tuple[Problem, ...]
+    seconds: float
+
+
+class PairWatch:
+    """Keeps one destination equal to one source until stopped."""
+
+    def __init__(
+        self,
+        source_url: str,
+        destination_url: str,
+        options: Options | None = None,
+        wopts: WatchOptions | None = None,
+        *,
+        name: str | None = None,
+        status: StatusFile | None = None,
+        on_round: Callable[[RoundResult], None] | None = None,
+        on_compared: Callable[[Region], None] | None = None,
+    ) -> None:
+        self.source_url = source_url
+        self.destination_url = destination_url
+        self.options = options = options if options is not None else Options()
+        self.wopts = wopts if wopts is not None else WatchOptions()
+        self.exclude = _exclude_matcher(options.exclude)
+        self.dirty = Dirty(self.exclude)
+        self.status = PairStatus(name or source_url, source_url, destination_url)
+        self.status_file = status or StatusFile(None)
+        self.status_file.pairs.append(self.status)
+        self.on_round = on_round
+        self.on_compared = on_compared  # a test's window between compare and apply
+        self._stop = threading.Event()
+        self._in_a_row = 0  # restarts of the current region
+        self._full_not_before = 0.0
+        self._full_backoff = FULL_BACKOFF_MIN
+        self._last_loss = 0.0
+        self._retry_at: float | None = None
+        self._retry_keys: set[Key] = set()
+        self._retry_delay = 1.0
+        self._blocked: str | None = None
+
+    # -- control ------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in flight, record the history and return."""
+        self._stop.set()
+        self.dirty.stop()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def _interrupt(self) -> bool:
+        return self._stop.is_set() or (
+            self.dirty.stale and self._in_a_row < self.wopts.max_restarts
+        )
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> None:
+        """Run until ``stop()``. Raises ``HsyncError`` when the pair cannot be opened."""
+        source, destination = open_pair(self.source_url, self.destination_url)
+        history = None
+        try:
+            history = open_history(source, destination, self.options)
+            for b in (source, destination):
+                if hasattr(b, "interrupt"):
+                    b.interrupt = self._interrupt  # type: ignore[attr-defined]
+            while not self.stopping:
+                self._watching(source, destination, history)
+                if not self.stopping:
+                    self._wait_for_root(source)
+        finally:
+            self.status.state = "stopped"
+            self.status_file.write()
+            if history is not None:
+                history.close()
+            source.close()
+            destination.close()
+
+    def _watching(self, source: Backend, destination: Backend, history: Any) -> None:
+        """One life of the watcher: from its start until it dies or a stop."""
+        watcher = None
+        start = getattr(source, "watch", None)
+        if start is not None:
+            try:
+                watcher = start(self.dirty)
+                watcher.__enter__()
+            except OSError as e:
+                watcher = None
+                reason = e.strerror or str(e)
+                self.dirty.unwatched((), reason)
+                log.warning("%s: cannot watch the source (%s): polling every %g s",
+                            source.url, reason, self.wopts.poll_interval)
+        else:
+            self.dirty.unwatched((), "the backend cannot watch")
+        self.watcher = watcher
+        self.status.unwatched = {"/".join(k): v for k, v in self.dirty.unwatched_keys.items()}
+        root_id = _root_identity(source)
+        next_root_check = time.monotonic() + ROOT_POLL
+        self.dirty.lost("start")  # a full comparison first: what changed while not watching
+        self._full_not_before = 0.0
+        next_poll = time.monotonic() + self.wopts.poll_interval
+        next_rescan = (
+            time.monotonic() + self.wopts.rescan_interval if self.wopts.rescan_interval else None
+        )
+        try:
+            while not self.stopping:
+                if watcher is not None and not getattr(watcher, "alive", True):
+                    log.warning("%s: the watcher stopped (source root moved or deleted)",
+                                source.url)
+                    return
+                if time.monotonic() >= next_root_check:
+                    # an unmounted or replaced root sends no event: look at it now and then
+                    if _root_identity(source) != root_id:
+                        log.warning("%s: the source root was replaced or unmounted",
+                                    source.url)
+                        return
+                    next_root_check = time.monotonic() + ROOT_POLL
+                deadlines = [t for t in (next_poll if self.dirty.unwatched_keys else None,
+                                         next_rescan, self._retry_at, next_root_check)
+                             if t is not None]
+                if self.dirty.lost_reason is not None:
+                    deadlines.append(self._full_not_before)
+                self.dirty.wait(self.wopts.debounce, self.wopts.max_delay,
+                                min(deadlines) if deadlines else None)
+                if self.stopping:
+                    return
+                now = time.monotonic()
+                if self.dirty.unwatched_keys and now >= next_poll:
+                    for k in list(self.dirty.unwatched_keys):
+                        self.dirty.dirty(k, deep=True)
+                    next_poll = now + self.wopts.poll_interval
+                if next_rescan is not None and now >= next_rescan:
+                    self.dirty.lost("periodic full comparison (--rescan-interval)")
+                    self._full_not_before = 0.0
+                    assert self.wopts.rescan_interval is not None
+                    next_rescan = now + self.wopts.rescan_interval
+                if self._retry_at is not None and now >= self._retry_at:
+                    for k in self._retry_keys:
+                        self.dirty.dirty(k, deep=True)
+                    self._retry_keys = set()
+                    self._retry_at = None
+                region, first = self.dirty.take(allow_full=now >= self._full_not_before)
+                self.status.unwatched = {
+                    "/".join(k): v for k, v in self.dirty.unwatched_keys.items()
+                }
+                if region:
+                    self._round(source, destination, history, region, first)
+                    self.status.pending = self.dirty.pending()
+                    self.status.oldest_pending = self.dirty.first
+        finally:
+            self.watcher = None
+            if watcher is not None:
+                watcher.__exit__(None, None, None)
+
+    watcher: Any = None
+    """The backend's watcher while one runs (tests inject faults at its boundary)."""
+
+    def _wait_for_root(self, source: Backend) -> None:
+        self.status.state = "waiting"
+        self.status_file.write()
+        while not self.stopping:
+            why = getattr(source, "root_error", lambda: None)()
+            if why is None and source.exists():
+                log.info("%s: the source root is back: full comparison", source.url)
+                return
+            self._stop.wait(ROOT_POLL)
+
+    # -- one round ------------------------------------------------------------------------
+    def _round(
+        self,
+        source: Backend,
+        destination: Backend,
+        history: Any,
+        region: Region,
+        first: float | None,
+    ) -> None:
+        t0 = time.monotonic()
+        st = self.status
+        st.state = "syncing"
+        st.pending = len(region)
+        self.status_file.write()
+        self.dirty.begin(region)
+        try:
+            if region.full:
+                cmp = self._compare_full(source, destination, history)
+            else:
+                compared, src, dst = scan_region_pair(source, destination, region, self.exclude)
+                if compared.full:
+                    self.dirty.begin(compared)
+                    cmp = self._compare_full(source, destination, history)
+                else:
+                    cmp = plan_between(source, destination, src, dst, history, self.options)
+                region = compared
+            if self.on_compared is not None:
+                self.on_compared(region)
+            if self._interrupt():
+                raise Interrupted("stale")
+        except Interrupted:
+            self.dirty.put_back(region, first)
+            if not self.stopping:
+                self._in_a_row += 1
+                st.restarts += 1
+                log.info("comparison of %d dirty subtree(s) restarted: the source changed "
+                         "under it", len(region))
+            st.state = "idle"
+            return
+        except SafetyError as e:
+            # the source vanished, or looks wiped: nothing is deleted; wait and retry
+            self.dirty.end()
+            st.state = "error"
+            st.last_error = str(e)
+            if self._blocked != str(e):
+                log.error("%s", e)
+            self._blocked = str(e)
+            self.dirty.lost("the source root is back")
+            self._full_not_before = time.monotonic() + self._backoff_full()
+            self.status_file.write()
+            return
+        except (OSError, HsyncError) as e:
+            self.dirty.end()
+            st.state = "error"
+            st.last_error = str(e)
+            log.error("%s", e)
+            self.dirty.put_back(region, first)
+            self._retry_at = time.monotonic() + self._retry_delay
+            self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
+            self.status_file.write()
+            return
+        self.dirty.end()
+        self._in_a_row = 0
+        self._blocked = None
+        if region.full:
+            st.full_comparisons += 1
+        done, problems = self._apply(cmp)
+        seconds = time.monotonic() - t0
+        st.rounds += 1
+        st.last_round_at = time.time()
+        st.last_round_seconds = seconds
+        st.last_lag_seconds = time.monotonic() - first if first is not None else None
+        for op in done:
+            if not op.temporary:
+                st.counts[op.op] += 1
+        st.problems += len(problems)
+        st.warnings.extend(cmp.warnings)
+        st.state = "error" if problems else "idle"
+        st.last_error = problems[0].message if problems else (None if not cmp.warnings else
+                                                               cmp.warnings[0])
+        if problems:
+            for p in problems:
+                log.warning("%s: %s", "/".join(p.key) or ".", p.message)
+            self._retry_keys |= {p.key for p in problems}
+            self._retry_at = time.monotonic() + self._retry_delay
+            self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
+        else:
+            self._retry_delay = 1.0
+        if cmp.plan.ops:
+            log.info("round: %d op(s) in %.3f s%s", len(done), seconds,
+                     " (full comparison)" if region.full else "")
+        self.status_file.write()
+        if self.on_round is not None:
+            self.on_round(RoundResult(region, region.full, cmp.plan.ops, tuple(done),
+                                      tuple(problems), seconds))
+
+    def _backoff_full(self) -> float:
+        now = time.monotonic()
+        if now - self._last_loss > FULL_BACKOFF_MAX:
+            self._full_backoff = FULL_BACKOFF_MIN
+        else:
+            self._full_backoff = min(FULL_BACKOFF_MAX, self._full_backoff * 2)
+        self._last_loss = now
+        return self._full_backoff
+
+    def _compare_full(self, source: Backend, destination: Backend, history: Any) -> Comparison:
+        src, dst = scan_both(source, destination, self.options)
+        if not self._blocked:
+            # the next loss of notifications waits a while before another full comparison
+            self._full_not_before = time.monotonic() + self._backoff_full()
+        return plan_between(source, destination, src, dst, history, self.options)
+
+    def _apply(self, cmp: Comparison) -> tuple[list[Op], list[Problem]]:
+        done: list[Op] = []
+        problems: list[Problem] = [
+            Problem(k, f"not synced: {why}", retry=True) for k, why in cmp.src.incomplete.items()
+        ]
+        failed: set[Key] = set()
+        ops = cmp.plan.ops
+        if self.options.dry_run:
+            return done, problems
+        n = self.wopts.batch_ops
+        for start in range(0, max(len(ops), 1), n):
+            batch = ops[start : start + n]
+            if self.stopping:
+                for op in ops[start:]:  # not applied: not recorded as synced either
+                    failed.add(op.key)
+                    if op.to is not None:
+                        failed.add(op.to)
+                break
+            result = cmp.destination.apply_batch(
+                batch, cmp.source, cmp.src, fsync=self.options.fsync
+            )
+            done.extend(result.done)
+            problems.extend(result.problems)
+            self.status.bytes_copied += result.bytes_copied
+            failed.update(p.key for p in result.problems)
+        if cmp.history is not None and (cmp.history.complete or not cmp.src.partial):
+            _record(cmp, failed)
+        return done, problems
+
+
+def _root_identity(backend: Backend) -> object:
+    """What identifies the source root (its inode and device for a filesystem)."""
+    try:
+        node = backend.stat(())
+    except OSError:
+        return None
+    if node is None:
+        return None
+    root = getattr(backend, "root", None)
+    if root is not None:
+        try:
+            st = os.stat(root)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+    return node.identity

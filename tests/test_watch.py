@@ -1,0 +1,521 @@
+"""Live sync: real inotify through watchdog, real files, the real loop (SPEC 6, 7)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from treeutil import assert_same_tree, hsync_bin
+
+from hsync.region import Region
+from hsync.sync import Options, compare
+from hsync.watch import PairWatch, RoundResult, StatusFile, WatchOptions
+
+# -- leak checks: every test here must end with no thread and no inotify watch left -------
+
+
+def _inotify_watches() -> int:
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                n += sum(1 for line in f if line.startswith("inotify wd:"))
+        except OSError:
+            continue
+    return n
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    threads = set(threading.enumerate())
+    watches = _inotify_watches()
+    yield
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        extra = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
+        if not extra and _inotify_watches() <= watches:
+            break
+        time.sleep(0.05)
+    extra = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
+    assert not extra, f"threads leaked: {extra}"
+    assert _inotify_watches() <= watches, "inotify watches leaked"
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def in_sync(src: Path, dst: Path) -> bool:
+    cmp = compare(str(src), str(dst), Options(dry_run=True, state="", allow_empty_source=True))
+    try:
+        return not cmp.plan.ops and not cmp.src.incomplete
+    finally:
+        cmp.close()
+
+
+def converge(src: Path, dst: Path, timeout: float = 10.0) -> float:
+    """Seconds until ``dst`` equals ``src`` (fails after ``timeout``)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if dst.exists() and in_sync(src, dst):
+            return time.monotonic() - t0
+        time.sleep(0.05)
+    raise AssertionError(f"{dst} did not converge to {src} within {timeout} s")
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def running(
+    src: Path,
+    dst: Path,
+    tmp_path: Path,
+    *,
+    on_compared: Callable[[Region], None] | None = None,
+    **wopts: Any,
+) -> Iterator[tuple[PairWatch, list[RoundResult]]]:
+    rounds: list[RoundResult] = []
+    params = {"debounce": 0.05, "max_delay": 0.5, "poll_interval": 0.5, **wopts}
+    pw = PairWatch(
+        str(src), str(dst), Options(state=str(tmp_path / "history.sqlite")),
+        WatchOptions(**params), status=StatusFile(str(tmp_path / "status.json")),
+        on_round=rounds.append, on_compared=on_compared,
+    )
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            pw.run()
+        except BaseException as e:
+            errors.append(e)
+
+    t = threading.Thread(target=run, name="test-pair")
+    t.start()
+    try:
+        wait_for(lambda: len(rounds) >= 1 or bool(errors), what="the first round")
+        assert not errors, errors
+        yield pw, rounds
+    finally:
+        pw.stop()
+        t.join(10)
+        assert not t.is_alive(), "the loop did not stop"
+    assert not errors, errors
+
+
+def write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def ino(path: Path) -> int:
+    return os.lstat(path).st_ino
+
+
+# -- tests -------------------------------------------------------------------------------------
+
+
+def test_region_normalises_and_knows_what_it_touches() -> None:
+    r = Region.of(deep=[("a",), ("a", "b"), ("c", "d")], shallow=[("a", "x"), ("c",), ()])
+    assert r.deep == {("a",), ("c", "d")}
+    assert r.shallow == {("c",), ()}
+    assert r.touches(("a", "b", "c"))  # below a deep key
+    assert r.touches(("c",))  # an ancestor of a deep key
+    assert r.touches(())  # the root is an ancestor of everything
+    assert not r.touches(("c", "e"))  # a sibling of a deep key
+    assert not r.touches(("b",))
+
+
+def test_bursts_of_changes_converge_and_moves_stay_renames(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for i in range(20):
+        write(src / f"d{i % 4}" / f"f{i}.txt", f"file {i}\n".encode() * (i + 1))
+    write(src / "big" / "blob.bin", os.urandom(2 << 20))
+    write(src / "a.txt", b"A")
+    write(src / "b.txt", b"B")
+    with running(src, dst, tmp_path) as (pw, rounds):
+        converge(src, dst)
+        big_ino = ino(dst / "big" / "blob.bin")
+        copied = pw.status.bytes_copied
+        # a burst: creates, modifies, a file move, a directory move, a swap, deletes
+        for i in range(30):
+            write(src / "new" / f"n{i}" / "deep" / f"x{i}.txt", b"x" * i)
+        (src / "d0" / "f0.txt").write_bytes(b"changed")
+        os.rename(src / "d1" / "f1.txt", src / "d2" / "moved.txt")
+        os.rename(src / "big", src / "bigger")
+        os.rename(src / "a.txt", src / "tmp.txt")
+        os.rename(src / "b.txt", src / "a.txt")
+        os.rename(src / "tmp.txt", src / "b.txt")
+        for p in (src / "d3").iterdir():
+            p.unlink()
+        (src / "d3").rmdir()
+        converge(src, dst)
+    # (the loop has stopped: its counters are final)
+    # the 2 MiB blob moved with its directory: renamed, never copied again
+    assert ino(dst / "bigger" / "blob.bin") == big_ino
+    assert pw.status.bytes_copied - copied < 1 << 20
+    assert (dst / "a.txt").read_bytes() == b"B" and (dst / "b.txt").read_bytes() == b"A"
+    assert pw.status.counts["move"] >= 2
+    assert not any(r.full for r in rounds[1:]), "incremental rounds only after the first"
+    assert_same_tree(src, dst)
+    # the CLI agrees
+    out = subprocess.run([hsync_bin(), "diff", str(src), str(dst)], capture_output=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _payload(n: int, seq: int) -> bytes:
+    body = f"{seq}:".encode() + os.urandom(n)
+    return len(body).to_bytes(8, "big") + hashlib.sha256(body).digest() + body
+
+
+def _valid(data: bytes) -> bool:
+    if len(data) < 40:
+        return False
+    n = int.from_bytes(data[:8], "big")
+    body = data[40:]
+    return len(body) == n and hashlib.sha256(body).digest() == data[8:40]
+
+
+def test_a_changing_source_never_shows_a_torn_file(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    names = [Path(f"d{i % 5}") / f"v{i}.dat" for i in range(40)]
+    for i, rel in enumerate(names):
+        write(src / rel, _payload(1000 + i * 500, 0))
+    stop = threading.Event()
+    torn: list[str] = []
+    seen = [0]
+
+    def mutator() -> None:
+        rng = random.Random(7)
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            rel = rng.choice(names)
+            tmp = src / rel.parent / f".w{seq}"
+            tmp.write_bytes(_payload(rng.randint(100, 300_000), seq))
+            os.replace(tmp, src / rel)  # the source is never torn: writes are atomic
+            # and a file rewritten in place, to make copies see a changing source
+            with open(src / "log.txt", "ab") as f:
+                f.write(b"x" * rng.randint(1, 5000))
+            if seq % 50 == 0:
+                d = src / f"d{rng.randint(0, 4)}"
+                os.rename(d, src / "moving")
+                os.rename(src / "moving", d)
+            time.sleep(rng.random() * 0.004)
+
+    def sampler() -> None:
+        while not stop.is_set():
+            for rel in names:
+                try:
+                    data = (dst / rel).read_bytes()
+                except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                    continue
+                seen[0] += 1
+                if not _valid(data):
+                    torn.append(str(rel))
+
+    with running(src, dst, tmp_path) as (_pw, _rounds):
+        threads = [threading.Thread(target=mutator), threading.Thread(target=sampler)]
+        for t in threads:
+            t.start()
+        time.sleep(10)
+        stop.set()
+        for t in threads:
+            t.join()
+        took = converge(src, dst, timeout=5)
+    assert not torn, f"torn files seen in the destination: {torn[:5]}"
+    assert seen[0] > 1000, "the sampler read too little to prove anything"
+    assert took < 5
+    assert_same_tree(src, dst)
+
+
+def test_a_comparison_made_stale_is_restarted_and_never_applied(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "a" / "keep.txt", b"keep")
+    paused = threading.Event()
+    release = threading.Event()
+
+    def pause(region: Region) -> None:
+        if ("a", "old.txt") in region.deep and not release.is_set():
+            paused.set()
+            release.wait(10)
+
+    with running(src, dst, tmp_path, on_compared=pause) as (pw, rounds):
+        converge(src, dst)
+        write(src / "a" / "old.txt", b"old content")
+        wait_for(paused.is_set, what="the differ to pause inside a/")
+        # the subtree changes while its comparison is paused
+        os.rename(src / "a" / "old.txt", src / "a" / "new.txt")
+        wait_for(lambda: pw.dirty.stale, what="the change to mark the comparison stale")
+        release.set()
+        converge(src, dst)
+        assert pw.status.restarts == 1
+    applied = [op for r in rounds for op in r.done]
+    assert all(("a", "old.txt") not in (op.key, op.to) for op in applied), applied
+    assert any(op.key == ("a", "new.txt") and op.op == "create" for op in applied)
+    assert not (dst / "a" / "old.txt").exists()
+    assert (dst / "a" / "new.txt").read_bytes() == b"old content"
+
+
+def test_queue_overflow_leads_to_one_full_comparison(tmp_path: Path) -> None:
+    from watchdog.observers.inotify_c import InotifyConstants, InotifyEvent
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "x" / "f.txt", b"f")
+    with running(src, dst, tmp_path) as (pw, _rounds):
+        converge(src, dst)
+        fulls = pw.status.full_comparisons
+        # drift that no notification reports: only a full comparison repairs it
+        (dst / "x" / "f.txt").unlink()
+        fd = pw.watcher.observer._inotify_fd
+        fd.handle_event(InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b""))
+        converge(src, dst)
+        time.sleep(1.0)  # no reset loop: exactly one more full comparison
+        assert pw.status.full_comparisons == fulls + 1
+
+
+def test_directories_that_cannot_be_watched_are_polled(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "f.txt", b"f")
+    with running(src, dst, tmp_path, poll_interval=0.5) as (pw, _rounds):
+        converge(src, dst)
+        fd = pw.watcher.observer._inotify_fd
+        real = fd.add_callback
+
+        def limited(path: bytes, *args: Any) -> Any:
+            if b"nowatch" in path:
+                raise OSError(errno.ENOSPC, "inotify watch limit reached")
+            return real(path, *args)
+
+        fd.add_callback = limited  # the watch limit, reached for new directories
+        (src / "nowatch").mkdir()
+        wait_for(lambda: ("nowatch",) in pw.dirty.unwatched_keys, what="the unwatched report")
+        converge(src, dst)
+        # no notification comes from inside: polling finds it
+        write(src / "nowatch" / "inner.txt", b"inner")
+        converge(src, dst, timeout=5)
+        assert "nowatch" in json.loads((tmp_path / "status.json").read_text())["pairs"][0][
+            "unwatched"
+        ]
+
+
+def test_a_vanished_source_root_never_deletes_and_resumes(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for i in range(10):
+        write(src / f"f{i}.txt", b"data")
+    with running(src, dst, tmp_path) as (pw, _rounds):
+        converge(src, dst)
+        os.rename(src, tmp_path / "away")
+        time.sleep(1.5)
+        assert len(list(dst.iterdir())) == 10, "the destination lost files"
+        assert pw.status.state in ("waiting", "error")
+        # an empty directory where the root was (a mount point) is not a reason either
+        src.mkdir()
+        time.sleep(2.5)
+        assert len(list(dst.iterdir())) == 10, "an empty source root emptied the destination"
+        assert pw.status.last_error and "empty" in pw.status.last_error
+        src.rmdir()
+        os.rename(tmp_path / "away", src)
+        write(src / "after.txt", b"back")
+        converge(src, dst, timeout=15)
+
+
+def test_a_restarted_watch_finds_moves_made_while_it_was_down(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "photos" / "a.jpg", os.urandom(1 << 20))
+    with running(src, dst, tmp_path):
+        converge(src, dst)
+    before = ino(dst / "photos" / "a.jpg")
+    os.rename(src / "photos", src / "pictures")
+    with running(src, dst, tmp_path) as (pw, rounds):
+        converge(src, dst)
+    assert rounds[0].full
+    # one rename (and the root's new mtime), nothing copied again
+    assert sorted(op.op for op in rounds[0].done) == ["move", "update"]
+    assert [op.key for op in rounds[0].done if op.op == "update"] == [()]
+    assert pw.status.bytes_copied == 0
+    assert ino(dst / "pictures" / "a.jpg") == before
+
+
+def test_periodic_rescan_repairs_drift_made_by_others(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "f.txt", b"f")
+    with running(src, dst, tmp_path, rescan_interval=0.5) as (_pw, _rounds):
+        converge(src, dst)
+        (dst / "f.txt").write_bytes(b"tampered")
+        converge(src, dst, timeout=5)
+
+
+def test_excluded_paths_are_neither_synced_nor_deleted(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "keep.txt", b"k")
+    write(dst / "cache" / "local.bin", b"mine")
+    pw = PairWatch(
+        str(src), str(dst), Options(state="", exclude=("cache/", "*.tmp")),
+        WatchOptions(debounce=0.05),
+    )
+    t = threading.Thread(target=pw.run)
+    t.start()
+    try:
+        wait_for(lambda: (dst / "keep.txt").exists(), what="the first round")
+        write(src / "junk.tmp", b"j")
+        write(src / "cache" / "x", b"x")
+        write(src / "real.txt", b"r")
+        wait_for(lambda: (dst / "real.txt").exists(), what="real.txt")
+        time.sleep(0.3)
+        assert not (dst / "junk.tmp").exists()
+        assert not (dst / "cache" / "x").exists()
+        assert (dst / "cache" / "local.bin").read_bytes() == b"mine"
+    finally:
+        pw.stop()
+        t.join(10)
+
+
+# -- the command line -------------------------------------------------------------------------
+
+
+def _status(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def test_cli_watch_status_and_sigterm(tmp_path: Path) -> None:
+    src, dst, status = tmp_path / "src", tmp_path / "dst", tmp_path / "status.json"
+    write(src / "a" / "f.txt", b"hello")
+    p = subprocess.Popen(
+        [hsync_bin(), "watch", str(src), str(dst), "--debounce", "20",
+         "--status-file", str(status), "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for(lambda: _status(status).get("pairs", [{}])[0].get("rounds", 0) >= 1,
+                 what="the first round")
+        write(src / "a" / "g.txt", b"new")
+        converge(src, dst)
+        out = subprocess.run(
+            [hsync_bin(), "status", "--status-file", str(status)], capture_output=True, text=True
+        )
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "running" in out.stdout and "idle" in out.stdout
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        code = p.wait(10)
+        assert time.monotonic() - t0 < 5
+        assert code == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    err = p.stderr.read().decode() if p.stderr else ""
+    lines = [json.loads(line) for line in err.splitlines() if line.strip()]
+    assert any("round" in line["message"] for line in lines)
+    doc = _status(status)
+    assert doc["pairs"][0]["state"] == "stopped"
+    # the process is gone: status says so, exit 1
+    out = subprocess.run([hsync_bin(), "status", "--status-file", str(status)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "NOT RUNNING" in out.stdout
+
+
+def test_cli_watch_refuses_a_missing_source(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [hsync_bin(), "watch", str(tmp_path / "nope"), str(tmp_path / "dst")],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "nope" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_daemon_runs_pairs_and_reloads_on_sighup(tmp_path: Path) -> None:
+    pairs = {n: (tmp_path / f"src{n}", tmp_path / f"dst{n}") for n in "abc"}
+    for n, (s, _d) in pairs.items():
+        write(s / f"{n}.txt", n.encode())
+    status = tmp_path / "status.json"
+    config = tmp_path / "hsync.toml"
+
+    def conf(names: str) -> str:
+        text = f'status_file = "{status}"\n[defaults]\ndebounce_ms = 20\n'
+        text += f'state = "{tmp_path / "history.sqlite"}"\n'
+        for n in names:
+            s, d = pairs[n]
+            text += f'[[pair]]\nname = "{n}"\nsource = "{s}"\ndestination = "{d}"\n'
+        return text
+
+    config.write_text(conf("ab"))
+    p = subprocess.Popen([hsync_bin(), "daemon", "--config", str(config)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        converge(*pairs["a"])
+        converge(*pairs["b"])
+        assert not pairs["c"][1].exists()
+        config.write_text(conf("bc"))
+        p.send_signal(signal.SIGHUP)
+        converge(*pairs["c"])
+        wait_for(lambda: sorted(x["name"] for x in _status(status).get("pairs", [])) == ["b", "c"],
+                 what="the status file to list the reloaded pairs")
+        write(pairs["a"][0] / "late.txt", b"a is no longer synced")
+        write(pairs["b"][0] / "late.txt", b"b still is")
+        converge(*pairs["b"])
+        time.sleep(0.3)
+        assert not (pairs["a"][1] / "late.txt").exists()
+        # a broken config on SIGHUP keeps the running pairs
+        config.write_text("this is not toml [")
+        p.send_signal(signal.SIGHUP)
+        write(pairs["c"][0] / "still.txt", b"c")
+        converge(*pairs["c"])
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    err = p.stderr.read().decode() if p.stderr else ""
+    assert "reload refused" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("[[pair]]\nsource = 'a'\n", "destination is missing"),
+        ("[[pair]]\nsource = 'a'\ndestination = 'b'\ndebouce_ms = 3\n", "unknown key 'debouce_ms'"),
+        ("[[pair]]\nsource = 'a'\ndestination = 'b'\ndelete = 'yes'\n", "delete must be a boolean"),
+        ("nonsense = [", "not valid TOML"),
+        ("", "no [[pair]]"),
+    ],
+)
+def test_daemon_bad_config_is_one_line_and_exit_2(tmp_path: Path, text: str, needle: str) -> None:
+    config = tmp_path / "hsync.toml"
+    config.write_text(text)
+    out = subprocess.run([hsync_bin(), "daemon", "--config", str(config)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert needle in out.stderr and out.stderr.count("\n") == 1, out.stderr
+
+
+def test_the_example_config_is_valid_and_paths_are_relative_to_it() -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "hsync.toml"
+    out = subprocess.run([hsync_bin(), "daemon", "--config", str(example), "--check"],
+                         capture_output=True, text=True, timeout=30, cwd="/")
+    assert out.returncode == 0, out.stderr
+    assert str(example.parent / "source") in out.stdout
