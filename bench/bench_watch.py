@@ -587,6 +587,7 @@ class ToolTree:
     catchup_seconds: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     status_at_ready: Any = None
+    status_at_end: Any = None  # hsync: rounds, full comparisons, restarts, warnings
 
 
 class Bench:
@@ -639,6 +640,8 @@ class Bench:
             # the blocks: rotate the order of the tools, the others paused
             order = list(self.names)
             blocks = max(1, args.blocks)
+            log(f"[{spec.label}] os.sync() after the initial copies")
+            os.sync()
             for b in range(blocks):
                 for name in order:
                     n = self.block_size(name, spec, b, blocks)
@@ -647,6 +650,7 @@ class Bench:
                     for other_name, other in daemons.items():
                         if other_name != name:
                             other.pause()
+                    os.sync()  # no block pays for the previous one's dirty pages
                     if name == "rsync":
                         self.rsync_block(spec, src, run_dir / "rsync" / "dst", writes, b, n)
                     else:
@@ -662,6 +666,8 @@ class Bench:
         finally:
             for name, d in daemons.items():
                 res = self.results[(name, spec.label)]
+                if isinstance(d, HsyncWatch):
+                    res.status_at_end = d.status()
                 try:
                     d.stop()
                 finally:
@@ -1158,6 +1164,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"initial sync (sampled) {fmt_mib(e['tree_rss_peak_initial'])}, "
                     f"exit {e['exit_code']} in {e['stop_seconds']} s after SIGTERM"
                 )
+    for label in labels:
+        st = summary.get("hsync", {}).get(label, {}).get("status_at_end") or {}
+        for pair in st.get("pairs", []):
+            keys = ("rounds", "full_comparisons", "restarts", "problems", "warnings")
+            print(
+                f"- hsync status at the end ({label}): "
+                + ", ".join(f"{k} {pair.get(k)}" for k in keys)
+            )
     if bench.warnings:
         print("\nwarnings:\n" + "\n".join(f"- {w}" for w in bench.warnings))
     print(f"\nresults: {out_path}")
