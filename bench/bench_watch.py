@@ -602,94 +602,119 @@ class Bench:
 
     # --- one tree -------------------------------------------------------------------
 
-    def run_tree(self, spec: TreeSpec, src: Path, manifest: dict[str, Any]) -> None:
+    def run_all(self, trees: list[tuple[TreeSpec, Path, dict[str, Any]]]) -> None:
+        """Set every tool up on every tree, then measure in blocks rotating over both.
+
+        The trees are interleaved too (not one after the other), so the big/small ratio
+        is not skewed by the load of the shared machine changing between two phases.
+        """
         args = self.args
-        run_dir = self.work / "watch-run" / spec.label
-        rmtree(run_dir)
-        run_dir.mkdir(parents=True)
-        journal = self.work / "watch-journal" / f"{spec.key}.txt"
-        Writes.remove_leftovers(journal)
-        writes = Writes(src, manifest["write_dirs"], journal, args.seed)
-        src_count = spec.entries
-        daemons: dict[str, Daemon] = {}
+        setups: list[tuple[TreeSpec, Path, Path, Writes]] = []
+        daemons: dict[tuple[str, str], Daemon] = {}
         try:
-            for name in self.names:
-                res = ToolTree(name, spec.label, spec.entries)
-                self.results[(name, spec.label)] = res
-                dst = run_dir / name / "dst"
-                if name == "rsync":
-                    dst.mkdir(parents=True)
-                    log(f"[{spec.label}] rsync: initial copy")
-                    rc, secs = self.rsync(src, dst, args.init_timeout)
-                    res.initial_sync_seconds = round(secs, 2)
-                    if rc != 0:
-                        raise RuntimeError(f"initial rsync failed ({rc})")
-                    log(f"  done in {res.initial_sync_seconds} s")
-                    continue
-                d: Daemon
-                if name == "hsync":
-                    d = HsyncWatch(
-                        args.hsync_exe, run_dir / name, src, dst, args.debounce_ms, self.hsync_help
-                    )
-                else:
-                    d = Lsyncd(args.lsyncd_exe, run_dir / name, src, dst, args.lsyncd_delay)
-                for other in daemons.values():
-                    other.pause()
-                daemons[name] = d
-                self.initial_sync(d, writes, res, src_count)
-            # the blocks: rotate the order of the tools, the others paused
-            order = list(self.names)
+            for spec, src, manifest in trees:
+                run_dir = self.work / "watch-run" / spec.label
+                rmtree(run_dir)
+                run_dir.mkdir(parents=True)
+                journal = self.work / "watch-journal" / f"{spec.key}.txt"
+                Writes.remove_leftovers(journal)
+                writes = Writes(src, manifest["write_dirs"], journal, args.seed)
+                setups.append((spec, src, run_dir, writes))
+                for name in self.names:
+                    for other in daemons.values():
+                        other.pause()
+                    self.setup(name, spec, src, run_dir, writes, daemons)
+            units = [(name, i) for name in self.names for i in range(len(setups))]
             blocks = max(1, args.blocks)
-            log(f"[{spec.label}] os.sync() after the initial copies")
+            log("os.sync() after the initial copies")
             os.sync()
             for b in range(blocks):
-                for name in order:
-                    n = self.block_size(name, spec, b, blocks)
+                k = b % len(units)
+                for name, i in units[k:] + units[:k]:
+                    spec, src, run_dir, writes = setups[i]
+                    n = self.block_size(name, b, blocks)
                     if n <= 0:
                         continue
-                    for other_name, other in daemons.items():
-                        if other_name != name:
+                    for key, other in daemons.items():
+                        if key != (name, spec.label):
                             other.pause()
                     os.sync()  # no block pays for the previous one's dirty pages
                     if name == "rsync":
                         self.rsync_block(spec, src, run_dir / "rsync" / "dst", writes, b, n)
                     else:
-                        self.daemon_block(spec, daemons[name], writes, b, n)
-                order = order[1:] + order[:1]
-            for name, d in daemons.items():
+                        self.daemon_block(spec, daemons[(name, spec.label)], writes, b, n)
+            for (name, label), d in daemons.items():
                 d.resume()
-                res = self.results[(name, spec.label)]
+                res = self.results[(name, label)]
+                writes = next(w for sp, _, _, w in setups if sp.label == label)
                 try:
                     self.catch_up(d, writes, res)
                 except RuntimeError as exc:
                     res.failures.append(f"final catch-up: {exc}")
         finally:
-            for name, d in daemons.items():
-                res = self.results[(name, spec.label)]
-                if isinstance(d, HsyncWatch):
-                    res.status_at_end = d.status()
-                try:
-                    d.stop()
-                finally:
-                    res.exit_code = d.returncode
-                    res.stop_seconds = d.stop_seconds
-                    res.vm_hwm = d.mem.get("end_VmHWM")
-                    res.vm_rss_end = d.mem.get("end_VmRSS")
-                    # lsyncd's normal exit on SIGTERM is 143; hsync must exit 0
-                    if d.returncode not in (0, None) and not (
-                        name == "lsyncd" and d.returncode == 128 + signal.SIGTERM
-                    ):
-                        res.failures.append(f"exit code {d.returncode} after SIGTERM")
-                        self.warnings.append(
-                            f"{name} on {spec.label}: exit {d.returncode} after SIGTERM; "
-                            f"log tail:\n{d.log_tail()}"
-                        )
-            writes.cleanup()
-            if not args.keep:
-                log(f"[{spec.label}] removing destinations")
-                rmtree(run_dir)
+            for (name, label), d in daemons.items():
+                self.finish(name, label, d)
+            for spec, _, run_dir, writes in setups:
+                writes.cleanup()
+                if not args.keep:
+                    log(f"[{spec.label}] removing destinations")
+                    rmtree(run_dir)
 
-    def block_size(self, name: str, spec: TreeSpec, b: int, blocks: int) -> int:
+    def setup(
+        self,
+        name: str,
+        spec: TreeSpec,
+        src: Path,
+        run_dir: Path,
+        writes: Writes,
+        daemons: dict[tuple[str, str], Daemon],
+    ) -> None:
+        """The initial sync of one tool on one tree (a daemon is left running)."""
+        args = self.args
+        res = ToolTree(name, spec.label, spec.entries)
+        self.results[(name, spec.label)] = res
+        dst = run_dir / name / "dst"
+        if name == "rsync":
+            dst.mkdir(parents=True)
+            log(f"[{spec.label}] rsync: initial copy")
+            rc, secs = self.rsync(src, dst, args.init_timeout)
+            res.initial_sync_seconds = round(secs, 2)
+            if rc != 0:
+                raise RuntimeError(f"initial rsync failed ({rc})")
+            log(f"  done in {res.initial_sync_seconds} s")
+            return
+        d: Daemon
+        if name == "hsync":
+            d = HsyncWatch(
+                args.hsync_exe, run_dir / name, src, dst, args.debounce_ms, self.hsync_help
+            )
+        else:
+            d = Lsyncd(args.lsyncd_exe, run_dir / name, src, dst, args.lsyncd_delay)
+        daemons[(name, spec.label)] = d
+        self.initial_sync(d, writes, res, spec.entries)
+
+    def finish(self, name: str, label: str, d: Daemon) -> None:
+        res = self.results[(name, label)]
+        if isinstance(d, HsyncWatch):
+            res.status_at_end = d.status()
+        try:
+            d.stop()
+        finally:
+            res.exit_code = d.returncode
+            res.stop_seconds = d.stop_seconds
+            res.vm_hwm = d.mem.get("end_VmHWM")
+            res.vm_rss_end = d.mem.get("end_VmRSS")
+            # lsyncd's normal exit on SIGTERM is 143; hsync must exit 0
+            if d.returncode not in (0, None) and not (
+                name == "lsyncd" and d.returncode == 128 + signal.SIGTERM
+            ):
+                res.failures.append(f"exit code {d.returncode} after SIGTERM")
+                self.warnings.append(
+                    f"{name} on {label}: exit {d.returncode} after SIGTERM; "
+                    f"log tail:\n{d.log_tail()}"
+                )
+
+    def block_size(self, name: str, b: int, blocks: int) -> int:
         total = self.args.writes
         if name == "rsync" and self.args.rsync_writes is not None:
             total = min(total, self.args.rsync_writes)
@@ -810,7 +835,7 @@ class Bench:
         log(f"[{spec.label}] rsync: block {b + 1}, {n} writes")
         for i in range(-self.args.warmup, n):
             rel, data, kind, t_write = writes.write()
-            rc, _ = self.rsync(src, dst, self.args.wait_timeout)
+            rc, _ = self.rsync(src, dst, self.args.rsync_timeout)
             t_done = time.perf_counter()
             ok = rc == 0 and wait_content(f"{dst}/{rel}", data, 0.0) is not None
             if i >= 0:
@@ -1020,6 +1045,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--settle", type=float, default=0.5, help="pause after a catch-up (s)")
     p.add_argument("--wait-timeout", type=float, default=30.0, help="per write (s)")
+    p.add_argument(
+        "--rsync-timeout", type=float, default=600.0, help="per rsync run after a write (s)"
+    )
     p.add_argument("--catchup-timeout", type=float, default=300.0, help="after a resume (s)")
     p.add_argument("--init-timeout", type=float, default=3600.0, help="initial sync (s)")
     p.add_argument("--seed", type=int, default=1)
@@ -1113,10 +1141,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.time()
     manifests: dict[str, Any] = {}
     with killing_children():
+        trees = []
         for label, spec in specs.items():
             src, manifest = cached_tree(work / "trees", spec, args.regen, args.jobs)
             manifests[label] = {k: v for k, v in manifest.items() if k != "write_dirs"}
-            bench.run_tree(spec, src, manifest)
+            trees.append((spec, src, manifest))
+        bench.run_all(trees)
 
     labels = list(specs)
     summary = summarize(bench, labels)
@@ -1126,8 +1156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(os.stat poll every {POLL_SLEEP * 1000:g} ms), minus the configured debounce "
         f"(hsync --debounce {args.debounce_ms} ms, lsyncd delay {args.lsyncd_delay:g} s); "
         "rsync: wall time of `rsync -a --delete SRC/ DST/` started right after the write. "
-        f"p50/p95: nearest rank. {args.blocks} interleaved blocks per tool and tree, the "
-        "other daemons paused (SIGSTOP) meanwhile.",
+        f"p50/p95: nearest rank. {args.blocks} blocks per tool and tree, interleaved over "
+        "tools and trees (all daemons of both trees running, those not measured paused "
+        "with SIGSTOP).",
         "Memory: VmRSS after the initial sync and VmHWM at the end, daemon main process "
         "(not its children), per tree entry (files + dirs).",
     ]
