@@ -579,6 +579,7 @@ class ToolTree:
     entries: int
     initial_sync_seconds: float | None = None
     rss_after_initial: int | None = None
+    hwm_after_initial: int | None = None  # VmHWM then: the initial sync's share of the peak
     tree_rss_peak_initial: int | None = None  # sampled, daemon + children
     vm_hwm: int | None = None
     vm_rss_end: int | None = None
@@ -758,7 +759,9 @@ class Bench:
         if wait_content(f"{d.dst}/{rel}", data, args.wait_timeout) is None:
             raise RuntimeError(f"{d.name}: sentinel not synced within {args.wait_timeout} s")
         time.sleep(args.settle)
-        res.rss_after_initial = proc_status(d.pid).get("VmRSS")
+        mem = proc_status(d.pid)
+        res.rss_after_initial = mem.get("VmRSS")
+        res.hwm_after_initial = mem.get("VmHWM")
         res.tree_rss_peak_initial = peak
         if isinstance(d, HsyncWatch):
             res.status_at_ready = d.status()
@@ -1193,6 +1196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"- {tool} on {label}: initial sync {e['initial_sync_seconds']} s, "
                     f"catch-ups {e['catchup_seconds']} s, peak RSS incl. children during "
                     f"initial sync (sampled) {fmt_mib(e['tree_rss_peak_initial'])}, "
+                    f"VmHWM right after it {fmt_mib(e['hwm_after_initial'])}, "
                     f"exit {e['exit_code']} in {e['stop_seconds']} s after SIGTERM"
                 )
     for label in labels:
