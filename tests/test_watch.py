@@ -631,3 +631,31 @@ def test_periodic_verify_finds_a_flipped_byte_and_the_loop_repairs_it(tmp_path: 
         wait_for(lambda: target.read_bytes() == (src / "d" / "data.bin").read_bytes(),
                  timeout=20, what="verify to find the flipped byte and a round to repair it")
     assert pw.status.verify_found == 1  # the one file, found once, repaired
+
+
+def test_daemon_keeps_other_pairs_running_and_starts_a_late_source(tmp_path: Path) -> None:
+    good_src, good_dst = tmp_path / "good", tmp_path / "good-copy"
+    late_src, late_dst = tmp_path / "late", tmp_path / "late-copy"
+    write(good_src / "g.txt", b"g")
+    status = tmp_path / "status.json"
+    config = tmp_path / "hsync.toml"
+    config.write_text(
+        f'status_file = "{status}"\n[defaults]\ndebounce_ms = 20\n'
+        f'state = "{tmp_path / "h.sqlite"}"\n'
+        f'[[pair]]\nname = "good"\nsource = "{good_src}"\ndestination = "{good_dst}"\n'
+        f'[[pair]]\nname = "late"\nsource = "{late_src}"\ndestination = "{late_dst}"\n'
+    )
+    with spawned([hsync_bin(), "daemon", "--config", str(config)]) as p:
+        converge(good_src, good_dst)
+
+        def late_state() -> str | None:
+            pairs = {x["name"]: x for x in _status(status).get("pairs", [])}
+            return pairs.get("late", {}).get("state")
+
+        wait_for(lambda: late_state() == "error", what="the missing source reported")
+        write(good_src / "more.txt", b"still synced")
+        converge(good_src, good_dst)
+        write(late_src / "l.txt", b"mounted at last")  # the source appears
+        converge(late_src, late_dst, timeout=20)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
