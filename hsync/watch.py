@@ -408,14 +408,16 @@ class PairWatch:
     def _watching(self, source: Backend, destination: Backend, history: Any) -> None:
         """One life of the watcher: from its start until it dies or a stop."""
         watcher = None
+        with self.dirty.cond:
+            self.dirty.unwatched_keys.clear()  # a new watcher: it says what it cannot watch
         start = getattr(source, "watch", None)
         if start is not None:
             try:
                 watcher = start(self.dirty)
                 watcher.__enter__()
-            except OSError as e:
+            except (OSError, HsyncError) as e:
                 watcher = None
-                reason = e.strerror or str(e)
+                reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
                 self.dirty.unwatched((), reason)
                 log.warning("%s: cannot watch the source (%s): polling every %g s",
                             source.url, reason, self.wopts.poll_interval)

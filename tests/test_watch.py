@@ -659,3 +659,22 @@ def test_daemon_keeps_other_pairs_running_and_starts_a_late_source(tmp_path: Pat
         converge(late_src, late_dst, timeout=20)
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
+
+
+def test_a_source_that_cannot_be_watched_at_all_is_polled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from watchdog.observers.inotify_c import InotifyFD
+
+    def no_instance(*_a: Any, **_k: Any) -> None:
+        raise OSError(errno.EMFILE, "inotify instance limit reached")
+
+    # the fault, at watchdog's boundary: no inotify instance can be created
+    monkeypatch.setattr(InotifyFD, "__init__", no_instance)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "a.txt", b"a")
+    with running(src, dst, tmp_path, poll_interval=0.3) as (pw, _rounds):
+        converge(src, dst)
+        assert pw.watcher is None and () in pw.dirty.unwatched_keys
+        write(src / "sub" / "b.txt", b"found by polling")
+        converge(src, dst, timeout=5)
