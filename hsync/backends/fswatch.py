@@ -86,9 +86,10 @@ class _Group(InotifyWatchGroup):
         except OSError as e:
             if path == self.path:
                 raise
-            if not os.path.isdir(path) or self.sink is None:
+            key = _key_of(self.base, path)
+            if not os.path.isdir(path) or self.sink is None or key is None:
                 return  # gone, or replaced, meanwhile: its own events say so
-            self.sink.unwatched(_key_of(self.base, path), e.strerror or str(e))
+            self.sink.unwatched(key, e.strerror or str(e))
             return
         self._active_callbacks_by_path[path] = wd
         self._active_callbacks_by_watch[wd] = path
@@ -112,14 +113,14 @@ class _Emitter(InotifyEmitter):
         )
 
 
-def _key_of(base: bytes, path: bytes | str) -> Key:
+def _key_of(base: bytes, path: bytes | str) -> Key | None:
+    """The key of ``path`` below the watched root ``base``; None for a path outside."""
     raw = os.fsencode(path)
     if raw == base:
         return ()
-    rel = raw[len(base) + 1 :] if raw.startswith(base + b"/") else None
-    if rel is None:
-        return ("\0outside",)  # never a real key: ignored by the handler
-    return tuple(os.fsdecode(rel).split("/"))
+    if not raw.startswith(base + b"/"):
+        return None
+    return tuple(os.fsdecode(raw[len(base) + 1 :]).split("/"))
 
 
 class _Handler(FileSystemEventHandler):
@@ -127,28 +128,26 @@ class _Handler(FileSystemEventHandler):
         self.base = base
         self.sink = sink
 
+    def _appeared_or_went(self, key: Key | None) -> None:
+        """A node created, deleted, or moved in or out: its subtree, and its parent's
+        metadata (the parent's mtime changed)."""
+        if key is None:
+            return
+        self.sink.dirty(key, deep=True)
+        if key:
+            self.sink.dirty(key[:-1], deep=False)
+
     def dispatch(self, event: FileSystemEvent) -> None:
         if event.is_synthetic:
             return  # one per descendant of a moved or created directory: already covered
         key = _key_of(self.base, event.src_path)
-        if key[:1] == ("\0outside",):
-            return
-        sink = self.sink
         if isinstance(event, (DirMovedEvent, FileMovedEvent)):
-            sink.dirty(key, deep=True)
-            if key:
-                sink.dirty(key[:-1], deep=False)
-            to = _key_of(self.base, event.dest_path)
-            if to[:1] != ("\0outside",):
-                sink.dirty(to, deep=True)
-                if to:
-                    sink.dirty(to[:-1], deep=False)
+            self._appeared_or_went(key)
+            self._appeared_or_went(_key_of(self.base, event.dest_path))
         elif isinstance(event, _DEEP):
-            sink.dirty(key, deep=True)
-            if key:
-                sink.dirty(key[:-1], deep=False)
-        else:  # modified, closed after a write, attributes
-            sink.dirty(key, deep=False)
+            self._appeared_or_went(key)
+        elif key is not None:  # modified, closed after a write, attributes
+            self.sink.dirty(key, deep=False)
 
 
 class FsWatcher:
