@@ -161,12 +161,17 @@ def _check_pair(source: Backend, destination: Backend) -> None:
 
 
 def _root_checks(source: Backend, destination: Backend) -> None:
+    _source_root_check(source)
+    _destination_checks(destination)
+
+
+def _source_root_check(source: Backend) -> None:
+    """A source root that is missing or unusable stops the run before anything is done."""
     why = getattr(source, "root_error", lambda: None)()
     if why is None and not source.exists():
         why = "does not exist"
     if why is not None:
         raise SafetyError(f"{source.url}: source {why}; nothing done")
-    _destination_checks(destination)
 
 
 def _destination_checks(destination: Backend) -> None:
@@ -250,11 +255,7 @@ def scan_both(
         else:
             collect = lambda: destination.scan((), exclude=exclude)  # noqa: E731
     try:
-        why = getattr(source, "root_error", lambda: None)()
-        if why is None and not source.exists():
-            why = "does not exist"
-        if why is not None:
-            raise SafetyError(f"{source.url}: source {why}; nothing done")
+        _source_root_check(source)  # again: a watch's root may have gone since it opened
         src = source.scan((), exclude=exclude)
     finally:
         dst = collect()  # even when the source scan failed: no child left behind
