@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from .backend import Backend, open_backend
+from .backend import ApplyResult, Backend, open_backend
 from .diff import Side, diff
 from .errors import SafetyError, UsageError
 from .model import CREATE, DELETE, MOVE, UPDATE, Key, Op, Plan, Problem, Snapshot
@@ -396,15 +396,7 @@ def _apply(
     journal = _journal_open(cmp.history)
     try:
         for batch in _batches(ops) or [()]:  # one batch even when empty: it cleans up
-            logged = journal is not None and bool(batch)
-            if logged:
-                journal.begin(batch)  # recorded before it runs, done after its syncfs
-            result = dst.apply_batch(
-                batch, cmp.source, cmp.src, fsync=options.fsync, on_done=on_done,
-                **({"hard_links": True} if options.hard_links else {}),
-            )
-            if logged:
-                journal.done()
+            result = run_batch(journal, dst, batch, cmp.source, cmp.src, options, on_done)
             for op in result.done:
                 report.counts[op.op] += 0 if op.temporary else 1
             report.bytes_copied += result.bytes_copied
@@ -415,6 +407,29 @@ def _apply(
             journal.close()
     if cmp.history is not None:
         _record(cmp, failed)
+
+
+def run_batch(
+    journal: Any,
+    destination: Backend,
+    ops: Sequence[Op],
+    source: Backend,
+    final: Snapshot,
+    options: Options,
+    on_done: Callable[[Op], None] | None = None,
+) -> ApplyResult:
+    """One batch of ops on ``destination``, journaled when there is a journal: recorded
+    before it runs, marked done after its syncfs (SPEC section 5)."""
+    logged = journal is not None and bool(ops)
+    if logged:
+        journal.begin(ops)
+    result = destination.apply_batch(
+        ops, source, final, fsync=options.fsync, on_done=on_done,
+        **({"hard_links": True} if options.hard_links else {}),
+    )
+    if logged:
+        journal.done()
+    return result
 
 
 def _journal_recover(history: Any) -> bool:

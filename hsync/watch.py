@@ -49,6 +49,7 @@ from .sync import (
     open_history,
     open_pair,
     plan_between,
+    run_batch,
     scan_both,
 )
 
@@ -751,17 +752,8 @@ class PairWatch:
     def _run_batch(
         self, destination: Backend, ops: Sequence[Op], source: Backend, final: Snapshot
     ) -> ApplyResult:
-        """One batch, journaled: recorded before it runs, marked done after (SPEC 5)."""
-        journal = self._journal if ops else None
-        if journal is not None:
-            journal.begin(ops)
-        result = destination.apply_batch(
-            ops, source, final, fsync=self.options.fsync,
-            **({"hard_links": True} if self.options.hard_links else {}),
-        )
-        if journal is not None:
-            journal.done()
-        return result
+        """One batch, journaled like ``sync``'s."""
+        return run_batch(self._journal, destination, ops, source, final, self.options)
 
     def _backoff_full(self) -> float:
         now = time.monotonic()
