@@ -34,6 +34,15 @@ class Capabilities:
     """Nodes carry content streamed by ``read`` (files), not only attributes."""
 
 
+@attrs.frozen
+class Credentials:
+    """How to authenticate to an endpoint (LDAP: a bind DN and its password), given by
+    a config file; the password never shows in a repr, a log or a report."""
+
+    bind_dn: str
+    password: str = attrs.field(default="", repr=False)
+
+
 @attrs.define
 class ApplyResult:
     """What one batch did: per-op outcome counters and problems."""
@@ -144,10 +153,14 @@ def scheme_of(location: str) -> str:
     return "file"
 
 
-def open_backend(location: str, *, role: str) -> Backend:
+def open_backend(
+    location: str, *, role: str, credentials: Credentials | None = None
+) -> Backend:
     """Open ``location`` with the backend registered for its scheme.
 
-    ``role`` is "source" or "destination" (credentials and checks may differ)."""
+    ``role`` is "source" or "destination" (credentials and checks may differ);
+    ``credentials`` (from a config file) go to backends that authenticate, else the
+    backend takes them from the environment."""
     scheme = scheme_of(location)
     if scheme in _BUILTIN:
         cls = _load(_BUILTIN[scheme][0])
@@ -164,4 +177,10 @@ def open_backend(location: str, *, role: str) -> Backend:
                 f"{location}: unknown URL scheme {scheme!r}; known: {', '.join(known)}{hint}"
             )
         cls = found[0].load()
+    if credentials is not None:
+        import inspect
+
+        if "credentials" not in inspect.signature(cls).parameters:
+            raise UsageError(f"{location}: this kind of endpoint takes no credentials")
+        return cls(location, role=role, credentials=credentials)
     return cls(location, role=role)

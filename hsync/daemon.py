@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -23,6 +24,7 @@ from typing import Any
 
 import attrs
 
+from .backend import Credentials
 from .errors import HsyncError, UsageError
 from .sync import Options
 from .watch import PairWatch, StatusFile, WatchOptions
@@ -50,6 +52,12 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "rescan_interval_s": (int, float),
     "poll_interval_s": (int, float),
     "verify_interval_s": (int, float),
+    "source_bind_dn": str,
+    "source_bind_password": str,
+    "source_bind_password_file": str,
+    "destination_bind_dn": str,
+    "destination_bind_password": str,
+    "destination_bind_password_file": str,
 }
 _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "status_file": str,
@@ -67,6 +75,7 @@ class PairConfig:
     destination: str
     options: Options
     wopts: WatchOptions
+    credentials: tuple[Credentials | None, Credentials | None] = (None, None)
 
 
 @attrs.frozen
@@ -100,7 +109,12 @@ def _type_name(want: type | tuple[type, ...]) -> str:
 
 
 def pair_config(
-    where: str, raw: dict[str, Any], *, debug: bool = False, base: Path | None = None
+    where: str,
+    raw: dict[str, Any],
+    *,
+    debug: bool = False,
+    base: Path | None = None,
+    private: bool = False,
 ) -> PairConfig:
     """One pair's options from a config table (keys as in ``_PAIR_KEYS``)."""
     _check_types(where, raw, _PAIR_KEYS)
@@ -140,7 +154,46 @@ def pair_config(
     )
     name = raw.get("name") or f"{raw['source']} -> {raw['destination']}"
     source, destination = (_relative_to(base, raw[k]) for k in ("source", "destination"))
-    return PairConfig(name, source, destination, options, wopts)
+    creds = (
+        _credentials(where, raw, "source", base, private),
+        _credentials(where, raw, "destination", base, private),
+    )
+    return PairConfig(name, source, destination, options, wopts, creds)
+
+
+def _credentials(
+    where: str, raw: dict[str, Any], side: str, base: Path | None, private: bool
+) -> Credentials | None:
+    """A side's bind DN and password from the config (SPEC 9: "or the config file").
+    A password is read from ``*_bind_password_file``, or given inline only in a config
+    file that nobody else can read."""
+    dn = raw.get(f"{side}_bind_dn")
+    inline = raw.get(f"{side}_bind_password")
+    pw_file = raw.get(f"{side}_bind_password_file")
+    if dn is None:
+        if inline is not None or pw_file is not None:
+            raise UsageError(f"{where}: {side}_bind_password without {side}_bind_dn")
+        return None
+    if inline is not None and pw_file is not None:
+        raise UsageError(
+            f"{where}: {side}_bind_password and {side}_bind_password_file are exclusive"
+        )
+    password = ""
+    if inline is not None:
+        if not private:
+            raise UsageError(
+                f"{where}: {side}_bind_password in a config file that others can read "
+                "(chmod 600 it, or use a password file)"
+            )
+        password = inline
+    elif pw_file is not None:
+        path = Path(pw_file) if base is None or Path(pw_file).is_absolute() else base / pw_file
+        try:
+            password = path.read_text().rstrip("\n")
+        except OSError as e:
+            raise UsageError(f"{where}: {path}: cannot read the password file: {e.strerror}") \
+                from None
+    return Credentials(dn, password)
 
 
 def _relative_to(base: Path | None, location: str) -> str:
@@ -156,6 +209,7 @@ def load_config(path: str, *, debug: bool = False) -> Config:
     """Read and check ``path``; every mistake is one ``UsageError`` naming it."""
     try:
         with open(path, "rb") as f:
+            private = not os.fstat(f.fileno()).st_mode & 0o077
             doc = tomllib.load(f)
     except OSError as e:
         raise UsageError(f"{path}: cannot read the config: {e.strerror}") from None
@@ -173,7 +227,9 @@ def load_config(path: str, *, debug: bool = False) -> Config:
         if not isinstance(raw, dict):
             raise UsageError(f"{path}: pair {i} must be a table ([[pair]])")
         where = f"{path}: pair {raw.get('name', i)!s}"
-        pairs.append(pair_config(where, {**defaults, **raw}, debug=debug, base=base))
+        pairs.append(
+            pair_config(where, {**defaults, **raw}, debug=debug, base=base, private=private)
+        )
     names = [p.name for p in pairs]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
@@ -192,7 +248,7 @@ class _Running:
         self.config = config
         self.watch = PairWatch(
             config.source, config.destination, config.options, config.wopts,
-            name=config.name, status=status,
+            name=config.name, status=status, credentials=config.credentials,
         )
         self.error: HsyncError | None = None
         self.thread = threading.Thread(target=self._run, name=f"hsync-pair-{config.name}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from .backend import ApplyResult, Backend, open_backend
+from .backend import ApplyResult, Backend, Credentials, open_backend
 from .diff import Side, diff
 from .errors import SafetyError, UsageError
 from .model import CREATE, DELETE, MOVE, UPDATE, Key, Op, Plan, Problem, Snapshot
@@ -215,13 +215,19 @@ def compare(
 
 
 def open_pair(
-    source_url: str, destination_url: str, exclude_attrs: Sequence[str] = ()
+    source_url: str,
+    destination_url: str,
+    exclude_attrs: Sequence[str] = (),
+    credentials: tuple[Credentials | None, Credentials | None] = (None, None),
 ) -> tuple[Backend, Backend]:
     """Both endpoints, opened, with the pair and root checks of SPEC section 8 done.
-    ``exclude_attrs``: attributes left out of payloads (backends that have them)."""
-    source = open_backend(source_url, role="source")
+    ``exclude_attrs``: attributes left out of payloads (backends that have them);
+    ``credentials``: the source's and the destination's, from a config file."""
+    source = open_backend(source_url, role="source", credentials=credentials[0])
     try:
-        destination = open_backend(destination_url, role="destination")
+        destination = open_backend(
+            destination_url, role="destination", credentials=credentials[1]
+        )
     except BaseException:
         source.close()
         raise

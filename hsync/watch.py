@@ -36,7 +36,7 @@ from typing import Any
 
 import attrs
 
-from .backend import ApplyResult, Backend
+from .backend import ApplyResult, Backend, Credentials
 from .errors import HsyncError, Interrupted, SafetyError
 from .journal import Journal, open_for
 from .model import CREATE, DELETE, DIR, MOVE, UPDATE, Key, Node, Op, Problem, Snapshot
@@ -341,8 +341,10 @@ class PairWatch:
         status: StatusFile | None = None,
         on_round: Callable[[RoundResult], None] | None = None,
         on_compared: Callable[[Region], None] | None = None,
+        credentials: tuple[Credentials | None, Credentials | None] = (None, None),
     ) -> None:
         self.source_url = source_url
+        self.credentials = credentials
         self.destination_url = destination_url
         self.options = options = options if options is not None else Options()
         self.wopts = wopts if wopts is not None else WatchOptions()
@@ -383,7 +385,8 @@ class PairWatch:
     def run(self) -> None:
         """Run until ``stop()``. Raises ``HsyncError`` when the pair cannot be opened."""
         source, destination = open_pair(
-            self.source_url, self.destination_url, self.options.exclude_attrs
+            self.source_url, self.destination_url, self.options.exclude_attrs,
+            self.credentials,
         )
         history = None
         try:

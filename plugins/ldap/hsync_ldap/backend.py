@@ -32,7 +32,7 @@ import ldapurl
 from ldap.controls import SimplePagedResultsControl
 from ldap.controls.libldap import AssertionControl
 
-from hsync.backend import ApplyResult, Backend, Capabilities, WatchSink
+from hsync.backend import ApplyResult, Backend, Capabilities, Credentials, WatchSink
 from hsync.errors import BackendError, UsageError
 from hsync.model import CREATE, DELETE, MOVE, UPDATE, Key, Node, Op, Problem, Snapshot
 
@@ -71,7 +71,9 @@ def credentials(role: str) -> tuple[str, str]:
 class LdapBackend:
     """One subtree of a directory server, from its base DN down."""
 
-    def __init__(self, location: str, *, role: str = "source") -> None:
+    def __init__(
+        self, location: str, *, role: str = "source", credentials: Credentials | None = None
+    ) -> None:
         try:
             url = ldapurl.LDAPUrl(location)
         except ValueError as e:
@@ -96,7 +98,8 @@ class LdapBackend:
             or os.environ.get("HSYNC_LDAP_STARTTLS", "") in ("1", "yes", "true")
         )
         self.capabilities = Capabilities(subtree_move=True, atomic_rename=False, content=False)
-        self.bind_dn, _ = credentials(role)
+        self._credentials = credentials  # from a config file; else the environment
+        self.bind_dn, _ = self.credentials()
         self.conn = self._connect()
         self.schema = self._read_schema()
         self.mapper = Mapper(self.schema, self.base_dn)
@@ -106,10 +109,17 @@ class LdapBackend:
         """The last syncrepl cookie a watch saw (kept in memory only)."""
 
     # -- connection ------------------------------------------------------------------------
+    def credentials(self) -> tuple[str, str]:
+        """(bind DN, password): from the config file when it gave them, else from the
+        environment (``credentials(role)``)."""
+        if self._credentials is not None:
+            return self._credentials.bind_dn, self._credentials.password
+        return credentials(self.role)
+
     def _connect(self) -> Any:
         """A bound connection; ``BackendError`` (exit 2) when it cannot be had."""
         conn = self.prepare(ldap.initialize(self.server, bytes_mode=False))
-        dn, password = credentials(self.role)
+        dn, password = self.credentials()
         try:
             if self.starttls:
                 conn.start_tls_s()

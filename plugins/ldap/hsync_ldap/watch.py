@@ -37,7 +37,7 @@ from hsync.backend import WatchSink
 from hsync.errors import BackendError
 from hsync.model import Key
 
-from .backend import TIMEOUT, credentials, describe
+from .backend import TIMEOUT, describe
 
 if TYPE_CHECKING:
     from .backend import LdapBackend
@@ -144,7 +144,7 @@ class SyncreplWatch:
         try:
             if b.starttls:
                 conn.start_tls_s()
-            dn, password = credentials(b.role)
+            dn, password = b.credentials()
             conn.simple_bind_s(dn, password)
             self.keys = {}
             self.live = False
