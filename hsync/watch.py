@@ -100,6 +100,7 @@ class Dirty:
         self.lost_quick = True  # a stat-only pass against the history may stand for it
         self.unwatched_keys: dict[Key, str] = {}
         self.inflight: Region | None = None
+        self.inflight_above: set[Key] = set()
         self.stale = False
         self.stopping = False
         self.events = 0
@@ -111,9 +112,19 @@ class Dirty:
         with self.cond:
             (self.deep if deep else self.shallow).add(key)
             self._touch()
-            if self.inflight is not None and not self.stale and self.inflight.touches(key):
+            if self.inflight is not None and not self.stale and self._touches(key):
                 self.stale = True
             self.cond.notify_all()
+
+    def _touches(self, key: Key) -> bool:
+        """``Region.touches`` for the region in flight, in O(depth) per event."""
+        r = self.inflight
+        assert r is not None
+        return (
+            any(key[:i] in r.deep for i in range(len(key) + 1))
+            or key in r.shallow
+            or key in self.inflight_above
+        )
 
     def lost(self, reason: str, *, quick: bool = True) -> None:
         """``quick``: a stat-only pass of the source against the history is enough (lost
@@ -188,6 +199,10 @@ class Dirty:
     def begin(self, region: Region) -> None:
         with self.cond:
             self.inflight = None if region.full else region
+            # every ancestor of a region key, once: each event is then O(depth)
+            self.inflight_above = {
+                k[:i] for k in (*region.deep, *region.shallow) for i in range(len(k))
+            }
             self.stale = False
 
     def end(self) -> None:

@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from treeutil import assert_same_tree, hsync_bin
 
 from hsync.region import Region
 from hsync.sync import Options, compare
-from hsync.watch import PairWatch, RoundResult, StatusFile, WatchOptions
+from hsync.watch import Dirty, PairWatch, RoundResult, StatusFile, WatchOptions
 
 # -- leak checks: every test here must end with no thread and no inotify watch left -------
 
@@ -155,6 +157,23 @@ def test_region_normalises_and_knows_what_it_touches() -> None:
     assert r.touches(())  # the root is an ancestor of everything
     assert not r.touches(("c", "e"))  # a sibling of a deep key
     assert not r.touches(("b",))
+
+
+_keys = st.lists(st.sampled_from("abc"), min_size=0, max_size=4).map(tuple)
+
+
+@settings(max_examples=200, deadline=None)
+@given(deep=st.lists(_keys, max_size=8), shallow=st.lists(_keys, max_size=8), probe=_keys)
+def test_the_sink_decides_staleness_as_the_region_does(
+    deep: list[tuple[str, ...]], shallow: list[tuple[str, ...]], probe: tuple[str, ...]
+) -> None:
+    region = Region.of(deep, shallow)
+    sink = Dirty()
+    sink.begin(region)
+    if region.full:
+        assert sink.inflight is None  # full comparisons are never restarted
+    else:
+        assert sink._touches(probe) == region.touches(probe)
 
 
 def test_bursts_of_changes_converge_and_moves_stay_renames(tmp_path: Path) -> None:
