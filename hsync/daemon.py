@@ -244,8 +244,12 @@ def load_config(path: str, *, debug: bool = False) -> Config:
 
 
 class _Running:
-    def __init__(self, config: PairConfig, status: StatusFile) -> None:
+    """One pair's loop in its own thread. ``once``: an error that ends the loop ends
+    the pair (``hsync watch``); otherwise it is retried (a daemon keeps trying)."""
+
+    def __init__(self, config: PairConfig, status: StatusFile, *, once: bool = False) -> None:
         self.config = config
+        self.once = once
         self.watch = PairWatch(
             config.source, config.destination, config.options, config.wopts,
             name=config.name, status=status, credentials=config.credentials,
@@ -267,16 +271,14 @@ class _Running:
                 log.error("%s: %s", self.config.name, e)
                 if self.once:
                     return
-                w._stop.wait(OPEN_RETRY)  # a daemon keeps trying (a mount not up yet)
+                w.pause(OPEN_RETRY)  # a daemon keeps trying (a mount not up yet)
             except Exception:
                 log.exception("%s: the loop failed", self.config.name)
                 w.status.state = "error"
                 w.status_file.write()
                 if self.once:
                     raise
-                w._stop.wait(OPEN_RETRY)
-
-    once = False
+                w.pause(OPEN_RETRY)
 
 
 class Supervisor:
@@ -292,8 +294,7 @@ class Supervisor:
 
     def start(self, pairs: tuple[PairConfig, ...]) -> None:
         for p in pairs:
-            r = _Running(p, self.status)
-            r.once = self.once
+            r = _Running(p, self.status, once=self.once)
             self.running[p.name] = r
             r.thread.start()
             log.info("%s: watching %s -> %s", p.name, p.source, p.destination)

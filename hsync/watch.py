@@ -391,6 +391,10 @@ class PairWatch:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` or until a stop is asked; True when it was."""
+        return self._stop.wait(seconds)
+
     def _interrupt(self) -> bool:
         return self._stop.is_set() or (
             self.dirty.stale and self._in_a_row < self.wopts.max_restarts
