@@ -312,8 +312,8 @@ class _Matcher:
         changed_here: set[Key] = set()
         for d in sorted(self.open_dst):
             n = dst[d]
-            if n.kind != FILE:
-                continue
+            if n.kind != FILE or d in self.pinned:
+                continue  # (what keeps its place: the context of a partial rescan, ...)
             s = match.get(d)
             if s is None:
                 pool.setdefault((n.size, n.mtime_ns), []).append(d)
@@ -328,7 +328,9 @@ class _Matcher:
         wanted = sorted(
             s
             for s in self.open_src
-            if src[s].kind == FILE and (s not in claimed or s in changed_src)
+            if src[s].kind == FILE
+            and (s not in claimed or s in changed_src)
+            and s not in self.pinned
         )
         for s in wanted:
             if s in claimed and s not in changed_src:

@@ -545,3 +545,17 @@ def test_moved_directory_is_not_copied_again() -> None:
         {"op": "move", "kind": "dir", "path": "old", "to": "new"},
         {"op": "create", "kind": "file", "path": "new/x"},
     ]
+
+
+def test_regression_a_context_file_is_never_matched_away_by_similarity() -> None:
+    """Hypothesis found it in a restarted watch: a file kept as the context of a partial
+    rescan (only its metadata may change) was taken as the move source of a new file of
+    the same size and mtime elsewhere, so nothing was left at its key."""
+    dst = snapshot({"a": F(0, 1, ident=1), "b": F(0, 1, ident=2)})
+    src = snapshot({"a": F(0, 2, ident=1), "b/": D(ident=3), "b/a": F(0, 1, ident=4)})
+    dst.partial = {(), ("a",)}
+    src.partial = {(), ("a",)}
+    changes = diff(src, dst, None)
+    ops = plan(changes, dst).ops
+    check_plan(ops, dst, src)
+    assert not any(op.key == ("a",) and op.op in ("move", "delete") for op in ops), ops
