@@ -21,6 +21,7 @@ import attrs
 
 from .backend import Backend
 from .errors import SafetyError
+from .history import _enc, _ident  # the history's own key order and identity form
 from .model import DIR, ENTRY, Key, Node, Snapshot, fingerprint
 
 Exclude = Callable[[Key, bool], bool]
@@ -152,10 +153,6 @@ def scan_region_pair(
             return region, src, dst
 
 
-def _enc(key: Key) -> bytes:
-    return "\0".join(key).encode("utf-8", "surrogateescape")
-
-
 def quick_pass(
     source: Backend, history: Any, exclude: Exclude | None, *, allow_empty_source: bool = False
 ) -> Region:
@@ -264,9 +261,3 @@ def _differs(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     fa = a[6] if len(a) > 6 else None
     fb = b[6] if len(b) > 6 else None
     return fa != fb
-
-
-def _ident(value: object) -> object:
-    if isinstance(value, int) and not -(1 << 63) <= value < (1 << 63):
-        return str(value)
-    return value
