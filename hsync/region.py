@@ -261,3 +261,95 @@ def _differs(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     fa = a[6] if len(a) > 6 else None
     fb = b[6] if len(b) > 6 else None
     return fa != fb
+
+
+# -- comparing two full scans by their directory digests ----------------------------------
+Row = tuple[Any, ...]
+
+
+def dirty_directories(src_digests: dict[Key, int], dst_digests: dict[Key, int]) -> list[Key]:
+    """Directories on both sides whose listings differ (see ``FsBackend.scan``'s
+    ``digests``). A directory on one side only is a child of one of these."""
+    return [k for k, d in src_digests.items() if dst_digests.get(k, d) != d]
+
+
+def listing_region(
+    src: Snapshot,
+    src_root: Row | None,
+    dst_root: Row | None,
+    dirty: Iterable[Key],
+    dst_children_rows: dict[Key, Row],
+) -> Region:
+    """What differs between two trees whose directories ``dirty`` have different
+    listings, all others being equal: per child of a dirty directory, a node on one
+    side only, of another kind, or a leaf whose payload differs, is deep (free to be
+    matched elsewhere); a container whose payload differs is shallow (updated in
+    place: its children are compared only where its listing differs).
+    ``dst_children_rows``: the destination's rows of the children of ``dirty``."""
+    rows = src.nodes.rows  # type: ignore[attr-defined]  # a filesystem scan's Rows
+    dst_kids: dict[Key, list[Key]] = {}
+    for k in dst_children_rows:
+        dst_kids.setdefault(k[:-1], []).append(k)
+    deep: list[Key] = []
+    shallow: list[Key] = []
+    if src_root is not None and dst_root is not None and tuple(src_root[:5]) != tuple(
+        dst_root[:5]
+    ):
+        shallow.append(())
+    for d in dirty:
+        for c in {*src.children(d), *dst_kids.get(d, ())}:
+            a, b = rows.get(c), dst_children_rows.get(c)
+            if a is None or b is None or a[0] != b[0]:
+                deep.append(c)
+            elif tuple(a[:5]) != tuple(b[:5]):
+                (shallow if a[0] in CONTAINERS else deep).append(c)
+    return Region.of(deep, shallow)
+
+
+def context_keys(region: Region) -> set[Key]:
+    """The root, the shallow keys, and every ancestor of a region key."""
+    context: set[Key] = {(), *region.shallow}
+    for k in (*region.deep, *region.shallow):
+        context.update(k[:i] for i in range(len(k)))
+    return context
+
+
+def region_snapshot(
+    rows: dict[Key, Row],
+    region: Region,
+    children: Callable[[Key], Iterable[Key]] | None = None,
+) -> Snapshot:
+    """The snapshot a ``scan_region`` of ``region`` would give, cut from the rows of a
+    full scan (``rows`` holds at least the context and the deep subtrees; ``children``
+    lists a key's children in it, an index of ``rows`` is built when not given). The
+    context is ``partial``."""
+    from .model import Rows
+
+    if children is None:
+        kids: dict[Key, list[Key]] = {}
+        for k in rows:
+            if k:
+                kids.setdefault(k[:-1], []).append(k)
+        children = lambda key: kids.get(key, ())  # noqa: E731
+    nodes: dict[Key, Row] = {}
+    partial: set[Key] = set()
+    for k in sorted(context_keys(region), key=len):
+        if k and (k[:-1] not in nodes or nodes[k[:-1]][0] not in CONTAINERS):
+            continue
+        row = rows.get(k)
+        if row is not None:
+            nodes[k] = row
+            partial.add(k)
+    for top in sorted(region.deep, key=len):
+        parent = nodes.get(top[:-1])
+        row = rows.get(top)
+        if row is None or parent is None or parent[0] not in CONTAINERS:
+            continue
+        nodes[top] = row
+        stack = [top]
+        while stack:
+            for c in children(stack.pop()):
+                nodes[c] = rows[c]
+                stack.append(c)
+    partial.difference_update(region.deep)
+    return Snapshot(nodes=Rows(nodes), partial=partial)

@@ -20,6 +20,13 @@ from .diff import Side, diff
 from .errors import SafetyError, UsageError
 from .model import CREATE, DELETE, MOVE, UPDATE, Key, Op, Plan, Problem, Snapshot
 from .plan import check_plan, plan
+from .region import (
+    Region,
+    context_keys,
+    dirty_directories,
+    listing_region,
+    region_snapshot,
+)
 
 BATCH_OPS = 100_000
 BATCH_BYTES = 1 << 30
@@ -202,7 +209,7 @@ def compare(
     try:
         history = open_history(source, destination, options)
         try:
-            src, dst = scan_both(source, destination, options)
+            src, dst = scan_both(source, destination, options, history)
             return plan_between(source, destination, src, dst, history, options)
         except BaseException:
             if history is not None:
@@ -247,34 +254,116 @@ def open_pair(
 
 
 def scan_both(
-    source: Backend, destination: Backend, options: Options
+    source: Backend, destination: Backend, options: Options, history: Any = None
 ) -> tuple[Snapshot, Snapshot]:
-    """Full scans of both trees (overlapping where the backend can fork a walk), with
-    the source checks of SPEC section 8 (missing, unreadable, suddenly empty)."""
+    """Scans of both trees (overlapping where the backend can fork a walk), with the
+    source checks of SPEC section 8 (missing, unreadable, suddenly empty).
+
+    Two filesystem trees are compared by their directory digests first; then only
+    what differs is shipped from the child and compared (the snapshots returned are
+    then those of a partial comparison over that region, its context ``partial``).
+    That needs a complete history (it is then kept up to date from the changes alone,
+    and moves are found by identity), and no option that looks beyond stat
+    (``--checksum``, ``-H``)."""
     exclude = _exclude_matcher(options.exclude)
-    # The two walks overlap in two processes where the backend can fork one.
-    collect: Callable[[], Snapshot] = Snapshot
-    if destination.exists():
-        start = getattr(destination, "scan_in_child", None)
-        if start is not None:
-            collect = start((), exclude=exclude)
-        else:
+    start = getattr(destination, "start_scan", None)
+    if start is None or not destination.exists():
+        collect: Callable[[], Snapshot] = Snapshot
+        if destination.exists():
             collect = lambda: destination.scan((), exclude=exclude)  # noqa: E731
+        try:
+            _source_root_check(source)  # again: a watch's root may have gone since
+            src = source.scan((), exclude=exclude)
+        finally:
+            dst = collect()
+        check_source(source, src, dst, options)
+        return src, dst
+    child = start(exclude)
     try:
-        _source_root_check(source)  # again: a watch's root may have gone since it opened
-        src = source.scan((), exclude=exclude)
+        _source_root_check(source)
+        by_digest = (
+            getattr(source, "start_scan", None) is not None
+            and not options.checksum
+            and not options.hard_links
+            and history is not None
+            and history.complete
+        )
+        digests: dict[Key, int] = {}
+        src = source.scan((), exclude=exclude, **({"digests": digests} if by_digest else {}))
+        if by_digest:
+            found = _compare_digests(source, src, digests, child, options, history)
+            if found is not None:
+                return found
+        dst = child.snapshot()
     finally:
-        dst = collect()  # even when the source scan failed: no child left behind
+        child.close()
     check_source(source, src, dst, options)
     return src, dst
+
+
+DIRTY_SHARE = 0.5
+"""Past this share of directories with differing listings, the whole destination scan
+is shipped and compared instead."""
+
+
+def _compare_digests(
+    source: Backend,
+    src: Snapshot,
+    digests: dict[Key, int],
+    child: Any,
+    options: Options,
+    history: Any,
+) -> tuple[Snapshot, Snapshot] | None:
+    """The partial snapshots over what differs between ``src`` and the child's scan,
+    or None when a full comparison is due (something unreadable, or most differs).
+
+    Identity beats a name (SPEC section 3): a directory whose listing differs and
+    whose source identity the history places at another key came from there (a swap,
+    a rotation): its whole subtree is compared, so diff matches it by identity as a
+    full comparison would. A node whose name and payload are unchanged is in sync,
+    as in a full comparison."""
+    summary = child.summary()
+    if src.incomplete or summary["incomplete"]:
+        return None  # what a full comparison does with those is not repeated here
+    _check_counts(source, src, len(src.nodes), summary["count"], options)
+    dirty = dirty_directories(digests, summary["digests"])
+    if len(dirty) > DIRTY_SHARE * max(1, len(digests)):
+        return None
+    root = src.nodes.rows.get(())  # type: ignore[attr-defined]
+    listed = child.rows(dirs=dirty) if dirty else {}
+    region = listing_region(src, root, summary["root"], dirty, listed)
+    rows = src.nodes.rows  # type: ignore[attr-defined]
+    if history is not None and dirty:
+        idents = {rows[d][5]: d for d in dirty if d}
+        came = [
+            (idents[i], was) for i, (was, _) in history.lookup_many(idents).items()
+            if was != idents[i]
+        ]
+        if came:  # both places, whole: where it is now and where it was
+            region = region.union(Region.of([k for pair in came for k in pair]))
+    src_part = region_snapshot(rows, region, src.children)
+    src_part.skipped = list(src.skipped)
+    src_part.holds_excluded = set(src.holds_excluded)
+    need = [k for k in context_keys(region) if k not in listed]
+    listed.update(child.rows(keys=need, subtrees=region.deep))
+    dst_part = region_snapshot(listed, region)
+    dst_part.skipped = list(summary["skipped"])
+    dst_part.holds_excluded = set(summary["held"])
+    return src_part, dst_part
 
 
 def check_source(source: Backend, src: Snapshot, dst: Snapshot, options: Options) -> None:
     """SPEC section 8: a source root that could not be read, or that is empty while the
     destination is not, is never a reason to delete."""
+    _check_counts(source, src, len(src.nodes), len(dst.nodes), options)
+
+
+def _check_counts(
+    source: Backend, src: Snapshot, n_src: int, n_dst: int, options: Options
+) -> None:
     if () in src.incomplete:
         raise SafetyError(f"{source.url}: source {src.incomplete[()]}; nothing done")
-    if len(src.nodes) <= 1 and len(dst.nodes) > 1 and not options.allow_empty_source:
+    if n_src <= 1 and n_dst > 1 and not options.allow_empty_source:
         raise SafetyError(
             f"{source.url}: source is empty but the destination is not; refusing to delete "
             "everything (--allow-empty-source to allow it)"

@@ -327,3 +327,77 @@ def test_create_never_clobbers_a_file_that_appeared_since_the_scan(tmp_path: Pat
     assert [p.key for p in report.problems] == [("new",)]
     assert (dst / "new").read_bytes() == b"written by someone else meanwhile"
     assert not [n for n in os.listdir(dst) if n.startswith(".hsync-tmp-")]
+
+
+def _op_list(plan: Plan | None) -> list[tuple[str, str, str | None]]:
+    assert plan is not None
+    return sorted(
+        (op.op, "/".join(op.key), "/".join(op.to) if op.to is not None else None)
+        for op in plan.ops
+    )
+
+
+def test_resync_finds_changes_on_both_sides_from_the_directories_that_differ(
+    tmp_path: Path,
+) -> None:
+    """A re-sync with a history compares directory digests first and then only what
+    differs: a rename on the source is still one move, and what others changed on the
+    destination (a rewritten file, a stray file, a deleted one, a directory's mode)
+    is still repaired, with nothing else touched."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    state = str(tmp_path / "state.sqlite")
+    spec: dict[str, Any] = {}
+    for d in range(20):
+        spec[f"d{d:02d}"] = DIR
+        for f in range(10):
+            spec[f"d{d:02d}/f{f}"] = File(b"%d-%d" % (d, f), mtime_ns=T0 + d * 100 + f)
+    build(src, spec)
+    first = sync_once(str(src), str(dst), Options(state=state, check=True))
+    assert first.problems == []
+    before = _inodes(dst)
+
+    (src / "d03").rename(src / "moved")
+    (src / "d04" / "f1").unlink()
+    (dst / "d05" / "f2").write_bytes(b"rewritten on the destination")
+    (dst / "d06" / "stray").write_bytes(b"not on the source")
+    (dst / "d07" / "f3").unlink()
+    (dst / "d08").chmod(0o700)
+
+    report = sync_once(str(src), str(dst), Options(state=state, check=True))
+    assert report.problems == []
+    assert_same_tree(src, dst)
+    assert _op_list(report.plan) == sorted([
+        ("move", "d03", "moved"),
+        ("delete", "d04/f1", None),
+        ("update", "d05/f2", None),
+        ("delete", "d06/stray", None),
+        ("create", "d07/f3", None),
+        ("update", "d08", None),
+        # the parents whose mtime changed with their listing on the source
+        ("update", "", None),
+        ("update", "d04", None),
+        # and those whose listing changed on the destination
+        ("update", "d06", None),
+        ("update", "d07", None),
+    ])
+    after = _inodes(dst)
+    moved = {k.replace("d03/", "moved/", 1): v for k, v in before.items() if k.startswith("d03/")}
+    assert {k: after[k] for k in moved} == moved  # renamed, not copied
+    again = sync_once(str(src), str(dst), Options(state=state, dry_run=True))
+    assert _op_list(again.plan) == []
+
+
+def test_no_scan_process_outlives_a_refused_sync(tmp_path: Path) -> None:
+    """The destination is scanned in a forked child; a sync refused half-way (the
+    source was emptied) leaves no child behind, and deletes nothing."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    state = str(tmp_path / "state.sqlite")
+    build(src, {"a": DIR, "a/f": b"x", "g": b"y"})
+    assert sync_once(str(src), str(dst), Options(state=state)).problems == []
+    for p in (src / "a" / "f", src / "g"):
+        p.unlink()
+    (src / "a").rmdir()
+    with pytest.raises(Exception, match="source is empty"):
+        sync_once(str(src), str(dst), Options(state=state))
+    assert _children_of(os.getpid()) == []
+    assert (dst / "a" / "f").read_bytes() == b"x"

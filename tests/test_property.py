@@ -18,6 +18,7 @@ import itertools
 import os
 import shutil
 import stat
+import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -567,3 +568,63 @@ def test_quick_pass_against_the_history_finds_every_change(
             assert recreated == []
         # and nothing is left for the next pass
         assert not _quick_round(src, dst, state).ops
+
+
+# -- (d) the comparison by directory digests plans what a full comparison plans ------------
+
+
+def _changes(src: Path, dst: Path, state: Path | None, *, full: bool) -> list[tuple]:
+    """The changes ``hsync diff`` finds, by directory digests or (``full``) by shipping
+    and comparing every node; read-only."""
+    mod = sys.modules["hsync.sync"]  # the module (the package exports a function ``sync``)
+    saved = mod.DIRTY_SHARE
+    # -1: every comparison ships everything; 1: never, however much differs
+    mod.DIRTY_SHARE = -1.0 if full else 1.0
+    try:
+        cmp = mod.compare(str(src), str(dst), Options(
+            state=str(state) if state is not None else "", check=True, dry_run=True,
+            allow_empty_source=True,
+        ))
+    finally:
+        mod.DIRTY_SHARE = saved
+    try:
+        return sorted(
+            ((c.op, c.key, c.to or (), c.kind) for c in cmp.plan.changes),
+            key=lambda c: (c[0], [os.fsencode(n) for n in c[1]], [os.fsencode(n) for n in c[2]]),
+        )
+    finally:
+        cmp.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    source=fs_specs(max_nodes=12),
+    on_source=mutation_lists(MOVES + OTHERS),
+    on_destination=st.lists(st.tuples(
+        st.sampled_from(MOVES + OTHERS), st.integers(0, 50), st.integers(0, 50), fs_names,
+        st.binary(max_size=6)), max_size=3),
+)
+def test_digest_comparison_finds_what_a_full_comparison_finds(
+    source: dict[str, object], on_source: list[tuple], on_destination: list[tuple]
+) -> None:
+    """After a first sync, the source changes and so does the destination behind
+    hsync's back; comparing directory digests and shipping only what differs finds
+    no more changes than comparing every node (the same, but where a directory that
+    kept its name and metadata is matched in place rather than by its identity), and
+    the sync converges."""
+    with tempfile.TemporaryDirectory(prefix="hsync-prop-") as tmp:
+        base = Path(tmp)
+        state = base / "state.sqlite"  # without a history, every comparison is full
+        src = materialize(base / "src", source)
+        dst = base / "dst"
+        assert _sync(src, dst, state).problems == []
+        done = [m for m in on_source if apply_mutation(src, m) is not None]
+        drift = [m for m in on_destination if apply_mutation(dst, m) is not None]
+        note(f"source: {done}; destination: {drift}")
+        by_digest = _changes(src, dst, state, full=False)
+        full = _changes(src, dst, state, full=True)
+        note(f"by digest: {by_digest}; full: {full}")
+        assert len(by_digest) <= len(full)
+        report = _sync(src, dst, state)
+        assert report.problems == [], report.problems
+        _assert_converged(src, dst, state, report)

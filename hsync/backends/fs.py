@@ -21,7 +21,7 @@ import marshal
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import Any, BinaryIO
@@ -54,6 +54,7 @@ CHUNK_FILES = 64
 CHUNK_BYTES = 4 << 20
 _CHUNK = 1 << 20
 _counter = itertools.count()
+_DIGEST_MASK = (1 << 64) - 1
 
 
 class SourceChanged(Exception):
@@ -119,8 +120,13 @@ class FsBackend:
         subtree: Key = (),
         *,
         exclude: Callable[[Key, bool], bool] | None = None,
+        digests: dict[Key, int] | None = None,
     ) -> Snapshot:
-        """See ``Backend.scan``. The root itself may be a symlink to a directory."""
+        """See ``Backend.scan``. The root itself may be a symlink to a directory.
+
+        ``digests``: filled with one number per directory listed, a digest of its
+        children's payloads (``listing_digest``): two directories whose digests are
+        equal hold the same names with the same payloads."""
         rows: dict[Key, Any] = {}
         snap = Snapshot(nodes=Rows(rows))
         snap._children = {}
@@ -151,7 +157,7 @@ class FsBackend:
         root_dev = st.st_dev
         nodes[subtree] = (DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, None, st.st_ino)
         incomplete = snap.incomplete
-        scandir, fstat, osopen, close = os.scandir, os.fstat, os.open, os.close
+        fstat, osopen, close, listdir = os.fstat, os.open, os.close, os.listdir
         # Each directory is listed through a descriptor opened without following a
         # symlink and checked to be the directory that was seen: one swapped for a
         # symlink mid-scan is never followed out of the tree.
@@ -182,18 +188,18 @@ class FsBackend:
                     incomplete[key] = "replaced during the scan"
                     continue
                 try:
-                    it = scandir(fd)
+                    names = listdir(fd)
                 except OSError as e:
                     incomplete[key] = e.strerror or str(e)
                     continue
-                self._list(it, fd, path, key, root_dev, exclude, snap, stack)
+                self._list(names, fd, path, key, root_dev, exclude, snap, stack, digests)
             finally:
                 close(fd)
         return snap
 
     def _list(
         self,
-        it: Any,
+        names: list[str],
         fd: int,
         path: str,
         key: Key,
@@ -201,59 +207,65 @@ class FsBackend:
         exclude: Callable[[Key, bool], bool] | None,
         snap: Snapshot,
         stack: list[tuple[str, Key, int, int]],
+        digests: dict[Key, int] | None,
     ) -> None:
-        """List one directory into ``snap`` (the scan's inner loop)."""
+        """List one directory into ``snap`` (the scan's inner loop): one ``lstat`` per
+        name, relative to the directory's descriptor."""
         nodes = snap.nodes.rows  # type: ignore[attr-defined]
         kids: list[Key] = []  # the children index, built as we go: cheaper than after
         snap._children[key] = kids  # type: ignore[index]
         incomplete, skipped, temps = snap.incomplete, snap.skipped, self.stale_temps
         held = snap.holds_excluded
         S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
-        readlink = os.readlink
-        with it:
-            for entry in it:
-                name = entry.name
-                k = (*key, name)
+        readlink, lstat = os.readlink, os.lstat
+        acc = 0
+        for name in names:
+            k = (*key, name)
+            try:
+                st = lstat(name, dir_fd=fd)
+            except FileNotFoundError:
+                continue  # gone between readdir and lstat: it is not there now
+            except OSError as e:
+                incomplete[k] = e.strerror or str(e)
+                continue
+            mode = st.st_mode
+            ino = st.st_ino if st.st_dev == root_dev else (st.st_dev << 64) | st.st_ino
+            if S_ISREG(mode):
+                if name.startswith(TMP_PREFIX):
+                    temps.append(k)
+                    continue
+                if exclude is not None and exclude(k, False):
+                    held.add(key)
+                    continue
+                row = nodes[k] = (FILE, S_IMODE(mode), st.st_size, st.st_mtime_ns, None, ino)
+                kids.append(k)
+            elif S_ISDIR(mode):
+                if exclude is not None and exclude(k, True):
+                    held.add(key)
+                    continue
+                row = nodes[k] = (DIR, S_IMODE(mode), 0, st.st_mtime_ns, None, ino)
+                kids.append(k)
+                stack.append((f"{path}/{name}", k, st.st_ino, st.st_dev))
+            elif S_ISLNK(mode):
+                if exclude is not None and exclude(k, False):
+                    held.add(key)
+                    continue
                 try:
-                    st = entry.stat(follow_symlinks=False)
+                    target = readlink(name, dir_fd=fd)
                 except FileNotFoundError:
-                    continue  # gone between readdir and lstat: it is not there now
+                    continue
                 except OSError as e:
                     incomplete[k] = e.strerror or str(e)
                     continue
-                mode = st.st_mode
-                ino = st.st_ino if st.st_dev == root_dev else (st.st_dev << 64) | st.st_ino
-                if S_ISREG(mode):
-                    if name.startswith(TMP_PREFIX):
-                        temps.append(k)
-                        continue
-                    if exclude is not None and exclude(k, False):
-                        held.add(key)
-                        continue
-                    nodes[k] = (FILE, S_IMODE(mode), st.st_size, st.st_mtime_ns, None, ino)
-                    kids.append(k)
-                elif S_ISDIR(mode):
-                    if exclude is not None and exclude(k, True):
-                        held.add(key)
-                        continue
-                    nodes[k] = (DIR, S_IMODE(mode), 0, st.st_mtime_ns, None, ino)
-                    kids.append(k)
-                    stack.append((f"{path}/{name}", k, st.st_ino, st.st_dev))
-                elif S_ISLNK(mode):
-                    if exclude is not None and exclude(k, False):
-                        held.add(key)
-                        continue
-                    try:
-                        target = readlink(name, dir_fd=fd)
-                    except FileNotFoundError:
-                        continue
-                    except OSError as e:
-                        incomplete[k] = e.strerror or str(e)
-                        continue
-                    nodes[k] = (SYMLINK, 0, 0, 0, target, ino)  # payload: target only
-                    kids.append(k)
-                else:
-                    skipped.append((k, _special_kind(mode)))
+                row = nodes[k] = (SYMLINK, 0, 0, 0, target, ino)  # payload: target only
+                kids.append(k)
+            else:
+                skipped.append((k, _special_kind(mode)))
+                continue
+            if digests is not None:
+                acc += hash((name, *row[:5]))
+        if digests is not None:
+            digests[key] = acc & _DIGEST_MASK
 
     def is_empty(self) -> bool:
         """True when the root is missing or holds nothing but hsync's temporary files."""
@@ -427,48 +439,17 @@ class FsBackend:
     def scan_in_child(
         self, subtree: Key = (), *, exclude: Callable[[Key, bool], bool] | None = None
     ) -> Callable[[], Snapshot]:
-        """Start ``scan`` in a forked child and return the function that collects it.
+        """Start ``scan`` in a forked child and return the function that collects it
+        (see ``ScanChild``)."""
+        child = ScanChild(self, subtree, exclude)
+        return child.snapshot
 
-        The walk is CPU-bound Python: two walks in threads contend for the GIL and are
-        slower than one after the other, two processes are not. Falls back to an
-        in-process scan where forking is unsafe (other threads running) or fails.
-        """
-        if threading.active_count() > 1 or not hasattr(os, "fork"):
-            snap = self.scan(subtree, exclude=exclude)
-            return lambda: snap
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child: scan, send plain tuples, never return into the caller
-            code = 1
-            try:
-                os.close(r)
-                s = self.scan(subtree, exclude=exclude)
-                rows = s.nodes.rows  # type: ignore[attr-defined]  # scan() builds Rows
-                data = marshal.dumps(
-                    (rows, s.incomplete, s.skipped, self.stale_temps, s.holds_excluded)
-                )
-                with os.fdopen(w, "wb") as f:
-                    f.write(data)
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(w)
-
-        def collect() -> Snapshot:
-            with os.fdopen(r, "rb") as f:
-                data = f.read()
-            _, status = os.waitpid(pid, 0)
-            if status != 0 or not data:
-                return self.scan(subtree, exclude=exclude)
-            rows, incomplete, skipped, temps, held = marshal.loads(data)
-            self.stale_temps = temps
-            # the children index is not sent: it costs more to ship than a no-op run
-            # needs; the planner builds it if it looks
-            return Snapshot(
-                nodes=Rows(rows), incomplete=incomplete, skipped=skipped, holds_excluded=held
-            )
-
-        return collect
+    def start_scan(
+        self, exclude: Callable[[Key, bool], bool] | None = None
+    ) -> ScanChild:
+        """A full scan with per-directory digests, started in a forked child (see
+        ``ScanChild``). The caller closes it."""
+        return ScanChild(self, (), exclude)
 
     def read(self, key: Key) -> BinaryIO:
         fd = _open_file(self.root, key, self.path(key))
@@ -1367,3 +1348,180 @@ def _special_kind(mode: int) -> str:
     if stat.S_ISBLK(mode):
         return "block device"
     return "special file"
+
+
+class ScanChild:
+    """A full scan of a tree, run in a forked child while the caller scans the other
+    tree, and asked afterwards for only what it needs.
+
+    The walk is CPU-bound Python: two walks in threads contend for the GIL and are
+    slower than one after the other, two processes are not. Where forking is unsafe
+    (other threads running) or fails, the scan runs in this process when it is first
+    asked for, behind the same interface.
+
+    ``summary()`` is cheap to ship: one digest per directory (``scan(digests=...)``),
+    what could not be read, the special files, hsync's leftover temporary files.
+    ``rows(dirs, subtrees)`` ships the children of ``dirs`` and everything below
+    ``subtrees``; ``snapshot()`` ships the whole scan. Either ends the child's
+    service but ``rows``, which may be called again."""
+
+    def __init__(
+        self,
+        backend: FsBackend,
+        subtree: Key = (),
+        exclude: Callable[[Key, bool], bool] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.subtree = subtree
+        self.exclude = exclude
+        self._local: tuple[Snapshot, dict[Key, int]] | None = None
+        self._summary: dict[str, Any] | None = None
+        self.pid = 0
+        if threading.active_count() > 1 or not hasattr(os, "fork"):
+            return
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (req_r, req_w, res_r, res_w):
+                os.close(fd)
+            return
+        if pid == 0:  # child: scan, serve the requests, never return into the caller
+            code = 1
+            try:
+                os.close(req_w)
+                os.close(res_r)
+                self._serve(req_r, res_w)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(req_r)
+        os.close(res_w)
+        self.pid = pid
+        self._req = os.fdopen(req_w, "wb")
+        self._res = os.fdopen(res_r, "rb")
+
+    # -- the child ----------------------------------------------------------------------
+    def _scan_here(self) -> tuple[Snapshot, dict[Key, int]]:
+        if self._local is None:
+            digests: dict[Key, int] = {}
+            snap = self.backend.scan(self.subtree, exclude=self.exclude, digests=digests)
+            self._local = (snap, digests)
+        return self._local
+
+    def _answer(self, request: tuple[Any, ...]) -> Any:
+        snap, digests = self._scan_here()
+        rows = snap.nodes.rows  # type: ignore[attr-defined]  # scan() builds Rows
+        what = request[0]
+        if what == "summary":
+            return {
+                "digests": digests,
+                "incomplete": snap.incomplete,
+                "skipped": snap.skipped,
+                "temps": self.backend.stale_temps,
+                "held": snap.holds_excluded,
+                "count": len(rows),
+                "root": rows.get(self.subtree),
+            }
+        if what == "rows":
+            _, keys, dirs, subtrees = request
+            out: dict[Key, Any] = {k: rows[k] for k in keys if k in rows}
+            for d in dirs:
+                for k in snap.children(d):
+                    out[k] = rows[k]
+            for top in subtrees:
+                if top in rows:
+                    out[top] = rows[top]
+                    for k in snap.walk(top):
+                        out[k] = rows[k]
+            return out
+        return (rows, snap.incomplete, snap.skipped, self.backend.stale_temps,
+                snap.holds_excluded)
+
+    def _serve(self, req_fd: int, res_fd: int) -> None:
+        self._scan_here()  # at once: the caller scans the other tree meanwhile
+        with os.fdopen(req_fd, "rb") as req, os.fdopen(res_fd, "wb") as res:
+            while True:
+                request = _receive(req)
+                if request is None or request[0] == "bye":
+                    return
+                _send(res, self._answer(request))
+                if request[0] == "all":
+                    return
+
+    # -- the caller ---------------------------------------------------------------------
+    def _ask(self, request: tuple[Any, ...]) -> Any:
+        if self.pid:
+            try:
+                _send(self._req, request)
+                answer = _receive(self._res)
+            except OSError:
+                answer = None
+            if answer is not None:
+                return answer
+            self._end()  # the child failed: scan here instead
+        return self._answer(request)
+
+    def summary(self) -> dict[str, Any]:
+        if self._summary is None:
+            self._summary = self._ask(("summary",))
+            self.backend.stale_temps = list(self._summary["temps"])
+        return self._summary
+
+    def rows(
+        self, keys: Iterable[Key] = (), dirs: Iterable[Key] = (), subtrees: Iterable[Key] = ()
+    ) -> dict[Key, Any]:
+        """The rows of ``keys``, of the children of ``dirs``, and of ``subtrees`` with
+        everything below them (keys that are not there are left out)."""
+        return self._ask(  # type: ignore[no-any-return]
+            ("rows", list(keys), list(dirs), list(subtrees))
+        )
+
+    def snapshot(self) -> Snapshot:
+        """The whole scan; the child's service ends."""
+        if not self.pid:
+            return self._scan_here()[0]
+        rows, incomplete, skipped, temps, held = self._ask(("all",))
+        self._end()
+        self.backend.stale_temps = list(temps)
+        # the children index is not sent: it costs more to ship than a no-op run
+        # needs; the planner builds it if it looks
+        return Snapshot(
+            nodes=Rows(rows), incomplete=incomplete, skipped=skipped, holds_excluded=held
+        )
+
+    def close(self) -> None:
+        """Ends the child (idempotent)."""
+        if self.pid:
+            with contextlib.suppress(OSError):
+                _send(self._req, ("bye",))
+            self._end()
+
+    def _end(self) -> None:
+        if not self.pid:
+            return
+        for f in (self._req, self._res):
+            with contextlib.suppress(OSError):
+                f.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        self.pid = 0
+
+
+def _send(f: BinaryIO, obj: Any) -> None:
+    data = marshal.dumps(obj)
+    f.write(len(data).to_bytes(8, "little"))
+    f.write(data)
+    f.flush()
+
+
+def _receive(f: BinaryIO) -> Any:
+    head = f.read(8)
+    if len(head) < 8:
+        return None
+    n = int.from_bytes(head, "little")
+    data = f.read(n)
+    if len(data) < n:
+        return None
+    return marshal.loads(data)
