@@ -32,7 +32,14 @@ import ldapurl
 from ldap.controls import SimplePagedResultsControl
 from ldap.controls.libldap import AssertionControl
 
-from hsync.backend import ApplyResult, Backend, Capabilities, Credentials, WatchSink
+from hsync.backend import (
+    ApplyResult,
+    Backend,
+    Capabilities,
+    Credentials,
+    Resume,
+    WatchSink,
+)
 from hsync.errors import BackendError, UsageError
 from hsync.model import CREATE, DELETE, MOVE, UPDATE, Key, Node, Op, Problem, Snapshot
 
@@ -105,8 +112,9 @@ class LdapBackend:
         self.mapper = Mapper(self.schema, self.base_dn)
         self._target = ""
         self._after_park: dict[str, Data] = {}
-        self.cookie: bytes | None = None
-        """The last syncrepl cookie a watch saw (kept in memory only)."""
+        self.cookie: str | None = None
+        """The last syncrepl cookie a watch saw (``SyncreplWatch.checkpoint`` gives it
+        out as a resume token once its events have reached the sink)."""
 
     # -- connection ------------------------------------------------------------------------
     def credentials(self) -> tuple[str, str]:
@@ -460,12 +468,15 @@ class LdapBackend:
         raise ldap.NO_SUCH_OBJECT({"desc": "No such object", "info": dn})
 
     # -- live ------------------------------------------------------------------------------
-    def watch(self, sink: WatchSink) -> AbstractContextManager[None]:
+    def watch(
+        self, sink: WatchSink, resume: Resume | None = None
+    ) -> AbstractContextManager[None]:
         """Report changes below the base to ``sink`` (syncrepl refreshAndPersist in a
-        thread; reconnects with backoff). See ``hsync_ldap.watch``."""
+        thread; reconnects with backoff); from ``resume``'s cookie when the server can.
+        See ``hsync_ldap.watch``."""
         from .watch import SyncreplWatch
 
-        return SyncreplWatch(self, sink)
+        return SyncreplWatch(self, sink, resume)
 
 
 def _still(op: Op) -> list[Any] | None:
