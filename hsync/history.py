@@ -182,6 +182,12 @@ class History:
                     out[orig] = (_dec(key), node)
         return out
 
+    def is_empty(self) -> bool:
+        """True when no node below the root was recorded for this pair."""
+        return self.db.execute(
+            "SELECT 1 FROM nodes WHERE pair=? AND key>? LIMIT 1", (self.pair, b"")
+        ).fetchone() is None
+
     def identities(self) -> Iterator[tuple[object, Key]]:
         """``(identity, key)`` of every synced node that has an identity (no order): the
         source's identity -> key map as of the last sync (a watcher resuming from the

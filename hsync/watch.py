@@ -41,7 +41,6 @@ import logging
 import os
 import threading
 import time
-from collections import ChainMap
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -50,7 +49,8 @@ import attrs
 from .backend import ApplyResult, Backend, Credentials, Resume
 from .errors import HsyncError, Interrupted, SafetyError
 from .journal import Journal, open_for
-from .model import CREATE, DELETE, DIR, MOVE, UPDATE, Key, Node, Op, Problem, Snapshot
+from .model import CREATE, DELETE, MOVE, UPDATE, Key, Op, Problem, Snapshot
+from .populate import can_populate, populate
 from .region import Region, quick_pass, scan_region_pair
 from .sync import (
     Comparison,
@@ -649,11 +649,7 @@ class PairWatch:
                 passed = True
                 region = found.union(Region.of(region.deep - {()}, region.shallow))
                 self.dirty.begin(region)
-            if (
-                region.full
-                and getattr(source, "walk_sorted", None) is not None
-                and getattr(destination, "is_empty", lambda: False)()
-            ):
+            if region.full and can_populate(source, destination):
                 self.dirty.end()
                 return self._populate(source, destination, history, t0, first)
             if region.full:
@@ -748,58 +744,25 @@ class PairWatch:
         first: float | None,
     ) -> bool:
         """An empty destination: stream the source's walk (parents first) into creates,
-        a batch at a time, recording the history as it goes. Nothing on the destination
-        can be moved or deleted, so no diff is needed, and memory stays at one batch
-        (plus one small node per directory) instead of two snapshots of the tree."""
+        a batch at a time, recording the history as it goes (``populate``). Nothing on
+        the destination can be moved or deleted, so no diff is needed, and memory stays
+        at a few batches (plus one small node per directory) instead of two snapshots."""
         st = self.status
-        root = source.stat(())
-        if root is None:
-            raise SafetyError(f"{source.url}: source root is gone; nothing done")
-        dirs: dict[Key, Node] = {(): root}
-        batch: dict[Key, Node] = {}
-        ops: list[Op] = []
-        problems: list[Problem] = []
-        kept: list[Op] = []
-        total = size = 0
-        stopped = False
-        if destination.stat(()) is None:
-            batch[()] = root
-            ops.append(Op(op=CREATE, kind=DIR, key=(), node=root))
 
-        def flush() -> None:
-            nonlocal ops, batch, total
-            final = Snapshot(nodes=ChainMap(batch, dirs))
-            result = self._run_batch(destination, ops, source, final)
-            failed = {p.key for p in result.problems}
-            problems.extend(result.problems)
+        def counted(result: ApplyResult) -> None:
             st.bytes_copied += result.bytes_copied
             for op in result.done:
                 st.counts[op.op] += 1
-            total += len(ops)
-            if total <= 10_000:
-                kept.extend(result.done)
-            if history is not None:
-                history.record(final, [k for k in (*batch, ()) if k not in failed])
-            ops, batch = [], {}
 
-        for key, row in source.walk_sorted(self.exclude):  # type: ignore[attr-defined]
-            if row is None:
-                problems.append(Problem(key, "not synced: cannot be listed", retry=True))
-                continue
-            node = Node(*row)
-            batch[key] = node
-            if node.kind == DIR:
-                dirs[key] = node
-            ops.append(Op(op=CREATE, kind=node.kind, key=key, node=node))
-            size += node.size
-            if len(ops) >= self.wopts.batch_ops or size >= BATCH_BYTES:
-                size = 0
-                flush()
-                if self.stopping:
-                    stopped = True
-                    break
-        if ops or not total:
-            flush()
+        done = populate(
+            source, destination, exclude=self.exclude,
+            run=lambda ops, final: self._run_batch(destination, ops, source, final),
+            history=history, batch_ops=self.wopts.batch_ops,
+            min_batch=self.wopts.batch_ops,
+            stopping=lambda: self.stopping, on_batch=counted,
+        )
+        problems = done.problems
+        total = sum(done.planned.values())
         st.full_comparisons += 1
         st.rounds += 1
         st.problems += len(problems)
@@ -815,10 +778,11 @@ class PairWatch:
                  total, st.last_round_seconds)
         self.status_file.write()
         if self.on_round is not None:
-            self.on_round(RoundResult(Region.of([()]), True, tuple(kept) if total <= 10_000
-                                      else (), tuple(kept), tuple(problems),
+            kept = tuple(done.done)
+            self.on_round(RoundResult(Region.of([()]), True, kept if total <= 10_000
+                                      else (), kept, tuple(problems),
                                       st.last_round_seconds))
-        return not problems and not stopped
+        return not problems and done.complete
 
     def _verify(self, source: Backend, destination: Backend) -> None:
         """One content-level verification beside the loop (``hsync verify``), a chunk at
