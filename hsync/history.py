@@ -257,14 +257,17 @@ class History:
         drop_keys: Iterable[Key] = (),
         *,
         full: bool = False,
+        fingerprints: Mapping[Key, str] | None = None,
     ) -> None:
         """Record what the last sync made true.
 
         ``full``: replace everything with ``source``. Otherwise remove ``drop_keys`` and
         everything below ``drop_prefixes``, then (re)write ``set_keys`` from ``source``.
+        ``fingerprints``: entries' fingerprints computed already (by key).
         """
         db = self.db
         nodes: Mapping[Key, Node] = source.nodes
+        fps: Mapping[Key, str] = fingerprints or {}
         with db:
             if full:
                 db.execute("DELETE FROM nodes WHERE pair=?", (self.pair,))
@@ -286,7 +289,7 @@ class History:
                     (
                         self.pair, _enc(k), _ident(n.identity), n.kind, n.size, n.mtime_ns,
                         _enc_text(n.target), n.mode,
-                        fingerprint(n.data) if n.kind == ENTRY else None,
+                        (fps.get(k) or fingerprint(n.data)) if n.kind == ENTRY else None,
                     )
                     for k in set_keys
                     if (n := nodes.get(k)) is not None

@@ -26,11 +26,24 @@ import attrs
 
 from .backend import ApplyResult, Backend
 from .errors import SafetyError
-from .model import CREATE, DELETE, DIR, MOVE, UPDATE, Key, Node, Op, Problem, Snapshot
+from .model import (
+    CREATE,
+    DELETE,
+    DIR,
+    ENTRY,
+    MOVE,
+    UPDATE,
+    Key,
+    Node,
+    Op,
+    Problem,
+    Snapshot,
+    fingerprint,
+)
 
 Exclude = Callable[[Key, bool], bool]
 BATCH_BYTES = 64 << 20
-"""Bytes of content per batch at most."""
+"""Bytes of content per batch at most (by default)."""
 CHUNK = 256
 """Nodes handed from the walking thread to the writer at a time."""
 AHEAD = 64
@@ -88,17 +101,21 @@ def populate(
     run: Callable[[Sequence[Op], Snapshot], ApplyResult],
     history: Any = None,
     batch_ops: int = 1000,
+    batch_bytes: int = BATCH_BYTES,
     min_batch: int = 1,
     stopping: Callable[[], bool] = lambda: False,
     on_batch: Callable[[ApplyResult], None] | None = None,
     keep: int = 10_000,
+    ahead: bool | None = None,
 ) -> Populated:
     """Copy the source into the empty destination, a batch at a time.
 
-    A batch is sent when it holds ``batch_ops`` ops (or ``BATCH_BYTES`` of content), or
+    A batch is sent when it holds ``batch_ops`` ops (or ``batch_bytes`` of content), or
     ``min_batch`` ops while the walk has nothing more ready (the writer does not wait
-    for a full batch). Raises ``SafetyError`` when the source root is gone or cannot be
-    listed (nothing is written then)."""
+    for a full batch). ``ahead``: walk in a thread (default: for a source that streams
+    itself, whose reads wait on a server; a filesystem walk stays on this thread, so
+    that the applier may still fork copy workers). Raises ``SafetyError`` when the
+    source root is gone or cannot be listed (nothing is written then)."""
     out = Populated()
     root = source.stat(())
     if root is None:
@@ -106,6 +123,7 @@ def populate(
     dst_root = destination.stat(())
     dirs: dict[Key, Node] = {(): root}  # containers seen (a batch's final snapshot)
     batch: dict[Key, Node] = {}
+    fps: dict[Key, str] = {}  # entries' fingerprints, computed by the walking thread
     ops: list[Op] = []
     if dst_root is None:
         batch[()] = root
@@ -113,7 +131,7 @@ def populate(
     size = 0
 
     def flush() -> None:
-        nonlocal ops, batch
+        nonlocal ops, batch, fps
         final = Snapshot(nodes=ChainMap(batch, dirs))
         for op in ops:
             out.planned[op.op] += 1
@@ -126,24 +144,30 @@ def populate(
         if len(out.done) < keep:
             out.done.extend(result.done[: keep - len(out.done)])
         if history is not None:
-            history.record(final, [k for k in (*batch, ()) if k not in failed])
+            history.record(final, [k for k in (*batch, ()) if k not in failed],
+                           fingerprints=fps)
         if on_batch is not None:
             on_batch(result)
-        ops, batch = [], {}
+        ops, batch, fps = [], {}, {}
 
-    with _Ahead(walk(source, exclude, out.skipped)) as nodes:
-        for key, node in nodes:
+    if ahead is None:
+        ahead = getattr(source, "stream", None) is not None
+    nodes_of = _Ahead if ahead else _Inline
+    with nodes_of(_fingerprinted(walk(source, exclude, out.skipped))) as nodes:
+        for key, node, fp in nodes:
             if node is None:
                 if not key and not out.planned[CREATE] and not out.done:
                     raise SafetyError(f"{source.url}: source cannot be listed; nothing done")
                 out.problems.append(Problem(key, f"not synced: {_why(source, key)}", retry=True))
                 continue
             batch[key] = node
+            if fp is not None:
+                fps[key] = fp
             if node.kind == DIR:  # its metadata is set from ``final`` in later batches
                 dirs[key] = node
             ops.append(Op(op=CREATE, kind=node.kind, key=key, node=node))
             size += node.size
-            if len(ops) >= batch_ops or size >= BATCH_BYTES or (
+            if len(ops) >= batch_ops or size >= batch_bytes or (
                 len(ops) >= min_batch and not nodes.ready()
             ):
                 size = 0
@@ -160,6 +184,16 @@ def populate(
     return out
 
 
+def _fingerprinted(
+    it: Iterator[tuple[Key, Node | None]],
+) -> Iterator[tuple[Key, Node | None, str | None]]:
+    """The walk with each entry's fingerprint (the history's), computed on the walking
+    thread while the writer waits for the destination."""
+    for key, node in it:
+        fp = fingerprint(node.data) if node is not None and node.kind == ENTRY else None
+        yield key, node, fp
+
+
 def _why(source: Backend, key: Key) -> str:
     """Why ``key`` could not be listed, as a scan says it (one listing, of that key)."""
     if key:
@@ -170,6 +204,27 @@ def _why(source: Backend, key: Key) -> str:
         if why:
             return why
     return "cannot be listed"
+
+
+class _Inline:
+    """``_Ahead``'s interface without a thread: the walk runs as the writer asks."""
+
+    def __init__(self, it: Iterator[Any]) -> None:
+        self.it = it
+
+    def __enter__(self) -> _Inline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        close = getattr(self.it, "close", None)
+        if close is not None:
+            close()
+
+    def ready(self) -> bool:
+        return True  # the next node is one step away: batches fill up
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.it)
 
 
 class _Ahead:

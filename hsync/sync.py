@@ -455,13 +455,17 @@ def _sync_streamed(
 
     report = Report(source=source.url, destination=destination.url)
     journal = _journal_open(history)
+    # a source that streams itself (a server) is read in a thread, and small batches
+    # keep the writer going; a filesystem walk stays inline, in batches as large as a
+    # planned sync's (the applier may then fork copy workers, and syncs once)
+    ahead = getattr(source, "stream", None) is not None
     try:
         done = populate(
             source, destination, exclude=_exclude_matcher(options.exclude),
             run=lambda ops, final: run_batch(journal, destination, ops, source, final,
                                              options, on_done),
-            history=history, batch_ops=STREAM_BATCH_OPS, min_batch=STREAM_MIN_BATCH,
-            keep=0,
+            history=history, batch_ops=STREAM_BATCH_OPS if ahead else BATCH_OPS,
+            batch_bytes=BATCH_BYTES, min_batch=STREAM_MIN_BATCH, keep=0, ahead=ahead,
         )
     finally:
         if journal is not None:
