@@ -8,7 +8,7 @@ what a bare path opens.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
 
@@ -124,13 +124,35 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+@attrs.frozen
+class Resume:
+    """Where a watcher may resume: a token that one of its own watches gave out
+    (``checkpoint()``), and the source's identity -> key map of what was synced up to
+    that point (from the history; called once, lazily)."""
+
+    token: bytes
+    identities: Callable[[], Iterable[tuple[object, Key]]] = attrs.field(repr=False)
+
+
 class Watchable(Protocol):
     """Optional: a backend that can report changes (filesystem: inotify through
     watchdog; LDAP: syncrepl)."""
 
     def watch(self, sink: WatchSink) -> AbstractContextManager[None]:
         """Start reporting changes below the root to ``sink`` on entering; stop (join
-        every thread, release every watch) on exiting."""
+        every thread, release every watch) on exiting.
+
+        Optional resume protocol (a backend whose change stream has positions, such as
+        LDAP syncrepl cookies; the filesystem has none): ``watch(sink, resume=Resume)``,
+        and the returned context manager offers
+
+        - ``checkpoint() -> bytes | None``: a token such that every change up to it has
+          already been reported to ``sink`` (None while there is none, e.g. during a
+          reconnect);
+        - ``resumed: bool``, set on entering: the watch started from ``resume.token``
+          and has reported what changed since as ``dirty`` keys (moves with their old
+          and new keys), so no full comparison is needed. False when the source could
+          not resume from the token (then it behaves as a watch without one)."""
         ...
 
 

@@ -9,6 +9,13 @@ One row per synced source node: (pair, key, identity, kind, size, mtime_ns, targ
 fingerprint); the fingerprint digests an entry's attributes (LDAP), None for files. Keys are
 stored as the names joined by NUL (a name never contains NUL), encoded with surrogate
 escapes. Rows change only where a sync changed something: a no-op run writes nothing.
+
+Per pair, the history may also keep an opaque *resume token* of the source's watcher
+(an LDAP syncrepl cookie): the point of the source's change stream that the rows are
+synced up to. ``hsync watch`` stores it only after a round that left nothing behind, and
+a restarted watch asks the source for what changed since instead of reading it all
+(see ``watch.PairWatch``). The token is kept with a *context* (the two roots' identities
+and the options that shape the rows): a token whose context differs is not returned.
 """
 
 from __future__ import annotations
@@ -21,8 +28,18 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from .model import ENTRY, Fingerprint, Key, Node, Snapshot, fingerprint
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 _SEP = "\0"
+_RESUME_TABLE = """
+CREATE TABLE IF NOT EXISTS resume(
+    pair TEXT PRIMARY KEY, token BLOB, context TEXT, saved_at REAL);
+"""
+_MIGRATIONS = {
+    3: _RESUME_TABLE,  # 3 -> 4: the watcher's resume token; the rows are unchanged
+}
+"""Schema version -> the script that takes a file from it to the next version. A file
+of a version with no migration is set aside like a corrupt one (the history is
+advisory: losing it costs one full comparison)."""
 
 
 def default_state_path() -> str:
@@ -98,10 +115,18 @@ class History:
                 pair TEXT, key BLOB, ident, kind TEXT, size INTEGER, mtime INTEGER,
                 target BLOB, mode INTEGER, fp TEXT, PRIMARY KEY(pair, key)) WITHOUT ROWID;
             CREATE INDEX IF NOT EXISTS nodes_ident ON nodes(pair, ident);
+            {_RESUME_TABLE}
             """
         )
         (schema,) = db.execute("SELECT value FROM meta WHERE name='schema'").fetchone()
-        if int(schema) != SCHEMA_VERSION:
+        version = int(schema)
+        while version in _MIGRATIONS and version != SCHEMA_VERSION:
+            db.executescript(
+                f"BEGIN; {_MIGRATIONS[version]}"
+                f"UPDATE meta SET value='{version + 1}' WHERE name='schema'; COMMIT;"
+            )
+            version += 1
+        if version != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"schema {schema}, expected {SCHEMA_VERSION}")
         return db
 
@@ -157,6 +182,36 @@ class History:
                     out[orig] = (_dec(key), node)
         return out
 
+    def is_empty(self) -> bool:
+        """True when no node below the root was recorded for this pair."""
+        return self.db.execute(
+            "SELECT 1 FROM nodes WHERE pair=? AND key>? LIMIT 1", (self.pair, b"")
+        ).fetchone() is None
+
+    def identities(self) -> Iterator[tuple[object, Key]]:
+        """``(identity, key)`` of every synced node that has an identity (no order): the
+        source's identity -> key map as of the last sync (a watcher resuming from the
+        resume token seeds its own map from it)."""
+        cur = self.db.execute(
+            "SELECT ident, key FROM nodes WHERE pair=? AND ident IS NOT NULL", (self.pair,)
+        )
+        while rows := cur.fetchmany(2000):
+            for ident, key in rows:
+                yield ident, _dec(key)
+
+    def resume_token(self, context: str) -> bytes | None:
+        """The stored resume token, when the history is complete and the token was
+        stored with this ``context``; else None."""
+        try:
+            row = self.db.execute(
+                "SELECT token, context FROM resume WHERE pair=?", (self.pair,)
+            ).fetchone()
+        except sqlite3.DatabaseError:
+            return None  # read-only and of an older schema: no token
+        if row is None or row[1] != context or not self.complete:
+            return None
+        return bytes(row[0])
+
     def walk(self) -> Iterator[tuple[Key, tuple[object, ...]]]:
         """Every synced node as ``(key, (kind, mode, size, mtime_ns, target, identity,
         fingerprint))`` (a scan's row, and an entry's fingerprint), in key order: names
@@ -177,6 +232,22 @@ class History:
         run's batch may have left the destination anywhere; see ``journal.recover``)."""
         with self.db:
             self.db.execute("UPDATE pairs SET complete=0 WHERE pair=?", (self.pair,))
+            self.db.execute("DELETE FROM resume WHERE pair=?", (self.pair,))
+
+    def save_resume(self, token: bytes, context: str) -> None:
+        """Keep ``token``: the rows are synced up to that point of the source's change
+        stream (the caller guarantees it; see ``watch.PairWatch``)."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO resume VALUES (?,?,?,?)",
+                (self.pair, token, context, time.time()),
+            )
+
+    def clear_resume(self) -> None:
+        """Drop the resume token (notifications were lost: the rows may lag behind any
+        point of the change stream a watcher saw)."""
+        with self.db:
+            self.db.execute("DELETE FROM resume WHERE pair=?", (self.pair,))
 
     def record(
         self,
@@ -186,14 +257,17 @@ class History:
         drop_keys: Iterable[Key] = (),
         *,
         full: bool = False,
+        fingerprints: Mapping[Key, str] | None = None,
     ) -> None:
         """Record what the last sync made true.
 
         ``full``: replace everything with ``source``. Otherwise remove ``drop_keys`` and
         everything below ``drop_prefixes``, then (re)write ``set_keys`` from ``source``.
+        ``fingerprints``: entries' fingerprints computed already (by key).
         """
         db = self.db
         nodes: Mapping[Key, Node] = source.nodes
+        fps: Mapping[Key, str] = fingerprints or {}
         with db:
             if full:
                 db.execute("DELETE FROM nodes WHERE pair=?", (self.pair,))
@@ -215,7 +289,7 @@ class History:
                     (
                         self.pair, _enc(k), _ident(n.identity), n.kind, n.size, n.mtime_ns,
                         _enc_text(n.target), n.mode,
-                        fingerprint(n.data) if n.kind == ENTRY else None,
+                        (fps.get(k) or fingerprint(n.data)) if n.kind == ENTRY else None,
                     )
                     for k in set_keys
                     if (n := nodes.get(k)) is not None

@@ -64,14 +64,17 @@ def fingerprint(data: Any) -> str:
     matching rule gets the normalized form hashed)."""
     if isinstance(data, Fingerprint):
         return data.digest
-    h = hashlib.sha256()
+    # one buffer hashed once (the same digest as hashing the parts one by one)
+    parts: list[bytes] = []
+    add = parts.append
     for name, values in sorted(data or ()):
-        h.update(repr(name).encode())
-        for v in sorted(bytes(v) if isinstance(v, bytes) else str(v).encode() for v in values):
-            h.update(len(v).to_bytes(8, "big"))
-            h.update(v)
-        h.update(b"\n")
-    return h.hexdigest()
+        add(repr(name).encode())
+        for v in sorted([v if type(v) is bytes else bytes(v) if isinstance(v, bytes)
+                         else str(v).encode() for v in values]):
+            add(len(v).to_bytes(8, "big"))
+            add(v)
+        add(b"\n")
+    return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 def same_content(a: Node, b: Node) -> bool:

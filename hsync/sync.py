@@ -2,7 +2,9 @@
 
 ``compare`` opens both endpoints, checks the safety rules (SPEC section 8), scans both
 trees (in parallel), and diffs and plans; ``sync_once`` then applies the plan in batches
-and records the history.
+and records the history. Into an empty destination ``sync_once`` streams instead: the
+source's walk goes straight into batches of creates while it is still being read
+(``populate``), with the same journal, history and report.
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ from .region import (
 
 BATCH_OPS = 100_000
 BATCH_BYTES = 1 << 30
+STREAM_BATCH_OPS = 2000
+"""Creates per batch when an initial copy is streamed (``populate``)."""
+STREAM_MIN_BATCH = 250
+"""A smaller batch is sent when the walk has nothing more ready yet."""
 
 
 @attrs.frozen(kw_only=True)
@@ -67,10 +73,14 @@ class Report:
     elapsed: float = 0.0
     dry_run: bool = False
     plan: Plan | None = None
+    streamed: dict[str, int] | None = None
+    """Ops per kind sent by a streamed initial copy (which has no plan)."""
 
     @property
     def planned(self) -> dict[str, int]:
         """Ops per kind in the plan (what a dry run would do)."""
+        if self.plan is None and self.streamed is not None:
+            return dict(self.streamed)
         return self.plan.counts() if self.plan is not None else {}
 
     @property
@@ -454,9 +464,28 @@ def sync_once(
     on_planned: Callable[[Plan], None] | None = None,
     on_done: Callable[[Op], None] | None = None,
 ) -> Report:
-    """Make ``destination_url`` equal to ``source_url`` once; the report says how it went."""
+    """Make ``destination_url`` equal to ``source_url`` once; the report says how it went.
+
+    ``on_planned`` gets the plan before anything is applied; an initial copy into an
+    empty destination is streamed (it has no plan of the whole tree) only without it."""
     t0 = time.perf_counter()
-    cmp = compare(source_url, destination_url, options)
+    source, destination = open_pair(source_url, destination_url, options.exclude_attrs)
+    history = None
+    try:
+        history = open_history(source, destination, options)
+        if _streams(source, destination, history, options, on_planned):
+            report = _sync_streamed(source, destination, history, options, on_done)
+            report.source, report.destination = source_url, destination_url
+            report.elapsed = time.perf_counter() - t0
+            return report
+        src, dst = scan_both(source, destination, options)
+        cmp = plan_between(source, destination, src, dst, history, options)
+    except BaseException:
+        if history is not None:
+            history.close()
+        source.close()
+        destination.close()
+        raise
     try:
         report = Report(source=source_url, destination=destination_url, dry_run=options.dry_run)
         report.plan = cmp.plan
@@ -480,6 +509,62 @@ def sync_once(
         return report
     finally:
         cmp.close()
+
+
+def _streams(
+    source: Backend,
+    destination: Backend,
+    history: Any,
+    options: Options,
+    on_planned: Callable[[Plan], None] | None,
+) -> bool:
+    """Whether this sync is an initial copy that can be streamed: into an empty
+    destination, with a history that holds nothing for the pair (a history of other
+    content would be recorded differently), not a dry run, no caller waiting for the
+    plan, no hard links (linking needs the whole tree) and no ``check`` (it checks a
+    plan)."""
+    if options.dry_run or options.hard_links or options.check or on_planned is not None:
+        return False
+    if history is not None and not history.is_empty():
+        return False
+    from .populate import can_populate
+
+    return can_populate(source, destination)
+
+
+def _sync_streamed(
+    source: Backend,
+    destination: Backend,
+    history: Any,
+    options: Options,
+    on_done: Callable[[Op], None] | None,
+) -> Report:
+    """The initial copy, streamed (``populate``); the report a planned sync would give."""
+    from .populate import populate
+
+    report = Report(source=source.url, destination=destination.url)
+    journal = _journal_open(history)
+    # a source that streams itself (a server) is read in a thread, and small batches
+    # keep the writer going; a filesystem walk stays inline, in batches as large as a
+    # planned sync's (the applier may then fork copy workers, and syncs once)
+    ahead = getattr(source, "stream", None) is not None
+    try:
+        done = populate(
+            source, destination, exclude=_exclude_matcher(options.exclude),
+            run=lambda ops, final: run_batch(journal, destination, ops, source, final,
+                                             options, on_done),
+            history=history, batch_ops=STREAM_BATCH_OPS if ahead else BATCH_OPS,
+            batch_bytes=BATCH_BYTES, min_batch=STREAM_MIN_BATCH, keep=0, ahead=ahead,
+        )
+    finally:
+        if journal is not None:
+            journal.close()
+    report.counts = done.counts
+    report.streamed = done.planned
+    report.bytes_copied = done.bytes_copied
+    report.problems = done.problems
+    report.skipped = done.skipped
+    return report
 
 
 def _apply(

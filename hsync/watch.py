@@ -18,6 +18,17 @@ checks each source file before publishing it). Full comparisons are not restarte
 
 Lost notifications (queue overflow, an observer that died) lead to a full comparison,
 with a backoff so that an overflow storm does not become a loop of full rescans.
+
+Resuming (a watcher whose change stream has positions: LDAP syncrepl cookies). Before
+the loop takes the dirty set for a round it asks the watcher for a checkpoint: every
+change up to it is then in the set or in earlier rounds. When the round has applied
+and recorded everything (no problem, no warning, not interrupted, nothing put back or
+waiting for a retry, no notification lost since), the checkpoint is stored in the
+history as the pair's resume token; a loss drops it. A restart with a complete history
+and a token stored for the same roots and options starts the watcher from the token
+(its identity -> key map seeded from the history): the watcher reports what changed
+since as dirty keys and the start-up full comparison is skipped. A watcher that cannot
+resume (the server refused or forgot the token) falls back to the full comparison.
 Directories that could not be watched are rescanned every ``poll_interval``. A source
 root that vanished (unmounted, deleted, unreadable, suddenly empty) is never a reason
 to delete: the loop reports it and waits for the root to come back.
@@ -30,16 +41,16 @@ import logging
 import os
 import threading
 import time
-from collections import ChainMap
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import attrs
 
-from .backend import ApplyResult, Backend, Credentials
+from .backend import ApplyResult, Backend, Credentials, Resume
 from .errors import HsyncError, Interrupted, SafetyError
 from .journal import Journal, open_for
-from .model import CREATE, DELETE, DIR, MOVE, UPDATE, Key, Node, Op, Problem, Snapshot
+from .model import CREATE, DELETE, MOVE, UPDATE, Key, Op, Problem, Snapshot
+from .populate import can_populate, populate
 from .region import Region, quick_pass, scan_region_pair
 from .sync import (
     Comparison,
@@ -104,6 +115,9 @@ class Dirty:
         self.stale = False
         self.stopping = False
         self.events = 0
+        self.losses = 0
+        """How many times notifications were lost (a checkpoint taken before a loss is
+        not stored)."""
 
     # -- the WatchSink side (watcher threads) -------------------------------------------
     def dirty(self, key: Key, *, deep: bool = True) -> None:
@@ -133,6 +147,7 @@ class Dirty:
         with self.cond:
             self.lost_quick = quick and (self.lost_reason is None or self.lost_quick)
             self.lost_reason = reason
+            self.losses += 1
             self._touch()
             self.cond.notify_all()
 
@@ -380,6 +395,8 @@ class PairWatch:
         self._retry_delay = 1.0
         self._blocked: str | None = None
         self._checksum_next = False
+        self._context = ""  # what a resume token is stored with (roots, options)
+        self._losses_seen = 0
 
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -434,9 +451,10 @@ class PairWatch:
         with self.dirty.cond:
             self.dirty.unwatched_keys.clear()  # a new watcher: it says what it cannot watch
         start = getattr(source, "watch", None)
+        resume = self._resume_point(source, destination, history)
         if start is not None:
             try:
-                watcher = start(self.dirty)
+                watcher = start(self.dirty, resume=resume) if resume else start(self.dirty)
                 watcher.__enter__()
             except (OSError, HsyncError) as e:
                 watcher = None
@@ -450,7 +468,13 @@ class PairWatch:
         self.status.unwatched = {"/".join(k): v for k, v in self.dirty.unwatched_keys.items()}
         root_id = _root_identity(source)
         next_root_check = time.monotonic() + ROOT_POLL
-        self.dirty.lost("start")  # a full comparison first: what changed while not watching
+        if getattr(watcher, "resumed", False):
+            # the watcher reported what changed since the token: no full comparison
+            log.info("%s: resumed from the history's token: %d dirty subtree(s)",
+                     source.url, self.dirty.pending())
+            self._losses_seen = self.dirty.losses
+        else:
+            self.dirty.lost("start")  # a full comparison first: what changed meanwhile
         self._full_not_before = 0.0
         next_poll = time.monotonic() + self.wopts.poll_interval
         next_rescan = (
@@ -515,12 +539,16 @@ class PairWatch:
                         self.dirty.dirty(k, deep=True)
                     self._retry_keys = set()
                     self._retry_at = None
+                # the checkpoint before the take: every change up to it is in the region
+                # taken now or in earlier rounds
+                token = self._checkpoint(history)
                 region, first, quick = self.dirty.take(allow_full=now >= self._full_not_before)
                 self.status.unwatched = {
                     "/".join(k): v for k, v in self.dirty.unwatched_keys.items()
                 }
                 if region:
-                    self._round(source, destination, history, region, first, quick)
+                    synced = self._round(source, destination, history, region, first, quick)
+                    self._store_checkpoint(history, token, synced)
                     self.status.pending = self.dirty.pending()
                     self.status.oldest_pending = self.dirty.first
         finally:
@@ -533,6 +561,56 @@ class PairWatch:
     watcher: Any = None
     _journal: Journal | None = None
     """The backend's watcher while one runs (tests inject faults at its boundary)."""
+
+    # -- the resume token ---------------------------------------------------------------
+    def _resume_point(
+        self, source: Backend, destination: Backend, history: Any
+    ) -> Resume | None:
+        """The history's token for this watcher, when it may be trusted: a complete
+        history, written by a run over the same two roots (identities: a source or a
+        destination recreated under the same URL is not the tree the rows describe)
+        and with the same options that shape the rows (excludes)."""
+        self._context = json.dumps([
+            repr(_root_identity(source)), repr(_root_identity(destination)),
+            sorted(self.options.exclude), sorted(self.options.exclude_attrs),
+        ])
+        if history is None or history.readonly or self.options.dry_run:
+            return None
+        token = history.resume_token(self._context)
+        if token is None:
+            return None
+        known = list(history.identities())  # read here: the history is this thread's
+        return Resume(token, lambda: known)
+
+    def _checkpoint(self, history: Any) -> tuple[bytes | None, int]:
+        """The watcher's checkpoint now (None without one) and the loss count it goes
+        with. A loss seen since the last look drops the stored token: the history may
+        lag behind what the watcher had reported before it."""
+        losses = self.dirty.losses
+        if losses != self._losses_seen:
+            self._losses_seen = losses
+            if history is not None and not history.readonly:
+                history.clear_resume()
+        checkpoint = getattr(self.watcher, "checkpoint", None)
+        return (checkpoint() if checkpoint is not None else None), losses
+
+    def _store_checkpoint(
+        self, history: Any, token: tuple[bytes | None, int], synced: bool
+    ) -> None:
+        """Keep ``token`` as the pair's resume token when the round taken with it has
+        synced everything up to it: it applied and recorded all it found (``synced``),
+        and nothing from before it is left (no loss since or pending, no key waiting
+        for a retry)."""
+        value, losses = token
+        if (
+            value is None or not synced or history is None or history.readonly
+            or self.options.dry_run or self.stopping
+            or losses != self.dirty.losses or self.dirty.lost_reason is not None
+            or self._retry_keys or self._retry_at is not None
+            or not history.complete
+        ):
+            return
+        history.save_resume(value, self._context)
 
     def _wait_for_root(self, source: Backend) -> None:
         self.status.state = "waiting"
@@ -553,7 +631,9 @@ class PairWatch:
         region: Region,
         first: float | None,
         quick: bool = False,
-    ) -> None:
+    ) -> bool:
+        """One round over ``region``; True when it applied and recorded everything it
+        found (no problem, no warning): the history is synced up to the round's start."""
         t0 = time.monotonic()
         st = self.status
         st.state = "syncing"
@@ -569,14 +649,9 @@ class PairWatch:
                 passed = True
                 region = found.union(Region.of(region.deep - {()}, region.shallow))
                 self.dirty.begin(region)
-            if (
-                region.full
-                and getattr(source, "walk_sorted", None) is not None
-                and getattr(destination, "is_empty", lambda: False)()
-            ):
+            if region.full and can_populate(source, destination):
                 self.dirty.end()
-                self._populate(source, destination, history, t0, first)
-                return
+                return self._populate(source, destination, history, t0, first)
             if region.full:
                 cmp = self._compare_full(source, destination, history)
             else:
@@ -603,7 +678,7 @@ class PairWatch:
                 log.info("comparison of %d dirty subtree(s) restarted: the source changed "
                          "under it", len(region))
             st.state = "idle"
-            return
+            return False
         except SafetyError as e:
             # the source vanished, or looks wiped: nothing is deleted; wait and retry
             self.dirty.end()
@@ -615,7 +690,7 @@ class PairWatch:
             self.dirty.lost("the source root is back", quick=False)
             self._full_not_before = time.monotonic() + self._backoff_full()
             self.status_file.write()
-            return
+            return False
         except (OSError, HsyncError) as e:
             self.dirty.end()
             st.state = "error"
@@ -627,7 +702,7 @@ class PairWatch:
             self._retry_at = time.monotonic() + self._retry_delay
             self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
             self.status_file.write()
-            return
+            return False
         self.dirty.end()
         self._in_a_row = 0
         self._blocked = None
@@ -662,62 +737,32 @@ class PairWatch:
         if self.on_round is not None:
             self.on_round(RoundResult(region, region.full or passed, cmp.plan.ops, tuple(done),
                                       tuple(problems), seconds))
+        return not problems and not cmp.warnings
 
     def _populate(
         self, source: Backend, destination: Backend, history: Any, t0: float,
         first: float | None,
-    ) -> None:
+    ) -> bool:
         """An empty destination: stream the source's walk (parents first) into creates,
-        a batch at a time, recording the history as it goes. Nothing on the destination
-        can be moved or deleted, so no diff is needed, and memory stays at one batch
-        (plus one small node per directory) instead of two snapshots of the tree."""
+        a batch at a time, recording the history as it goes (``populate``). Nothing on
+        the destination can be moved or deleted, so no diff is needed, and memory stays
+        at a few batches (plus one small node per directory) instead of two snapshots."""
         st = self.status
-        root = source.stat(())
-        if root is None:
-            raise SafetyError(f"{source.url}: source root is gone; nothing done")
-        dirs: dict[Key, Node] = {(): root}
-        batch: dict[Key, Node] = {}
-        ops: list[Op] = []
-        problems: list[Problem] = []
-        kept: list[Op] = []
-        total = size = 0
-        if destination.stat(()) is None:
-            batch[()] = root
-            ops.append(Op(op=CREATE, kind=DIR, key=(), node=root))
 
-        def flush() -> None:
-            nonlocal ops, batch, total
-            final = Snapshot(nodes=ChainMap(batch, dirs))
-            result = self._run_batch(destination, ops, source, final)
-            failed = {p.key for p in result.problems}
-            problems.extend(result.problems)
+        def counted(result: ApplyResult) -> None:
             st.bytes_copied += result.bytes_copied
             for op in result.done:
                 st.counts[op.op] += 1
-            total += len(ops)
-            if total <= 10_000:
-                kept.extend(result.done)
-            if history is not None:
-                history.record(final, [k for k in (*batch, ()) if k not in failed])
-            ops, batch = [], {}
 
-        for key, row in source.walk_sorted(self.exclude):  # type: ignore[attr-defined]
-            if row is None:
-                problems.append(Problem(key, "not synced: cannot be listed", retry=True))
-                continue
-            node = Node(*row)
-            batch[key] = node
-            if node.kind == DIR:
-                dirs[key] = node
-            ops.append(Op(op=CREATE, kind=node.kind, key=key, node=node))
-            size += node.size
-            if len(ops) >= self.wopts.batch_ops or size >= BATCH_BYTES:
-                size = 0
-                flush()
-                if self.stopping:
-                    break
-        if ops or not total:
-            flush()
+        done = populate(
+            source, destination, exclude=self.exclude,
+            run=lambda ops, final: self._run_batch(destination, ops, source, final),
+            history=history, batch_ops=self.wopts.batch_ops,
+            min_batch=self.wopts.batch_ops,
+            stopping=lambda: self.stopping, on_batch=counted,
+        )
+        problems = done.problems
+        total = sum(done.planned.values())
         st.full_comparisons += 1
         st.rounds += 1
         st.problems += len(problems)
@@ -733,9 +778,11 @@ class PairWatch:
                  total, st.last_round_seconds)
         self.status_file.write()
         if self.on_round is not None:
-            self.on_round(RoundResult(Region.of([()]), True, tuple(kept) if total <= 10_000
-                                      else (), tuple(kept), tuple(problems),
+            kept = tuple(done.done)
+            self.on_round(RoundResult(Region.of([()]), True, kept if total <= 10_000
+                                      else (), kept, tuple(problems),
                                       st.last_round_seconds))
+        return not problems and done.complete
 
     def _verify(self, source: Backend, destination: Backend) -> None:
         """One content-level verification beside the loop (``hsync verify``), a chunk at

@@ -25,3 +25,32 @@ def test_entry_fingerprint_round_trips_through_the_history(tmp_path: Path) -> No
     assert isinstance(synced.data, Fingerprint)
     assert same_content(synced, _entry("x", objectclass={b"top", b"person"}, cn={b"a"}))
     assert not same_content(synced, _entry("x", objectclass={b"top", b"person"}, cn={b"b"}))
+
+
+def test_a_schema_3_history_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    """Schema 4 adds the resume token; a schema 3 file gets the table, keeps its rows."""
+    import sqlite3
+
+    path = str(tmp_path / "h.sqlite")
+    snap = Snapshot({(): Node(ENTRY, data=()), ("cn=a",): _entry("u1", cn={b"a"})})
+    h = History(path, "ldap://x/dc=a", "ldap://x/dc=b")
+    h.record(snap, [(), ("cn=a",)], full=True)
+    h.close()
+    db = sqlite3.connect(path)  # what a schema 3 file looks like
+    with db:
+        db.execute("DROP TABLE resume")
+        db.execute("UPDATE meta SET value='3' WHERE name='schema'")
+    db.close()
+    h = History(path, "ldap://x/dc=a", "ldap://x/dc=b")
+    assert [k for k, _ in h.walk()] == [(), ("cn=a",)]
+    assert list(h.identities()) == [("u1", ("cn=a",))]
+    assert h.resume_token("ctx") is None
+    h.save_resume(b"cookie", "ctx")
+    assert h.resume_token("ctx") == b"cookie"
+    assert h.resume_token("other roots") is None  # kept with its context only
+    h.forget()  # an unfinished batch: neither the rows nor the token are trusted
+    assert h.resume_token("ctx") is None
+    h.close()
+    (version,) = sqlite3.connect(path).execute(
+        "SELECT value FROM meta WHERE name='schema'").fetchone()
+    assert version == "4"

@@ -278,12 +278,16 @@ class FsBackend:
             return False
 
     def walk_sorted(
-        self, exclude: Callable[[Key, bool], bool] | None = None
+        self,
+        exclude: Callable[[Key, bool], bool] | None = None,
+        skipped: list[tuple[Key, str]] | None = None,
     ) -> Iterator[tuple[Key, Any]]:
         """Every node below the root as ``(key, row)``, in the history's key order:
         depth first, a directory right before its descendants, siblings by the bytes
         of their names. A directory whose listing failed is followed by ``(key, None)``
-        (nothing below it is known). Holds one listing per level, never the tree."""
+        (nothing below it is known). Holds one listing per level, never the tree.
+        Special files are left out (listed in ``skipped`` when given, as ``scan``
+        lists them)."""
         root_st = os.stat(self.root)
         stack: list[tuple[Key, list[tuple[bytes, str, Any]], int]] = []
 
@@ -292,7 +296,12 @@ class FsBackend:
                 raise Interrupted(f"{self.url}: scan interrupted")
             path = self.path(key)
             try:
-                fd = os.open(path, _O_LIST if key else _O_LIST & ~os.O_NOFOLLOW)
+                try:
+                    fd = os.open(path, _O_LIST if key else _O_LIST & ~os.O_NOFOLLOW)
+                except OSError as e:
+                    if e.errno != errno.ENAMETOOLONG or not key:
+                        raise
+                    fd = _open_long(self.root, key, _O_LIST)  # beyond PATH_MAX
             except OSError:
                 return None
             try:
@@ -332,6 +341,8 @@ class FsBackend:
                                 continue
                             row = (SYMLINK, 0, 0, 0, target, ident)
                         else:
+                            if skipped is not None:
+                                skipped.append((k, _special_kind(mode)))
                             continue
                         out.append((os.fsencode(name), name, row))
                 out.sort(reverse=True)  # popped from the end: smallest name first

@@ -22,7 +22,7 @@ from __future__ import annotations
 import gc
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, suppress
 from typing import Any
 
@@ -32,7 +32,14 @@ import ldapurl
 from ldap.controls import SimplePagedResultsControl
 from ldap.controls.libldap import AssertionControl
 
-from hsync.backend import ApplyResult, Backend, Capabilities, Credentials, WatchSink
+from hsync.backend import (
+    ApplyResult,
+    Backend,
+    Capabilities,
+    Credentials,
+    Resume,
+    WatchSink,
+)
 from hsync.errors import BackendError, UsageError
 from hsync.model import CREATE, DELETE, MOVE, UPDATE, Key, Node, Op, Problem, Snapshot
 
@@ -105,8 +112,9 @@ class LdapBackend:
         self.mapper = Mapper(self.schema, self.base_dn)
         self._target = ""
         self._after_park: dict[str, Data] = {}
-        self.cookie: bytes | None = None
-        """The last syncrepl cookie a watch saw (kept in memory only)."""
+        self.cookie: str | None = None
+        """The last syncrepl cookie a watch saw (``SyncreplWatch.checkpoint`` gives it
+        out as a resume token once its events have reached the sink)."""
 
     # -- connection ------------------------------------------------------------------------
     def credentials(self) -> tuple[str, str]:
@@ -284,6 +292,87 @@ class LdapBackend:
         snap.nodes = nodes
         return snap
 
+    def is_empty(self) -> bool:
+        """True when the base entry is missing or has no entry below it (an initial
+        copy into it can be streamed: see ``hsync.populate``)."""
+        try:
+            msgid = self.conn.search_ext(self.base_dn, ldap.SCOPE_ONELEVEL, "(objectClass=*)",
+                                         ["1.1"], sizelimit=1)
+            _, data, _, _ = self.conn.result3(msgid, timeout=TIMEOUT)
+        except ldap.NO_SUCH_OBJECT:
+            return True
+        except ldap.SIZELIMIT_EXCEEDED:
+            return False
+        except ldap.LDAPError:
+            return False  # cannot tell: the comparison finds out
+        return not any(dn is not None for dn, *_ in data)
+
+    def stream(
+        self, exclude: Callable[[Key, bool], bool] | None = None
+    ) -> Iterator[tuple[Key, Node | None]]:
+        """Every entry below the base as ``(key, node)`` while the pages of one subtree
+        search arrive, a parent always before its children (back-mdb sends parents
+        first, but an entry whose parent has not come yet is held until it does);
+        ``((), None)`` when the search fails (nothing more is known). Excluded entries
+        and their subtrees are left out, like ``scan``'s."""
+        seen: set[Key] = {()}
+        dropped: set[Key] = set()
+        waiting: dict[Key, list[tuple[Key, Node]]] = {}  # parent -> children held
+
+        def release(key: Key, node: Node) -> Iterator[tuple[Key, Node]]:
+            todo = [(key, node)]
+            while todo:
+                k, n = todo.pop()
+                if k[:-1] in dropped or (exclude is not None and exclude(k, True)):
+                    dropped.add(k)
+                    todo.extend(waiting.pop(k, ()))  # dropped with it
+                    continue
+                seen.add(k)
+                yield k, n
+                todo.extend(waiting.pop(k, ()))
+
+        was = gc.isenabled()
+        gc.disable()  # see ``scan``
+        try:
+            for edn, attrs in self._pages(self.base_dn):
+                key = self.mapper.key_of(edn)
+                if not key:
+                    continue  # the base itself (``stat``), or out of scope
+                node = self.mapper.node_of(attrs)
+                if key[:-1] in seen or key[:-1] in dropped:
+                    yield from release(key, node)
+                else:
+                    waiting.setdefault(key[:-1], []).append((key, node))
+        except (ldap.LDAPError, ValueError):
+            yield (), None
+            return
+        finally:
+            gc.freeze()
+            if was:
+                gc.enable()
+        # parents never seen (not readable by this bind): what scan would list, last
+        for parent in sorted(waiting, key=len):
+            for key, node in waiting.pop(parent, ()):
+                if key[:-1] not in dropped:
+                    yield key, node
+
+    def _pages(self, dn: str) -> Iterator[tuple[str, Any]]:
+        """The entries of a paged subtree search (RFC 2696), a page at a time."""
+        page = SimplePagedResultsControl(True, size=PAGE_SIZE, cookie="")
+        while True:
+            msgid = self.conn.search_ext(dn, ldap.SCOPE_SUBTREE, "(objectClass=*)",
+                                         USER_ATTRS, serverctrls=[page])
+            _, data, _, ctrls = self.conn.result3(msgid, timeout=-1)
+            for d in data:
+                if d[0] is not None:
+                    yield d[0], d[1]
+            cookie = next(
+                (c.cookie for c in ctrls or () if c.controlType == page.controlType), None
+            )
+            if not cookie:
+                return
+            page.cookie = cookie
+
     def stat(self, key: Key) -> Node | None:
         try:
             found = self._search(self.mapper.dn_of(key), ldap.SCOPE_BASE)
@@ -460,12 +549,15 @@ class LdapBackend:
         raise ldap.NO_SUCH_OBJECT({"desc": "No such object", "info": dn})
 
     # -- live ------------------------------------------------------------------------------
-    def watch(self, sink: WatchSink) -> AbstractContextManager[None]:
+    def watch(
+        self, sink: WatchSink, resume: Resume | None = None
+    ) -> AbstractContextManager[None]:
         """Report changes below the base to ``sink`` (syncrepl refreshAndPersist in a
-        thread; reconnects with backoff). See ``hsync_ldap.watch``."""
+        thread; reconnects with backoff); from ``resume``'s cookie when the server can.
+        See ``hsync_ldap.watch``."""
         from .watch import SyncreplWatch
 
-        return SyncreplWatch(self, sink)
+        return SyncreplWatch(self, sink, resume)
 
 
 def _still(op: Op) -> list[Any] | None:

@@ -9,22 +9,35 @@ event for that entry: its descendants get none. So the watcher keeps a uuid -> k
 What reaches the sink: an entry whose key is unchanged -> ``dirty(key, deep=False)``;
 a new entry -> ``dirty(key)``; a moved or renamed entry -> ``dirty(old)`` and
 ``dirty(new)``; a deleted one -> ``dirty(key)``. Nothing is reported for the refresh
-phase of the first connection (the loop compares everything when it starts).
+phase of a connection without a cookie (the loop compares everything when it starts).
+
+Resuming (``watch(sink, resume=Resume(token, identities))``): the token is a cookie this
+watcher gave out (``checkpoint()``: the cookie of the last message whose events have
+all been reported; None during a refresh). The map is seeded from the history's
+identity -> key rows instead of a listing, and the search starts with the cookie: the
+server's refresh phase then holds only what changed since (syncprov's session log:
+changed entries, and deleted uuids with refreshDeletes). Those changes are reported
+like live ones, ``resumed`` is set, and the loop skips its start-up comparison. When
+the server cannot answer from its log (a present phase, as after a restart of slapd
+or a cookie older than the log), refuses the cookie (e-syncRefreshRequired, "consumer
+state is newer than provider", another error) or hands back a cookie without a CSN,
+the watcher drops the cookie and starts over with a full refresh: ``resumed`` stays
+False and the loop compares everything, as without a token.
 
 A server without the syncprov overlay refuses syncrepl; the watcher then lists every
 entry's entryUUID and entryCSN every ``POLL_INTERVAL`` seconds and reports what differs
-(the same events, a few seconds late).
+(the same events, a few seconds late). Polling has no cookie: no checkpoint, no resume.
 
 When the server goes away the watcher reconnects with backoff (0.1 s doubling up to
-5 s), runs a fresh refresh to rebuild the map, then calls ``sink.lost(...)``: what
-changed while it was away is unknown, so a full comparison is due. The cookie is kept
-in memory on the backend (``LdapBackend.cookie``) but not reused across reconnects nor
-persisted across restarts (a restart compares everything anyway).
+5 s), runs a fresh refresh (no cookie) to rebuild the map, then calls ``sink.lost(...)``:
+what changed while it was away is unknown, so a full comparison is due (and the loop
+drops the token it kept).
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -33,7 +46,7 @@ import ldap
 from ldap.ldapobject import SimpleLDAPObject
 from ldap.syncrepl import SyncreplConsumer
 
-from hsync.backend import WatchSink
+from hsync.backend import Resume, WatchSink
 from hsync.errors import BackendError
 from hsync.model import Key
 
@@ -47,6 +60,17 @@ POLL_INTERVAL = 2.0
 """Seconds between two listings when the server has no syncrepl."""
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
+_COOKIE = re.compile(r"(^|,)rid=\d+(,|$)|(^|,)csn=")
+
+
+class _Stale(Exception):
+    """The server cannot resume from the cookie: start over without one."""
+
+
+def _usable(cookie: str | None) -> bool:
+    """A cookie that names a point of the change stream (a CSN); an empty or foreign
+    one makes slapd send its whole content as if there were none."""
+    return bool(cookie) and "csn=" in (cookie or "") and bool(_COOKIE.search(cookie or ""))
 
 
 class _Consumer(SimpleLDAPObject, SyncreplConsumer):  # type: ignore[misc]
@@ -69,6 +93,8 @@ class _Consumer(SimpleLDAPObject, SyncreplConsumer):  # type: ignore[misc]
     def syncrepl_present(self, uuids: list[str] | None, refreshDeletes: bool = False) -> None:
         if refreshDeletes and uuids:
             self.watch.delete(uuids)
+        elif uuids is None and not refreshDeletes:
+            self.watch.present_phase()
 
     def syncrepl_refreshdone(self) -> None:
         self.watch.refreshed()
@@ -79,11 +105,20 @@ class SyncreplWatch:
     change made after ``__enter__`` returns is reported); on exiting, stops and joins
     its thread."""
 
-    def __init__(self, backend: LdapBackend, sink: WatchSink) -> None:
+    def __init__(
+        self, backend: LdapBackend, sink: WatchSink, resume: Resume | None = None
+    ) -> None:
         self.backend = backend
         self.sink = sink
         self.keys: dict[str, Key] = {}  # entryUUID -> key
         self.live = False  # past the refresh phase: events are reported
+        self.resume = resume if resume is not None and _usable(
+            resume.token.decode("utf-8", "replace")) else None
+        self.resuming = False
+        """In the refresh phase of a search that started from ``resume.token``: its
+        changes are reported."""
+        self.resumed = False
+        """The watch resumed from the token (set before ``__enter__`` returns)."""
         self.reconnects = 0
         self.polling = False
         """The server refused syncrepl (no syncprov overlay): entries are polled."""
@@ -91,6 +126,8 @@ class SyncreplWatch:
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._first_error: str | None = None
+        self._fallback: str | None = None
+        """Why the last resume was given up (tests, logs)."""
         self._thread: threading.Thread | None = None
 
     # -- the context manager -------------------------------------------------------------
@@ -123,6 +160,14 @@ class SyncreplWatch:
             try:
                 self._session(first)
                 return  # stopped
+            except _Stale as e:
+                # the server cannot answer from the cookie: a full refresh, and the
+                # loop's start-up comparison (nothing reported so far is lost: dirty
+                # keys under a full comparison are harmless)
+                self.resume = None
+                self.resuming = False
+                self.backend.cookie = None
+                self._fallback = str(e)
             except ldap.LDAPError as e:
                 if first and not self._ready.is_set():
                     self._first_error = describe(e)
@@ -134,6 +179,11 @@ class SyncreplWatch:
                 self.live = False
                 self._stop.wait(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
+            except Exception as e:
+                if not self._ready.is_set():  # __enter__ says so instead of waiting
+                    self._first_error = f"{type(e).__name__}: {e}"
+                    self._ready.set()
+                raise
             else:
                 delay = BACKOFF_MIN
 
@@ -152,6 +202,14 @@ class SyncreplWatch:
             if self.polling:
                 self._poll(conn)
                 return
+            self.resuming = self.resume is not None
+            if self.resuming:
+                assert self.resume is not None
+                # the map as of the token, from the history: the refresh phase only
+                # names what changed since
+                self.keys = {str(u): k for u, k in self.resume.identities()}
+                b.cookie = self.resume.token.decode("utf-8", "replace")
+                self.resume = None  # used once: a reconnect starts afresh
             msgid = conn.syncrepl_search(
                 b.base_dn, ldap.SCOPE_SUBTREE, mode="refreshAndPersist",
                 filterstr="(objectClass=*)", attrlist=["1.1"],
@@ -165,8 +223,15 @@ class SyncreplWatch:
                 except (ldap.UNAVAILABLE_CRITICAL_EXTENSION, ldap.PROTOCOL_ERROR):
                     # no syncprov overlay on this database: poll instead
                     self.polling = True
+                    self.resuming = False
                     self._poll(conn)
                     return
+                except (ldap.SERVER_DOWN, ldap.CONNECT_ERROR):
+                    raise
+                except ldap.LDAPError as e:
+                    if self.resuming:  # refused: e-syncRefreshRequired (4096), ...
+                        raise _Stale(f"the server refused the cookie: {describe(e)}") from None
+                    raise
         finally:
             with contextlib.suppress(ldap.LDAPError):
                 conn.unbind_s()
@@ -210,8 +275,28 @@ class SyncreplWatch:
             seen = now
             self.keys = {u: k for u, (k, _) in seen.items()}
 
+    def checkpoint(self) -> bytes | None:
+        """The cookie of the last message whose events have all reached the sink (the
+        consumer sets it after its callbacks ran); None during a refresh and when polling."""
+        cookie = self.backend.cookie
+        if not self.live or self.polling or not _usable(cookie):
+            return None
+        assert cookie is not None
+        return cookie.encode("utf-8")
+
     # -- events (on the thread) ------------------------------------------------------------
+    def present_phase(self) -> None:
+        """The end of a present phase: the server could not list what was deleted since
+        the cookie (its session log does not reach back that far)."""
+        if self.resuming:
+            raise _Stale("the server answered the cookie with a present phase")
+
     def refreshed(self) -> None:
+        if self.resuming:
+            if not _usable(self.backend.cookie):
+                raise _Stale("the server's cookie after the refresh names no CSN")
+            self.resuming = False
+            self.resumed = True
         self.live = True
         if not self._ready.is_set():
             self._ready.set()
@@ -227,7 +312,7 @@ class SyncreplWatch:
                 self.delete([uuid])
             return
         self.keys[uuid] = key
-        if not self.live:
+        if not self.live and not self.resuming:
             return
         if old is None:
             self.sink.dirty(key, deep=True)
@@ -250,5 +335,5 @@ class SyncreplWatch:
             for u, k in list(self.keys.items()):
                 if k[:n] == key:  # a subtree moved out of scope: one delete for its root
                     del self.keys[u]
-            if self.live:
+            if self.live or self.resuming:
                 self.sink.dirty(key, deep=True)
