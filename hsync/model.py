@@ -173,6 +173,9 @@ class Snapshot:
     """Nodes listed without (all of) their children: the context of a partial rescan
     (the ancestors of the rescanned subtrees). Diff may update them, never move,
     replace or delete them."""
+    scanned: int | None = None
+    """When this is the part of a full scan that differs (the rest being equal on both
+    sides), how many nodes the full scan saw; None when it is all of what was seen."""
     _children: dict[Key, list[Key]] | None = attrs.field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:

@@ -69,6 +69,8 @@ class Populated:
     """False when a stop request ended the copy before the walk did."""
     skipped: list[tuple[Key, str]] = attrs.field(factory=list)
     """Special files left out (``Snapshot.skipped``)."""
+    seen: dict[str, int] = attrs.field(factory=lambda: {"source": 0, "destination": 0})
+    """Nodes seen on each side (the roots included)."""
 
 
 def can_populate(source: Backend, destination: Backend) -> bool:
@@ -121,6 +123,7 @@ def populate(
     if root is None:
         raise SafetyError(f"{source.url}: source root is gone; nothing done")
     dst_root = destination.stat(())
+    out.seen = {"source": 1, "destination": 0 if dst_root is None else 1}
     dirs: dict[Key, Node] = {(): root}  # containers seen (a batch's final snapshot)
     batch: dict[Key, Node] = {}
     fps: dict[Key, str] = {}  # entries' fingerprints, computed by the walking thread
@@ -161,6 +164,7 @@ def populate(
                 out.problems.append(Problem(key, f"not synced: {_why(source, key)}", retry=True))
                 continue
             batch[key] = node
+            out.seen["source"] += 1
             if fp is not None:
                 fps[key] = fp
             if node.kind == DIR:  # its metadata is set from ``final`` in later batches

@@ -75,6 +75,12 @@ class Report:
     plan: Plan | None = None
     streamed: dict[str, int] | None = None
     """Ops per kind sent by a streamed initial copy (which has no plan)."""
+    scanned: dict[str, int] = attrs.field(factory=dict)
+    """Nodes seen by the scans, per side (``source``, ``destination``)."""
+    compared: dict[str, int] = attrs.field(factory=dict)
+    """Nodes that were compared one by one, per side: everything, or, on a re-sync of
+    two filesystem trees with a history, only what the directory digests showed
+    differing (and its ancestors)."""
 
     @property
     def planned(self) -> dict[str, int]:
@@ -102,6 +108,8 @@ class Report:
             "errors": [p.to_json() for p in self.problems],
             "skipped": [{"path": "/".join(k), "kind": why} for k, why in self.skipped],
             "warnings": self.warnings,
+            "scanned": self.scanned,
+            "compared": self.compared,
             "elapsed": round(self.elapsed, 6),
         }
 
@@ -354,11 +362,13 @@ def _compare_digests(
     src_part = region_snapshot(rows, region, src.children)
     src_part.skipped = list(src.skipped)
     src_part.holds_excluded = set(src.holds_excluded)
+    src_part.scanned = len(src.nodes)
     need = [k for k in context_keys(region) if k not in listed]
     listed.update(child.rows(keys=need, subtrees=region.deep))
     dst_part = region_snapshot(listed, region)
     dst_part.skipped = list(summary["skipped"])
     dst_part.holds_excluded = set(summary["held"])
+    dst_part.scanned = summary["count"]
     return src_part, dst_part
 
 
@@ -478,7 +488,7 @@ def sync_once(
             report.source, report.destination = source_url, destination_url
             report.elapsed = time.perf_counter() - t0
             return report
-        src, dst = scan_both(source, destination, options)
+        src, dst = scan_both(source, destination, options, history)
         cmp = plan_between(source, destination, src, dst, history, options)
     except BaseException:
         if history is not None:
@@ -489,6 +499,9 @@ def sync_once(
     try:
         report = Report(source=source_url, destination=destination_url, dry_run=options.dry_run)
         report.plan = cmp.plan
+        for side, snap in (("source", cmp.src), ("destination", cmp.dst)):
+            report.compared[side] = len(snap.nodes)
+            report.scanned[side] = snap.scanned if snap.scanned is not None else len(snap.nodes)
         report.skipped = list(cmp.src.skipped)
         report.warnings = list(cmp.warnings)
         report.problems.extend(
@@ -564,6 +577,8 @@ def _sync_streamed(
     report.bytes_copied = done.bytes_copied
     report.problems = done.problems
     report.skipped = done.skipped
+    report.scanned = dict(done.seen)
+    report.compared = dict(done.seen)
     return report
 
 
