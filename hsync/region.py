@@ -277,33 +277,42 @@ def listing_region(
     src: Snapshot,
     src_root: Row | None,
     dst_root: Row | None,
-    dirty: Iterable[Key],
-    dst_children_rows: dict[Key, Row],
-) -> Region:
-    """What differs between two trees whose directories ``dirty`` have different
-    listings, all others being equal: per child of a dirty directory, a node on one
-    side only, of another kind, or a leaf whose payload differs, is deep (free to be
-    matched elsewhere); a container whose payload differs is shallow (updated in
-    place: its children are compared only where its listing differs).
-    ``dst_children_rows``: the destination's rows of the children of ``dirty``."""
+    dst_listings: dict[Key, list[tuple[str, Row]]],
+) -> tuple[Region, dict[Key, Row]]:
+    """What differs between two trees whose directories ``dst_listings`` lists (the
+    destination's ``(name, row)`` children of each) differ, all others being equal: per
+    child of such a directory, a node on one side only, of another kind, or a leaf
+    whose payload differs, is deep (free to be matched elsewhere); a container whose
+    payload differs is shallow (updated in place: its children are compared only where
+    its own listing differs). Returns the region and the destination's rows of the
+    children in it."""
     rows = src.nodes.rows  # type: ignore[attr-defined]  # a filesystem scan's Rows
-    dst_kids: dict[Key, list[Key]] = {}
-    for k in dst_children_rows:
-        dst_kids.setdefault(k[:-1], []).append(k)
     deep: list[Key] = []
     shallow: list[Key] = []
-    if src_root is not None and dst_root is not None and tuple(src_root[:5]) != tuple(
-        dst_root[:5]
-    ):
+    theirs_in: dict[Key, Row] = {}
+    if src_root is not None and dst_root is not None and src_root[:5] != dst_root[:5]:
         shallow.append(())
-    for d in dirty:
-        for c in {*src.children(d), *dst_kids.get(d, ())}:
-            a, b = rows.get(c), dst_children_rows.get(c)
-            if a is None or b is None or a[0] != b[0]:
+    for d, listing in dst_listings.items():
+        theirs = dict(listing)
+        pop = theirs.pop
+        for c in src.children(d):
+            b = pop(c[-1], None)
+            if b is None:
                 deep.append(c)
-            elif tuple(a[:5]) != tuple(b[:5]):
-                (shallow if a[0] in CONTAINERS else deep).append(c)
-    return Region.of(deep, shallow)
+                continue
+            a = rows[c]
+            if a[:5] == b[:5]:
+                continue
+            theirs_in[c] = b
+            if a[0] != b[0] or a[0] not in CONTAINERS:
+                deep.append(c)
+            else:
+                shallow.append(c)
+        for name, b in theirs.items():
+            k = (*d, name)
+            theirs_in[k] = b
+            deep.append(k)
+    return Region.of(deep, shallow), theirs_in
 
 
 def context_keys(region: Region) -> set[Key]:

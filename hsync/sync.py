@@ -347,10 +347,10 @@ def _compare_digests(
     dirty = dirty_directories(digests, summary["digests"])
     if len(dirty) > DIRTY_SHARE * max(1, len(digests)):
         return None
-    root = src.nodes.rows.get(())  # type: ignore[attr-defined]
-    listed = child.rows(dirs=dirty) if dirty else {}
-    region = listing_region(src, root, summary["root"], dirty, listed)
     rows = src.nodes.rows  # type: ignore[attr-defined]
+    region, listed = listing_region(
+        src, rows.get(()), summary["root"], child.listings(dirty) if dirty else {}
+    )
     if history is not None and dirty:
         idents = {rows[d][5]: d for d in dirty if d}
         came = [
@@ -363,6 +363,7 @@ def _compare_digests(
     src_part.skipped = list(src.skipped)
     src_part.holds_excluded = set(src.holds_excluded)
     src_part.scanned = len(src.nodes)
+    src_part.whole = src
     need = [k for k in context_keys(region) if k not in listed]
     listed.update(child.rows(keys=need, subtrees=region.deep))
     dst_part = region_snapshot(listed, region)

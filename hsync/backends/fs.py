@@ -1372,9 +1372,9 @@ class ScanChild:
 
     ``summary()`` is cheap to ship: one digest per directory (``scan(digests=...)``),
     what could not be read, the special files, hsync's leftover temporary files.
-    ``rows(dirs, subtrees)`` ships the children of ``dirs`` and everything below
-    ``subtrees``; ``snapshot()`` ships the whole scan. Either ends the child's
-    service but ``rows``, which may be called again."""
+    ``listings(dirs)`` ships the children of ``dirs``, ``rows(keys, subtrees)`` those
+    keys and everything below ``subtrees``; ``snapshot()`` ships the whole scan and
+    ends the child's service (``close()`` ends it too)."""
 
     def __init__(
         self,
@@ -1435,12 +1435,11 @@ class ScanChild:
                 "count": len(rows),
                 "root": rows.get(self.subtree),
             }
+        if what == "listings":
+            return {d: [(k[-1], rows[k]) for k in snap.children(d)] for d in request[1]}
         if what == "rows":
-            _, keys, dirs, subtrees = request
+            _, keys, subtrees = request
             out: dict[Key, Any] = {k: rows[k] for k in keys if k in rows}
-            for d in dirs:
-                for k in snap.children(d):
-                    out[k] = rows[k]
             for top in subtrees:
                 if top in rows:
                     out[top] = rows[top]
@@ -1480,14 +1479,14 @@ class ScanChild:
             self.backend.stale_temps = list(self._summary["temps"])
         return self._summary
 
-    def rows(
-        self, keys: Iterable[Key] = (), dirs: Iterable[Key] = (), subtrees: Iterable[Key] = ()
-    ) -> dict[Key, Any]:
-        """The rows of ``keys``, of the children of ``dirs``, and of ``subtrees`` with
-        everything below them (keys that are not there are left out)."""
-        return self._ask(  # type: ignore[no-any-return]
-            ("rows", list(keys), list(dirs), list(subtrees))
-        )
+    def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Any]]]:
+        """The ``(name, row)`` children of each of ``dirs``."""
+        return self._ask(("listings", list(dirs)))  # type: ignore[no-any-return]
+
+    def rows(self, keys: Iterable[Key] = (), subtrees: Iterable[Key] = ()) -> dict[Key, Any]:
+        """The rows of ``keys``, and of ``subtrees`` with everything below them (keys
+        that are not there are left out)."""
+        return self._ask(("rows", list(keys), list(subtrees)))  # type: ignore[no-any-return]
 
     def snapshot(self) -> Snapshot:
         """The whole scan; the child's service ends."""
