@@ -834,7 +834,7 @@ class PairWatch:
         return self._full_backoff
 
     def _compare_full(self, source: Backend, destination: Backend, history: Any) -> Comparison:
-        src, dst = scan_both(source, destination, self.options)
+        src, dst = scan_both(source, destination, self.options, history)
         if not self._blocked:
             # the next loss of notifications waits a while before another full comparison
             self._full_not_before = time.monotonic() + self._backoff_full()
