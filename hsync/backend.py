@@ -32,6 +32,9 @@ class Capabilities:
     """Names that differ only by case are the same name."""
     content: bool = True
     """Nodes carry content streamed by ``read`` (files), not only attributes."""
+    deferred_flush: bool = False
+    """``apply_batch(..., defer_durable=True)`` returns while the batch's flush to
+    stable storage still runs (``ApplyResult.durable`` waits for it)."""
 
 
 @attrs.frozen
@@ -50,6 +53,9 @@ class ApplyResult:
     done: list[Op] = attrs.field(factory=list)
     problems: list[Problem] = attrs.field(factory=list)
     bytes_copied: int = 0
+    durable: Callable[[], None] | None = None
+    """Waits until the batch is durable, when the backend was asked to let its flush
+    run on (``apply_batch(..., defer_durable=True)``); None: it already is."""
 
 
 class WatchSink(Protocol):

@@ -100,7 +100,7 @@ def populate(
     destination: Backend,
     *,
     exclude: Exclude | None,
-    run: Callable[[Sequence[Op], Snapshot], ApplyResult],
+    run: Callable[[Sequence[Op], Snapshot, Callable[[ApplyResult], None]], ApplyResult],
     history: Any = None,
     batch_ops: int = 1000,
     batch_bytes: int = BATCH_BYTES,
@@ -138,17 +138,19 @@ def populate(
         final = Snapshot(nodes=ChainMap(batch, dirs))
         for op in ops:
             out.planned[op.op] += 1
-        result = run(ops, final)
-        failed = {p.key for p in result.problems}
+        def record(result: ApplyResult) -> None:  # while the batch is flushed
+            if history is not None:
+                failed = {p.key for p in result.problems}
+                history.record(final, [k for k in (*batch, ()) if k not in failed],
+                               fingerprints=fps)
+
+        result = run(ops, final, record)
         out.problems.extend(result.problems)
         out.bytes_copied += result.bytes_copied
         for op in result.done:
             out.counts[op.op] += 0 if op.temporary else 1
         if len(out.done) < keep:
             out.done.extend(result.done[: keep - len(out.done)])
-        if history is not None:
-            history.record(final, [k for k in (*batch, ()) if k not in failed],
-                           fingerprints=fps)
         if on_batch is not None:
             on_batch(result)
         ops, batch, fps = [], {}, {}

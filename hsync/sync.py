@@ -565,8 +565,8 @@ def _sync_streamed(
     try:
         done = populate(
             source, destination, exclude=_exclude_matcher(options.exclude),
-            run=lambda ops, final: run_batch(journal, destination, ops, source, final,
-                                             options, on_done),
+            run=lambda ops, final, then: run_batch(journal, destination, ops, source, final,
+                                                   options, on_done, while_flushing=then),
             history=history, batch_ops=STREAM_BATCH_OPS if ahead else BATCH_OPS,
             batch_bytes=BATCH_BYTES, min_batch=STREAM_MIN_BATCH, keep=0, ahead=ahead,
         )
@@ -590,9 +590,20 @@ def _apply(
     ops = cmp.plan.ops
     failed: set[Key] = set()
     journal = _journal_open(cmp.history)
+    recorded = False
+
+    def record(result: ApplyResult) -> None:  # after the last batch, while it flushes
+        nonlocal recorded
+        failed.update(p.key for p in result.problems)
+        _record(cmp, failed)
+        recorded = True
+
     try:
-        for batch in _batches(ops) or [()]:  # one batch even when empty: it cleans up
-            result = run_batch(journal, dst, batch, cmp.source, cmp.src, options, on_done)
+        batches = _batches(ops) or [()]  # one batch even when empty: it cleans up
+        for i, batch in enumerate(batches):
+            last = i == len(batches) - 1 and cmp.history is not None
+            result = run_batch(journal, dst, batch, cmp.source, cmp.src, options, on_done,
+                               while_flushing=record if last else None)
             for op in result.done:
                 report.counts[op.op] += 0 if op.temporary else 1
             report.bytes_copied += result.bytes_copied
@@ -601,7 +612,7 @@ def _apply(
     finally:
         if journal is not None:
             journal.close()
-    if cmp.history is not None:
+    if cmp.history is not None and not recorded:
         _record(cmp, failed)
 
 
@@ -613,16 +624,34 @@ def run_batch(
     final: Snapshot,
     options: Options,
     on_done: Callable[[Op], None] | None = None,
+    while_flushing: Callable[[ApplyResult], None] | None = None,
 ) -> ApplyResult:
     """One batch of ops on ``destination``, journaled when there is a journal: recorded
-    before it runs, marked done after its syncfs (SPEC section 5)."""
+    before it runs, marked done after its syncfs (SPEC section 5).
+
+    ``while_flushing(result)`` runs once the ops are applied, while the destination's
+    flush still runs where the backend can let it (a filesystem's ``syncfs``): the
+    caller records the history there. The batch is marked done only once both are
+    over: a history written before the flush ends is never trusted alone, since a run
+    that finds the batch unfinished compares everything (``journal``)."""
     logged = journal is not None and bool(ops)
     if logged:
         journal.begin(ops)
+    extra: dict[str, bool] = {}
+    if options.hard_links:
+        extra["hard_links"] = True
+    if while_flushing is not None and destination.capabilities.deferred_flush:
+        extra["defer_durable"] = True
     result = destination.apply_batch(
-        ops, source, final, fsync=options.fsync, on_done=on_done,
-        **({"hard_links": True} if options.hard_links else {}),
+        ops, source, final, fsync=options.fsync, on_done=on_done, **extra
     )
+    try:
+        if while_flushing is not None:
+            while_flushing(result)
+    finally:
+        if result.durable is not None:
+            result.durable()
+            result.durable = None
     if logged:
         journal.done()
     return result

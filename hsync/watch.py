@@ -756,7 +756,8 @@ class PairWatch:
 
         done = populate(
             source, destination, exclude=self.exclude,
-            run=lambda ops, final: self._run_batch(destination, ops, source, final),
+            run=lambda ops, final, then: self._run_batch(destination, ops, source, final,
+                                                         then),
             history=history, batch_ops=self.wopts.batch_ops,
             min_batch=self.wopts.batch_ops,
             stopping=lambda: self.stopping, on_batch=counted,
@@ -819,10 +820,16 @@ class PairWatch:
                 self.dirty.dirty(d.key, deep=True)
 
     def _run_batch(
-        self, destination: Backend, ops: Sequence[Op], source: Backend, final: Snapshot
+        self,
+        destination: Backend,
+        ops: Sequence[Op],
+        source: Backend,
+        final: Snapshot,
+        while_flushing: Callable[[ApplyResult], None] | None = None,
     ) -> ApplyResult:
         """One batch, journaled like ``sync``'s."""
-        return run_batch(self._journal, destination, ops, source, final, self.options)
+        return run_batch(self._journal, destination, ops, source, final, self.options,
+                         while_flushing=while_flushing)
 
     def _backoff_full(self) -> float:
         now = time.monotonic()

@@ -75,7 +75,7 @@ class FsBackend:
         self.url = location
         self.role = role
         self.root = os.path.abspath(path)
-        self.capabilities = Capabilities()
+        self.capabilities = Capabilities(deferred_flush=True)
         self.stale_temps: list[Key] = []
         self._lock = threading.Lock()
         self.interrupt: Callable[[], bool] | None = None
@@ -494,11 +494,14 @@ class FsBackend:
         fsync: bool = False,
         on_done: Callable[[Op], None] | None = None,
         hard_links: bool = False,
+        defer_durable: bool = False,
     ) -> ApplyResult:
         """See ``Backend.apply_batch``. ``hard_links``: source files that are one inode
-        (the same identity) become one inode here too (rsync -H)."""
+        (the same identity) become one inode here too (rsync -H). ``defer_durable``:
+        return while the batch's ``syncfs`` still runs (``ApplyResult.durable``)."""
         batch = _Batch(self, source, final, fsync, on_done)
         batch.hard_links = hard_links
+        batch.defer_durable = defer_durable
         return batch.run(ops)
 
 
@@ -529,6 +532,7 @@ class _Batch:
         self.full: tuple[Key, OSError] | None = None
         self._root_fd: int | None = None
         self.hard_links = False
+        self.defer_durable = False
         self.groups: dict[object, list[Key]] = {}
         self.linked: list[Op] = []  # file ops done by a link, after the copies
 
@@ -576,7 +580,16 @@ class _Batch:
                         self.fail(op, e)
             self.settle_directories()
             if not self.fsync and (self.result.done or self.touched):
-                _syncfs(self.dst.root)
+                if self.defer_durable:
+                    # the flush waits on the disk, not on Python: the caller's own work
+                    # (recording the history) runs meanwhile
+                    flush = threading.Thread(
+                        target=_syncfs, args=(self.dst.root,), name="hsync-syncfs"
+                    )
+                    flush.start()
+                    self.result.durable = flush.join
+                else:
+                    _syncfs(self.dst.root)
         finally:
             if self._root_fd is not None:
                 os.close(self._root_fd)
