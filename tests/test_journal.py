@@ -120,3 +120,51 @@ def test_a_corrupt_journal_is_set_aside_and_distrusted(tmp_path: Path) -> None:
     assert recover(history) is False
     assert list(tmp_path.glob("h.journal.sqlite.corrupt-*"))
     assert sync_once(str(src), str(dst), Options(state=state)).ok
+
+
+def test_the_history_is_recorded_while_the_batch_flushes_and_done_comes_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The history of a batch is written while its syncfs runs (the flush waits on the
+    disk, not on Python), and the journal marks the batch done only after both: a run
+    killed during the flush finds the batch unfinished and does not trust the history."""
+    import threading
+
+    src = build(tmp_path / "src", {"a/b": b"1", "c": b"2"})
+    dst = tmp_path / "dst"
+    state = str(tmp_path / "h.sqlite")
+    recorded = threading.Event()
+    during: list[Any] = []
+    real_syncfs, real_record = fs._syncfs, History.record
+
+    def slow_syncfs(path: str) -> None:
+        # the history is recorded before this flush ends (or the wait times out)
+        during.append(recorded.wait(timeout=10))
+        history = _pair_history(src, dst, state)
+        j = Journal(journal_path(state), history.pair)
+        during.append(j.batches())
+        j.close()
+        history.close()
+        real_syncfs(path)
+
+    def spy_record(self: History, *args: Any, **kwargs: Any) -> Any:
+        out = real_record(self, *args, **kwargs)
+        recorded.set()
+        return out
+
+    monkeypatch.setattr(fs, "_syncfs", slow_syncfs)
+    monkeypatch.setattr(History, "record", spy_record)
+    for name in ("sync into an empty destination", "re-sync"):
+        recorded.clear()
+        during.clear()
+        (src / "a" / "b").write_bytes(name.encode())
+        assert sync_once(str(src), str(dst), Options(state=state)).ok
+        assert_same_tree(src, dst)
+        assert during[0] is True, name  # recorded while the flush ran
+        (seq, status, _), = during[1][-1:]
+        assert status == RUNNING, name  # not done before the flush ended
+        history = _pair_history(src, dst, state)
+        j = Journal(journal_path(state), history.pair)
+        assert (seq, DONE) in [(s, st) for s, st, _ in j.batches()], name
+        j.close()
+        history.close()
