@@ -56,6 +56,33 @@ _CHUNK = 1 << 20
 _counter = itertools.count()
 _DIGEST_MASK = (1 << 64) - 1
 
+Entry = tuple[str, Any, int, int, int, int]
+"""One listed name: ``(name, st_mode, st_size, st_mtime_ns, st_ino, st_dev)``, or
+``(name, None, errno, 0, 0, 0)`` when its lstat failed."""
+
+
+def _lstat_dir_py(fd: int) -> list[Entry]:
+    """Every name of the directory open as ``fd`` with its lstat (names gone since the
+    listing are left out). ``hsync._walk.list`` is the same in C, where it was built."""
+    out: list[Entry] = []
+    lstat = os.lstat
+    for name in os.listdir(fd):
+        try:
+            st = lstat(name, dir_fd=fd)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            out.append((name, None, e.errno or 0, 0, 0, 0))
+            continue
+        out.append((name, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev))
+    return out
+
+
+try:
+    from .._walk import list as _lstat_dir
+except ImportError:  # not built (no compiler where hsync was installed): slower, same
+    _lstat_dir = _lstat_dir_py
+
 
 class SourceChanged(Exception):
     """The source file changed while it was read; the copy is not published."""
@@ -157,7 +184,7 @@ class FsBackend:
         root_dev = st.st_dev
         nodes[subtree] = (DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, None, st.st_ino)
         incomplete = snap.incomplete
-        fstat, osopen, close, listdir = os.fstat, os.open, os.close, os.listdir
+        fstat, osopen, close, listdir = os.fstat, os.open, os.close, _lstat_dir
         # Each directory is listed through a descriptor opened without following a
         # symlink and checked to be the directory that was seen: one swapped for a
         # symlink mid-scan is never followed out of the tree.
@@ -188,18 +215,18 @@ class FsBackend:
                     incomplete[key] = "replaced during the scan"
                     continue
                 try:
-                    names = listdir(fd)
+                    entries = listdir(fd)
                 except OSError as e:
                     incomplete[key] = e.strerror or str(e)
                     continue
-                self._list(names, fd, path, key, root_dev, exclude, snap, stack, digests)
+                self._list(entries, fd, path, key, root_dev, exclude, snap, stack, digests)
             finally:
                 close(fd)
         return snap
 
     def _list(
         self,
-        names: list[str],
+        entries: list[Entry],
         fd: int,
         path: str,
         key: Key,
@@ -209,27 +236,22 @@ class FsBackend:
         stack: list[tuple[str, Key, int, int]],
         digests: dict[Key, int] | None,
     ) -> None:
-        """List one directory into ``snap`` (the scan's inner loop): one ``lstat`` per
-        name, relative to the directory's descriptor."""
+        """One directory's ``entries`` (``_lstat_dir``: one lstat per name, relative to
+        the directory's descriptor) into ``snap``: the scan's inner loop."""
         nodes = snap.nodes.rows  # type: ignore[attr-defined]
         kids: list[Key] = []  # the children index, built as we go: cheaper than after
         snap._children[key] = kids  # type: ignore[index]
         incomplete, skipped, temps = snap.incomplete, snap.skipped, self.stale_temps
         held = snap.holds_excluded
         S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
-        readlink, lstat = os.readlink, os.lstat
+        readlink = os.readlink
         acc = 0
-        for name in names:
+        for name, mode, size, mtime, st_ino, st_dev in entries:
             k = (*key, name)
-            try:
-                st = lstat(name, dir_fd=fd)
-            except FileNotFoundError:
-                continue  # gone between readdir and lstat: it is not there now
-            except OSError as e:
-                incomplete[k] = e.strerror or str(e)
+            if mode is None:  # its lstat failed (one gone since the listing is left out)
+                incomplete[k] = os.strerror(size)
                 continue
-            mode = st.st_mode
-            ino = st.st_ino if st.st_dev == root_dev else (st.st_dev << 64) | st.st_ino
+            ino = st_ino if st_dev == root_dev else (st_dev << 64) | st_ino
             if S_ISREG(mode):
                 if name.startswith(TMP_PREFIX):
                     temps.append(k)
@@ -237,15 +259,15 @@ class FsBackend:
                 if exclude is not None and exclude(k, False):
                     held.add(key)
                     continue
-                row = nodes[k] = (FILE, S_IMODE(mode), st.st_size, st.st_mtime_ns, None, ino)
+                row = nodes[k] = (FILE, S_IMODE(mode), size, mtime, None, ino)
                 kids.append(k)
             elif S_ISDIR(mode):
                 if exclude is not None and exclude(k, True):
                     held.add(key)
                     continue
-                row = nodes[k] = (DIR, S_IMODE(mode), 0, st.st_mtime_ns, None, ino)
+                row = nodes[k] = (DIR, S_IMODE(mode), 0, mtime, None, ino)
                 kids.append(k)
-                stack.append((f"{path}/{name}", k, st.st_ino, st.st_dev))
+                stack.append((f"{path}/{name}", k, st_ino, st_dev))
             elif S_ISLNK(mode):
                 if exclude is not None and exclude(k, False):
                     held.add(key)
@@ -309,42 +331,33 @@ class FsBackend:
                 if seen.st_ino != ino or seen.st_dev != dev:
                     return None
                 out = []
-                with os.scandir(fd) as it:
-                    for entry in it:
-                        name = entry.name
+                for name, mode, size, mtime, st_ino, st_dev in _lstat_dir(fd):
+                    if mode is None:
+                        continue
+                    row: Any
+                    ident = st_ino if st_dev == root_st.st_dev else (st_dev << 64) | st_ino
+                    k = (*key, name)
+                    if stat.S_ISREG(mode):
+                        if name.startswith(TMP_PREFIX) or (exclude and exclude(k, False)):
+                            continue
+                        row = (FILE, stat.S_IMODE(mode), size, mtime, None, ident)
+                    elif stat.S_ISDIR(mode):
+                        if exclude and exclude(k, True):
+                            continue
+                        row = (DIR, stat.S_IMODE(mode), 0, mtime, None, ident, st_ino, st_dev)
+                    elif stat.S_ISLNK(mode):
+                        if exclude and exclude(k, False):
+                            continue
                         try:
-                            st = entry.stat(follow_symlinks=False)
+                            target = os.readlink(name, dir_fd=fd)
                         except OSError:
                             continue
-                        row: Any
-                        mode = st.st_mode
-                        ident = st.st_ino if st.st_dev == root_st.st_dev else (
-                            (st.st_dev << 64) | st.st_ino
-                        )
-                        k = (*key, name)
-                        if stat.S_ISREG(mode):
-                            if name.startswith(TMP_PREFIX) or (exclude and exclude(k, False)):
-                                continue
-                            row = (FILE, stat.S_IMODE(mode), st.st_size, st.st_mtime_ns, None,
-                                   ident)
-                        elif stat.S_ISDIR(mode):
-                            if exclude and exclude(k, True):
-                                continue
-                            row = (DIR, stat.S_IMODE(mode), 0, st.st_mtime_ns, None, ident,
-                                   st.st_ino, st.st_dev)
-                        elif stat.S_ISLNK(mode):
-                            if exclude and exclude(k, False):
-                                continue
-                            try:
-                                target = os.readlink(name, dir_fd=fd)
-                            except OSError:
-                                continue
-                            row = (SYMLINK, 0, 0, 0, target, ident)
-                        else:
-                            if skipped is not None:
-                                skipped.append((k, _special_kind(mode)))
-                            continue
-                        out.append((os.fsencode(name), name, row))
+                        row = (SYMLINK, 0, 0, 0, target, ident)
+                    else:
+                        if skipped is not None:
+                            skipped.append((k, _special_kind(mode)))
+                        continue
+                    out.append((os.fsencode(name), name, row))
                 out.sort(reverse=True)  # popped from the end: smallest name first
                 return out
             except OSError:

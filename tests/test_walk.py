@@ -1,0 +1,84 @@
+"""The scan's listing: one lstat per name, in C (``hsync._walk``) where it was built and
+in Python elsewhere; both give the same entries, names that are not UTF-8 included."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from treeutil import assert_same_tree, build
+
+from hsync.backends import fs
+from hsync.sync import Options, sync_once
+
+names = st.sampled_from(["a", "B", "é", "\udcff", "\udcfe\udcfd", "x" * 200, ".h", "-"])
+kinds = st.sampled_from(["file", "dir", "link", "fifo"])
+
+
+def _make(root: Path, entries: dict[str, tuple[str, int]]) -> None:
+    for name, (kind, size) in entries.items():
+        p = os.path.join(os.fsencode(root), os.fsencode(name))
+        if kind == "file":
+            with open(p, "wb") as f:
+                f.write(b"x" * size)
+            os.utime(p, ns=(size, 1_600_000_000_123_456_789 + size))
+        elif kind == "dir":
+            os.mkdir(p, 0o700 + (size % 8))
+        elif kind == "link":
+            os.symlink(b"target-%d" % size, p)
+        else:
+            os.mkfifo(p)
+
+
+@pytest.mark.skipif(fs._lstat_dir is fs._lstat_dir_py, reason="hsync._walk was not built")
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(names, st.tuples(kinds, st.integers(0, 9000)), max_size=8))
+def test_the_c_listing_equals_the_python_one(entries: dict[str, tuple[str, int]]) -> None:
+    with tempfile.TemporaryDirectory(prefix="hsync-walk-") as tmp:
+        root = Path(tmp)
+        _make(root, entries)
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.listdir(fd)  # the descriptor's offset moved: the listing must not care
+            got = sorted(fs._lstat_dir(fd))
+            want = sorted(fs._lstat_dir_py(fd))
+        finally:
+            os.close(fd)
+        assert got == want
+        assert sorted(n for n, *_ in got) == sorted(entries)
+        for name, mode, size, mtime, ino, dev in got:
+            st_ = os.lstat(os.path.join(tmp, name))
+            assert (mode, ino, dev) == (st_.st_mode, st_.st_ino, st_.st_dev)
+            if stat.S_ISREG(mode):
+                assert (size, mtime) == (st_.st_size, st_.st_mtime_ns)
+
+
+def test_the_c_listing_is_built_where_there_is_a_compiler() -> None:
+    """``pip install`` builds it (setup.py); only a machine without a C compiler runs the
+    slower Python listing."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler here")
+    assert fs._lstat_dir is not fs._lstat_dir_py
+
+
+def test_a_sync_with_the_python_listing_gives_the_same_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = {"d/f": b"1", "d/e/g": b"22", "\udcffname": b"333", "l": b"4"}
+    src = build(tmp_path / "src", spec)
+    os.symlink("d/f", src / "link")
+    monkeypatch.setattr(fs, "_lstat_dir", fs._lstat_dir_py)
+    report = sync_once(str(src), str(tmp_path / "dst"), Options(state=str(tmp_path / "h")))
+    assert report.problems == []
+    assert_same_tree(src, tmp_path / "dst")
+    (src / "d" / "f").write_bytes(b"changed")
+    again = sync_once(str(src), str(tmp_path / "dst"), Options(state=str(tmp_path / "h")))
+    assert again.counts["update"] >= 1
+    assert_same_tree(src, tmp_path / "dst")
+
