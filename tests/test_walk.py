@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -60,10 +61,12 @@ def test_the_c_listing_equals_the_python_one(entries: dict[str, tuple[str, int]]
 
 
 def test_the_c_listing_is_built_where_there_is_a_compiler() -> None:
-    """``pip install`` builds it (setup.py); only a machine without a C compiler runs the
-    slower Python listing."""
+    """``pip install`` builds it (setup.py); only a machine without a C compiler or
+    Python's headers runs the slower Python listing."""
     if shutil.which("cc") is None and shutil.which("gcc") is None:
         pytest.skip("no C compiler here")
+    if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        pytest.skip("no Python headers here")
     assert fs._lstat_dir is not fs._lstat_dir_py
 
 
