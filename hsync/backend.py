@@ -32,6 +32,9 @@ class Capabilities:
     """Names that differ only by case are the same name."""
     content: bool = True
     """Nodes carry content streamed by ``read`` (files), not only attributes."""
+    waits: bool = False
+    """A scan mostly waits on a server: it may run in a thread beside the other tree's
+    scan (the waiting releases the GIL)."""
     deferred_flush: bool = False
     """``apply_batch(..., defer_durable=True)`` returns while the batch's flush to
     stable storage still runs (``ApplyResult.durable`` waits for it)."""

@@ -289,6 +289,8 @@ def scan_both(
         collect: Callable[[], Snapshot] = Snapshot
         if destination.exists():
             collect = lambda: destination.scan((), exclude=exclude)  # noqa: E731
+            if destination.capabilities.waits or source.capabilities.waits:
+                collect = _in_thread(collect)  # a server's answers, read side by side
         try:
             _source_root_check(source)  # again: a watch's root may have gone since
             src = source.scan((), exclude=exclude)
@@ -317,6 +319,31 @@ def scan_both(
         child.close()
     check_source(source, src, dst, options)
     return src, dst
+
+
+def _in_thread(scan: Callable[[], Snapshot]) -> Callable[[], Snapshot]:
+    """Start ``scan`` in a thread; the returned function waits for its snapshot (or
+    raises what it raised)."""
+    import threading
+
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(scan())
+        except BaseException as e:  # handed to the caller
+            out.append(e)
+
+    t = threading.Thread(target=run, name="hsync-scan", daemon=True)
+    t.start()
+
+    def collect() -> Snapshot:
+        t.join()
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        return out[0]  # type: ignore[no-any-return]
+
+    return collect
 
 
 DIRTY_SHARE = 0.5

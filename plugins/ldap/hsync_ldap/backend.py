@@ -104,7 +104,9 @@ class LdapBackend:
             {"starttls", "1.3.6.1.4.1.1466.20037"} & exts
             or os.environ.get("HSYNC_LDAP_STARTTLS", "") in ("1", "yes", "true")
         )
-        self.capabilities = Capabilities(subtree_move=True, atomic_rename=False, content=False)
+        self.capabilities = Capabilities(
+            subtree_move=True, atomic_rename=False, content=False, waits=True
+        )
         self._credentials = credentials  # from a config file; else the environment
         self.bind_dn, _ = self.credentials()
         self.conn = self._connect()
