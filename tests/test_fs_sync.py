@@ -406,3 +406,43 @@ def test_no_scan_process_outlives_a_refused_sync(tmp_path: Path) -> None:
         sync_once(str(src), str(dst), Options(state=state))
     assert _children_of(os.getpid()) == []
     assert (dst / "a" / "f").read_bytes() == b"x"
+
+
+@pytest.mark.timeout(60)
+def test_the_scanning_child_dies_with_a_killed_run(tmp_path: Path) -> None:
+    """kill -9 of a run while the destination is being scanned in its forked child:
+    the child goes too (it is not left walking a big tree for nothing)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    state = str(tmp_path / "state.sqlite")
+    build(src, {f"d{i:02d}/f{j}": b"x" for i in range(30) for j in range(30)})
+    assert sync_once(str(src), str(dst), Options(state=state)).problems == []
+    # a run whose scans are held: the destination's child is forked by then
+    code = (
+        "import sys, time\n"
+        "from hsync.backends import fs\n"
+        "real = fs.FsBackend.scan\n"
+        "def slow(self, *a, **k):\n"
+        "    if self.role == 'source':\n"
+        "        print('scanning', flush=True)\n"
+        "    time.sleep(60)  # both walks are long: the child's too\n"
+        "    return real(self, *a, **k)\n"
+        "fs.FsBackend.scan = slow\n"
+        "from hsync.sync import Options, sync_once\n"
+        f"sync_once({str(src)!r}, {str(dst)!r}, Options(state={state!r}))\n"
+    )
+    run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert run.stdout is not None
+    assert run.stdout.readline().strip() == "scanning"
+    children = _children_of(run.pid)
+    assert len(children) == 1  # the destination's scan
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    deadline = time.monotonic() + 10
+    while _alive(children[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(children[0])

@@ -1047,7 +1047,8 @@ def _ident(st: os.stat_result, identity: int | str) -> int:
 
 
 def _worker_init(parent: int) -> None:
-    """A copy worker dies with its parent: a killed run must not go on writing."""
+    """A copy worker (or a scanning child) dies with its parent: a killed run must not
+    go on writing, nor walking."""
     import ctypes
     import signal
 
@@ -1418,6 +1419,7 @@ class ScanChild:
             return
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
+        parent = os.getpid()
         try:
             pid = os.fork()
         except OSError:
@@ -1427,6 +1429,7 @@ class ScanChild:
         if pid == 0:  # child: scan, serve the requests, never return into the caller
             code = 1
             try:
+                _worker_init(parent)  # a killed run takes its scan along
                 os.close(req_w)
                 os.close(res_r)
                 self._serve(req_r, res_w)
