@@ -446,3 +446,44 @@ def test_the_scanning_child_dies_with_a_killed_run(tmp_path: Path) -> None:
     while _alive(children[0]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(children[0])
+
+
+@pytest.mark.parametrize(
+    "swap",
+    ["symlink targets", "file modes", "file mtimes", "file sizes"],
+)
+def test_two_entries_swapping_one_field_are_synced_by_a_resync(tmp_path: Path, swap: str) -> None:
+    """Regression (hypothesis): a re-sync compares directory digests, and a digest that
+    was a sum of tuple hashes did not change when two entries swapped a field (two
+    symlinks swapping targets): the destination kept the old targets."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    state = str(tmp_path / "state.sqlite")
+    src.mkdir()
+    if swap == "symlink targets":
+        os.symlink("a", src / "A")
+        os.symlink("../x", src / "a")
+    else:
+        build(src, {
+            "A": File(b"1" * 10, mode=0o644, mtime_ns=T0),
+            "a": File(b"2" * 20, mode=0o600, mtime_ns=T0 + 1),
+        })
+    assert sync_once(str(src), str(dst), Options(state=state)).problems == []
+    if swap == "symlink targets":
+        (src / "A").unlink()
+        (src / "a").unlink()
+        os.symlink("../x", src / "A")
+        os.symlink("a", src / "a")
+    elif swap == "file modes":
+        (src / "A").chmod(0o600)
+        (src / "a").chmod(0o644)
+    elif swap == "file mtimes":
+        os.utime(src / "A", ns=(T0 + 1, T0 + 1))
+        os.utime(src / "a", ns=(T0, T0))
+    else:  # sizes: each file gets the other's length, mtimes kept
+        (src / "A").write_bytes(b"1" * 20)
+        (src / "a").write_bytes(b"2" * 10)
+        os.utime(src / "A", ns=(T0, T0))
+        os.utime(src / "a", ns=(T0 + 1, T0 + 1))
+    report = sync_once(str(src), str(dst), Options(state=state, check=True))
+    assert report.problems == []
+    assert_same_tree(src, dst)

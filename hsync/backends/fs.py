@@ -21,6 +21,7 @@ import marshal
 import os
 import stat
 import threading
+from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager
@@ -54,7 +55,17 @@ CHUNK_FILES = 64
 CHUNK_BYTES = 4 << 20
 _CHUNK = 1 << 20
 _counter = itertools.count()
-_DIGEST_MASK = (1 << 64) - 1
+
+
+def _listing_digest(hashes: list[int]) -> int:
+    """One number for a directory's listing, from its entries' hashes (in any order): a
+    64-bit xxh3 of them, sorted. Not their sum: Python's tuple hash is nearly additive
+    in its fields, so two entries that swap a field (two symlinks swapping targets)
+    left the sum as it was. Equal digests mean equal listings but with odds of 2^-64."""
+    from xxhash import xxh3_64_intdigest
+
+    hashes.sort()
+    return xxh3_64_intdigest(array("q", hashes).tobytes())  # type: ignore[no-any-return]
 
 Entry = tuple[str, Any, int, int, int, int]
 """One listed name: ``(name, st_mode, st_size, st_mtime_ns, st_ino, st_dev)``, or
@@ -245,7 +256,7 @@ class FsBackend:
         held = snap.holds_excluded
         S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
         readlink = os.readlink
-        acc = 0
+        hashes: list[int] = []
         for name, mode, size, mtime, st_ino, st_dev in entries:
             k = (*key, name)
             if mode is None:  # its lstat failed (one gone since the listing is left out)
@@ -285,9 +296,9 @@ class FsBackend:
                 skipped.append((k, _special_kind(mode)))
                 continue
             if digests is not None:
-                acc += hash((name, *row[:5]))
+                hashes.append(hash((name, *row[:5])))
         if digests is not None:
-            digests[key] = acc & _DIGEST_MASK
+            digests[key] = _listing_digest(hashes)
 
     def is_empty(self) -> bool:
         """True when the root is missing or holds nothing but hsync's temporary files."""
