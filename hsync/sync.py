@@ -361,12 +361,7 @@ def _compare_digests(
 ) -> tuple[Snapshot, Snapshot] | None:
     """The partial snapshots over what differs between ``src`` and the child's scan,
     or None when a full comparison is due (something unreadable, or most differs).
-
-    Identity beats a name (SPEC section 3): a directory whose listing differs and
-    whose source identity the history places at another key came from there (a swap,
-    a rotation): its whole subtree is compared, so diff matches it by identity as a
-    full comparison would. A node whose name and payload are unchanged is in sync,
-    as in a full comparison."""
+    Where the region's nodes came from is compared too (``_with_origins``)."""
     summary = child.summary()
     if src.incomplete or summary["incomplete"]:
         return None  # what a full comparison does with those is not repeated here
@@ -378,14 +373,8 @@ def _compare_digests(
     region, listed = listing_region(
         src, rows.get(()), summary["root"], child.listings(dirty) if dirty else {}
     )
-    if history is not None and dirty:
-        idents = {rows[d][5]: d for d in dirty if d}
-        came = [
-            (idents[i], was) for i, (was, _) in history.lookup_many(idents).items()
-            if was != idents[i]
-        ]
-        if came:  # both places, whole: where it is now and where it was
-            region = region.union(Region.of([k for pair in came for k in pair]))
+    if history is not None:
+        region = _with_origins(region, src, dirty, history)
     src_part = region_snapshot(rows, region, src.children)
     src_part.skipped = list(src.skipped)
     src_part.holds_excluded = set(src.holds_excluded)
@@ -398,6 +387,46 @@ def _compare_digests(
     dst_part.holds_excluded = set(summary["held"])
     dst_part.scanned = summary["count"]
     return src_part, dst_part
+
+
+def _with_origins(region: Region, src: Snapshot, dirty: list[Key], history: Any) -> Region:
+    """``region`` grown by where its source nodes came from: identity beats a name (SPEC
+    section 3). A node of the region (or a directory whose listing differs) whose
+    identity the history places at another key came from there (a rename, a swap, a
+    rotation): that key is compared too, whole, so diff matches the two by identity as
+    a full comparison would, even where the node at the old key kept its name and
+    payload. Repeated until no new place turns up."""
+    rows = src.nodes.rows  # type: ignore[attr-defined]
+    checked: set[Key] = set()
+    moved_dirs = set(dirty)
+    while True:
+        keys: set[Key] = {*region.shallow, *(d for d in dirty if d)}
+        for top in region.deep:
+            if top in rows:
+                keys.add(top)
+                keys.update(src.walk(top))
+        keys -= checked
+        keys.discard(())
+        if not keys:
+            return region
+        checked |= keys
+        now = {rows[k][5]: k for k in keys}
+        came: list[tuple[Key, Key]] = []
+        for ident, (was, _) in history.lookup_many(now).items():
+            k = now[ident]
+            if was != k and (
+                not _covered(was, region) or (k in moved_dirs and not _covered(k, region))
+            ):
+                came.append((k, was))
+        if not came:
+            return region
+        # both places, whole: where the node is now and where it was
+        region = region.union(Region.of([k for pair in came for k in pair]))
+
+
+def _covered(key: Key, region: Region) -> bool:
+    """True when ``key`` is in a deep subtree of ``region``."""
+    return any(key[:i] in region.deep for i in range(len(key) + 1))
 
 
 def check_source(source: Backend, src: Snapshot, dst: Snapshot, options: Options) -> None:

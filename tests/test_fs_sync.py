@@ -487,3 +487,29 @@ def test_two_entries_swapping_one_field_are_synced_by_a_resync(tmp_path: Path, s
     report = sync_once(str(src), str(dst), Options(state=state, check=True))
     assert report.problems == []
     assert_same_tree(src, dst)
+
+
+def test_a_rotation_through_a_node_that_kept_its_name_and_payload_is_moves_only(
+    tmp_path: Path,
+) -> None:
+    """Regression (hypothesis): two identical symlinks swap places, then one of them
+    swaps with a directory. The symlink now at ``a`` kept its name and payload, so its
+    directory's digest alone did not show it; where the region's nodes came from is
+    compared too, and the plan is moves, as a full comparison plans it."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    state = str(tmp_path / "state.sqlite")
+    build(src, {"b/a": File(b"", mtime_ns=T0), "A": Link("a"), "a": Link("a")})
+    assert sync_once(str(src), str(dst), Options(state=state)).problems == []
+
+    def swap(x: str, y: str) -> None:
+        (src / x).rename(src / ".swap-tmp")
+        (src / y).rename(src / x)
+        (src / ".swap-tmp").rename(src / y)
+
+    swap("A", "a")
+    swap("A", "b")
+    report = sync_once(str(src), str(dst), Options(state=state, check=True))
+    assert report.problems == []
+    assert_same_tree(src, dst)
+    assert report.plan is not None
+    assert sorted(op.op for op in report.plan.ops if op.op in ("create", "delete")) == []

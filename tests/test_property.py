@@ -608,10 +608,10 @@ def test_digest_comparison_finds_what_a_full_comparison_finds(
     source: dict[str, object], on_source: list[tuple], on_destination: list[tuple]
 ) -> None:
     """After a first sync, the source changes and so does the destination behind
-    hsync's back; comparing directory digests and shipping only what differs finds
-    no more changes than comparing every node (the same, but where a directory that
-    kept its name and metadata is matched in place rather than by its identity), and
-    the sync converges."""
+    hsync's back; comparing directory digests and shipping only what differs (and
+    where it came from) finds no more changes than comparing every node (the same
+    ones in all but a few cases, where a directory is kept in place rather than moved
+    by its identity), and the sync converges."""
     with tempfile.TemporaryDirectory(prefix="hsync-prop-") as tmp:
         base = Path(tmp)
         state = base / "state.sqlite"  # without a history, every comparison is full
