@@ -3,8 +3,9 @@
  * The scan's inner loop in Python spends more time creating os.stat_result objects and
  * reading their attributes than in the system calls. list(fd) returns, per entry of the
  * directory open as ``fd`` (read from the start, and rewound after, as os.listdir does),
- * the tuple (name, st_mode, st_size, st_mtime_ns, st_ino, st_dev); an entry whose lstat
- * fails with anything but ENOENT is (name, None, errno, 0, 0, 0); one gone since readdir
+ * the tuple (name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, payload hash); an
+ * entry whose lstat fails with anything but ENOENT is (name, None, errno, 0, 0, 0, 0);
+ * one gone since readdir
  * (ENOENT) is left out. Names are decoded as os.listdir decodes them (the filesystem
  * encoding with surrogateescape), so a name that is not UTF-8 survives. Symlinks are
  * never followed. hsync/backends/fs.py has the same function in Python, used where
@@ -16,7 +17,39 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <stdint.h>
 #include <unistd.h>
+
+/* splitmix64's finalizer: every input bit reaches every output bit */
+static inline uint64_t
+mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+/* The entry's payload hash: its name and what a sync compares (SPEC 2): kind, then
+ * permission bits, size and mtime for a file, permission bits and mtime for a
+ * directory, nothing more for a symlink (its target is added by the caller). */
+static inline int64_t
+entry_hash(const char *name, const struct stat *st)
+{
+    uint64_t h = 0xcbf29ce484222325ULL; /* FNV-1a over the name's bytes */
+    for (const unsigned char *p = (const unsigned char *)name; *p; p++) {
+        h ^= *p;
+        h *= 0x100000001b3ULL;
+    }
+    h = mix64(h ^ (uint64_t)(st->st_mode & S_IFMT));
+    if (S_ISREG(st->st_mode) || S_ISDIR(st->st_mode)) {
+        h = mix64(h ^ (uint64_t)(st->st_mode & 07777));
+        if (S_ISREG(st->st_mode))
+            h = mix64(h ^ (uint64_t)st->st_size);
+        h = mix64(h ^ (uint64_t)((long long)st->st_mtim.tv_sec * 1000000000LL
+                                 + (long long)st->st_mtim.tv_nsec));
+    }
+    return (int64_t)h;
+}
 
 static PyObject *
 walk_list(PyObject *self, PyObject *arg)
@@ -65,12 +98,13 @@ walk_list(PyObject *self, PyObject *arg)
             goto fail;
         PyObject *item;
         if (rc != 0)
-            item = Py_BuildValue("(NOiiii)", name, Py_None, err, 0, 0, 0);
+            item = Py_BuildValue("(NOiiiii)", name, Py_None, err, 0, 0, 0, 0);
         else
             item = Py_BuildValue(
-                "(NIKLKK)", name, (unsigned int)st.st_mode, (unsigned long long)st.st_size,
+                "(NIKLKKL)", name, (unsigned int)st.st_mode, (unsigned long long)st.st_size,
                 (long long)st.st_mtim.tv_sec * 1000000000LL + (long long)st.st_mtim.tv_nsec,
-                (unsigned long long)st.st_ino, (unsigned long long)st.st_dev);
+                (unsigned long long)st.st_ino, (unsigned long long)st.st_dev,
+                (long long)entry_hash(n, &st));
         if (item == NULL)
             goto fail;
         rc = PyList_Append(out, item);
@@ -90,7 +124,7 @@ fail:
 
 static PyMethodDef methods[] = {
     {"list", walk_list, METH_O,
-     "list(fd) -> [(name, mode, size, mtime_ns, ino, dev) | (name, None, errno, 0, 0, 0)]"},
+     "list(fd) -> [(name, mode, size, mtime_ns, ino, dev, hash) | (name, None, errno, ...)]"},
     {NULL, NULL, 0, NULL},
 };
 

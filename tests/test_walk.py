@@ -47,8 +47,8 @@ def test_the_c_listing_equals_the_python_one(entries: dict[str, tuple[str, int]]
         fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.listdir(fd)  # the descriptor's offset moved: the listing must not care
-            got = sorted(fs._lstat_dir(fd))
-            want = sorted(fs._lstat_dir_py(fd))
+            got = sorted(e[:6] for e in fs._lstat_dir(fd))  # the hashes differ by design
+            want = sorted(e[:6] for e in fs._lstat_dir_py(fd))
         finally:
             os.close(fd)
         assert got == want
@@ -85,3 +85,47 @@ def test_a_sync_with_the_python_listing_gives_the_same_tree(
     assert again.counts["update"] >= 1
     assert_same_tree(src, tmp_path / "dst")
 
+
+
+@pytest.mark.parametrize("listing", ["c", "python"])
+def test_an_entry_hash_follows_the_payload_a_sync_compares(tmp_path: Path, listing: str) -> None:
+    """The per-entry hash behind the directory digests changes with what a sync
+    compares (a file's mode, size, mtime; a directory's mode and mtime) and with
+    nothing else (a directory's size, a symlink's own mtime)."""
+    if listing == "c" and fs._lstat_dir is fs._lstat_dir_py:
+        pytest.skip("hsync._walk was not built")
+    lst = fs._lstat_dir if listing == "c" else fs._lstat_dir_py
+
+    def hashes() -> dict[str, int]:
+        fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return {e[0]: e[6] for e in lst(fd)}
+        finally:
+            os.close(fd)
+
+    f, d, link = tmp_path / "f", tmp_path / "d", tmp_path / "l"
+    f.write_bytes(b"abc")
+    os.utime(f, ns=(1, 10**18))
+    d.mkdir()
+    os.utime(d, ns=(1, 10**18))
+    os.symlink("target", link)
+    before = hashes()
+    assert len(set(before.values())) == 3
+    mode = stat.S_IMODE(f.stat().st_mode)
+    f.chmod(0o600 if mode != 0o600 else 0o640)
+    assert hashes()["f"] != before["f"]
+    f.chmod(mode)
+    assert hashes()["f"] == before["f"]  # the mode back: the hash back
+    f.write_bytes(b"abcd")
+    os.utime(f, ns=(1, 10**18))
+    assert hashes()["f"] != before["f"]  # size
+    f.write_bytes(b"abc")
+    os.utime(f, ns=(1, 10**18 + 1))
+    assert hashes()["f"] != before["f"]  # mtime
+    for i in range(300):  # the directory grows: its size changes, its payload not
+        (d / f"n{i:03d}-{'x' * 40}").write_bytes(b"")
+    os.utime(d, ns=(1, 10**18))
+    assert os.stat(d).st_size > 4096
+    assert hashes()["d"] == before["d"]
+    os.utime(link, ns=(5, 5), follow_symlinks=False)  # a symlink's payload: its target
+    assert hashes()["l"] == before["l"]

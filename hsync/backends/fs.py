@@ -58,23 +58,27 @@ _counter = itertools.count()
 
 
 def _listing_digest(hashes: list[int]) -> int:
-    """One number for a directory's listing, from its entries' hashes (in any order): a
-    64-bit xxh3 of them, sorted. Not their sum: Python's tuple hash is nearly additive
-    in its fields, so two entries that swap a field (two symlinks swapping targets)
-    left the sum as it was. Equal digests mean equal listings but with odds of 2^-64."""
+    """One number for a directory's listing, from its entries' payload hashes (in any
+    order, signed 64-bit): a 64-bit xxh3 of them, sorted. Not their sum: Python's tuple
+    hash is nearly additive in its fields, so two entries that swap a field (two
+    symlinks swapping targets) left the sum as it was. Equal digests mean equal
+    listings but with odds of 2^-64."""
     from xxhash import xxh3_64_intdigest
 
     hashes.sort()
     return xxh3_64_intdigest(array("q", hashes).tobytes())  # type: ignore[no-any-return]
 
-Entry = tuple[str, Any, int, int, int, int]
-"""One listed name: ``(name, st_mode, st_size, st_mtime_ns, st_ino, st_dev)``, or
-``(name, None, errno, 0, 0, 0)`` when its lstat failed."""
+Entry = tuple[str, Any, int, int, int, int, int]
+"""One listed name: ``(name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, hash)``, or
+``(name, None, errno, 0, 0, 0, 0)`` when its lstat failed. ``hash``: of the name and the
+payload a sync compares (kind; mode bits, size, mtime for a file; mode bits, mtime for
+a directory; a symlink's target is not in it), for the directory digests."""
 
 
 def _lstat_dir_py(fd: int) -> list[Entry]:
     """Every name of the directory open as ``fd`` with its lstat (names gone since the
-    listing are left out). ``hsync._walk.list`` is the same in C, where it was built."""
+    listing are left out). ``hsync._walk.list`` is the same in C, where it was built;
+    the two hash entries differently (a run uses one of them on both trees)."""
     out: list[Entry] = []
     lstat = os.lstat
     for name in os.listdir(fd):
@@ -83,9 +87,16 @@ def _lstat_dir_py(fd: int) -> list[Entry]:
         except FileNotFoundError:
             continue
         except OSError as e:
-            out.append((name, None, e.errno or 0, 0, 0, 0))
+            out.append((name, None, e.errno or 0, 0, 0, 0, 0))
             continue
-        out.append((name, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev))
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), st.st_size, st.st_mtime_ns))
+        elif stat.S_ISDIR(mode):
+            h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), st.st_mtime_ns))
+        else:
+            h = hash((name, stat.S_IFMT(mode)))
+        out.append((name, mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, h))
     return out
 
 
@@ -257,7 +268,7 @@ class FsBackend:
         S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
         readlink = os.readlink
         hashes: list[int] = []
-        for name, mode, size, mtime, st_ino, st_dev in entries:
+        for name, mode, size, mtime, st_ino, st_dev, h in entries:
             k = (*key, name)
             if mode is None:  # its lstat failed (one gone since the listing is left out)
                 incomplete[k] = os.strerror(size)
@@ -270,13 +281,13 @@ class FsBackend:
                 if exclude is not None and exclude(k, False):
                     held.add(key)
                     continue
-                row = nodes[k] = (FILE, S_IMODE(mode), size, mtime, None, ino)
+                nodes[k] = (FILE, S_IMODE(mode), size, mtime, None, ino)
                 kids.append(k)
             elif S_ISDIR(mode):
                 if exclude is not None and exclude(k, True):
                     held.add(key)
                     continue
-                row = nodes[k] = (DIR, S_IMODE(mode), 0, mtime, None, ino)
+                nodes[k] = (DIR, S_IMODE(mode), 0, mtime, None, ino)
                 kids.append(k)
                 stack.append((f"{path}/{name}", k, st_ino, st_dev))
             elif S_ISLNK(mode):
@@ -290,13 +301,14 @@ class FsBackend:
                 except OSError as e:
                     incomplete[k] = e.strerror or str(e)
                     continue
-                row = nodes[k] = (SYMLINK, 0, 0, 0, target, ino)  # payload: target only
+                nodes[k] = (SYMLINK, 0, 0, 0, target, ino)  # payload: target only
                 kids.append(k)
+                h = hash((h, target))
             else:
                 skipped.append((k, _special_kind(mode)))
                 continue
             if digests is not None:
-                hashes.append(hash((name, *row[:5])))
+                hashes.append(h)
         if digests is not None:
             digests[key] = _listing_digest(hashes)
 
@@ -342,7 +354,7 @@ class FsBackend:
                 if seen.st_ino != ino or seen.st_dev != dev:
                     return None
                 out = []
-                for name, mode, size, mtime, st_ino, st_dev in _lstat_dir(fd):
+                for name, mode, size, mtime, st_ino, st_dev, _ in _lstat_dir(fd):
                     if mode is None:
                         continue
                     row: Any
