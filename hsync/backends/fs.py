@@ -870,10 +870,7 @@ class _Batch:
                         os.link(oname, tmp, src_dir_fd=ofd, dst_dir_fd=dfd,
                                 follow_symlinks=False)
                         try:
-                            if op.op == UPDATE:
-                                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-                            else:
-                                _rename_noreplace(tmp, name, dfd, dfd)
+                            _rename_into(tmp, name, dfd, replace=op.op == UPDATE)
                         except BaseException:
                             _unlink_quiet(tmp, dfd)
                             raise
@@ -1195,14 +1192,20 @@ def _publish(
             or after.st_mtime_ns != before.st_mtime_ns
         ):
             raise SourceChanged("the source file changed while it was copied")
-        if replace:
-            os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
-        else:
-            _rename_noreplace(tmp, final, dfd, dfd)
+        _rename_into(tmp, final, dfd, replace=replace)
     except BaseException:
         _unlink_quiet(tmp, dfd)
         raise
     return copied
+
+
+def _rename_into(tmp: str, final: str, dfd: int, *, replace: bool) -> None:
+    """Publish the temporary ``tmp`` as ``final`` in the directory ``dfd``: over what is
+    there (``replace``, an update) or only onto a free name (a create)."""
+    if replace:
+        os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+    else:
+        _rename_noreplace(tmp, final, dfd, dfd)
 
 
 _renameat2: list[Any] = []
