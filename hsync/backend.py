@@ -1,28 +1,46 @@
-"""The backend protocol and the registry of backends by URL scheme.
+"""The backend contract: written once here, used as written by the core.
 
-A backend opens one endpoint (a location such as a path, ``file:///abs``,
-``ldap://host/BASE``). Backends register in the entry-point group ``hsync.backends``
-under their scheme; the filesystem backend is built in under ``file`` and is also
-what a bare path opens.
+A backend opens one endpoint of a sync (a path, ``file:///abs``, ``ldap://host/BASE``,
+...). It implements the required ``Backend`` protocol; what it can do beyond that it
+says through small optional protocols (``SortedWalk``, ``Streaming``, ``DigestScanning``,
+``BulkHashing``, ``Watchable``, ``ResumableWatchable``, ``Related``), which ``open_endpoint``
+resolves once into a frozen ``Features`` value (rclone's ``Features().Fill``). The core
+reads ``Features``; it never probes a backend with ``getattr``.
+
+Every argument is a value (keys, nodes, snapshots, ops, ``Exclude`` patterns, frozen
+options) or a token the caller owns (``Cancel``, a ``WatchSink``), and every result is a
+value: the contract can be forwarded over a byte stream (remote endpoints, SPEC 12) and
+handed a partition of a tree (SPEC 11). See ``plugins/README.md`` for how to write one
+and ``docs/ARCHITECTURE.md`` for how the core uses it.
+
+Backends register in the entry-point group ``hsync.backends`` under their URL scheme;
+the filesystem backend is built in under ``file`` and is also what a bare path opens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, BinaryIO, Protocol, runtime_checkable
+import os
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, runtime_checkable
 
 import attrs
 
+from .cancel import NEVER, Cancel
 from .errors import UsageError
 
 if TYPE_CHECKING:
-    from .model import Key, Node, Op, Problem, Snapshot
+    from .filters import Exclude
+    from .model import Key, Node, Op, Problem, Row, Snapshot
+
+Role = Literal["source", "destination"]
+Relation = Literal["same", "inside", "contains"]
 
 
+# -- values --------------------------------------------------------------------------------
 @attrs.frozen(kw_only=True)
 class Capabilities:
-    """What a backend can do; the planner and applier respect it."""
+    """What a backend can do; the planner and the applier respect it."""
 
     subtree_move: bool = True
     """A move of a container carries its subtree (rename, modrdn with newSuperior)."""
@@ -34,10 +52,10 @@ class Capabilities:
     """Nodes carry content streamed by ``read`` (files), not only attributes."""
     waits: bool = False
     """A scan mostly waits on a server: it may run in a thread beside the other tree's
-    scan (the waiting releases the GIL)."""
+    scan, and a streamed walk is read ahead in a thread (the waiting releases the GIL)."""
     deferred_flush: bool = False
-    """``apply_batch(..., defer_durable=True)`` returns while the batch's flush to
-    stable storage still runs (``ApplyResult.durable`` waits for it)."""
+    """``apply_batch`` with ``ApplyOptions(defer_durable=True)`` returns while the
+    batch's flush to stable storage still runs (``ApplyResult.durable`` waits for it)."""
 
 
 @attrs.frozen
@@ -49,22 +67,69 @@ class Credentials:
     password: str = attrs.field(default="", repr=False)
 
 
+@attrs.frozen(kw_only=True)
+class ApplyOptions:
+    """How a batch is applied (the sync options that reach the destination)."""
+
+    fsync: bool = False
+    """One fsync per file instead of one flush of the destination per batch."""
+    hard_links: bool = False
+    """Source files that share an identity become one node here too (rsync -H)."""
+    defer_durable: bool = False
+    """Return while the batch's flush still runs (only where ``deferred_flush``)."""
+
+
 @attrs.define
 class ApplyResult:
-    """What one batch did: per-op outcome counters and problems."""
+    """What one batch did: the ops done, the problems, the content bytes written."""
 
     done: list[Op] = attrs.field(factory=list)
     problems: list[Problem] = attrs.field(factory=list)
     bytes_copied: int = 0
     durable: Callable[[], None] | None = None
-    """Waits until the batch is durable, when the backend was asked to let its flush
-    run on (``apply_batch(..., defer_durable=True)``); None: it already is."""
+    """Waits until the batch is durable when the flush was deferred; None: it is."""
+
+
+@attrs.frozen(kw_only=True)
+class DigestSummary:
+    """What a digest scan saw, small enough to ship: one digest per directory listed
+    (two directories with equal digests hold the same names with the same payloads),
+    what could not be read, the special files left out, the directories holding
+    excluded nodes, the node count and the root's row."""
+
+    digests: dict[Key, int]
+    incomplete: dict[Key, str]
+    skipped: list[tuple[Key, str]]
+    held: set[Key]
+    count: int
+    root: Row | None
+
+
+@attrs.frozen
+class Resume:
+    """Where a watch may resume: a token one of its own watches gave out
+    (``Watch.checkpoint``), and the source's identity -> key map of what was synced up
+    to that point (from the history; called once, lazily)."""
+
+    token: bytes
+    identities: Callable[[], Iterable[tuple[object, Key]]] = attrs.field(repr=False)
+
+
+# -- what the caller hands in ------------------------------------------------------------------
+class ContentSource(Protocol):
+    """Where ``apply_batch`` reads file content from: the other endpoint (locally a
+    backend; over a stream, the proxy that asks the far side)."""
+
+    url: str
+
+    def read(self, key: Key) -> BinaryIO:
+        """An open binary stream of the content at ``key``."""
+        ...
 
 
 class WatchSink(Protocol):
-    """Where a backend's watcher reports what changed (the watcher never applies).
-
-    Methods are called from the watcher's own thread(s) and must return quickly."""
+    """Where a watch reports what changed (it never applies anything). Called from the
+    watch's own thread(s); each call returns quickly."""
 
     def dirty(self, key: Key, *, deep: bool = True) -> None:
         """``key`` changed. ``deep``: anything at or below it may have changed (created,
@@ -82,101 +147,319 @@ class WatchSink(Protocol):
         ...
 
 
+# -- the required protocol ------------------------------------------------------------------
 @runtime_checkable
 class Backend(Protocol):
-    """One endpoint of a sync."""
+    """One endpoint of a sync. Constructed as ``Cls(location, *, role, credentials=None,
+    exclude_attrs=())`` (``BackendFactory``); ``close`` releases it."""
 
     url: str
+    """The location as opened (shown in messages)."""
     capabilities: Capabilities
 
-    def exists(self) -> bool:
-        """True when the endpoint's root exists (a missing root is not an error)."""
+    def canonical_url(self) -> str:
+        """The same string for every location that names this endpoint (a resolved
+        path, a normalized base DN): what the history is keyed by."""
+        ...
+
+    def root_error(self) -> str | None:
+        """None when the root is there and usable as a tree; else why not, in a few
+        words ("does not exist", "is not a directory", "is not readable")."""
+        ...
+
+    def root_id(self) -> Hashable | None:
+        """What identifies the root now (a filesystem's device and inode, an LDAP base
+        entry's entryUUID), or None when it is absent: a different value means the root
+        was replaced or unmounted."""
+        ...
+
+    def is_empty(self) -> bool:
+        """True when the root is absent or holds no node (nothing but hsync's own
+        temporary names): an initial copy into it needs no comparison."""
         ...
 
     def scan(
-        self, subtree: Key = (), *, exclude: Callable[[Key, bool], bool] | None = None
+        self, subtree: Key = (), *, exclude: Exclude | None = None, cancel: Cancel = NEVER
     ) -> Snapshot:
         """What is at and below ``subtree`` now, parents before children. Never follows
         a symlink; unreadable parts are listed in ``Snapshot.incomplete``, not raised.
+        ``cancel`` is checked once per directory (or page): ``Cancelled`` is raised.
 
         For ``subtree != ()``: an absent key gives an empty snapshot (no node, nothing
         incomplete); a leaf gives a snapshot of that one node; the ancestors of
-        ``subtree`` are not included (see ``stat``). No ancestor is followed through a
-        symlink either."""
+        ``subtree`` are not included (see ``stat``)."""
         ...
 
     def stat(self, key: Key) -> Node | None:
-        """The node at ``key`` without its children, or None when it is absent (also when
-        an ancestor is absent or not a container). Raises ``OSError``-like errors only
-        for what cannot be read."""
+        """The node at ``key`` without its children, or None when it is absent (also
+        when an ancestor is absent or not a container). Raises ``OSError`` only for
+        what cannot be read."""
         ...
 
     def read(self, key: Key) -> BinaryIO:
-        """An open binary stream of the content at ``key``."""
+        """An open binary stream of the content at ``key`` (``OSError`` when none)."""
         ...
 
     def digest(self, key: Key) -> bytes | None:
-        """A fast content hash of ``key``, or None when it cannot be read."""
+        """A hash of the content at ``key`` (the same function on every endpoint of
+        one kind), or None when it cannot be read or there is no content."""
         ...
 
     def apply_batch(
-        self, ops: Sequence[Op], source: Backend, final: Snapshot, *, fsync: bool = False
+        self,
+        ops: Sequence[Op],
+        source: ContentSource,
+        final: Snapshot,
+        *,
+        options: ApplyOptions = ApplyOptions(),
+        cancel: Cancel = NEVER,
+        on_done: Callable[[Op], None] | None = None,
     ) -> ApplyResult:
         """Run ``ops`` in order on this endpoint, reading content from ``source``.
 
-        A failure on one op is a ``Problem`` in the result and the rest goes on. Before
+        A failure on one op is a ``Problem`` in the result and the rest goes on; before
         a destructive op the backend checks the target still holds what the plan
-        expected. ``final`` is the source snapshot (directory metadata is set from it
-        after a directory's children have settled)."""
+        expected (``Op.old``). ``final`` is the source snapshot the ops lead to (a
+        directory's metadata is set from it once its children settled). ``cancel`` is
+        checked between ops: the ops not run come back as problems of kind
+        ``cancelled``. ``on_done(op)`` is called for each op done (progress). A fault of
+        the whole endpoint (full, read-only) raises a ``BackendError``. The batch is
+        durable when this returns (unless ``options.defer_durable``)."""
+        ...
+
+    def close(self) -> None:
+        """Release the endpoint (idempotent)."""
+        ...
+
+
+class BackendFactory(Protocol):
+    """How a backend class is called by ``open_endpoint``."""
+
+    def __call__(
+        self,
+        location: str,
+        *,
+        role: Role,
+        credentials: Credentials | None = None,
+        exclude_attrs: tuple[str, ...] = (),
+    ) -> Backend: ...
+
+
+# -- optional capabilities --------------------------------------------------------------------
+@runtime_checkable
+class Related(Protocol):
+    """Tells how another endpoint of the same kind overlaps this one (nested trees are
+    refused, SPEC 8). Without it, two endpoints with equal canonical URLs are the same."""
+
+    def relation(self, other_url: str) -> Relation | None:
+        """"same", "inside" (the other is below this one), "contains" (this one is
+        below the other), or None (disjoint, or another kind of endpoint)."""
+        ...
+
+
+@runtime_checkable
+class SortedWalk(Protocol):
+    """Walks the tree in the history's key order, holding one listing per level: the
+    stat-only quick pass against the history (SPEC 7)."""
+
+    def walk_sorted(
+        self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
+    ) -> Iterator[tuple[Key, Row | tuple[str] | None]]:
+        """Every node below the root as ``(key, row)``: depth first, a container right
+        before its descendants, siblings by the bytes of their names (UTF-8 with
+        surrogate escapes). ``(key, None)`` follows a container whose listing failed
+        (nothing below it is known); ``(key, (what,))`` is a node left out (a special
+        file: ``what`` names its kind)."""
+        ...
+
+
+@runtime_checkable
+class Streaming(Protocol):
+    """Walks the tree parents first without holding it: an initial copy into an empty
+    destination is streamed from it (``hsync.populate``)."""
+
+    def stream(
+        self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
+    ) -> Iterator[tuple[Key, Node | str | None]]:
+        """Every node below the root as ``(key, node)``, each parent before its
+        children (siblings in any order). ``(key, None)``: a container whose listing
+        failed (``((), None)``: nothing could be read); ``(key, what)``: a node left out
+        (a special file; ``what`` names its kind)."""
+        ...
+
+
+class DigestScan(Protocol):
+    """A full scan with one digest per directory, started by ``digest_scan`` (perhaps in
+    a child process or on the far side of a link), then asked for only what it needs."""
+
+    def summary(self) -> DigestSummary: ...
+
+    def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Row]]]:
+        """The ``(name, row)`` children of each of ``dirs``."""
+        ...
+
+    def rows(self, keys: Iterable[Key] = (), subtrees: Iterable[Key] = ()) -> dict[Key, Row]:
+        """The rows of ``keys``, and of ``subtrees`` with everything below them (keys
+        that are not there are left out)."""
+        ...
+
+    def snapshot(self) -> Snapshot:
+        """The whole scan (its service ends)."""
         ...
 
     def close(self) -> None: ...
 
 
-@attrs.frozen
-class Resume:
-    """Where a watcher may resume: a token that one of its own watches gave out
-    (``checkpoint()``), and the source's identity -> key map of what was synced up to
-    that point (from the history; called once, lazily)."""
+@runtime_checkable
+class DigestScanning(Protocol):
+    """Scans with per-directory digests: a re-sync with a complete history compares
+    digests first and only the directories that differ one by one."""
 
-    token: bytes
-    identities: Callable[[], Iterable[tuple[object, Key]]] = attrs.field(repr=False)
-
-
-class Watchable(Protocol):
-    """Optional: a backend that can report changes (filesystem: inotify through
-    watchdog; LDAP: syncrepl)."""
-
-    def watch(self, sink: WatchSink) -> AbstractContextManager[None]:
-        """Start reporting changes below the root to ``sink`` on entering; stop (join
-        every thread, release every watch) on exiting.
-
-        Optional resume protocol (a backend whose change stream has positions, such as
-        LDAP syncrepl cookies; the filesystem has none): ``watch(sink, resume=Resume)``,
-        and the returned context manager offers
-
-        - ``checkpoint() -> bytes | None``: a token such that every change up to it has
-          already been reported to ``sink`` (None while there is none, e.g. during a
-          reconnect);
-        - ``resumed: bool``, set on entering: the watch started from ``resume.token``
-          and has reported what changed since as ``dirty`` keys (moves with their old
-          and new keys), so no full comparison is needed. False when the source could
-          not resume from the token (then it behaves as a watch without one)."""
+    def digest_scan(
+        self, exclude: Exclude | None = None, *, background: bool = False,
+        cancel: Cancel = NEVER,
+    ) -> DigestScan:
+        """Start a full scan. ``background``: run it beside the caller (another
+        process) where that is possible, else when first asked."""
         ...
 
 
-_BUILTIN = {"file": ("hsync.backends.fs:FsBackend", "built in")}
+Hashed = tuple[bytes | None, int, Any]
+"""(the content hash or None when unreadable, bytes read, the ``look`` at open time)"""
 
 
-def _load(spec: str) -> type:
+@runtime_checkable
+class BulkHashing(Protocol):
+    """Hashes many files at once where the data is (``hsync verify``)."""
+
+    def hash_many(self, keys: Sequence[Key]) -> list[Hashed]:
+        """Hash the files at ``keys`` (sorted: neighbours share a directory). Runs in a
+        worker process where the backend pickles (it must then reopen itself)."""
+        ...
+
+    def look(self, key: Key) -> Any:
+        """A cheap look at ``key`` (a stat), compared between two looks to tell whether
+        it changed; None when absent."""
+        ...
+
+
+class Watch(Protocol):
+    """A running watch (a context manager: entering starts it, leaving stops it and
+    joins every thread it started)."""
+
+    def __enter__(self) -> Watch: ...
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    @property
+    def alive(self) -> bool:
+        """False once the watch died (its root moved away, its thread ended)."""
+        ...
+
+    @property
+    def resumed(self) -> bool:
+        """True when it started from a ``Resume`` token and reported what changed since
+        as dirty keys (no full comparison is needed)."""
+        ...
+
+    def checkpoint(self) -> bytes | None:
+        """A token such that every change up to it has been reported to the sink (None
+        when the watch has no positions, or while it has none)."""
+        ...
+
+
+@runtime_checkable
+class Watchable(Protocol):
+    """Reports changes below the root (inotify through watchdog; LDAP syncrepl)."""
+
+    def watch(self, sink: WatchSink) -> Watch: ...
+
+
+@runtime_checkable
+class ResumableWatchable(Protocol):
+    """A watch whose change stream has positions (LDAP syncrepl cookies): it can start
+    from a checkpoint a former watch gave out."""
+
+    def watch_from(self, sink: WatchSink, resume: Resume) -> Watch: ...
+
+
+# -- the resolved features ---------------------------------------------------------------------
+@attrs.frozen(kw_only=True)
+class Features:
+    """What one opened endpoint offers, resolved once by ``Features.of``: each optional
+    capability is the backend itself, typed as its protocol, or None."""
+
+    capabilities: Capabilities
+    related: Related | None = None
+    sorted_walk: SortedWalk | None = None
+    streaming: Streaming | None = None
+    digest_scanning: DigestScanning | None = None
+    bulk_hashing: BulkHashing | None = None
+    watchable: Watchable | None = None
+    resumable: ResumableWatchable | None = None
+
+    @classmethod
+    def of(cls, backend: Backend) -> Features:
+        return cls(
+            capabilities=backend.capabilities,
+            related=backend if isinstance(backend, Related) else None,
+            sorted_walk=backend if isinstance(backend, SortedWalk) else None,
+            streaming=backend if isinstance(backend, Streaming) else None,
+            digest_scanning=backend if isinstance(backend, DigestScanning) else None,
+            bulk_hashing=backend if isinstance(backend, BulkHashing) else None,
+            watchable=backend if isinstance(backend, Watchable) else None,
+            resumable=backend if isinstance(backend, ResumableWatchable) else None,
+        )
+
+    def names(self) -> list[str]:
+        """The optional capabilities present (for ``--debug`` and a handshake)."""
+        return [
+            f.name for f in attrs.fields(Features)
+            if f.name != "capabilities" and getattr(self, f.name) is not None
+        ]
+
+
+@attrs.frozen
+class Endpoint:
+    """An opened backend with its resolved features: what the core passes around."""
+
+    backend: Backend
+    features: Features
+    role: Role
+
+    @property
+    def url(self) -> str:
+        return self.backend.url
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.features.capabilities
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+# -- the registry ------------------------------------------------------------------------------
+_BUILTIN = {"file": "hsync.backends.fs:FsBackend"}
+_HINTS = {
+    "ldap": "install the LDAP plugin: pip install ./plugins/ldap",
+    "ldaps": "install the LDAP plugin: pip install ./plugins/ldap",
+    "ldif": "install the LDAP plugin: pip install ./plugins/ldap",
+}
+
+
+def _load(spec: str) -> BackendFactory:
     module, _, name = spec.partition(":")
     mod = __import__(module, fromlist=[name])
-    return getattr(mod, name)
+    cls: BackendFactory = getattr(mod, name)
+    return cls
 
 
 def scheme_of(location: str) -> str:
+    """The URL scheme of ``location``; "file" for a plain path (``./a:b`` is a path)."""
     head, sep, _ = location.partition(":")
-    # "C:" style and plain relative paths are files; a scheme is letters then "://" or ":"
     if sep and head.isascii() and head.replace("+", "").replace("-", "").isalnum() and (
         len(head) > 1
     ) and not location.startswith(("./", "/")):
@@ -184,34 +467,81 @@ def scheme_of(location: str) -> str:
     return "file"
 
 
-def open_backend(
-    location: str, *, role: str, credentials: Credentials | None = None
-) -> Backend:
-    """Open ``location`` with the backend registered for its scheme.
+_REGISTERED: dict[str, BackendFactory] = {}
 
-    ``role`` is "source" or "destination" (credentials and checks may differ);
-    ``credentials`` (from a config file) go to backends that authenticate, else the
-    backend takes them from the environment."""
+
+def register_backend(scheme: str, factory: BackendFactory) -> None:
+    """Register ``factory`` for ``scheme`` in this process (an application embedding
+    hsync, a test); installed plugins use the entry-point group instead."""
+    _REGISTERED[scheme.lower()] = factory
+
+
+def backend_class(location: str) -> BackendFactory:
+    """The backend registered for ``location``'s scheme; ``UsageError`` naming what to
+    install when there is none."""
     scheme = scheme_of(location)
+    if scheme in _REGISTERED:
+        return _REGISTERED[scheme]
     if scheme in _BUILTIN:
-        cls = _load(_BUILTIN[scheme][0])
-    else:
-        from importlib.metadata import entry_points
+        return _load(_BUILTIN[scheme])
+    from importlib.metadata import entry_points
 
-        found = [ep for ep in entry_points(group="hsync.backends") if ep.name == scheme]
-        if not found:
-            known = sorted({"file", *(ep.name for ep in entry_points(group="hsync.backends"))})
-            hint = ""
-            if scheme in {"ldap", "ldaps", "ldif"}:
-                hint = " (install the LDAP plugin: pip install ./plugins/ldap)"
-            raise UsageError(
-                f"{location}: unknown URL scheme {scheme!r}; known: {', '.join(known)}{hint}"
-            )
-        cls = found[0].load()
-    if credentials is not None:
-        import inspect
+    eps = entry_points(group="hsync.backends")
+    found = [ep for ep in eps if ep.name == scheme]
+    if not found:
+        known = sorted({"file", *_REGISTERED, *(ep.name for ep in eps)})
+        hint = f" ({_HINTS[scheme]})" if scheme in _HINTS else ""
+        raise UsageError(
+            f"{location}: unknown URL scheme {scheme!r}; known: {', '.join(known)}{hint}"
+        )
+    cls: BackendFactory = found[0].load()
+    return cls
 
-        if "credentials" not in inspect.signature(cls).parameters:
-            raise UsageError(f"{location}: this kind of endpoint takes no credentials")
-        return cls(location, role=role, credentials=credentials)
-    return cls(location, role=role)
+
+def open_backend(
+    location: str,
+    *,
+    role: Role,
+    credentials: Credentials | None = None,
+    exclude_attrs: Sequence[str] = (),
+) -> Backend:
+    """Open ``location`` with the backend registered for its scheme."""
+    return backend_class(location)(
+        location, role=role, credentials=credentials, exclude_attrs=tuple(exclude_attrs)
+    )
+
+
+def open_endpoint(
+    location: str,
+    *,
+    role: Role,
+    credentials: Credentials | None = None,
+    exclude_attrs: Sequence[str] = (),
+) -> Endpoint:
+    """Open ``location`` and resolve its features once."""
+    backend = open_backend(
+        location, role=role, credentials=credentials, exclude_attrs=exclude_attrs
+    )
+    return Endpoint(backend, Features.of(backend), role)
+
+
+def relation(a: Endpoint, b: Endpoint) -> Relation | None:
+    """How ``b`` overlaps ``a`` (see ``Related``); by canonical URL without it."""
+    for first, second, flip in ((a, b, False), (b, a, True)):
+        rel = first.features.related
+        if rel is not None:
+            found = rel.relation(second.backend.canonical_url())
+            if found is not None:
+                if flip and found != "same":
+                    return "contains" if found == "inside" else "inside"
+                return found
+    ua, ub = a.backend.canonical_url().rstrip("/"), b.backend.canonical_url().rstrip("/")
+    return "same" if ua == ub else None
+
+
+def local_path(url: str) -> str | None:
+    """The absolute path of a ``file:`` location or a plain path, else None."""
+    if scheme_of(url) != "file":
+        return None
+    path = url[len("file://"):] if url.startswith("file://") else url
+    return os.path.abspath(path) if path else None

@@ -1,16 +1,45 @@
-"""Error classes: classified by type, never by message text.
+"""Errors, classified by type and never by message text, and the exit codes (SPEC 9).
 
-``HsyncError`` is fatal for the run (exit 2: bad usage or bad input). Failures on one
-node are not exceptions but ``Problem`` values in the report (exit 3).
+Two halves, shared by every backend:
+
+- **Fatal** errors are exceptions (``HsyncError`` and its subclasses): the run stops,
+  one line names the path, host or DN and the cause, and the process exits 2.
+- **Node-level** failures are values: a ``Problem(key, message, op=..., kind=...)`` in
+  the run's report (``hsync.model``), and the rest goes on; the run exits 3. A backend
+  signals one by raising a ``NodeError`` subclass from inside its apply loop, or by
+  appending the ``Problem`` itself; ``problem_kind`` maps an exception to a kind.
+
+Problem kinds, with the precedence a report uses (fatal > error > retry > skip): ``error``
+(the op failed and will fail again until something changes), ``retry`` (transient: the
+source changed while it was copied, a server was busy; retried within the run or by
+the next one), ``skip`` (deliberately left alone: a node that appeared since the scan),
+``cancelled`` (a stop or a restart came before the op ran; nothing was done to it).
 """
 
 from __future__ import annotations
+
+from typing import Final, Literal
+
+EXIT_OK: Final = 0
+"""Success; for ``diff`` and ``verify``: the trees are in sync."""
+EXIT_DIFFER: Final = 1
+"""``diff``/``verify``: the trees differ."""
+EXIT_USAGE: Final = 2
+"""Bad usage or bad input; a fault of a whole endpoint; a refused (unsafe) run."""
+EXIT_PARTIAL: Final = 3
+"""Some nodes failed, the rest was synced."""
+
+ProblemKind = Literal["error", "retry", "skip", "cancelled"]
+ERROR: Final = "error"
+RETRY: Final = "retry"
+SKIP: Final = "skip"
+CANCELLED: Final = "cancelled"
 
 
 class HsyncError(Exception):
     """A fatal error: one clear line for the user, exit code ``exit_code``."""
 
-    exit_code = 2
+    exit_code: int = EXIT_USAGE
 
 
 class UsageError(HsyncError):
@@ -25,16 +54,56 @@ class BackendError(HsyncError):
     """An endpoint that cannot be opened or read at all."""
 
 
-class DestinationFull(HsyncError):
+class DestinationFull(BackendError):
     """ENOSPC or EDQUOT on the destination: the run stops (what is done stays done, the
     temporary file is removed); the next run after space is freed converges."""
 
 
 class PlanError(HsyncError):
-    """A plan broke an ordering rule (SPEC section 4): a bug, never a user error."""
+    """A plan broke an ordering rule (SPEC section 4): a bug, never a user error. Exit 2
+    like every fatal error (SPEC 9 has no other code); the message says it is a bug."""
 
-    exit_code = 70
+
+class Cancelled(Exception):
+    """A scan, walk or round stopped on request (a stop signal, a restarted comparison):
+    raised by ``Cancel.check``. Not an ``HsyncError``: the caller asked for it."""
 
 
-class Interrupted(Exception):
-    """A scan or a round stopped on request (a stop signal, a restarted comparison)."""
+Interrupted = Cancelled
+"""The former name of ``Cancelled``."""
+
+
+class NodeError(Exception):
+    """A failure on one node, raised inside a backend's apply and turned into a
+    ``Problem`` of ``kind`` there (never out of ``apply_batch``)."""
+
+    kind: ProblemKind = ERROR
+
+
+class SourceChanged(NodeError):
+    """The source node changed while it was read; the copy is not published."""
+
+    kind: ProblemKind = RETRY
+
+
+class TargetChanged(NodeError):
+    """The destination does not hold what the plan expected (a node appeared, was
+    replaced by a symlink, ...): the op is left alone."""
+
+    kind: ProblemKind = SKIP
+
+
+def problem_kind(e: BaseException) -> ProblemKind:
+    """The kind of problem a node-level exception is (``error`` for any other)."""
+    if isinstance(e, NodeError):
+        return e.kind
+    if isinstance(e, Cancelled):
+        return CANCELLED
+    return ERROR
+
+
+def exit_code(e: BaseException) -> int:
+    """The exit code for an exception that ends a command (one place: SPEC 9)."""
+    if isinstance(e, HsyncError):
+        return e.exit_code
+    return EXIT_USAGE

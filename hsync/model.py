@@ -278,11 +278,28 @@ class Plan:
 
 @attrs.frozen
 class Problem:
-    """A failure on one node: data for the report, not an exception."""
+    """A failure on one node: data for the report, not an exception.
+
+    ``op`` is the op that failed (``create``, ``update``, ``move``, ``delete``), or ""
+    when none was running (a listing that failed, a scan); ``kind`` is one of
+    ``hsync.errors.ProblemKind``: ``error``, ``retry`` (transient: retried within the run
+    or by the next one), ``skip`` (left alone on purpose), ``cancelled`` (not run)."""
 
     key: Key
     message: str
-    retry: bool = False
+    op: str = attrs.field(default="", kw_only=True)
+    kind: str = attrs.field(default="error", kw_only=True)
+
+    @property
+    def retry(self) -> bool:
+        """True for a transient failure (the next round or run may succeed)."""
+        return self.kind in ("retry", "cancelled")
 
     def to_json(self) -> dict[str, object]:
-        return {"path": key_str(self.key), "message": self.message, "retry": self.retry}
+        return {
+            "path": key_str(self.key),
+            "op": self.op,
+            "kind": self.kind,
+            "message": self.message,
+            "retry": self.retry,
+        }
