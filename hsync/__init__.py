@@ -7,18 +7,19 @@ The Python API mirrors the command line::
     plan = hsync.diff("src/", "dst/")                     # -> Plan
     hsync.watch("src/", "dst/", stop=event)               # until event.set()
     found = hsync.verify("src/", "dst/")                  # -> VerifyReport
+
+The pure core is importable too: ``diff_snapshots`` (SPEC 3), ``plan`` and
+``check_plan`` (SPEC 4). The backend contract is ``hsync.backend``.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
-from .diff import diff as diff_snapshots
+from .api import diff, sync, verify, watch
+from .differ import diff as diff_snapshots
 from .errors import HsyncError
 from .model import Change, Key, Node, Op, Plan, Problem, Snapshot
-from .plan import check_plan, plan
-from .sync import Options, Report
-from .verify import verify as _verify  # loaded now: a later import would rebind the name
+from .options import Options, Report
+from .planner import check_plan, plan
 
 __all__ = [
     "Change",
@@ -39,55 +40,3 @@ __all__ = [
     "verify",
     "watch",
 ]
-
-
-def sync(src: str, dst: str, **options: Any) -> Report:
-    """Make ``dst`` equal to ``src`` once; options as the CLI's (``dry_run``, ``delete``,
-    ``checksum``, ``exclude``, ``max_delete``, ``state``, ...)."""
-    from .sync import sync_once
-
-    for name in ("exclude", "exclude_attrs"):
-        if name in options:
-            options[name] = tuple(options[name])
-    return sync_once(src, dst, Options(**options))
-
-
-def diff(src: str, dst: str, **options: Any) -> Plan:
-    """The plan that would make ``dst`` equal to ``src`` (nothing is changed)."""
-    from .sync import compare
-
-    for name in ("exclude", "exclude_attrs"):
-        if name in options:
-            options[name] = tuple(options[name])
-    cmp = compare(src, dst, Options(dry_run=True, **options))
-    try:
-        return cmp.plan
-    finally:
-        cmp.close()
-
-
-def watch(src: str, dst: str, *, stop: Any = None, **options: Any) -> None:
-    """Keep ``dst`` equal to ``src`` until ``stop`` (a ``threading.Event``) is set.
-
-    Watch options (``debounce``, ``max_delay`` in seconds, ``rescan_interval``,
-    ``poll_interval``, ``status_file``) beside the sync options."""
-    import threading
-
-    from .watch import PairWatch, StatusFile, WatchOptions
-
-    wkeys = {"debounce", "max_delay", "rescan_interval", "poll_interval", "batch_ops"}
-    wopts = WatchOptions(**{k: options.pop(k) for k in list(options) if k in wkeys})
-    status = StatusFile(options.pop("status_file", None))
-    if "exclude" in options:
-        options["exclude"] = tuple(options["exclude"])
-    pw = PairWatch(src, dst, Options(**options), wopts, status=status)
-    stop = stop if stop is not None else threading.Event()
-    t = threading.Thread(target=lambda: (stop.wait(), pw.stop()), daemon=True)
-    t.start()
-    pw.run()
-
-
-def verify(src: str, dst: str, **options: Any) -> Any:
-    """Compare ``src`` and ``dst`` content and all (``hsync.verify.VerifyReport``);
-    options: ``exclude``, ``settle``, ``repair``, ``state``, ``pending``."""
-    return _verify(src, dst, **options)

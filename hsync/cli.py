@@ -1,4 +1,5 @@
-"""The command line (typer). It only parses and prints; the work is in ``hsync.sync``.
+"""The command line (typer). It only parses and prints; the work is in the pipeline
+(``hsync.oneshot`` for ``sync`` and ``diff``, ``hsync.live`` for ``watch``).
 
 Exit codes (SPEC section 9): 0 success / in sync; 1 the trees differ; 2 bad usage or
 bad input; 3 partial: some nodes failed, the rest was synced.
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from .errors import HsyncError
+from .errors import EXIT_DIFFER, EXIT_OK, EXIT_USAGE, HsyncError, exit_code
 
 app = typer.Typer(
     add_completion=False,
@@ -49,7 +50,7 @@ def _guard(fn: F) -> F:
             if _state["debug"]:
                 raise
             _err(f"error: {e}")
-            raise typer.Exit(e.exit_code) from None
+            raise typer.Exit(exit_code(e)) from None
         except KeyboardInterrupt:
             _err("interrupted")
             raise typer.Exit(130) from None
@@ -58,7 +59,7 @@ def _guard(fn: F) -> F:
                 raise
             where = f" ({e.filename})" if isinstance(e, OSError) and e.filename else ""
             _err(f"error: {type(e).__name__}: {e}{where} (--debug shows the traceback)")
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_USAGE) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -82,7 +83,7 @@ def _main(
 
 
 def _options(**kw: Any) -> Any:
-    from .sync import Options
+    from .options import Options
 
     patterns = list(kw.pop("exclude", None) or [])
     for path in kw.pop("exclude_from", None) or []:
@@ -172,7 +173,7 @@ def sync(
     ),
 ) -> None:
     """Make DST equal to SRC (SRC's contents go into DST, like rsync SRC/ DST/)."""
-    from .sync import sync_once
+    from .oneshot import sync_once
 
     opts = _options(
         dry_run=dry_run, delete=not no_delete, checksum=checksum, exclude=exclude,
@@ -229,7 +230,7 @@ def diff(
     state: str | None = StateOpt,
 ) -> None:
     """Print the plan that would make DST equal to SRC. Exit 0 in sync, 1 differ."""
-    from .sync import compare
+    from .oneshot import compare
 
     if json_out and tree:
         raise typer.BadParameter("--json and --tree are exclusive")
@@ -239,25 +240,22 @@ def diff(
         allow_empty_source=True,
     )
     cmp = compare(src, dst, opts)
-    try:
-        the_plan = cmp.plan
-        if json_out:
-            print(json.dumps(the_plan.to_json(), indent=1))
-        elif tree:
-            print(render_tree(the_plan))
-        else:
-            for op in the_plan:
-                print(_describe(op))
-            if not the_plan:
-                print("in sync")
-        unknown = [(src, k, why) for k, why in cmp.src.incomplete.items()]
-        unknown += [(dst, k, why) for k, why in cmp.dst.incomplete.items()]
-        for root, key, why in unknown:
-            _err(f"{os.path.join(root, *key)}: not compared: {why}")
-    finally:
-        cmp.close()
+    the_plan = cmp.plan
+    if json_out:
+        print(json.dumps(the_plan.to_json(), indent=1))
+    elif tree:
+        print(render_tree(the_plan))
+    else:
+        for op in the_plan:
+            print(_describe(op))
+        if not the_plan:
+            print("in sync")
+    unknown = [(src, k, why) for k, why in cmp.src.incomplete.items()]
+    unknown += [(dst, k, why) for k, why in cmp.dst.incomplete.items()]
+    for root, key, why in unknown:
+        _err(f"{os.path.join(root, *key)}: not compared: {why}")
     # a part that could not be read cannot be called in sync
-    raise typer.Exit(2 if unknown else 1 if the_plan else 0)
+    raise typer.Exit(EXIT_USAGE if unknown else EXIT_DIFFER if the_plan else EXIT_OK)
 
 
 LogFormatOpt = typer.Option("text", "--log-format", help="Log lines as text or json.")
@@ -313,7 +311,7 @@ def watch(
     """Keep DST equal to SRC until stopped (SIGTERM/SIGINT): a full comparison, then
     only what changes."""
     from .daemon import PairConfig, Supervisor, serve, setup_logging
-    from .watch import WatchOptions
+    from .live import WatchOptions
 
     _log_setup(setup_logging, log_format, log_level)
     opts = _options(
@@ -418,11 +416,9 @@ def _log_setup(setup: Callable[[str, str], None], fmt: str, level: str) -> None:
 def _check_endpoints(src: str, dst: str) -> None:
     """The checks of SPEC section 8 before any thread starts: a bad pair is one line
     and exit 2, like ``sync``."""
-    from .sync import open_pair
+    from .session import PairSession
 
-    source, destination = open_pair(src, dst)
-    source.close()
-    destination.close()
+    PairSession(src, dst, history=False).close()
 
 
 @app.command()
@@ -443,7 +439,7 @@ def verify(
     state: str | None = StateOpt,
 ) -> None:
     """Compare SRC and DST content and all (xxhash). Exit 0 consistent, 1 differences."""
-    from .verify import verify as run_verify
+    from .verifier import verify as run_verify
 
     opts = _options(exclude=exclude, exclude_from=exclude_from)
     report = run_verify(

@@ -26,8 +26,8 @@ import attrs
 
 from .backend import Credentials
 from .errors import HsyncError, UsageError
-from .sync import Options
-from .watch import PairWatch, StatusFile, WatchOptions
+from .live import PairWatch, StatusFile, WatchOptions
+from .options import Options
 
 log = logging.getLogger("hsync.daemon")
 

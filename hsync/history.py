@@ -54,7 +54,7 @@ def pair_id(source_url: str, destination_url: str) -> str:
     return hashlib.sha256(raw).hexdigest()[:32]
 
 
-def _enc(key: Key) -> bytes:
+def encode_key(key: Key) -> bytes:
     return _SEP.join(key).encode("utf-8", "surrogateescape")
 
 
@@ -72,7 +72,7 @@ def _dec_text(blob: bytes | None) -> str | None:
     return None if blob is None else blob.decode("utf-8", "surrogateescape")
 
 
-def _ident(value: object) -> int | str | None:
+def identity_form(value: object) -> int | str | None:
     # inode numbers beyond SQLite's 64-bit integers (device-qualified) are kept as text
     if isinstance(value, int) and not -(1 << 63) <= value < (1 << 63):
         return str(value)
@@ -162,7 +162,7 @@ class History:
         return bool(row and row[0])
 
     def lookup_many(self, identities: Iterable[object]) -> dict[object, tuple[Key, Node]]:
-        wanted = {_ident(i): i for i in identities if i is not None}
+        wanted = {identity_form(i): i for i in identities if i is not None}
         out: dict[object, tuple[Key, Node]] = {}
         items = list(wanted)
         for start in range(0, len(items), 500):
@@ -272,7 +272,7 @@ class History:
             if full:
                 db.execute("DELETE FROM nodes WHERE pair=?", (self.pair,))
             for prefix in drop_prefixes:
-                top = _enc(prefix)
+                top = encode_key(prefix)
                 # two primary-key lookups (an OR would make SQLite scan the pair)
                 db.execute("DELETE FROM nodes WHERE pair=? AND key=?", (self.pair, top))
                 db.execute(
@@ -281,13 +281,14 @@ class History:
                 )
             db.executemany(
                 "DELETE FROM nodes WHERE pair=? AND key=?",
-                ((self.pair, _enc(k)) for k in drop_keys),
+                ((self.pair, encode_key(k)) for k in drop_keys),
             )
             db.executemany(
                 "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     (
-                        self.pair, _enc(k), _ident(n.identity), n.kind, n.size, n.mtime_ns,
+                        self.pair, encode_key(k), identity_form(n.identity), n.kind,
+                        n.size, n.mtime_ns,
                         _enc_text(n.target), n.mode,
                         (fps.get(k) or fingerprint(n.data)) if n.kind == ENTRY else None,
                     )

@@ -176,9 +176,10 @@ class Snapshot:
     scanned: int | None = None
     """When this is the part of a full scan that differs (the rest being equal on both
     sides), how many nodes the full scan saw; None when it is all of what was seen."""
-    whole: Snapshot | None = attrs.field(default=None, repr=False, eq=False)
-    """The full scan this part was cut from, kept as long as the part: freeing the rows
-    of a big scan in the middle of a re-sync costs more than the rest of it."""
+    whole: Any = attrs.field(default=None, repr=False, eq=False)
+    """What this part was cut from (a full scan, a digest scan), kept as long as the
+    part: freeing the rows of a big scan in the middle of a re-sync costs more than the
+    rest of it."""
     _children: dict[Key, list[Key]] | None = attrs.field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:

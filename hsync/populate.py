@@ -1,15 +1,16 @@
 """The initial copy into an empty destination: the source's walk streamed into batches
 of creates, parents first, the history recorded batch by batch.
 
-``sync_once`` and ``hsync watch`` (``PairWatch``) both use it when the destination is
-empty: nothing there can be moved, updated or deleted, so no diff and no plan of the
-whole tree are needed, memory stays at a few batches instead of two snapshots of the
-tree, and the destination is written while the source is still being read (the walk
-runs in a thread, ``AHEAD`` chunks ahead of the writer).
+``sync`` and a watch both use it when the destination is empty and the source can
+stream itself (``Streaming``): nothing there can be moved, updated or deleted, so no
+diff and no plan of the whole tree are needed, memory stays at a few batches instead
+of two snapshots of the tree, and the destination is written while the source is still
+being read (a source that waits on a server is read in a thread, ``AHEAD`` chunks ahead
+of the writer).
 
-Every batch goes through the caller's ``run`` (the journaled ``run_batch``), then its
-nodes are recorded in the history (the rows a full record of the same sync would
-write). The root is created first when the destination's is missing, and updated last
+Every batch goes through ``hsync.apply.run_batch`` (journaled), and its nodes are
+recorded in the history while its flush runs (the rows a full record of the same sync
+would write). The root is created first when the destination's is missing, and updated last
 when its payload differs (the one op a diff would find besides the creates).
 """
 
@@ -19,13 +20,16 @@ import contextlib
 import queue
 import threading
 from collections import ChainMap
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .backend import ApplyResult, Backend
+from .apply import Applied, Batching, run_batch
+from .backend import ApplyResult, Streaming
+from .cancel import NEVER, Cancel
 from .errors import SafetyError
+from .filters import Exclude
 from .model import (
     CREATE,
     DELETE,
@@ -40,10 +44,11 @@ from .model import (
     Snapshot,
     fingerprint,
 )
+from .session import PairSession
 
-Exclude = Callable[[Key, bool], bool]
-BATCH_BYTES = 64 << 20
-"""Bytes of content per batch at most (by default)."""
+if TYPE_CHECKING:
+    from .backend import Endpoint
+
 CHUNK = 256
 """Nodes handed from the walking thread to the writer at a time."""
 AHEAD = 64
@@ -51,78 +56,69 @@ AHEAD = 64
 
 
 @attrs.define
-class Populated:
-    """What a streamed initial copy did."""
+class Populated(Applied):
+    """What a streamed initial copy did (``Applied``, and more)."""
 
-    counts: dict[str, int] = attrs.field(
-        factory=lambda: dict.fromkeys((CREATE, UPDATE, MOVE, DELETE), 0)
-    )
     planned: dict[str, int] = attrs.field(
         factory=lambda: dict.fromkeys((CREATE, UPDATE, MOVE, DELETE), 0)
     )
     """The ops sent (done or not): what a plan would have held."""
-    bytes_copied: int = 0
-    problems: list[Problem] = attrs.field(factory=list)
-    done: list[Op] = attrs.field(factory=list)
-    """The first ``keep`` ops done (callers that show them)."""
     complete: bool = True
-    """False when a stop request ended the copy before the walk did."""
+    """False when a cancel ended the copy before the walk did."""
     skipped: list[tuple[Key, str]] = attrs.field(factory=list)
     """Special files left out (``Snapshot.skipped``)."""
     seen: dict[str, int] = attrs.field(factory=lambda: {"source": 0, "destination": 0})
     """Nodes seen on each side (the roots included)."""
 
 
-def can_populate(source: Backend, destination: Backend) -> bool:
-    """True when the copy can be streamed: the destination says it is empty and the
-    source can walk itself parents first without a snapshot of the tree."""
-    if getattr(source, "stream", None) is None and getattr(source, "walk_sorted", None) is None:
-        return False
-    return bool(getattr(destination, "is_empty", lambda: False)())
+def can_populate(session: PairSession) -> bool:
+    """True when the copy can be streamed: the source streams itself and the
+    destination says it is empty."""
+    return (
+        session.source.features.streaming is not None
+        and session.destination.backend.is_empty()
+    )
 
 
 def walk(
-    source: Backend, exclude: Exclude | None, skipped: list[tuple[Key, str]]
+    source: Streaming, exclude: Exclude | None, skipped: list[tuple[Key, str]], cancel: Cancel
 ) -> Iterator[tuple[Key, Node | None]]:
     """The source's nodes below the root, parents before children, as ``(key, node)``;
     ``(key, None)`` for a container whose listing failed (nothing below it is known).
     Special files left out are appended to ``skipped``."""
-    stream = getattr(source, "stream", None)
-    if stream is not None:
-        yield from stream(exclude)
-        return
-    for key, row in source.walk_sorted(exclude, skipped):  # type: ignore[attr-defined]
-        yield key, (None if row is None else Node(*row))
+    for key, item in source.stream(exclude, cancel=cancel):
+        if isinstance(item, str):
+            skipped.append((key, item))
+        else:
+            yield key, item
 
 
 def populate(
-    source: Backend,
-    destination: Backend,
+    session: PairSession,
     *,
-    exclude: Exclude | None,
-    run: Callable[[Sequence[Op], Snapshot, Callable[[ApplyResult], None]], ApplyResult],
-    history: Any = None,
-    batch_ops: int = 1000,
-    batch_bytes: int = BATCH_BYTES,
-    min_batch: int = 1,
-    stopping: Callable[[], bool] = lambda: False,
+    batching: Batching,
+    cancel: Cancel = NEVER,
     on_batch: Callable[[ApplyResult], None] | None = None,
+    on_done: Callable[[Op], None] | None = None,
     keep: int = 10_000,
-    ahead: bool | None = None,
 ) -> Populated:
     """Copy the source into the empty destination, a batch at a time.
 
-    A batch is sent when it holds ``batch_ops`` ops (or ``batch_bytes`` of content), or
-    ``min_batch`` ops while the walk has nothing more ready (the writer does not wait
-    for a full batch). ``ahead``: walk in a thread (default: for a source that streams
-    itself, whose reads wait on a server; a filesystem walk stays on this thread, so
-    that the applier may still fork copy workers). Raises ``SafetyError`` when the
-    source root is gone or cannot be listed (nothing is written then)."""
+    A batch is sent when it holds ``batching.max_ops`` ops (or ``max_bytes`` of
+    content), or ``min_ops`` ops while the walk has nothing more ready (the writer does
+    not wait for a full batch). A source that waits on a server is walked in a thread;
+    a filesystem walk stays on this thread (the applier may then fork copy workers).
+    ``cancel`` is checked after each batch (and by the walk). ``keep``: how many of the
+    ops done are kept in ``Populated.done``. Raises ``SafetyError`` when the source root
+    is gone or cannot be listed (nothing is written then)."""
+    source, destination, history = session.source, session.destination, session.history
+    streaming = source.features.streaming
+    assert streaming is not None, "can_populate() first"
     out = Populated()
-    root = source.stat(())
+    root = source.backend.stat(())
     if root is None:
         raise SafetyError(f"{source.url}: source root is gone; nothing done")
-    dst_root = destination.stat(())
+    dst_root = destination.backend.stat(())
     out.seen = {"source": 1, "destination": 0 if dst_root is None else 1}
     dirs: dict[Key, Node] = {(): root}  # containers seen (a batch's final snapshot)
     batch: dict[Key, Node] = {}
@@ -132,38 +128,40 @@ def populate(
         batch[()] = root
         ops.append(Op(op=CREATE, kind=root.kind, key=(), node=root))
     size = 0
+    kept: list[Op] = []
 
     def flush() -> None:
         nonlocal ops, batch, fps
         final = Snapshot(nodes=ChainMap(batch, dirs))
         for op in ops:
             out.planned[op.op] += 1
+
         def record(result: ApplyResult) -> None:  # while the batch is flushed
             if history is not None:
                 failed = {p.key for p in result.problems}
                 history.record(final, [k for k in (*batch, ()) if k not in failed],
                                fingerprints=fps)
 
-        result = run(ops, final, record)
+        result = run_batch(session, ops, final, on_done=on_done, while_flushing=record)
         out.problems.extend(result.problems)
         out.bytes_copied += result.bytes_copied
         for op in result.done:
             out.counts[op.op] += 0 if op.temporary else 1
-        if len(out.done) < keep:
-            out.done.extend(result.done[: keep - len(out.done)])
+        if len(kept) < keep:  # not every op: a copy of millions keeps few
+            kept.extend(result.done[: keep - len(kept)])
         if on_batch is not None:
             on_batch(result)
         ops, batch, fps = [], {}, {}
 
-    if ahead is None:
-        ahead = getattr(source, "stream", None) is not None
-    nodes_of = _Ahead if ahead else _Inline
-    with nodes_of(_fingerprinted(walk(source, exclude, out.skipped))) as nodes:
+    nodes_of = _Ahead if source.capabilities.waits else _Inline
+    walked = walk(streaming, session.exclude, out.skipped, cancel)
+    with nodes_of(_fingerprinted(walked)) as nodes:
         for key, node, fp in nodes:
             if node is None:
-                if not key and not out.planned[CREATE] and not out.done:
+                if not key and not out.planned[CREATE] and not kept:
                     raise SafetyError(f"{source.url}: source cannot be listed; nothing done")
-                out.problems.append(Problem(key, f"not synced: {_why(source, key)}", retry=True))
+                out.problems.append(Problem(key, f"not synced: {_why(source, key)}",
+                                            kind="retry"))
                 continue
             batch[key] = node
             out.seen["source"] += 1
@@ -173,12 +171,12 @@ def populate(
                 dirs[key] = node
             ops.append(Op(op=CREATE, kind=node.kind, key=key, node=node))
             size += node.size
-            if len(ops) >= batch_ops or size >= batch_bytes or (
-                len(ops) >= min_batch and not nodes.ready()
+            if len(ops) >= batching.max_ops or size >= batching.max_bytes or (
+                len(ops) >= batching.min_ops and not nodes.ready()
             ):
                 size = 0
                 flush()
-                if stopping():
+                if cancel.cancelled():
                     out.complete = False
                     break
     if out.complete and dst_root is not None and dst_root != root:
@@ -187,6 +185,7 @@ def populate(
         ops.append(Op(op=UPDATE, kind=root.kind, key=(), node=root, old=dst_root))
     if ops or not (out.planned[CREATE] or out.planned[UPDATE]):
         flush()  # one batch even when empty: it cleans up, and records the root
+    out.done = kept
     return out
 
 
@@ -200,11 +199,11 @@ def _fingerprinted(
         yield key, node, fp
 
 
-def _why(source: Backend, key: Key) -> str:
+def _why(source: Endpoint, key: Key) -> str:
     """Why ``key`` could not be listed, as a scan says it (one listing, of that key)."""
     if key:
         try:
-            why = source.scan(key).incomplete.get(key)
+            why = source.backend.scan(key).incomplete.get(key)
         except OSError as e:
             why = e.strerror
         if why:

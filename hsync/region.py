@@ -14,19 +14,19 @@ the root is a full comparison.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .backend import Backend
+from .cancel import NEVER, Cancel
 from .errors import SafetyError
-from .history import _enc, _ident  # the history's own key order and identity form
-from .model import DIR, ENTRY, Key, Node, Snapshot, fingerprint
+from .filters import Exclude
+from .model import CONTAINERS, DIR, ENTRY, Key, Node, Snapshot, fingerprint
 
-Exclude = Callable[[Key, bool], bool]
-CONTAINERS = (DIR, ENTRY)
-"""Kinds that can have children (an LDAP entry can)."""
+if TYPE_CHECKING:
+    from .backend import Endpoint
+    from .history import History
 
 
 def _under_any(key: Key, roots: Iterable[Key] | set[Key] | frozenset[Key]) -> bool:
@@ -77,9 +77,12 @@ class Region:
         return any(k[:n] == key for k in self.deep) or any(k[:n] == key for k in self.shallow)
 
 
-def scan_region(backend: Backend, region: Region, exclude: Exclude | None) -> Snapshot:
-    """What ``backend`` holds over ``region``: the deep subtrees, the shallow nodes, and
+def scan_region(
+    endpoint: Endpoint, region: Region, exclude: Exclude | None, *, cancel: Cancel = NEVER
+) -> Snapshot:
+    """What ``endpoint`` holds over ``region``: the deep subtrees, the shallow nodes, and
     the ancestors of both (``partial``). Excluded keys count as absent."""
+    backend = endpoint.backend
     nodes: dict[Key, Node] = {}
     snap = Snapshot(nodes=nodes)
     context: set[Key] = {(), *region.shallow}  # the root, always: is the tree there?
@@ -108,7 +111,8 @@ def scan_region(backend: Backend, region: Region, exclude: Exclude | None) -> Sn
             or _under_any(k, snap.incomplete.keys())
         ):
             continue
-        sub = backend.scan(k, exclude=exclude)
+        cancel.check()
+        sub = backend.scan(k, exclude=exclude, cancel=cancel)
         node = sub.nodes.get(k)
         if node is not None and exclude is not None and exclude(k, node.kind == DIR):
             snap.holds_excluded.add(k[:-1])
@@ -134,17 +138,22 @@ def _unsettled(region: Region, src: Snapshot, dst: Snapshot) -> Key | None:
 
 
 def scan_region_pair(
-    source: Backend, destination: Backend, region: Region, exclude: Exclude | None
+    source: Endpoint,
+    destination: Endpoint,
+    region: Region,
+    exclude: Exclude | None,
+    *,
+    cancel: Cancel = NEVER,
 ) -> tuple[Region, Snapshot, Snapshot]:
     """Scan ``region`` on both sides, promoting it until its context agrees. Returns
     the region actually compared (a promotion to the root is left to the caller: a full
     comparison, with its safety checks). Raises ``SafetyError`` when the source root is
     gone."""
     while True:
-        src = scan_region(source, region, exclude)
+        src = scan_region(source, region, exclude, cancel=cancel)
         if () not in src.nodes and () not in src.incomplete:
             raise SafetyError(f"{source.url}: source root is gone; nothing done")
-        dst = scan_region(destination, region, exclude)
+        dst = scan_region(destination, region, exclude, cancel=cancel)
         k = _unsettled(region, src, dst)
         if k is None:
             return region, src, dst
@@ -154,7 +163,12 @@ def scan_region_pair(
 
 
 def quick_pass(
-    source: Backend, history: Any, exclude: Exclude | None, *, allow_empty_source: bool = False
+    source: Endpoint,
+    history: History,
+    exclude: Exclude | None,
+    *,
+    allow_empty_source: bool = False,
+    cancel: Cancel = NEVER,
 ) -> Region:
     """What changed on the source since the history was recorded, found by walking the
     source and the history side by side, both in key order (a stat-only pass: no content
@@ -167,16 +181,21 @@ def quick_pass(
     not (unless ``allow_empty_source``)."""
     deep: list[Key] = []
     shallow: list[Key] = []
-    root = source.stat(())
+    from .history import encode_key, identity_form
+
+    root = source.backend.stat(())
     if root is None:
         raise SafetyError(f"{source.url}: source root is gone; nothing done")
-    walk_sorted = getattr(source, "walk_sorted", None)
-    if walk_sorted is not None:
-        src_iter: Iterator[tuple[Key, Any]] = walk_sorted(exclude)
+    walker = source.features.sorted_walk
+    if walker is not None:
+        src_iter: Iterator[tuple[Key, Any]] = (
+            kr for kr in walker.walk_sorted(exclude, cancel=cancel)
+            if kr[1] is None or len(kr[1]) > 1  # special files are not synced
+        )
     else:  # a backend without an ordered walk: a scan, sorted (its size, in memory)
-        snap = source.scan((), exclude=exclude)
+        snap = source.backend.scan((), exclude=exclude, cancel=cancel)
         rows = [(k, _row(n)) for k, n in snap.nodes.items() if k]
-        rows.sort(key=lambda kr: _enc(kr[0]))
+        rows.sort(key=lambda kr: encode_key(kr[0]))
         src_iter = iter(rows)
     top = [0, 0]  # entries right below the root: on the source, in the history
     src_iter = _counted(src_iter, top, 0)
@@ -213,7 +232,7 @@ def quick_pass(
         elif hk is None:
             order = -1
         else:
-            a, b = _enc(sk), _enc(hk)
+            a, b = encode_key(sk), encode_key(hk)
             order = (a > b) - (a < b)
         if order < 0:  # only on the source: new
             deep.append(sk)  # type: ignore[arg-type]
@@ -225,7 +244,7 @@ def quick_pass(
             h = next(hist_iter, end)
         else:
             assert sk is not None and hk is not None
-            if srow[0] != hrow[0] or _ident(srow[5]) != hrow[5]:
+            if srow[0] != hrow[0] or identity_form(srow[5]) != hrow[5]:
                 deep.append(sk)  # replaced: another node under the same name
                 skip_src = skip_hist = sk
             elif _differs(srow, hrow):
@@ -263,102 +282,9 @@ def _differs(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return fa != fb
 
 
-# -- comparing two full scans by their directory digests ----------------------------------
-Row = tuple[Any, ...]
-
-
-def dirty_directories(src_digests: dict[Key, int], dst_digests: dict[Key, int]) -> list[Key]:
-    """Directories on both sides whose listings differ (see ``FsBackend.scan``'s
-    ``digests``). A directory on one side only is a child of one of these."""
-    return [k for k, d in src_digests.items() if dst_digests.get(k, d) != d]
-
-
-def listing_region(
-    src: Snapshot,
-    src_root: Row | None,
-    dst_root: Row | None,
-    dst_listings: dict[Key, list[tuple[str, Row]]],
-) -> tuple[Region, dict[Key, Row]]:
-    """What differs between two trees whose directories ``dst_listings`` lists (the
-    destination's ``(name, row)`` children of each) differ, all others being equal: per
-    child of such a directory, a node on one side only, of another kind, or a leaf
-    whose payload differs, is deep (free to be matched elsewhere); a container whose
-    payload differs is shallow (updated in place: its children are compared only where
-    its own listing differs). Returns the region and the destination's rows of the
-    children in it."""
-    rows = src.nodes.rows  # type: ignore[attr-defined]  # a filesystem scan's Rows
-    deep: list[Key] = []
-    shallow: list[Key] = []
-    theirs_in: dict[Key, Row] = {}
-    if src_root is not None and dst_root is not None and src_root[:5] != dst_root[:5]:
-        shallow.append(())
-    for d, listing in dst_listings.items():
-        theirs = dict(listing)
-        pop = theirs.pop
-        for c in src.children(d):
-            b = pop(c[-1], None)
-            if b is None:
-                deep.append(c)
-                continue
-            a = rows[c]
-            if a[:5] == b[:5]:
-                continue
-            theirs_in[c] = b
-            if a[0] != b[0] or a[0] not in CONTAINERS:
-                deep.append(c)
-            else:
-                shallow.append(c)
-        for name, b in theirs.items():
-            k = (*d, name)
-            theirs_in[k] = b
-            deep.append(k)
-    return Region.of(deep, shallow), theirs_in
-
-
 def context_keys(region: Region) -> set[Key]:
     """The root, the shallow keys, and every ancestor of a region key."""
     context: set[Key] = {(), *region.shallow}
     for k in (*region.deep, *region.shallow):
         context.update(k[:i] for i in range(len(k)))
     return context
-
-
-def region_snapshot(
-    rows: dict[Key, Row],
-    region: Region,
-    children: Callable[[Key], Iterable[Key]] | None = None,
-) -> Snapshot:
-    """The snapshot a ``scan_region`` of ``region`` would give, cut from the rows of a
-    full scan (``rows`` holds at least the context and the deep subtrees; ``children``
-    lists a key's children in it, an index of ``rows`` is built when not given). The
-    context is ``partial``."""
-    from .model import Rows
-
-    if children is None:
-        kids: dict[Key, list[Key]] = {}
-        for k in rows:
-            if k:
-                kids.setdefault(k[:-1], []).append(k)
-        children = lambda key: kids.get(key, ())  # noqa: E731
-    nodes: dict[Key, Row] = {}
-    partial: set[Key] = set()
-    for k in sorted(context_keys(region), key=len):
-        if k and (k[:-1] not in nodes or nodes[k[:-1]][0] not in CONTAINERS):
-            continue
-        row = rows.get(k)
-        if row is not None:
-            nodes[k] = row
-            partial.add(k)
-    for top in sorted(region.deep, key=len):
-        parent = nodes.get(top[:-1])
-        row = rows.get(top)
-        if row is None or parent is None or parent[0] not in CONTAINERS:
-            continue
-        nodes[top] = row
-        stack = [top]
-        while stack:
-            for c in children(stack.pop()):
-                nodes[c] = rows[c]
-                stack.append(c)
-    partial.difference_update(region.deep)
-    return Snapshot(nodes=Rows(nodes), partial=partial)

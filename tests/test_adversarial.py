@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 from test_property import materialize
 from treeutil import DIR, D, F, File, L, Link, assert_same_tree
 
-from hsync.diff import MemoryHistory, diff
+from hsync.differ import MemoryHistory, diff
 from hsync.model import Key, Node, Snapshot
-from hsync.plan import check_plan, plan
-from hsync.sync import Options, sync_once
+from hsync.planner import check_plan, plan
+from hsync.oneshot import sync_once
+from hsync.options import Options
 
 HOSTILE = (
     "a", "b",

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 from treeutil import D, F, L, snapshot
 
-from hsync.diff import MemoryHistory, diff
+from hsync.differ import MemoryHistory, diff
 from hsync.model import Node
-from hsync.plan import TEMP_PREFIX, check_plan, plan
+from hsync.planner import TEMP_PREFIX, check_plan, plan
 
 TMP = f"{TEMP_PREFIX}1"
 """The first temporary name the planner parks a node under."""

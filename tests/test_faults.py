@@ -19,7 +19,8 @@ import pytest
 from treeutil import DIR, File, Link, assert_same_tree, build, hsync_bin
 
 from hsync.backends.fs import FsBackend
-from hsync.sync import Options, sync_once
+from hsync.oneshot import sync_once
+from hsync.options import Options
 
 HSYNC = hsync_bin()
 T0 = 1_600_000_000 * 10**9

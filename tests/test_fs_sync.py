@@ -13,7 +13,8 @@ from treeutil import DIR, File, Link, assert_same_tree, build
 
 from hsync.history import History
 from hsync.model import Plan
-from hsync.sync import Options, sync_once
+from hsync.oneshot import sync_once
+from hsync.options import Options
 
 T0 = 1_600_000_000 * 10**9
 N_FILES = 1000
@@ -432,7 +433,7 @@ def test_the_scanning_child_dies_with_a_killed_run(tmp_path: Path) -> None:
         "    time.sleep(60)  # both walks are long: the child's too\n"
         "    return real(self, *a, **k)\n"
         "fs.FsBackend.scan = slow\n"
-        "from hsync.sync import Options, sync_once\n"
+        "from hsync.oneshot import sync_once\nfrom hsync.options import Options\n"
         f"sync_once({str(src)!r}, {str(dst)!r}, Options(state={state!r}))\n"
     )
     run = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)

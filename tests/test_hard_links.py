@@ -8,7 +8,8 @@ from pathlib import Path
 
 from treeutil import assert_same_tree, build, hsync_bin
 
-from hsync.sync import Options, sync_once
+from hsync.oneshot import sync_once
+from hsync.options import Options
 
 T0 = 1_600_000_000 * 10**9
 

@@ -15,13 +15,15 @@ from hsync.backends import fs
 from hsync.history import History
 from hsync.journal import DONE, KEEP, ROLLED, RUNNING, Journal, journal_path, recover
 from hsync.model import Op
-from hsync.sync import Options, _url_id, sync_once
+from hsync.oneshot import sync_once
+from hsync.options import Options
 
 
 def _pair_history(src: Path, dst: Path, state: str) -> History:
     from hsync.backends.fs import FsBackend
 
-    return History(state, _url_id(FsBackend(str(src))), _url_id(FsBackend(str(dst))))
+    return History(state, FsBackend(str(src)).canonical_url(),
+                   FsBackend(str(dst)).canonical_url())
 
 
 def test_each_batch_is_recorded_before_it_runs_and_done_after(

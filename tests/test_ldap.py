@@ -452,7 +452,8 @@ def test_an_entry_replaced_after_the_scan_is_not_deleted(ldap_env: Slapd) -> Non
     entry deleted and re-added under the same DN (a new entryUUID) is left alone."""
     add_ldif(ldap_env, DST_BASE, f"dn: ou=Old,{DST_BASE}\nobjectClass: organizationalUnit\n"
                                  "ou: Old\n")
-    from hsync.sync import Options, compare
+    from hsync.oneshot import compare
+    from hsync.options import Options
 
     c = compare(ldap_env.endpoint(SRC_BASE), ldap_env.endpoint(DST_BASE),
                 Options(state="", allow_empty_source=True))

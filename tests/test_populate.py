@@ -18,7 +18,8 @@ from treeutil import DIR, File, Link, assert_same_tree, build
 
 import hsync
 import hsync.populate
-from hsync.sync import Options, sync_once
+from hsync.oneshot import sync_once
+from hsync.options import Options
 
 sync_module = importlib.import_module("hsync.sync")  # ``hsync.sync`` is the function
 

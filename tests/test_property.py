@@ -28,12 +28,13 @@ from hypothesis import HealthCheck, assume, given, note, settings
 from hypothesis import strategies as st
 from treeutil import DIR, D, F, File, L, Link, assert_same_tree, build
 
-from hsync.diff import Digest, MemoryHistory, diff
+from hsync.differ import Digest, MemoryHistory, diff
 from hsync.model import Key, Node, Snapshot, is_under
-from hsync.plan import check_plan, plan
+from hsync.planner import check_plan, plan
 from hsync.region import Region
-from hsync.sync import Options, Report, sync_once
-from hsync.watch import RoundResult
+from hsync.oneshot import sync_once
+from hsync.options import Options, Report
+from hsync.live import RoundResult
 
 NAMES = ("a", "A", "b", "B", "c")
 IDENTS = range(1, 16)
@@ -525,18 +526,14 @@ def test_real_renames_copy_nothing(
 def _quick_round(src: Path, dst: Path, state: Path) -> RoundResult:
     """What a restarted watch does first: the source against the history (stat-only),
     then a round over what that found. Returns the round."""
-    from hsync.sync import open_history, open_pair
-    from hsync.watch import PairWatch
+    from hsync.live import PairWatch
+    from hsync.session import PairSession
 
     rounds: list[RoundResult] = []
     pw = PairWatch(str(src), str(dst), Options(state=str(state), check=True),
                    on_round=rounds.append)
-    source, destination = open_pair(str(src), str(dst))
-    history = open_history(source, destination, pw.options)
-    try:
-        pw._round(source, destination, history, Region.of([()]), None, quick=True)
-    finally:
-        history.close()
+    with PairSession(str(src), str(dst), pw.options) as session:
+        pw._round(session, Region.of([()]), None, quick=True)
     assert len(rounds) == 1 and rounds[0].full
     return rounds[0]
 

@@ -13,8 +13,9 @@ import pytest
 from treeutil import DIR, File, Link, build, hsync_bin
 
 import hsync
-from hsync.sync import Options, sync_once
-from hsync.verify import CONTENT, EXTRA, METADATA, MISSING, TYPE, Difference
+from hsync.oneshot import sync_once
+from hsync.options import Options
+from hsync.verifier import CONTENT, EXTRA, METADATA, MISSING, TYPE, Difference
 
 T0 = 1_600_000_000 * 10**9
 HSYNC = hsync_bin()
@@ -100,7 +101,7 @@ def test_small_chunks_still_find_everything(tmp_path: Path) -> None:
     _flip(dst / "d1" / "f049")
     chunks = []
     from hsync.backends.fs import FsBackend
-    from hsync.verify import Verifier
+    from hsync.verifier import Verifier
 
     v = Verifier(FsBackend(str(src)), FsBackend(str(dst), role="destination"),
                  settle=0, chunk_files=7)

@@ -16,7 +16,8 @@ from hypothesis import strategies as st
 from treeutil import assert_same_tree, build
 
 from hsync.backends import fs
-from hsync.sync import Options, sync_once
+from hsync.oneshot import sync_once
+from hsync.options import Options
 
 names = st.sampled_from(["a", "B", "é", "\udcff", "\udcfe\udcfd", "x" * 200, ".h", "-"])
 kinds = st.sampled_from(["file", "dir", "link", "fifo"])

@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from treeutil import assert_same_tree, hsync_bin
 
 from hsync.region import Region
-from hsync.sync import Options, compare
-from hsync.watch import Dirty, PairWatch, RoundResult, StatusFile, WatchOptions
+from hsync.oneshot import compare
+from hsync.options import Options
+from hsync.live import Dirty, PairWatch, RoundResult, StatusFile, WatchOptions
 
 # -- leak checks: every test here must end with no thread and no inotify watch left -------
 

@@ -38,31 +38,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable
 
 import attrs
 
-from .backend import ApplyResult, Backend, Credentials, Resume
-from .errors import HsyncError, Interrupted, SafetyError
-from .journal import Journal, open_for
-from .model import CREATE, DELETE, MOVE, UPDATE, Key, Op, Problem, Snapshot
+from .apply import Batching, apply_plan, record
+from .backend import ApplyResult, Credentials, Resume, Watch
+from .cancel import Cancel
+from .compare import Comparison, compare_region, compare_trees
+from .errors import CANCELLED, Cancelled, HsyncError, SafetyError
+from .filters import Exclude
+from .model import Key, Op, Problem
+from .options import Options
 from .populate import can_populate, populate
-from .region import Region, quick_pass, scan_region_pair
-from .sync import (
-    Comparison,
-    Options,
-    _exclude_matcher,
-    _record,
-    open_history,
-    open_pair,
-    plan_between,
-    run_batch,
-    scan_both,
-)
+from .region import Region, quick_pass
+from .session import PairSession
+from .status import PairStatus, StatusFile
 
 log = logging.getLogger("hsync.watch")
 
@@ -74,6 +67,7 @@ POLL_MANY = 1000
 """More unwatched subtrees than this are polled by one full (quick) pass instead."""
 BATCH_BYTES = 64 << 20
 """Bytes copied per batch at most (with ``batch_ops``): what a stop request waits for."""
+__all__ = ["Dirty", "PairStatus", "PairWatch", "RoundResult", "StatusFile", "WatchOptions"]
 
 
 @attrs.frozen(kw_only=True)
@@ -100,7 +94,7 @@ class Dirty:
     Keys are collected as they come (cheap under a burst) and normalised when the loop
     takes them: a deep key absorbs everything below it."""
 
-    def __init__(self, exclude: Callable[[Key, bool], bool] | None = None) -> None:
+    def __init__(self, exclude: Exclude | None = None) -> None:
         self.cond = threading.Condition()
         self.exclude = exclude
         self.deep: set[Key] = set()
@@ -121,7 +115,7 @@ class Dirty:
 
     # -- the WatchSink side (watcher threads) -------------------------------------------
     def dirty(self, key: Key, *, deep: bool = True) -> None:
-        if key and self.exclude is not None and _excluded(self.exclude, key):
+        if key and self.exclude is not None and self.exclude.covers(key):
             return
         with self.cond:
             (self.deep if deep else self.shallow).add(key)
@@ -237,113 +231,6 @@ class Dirty:
             self.cond.notify_all()
 
 
-def _excluded(exclude: Callable[[Key, bool], bool], key: Key) -> bool:
-    # the kind of a key named by an event is not known: a pattern for either counts,
-    # for the key or an ancestor (a directory pattern excludes what is below it)
-    for i in range(1, len(key) + 1):
-        k = key[:i]
-        if exclude(k, True) or (i == len(key) and exclude(k, False)):
-            return True
-    return False
-
-
-@attrs.define
-class PairStatus:
-    """What ``--status-file`` says about one pair."""
-
-    name: str
-    source: str
-    destination: str
-    state: str = "starting"  # starting, syncing, idle, waiting, error, stopped
-    rounds: int = 0
-    full_comparisons: int = 0
-    restarts: int = 0
-    counts: dict[str, int] = attrs.field(
-        factory=lambda: dict.fromkeys((CREATE, UPDATE, MOVE, DELETE), 0)
-    )
-    bytes_copied: int = 0
-    problems: int = 0
-    last_round_at: float | None = None
-    last_round_seconds: float | None = None
-    last_lag_seconds: float | None = None
-    oldest_pending: float | None = None  # monotonic
-    pending: int = 0
-    last_error: str | None = None
-    warnings: list[str] = attrs.field(factory=list)
-    unwatched: dict[str, str] = attrs.field(factory=dict)
-    verified_at: float | None = None
-    verify_differences: int | None = None
-    """Differences the last verify found; ``verify_found`` counts them all."""
-    verify_found: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        lag = 0.0
-        if self.oldest_pending is not None:
-            lag = max(0.0, time.monotonic() - self.oldest_pending)
-        return {
-            "name": self.name,
-            "source": self.source,
-            "destination": self.destination,
-            "state": self.state,
-            "rounds": self.rounds,
-            "full_comparisons": self.full_comparisons,
-            "restarts": self.restarts,
-            "counts": dict(self.counts),
-            "bytes_copied": self.bytes_copied,
-            "problems": self.problems,
-            "last_round_at": _iso(self.last_round_at),
-            "last_round_seconds": _round6(self.last_round_seconds),
-            "last_lag_seconds": _round6(self.last_lag_seconds),
-            "lag_seconds": round(lag, 6),
-            "pending": self.pending,
-            "last_error": self.last_error,
-            "warnings": self.warnings[-10:],
-            "unwatched": self.unwatched,
-            "verified_at": _iso(self.verified_at),
-            "verify_differences": self.verify_differences,
-            "verify_found": self.verify_found,
-        }
-
-
-def _iso(t: float | None) -> str | None:
-    if t is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t % 1 * 1000):03d}Z"
-
-
-def _round6(x: float | None) -> float | None:
-    return None if x is None else round(x, 6)
-
-
-class StatusFile:
-    """Writes every pair's status to one JSON file, atomically (temporary + rename)."""
-
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self.pairs: list[PairStatus] = []
-        self.started = time.time()
-        self.lock = threading.Lock()
-
-    def write(self) -> None:
-        if self.path is None:
-            return
-        with self.lock:
-            doc = {
-                "pid": os.getpid(),
-                "started_at": _iso(self.started),
-                "written_at": _iso(time.time()),
-                "pairs": [p.to_json() for p in self.pairs],
-            }
-            tmp = f"{self.path}.tmp-{os.getpid()}"
-            try:
-                with open(tmp, "w", encoding="utf-8") as f:
-                    json.dump(doc, f, indent=1)
-                    f.write("\n")
-                os.replace(tmp, self.path)
-            except OSError as e:
-                log.warning("%s: cannot write the status file: %s", self.path, e.strerror)
-
-
 @attrs.frozen
 class RoundResult:
     """What one round did (for ``on_round`` callbacks: tests, the status file)."""
@@ -374,18 +261,23 @@ class PairWatch:
         credentials: tuple[Credentials | None, Credentials | None] = (None, None),
     ) -> None:
         self.source_url = source_url
-        self.credentials = credentials
         self.destination_url = destination_url
+        self.credentials = credentials
         self.options = options = options if options is not None else Options()
-        self.wopts = wopts if wopts is not None else WatchOptions()
-        self.exclude = _exclude_matcher(options.exclude)
+        self.wopts = wopts = wopts if wopts is not None else WatchOptions()
+        self.exclude = Exclude.of(options.exclude)
+        self.batching = Batching(max_ops=wopts.batch_ops, max_bytes=BATCH_BYTES,
+                                 min_ops=wopts.batch_ops)
         self.dirty = Dirty(self.exclude)
         self.status = PairStatus(name or source_url, source_url, destination_url)
         self.status_file = status or StatusFile(None)
         self.status_file.pairs.append(self.status)
         self.on_round = on_round
         self.on_compared = on_compared  # a test's window between compare and apply
-        self._stop = threading.Event()
+        self._stopped = Cancel()
+        """Cancelled by ``stop``: the apply step stops between batches."""
+        self._comparing = Cancel.when(self._interrupt)
+        """Cancelled by a stop, or by a change under the comparison in flight."""
         self._in_a_row = 0  # restarts of the current region
         self._full_not_before = 0.0
         self._full_backoff = FULL_BACKOFF_MIN
@@ -397,158 +289,111 @@ class PairWatch:
         self._checksum_next = False
         self._context = ""  # what a resume token is stored with (roots, options)
         self._losses_seen = 0
+        self.watcher: Watch | None = None
+        """The source's watch while one runs (tests inject faults at its boundary)."""
 
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
         """Ask the loop to finish the batch in flight, record the history and return."""
-        self._stop.set()
+        self._stopped.cancel("stopping")
         self.dirty.stop()
 
     @property
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self._stopped.cancelled()
 
     def pause(self, seconds: float) -> bool:
         """Wait ``seconds`` or until a stop is asked; True when it was."""
-        return self._stop.wait(seconds)
+        return self._stopped.wait(seconds)
 
     def _interrupt(self) -> bool:
-        return self._stop.is_set() or (
+        return self._stopped.cancelled() or (
             self.dirty.stale and self._in_a_row < self.wopts.max_restarts
         )
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:
         """Run until ``stop()``. Raises ``HsyncError`` when the pair cannot be opened."""
-        source, destination = open_pair(
-            self.source_url, self.destination_url, self.options.exclude_attrs,
-            self.credentials,
-        )
-        history = None
         try:
-            history = open_history(source, destination, self.options)
-            self._journal = open_for(history)
-            for b in (source, destination):
-                if hasattr(b, "interrupt"):
-                    b.interrupt = self._interrupt  # type: ignore[attr-defined]
-            while not self.stopping:
-                self._watching(source, destination, history)
-                if not self.stopping:
-                    self._wait_for_root(source)
+            with PairSession(
+                self.source_url, self.destination_url, self.options,
+                credentials=self.credentials,
+            ) as session:
+                while not self.stopping:
+                    self._watching(session)
+                    if not self.stopping:
+                        self._wait_for_root(session)
         finally:
             self.status.state = "stopped"
             self.status_file.write()
-            if self._journal is not None:
-                self._journal.close()
-            if history is not None:
-                history.close()
-            source.close()
-            destination.close()
 
-    def _watching(self, source: Backend, destination: Backend, history: Any) -> None:
-        """One life of the watcher: from its start until it dies or a stop."""
-        watcher = None
+    def _start_watch(self, session: PairSession) -> Watch | None:
+        """The source's watch, started (resumed from the history's token where it can
+        be); None when the source cannot be watched (it is polled instead)."""
+        source = session.source
+        feats = source.features
+        resume = self._resume_point(session)
+        try:
+            if resume is not None and feats.resumable is not None:
+                watch = feats.resumable.watch_from(self.dirty, resume)
+            elif feats.watchable is not None:
+                watch = feats.watchable.watch(self.dirty)
+            else:
+                self.dirty.unwatched((), "the backend cannot watch")
+                return None
+            watch.__enter__()
+            return watch
+        except (OSError, HsyncError) as e:
+            reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
+            self.dirty.unwatched((), reason)
+            log.warning("%s: cannot watch the source (%s): polling every %g s",
+                        source.url, reason, self.wopts.poll_interval)
+            return None
+
+    def _watching(self, session: PairSession) -> None:
+        """One life of the watch: from its start until it dies or a stop."""
+        source = session.source
         with self.dirty.cond:
-            self.dirty.unwatched_keys.clear()  # a new watcher: it says what it cannot watch
-        start = getattr(source, "watch", None)
-        resume = self._resume_point(source, destination, history)
-        if start is not None:
-            try:
-                watcher = start(self.dirty, resume=resume) if resume else start(self.dirty)
-                watcher.__enter__()
-            except (OSError, HsyncError) as e:
-                watcher = None
-                reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
-                self.dirty.unwatched((), reason)
-                log.warning("%s: cannot watch the source (%s): polling every %g s",
-                            source.url, reason, self.wopts.poll_interval)
-        else:
-            self.dirty.unwatched((), "the backend cannot watch")
-        self.watcher = watcher
+            self.dirty.unwatched_keys.clear()  # a new watch: it says what it cannot watch
+        watcher = self.watcher = self._start_watch(session)
         self.status.unwatched = {"/".join(k): v for k, v in self.dirty.unwatched_keys.items()}
-        root_id = _root_identity(source)
-        next_root_check = time.monotonic() + ROOT_POLL
-        if getattr(watcher, "resumed", False):
-            # the watcher reported what changed since the token: no full comparison
+        root_id = source.backend.root_id()
+        if watcher is not None and watcher.resumed:
+            # the watch reported what changed since the token: no full comparison
             log.info("%s: resumed from the history's token: %d dirty subtree(s)",
                      source.url, self.dirty.pending())
             self._losses_seen = self.dirty.losses
         else:
             self.dirty.lost("start")  # a full comparison first: what changed meanwhile
         self._full_not_before = 0.0
-        next_poll = time.monotonic() + self.wopts.poll_interval
-        next_rescan = (
-            time.monotonic() + self.wopts.rescan_interval if self.wopts.rescan_interval else None
-        )
-        next_verify = (
-            time.monotonic() + self.wopts.verify_interval if self.wopts.verify_interval else None
-        )
+        timers = _Timers(self.wopts)
         verifying: threading.Thread | None = None
         try:
             while not self.stopping:
-                if watcher is not None and not getattr(watcher, "alive", True):
+                if watcher is not None and not watcher.alive:
                     log.warning("%s: the watcher stopped (source root moved or deleted)",
                                 source.url)
                     return
-                if time.monotonic() >= next_root_check:
-                    # an unmounted or replaced root sends no event: look at it now and then
-                    if _root_identity(source) != root_id:
-                        log.warning("%s: the source root was replaced or unmounted",
-                                    source.url)
-                        return
-                    next_root_check = time.monotonic() + ROOT_POLL
-                deadlines = [t for t in (next_poll if self.dirty.unwatched_keys else None,
-                                         next_rescan, self._retry_at, next_root_check,
-                                         next_verify)
-                             if t is not None]
-                if self.dirty.lost_reason is not None:
-                    deadlines.append(self._full_not_before)
+                if timers.root_due() and source.backend.root_id() != root_id:
+                    # an unmounted or replaced root sends no event
+                    log.warning("%s: the source root was replaced or unmounted", source.url)
+                    return
                 self.dirty.wait(self.wopts.debounce, self.wopts.max_delay,
-                                min(deadlines) if deadlines else None)
+                                timers.next_deadline(self))
                 if self.stopping:
                     return
-                now = time.monotonic()
-                if self.dirty.unwatched_keys and now >= next_poll:
-                    unwatched = list(self.dirty.unwatched_keys)
-                    if len(unwatched) > POLL_MANY and () not in unwatched:
-                        # thousands of subtrees (the watch limit hit early): one pass of
-                        # the source against the history costs less than as many rescans
-                        self.dirty.lost("polling directories that cannot be watched")
-                        self._full_not_before = 0.0
-                    else:
-                        for k in unwatched:
-                            self.dirty.dirty(k, deep=True)
-                    next_poll = now + self.wopts.poll_interval
-                if next_rescan is not None and now >= next_rescan:
-                    self.dirty.lost("periodic full comparison (--rescan-interval)", quick=False)
-                    self._full_not_before = 0.0
-                    assert self.wopts.rescan_interval is not None
-                    next_rescan = now + self.wopts.rescan_interval
-                if next_verify is not None and now >= next_verify and (
-                    verifying is None or not verifying.is_alive()
-                ):
-                    verifying = threading.Thread(
-                        target=self._verify, args=(source, destination),
-                        name=f"hsync-verify-{self.status.name}",
-                    )
-                    verifying.start()
-                    assert self.wopts.verify_interval is not None
-                    next_verify = now + self.wopts.verify_interval
-                if self._retry_at is not None and now >= self._retry_at:
-                    for k in self._retry_keys:
-                        self.dirty.dirty(k, deep=True)
-                    self._retry_keys = set()
-                    self._retry_at = None
+                verifying = self._due_work(session, timers, verifying)
                 # the checkpoint before the take: every change up to it is in the region
                 # taken now or in earlier rounds
-                token = self._checkpoint(history)
+                token = self._checkpoint(session)
+                now = time.monotonic()
                 region, first, quick = self.dirty.take(allow_full=now >= self._full_not_before)
                 self.status.unwatched = {
                     "/".join(k): v for k, v in self.dirty.unwatched_keys.items()
                 }
                 if region:
-                    synced = self._round(source, destination, history, region, first, quick)
-                    self._store_checkpoint(history, token, synced)
+                    synced = self._round(session, region, first, quick)
+                    self._store_checkpoint(session, token, synced)
                     self.status.pending = self.dirty.pending()
                     self.status.oldest_pending = self.dirty.first
         finally:
@@ -558,22 +403,49 @@ class PairWatch:
             if watcher is not None:
                 watcher.__exit__(None, None, None)
 
-    watcher: Any = None
-    _journal: Journal | None = None
-    """The backend's watcher while one runs (tests inject faults at its boundary)."""
+    def _due_work(
+        self, session: PairSession, timers: _Timers, verifying: threading.Thread | None
+    ) -> threading.Thread | None:
+        """What the clock asks for now: polls of unwatched subtrees, the periodic full
+        comparison, a verify beside the loop, the retry of failed keys."""
+        now = time.monotonic()
+        if self.dirty.unwatched_keys and timers.poll_due(now):
+            unwatched = list(self.dirty.unwatched_keys)
+            if len(unwatched) > POLL_MANY and () not in unwatched:
+                # thousands of subtrees (the watch limit hit early): one pass of the
+                # source against the history costs less than as many rescans
+                self.dirty.lost("polling directories that cannot be watched")
+                self._full_not_before = 0.0
+            else:
+                for k in unwatched:
+                    self.dirty.dirty(k, deep=True)
+        if timers.rescan_due(now):
+            self.dirty.lost("periodic full comparison (--rescan-interval)", quick=False)
+            self._full_not_before = 0.0
+        if (verifying is None or not verifying.is_alive()) and timers.verify_due(now):
+            verifying = threading.Thread(
+                target=self._verify, args=(session,), name=f"hsync-verify-{self.status.name}"
+            )
+            verifying.start()
+        if self._retry_at is not None and now >= self._retry_at:
+            for k in self._retry_keys:
+                self.dirty.dirty(k, deep=True)
+            self._retry_keys = set()
+            self._retry_at = None
+        return verifying
 
     # -- the resume token ---------------------------------------------------------------
-    def _resume_point(
-        self, source: Backend, destination: Backend, history: Any
-    ) -> Resume | None:
-        """The history's token for this watcher, when it may be trusted: a complete
+    def _resume_point(self, session: PairSession) -> Resume | None:
+        """The history's token for this watch, when it may be trusted: a complete
         history, written by a run over the same two roots (identities: a source or a
         destination recreated under the same URL is not the tree the rows describe)
         and with the same options that shape the rows (excludes)."""
         self._context = json.dumps([
-            repr(_root_identity(source)), repr(_root_identity(destination)),
+            repr(session.source.backend.root_id()),
+            repr(session.destination.backend.root_id()),
             sorted(self.options.exclude), sorted(self.options.exclude_attrs),
         ])
+        history = session.history
         if history is None or history.readonly or self.options.dry_run:
             return None
         token = history.resume_token(self._context)
@@ -582,26 +454,28 @@ class PairWatch:
         known = list(history.identities())  # read here: the history is this thread's
         return Resume(token, lambda: known)
 
-    def _checkpoint(self, history: Any) -> tuple[bytes | None, int]:
-        """The watcher's checkpoint now (None without one) and the loss count it goes
+    def _checkpoint(self, session: PairSession) -> tuple[bytes | None, int]:
+        """The watch's checkpoint now (None without one) and the loss count it goes
         with. A loss seen since the last look drops the stored token: the history may
-        lag behind what the watcher had reported before it."""
+        lag behind what the watch had reported before it."""
+        history = session.history
         losses = self.dirty.losses
         if losses != self._losses_seen:
             self._losses_seen = losses
             if history is not None and not history.readonly:
                 history.clear_resume()
-        checkpoint = getattr(self.watcher, "checkpoint", None)
-        return (checkpoint() if checkpoint is not None else None), losses
+        watcher = self.watcher
+        return (watcher.checkpoint() if watcher is not None else None), losses
 
     def _store_checkpoint(
-        self, history: Any, token: tuple[bytes | None, int], synced: bool
+        self, session: PairSession, token: tuple[bytes | None, int], synced: bool
     ) -> None:
         """Keep ``token`` as the pair's resume token when the round taken with it has
         synced everything up to it: it applied and recorded all it found (``synced``),
         and nothing from before it is left (no loss since or pending, no key waiting
         for a retry)."""
         value, losses = token
+        history = session.history
         if (
             value is None or not synced or history is None or history.readonly
             or self.options.dry_run or self.stopping
@@ -612,25 +486,18 @@ class PairWatch:
             return
         history.save_resume(value, self._context)
 
-    def _wait_for_root(self, source: Backend) -> None:
+    def _wait_for_root(self, session: PairSession) -> None:
         self.status.state = "waiting"
         self.status_file.write()
         while not self.stopping:
-            why = getattr(source, "root_error", lambda: None)()
-            if why is None and source.exists():
-                log.info("%s: the source root is back: full comparison", source.url)
+            if session.source.backend.root_error() is None:
+                log.info("%s: the source root is back: full comparison", session.source.url)
                 return
-            self._stop.wait(ROOT_POLL)
+            self._stopped.wait(ROOT_POLL)
 
     # -- one round ------------------------------------------------------------------------
     def _round(
-        self,
-        source: Backend,
-        destination: Backend,
-        history: Any,
-        region: Region,
-        first: float | None,
-        quick: bool = False,
+        self, session: PairSession, region: Region, first: float | None, quick: bool = False
     ) -> bool:
         """One round over ``region``; True when it applied and recorded everything it
         found (no problem, no warning): the history is synced up to the round's start."""
@@ -640,75 +507,109 @@ class PairWatch:
         st.pending = len(region)
         self.status_file.write()
         self.dirty.begin(region)
-        passed = False
         try:
-            if region.full and quick and history is not None and history.complete:
-                # stat-only: the source against what the history says was synced
-                found = quick_pass(source, history, self.exclude,
-                                   allow_empty_source=self.options.allow_empty_source)
-                passed = True
-                region = found.union(Region.of(region.deep - {()}, region.shallow))
-                self.dirty.begin(region)
-            if region.full and can_populate(source, destination):
+            found = self._compare(session, region, quick)
+            if found is None:
                 self.dirty.end()
-                return self._populate(source, destination, history, t0, first)
-            if region.full:
-                cmp = self._compare_full(source, destination, history)
-            else:
-                compared, src, dst = scan_region_pair(source, destination, region, self.exclude)
-                if compared.full:
-                    self.dirty.begin(compared)
-                    cmp = self._compare_full(source, destination, history)
-                else:
-                    options = self.options
-                    if self._checksum_next:  # verify found content that stat cannot see
-                        options = attrs.evolve(options, checksum=True)
-                        self._checksum_next = False
-                    cmp = plan_between(source, destination, src, dst, history, options)
-                region = compared
+                return self._populate(session, t0, first)
+            cmp, full = found
+            region = cmp.region if cmp.region is not None else Region.of([()])
             if self.on_compared is not None:
                 self.on_compared(region)
-            if self._interrupt():
-                raise Interrupted("stale")
-        except Interrupted:
-            self.dirty.put_back(region, first)
-            if not self.stopping:
-                self._in_a_row += 1
-                st.restarts += 1
-                log.info("comparison of %d dirty subtree(s) restarted: the source changed "
-                         "under it", len(region))
-            st.state = "idle"
+            self._comparing.check()
+        except Cancelled:
+            self._restarted(region, first)
             return False
         except SafetyError as e:
-            # the source vanished, or looks wiped: nothing is deleted; wait and retry
-            self.dirty.end()
-            st.state = "error"
-            st.last_error = str(e)
-            if self._blocked != str(e):
-                log.error("%s", e)
-            self._blocked = str(e)
-            self.dirty.lost("the source root is back", quick=False)
-            self._full_not_before = time.monotonic() + self._backoff_full()
-            self.status_file.write()
+            self._blocked_by(e)
             return False
         except (OSError, HsyncError) as e:
-            self.dirty.end()
-            st.state = "error"
-            st.last_error = str(e)
-            log.error("%s", e)
-            # retried after a delay that grows, not at once: an error that persists
-            # must not become a busy loop
-            self._retry_keys |= region.deep | region.shallow
-            self._retry_at = time.monotonic() + self._retry_delay
-            self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
-            self.status_file.write()
+            self._failed(region, e)
             return False
         self.dirty.end()
         self._in_a_row = 0
         self._blocked = None
-        if region.full or passed:
+        if full:
             st.full_comparisons += 1
-        done, problems = self._apply(cmp)
+        done, problems = self._apply(session, cmp)
+        self._finished(region, full, cmp, done, problems, t0, first)
+        return not problems and not cmp.warnings
+
+    def _compare(
+        self, session: PairSession, region: Region, quick: bool
+    ) -> tuple[Comparison, bool] | None:
+        """The comparison of ``region`` and whether it was a full one; None when the
+        destination is empty and the source streams (an initial copy is due)."""
+        history = session.history
+        passed = False
+        if region.full and quick and history is not None and history.complete:
+            # stat-only: the source against what the history says was synced
+            found = quick_pass(session.source, history, self.exclude,
+                               allow_empty_source=self.options.allow_empty_source,
+                               cancel=self._comparing)
+            passed = True
+            region = found.union(Region.of(region.deep - {()}, region.shallow))
+            self.dirty.begin(region)
+        if region.full and can_populate(session):
+            return None
+        if not region.full:
+            checksum, self._checksum_next = self._checksum_next, False
+            cmp = compare_region(session, region, cancel=self._comparing, checksum=checksum)
+            if cmp is not None:
+                return cmp, passed
+            self._checksum_next = checksum  # not used: for the next region
+            self.dirty.begin(Region.of([()]))
+        cmp = compare_trees(session, cancel=self._comparing)
+        if not self._blocked:
+            # the next loss of notifications waits a while before another full comparison
+            self._full_not_before = time.monotonic() + self._backoff_full()
+        return cmp, True
+
+    def _restarted(self, region: Region, first: float | None) -> None:
+        """The source changed under the comparison (or a stop came): the region goes
+        back to the dirty set, to be compared after the next quiet period."""
+        self.dirty.put_back(region, first)
+        if not self.stopping:
+            self._in_a_row += 1
+            self.status.restarts += 1
+            log.info("comparison of %d dirty subtree(s) restarted: the source changed "
+                     "under it", len(region))
+        self.status.state = "idle"
+
+    def _blocked_by(self, e: SafetyError) -> None:
+        """The source vanished, or looks wiped: nothing is deleted; wait and retry."""
+        self.dirty.end()
+        st = self.status
+        st.state = "error"
+        st.last_error = str(e)
+        if self._blocked != str(e):
+            log.error("%s", e)
+        self._blocked = str(e)
+        self.dirty.lost("the source root is back", quick=False)
+        self._full_not_before = time.monotonic() + self._backoff_full()
+        self.status_file.write()
+
+    def _failed(self, region: Region, e: BaseException) -> None:
+        """A round that failed as a whole is retried after a delay that grows, not at
+        once: an error that persists must not become a busy loop."""
+        self.dirty.end()
+        self.status.state = "error"
+        self.status.last_error = str(e)
+        log.error("%s", e)
+        self._retry_later(region.deep | region.shallow)
+        self.status_file.write()
+
+    def _retry_later(self, keys: Iterable[Key]) -> None:
+        self._retry_keys |= set(keys)
+        self._retry_at = time.monotonic() + self._retry_delay
+        self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
+
+    def _finished(
+        self, region: Region, full: bool, cmp: Comparison, done: list[Op],
+        problems: list[Problem], t0: float, first: float | None,
+    ) -> None:
+        """The status, the log and the retries after a round that applied."""
+        st = self.status
         seconds = time.monotonic() - t0
         st.rounds += 1
         st.last_round_at = time.time()
@@ -720,14 +621,13 @@ class PairWatch:
         st.problems += len(problems)
         st.warnings.extend(cmp.warnings)
         st.state = "error" if problems else "idle"
-        st.last_error = problems[0].message if problems else (None if not cmp.warnings else
-                                                               cmp.warnings[0])
+        st.last_error = (problems[0].message if problems
+                         else cmp.warnings[0] if cmp.warnings else None)
         if problems:
             for p in problems:
-                log.warning("%s: %s", "/".join(p.key) or ".", p.message)
-            self._retry_keys |= {p.key for p in problems}
-            self._retry_at = time.monotonic() + self._retry_delay
-            self._retry_delay = min(RETRY_MAX, self._retry_delay * 2)
+                if p.kind != CANCELLED:
+                    log.warning("%s: %s", "/".join(p.key) or ".", p.message)
+            self._retry_later(p.key for p in problems)
         else:
             self._retry_delay = 1.0
         if cmp.plan.ops:
@@ -735,14 +635,10 @@ class PairWatch:
                      " (full comparison)" if region.full else "")
         self.status_file.write()
         if self.on_round is not None:
-            self.on_round(RoundResult(region, region.full or passed, cmp.plan.ops, tuple(done),
+            self.on_round(RoundResult(region, full, cmp.plan.ops, tuple(done),
                                       tuple(problems), seconds))
-        return not problems and not cmp.warnings
 
-    def _populate(
-        self, source: Backend, destination: Backend, history: Any, t0: float,
-        first: float | None,
-    ) -> bool:
+    def _populate(self, session: PairSession, t0: float, first: float | None) -> bool:
         """An empty destination: stream the source's walk (parents first) into creates,
         a batch at a time, recording the history as it goes (``populate``). Nothing on
         the destination can be moved or deleted, so no diff is needed, and memory stays
@@ -754,14 +650,8 @@ class PairWatch:
             for op in result.done:
                 st.counts[op.op] += 1
 
-        done = populate(
-            source, destination, exclude=self.exclude,
-            run=lambda ops, final, then: self._run_batch(destination, ops, source, final,
-                                                         then),
-            history=history, batch_ops=self.wopts.batch_ops,
-            min_batch=self.wopts.batch_ops,
-            stopping=lambda: self.stopping, on_batch=counted,
-        )
+        done = populate(session, batching=self.batching, cancel=self._stopped,
+                        on_batch=counted)
         problems = done.problems
         total = sum(done.planned.values())
         st.full_comparisons += 1
@@ -772,9 +662,8 @@ class PairWatch:
         st.last_lag_seconds = time.monotonic() - first if first is not None else None
         st.state = "error" if problems else "idle"
         st.last_error = problems[0].message if problems else None
-        self._retry_keys |= {p.key for p in problems}
         if problems:
-            self._retry_at = time.monotonic() + self._retry_delay
+            self._retry_later(p.key for p in problems)
         log.info("initial copy into an empty destination: %d node(s) in %.3f s",
                  total, st.last_round_seconds)
         self.status_file.write()
@@ -785,11 +674,11 @@ class PairWatch:
                                       st.last_round_seconds))
         return not problems and done.complete
 
-    def _verify(self, source: Backend, destination: Backend) -> None:
+    def _verify(self, session: PairSession) -> None:
         """One content-level verification beside the loop (``hsync verify``), a chunk at
         a time. A key with a change pending in the loop is left to it; a difference that
         persists is marked dirty, and the round that repairs it compares content."""
-        from .verify import Verifier
+        from .verifier import Verifier
 
         def pending(key: Key) -> bool:
             with self.dirty.cond:
@@ -797,7 +686,8 @@ class PairWatch:
                     key[:i] in self.dirty.deep for i in range(len(key) + 1)
                 ) or key in self.dirty.shallow
 
-        v = Verifier(source, destination, exclude=self.exclude, pending=pending)
+        v = Verifier(session.source, session.destination, exclude=self.exclude,
+                     pending=pending)
         t0 = time.monotonic()
         try:
             for _ in v.chunks():
@@ -819,18 +709,6 @@ class PairWatch:
             for d in found:
                 self.dirty.dirty(d.key, deep=True)
 
-    def _run_batch(
-        self,
-        destination: Backend,
-        ops: Sequence[Op],
-        source: Backend,
-        final: Snapshot,
-        while_flushing: Callable[[ApplyResult], None] | None = None,
-    ) -> ApplyResult:
-        """One batch, journaled like ``sync``'s."""
-        return run_batch(self._journal, destination, ops, source, final, self.options,
-                         while_flushing=while_flushing)
-
     def _backoff_full(self) -> float:
         now = time.monotonic()
         if now - self._last_loss > FULL_BACKOFF_MAX:
@@ -840,66 +718,75 @@ class PairWatch:
         self._last_loss = now
         return self._full_backoff
 
-    def _compare_full(self, source: Backend, destination: Backend, history: Any) -> Comparison:
-        src, dst = scan_both(source, destination, self.options, history)
-        if not self._blocked:
-            # the next loss of notifications waits a while before another full comparison
-            self._full_not_before = time.monotonic() + self._backoff_full()
-        return plan_between(source, destination, src, dst, history, self.options)
-
-    def _apply(self, cmp: Comparison) -> tuple[list[Op], list[Problem]]:
-        done: list[Op] = []
+    def _apply(self, session: PairSession, cmp: Comparison) -> tuple[list[Op], list[Problem]]:
+        """Apply a round's plan in small batches (a stop waits for one), recording the
+        history while the last one flushes (a partial comparison only into a complete
+        history)."""
         problems: list[Problem] = [
-            Problem(k, f"not synced: {why}", retry=True) for k, why in cmp.src.incomplete.items()
+            Problem(k, f"not synced: {why}", kind="retry")
+            for k, why in cmp.src.incomplete.items()
         ]
-        failed: set[Key] = set()
-        ops = cmp.plan.ops
         if self.options.dry_run:
-            return done, problems
-        for start, batch in _batches(ops, self.wopts.batch_ops):
-            if self.stopping:
-                for op in ops[start:]:  # not applied: not recorded as synced either
-                    failed.add(op.key)
-                    if op.to is not None:
-                        failed.add(op.to)
-                break
-            result = self._run_batch(cmp.destination, batch, cmp.source, cmp.src)
-            done.extend(result.done)
-            problems.extend(result.problems)
-            self.status.bytes_copied += result.bytes_copied
-            failed.update(p.key for p in result.problems)
-        if cmp.history is not None and (cmp.history.complete or not cmp.src.partial):
-            _record(cmp, failed)
-        return done, problems
+            return [], problems
+        history = session.history
+        recording = history is not None and (history.complete or not cmp.src.partial)
+        applied = apply_plan(
+            session, cmp.plan.ops, cmp.src, batching=self.batching, cancel=self._stopped,
+            on_batch=lambda r: self._count_bytes(r),
+            record=(lambda failed: record(session, cmp.src, cmp.plan.changes, failed))
+            if recording else None,
+        )
+        return applied.done, problems + applied.problems
+
+    def _count_bytes(self, result: ApplyResult) -> None:
+        self.status.bytes_copied += result.bytes_copied
 
 
-def _root_identity(backend: Backend) -> object:
-    """What identifies the source root (its inode and device for a filesystem)."""
-    try:
-        node = backend.stat(())
-    except OSError:
-        return None
-    if node is None:
-        return None
-    root = getattr(backend, "root", None)
-    if root is not None:
-        try:
-            st = os.stat(root)
-        except OSError:
-            return None
-        return (st.st_dev, st.st_ino)
-    return node.identity
+class _Timers:
+    """The loop's clocks: root checks, polls of unwatched subtrees, periodic full
+    comparisons and verifies."""
 
+    def __init__(self, wopts: WatchOptions) -> None:
+        now = time.monotonic()
+        self.wopts = wopts
+        self.next_root = now + ROOT_POLL
+        self.next_poll = now + wopts.poll_interval
+        self.next_rescan = now + wopts.rescan_interval if wopts.rescan_interval else None
+        self.next_verify = now + wopts.verify_interval if wopts.verify_interval else None
 
-def _batches(ops: tuple[Op, ...], max_ops: int) -> Iterator[tuple[int, tuple[Op, ...]]]:
-    """``(start, ops[start:end])`` slices of at most ``max_ops`` ops and about
-    ``BATCH_BYTES`` of content; one empty batch when there is no op (it cleans up)."""
-    start = size = 0
-    for i, op in enumerate(ops):
-        if op.node is not None and (op.op == CREATE or (op.op == UPDATE and op.content)):
-            size += op.node.size
-        if i + 1 - start >= max_ops or size >= BATCH_BYTES:
-            yield start, ops[start : i + 1]
-            start, size = i + 1, 0
-    if start < len(ops) or not ops:
-        yield start, ops[start:]
+    def root_due(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_root:
+            return False
+        self.next_root = now + ROOT_POLL
+        return True
+
+    def poll_due(self, now: float) -> bool:
+        if now < self.next_poll:
+            return False
+        self.next_poll = now + self.wopts.poll_interval
+        return True
+
+    def rescan_due(self, now: float) -> bool:
+        if self.next_rescan is None or now < self.next_rescan:
+            return False
+        assert self.wopts.rescan_interval is not None
+        self.next_rescan = now + self.wopts.rescan_interval
+        return True
+
+    def verify_due(self, now: float) -> bool:
+        if self.next_verify is None or now < self.next_verify:
+            return False
+        assert self.wopts.verify_interval is not None
+        self.next_verify = now + self.wopts.verify_interval
+        return True
+
+    def next_deadline(self, pw: PairWatch) -> float | None:
+        """The earliest time the loop must wake up, whatever the notifications."""
+        times = [t for t in (
+            self.next_poll if pw.dirty.unwatched_keys else None,
+            self.next_rescan, pw._retry_at, self.next_root, self.next_verify,
+        ) if t is not None]
+        if pw.dirty.lost_reason is not None:
+            times.append(pw._full_not_before)
+        return min(times) if times else None

@@ -25,7 +25,6 @@ path) when differences were found.
 from __future__ import annotations
 
 import os
-import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,9 +33,10 @@ from typing import Any
 
 import attrs
 
-from .backend import Backend, open_backend
+from .backend import Endpoint, Hashed
 from .errors import UsageError
-from .model import DIR, FILE, Key, Node, Snapshot, key_str
+from .filters import Exclude
+from .model import DIR, FILE, Key, Node, Rows, Snapshot, key_str
 
 CONTENT = "content"
 METADATA = "metadata"
@@ -44,12 +44,10 @@ MISSING = "missing"
 EXTRA = "extra"
 TYPE = "type"
 
-_O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 CHUNK_FILES = 2000
 CHUNK_BYTES = 64 << 20
 SETTLE = 1.0
 ROUNDS = 3
-_READ = 1 << 20
 
 
 @attrs.frozen
@@ -106,140 +104,42 @@ class VerifyReport:
         return out
 
 
-Look = tuple[Any, ...] | None
+Look = Any
 """What one side holds at a key, cheaply (lstat fields, or the node): compared between
 two looks to tell whether it changed."""
-Hashed = tuple[bytes | None, int, Look]
-"""(xxh3-128 of the content or None when unreadable, bytes read, the look at open time)"""
-
-
-def _sig(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_ino, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def _hash_files(root: str, keys: Sequence[Key]) -> list[Hashed]:
-    """Hash the files at ``keys`` below ``root``. Module level: it runs in a worker
-    process (one per side), so both sides hash at once on two cores.
-
-    Keys come sorted, so neighbours share a directory: each directory is opened once
-    (without following a symlink below the root) and its files relative to it. One reused
-    buffer (a fresh 1 MiB buffer per read costs an mmap), and no read past the size seen
-    at open (a file that grew meanwhile shows in the settle re-check)."""
-    import xxhash
-
-    from .backends.fs import _open_beneath
-
-    buf = bytearray(_READ)
-    view = memoryview(buf)
-    readv, fstat, close, osopen, new = os.readv, os.fstat, os.close, os.open, xxhash.xxh3_128
-    isreg = stat.S_ISREG
-    out: list[Hashed] = []
-    root_fd = osopen(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    parent: Key | None = None
-    pfd = -1
-    try:
-        for key in keys:
-            try:
-                if key[:-1] != parent:
-                    if pfd >= 0:
-                        close(pfd)
-                        pfd = -1
-                    parent = key[:-1]
-                    pfd = _open_beneath(root_fd, parent)
-                fd = osopen(key[-1], _O_READ, dir_fd=pfd)
-            except Exception:  # OSError, or the fs backend's "not a directory any more"
-                out.append((None, 0, None))
-                continue
-            n = 0
-            try:
-                st = fstat(fd)
-                if not isreg(st.st_mode):
-                    out.append((None, 0, _sig(st)))
-                    continue
-                h = new()
-                size = st.st_size
-                while n < size and (got := readv(fd, [buf])):
-                    h.update(view[:got])
-                    n += got
-                out.append((h.digest(), n, _sig(st)))
-            except OSError:
-                out.append((None, n, None))
-            finally:
-                close(fd)
-    finally:
-        if pfd >= 0:
-            close(pfd)
-        close(root_fd)
-    return out
 
 
 class _Side:
-    """One tree as verify reads it: a fast path for local trees, ``digest`` else."""
+    """One tree as verify reads it: where the backend hashes in bulk (``BulkHashing``),
+    files are hashed where the data is, many at a time; else one ``digest`` per file."""
 
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
-        self.root: str | None = getattr(backend, "root", None)
-
-    def _lstat(self, key: Key) -> tuple[os.stat_result, str | None] | None:
-        """lstat of ``key`` (and a symlink's target), reached without following a
-        symlink below the root and whatever the path's length; None when absent."""
-        assert self.root is not None
-        from .backends.fs import _open_beneath
-
-        try:
-            if not key:
-                return os.stat(self.root), None
-            root_fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                dfd = _open_beneath(root_fd, key[:-1])
-            finally:
-                os.close(root_fd)
-            try:
-                st = os.stat(key[-1], dir_fd=dfd, follow_symlinks=False)
-                target = os.readlink(key[-1], dir_fd=dfd) if stat.S_ISLNK(st.st_mode) else None
-            finally:
-                os.close(dfd)
-        except Exception:  # OSError, or a directory on the way that is not one any more
-            return None
-        return st, target
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self.backend = endpoint.backend
+        self.bulk = endpoint.features.bulk_hashing
 
     def look(self, key: Key) -> Look:
-        if self.root is not None:
-            seen = self._lstat(key)
-            return None if seen is None else _sig(seen[0])
-        snap = self.backend.scan(key)
-        node = snap.nodes.get(key)
+        if self.bulk is not None:
+            return self.bulk.look(key)
+        node = self.backend.stat(key)
         return None if node is None else (node.kind, node.mode, node.size, node.mtime_ns,
                                           node.target, node.data)
 
     def node(self, key: Key) -> Node | None:
         """The node at ``key`` now (for a re-check)."""
-        if self.root is not None:
-            seen = self._lstat(key)
-            if seen is None:
-                return None
-            st, target = seen
-            mode = st.st_mode
-            if stat.S_ISREG(mode):
-                return Node(FILE, stat.S_IMODE(mode), st.st_size, st.st_mtime_ns)
-            if stat.S_ISDIR(mode):
-                return Node(DIR, stat.S_IMODE(mode), 0, st.st_mtime_ns)
-            if stat.S_ISLNK(mode):
-                return Node("symlink", 0, 0, 0, target)
-            return None
-        return self.backend.scan(key).nodes.get(key)
+        return self.backend.stat(key)
 
     def hash(self, key: Key) -> Hashed:
         return self.hash_many([key])[0]
 
     def hash_many(self, keys: Sequence[Key]) -> list[Hashed]:
-        if self.root is not None:
-            return _hash_files(self.root, keys)
+        if self.bulk is not None:
+            return self.bulk.hash_many(keys)
         return [(self.backend.digest(k), 0, self.look(k)) for k in keys]
 
     def submit(self, pool: Executor, keys: Sequence[Key]) -> Future[list[Hashed]]:
-        if self.root is not None:
-            return pool.submit(_hash_files, self.root, keys)  # picklable: a process may run it
+        if self.bulk is not None:
+            return pool.submit(self.bulk.hash_many, keys)  # the backend pickles
         return pool.submit(self.hash_many, keys)
 
 
@@ -264,10 +164,10 @@ class Verifier:
 
     def __init__(
         self,
-        source: Backend,
-        destination: Backend,
+        source: Endpoint,
+        destination: Endpoint,
         *,
-        exclude: Callable[[Key, bool], bool] | None = None,
+        exclude: Exclude | None = None,
         settle: float = SETTLE,
         rounds: int = ROUNDS,
         chunk_files: int = CHUNK_FILES,
@@ -301,8 +201,8 @@ class Verifier:
         Python work; threads would queue for the GIL). Else, or where forking is unsafe
         (other threads running), two threads."""
         if (
-            self.src.root is not None
-            and self.dst.root is not None
+            self.src.bulk is not None
+            and self.dst.bulk is not None
             and threading.active_count() == 1
             and hasattr(os, "fork")
         ):
@@ -334,7 +234,7 @@ class Verifier:
     def _split(self, keys: list[Key], src_snap: Snapshot) -> Iterator[list[Key]]:
         chunk: list[Key] = []
         size = 0
-        rows = getattr(src_snap.nodes, "rows", None)
+        rows = src_snap.nodes.rows if isinstance(src_snap.nodes, Rows) else None
         for key in keys:
             chunk.append(key)
             if rows is not None:
@@ -352,16 +252,21 @@ class Verifier:
             yield chunk
 
     def _scan(self) -> tuple[Snapshot, Snapshot]:
-        src_b, dst_b = self.src.backend, self.dst.backend
-        start = getattr(dst_b, "scan_in_child", None)
-        if start is not None:
-            collect = start((), exclude=self.exclude)
+        """Both trees, the destination's beside the source's where it can run apart."""
+        src_b, dst = self.src.backend, self.dst.endpoint
+        background = dst.features.digest_scanning
+        if background is not None:
+            child = background.digest_scan(self.exclude, background=True)
+            collect = child.snapshot
         else:
-            collect = lambda: dst_b.scan((), exclude=self.exclude)  # noqa: E731
+            def collect() -> Snapshot:
+                return dst.backend.scan((), exclude=self.exclude)
         try:
             src_snap = src_b.scan((), exclude=self.exclude)
         finally:
             dst_snap = collect()
+            if background is not None:
+                child.close()
         return src_snap, dst_snap
 
     def _start(
@@ -372,15 +277,16 @@ class Verifier:
         to_hash: list[Key] = []
         # compact rows where the scan made them: equal payloads compare as tuples, and a
         # Node is built only for a key that differs
-        sr = getattr(src_snap.nodes, "rows", None)
-        dr = getattr(dst_snap.nodes, "rows", None)
+        sr = src_snap.nodes.rows if isinstance(src_snap.nodes, Rows) else None
+        dr = dst_snap.nodes.rows if isinstance(dst_snap.nodes, Rows) else None
         fast = sr is not None and dr is not None
         partial = bool(src_snap.incomplete or dst_snap.incomplete)
         for key in keys:
             if partial and (src_snap.is_incomplete(key) or dst_snap.is_incomplete(key)):
                 continue  # listed as unreadable already
             if fast:
-                a, b = sr.get(key), dr.get(key)  # type: ignore[union-attr]
+                assert sr is not None and dr is not None
+                a, b = sr.get(key), dr.get(key)
                 if a is not None and b is not None and a[:5] == b[:5]:
                     if a[0] == FILE:
                         to_hash.append(key)
@@ -496,30 +402,22 @@ def verify(
     chunk_bytes: int = CHUNK_BYTES,
 ) -> VerifyReport:
     """Compare ``src`` and ``dst`` content and all; with ``repair``, fix what differs
-    through a checksum sync. Raises ``HsyncError`` for bad input (exit 2)."""
-    from .sync import Options, _check_pair, _exclude_matcher, sync_once
+    through a checksum sync (the pipeline of ``hsync.sync``). Raises ``HsyncError`` for
+    bad input (exit 2)."""
+    from .oneshot import sync_once
+    from .options import Options
+    from .session import PairSession
 
-    source = open_backend(src, role="source")
-    destination = open_backend(dst, role="destination")
-    try:
-        _check_pair(source, destination)
-        for side, b in (("source", source), ("destination", destination)):
-            why = getattr(b, "root_error", lambda: None)()
-            if why is None and not b.exists():
-                why = "does not exist"
-            if why is not None:
-                raise UsageError(f"{b.url}: {side} {why}")
+    options = Options(checksum=True, exclude=tuple(exclude), state=state)
+    with PairSession(src, dst, options, history=False) as session:
+        if session.destination.backend.root_id() is None:
+            raise UsageError(f"{session.destination.url}: destination does not exist")
         verifier = Verifier(
-            source, destination, exclude=_exclude_matcher(tuple(exclude)), settle=settle,
+            session.source, session.destination, exclude=session.exclude, settle=settle,
             pending=pending, on_candidate=on_candidate, chunk_files=chunk_files,
             chunk_bytes=chunk_bytes,
         )
         report = verifier.run()
-    finally:
-        source.close()
-        destination.close()
     if repair and report.differences:
-        report.repair = sync_once(
-            src, dst, Options(checksum=True, exclude=tuple(exclude), state=state)
-        )
+        report.repair = sync_once(src, dst, options)
     return report

@@ -1,0 +1,201 @@
+"""The apply step: a plan's ops in journaled batches, the history recorded as they land.
+
+One batching policy (``Batching``), one journaled batch (``run_batch``: recorded in the
+journal before it runs, marked done after its flush, SPEC 5), one way to apply a plan
+(``apply_plan``) and to record what it did in the history (``record``). ``sync``, a
+watch round, ``verify --repair`` (through ``sync``) and the streamed initial copy
+(``hsync.populate``) all apply through here.
+
+The history of the last batch is recorded while that batch's flush still runs where
+the destination can defer its flush (a filesystem's ``syncfs``): the batch is marked
+done in the journal only after both, so a history written before the flush ended is
+never trusted alone (a run that finds the batch unfinished compares everything).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import attrs
+
+from .backend import ApplyOptions, ApplyResult
+from .cancel import NEVER, Cancel
+from .errors import CANCELLED
+from .model import CREATE, DELETE, MOVE, UPDATE, Change, Key, Op, Problem, Snapshot
+from .session import PairSession
+
+
+@attrs.frozen(kw_only=True)
+class Batching:
+    """How many ops, and how many bytes of content, one batch holds at most; a batch is
+    what a stop request waits for, and what one flush of the destination covers."""
+
+    max_ops: int = 100_000
+    max_bytes: int = 1 << 30
+    min_ops: int = 1
+    """A streamed copy sends a batch this large when the walk has nothing more ready."""
+
+
+ONE_SHOT = Batching()
+"""``hsync sync``: few, large batches (one flush per batch)."""
+LIVE = Batching(max_ops=1000, max_bytes=64 << 20, min_ops=1000)
+"""A watch round: a stop request waits for at most one small batch."""
+STREAMED = Batching(max_ops=2000, max_bytes=64 << 20, min_ops=250)
+"""An initial copy from a source read ahead in a thread (a server's pages)."""
+
+
+@attrs.define
+class Applied:
+    """What applying a plan (or a streamed copy) did."""
+
+    done: list[Op] = attrs.field(factory=list)
+    problems: list[Problem] = attrs.field(factory=list)
+    bytes_copied: int = 0
+    counts: dict[str, int] = attrs.field(
+        factory=lambda: dict.fromkeys((CREATE, UPDATE, MOVE, DELETE), 0)
+    )
+
+    def add(self, result: ApplyResult) -> None:
+        self.done.extend(result.done)
+        self.problems.extend(result.problems)
+        self.bytes_copied += result.bytes_copied
+        for op in result.done:
+            self.counts[op.op] += 0 if op.temporary else 1
+
+
+def batches(ops: Sequence[Op], batching: Batching) -> Iterator[tuple[int, Sequence[Op]]]:
+    """``(start, ops[start:end])`` slices of at most ``max_ops`` ops and about
+    ``max_bytes`` of content; one empty batch when there is no op (it cleans up)."""
+    start = size = 0
+    for i, op in enumerate(ops):
+        if op.node is not None and (op.op == CREATE or (op.op == UPDATE and op.content)):
+            size += op.node.size
+        if i + 1 - start >= batching.max_ops or size >= batching.max_bytes:
+            yield start, ops[start : i + 1]
+            start, size = i + 1, 0
+    if start < len(ops) or not ops:
+        yield start, ops[start:]
+
+
+def run_batch(
+    session: PairSession,
+    ops: Sequence[Op],
+    final: Snapshot,
+    *,
+    cancel: Cancel = NEVER,
+    on_done: Callable[[Op], None] | None = None,
+    while_flushing: Callable[[ApplyResult], None] | None = None,
+) -> ApplyResult:
+    """One batch of ops on the session's destination, journaled when there is a
+    journal: recorded before it runs, marked done after its flush.
+
+    ``while_flushing(result)`` runs once the ops are applied, while the destination's
+    flush still runs where it can defer it: the caller records the history there."""
+    journal = session.journal
+    logged = journal is not None and bool(ops)
+    if logged:
+        assert journal is not None
+        journal.begin(ops)
+    destination = session.destination
+    options = ApplyOptions(
+        fsync=session.options.fsync,
+        hard_links=session.options.hard_links,
+        defer_durable=while_flushing is not None and destination.capabilities.deferred_flush,
+    )
+    result = destination.backend.apply_batch(
+        ops, session.source.backend, final, options=options, cancel=cancel, on_done=on_done
+    )
+    try:
+        if while_flushing is not None:
+            while_flushing(result)
+    finally:
+        if result.durable is not None:
+            result.durable()
+            result.durable = None
+    if logged:
+        assert journal is not None
+        journal.done()
+    return result
+
+
+def apply_plan(
+    session: PairSession,
+    ops: Sequence[Op],
+    final: Snapshot,
+    *,
+    record: Callable[[set[Key]], None] | None = None,
+    batching: Batching = ONE_SHOT,
+    cancel: Cancel = NEVER,
+    on_done: Callable[[Op], None] | None = None,
+    on_batch: Callable[[ApplyResult], None] | None = None,
+) -> Applied:
+    """Apply ``ops`` (leading to ``final``, the source snapshot) in batches.
+
+    ``record(failed_keys)`` records the history; it runs once, while the last batch's
+    flush still runs, with the keys of every op that failed or did not run. A cancel
+    between batches leaves the rest unrun: those ops come back as problems of kind
+    ``cancelled`` (and their keys are not recorded as synced)."""
+    out = Applied()
+    failed: set[Key] = set()
+    recorded = False
+
+    def record_now(result: ApplyResult) -> None:
+        nonlocal recorded
+        failed.update(p.key for p in result.problems)
+        if record is not None:
+            record(failed)
+        recorded = True
+
+    slices = list(batches(ops, batching))
+    for i, (start, batch) in enumerate(slices):
+        if cancel.cancelled():
+            for op in ops[start:]:
+                out.problems.append(Problem(op.key, f"{op.op} not run: {cancel.reason}",
+                                            op=op.op, kind=CANCELLED))
+                failed.add(op.key)
+                if op.to is not None:
+                    failed.add(op.to)
+            break
+        last = i == len(slices) - 1 and record is not None
+        result = run_batch(session, batch, final, cancel=cancel, on_done=on_done,
+                           while_flushing=record_now if last else None)
+        out.add(result)
+        failed.update(p.key for p in result.problems)
+        if on_batch is not None:
+            on_batch(result)
+    if record is not None and not recorded:
+        record(failed)
+    return out
+
+
+def record(
+    session: PairSession, src: Snapshot, changes: Sequence[Change], failed: set[Key]
+) -> None:
+    """Record in the history what a plan made true (``src``: the source snapshot it was
+    made from): with a complete history only the changed keys (a move carries its
+    subtree), else the whole snapshot. ``failed``: keys whose op failed or did not run."""
+    history = session.history
+    if history is None:
+        return
+    if not history.complete:
+        keys = [k for k in src.nodes if k not in failed]
+        history.record(src, keys, full=True)
+        return
+    set_keys: list[Key] = []
+    drop_prefixes: list[Key] = []
+    drop_keys: list[Key] = list(failed)
+    for c in changes:
+        if c.op == MOVE:
+            assert c.to is not None
+            drop_prefixes.append(c.key)
+            if c.key in failed or c.to in failed:
+                drop_prefixes.append(c.to)
+                continue
+            set_keys.append(c.to)
+            set_keys.extend(src.walk(c.to))
+        elif c.op == DELETE:
+            drop_keys.append(c.key)
+        elif c.key not in failed:
+            set_keys.append(c.key)
+    if set_keys or drop_prefixes or drop_keys:
+        history.record(src, set_keys, drop_prefixes, drop_keys)

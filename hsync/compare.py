@@ -1,0 +1,191 @@
+"""The compare step: what differs between the two trees of a session, as a plan.
+
+Strategies, chosen by what the endpoints offer (``Features``) and what is known:
+
+- **directory digests** (``hsync.digests``): both endpoints scan with one digest per
+  directory and the history is complete; only the directories whose digests differ
+  are compared one by one. Never with ``--checksum`` or ``-H`` (they look beyond stat).
+- **full**: both trees scanned whole and diffed (the destination's scan beside the
+  source's: a forked child for a digest-scanning endpoint, a thread for one that waits
+  on a server).
+- **region** (``compare_region``): only the dirty subtrees of a watch, on both sides.
+
+A stat-only quick pass (``hsync.region.quick_pass``) and the streamed initial copy
+(``hsync.populate``) avoid this step altogether; see ``docs/ARCHITECTURE.md``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .cancel import NEVER, Cancel
+from .differ import Side, diff
+from .errors import SafetyError
+from .model import DELETE, Key, Plan, Snapshot
+from .planner import check_plan, plan
+from .region import Region, scan_region_pair
+from .session import PairSession
+
+
+@attrs.define
+class Comparison:
+    """Two snapshots (whole trees, or the same region of both) and the plan between."""
+
+    src: Snapshot
+    dst: Snapshot
+    plan: Plan
+    warnings: list[str] = attrs.field(factory=list)
+    region: Region | None = None
+    """The region compared (None: the whole trees)."""
+
+
+def compare_trees(session: PairSession, *, cancel: Cancel = NEVER) -> Comparison:
+    """Scan both whole trees (by directory digests where that applies) and plan."""
+    src, dst = scan_both(session, cancel=cancel)
+    return plan_between(session, src, dst)
+
+
+def compare_region(
+    session: PairSession, region: Region, *, cancel: Cancel = NEVER, checksum: bool = False
+) -> Comparison | None:
+    """Scan ``region`` on both sides and plan; None when the region grew to the whole
+    tree (the caller compares in full, with its safety checks). The comparison's
+    ``region`` is the one compared (it may have grown)."""
+    compared, src, dst = scan_region_pair(
+        session.source, session.destination, region, session.exclude, cancel=cancel
+    )
+    if compared.full:
+        return None
+    cmp = plan_between(session, src, dst, checksum=checksum)
+    cmp.region = compared
+    return cmp
+
+
+def scan_both(session: PairSession, *, cancel: Cancel = NEVER) -> tuple[Snapshot, Snapshot]:
+    """Scans of both trees, side by side, with the source checks of SPEC section 8
+    (missing, unreadable, suddenly empty). With a complete history and endpoints that
+    scan with digests, only the part that differs is returned (``hsync.digests``)."""
+    source, destination = session.source, session.destination
+    exclude, options = session.exclude, session.options
+    dscan = destination.features.digest_scanning
+    if dscan is not None and destination.backend.root_id() is not None:
+        child = dscan.digest_scan(exclude, background=True, cancel=cancel)
+        try:
+            session.check_source_root()  # again: a watch's root may have gone since
+            sscan = source.features.digest_scanning
+            history = session.history_trusted
+            if (
+                sscan is not None and history is not None
+                and not options.checksum and not options.hard_links
+            ):
+                from .digests import compare_by_digests
+
+                here = sscan.digest_scan(exclude, cancel=cancel)
+                found = compare_by_digests(session, here, child, history)
+                if found is not None:
+                    return found
+                src = here.snapshot()
+            else:
+                src = source.backend.scan((), exclude=exclude, cancel=cancel)
+            dst = child.snapshot()
+        finally:
+            child.close()
+        check_source(session, src, len(src.nodes), len(dst.nodes))
+        return src, dst
+    collect: Callable[[], Snapshot] = Snapshot
+    if destination.backend.root_id() is not None:
+        def collect() -> Snapshot:
+            return destination.backend.scan((), exclude=exclude, cancel=cancel)
+
+        if destination.capabilities.waits or source.capabilities.waits:
+            collect = _in_thread(collect)  # a server's answers, read side by side
+    try:
+        session.check_source_root()
+        src = source.backend.scan((), exclude=exclude, cancel=cancel)
+    finally:
+        dst = collect()
+    check_source(session, src, len(src.nodes), len(dst.nodes))
+    return src, dst
+
+
+def _in_thread(scan: Callable[[], Snapshot]) -> Callable[[], Snapshot]:
+    """Start ``scan`` in a thread; the returned function waits for its snapshot (or
+    raises what it raised)."""
+    out: list[Any] = []
+
+    def run() -> None:
+        try:
+            out.append(scan())
+        except BaseException as e:  # handed to the caller
+            out.append(e)
+
+    t = threading.Thread(target=run, name="hsync-scan", daemon=True)
+    t.start()
+
+    def collect() -> Snapshot:
+        t.join()
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        snap: Snapshot = out[0]
+        return snap
+
+    return collect
+
+
+def check_source(session: PairSession, src: Snapshot, n_src: int, n_dst: int) -> None:
+    """SPEC section 8: a source root that could not be read, or that is empty while the
+    destination is not, is never a reason to delete."""
+    url = session.source.url
+    if () in src.incomplete:
+        raise SafetyError(f"{url}: source {src.incomplete[()]}; nothing done")
+    if n_src <= 1 and n_dst > 1 and not session.options.allow_empty_source:
+        raise SafetyError(
+            f"{url}: source is empty but the destination is not; refusing to delete "
+            "everything (--allow-empty-source to allow it)"
+        )
+
+
+def plan_between(
+    session: PairSession, src: Snapshot, dst: Snapshot, *, checksum: bool = False
+) -> Comparison:
+    """Diff and plan two snapshots (whole trees, or the same partial region of both);
+    ``checksum`` compares content by hash for this comparison (as ``--checksum``)."""
+    options = session.options
+    checksum = checksum or options.checksum
+    source, destination = session.source.backend, session.destination.backend
+    caps = session.destination.capabilities
+    digests: dict[tuple[Side, Key], bytes | None] = {}
+
+    def digest(side: Side, key: Key) -> bytes | None:
+        k = (side, key)
+        if k not in digests:
+            digests[k] = (source if side == "source" else destination).digest(key)
+        return digests[k]
+
+    history = session.history_trusted
+    changes = diff(
+        src, dst, history, checksum=checksum, digest=digest, delete=options.delete,
+        moves=caps.subtree_move and options.delete,
+    )
+    warnings: list[str] = []
+    n_delete = sum(1 for c in changes if c.op == DELETE)
+    if options.max_delete is not None and n_delete > options.max_delete:
+        warnings.append(
+            f"{n_delete} deletions planned, more than --max-delete {options.max_delete}: "
+            "no deletion done"
+        )
+        changes = diff(
+            src, dst, None, checksum=checksum, digest=digest,
+            delete=False, moves=False, replace=False,
+        )
+    the_plan = plan(changes, dst, case_insensitive=caps.case_insensitive)
+    if options.check:
+        check_plan(
+            the_plan.ops, dst, src, case_insensitive=caps.case_insensitive,
+            allow_extra=not options.delete or bool(warnings),
+        )
+    return Comparison(src, dst, the_plan, warnings)

@@ -1,0 +1,93 @@
+"""What a run is asked to do (``Options``) and what it did (``Report``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from .errors import EXIT_OK, EXIT_PARTIAL
+from .model import CREATE, DELETE, MOVE, UPDATE, Key, Plan, Problem
+
+
+def _counts() -> dict[str, int]:
+    return dict.fromkeys((CREATE, UPDATE, MOVE, DELETE), 0)
+
+
+@attrs.frozen(kw_only=True)
+class Options:
+    """The sync options, as the CLI, the daemon's config and the Python API give them."""
+
+    dry_run: bool = False
+    delete: bool = True
+    checksum: bool = False
+    exclude: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    max_delete: int | None = None
+    state: str | None = None
+    """History file; None for the default location, "" for no history."""
+    allow_empty_source: bool = False
+    fsync: bool = False
+    check: bool = False
+    """Run check_plan on every plan before applying it (tests, --debug)."""
+    exclude_attrs: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    """Attribute names left out of entries' payloads (backends with attributes: LDAP)."""
+    hard_links: bool = False
+    """Source files that are one inode stay one inode on the destination (rsync -H)."""
+
+
+@attrs.define
+class Report:
+    """What a run did (``sync --json`` prints ``to_json()``)."""
+
+    source: str
+    destination: str
+    counts: dict[str, int] = attrs.field(factory=_counts)
+    bytes_copied: int = 0
+    problems: list[Problem] = attrs.field(factory=list)
+    skipped: list[tuple[Key, str]] = attrs.field(factory=list)
+    warnings: list[str] = attrs.field(factory=list)
+    elapsed: float = 0.0
+    dry_run: bool = False
+    plan: Plan | None = None
+    streamed: dict[str, int] | None = None
+    """Ops per kind sent by a streamed initial copy (which has no plan)."""
+    scanned: dict[str, int] = attrs.field(factory=dict)
+    """Nodes seen by the scans, per side (``source``, ``destination``)."""
+    compared: dict[str, int] = attrs.field(factory=dict)
+    """Nodes that were compared one by one, per side: everything, or, on a re-sync
+    compared by directory digests, only what differed (and its ancestors)."""
+
+    @property
+    def planned(self) -> dict[str, int]:
+        """Ops per kind in the plan (what a dry run would do)."""
+        if self.plan is None and self.streamed is not None:
+            return dict(self.streamed)
+        return self.plan.counts() if self.plan is not None else {}
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_PARTIAL if self.problems else EXIT_OK
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "dry_run": self.dry_run,
+            "counts": self.counts,
+            "planned": self.planned,
+            "bytes_copied": self.bytes_copied,
+            "errors": [p.to_json() for p in self.problems],
+            "skipped": [{"path": "/".join(k), "kind": why} for k, why in self.skipped],
+            "warnings": self.warnings,
+            "scanned": self.scanned,
+            "compared": self.compared,
+            "elapsed": round(self.elapsed, 6),
+        }
+
+
+DEFAULT = Options()
+"""The options of a plain ``hsync sync SRC DST``."""
