@@ -163,8 +163,10 @@ class Backend(Protocol):
         ...
 
     def root_error(self) -> str | None:
-        """None when the root is there and usable as a tree; else why not, in a few
-        words ("does not exist", "is not a directory", "is not readable")."""
+        """None when the root can be used in this endpoint's role; else why not, in a
+        few words ("does not exist", "is not a directory", "is not readable"). A
+        destination whose root is absent is usable (an empty tree) when the first batch
+        can create it (its ``create`` of ``()``); a source's absent root is an error."""
         ...
 
     def root_id(self) -> Hashable | None:

@@ -53,7 +53,9 @@ HASH_BUDGET = 256 * 1024 * 1024
 class HistoryView(Protocol):
     """What diff needs from the history of the last sync."""
 
-    def lookup_many(self, identities: Iterable[object]) -> Mapping[object, tuple[Key, Node]]:
+    def lookup_many(
+        self, identities: Iterable[int | str | None]
+    ) -> Mapping[int | str | None, tuple[Key, Node]]:
         """identity -> (key, node) as synced last time, for the identities it knows."""
         ...
 
@@ -70,7 +72,9 @@ class MemoryHistory:
             {n.identity: (k, n) for k, n in snapshot.nodes.items() if n.identity is not None}
         )
 
-    def lookup_many(self, identities: Iterable[object]) -> dict[object, tuple[Key, Node]]:
+    def lookup_many(
+        self, identities: Iterable[int | str | None]
+    ) -> dict[int | str | None, tuple[Key, Node]]:
         out = {}
         for ident in identities:
             hit = self.entries.get(ident)
@@ -421,25 +425,26 @@ def diff(
         # the hot loop of a re-sync: rows compare as payloads without building a Node
         rget = dst.rows.get
         for k, r in src.rows.items():
-            d = rget(k)
-            if d is None:
+            dr = rget(k)
+            if dr is None:
                 new.append(k)
-            elif d[:5] != r[:5]:
+            elif dr[:5] != r[:5]:
                 changed.append(k)
             elif checksum and r[0] == FILE:
                 same_size.append(k)
     else:
         dget = dst.get
         for k, n in src.items():
-            d = dget(k)
-            if d is None:
+            dn = dget(k)
+            if dn is None:
                 new.append(k)
-            elif d != n:
+            elif dn != n:
                 changed.append(k)
             elif checksum and n.kind == FILE:
                 same_size.append(k)
     gone = [k for k in dst.keys() - src.keys()] if len(dst) + len(new) != len(src) else []
     if checksum:
+        assert digest is not None
         # presumed-equal files are equal only if their content is
         changed += [k for k in same_size if digest("source", k) != digest("destination", k)]
     for k in frozen:

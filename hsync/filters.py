@@ -14,12 +14,17 @@ import attrs
 from .model import Key
 
 
+def strings(values: Iterable[str]) -> tuple[str, ...]:
+    """``values`` as a tuple (an attrs converter that mypy can follow)."""
+    return tuple(values)
+
+
 @attrs.frozen
 class Exclude:
     """Nodes left out of a scan: neither copied nor deleted. Call it as
     ``exclude(key, is_dir)``; a directory pattern (``build/``) matches directories only."""
 
-    patterns: tuple[str, ...] = attrs.field(converter=tuple)
+    patterns: tuple[str, ...] = attrs.field(converter=strings)
     _match: Callable[[str], bool] | None = attrs.field(
         default=None, init=False, eq=False, repr=False
     )

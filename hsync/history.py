@@ -161,9 +161,11 @@ class History:
             return False  # read-only and unreadable: as if there were no history
         return bool(row and row[0])
 
-    def lookup_many(self, identities: Iterable[object]) -> dict[object, tuple[Key, Node]]:
+    def lookup_many(
+        self, identities: Iterable[int | str | None]
+    ) -> dict[int | str | None, tuple[Key, Node]]:
         wanted = {identity_form(i): i for i in identities if i is not None}
-        out: dict[object, tuple[Key, Node]] = {}
+        out: dict[int | str | None, tuple[Key, Node]] = {}
         items = list(wanted)
         for start in range(0, len(items), 500):
             chunk = items[start : start + 500]

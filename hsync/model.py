@@ -138,7 +138,7 @@ class Rows(Mapping[Key, Node]):
             self._cache[key] = node
         return node
 
-    def get(self, key: Key, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: Key, default: Any = None) -> Any:
         return self[key] if key in self.rows else default
 
     def __contains__(self, key: object) -> bool:
@@ -150,7 +150,7 @@ class Rows(Mapping[Key, Node]):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def keys(self) -> KeysView[Key]:  # type: ignore[override]
+    def keys(self) -> KeysView[Key]:
         return self.rows.keys()
 
 

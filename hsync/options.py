@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 
 from .errors import EXIT_OK, EXIT_PARTIAL
+from .filters import strings
 from .model import CREATE, DELETE, MOVE, UPDATE, Key, Plan, Problem
 
 
@@ -21,7 +22,7 @@ class Options:
     dry_run: bool = False
     delete: bool = True
     checksum: bool = False
-    exclude: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    exclude: tuple[str, ...] = attrs.field(default=(), converter=strings)
     max_delete: int | None = None
     state: str | None = None
     """History file; None for the default location, "" for no history."""
@@ -29,7 +30,7 @@ class Options:
     fsync: bool = False
     check: bool = False
     """Run check_plan on every plan before applying it (tests, --debug)."""
-    exclude_attrs: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    exclude_attrs: tuple[str, ...] = attrs.field(default=(), converter=strings)
     """Attribute names left out of entries' payloads (backends with attributes: LDAP)."""
     hard_links: bool = False
     """Source files that are one inode stay one inode on the destination (rsync -H)."""

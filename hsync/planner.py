@@ -199,7 +199,7 @@ class _Planner:
         sim.attach(nid, pid, name)
         self.placed_cache = {_ROOT_ID}  # a move can change what is placed below it
         node = change.node if change is not None else sim.dst.nodes[sim.orig[nid]]
-        kind = change.kind if change is not None else node.kind
+        kind = change.kind if change is not None else sim.dst.nodes[sim.orig[nid]].kind
         self.emit(
             Op(
                 op=MOVE,
@@ -231,6 +231,7 @@ class _Planner:
         for c in self.deletes:
             self.deleted.add(sim.of(c.key))
         for s, c in self.moves.items():
+            assert s is not None
             self.final[sim.of(c.key)] = (self.final_id(s[:-1]), s[-1])
         for s in self.creates:
             nid = self.final_id(s)

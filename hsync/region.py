@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 def _under_any(key: Key, roots: Iterable[Key] | set[Key] | frozenset[Key]) -> bool:
     """True when ``key`` or one of its ancestors is in ``roots`` (a set)."""
-    return any(key[:i] in roots for i in range(len(key) + 1))  # type: ignore[operator]
+    return any(key[:i] in roots for i in range(len(key) + 1))
 
 
 @attrs.frozen
@@ -243,7 +243,7 @@ def quick_pass(
             skip_hist = hk
             h = next(hist_iter, end)
         else:
-            assert sk is not None and hk is not None
+            assert sk is not None and hk is not None and srow is not None and hrow is not None
             if srow[0] != hrow[0] or identity_form(srow[5]) != hrow[5]:
                 deep.append(sk)  # replaced: another node under the same name
                 skip_src = skip_hist = sk

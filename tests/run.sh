@@ -2,7 +2,7 @@
 # The whole test suite on a fresh machine: sets up what it needs, then runs it.
 #   bash tests/run.sh [pytest args...]
 # Creates .venv at the repo root (reused on later runs), installs hsync with its
-# test extras, checks the code with ruff, and runs pytest.
+# test extras, checks the code with ruff and mypy, and runs pytest.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -42,5 +42,7 @@ fi
 
 echo "== ruff"
 "$venv/bin/ruff" check .
+echo "== mypy"
+"$venv/bin/mypy" hsync
 echo "== pytest"
 exec "$venv/bin/python" -m pytest "$@"
