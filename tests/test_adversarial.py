@@ -17,9 +17,9 @@ from treeutil import DIR, D, F, File, L, Link, assert_same_tree
 
 from hsync.differ import MemoryHistory, diff
 from hsync.model import Key, Node, Snapshot
-from hsync.planner import check_plan, plan
 from hsync.oneshot import sync_once
 from hsync.options import Options
+from hsync.planner import check_plan, plan
 
 HOSTILE = (
     "a", "b",

@@ -12,8 +12,8 @@ import pytest
 from ldap_fixtures import DST_BASE, SRC_BASE, Slapd, add_ldif, admin
 
 import hsync
-from hsync.options import Options
 from hsync.live import PairWatch, RoundResult, WatchOptions
+from hsync.options import Options
 
 pytest.importorskip("ldap")
 

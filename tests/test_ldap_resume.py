@@ -25,8 +25,8 @@ from ldap_fixtures import (
 )
 
 import hsync
-from hsync.options import Options
 from hsync.live import PairWatch, RoundResult, WatchOptions
+from hsync.options import Options
 
 pytest.importorskip("ldap")
 pytest.importorskip("hsync_ldap", reason="the LDAP plugin is not installed (bash tests/run.sh)")

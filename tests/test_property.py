@@ -29,12 +29,12 @@ from hypothesis import strategies as st
 from treeutil import DIR, D, F, File, L, Link, assert_same_tree, build
 
 from hsync.differ import Digest, MemoryHistory, diff
+from hsync.live import RoundResult
 from hsync.model import Key, Node, Snapshot, is_under
-from hsync.planner import check_plan, plan
-from hsync.region import Region
 from hsync.oneshot import sync_once
 from hsync.options import Options, Report
-from hsync.live import RoundResult
+from hsync.planner import check_plan, plan
+from hsync.region import Region
 
 NAMES = ("a", "A", "b", "B", "c")
 IDENTS = range(1, 16)

@@ -21,10 +21,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from treeutil import assert_same_tree, hsync_bin
 
-from hsync.region import Region
+from hsync.live import Dirty, PairWatch, RoundResult, StatusFile, WatchOptions
 from hsync.oneshot import compare
 from hsync.options import Options
-from hsync.live import Dirty, PairWatch, RoundResult, StatusFile, WatchOptions
+from hsync.region import Region
 
 # -- leak checks: every test here must end with no thread and no inotify watch left -------
 
