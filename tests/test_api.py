@@ -116,3 +116,80 @@ def test_third_party_backend_registered_by_entry_point(
     report = hsync.sync(f"mirror://{src}", str(dst), state="")
     assert report.ok
     assert (dst / "d" / "f").read_bytes() == b"via a plugin"
+
+
+def test_public_functions_are_not_shadowed_by_submodules() -> None:
+    """Regression: after ``import hsync.watch`` (a module then), ``hsync.watch`` was the
+    module and not the function. No submodule is named like a public function, so
+    importing every one of them leaves the functions in place."""
+    import importlib
+    import pkgutil
+
+    names = [m.name for m in pkgutil.walk_packages(hsync.__path__, "hsync.")]
+    assert "hsync.api" in names and "hsync.live" in names
+    for name in names:
+        if name != "hsync._walk":
+            importlib.import_module(name)
+    for public in ("sync", "diff", "watch", "verify", "plan", "check_plan", "diff_snapshots"):
+        assert callable(getattr(hsync, public)), public
+        assert type(getattr(hsync, public)).__name__ == "function", public
+    assert hsync.watch is hsync.api.watch and hsync.verify is hsync.api.verify
+    from hsync.verifier import Verifier  # the name the README gives
+
+    assert Verifier.chunks
+
+
+def test_watch_can_run_twice_in_one_process_and_leaves_no_thread(tmp_path: Path) -> None:
+    """``hsync.watch`` returns when its event is set, every thread it started has ended
+    by then, and a second call in the same process works the same."""
+    import threading
+    import time
+
+    src = build(tmp_path / "src", {"f": b"1"})
+    dst = tmp_path / "dst"
+    before = set(threading.enumerate())
+    for n in range(2):
+        stop = threading.Event()
+        t = threading.Thread(
+            target=hsync.watch, args=(str(src), str(dst)),
+            kwargs={"stop": stop, "debounce": 0.02, "state": str(tmp_path / "h.sqlite")},
+        )
+        t.start()
+        (src / f"n{n}").write_bytes(b"x")
+        deadline = time.monotonic() + 20
+        while not (dst / f"n{n}").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (dst / f"n{n}").read_bytes() == b"x"
+        stop.set()
+        t.join(10)
+        assert not t.is_alive()
+        left = [th for th in set(threading.enumerate()) - before if th.is_alive()]
+        assert not left, left
+
+
+def test_watch_that_cannot_open_its_pair_raises_and_leaves_no_thread(tmp_path: Path) -> None:
+    """Regression: the helper thread that relays ``stop`` waited forever when the pair
+    could not be opened (the watch raised before the event was ever set)."""
+    import threading
+
+    before = set(threading.enumerate())
+    with pytest.raises(SafetyError):
+        hsync.watch(str(tmp_path / "missing"), str(tmp_path / "dst"))
+    left = [th for th in set(threading.enumerate()) - before if th.is_alive()]
+    assert not left, left
+
+
+def test_every_fatal_error_exits_within_the_spec_codes() -> None:
+    """SPEC 9 has exit codes 0-3 only; a plan that breaks an ordering rule (a bug) used
+    to exit 70."""
+    from hsync import errors
+
+    def subclasses(cls: type) -> list[type]:
+        out = [cls]
+        for sub in cls.__subclasses__():
+            out += subclasses(sub)
+        return out
+
+    for cls in subclasses(errors.HsyncError):
+        assert errors.exit_code(cls("x")) in (0, 1, 2, 3), cls
+    assert errors.exit_code(errors.PlanError("x")) == errors.EXIT_USAGE
