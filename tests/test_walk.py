@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from treeutil import assert_same_tree, build
 
-from hsync.backends import fs
+from hsync.backends.fs import scan as fs
 from hsync.oneshot import sync_once
 from hsync.options import Options
 
@@ -38,7 +38,7 @@ def _make(root: Path, entries: dict[str, tuple[str, int]]) -> None:
             os.mkfifo(p)
 
 
-@pytest.mark.skipif(fs._lstat_dir is fs._lstat_dir_py, reason="hsync._walk was not built")
+@pytest.mark.skipif(fs.lstat_dir is fs.lstat_dir_py, reason="hsync._walk was not built")
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(names, st.tuples(kinds, st.integers(0, 9000)), max_size=8))
 def test_the_c_listing_equals_the_python_one(entries: dict[str, tuple[str, int]]) -> None:
@@ -48,8 +48,8 @@ def test_the_c_listing_equals_the_python_one(entries: dict[str, tuple[str, int]]
         fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.listdir(fd)  # the descriptor's offset moved: the listing must not care
-            got = sorted(e[:6] for e in fs._lstat_dir(fd))  # the hashes differ by design
-            want = sorted(e[:6] for e in fs._lstat_dir_py(fd))
+            got = sorted(e[:6] for e in fs.lstat_dir(fd))  # the hashes differ by design
+            want = sorted(e[:6] for e in fs.lstat_dir_py(fd))
         finally:
             os.close(fd)
         assert got == want
@@ -68,7 +68,7 @@ def test_the_c_listing_is_built_where_there_is_a_compiler() -> None:
         pytest.skip("no C compiler here")
     if not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
         pytest.skip("no Python headers here")
-    assert fs._lstat_dir is not fs._lstat_dir_py
+    assert fs.lstat_dir is not fs.lstat_dir_py
 
 
 def test_a_sync_with_the_python_listing_gives_the_same_tree(
@@ -77,7 +77,7 @@ def test_a_sync_with_the_python_listing_gives_the_same_tree(
     spec = {"d/f": b"1", "d/e/g": b"22", "\udcffname": b"333", "l": b"4"}
     src = build(tmp_path / "src", spec)
     os.symlink("d/f", src / "link")
-    monkeypatch.setattr(fs, "_lstat_dir", fs._lstat_dir_py)
+    monkeypatch.setattr(fs, "lstat_dir", fs.lstat_dir_py)
     report = sync_once(str(src), str(tmp_path / "dst"), Options(state=str(tmp_path / "h")))
     assert report.problems == []
     assert_same_tree(src, tmp_path / "dst")
@@ -93,9 +93,9 @@ def test_an_entry_hash_follows_the_payload_a_sync_compares(tmp_path: Path, listi
     """The per-entry hash behind the directory digests changes with what a sync
     compares (a file's mode, size, mtime; a directory's mode and mtime) and with
     nothing else (a directory's size, a symlink's own mtime)."""
-    if listing == "c" and fs._lstat_dir is fs._lstat_dir_py:
+    if listing == "c" and fs.lstat_dir is fs.lstat_dir_py:
         pytest.skip("hsync._walk was not built")
-    lst = fs._lstat_dir if listing == "c" else fs._lstat_dir_py
+    lst = fs.lstat_dir if listing == "c" else fs.lstat_dir_py
 
     def hashes() -> dict[str, int]:
         fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)

@@ -21,7 +21,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -38,11 +38,8 @@ from watchdog.events import (
 )
 from watchdog.observers.inotify import InotifyEmitter, InotifyObserver, InotifyWatchGroup
 
-from ..backend import WatchSink
-from ..model import Key
-
-if TYPE_CHECKING:
-    from .fs import FsBackend
+from ...backend import WatchSink
+from ...model import Key
 
 log = logging.getLogger("hsync.watch")
 
@@ -151,19 +148,20 @@ class _Handler(FileSystemEventHandler):
 
 
 class FsWatcher:
-    """A context manager: watches ``backend``'s root recursively while entered.
+    """A watch (``hsync.backend.Watch``): watches the tree at ``root`` recursively while
+    entered.
 
     Entering raises ``OSError`` when the root itself cannot be watched (the caller
     falls back to polling); a subdirectory that cannot be watched is reported to the
-    sink instead."""
+    sink instead. inotify has no positions: a watch never resumes."""
 
-    def __init__(self, backend: FsBackend, sink: WatchSink) -> None:
-        self.backend = backend
+    def __init__(self, root: str, sink: WatchSink) -> None:
+        self.root = root
         self.sink = sink
         self.observer: InotifyObserver | None = None
 
-    def __enter__(self) -> None:
-        root = os.path.realpath(self.backend.root)
+    def __enter__(self) -> FsWatcher:
+        root = os.path.realpath(self.root)
         observer = InotifyObserver()
         # watchdog's own observer, with the emitter above (it passes these kwargs on)
         observer._emitter_class = _Emitter  # type: ignore[attr-defined]
@@ -177,6 +175,7 @@ class FsWatcher:
             _stop(observer)
             raise
         self.observer = observer
+        return self
 
     def __exit__(
         self,
@@ -195,6 +194,13 @@ class FsWatcher:
         return obs is not None and obs.is_alive() and any(
             e.is_alive() for e in list(obs.emitters)
         )
+
+    @property
+    def resumed(self) -> bool:
+        return False
+
+    def checkpoint(self) -> bytes | None:
+        return None
 
 
 def _stop(observer: InotifyObserver) -> None:

@@ -1,0 +1,281 @@
+"""The filesystem backend: a directory tree on a POSIX filesystem (``PATH`` or
+``file:///PATH``).
+
+Reading never follows a symlink below the root (the root itself may be one); names are
+``str`` with surrogate escapes, so a name that is not UTF-8 survives. Writing publishes
+content under a temporary name (``TMP_PREFIX``) renamed over the final one, and never
+writes through a symlink. ``FsBackend`` is thin; the work is in the modules, one per
+job: ``posix`` (the syscalls), ``scan`` (listing, rows, scans, the sorted walk),
+``apply`` and ``copy`` (a batch of ops), ``child`` (the digest scan, perhaps in a forked
+child), ``hashing`` (bulk hashing for verify), ``watcher`` (inotify).
+"""
+
+from __future__ import annotations
+
+import os
+import stat as _stat
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from ...backend import (
+    ApplyOptions,
+    ApplyResult,
+    Capabilities,
+    ContentSource,
+    Credentials,
+    DigestScan,
+    Hashed,
+    Relation,
+    Role,
+    WatchSink,
+    local_path,
+)
+from ...cancel import NEVER, Cancel
+from ...errors import BackendError, NodeError, SourceChanged, UsageError
+from ...filters import Exclude
+from ...model import Key, Node, Op, Row, Snapshot
+from . import hashing
+from .apply import Batch
+from .child import LocalScan, ScanChild
+from .posix import CHUNK, O_READ, TMP_PREFIX, check_key, open_beneath, open_root, root_device
+from .scan import scan as scan_tree
+from .scan import stat_row
+from .scan import walk_sorted as walk_tree
+from .watcher import FsWatcher
+
+__all__ = ["TMP_PREFIX", "FsBackend"]
+
+_DEFAULTS = ApplyOptions()
+
+
+class FsBackend:
+    """A local directory tree. Picklable: a copy reopens the same location (verify hands
+    ``hash_many`` to a worker process)."""
+
+    def __init__(
+        self,
+        location: str,
+        *,
+        role: Role = "source",
+        credentials: Credentials | None = None,
+        exclude_attrs: tuple[str, ...] = (),
+    ) -> None:
+        if credentials is not None:
+            raise UsageError(f"{location}: this kind of endpoint takes no credentials")
+        path = location[len("file://"):] if location.startswith("file://") else location
+        if not path:
+            raise BackendError(f"{location}: empty path")
+        self.url = location
+        self.role: Role = role
+        self.root = os.path.abspath(path)
+        """The absolute path of the root (as given: it may be a symlink)."""
+        self.capabilities = Capabilities(deferred_flush=True)
+        self._dev = root_device(self.root)
+        """The root's device, fixed at open: identities are inode numbers on it."""
+        self._stale: list[Key] = []
+        """hsync's temporaries the last scan found: the next apply removes them."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_reopen, (type(self), self.url, self.role))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, role={self.role!r})"
+
+    # -- Backend --------------------------------------------------------------------------
+    def canonical_url(self) -> str:
+        return f"file://{os.path.realpath(self.root)}"
+
+    def root_error(self) -> str | None:
+        try:
+            st = os.stat(self.root)
+        except FileNotFoundError:
+            return "does not exist"
+        except OSError as e:
+            return e.strerror or str(e)
+        if not _stat.S_ISDIR(st.st_mode):
+            return "is not a directory"
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            return "is not readable"
+        return None
+
+    def root_id(self) -> Hashable | None:
+        try:
+            st = os.stat(self.root)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino)
+
+    def is_empty(self) -> bool:
+        try:
+            with os.scandir(self.root) as it:
+                return all(e.name.startswith(TMP_PREFIX) for e in it)
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+
+    def scan(
+        self, subtree: Key = (), *, exclude: Exclude | None = None, cancel: Cancel = NEVER
+    ) -> Snapshot:
+        temps: list[Key] = []
+        snap = scan_tree(self.root, self._dev, subtree, exclude, cancel, temps)
+        n = len(subtree)
+        self._stale = [k for k in self._stale if k[:n] != subtree] + temps
+        return snap
+
+    def stat(self, key: Key) -> Node | None:
+        """Special files count as absent (they are never synced)."""
+        row = stat_row(self.root, self._dev, key)
+        if row is None or len(row) == 1:
+            return None
+        return Node(*row)
+
+    def read(self, key: Key) -> BinaryIO:
+        if not key:
+            raise IsADirectoryError(f"{self.root}: the root has no content")
+        check_key(key)
+        root_fd = open_root(self.root)
+        try:
+            dfd = open_beneath(root_fd, key[:-1])
+        except NodeError as e:
+            raise SourceChanged(str(e)) from None
+        finally:
+            os.close(root_fd)
+        try:
+            fd = os.open(key[-1], O_READ, dir_fd=dfd)
+        finally:
+            os.close(dfd)
+        if not _stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise SourceChanged(f"{'/'.join(key)} is no longer a regular file")
+        return os.fdopen(fd, "rb")
+
+    def digest(self, key: Key) -> bytes | None:
+        import xxhash
+
+        h = xxhash.xxh3_128()
+        try:
+            with self.read(key) as f:
+                while chunk := f.read(CHUNK):
+                    h.update(chunk)
+        except (OSError, NodeError):
+            return None
+        return h.digest()
+
+    def apply_batch(
+        self,
+        ops: Sequence[Op],
+        source: ContentSource,
+        final: Snapshot,
+        *,
+        options: ApplyOptions = _DEFAULTS,
+        cancel: Cancel = NEVER,
+        on_done: Callable[[Op], None] | None = None,
+    ) -> ApplyResult:
+        local = (source.root, source._dev) if isinstance(source, FsBackend) else None
+        batch = Batch(self.root, self._stale, source, local, final, options, cancel, on_done)
+        return batch.run(ops)
+
+    def close(self) -> None:
+        pass
+
+    # -- Related --------------------------------------------------------------------------
+    def relation(self, other_url: str) -> Relation | None:
+        """By resolved paths (and, for "same", by inode: a bind mount, a hard-linked
+        directory name)."""
+        other = local_path(other_url)
+        if other is None:
+            return None
+        mine, theirs = os.path.realpath(self.root), os.path.realpath(other)
+        if mine == theirs:
+            return "same"
+        if theirs.startswith(mine.rstrip("/") + "/"):
+            return "inside"
+        if mine.startswith(theirs.rstrip("/") + "/"):
+            return "contains"
+        try:
+            if os.path.samefile(mine, theirs):
+                return "same"
+        except OSError:
+            pass
+        return None
+
+    # -- SortedWalk, Streaming --------------------------------------------------------------
+    def walk_sorted(
+        self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
+    ) -> Iterator[tuple[Key, Row | tuple[str] | None]]:
+        return walk_tree(self.root, self._dev, exclude, cancel)
+
+    def stream(
+        self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
+    ) -> Iterator[tuple[Key, Node | str | None]]:
+        for key, row in walk_tree(self.root, self._dev, exclude, cancel):
+            if row is None:
+                yield key, None
+            elif len(row) == 1:
+                yield key, row[0]
+            else:
+                yield key, Node(*row)
+
+    # -- DigestScanning -----------------------------------------------------------------
+    def digest_scan(
+        self, exclude: Exclude | None = None, *, background: bool = False,
+        cancel: Cancel = NEVER,
+    ) -> DigestScan:
+        """``background``: in a forked child (where only one thread runs), else here,
+        when first asked. The temporaries it finds are removed by the next apply."""
+        root, dev = self.root, self._dev
+
+        def scanner(digests: dict[Key, int]) -> tuple[Snapshot, list[Key]]:
+            temps: list[Key] = []
+            return scan_tree(root, dev, (), exclude, cancel, temps, digests), temps
+
+        if background:
+            return ScanChild(scanner, self._remember)
+        return LocalScan(scanner, self._remember)
+
+    def _remember(self, temps: list[Key]) -> None:
+        self._stale = list(temps)
+
+    # -- BulkHashing ----------------------------------------------------------------------
+    def hash_many(self, keys: Sequence[Key]) -> list[Hashed]:
+        return hashing.hash_files(self.root, keys)
+
+    def look(self, key: Key) -> Any:
+        return hashing.look(self.root, key)
+
+    # -- Watchable ------------------------------------------------------------------------
+    def watch(self, sink: WatchSink) -> FsWatcher:
+        return FsWatcher(self.root, sink)
+
+
+def _reopen(cls: type[FsBackend], url: str, role: Role) -> FsBackend:
+    return cls(url, role=role)
+
+
+if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.Mover = &Fs{})
+    from ...backend import (
+        Backend,
+        BackendFactory,
+        BulkHashing,
+        DigestScanning,
+        Related,
+        SortedWalk,
+        Streaming,
+        Watch,
+        Watchable,
+    )
+
+    _factory: BackendFactory = FsBackend
+    _backend: Backend = FsBackend("/")
+    _related: Related = FsBackend("/")
+    _sorted_walk: SortedWalk = FsBackend("/")
+    _streaming: Streaming = FsBackend("/")
+    _digest_scanning: DigestScanning = FsBackend("/")
+    _local_scan: DigestScan = LocalScan(lambda d: (Snapshot(), []), lambda t: None)
+    _child_scan: DigestScan = ScanChild(lambda d: (Snapshot(), []), lambda t: None)
+    _bulk_hashing: BulkHashing = FsBackend("/")
+    _watchable: Watchable = FsBackend("/")
+
+    def _watch(w: FsWatcher) -> Watch:
+        return w

@@ -1,0 +1,638 @@
+"""Applying a batch of ops to a filesystem destination (``FsBackend.apply_batch``).
+
+File content is published under a temporary name and renamed (``copy``); copies run on
+a pool (threads, or forked processes for many small files from a local tree) in chunks,
+and every op that changes the structure (a move, a delete) first waits for the copies
+in flight. Every write names its target relative to a directory reached beneath the
+root without following a symlink. Directory mode and mtime are set once their children
+settled, deepest first. One ``syncfs`` per batch (or one ``fsync`` per file), perhaps
+left running for the caller (``defer_durable``). A full disk stops the batch
+(``DestinationFull``); a cancel token stops it between ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from functools import partial
+
+from ...backend import ApplyOptions, ApplyResult, ContentSource
+from ...cancel import Cancel
+from ...errors import DestinationFull, NodeError, TargetChanged, problem_kind
+from ...model import (
+    CREATE,
+    DELETE,
+    DIR,
+    FILE,
+    MOVE,
+    SYMLINK,
+    UPDATE,
+    Key,
+    Node,
+    Op,
+    Problem,
+    Snapshot,
+)
+from .copy import CopyItem, copy_chunk, publish
+from .posix import (
+    FULL,
+    O_META,
+    check_key,
+    die_with_parent,
+    join,
+    open_beneath,
+    open_root,
+    rename_into,
+    rename_noreplace,
+    rmdir,
+    syncfs,
+    tmp_name,
+    unlink_quiet,
+)
+
+COPY_THREADS = 3
+COPY_PROCESSES = 2
+PROCESS_MIN_FILES = 2000
+CHUNK_FILES = 64
+CHUNK_BYTES = 4 << 20
+
+LocalTree = tuple[str, int]
+"""A source that is a local tree: its root and its root's device (copied by path)."""
+
+
+class Batch:
+    """One batch of ops on the destination tree at ``root`` (``run`` runs it once)."""
+
+    def __init__(
+        self,
+        root: str,
+        stale_temps: list[Key],
+        source: ContentSource,
+        local: LocalTree | None,
+        final: Snapshot,
+        options: ApplyOptions,
+        cancel: Cancel,
+        on_done: Callable[[Op], None] | None,
+    ) -> None:
+        self.root = root
+        self.stale_temps = stale_temps
+        self.src = source
+        self.local = local
+        self.final = final
+        self.fsync = options.fsync
+        self.hard_links = options.hard_links
+        self.defer_durable = options.defer_durable
+        self.cancel = cancel
+        self.on_done = on_done
+        self.result = ApplyResult()
+        self.touched: set[Key] = set()
+        self.under: dict[Key, set[Key]] = {}
+        self.unlocked: dict[Key, int] = {}  # made owner-writable: the mode it had
+        self.inflight: list[tuple[list[Op], Future[list[int | BaseException]]]] = []
+        self.chunk: list[Op] = []
+        self.chunk_bytes = 0
+        self.lock = threading.Lock()
+        self.full: tuple[Key, OSError] | None = None
+        self._root_fd: int | None = None
+        self.groups: dict[object, list[Key]] = {}
+        self.linked: list[Op] = []  # file ops done by a link, after the copies
+        self.pool: Executor | None = None
+
+    # -- the batch ----------------------------------------------------------------------
+    def run(self, ops: Sequence[Op]) -> ApplyResult:
+        if self.cancel.cancelled():
+            self.not_run(ops)  # nothing written, not even a stale temporary removed
+            return self.result
+        try:
+            self.clean_temps()
+            if self.hard_links:
+                self.groups = link_groups(self.final)
+            with self.executor(ops) as pool:
+                self.pool = pool
+                ran = self.run_ops(ops)
+                self.barrier()
+                self.run_linked()
+            self.not_run(ops[ran:])
+            self.settle_directories()
+            self.make_durable()
+        finally:
+            if self._root_fd is not None:
+                os.close(self._root_fd)
+                self._root_fd = None
+        if self.full is not None:
+            key, e = self.full
+            raise DestinationFull(
+                f"{join(self.root, key)}: {e.strerror or e} on the destination; the run "
+                "stopped and its temporary file was removed: free some space and run again"
+            )
+        return self.result
+
+    def run_ops(self, ops: Sequence[Op]) -> int:
+        """Run ``ops`` until the end, a full disk or the cancel token; how many ran."""
+        for i, op in enumerate(ops):
+            if self.full is not None:
+                return len(ops)  # the disk is full: stop, keep what is done
+            if self.cancel.cancelled():
+                return i
+            try:
+                self.one(op)
+            except PermissionError as e:
+                self.retry_writable(op, e, partial(self.one, op))
+            except (OSError, NodeError) as e:
+                self.fail(op, e)
+        return len(ops)
+
+    def run_linked(self) -> None:
+        """The files that link to another name of their source inode (after the copies,
+        so those names have landed)."""
+        for i, op in enumerate(self.linked):
+            if self.full is not None:
+                return
+            if self.cancel.cancelled():
+                self.not_run(self.linked[i:])
+                return
+            try:
+                self.link_or_copy(op)
+            except (OSError, NodeError) as e:
+                self.fail(op, e)
+
+    def not_run(self, ops: Sequence[Op]) -> None:
+        if self.full is not None:
+            return  # DestinationFull says it
+        for op in ops:
+            self.result.problems.append(
+                Problem(op.key, f"{op.op} not run: cancelled", op=op.op, kind="cancelled")
+            )
+
+    def make_durable(self) -> None:
+        """One flush of the destination's filesystem, unless each file had its fsync."""
+        if self.fsync or not (self.result.done or self.touched):
+            return
+        if self.defer_durable:
+            # the flush waits on the disk, not on Python: the caller's own work
+            # (recording the history) runs meanwhile
+            flush = threading.Thread(target=syncfs, args=(self.root,), name="hsync-syncfs")
+            flush.start()
+            self.result.durable = flush.join
+        else:
+            syncfs(self.root)
+
+    def clean_temps(self) -> None:
+        """Remove temporary files left by an interrupted publish (found by the scan)."""
+        for key in self.stale_temps:
+            try:
+                with self.parent(key) as (dfd, name):
+                    os.unlink(name, dir_fd=dfd)
+                self.touch(key)
+            except (FileNotFoundError, TargetChanged):
+                continue  # gone, or its directory is not what was scanned: not ours
+            except OSError as e:
+                self.result.problems.append(Problem(
+                    key, f"cannot remove a stale temporary file: {e.strerror}",
+                    kind=problem_kind(e),
+                ))
+                self.stop_if_full(key, e)
+        self.stale_temps.clear()
+
+    def executor(self, ops: Sequence[Op]) -> Executor:
+        """Where copies run. Many small files from a local tree: worker processes, so the
+        per-file Python work runs on every core instead of queueing for the GIL; else (a
+        few files, a source that is not a local tree, threads already running, where a
+        fork is unsafe) a thread pool."""
+        files = sum(1 for op in ops if op.kind == FILE and op.op in (CREATE, UPDATE))
+        if (
+            self.local is not None
+            and files >= PROCESS_MIN_FILES
+            and threading.active_count() == 1
+            and hasattr(os, "fork")
+        ):
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            return ProcessPoolExecutor(
+                COPY_PROCESSES,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
+            )
+        return ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="hsync-copy")
+
+    # -- outcomes -----------------------------------------------------------------------
+    def stop_if_full(self, key: Key, e: BaseException) -> None:
+        """ENOSPC or EDQUOT: no later op can succeed either; the run stops (SPEC 5)."""
+        if isinstance(e, OSError) and e.errno in FULL and self.full is None:
+            self.full = (key, e)
+
+    def fail(self, op: Op, e: BaseException) -> None:
+        if isinstance(e, OSError):
+            msg = f"{op.op} failed: {e.strerror or e}"
+            if e.filename and isinstance(e.filename, str):
+                rel = os.path.relpath(e.filename, self.root)
+                if not rel.startswith(".."):
+                    msg += f" ({rel})"
+        elif isinstance(e, TargetChanged):
+            msg = f"{op.op} skipped: {e}"
+        else:
+            msg = f"{op.op} failed: {e}"
+        self.result.problems.append(Problem(op.key, msg, op=op.op, kind=problem_kind(e)))
+        self.stop_if_full(op.key, e)
+
+    def ok(self, op: Op, nbytes: int = 0) -> None:
+        with self.lock:
+            self.result.done.append(op)
+            self.result.bytes_copied += nbytes
+        if self.on_done is not None:
+            self.on_done(op)
+
+    def retry_writable(self, op: Op, error: OSError, again: Callable[[], object]) -> None:
+        """A directory without owner write (a read-only tree, a module cache) refuses
+        creates, renames and deletes in it: make it owner-writable, retry once, and let
+        settle_directories put its mode back (rsync does the same)."""
+        keys = {op.key[:-1]}
+        if op.to is not None:
+            keys.add(op.to[:-1])
+            if op.kind == DIR:
+                keys.add(op.key)  # a directory moving to a new parent rewrites its ".."
+        if not any([self.unlock(key) for key in keys]):
+            self.fail(op, error)
+            return
+        try:
+            again()
+        except (OSError, NodeError) as e:
+            self.fail(op, e)
+
+    def unlock(self, key: Key) -> bool:
+        """Make directory ``key`` owner-writable; True when it was not."""
+        try:
+            fd = open_beneath(self.root_fd(), key)
+        except (OSError, NodeError):
+            return False
+        try:
+            mode = os.fstat(fd).st_mode
+            if mode & stat.S_IWUSR:
+                return False
+            os.fchmod(fd, stat.S_IMODE(mode) | stat.S_IWUSR | stat.S_IXUSR)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        self.mark(key)
+        self.unlocked.setdefault(key, stat.S_IMODE(mode))
+        return True
+
+    # -- where things are ---------------------------------------------------------------
+    def root_fd(self) -> int:
+        """The destination root, opened once per batch."""
+        if self._root_fd is None:
+            self._root_fd = open_root(self.root)
+        return self._root_fd
+
+    @contextlib.contextmanager
+    def parent(self, key: Key) -> Iterator[tuple[int, str]]:
+        """``(descriptor of key's parent directory, key's name)``: every write names its
+        target relative to a directory reached from the root without following a
+        symlink, so a directory swapped for a symlink mid-run is never written through
+        and no path is longer than one name (PATH_MAX does not apply)."""
+        assert key, "the root has no parent"
+        check_key(key)
+        fd = open_beneath(self.root_fd(), key[:-1])
+        try:
+            yield fd, key[-1]
+        finally:
+            os.close(fd)
+
+    def touch(self, key: Key | None) -> None:
+        """Remember that ``key``'s parent directory changed (its mtime is set again)."""
+        if key:
+            self.mark(key[:-1])
+
+    def mark(self, key: Key) -> None:
+        """Remember that directory ``key`` changed (indexed by every prefix, so a move
+        finds the marks below it without looking at the others)."""
+        if key not in self.touched:
+            self.touched.add(key)
+            under = self.under
+            for i in range(len(key) + 1):
+                under.setdefault(key[:i], set()).add(key)
+
+    def follow(self, old: Key, new: Key) -> None:
+        """Touched directories at or below a moved one are now under its new key."""
+        below = self.under.get(old)
+        if not below:
+            return
+        n = len(old)
+        for k in list(below):
+            self.touched.discard(k)
+            for i in range(len(k) + 1):
+                self.under[k[:i]].discard(k)
+            moved = (*new, *k[n:])
+            self.mark(moved)
+            if k in self.unlocked:
+                self.unlocked[moved] = self.unlocked.pop(k)
+
+    def expect(self, key: Key, old: Node | None) -> None:
+        """Before a destructive op: the destination still holds what was planned."""
+        if old is None:
+            return
+        try:
+            if key:
+                with self.parent(key) as (dfd, name):
+                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            else:
+                st = os.stat(self.root)
+        except FileNotFoundError:
+            raise TargetChanged(f"{'/'.join(key)} vanished from the destination") from None
+        mode = st.st_mode
+        if old.kind == DIR:
+            ok = stat.S_ISDIR(mode)
+        elif old.kind == FILE:
+            ok = stat.S_ISREG(mode) and st.st_size == old.size and st.st_mtime_ns == old.mtime_ns
+        else:
+            ok = stat.S_ISLNK(mode)
+        if not ok:
+            raise TargetChanged("the destination changed since it was scanned")
+
+    # -- the ops ------------------------------------------------------------------------
+    def one(self, op: Op) -> None:
+        if op.op == CREATE:
+            self.create(op)
+        elif op.op == UPDATE:
+            self.update(op)
+        elif op.op == MOVE:
+            self.move(op)
+        elif op.op == DELETE:
+            self.delete(op)
+
+    def create(self, op: Op) -> None:
+        self.touch(op.key)
+        if op.kind == DIR:
+            self.mkdir(op.key)
+            self.mark(op.key)
+            self.ok(op)
+        elif op.kind == FILE:
+            self.queue(op)
+        elif op.kind == SYMLINK:
+            assert op.node is not None and op.node.target is not None
+            with self.parent(op.key) as (dfd, name):
+                os.symlink(op.node.target, name, dir_fd=dfd)
+            self.ok(op)
+        else:
+            raise TargetChanged(f"cannot create a {op.kind} on a filesystem")
+
+    def move(self, op: Op) -> None:
+        self.barrier()
+        assert op.to is not None
+        self.expect(op.key, op.old)
+        with self.parent(op.key) as (ofd, old), self.parent(op.to) as (nfd, new):
+            rename_noreplace(old, new, ofd, nfd)
+        self.touch(op.key)
+        self.follow(op.key, op.to)
+        self.touch(op.to)
+        self.ok(op)
+
+    def delete(self, op: Op) -> None:
+        self.barrier()
+        self.expect(op.key, op.old)
+        with self.parent(op.key) as (dfd, name):
+            if op.kind == DIR:
+                rmdir(name, dfd)
+            else:
+                os.unlink(name, dir_fd=dfd)
+        self.touch(op.key)
+        self.ok(op)
+
+    def mkdir(self, key: Key) -> None:
+        if not key:
+            try:
+                os.mkdir(self.root, 0o700)
+            except FileExistsError:
+                if not os.path.isdir(self.root):
+                    raise
+            self.mark(key)
+            return
+        with self.parent(key) as (dfd, name):
+            try:
+                # owner-writable until its children are in; final mode set in settle
+                os.mkdir(name, 0o700, dir_fd=dfd)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode):
+                    raise
+
+    def update(self, op: Op) -> None:
+        if op.kind == DIR:
+            self.mark(op.key)
+            self.ok(op)
+        elif op.kind == FILE and op.content:
+            self.expect(op.key, op.old)
+            self.touch(op.key)  # the publish renames over it: the directory changes
+            self.queue(op)
+        elif op.kind == FILE:
+            self.expect(op.key, op.old)
+            self.set_file_metadata(op)
+        elif op.kind == SYMLINK:
+            self.expect(op.key, op.old)
+            self.replace_symlink(op)
+        else:
+            raise TargetChanged(f"cannot update a {op.kind} on a filesystem")
+
+    def set_file_metadata(self, op: Op) -> None:
+        node = op.node
+        assert node is not None
+        with self.parent(op.key) as (dfd, name):
+            fd = os.open(name, O_META, dir_fd=dfd)  # never a symlink's target
+            try:
+                os.fchmod(fd, node.mode)
+                os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
+            finally:
+                os.close(fd)
+        self.ok(op)
+
+    def replace_symlink(self, op: Op) -> None:
+        assert op.node is not None and op.node.target is not None
+        with self.parent(op.key) as (dfd, name):
+            tmp = tmp_name()
+            os.symlink(op.node.target, tmp, dir_fd=dfd)
+            try:
+                os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            except OSError:
+                unlink_quiet(tmp, dfd)
+                raise
+        self.touch(op.key)
+        self.ok(op)
+
+    def link_or_copy(self, op: Op) -> None:
+        """A file with other names for its source inode (``--hard-links``): link it to one
+        of them that the destination already holds as the source has it, else copy it
+        (then the next names link to it). Runs after the batch's copies have landed."""
+        node = op.node
+        assert node is not None
+        for other in self.groups.get(node.identity, ()):
+            if other != op.key and self.link_to(op, node, other):
+                self.touch(op.key)
+                self.ok(op)
+                return
+        self.ok(op, self.copy(op))
+
+    def link_to(self, op: Op, node: Node, other: Key) -> bool:
+        """Publish ``op.key`` as a new name of ``other`` when the destination holds
+        ``other`` as the source has ``node``; False when it does not."""
+        try:
+            with self.parent(other) as (ofd, oname):
+                st = os.stat(oname, dir_fd=ofd, follow_symlinks=False)
+                if not (
+                    stat.S_ISREG(st.st_mode)
+                    and st.st_size == node.size
+                    and st.st_mtime_ns == node.mtime_ns
+                    and stat.S_IMODE(st.st_mode) == node.mode
+                ):
+                    return False
+                if op.old is not None:
+                    self.expect(op.key, op.old)
+                with self.parent(op.key) as (dfd, name):
+                    tmp = tmp_name()
+                    os.link(oname, tmp, src_dir_fd=ofd, dst_dir_fd=dfd, follow_symlinks=False)
+                    try:
+                        rename_into(tmp, name, dfd, replace=op.op == UPDATE)
+                    except BaseException:
+                        unlink_quiet(tmp, dfd)
+                        raise
+        except (FileNotFoundError, TargetChanged):
+            return False
+        return True
+
+    # -- copies -------------------------------------------------------------------------
+    def queue(self, op: Op) -> None:
+        """Queue a content copy: files travel in chunks (one hand-off to a pool worker
+        per chunk of up to CHUNK_FILES files or CHUNK_BYTES bytes, not one per file)."""
+        assert op.node is not None
+        if self.groups and op.node.identity in self.groups:
+            self.linked.append(op)  # after the copies: its other names may land first
+            return
+        self.chunk.append(op)
+        self.chunk_bytes += op.node.size
+        if len(self.chunk) >= CHUNK_FILES or self.chunk_bytes >= CHUNK_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.chunk:
+            assert self.pool is not None
+            if self.local is not None:  # picklable work: a process pool may take it
+                fut = self.pool.submit(
+                    copy_chunk, [self.item(op) for op in self.chunk], self.fsync
+                )
+            else:
+                fut = self.pool.submit(self.copy_many, self.chunk)
+            self.inflight.append((self.chunk, fut))
+            self.chunk = []
+            self.chunk_bytes = 0
+
+    def barrier(self) -> None:
+        """Wait for every copy in flight (before an op that changes the structure)."""
+        self.flush()
+        for ops, fut in self.inflight:
+            for op, outcome in zip(ops, fut.result(), strict=True):
+                if isinstance(outcome, PermissionError):
+                    self.retry_writable(op, outcome, partial(self.copy_again, op))
+                elif isinstance(outcome, BaseException):
+                    self.fail(op, outcome)
+                else:
+                    self.ok(op, outcome)
+        self.inflight = []
+
+    def copy_again(self, op: Op) -> None:
+        self.ok(op, self.copy(op))
+
+    def item(self, op: Op) -> CopyItem:
+        node = op.node
+        assert node is not None and self.local is not None
+        check_key(op.key)  # refuses names that could leave either tree
+        src_root, src_dev = self.local
+        return (
+            src_root, src_dev, op.key, self.root, op.key[:-1], op.key[-1],
+            node.size, node.mtime_ns, node.mode, node.identity, op.op == UPDATE,
+        )
+
+    def copy_many(self, ops: list[Op]) -> list[int | BaseException]:
+        """Copies for a source that is not a local tree (streams from ``read``)."""
+        out: list[int | BaseException] = []
+        for op in ops:
+            try:
+                out.append(self.copy(op))
+            except (OSError, NodeError) as e:
+                out.append(e)
+        return out
+
+    def copy(self, op: Op) -> int:
+        """Publish the source file at ``op.key`` atomically; return the bytes copied."""
+        node = op.node
+        assert node is not None
+        if self.local is not None:
+            outcome = copy_chunk([self.item(op)], self.fsync)[0]
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        stream = self.src.read(op.key)
+        fd_in = os.dup(stream.fileno())
+        stream.close()
+        try:
+            with self.parent(op.key) as (dfd, name):
+                # a stream's descriptor says nothing of the source's identity
+                return publish(fd_in, dfd, name, node.size, node.mtime_ns, node.mode,
+                               None, 0, self.fsync, op.op == UPDATE)
+        finally:
+            os.close(fd_in)
+
+    # -- directories --------------------------------------------------------------------
+    def settle_directories(self) -> None:
+        """Set directory mode and mtime from the source, deepest first."""
+        final = self.final.nodes
+        for key in sorted(self.touched, key=len, reverse=True):
+            node = final.get(key)
+            if node is None or node.kind != DIR:
+                # not a source directory (kept for its excluded content): only undo
+                # what retry_writable did to it
+                if key in self.unlocked:
+                    with contextlib.suppress(OSError, NodeError):
+                        self.set_directory(key, self.unlocked[key], None)
+                continue
+            try:
+                self.set_directory(key, node.mode, node.mtime_ns)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # it moved on since; the op that moved it touched its new place
+            except TargetChanged as e:
+                self.result.problems.append(
+                    Problem(key, f"directory metadata not set: {e}", kind=problem_kind(e))
+                )
+            except OSError as e:
+                self.result.problems.append(Problem(
+                    key, f"cannot set directory metadata: {e.strerror}", kind=problem_kind(e)
+                ))
+
+    def set_directory(self, key: Key, mode: int, mtime_ns: int | None) -> None:
+        # through a descriptor that is this directory, not what a symlink names
+        # (only the root may be a symlink the user gave us)
+        fd = open_beneath(self.root_fd(), key)
+        try:
+            os.fchmod(fd, mode)
+            if mtime_ns is not None:
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fd)
+
+
+def link_groups(final: Snapshot) -> dict[object, list[Key]]:
+    """Source files that share an identity (an inode: hard links), by identity."""
+    rows = getattr(final.nodes, "rows", None)
+    items = (
+        ((k, r[0], r[5]) for k, r in rows.items()) if rows is not None
+        else ((k, n.kind, n.identity) for k, n in final.nodes.items())
+    )
+    seen: dict[object, list[Key]] = {}
+    for key, kind, ident in items:
+        if kind == FILE and ident is not None:
+            seen.setdefault(ident, []).append(key)
+    return {i: sorted(keys) for i, keys in seen.items() if len(keys) > 1}

@@ -1,0 +1,256 @@
+"""The digest scan (``DigestScan``): a full scan with one digest per directory, asked
+afterwards for only what the comparison needs.
+
+``ScanChild`` runs it in a forked child while the caller scans the other tree (the
+walk is CPU-bound Python: two walks in threads contend for the GIL, two processes do
+not), answering typed requests over a pipe (marshal: plain dicts, tuples and ints).
+``LocalScan`` runs it in this process when first asked and answers by direct lookups:
+the source side of a re-sync, and the fallback where forking is unsafe (other threads
+running) or fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import marshal
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from enum import IntEnum
+from typing import Any, BinaryIO
+
+from ...backend import DigestSummary
+from ...model import Key, Row, Rows, Snapshot
+from .posix import die_with_parent
+
+Scanner = Callable[[dict[Key, int]], tuple[Snapshot, list[Key]]]
+"""Runs the full scan filling the digests; returns it with the temporaries it found."""
+Remember = Callable[[list[Key]], None]
+"""Hands the temporaries a scan found to the backend (the next apply removes them)."""
+
+
+class Request(IntEnum):
+    SUMMARY = 1
+    LISTINGS = 2
+    ROWS = 3
+    ALL = 4
+    BYE = 5
+
+
+class _Scanned:
+    """A finished scan and its digests, answering the requests."""
+
+    def __init__(self, snap: Snapshot, digests: dict[Key, int], temps: list[Key]) -> None:
+        self.snap = snap
+        self.digests = digests
+        self.temps = temps
+        self.rows: dict[Key, Row] = snap.nodes.rows  # type: ignore[attr-defined]
+
+    def summary(self) -> dict[str, Any]:
+        snap = self.snap
+        return {
+            "digests": self.digests,
+            "incomplete": snap.incomplete,
+            "skipped": snap.skipped,
+            "temps": self.temps,
+            "held": snap.holds_excluded,
+            "count": len(self.rows),
+            "root": self.rows.get(()),
+        }
+
+    def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Row]]]:
+        rows, children = self.rows, self.snap.children
+        return {d: [(k[-1], rows[k]) for k in children(d)] for d in dirs}
+
+    def rows_of(self, keys: Iterable[Key], subtrees: Iterable[Key]) -> dict[Key, Row]:
+        rows = self.rows
+        out = {k: rows[k] for k in keys if k in rows}
+        for top in subtrees:
+            if top in rows:
+                out[top] = rows[top]
+                for k in self.snap.walk(top):
+                    out[k] = rows[k]
+        return out
+
+    def everything(self) -> tuple[Any, ...]:
+        snap = self.snap
+        return (self.rows, snap.incomplete, snap.skipped, self.temps, snap.holds_excluded)
+
+    def answer(self, request: Request, args: tuple[Any, ...]) -> Any:
+        if request is Request.SUMMARY:
+            return self.summary()
+        if request is Request.LISTINGS:
+            return self.listings(*args)
+        if request is Request.ROWS:
+            return self.rows_of(*args)
+        return self.everything()
+
+
+def _summary(raw: dict[str, Any]) -> DigestSummary:
+    return DigestSummary(
+        digests=raw["digests"], incomplete=raw["incomplete"], skipped=raw["skipped"],
+        held=raw["held"], count=raw["count"], root=raw["root"],
+    )
+
+
+class LocalScan:
+    """The digest scan run in this process, when first asked."""
+
+    def __init__(self, scanner: Scanner, remember: Remember) -> None:
+        self._scanner = scanner
+        self._remember = remember
+        self._done: _Scanned | None = None
+        self._summary: DigestSummary | None = None
+
+    def _scanned(self) -> _Scanned:
+        if self._done is None:
+            digests: dict[Key, int] = {}
+            snap, temps = self._scanner(digests)
+            self._done = _Scanned(snap, digests, temps)
+            self._remember(temps)
+        return self._done
+
+    def summary(self) -> DigestSummary:
+        if self._summary is None:
+            self._summary = _summary(self._scanned().summary())
+        return self._summary
+
+    def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Row]]]:
+        return self._scanned().listings(dirs)
+
+    def rows(self, keys: Iterable[Key] = (), subtrees: Iterable[Key] = ()) -> dict[Key, Row]:
+        return self._scanned().rows_of(keys, subtrees)
+
+    def snapshot(self) -> Snapshot:
+        return self._scanned().snap
+
+    def close(self) -> None:
+        pass
+
+
+class ScanChild:
+    """The digest scan run in a forked child (see the module docstring); where forking
+    is unsafe or fails, or the child dies, it runs here instead (``LocalScan``)."""
+
+    def __init__(self, scanner: Scanner, remember: Remember) -> None:
+        self._remember = remember
+        self._local = LocalScan(scanner, remember)
+        self._summary: DigestSummary | None = None
+        self.pid = 0
+        if threading.active_count() > 1 or not hasattr(os, "fork"):
+            return
+        req_r, req_w = os.pipe()
+        res_r, res_w = os.pipe()
+        parent = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in (req_r, req_w, res_r, res_w):
+                os.close(fd)
+            return
+        if pid == 0:  # child: scan, serve the requests, never return into the caller
+            code = 1
+            try:
+                die_with_parent(parent)  # a killed run takes its scan along
+                os.close(req_w)
+                os.close(res_r)
+                self._serve(req_r, res_w)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(req_r)
+        os.close(res_w)
+        self.pid = pid
+        self._req = os.fdopen(req_w, "wb")
+        self._res = os.fdopen(res_r, "rb")
+
+    # -- the child ----------------------------------------------------------------------
+    def _serve(self, req_fd: int, res_fd: int) -> None:
+        scanned = self._local._scanned()  # at once: the caller scans the other tree
+        with os.fdopen(req_fd, "rb") as req, os.fdopen(res_fd, "wb") as res:
+            while True:
+                message = _receive(req)
+                if message is None:
+                    return
+                request = Request(message[0])
+                if request is Request.BYE:
+                    return
+                _send(res, scanned.answer(request, tuple(message[1:])))
+                if request is Request.ALL:
+                    return
+
+    # -- the caller ---------------------------------------------------------------------
+    def _ask(self, request: Request, *args: Any) -> Any:
+        if self.pid:
+            try:
+                _send(self._req, (int(request), *args))
+                answer = _receive(self._res)
+            except OSError:
+                answer = None
+            if answer is not None:
+                return answer
+            self._end()  # the child failed: scan here instead
+        return self._local._scanned().answer(request, args)
+
+    def summary(self) -> DigestSummary:
+        if self._summary is None:
+            raw = self._ask(Request.SUMMARY)
+            self._remember(list(raw["temps"]))
+            self._summary = _summary(raw)
+        return self._summary
+
+    def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Row]]]:
+        return self._ask(Request.LISTINGS, list(dirs))  # type: ignore[no-any-return]
+
+    def rows(self, keys: Iterable[Key] = (), subtrees: Iterable[Key] = ()) -> dict[Key, Row]:
+        return self._ask(Request.ROWS, list(keys), list(subtrees))  # type: ignore[no-any-return]
+
+    def snapshot(self) -> Snapshot:
+        """The whole scan; the child's service ends."""
+        if not self.pid:
+            return self._local.snapshot()
+        rows, incomplete, skipped, temps, held = self._ask(Request.ALL)
+        self._end()
+        self._remember(list(temps))
+        # the children index is not sent: it costs more to ship than a no-op run
+        # needs; the planner builds it if it looks
+        return Snapshot(
+            nodes=Rows(rows), incomplete=incomplete, skipped=skipped, holds_excluded=held
+        )
+
+    def close(self) -> None:
+        """Ends the child (idempotent)."""
+        if self.pid:
+            # not waiting for a scan nobody will ask for (a cancelled comparison)
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+            self._end()
+
+    def _end(self) -> None:
+        if not self.pid:
+            return
+        for f in (self._req, self._res):
+            with contextlib.suppress(OSError):
+                f.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        self.pid = 0
+
+
+def _send(f: BinaryIO, obj: Any) -> None:
+    data = marshal.dumps(obj)
+    f.write(len(data).to_bytes(8, "little"))
+    f.write(data)
+    f.flush()
+
+
+def _receive(f: BinaryIO) -> Any:
+    head = f.read(8)
+    if len(head) < 8:
+        return None
+    n = int.from_bytes(head, "little")
+    data = f.read(n)
+    if len(data) < n:
+        return None
+    return marshal.loads(data)

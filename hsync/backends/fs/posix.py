@@ -1,0 +1,320 @@
+"""The POSIX layer of the filesystem backend: the syscalls the standard library lacks
+(renameat2, openat2, syncfs, prctl) through one libc handle, the open flags, and the
+small helpers every part of the backend shares.
+
+Nothing here knows about snapshots or ops: names, descriptors and errors only. A
+directory below a root is opened one way, ``open_beneath``; a name that could leave the
+tree is refused by ``check_key``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import itertools
+import os
+import signal
+import stat
+from typing import Any
+
+from ...errors import TargetChanged
+from ...model import Key
+
+TMP_PREFIX = ".hsync-tmp-"
+"""Temporary files of an unfinished publish: never synced, removed by the next run."""
+
+CHUNK = 1 << 20
+"""Bytes per read or kernel copy call."""
+
+# O_NONBLOCK: a FIFO put where a file was must not hang the run (no effect on files)
+O_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+O_ROOT = O_DIR & ~os.O_NOFOLLOW
+"""The root itself may be a symlink the user gave; nothing below it is followed."""
+O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# a file's metadata is set through a descriptor: O_NOFOLLOW refuses a symlink put there,
+# O_NONBLOCK a FIFO
+O_META = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _load_libc() -> Any:
+    try:
+        return ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC: Any = _load_libc()
+"""The one libc handle (None where the process has none to load)."""
+
+
+def _fn(name: str) -> Any:
+    return getattr(_LIBC, name, None) if _LIBC is not None else None
+
+
+_renameat2: Any = _fn("renameat2")
+_syscall: Any = _fn("syscall")
+if _syscall is not None:
+    _syscall.restype = ctypes.c_long
+_syncfs: Any = _fn("syncfs")
+_prctl: Any = _fn("prctl")
+
+
+# -- names --------------------------------------------------------------------------------
+def check_key(key: Key) -> str:
+    """``key`` as a relative path; ``TargetChanged`` for a name that could leave the
+    tree (empty, ``.``, ``..``, a slash or a NUL in it)."""
+    rel = "/".join(key)
+    probe = f"/{rel}/"
+    if (
+        rel.count("/") != len(key) - 1
+        or "//" in probe
+        or "/./" in probe
+        or "/../" in probe
+        or "\0" in rel
+    ):
+        raise TargetChanged(f"refusing unsafe name in {rel!r}")
+    return rel
+
+
+def join(root: str, key: Key) -> str:
+    """The absolute path of ``key`` below ``root`` (for messages and the watcher)."""
+    return "/".join((root.rstrip("/"), *key)) if key else root
+
+
+_counter = itertools.count()
+
+
+def tmp_name() -> str:
+    return f"{TMP_PREFIX}{os.getpid():x}-{next(_counter):x}"
+
+
+def unlink_quiet(name: str, dfd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(name, dir_fd=dfd)
+
+
+def special_kind(mode: int) -> str:
+    """What a special file (never synced) is, for the report."""
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "special file"
+
+
+_umask_value: list[int] = []
+
+
+def umask() -> int:
+    """The process umask (read once: reading it means setting it)."""
+    if not _umask_value:
+        old = os.umask(0o022)
+        os.umask(old)
+        _umask_value.append(old)
+    return _umask_value[0]
+
+
+def root_device(root: str) -> int:
+    """The device of ``root``, or of its nearest existing ancestor when it is absent
+    (a destination created later lands there: it cannot be a mount point yet)."""
+    path = root
+    while True:
+        try:
+            return os.stat(path).st_dev
+        except OSError:
+            up = os.path.dirname(path)
+            if up == path:
+                return 0
+            path = up
+
+
+# -- opening ------------------------------------------------------------------------------
+class _OpenHow(ctypes.Structure):
+    _fields_ = (
+        ("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)
+    )
+
+
+_RESOLVE = 0x04 | 0x08  # RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH
+_SYS_OPENAT2 = ctypes.c_long(437)  # the same number on every architecture (Linux 5.6)
+_HOW = _OpenHow(O_DIR, 0, _RESOLVE)
+_HOW_REF = ctypes.byref(_HOW)
+_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_HOW))
+_openat2: list[Any] = [_syscall]
+_SWAPPED = (errno.ELOOP, errno.ENOTDIR, errno.EXDEV)
+_SWAPPED_MSG = (
+    "{}: no longer a directory (a symlink or a file was put there): nothing is "
+    "followed through it"
+)
+
+
+def open_beneath(root_fd: int, rel: Key) -> int:
+    """A new descriptor of directory ``rel`` below the directory ``root_fd``, reached
+    without following any symlink and without leaving it: openat2(RESOLVE_NO_SYMLINKS |
+    RESOLVE_BENEATH) in one call, else (an old kernel, a path over PATH_MAX) one
+    ``openat(O_NOFOLLOW)`` per name. ``FileNotFoundError`` when a name is absent;
+    ``TargetChanged`` when one on the way is a symlink or not a directory."""
+    if not rel:
+        return os.dup(root_fd)
+    path = "/".join(rel)
+    raw = os.fsencode(path)
+    call = _openat2[0]
+    if call is not None and len(raw) < 4000:
+        for _ in range(3):  # EAGAIN: a rename raced the lookup; try again
+            fd = call(_SYS_OPENAT2, ctypes.c_long(root_fd), raw, _HOW_REF, _HOW_SIZE)
+            if fd >= 0:
+                return int(fd)
+            err = ctypes.get_errno()
+            if err == errno.EAGAIN:
+                continue
+            if err in (errno.ENOSYS, errno.EPERM):  # no openat2 (or a seccomp filter)
+                _openat2[0] = None
+                break
+            if err == errno.ENAMETOOLONG:
+                break  # name by name below
+            if err in _SWAPPED:
+                raise TargetChanged(_SWAPPED_MSG.format(path))
+            raise OSError(err, os.strerror(err), path)
+    fd = os.dup(root_fd)
+    try:
+        for name in rel:
+            nfd = os.open(name, O_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    except OSError as e:
+        os.close(fd)
+        if e.errno in _SWAPPED:
+            raise TargetChanged(_SWAPPED_MSG.format(path)) from None
+        raise
+    return fd
+
+
+def open_root(root: str) -> int:
+    """A descriptor of the root directory (following the root itself if a symlink)."""
+    return os.open(root, O_ROOT)
+
+
+# -- publishing ---------------------------------------------------------------------------
+def rename_noreplace(old: str, new: str, old_fd: int, new_fd: int) -> None:
+    """rename(2) that fails instead of replacing what is at ``new`` (renameat2 with
+    RENAME_NOREPLACE; where the kernel or filesystem lacks it, a check then a rename).
+    Names are relative to the directory descriptors. ``TargetChanged`` when ``new``
+    exists."""
+    if _renameat2 is not None:
+        if _renameat2(old_fd, os.fsencode(old), new_fd, os.fsencode(new), 1) == 0:
+            return
+        err = ctypes.get_errno()
+        if err == errno.EEXIST:
+            raise TargetChanged("a node appeared on the destination since the scan")
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err), new)
+    try:
+        os.stat(new, dir_fd=new_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(old, new, src_dir_fd=old_fd, dst_dir_fd=new_fd)
+        return
+    raise TargetChanged("a node appeared on the destination since the scan")
+
+
+def rename_into(tmp: str, final: str, dfd: int, *, replace: bool) -> None:
+    """Publish the temporary ``tmp`` as ``final`` in the directory ``dfd``: over what is
+    there (``replace``, an update) or only onto a free name (a create)."""
+    if replace:
+        os.rename(tmp, final, src_dir_fd=dfd, dst_dir_fd=dfd)
+    else:
+        rename_noreplace(tmp, final, dfd, dfd)
+
+
+def rmdir(name: str, dfd: int) -> None:
+    """Remove a directory the plan emptied. Special files (FIFOs, sockets, devices) are
+    never synced, so the plan does not know them: they go with their directory, as
+    rsync --delete removes them; anything else that appeared since the scan stays."""
+    try:
+        os.rmdir(name, dir_fd=dfd)
+        return
+    except OSError as e:
+        if e.errno != errno.ENOTEMPTY:
+            raise
+        fd = os.open(name, O_DIR, dir_fd=dfd)
+        try:
+            with os.scandir(fd) as it:
+                left = [(x.name, x.stat(follow_symlinks=False).st_mode) for x in it]
+            if any(stat.S_ISREG(m) or stat.S_ISDIR(m) or stat.S_ISLNK(m) for _, m in left):
+                raise
+            for entry, _ in left:
+                os.unlink(entry, dir_fd=fd)
+        finally:
+            os.close(fd)
+    os.rmdir(name, dir_fd=dfd)
+
+
+# -- copying and flushing -----------------------------------------------------------------
+_copy_file_range_ok = [hasattr(os, "copy_file_range")]
+
+
+def copy_fd(fd_in: int, fd_out: int, size_hint: int) -> int:
+    """Copy until EOF (or ``size_hint`` bytes); kernel-side where possible
+    (copy_file_range, then sendfile, then read/write). Returns the bytes copied."""
+    total = 0
+    if size_hint == 0:
+        return 0  # the caller's fstat after the copy catches a file that grew
+    if _copy_file_range_ok[0]:
+        try:
+            while True:
+                n = os.copy_file_range(fd_in, fd_out, max(size_hint - total, CHUNK))
+                total += n
+                if n == 0 or total == size_hint:
+                    return total  # a file that grew meanwhile is caught by the caller
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            if total:
+                raise
+            _copy_file_range_ok[0] = False
+    try:
+        while True:
+            n = os.sendfile(fd_out, fd_in, total, max(size_hint - total, CHUNK))
+            if n == 0:
+                return total
+            total += n
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS) or total:
+            raise
+    while chunk := os.read(fd_in, CHUNK):
+        os.write(fd_out, chunk)
+        total += len(chunk)
+    return total
+
+
+def syncfs(path: str) -> None:
+    """Flush the filesystem holding ``path`` (one call per batch; SPEC section 5)."""
+    if _syncfs is None:
+        os.sync()
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        os.sync()
+        return
+    try:
+        if _syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def die_with_parent(parent: int) -> None:
+    """In a forked worker (a copy worker, a scanning child): die with the parent, so a
+    killed run neither goes on writing nor walking."""
+    if _prctl is not None:
+        with contextlib.suppress(OSError):
+            _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:
+        os._exit(1)

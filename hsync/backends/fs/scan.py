@@ -1,0 +1,367 @@
+"""Reading a filesystem tree: the listing, the rows, the full scan and the sorted walk.
+
+Every node's row is made by one function, ``_list`` (a directory's listing -> rows,
+the scan's inner loop), whatever asks: ``scan``, ``walk_sorted``, ``stat_row`` and the
+digest scan (``scan`` with ``digests``). A node's identity is its inode on the root's
+device (fixed when the backend opens) and ``(st_dev << 64) | st_ino`` below a mount
+point, so every reader agrees on it.
+
+Every directory is opened by ``open_beneath`` from a descriptor of the root (never
+through a symlink) and checked to be the directory that was listed: one swapped for
+another mid-scan is reported, never followed out of the tree.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from array import array
+from collections.abc import Iterator
+from typing import Any
+
+from ...cancel import NEVER, Cancel
+from ...errors import TargetChanged
+from ...filters import Exclude
+from ...model import DIR, FILE, SYMLINK, Key, Row, Rows, Snapshot
+from .posix import TMP_PREFIX, check_key, open_beneath, open_root, special_kind
+
+Entry = tuple[str, Any, int, int, int, int, int]
+"""One listed name: ``(name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, hash)``, or
+``(name, None, errno, 0, 0, 0, 0)`` when its lstat failed. ``hash``: of the name and the
+payload a sync compares (kind; mode bits, size, mtime for a file; mode bits, mtime for
+a directory; a symlink's target is not in it), for the directory digests."""
+
+Dirs = list[tuple[Key, int, int]]
+"""Directories still to list: ``(key, st_ino, st_dev)`` as their parent's listing saw."""
+
+
+def lstat_dir_py(fd: int) -> list[Entry]:
+    """Every name of the directory open as ``fd`` with its lstat (names gone since the
+    listing are left out). ``hsync._walk.list`` is the same in C, where it was built;
+    the two hash entries differently (a run uses one of them on both trees)."""
+    out: list[Entry] = []
+    lstat = os.lstat
+    for name in os.listdir(fd):
+        try:
+            st = lstat(name, dir_fd=fd)
+        except FileNotFoundError:
+            continue
+        except OSError as e:
+            out.append((name, None, e.errno or 0, 0, 0, 0, 0))
+            continue
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), st.st_size, st.st_mtime_ns))
+        elif stat.S_ISDIR(mode):
+            h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), st.st_mtime_ns))
+        else:
+            h = hash((name, stat.S_IFMT(mode)))
+        out.append((name, mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, h))
+    return out
+
+
+try:
+    from ..._walk import list as lstat_dir
+except ImportError:  # not built (no compiler where hsync was installed): slower, same
+    lstat_dir = lstat_dir_py
+
+
+def listing_digest(hashes: list[int]) -> int:
+    """One number for a directory's listing, from its entries' payload hashes (in any
+    order, signed 64-bit): a 64-bit xxh3 of them, sorted. Not their sum: Python's tuple
+    hash is nearly additive in its fields, so two entries that swap a field (two
+    symlinks swapping targets) left the sum as it was. Equal digests mean equal
+    listings but with odds of 2^-64."""
+    from xxhash import xxh3_64_intdigest
+
+    hashes.sort()
+    return xxh3_64_intdigest(array("q", hashes).tobytes())  # type: ignore[no-any-return]
+
+
+def _list(
+    entries: list[Entry],
+    fd: int,
+    key: Key,
+    root_dev: int,
+    exclude: Exclude | None,
+    rows: dict[Key, Row],
+    kids: list[Key],
+    dirs: Dirs,
+    incomplete: dict[Key, str],
+    skipped: list[tuple[Key, str]],
+    temps: list[Key],
+    held: set[Key],
+    hashes: list[int] | None,
+) -> None:
+    """The rows of one directory's ``entries`` (``lstat_dir`` of ``fd``, the directory
+    at ``key``) into ``rows``, their keys into ``kids``, its subdirectories into
+    ``dirs``; what could not be read into ``incomplete``, special files into
+    ``skipped``, hsync's temporaries into ``temps``; ``key`` into ``held`` when a child
+    is excluded; each kept entry's hash into ``hashes``. The scan's inner loop: no
+    function call per entry beyond what a row needs."""
+    S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
+    readlink = os.readlink
+    for name, mode, size, mtime, st_ino, st_dev, h in entries:
+        k = (*key, name)
+        if mode is None:  # its lstat failed (one gone since the listing is left out)
+            incomplete[k] = os.strerror(size)
+            continue
+        ino = st_ino if st_dev == root_dev else (st_dev << 64) | st_ino
+        if S_ISREG(mode):
+            if name.startswith(TMP_PREFIX):
+                temps.append(k)
+                continue
+            if exclude is not None and exclude(k, False):
+                held.add(key)
+                continue
+            rows[k] = (FILE, S_IMODE(mode), size, mtime, None, ino)
+            kids.append(k)
+        elif S_ISDIR(mode):
+            if exclude is not None and exclude(k, True):
+                held.add(key)
+                continue
+            rows[k] = (DIR, S_IMODE(mode), 0, mtime, None, ino)
+            kids.append(k)
+            dirs.append((k, st_ino, st_dev))
+        elif S_ISLNK(mode):
+            if exclude is not None and exclude(k, False):
+                held.add(key)
+                continue
+            try:
+                target = readlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                incomplete[k] = e.strerror or str(e)
+                continue
+            rows[k] = (SYMLINK, 0, 0, 0, target, ino)  # payload: target only
+            kids.append(k)
+            h = hash((h, target))
+        else:
+            skipped.append((k, special_kind(mode)))
+            continue
+        if hashes is not None:
+            hashes.append(h)
+
+
+def top_row(st: os.stat_result, root_dev: int) -> Row:
+    """The row of the root directory (the one node that is nobody's child)."""
+    ino = st.st_ino if st.st_dev == root_dev else (st.st_dev << 64) | st.st_ino
+    return (DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, None, ino)
+
+
+class _One:
+    """What ``_list`` made of one name looked up alone (``lookup``)."""
+
+    __slots__ = ("dirs", "incomplete", "rows", "skipped")
+
+    def __init__(self) -> None:
+        self.rows: dict[Key, Row] = {}
+        self.dirs: Dirs = []
+        self.incomplete: dict[Key, str] = {}
+        self.skipped: list[tuple[Key, str]] = []
+
+
+def lookup(root_fd: int, key: Key, root_dev: int) -> _One | None:
+    """``key`` (not the root) looked at alone, through its parent reached beneath the
+    root; None when it or a directory on the way is absent, or a name on the way is a
+    symlink or not a directory. An hsync temporary is absent."""
+    check_key(key)
+    try:
+        dfd = open_beneath(root_fd, key[:-1])
+    except (FileNotFoundError, TargetChanged):
+        return None
+    one = _One()
+    try:
+        try:
+            st = os.stat(key[-1], dir_fd=dfd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        entry = (key[-1], st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, 0)
+        _list([entry], dfd, key[:-1], root_dev, None, one.rows, [], one.dirs,
+              one.incomplete, one.skipped, [], set(), None)
+    finally:
+        os.close(dfd)
+    return one
+
+
+def stat_row(root: str, root_dev: int, key: Key) -> Row | tuple[str] | None:
+    """The row at ``key``, ``(kind,)`` for a special file, or None when absent (also
+    when an ancestor is absent or not a directory). ``OSError`` for what cannot be
+    read."""
+    if not key:
+        try:
+            st = os.stat(root)
+        except FileNotFoundError:
+            return None
+        return top_row(st, root_dev) if stat.S_ISDIR(st.st_mode) else None
+    try:
+        root_fd = open_root(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        one = lookup(root_fd, key, root_dev)
+    finally:
+        os.close(root_fd)
+    if one is None:
+        return None
+    if key in one.rows:
+        return one.rows[key]
+    if one.skipped:
+        return (one.skipped[0][1],)
+    if one.incomplete:
+        raise OSError(one.incomplete[key])
+    return None  # a temporary, or a symlink gone before it was read
+
+
+def scan(
+    root: str,
+    root_dev: int,
+    subtree: Key,
+    exclude: Exclude | None,
+    cancel: Cancel,
+    temps: list[Key],
+    digests: dict[Key, int] | None = None,
+) -> Snapshot:
+    """See ``Backend.scan``; hsync's temporaries found are added to ``temps``.
+    ``digests``: filled with one number per directory listed (``listing_digest``)."""
+    rows: dict[Key, Row] = {}
+    snap = Snapshot(nodes=Rows(rows))
+    children: dict[Key, list[Key]] = {}
+    snap._children = children
+    incomplete, skipped, held = snap.incomplete, snap.skipped, snap.holds_excluded
+    try:
+        root_fd = open_root(root)
+    except NotADirectoryError:
+        incomplete[subtree] = "is not a directory"
+        return snap
+    except OSError as e:
+        incomplete[subtree] = e.strerror or str(e)
+        return snap
+    try:
+        stack: Dirs
+        if subtree:
+            # a partial rescan: absent is an answer, a leaf is one node
+            try:
+                one = lookup(root_fd, subtree, root_dev)
+            except OSError as e:
+                incomplete[subtree] = e.strerror or str(e)
+                return snap
+            if one is None:
+                return snap
+            rows.update(one.rows)
+            incomplete.update(one.incomplete)
+            skipped.extend(one.skipped)
+            stack = one.dirs
+        else:
+            st = os.fstat(root_fd)
+            rows[()] = top_row(st, root_dev)
+            stack = [((), st.st_ino, st.st_dev)]
+        listdir, fstat, close = lstat_dir, os.fstat, os.close
+        while stack:
+            key, want_ino, want_dev = stack.pop()
+            cancel.check()
+            try:
+                fd = open_beneath(root_fd, key)
+            except FileNotFoundError:
+                incomplete[key] = "vanished during the scan"
+                continue
+            except TargetChanged:
+                incomplete[key] = "replaced during the scan"
+                continue
+            except OSError as e:
+                incomplete[key] = e.strerror or str(e)
+                continue
+            try:
+                seen = fstat(fd)
+                if seen.st_ino != want_ino or seen.st_dev != want_dev:
+                    incomplete[key] = "replaced during the scan"
+                    continue
+                try:
+                    entries = listdir(fd)
+                except OSError as e:
+                    incomplete[key] = e.strerror or str(e)
+                    continue
+                kids: list[Key] = []  # the children index, built as we go
+                children[key] = kids
+                hashes: list[int] | None = [] if digests is not None else None
+                _list(entries, fd, key, root_dev, exclude, rows, kids, stack,
+                      incomplete, skipped, temps, held, hashes)
+                if digests is not None:
+                    assert hashes is not None
+                    digests[key] = listing_digest(hashes)
+            finally:
+                close(fd)
+    finally:
+        os.close(root_fd)
+    return snap
+
+
+Listed = list[tuple[bytes, Key, Any]]
+
+
+def walk_sorted(
+    root: str, root_dev: int, exclude: Exclude | None, cancel: Cancel = NEVER
+) -> Iterator[tuple[Key, Row | tuple[str] | None]]:
+    """See ``SortedWalk.walk_sorted``: holds one listing per level, never the tree."""
+    try:
+        root_fd = open_root(root)
+    except OSError:
+        yield (), None
+        return
+    lost: dict[Key, str] = {}  # a name whose lstat or readlink failed: left out
+    temps: list[Key] = []
+    held: set[Key] = set()
+
+    def listing(key: Key, ino: int, dev: int) -> tuple[Listed, dict[Key, tuple[int, int]]] | None:
+        cancel.check()
+        try:
+            fd = open_beneath(root_fd, key)
+        except (OSError, TargetChanged):
+            return None
+        rows: dict[Key, Row] = {}
+        kids: list[Key] = []
+        dirs: Dirs = []
+        skipped: list[tuple[Key, str]] = []
+        try:
+            seen = os.fstat(fd)
+            if seen.st_ino != ino or seen.st_dev != dev:
+                return None
+            _list(lstat_dir(fd), fd, key, root_dev, exclude, rows, kids, dirs,
+                  lost, skipped, temps, held, None)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        lost.clear()
+        temps.clear()
+        held.clear()
+        fsencode = os.fsencode
+        out: Listed = [(fsencode(k[-1]), k, rows[k]) for k in kids]
+        if skipped:
+            out += [(fsencode(k[-1]), k, (what,)) for k, what in skipped]
+        out.sort(reverse=True)  # popped from the end: smallest name first
+        return out, {k: (i, d) for k, i, d in dirs}
+
+    try:
+        st = os.fstat(root_fd)
+        top = listing((), st.st_ino, st.st_dev)
+        if top is None:
+            yield (), None
+            return
+        stack = [top]
+        while stack:
+            kids, ids = stack[-1]
+            if not kids:
+                stack.pop()
+                continue
+            _, k, row = kids.pop()
+            yield k, row
+            if row[0] == DIR:
+                sub = listing(k, *ids[k])
+                if sub is None:
+                    yield k, None
+                else:
+                    stack.append(sub)
+    finally:
+        os.close(root_fd)

@@ -1,0 +1,187 @@
+"""The filesystem backend called directly (no core): identities, cancellation, the kind
+of a problem, how two trees overlap."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from treeutil import build
+
+from hsync.backend import ApplyOptions
+from hsync.backends.fs import FsBackend
+from hsync.backends.fs import copy as fs_copy
+from hsync.cancel import Cancel
+from hsync.errors import Cancelled
+from hsync.model import Key, Op
+
+
+def _identities(b: FsBackend) -> dict[str, dict[Key, object]]:
+    """Every node's identity as each reader of the backend sees it."""
+    full = {k: r[5] for k, r in b.scan().nodes.rows.items()}  # type: ignore[attr-defined]
+    walked = {k: r[5] for k, r in b.walk_sorted() if r is not None and len(r) == 6}
+    walked[()] = full[()]  # the walk yields what is below the root
+    stats: dict[Key, object] = {}
+    for k in full:
+        node = b.stat(k)
+        assert node is not None
+        stats[k] = node.identity
+    child = b.digest_scan(background=True)
+    try:
+        digest = {k: r[5] for k, r in child.rows((), [()]).items()}
+    finally:
+        child.close()
+    local = b.digest_scan()
+    in_process = {k: r[5] for k, r in local.snapshot().nodes.rows.items()}  # type: ignore[attr-defined]
+    subtrees: dict[Key, object] = {}
+    for k in full:
+        rows = b.scan(k).nodes.rows  # type: ignore[attr-defined]
+        subtrees[k] = rows[k][5]
+    return {"scan": full, "walk_sorted": walked, "stat": stats, "digest_scan": digest,
+            "digest_scan here": in_process, "scan(subtree)": subtrees}
+
+
+def test_every_reader_gives_a_node_the_same_identity(tmp_path: Path) -> None:
+    build(tmp_path / "t", {"a/f": b"1", "a/b/g": b"2", "h": b"3"})
+    os.symlink("h", tmp_path / "t" / "l")
+    seen = _identities(FsBackend(str(tmp_path / "t")))
+    assert len(seen["scan"]) == 7
+    for reader, ids in seen.items():
+        assert ids == seen["scan"], reader
+    assert seen["scan"][("h",)] == os.lstat(tmp_path / "t" / "h").st_ino
+
+
+@pytest.fixture
+def mounted(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs mounted at ``t/mnt`` (root only), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting needs root")
+    mnt = tmp_path / "t" / "mnt"
+    mnt.mkdir(parents=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_identities_agree_below_a_mount_point(tmp_path: Path, mounted: Path) -> None:
+    """Regression: four readers computed identities four ways below a mount point (a
+    subtree scan against the subtree's device, stat with the bare inode number)."""
+    build(tmp_path / "t", {"top": b"0"})
+    build(mounted, {"x": b"1", "d/y": b"2"})
+    seen = _identities(FsBackend(str(tmp_path / "t")))
+    for reader, ids in seen.items():
+        assert ids == seen["scan"], reader
+    st = os.lstat(mounted / "d" / "y")
+    assert seen["scan"][("mnt", "d", "y")] == (st.st_dev << 64) | st.st_ino
+    assert seen["scan"][("top",)] == os.lstat(tmp_path / "t" / "top").st_ino
+
+
+def _creates(src: FsBackend) -> tuple[list[Op], object]:
+    snap = src.scan()
+    ops = [Op(op="create", kind=snap.nodes[k].kind, key=k, node=snap.nodes[k])
+           for k in sorted(snap.nodes) if k]  # parents first
+    return ops, snap
+
+
+def test_a_batch_cancelled_before_it_runs_returns_every_op_not_run(tmp_path: Path) -> None:
+    src = FsBackend(str(build(tmp_path / "src", {"a/f": b"1", "g": b"2"})))
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    ops, snap = _creates(src)
+    cancel = Cancel()
+    cancel.cancel()
+    result = FsBackend(str(dst), role="destination").apply_batch(
+        ops, src, snap, cancel=cancel  # type: ignore[arg-type]
+    )
+    assert result.done == []
+    assert [(p.key, p.op, p.kind) for p in result.problems] == [
+        (op.key, "create", "cancelled") for op in ops
+    ]
+    assert all(p.message.endswith("not run: cancelled") for p in result.problems)
+    assert os.listdir(dst) == []
+
+
+def test_a_batch_cancelled_midway_stops_between_ops(tmp_path: Path) -> None:
+    src = FsBackend(str(build(tmp_path / "src", {"a/f": b"1", "b/g": b"2", "c/h": b"3"})))
+    ops, snap = _creates(src)
+    (tmp_path / "dst").mkdir()
+    cancel = Cancel()
+
+    def on_done(op: Op) -> None:
+        if op.key == ("a",):
+            cancel.cancel()
+
+    result = FsBackend(str(tmp_path / "dst"), role="destination").apply_batch(
+        ops, src, snap, options=ApplyOptions(), cancel=cancel, on_done=on_done  # type: ignore[arg-type]
+    )
+    assert [op.key for op in result.done] == [("a",)], result.problems
+    assert {p.key for p in result.problems} == {op.key for op in ops[1:]}
+    assert {p.kind for p in result.problems} == {"cancelled"}
+
+
+def test_a_scan_with_a_cancelled_token_raises_cancelled(tmp_path: Path) -> None:
+    b = FsBackend(str(build(tmp_path / "t", {"a/f": b"1"})))
+    cancel = Cancel()
+    cancel.cancel()
+    with pytest.raises(Cancelled):
+        b.scan(cancel=cancel)
+    with pytest.raises(Cancelled):
+        list(b.walk_sorted(cancel=cancel))
+
+
+def test_a_source_file_that_changes_mid_copy_is_a_retry_problem_of_its_create(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src_root = build(tmp_path / "src", {"f": b"before"})
+    src = FsBackend(str(src_root))
+    ops, snap = _creates(src)
+    real = fs_copy.copy_fd
+
+    def copy_then_grow(fd_in: int, fd_out: int, size: int) -> int:
+        n = real(fd_in, fd_out, size)
+        with open(src_root / "f", "ab") as f:  # a writer appends meanwhile
+            f.write(b" and after")
+        return n
+
+    monkeypatch.setattr(fs_copy, "copy_fd", copy_then_grow)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    result = FsBackend(str(dst), role="destination").apply_batch(ops, src, snap)  # type: ignore[arg-type]
+    assert result.done == []
+    [problem] = result.problems
+    assert (problem.key, problem.op, problem.kind) == (("f",), "create", "retry")
+    assert problem.retry
+    assert os.listdir(dst) == []  # neither published nor a temporary left behind
+
+
+def test_relation(tmp_path: Path) -> None:
+    (tmp_path / "a" / "in").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    os.symlink(tmp_path / "a", tmp_path / "link")
+    a = FsBackend(str(tmp_path / "a"))
+    assert a.relation(str(tmp_path / "a")) == "same"
+    assert a.relation(f"file://{tmp_path}/a/") == "same"
+    assert a.relation(str(tmp_path / "link")) == "same"  # through a symlink
+    assert a.relation(str(tmp_path / "a" / "in")) == "inside"
+    assert a.relation(str(tmp_path / "link" / "in" / "new")) == "inside"
+    assert a.relation(str(tmp_path)) == "contains"
+    assert FsBackend(str(tmp_path / "link" / "in")).relation(str(tmp_path / "a")) == "contains"
+    assert a.relation(str(tmp_path / "b")) is None
+    assert a.relation(str(tmp_path / "ab")) is None  # a prefix of the name is not a parent
+    assert a.relation("ldap://localhost/dc=example,dc=com") is None
+
+
+def test_the_backend_pickles_by_reopening(tmp_path: Path) -> None:
+    root = build(tmp_path / "t", {"f": b"x"})
+    b = FsBackend(str(root), role="destination")
+    again = pickle.loads(pickle.dumps(b))
+    assert (again.url, again.role, again.root) == (b.url, b.role, b.root)
+    [(digest, n, look)] = again.hash_many([("f",)])
+    assert digest == b.digest(("f",)) and n == 1 and look == b.look(("f",))
