@@ -1,174 +1,99 @@
 """A directory server as an hsync endpoint: ``ldap://host:port/BASE_DN`` (``ldaps://``).
 
-Credentials come from the environment, by role: ``HSYNC_SRC_BIND_DN`` /
-``HSYNC_SRC_BIND_PASSWORD`` for a source, ``HSYNC_DST_BIND_DN`` /
-``HSYNC_DST_BIND_PASSWORD`` for a destination, else ``HSYNC_BIND_DN`` /
-``HSYNC_BIND_PASSWORD`` for both; none: an anonymous bind. A password is never taken
-from the URL, and never appears in a message.
-
-TLS: ``ldaps://``, or StartTLS with the URL extension ``????!StartTLS`` (RFC 4516) or
-``HSYNC_LDAP_STARTTLS=1``; ``HSYNC_LDAP_CACERT`` names a CA file,
-``HSYNC_LDAP_TLS_REQCERT`` (never / allow / try / demand) the certificate check.
+Connecting (credentials, TLS, timeouts) and searching are ``connection``'s; live
+changes are ``watch``'s (``SyncreplWatch``, which keeps its own syncrepl cookie).
 
 Ops: create = add (the planner puts parents first), update = modify with the minimal
 per-attribute changes (computed against the entry as it is when the op runs), move =
 modrdn with newSuperior (a subtree moves in one operation and keeps its entryUUIDs;
 the old RDN value is deleted unless the payload keeps it), delete = delete (leaves
-first). A failure on one entry is a ``Problem`` naming the DN and the server's answer.
+first). A failure on one entry is a ``Problem`` naming the DN and the server's answer,
+of kind ``retry`` when the server was busy or away, ``skip`` when the entry changed
+since the scan (an assertion failed, the DN is taken), else ``error``.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
-import os
 import re
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, suppress
-from typing import Any
+from contextlib import closing, suppress
+from typing import TYPE_CHECKING, Any
 
 import ldap
 import ldap.dn
-import ldapurl
-from ldap.controls import SimplePagedResultsControl
 from ldap.controls.libldap import AssertionControl
 
 from hsync.backend import (
+    ApplyOptions,
     ApplyResult,
-    Backend,
     Capabilities,
+    ContentSource,
     Credentials,
+    Relation,
     Resume,
     WatchSink,
+    scheme_of,
 )
-from hsync.errors import BackendError, UsageError
+from hsync.cancel import NEVER, Cancel
+from hsync.errors import CANCELLED, ERROR, RETRY, SKIP, BackendError, UsageError
+from hsync.filters import Exclude
 from hsync.model import CREATE, DELETE, MOVE, UPDATE, Key, Node, Op, Problem, Snapshot
 
+from . import connection
+from .connection import Server, describe, env_credentials
 from .entries import Data, Mapper
 from .schema import Schema
+from .watch import SyncreplWatch
 
-PAGE_SIZE = 2000
 WINDOW = 256
-TIMEOUT = 10.0
-USER_ATTRS = ["*", "entryUUID"]
+"""Adds in flight on one connection."""
 _UUID = re.compile(r"[0-9a-fA-F-]{36}")
+_RETRY = (ldap.SERVER_DOWN, ldap.CONNECT_ERROR, ldap.BUSY, ldap.UNAVAILABLE, ldap.TIMEOUT,
+          ldap.TIMELIMIT_EXCEEDED)
+"""Answers that say "not now": the op is retried."""
+_SKIP = (ldap.ASSERTION_FAILED, ldap.ALREADY_EXISTS)
+"""Answers that say the entry changed since the scan: the op is left alone."""
 
 
-def describe(e: ldap.LDAPError) -> str:
-    """The server's answer in one line: result name and its diagnostic text."""
-    info = e.args[0] if e.args and isinstance(e.args[0], dict) else {}
-    desc = info.get("desc") or type(e).__name__
-    extra = info.get("info")
-    if isinstance(extra, bytes):
-        extra = extra.decode("utf-8", "replace")
-    out = f"{desc} ({type(e).__name__})"
-    if extra:
-        out += f": {extra}"
-    return out
-
-
-def credentials(role: str) -> tuple[str, str]:
-    """(bind DN, password) for ``role`` from the environment; ("", "") for anonymous."""
-    prefix = "HSYNC_SRC_" if role == "source" else "HSYNC_DST_"
-    dn = os.environ.get(prefix + "BIND_DN")
-    if dn is not None:
-        return dn, os.environ.get(prefix + "BIND_PASSWORD", "")
-    return os.environ.get("HSYNC_BIND_DN", ""), os.environ.get("HSYNC_BIND_PASSWORD", "")
+def problem_kind(e: ldap.LDAPError) -> str:
+    """The kind of problem (``hsync.errors.ProblemKind``) a server's answer is."""
+    if isinstance(e, _RETRY):
+        return RETRY
+    if isinstance(e, _SKIP):
+        return SKIP
+    return ERROR
 
 
 class LdapBackend:
     """One subtree of a directory server, from its base DN down."""
 
     def __init__(
-        self, location: str, *, role: str = "source", credentials: Credentials | None = None
+        self,
+        location: str,
+        *,
+        role: str = "source",
+        credentials: Credentials | None = None,
+        exclude_attrs: Sequence[str] = (),
     ) -> None:
-        try:
-            url = ldapurl.LDAPUrl(location)
-        except ValueError as e:
-            raise UsageError(f"{location}: not an LDAP URL: {e}") from None
-        if not url.hostport:
-            raise UsageError(f"{location}: no host:port (ldap://host:port/BASE_DN)")
-        if not url.dn:
-            raise UsageError(f"{location}: no base DN (ldap://host:port/BASE_DN)")
-        try:
-            ldap.dn.str2dn(url.dn)
-        except ldap.DECODING_ERROR:
-            raise UsageError(f"{location}: {url.dn!r} is not a DN") from None
-        self.scheme = url.urlscheme.lower()
-        self.hostport = url.hostport.lower()
-        self.server = f"{self.scheme}://{url.hostport}"
-        self.base_dn = url.dn
-        self.url = f"{self.server}/{url.dn}"
+        """Connect and bind (``BackendError`` when that fails); ``credentials`` from a
+        config file, else from the environment (``connection.env_credentials``);
+        ``exclude_attrs`` (``--exclude-attr``): attributes never read, written or
+        deleted."""
+        self.server = Server.of(location)
+        self.base_dn = self.server.base_dn
+        self.url = self.server.url
         self.role = role
-        exts = {k.lower() for k in (url.extensions or {})}
-        self.starttls = bool(
-            {"starttls", "1.3.6.1.4.1.1466.20037"} & exts
-            or os.environ.get("HSYNC_LDAP_STARTTLS", "") in ("1", "yes", "true")
-        )
         self.capabilities = Capabilities(
             subtree_move=True, atomic_rename=False, content=False, waits=True
         )
-        self._credentials = credentials  # from a config file; else the environment
-        self.bind_dn, _ = self.credentials()
-        self.conn = self._connect()
+        self._credentials = credentials if credentials is not None else env_credentials(role)
+        self.conn = connection.connect(self.server, self._credentials)
         self.schema = self._read_schema()
-        self.mapper = Mapper(self.schema, self.base_dn)
+        self.mapper = Mapper(self.schema, self.base_dn, exclude_attrs)
         self._target = ""
         self._after_park: dict[str, Data] = {}
-        self.cookie: str | None = None
-        """The last syncrepl cookie a watch saw (``SyncreplWatch.checkpoint`` gives it
-        out as a resume token once its events have reached the sink)."""
-
-    # -- connection ------------------------------------------------------------------------
-    def credentials(self) -> tuple[str, str]:
-        """(bind DN, password): from the config file when it gave them, else from the
-        environment (``credentials(role)``)."""
-        if self._credentials is not None:
-            return self._credentials.bind_dn, self._credentials.password
-        return credentials(self.role)
-
-    def _connect(self) -> Any:
-        """A bound connection; ``BackendError`` (exit 2) when it cannot be had."""
-        conn = self.prepare(ldap.initialize(self.server, bytes_mode=False))
-        dn, password = self.credentials()
-        try:
-            if self.starttls:
-                conn.start_tls_s()
-            conn.simple_bind_s(dn, password)
-        except ldap.SERVER_DOWN as e:
-            tls = " (or its TLS certificate is not trusted: HSYNC_LDAP_CACERT)" if (
-                self.starttls or self.scheme == "ldaps") else ""
-            raise BackendError(
-                f"{self.url}: cannot reach the server{tls}: {describe(e)}"
-            ) from None
-        except ldap.CONNECT_ERROR as e:  # StartTLS refused the certificate
-            raise BackendError(f"{self.url}: TLS failed: {describe(e)}") from None
-        except ldap.INVALID_CREDENTIALS as e:
-            who = dn or "anonymous"
-            raise BackendError(f"{self.url}: bind as {who} refused: {describe(e)}") from None
-        except ldap.LDAPError as e:
-            raise BackendError(f"{self.url}: cannot connect: {describe(e)}") from None
-        return conn
-
-    def prepare(self, conn: Any) -> Any:
-        """Protocol, timeout and TLS options on a new connection (the watcher's too)."""
-        conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
-        conn.set_option(ldap.OPT_REFERRALS, 0)
-        conn.set_option(ldap.OPT_NETWORK_TIMEOUT, TIMEOUT)
-        cacert = os.environ.get("HSYNC_LDAP_CACERT")
-        if cacert:
-            conn.set_option(ldap.OPT_X_TLS_CACERTFILE, cacert)
-        reqcert = os.environ.get("HSYNC_LDAP_TLS_REQCERT")
-        if reqcert:
-            level = {
-                "never": ldap.OPT_X_TLS_NEVER, "allow": ldap.OPT_X_TLS_ALLOW,
-                "try": ldap.OPT_X_TLS_TRY, "demand": ldap.OPT_X_TLS_DEMAND,
-            }.get(reqcert.lower())
-            if level is None:
-                raise UsageError(f"HSYNC_LDAP_TLS_REQCERT={reqcert!r}: never/allow/try/demand")
-            conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, level)
-        if cacert or reqcert:
-            conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
-        return conn
 
     def _read_schema(self) -> Schema:
         builtin = Schema.builtin()
@@ -184,16 +109,25 @@ class LdapBackend:
         except ldap.LDAPError:
             return builtin
 
-    def exclude_attributes(self, names: Sequence[str]) -> None:
-        """``--exclude-attr``: these attributes are never read, written or deleted."""
-        self.mapper.set_exclude(names)
+    def canonical_url(self) -> str:
+        """``scheme://host:port/BASE`` with the default port filled in and the base DN
+        normalized (attribute names lower-case, values by matching rule)."""
+        return f"{self.server.scheme}://{self.server.hostport}/{','.join(self.mapper.base_norm)}"
 
-    def relation(self, other: Backend) -> str | None:
-        """How ``other`` overlaps this tree: "same", "inside" (other below this one),
-        "contains" (this one below other), or None."""
-        if not isinstance(other, LdapBackend) or other.hostport != self.hostport:
+    def relation(self, other_url: str) -> Relation | None:
+        """How the tree at ``other_url`` overlaps this one: "same", "inside" (it is
+        below this one), "contains" (this one is below it), or None (another server,
+        disjoint bases, another kind of endpoint). Base DNs compare normalized."""
+        if scheme_of(other_url) not in ("ldap", "ldaps"):
             return None
-        a, b = self.mapper.base_norm, other.mapper.base_norm
+        try:
+            other = Server.of(other_url)
+            b = [self.schema.norm_rdn_parts(r) for r in ldap.dn.str2dn(other.base_dn)]
+        except (UsageError, ldap.DECODING_ERROR):
+            return None
+        if other.hostport != self.server.hostport:
+            return None
+        a = self.mapper.base_norm
         if a == b:
             return "same"
         if len(b) > len(a) and b[len(b) - len(a):] == a:
@@ -206,42 +140,56 @@ class LdapBackend:
         with suppress(ldap.LDAPError):
             self.conn.unbind_s()
 
-    # -- reading ---------------------------------------------------------------------------
-    def _search(
-        self, dn: str, scope: int, attrlist: list[str] | None = None, conn: Any = None
-    ) -> list[Any]:
-        """Every entry of a search, page by page (RFC 2696)."""
-        attrlist = attrlist or USER_ATTRS
-        page = SimplePagedResultsControl(True, size=PAGE_SIZE, cookie="")
-        out: list[Any] = []
-        conn = conn or self.conn
-        while True:
-            msgid = conn.search_ext(
-                dn, scope, "(objectClass=*)", attrlist,
-                serverctrls=[page] if scope != ldap.SCOPE_BASE else None,
-            )
-            _, data, _, ctrls = conn.result3(msgid, timeout=-1)
-            out.extend(d for d in data if d[0] is not None)
-            cookie = next(
-                (c.cookie for c in ctrls or () if c.controlType == page.controlType), None
-            )
-            if not cookie:
-                return out
-            page.cookie = cookie
+    # -- the root ----------------------------------------------------------------------------
+    def root_error(self) -> str | None:
+        """None when the base entry is there; "does not exist"; else why it cannot be
+        read (the server's answer)."""
+        try:
+            found = connection.read_entry(self.conn, self.base_dn, ["1.1"])
+        except ldap.LDAPError as e:
+            return f"cannot be read: {describe(e)}"
+        return None if found is not None else "does not exist"
+
+    def root_id(self) -> str | None:
+        """The base entry's entryUUID, or None when it is absent (``OSError`` when the
+        server cannot tell)."""
+        try:
+            found = connection.read_entry(self.conn, self.base_dn, ["entryUUID"])
+        except ldap.LDAPError as e:
+            raise OSError(errno.EIO, f"{self.url}: {describe(e)}") from None
+        if found is None:
+            return None
+        values = found.get("entryUUID") or found.get("entryuuid") or [b""]
+        return values[0].decode("ascii", "replace") or None
 
     def exists(self) -> bool:
-        try:
-            self.conn.search_s(self.base_dn, ldap.SCOPE_BASE, "(objectClass=*)", ["1.1"])
-        except ldap.NO_SUCH_OBJECT:
-            return False
-        except ldap.LDAPError as e:
-            raise BackendError(f"{self.base_dn}: cannot read the base: {describe(e)}") from None
-        return True
+        """True when the base entry is there; ``BackendError`` when that cannot be told."""
+        why = self.root_error()
+        if why is not None and why != "does not exist":
+            raise BackendError(f"{self.base_dn}: cannot read the base: {why}")
+        return why is None
 
+    def is_empty(self) -> bool:
+        """True when the base entry is missing or has no entry below it (an initial
+        copy into it can be streamed: see ``hsync.populate``)."""
+        try:
+            msgid = self.conn.search_ext(self.base_dn, ldap.SCOPE_ONELEVEL, "(objectClass=*)",
+                                         ["1.1"], sizelimit=1)
+            _, data, _, _ = self.conn.result3(msgid, timeout=connection.TIMEOUT)
+        except ldap.NO_SUCH_OBJECT:
+            return True
+        except ldap.SIZELIMIT_EXCEEDED:
+            return False
+        except ldap.LDAPError:
+            return False  # cannot tell: the comparison finds out
+        return not any(dn is not None for dn, *_ in data)
+
+    # -- reading ---------------------------------------------------------------------------
     def scan(
-        self, subtree: Key = (), *, exclude: Callable[[Key, bool], bool] | None = None
+        self, subtree: Key = (), *, exclude: Exclude | None = None, cancel: Cancel = NEVER
     ) -> Snapshot:
-        """See ``Backend.scan``: one paged subtree search from ``subtree``'s DN."""
+        """See ``Backend.scan``: one paged subtree search from ``subtree``'s DN;
+        ``cancel`` is checked between pages (the search is then abandoned)."""
         # Building ~20 small objects per entry makes the cyclic GC rescan everything over
         # and over (3x the scan's time at 10k entries); none of them form cycles.
         # Frozen afterwards: the snapshot's objects are then skipped by later collections
@@ -249,19 +197,25 @@ class LdapBackend:
         was = gc.isenabled()
         gc.disable()
         try:
-            return self._scan(subtree, exclude)
+            return self._scan(subtree, exclude, cancel)
         finally:
             gc.freeze()
             if was:
                 gc.enable()
 
-    def _scan(
-        self, subtree: Key, exclude: Callable[[Key, bool], bool] | None, conn: Any = None
-    ) -> Snapshot:
+    def _scan(self, subtree: Key, exclude: Exclude | None, cancel: Cancel) -> Snapshot:
         snap = Snapshot()
+        rows: list[tuple[Key, Node]] = []
+        cancel.check()
         try:
             dn = self.mapper.dn_of(subtree)
-            found = self._search(dn, ldap.SCOPE_SUBTREE, conn=conn)
+            with closing(connection.pages(self.conn, dn)) as found:
+                for page in found:
+                    for edn, attrs in page:
+                        key = self.mapper.key_of(edn)
+                        if key is not None:
+                            rows.append((key, self.mapper.node_of(attrs, root=not key)))
+                    cancel.check()
         except ldap.NO_SUCH_OBJECT:
             if not subtree:
                 snap.incomplete[()] = "does not exist"
@@ -273,12 +227,6 @@ class LdapBackend:
             why = describe(e) if isinstance(e, ldap.LDAPError) else str(e)
             snap.incomplete[subtree] = f"cannot be read: {why}"
             return snap
-        rows: list[tuple[Key, Node]] = []
-        for edn, attrs in found:
-            key = self.mapper.key_of(edn)
-            if key is None:
-                continue
-            rows.append((key, self.mapper.node_of(attrs, root=not key)))
         rows.sort(key=lambda r: len(r[0]))  # parents before children
         nodes: dict[Key, Node] = {}
         dropped: set[Key] = set()
@@ -294,29 +242,15 @@ class LdapBackend:
         snap.nodes = nodes
         return snap
 
-    def is_empty(self) -> bool:
-        """True when the base entry is missing or has no entry below it (an initial
-        copy into it can be streamed: see ``hsync.populate``)."""
-        try:
-            msgid = self.conn.search_ext(self.base_dn, ldap.SCOPE_ONELEVEL, "(objectClass=*)",
-                                         ["1.1"], sizelimit=1)
-            _, data, _, _ = self.conn.result3(msgid, timeout=TIMEOUT)
-        except ldap.NO_SUCH_OBJECT:
-            return True
-        except ldap.SIZELIMIT_EXCEEDED:
-            return False
-        except ldap.LDAPError:
-            return False  # cannot tell: the comparison finds out
-        return not any(dn is not None for dn, *_ in data)
-
     def stream(
-        self, exclude: Callable[[Key, bool], bool] | None = None
-    ) -> Iterator[tuple[Key, Node | None]]:
+        self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
+    ) -> Iterator[tuple[Key, Node | str | None]]:
         """Every entry below the base as ``(key, node)`` while the pages of one subtree
         search arrive, a parent always before its children (back-mdb sends parents
         first, but an entry whose parent has not come yet is held until it does);
         ``((), None)`` when the search fails (nothing more is known). Excluded entries
-        and their subtrees are left out, like ``scan``'s."""
+        and their subtrees are left out, like ``scan``'s. ``cancel`` is checked between
+        pages (``Cancelled``; the search is abandoned)."""
         seen: set[Key] = {()}
         dropped: set[Key] = set()
         waiting: dict[Key, list[tuple[Key, Node]]] = {}  # parent -> children held
@@ -333,18 +267,22 @@ class LdapBackend:
                 yield k, n
                 todo.extend(waiting.pop(k, ()))
 
+        cancel.check()
         was = gc.isenabled()
         gc.disable()  # see ``scan``
         try:
-            for edn, attrs in self._pages(self.base_dn):
-                key = self.mapper.key_of(edn)
-                if not key:
-                    continue  # the base itself (``stat``), or out of scope
-                node = self.mapper.node_of(attrs)
-                if key[:-1] in seen or key[:-1] in dropped:
-                    yield from release(key, node)
-                else:
-                    waiting.setdefault(key[:-1], []).append((key, node))
+            with closing(connection.pages(self.conn, self.base_dn)) as found:
+                for page in found:
+                    for edn, attrs in page:
+                        key = self.mapper.key_of(edn)
+                        if not key:
+                            continue  # the base itself (``stat``), or out of scope
+                        node = self.mapper.node_of(attrs)
+                        if key[:-1] in seen or key[:-1] in dropped:
+                            yield from release(key, node)
+                        else:
+                            waiting.setdefault(key[:-1], []).append((key, node))
+                    cancel.check()
         except (ldap.LDAPError, ValueError):
             yield (), None
             return
@@ -358,33 +296,16 @@ class LdapBackend:
                 if key[:-1] not in dropped:
                     yield key, node
 
-    def _pages(self, dn: str) -> Iterator[tuple[str, Any]]:
-        """The entries of a paged subtree search (RFC 2696), a page at a time."""
-        page = SimplePagedResultsControl(True, size=PAGE_SIZE, cookie="")
-        while True:
-            msgid = self.conn.search_ext(dn, ldap.SCOPE_SUBTREE, "(objectClass=*)",
-                                         USER_ATTRS, serverctrls=[page])
-            _, data, _, ctrls = self.conn.result3(msgid, timeout=-1)
-            for d in data:
-                if d[0] is not None:
-                    yield d[0], d[1]
-            cookie = next(
-                (c.cookie for c in ctrls or () if c.controlType == page.controlType), None
-            )
-            if not cookie:
-                return
-            page.cookie = cookie
-
     def stat(self, key: Key) -> Node | None:
         try:
-            found = self._search(self.mapper.dn_of(key), ldap.SCOPE_BASE)
-        except ldap.NO_SUCH_OBJECT:
-            return None
+            dn = self.mapper.dn_of(key)
         except ValueError:
-            return None
-        for _, attrs in found:
-            return self.mapper.node_of(attrs, root=not key)
-        return None
+            return None  # not a DN below the base: nothing is there
+        try:
+            attrs = connection.read_entry(self.conn, dn)
+        except ldap.LDAPError as e:
+            raise OSError(errno.EIO, f"{dn}: {describe(e)}") from None
+        return None if attrs is None else self.mapper.node_of(attrs, root=not key)
 
     def read(self, key: Key) -> Any:
         raise OSError(f"{'/'.join(key)}: an LDAP entry has no content stream")
@@ -396,14 +317,17 @@ class LdapBackend:
     def apply_batch(
         self,
         ops: Sequence[Op],
-        source: Backend,
+        source: ContentSource,
         final: Snapshot,
         *,
-        fsync: bool = False,
+        options: ApplyOptions = ApplyOptions(),  # noqa: B008 (frozen: a value)
+        cancel: Cancel = NEVER,
         on_done: Callable[[Op], None] | None = None,
     ) -> ApplyResult:
         """See ``Backend.apply_batch``; one LDAP operation per op (two for an update:
-        the entry is read, then modified by what differs)."""
+        the entry is read, then modified by what differs). Entries carry no content:
+        ``source`` is never read; the server makes writes durable (``options`` change
+        nothing)."""
         result = ApplyResult()
         # what a node parked under a temporary name finally holds (its later move's
         # payload): the park keeps its old RDN value only if that payload does
@@ -417,8 +341,7 @@ class LdapBackend:
         # connection concurrently. Any other op first waits for every add in flight.
         inflight: dict[int, tuple[Op, str]] = {}  # msgid -> (op, dn), oldest first
         by_key: dict[Key, int] = {}
-
-        failed: set[Key] = set()  # adds refused: nothing is sent for their subtrees
+        failed: dict[Key, str] = {}  # adds refused -> kind: nothing sent for their subtrees
 
         def finish(msgid: int) -> None:
             op, dn = inflight.pop(msgid)
@@ -426,32 +349,40 @@ class LdapBackend:
             try:
                 self.conn.result3(msgid)
             except ldap.LDAPError as e:
-                failed.add(op.key)
-                self._fail(result, op, dn, e)
+                failed[op.key] = self._fail(result, op, dn, e)
                 return
             self._ok(result, op, on_done)
 
-        for op in ops:
+        for i, op in enumerate(ops):
+            if cancel.cancelled():
+                for msgid in list(inflight):
+                    finish(msgid)
+                result.problems.extend(
+                    Problem(o.key, f"{o.op} {self._dn_or_key(o.key)}: cancelled",
+                            op=o.op, kind=CANCELLED)
+                    for o in ops[i:]
+                )
+                return result
             self._target = ""
             if op.op == CREATE and op.key:
                 waiting = by_key.get(op.key[:-1])
                 if waiting is not None:
                     finish(waiting)
-                if op.key[:-1] in failed:
-                    failed.add(op.key)
+                kind = failed.get(op.key[:-1])
+                if kind is not None:
+                    failed[op.key] = kind
                     result.problems.append(Problem(
                         op.key, f"create skipped: its parent {self._dn_or_key(op.key[:-1])} "
-                        "was not created"))
+                        "was not created", op=op.op, kind=kind))
                     continue
                 try:
                     dn, attrs = self._add_request(op)
                     msgid = self.conn.add_ext(dn, attrs)
                 except ValueError as e:
-                    result.problems.append(Problem(op.key, f"{op.op} skipped: {e}"))
+                    result.problems.append(Problem(op.key, f"{op.op} skipped: {e}", op=op.op))
                     continue
                 except ldap.LDAPError as e:
-                    failed.add(op.key)
-                    self._fail(result, op, self._target, e)
+                    failed[op.key] = self._fail(result, op, self._target, e)
                     continue
                 inflight[msgid] = (op, dn)
                 by_key[op.key] = msgid
@@ -464,12 +395,12 @@ class LdapBackend:
                 if not self._one(op):
                     continue  # nothing left to change (a modrdn already did it)
             except ldap.LDAPError as e:
+                kind = self._fail(result, op, self._target, e)
                 if op.op == CREATE:
-                    failed.add(op.key)
-                self._fail(result, op, self._target, e)
+                    failed[op.key] = kind
                 continue
             except ValueError as e:
-                result.problems.append(Problem(op.key, f"{op.op} skipped: {e}"))
+                result.problems.append(Problem(op.key, f"{op.op} skipped: {e}", op=op.op))
                 continue
             self._ok(result, op, on_done)
         for msgid in list(inflight):
@@ -481,14 +412,15 @@ class LdapBackend:
         if on_done is not None:
             on_done(op)
 
-    def _fail(self, result: ApplyResult, op: Op, dn: str, e: ldap.LDAPError) -> None:
+    def _fail(self, result: ApplyResult, op: Op, dn: str, e: ldap.LDAPError) -> str:
+        """Record ``op``'s failure; its kind (``problem_kind``)."""
+        kind = problem_kind(e)
         if isinstance(e, ldap.SERVER_DOWN):
-            result.problems.append(
-                Problem(op.key, f"{op.op} failed: {self.url}: {describe(e)}", retry=True)
-            )
-            return
-        target = dn or self._dn_or_key(op.key)
-        result.problems.append(Problem(op.key, f"{op.op} failed: {target}: {describe(e)}"))
+            message = f"{op.op} failed: {self.url}: {describe(e)}"
+        else:
+            message = f"{op.op} failed: {dn or self._dn_or_key(op.key)}: {describe(e)}"
+        result.problems.append(Problem(op.key, message, op=op.op, kind=kind))
+        return kind
 
     def _add_request(self, op: Op) -> tuple[str, list[tuple[str, list[bytes]]]]:
         m = self.mapper
@@ -545,21 +477,26 @@ class LdapBackend:
         return True
 
     def _current(self, key: Key, dn: str) -> Data:
-        found = self.conn.search_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", USER_ATTRS)
-        for _, attrs in found:
-            return self.mapper.data_of(attrs, root=not key)
-        raise ldap.NO_SUCH_OBJECT({"desc": "No such object", "info": dn})
+        attrs = connection.read_entry(self.conn, dn)
+        if attrs is None:
+            raise ldap.NO_SUCH_OBJECT({"desc": "No such object", "info": dn})
+        return self.mapper.data_of(attrs, root=not key)
 
     # -- live ------------------------------------------------------------------------------
-    def watch(
-        self, sink: WatchSink, resume: Resume | None = None
-    ) -> AbstractContextManager[None]:
+    def watch(self, sink: WatchSink) -> SyncreplWatch:
         """Report changes below the base to ``sink`` (syncrepl refreshAndPersist in a
-        thread; reconnects with backoff); from ``resume``'s cookie when the server can.
-        See ``hsync_ldap.watch``."""
-        from .watch import SyncreplWatch
+        thread, on a connection of its own; reconnects with backoff). See ``watch``."""
+        return self._watcher(sink, None)
 
-        return SyncreplWatch(self, sink, resume)
+    def watch_from(self, sink: WatchSink, resume: Resume) -> SyncreplWatch:
+        """Like ``watch``, from ``resume.token`` (a cookie a former watch gave out by
+        its ``checkpoint``) when the server can answer from it."""
+        return self._watcher(sink, resume)
+
+    def _watcher(self, sink: WatchSink, resume: Resume | None) -> SyncreplWatch:
+        # a mapper of its own: the watch reads keys on its thread while this one scans
+        mapper = Mapper(self.schema, self.base_dn)
+        return SyncreplWatch(self.server, self._credentials, mapper, sink, resume)
 
 
 def _still(op: Op) -> list[Any] | None:
@@ -583,3 +520,21 @@ def _rdn_kept(m: Mapper, name: str, desired: Data) -> bool:
         if want not in values.get(lname, ()):
             return False
     return True
+
+
+if TYPE_CHECKING:  # what the class claims, checked by mypy (rclone's ``var _ fs.Mover``)
+    from hsync.backend import (
+        Backend,
+        BackendFactory,
+        Related,
+        ResumableWatchable,
+        Streaming,
+        Watchable,
+    )
+
+    _factory: BackendFactory = LdapBackend
+    _backend: type[Backend] = LdapBackend
+    _related: type[Related] = LdapBackend
+    _streaming: type[Streaming] = LdapBackend
+    _watchable: type[Watchable] = LdapBackend
+    _resumable: type[ResumableWatchable] = LdapBackend

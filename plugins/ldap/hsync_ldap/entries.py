@@ -10,7 +10,8 @@
   relative to it (so a copy under another base compares equal and is written with the
   destination's base);
 - the root (the base entry itself): its own RDN value is not payload (two bases have
-  different names; the attribute is put back when the root is written).
+  different names; the attribute is put back when the root is written); its ``data``
+  is a ``RootData`` that also names the base DN (not payload either).
 """
 
 from __future__ import annotations
@@ -25,16 +26,16 @@ import ldap.dn
 from hsync.model import ENTRY, Key, Node
 from hsync.plan import TEMP_PREFIX
 
-from .schema import AttrType, NValue, Schema, raw_of
+from .schema import AttrType, NValue, Schema, Value, raw_of
 
-Data = tuple[tuple[str, frozenset[bytes]], ...]
+Data = tuple[tuple[str, frozenset[Value]], ...]
 _UNSET = object()
 _NOT_NORMAL = re.compile(rb"[A-Z\t\n\r\f\v\x80-\xff]|  |^ | $")
 """A byte that case folding or space folding would change (non-ASCII: let Python decide)."""
 _NO_TYPE = AttrType("")
 
 
-def _case_ignore(v: bytes) -> bytes:
+def _case_ignore(v: bytes) -> Value:
     """caseIgnoreMatch (and objectClass names): case and insignificant spaces ignored."""
     if _NOT_NORMAL.search(v) is None:
         return v  # already in normal form (the common case for most values)
@@ -44,6 +45,32 @@ def _case_ignore(v: bytes) -> bytes:
         return v
     n = " ".join(text.split()).lower().encode("utf-8")
     return v if n == v else NValue(n, v)
+
+
+class RootData(tuple[tuple[str, frozenset[Value]], ...]):
+    """The base entry's payload (``Data``), which also names the base DN it was read
+    under. The base DN is not payload: equality and hash are the tuple's, so two bases
+    with the same attributes compare equal. A new LDIF file written from this node
+    takes that base (``ldif_backend``): the node says it, no backend is asked."""
+
+    base_dn: str
+
+    def __new__(cls, items: Data, base_dn: str) -> RootData:
+        self = super().__new__(cls, items)
+        self.base_dn = base_dn
+        return self
+
+    def __reduce__(self) -> Any:
+        return (RootData, (tuple(self), self.base_dn))
+
+    def __repr__(self) -> str:
+        return f"RootData({tuple(self)!r}, base_dn={self.base_dn!r})"
+
+
+def base_of(node: Node | None) -> str:
+    """The base DN a root node was read under (``RootData``), or ""."""
+    data = node.data if node is not None else None
+    return data.base_dn if isinstance(data, RootData) else ""
 
 
 class Mapper:
@@ -61,10 +88,6 @@ class Mapper:
         self._spell: dict[str, str] = {}
         self.temps: dict[str, str] = {}
         """Temporary names given by the planner (``.hsync-mv-N``) -> the RDN used."""
-
-    def set_exclude(self, names: Iterable[str]) -> None:
-        self.exclude = {self.schema.canonical(a) for a in names}
-        self._plans = {}
 
     # -- reading ---------------------------------------------------------------------------
     def key_of(self, dn: str) -> Key | None:
@@ -87,7 +110,7 @@ class Mapper:
             out.append(k)
         return tuple(out)
 
-    def _plan(self, name: str) -> tuple[str, Callable[[bytes], bytes] | None] | None:
+    def _plan(self, name: str) -> tuple[str, Callable[[bytes], Value] | None] | None:
         """How to read attribute ``name``: (canonical name, value normalizer or None for
         exact bytes), or None when it is not payload (operational, excluded)."""
         schema = self.schema
@@ -142,7 +165,8 @@ class Mapper:
             if v:
                 ident = v[0].decode("ascii", "replace")
                 break
-        return Node(ENTRY, identity=ident, data=self.data_of(attrs, root=root))
+        data = self.data_of(attrs, root=root)
+        return Node(ENTRY, identity=ident, data=RootData(data, self.base_dn) if root else data)
 
     # -- writing ---------------------------------------------------------------------------
     def dn_of(self, key: Key) -> str:

@@ -4,7 +4,8 @@
 As a source: the entries of the file (content records), the tree based at ``base``
 (default: the DN of the file's first entry). As a destination: the file is rewritten
 once per batch (to a temporary name, then renamed over it; mode 0600: it may hold
-password hashes); a new file takes the source's base DN unless ``base`` is given.
+password hashes); a new file takes the base DN the source's root entry was read under
+(its node says it: ``entries.RootData``) unless ``base`` is given.
 Values are written by python-ldap's LDIF writer (base64 where LDIF needs it: non-ASCII,
 leading spaces, binary), so a round trip gives back the same entries and values.
 Values compare by the built-in matching rules (``schema.Schema.builtin``), the same an
@@ -15,19 +16,30 @@ is the entry's identity, never payload.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote
 
 import ldap.dn
 import ldif
 
-from hsync.backend import ApplyResult, Backend, Capabilities
-from hsync.errors import BackendError, UsageError
+from hsync.backend import (
+    ApplyOptions,
+    ApplyResult,
+    Capabilities,
+    ContentSource,
+    Credentials,
+    Relation,
+    scheme_of,
+)
+from hsync.cancel import NEVER, Cancel
+from hsync.errors import CANCELLED, SKIP, BackendError, DestinationFull, UsageError
+from hsync.filters import Exclude
 from hsync.model import CREATE, DELETE, MOVE, UPDATE, Key, Node, Op, Problem, Snapshot
 
-from .entries import Data, Mapper
+from .entries import Data, Mapper, base_of
 from .schema import Schema
 
 Attrs = dict[str, list[bytes]]
@@ -36,18 +48,22 @@ Attrs = dict[str, list[bytes]]
 class LdifBackend:
     """A directory tree held in one LDIF file."""
 
-    def __init__(self, location: str, *, role: str = "source") -> None:
-        rest = location.split(":", 1)[1]
-        if rest.startswith("//"):
-            rest = rest[2:]
-        path, _, query = rest.partition("?")
-        path = unquote(path)
-        if not path:
-            raise UsageError(f"{location}: no file (ldif:PATH)")
-        self.path = os.path.abspath(path)
+    def __init__(
+        self,
+        location: str,
+        *,
+        role: str = "source",
+        credentials: Credentials | None = None,
+        exclude_attrs: Sequence[str] = (),
+    ) -> None:
+        """``exclude_attrs`` (``--exclude-attr``): attributes never read, written or
+        deleted. ``BackendError`` when the file cannot be read or holds change records."""
+        if credentials is not None:
+            raise UsageError(f"{location}: this kind of endpoint takes no credentials")
+        self.path = _path_of(location)
         self.url = f"ldif:{self.path}"
         self.role = role
-        base = parse_qs(query).get("base", [""])[0]
+        base = parse_qs(location.partition("?")[2]).get("base", [""])[0]
         if base:
             try:
                 ldap.dn.str2dn(base)
@@ -60,7 +76,7 @@ class LdifBackend:
         if not base and self.records:
             base = self.records[0][0]
         self.base_dn = base
-        self.mapper = Mapper(self.schema, base)
+        self.mapper = Mapper(self.schema, base, exclude_attrs)
 
     def _load(self) -> list[tuple[str, Attrs]]:
         try:
@@ -80,16 +96,45 @@ class LdifBackend:
                 )
         return records
 
-    def exclude_attributes(self, names: Sequence[str]) -> None:
-        self.mapper.set_exclude(names)
+    def canonical_url(self) -> str:
+        """``ldif:`` and the file's resolved path (symlinks followed)."""
+        return f"ldif:{os.path.realpath(self.path)}"
 
-    def relation(self, other: Backend) -> str | None:
-        if isinstance(other, LdifBackend) and other.path == self.path:
-            return "same"
-        return None
+    def relation(self, other_url: str) -> Relation | None:
+        """"same" for another location of the same file, else None (one file holds one
+        tree: two files never nest)."""
+        if scheme_of(other_url) != "ldif":
+            return None
+        try:
+            other = _path_of(other_url)
+        except UsageError:
+            return None
+        return "same" if os.path.realpath(other) == os.path.realpath(self.path) else None
+
+    def root_error(self) -> str | None:
+        """None when the file holds the base entry; else "does not exist"."""
+        return None if () in self._entries() else "does not exist"
+
+    def root_id(self) -> tuple[int, str] | None:
+        """The file's device and the base entry's identity (its entryUUID when the file
+        holds one, as slapcat writes; else its normalized DN), or None when it is not
+        there. Not the inode: every batch written replaces the file by a new one."""
+        hit = self._entries().get(())
+        if hit is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        ident = self.mapper.node_of(hit[1], root=True).identity
+        return st.st_dev, str(ident) if ident else ",".join(self.mapper.base_norm)
+
+    def is_empty(self) -> bool:
+        """True when the file holds no entry below the base (or no base entry)."""
+        return not any(self._entries().keys() - {()})
 
     def exists(self) -> bool:
-        return () in self._entries()
+        return self.root_error() is None
 
     def close(self) -> None:
         pass
@@ -107,8 +152,10 @@ class LdifBackend:
         return out
 
     def scan(
-        self, subtree: Key = (), *, exclude: Callable[[Key, bool], bool] | None = None
+        self, subtree: Key = (), *, exclude: Exclude | None = None, cancel: Cancel = NEVER
     ) -> Snapshot:
+        """See ``Backend.scan`` (the entries are in memory: ``cancel`` is checked once)."""
+        cancel.check()
         snap = Snapshot()
         entries = self._entries()
         if not subtree and () not in entries:
@@ -146,19 +193,28 @@ class LdifBackend:
     def apply_batch(
         self,
         ops: Sequence[Op],
-        source: Backend,
+        source: ContentSource,
         final: Snapshot,
         *,
-        fsync: bool = False,
+        options: ApplyOptions = ApplyOptions(),  # noqa: B008 (frozen: a value)
+        cancel: Cancel = NEVER,
         on_done: Callable[[Op], None] | None = None,
     ) -> ApplyResult:
-        """Apply ``ops`` to the entries in memory, then write the file once."""
+        """Apply ``ops`` to the entries in memory, then write the file once (fsync'd
+        and renamed over the old one: durable whatever ``options`` say; a write that
+        fails raises ``BackendError``, ``DestinationFull`` when the disk is full; ops
+        are reported to ``on_done`` once the file is written). ``source`` is
+        never read (entries carry no content). A file without a base DN yet takes the
+        one the source's root node names (``entries.RootData``), from the ops or
+        ``final``."""
         result = ApplyResult()
         if not self.base_dn:
-            base = getattr(source, "base_dn", "")
+            roots = [op.node for op in ops if not op.key] + [final.nodes.get(())]
+            base = next((b for b in map(base_of, roots) if b), "")
             if not base:
                 result.problems.extend(
-                    Problem(op.key, f"{self.path}: no base DN (ldif:PATH?base=DN)") for op in ops
+                    Problem(op.key, f"{self.path}: no base DN (ldif:PATH?base=DN)", op=op.op)
+                    for op in ops
                 )
                 return result
             self.base_dn = base
@@ -168,21 +224,33 @@ class LdifBackend:
         tree: dict[Key, list[Any]] = {}
         for key, (dn, attrs) in self._entries().items():
             tree[key] = [ldap.dn.explode_dn(dn)[0] if key else self.base_dn, attrs]
-        for op in ops:
+        for i, op in enumerate(ops):
+            if cancel.cancelled():
+                result.problems.extend(
+                    Problem(o.key, f"{o.op} {'/'.join(o.key)}: cancelled", op=o.op,
+                            kind=CANCELLED)
+                    for o in ops[i:]
+                )
+                break
             try:
                 self._one(op, tree, m)
             except _Refused as e:
-                result.problems.append(Problem(op.key, f"{op.op} failed: {e}"))
+                result.problems.append(
+                    Problem(op.key, f"{op.op} failed: {e}", op=op.op, kind=e.kind)
+                )
                 continue
             result.done.append(op)
-            if on_done is not None:
-                on_done(op)
         if result.done:
             try:
                 self._write(tree)
-            except OSError as e:
-                result.problems.append(Problem((), f"{self.path}: cannot write: {e.strerror}"))
-                result.done.clear()
+            except OSError as e:  # a fault of the whole endpoint: the run stops
+                why = f"{self.path}: cannot write: {e.strerror or e}"
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise DestinationFull(why) from None
+                raise BackendError(why) from None
+            if on_done is not None:  # done once written
+                for op in result.done:
+                    on_done(op)
         return result
 
     def _dn(self, tree: dict[Key, list[Any]], key: Key) -> str:
@@ -193,7 +261,7 @@ class LdifBackend:
         data: Data = op.node.data if op.node is not None and op.node.data else ()
         if op.op == CREATE:
             if op.key in tree:
-                raise _Refused(f"{self._dn(tree, op.key)}: Already exists")
+                raise _Refused(f"{self._dn(tree, op.key)}: Already exists", SKIP)
             if op.key and op.key[:-1] not in tree:
                 raise _Refused(f"{'/'.join(op.key)}: No such object (no parent)")
             rdn = m.rdn_for(op.key[-1], data) if op.key else self.base_dn
@@ -215,7 +283,7 @@ class LdifBackend:
             if not op.key:
                 raise _Refused("the base entry is never moved")
             if op.to in tree:
-                raise _Refused(f"{self._dn(tree, op.to)}: Already exists")
+                raise _Refused(f"{self._dn(tree, op.to)}: Already exists", SKIP)
             if op.to[:-1] not in tree:
                 raise _Refused(f"{'/'.join(op.to)}: No such object (no new parent)")
             old_rdn = tree[op.key][0]
@@ -254,7 +322,23 @@ class LdifBackend:
 
 
 class _Refused(Exception):
-    """An op the tree refuses (as a directory server would)."""
+    """An op the tree refuses (as a directory server would); ``kind``: the problem's."""
+
+    def __init__(self, message: str, kind: str = "error") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _path_of(location: str) -> str:
+    """The absolute path of an ``ldif:PATH`` (``ldif:///abs``) location, without its
+    query."""
+    rest = location.split(":", 1)[1]
+    if rest.startswith("//"):
+        rest = rest[2:]
+    path = unquote(rest.partition("?")[0])
+    if not path:
+        raise UsageError(f"{location}: no file (ldif:PATH)")
+    return os.path.abspath(path)
 
 
 def _set_rdn_values(attrs: Attrs, old_rdn: str, new_rdn: str, desired: Data, m: Mapper) -> None:
@@ -276,8 +360,16 @@ def _set_rdn_values(attrs: Attrs, old_rdn: str, new_rdn: str, desired: Data, m: 
     for name, value, _ in ldap.dn.str2dn(new_rdn)[0]:
         lname = m.schema.canonical(name)
         norm = m.schema.norm_value(lname, value.encode("utf-8"), None)
-        spelled = next((s for s in attrs if m.schema.canonical(s) == lname), None)
-        if spelled is None:
+        have = next((s for s in attrs if m.schema.canonical(s) == lname), None)
+        if have is None:
             attrs[m.schema.spelling(lname)] = [value.encode("utf-8")]
-        elif all(m.schema.norm_value(lname, v, None) != norm for v in attrs[spelled]):
-            attrs[spelled].append(value.encode("utf-8"))
+        elif all(m.schema.norm_value(lname, v, None) != norm for v in attrs[have]):
+            attrs[have].append(value.encode("utf-8"))
+
+
+if TYPE_CHECKING:  # what the class claims, checked by mypy (rclone's ``var _ fs.Mover``)
+    from hsync.backend import Backend, BackendFactory, Related
+
+    _factory: BackendFactory = LdifBackend
+    _backend: type[Backend] = LdifBackend
+    _related: type[Related] = LdifBackend

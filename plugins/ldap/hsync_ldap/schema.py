@@ -70,6 +70,9 @@ class NValue:
         return (NValue, (self.norm, self.raw, self.rel))
 
 
+Value = bytes | NValue
+"""One attribute value as a payload holds it: its normalized bytes, or an ``NValue``."""
+
 REL_MARK = b"\x00rel:"
 """Prefix of a normalized DN value inside the base (never a valid DN string)."""
 
@@ -194,7 +197,7 @@ class Schema:
         (parts,) = ldap.dn.str2dn(rdn)
         return self.norm_rdn_parts(parts)
 
-    def norm_value(self, lname: str, raw: bytes, base: list[str] | None) -> bytes:
+    def norm_value(self, lname: str, raw: bytes, base: list[str] | None) -> Value:
         """The normalized form of one value (an ``NValue`` when it differs from ``raw``).
 
         ``base``: the tree's base as normalized RDNs; a DN value at or below it is
@@ -214,7 +217,7 @@ class Schema:
         norm = self.norm_text(lname, text).encode("utf-8")
         return raw if norm == raw else NValue(norm, raw)
 
-    def _norm_dn_value(self, text: str, raw: bytes, base: list[str] | None) -> bytes:
+    def _norm_dn_value(self, text: str, raw: bytes, base: list[str] | None) -> Value:
         uid = ""
         if "#" in text:  # nameAndOptionalUID: "DN#'0101'B"
             head, _, tail = text.rpartition("#")

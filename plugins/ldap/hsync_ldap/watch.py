@@ -11,8 +11,12 @@ a new entry -> ``dirty(key)``; a moved or renamed entry -> ``dirty(old)`` and
 ``dirty(new)``; a deleted one -> ``dirty(key)``. Nothing is reported for the refresh
 phase of a connection without a cookie (the loop compares everything when it starts).
 
-Resuming (``watch(sink, resume=Resume(token, identities))``): the token is a cookie this
-watcher gave out (``checkpoint()``: the cookie of the last message whose events have
+Each watch keeps its own cookie (the position in the change stream its events have
+reached); nothing of it is kept on the backend, so two watches of one backend never
+share one.
+
+Resuming (``watch_from(sink, Resume(token, identities))``): the token is a cookie a
+watch gave out (``checkpoint()``: the cookie of the last message whose events have
 all been reported; None during a refresh). The map is seeded from the history's
 identity -> key rows instead of a listing, and the search starts with the cookie: the
 server's refresh phase then holds only what changed since (syncprov's session log:
@@ -46,14 +50,13 @@ import ldap
 from ldap.ldapobject import SimpleLDAPObject
 from ldap.syncrepl import SyncreplConsumer
 
-from hsync.backend import Resume, WatchSink
+from hsync.backend import Credentials, Resume, WatchSink
 from hsync.errors import BackendError
 from hsync.model import Key
 
-from .backend import TIMEOUT, describe
-
-if TYPE_CHECKING:
-    from .backend import LdapBackend
+from . import connection
+from .connection import TIMEOUT, Server, describe
+from .entries import Mapper
 
 POLL = 0.2
 POLL_INTERVAL = 2.0
@@ -73,16 +76,16 @@ def _usable(cookie: str | None) -> bool:
     return bool(cookie) and "csn=" in (cookie or "") and bool(_COOKIE.search(cookie or ""))
 
 
-class _Consumer(SimpleLDAPObject, SyncreplConsumer):  # type: ignore[misc]
+class _Consumer(SimpleLDAPObject, SyncreplConsumer):
     """One syncrepl session; the callbacks forward to the watch."""
 
     watch: SyncreplWatch
 
-    def syncrepl_get_cookie(self) -> bytes | None:
-        return self.watch.backend.cookie
+    def syncrepl_get_cookie(self) -> str | None:
+        return self.watch._cookie
 
-    def syncrepl_set_cookie(self, cookie: bytes) -> None:
-        self.watch.backend.cookie = cookie
+    def syncrepl_set_cookie(self, cookie: str) -> None:
+        self.watch._cookie = cookie
 
     def syncrepl_entry(self, dn: str, attributes: Any, uuid: str) -> None:
         self.watch.entry(dn, uuid)
@@ -101,15 +104,27 @@ class _Consumer(SimpleLDAPObject, SyncreplConsumer):  # type: ignore[misc]
 
 
 class SyncreplWatch:
-    """A context manager: on entering, connects and waits for the refresh phase (so a
-    change made after ``__enter__`` returns is reported); on exiting, stops and joins
-    its thread."""
+    """A watch (``hsync.backend.Watch``) of the tree at ``server``: a context manager
+    that, on entering, connects and waits for the refresh phase (so a change made after
+    ``__enter__`` returns is reported); on exiting, stops and joins its thread.
+    ``mapper`` turns DNs into keys (one of its own: it is used on the watch's thread)."""
 
     def __init__(
-        self, backend: LdapBackend, sink: WatchSink, resume: Resume | None = None
+        self,
+        server: Server,
+        credentials: Credentials,
+        mapper: Mapper,
+        sink: WatchSink,
+        resume: Resume | None = None,
     ) -> None:
-        self.backend = backend
+        self.server = server
+        self.url = server.url
+        self._credentials = credentials
+        self.mapper = mapper
         self.sink = sink
+        self._cookie: str | None = None
+        """The last syncrepl cookie this watch's session saw (set by the consumer after
+        the callbacks of its message ran); ``checkpoint`` gives it out."""
         self.keys: dict[str, Key] = {}  # entryUUID -> key
         self.live = False  # past the refresh phase: events are reported
         self.resume = resume if resume is not None and _usable(
@@ -117,8 +132,7 @@ class SyncreplWatch:
         self.resuming = False
         """In the refresh phase of a search that started from ``resume.token``: its
         changes are reported."""
-        self.resumed = False
-        """The watch resumed from the token (set before ``__enter__`` returns)."""
+        self._resumed = False
         self.reconnects = 0
         self.polling = False
         """The server refused syncrepl (no syncprov overlay): entries are polled."""
@@ -130,16 +144,17 @@ class SyncreplWatch:
         """Why the last resume was given up (tests, logs)."""
         self._thread: threading.Thread | None = None
 
-    # -- the context manager -------------------------------------------------------------
-    def __enter__(self) -> None:
+    # -- the Watch protocol ----------------------------------------------------------------
+    def __enter__(self) -> SyncreplWatch:
         self._thread = threading.Thread(
-            target=self._run, name=f"hsync-syncrepl {self.backend.url}", daemon=True
+            target=self._run, name=f"hsync-syncrepl {self.url}", daemon=True
         )
         self._thread.start()
         self._ready.wait(TIMEOUT + 5)
         if self._first_error is not None:
             self.__exit__(None, None, None)
-            raise BackendError(f"{self.backend.url}: cannot watch: {self._first_error}")
+            raise BackendError(f"{self.url}: cannot watch: {self._first_error}")
+        return self
 
     def __exit__(
         self,
@@ -151,6 +166,26 @@ class SyncreplWatch:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    @property
+    def alive(self) -> bool:
+        """True while the watch's thread runs (it ends on a stop, or on an error it
+        cannot reconnect from)."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def resumed(self) -> bool:
+        """The watch resumed from the token (set before ``__enter__`` returns)."""
+        return self._resumed
+
+    def checkpoint(self) -> bytes | None:
+        """The cookie of the last message whose events have all reached the sink (the
+        consumer sets it after its callbacks ran); None during a refresh and when polling."""
+        cookie = self._cookie
+        if not self.live or self.polling or not _usable(cookie):
+            return None
+        assert cookie is not None
+        return cookie.encode("utf-8")
 
     # -- the thread ----------------------------------------------------------------------
     def _run(self) -> None:
@@ -166,7 +201,7 @@ class SyncreplWatch:
                 # keys under a full comparison are harmless)
                 self.resume = None
                 self.resuming = False
-                self.backend.cookie = None
+                self._cookie = None
                 self._fallback = str(e)
             except ldap.LDAPError as e:
                 if first and not self._ready.is_set():
@@ -188,17 +223,12 @@ class SyncreplWatch:
                 delay = BACKOFF_MIN
 
     def _session(self, first: bool) -> None:
-        b = self.backend
-        conn = b.prepare(_Consumer(b.server, bytes_mode=False))
+        conn = connection.bind(self.server, self._credentials, _Consumer)
         conn.watch = self
         try:
-            if b.starttls:
-                conn.start_tls_s()
-            dn, password = b.credentials()
-            conn.simple_bind_s(dn, password)
             self.keys = {}
             self.live = False
-            b.cookie = None  # a fresh refresh: the map is rebuilt from it
+            self._cookie = None  # a fresh refresh: the map is rebuilt from it
             if self.polling:
                 self._poll(conn)
                 return
@@ -208,10 +238,10 @@ class SyncreplWatch:
                 # the map as of the token, from the history: the refresh phase only
                 # names what changed since
                 self.keys = {str(u): k for u, k in self.resume.identities()}
-                b.cookie = self.resume.token.decode("utf-8", "replace")
+                self._cookie = self.resume.token.decode("utf-8", "replace")
                 self.resume = None  # used once: a reconnect starts afresh
             msgid = conn.syncrepl_search(
-                b.base_dn, ldap.SCOPE_SUBTREE, mode="refreshAndPersist",
+                self.server.base_dn, ldap.SCOPE_SUBTREE, mode="refreshAndPersist",
                 filterstr="(objectClass=*)", attrlist=["1.1"],
             )
             while not self._stop.is_set():
@@ -241,16 +271,15 @@ class SyncreplWatch:
         entry's entryUUID and entryCSN (a cheap search) and report what differs from the
         last listing, as the syncrepl events would (an entry whose DN changed is a move;
         one gone is a delete)."""
-        b = self.backend
-
         def listing() -> dict[str, tuple[Key, str]]:
             out: dict[str, tuple[Key, str]] = {}
-            found = b._search(b.base_dn, ldap.SCOPE_SUBTREE,
-                              ["entryUUID", "entryCSN", "modifyTimestamp"], conn=conn)
+            found = connection.search_all(
+                conn, self.server.base_dn, attrs=["entryUUID", "entryCSN", "modifyTimestamp"]
+            )
             for dn, attrs in found:
                 uuid = (attrs.get("entryUUID") or [b""])[0].decode("ascii", "replace")
                 csn = attrs.get("entryCSN") or attrs.get("modifyTimestamp") or [b""]
-                key = b.mapper.key_of(dn)
+                key = self.mapper.key_of(dn)
                 if uuid and key is not None:
                     out[uuid] = (key, csn[0].decode("ascii", "replace"))
             return out
@@ -275,15 +304,6 @@ class SyncreplWatch:
             seen = now
             self.keys = {u: k for u, (k, _) in seen.items()}
 
-    def checkpoint(self) -> bytes | None:
-        """The cookie of the last message whose events have all reached the sink (the
-        consumer sets it after its callbacks ran); None during a refresh and when polling."""
-        cookie = self.backend.cookie
-        if not self.live or self.polling or not _usable(cookie):
-            return None
-        assert cookie is not None
-        return cookie.encode("utf-8")
-
     # -- events (on the thread) ------------------------------------------------------------
     def present_phase(self) -> None:
         """The end of a present phase: the server could not list what was deleted since
@@ -293,19 +313,19 @@ class SyncreplWatch:
 
     def refreshed(self) -> None:
         if self.resuming:
-            if not _usable(self.backend.cookie):
+            if not _usable(self._cookie):
                 raise _Stale("the server's cookie after the refresh names no CSN")
             self.resuming = False
-            self.resumed = True
+            self._resumed = True
         self.live = True
         if not self._ready.is_set():
             self._ready.set()
             return
         self.reconnects += 1
-        self.sink.lost(f"{self.backend.url}: reconnected; changes meanwhile are unknown")
+        self.sink.lost(f"{self.url}: reconnected; changes meanwhile are unknown")
 
     def entry(self, dn: str, uuid: str) -> None:
-        key = self.backend.mapper.key_of(dn)
+        key = self.mapper.key_of(dn)
         old = self.keys.get(uuid)
         if key is None:  # out of scope (cannot happen for a subtree search)
             if old is not None:
@@ -337,3 +357,9 @@ class SyncreplWatch:
                     del self.keys[u]
             if self.live or self.resuming:
                 self.sink.dirty(key, deep=True)
+
+
+if TYPE_CHECKING:  # the protocol it claims, checked by mypy
+    from hsync.backend import Watch
+
+    _watch: type[Watch] = SyncreplWatch
