@@ -252,9 +252,15 @@ class BackendConformance:
             assert dst.is_empty()
             root = src.stat(())
             assert root is not None and root.kind in CONTAINERS
+        gone = open_backend(adapter.absent_url(), role="source")
+        try:  # an absent source root is an error; an absent destination is created
+            assert isinstance(gone.root_error(), str)
+            assert gone.root_id() is None
+        finally:
+            gone.close()
         absent = open_backend(adapter.absent_url(), role="destination")
         try:
-            assert isinstance(absent.root_error(), str)
+            assert absent.root_error() is None
             assert absent.root_id() is None
             assert absent.is_empty()
             assert absent.stat(()) is None

@@ -296,7 +296,9 @@ class MinimalBackend:
 
     def root_error(self) -> str | None:
         with self._tree.lock:
-            return None if () in self._tree.items else "does not exist"
+            if () in self._tree.items or self._role == "destination":
+                return None  # an absent destination root is created by the first batch
+            return "does not exist"
 
     def root_id(self) -> Hashable | None:
         with self._tree.lock:
