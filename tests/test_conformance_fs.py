@@ -8,19 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conformance import BackendConformance, Tree
+from conformance import BackendConformance, Endpoints, Tree
 
 
-class FsAdapter:
+class FsAdapter(Endpoints):
     type_change = True
+    features = frozenset({"watchable"})
 
     def __init__(self, root: Path) -> None:
+        self.base = root
         self.roots = {"source": root / "src", "destination": root / "dst"}
         for r in self.roots.values():
             r.mkdir()
 
     def url(self, side: str) -> str:
         return str(self.roots[side])
+
+    def absent_url(self) -> str:
+        return str(self.base / "never-made")
 
     def _p(self, side: str, path: str) -> Path:
         return self.roots[side] / path
@@ -50,9 +55,6 @@ class FsAdapter:
         self._p("source", new).parent.mkdir(parents=True, exist_ok=True)
         os.rename(self._p("source", old), self._p("source", new))
 
-    def write(self, path: str, token: str) -> None:
-        self._p("source", path).write_text(token)
-
     def delete(self, path: str) -> None:
         p = self._p("source", path)
         shutil.rmtree(p) if p.is_dir() else p.unlink()
@@ -64,6 +66,13 @@ class FsAdapter:
 
     def identity(self, side: str, path: str) -> Any:
         return os.stat(self._p(side, path)).st_ino
+
+    def write(self, path: str, token: str) -> None:
+        p = self._p("source", path)
+        st = p.stat()
+        p.write_text(token)
+        if st.st_size == len(token.encode()):  # the same size: the mtime must tell
+            os.utime(p, ns=(st.st_atime_ns, max(st.st_mtime_ns + 1, p.stat().st_mtime_ns)))
 
 
 class TestFsConformance(BackendConformance):

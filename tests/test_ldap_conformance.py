@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conformance import BackendConformance, Tree
+from conformance import BackendConformance, Endpoints, Tree
 from ldap_fixtures import DST_BASE, SRC_BASE, Slapd, admin
 
 ldap = pytest.importorskip("ldap")
 pytest.importorskip("hsync_ldap", reason="the LDAP plugin is not installed (bash tests/run.sh)")
 
 
-class LdapAdapter:
+class LdapAdapter(Endpoints):
     type_change = False
+    features = frozenset({"watchable"})
 
     def __init__(self, server: Slapd) -> None:
         self.server = server
@@ -21,6 +22,13 @@ class LdapAdapter:
 
     def url(self, side: str) -> str:
         return self.server.endpoint(self.bases[side])
+
+    def absent_url(self) -> str:
+        return self.server.endpoint(f"ou=never-made,{SRC_BASE}")
+
+    def key(self, path: str) -> tuple[str, ...]:
+        """Normalized RDNs from the base down (the names here are lower case already)."""
+        return tuple(f"ou={name}" for name in path.split("/")) if path else ()
 
     def dn(self, side: str, path: str) -> str:
         rdns = [f"ou={name}" for name in reversed(path.split("/"))] if path else []
