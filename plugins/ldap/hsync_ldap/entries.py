@@ -24,7 +24,7 @@ import ldap
 import ldap.dn
 
 from hsync.model import ENTRY, Key, Node
-from hsync.plan import TEMP_PREFIX
+from hsync.planner import TEMP_PREFIX
 
 from .schema import AttrType, NValue, Schema, Value, raw_of
 
