@@ -5,7 +5,6 @@ next runs (a diff is empty, a later move is found by identity)."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import sqlite3
@@ -17,11 +16,10 @@ from ldap_fixtures import DST_BASE, SRC_BASE, Slapd, add_ldif, admin, clear, ent
 from treeutil import DIR, File, Link, assert_same_tree, build
 
 import hsync
+import hsync.oneshot as sync_module
 import hsync.populate
 from hsync.oneshot import sync_once
 from hsync.options import Options
-
-sync_module = importlib.import_module("hsync.sync")  # ``hsync.sync`` is the function
 
 
 def _history_rows(path: Path) -> list[tuple[Any, ...]]:

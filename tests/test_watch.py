@@ -63,10 +63,7 @@ def no_leaks() -> Iterator[None]:
 
 def in_sync(src: Path, dst: Path) -> bool:
     cmp = compare(str(src), str(dst), Options(dry_run=True, state="", allow_empty_source=True))
-    try:
-        return not cmp.plan.ops and not cmp.src.incomplete
-    finally:
-        cmp.close()
+    return not cmp.plan.ops and not cmp.src.incomplete
 
 
 def converge(src: Path, dst: Path, timeout: float = 10.0) -> float:

@@ -89,7 +89,14 @@ class FsBackend:
         try:
             st = os.stat(self.root)
         except FileNotFoundError:
-            return "does not exist"
+            if self.role != "destination":
+                return "does not exist"
+            # created by the first batch: it needs its parent (never created here)
+            if os.path.lexists(self.root):
+                return "is not a directory"
+            if not os.path.isdir(os.path.dirname(self.root.rstrip("/")) or "/"):
+                return "has no parent directory (it is created, its parent is not)"
+            return None
         except OSError as e:
             return e.strerror or str(e)
         if not _stat.S_ISDIR(st.st_mode):

@@ -142,13 +142,14 @@ class LdapBackend:
 
     # -- the root ----------------------------------------------------------------------------
     def root_error(self) -> str | None:
-        """None when the base entry is there; "does not exist"; else why it cannot be
-        read (the server's answer)."""
+        """None when the base entry is there (or, for a destination, absent: the first
+        batch adds it); "does not exist"; else why it cannot be read (the server's
+        answer)."""
         try:
             found = connection.read_entry(self.conn, self.base_dn, ["1.1"])
         except ldap.LDAPError as e:
             return f"cannot be read: {describe(e)}"
-        return None if found is not None else "does not exist"
+        return None if found is not None or self.role == "destination" else "does not exist"
 
     def root_id(self) -> str | None:
         """The base entry's entryUUID, or None when it is absent (``OSError`` when the

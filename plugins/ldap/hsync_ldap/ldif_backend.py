@@ -112,8 +112,11 @@ class LdifBackend:
         return "same" if os.path.realpath(other) == os.path.realpath(self.path) else None
 
     def root_error(self) -> str | None:
-        """None when the file holds the base entry; else "does not exist"."""
-        return None if () in self._entries() else "does not exist"
+        """None when the file holds the base entry (or, for a destination, does not:
+        the first batch writes it); else "does not exist"."""
+        if self.role == "destination" or () in self._entries():
+            return None
+        return "does not exist"
 
     def root_id(self) -> tuple[int, str] | None:
         """The file's device and the base entry's identity (its entryUUID when the file
