@@ -361,7 +361,7 @@ class BackendConformance:
         ops = creates(snap)
         result = dst.apply_batch(ops, src, snap)
         assert not result.problems, result.problems
-        assert result.done == ops
+        assert same_ops(result.done, ops)
         if dst.capabilities.content:
             assert result.bytes_copied == sum(n.size for n in snap.nodes.values()
                                               if n.kind == FILE)
@@ -375,7 +375,7 @@ class BackendConformance:
             ops = creates(snap)
             result = dst.apply_batch(ops, src, snap, on_done=seen.append)
             assert not result.problems, result.problems
-            assert result.done == ops and seen == ops
+            assert same_ops(result.done, ops) and same_ops(seen, ops)  # in any order
             if result.durable is not None:
                 result.durable()
             assert below_root(dst.scan()) == below_root(snap)  # directory metadata too
@@ -417,7 +417,7 @@ class BackendConformance:
             ops = [Op(op=DELETE, kind=after.nodes[k].kind, key=k, old=after.nodes[k])
                    for k in sorted(gone, key=len, reverse=True)]
             result = dst.apply_batch(ops, src, snap)
-            assert not result.problems and result.done == ops, result.problems
+            assert not result.problems and same_ops(result.done, ops), result.problems
             assert same_shape(dst.scan(), snap)
             assert adapter.read("destination") == adapter.read("source") == {"c": "5"}
 
@@ -438,8 +438,8 @@ class BackendConformance:
             ]
             result = dst.apply_batch(ops, src, snap)
             assert result.done == []
-            assert [(p.key, p.op, p.kind) for p in result.problems] == [
-                (c, DELETE, "skip"), (c, CREATE, "skip"), (c, UPDATE, "skip")]
+            assert sorted((p.key, p.op, p.kind) for p in result.problems) == [
+                (c, CREATE, "skip"), (c, DELETE, "skip"), (c, UPDATE, "skip")]  # any order
             assert dst.stat(c) == held[c]
             assert adapter.read("destination")["c"] == "5"
 
@@ -456,14 +456,16 @@ class BackendConformance:
                 (op.key, CREATE, "cancelled") for op in ops]
             assert all(p.retry for p in result.problems)
             assert dst.is_empty()
-            # cancelled after the first op: the rest is not run
+            # cancelled once the first op is done: what was not run yet is not run (a
+            # backend may have a few ops in flight); each op is done or cancelled
             cancel = Cancel()
             result = dst.apply_batch(ops, src, snap, cancel=cancel,
                                      on_done=lambda op: cancel.cancel("stop"))
-            assert result.done == ops[:1]
-            assert [(p.key, p.op, p.kind) for p in result.problems] == [
-                (op.key, CREATE, "cancelled") for op in ops[1:]]
-            assert [k for k in dst.scan().nodes if k] == [ops[0].key]
+            assert result.done
+            assert all((p.op, p.kind) == (CREATE, "cancelled") for p in result.problems)
+            assert same_ops([*result.done, *(o for o in ops if o.key in {
+                p.key for p in result.problems})], ops)
+            assert {k for k in dst.scan().nodes if k} == {op.key for op in result.done}
 
     # -- watch
     def test_watch(self, adapter: Adapter) -> None:
@@ -493,6 +495,12 @@ def creates(snap: Snapshot) -> list[Op]:
     """Create ops for every node below the root, parents first (shallowest first)."""
     keys = sorted((k for k in snap.nodes if k), key=lambda k: (len(k), k))
     return [Op(op=CREATE, kind=snap.nodes[k].kind, key=k, node=snap.nodes[k]) for k in keys]
+
+
+def same_ops(got: list[Op], want: list[Op]) -> bool:
+    """The same ops, in any order (a backend may finish copies after the ops behind
+    them: ``ApplyResult.done`` and ``on_done`` promise no order)."""
+    return sorted(map(repr, got)) == sorted(map(repr, want))
 
 
 def below_root(snap: Snapshot) -> dict[Key, Node]:
