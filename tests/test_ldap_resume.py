@@ -31,7 +31,7 @@ from hsync.options import Options
 pytest.importorskip("ldap")
 pytest.importorskip("hsync_ldap", reason="the LDAP plugin is not installed (bash tests/run.sh)")
 
-from hsync_ldap.backend import LdapBackend
+from hsync_ldap import connection
 from hsync_ldap.watch import SyncreplWatch
 
 WATCH_THREAD = "test-pairwatch"
@@ -54,21 +54,32 @@ class Reads:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.n = 0
-        search = LdapBackend._search
+        pages = connection.pages
+        read_entry = connection.read_entry
         entry = SyncreplWatch.entry
 
-        def counted_search(backend: LdapBackend, dn: str, *a: Any, **kw: Any) -> list[Any]:
-            found = search(backend, dn, *a, **kw)
-            if (threading.current_thread().name == WATCH_THREAD
-                    and backend.base_dn.lower() == SRC_BASE):
-                self.n += len(found)
+        def source(dn: str) -> bool:
+            return (threading.current_thread().name == WATCH_THREAD
+                    and dn.lower().endswith(SRC_BASE))
+
+        def counted_pages(conn: Any, dn: str, **kw: Any) -> Iterator[list[Any]]:
+            for page in pages(conn, dn, **kw):
+                if source(dn):
+                    self.n += len(page)
+                yield page
+
+        def counted_read(conn: Any, dn: str, *a: Any, **kw: Any) -> Any:
+            found = read_entry(conn, dn, *a, **kw)
+            if found is not None and source(dn):
+                self.n += 1
             return found
 
         def counted_entry(watch: SyncreplWatch, dn: str, uuid: str) -> None:
             self.n += 1
             entry(watch, dn, uuid)
 
-        monkeypatch.setattr(LdapBackend, "_search", counted_search)
+        monkeypatch.setattr(connection, "pages", counted_pages)
+        monkeypatch.setattr(connection, "read_entry", counted_read)
         monkeypatch.setattr(SyncreplWatch, "entry", counted_entry)
 
     def take(self) -> int:
