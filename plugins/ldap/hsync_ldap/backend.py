@@ -90,6 +90,7 @@ class LdapBackend:
         )
         self._credentials = credentials if credentials is not None else env_credentials(role)
         self.conn = connection.connect(self.server, self._credentials)
+        self._closed = False
         self.schema = self._read_schema()
         self.mapper = Mapper(self.schema, self.base_dn, exclude_attrs)
         self._target = ""
@@ -137,6 +138,10 @@ class LdapBackend:
         return None
 
     def close(self) -> None:
+        """Unbind (idempotent: a second close does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         with suppress(ldap.LDAPError):
             self.conn.unbind_s()
 
