@@ -187,9 +187,9 @@ class Backend(Protocol):
         a symlink; unreadable parts are listed in ``Snapshot.incomplete``, not raised.
         ``cancel`` is checked once per directory (or page): ``Cancelled`` is raised.
 
-        For ``subtree != ()``: an absent key gives an empty snapshot (no node, nothing
-        incomplete); a leaf gives a snapshot of that one node; the ancestors of
-        ``subtree`` are not included (see ``stat``)."""
+        An absent key (the root included) gives an empty snapshot (no node, nothing
+        incomplete). For ``subtree != ()``: a leaf gives a snapshot of that one node; the
+        ancestors of ``subtree`` are not included (see ``stat``)."""
         ...
 
     def stat(self, key: Key) -> Node | None:
@@ -219,14 +219,23 @@ class Backend(Protocol):
     ) -> ApplyResult:
         """Run ``ops`` in order on this endpoint, reading content from ``source``.
 
-        A failure on one op is a ``Problem`` in the result and the rest goes on; before
-        a destructive op the backend checks the target still holds what the plan
-        expected (``Op.old``). ``final`` is the source snapshot the ops lead to (a
-        directory's metadata is set from it once its children settled). ``cancel`` is
-        checked between ops: the ops not run come back as problems of kind
-        ``cancelled``. ``on_done(op)`` is called for each op done (progress). A fault of
-        the whole endpoint (full, read-only) raises a ``BackendError``. The batch is
-        durable when this returns (unless ``options.defer_durable``)."""
+        - A failure on one op is a ``Problem`` (with ``op`` and a ``kind``) in the result
+          and the rest goes on. The order of ``done`` and ``problems`` is not promised.
+        - Before an update, a move or a delete the backend checks the node at the key
+          still has ``Op.old``'s payload (``Node`` equality: kind, and what a sync
+          compares); a create never replaces a node that appeared since the scan
+          (a directory create onto a directory is done). Either mismatch is a problem
+          of kind ``skip`` and the node is left alone.
+        - Content read from ``source`` that does not have ``op.node.size`` bytes, or a
+          source node that changed while it was read, is not published: kind ``retry``.
+        - ``final`` is the source snapshot the ops lead to: a directory whose children
+          this batch changed gets its metadata from it once they settled.
+        - ``cancel`` is checked between ops: an op already started finishes, every op
+          not started comes back as a problem of kind ``cancelled`` (so each op is
+          either done or a problem).
+        - ``on_done(op)`` is called for each op done (progress).
+        - A fault of the whole endpoint (full, read-only) raises a ``BackendError``.
+        - The batch is durable when this returns (unless ``options.defer_durable``)."""
         ...
 
     def close(self) -> None:
@@ -248,6 +257,9 @@ class BackendFactory(Protocol):
 
 
 # -- optional capabilities --------------------------------------------------------------------
+# A capability is recognised by its method names when the endpoint opens; the type
+# checker checks the signatures: claim each one a class implements under
+# ``if TYPE_CHECKING:`` (``_w: Watchable = MyBackend(...)``), as the built-in ones do.
 @runtime_checkable
 class Related(Protocol):
     """Tells how another endpoint of the same kind overlaps this one (nested trees are

@@ -452,21 +452,20 @@ def test_an_entry_replaced_after_the_scan_is_not_deleted(ldap_env: Slapd) -> Non
     entry deleted and re-added under the same DN (a new entryUUID) is left alone."""
     add_ldif(ldap_env, DST_BASE, f"dn: ou=Old,{DST_BASE}\nobjectClass: organizationalUnit\n"
                                  "ou: Old\n")
-    from hsync.oneshot import compare
+    from hsync.compare import compare_trees
     from hsync.options import Options
+    from hsync.session import PairSession
 
-    c = compare(ldap_env.endpoint(SRC_BASE), ldap_env.endpoint(DST_BASE),
-                Options(state="", allow_empty_source=True))
-    try:
+    with PairSession(ldap_env.endpoint(SRC_BASE), ldap_env.endpoint(DST_BASE),
+                     Options(state="", allow_empty_source=True)) as session:
+        c = compare_trees(session)
         ops = [op for op in c.plan if op.key]  # (the base entry's "o" differs too)
         assert [(op.op, op.key) for op in ops] == [("delete", ("ou=old",))]
         conn = admin(ldap_env, DST_BASE)  # meanwhile another client replaces it
         conn.delete_s(f"ou=Old,{DST_BASE}")
         conn.add_s(f"ou=Old,{DST_BASE}", [("objectClass", [b"organizationalUnit"]),
                                           ("ou", [b"Old"]), ("description", [b"new"])])
-        result = c.destination.apply_batch(ops, c.source, c.src)
-    finally:
-        c.close()
+        result = session.destination.backend.apply_batch(ops, session.source.backend, c.src)
     assert not result.done
     (problem,) = result.problems
     assert "Assertion Failed" in problem.message, problem.message

@@ -115,16 +115,17 @@ def test_an_entry_whose_parent_arrives_later_is_created_after_it(
 ) -> None:
     """The server's pages in the worst order (deepest first): every child is held until
     its parent has come, and the adds still go parents first."""
+    from hsync_ldap import connection
     from hsync_ldap.backend import LdapBackend
 
     add_ldif(ldap_env, SRC_BASE, TREE)
-    pages = LdapBackend._pages
+    pages = connection.pages
 
-    def deepest_first(self: LdapBackend, dn: str) -> Any:
-        found = list(pages(self, dn))
-        return iter(sorted(found, key=lambda e: -e[0].count(",")))
+    def deepest_first(conn: Any, dn: str, **kw: Any) -> Any:
+        found = [e for page in pages(conn, dn, **kw) for e in page]
+        yield sorted(found, key=lambda e: -e[0].count(","))  # one page, deepest first
 
-    monkeypatch.setattr(LdapBackend, "_pages", deepest_first)
+    monkeypatch.setattr(connection, "pages", deepest_first)
     backend = LdapBackend(ldap_env.endpoint(SRC_BASE), role="source")
     try:
         keys = [k for k, _ in backend.stream()]
