@@ -38,23 +38,30 @@ def copy_chunk(items: list[CopyItem], fsync: bool) -> list[int | BaseException]:
     exception. No move or delete runs on the destination while a chunk is copied."""
     out: list[int | BaseException] = []
     roots: dict[str, int] = {}
-    parents: dict[tuple[str, Key], int] = {}
+    # (on each side: within one chunk, no move or delete runs meanwhile)
+    sources: dict[Key, int] = {}
+    parents: dict[Key, int] = {}
 
-    def directory(root: str, key: Key) -> int:
-        fd = parents.get((root, key))
-        if fd is None:
-            rfd = roots.get(root)
-            if rfd is None:
-                rfd = roots[root] = open_root(root)
-            fd = parents[root, key] = open_beneath(rfd, key)
+    def directory(opened: dict[Key, int], root: str, key: Key) -> int:
+        rfd = roots.get(root)
+        if rfd is None:
+            rfd = roots[root] = open_root(root)
+        fd = opened[key] = open_beneath(rfd, key)
         return fd
 
+    osopen = os.open
     try:
         for (src_root, src_dev, src_key, root, parent, name, size, mtime_ns, mode,
              identity, replace) in items:
             try:
-                dfd = directory(root, parent)
-                fd_in = os.open(src_key[-1], O_READ, dir_fd=directory(src_root, src_key[:-1]))
+                dfd = parents.get(parent)
+                if dfd is None:
+                    dfd = directory(parents, root, parent)
+                src_dir = src_key[:-1]
+                sfd = sources.get(src_dir)
+                if sfd is None:
+                    sfd = directory(sources, src_root, src_dir)
+                fd_in = osopen(src_key[-1], O_READ, dir_fd=sfd)
                 try:
                     out.append(publish(fd_in, dfd, name, size, mtime_ns, mode, identity,
                                        src_dev, fsync, replace))
@@ -63,7 +70,7 @@ def copy_chunk(items: list[CopyItem], fsync: bool) -> list[int | BaseException]:
             except (OSError, NodeError) as e:
                 out.append(e)
     finally:
-        for fd in parents.values():
+        for fd in (*sources.values(), *parents.values()):
             os.close(fd)
         for fd in roots.values():
             os.close(fd)

@@ -336,10 +336,10 @@ def walk_sorted(
         lost.clear()
         temps.clear()
         held.clear()
-        fsencode = os.fsencode
-        out: Listed = [(fsencode(k[-1]), k, rows[k]) for k in kids]
+        # sorted by the names' bytes (UTF-8 with surrogate escapes: os.fsencode, inline)
+        out: Listed = [(k[-1].encode("utf-8", "surrogateescape"), k, r) for k, r in rows.items()]
         if skipped:
-            out += [(fsencode(k[-1]), k, (what,)) for k, what in skipped]
+            out += [(k[-1].encode("utf-8", "surrogateescape"), k, (what,)) for k, what in skipped]
         out.sort(reverse=True)  # popped from the end: smallest name first
         return out, {k: (i, d) for k, i, d in dirs}
 
