@@ -75,7 +75,7 @@ def listing_digest(hashes: list[int]) -> int:
     from xxhash import xxh3_64_intdigest
 
     hashes.sort()
-    return xxh3_64_intdigest(array("q", hashes).tobytes())  # type: ignore[no-any-return]
+    return xxh3_64_intdigest(array("q", hashes).tobytes())
 
 
 def _list(
