@@ -96,8 +96,10 @@ def test_third_party_backend_registered_by_entry_point(
             from hsync.backends.fs import FsBackend
 
             class MirrorBackend(FsBackend):
-                def __init__(self, location, *, role="source"):
-                    super().__init__(location[len("mirror://"):], role=role)
+                def __init__(self, location, *, role="source", credentials=None,
+                             exclude_attrs=()):
+                    super().__init__(location[len("mirror://"):], role=role,
+                                     credentials=credentials)
                     self.url = location
             """
         )
