@@ -185,3 +185,42 @@ def test_the_backend_pickles_by_reopening(tmp_path: Path) -> None:
     assert (again.url, again.role, again.root) == (b.url, b.role, b.root)
     [(digest, n, look)] = again.hash_many([("f",)])
     assert digest == b.digest(("f",)) and n == 1 and look == b.look(("f",))
+
+
+def test_the_sorted_walk_and_the_stream_name_special_files_in_place(tmp_path: Path) -> None:
+    root = build(tmp_path / "t", {"b/f": b"1", "c": b"2"})
+    os.mkfifo(root / "a-fifo")
+    b = FsBackend(str(root))
+    walked = list(b.walk_sorted())
+    assert [k for k, _ in walked] == [("a-fifo",), ("b",), ("b", "f"), ("c",)]
+    assert walked[0][1] == ("FIFO",)
+    assert len(walked[1][1] or ()) == 6  # a directory's row, nothing more
+    streamed = dict(b.stream())
+    assert streamed[("a-fifo",)] == "FIFO"
+    assert streamed[("b", "f")] == b.stat(("b", "f"))
+    assert list(FsBackend(str(tmp_path / "absent")).stream()) == [((), None)]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_digest_scan_hands_stale_temporaries_to_the_next_apply(
+    tmp_path: Path, background: bool
+) -> None:
+    root = build(tmp_path / "t", {"d/f": b"1"})
+    (root / "d" / ".hsync-tmp-1-2").write_bytes(b"half")
+    b = FsBackend(str(root), role="destination")
+    scan = b.digest_scan(background=background)
+    try:
+        summary = scan.summary()
+        assert summary.count == 3 and set(summary.digests) == {(), ("d",)}
+    finally:
+        scan.close()
+    result = b.apply_batch([], b, b.scan(("d", "f")))
+    assert result.problems == []
+    assert sorted(os.listdir(root / "d")) == ["f"]
+
+
+def test_a_name_no_directory_can_hold_is_absent(tmp_path: Path) -> None:
+    b = FsBackend(str(build(tmp_path / "t", {"d/f": b"1"})))
+    for key in [("..", "t"), ("d", ".."), ("d/f",), ("",), ("d", "f\0")]:
+        assert b.stat(key) is None, key
+        assert len(b.scan(key)) == 0, key

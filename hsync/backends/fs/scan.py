@@ -165,9 +165,10 @@ class _One:
 def lookup(root_fd: int, key: Key, root_dev: int) -> _One | None:
     """``key`` (not the root) looked at alone, through its parent reached beneath the
     root; None when it or a directory on the way is absent, or a name on the way is a
-    symlink or not a directory. An hsync temporary is absent."""
-    check_key(key)
+    symlink or not a directory. An hsync temporary is absent, and so is a name no
+    directory can hold ("", ".", "..", a slash or a NUL in it)."""
     try:
+        check_key(key)
         dfd = open_beneath(root_fd, key[:-1])
     except (FileNotFoundError, TargetChanged):
         return None
