@@ -224,3 +224,42 @@ def test_a_name_no_directory_can_hold_is_absent(tmp_path: Path) -> None:
     for key in [("..", "t"), ("d", ".."), ("d/f",), ("",), ("d", "f\0")]:
         assert b.stat(key) is None, key
         assert len(b.scan(key)) == 0, key
+
+
+def test_rounds_of_scan_diff_plan_apply_converge(tmp_path: Path) -> None:
+    """The backend alone under the pure core: creates, updates, a type change, a
+    symlink retargeted, deletes; each round leaves the trees equal and the next
+    plans nothing."""
+    from treeutil import File, Link, assert_same_tree
+
+    from hsync.diff import diff
+    from hsync.model import Snapshot
+    from hsync.plan import plan
+
+    src = build(tmp_path / "src", {"a/x": b"1", "a/y": File(b"22", mode=0o600),
+                                   "a/sub/z": b"3", "b/w": b"4", "l": Link("a/x")})
+    s = FsBackend(str(src))
+    d = FsBackend(str(tmp_path / "dst"), role="destination")
+
+    def round_() -> dict[str, int]:
+        ss = s.scan()
+        ds = d.scan() if d.root_error() is None else Snapshot()
+        p = plan(diff(ss, ds), ds)
+        result = d.apply_batch(p.ops, s, ss)
+        assert result.problems == []
+        assert len(result.done) == len(p.ops)
+        assert_same_tree(src, tmp_path / "dst")
+        return p.counts()
+
+    assert round_()["create"] == 9
+    assert sum(round_().values()) == 0
+    (src / "a" / "x").write_bytes(b"changed")
+    (src / "a" / "y").unlink()
+    (src / "a" / "y").mkdir()
+    (src / "a" / "y" / "in").write_bytes(b"6")
+    (src / "b" / "w").unlink()
+    (src / "b").rmdir()
+    (src / "l").unlink()
+    os.symlink("elsewhere", src / "l")
+    assert round_()["delete"] >= 3
+    assert sum(round_().values()) == 0
