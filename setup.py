@@ -2,7 +2,7 @@
 
 ``hsync._walk`` lists a directory with one lstat per name in C (the scan's inner loop).
 It is optional: where it cannot be built (no compiler), hsync uses the same function in
-Python (hsync/backends/fs.py) and is only slower."""
+Python (hsync/backends/fs/scan.py) and is only slower."""
 
 from setuptools import Extension, setup
 

@@ -8,7 +8,7 @@
  * one gone since readdir
  * (ENOENT) is left out. Names are decoded as os.listdir decodes them (the filesystem
  * encoding with surrogateescape), so a name that is not UTF-8 survives. Symlinks are
- * never followed. hsync/backends/fs.py has the same function in Python, used where
+ * never followed. hsync/backends/fs/scan.py has the same function in Python, used where
  * this module was not built.
  */
 #define PY_SSIZE_T_CLEAN

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 from treeutil import DIR, File, Link, assert_same_tree, build, hsync_bin
 
-from hsync.backends.fs import FsBackend
 from hsync.oneshot import sync_once
 from hsync.options import Options
 
@@ -142,15 +141,17 @@ def test_source_subtree_deleted_mid_scan(
     assert sync_once(str(src), str(dst), Options(state=state)).ok
     (src / "keep" / "new").write_bytes(b"new")
 
-    real_list = FsBackend._list
+    from hsync.backends.fs import scan as fs_scan
 
-    def listing_then_delete(self: FsBackend, it, fd, path, key, *args, **kw):  # type: ignore[no-untyped-def]
-        real_list(self, it, fd, path, key, *args, **kw)
-        if self.role == "source" and key == ():
+    real_list = fs_scan._list
+
+    def listing_then_delete(entries, fd, key, *args, **kw):  # type: ignore[no-untyped-def]
+        real_list(entries, fd, key, *args, **kw)
+        if key == () and os.readlink(f"/proc/self/fd/{fd}") == os.path.realpath(src):
             # the root is listed, "gone" is on the stack: it vanishes before its turn
             shutil.rmtree(src / "gone")
 
-    monkeypatch.setattr(FsBackend, "_list", listing_then_delete)
+    monkeypatch.setattr(fs_scan, "_list", listing_then_delete)
     report = sync_once(str(src), str(dst), Options(state=state))
     monkeypatch.undo()
     assert [p.key for p in report.problems] == [("gone",)], report.problems
@@ -300,16 +301,16 @@ def test_a_directory_swapped_for_a_symlink_between_scan_and_apply(
                                             "link": Link("y"), "tomove": b"mv", "gone": b"g"})
     before = {p.name: (p.lstat().st_mode, p.lstat().st_mtime_ns) for p in outside.iterdir()}
 
-    from hsync.backends import fs
+    from hsync.backends.fs import apply as fs_apply
 
-    real_batch = fs._Batch.run
+    real_batch = fs_apply.Batch.run
 
     def swap_then_run(self, ops):  # type: ignore[no-untyped-def]
         os.rename(dst / "d", tmp_path / "d-real")
         os.symlink(outside, dst / "d")
         return real_batch(self, ops)
 
-    monkeypatch.setattr(fs._Batch, "run", swap_then_run)
+    monkeypatch.setattr(fs_apply.Batch, "run", swap_then_run)
     report = sync_once(str(src), str(dst), Options(state=""))
     monkeypatch.undo()
     assert not report.ok
@@ -387,9 +388,9 @@ def test_a_destination_file_replaced_by_a_directory_before_its_update_lands(
     the file's place (and what it holds) is not clobbered; the next run converges."""
     src = build(tmp_path / "src", {"f": File(b"new content", mtime_ns=T0 + 1), "g": b"g"})
     dst = build(tmp_path / "dst", {"f": File(b"old", mtime_ns=T0), "g": b"g"})
-    from hsync.backends import fs
+    from hsync.backends.fs import apply as fs_apply
 
-    real_batch = fs._Batch.run
+    real_batch = fs_apply.Batch.run
 
     def swap_then_run(self, ops):  # type: ignore[no-untyped-def]
         (dst / "f").unlink()
@@ -397,7 +398,7 @@ def test_a_destination_file_replaced_by_a_directory_before_its_update_lands(
         (dst / "f" / "precious").write_bytes(b"p")
         return real_batch(self, ops)
 
-    monkeypatch.setattr(fs._Batch, "run", swap_then_run)
+    monkeypatch.setattr(fs_apply.Batch, "run", swap_then_run)
     report = sync_once(str(src), str(dst), Options(state=""))
     monkeypatch.undo()
     assert [p.key for p in report.problems] == [("f",)], report.problems

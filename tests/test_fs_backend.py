@@ -185,3 +185,81 @@ def test_the_backend_pickles_by_reopening(tmp_path: Path) -> None:
     assert (again.url, again.role, again.root) == (b.url, b.role, b.root)
     [(digest, n, look)] = again.hash_many([("f",)])
     assert digest == b.digest(("f",)) and n == 1 and look == b.look(("f",))
+
+
+def test_the_sorted_walk_and_the_stream_name_special_files_in_place(tmp_path: Path) -> None:
+    root = build(tmp_path / "t", {"b/f": b"1", "c": b"2"})
+    os.mkfifo(root / "a-fifo")
+    b = FsBackend(str(root))
+    walked = list(b.walk_sorted())
+    assert [k for k, _ in walked] == [("a-fifo",), ("b",), ("b", "f"), ("c",)]
+    assert walked[0][1] == ("FIFO",)
+    assert len(walked[1][1] or ()) == 6  # a directory's row, nothing more
+    streamed = dict(b.stream())
+    assert streamed[("a-fifo",)] == "FIFO"
+    assert streamed[("b", "f")] == b.stat(("b", "f"))
+    assert list(FsBackend(str(tmp_path / "absent")).stream()) == [((), None)]
+
+
+@pytest.mark.parametrize("background", [False, True])
+def test_a_digest_scan_hands_stale_temporaries_to_the_next_apply(
+    tmp_path: Path, background: bool
+) -> None:
+    root = build(tmp_path / "t", {"d/f": b"1"})
+    (root / "d" / ".hsync-tmp-1-2").write_bytes(b"half")
+    b = FsBackend(str(root), role="destination")
+    scan = b.digest_scan(background=background)
+    try:
+        summary = scan.summary()
+        assert summary.count == 3 and set(summary.digests) == {(), ("d",)}
+    finally:
+        scan.close()
+    result = b.apply_batch([], b, b.scan(("d", "f")))
+    assert result.problems == []
+    assert sorted(os.listdir(root / "d")) == ["f"]
+
+
+def test_a_name_no_directory_can_hold_is_absent(tmp_path: Path) -> None:
+    b = FsBackend(str(build(tmp_path / "t", {"d/f": b"1"})))
+    for key in [("..", "t"), ("d", ".."), ("d/f",), ("",), ("d", "f\0")]:
+        assert b.stat(key) is None, key
+        assert len(b.scan(key)) == 0, key
+
+
+def test_rounds_of_scan_diff_plan_apply_converge(tmp_path: Path) -> None:
+    """The backend alone under the pure core: creates, updates, a type change, a
+    symlink retargeted, deletes; each round leaves the trees equal and the next
+    plans nothing."""
+    from hsync.diff import diff
+    from hsync.plan import plan
+    from treeutil import File, Link, assert_same_tree
+
+    from hsync.model import Snapshot
+
+    src = build(tmp_path / "src", {"a/x": b"1", "a/y": File(b"22", mode=0o600),
+                                   "a/sub/z": b"3", "b/w": b"4", "l": Link("a/x")})
+    s = FsBackend(str(src))
+    d = FsBackend(str(tmp_path / "dst"), role="destination")
+
+    def round_() -> dict[str, int]:
+        ss = s.scan()
+        ds = d.scan() if d.root_error() is None else Snapshot()
+        p = plan(diff(ss, ds), ds)
+        result = d.apply_batch(p.ops, s, ss)
+        assert result.problems == []
+        assert len(result.done) == len(p.ops)
+        assert_same_tree(src, tmp_path / "dst")
+        return p.counts()
+
+    assert round_()["create"] == 9
+    assert sum(round_().values()) == 0
+    (src / "a" / "x").write_bytes(b"changed")
+    (src / "a" / "y").unlink()
+    (src / "a" / "y").mkdir()
+    (src / "a" / "y" / "in").write_bytes(b"6")
+    (src / "b" / "w").unlink()
+    (src / "b").rmdir()
+    (src / "l").unlink()
+    os.symlink("elsewhere", src / "l")
+    assert round_()["delete"] >= 3
+    assert sum(round_().values()) == 0

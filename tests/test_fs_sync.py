@@ -234,10 +234,10 @@ def test_directory_swapped_for_a_symlink_mid_scan_is_not_followed(tmp_path: Path
 def test_copies_in_worker_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Many files from a local tree are copied by worker processes: the tree is equal,
     and a file changed after the plan comes back as a retry problem from the worker."""
-    import hsync.backends.fs as fs
+    from hsync.backends.fs import copy as fs_copy
 
-    monkeypatch.setattr(fs, "PROCESS_MIN_FILES", 1)
-    monkeypatch.setattr(fs, "CHUNK_FILES", 7)
+    monkeypatch.setattr(fs_copy, "PROCESS_MIN_FILES", 1)
+    monkeypatch.setattr(fs_copy, "CHUNK_FILES", 7)
     spec: dict[str, object] = {f"d{i % 5}/f{i}": File(b"x" * i, mode=0o640) for i in range(60)}
     src = build(tmp_path / "src", spec)
     dst = tmp_path / "dst"

@@ -41,7 +41,6 @@ from .posix import CHUNK, O_READ, TMP_PREFIX, check_key, open_beneath, open_root
 from .scan import scan as scan_tree
 from .scan import stat_row
 from .scan import walk_sorted as walk_tree
-from .watcher import FsWatcher
 
 __all__ = ["TMP_PREFIX", "FsBackend"]
 
@@ -253,6 +252,8 @@ class FsBackend:
 
     # -- Watchable ------------------------------------------------------------------------
     def watch(self, sink: WatchSink) -> FsWatcher:
+        from .watcher import FsWatcher  # watchdog is imported by a watch only
+
         return FsWatcher(self.root, sink)
 
 
@@ -272,6 +273,7 @@ if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.M
         Watch,
         Watchable,
     )
+    from .watcher import FsWatcher
 
     _factory: BackendFactory = FsBackend
     _backend: Backend = FsBackend("/")

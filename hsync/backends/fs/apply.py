@@ -17,7 +17,6 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import partial
 
 from ...backend import ApplyOptions, ApplyResult, ContentSource
@@ -37,12 +36,12 @@ from ...model import (
     Problem,
     Snapshot,
 )
-from .copy import CopyItem, copy_chunk, publish
+from .copy import Copies, LocalTree
+from .dirs import Touched
 from .posix import (
     FULL,
     O_META,
     check_key,
-    die_with_parent,
     join,
     open_beneath,
     open_root,
@@ -53,15 +52,6 @@ from .posix import (
     tmp_name,
     unlink_quiet,
 )
-
-COPY_THREADS = 3
-COPY_PROCESSES = 2
-PROCESS_MIN_FILES = 2000
-CHUNK_FILES = 64
-CHUNK_BYTES = 4 << 20
-
-LocalTree = tuple[str, int]
-"""A source that is a local tree: its root and its root's device (copied by path)."""
 
 
 class Batch:
@@ -80,8 +70,6 @@ class Batch:
     ) -> None:
         self.root = root
         self.stale_temps = stale_temps
-        self.src = source
-        self.local = local
         self.final = final
         self.fsync = options.fsync
         self.hard_links = options.hard_links
@@ -89,18 +77,13 @@ class Batch:
         self.cancel = cancel
         self.on_done = on_done
         self.result = ApplyResult()
-        self.touched: set[Key] = set()
-        self.under: dict[Key, set[Key]] = {}
-        self.unlocked: dict[Key, int] = {}  # made owner-writable: the mode it had
-        self.inflight: list[tuple[list[Op], Future[list[int | BaseException]]]] = []
-        self.chunk: list[Op] = []
-        self.chunk_bytes = 0
+        self.dirs = Touched()
+        self.copies = Copies(root, source, local, options.fsync, self.parent)
         self.lock = threading.Lock()
         self.full: tuple[Key, OSError] | None = None
         self._root_fd: int | None = None
         self.groups: dict[object, list[Key]] = {}
         self.linked: list[Op] = []  # file ops done by a link, after the copies
-        self.pool: Executor | None = None
 
     # -- the batch ----------------------------------------------------------------------
     def run(self, ops: Sequence[Op]) -> ApplyResult:
@@ -111,13 +94,12 @@ class Batch:
             self.clean_temps()
             if self.hard_links:
                 self.groups = link_groups(self.final)
-            with self.executor(ops) as pool:
-                self.pool = pool
+            with self.copies.pool(ops):
                 ran = self.run_ops(ops)
                 self.barrier()
                 self.run_linked()
             self.not_run(ops[ran:])
-            self.settle_directories()
+            self.result.problems += self.dirs.settle(self.final, self.root_fd)
             self.make_durable()
         finally:
             if self._root_fd is not None:
@@ -170,7 +152,7 @@ class Batch:
 
     def make_durable(self) -> None:
         """One flush of the destination's filesystem, unless each file had its fsync."""
-        if self.fsync or not (self.result.done or self.touched):
+        if self.fsync or not (self.result.done or self.dirs.keys):
             return
         if self.defer_durable:
             # the flush waits on the disk, not on Python: the caller's own work
@@ -187,7 +169,7 @@ class Batch:
             try:
                 with self.parent(key) as (dfd, name):
                     os.unlink(name, dir_fd=dfd)
-                self.touch(key)
+                self.dirs.touch(key)
             except (FileNotFoundError, TargetChanged):
                 continue  # gone, or its directory is not what was scanned: not ours
             except OSError as e:
@@ -197,29 +179,6 @@ class Batch:
                 ))
                 self.stop_if_full(key, e)
         self.stale_temps.clear()
-
-    def executor(self, ops: Sequence[Op]) -> Executor:
-        """Where copies run. Many small files from a local tree: worker processes, so the
-        per-file Python work runs on every core instead of queueing for the GIL; else (a
-        few files, a source that is not a local tree, threads already running, where a
-        fork is unsafe) a thread pool."""
-        files = sum(1 for op in ops if op.kind == FILE and op.op in (CREATE, UPDATE))
-        if (
-            self.local is not None
-            and files >= PROCESS_MIN_FILES
-            and threading.active_count() == 1
-            and hasattr(os, "fork")
-        ):
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            return ProcessPoolExecutor(
-                COPY_PROCESSES,
-                mp_context=multiprocessing.get_context("fork"),
-                initializer=die_with_parent,
-                initargs=(os.getpid(),),
-            )
-        return ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="hsync-copy")
 
     # -- outcomes -----------------------------------------------------------------------
     def stop_if_full(self, key: Key, e: BaseException) -> None:
@@ -280,8 +239,7 @@ class Batch:
             return False
         finally:
             os.close(fd)
-        self.mark(key)
-        self.unlocked.setdefault(key, stat.S_IMODE(mode))
+        self.dirs.unlocked_from(key, stat.S_IMODE(mode))
         return True
 
     # -- where things are ---------------------------------------------------------------
@@ -304,35 +262,6 @@ class Batch:
             yield fd, key[-1]
         finally:
             os.close(fd)
-
-    def touch(self, key: Key | None) -> None:
-        """Remember that ``key``'s parent directory changed (its mtime is set again)."""
-        if key:
-            self.mark(key[:-1])
-
-    def mark(self, key: Key) -> None:
-        """Remember that directory ``key`` changed (indexed by every prefix, so a move
-        finds the marks below it without looking at the others)."""
-        if key not in self.touched:
-            self.touched.add(key)
-            under = self.under
-            for i in range(len(key) + 1):
-                under.setdefault(key[:i], set()).add(key)
-
-    def follow(self, old: Key, new: Key) -> None:
-        """Touched directories at or below a moved one are now under its new key."""
-        below = self.under.get(old)
-        if not below:
-            return
-        n = len(old)
-        for k in list(below):
-            self.touched.discard(k)
-            for i in range(len(k) + 1):
-                self.under[k[:i]].discard(k)
-            moved = (*new, *k[n:])
-            self.mark(moved)
-            if k in self.unlocked:
-                self.unlocked[moved] = self.unlocked.pop(k)
 
     def expect(self, key: Key, old: Node | None) -> None:
         """Before a destructive op: the destination still holds what was planned."""
@@ -368,10 +297,10 @@ class Batch:
             self.delete(op)
 
     def create(self, op: Op) -> None:
-        self.touch(op.key)
+        self.dirs.touch(op.key)
         if op.kind == DIR:
             self.mkdir(op.key)
-            self.mark(op.key)
+            self.dirs.mark(op.key)
             self.ok(op)
         elif op.kind == FILE:
             self.queue(op)
@@ -389,9 +318,9 @@ class Batch:
         self.expect(op.key, op.old)
         with self.parent(op.key) as (ofd, old), self.parent(op.to) as (nfd, new):
             rename_noreplace(old, new, ofd, nfd)
-        self.touch(op.key)
-        self.follow(op.key, op.to)
-        self.touch(op.to)
+        self.dirs.touch(op.key)
+        self.dirs.follow(op.key, op.to)
+        self.dirs.touch(op.to)
         self.ok(op)
 
     def delete(self, op: Op) -> None:
@@ -402,7 +331,7 @@ class Batch:
                 rmdir(name, dfd)
             else:
                 os.unlink(name, dir_fd=dfd)
-        self.touch(op.key)
+        self.dirs.touch(op.key)
         self.ok(op)
 
     def mkdir(self, key: Key) -> None:
@@ -412,7 +341,7 @@ class Batch:
             except FileExistsError:
                 if not os.path.isdir(self.root):
                     raise
-            self.mark(key)
+            self.dirs.mark(key)
             return
         with self.parent(key) as (dfd, name):
             try:
@@ -424,11 +353,11 @@ class Batch:
 
     def update(self, op: Op) -> None:
         if op.kind == DIR:
-            self.mark(op.key)
+            self.dirs.mark(op.key)
             self.ok(op)
         elif op.kind == FILE and op.content:
             self.expect(op.key, op.old)
-            self.touch(op.key)  # the publish renames over it: the directory changes
+            self.dirs.touch(op.key)  # the publish renames over it: the directory changes
             self.queue(op)
         elif op.kind == FILE:
             self.expect(op.key, op.old)
@@ -461,7 +390,7 @@ class Batch:
             except OSError:
                 unlink_quiet(tmp, dfd)
                 raise
-        self.touch(op.key)
+        self.dirs.touch(op.key)
         self.ok(op)
 
     def link_or_copy(self, op: Op) -> None:
@@ -472,10 +401,10 @@ class Batch:
         assert node is not None
         for other in self.groups.get(node.identity, ()):
             if other != op.key and self.link_to(op, node, other):
-                self.touch(op.key)
+                self.dirs.touch(op.key)
                 self.ok(op)
                 return
-        self.ok(op, self.copy(op))
+        self.ok(op, self.copies.copy(op))
 
     def link_to(self, op: Op, node: Node, other: Key) -> bool:
         """Publish ``op.key`` as a new name of ``other`` when the destination holds
@@ -506,122 +435,26 @@ class Batch:
 
     # -- copies -------------------------------------------------------------------------
     def queue(self, op: Op) -> None:
-        """Queue a content copy: files travel in chunks (one hand-off to a pool worker
-        per chunk of up to CHUNK_FILES files or CHUNK_BYTES bytes, not one per file)."""
+        """Queue a content copy (a file with other names for its source inode, under
+        ``--hard-links``, waits for the copies: its other names may land first)."""
         assert op.node is not None
         if self.groups and op.node.identity in self.groups:
-            self.linked.append(op)  # after the copies: its other names may land first
-            return
-        self.chunk.append(op)
-        self.chunk_bytes += op.node.size
-        if len(self.chunk) >= CHUNK_FILES or self.chunk_bytes >= CHUNK_BYTES:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.chunk:
-            assert self.pool is not None
-            if self.local is not None:  # picklable work: a process pool may take it
-                fut = self.pool.submit(
-                    copy_chunk, [self.item(op) for op in self.chunk], self.fsync
-                )
-            else:
-                fut = self.pool.submit(self.copy_many, self.chunk)
-            self.inflight.append((self.chunk, fut))
-            self.chunk = []
-            self.chunk_bytes = 0
+            self.linked.append(op)
+        else:
+            self.copies.queue(op)
 
     def barrier(self) -> None:
         """Wait for every copy in flight (before an op that changes the structure)."""
-        self.flush()
-        for ops, fut in self.inflight:
-            for op, outcome in zip(ops, fut.result(), strict=True):
-                if isinstance(outcome, PermissionError):
-                    self.retry_writable(op, outcome, partial(self.copy_again, op))
-                elif isinstance(outcome, BaseException):
-                    self.fail(op, outcome)
-                else:
-                    self.ok(op, outcome)
-        self.inflight = []
+        for op, outcome in self.copies.collect():
+            if isinstance(outcome, PermissionError):
+                self.retry_writable(op, outcome, partial(self.copy_again, op))
+            elif isinstance(outcome, BaseException):
+                self.fail(op, outcome)
+            else:
+                self.ok(op, outcome)
 
     def copy_again(self, op: Op) -> None:
-        self.ok(op, self.copy(op))
-
-    def item(self, op: Op) -> CopyItem:
-        node = op.node
-        assert node is not None and self.local is not None
-        check_key(op.key)  # refuses names that could leave either tree
-        src_root, src_dev = self.local
-        return (
-            src_root, src_dev, op.key, self.root, op.key[:-1], op.key[-1],
-            node.size, node.mtime_ns, node.mode, node.identity, op.op == UPDATE,
-        )
-
-    def copy_many(self, ops: list[Op]) -> list[int | BaseException]:
-        """Copies for a source that is not a local tree (streams from ``read``)."""
-        out: list[int | BaseException] = []
-        for op in ops:
-            try:
-                out.append(self.copy(op))
-            except (OSError, NodeError) as e:
-                out.append(e)
-        return out
-
-    def copy(self, op: Op) -> int:
-        """Publish the source file at ``op.key`` atomically; return the bytes copied."""
-        node = op.node
-        assert node is not None
-        if self.local is not None:
-            outcome = copy_chunk([self.item(op)], self.fsync)[0]
-            if isinstance(outcome, BaseException):
-                raise outcome
-            return outcome
-        stream = self.src.read(op.key)
-        fd_in = os.dup(stream.fileno())
-        stream.close()
-        try:
-            with self.parent(op.key) as (dfd, name):
-                # a stream's descriptor says nothing of the source's identity
-                return publish(fd_in, dfd, name, node.size, node.mtime_ns, node.mode,
-                               None, 0, self.fsync, op.op == UPDATE)
-        finally:
-            os.close(fd_in)
-
-    # -- directories --------------------------------------------------------------------
-    def settle_directories(self) -> None:
-        """Set directory mode and mtime from the source, deepest first."""
-        final = self.final.nodes
-        for key in sorted(self.touched, key=len, reverse=True):
-            node = final.get(key)
-            if node is None or node.kind != DIR:
-                # not a source directory (kept for its excluded content): only undo
-                # what retry_writable did to it
-                if key in self.unlocked:
-                    with contextlib.suppress(OSError, NodeError):
-                        self.set_directory(key, self.unlocked[key], None)
-                continue
-            try:
-                self.set_directory(key, node.mode, node.mtime_ns)
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # it moved on since; the op that moved it touched its new place
-            except TargetChanged as e:
-                self.result.problems.append(
-                    Problem(key, f"directory metadata not set: {e}", kind=problem_kind(e))
-                )
-            except OSError as e:
-                self.result.problems.append(Problem(
-                    key, f"cannot set directory metadata: {e.strerror}", kind=problem_kind(e)
-                ))
-
-    def set_directory(self, key: Key, mode: int, mtime_ns: int | None) -> None:
-        # through a descriptor that is this directory, not what a symlink names
-        # (only the root may be a symlink the user gave us)
-        fd = open_beneath(self.root_fd(), key)
-        try:
-            os.fchmod(fd, mode)
-            if mtime_ns is not None:
-                os.utime(fd, ns=(mtime_ns, mtime_ns))
-        finally:
-            os.close(fd)
+        self.ok(op, self.copies.copy(op))
 
 
 def link_groups(final: Snapshot) -> dict[object, list[Key]]:

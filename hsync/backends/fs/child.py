@@ -201,10 +201,10 @@ class ScanChild:
         return self._summary
 
     def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Row]]]:
-        return self._ask(Request.LISTINGS, list(dirs))  # type: ignore[no-any-return]
+        return self._ask(Request.LISTINGS, list(dirs))
 
     def rows(self, keys: Iterable[Key] = (), subtrees: Iterable[Key] = ()) -> dict[Key, Row]:
-        return self._ask(Request.ROWS, list(keys), list(subtrees))  # type: ignore[no-any-return]
+        return self._ask(Request.ROWS, list(keys), list(subtrees))
 
     def snapshot(self) -> Snapshot:
         """The whole scan; the child's service ends."""

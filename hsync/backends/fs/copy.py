@@ -2,20 +2,29 @@
 directory, the content copied in (kernel-side where possible), then renamed to its
 final name; never when the source is not what was scanned or changes meanwhile.
 
-Module level and picklable: ``copy_chunk`` runs in a copy worker process too.
+``Copies`` queues a batch's copies in chunks and runs them on a pool: threads, or
+forked worker processes for many small files from a local tree (``copy_chunk`` is
+module level and picklable for them).
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager
 
+from ...backend import ContentSource
 from ...errors import NodeError, SourceChanged
-from ...model import Key
+from ...model import CREATE, FILE, UPDATE, Key, Op
 from .posix import (
     O_CREATE,
     O_READ,
+    check_key,
     copy_fd,
+    die_with_parent,
     open_beneath,
     open_root,
     rename_into,
@@ -25,6 +34,18 @@ from .posix import (
 )
 
 UMASK_SAFE = 0o777
+COPY_THREADS = 3
+COPY_PROCESSES = 2
+PROCESS_MIN_FILES = 2000
+CHUNK_FILES = 64
+CHUNK_BYTES = 4 << 20
+
+LocalTree = tuple[str, int]
+"""A source that is a local tree: its root and its root's device (copied by path)."""
+Parent = Callable[[Key], AbstractContextManager[tuple[int, str]]]
+"""``key`` -> (a descriptor of its parent directory on the destination, its name)."""
+Outcome = int | BaseException
+"""The bytes copied, or why not."""
 
 CopyItem = tuple[str, int, Key, str, Key, str, int, int, int, "int | str | None", bool]
 """One file to copy from a local tree: (source root, source root's device, source key,
@@ -38,23 +59,30 @@ def copy_chunk(items: list[CopyItem], fsync: bool) -> list[int | BaseException]:
     exception. No move or delete runs on the destination while a chunk is copied."""
     out: list[int | BaseException] = []
     roots: dict[str, int] = {}
-    parents: dict[tuple[str, Key], int] = {}
+    # (on each side: within one chunk, no move or delete runs meanwhile)
+    sources: dict[Key, int] = {}
+    parents: dict[Key, int] = {}
 
-    def directory(root: str, key: Key) -> int:
-        fd = parents.get((root, key))
-        if fd is None:
-            rfd = roots.get(root)
-            if rfd is None:
-                rfd = roots[root] = open_root(root)
-            fd = parents[root, key] = open_beneath(rfd, key)
+    def directory(opened: dict[Key, int], root: str, key: Key) -> int:
+        rfd = roots.get(root)
+        if rfd is None:
+            rfd = roots[root] = open_root(root)
+        fd = opened[key] = open_beneath(rfd, key)
         return fd
 
+    osopen = os.open
     try:
         for (src_root, src_dev, src_key, root, parent, name, size, mtime_ns, mode,
              identity, replace) in items:
             try:
-                dfd = directory(root, parent)
-                fd_in = os.open(src_key[-1], O_READ, dir_fd=directory(src_root, src_key[:-1]))
+                dfd = parents.get(parent)
+                if dfd is None:
+                    dfd = directory(parents, root, parent)
+                src_dir = src_key[:-1]
+                sfd = sources.get(src_dir)
+                if sfd is None:
+                    sfd = directory(sources, src_root, src_dir)
+                fd_in = osopen(src_key[-1], O_READ, dir_fd=sfd)
                 try:
                     out.append(publish(fd_in, dfd, name, size, mtime_ns, mode, identity,
                                        src_dev, fsync, replace))
@@ -63,7 +91,7 @@ def copy_chunk(items: list[CopyItem], fsync: bool) -> list[int | BaseException]:
             except (OSError, NodeError) as e:
                 out.append(e)
     finally:
-        for fd in parents.values():
+        for fd in (*sources.values(), *parents.values()):
             os.close(fd)
         for fd in roots.values():
             os.close(fd)
@@ -120,3 +148,126 @@ def publish(
         unlink_quiet(tmp, dfd)
         raise
     return copied
+
+
+class Copies:
+    """The content copies of one batch: queued, handed to a pool a chunk at a time (up
+    to CHUNK_FILES files or CHUNK_BYTES bytes: one hand-off per chunk, not per file),
+    collected at a barrier."""
+
+    def __init__(
+        self, root: str, source: ContentSource, local: LocalTree | None, fsync: bool,
+        parent: Parent,
+    ) -> None:
+        self.root = root
+        self.src = source
+        self.local = local
+        self.fsync = fsync
+        self.parent = parent
+        self.inflight: list[tuple[list[Op], Future[list[Outcome]]]] = []
+        self.chunk: list[Op] = []
+        self.chunk_bytes = 0
+        self.executor: Executor | None = None
+
+    @contextmanager
+    def pool(self, ops: Sequence[Op]) -> Iterator[None]:
+        """Where the copies of ``ops`` run, while the block runs. Many small files from a
+        local tree: worker processes, so the per-file Python work runs on every core
+        instead of queueing for the GIL; else (a few files, a source that is not a local
+        tree, threads already running, where a fork is unsafe) a thread pool."""
+        files = sum(1 for op in ops if op.kind == FILE and op.op in (CREATE, UPDATE))
+        executor: Executor
+        if (
+            self.local is not None
+            and files >= PROCESS_MIN_FILES
+            and threading.active_count() == 1
+            and hasattr(os, "fork")
+        ):
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            executor = ProcessPoolExecutor(
+                COPY_PROCESSES,
+                mp_context=multiprocessing.get_context("fork"),
+                initializer=die_with_parent,
+                initargs=(os.getpid(),),
+            )
+        else:
+            executor = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="hsync-copy")
+        with executor:
+            self.executor = executor
+            try:
+                yield
+            finally:
+                self.executor = None
+
+    def queue(self, op: Op) -> None:
+        """``TargetChanged`` now (for this op) when its name could leave the tree."""
+        assert op.node is not None
+        check_key(op.key)
+        self.chunk.append(op)
+        self.chunk_bytes += op.node.size
+        if len(self.chunk) >= CHUNK_FILES or self.chunk_bytes >= CHUNK_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.chunk:
+            assert self.executor is not None
+            if self.local is not None:  # picklable work: a process pool may take it
+                fut = self.executor.submit(
+                    copy_chunk, [self.item(op) for op in self.chunk], self.fsync
+                )
+            else:
+                fut = self.executor.submit(self.copy_many, self.chunk)
+            self.inflight.append((self.chunk, fut))
+            self.chunk = []
+            self.chunk_bytes = 0
+
+    def collect(self) -> list[tuple[Op, Outcome]]:
+        """Wait for every copy queued; each op with its outcome."""
+        self.flush()
+        out: list[tuple[Op, Outcome]] = []
+        for ops, fut in self.inflight:
+            out += zip(ops, fut.result(), strict=True)
+        self.inflight = []
+        return out
+
+    def item(self, op: Op) -> CopyItem:
+        node = op.node
+        assert node is not None and self.local is not None
+        src_root, src_dev = self.local
+        return (
+            src_root, src_dev, op.key, self.root, op.key[:-1], op.key[-1],
+            node.size, node.mtime_ns, node.mode, node.identity, op.op == UPDATE,
+        )
+
+    def copy_many(self, ops: list[Op]) -> list[Outcome]:
+        """Copies for a source that is not a local tree (streams from ``read``)."""
+        out: list[Outcome] = []
+        for op in ops:
+            try:
+                out.append(self.copy(op))
+            except (OSError, NodeError) as e:
+                out.append(e)
+        return out
+
+    def copy(self, op: Op) -> int:
+        """Publish the source file at ``op.key`` now; return the bytes copied."""
+        node = op.node
+        assert node is not None
+        check_key(op.key)  # refuses names that could leave either tree
+        if self.local is not None:
+            outcome = copy_chunk([self.item(op)], self.fsync)[0]
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+        stream = self.src.read(op.key)
+        fd_in = os.dup(stream.fileno())
+        stream.close()
+        try:
+            with self.parent(op.key) as (dfd, name):
+                # a stream's descriptor says nothing of the source's identity
+                return publish(fd_in, dfd, name, node.size, node.mtime_ns, node.mode,
+                               None, 0, self.fsync, op.op == UPDATE)
+        finally:
+            os.close(fd_in)

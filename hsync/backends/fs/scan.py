@@ -75,7 +75,7 @@ def listing_digest(hashes: list[int]) -> int:
     from xxhash import xxh3_64_intdigest
 
     hashes.sort()
-    return xxh3_64_intdigest(array("q", hashes).tobytes())  # type: ignore[no-any-return]
+    return xxh3_64_intdigest(array("q", hashes).tobytes())
 
 
 def _list(
@@ -165,9 +165,10 @@ class _One:
 def lookup(root_fd: int, key: Key, root_dev: int) -> _One | None:
     """``key`` (not the root) looked at alone, through its parent reached beneath the
     root; None when it or a directory on the way is absent, or a name on the way is a
-    symlink or not a directory. An hsync temporary is absent."""
-    check_key(key)
+    symlink or not a directory. An hsync temporary is absent, and so is a name no
+    directory can hold ("", ".", "..", a slash or a NUL in it)."""
     try:
+        check_key(key)
         dfd = open_beneath(root_fd, key[:-1])
     except (FileNotFoundError, TargetChanged):
         return None
@@ -336,10 +337,10 @@ def walk_sorted(
         lost.clear()
         temps.clear()
         held.clear()
-        fsencode = os.fsencode
-        out: Listed = [(fsencode(k[-1]), k, rows[k]) for k in kids]
+        # sorted by the names' bytes (UTF-8 with surrogate escapes: os.fsencode, inline)
+        out: Listed = [(k[-1].encode("utf-8", "surrogateescape"), k, r) for k, r in rows.items()]
         if skipped:
-            out += [(fsencode(k[-1]), k, (what,)) for k, what in skipped]
+            out += [(k[-1].encode("utf-8", "surrogateescape"), k, (what,)) for k, what in skipped]
         out.sort(reverse=True)  # popped from the end: smallest name first
         return out, {k: (i, d) for k, i, d in dirs}
 

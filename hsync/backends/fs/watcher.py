@@ -164,8 +164,8 @@ class FsWatcher:
         root = os.path.realpath(self.root)
         observer = InotifyObserver()
         # watchdog's own observer, with the emitter above (it passes these kwargs on)
-        observer._emitter_class = _Emitter  # type: ignore[attr-defined]
-        observer._emitter_kwargs = {**observer._emitter_kwargs, "sink": self.sink}  # type: ignore[attr-defined]
+        observer._emitter_class = _Emitter
+        observer._emitter_kwargs = {**observer._emitter_kwargs, "sink": self.sink}
         try:
             observer.schedule(
                 _Handler(os.fsencode(root), self.sink), root, recursive=True, event_filter=EVENTS

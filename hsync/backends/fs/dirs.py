@@ -1,0 +1,102 @@
+"""The directories a batch changed, and their metadata settled once it is done.
+
+Creating, renaming or deleting a name changes its directory's mtime, and a directory
+is created owner-writable until its children are in: each changed directory gets its
+source mode and mtime back after the batch's ops, deepest first (a child's settling
+would change its parent's mtime again). A move carries the marks below it to its new
+place. A directory made owner-writable to let an op in (``unlocked_from``) gets its
+mode back even when it is not a source directory (kept for its excluded content).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable
+
+from ...errors import NodeError, TargetChanged, problem_kind
+from ...model import DIR, Key, Problem, Snapshot
+from .posix import open_beneath
+
+
+class Touched:
+    """The directories changed so far, indexed by every prefix (so a move finds the
+    marks below it without looking at the others)."""
+
+    def __init__(self) -> None:
+        self.keys: set[Key] = set()
+        self.under: dict[Key, set[Key]] = {}
+        self.unlocked: dict[Key, int] = {}  # made owner-writable: the mode it had
+
+    def touch(self, key: Key | None) -> None:
+        """``key``'s parent directory changed (its mtime is set again)."""
+        if key:
+            self.mark(key[:-1])
+
+    def mark(self, key: Key) -> None:
+        """Directory ``key`` changed."""
+        if key not in self.keys:
+            self.keys.add(key)
+            under = self.under
+            for i in range(len(key) + 1):
+                under.setdefault(key[:i], set()).add(key)
+
+    def unlocked_from(self, key: Key, mode: int) -> None:
+        """Directory ``key`` was made owner-writable; its mode was ``mode``."""
+        self.mark(key)
+        self.unlocked.setdefault(key, mode)
+
+    def follow(self, old: Key, new: Key) -> None:
+        """Changed directories at or below a moved one are now under its new key."""
+        below = self.under.get(old)
+        if not below:
+            return
+        n = len(old)
+        for k in list(below):
+            self.keys.discard(k)
+            for i in range(len(k) + 1):
+                self.under[k[:i]].discard(k)
+            moved = (*new, *k[n:])
+            self.mark(moved)
+            if k in self.unlocked:
+                self.unlocked[moved] = self.unlocked.pop(k)
+
+    def settle(self, final: Snapshot, root_fd: Callable[[], int]) -> list[Problem]:
+        """Set each changed directory's mode and mtime from ``final`` (the source),
+        deepest first, through a descriptor reached beneath the root (``root_fd``,
+        opened when first needed); the problems met."""
+        problems: list[Problem] = []
+        nodes = final.nodes
+        for key in sorted(self.keys, key=len, reverse=True):
+            node = nodes.get(key)
+            if node is None or node.kind != DIR:
+                # not a source directory: only undo what an unlock did to it
+                if key in self.unlocked:
+                    with contextlib.suppress(OSError, NodeError):
+                        _set(root_fd(), key, self.unlocked[key], None)
+                continue
+            try:
+                _set(root_fd(), key, node.mode, node.mtime_ns)
+            except (FileNotFoundError, NotADirectoryError):
+                continue  # it moved on since; the op that moved it touched its new place
+            except TargetChanged as e:
+                problems.append(
+                    Problem(key, f"directory metadata not set: {e}", kind=problem_kind(e))
+                )
+            except OSError as e:
+                problems.append(Problem(
+                    key, f"cannot set directory metadata: {e.strerror}", kind=problem_kind(e)
+                ))
+        return problems
+
+
+def _set(root_fd: int, key: Key, mode: int, mtime_ns: int | None) -> None:
+    # through a descriptor that is this directory, not what a symlink names (only the
+    # root may be a symlink the user gave us)
+    fd = open_beneath(root_fd, key)
+    try:
+        os.fchmod(fd, mode)
+        if mtime_ns is not None:
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+    finally:
+        os.close(fd)
