@@ -230,11 +230,11 @@ def test_rounds_of_scan_diff_plan_apply_converge(tmp_path: Path) -> None:
     """The backend alone under the pure core: creates, updates, a type change, a
     symlink retargeted, deletes; each round leaves the trees equal and the next
     plans nothing."""
-    from hsync.diff import diff
-    from hsync.plan import plan
     from treeutil import File, Link, assert_same_tree
 
+    from hsync.differ import diff
     from hsync.model import Snapshot
+    from hsync.planner import plan
 
     src = build(tmp_path / "src", {"a/x": b"1", "a/y": File(b"22", mode=0o600),
                                    "a/sub/z": b"3", "b/w": b"4", "l": Link("a/x")})
@@ -243,7 +243,7 @@ def test_rounds_of_scan_diff_plan_apply_converge(tmp_path: Path) -> None:
 
     def round_() -> dict[str, int]:
         ss = s.scan()
-        ds = d.scan() if d.root_error() is None else Snapshot()
+        ds = d.scan() if d.root_id() is not None else Snapshot()
         p = plan(diff(ss, ds), ds)
         result = d.apply_batch(p.ops, s, ss)
         assert result.problems == []

@@ -425,14 +425,14 @@ def test_the_scanning_child_dies_with_a_killed_run(tmp_path: Path) -> None:
     # a run whose scans are held: the destination's child is forked by then
     code = (
         "import sys, time\n"
-        "from hsync.backends import fs\n"
-        "real = fs.FsBackend.scan\n"
-        "def slow(self, *a, **k):\n"
-        "    if self.role == 'source':\n"
+        "import hsync.backends.fs as fs\n"
+        "real = fs.scan_tree\n"
+        "def slow(root, *a, **k):\n"
+        f"    if root == {str(src)!r}:\n"
         "        print('scanning', flush=True)\n"
         "    time.sleep(60)  # both walks are long: the child's too\n"
-        "    return real(self, *a, **k)\n"
-        "fs.FsBackend.scan = slow\n"
+        "    return real(root, *a, **k)\n"
+        "fs.scan_tree = slow\n"
         "from hsync.oneshot import sync_once\nfrom hsync.options import Options\n"
         f"sync_once({str(src)!r}, {str(dst)!r}, Options(state={state!r}))\n"
     )

@@ -11,7 +11,7 @@ import pytest
 from treeutil import assert_same_tree, build
 
 from hsync import journal as journal_mod
-from hsync.backends import fs
+from hsync.backends.fs import apply as fs_apply
 from hsync.history import History
 from hsync.journal import DONE, KEEP, ROLLED, RUNNING, Journal, journal_path, recover
 from hsync.model import Op
@@ -33,7 +33,7 @@ def test_each_batch_is_recorded_before_it_runs_and_done_after(
     dst = tmp_path / "dst"
     state = str(tmp_path / "h.sqlite")
     seen: list[Any] = []
-    real = fs._Batch.run
+    real = fs_apply.Batch.run
 
     def spy(self: Any, ops: Any) -> Any:
         history = _pair_history(src, dst, state)
@@ -43,7 +43,7 @@ def test_each_batch_is_recorded_before_it_runs_and_done_after(
         history.close()
         return real(self, ops)
 
-    monkeypatch.setattr(fs._Batch, "run", spy)
+    monkeypatch.setattr(fs_apply.Batch, "run", spy)
     assert sync_once(str(src), str(dst), Options(state=state)).ok
     (unfinished, batches), = seen
     assert unfinished == [1] and batches == [(1, RUNNING, 4)]
@@ -137,7 +137,7 @@ def test_the_history_is_recorded_while_the_batch_flushes_and_done_comes_last(
     state = str(tmp_path / "h.sqlite")
     recorded = threading.Event()
     during: list[Any] = []
-    real_syncfs, real_record = fs._syncfs, History.record
+    real_syncfs, real_record = fs_apply.syncfs, History.record
 
     def slow_syncfs(path: str) -> None:
         # the history is recorded before this flush ends (or the wait times out)
@@ -154,7 +154,7 @@ def test_the_history_is_recorded_while_the_batch_flushes_and_done_comes_last(
         recorded.set()
         return out
 
-    monkeypatch.setattr(fs, "_syncfs", slow_syncfs)
+    monkeypatch.setattr(fs_apply, "syncfs", slow_syncfs)
     monkeypatch.setattr(History, "record", spy_record)
     for name in ("sync into an empty destination", "re-sync"):
         recorded.clear()

@@ -18,7 +18,6 @@ import itertools
 import os
 import shutil
 import stat
-import sys
 import tempfile
 import zlib
 from pathlib import Path
@@ -573,24 +572,23 @@ def test_quick_pass_against_the_history_finds_every_change(
 def _changes(src: Path, dst: Path, state: Path | None, *, full: bool) -> list[tuple]:
     """The changes ``hsync diff`` finds, by directory digests or (``full``) by shipping
     and comparing every node; read-only."""
-    mod = sys.modules["hsync.sync"]  # the module (the package exports a function ``sync``)
-    saved = mod.DIRTY_SHARE
+    import hsync.digests
+    from hsync.oneshot import compare
+
+    saved = hsync.digests.DIRTY_SHARE
     # -1: every comparison ships everything; 1: never, however much differs
-    mod.DIRTY_SHARE = -1.0 if full else 1.0
+    hsync.digests.DIRTY_SHARE = -1.0 if full else 1.0
     try:
-        cmp = mod.compare(str(src), str(dst), Options(
+        cmp = compare(str(src), str(dst), Options(
             state=str(state) if state is not None else "", check=True, dry_run=True,
             allow_empty_source=True,
         ))
     finally:
-        mod.DIRTY_SHARE = saved
-    try:
-        return sorted(
-            ((c.op, c.key, c.to or (), c.kind) for c in cmp.plan.changes),
-            key=lambda c: (c[0], [os.fsencode(n) for n in c[1]], [os.fsencode(n) for n in c[2]]),
-        )
-    finally:
-        cmp.close()
+        hsync.digests.DIRTY_SHARE = saved
+    return sorted(
+        ((c.op, c.key, c.to or (), c.kind) for c in cmp.plan.changes),
+        key=lambda c: (c[0], [os.fsencode(n) for n in c[1]], [os.fsencode(n) for n in c[2]]),
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

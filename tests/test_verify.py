@@ -100,11 +100,11 @@ def test_small_chunks_still_find_everything(tmp_path: Path) -> None:
     _flip(dst / "d0" / "f000")
     _flip(dst / "d1" / "f049")
     chunks = []
-    from hsync.backends.fs import FsBackend
+    from hsync.backend import open_endpoint
     from hsync.verifier import Verifier
 
-    v = Verifier(FsBackend(str(src)), FsBackend(str(dst), role="destination"),
-                 settle=0, chunk_files=7)
+    v = Verifier(open_endpoint(str(src), role="source"),
+                 open_endpoint(str(dst), role="destination"), settle=0, chunk_files=7)
     chunks = list(v.chunks())
     assert len(chunks) > 5
     assert [d.key for d in v.report.differences] == [("d0", "f000"), ("d1", "f049")]

@@ -150,8 +150,8 @@ _HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_HOW))
 _openat2: list[Any] = [_syscall]
 _SWAPPED = (errno.ELOOP, errno.ENOTDIR, errno.EXDEV)
 _SWAPPED_MSG = (
-    "{}: no longer a directory (a symlink or a file was put there): nothing is "
-    "followed through it"
+    "{}: no longer a directory (a symlink or a file was put there): nothing written "
+    "through it (nor read)"
 )
 
 
