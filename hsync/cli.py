@@ -18,7 +18,14 @@ from typing import Any, TypeVar
 
 import typer
 
-from .errors import EXIT_DIFFER, EXIT_OK, EXIT_USAGE, HsyncError, exit_code
+from .errors import (
+    EXIT_DIFFER,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    HsyncError,
+    exit_code,
+)
 
 app = typer.Typer(
     add_completion=False,
@@ -53,7 +60,7 @@ def _guard(fn: F) -> F:
             raise typer.Exit(exit_code(e)) from None
         except KeyboardInterrupt:
             _err("interrupted")
-            raise typer.Exit(130) from None
+            raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as e:
             if _state["debug"]:
                 raise
@@ -388,7 +395,7 @@ def status(
             if p.get("last_error"):
                 print(f"  last error: {p['last_error']}")
     bad = not alive or any(p.get("state") in ("error", "waiting") for p in doc.get("pairs", []))
-    raise typer.Exit(1 if bad else 0)
+    raise typer.Exit(EXIT_DIFFER if bad else EXIT_OK)
 
 
 def _pid_alive(pid: Any) -> bool:

@@ -24,7 +24,6 @@ import attrs
 
 from .cancel import NEVER, Cancel
 from .differ import Side, diff
-from .errors import SafetyError
 from .model import DELETE, Key, Plan, Snapshot
 from .planner import check_plan, plan
 from .region import Region, scan_region_pair
@@ -94,7 +93,7 @@ def scan_both(session: PairSession, *, cancel: Cancel = NEVER) -> tuple[Snapshot
             dst = child.snapshot()
         finally:
             child.close()
-        check_source(session, src, len(src.nodes), len(dst.nodes))
+        session.check_source(src.incomplete, len(src.nodes), len(dst.nodes))
         return src, dst
     collect: Callable[[], Snapshot] = Snapshot
     if destination.backend.root_id() is not None:
@@ -108,7 +107,7 @@ def scan_both(session: PairSession, *, cancel: Cancel = NEVER) -> tuple[Snapshot
         src = source.backend.scan((), exclude=exclude, cancel=cancel)
     finally:
         dst = collect()
-    check_source(session, src, len(src.nodes), len(dst.nodes))
+    session.check_source(src.incomplete, len(src.nodes), len(dst.nodes))
     return src, dst
 
 
@@ -134,19 +133,6 @@ def _in_thread(scan: Callable[[], Snapshot]) -> Callable[[], Snapshot]:
         return snap
 
     return collect
-
-
-def check_source(session: PairSession, src: Snapshot, n_src: int, n_dst: int) -> None:
-    """SPEC section 8: a source root that could not be read, or that is empty while the
-    destination is not, is never a reason to delete."""
-    url = session.source.url
-    if () in src.incomplete:
-        raise SafetyError(f"{url}: source {src.incomplete[()]}; nothing done")
-    if n_src <= 1 and n_dst > 1 and not session.options.allow_empty_source:
-        raise SafetyError(
-            f"{url}: source is empty but the destination is not; refusing to delete "
-            "everything (--allow-empty-source to allow it)"
-        )
 
 
 def plan_between(

@@ -25,7 +25,7 @@ from typing import Any
 import attrs
 
 from .backend import Credentials
-from .errors import HsyncError, UsageError
+from .errors import EXIT_OK, HsyncError, UsageError
 from .live import PairWatch, StatusFile, WatchOptions
 from .options import Options
 
@@ -344,7 +344,6 @@ def serve(supervisor: Supervisor, config_path: str | None = None, *, debug: bool
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, lambda *_: hup.set())
-    code = 0
     try:
         while not stop.is_set():
             stop.wait(0.1)
@@ -365,7 +364,7 @@ def serve(supervisor: Supervisor, config_path: str | None = None, *, debug: bool
                 raise err
     finally:
         supervisor.stop()
-    return code
+    return EXIT_OK
 
 
 class JsonFormatter(logging.Formatter):

@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from .backend import DigestScan
-from .compare import check_source
 from .history import History
 from .model import CONTAINERS, Key, Row, Rows, Snapshot
 from .region import Region, context_keys
@@ -42,7 +41,7 @@ def compare_by_digests(
     src_root = mine.root
     if src_root is None:  # cannot happen after a summary without incomplete parts
         return None
-    check_source(session, Snapshot(), mine.count, theirs.count)
+    session.check_source({}, mine.count, theirs.count)
     dirty = dirty_directories(mine.digests, theirs.digests)
     if len(dirty) > DIRTY_SHARE * max(1, len(mine.digests)):
         return None

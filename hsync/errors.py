@@ -28,6 +28,9 @@ EXIT_USAGE: Final = 2
 """Bad usage or bad input; a fault of a whole endpoint; a refused (unsafe) run."""
 EXIT_PARTIAL: Final = 3
 """Some nodes failed, the rest was synced."""
+EXIT_INTERRUPTED: Final = 130
+"""Ctrl-C in a one-shot command (the shell's 128 + SIGINT); a watch or a daemon stopped
+by SIGINT or SIGTERM finishes its batch and exits 0."""
 
 ProblemKind = Literal["error", "retry", "skip", "cancelled"]
 ERROR: Final = "error"

@@ -20,7 +20,7 @@ import contextlib
 import queue
 import threading
 from collections import ChainMap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -221,9 +221,8 @@ class _Inline:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        close = getattr(self.it, "close", None)
-        if close is not None:
-            close()
+        if isinstance(self.it, Generator):
+            self.it.close()
 
     def ready(self) -> bool:
         return True  # the next node is one step away: batches fill up
@@ -283,9 +282,8 @@ class _Ahead:
                 self._put(chunk)
             self._put(e)
         finally:
-            close = getattr(self.it, "close", None)
-            if close is not None:
-                close()
+            if isinstance(self.it, Generator):
+                self.it.close()
 
     def ready(self) -> bool:
         """True when the walk has more nodes waiting (the writer need not wait)."""

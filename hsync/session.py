@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .backend import Credentials, Endpoint, open_endpoint, relation
 from .errors import SafetyError, UsageError
 from .filters import Exclude
+from .model import Key
 from .options import DEFAULT, Options
 
 if TYPE_CHECKING:
@@ -111,6 +113,19 @@ class PairSession:
         why = self.source.backend.root_error()
         if why is not None:
             raise SafetyError(f"{self.source.url}: source {why}; nothing done")
+
+    def check_source(self, incomplete: Mapping[Key, str], n_src: int, n_dst: int) -> None:
+        """After the scans: a source root that could not be listed (``incomplete``), or
+        a source that is empty while the destination is not, is never a reason to
+        delete (``SafetyError``, unless ``--allow-empty-source``)."""
+        url = self.source.url
+        if () in incomplete:
+            raise SafetyError(f"{url}: source {incomplete[()]}; nothing done")
+        if n_src <= 1 and n_dst > 1 and not self.options.allow_empty_source:
+            raise SafetyError(
+                f"{url}: source is empty but the destination is not; refusing to delete "
+                "everything (--allow-empty-source to allow it)"
+            )
 
     def _check_destination_root(self) -> None:
         """A destination that is there must be usable; one that is not must be one the

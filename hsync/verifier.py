@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 
 from .backend import Endpoint, Hashed
-from .errors import UsageError
+from .errors import EXIT_DIFFER, EXIT_OK, EXIT_USAGE, UsageError
 from .filters import Exclude
 from .model import DIR, FILE, Key, Node, Rows, Snapshot, key_str
 
@@ -84,8 +84,8 @@ class VerifyReport:
         if self.repair is not None:
             return self.repair.exit_code
         if self.differences:
-            return 1
-        return 2 if self.unreadable else 0
+            return EXIT_DIFFER
+        return EXIT_USAGE if self.unreadable else EXIT_OK
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
