@@ -36,7 +36,6 @@ to delete: the loop reports it and waits for the root to come back.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -45,15 +44,17 @@ from collections.abc import Callable, Iterable
 import attrs
 
 from .apply import Batching, apply_plan, record
-from .backend import ApplyResult, Credentials, Resume, Watch
+from .backend import ApplyResult, Credentials, Watch
 from .cancel import Cancel
 from .compare import Comparison, compare_region, compare_trees
+from .dirty import Dirty
 from .errors import CANCELLED, Cancelled, HsyncError, SafetyError
 from .filters import Exclude
 from .model import Key, Op, Problem
 from .options import Options
 from .populate import can_populate, populate
 from .region import Region, quick_pass
+from .resume import ResumeKeeper
 from .session import PairSession
 from .status import PairStatus, StatusFile
 
@@ -86,149 +87,6 @@ class WatchOptions:
     """Seconds between content-level verifications (``hsync verify``) run beside the
     loop; what they find is repaired by the next round (None: off)."""
     max_restarts: int = 3
-
-
-class Dirty:
-    """The de-duplicating sink between a watcher and the loop (a ``WatchSink``).
-
-    Keys are collected as they come (cheap under a burst) and normalised when the loop
-    takes them: a deep key absorbs everything below it."""
-
-    def __init__(self, exclude: Exclude | None = None) -> None:
-        self.cond = threading.Condition()
-        self.exclude = exclude
-        self.deep: set[Key] = set()
-        self.shallow: set[Key] = set()
-        self.first: float | None = None  # monotonic time of the oldest pending event
-        self.last: float | None = None
-        self.lost_reason: str | None = None
-        self.lost_quick = True  # a stat-only pass against the history may stand for it
-        self.unwatched_keys: dict[Key, str] = {}
-        self.inflight: Region | None = None
-        self.inflight_above: set[Key] = set()
-        self.stale = False
-        self.stopping = False
-        self.events = 0
-        self.losses = 0
-        """How many times notifications were lost (a checkpoint taken before a loss is
-        not stored)."""
-
-    # -- the WatchSink side (watcher threads) -------------------------------------------
-    def dirty(self, key: Key, *, deep: bool = True) -> None:
-        if key and self.exclude is not None and self.exclude.covers(key):
-            return
-        with self.cond:
-            (self.deep if deep else self.shallow).add(key)
-            self._touch()
-            if self.inflight is not None and not self.stale and self._touches(key):
-                self.stale = True
-            self.cond.notify_all()
-
-    def _touches(self, key: Key) -> bool:
-        """``Region.touches`` for the region in flight, in O(depth) per event."""
-        r = self.inflight
-        assert r is not None
-        return (
-            any(key[:i] in r.deep for i in range(len(key) + 1))
-            or key in r.shallow
-            or key in self.inflight_above
-        )
-
-    def lost(self, reason: str, *, quick: bool = True) -> None:
-        """``quick``: a stat-only pass of the source against the history is enough (lost
-        notifications); otherwise both trees are scanned (drift on the destination, a
-        source root that came back)."""
-        with self.cond:
-            self.lost_quick = quick and (self.lost_reason is None or self.lost_quick)
-            self.lost_reason = reason
-            self.losses += 1
-            self._touch()
-            self.cond.notify_all()
-
-    def unwatched(self, key: Key, reason: str) -> None:
-        with self.cond:
-            self.unwatched_keys[key] = reason
-            self.deep.add(key)
-            self._touch()
-            self.cond.notify_all()
-
-    def _touch(self) -> None:
-        now = time.monotonic()
-        self.events += 1
-        if self.first is None:
-            self.first = now
-        self.last = now
-
-    # -- the loop side --------------------------------------------------------------------
-    def stop(self) -> None:
-        with self.cond:
-            self.stopping = True
-            self.cond.notify_all()
-
-    def pending(self) -> int:
-        with self.cond:
-            return len(self.deep) + len(self.shallow) + (self.lost_reason is not None)
-
-    def wait(self, debounce: float, max_delay: float, until: float | None) -> None:
-        """Return when pending work is ready (quiet for ``debounce``, or ``max_delay``
-        after the first pending event), at monotonic time ``until``, or on stop."""
-        with self.cond:
-            while not self.stopping:
-                now = time.monotonic()
-                if until is not None and now >= until:
-                    return
-                if self.first is not None and self.last is not None:
-                    ready_at = min(self.last + debounce, self.first + max_delay)
-                    if now >= ready_at:
-                        return
-                    wake = ready_at
-                else:
-                    wake = until if until is not None else now + 3600
-                if until is not None:
-                    wake = min(wake, until)
-                self.cond.wait(max(0.0, wake - now))
-
-    def take(self, allow_full: bool) -> tuple[Region, float | None, bool]:
-        """The pending region, when its oldest event came, and whether a full comparison
-        in it may be a quick pass; a lost-notification full comparison only when
-        ``allow_full``."""
-        with self.cond:
-            deep, shallow = self.deep, self.shallow
-            quick = True
-            if self.lost_reason is not None and allow_full:
-                deep.add(())
-                quick = self.lost_quick
-                self.lost_reason = None
-                self.lost_quick = True
-            first = self.first
-            self.deep, self.shallow = set(), set()
-            self.first = self.last = None  # a full comparison not allowed yet: a deadline
-            return Region.of(deep, shallow), first, quick
-
-    def begin(self, region: Region) -> None:
-        with self.cond:
-            self.inflight = None if region.full else region
-            # every ancestor of a region key, once: each event is then O(depth)
-            self.inflight_above = {
-                k[:i] for k in (*region.deep, *region.shallow) for i in range(len(k))
-            }
-            self.stale = False
-
-    def end(self) -> None:
-        with self.cond:
-            self.inflight = None
-            self.stale = False
-
-    def put_back(self, region: Region, first: float | None) -> None:
-        with self.cond:
-            self.deep |= region.deep
-            self.shallow |= region.shallow
-            now = time.monotonic()
-            self.first = min(x for x in (self.first, first, now) if x is not None)
-            self.last = now
-            self.inflight = None
-            self.stale = False
-            self.cond.notify_all()
 
 
 @attrs.frozen
@@ -287,8 +145,7 @@ class PairWatch:
         self._retry_delay = 1.0
         self._blocked: str | None = None
         self._checksum_next = False
-        self._context = ""  # what a resume token is stored with (roots, options)
-        self._losses_seen = 0
+        self.resume = ResumeKeeper(options)
         self.watcher: Watch | None = None
         """The source's watch while one runs (tests inject faults at its boundary)."""
 
@@ -332,7 +189,7 @@ class PairWatch:
         be); None when the source cannot be watched (it is polled instead)."""
         source = session.source
         feats = source.features
-        resume = self._resume_point(session)
+        resume = self.resume.point(session)
         try:
             if resume is not None and feats.resumable is not None:
                 watch = feats.resumable.watch_from(self.dirty, resume)
@@ -362,7 +219,7 @@ class PairWatch:
             # the watch reported what changed since the token: no full comparison
             log.info("%s: resumed from the history's token: %d dirty subtree(s)",
                      source.url, self.dirty.pending())
-            self._losses_seen = self.dirty.losses
+            self.resume.resumed(self.dirty)
         else:
             self.dirty.lost("start")  # a full comparison first: what changed meanwhile
         self._full_not_before = 0.0
@@ -385,7 +242,7 @@ class PairWatch:
                 verifying = self._due_work(session, timers, verifying)
                 # the checkpoint before the take: every change up to it is in the region
                 # taken now or in earlier rounds
-                token = self._checkpoint(session)
+                token = self.resume.checkpoint(session, self.dirty, self.watcher)
                 now = time.monotonic()
                 region, first, quick = self.dirty.take(allow_full=now >= self._full_not_before)
                 self.status.unwatched = {
@@ -393,7 +250,9 @@ class PairWatch:
                 }
                 if region:
                     synced = self._round(session, region, first, quick)
-                    self._store_checkpoint(session, token, synced)
+                    synced = synced and not self.stopping and not (
+                        self._retry_keys or self._retry_at is not None)
+                    self.resume.store(session, token, self.dirty, synced=synced)
                     self.status.pending = self.dirty.pending()
                     self.status.oldest_pending = self.dirty.first
         finally:
@@ -433,58 +292,6 @@ class PairWatch:
             self._retry_keys = set()
             self._retry_at = None
         return verifying
-
-    # -- the resume token ---------------------------------------------------------------
-    def _resume_point(self, session: PairSession) -> Resume | None:
-        """The history's token for this watch, when it may be trusted: a complete
-        history, written by a run over the same two roots (identities: a source or a
-        destination recreated under the same URL is not the tree the rows describe)
-        and with the same options that shape the rows (excludes)."""
-        self._context = json.dumps([
-            repr(session.source.backend.root_id()),
-            repr(session.destination.backend.root_id()),
-            sorted(self.options.exclude), sorted(self.options.exclude_attrs),
-        ])
-        history = session.history
-        if history is None or history.readonly or self.options.dry_run:
-            return None
-        token = history.resume_token(self._context)
-        if token is None:
-            return None
-        known = list(history.identities())  # read here: the history is this thread's
-        return Resume(token, lambda: known)
-
-    def _checkpoint(self, session: PairSession) -> tuple[bytes | None, int]:
-        """The watch's checkpoint now (None without one) and the loss count it goes
-        with. A loss seen since the last look drops the stored token: the history may
-        lag behind what the watch had reported before it."""
-        history = session.history
-        losses = self.dirty.losses
-        if losses != self._losses_seen:
-            self._losses_seen = losses
-            if history is not None and not history.readonly:
-                history.clear_resume()
-        watcher = self.watcher
-        return (watcher.checkpoint() if watcher is not None else None), losses
-
-    def _store_checkpoint(
-        self, session: PairSession, token: tuple[bytes | None, int], synced: bool
-    ) -> None:
-        """Keep ``token`` as the pair's resume token when the round taken with it has
-        synced everything up to it: it applied and recorded all it found (``synced``),
-        and nothing from before it is left (no loss since or pending, no key waiting
-        for a retry)."""
-        value, losses = token
-        history = session.history
-        if (
-            value is None or not synced or history is None or history.readonly
-            or self.options.dry_run or self.stopping
-            or losses != self.dirty.losses or self.dirty.lost_reason is not None
-            or self._retry_keys or self._retry_at is not None
-            or not history.complete
-        ):
-            return
-        history.save_resume(value, self._context)
 
     def _wait_for_root(self, session: PairSession) -> None:
         self.status.state = "waiting"
@@ -609,20 +416,9 @@ class PairWatch:
         problems: list[Problem], t0: float, first: float | None,
     ) -> None:
         """The status, the log and the retries after a round that applied."""
-        st = self.status
         seconds = time.monotonic() - t0
-        st.rounds += 1
-        st.last_round_at = time.time()
-        st.last_round_seconds = seconds
-        st.last_lag_seconds = time.monotonic() - first if first is not None else None
-        for op in done:
-            if not op.temporary:
-                st.counts[op.op] += 1
-        st.problems += len(problems)
-        st.warnings.extend(cmp.warnings)
-        st.state = "error" if problems else "idle"
-        st.last_error = (problems[0].message if problems
-                         else cmp.warnings[0] if cmp.warnings else None)
+        self.status.round_done(seconds=seconds, first=first, done=done, problems=problems,
+                               warnings=cmp.warnings)
         if problems:
             for p in problems:
                 if p.kind != CANCELLED:
@@ -645,34 +441,27 @@ class PairWatch:
         at a few batches (plus one small node per directory) instead of two snapshots."""
         st = self.status
 
-        def counted(result: ApplyResult) -> None:
+        def counted(result: ApplyResult) -> None:  # progress while it runs
             st.bytes_copied += result.bytes_copied
             for op in result.done:
                 st.counts[op.op] += 1
 
         done = populate(session, batching=self.batching, cancel=self._stopped,
                         on_batch=counted)
-        problems = done.problems
+        seconds = time.monotonic() - t0
         total = sum(done.planned.values())
         st.full_comparisons += 1
-        st.rounds += 1
-        st.problems += len(problems)
-        st.last_round_at = time.time()
-        st.last_round_seconds = time.monotonic() - t0
-        st.last_lag_seconds = time.monotonic() - first if first is not None else None
-        st.state = "error" if problems else "idle"
-        st.last_error = problems[0].message if problems else None
-        if problems:
-            self._retry_later(p.key for p in problems)
+        st.round_done(seconds=seconds, first=first, done=(), problems=done.problems)
+        if done.problems:
+            self._retry_later(p.key for p in done.problems)
         log.info("initial copy into an empty destination: %d node(s) in %.3f s",
-                 total, st.last_round_seconds)
+                 total, seconds)
         self.status_file.write()
         if self.on_round is not None:
             kept = tuple(done.done)
             self.on_round(RoundResult(Region.of([()]), True, kept if total <= 10_000
-                                      else (), kept, tuple(problems),
-                                      st.last_round_seconds))
-        return not problems and done.complete
+                                      else (), kept, tuple(done.problems), seconds))
+        return not done.problems and done.complete
 
     def _verify(self, session: PairSession) -> None:
         """One content-level verification beside the loop (``hsync verify``), a chunk at

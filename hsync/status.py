@@ -8,11 +8,12 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
 
-from .model import CREATE, DELETE, MOVE, UPDATE
+from .model import CREATE, DELETE, MOVE, UPDATE, Op, Problem
 
 log = logging.getLogger("hsync.watch")
 
@@ -45,6 +46,30 @@ class PairStatus:
     verify_differences: int | None = None
     """Differences the last verify found; ``verify_found`` counts them all."""
     verify_found: int = 0
+
+    def round_done(
+        self,
+        *,
+        seconds: float,
+        first: float | None,
+        done: Iterable[Op],
+        problems: Sequence[Problem],
+        warnings: Sequence[str] = (),
+    ) -> None:
+        """Count a round that ended (``first``: when its oldest event came, monotonic;
+        ``done``: its ops, counted here unless they were counted as they landed)."""
+        self.rounds += 1
+        self.last_round_at = time.time()
+        self.last_round_seconds = seconds
+        self.last_lag_seconds = time.monotonic() - first if first is not None else None
+        for op in done:
+            if not op.temporary:
+                self.counts[op.op] += 1
+        self.problems += len(problems)
+        self.warnings.extend(warnings)
+        self.state = "error" if problems else "idle"
+        self.last_error = (problems[0].message if problems
+                           else warnings[0] if warnings else None)
 
     def to_json(self) -> dict[str, Any]:
         lag = 0.0

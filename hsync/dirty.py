@@ -1,0 +1,159 @@
+"""The dirty set between a watch and the loop (SPEC 6): a de-duplicating ``WatchSink``.
+
+A watch's threads call ``dirty``, ``lost`` and ``unwatched``; the loop waits for a quiet
+period (``wait``), takes the pending region (``take``), and says which region is being
+compared (``begin``/``end``): an event that touches it marks the comparison stale, and
+the loop's cancel token then stops the scan at its next directory.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from .filters import Exclude
+from .model import Key
+from .region import Region
+
+
+class Dirty:
+    """The de-duplicating sink between a watcher and the loop (a ``WatchSink``).
+
+    Keys are collected as they come (cheap under a burst) and normalised when the loop
+    takes them: a deep key absorbs everything below it."""
+
+    def __init__(self, exclude: Exclude | None = None) -> None:
+        self.cond = threading.Condition()
+        self.exclude = exclude
+        self.deep: set[Key] = set()
+        self.shallow: set[Key] = set()
+        self.first: float | None = None  # monotonic time of the oldest pending event
+        self.last: float | None = None
+        self.lost_reason: str | None = None
+        self.lost_quick = True  # a stat-only pass against the history may stand for it
+        self.unwatched_keys: dict[Key, str] = {}
+        self.inflight: Region | None = None
+        self.inflight_above: set[Key] = set()
+        self.stale = False
+        self.stopping = False
+        self.events = 0
+        self.losses = 0
+        """How many times notifications were lost (a checkpoint taken before a loss is
+        not stored)."""
+
+    # -- the WatchSink side (watcher threads) -------------------------------------------
+    def dirty(self, key: Key, *, deep: bool = True) -> None:
+        if key and self.exclude is not None and self.exclude.covers(key):
+            return
+        with self.cond:
+            (self.deep if deep else self.shallow).add(key)
+            self._touch()
+            if self.inflight is not None and not self.stale and self._touches(key):
+                self.stale = True
+            self.cond.notify_all()
+
+    def _touches(self, key: Key) -> bool:
+        """``Region.touches`` for the region in flight, in O(depth) per event."""
+        r = self.inflight
+        assert r is not None
+        return (
+            any(key[:i] in r.deep for i in range(len(key) + 1))
+            or key in r.shallow
+            or key in self.inflight_above
+        )
+
+    def lost(self, reason: str, *, quick: bool = True) -> None:
+        """``quick``: a stat-only pass of the source against the history is enough (lost
+        notifications); otherwise both trees are scanned (drift on the destination, a
+        source root that came back)."""
+        with self.cond:
+            self.lost_quick = quick and (self.lost_reason is None or self.lost_quick)
+            self.lost_reason = reason
+            self.losses += 1
+            self._touch()
+            self.cond.notify_all()
+
+    def unwatched(self, key: Key, reason: str) -> None:
+        with self.cond:
+            self.unwatched_keys[key] = reason
+            self.deep.add(key)
+            self._touch()
+            self.cond.notify_all()
+
+    def _touch(self) -> None:
+        now = time.monotonic()
+        self.events += 1
+        if self.first is None:
+            self.first = now
+        self.last = now
+
+    # -- the loop side --------------------------------------------------------------------
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify_all()
+
+    def pending(self) -> int:
+        with self.cond:
+            return len(self.deep) + len(self.shallow) + (self.lost_reason is not None)
+
+    def wait(self, debounce: float, max_delay: float, until: float | None) -> None:
+        """Return when pending work is ready (quiet for ``debounce``, or ``max_delay``
+        after the first pending event), at monotonic time ``until``, or on stop."""
+        with self.cond:
+            while not self.stopping:
+                now = time.monotonic()
+                if until is not None and now >= until:
+                    return
+                if self.first is not None and self.last is not None:
+                    ready_at = min(self.last + debounce, self.first + max_delay)
+                    if now >= ready_at:
+                        return
+                    wake = ready_at
+                else:
+                    wake = until if until is not None else now + 3600
+                if until is not None:
+                    wake = min(wake, until)
+                self.cond.wait(max(0.0, wake - now))
+
+    def take(self, allow_full: bool) -> tuple[Region, float | None, bool]:
+        """The pending region, when its oldest event came, and whether a full comparison
+        in it may be a quick pass; a lost-notification full comparison only when
+        ``allow_full``."""
+        with self.cond:
+            deep, shallow = self.deep, self.shallow
+            quick = True
+            if self.lost_reason is not None and allow_full:
+                deep.add(())
+                quick = self.lost_quick
+                self.lost_reason = None
+                self.lost_quick = True
+            first = self.first
+            self.deep, self.shallow = set(), set()
+            self.first = self.last = None  # a full comparison not allowed yet: a deadline
+            return Region.of(deep, shallow), first, quick
+
+    def begin(self, region: Region) -> None:
+        with self.cond:
+            self.inflight = None if region.full else region
+            # every ancestor of a region key, once: each event is then O(depth)
+            self.inflight_above = {
+                k[:i] for k in (*region.deep, *region.shallow) for i in range(len(k))
+            }
+            self.stale = False
+
+    def end(self) -> None:
+        with self.cond:
+            self.inflight = None
+            self.stale = False
+
+    def put_back(self, region: Region, first: float | None) -> None:
+        with self.cond:
+            self.deep |= region.deep
+            self.shallow |= region.shallow
+            now = time.monotonic()
+            self.first = min(x for x in (self.first, first, now) if x is not None)
+            self.last = now
+            self.inflight = None
+            self.stale = False
+            self.cond.notify_all()
