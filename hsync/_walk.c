@@ -1,22 +1,25 @@
-/* hsync._walk: one directory listed with one lstat per name, in C.
+/* hsync._walk: one directory listed with one lstat (statx) per name, in C.
  *
  * The scan's inner loop in Python spends more time creating os.stat_result objects and
  * reading their attributes than in the system calls. list(fd) returns, per entry of the
  * directory open as ``fd`` (read from the start, and rewound after, as os.listdir does),
- * the tuple (name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, payload hash); an
- * entry whose lstat fails with anything but ENOENT is (name, None, errno, 0, 0, 0, 0);
- * one gone since readdir
+ * the tuple (name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, payload hash,
+ * birth time in ns or 0 where the filesystem keeps none); an entry whose lstat fails
+ * with anything but ENOENT is (name, None, errno, 0, 0, 0, 0, 0); one gone since readdir
  * (ENOENT) is left out. Names are decoded as os.listdir decodes them (the filesystem
  * encoding with surrogateescape), so a name that is not UTF-8 survives. Symlinks are
  * never followed. hsync/backends/fs/scan.py has the same function in Python, used where
  * this module was not built.
  */
+#define _GNU_SOURCE
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <string.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <stdint.h>
 #include <unistd.h>
 
@@ -87,7 +90,29 @@ walk_list(PyObject *self, PyObject *arg)
         const char *n = ent->d_name;
         if (n[0] == '.' && (n[1] == 0 || (n[1] == '.' && n[2] == 0)))
             continue;
+        long long born = 0;
+#ifdef STATX_BTIME
+        /* the birth time makes an identity that dies with its node: an inode number
+         * alone is reused as soon as a file is deleted */
+        struct statx sx;
+        rc = statx(dirfd(dir), n, AT_SYMLINK_NOFOLLOW | AT_NO_AUTOMOUNT,
+                   STATX_BASIC_STATS | STATX_BTIME, &sx);
+        if (rc == 0) {
+            memset(&st, 0, sizeof st);
+            st.st_mode = sx.stx_mode;
+            st.st_size = (off_t)sx.stx_size;
+            st.st_mtim.tv_sec = sx.stx_mtime.tv_sec;
+            st.st_mtim.tv_nsec = sx.stx_mtime.tv_nsec;
+            st.st_ino = (ino_t)sx.stx_ino;
+            st.st_dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+            if (sx.stx_mask & STATX_BTIME)
+                born = (long long)sx.stx_btime.tv_sec * 1000000000LL + sx.stx_btime.tv_nsec;
+        }
+        else if (errno == ENOSYS)
+            rc = fstatat(dirfd(dir), n, &st, AT_SYMLINK_NOFOLLOW);
+#else
         rc = fstatat(dirfd(dir), n, &st, AT_SYMLINK_NOFOLLOW);
+#endif
         if (rc != 0) {
             err = errno;
             if (err == ENOENT)
@@ -98,13 +123,13 @@ walk_list(PyObject *self, PyObject *arg)
             goto fail;
         PyObject *item;
         if (rc != 0)
-            item = Py_BuildValue("(NOiiiii)", name, Py_None, err, 0, 0, 0, 0);
+            item = Py_BuildValue("(NOiiiiii)", name, Py_None, err, 0, 0, 0, 0, 0);
         else
             item = Py_BuildValue(
-                "(NIKLKKL)", name, (unsigned int)st.st_mode, (unsigned long long)st.st_size,
+                "(NIKLKKLL)", name, (unsigned int)st.st_mode, (unsigned long long)st.st_size,
                 (long long)st.st_mtim.tv_sec * 1000000000LL + (long long)st.st_mtim.tv_nsec,
                 (unsigned long long)st.st_ino, (unsigned long long)st.st_dev,
-                (long long)entry_hash(n, &st));
+                (long long)entry_hash(n, &st), born);
         if (item == NULL)
             goto fail;
         rc = PyList_Append(out, item);
@@ -124,12 +149,12 @@ fail:
 
 static PyMethodDef methods[] = {
     {"list", walk_list, METH_O,
-     "list(fd) -> [(name, mode, size, mtime_ns, ino, dev, hash) | (name, None, errno, ...)]"},
+     "list(fd) -> [(name, mode, size, mtime_ns, ino, dev, hash, btime_ns) | (name, None, errno, ...)]"},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "hsync._walk", "One directory listed with one lstat per name.",
+    PyModuleDef_HEAD_INIT, "hsync._walk", "One directory listed with one lstat (statx) per name.",
     -1, methods,
 };
 

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from .model import ENTRY, Fingerprint, Key, Node, Snapshot, fingerprint
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SEP = "\0"
 _RESUME_TABLE = """
 CREATE TABLE IF NOT EXISTS resume(
@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS resume(
 """
 _MIGRATIONS = {
     3: _RESUME_TABLE,  # 3 -> 4: the watcher's resume token; the rows are unchanged
+    # 4 -> 5: a file's identity holds its birth time (an inode number alone is reused):
+    # the rows of filesystem pairs no longer match what a scan gives, so those pairs are
+    # compared in full once (without moves from the history) and recorded afresh
+    4: "UPDATE pairs SET complete=0 WHERE source LIKE 'file://%';",
 }
 """Schema version -> the script that takes a file from it to the next version. A file
 of a version with no migration is set aside like a corrupt one (the history is

@@ -15,6 +15,7 @@ from treeutil import build
 from hsync.backend import ApplyOptions
 from hsync.backends.fs import FsBackend
 from hsync.backends.fs import copy as fs_copy
+from hsync.backends.fs.posix import birth_time
 from hsync.cancel import Cancel
 from hsync.errors import Cancelled
 from hsync.model import Key, Op
@@ -52,7 +53,14 @@ def test_every_reader_gives_a_node_the_same_identity(tmp_path: Path) -> None:
     assert len(seen["scan"]) == 7
     for reader, ids in seen.items():
         assert ids == seen["scan"], reader
-    assert seen["scan"][("h",)] == os.lstat(tmp_path / "t" / "h").st_ino
+    ident = seen["scan"][("h",)]
+    assert isinstance(ident, int)
+    assert ident & (2**64 - 1) == os.lstat(tmp_path / "t" / "h").st_ino  # the inode
+    fd = os.open(tmp_path / "t", os.O_RDONLY)
+    try:
+        assert ident >> 64 == birth_time("h", fd) > 0  # the birth time above the inode
+    finally:
+        os.close(fd)
 
 
 @pytest.fixture
@@ -79,8 +87,12 @@ def test_identities_agree_below_a_mount_point(tmp_path: Path, mounted: Path) -> 
     for reader, ids in seen.items():
         assert ids == seen["scan"], reader
     st = os.lstat(mounted / "d" / "y")
-    assert seen["scan"][("mnt", "d", "y")] == (st.st_dev << 64) | st.st_ino
-    assert seen["scan"][("top",)] == os.lstat(tmp_path / "t" / "top").st_ino
+    below = seen["scan"][("mnt", "d", "y")]
+    assert isinstance(below, int)
+    assert below >> 128 == st.st_dev and below & (2**64 - 1) == st.st_ino
+    top = seen["scan"][("top",)]
+    assert isinstance(top, int)
+    assert top >> 128 == 0 and top & (2**64 - 1) == os.lstat(tmp_path / "t" / "top").st_ino
 
 
 def _creates(src: FsBackend) -> tuple[list[Op], object]:

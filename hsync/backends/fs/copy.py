@@ -98,6 +98,10 @@ def copy_chunk(items: list[CopyItem], fsync: bool) -> list[int | BaseException]:
     return out
 
 
+_INO = (1 << 64) - 1
+"""The inode number in an identity's low 64 bits."""
+
+
 def publish(
     fd_in: int, dfd: int, final: str, size: int, mtime_ns: int, mode: int,
     identity: int | str | None, src_dev: int, fsync: bool, replace: bool,
@@ -115,12 +119,9 @@ def publish(
         before.st_size != size
         or before.st_mtime_ns != mtime_ns
         or not stat.S_ISREG(before.st_mode)
-        or (
+        or (  # the inode and device an identity holds (see ``scan``)
             type(identity) is int
-            and identity != (
-                before.st_ino if before.st_dev == src_dev
-                else (before.st_dev << 64) | before.st_ino
-            )
+            and (identity & _INO != before.st_ino or (identity >> 128 or src_dev) != before.st_dev)
         )
     ):
         raise SourceChanged("the source file changed since it was scanned")

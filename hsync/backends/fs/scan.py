@@ -2,9 +2,12 @@
 
 Every node's row is made by one function, ``_list`` (a directory's listing -> rows,
 the scan's inner loop), whatever asks: ``scan``, ``walk_sorted``, ``stat_row`` and the
-digest scan (``scan`` with ``digests``). A node's identity is its inode on the root's
-device (fixed when the backend opens) and ``(st_dev << 64) | st_ino`` below a mount
-point, so every reader agrees on it.
+digest scan (``scan`` with ``digests``), so every reader agrees on a node's identity.
+An identity dies with its node (SPEC 1): ``(birth time << 64) | inode`` on the root's
+device (fixed when the backend opens), ``(device << 128) | ...`` below a mount point.
+An inode number alone is reused as soon as a file is deleted: a node whose filesystem
+keeps no birth time has no identity (None), so it is never taken for another one that
+had its inode (moves of it are found by content instead).
 
 Every directory is opened by ``open_beneath`` from a descriptor of the root (never
 through a symlink) and checked to be the directory that was listed: one swapped for
@@ -23,13 +26,14 @@ from ...cancel import NEVER, Cancel
 from ...errors import TargetChanged
 from ...filters import Exclude
 from ...model import DIR, FILE, SYMLINK, Key, Row, Rows, Snapshot
-from .posix import TMP_PREFIX, check_key, open_beneath, open_root, special_kind
+from .posix import TMP_PREFIX, birth_time, check_key, open_beneath, open_root, special_kind
 
-Entry = tuple[str, Any, int, int, int, int, int]
-"""One listed name: ``(name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, hash)``, or
-``(name, None, errno, 0, 0, 0, 0)`` when its lstat failed. ``hash``: of the name and the
-payload a sync compares (kind; mode bits, size, mtime for a file; mode bits, mtime for
-a directory; a symlink's target is not in it), for the directory digests."""
+Entry = tuple[str, Any, int, int, int, int, int, int]
+"""One listed name: ``(name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, hash,
+btime_ns)``, or ``(name, None, errno, 0, 0, 0, 0, 0)`` when its lstat failed. ``hash``:
+of the name and the payload a sync compares (kind; mode bits, size, mtime for a file;
+mode bits, mtime for a directory; a symlink's target is not in it), for the directory
+digests. ``btime_ns``: the birth time, 0 where the filesystem keeps none."""
 
 Dirs = list[tuple[Key, int, int]]
 """Directories still to list: ``(key, st_ino, st_dev)`` as their parent's listing saw."""
@@ -47,7 +51,7 @@ def lstat_dir_py(fd: int) -> list[Entry]:
         except FileNotFoundError:
             continue
         except OSError as e:
-            out.append((name, None, e.errno or 0, 0, 0, 0, 0))
+            out.append((name, None, e.errno or 0, 0, 0, 0, 0, 0))
             continue
         mode = st.st_mode
         if stat.S_ISREG(mode):
@@ -56,7 +60,8 @@ def lstat_dir_py(fd: int) -> list[Entry]:
             h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), st.st_mtime_ns))
         else:
             h = hash((name, stat.S_IFMT(mode)))
-        out.append((name, mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, h))
+        out.append((name, mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, h,
+                    birth_time(name, fd)))
     return out
 
 
@@ -101,12 +106,13 @@ def _list(
     function call per entry beyond what a row needs."""
     S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
     readlink = os.readlink
-    for name, mode, size, mtime, st_ino, st_dev, h in entries:
+    for name, mode, size, mtime, st_ino, st_dev, h, born in entries:
         k = (*key, name)
         if mode is None:  # its lstat failed (one gone since the listing is left out)
             incomplete[k] = os.strerror(size)
             continue
-        ino = st_ino if st_dev == root_dev else (st_dev << 64) | st_ino
+        ino = (((born << 64) | st_ino if st_dev == root_dev  # identity_of, inline
+                else (st_dev << 128) | (born << 64) | st_ino) if born else None)
         if S_ISREG(mode):
             if name.startswith(TMP_PREFIX):
                 temps.append(k)
@@ -144,10 +150,19 @@ def _list(
             hashes.append(h)
 
 
-def top_row(st: os.stat_result, root_dev: int) -> Row:
-    """The row of the root directory (the one node that is nobody's child)."""
-    ino = st.st_ino if st.st_dev == root_dev else (st.st_dev << 64) | st.st_ino
-    return (DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, None, ino)
+def identity_of(st_ino: int, st_dev: int, born: int, root_dev: int) -> int | None:
+    """A node's identity (the module doc); ``_list`` computes the same inline."""
+    if not born:
+        return None
+    ident = (born << 64) | st_ino
+    return ident if st_dev == root_dev else (st_dev << 128) | ident
+
+
+def top_row(st: os.stat_result, root_dev: int, fd: int) -> Row:
+    """The row of the root directory (the one node that is nobody's child), open as
+    ``fd``."""
+    ident = identity_of(st.st_ino, st.st_dev, birth_time("", fd), root_dev)
+    return (DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, None, ident)
 
 
 class _One:
@@ -178,7 +193,8 @@ def lookup(root_fd: int, key: Key, root_dev: int) -> _One | None:
             st = os.stat(key[-1], dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             return None
-        entry = (key[-1], st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, 0)
+        entry = (key[-1], st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, 0,
+                 birth_time(key[-1], dfd))
         _list([entry], dfd, key[:-1], root_dev, None, one.rows, [], one.dirs,
               one.incomplete, one.skipped, [], set(), None)
     finally:
@@ -190,16 +206,15 @@ def stat_row(root: str, root_dev: int, key: Key) -> Row | tuple[str] | None:
     """The row at ``key``, ``(kind,)`` for a special file, or None when absent (also
     when an ancestor is absent or not a directory). ``OSError`` for what cannot be
     read."""
-    if not key:
-        try:
-            st = os.stat(root)
-        except FileNotFoundError:
-            return None
-        return top_row(st, root_dev) if stat.S_ISDIR(st.st_mode) else None
     try:
         root_fd = open_root(root)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    if not key:
+        try:
+            return top_row(os.fstat(root_fd), root_dev, root_fd)
+        finally:
+            os.close(root_fd)
     try:
         one = lookup(root_fd, key, root_dev)
     finally:
@@ -256,7 +271,7 @@ def scan(
             stack = one.dirs
         else:
             st = os.fstat(root_fd)
-            rows[()] = top_row(st, root_dev)
+            rows[()] = top_row(st, root_dev, root_fd)
             stack = [((), st.st_ino, st.st_dev)]
         listdir, fstat, close = lstat_dir, os.fstat, os.close
         while stack:

@@ -1,0 +1,114 @@
+"""A node's identity dies with it (SPEC 1): an inode number reused by a new file is never
+taken for a move of the file that had it.
+
+Regression (issue "A faithful replica", section 1): the history identified a file by its
+inode alone. A file deleted and another created with the same size and mtime got the
+freed inode, the re-sync renamed the old copy on the destination ("1 moved, 0 B
+copied") and left the old content under the new name, and ``diff`` said "in sync"."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from treeutil import assert_same_tree, build, hsync_bin
+
+from hsync.oneshot import sync_once
+from hsync.options import Options
+
+HSYNC = hsync_bin()
+T0 = 1_577_836_800 * 10**9  # 2020-01-01
+
+
+def _write(path: Path, content: bytes, mtime_ns: int = T0) -> None:
+    path.write_bytes(content)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def _reuse(old: Path, new: Path, content: bytes) -> bool:
+    """Delete ``old``, create ``new`` with ``old``'s size and mtime; True when the new
+    file got the old one's inode (what the filesystem usually does)."""
+    ino = old.stat().st_ino
+    mtime = old.stat().st_mtime_ns
+    old.unlink()
+    _write(new, content, mtime)
+    return new.stat().st_ino == ino
+
+
+def test_a_reused_inode_is_not_a_move_through_the_cli(tmp_path: Path) -> None:
+    """The issue's reproduction, through the installed command. The filesystem usually
+    gives the new file the freed inode; the scenario is tried afresh until it does."""
+    import json
+
+    for attempt in range(20):
+        s, d = tmp_path / f"s{attempt}", tmp_path / f"d{attempt}"
+        state = str(tmp_path / f"st{attempt}.sqlite")
+        s.mkdir()
+        _write(s / "a.txt", b"AAAA-old-content\n")
+        run = [HSYNC, "sync", str(s), str(d), "--state", state, "--json", "--no-progress"]
+        assert subprocess.run(run, capture_output=True).returncode == 0
+        if _reuse(s / "a.txt", s / "b.txt", b"BBBB-new-content\n"):
+            break
+    else:
+        raise AssertionError("the filesystem never reused a freed inode")
+    out = subprocess.run(run, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (d / "b.txt").read_bytes() == b"BBBB-new-content\n"
+    assert not (d / "a.txt").exists()
+    report = json.loads(out.stdout)
+    assert report["counts"]["move"] == 0  # a copy, not a rename of the old file
+    assert report["bytes_copied"] == len(b"BBBB-new-content\n")
+    assert subprocess.run([HSYNC, "diff", str(s), str(d)], capture_output=True).returncode == 0
+
+
+def test_a_reused_inode_in_another_directory_is_not_a_move(tmp_path: Path) -> None:
+    """The same through the Python API, the new file in another directory (the re-sync
+    compares by directory digests: both directories' listings changed)."""
+    src = build(tmp_path / "src", {"x/old": b"1111", "y/keep": b"k"})
+    os.utime(src / "x" / "old", ns=(T0, T0))
+    dst, state = tmp_path / "dst", str(tmp_path / "h.sqlite")
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    _reuse(src / "x" / "old", src / "y" / "new", b"2222")
+    report = sync_once(str(src), str(dst), Options(state=state))
+    assert report.ok and report.counts["move"] == 0
+    assert_same_tree(src, dst)
+    assert (dst / "y" / "new").read_bytes() == b"2222"
+
+
+names = st.sampled_from(["a", "b", "c", "d", "e"])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                HealthCheck.function_scoped_fixture])
+@given(
+    first=st.dictionaries(names, st.binary(min_size=4, max_size=4), min_size=1, max_size=5),
+    steps=st.lists(st.tuples(names, names, st.binary(min_size=4, max_size=4)), min_size=1,
+                   max_size=6),
+)
+def test_inode_reuse_never_leaves_wrong_content(
+    tmp_path_factory: object, first: dict[str, bytes], steps: list[tuple[str, str, bytes]]
+) -> None:
+    """For any tree of same-size, same-mtime files: delete one, create another (which
+    takes the freed inode) with other bytes, sync with the history after each step: the
+    destination always holds the source's bytes, never an old file renamed."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hsync-ident-", dir="/var/tmp") as tmp:
+        root = Path(tmp)
+        src, dst, state = root / "src", root / "dst", str(root / "h.sqlite")
+        src.mkdir()
+        for name, content in first.items():
+            _write(src / name, content)
+        assert sync_once(str(src), str(dst), Options(state=state)).ok
+        for gone, new, content in steps:
+            if not (src / gone).exists() or (src / new).exists():
+                continue
+            _reuse(src / gone, src / new, content)
+            report = sync_once(str(src), str(dst), Options(state=state))
+            assert report.ok, report.problems
+            for path in src.iterdir():
+                assert (dst / path.name).read_bytes() == path.read_bytes(), path.name
+            assert sorted(p.name for p in dst.iterdir()) == sorted(p.name for p in src.iterdir())
