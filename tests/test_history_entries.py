@@ -53,4 +53,28 @@ def test_a_schema_3_history_is_migrated_and_keeps_its_rows(tmp_path: Path) -> No
     h.close()
     (version,) = sqlite3.connect(path).execute(
         "SELECT value FROM meta WHERE name='schema'").fetchone()
-    assert version == "4"
+    assert version == "5"
+
+
+def test_a_schema_4_history_of_files_is_compared_in_full_once(tmp_path: Path) -> None:
+    """Schema 5: a file's identity holds its birth time, so the rows of a filesystem
+    pair written before are not trusted for moves (one full comparison records them
+    afresh); an LDAP pair's rows (entryUUIDs) stay trusted."""
+    import sqlite3
+
+    path = str(tmp_path / "h.sqlite")
+    files = History(path, "file:///src", "file:///dst")
+    files.record(Snapshot({(): Node("dir", identity=7)}), [()], full=True)
+    files.close()
+    entries = History(path, "ldap://x/dc=a", "ldap://x/dc=b")
+    entries.record(Snapshot({(): Node(ENTRY, data=())}), [()], full=True)
+    entries.close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("UPDATE meta SET value='4' WHERE name='schema'")
+    db.close()
+    for source, destination, trusted in (("file:///src", "file:///dst", False),
+                                         ("ldap://x/dc=a", "ldap://x/dc=b", True)):
+        h = History(path, source, destination)
+        assert h.complete is trusted, source
+        h.close()
