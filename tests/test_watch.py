@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from treeutil import assert_same_tree, hsync_bin
+from treeutil import assert_same_tree, build, hsync_bin
 
 from hsync.live import Dirty, PairWatch, RoundResult, StatusFile, WatchOptions
 from hsync.oneshot import compare
@@ -695,3 +695,32 @@ def test_a_source_that_cannot_be_watched_at_all_is_polled(
         assert pw.watcher is None and () in pw.dirty.unwatched_keys
         write(src / "sub" / "b.txt", b"found by polling")
         converge(src, dst, timeout=5)
+
+
+def test_a_reused_inode_under_a_watch_is_copied_not_moved(tmp_path: Path) -> None:
+    """A file deleted and another created with its size and mtime and its freed inode
+    (tried afresh until the filesystem reuses it) while the watch runs: the destination
+    gets the new bytes under the new name, never the old file renamed."""
+    t0 = 1_577_836_800 * 10**9
+    src = build(tmp_path / "src", {"d/keep": b"k"})
+    dst = tmp_path / "dst"
+    with running(src, dst, tmp_path) as (_pw, rounds):
+        for attempt in range(20):
+            old, new = src / "d" / f"a{attempt}", src / "d" / f"b{attempt}"
+            write(old, b"AAAA-old")
+            os.utime(old, ns=(t0, t0))
+            converge(src, dst)
+            ino = old.stat().st_ino
+            old.unlink()
+            write(new, b"BBBB-new")
+            os.utime(new, ns=(t0, t0))
+            if new.stat().st_ino == ino:
+                break
+            converge(src, dst)
+        else:
+            raise AssertionError("the filesystem never reused a freed inode")
+        wait_for(lambda: (dst / "d" / new.name).exists(), what="the new file")
+        converge(src, dst)
+        assert (dst / "d" / new.name).read_bytes() == b"BBBB-new"
+        assert not (dst / "d" / old.name).exists()
+        assert not any(op.op == "move" for r in rounds for op in r.ops)
