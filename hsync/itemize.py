@@ -8,10 +8,12 @@ reads goes through ``escape``.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
-from typing import IO
+from collections.abc import MutableMapping
+from typing import IO, Any
 
 from .model import ENTRY, Key, Op, key_dn, key_str
 
@@ -42,19 +44,21 @@ def escape(name: str) -> str:
     return "".join(out)
 
 
-def show_key(key: Key, kind: str = "") -> str:
-    """A key as a path (an LDAP entry as its DN relative to the base), escaped; the
-    root is ``.``."""
+def show_key(key: Key, kind: str = "", *, escaped: bool = True) -> str:
+    """A key as a path (an LDAP entry as its DN relative to the base), escaped unless
+    told; the root is ``.``."""
     text = key_dn(key) if kind == ENTRY else key_str(key)
-    return escape(text) if text else "."
+    return (escape(text) if escaped else text) if text else "."
 
 
-def describe(op: Op) -> str:
+def describe(op: Op, *, escaped: bool = True) -> str:
     """One line for one op: ``create file    a/b``, ``move   dir     a -> b``,
-    ``update file    c (metadata)``, ``delete symlink d`` (op and kind in columns)."""
-    path = show_key(op.key, op.kind)
+    ``update file    c (metadata)``, ``delete symlink d`` (op and kind in columns).
+    ``escaped=False`` leaves the names as they are, for a writer that escapes the
+    whole line itself (a log formatter)."""
+    path = show_key(op.key, op.kind, escaped=escaped)
     if op.to is not None:
-        return f"{op.op:<7}{op.kind:<8}{path} -> {show_key(op.to, op.kind)}"
+        return f"{op.op:<7}{op.kind:<8}{path} -> {show_key(op.to, op.kind, escaped=escaped)}"
     extra = " (metadata)" if op.op == "update" and op.kind == "file" and not op.content else ""
     return f"{op.op:<7}{op.kind:<8}{path}{extra}"
 
@@ -80,3 +84,24 @@ class LogFile:
     def close(self) -> None:
         with self._lock:
             self._f.close()
+
+
+class PairLog(logging.LoggerAdapter):
+    """A pair's logger: every record carries ``pair`` (the pair's name), which the
+    text formatter puts first and the JSON formatter writes as a field. Messages are
+    left unescaped: the formatter escapes the whole line once."""
+
+    def __init__(self, logger: logging.Logger, pair: str) -> None:
+        super().__init__(logger, {"pair": pair})
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(kwargs.get("extra") or {}), **(self.extra or {})}
+        return msg, kwargs
+
+    def applied(self, op: Op) -> None:
+        """One info line per applied op (the ``on_done`` of the apply step); the JSON
+        log also gets ``op``, ``kind``, ``path`` and ``to`` as fields."""
+        fields = op.to_json()
+        self.info("%s", describe(op, escaped=False), extra={"item": fields})
