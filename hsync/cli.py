@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
-from typer._click.exceptions import ClickException, NoArgsIsHelpError
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from .errors import (
     EXIT_DIFFER,
@@ -707,7 +707,7 @@ def main() -> None:
         except ClickException as e:
             # a usage mistake found while parsing: one line naming it, not click's
             # three-line usage block
-            ctx = getattr(e, "ctx", None)
+            ctx = e.ctx if isinstance(e, UsageError) else None
             hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
             _err(f"error: {e.format_message()}{hint}")
             code = EXIT_USAGE

@@ -380,10 +380,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        pair = getattr(record, "pair", None)
+        pair = record.__dict__.get("pair")
         if pair is not None:
             doc["pair"] = pair
-        item = getattr(record, "item", None)
+        item = record.__dict__.get("item")
         if isinstance(item, dict):
             doc.update(item)
         if record.exc_info:
@@ -400,7 +400,7 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         text = escape(record.message)
-        pair = getattr(record, "pair", None)
+        pair = record.__dict__.get("pair")
         if pair is not None:
             text = f"{escape(str(pair))}: {text}"
         return super().formatMessage(logging.makeLogRecord({**record.__dict__, "message": text}))
