@@ -14,9 +14,10 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
+from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
 
 from .errors import (
     EXIT_DIFFER,
@@ -26,12 +27,15 @@ from .errors import (
     HsyncError,
     exit_code,
 )
+from .itemize import describe, escape, show_key
+from .model import key_str
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Keep a destination tree equal to a source tree, in an order that keeps the "
     "hierarchy: parents before children, children leave before parents, moves as renames.",
 )
@@ -41,7 +45,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _err(message: str) -> None:
-    sys.stderr.write(f"hsync: {message}\n")
+    """One line on stderr; names in it are escaped here (a name cannot forge a line)."""
+    sys.stderr.write(f"hsync: {escape(message)}\n")
 
 
 def _guard(fn: F) -> F:
@@ -53,6 +58,12 @@ def _guard(fn: F) -> F:
             return fn(*args, **kwargs)
         except typer.Exit:
             raise
+        except BrokenPipeError:
+            _closed_stdout()  # typer would exit 1: "the trees differ" to a diff
+        except ClickException as e:
+            # a usage mistake found by the command itself (typer.BadParameter): one line
+            _err(f"error: {e.format_message()}")
+            raise typer.Exit(EXIT_USAGE) from None
         except HsyncError as e:
             if _state["debug"]:
                 raise
@@ -126,16 +137,6 @@ StateOpt = typer.Option(
 )
 
 
-def _describe(op: Any) -> str:
-    from .model import key_str
-
-    path = key_str(op.key) or "."
-    if op.to is not None:
-        return f"{op.op:<7}{op.kind:<8}{path} -> {key_str(op.to)}"
-    extra = " (metadata)" if op.op == "update" and op.kind == "file" and not op.content else ""
-    return f"{op.op:<7}{op.kind:<8}{path}{extra}"
-
-
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -178,8 +179,18 @@ def sync(
     hard_links: bool = typer.Option(
         False, "--hard-links", "-H", help="Keep hard-linked source files linked (rsync -H)."
     ),
+    itemize: bool = typer.Option(
+        False, "--itemize-changes", "-i", help="Print one line per applied op."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="The same as -i."),
+    log_file: str | None = typer.Option(
+        None, "--log-file", metavar="FILE",
+        help="Append each applied op, with a timestamp, to FILE.",
+    ),
+    stats: bool = typer.Option(False, "--stats", help="Print a summary of the run (rsync's)."),
 ) -> None:
     """Make DST equal to SRC (SRC's contents go into DST, like rsync SRC/ DST/)."""
+    from .itemize import LogFile
     from .oneshot import sync_once
 
     opts = _options(
@@ -190,15 +201,30 @@ def sync(
     )
     show = sys.stderr.isatty() and not json_out if progress is None else progress
     bar = _Progress() if show and not dry_run else None
+    log = None
+    if log_file is not None:
+        try:
+            log = LogFile(log_file)
+        except OSError as e:
+            raise HsyncError(f"{log_file}: cannot open the log file: {e.strerror}") from None
+    items = _Items(print_lines=(itemize or verbose) and not json_out, log=log)
     try:
+        if log is not None:
+            log.write(f"sync {escape(src)} -> {escape(dst)}{' (dry run)' if dry_run else ''}")
         report = sync_once(
             src, dst, opts,
             on_planned=bar.start if bar else None,
-            on_done=bar.advance if bar else None,
+            on_done=_both(bar.advance if bar else None, items.done if items.wanted else None),
         )
+        if log is not None:
+            for p in report.problems:
+                log.write(escape(f"error: {_problem(p, src)}"))
+            log.write(f"done: {_summary(report, dry_run)}; exit {report.exit_code}")
     finally:
         if bar:
             bar.stop()
+        if log is not None:
+            log.close()
     if json_out:
         out = report.to_json()
         if dry_run and report.plan is not None:
@@ -207,19 +233,94 @@ def sync(
     else:
         if dry_run and report.plan is not None:
             for op in report.plan:
-                print(_describe(op))
-        c = report.counts if not dry_run else report.planned
-        verb = "would be" if dry_run else ""
-        print(
-            f"{c['create']} created, {c['update']} updated, {c['move']} moved, "
-            f"{c['delete']} deleted{' ' + verb if verb else ''}; "
-            f"{_human_bytes(report.bytes_copied)} copied in {report.elapsed:.2f} s"
-        )
+                print(describe(op))
+        print(_summary(report, dry_run))
+        if stats:
+            print(_stats(report))
     for key, why in report.skipped:
-        _err(f"warning: {'/'.join(key)}: {why} skipped")
+        _err(f"warning: {key_str(key) or '.'}: {why} skipped")
     for p in report.problems:
-        _err(f"{'/'.join(p.key) or src}: {p.message}")
+        _err(_problem(p, src))
     raise typer.Exit(report.exit_code)
+
+
+def _summary(report: Any, dry_run: bool) -> str:
+    c = report.counts if not dry_run else report.planned
+    verb = " would be" if dry_run else ""
+    return (
+        f"{c['create']} created, {c['update']} updated, {c['move']} moved, "
+        f"{c['delete']} deleted{verb}; "
+        f"{_human_bytes(report.bytes_copied)} copied in {report.elapsed:.2f} s"
+    )
+
+
+def _problem(p: Any, root: str) -> str:
+    """A problem's line, not yet escaped."""
+    return f"{key_str(p.key) or root}: {p.message}"
+
+
+def _stats(report: Any) -> str:
+    """The ``--stats`` block (rsync's): what was examined, what was done, failures."""
+    c = report.counts
+    scanned, examined = report.scanned, report.bytes_examined
+    rows = [
+        ("Nodes examined", f"{scanned.get('source', 0):,} source, "
+                           f"{scanned.get('destination', 0):,} destination"),
+        ("Bytes examined", f"{examined.get('source', 0):,} source, "
+                           f"{examined.get('destination', 0):,} destination"),
+        ("Nodes compared", f"{report.compared.get('source', 0):,} source, "
+                           f"{report.compared.get('destination', 0):,} destination"),
+        ("Created", f"{c['create']:,}"),
+        ("Updated", f"{c['update']:,}"),
+        ("Moved", f"{c['move']:,}"),
+        ("Deleted", f"{c['delete']:,}"),
+        ("Bytes copied", f"{report.bytes_copied:,}"),
+        ("Failures", f"{len(report.problems):,}"),
+        ("Elapsed", f"{report.elapsed:.2f} s"),
+    ]
+    return "\n".join(f"{name + ':':<16}{value}" for name, value in rows)
+
+
+def _both(*callbacks: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
+    """One ``on_done`` that calls each given callback; None when none is given."""
+    given = [cb for cb in callbacks if cb is not None]
+    if not given:
+        return None
+
+    def call(op: Any) -> None:
+        for cb in given:
+            cb(op)
+
+    return call
+
+
+class _Items:
+    """``-i`` and ``--log-file``: one line per applied op, as each lands (copy threads
+    call ``done`` too: one lock). A closed stdout stops the lines, not the sync: the
+    run finishes its batch and its history, and ends as ``main`` says."""
+
+    def __init__(self, *, print_lines: bool, log: Any) -> None:
+        import threading
+
+        self.print_lines = print_lines
+        self.log = log
+        self.lock = threading.Lock()
+
+    @property
+    def wanted(self) -> bool:
+        return self.print_lines or self.log is not None
+
+    def done(self, op: Any) -> None:
+        line = describe(op)
+        if self.log is not None:
+            self.log.write(line)
+        if self.print_lines:
+            with self.lock:
+                try:
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+                except BrokenPipeError:
+                    self.print_lines = False
 
 
 @app.command()
@@ -254,7 +355,7 @@ def diff(
         print(render_tree(the_plan))
     else:
         for op in the_plan:
-            print(_describe(op))
+            print(describe(op))
         if not the_plan:
             print("in sync")
     unknown = [(src, k, why) for k, why in cmp.src.incomplete.items()]
@@ -382,7 +483,8 @@ def status(
               f"started {doc.get('started_at')}, status written {doc.get('written_at')}")
         for p in doc.get("pairs", []):
             c = p.get("counts", {})
-            print(f"{p.get('name')}: {p.get('state')}  {p.get('source')} -> {p.get('destination')}")
+            print(f"{escape(str(p.get('name')))}: {p.get('state')}  "
+                  f"{escape(str(p.get('source')))} -> {escape(str(p.get('destination')))}")
             print(f"  last round {p.get('last_round_at')} ({p.get('last_round_seconds')} s, "
                   f"lag {p.get('last_lag_seconds')} s); rounds {p.get('rounds')}, full "
                   f"comparisons {p.get('full_comparisons')}, restarts {p.get('restarts')}")
@@ -391,9 +493,9 @@ def status(
                   f"{c.get('delete', 0)} deleted; {_human_bytes(p.get('bytes_copied', 0))} copied; "
                   f"{p.get('problems', 0)} problem(s)")
             for k, why in (p.get("unwatched") or {}).items():
-                print(f"  not watched (polled): {k or '.'}: {why}")
+                print(f"  not watched (polled): {escape(k or '.')}: {escape(why)}")
             if p.get("last_error"):
-                print(f"  last error: {p['last_error']}")
+                print(f"  last error: {escape(p['last_error'])}")
     bad = not alive or any(p.get("state") in ("error", "waiting") for p in doc.get("pairs", []))
     raise typer.Exit(EXIT_DIFFER if bad else EXIT_OK)
 
@@ -456,9 +558,9 @@ def verify(
         print(json.dumps(report.to_json(), indent=2))
     else:
         for d in report.differences:
-            print(f"{d.what:<9}{'/'.join(d.key) or '.'}  ({d.detail})")
+            print(f"{d.what:<9}{show_key(d.key)}  ({escape(d.detail)})")
         for key in report.pending:
-            print(f"{'pending':<9}{'/'.join(key)}  (the source changed during verify)")
+            print(f"{'pending':<9}{show_key(key)}  (the source changed during verify)")
         state_line = "consistent" if not report.differences else (
             f"{len(report.differences)} difference(s)"
         )
@@ -473,10 +575,10 @@ def verify(
                 f"{c['delete']} deleted"
             )
     for key, why in report.unreadable:
-        _err(f"{'/'.join(key) or '.'}: not verified: {why}")
+        _err(f"{key_str(key) or '.'}: not verified: {why}")
     if report.repair is not None:
         for p in report.repair.problems:
-            _err(f"{'/'.join(p.key) or src}: {p.message}")
+            _err(_problem(p, src))
     raise typer.Exit(report.exit_code)
 
 
@@ -490,7 +592,7 @@ def render_tree(the_plan: Any) -> str:
     def at(key: tuple[str, ...]) -> Node:
         node = index.get(key)
         if node is None:
-            node = Node(key[-1], parent=at(key[:-1]), label=key[-1])
+            node = Node(key[-1], parent=at(key[:-1]), label=escape(key[-1]))
             index[key] = node
         return node
 
@@ -498,34 +600,87 @@ def render_tree(the_plan: Any) -> str:
         node = at(op.key)
         what = f"{op.op} {op.kind}"
         if op.to is not None:
-            what += f" -> {'/'.join(op.to)}"
+            what += f" -> {show_key(op.to, op.kind)}"
         node.label += f"  [{i}: {what}]"
     return "\n".join(f"{pre}{node.label}" for pre, _, node in RenderTree(root))
 
 
 class _Progress:
-    """A rich progress bar on stderr, for runs that are long enough to want one."""
+    """A rich progress bar on stderr. When the plan has content to copy it counts bytes
+    (with the throughput, and the name of a big file while it is copied); otherwise it
+    counts ops, for plans long enough to want a bar."""
+
+    BIG = 8 << 20
+    """A file this large is named on the bar while it is copied."""
 
     def __init__(self) -> None:
+        import threading
+
         self.bar: Any = None
         self.task: Any = None
+        self.by_bytes = False
+        self.lock = threading.Lock()
+        self.pending: list[Any] = []  # the big files not done yet, in plan order
+        self.done_keys: set[tuple[str, ...]] = set()
+
+    @staticmethod
+    def _copies(op: Any) -> int:
+        """The bytes ``op`` copies (a create of a file, an update of its content)."""
+        if op.node is None or op.kind != "file":
+            return 0
+        return op.node.size if op.op == "create" or (op.op == "update" and op.content) else 0
 
     def start(self, the_plan: Any) -> None:
-        if len(the_plan) < 200:
+        total = sum(self._copies(op) for op in the_plan)
+        if not total and len(the_plan) < 200:
             return
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-        self.bar = Progress(
-            "{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-            console=Console(stderr=True), transient=True,
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
         )
-        self.task = self.bar.add_task("syncing", total=len(the_plan))
+
+        self.by_bytes = total > 0
+        columns: list[Any] = ["{task.description}", BarColumn()]
+        if self.by_bytes:
+            columns += [DownloadColumn(binary_units=True), TransferSpeedColumn()]
+            self.pending = [op for op in the_plan if self._copies(op) >= self.BIG]
+        else:
+            columns.append(MofNCompleteColumn())
+        columns.append(TimeRemainingColumn())
+        self.bar = Progress(
+            *columns, console=Console(stderr=True), transient=True,
+            redirect_stdout=sys.stdout.isatty(),
+        )
+        self.task = self.bar.add_task(
+            "syncing", total=total if self.by_bytes else len(the_plan)
+        )
+        self._describe_next()
         self.bar.start()
 
-    def advance(self, _op: Any) -> None:
-        if self.bar is not None:
-            self.bar.advance(self.task)
+    def advance(self, op: Any) -> None:
+        if self.bar is None:
+            return
+        with self.lock:
+            if not self.by_bytes:
+                self.bar.advance(self.task)
+                return
+            self.bar.advance(self.task, self._copies(op))
+            if self._copies(op) >= self.BIG:
+                self.done_keys.add(op.key)
+                self._describe_next()
+
+    def _describe_next(self) -> None:
+        """Name the first big file not copied yet: the one in flight (copies run in
+        plan order; the small ones around it pass too fast to read)."""
+        while self.pending and self.pending[0].key in self.done_keys:
+            self.pending.pop(0)
+        name = show_key(self.pending[0].key)[-40:] if self.pending else ""
+        self.bar.update(self.task, description=f"syncing {name}" if name else "syncing")
 
     def stop(self) -> None:
         if self.bar is not None:
@@ -543,16 +698,44 @@ def main() -> None:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
     try:
-        app(prog_name="hsync")
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    # Everything is closed and flushed by now (the history is committed and closed when
-    # the run ends); skip tearing down a heap of snapshot objects one by one.
-    sys.stdout.flush()
+        try:
+            rv = app(prog_name="hsync", standalone_mode=False)
+            code = rv if isinstance(rv, int) else 0
+        except NoArgsIsHelpError as e:
+            e.show()
+            code = EXIT_USAGE
+        except ClickException as e:
+            # a usage mistake found while parsing: one line naming it, not click's
+            # three-line usage block
+            ctx = e.ctx if isinstance(e, UsageError) else None
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            _err(f"error: {e.format_message()}{hint}")
+            code = EXIT_USAGE
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        # Everything is closed and flushed by now (the history is committed and closed
+        # when the run ends); skip tearing down a heap of snapshot objects one by one.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _closed_stdout()
     sys.stderr.flush()
     os._exit(code)
 
+
+def _closed_stdout() -> NoReturn:
+    """The reader of stdout went away (``hsync diff | head``): end as git or rsync do,
+    quietly, by the SIGPIPE a write would have raised in a C program (the shell sees
+    128 + 13); nothing more is written to stdout or stderr."""
+    import signal
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGPIPE)
+    os._exit(128 + signal.SIGPIPE)  # not reached
 
 if __name__ == "__main__":
     main()

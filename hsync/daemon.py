@@ -26,6 +26,7 @@ import attrs
 
 from .backend import Credentials
 from .errors import EXIT_OK, HsyncError, UsageError
+from .itemize import escape
 from .live import PairWatch, StatusFile, WatchOptions
 from .options import Options
 
@@ -268,12 +269,12 @@ class _Running:
                 w.status.state = "error"
                 w.status.last_error = str(e)
                 w.status_file.write()
-                log.error("%s: %s", self.config.name, e)
+                w.log.error("%s", e)
                 if self.once:
                     return
                 w.pause(OPEN_RETRY)  # a daemon keeps trying (a mount not up yet)
             except Exception:
-                log.exception("%s: the loop failed", self.config.name)
+                w.log.exception("the loop failed")
                 w.status.state = "error"
                 w.status_file.write()
                 if self.once:
@@ -297,7 +298,7 @@ class Supervisor:
             r = _Running(p, self.status, once=self.once)
             self.running[p.name] = r
             r.thread.start()
-            log.info("%s: watching %s -> %s", p.name, p.source, p.destination)
+            r.watch.log.info("watching %s -> %s", p.source, p.destination)
 
     def stop(self, names: list[str] | None = None, timeout: float = STOP_TIMEOUT) -> None:
         which = [self.running[n] for n in (names if names is not None else list(self.running))]
@@ -307,7 +308,7 @@ class Supervisor:
         for r in which:
             r.thread.join(max(0.0, deadline - time.monotonic()))
             if r.thread.is_alive():
-                log.warning("%s: still finishing after %g s", r.config.name, timeout)
+                r.watch.log.warning("still finishing after %g s", timeout)
         for r in which:
             self.running.pop(r.config.name, None)
             if r.watch.status in self.status.pairs:
@@ -368,7 +369,8 @@ def serve(supervisor: Supervisor, config_path: str | None = None, *, debug: bool
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message."""
+    """One JSON object per line: time, level, logger, pair (a pair's lines), message;
+    an applied op's line also has op, kind, path (and to)."""
 
     def format(self, record: logging.LogRecord) -> str:
         doc = {
@@ -378,9 +380,30 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        pair = record.__dict__.get("pair")
+        if pair is not None:
+            doc["pair"] = pair
+        item = record.__dict__.get("item")
+        if isinstance(item, dict):
+            doc.update(item)
         if record.exc_info:
             doc["traceback"] = self.formatException(record.exc_info)
         return json.dumps(doc, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """``time hsync LEVEL pair: message``, the message escaped (a name with a newline
+    stays on its line, as in every human-readable output)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s hsync %(levelname)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = escape(record.message)
+        pair = record.__dict__.get("pair")
+        if pair is not None:
+            text = f"{escape(str(pair))}: {text}"
+        return super().formatMessage(logging.makeLogRecord({**record.__dict__, "message": text}))
 
 
 def setup_logging(fmt: str = "text", level: str = "info") -> None:
@@ -388,7 +411,7 @@ def setup_logging(fmt: str = "text", level: str = "info") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s hsync %(levelname)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     root = logging.getLogger("hsync")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -50,6 +50,7 @@ from .compare import Comparison, compare_region, compare_trees
 from .dirty import Dirty
 from .errors import CANCELLED, Cancelled, HsyncError, SafetyError
 from .filters import Exclude
+from .itemize import PairLog
 from .model import Key, Op, Problem
 from .options import Options
 from .populate import can_populate, populate
@@ -128,6 +129,9 @@ class PairWatch:
                                  min_ops=wopts.batch_ops)
         self.dirty = Dirty(self.exclude)
         self.status = PairStatus(name or source_url, source_url, destination_url)
+        self.log = PairLog(log, self.status.name)
+        """The pair's logger: every record names the pair (``pair``), each applied op
+        is one info line (``applied``)."""
         self.status_file = status or StatusFile(None)
         self.status_file.pairs.append(self.status)
         self.on_round = on_round
@@ -203,7 +207,7 @@ class PairWatch:
         except (OSError, HsyncError) as e:
             reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
             self.dirty.unwatched((), reason)
-            log.warning("%s: cannot watch the source (%s): polling every %g s",
+            self.log.warning("%s: cannot watch the source (%s): polling every %g s",
                         source.url, reason, self.wopts.poll_interval)
             return None
 
@@ -217,7 +221,7 @@ class PairWatch:
         root_id = source.backend.root_id()
         if watcher is not None and watcher.resumed:
             # the watch reported what changed since the token: no full comparison
-            log.info("%s: resumed from the history's token: %d dirty subtree(s)",
+            self.log.info("%s: resumed from the history's token: %d dirty subtree(s)",
                      source.url, self.dirty.pending())
             self.resume.resumed(self.dirty)
         else:
@@ -228,12 +232,12 @@ class PairWatch:
         try:
             while not self.stopping:
                 if watcher is not None and not watcher.alive:
-                    log.warning("%s: the watcher stopped (source root moved or deleted)",
+                    self.log.warning("%s: the watcher stopped (source root moved or deleted)",
                                 source.url)
                     return
                 if timers.root_due() and source.backend.root_id() != root_id:
                     # an unmounted or replaced root sends no event
-                    log.warning("%s: the source root was replaced or unmounted", source.url)
+                    self.log.warning("%s: the source root was replaced or unmounted", source.url)
                     return
                 self.dirty.wait(self.wopts.debounce, self.wopts.max_delay,
                                 timers.next_deadline(self))
@@ -298,7 +302,7 @@ class PairWatch:
         self.status_file.write()
         while not self.stopping:
             if session.source.backend.root_error() is None:
-                log.info("%s: the source root is back: full comparison", session.source.url)
+                self.log.info("%s: the source root is back: full comparison", session.source.url)
                 return
             self._stopped.wait(ROOT_POLL)
 
@@ -379,7 +383,7 @@ class PairWatch:
         if not self.stopping:
             self._in_a_row += 1
             self.status.restarts += 1
-            log.info("comparison of %d dirty subtree(s) restarted: the source changed "
+            self.log.info("comparison of %d dirty subtree(s) restarted: the source changed "
                      "under it", len(region))
         self.status.state = "idle"
 
@@ -390,7 +394,7 @@ class PairWatch:
         st.state = "error"
         st.last_error = str(e)
         if self._blocked != str(e):
-            log.error("%s", e)
+            self.log.error("%s", e)
         self._blocked = str(e)
         self.dirty.lost("the source root is back", quick=False)
         self._full_not_before = time.monotonic() + self._backoff_full()
@@ -402,7 +406,7 @@ class PairWatch:
         self.dirty.end()
         self.status.state = "error"
         self.status.last_error = str(e)
-        log.error("%s", e)
+        self.log.error("%s", e)
         self._retry_later(region.deep | region.shallow)
         self.status_file.write()
 
@@ -422,12 +426,12 @@ class PairWatch:
         if problems:
             for p in problems:
                 if p.kind != CANCELLED:
-                    log.warning("%s: %s", "/".join(p.key) or ".", p.message)
+                    self.log.warning("%s: %s", "/".join(p.key) or ".", p.message)
             self._retry_later(p.key for p in problems)
         else:
             self._retry_delay = 1.0
         if cmp.plan.ops:
-            log.info("round: %d op(s) in %.3f s%s", len(done), seconds,
+            self.log.info("round: %d op(s) in %.3f s%s", len(done), seconds,
                      " (full comparison)" if region.full else "")
         self.status_file.write()
         if self.on_round is not None:
@@ -447,14 +451,14 @@ class PairWatch:
                 st.counts[op.op] += 1
 
         done = populate(session, batching=self.batching, cancel=self._stopped,
-                        on_batch=counted)
+                        on_batch=counted, on_done=self.log.applied)
         seconds = time.monotonic() - t0
         total = sum(done.planned.values())
         st.full_comparisons += 1
         st.round_done(seconds=seconds, first=first, done=(), problems=done.problems)
         if done.problems:
             self._retry_later(p.key for p in done.problems)
-        log.info("initial copy into an empty destination: %d node(s) in %.3f s",
+        self.log.info("initial copy into an empty destination: %d node(s) in %.3f s",
                  total, seconds)
         self.status_file.write()
         if self.on_round is not None:
@@ -483,17 +487,17 @@ class PairWatch:
                 if self.stopping:
                     return
         except (OSError, HsyncError) as e:
-            log.warning("verify: %s", e)
+            self.log.warning("verify: %s", e)
             return
         found = v.report.differences
         self.status.verified_at = time.time()
         self.status.verify_differences = len(found)
         self.status.verify_found += len(found)
-        log.info("verify: %d difference(s), %d file(s) hashed in %.1f s", len(found),
+        self.log.info("verify: %d difference(s), %d file(s) hashed in %.1f s", len(found),
                  v.report.files, time.monotonic() - t0)
         if found:
             for d in found:
-                log.warning("verify: %s: %s (%s)", "/".join(d.key) or ".", d.what, d.detail)
+                self.log.warning("verify: %s: %s (%s)", "/".join(d.key) or ".", d.what, d.detail)
             self._checksum_next = True
             for d in found:
                 self.dirty.dirty(d.key, deep=True)
@@ -521,7 +525,7 @@ class PairWatch:
         recording = history is not None and (history.complete or not cmp.src.partial)
         applied = apply_plan(
             session, cmp.plan.ops, cmp.src, batching=self.batching, cancel=self._stopped,
-            on_batch=lambda r: self._count_bytes(r),
+            on_batch=lambda r: self._count_bytes(r), on_done=self.log.applied,
             record=(lambda failed: record(session, cmp.src, cmp.plan.changes, failed))
             if recording else None,
         )

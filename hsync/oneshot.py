@@ -9,7 +9,7 @@ from collections.abc import Callable
 from .apply import ONE_SHOT, STREAMED, apply_plan, record
 from .cancel import NEVER, Cancel
 from .compare import Comparison, compare_trees
-from .model import Key, Op, Plan, Problem
+from .model import FILE, Key, Op, Plan, Problem
 from .options import DEFAULT, Options, Report
 from .session import PairSession
 
@@ -70,6 +70,7 @@ def _report(session: PairSession, cmp: Comparison) -> Report:
     for side, snap in (("source", cmp.src), ("destination", cmp.dst)):
         report.compared[side] = len(snap.nodes)
         report.scanned[side] = snap.scanned if snap.scanned is not None else len(snap.nodes)
+        report.bytes_examined[side] = sum(n.size for n in snap.nodes.values() if n.kind == FILE)
     report.skipped = list(cmp.src.skipped)
     report.warnings = list(cmp.warnings)
     report.problems.extend(
@@ -119,4 +120,5 @@ def _streamed(
     report.skipped = done.skipped
     report.scanned = dict(done.seen)
     report.compared = dict(done.seen)
+    report.bytes_examined = {"source": done.bytes_copied, "destination": 0}
     return report

@@ -57,6 +57,8 @@ class Report:
     compared: dict[str, int] = attrs.field(factory=dict)
     """Nodes that were compared one by one, per side: everything, or, on a re-sync
     compared by directory digests, only what differed (and its ancestors)."""
+    bytes_examined: dict[str, int] = attrs.field(factory=dict)
+    """Bytes of the files in the compared nodes, per side (``--stats``)."""
 
     @property
     def planned(self) -> dict[str, int]:

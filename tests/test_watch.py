@@ -125,7 +125,10 @@ def running(
 @contextmanager
 def spawned(cmd: list[str], **kw: Any) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``hsync`` process, killed if the test leaves it running."""
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    # a watch logs every applied op: a test that does not read stderr discards it,
+    # or a full pipe would stall the process
+    kw.setdefault("stderr", subprocess.PIPE)
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, **kw)
     try:
         yield p
     finally:
@@ -595,7 +598,7 @@ def test_sigterm_during_the_initial_copy_stops_within_5s_and_a_restart_finishes(
     for i in range(4000):
         write(src / f"d{i % 40}" / f"f{i}.bin", os.urandom(2000))
     cmd = [hsync_bin(), "watch", str(src), str(dst), "--state", str(state)]
-    with spawned(cmd) as p:
+    with spawned(cmd, stderr=subprocess.DEVNULL) as p:
         wait_for(lambda: dst.exists() and any(dst.iterdir()), what="the copy to start")
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
@@ -604,7 +607,7 @@ def test_sigterm_during_the_initial_copy_stops_within_5s_and_a_restart_finishes(
     # nothing torn, no temporary file left behind under a final name
     leftovers = [q for q in dst.rglob(".hsync-tmp-*")]
     assert not leftovers
-    with spawned(cmd) as p:
+    with spawned(cmd, stderr=subprocess.DEVNULL) as p:
         converge(src, dst, timeout=60)
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
@@ -617,14 +620,14 @@ def test_a_watch_killed_mid_copy_leaves_nothing_torn_and_a_restart_converges(
     for i in range(3000):
         write(src / f"d{i % 30}" / f"f{i}.bin", os.urandom(3000 + i))
     cmd = [hsync_bin(), "watch", str(src), str(dst), "--state", str(state)]
-    with spawned(cmd) as p:
+    with spawned(cmd, stderr=subprocess.DEVNULL) as p:
         wait_for(lambda: dst.exists() and sum(1 for _ in dst.rglob("*.bin")) > 300,
                  what="the copy to be under way")
         p.kill()  # SIGKILL: no batch finishes, no history is flushed
         p.wait()
     for f in dst.rglob("*.bin"):  # whatever is under a final name is whole
         assert f.read_bytes() == (src / f.relative_to(dst)).read_bytes(), f
-    with spawned(cmd) as p:
+    with spawned(cmd, stderr=subprocess.DEVNULL) as p:
         converge(src, dst, timeout=60)
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
