@@ -152,7 +152,11 @@ def sync(
         ..., metavar="DST", help="Destination tree; created when missing."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print the plan, change nothing."),
-    no_delete: bool = typer.Option(False, "--no-delete", help="Keep destination-only nodes."),
+    delete: bool | None = typer.Option(
+        None, "--delete/--no-delete",
+        help="Delete destination-only nodes, even in a destination never synced from SRC "
+        "/ never delete them. Default: delete once the pair was synced.",
+    ),
     checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
     exclude: list[str] = ExcludeOpt,
     exclude_from: list[str] = ExcludeFromOpt,
@@ -183,7 +187,7 @@ def sync(
     from .oneshot import sync_once
 
     opts = _options(
-        dry_run=dry_run, delete=not no_delete, checksum=checksum, exclude=exclude,
+        dry_run=dry_run, delete=delete, checksum=checksum, exclude=exclude,
         exclude_from=exclude_from, exclude_attr=exclude_attr, max_delete=max_delete,
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links,
@@ -219,6 +223,8 @@ def sync(
         _err(f"warning: {'/'.join(key)}: {why} skipped")
     for p in report.problems:
         _err(f"{'/'.join(p.key) or src}: {p.message}")
+    if report.withheld_line:
+        _err(f"warning: {report.withheld_line}")
     raise typer.Exit(report.exit_code)
 
 
@@ -296,7 +302,11 @@ def watch(
         None, "--verify-interval", min=0, metavar="SECONDS",
         help="Content-level verify this often; differences are repaired (default off).",
     ),
-    no_delete: bool = typer.Option(False, "--no-delete", help="Keep destination-only nodes."),
+    delete: bool | None = typer.Option(
+        None, "--delete/--no-delete",
+        help="Delete destination-only nodes, even in a destination never synced from SRC "
+        "/ never delete them. Default: delete once the pair was synced.",
+    ),
     checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
     exclude: list[str] = ExcludeOpt,
     exclude_from: list[str] = ExcludeFromOpt,
@@ -322,7 +332,7 @@ def watch(
 
     _log_setup(setup_logging, log_format, log_level)
     opts = _options(
-        delete=not no_delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
+        delete=delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         max_delete=max_delete, state=state, allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links,
     )

@@ -135,7 +135,7 @@ def pair_config(
         if k in raw and raw[k] < 0:
             raise UsageError(f"{where}: {k} must not be negative")
     options = Options(
-        delete=raw.get("delete", True),
+        delete=raw.get("delete"),
         checksum=raw.get("checksum", False),
         exclude=tuple(patterns),
         max_delete=raw.get("max_delete"),

@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from .model import ENTRY, Fingerprint, Key, Node, Snapshot, fingerprint
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 _SEP = "\0"
 _RESUME_TABLE = """
 CREATE TABLE IF NOT EXISTS resume(
@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS resume(
 """
 _MIGRATIONS = {
     3: _RESUME_TABLE,  # 3 -> 4: the watcher's resume token; the rows are unchanged
+    # 4 -> 5: whether the pair may delete without --delete; every pair synced before
+    # was synced with deletions allowed (the default then)
+    4: "ALTER TABLE pairs ADD COLUMN deletes INTEGER; UPDATE pairs SET deletes=1;",
 }
 """Schema version -> the script that takes a file from it to the next version. A file
 of a version with no migration is set aside like a corrupt one (the history is
@@ -110,7 +113,7 @@ class History:
             INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');
             CREATE TABLE IF NOT EXISTS pairs(
                 pair TEXT PRIMARY KEY, source TEXT, destination TEXT,
-                complete INTEGER, synced_at REAL);
+                complete INTEGER, synced_at REAL, deletes INTEGER);
             CREATE TABLE IF NOT EXISTS nodes(
                 pair TEXT, key BLOB, ident, kind TEXT, size INTEGER, mtime INTEGER,
                 target BLOB, mode INTEGER, fp TEXT, PRIMARY KEY(pair, key)) WITHOUT ROWID;
@@ -160,6 +163,24 @@ class History:
         except sqlite3.DatabaseError:
             return False  # read-only and unreadable: as if there were no history
         return bool(row and row[0])
+
+    @property
+    def deletes_allowed(self) -> bool:
+        """True once a run of this pair was allowed to delete (``--delete``, or a
+        destination that held nothing the source lacked): from then on a plain sync
+        deletes what the source no longer has."""
+        try:
+            row = self.db.execute(
+                "SELECT deletes FROM pairs WHERE pair=?", (self.pair,)
+            ).fetchone()
+        except sqlite3.DatabaseError:
+            return False
+        return bool(row and row[0])
+
+    def allow_deletes(self) -> None:
+        """Remember that this pair's destination is hsync's to keep equal to the source."""
+        with self.db:
+            self.db.execute("UPDATE pairs SET deletes=1 WHERE pair=?", (self.pair,))
 
     def lookup_many(
         self, identities: Iterable[int | str | None]

@@ -51,7 +51,7 @@ from .dirty import Dirty
 from .errors import CANCELLED, Cancelled, HsyncError, SafetyError
 from .filters import Exclude
 from .model import Key, Op, Problem
-from .options import Options
+from .options import Options, withheld_line
 from .populate import can_populate, populate
 from .region import Region, quick_pass
 from .resume import ResumeKeeper
@@ -426,6 +426,9 @@ class PairWatch:
             self._retry_later(p.key for p in problems)
         else:
             self._retry_delay = 1.0
+        if cmp.withheld:
+            log.warning("%s", withheld_line(self.status.destination, self.status.source,
+                                            cmp.withheld))
         if cmp.plan.ops:
             log.info("round: %d op(s) in %.3f s%s", len(done), seconds,
                      " (full comparison)" if region.full else "")

@@ -72,6 +72,11 @@ def _report(session: PairSession, cmp: Comparison) -> Report:
         report.scanned[side] = snap.scanned if snap.scanned is not None else len(snap.nodes)
     report.skipped = list(cmp.src.skipped)
     report.warnings = list(cmp.warnings)
+    report.withheld = cmp.withheld
+    report.warnings += [
+        f"{'/'.join(k)}: kept: not in the source, and the destination was never synced "
+        "from it" for k in cmp.kept
+    ]
     report.problems.extend(
         Problem(k, f"not synced: {why}", kind="retry") for k, why in cmp.src.incomplete.items()
     )

@@ -65,6 +65,7 @@ class PairSession:
             if history:
                 self.history = open_history(self.source, self.destination, options)
                 self.journal = _journal_for(self.history)
+            self.deletes_allowed = self._may_delete()
         except BaseException:
             self.close()
             raise
@@ -134,6 +135,38 @@ class PairSession:
         if why is not None:
             raise UsageError(f"{self.destination.url}: destination {why}")
 
+    def _may_delete(self) -> bool:
+        """Whether destination-only nodes may be deleted (SPEC 8): always with
+        ``--delete``, never with ``--no-delete``; by default only when the pair was
+        synced before with deletions allowed, or the destination is empty (then all it
+        will hold comes from this source). A destination hsync never synced from this
+        source keeps what the source lacks (``withhold_deletes``)."""
+        delete = self.options.delete
+        if delete is not None:
+            if delete:
+                self._remember_deletes()
+            return delete
+        h = self.history
+        if h is not None and h.deletes_allowed:
+            return True
+        if self.destination.backend.is_empty():
+            self._remember_deletes()
+            return True
+        return False
+
+    def withhold_deletes(self, nothing_withheld: bool) -> None:
+        """After a comparison of the whole trees that withheld deletions: when there
+        was nothing to withhold, the destination holds nothing foreign and the pair
+        deletes from now on."""
+        if nothing_withheld and not self.deletes_allowed:
+            self._remember_deletes()
+            self.deletes_allowed = True
+
+    def _remember_deletes(self) -> None:
+        h = self.history
+        if h is not None and not h.readonly and not self.options.dry_run:
+            h.allow_deletes()
+
     @property
     def history_trusted(self) -> History | None:
         """The history when it is complete (moves may be taken from it), else None."""
@@ -146,7 +179,7 @@ def open_history(source: Endpoint, destination: Endpoint, options: Options) -> H
 
     A batch that a killed run left unfinished is rolled forward first (the history is
     then incomplete: this run compares in full; see ``journal``)."""
-    if options.state == "" or not options.delete:
+    if options.state == "" or options.delete is False:
         return None
     from .history import History, default_state_path
     from .journal import recover
