@@ -223,6 +223,8 @@ def sync(
         _err(f"warning: {'/'.join(key)}: {why} skipped")
     for p in report.problems:
         _err(f"{'/'.join(p.key) or src}: {p.message}")
+    for line in report.notices:
+        _err(f"warning: {line}")
     if report.withheld_line:
         _err(f"warning: {report.withheld_line}")
     raise typer.Exit(report.exit_code)

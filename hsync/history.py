@@ -92,6 +92,8 @@ class History:
         self.path = path
         self.pair = pair_id(source_url, destination_url)
         self.readonly = readonly
+        self.set_aside: tuple[str, str] | None = None
+        """Where a corrupt file at ``path`` was moved, and why (it was replaced)."""
         if readonly:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             return
@@ -140,10 +142,16 @@ class History:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         try:
             return self._connect(path)
-        except sqlite3.DatabaseError:
-            # corrupt or foreign: keep it aside for a post-mortem, start afresh
+        except sqlite3.DatabaseError as e:
+            # corrupt or foreign: keep it aside for a post-mortem, start afresh (the
+            # caller says so: ``set_aside``)
             aside = f"{path}.corrupt-{int(time.time())}"
+            n = 0
+            while os.path.lexists(aside):
+                n += 1
+                aside = f"{path}.corrupt-{int(time.time())}-{n}"
             os.replace(path, aside)
+            self.set_aside = (aside, str(e))
             for suffix in ("-wal", "-shm"):
                 if os.path.exists(path + suffix):
                     os.replace(path + suffix, aside + suffix)

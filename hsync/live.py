@@ -176,6 +176,8 @@ class PairWatch:
                 self.source_url, self.destination_url, self.options,
                 credentials=self.credentials,
             ) as session:
+                for line in session.notices:
+                    log.warning("%s", line)
                 while not self.stopping:
                     self._watching(session)
                     if not self.stopping:

@@ -44,6 +44,7 @@ def sync_once(
                 report.counts = applied.counts
                 report.bytes_copied = applied.bytes_copied
                 report.problems.extend(applied.problems)
+        report.notices = list(session.notices)
     report.source, report.destination = source_url, destination_url
     report.elapsed = time.perf_counter() - t0
     return report

@@ -51,6 +51,9 @@ class Report:
     problems: list[Problem] = attrs.field(factory=list)
     skipped: list[tuple[Key, str]] = attrs.field(factory=list)
     warnings: list[str] = attrs.field(factory=list)
+    notices: list[str] = attrs.field(factory=list)
+    """Warnings about the pair rather than its nodes (a corrupt history set aside): the
+    command line prints each on stderr; ``to_json`` lists them first in warnings."""
     withheld: int = 0
     """Destination-only nodes kept because the destination was never synced from this
     source (``--delete`` would remove them)."""
@@ -97,7 +100,7 @@ class Report:
             "bytes_copied": self.bytes_copied,
             "errors": [p.to_json() for p in self.problems],
             "skipped": [{"path": "/".join(k), "kind": why} for k, why in self.skipped],
-            "warnings": self.warnings,
+            "warnings": [*self.notices, *self.warnings],
             "deletions_withheld": self.withheld,
             "scanned": self.scanned,
             "compared": self.compared,

@@ -46,6 +46,8 @@ class PairSession:
         self.exclude = Exclude.of(options.exclude)
         self.history: History | None = None
         self.journal: Journal | None = None
+        self.notices: list[str] = []
+        """Warnings about the pair's state, for the report and the log."""
         self.source = open_endpoint(
             source_url, role="source", credentials=credentials[0],
             exclude_attrs=options.exclude_attrs,
@@ -63,7 +65,8 @@ class PairSession:
             self.check_source_root()
             self._check_destination_root()
             if history:
-                self.history = open_history(self.source, self.destination, options)
+                self.history = open_history(
+                    self.source, self.destination, options, self.notices)
                 self.journal = _journal_for(self.history)
             self.deletes_allowed = self._may_delete()
         except BaseException:
@@ -174,17 +177,21 @@ class PairSession:
         return h if h is not None and h.complete else None
 
 
-def open_history(source: Endpoint, destination: Endpoint, options: Options) -> History | None:
+def open_history(
+    source: Endpoint, destination: Endpoint, options: Options, notices: list[str]
+) -> History | None:
     """The pair's history, or None (no history asked for, or a dry run without one).
 
     A batch that a killed run left unfinished is rolled forward first (the history is
-    then incomplete: this run compares in full; see ``journal``)."""
+    then incomplete: this run compares in full; see ``journal``). What the user must
+    hear (a corrupt history set aside) is appended to ``notices``."""
     if options.state == "" or options.delete is False:
         return None
     from .history import History, default_state_path
     from .journal import recover
 
     path = options.state or default_state_path()
+    _check_state_path(path, writing=not options.dry_run)
     src_id = source.backend.canonical_url()
     dst_id = destination.backend.canonical_url()
     history = None
@@ -195,10 +202,37 @@ def open_history(source: Endpoint, destination: Endpoint, options: Options) -> H
             history = History(path, src_id, dst_id, readonly=True)
     except (OSError, sqlite3.Error) as e:
         raise UsageError(f"{path}: cannot open the history: {e}") from None
+    if history is not None and history.set_aside is not None:
+        aside, why = history.set_aside
+        notices.append(f"{path}: the history was unreadable ({why}): set aside as {aside}, "
+                       "a new one started (this run compares in full)")
     if history is not None and not recover(history) and history.readonly:
         history.close()  # a dry run after a killed one: plan without the history
         return None
     return history
+
+
+def _check_state_path(path: str, *, writing: bool) -> None:
+    """A ``--state`` that is a directory, or a file (or a directory to hold it) that
+    cannot be read or written, is refused (``UsageError``): never set aside as corrupt."""
+    mode = os.R_OK | (os.W_OK if writing else 0)
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: the history (--state) is a directory")
+    if os.path.lexists(path):
+        if not os.access(path, mode):
+            what = "readable and writable" if writing else "readable"
+            raise UsageError(f"{path}: the history (--state) is not {what}")
+        if not writing:
+            return
+    parent = os.path.dirname(os.path.abspath(path))
+    while writing and not os.path.isdir(parent):
+        if os.path.lexists(parent):
+            raise UsageError(f"{path}: the history (--state) cannot be created: "
+                             f"{parent} is not a directory")
+        parent = os.path.dirname(parent)
+    if writing and not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{path}: the history (--state) cannot be written: {parent} "
+                         "is not writable")
 
 
 def _journal_for(history: History | None) -> Journal | None:

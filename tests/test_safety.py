@@ -3,10 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from test_cli import assert_bad_input, hsync, ok
+import pytest
+from test_cli import assert_bad_input, hsync, nobody_env, ok
 from treeutil import build, read_tree
+
+
+@pytest.fixture
+def nobody_dir() -> Iterator[Path]:
+    """A world-accessible directory outside pytest's 0700 tmp_path, for user 65534."""
+    if shutil.which("setpriv") is None or os.geteuid() != 0:
+        pytest.skip("cannot run hsync as an unprivileged user (needs root and setpriv)")
+    base = Path(tempfile.mkdtemp(prefix="hsync-safety-"))
+    try:
+        os.chmod(base, 0o777)
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # -- 1. a destination hsync never synced from this source ----------------------------------
@@ -52,3 +71,52 @@ def test_a_synced_pair_deletes_by_default(tmp_path: Path) -> None:
     (src / "b").unlink()
     r = ok(hsync("sync", "--state", state, src, dst))
     assert not (dst / "b").exists() and "--delete" not in r.err
+
+
+# -- 2. --state: a directory, unreadable, unwritable, corrupt --------------------------------
+def test_state_naming_a_directory_is_refused_and_left_alone(tmp_path: Path) -> None:
+    src, dst = build(tmp_path / "s", {"a": b"A"}), tmp_path / "d"
+    mine = build(tmp_path / "mydir", {"keep": b"K"})
+    r = hsync("sync", "--state", mine, src, dst)
+    assert_bad_input(r, str(mine), "directory")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydir", "s"]
+    assert (mine / "keep").read_bytes() == b"K"
+
+
+def test_state_unwritable_is_refused(tmp_path: Path) -> None:
+    src, dst = build(tmp_path / "s", {"a": b"A"}), tmp_path / "d"
+    state = tmp_path / "h.sqlite"
+    ok(hsync("sync", "--state", state, src, dst))
+    (src / "b").write_bytes(b"B")
+    state.chmod(0o444)
+    subprocess.run(["chattr", "+i", str(state)], check=True)  # unwritable even for root
+    try:
+        r = hsync("sync", "--state", state, src, dst)
+    finally:
+        subprocess.run(["chattr", "-i", str(state)], check=True)
+    assert_bad_input(r, str(state), "not readable and writable")
+    assert not (dst / "b").exists()
+    assert not list(tmp_path.glob("h.sqlite.corrupt*"))
+
+
+def test_state_unreadable_is_refused(nobody_dir: Path) -> None:
+    src, dst = build(nobody_dir / "s", {"a": b"A"}), nobody_dir / "d"
+    state = nobody_dir / "h.sqlite"
+    state.write_bytes(b"root's history")
+    state.chmod(0o600)
+    r = hsync("sync", "--state", state, src, dst, nobody=True, env=nobody_env(nobody_dir))
+    assert_bad_input(r, str(state), "not readable")
+    assert state.read_bytes() == b"root's history"
+
+
+def test_a_corrupt_history_is_set_aside_with_a_warning(tmp_path: Path) -> None:
+    src, dst = build(tmp_path / "s", {"a": b"A"}), tmp_path / "d"
+    state = tmp_path / "h.sqlite"
+    state.write_bytes(b"this is not a database" * 100)
+    r = ok(hsync("sync", "--json", "--state", state, src, dst))
+    (aside,) = tmp_path.glob("h.sqlite.corrupt-*")
+    assert aside.read_bytes().startswith(b"this is not a database")
+    lines = [ln for ln in r.err.splitlines() if "set aside" in ln]
+    assert len(lines) == 1 and str(state) in lines[0] and str(aside) in lines[0]
+    assert any(str(aside) in w for w in json.loads(r.out)["warnings"])
+    assert (dst / "a").read_bytes() == b"A"
