@@ -818,21 +818,21 @@ def test_source_is_never_written(tmp_path: Path) -> None:
 
 def test_stale_temporary_files_are_removed_and_never_copied(tmp_path: Path) -> None:
     src = make_sample(tmp_path / "src")
-    (src / ".hsync-tmp-abc").write_bytes(b"a temp on the source")
-    (src / "a" / ".hsync-tmp-1-2").write_bytes(b"another")
+    (src / ".hsync-tmp-abc-1-0123abcd").write_bytes(b"a temp on the source")
+    (src / "a" / ".hsync-tmp-1-2-deadbeef").write_bytes(b"another")
     set_dir_mtimes(src)
     dst = tmp_path / "dst"
     ok(hsync("sync", src, dst))
-    assert not os.path.lexists(dst / ".hsync-tmp-abc")
-    assert not os.path.lexists(dst / "a" / ".hsync-tmp-1-2")
-    assert (src / ".hsync-tmp-abc").exists()  # and not removed from the source
+    assert not os.path.lexists(dst / ".hsync-tmp-abc-1-0123abcd")
+    assert not os.path.lexists(dst / "a" / ".hsync-tmp-1-2-deadbeef")
+    assert (src / ".hsync-tmp-abc-1-0123abcd").exists()  # and not removed from the source
 
     # an interrupted publish left temporaries in the destination
-    (dst / ".hsync-tmp-xyz").write_bytes(b"half written")
-    (dst / "a" / "b" / ".hsync-tmp-4d2-7").write_bytes(b"half")
+    (dst / ".hsync-tmp-a1-0-00ff00ff").write_bytes(b"half written")
+    (dst / "a" / "b" / ".hsync-tmp-4d2-7-12345678").write_bytes(b"half")
     ok(hsync("sync", src, dst))
-    assert not os.path.lexists(dst / ".hsync-tmp-xyz")
-    assert not os.path.lexists(dst / "a" / "b" / ".hsync-tmp-4d2-7")
+    assert not os.path.lexists(dst / ".hsync-tmp-a1-0-00ff00ff")
+    assert not os.path.lexists(dst / "a" / "b" / ".hsync-tmp-4d2-7-12345678")
 
 
 def test_after_temp_cleanup_the_trees_are_in_sync(tmp_path: Path) -> None:
@@ -840,9 +840,9 @@ def test_after_temp_cleanup_the_trees_are_in_sync(tmp_path: Path) -> None:
     src = make_sample(tmp_path / "src")
     dst = tmp_path / "dst"
     ok(hsync("sync", src, dst))
-    (dst / "a" / ".hsync-tmp-xyz").write_bytes(b"half written")
+    (dst / "a" / ".hsync-tmp-1f-3-abcdef01").write_bytes(b"half written")
     ok(hsync("sync", src, dst))
-    assert not os.path.lexists(dst / "a" / ".hsync-tmp-xyz")
+    assert not os.path.lexists(dst / "a" / ".hsync-tmp-1f-3-abcdef01")
     assert_same_tree(src, dst)
     assert "in sync" in ok(hsync("diff", src, dst)).out
 

@@ -120,3 +120,24 @@ def test_a_corrupt_history_is_set_aside_with_a_warning(tmp_path: Path) -> None:
     assert len(lines) == 1 and str(state) in lines[0] and str(aside) in lines[0]
     assert any(str(aside) in w for w in json.loads(r.out)["warnings"])
     assert (dst / "a").read_bytes() == b"A"
+
+
+# -- 7. only temporary names hsync made are removed as such ----------------------------------
+def test_a_users_hsync_tmp_file_is_an_ordinary_node(tmp_path: Path) -> None:
+    src, dst, state = tmp_path / "s", tmp_path / "d", tmp_path / "h.sqlite"
+    build(src, {"a": b"A", ".hsync-tmp-notes": b"my notes", "sub/.hsync-tmp-1-2": b"mine"})
+    ok(hsync("sync", "--state", state, src, dst))
+    assert (dst / ".hsync-tmp-notes").read_bytes() == b"my notes"  # synced
+    assert (dst / "sub" / ".hsync-tmp-1-2").read_bytes() == b"mine"
+    # a destination-only one is kept with --no-delete, and by a cleanup of hsync's own
+    (dst / "sub" / ".hsync-tmp-todo").write_bytes(b"dst only")
+    (dst / "sub" / ".hsync-tmp-1f-3-abcdef01").write_bytes(b"hsync's, half written")
+    (src / "b").write_bytes(b"B")
+    ok(hsync("sync", "--state", state, "--no-delete", src, dst))
+    assert (dst / "sub" / ".hsync-tmp-todo").read_bytes() == b"dst only"
+    assert not (dst / "sub" / ".hsync-tmp-1f-3-abcdef01").exists()
+    assert (dst / "b").read_bytes() == b"B"
+    # a user's file is deleted like any other only where deleting is allowed
+    (src / ".hsync-tmp-notes").unlink()
+    ok(hsync("sync", "--state", state, src, dst))
+    assert not (dst / ".hsync-tmp-notes").exists() and not (dst / "sub/.hsync-tmp-todo").exists()

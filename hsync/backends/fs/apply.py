@@ -164,7 +164,9 @@ class Batch:
             syncfs(self.root)
 
     def clean_temps(self) -> None:
-        """Remove temporary files left by an interrupted publish (found by the scan)."""
+        """Remove temporary files left by an interrupted publish (found by the scan of
+        the destination: regular files whose names ``tmp_name`` made, random part
+        included; a user's ``.hsync-tmp-notes`` is an ordinary node)."""
         for key in self.stale_temps:
             try:
                 with self.parent(key) as (dfd, name):

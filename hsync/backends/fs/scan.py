@@ -23,7 +23,7 @@ from ...cancel import NEVER, Cancel
 from ...errors import TargetChanged
 from ...filters import Exclude
 from ...model import DIR, FILE, SYMLINK, Key, Row, Rows, Snapshot
-from .posix import TMP_PREFIX, check_key, open_beneath, open_root, special_kind
+from .posix import check_key, is_tmp_name, open_beneath, open_root, special_kind
 
 Entry = tuple[str, Any, int, int, int, int, int]
 """One listed name: ``(name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, hash)``, or
@@ -108,7 +108,7 @@ def _list(
             continue
         ino = st_ino if st_dev == root_dev else (st_dev << 64) | st_ino
         if S_ISREG(mode):
-            if name.startswith(TMP_PREFIX):
+            if is_tmp_name(name):
                 temps.append(k)
                 continue
             if exclude is not None and exclude(k, False):
