@@ -126,6 +126,12 @@ StateOpt = typer.Option(
 )
 
 
+WaitLockOpt = typer.Option(
+    False, "--wait-lock",
+    help="Wait while another run syncs the same pair (default: exit 2 naming its pid).",
+)
+
+
 def _describe(op: Any) -> str:
     from .model import key_str
 
@@ -170,6 +176,7 @@ def sync(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     state: str | None = StateOpt,
+    wait_lock: bool = WaitLockOpt,
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."
     ),
@@ -190,7 +197,7 @@ def sync(
         dry_run=dry_run, delete=delete, checksum=checksum, exclude=exclude,
         exclude_from=exclude_from, exclude_attr=exclude_attr, max_delete=max_delete,
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
-        hard_links=hard_links,
+        hard_links=hard_links, wait_lock=wait_lock,
     )
     show = sys.stderr.isatty() and not json_out if progress is None else progress
     bar = _Progress() if show and not dry_run else None
@@ -317,6 +324,7 @@ def watch(
         help="Delete nothing in a round when more than N deletions are due.",
     ),
     state: str | None = StateOpt,
+    wait_lock: bool = WaitLockOpt,
     allow_empty_source: bool = typer.Option(
         False, "--allow-empty-source", help="Let an empty source empty the destination."
     ),
@@ -336,7 +344,7 @@ def watch(
     opts = _options(
         delete=delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         max_delete=max_delete, state=state, allow_empty_source=allow_empty_source, fsync=fsync,
-        hard_links=hard_links,
+        hard_links=hard_links, wait_lock=wait_lock,
     )
     wopts = WatchOptions(
         debounce=debounce / 1000, max_delay=max_delay / 1000,

@@ -38,6 +38,8 @@ class Options:
     """Attribute names left out of entries' payloads (backends with attributes: LDAP)."""
     hard_links: bool = False
     """Source files that are one inode stay one inode on the destination (rsync -H)."""
+    wait_lock: bool = False
+    """Wait for another run of the same pair to end (else exit 2 naming its pid)."""
 
 
 @attrs.define

@@ -9,6 +9,7 @@ or apply: ``hsync.compare`` and ``hsync.apply`` do, given a session.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from collections.abc import Mapping
@@ -47,6 +48,7 @@ class PairSession:
         self.history: History | None = None
         self.journal: Journal | None = None
         self.notices: list[str] = []
+        self._lock: int | None = None
         """Warnings about the pair's state, for the report and the log."""
         self.source = open_endpoint(
             source_url, role="source", credentials=credentials[0],
@@ -64,6 +66,8 @@ class PairSession:
             self._check_pair()
             self.check_source_root()
             self._check_destination_root()
+            if history and not options.dry_run:
+                self._lock = lock_pair(self.source, self.destination, options)
             if history:
                 self.history = open_history(
                     self.source, self.destination, options, self.notices)
@@ -84,6 +88,9 @@ class PairSession:
             self.history = None
         self.source.close()
         self.destination.close()
+        if self._lock is not None:
+            os.close(self._lock)  # the lock goes with its descriptor
+            self._lock = None
 
     def __enter__(self) -> PairSession:
         return self
@@ -210,6 +217,43 @@ def open_history(
         history.close()  # a dry run after a killed one: plan without the history
         return None
     return history
+
+
+def lock_pair(source: Endpoint, destination: Endpoint, options: Options) -> int | None:
+    """Take the pair's lock (SPEC 8: one run per pair at a time): ``flock`` on a file
+    beside the history, ``<state>.lock-<pair id>``, holding the holder's pid. Returns its
+    descriptor (closing it releases the lock), or None without a history location.
+    Another run holding it: ``--wait-lock`` waits, else ``UsageError`` naming its pid."""
+    if options.state == "":
+        return None
+    from .history import default_state_path, pair_id
+
+    state = options.state or default_state_path()
+    _check_state_path(state, writing=True)  # before a lock file is made beside it
+    pair = pair_id(source.backend.canonical_url(), destination.backend.canonical_url())
+    path = f"{state}.lock-{pair}"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot open the pair's lock: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not options.wait_lock:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise UsageError(
+                    f"{destination.url}: another hsync run (pid {holder}) is syncing this "
+                    f"pair (lock {path}); --wait-lock waits for it"
+                ) from None
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _check_state_path(path: str, *, writing: bool) -> None:

@@ -7,12 +7,13 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from test_cli import assert_bad_input, hsync, nobody_env, ok
-from treeutil import build, read_tree
+from treeutil import build, hsync_bin, read_tree
 
 
 @pytest.fixture
@@ -141,3 +142,48 @@ def test_a_users_hsync_tmp_file_is_an_ordinary_node(tmp_path: Path) -> None:
     (src / ".hsync-tmp-notes").unlink()
     ok(hsync("sync", "--state", state, src, dst))
     assert not (dst / ".hsync-tmp-notes").exists() and not (dst / "sub/.hsync-tmp-todo").exists()
+
+
+# -- 5. one run per pair at a time ----------------------------------------------------------
+def _watching(src: Path, dst: Path, state: Path) -> subprocess.Popen[bytes]:
+    """``hsync watch`` of the pair, once it holds the pair's lock."""
+    p = subprocess.Popen([hsync_bin(), "watch", "--state", str(state), str(src), str(dst)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        locks = list(state.parent.glob(f"{state.name}.lock-*"))
+        if locks and locks[0].read_text().strip() == str(p.pid):
+            return p
+        assert p.poll() is None, p.stderr.read() if p.stderr else ""
+        time.sleep(0.05)
+    p.kill()
+    raise AssertionError("the watch never took the pair's lock")
+
+
+def test_a_second_run_of_a_pair_exits_2_naming_the_holder(tmp_path: Path) -> None:
+    src, dst, state = build(tmp_path / "s", {"a": b"A"}), tmp_path / "d", tmp_path / "h.sqlite"
+    watch = _watching(src, dst, state)
+    try:
+        r = hsync("sync", "--state", state, src, dst)
+        assert_bad_input(r, str(dst), rf"pid {watch.pid}\b")
+        # --wait-lock waits for the holder to end, then syncs
+        (src / "b").write_bytes(b"B")
+        waiting = subprocess.Popen(
+            [hsync_bin(), "sync", "--wait-lock", "--state", str(state), str(src), str(dst)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        time.sleep(1.0)
+        assert waiting.poll() is None, "did not wait for the lock"
+    finally:
+        watch.terminate()
+        watch.wait(30)
+    assert waiting.wait(60) == 0, waiting.stderr.read() if waiting.stderr else ""
+    assert (dst / "b").read_bytes() == b"B"
+    # a dry run and a diff take no lock (they write nothing)
+    watch = _watching(src, dst, state)
+    try:
+        ok(hsync("sync", "-n", "--state", state, src, dst))
+        ok(hsync("diff", "--state", state, src, dst))
+    finally:
+        watch.terminate()
+        watch.wait(30)
