@@ -187,3 +187,38 @@ def test_a_second_run_of_a_pair_exits_2_naming_the_holder(tmp_path: Path) -> Non
     finally:
         watch.terminate()
         watch.wait(30)
+
+
+# -- 4. a fault of the whole destination ----------------------------------------------------
+@pytest.fixture
+def small_mount(tmp_path: Path) -> Iterator[Path]:
+    """A 1 MiB tmpfs (root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
+                      capture_output=True, check=False).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_read_only_destination_is_one_line_and_exit_2(tmp_path: Path, small_mount: Path) -> None:
+    src = build(tmp_path / "s", {f"d{i}/f{j}": b"x" for i in range(8) for j in range(8)})
+    dst, state = small_mount / "dst", tmp_path / "h.sqlite"
+    ok(hsync("sync", "--state", state, src, dst))
+    for i in range(8):
+        (src / f"d{i}" / "new").write_bytes(b"new")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_mount)], check=True)
+    r = hsync("sync", "--state", state, src, dst)
+    assert_bad_input(r, str(dst), "read-only")
+    assert str(src) not in r.err
+
+
+def test_a_full_destination_is_one_line_and_exit_2(tmp_path: Path, small_mount: Path) -> None:
+    src = build(tmp_path / "s", {f"f{i}": os.urandom(300_000) for i in range(8)})
+    r = hsync("sync", "--state", tmp_path / "h.sqlite", src, small_mount / "dst")
+    assert_bad_input(r, str(small_mount / "dst"), "full|no space")

@@ -38,7 +38,8 @@ O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # a file's metadata is set through a descriptor: O_NOFOLLOW refuses a symlink put there,
 # O_NONBLOCK a FIFO
 O_META = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-FULL = (errno.ENOSPC, errno.EDQUOT)
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+"""Errors that concern the whole destination: no later write can succeed either."""
 
 
 def _load_libc() -> Any:
