@@ -72,6 +72,7 @@ class PairSession:
                 self.history = open_history(
                     self.source, self.destination, options, self.notices)
                 self.journal = _journal_for(self.history)
+            self._check_destination_was_there()
             self.deletes_allowed = self._may_delete()
         except BaseException:
             self.close()
@@ -144,6 +145,20 @@ class PairSession:
         why = self.destination.backend.root_error()
         if why is not None:
             raise UsageError(f"{self.destination.url}: destination {why}")
+
+    def _check_destination_was_there(self) -> None:
+        """A missing destination is created only at the pair's first run: one that a
+        sync filled before and is gone now (an unmounted disk) is never recreated where
+        its mount point was (``SafetyError``)."""
+        h = self.history
+        if h is None or self.destination.backend.root_id() is not None:
+            return
+        if h.complete or not h.is_empty():
+            raise SafetyError(
+                f"{self.destination.url}: the destination is gone although it was synced "
+                "before (an unmounted disk?); not recreated: mount it, or create the "
+                "directory to sync into it again"
+            )
 
     def _may_delete(self) -> bool:
         """Whether destination-only nodes may be deleted (SPEC 8): always with

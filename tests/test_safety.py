@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -222,3 +222,60 @@ def test_a_full_destination_is_one_line_and_exit_2(tmp_path: Path, small_mount: 
     src = build(tmp_path / "s", {f"f{i}": os.urandom(300_000) for i in range(8)})
     r = hsync("sync", "--state", tmp_path / "h.sqlite", src, small_mount / "dst")
     assert_bad_input(r, str(small_mount / "dst"), "full|no space")
+
+
+# -- 3. a destination that vanishes is never recreated --------------------------------------
+def _wait_for(cond: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_an_unmounted_destination_is_not_refilled_by_a_watch(
+    tmp_path: Path, small_mount: Path
+) -> None:
+    src = build(tmp_path / "s", {"a": b"A"})
+    state, status = tmp_path / "h.sqlite", tmp_path / "status.json"
+    watch = subprocess.Popen(
+        [hsync_bin(), "watch", "--state", str(state), "--status-file", str(status),
+         str(src), str(small_mount)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    unmounted = False
+    try:
+        _wait_for(lambda: (small_mount / "a").exists(), "the first sync")
+        subprocess.run(["umount", str(small_mount)], check=True)
+        unmounted = True
+        (src / "b").write_bytes(b"B")
+
+        def waiting() -> bool:
+            try:
+                return json.loads(status.read_text())["pairs"][0]["state"] == "waiting"
+            except (OSError, ValueError, KeyError, IndexError):
+                return False
+
+        _wait_for(waiting, "the pair to wait for its destination")
+        time.sleep(1.5)
+        assert list(small_mount.iterdir()) == []  # the mount point stays empty
+        assert watch.poll() is None
+    finally:
+        watch.terminate()
+        watch.wait(30)
+        if not unmounted:
+            subprocess.run(["umount", "-l", str(small_mount)], check=False)
+
+
+def test_a_sync_never_recreates_a_destination_it_synced_before(
+    tmp_path: Path, small_mount: Path
+) -> None:
+    src, state = build(tmp_path / "s", {"a": b"A"}), tmp_path / "h.sqlite"
+    dst = small_mount / "backup"  # created by the first run: its parent exists
+    ok(hsync("sync", "--state", state, src, dst))
+    subprocess.run(["umount", str(small_mount)], check=True)
+    r = hsync("sync", "--state", state, src, dst)
+    assert_bad_input(r, str(dst), "gone|unmounted")
+    assert not dst.exists()
+    dst.mkdir()  # the user's way to say: sync into it again
+    ok(hsync("sync", "--state", state, src, dst))
+    assert (dst / "a").read_bytes() == b"A"
