@@ -366,13 +366,18 @@ def daemon(
 ) -> None:
     """Keep several pairs in sync, as the config file says; SIGHUP reloads it."""
     from .daemon import Supervisor, load_config, serve, setup_logging
+    from .daemon import log as daemon_log
 
     cfg = load_config(config, debug=_state["debug"])
     if check:
         for p in cfg.pairs:
             print(f"{p.name}: {p.source} -> {p.destination}")
+        for line in cfg.warnings:
+            _err(f"warning: {line}")
         raise typer.Exit(0)
     _log_setup(setup_logging, log_format or cfg.log_format, log_level or cfg.log_level)
+    for line in cfg.warnings:
+        daemon_log.warning("%s", line)
     sup = Supervisor(cfg.pairs, cfg.status_file)
     raise typer.Exit(serve(sup, config, debug=_state["debug"]))
 

@@ -279,3 +279,47 @@ def test_a_sync_never_recreates_a_destination_it_synced_before(
     dst.mkdir()  # the user's way to say: sync into it again
     ok(hsync("sync", "--state", state, src, dst))
     assert (dst / "a").read_bytes() == b"A"
+
+
+# -- 6. daemon --check ----------------------------------------------------------------------
+def _config(tmp_path: Path, pairs: list[tuple[str, str]]) -> Path:
+    cfg = tmp_path / "hsync.toml"
+    cfg.write_text("".join(
+        f'[[pair]]\nname = "p{i}"\nsource = "{s}"\ndestination = "{d}"\n\n'
+        for i, (s, d) in enumerate(pairs)
+    ))
+    return cfg
+
+
+def test_daemon_check_refuses_a_destination_inside_its_source(tmp_path: Path) -> None:
+    src = build(tmp_path / "s", {"a": b"A"})
+    r = hsync("daemon", "--check", "--config", _config(tmp_path, [(str(src), f"{src}/bak")]))
+    assert_bad_input(r, f"{src}/bak", "inside")
+
+
+def test_daemon_check_refuses_two_pairs_with_one_destination(tmp_path: Path) -> None:
+    a, b = build(tmp_path / "a", {"x": b"1"}), build(tmp_path / "b", {"y": b"2"})
+    dst = tmp_path / "d"
+    r = hsync("daemon", "--check", "--config",
+              _config(tmp_path, [(str(a), str(dst)), (str(b), f"{dst}/")]))
+    assert_bad_input(r, str(dst), "one destination")
+    r = hsync("daemon", "--check", "--config",
+              _config(tmp_path, [(str(a), str(dst)), (str(b), f"{dst}/sub")]))
+    assert_bad_input(r, str(dst), "one destination")
+
+
+def test_daemon_check_warns_on_a_missing_source(tmp_path: Path) -> None:
+    r = ok(hsync("daemon", "--check", "--config",
+                 _config(tmp_path, [(str(tmp_path / "nope"), str(tmp_path / "d"))])))
+    assert "warning" in r.err and str(tmp_path / "nope") in r.err
+
+
+def test_example_config_and_unit_agree(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    unit = (root / "examples" / "hsync.service").read_text()
+    r = ok(hsync("daemon", "--check", "--config", root / "examples" / "hsync.toml"))
+    assert "example" in r.out
+    cfg = (root / "examples" / "hsync.toml").read_text()
+    assert 'status_file = "/run/hsync/' in cfg and 'state = "/var/lib/hsync/' in cfg
+    assert "RuntimeDirectory=hsync" in unit and "StateDirectory=hsync" in unit
+    assert "User=" in unit and "root" in unit
