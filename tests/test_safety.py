@@ -323,3 +323,22 @@ def test_example_config_and_unit_agree(tmp_path: Path) -> None:
     assert 'status_file = "/run/hsync/' in cfg and 'state = "/var/lib/hsync/' in cfg
     assert "RuntimeDirectory=hsync" in unit and "StateDirectory=hsync" in unit
     assert "User=" in unit and "root" in unit
+
+
+def test_a_watch_keeps_what_a_foreign_destination_holds(tmp_path: Path) -> None:
+    """The watch's first comparison follows the first-sync rule, and says so in its log."""
+    src = build(tmp_path / "s", {"a": b"A"})
+    dst = build(tmp_path / "d", {"taxes/2023.pdf": b"T"})
+    watch = subprocess.Popen(
+        [hsync_bin(), "watch", "--state", str(tmp_path / "h.sqlite"), str(src), str(dst)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(lambda: (dst / "a").exists(), "the first round")
+        (src / "b").write_bytes(b"B")
+        _wait_for(lambda: (dst / "b").exists(), "a later round")
+        assert (dst / "taxes" / "2023.pdf").read_bytes() == b"T"
+    finally:
+        watch.terminate()
+        _, err = watch.communicate(timeout=30)
+    assert b"--delete would remove them" in err
