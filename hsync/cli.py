@@ -137,6 +137,12 @@ StateOpt = typer.Option(
 )
 
 
+WaitLockOpt = typer.Option(
+    False, "--wait-lock",
+    help="Wait while another run syncs the same pair (default: exit 2 naming its pid).",
+)
+
+
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
@@ -153,7 +159,11 @@ def sync(
         ..., metavar="DST", help="Destination tree; created when missing."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", "-n", help="Print the plan, change nothing."),
-    no_delete: bool = typer.Option(False, "--no-delete", help="Keep destination-only nodes."),
+    delete: bool | None = typer.Option(
+        None, "--delete/--no-delete",
+        help="Delete destination-only nodes, even in a destination never synced from SRC "
+        "/ never delete them. Default: delete once the pair was synced.",
+    ),
     checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
     exclude: list[str] = ExcludeOpt,
     exclude_from: list[str] = ExcludeFromOpt,
@@ -167,6 +177,7 @@ def sync(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     state: str | None = StateOpt,
+    wait_lock: bool = WaitLockOpt,
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."
     ),
@@ -194,10 +205,10 @@ def sync(
     from .oneshot import sync_once
 
     opts = _options(
-        dry_run=dry_run, delete=not no_delete, checksum=checksum, exclude=exclude,
+        dry_run=dry_run, delete=delete, checksum=checksum, exclude=exclude,
         exclude_from=exclude_from, exclude_attr=exclude_attr, max_delete=max_delete,
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
-        hard_links=hard_links,
+        hard_links=hard_links, wait_lock=wait_lock,
     )
     show = sys.stderr.isatty() and not json_out if progress is None else progress
     bar = _Progress() if show and not dry_run else None
@@ -241,6 +252,10 @@ def sync(
         _err(f"warning: {key_str(key) or '.'}: {why} skipped")
     for p in report.problems:
         _err(_problem(p, src))
+    for line in report.notices:
+        _err(f"warning: {line}")
+    if report.withheld_line:
+        _err(f"warning: {report.withheld_line}")
     raise typer.Exit(report.exit_code)
 
 
@@ -397,7 +412,11 @@ def watch(
         None, "--verify-interval", min=0, metavar="SECONDS",
         help="Content-level verify this often; differences are repaired (default off).",
     ),
-    no_delete: bool = typer.Option(False, "--no-delete", help="Keep destination-only nodes."),
+    delete: bool | None = typer.Option(
+        None, "--delete/--no-delete",
+        help="Delete destination-only nodes, even in a destination never synced from SRC "
+        "/ never delete them. Default: delete once the pair was synced.",
+    ),
     checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
     exclude: list[str] = ExcludeOpt,
     exclude_from: list[str] = ExcludeFromOpt,
@@ -406,6 +425,7 @@ def watch(
         help="Delete nothing in a round when more than N deletions are due.",
     ),
     state: str | None = StateOpt,
+    wait_lock: bool = WaitLockOpt,
     allow_empty_source: bool = typer.Option(
         False, "--allow-empty-source", help="Let an empty source empty the destination."
     ),
@@ -423,9 +443,9 @@ def watch(
 
     _log_setup(setup_logging, log_format, log_level)
     opts = _options(
-        delete=not no_delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
+        delete=delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         max_delete=max_delete, state=state, allow_empty_source=allow_empty_source, fsync=fsync,
-        hard_links=hard_links,
+        hard_links=hard_links, wait_lock=wait_lock,
     )
     wopts = WatchOptions(
         debounce=debounce / 1000, max_delay=max_delay / 1000,
@@ -447,13 +467,18 @@ def daemon(
 ) -> None:
     """Keep several pairs in sync, as the config file says; SIGHUP reloads it."""
     from .daemon import Supervisor, load_config, serve, setup_logging
+    from .daemon import log as daemon_log
 
     cfg = load_config(config, debug=_state["debug"])
     if check:
         for p in cfg.pairs:
             print(f"{p.name}: {p.source} -> {p.destination}")
+        for line in cfg.warnings:
+            _err(f"warning: {line}")
         raise typer.Exit(0)
     _log_setup(setup_logging, log_format or cfg.log_format, log_level or cfg.log_level)
+    for line in cfg.warnings:
+        daemon_log.warning("%s", line)
     sup = Supervisor(cfg.pairs, cfg.status_file)
     raise typer.Exit(serve(sup, config, debug=_state["debug"]))
 

@@ -40,12 +40,16 @@ class Comparison:
     warnings: list[str] = attrs.field(factory=list)
     region: Region | None = None
     """The region compared (None: the whole trees)."""
+    kept: list[Key] = attrs.field(factory=list)
+    """Destination-only subtrees left in place because the destination was never synced
+    from this source (their tops; ``withheld`` counts every node)."""
+    withheld: int = 0
 
 
 def compare_trees(session: PairSession, *, cancel: Cancel = NEVER) -> Comparison:
     """Scan both whole trees (by directory digests where that applies) and plan."""
     src, dst = scan_both(session, cancel=cancel)
-    return plan_between(session, src, dst)
+    return plan_between(session, src, dst, whole=True)
 
 
 def compare_region(
@@ -136,10 +140,16 @@ def _in_thread(scan: Callable[[], Snapshot]) -> Callable[[], Snapshot]:
 
 
 def plan_between(
-    session: PairSession, src: Snapshot, dst: Snapshot, *, checksum: bool = False
+    session: PairSession, src: Snapshot, dst: Snapshot, *, checksum: bool = False,
+    whole: bool = False,
 ) -> Comparison:
     """Diff and plan two snapshots (whole trees, or the same partial region of both);
-    ``checksum`` compares content by hash for this comparison (as ``--checksum``)."""
+    ``checksum`` compares content by hash for this comparison (as ``--checksum``);
+    ``whole``: the snapshots hold everything that differs between the trees.
+
+    Where deletions are withheld (a destination never synced from this source, SPEC 8)
+    nothing is deleted and no destination node is replaced by one of another kind; the
+    comparison lists what was kept."""
     options = session.options
     checksum = checksum or options.checksum
     source, destination = session.source.backend, session.destination.backend
@@ -153,10 +163,25 @@ def plan_between(
         return digests[k]
 
     history = session.history_trusted
+    delete = session.deletes_allowed
     changes = diff(
-        src, dst, history, checksum=checksum, digest=digest, delete=options.delete,
-        moves=caps.subtree_move and options.delete,
+        src, dst, history, checksum=checksum, digest=digest, delete=delete,
+        moves=caps.subtree_move and delete,
     )
+    kept: list[Key] = []
+    withheld: set[Key] = set()
+    if options.delete is None and not delete:
+        withheld = {  # every node a sync allowed to delete would remove or replace
+            c.key for c in diff(src, dst, None, checksum=checksum, digest=digest,
+                                delete=True, moves=False)
+            if c.op == DELETE
+        }
+        if withheld:
+            changes = diff(src, dst, None, checksum=checksum, digest=digest,
+                           delete=False, moves=False, replace=False)
+            kept = sorted(k for k in withheld if k[:-1] not in withheld)
+        elif whole:
+            session.withhold_deletes(nothing_withheld=True)
     warnings: list[str] = []
     n_delete = sum(1 for c in changes if c.op == DELETE)
     if options.max_delete is not None and n_delete > options.max_delete:
@@ -172,6 +197,6 @@ def plan_between(
     if options.check:
         check_plan(
             the_plan.ops, dst, src, case_insensitive=caps.case_insensitive,
-            allow_extra=not options.delete or bool(warnings),
+            allow_extra=not delete or bool(warnings),
         )
-    return Comparison(src, dst, the_plan, warnings)
+    return Comparison(src, dst, the_plan, warnings, kept=kept, withheld=len(withheld))

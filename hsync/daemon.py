@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,50 @@ class Config:
     status_file: str | None = None
     log_format: str = "text"
     log_level: str = "info"
+    warnings: tuple[str, ...] = ()
+    """What ``--check`` prints and the daemon logs, short of refusing (a missing source)."""
+
+
+def _where(location: str) -> str:
+    """A location compared with others: the real path of a local tree, else the URL."""
+    from .backend import local_path
+
+    path = local_path(location)
+    return os.path.realpath(path) if path is not None else location.rstrip("/")
+
+
+def _within(inner: str, outer: str) -> bool:
+    return inner == outer or inner.startswith(outer.rstrip("/") + "/")
+
+
+def check_pairs(path: str, pairs: Sequence[PairConfig]) -> list[str]:
+    """The rules between the pairs of a config (SPEC 8): a destination inside its own
+    source (or the same tree), and two pairs writing one destination (or one inside
+    the other: they would delete each other's files forever), are refused
+    (``UsageError``); a missing local source is a warning (the pair waits for it)."""
+    warnings: list[str] = []
+    seen: list[tuple[str, PairConfig]] = []
+    for p in pairs:
+        src, dst = _where(p.source), _where(p.destination)
+        if _within(dst, src):
+            raise UsageError(f"{path}: pair {p.name}: destination {p.destination} is inside "
+                             f"its source {p.source}")
+        if _within(src, dst):
+            raise UsageError(f"{path}: pair {p.name}: source {p.source} is inside its "
+                             f"destination {p.destination}")
+        for other_dst, other in seen:
+            if _within(dst, other_dst) or _within(other_dst, dst):
+                raise UsageError(
+                    f"{path}: pairs {other.name} and {p.name} write one destination "
+                    f"({other.destination}, {p.destination})"
+                )
+        seen.append((dst, p))
+        from .backend import local_path
+
+        if local_path(p.source) is not None and not os.path.isdir(src):
+            warnings.append(f"{path}: pair {p.name}: source {p.source} does not exist "
+                            "(the pair waits for it)")
+    return warnings
 
 
 def _check_types(where: str, table: dict[str, Any], keys: dict[str, Any]) -> None:
@@ -136,7 +181,7 @@ def pair_config(
         if k in raw and raw[k] < 0:
             raise UsageError(f"{where}: {k} must not be negative")
     options = Options(
-        delete=raw.get("delete", True),
+        delete=raw.get("delete"),
         checksum=raw.get("checksum", False),
         exclude=tuple(patterns),
         max_delete=raw.get("max_delete"),
@@ -241,7 +286,8 @@ def load_config(path: str, *, debug: bool = False) -> Config:
     level = doc.get("log_level", "info")
     if level.upper() not in logging.getLevelNamesMapping():
         raise UsageError(f"{path}: unknown log_level {level!r}")
-    return Config(path, tuple(pairs), doc.get("status_file"), fmt, level)
+    warnings = check_pairs(path, pairs)
+    return Config(path, tuple(pairs), doc.get("status_file"), fmt, level, tuple(warnings))
 
 
 class _Running:

@@ -58,8 +58,9 @@ class BackendError(HsyncError):
 
 
 class DestinationFull(BackendError):
-    """ENOSPC or EDQUOT on the destination: the run stops (what is done stays done, the
-    temporary file is removed); the next run after space is freed converges."""
+    """A fault of the whole destination (ENOSPC, EDQUOT, EROFS, its root not writable):
+    the run stops (what is done stays done, the temporary file is removed); the next
+    run after space is freed converges."""
 
 
 class PlanError(HsyncError):

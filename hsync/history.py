@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from .model import ENTRY, Fingerprint, Key, Node, Snapshot, fingerprint
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 _SEP = "\0"
 _RESUME_TABLE = """
 CREATE TABLE IF NOT EXISTS resume(
@@ -36,10 +36,13 @@ CREATE TABLE IF NOT EXISTS resume(
 """
 _MIGRATIONS = {
     3: _RESUME_TABLE,  # 3 -> 4: the watcher's resume token; the rows are unchanged
-    # 4 -> 5: a file's identity holds its birth time (an inode number alone is reused):
+    # 4 -> 5: whether the pair may delete without --delete; every pair synced before
+    # was synced with deletions allowed (the default then)
+    4: "ALTER TABLE pairs ADD COLUMN deletes INTEGER; UPDATE pairs SET deletes=1;",
+    # 5 -> 6: a file's identity holds its birth time (an inode number alone is reused):
     # the rows of filesystem pairs no longer match what a scan gives, so those pairs are
     # compared in full once (without moves from the history) and recorded afresh
-    4: "UPDATE pairs SET complete=0 WHERE source LIKE 'file://%';",
+    5: "UPDATE pairs SET complete=0 WHERE source LIKE 'file://%';",
 }
 """Schema version -> the script that takes a file from it to the next version. A file
 of a version with no migration is set aside like a corrupt one (the history is
@@ -93,6 +96,8 @@ class History:
         self.path = path
         self.pair = pair_id(source_url, destination_url)
         self.readonly = readonly
+        self.set_aside: tuple[str, str] | None = None
+        """Where a corrupt file at ``path`` was moved, and why (it was replaced)."""
         if readonly:
             self.db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             return
@@ -114,7 +119,7 @@ class History:
             INSERT OR IGNORE INTO meta VALUES ('schema', '{SCHEMA_VERSION}');
             CREATE TABLE IF NOT EXISTS pairs(
                 pair TEXT PRIMARY KEY, source TEXT, destination TEXT,
-                complete INTEGER, synced_at REAL);
+                complete INTEGER, synced_at REAL, deletes INTEGER);
             CREATE TABLE IF NOT EXISTS nodes(
                 pair TEXT, key BLOB, ident, kind TEXT, size INTEGER, mtime INTEGER,
                 target BLOB, mode INTEGER, fp TEXT, PRIMARY KEY(pair, key)) WITHOUT ROWID;
@@ -141,10 +146,16 @@ class History:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
         try:
             return self._connect(path)
-        except sqlite3.DatabaseError:
-            # corrupt or foreign: keep it aside for a post-mortem, start afresh
+        except sqlite3.DatabaseError as e:
+            # corrupt or foreign: keep it aside for a post-mortem, start afresh (the
+            # caller says so: ``set_aside``)
             aside = f"{path}.corrupt-{int(time.time())}"
+            n = 0
+            while os.path.lexists(aside):
+                n += 1
+                aside = f"{path}.corrupt-{int(time.time())}-{n}"
             os.replace(path, aside)
+            self.set_aside = (aside, str(e))
             for suffix in ("-wal", "-shm"):
                 if os.path.exists(path + suffix):
                     os.replace(path + suffix, aside + suffix)
@@ -164,6 +175,24 @@ class History:
         except sqlite3.DatabaseError:
             return False  # read-only and unreadable: as if there were no history
         return bool(row and row[0])
+
+    @property
+    def deletes_allowed(self) -> bool:
+        """True once a run of this pair was allowed to delete (``--delete``, or a
+        destination that held nothing the source lacked): from then on a plain sync
+        deletes what the source no longer has."""
+        try:
+            row = self.db.execute(
+                "SELECT deletes FROM pairs WHERE pair=?", (self.pair,)
+            ).fetchone()
+        except sqlite3.DatabaseError:
+            return False
+        return bool(row and row[0])
+
+    def allow_deletes(self) -> None:
+        """Remember that this pair's destination is hsync's to keep equal to the source."""
+        with self.db:
+            self.db.execute("UPDATE pairs SET deletes=1 WHERE pair=?", (self.pair,))
 
     def lookup_many(
         self, identities: Iterable[int | str | None]

@@ -39,7 +39,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 import attrs
 
@@ -52,7 +52,7 @@ from .errors import CANCELLED, Cancelled, HsyncError, SafetyError
 from .filters import Exclude
 from .itemize import PairLog
 from .model import Key, Op, Problem
-from .options import Options
+from .options import Options, withheld_line
 from .populate import can_populate, populate
 from .region import Region, quick_pass
 from .resume import ResumeKeeper
@@ -141,6 +141,7 @@ class PairWatch:
         self._comparing = Cancel.when(self._interrupt)
         """Cancelled by a stop, or by a change under the comparison in flight."""
         self._in_a_row = 0  # restarts of the current region
+        self._dst_root: Hashable | None = None
         self._full_not_before = 0.0
         self._full_backoff = FULL_BACKOFF_MIN
         self._last_loss = 0.0
@@ -180,6 +181,11 @@ class PairWatch:
                 self.source_url, self.destination_url, self.options,
                 credentials=self.credentials,
             ) as session:
+                for line in session.notices:
+                    self.log.warning("%s", line)
+                # the destination root as opened (None: not created yet, the first run);
+                # one that goes or is replaced later is waited for, never recreated
+                self._dst_root = session.destination.backend.root_id()
                 while not self.stopping:
                     self._watching(session)
                     if not self.stopping:
@@ -239,6 +245,8 @@ class PairWatch:
                     # an unmounted or replaced root sends no event
                     self.log.warning("%s: the source root was replaced or unmounted", source.url)
                     return
+                if self._destination_moved(session):
+                    return
                 self.dirty.wait(self.wopts.debounce, self.wopts.max_delay,
                                 timers.next_deadline(self))
                 if self.stopping:
@@ -252,8 +260,13 @@ class PairWatch:
                 self.status.unwatched = {
                     "/".join(k): v for k, v in self.dirty.unwatched_keys.items()
                 }
+                if region and self._destination_moved(session):
+                    self.dirty.put_back(region, first)
+                    return
                 if region:
                     synced = self._round(session, region, first, quick)
+                    if self._dst_root is None:  # created by this first round
+                        self._dst_root = session.destination.backend.root_id()
                     synced = synced and not self.stopping and not (
                         self._retry_keys or self._retry_at is not None)
                     self.resume.store(session, token, self.dirty, synced=synced)
@@ -297,12 +310,27 @@ class PairWatch:
             self._retry_at = None
         return verifying
 
+    def _destination_moved(self, session: PairSession) -> bool:
+        """True (and a warning) when the destination root that was synced is gone or is
+        another directory now (an unmounted disk): nothing is written until it is back."""
+        if self._dst_root is None or session.destination.backend.root_id() == self._dst_root:
+            return False
+        self.log.warning("%s: the destination root was removed, replaced or unmounted: waiting "
+                    "for it (never recreated)", session.destination.url)
+        return True
+
     def _wait_for_root(self, session: PairSession) -> None:
+        """Waiting until the source root is usable and the destination root is the one
+        synced before (a remounted disk); a stop ends the wait."""
         self.status.state = "waiting"
         self.status_file.write()
+        destination = session.destination.backend
         while not self.stopping:
-            if session.source.backend.root_error() is None:
-                self.log.info("%s: the source root is back: full comparison", session.source.url)
+            if session.source.backend.root_error() is None and (
+                self._dst_root is None or destination.root_id() == self._dst_root
+            ):
+                self.log.info("%s: the source and destination roots are there: full "
+                              "comparison", session.source.url)
                 return
             self._stopped.wait(ROOT_POLL)
 
@@ -430,6 +458,9 @@ class PairWatch:
             self._retry_later(p.key for p in problems)
         else:
             self._retry_delay = 1.0
+        if cmp.withheld:
+            self.log.warning("%s", withheld_line(self.status.destination, self.status.source,
+                                            cmp.withheld))
         if cmp.plan.ops:
             self.log.info("round: %d op(s) in %.3f s%s", len(done), seconds,
                      " (full comparison)" if region.full else "")

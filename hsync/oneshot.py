@@ -44,6 +44,7 @@ def sync_once(
                 report.counts = applied.counts
                 report.bytes_copied = applied.bytes_copied
                 report.problems.extend(applied.problems)
+        report.notices = list(session.notices)
     report.source, report.destination = source_url, destination_url
     report.elapsed = time.perf_counter() - t0
     return report
@@ -73,6 +74,11 @@ def _report(session: PairSession, cmp: Comparison) -> Report:
         report.bytes_examined[side] = sum(n.size for n in snap.nodes.values() if n.kind == FILE)
     report.skipped = list(cmp.src.skipped)
     report.warnings = list(cmp.warnings)
+    report.withheld = cmp.withheld
+    report.warnings += [
+        f"{'/'.join(k)}: kept: not in the source, and the destination was never synced "
+        "from it" for k in cmp.kept
+    ]
     report.problems.extend(
         Problem(k, f"not synced: {why}", kind="retry") for k, why in cmp.src.incomplete.items()
     )

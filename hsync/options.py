@@ -20,7 +20,11 @@ class Options:
     """The sync options, as the CLI, the daemon's config and the Python API give them."""
 
     dry_run: bool = False
-    delete: bool = True
+    delete: bool | None = None
+    """Deleting destination-only nodes: True (``--delete``) always, False
+    (``--no-delete``) never, None (the default) only once the pair was synced with
+    deletions allowed (SPEC 8: a destination hsync never synced from this source keeps
+    what the source lacks; ``PairSession.deletes_allowed`` decides)."""
     checksum: bool = False
     exclude: tuple[str, ...] = attrs.field(default=(), converter=strings)
     max_delete: int | None = None
@@ -34,6 +38,8 @@ class Options:
     """Attribute names left out of entries' payloads (backends with attributes: LDAP)."""
     hard_links: bool = False
     """Source files that are one inode stay one inode on the destination (rsync -H)."""
+    wait_lock: bool = False
+    """Wait for another run of the same pair to end (else exit 2 naming its pid)."""
 
 
 @attrs.define
@@ -47,6 +53,12 @@ class Report:
     problems: list[Problem] = attrs.field(factory=list)
     skipped: list[tuple[Key, str]] = attrs.field(factory=list)
     warnings: list[str] = attrs.field(factory=list)
+    notices: list[str] = attrs.field(factory=list)
+    """Warnings about the pair rather than its nodes (a corrupt history set aside): the
+    command line prints each on stderr; ``to_json`` lists them first in warnings."""
+    withheld: int = 0
+    """Destination-only nodes kept because the destination was never synced from this
+    source (``--delete`` would remove them)."""
     elapsed: float = 0.0
     dry_run: bool = False
     plan: Plan | None = None
@@ -68,6 +80,13 @@ class Report:
         return self.plan.counts() if self.plan is not None else {}
 
     @property
+    def withheld_line(self) -> str | None:
+        """The one line that says what ``--delete`` would have removed, if anything."""
+        if not self.withheld:
+            return None
+        return withheld_line(self.destination, self.source, self.withheld)
+
+    @property
     def ok(self) -> bool:
         return not self.problems
 
@@ -85,11 +104,19 @@ class Report:
             "bytes_copied": self.bytes_copied,
             "errors": [p.to_json() for p in self.problems],
             "skipped": [{"path": "/".join(k), "kind": why} for k, why in self.skipped],
-            "warnings": self.warnings,
+            "warnings": [*self.notices, *self.warnings],
+            "deletions_withheld": self.withheld,
             "scanned": self.scanned,
             "compared": self.compared,
             "elapsed": round(self.elapsed, 6),
         }
+
+
+def withheld_line(destination: str, source: str, n: int) -> str:
+    return (
+        f"{destination}: never synced from {source}: {n} destination-only node"
+        f"{'s' if n != 1 else ''} kept; --delete would remove {'them' if n != 1 else 'it'}"
+    )
 
 
 DEFAULT = Options()

@@ -9,6 +9,7 @@ or apply: ``hsync.compare`` and ``hsync.apply`` do, given a session.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 from collections.abc import Mapping
@@ -46,6 +47,9 @@ class PairSession:
         self.exclude = Exclude.of(options.exclude)
         self.history: History | None = None
         self.journal: Journal | None = None
+        self.notices: list[str] = []
+        self._lock: int | None = None
+        """Warnings about the pair's state, for the report and the log."""
         self.source = open_endpoint(
             source_url, role="source", credentials=credentials[0],
             exclude_attrs=options.exclude_attrs,
@@ -62,9 +66,14 @@ class PairSession:
             self._check_pair()
             self.check_source_root()
             self._check_destination_root()
+            if history and not options.dry_run:
+                self._lock = lock_pair(self.source, self.destination, options)
             if history:
-                self.history = open_history(self.source, self.destination, options)
+                self.history = open_history(
+                    self.source, self.destination, options, self.notices)
                 self.journal = _journal_for(self.history)
+            self._check_destination_was_there()
+            self.deletes_allowed = self._may_delete()
         except BaseException:
             self.close()
             raise
@@ -80,6 +89,9 @@ class PairSession:
             self.history = None
         self.source.close()
         self.destination.close()
+        if self._lock is not None:
+            os.close(self._lock)  # the lock goes with its descriptor
+            self._lock = None
 
     def __enter__(self) -> PairSession:
         return self
@@ -134,6 +146,52 @@ class PairSession:
         if why is not None:
             raise UsageError(f"{self.destination.url}: destination {why}")
 
+    def _check_destination_was_there(self) -> None:
+        """A missing destination is created only at the pair's first run: one that a
+        sync filled before and is gone now (an unmounted disk) is never recreated where
+        its mount point was (``SafetyError``)."""
+        h = self.history
+        if h is None or self.destination.backend.root_id() is not None:
+            return
+        if h.complete or not h.is_empty():
+            raise SafetyError(
+                f"{self.destination.url}: the destination is gone although it was synced "
+                "before (an unmounted disk?); not recreated: mount it, or create the "
+                "directory to sync into it again"
+            )
+
+    def _may_delete(self) -> bool:
+        """Whether destination-only nodes may be deleted (SPEC 8): always with
+        ``--delete``, never with ``--no-delete``; by default only when the pair was
+        synced before with deletions allowed, or the destination is empty (then all it
+        will hold comes from this source). A destination hsync never synced from this
+        source keeps what the source lacks (``withhold_deletes``)."""
+        delete = self.options.delete
+        if delete is not None:
+            if delete:
+                self._remember_deletes()
+            return delete
+        h = self.history
+        if h is not None and h.deletes_allowed:
+            return True
+        if self.destination.backend.is_empty():
+            self._remember_deletes()
+            return True
+        return False
+
+    def withhold_deletes(self, nothing_withheld: bool) -> None:
+        """After a comparison of the whole trees that withheld deletions: when there
+        was nothing to withhold, the destination holds nothing foreign and the pair
+        deletes from now on."""
+        if nothing_withheld and not self.deletes_allowed:
+            self._remember_deletes()
+            self.deletes_allowed = True
+
+    def _remember_deletes(self) -> None:
+        h = self.history
+        if h is not None and not h.readonly and not self.options.dry_run:
+            h.allow_deletes()
+
     @property
     def history_trusted(self) -> History | None:
         """The history when it is complete (moves may be taken from it), else None."""
@@ -141,17 +199,21 @@ class PairSession:
         return h if h is not None and h.complete else None
 
 
-def open_history(source: Endpoint, destination: Endpoint, options: Options) -> History | None:
+def open_history(
+    source: Endpoint, destination: Endpoint, options: Options, notices: list[str]
+) -> History | None:
     """The pair's history, or None (no history asked for, or a dry run without one).
 
     A batch that a killed run left unfinished is rolled forward first (the history is
-    then incomplete: this run compares in full; see ``journal``)."""
-    if options.state == "" or not options.delete:
+    then incomplete: this run compares in full; see ``journal``). What the user must
+    hear (a corrupt history set aside) is appended to ``notices``."""
+    if options.state == "" or options.delete is False:
         return None
     from .history import History, default_state_path
     from .journal import recover
 
     path = options.state or default_state_path()
+    _check_state_path(path, writing=not options.dry_run)
     src_id = source.backend.canonical_url()
     dst_id = destination.backend.canonical_url()
     history = None
@@ -162,10 +224,74 @@ def open_history(source: Endpoint, destination: Endpoint, options: Options) -> H
             history = History(path, src_id, dst_id, readonly=True)
     except (OSError, sqlite3.Error) as e:
         raise UsageError(f"{path}: cannot open the history: {e}") from None
+    if history is not None and history.set_aside is not None:
+        aside, why = history.set_aside
+        notices.append(f"{path}: the history was unreadable ({why}): set aside as {aside}, "
+                       "a new one started (this run compares in full)")
     if history is not None and not recover(history) and history.readonly:
         history.close()  # a dry run after a killed one: plan without the history
         return None
     return history
+
+
+def lock_pair(source: Endpoint, destination: Endpoint, options: Options) -> int | None:
+    """Take the pair's lock (SPEC 8: one run per pair at a time): ``flock`` on a file
+    beside the history, ``<state>.lock-<pair id>``, holding the holder's pid. Returns its
+    descriptor (closing it releases the lock), or None without a history location.
+    Another run holding it: ``--wait-lock`` waits, else ``UsageError`` naming its pid."""
+    if options.state == "":
+        return None
+    from .history import default_state_path, pair_id
+
+    state = options.state or default_state_path()
+    _check_state_path(state, writing=True)  # before a lock file is made beside it
+    pair = pair_id(source.backend.canonical_url(), destination.backend.canonical_url())
+    path = f"{state}.lock-{pair}"
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise UsageError(f"{path}: cannot open the pair's lock: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not options.wait_lock:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise UsageError(
+                    f"{destination.url}: another hsync run (pid {holder}) is syncing this "
+                    f"pair (lock {path}); --wait-lock waits for it"
+                ) from None
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_state_path(path: str, *, writing: bool) -> None:
+    """A ``--state`` that is a directory, or a file (or a directory to hold it) that
+    cannot be read or written, is refused (``UsageError``): never set aside as corrupt."""
+    mode = os.R_OK | (os.W_OK if writing else 0)
+    if os.path.isdir(path):
+        raise UsageError(f"{path}: the history (--state) is a directory")
+    if os.path.lexists(path):
+        if not os.access(path, mode):
+            what = "readable and writable" if writing else "readable"
+            raise UsageError(f"{path}: the history (--state) is not {what}")
+        if not writing:
+            return
+    parent = os.path.dirname(os.path.abspath(path))
+    while writing and not os.path.isdir(parent):
+        if os.path.lexists(parent):
+            raise UsageError(f"{path}: the history (--state) cannot be created: "
+                             f"{parent} is not a directory")
+        parent = os.path.dirname(parent)
+    if writing and not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{path}: the history (--state) cannot be written: {parent} "
+                         "is not writable")
 
 
 def _journal_for(history: History | None) -> Journal | None:

@@ -121,8 +121,9 @@ BASE: Tree = {
 class BackendConformance:
     """The scenarios; each ends with the trees equal and a second run planning nothing."""
 
-    def sync(self, adapter: Adapter) -> hsync.Report:
-        report = hsync.sync(adapter.url("source"), adapter.url("destination"), check=True)
+    def sync(self, adapter: Adapter, *, delete: bool | None = None) -> hsync.Report:
+        report = hsync.sync(adapter.url("source"), adapter.url("destination"), check=True,
+                            delete=delete)
         assert report.ok, report.problems
         assert adapter.read("destination") == adapter.read("source")
         assert not hsync.diff(adapter.url("source"), adapter.url("destination"))
@@ -178,7 +179,7 @@ class BackendConformance:
         adapter.build("source", {"keep": "1"})
         adapter.build("destination", {"keep": "1", "old": None, "old/deep": None,
                                       "old/deep/leaf": "9"})
-        report = self.sync(adapter)
+        report = self.sync(adapter, delete=True)  # a destination never synced: --delete
         assert report.counts["delete"] == 3
 
     def test_type_change(self, adapter: Adapter) -> None:

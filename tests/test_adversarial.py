@@ -121,12 +121,14 @@ def test_a_sync_of_hostile_names_makes_the_trees_equal(
         (fence / "keep").write_bytes(b"k")
         report = sync_once(
             str(src), str(dst),
-            Options(state=str(base / "h.sqlite"), check=True, allow_empty_source=True),
+            Options(state=str(base / "h.sqlite"), check=True, allow_empty_source=True,
+                    delete=True),
         )
         assert report.problems == [], report.problems
         assert_same_tree(src, dst)
         again = sync_once(str(src), str(dst), Options(state=str(base / "h.sqlite"),
-                                                      dry_run=True, allow_empty_source=True))
+                                                      dry_run=True, allow_empty_source=True,
+                                                      delete=True))
         assert again.plan is not None and not again.plan, again.plan.to_json()
         assert sorted(os.listdir(fence)) == ["keep"]
         assert sorted(n for n in os.listdir(base) if not n.startswith("h.")) == [

@@ -37,7 +37,7 @@ def test_sync_options_by_keyword(tmp_path: Path) -> None:
     assert report.ok
     assert sorted(p.name for p in dst.iterdir()) == ["extra", "keep.txt"]
 
-    dry = hsync.sync(str(src), str(dst), exclude=["*.log"], dry_run=True, state="")
+    dry = hsync.sync(str(src), str(dst), exclude=["*.log"], dry_run=True, state="", delete=True)
     assert dry.plan is not None and [op.op for op in dry.plan] == ["delete"]
     assert (dst / "extra").exists()
 

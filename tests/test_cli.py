@@ -263,7 +263,7 @@ def test_diff_json_and_tree_together_is_a_usage_error(tmp_path: Path) -> None:
 def test_sync_json_report(tmp_path: Path) -> None:
     src = build(tmp_path / "src", {"a/f": b"12345", "g": b"new-g-content"})
     dst = build(tmp_path / "dst", {"g": b"old", "old": b"to be deleted"})
-    r = ok(hsync("sync", "--json", src, dst))
+    r = ok(hsync("sync", "--delete", "--json", src, dst))
     report = json.loads(r.out)  # stdout is the JSON object and nothing else
     assert isinstance(report, dict)
     counts = report["counts"]
@@ -277,7 +277,7 @@ def test_sync_json_report(tmp_path: Path) -> None:
     assert isinstance(report["elapsed"], int | float) and report["elapsed"] >= 0
     assert_same_tree(src, dst)
 
-    r = ok(hsync("sync", "--json", src, dst))
+    r = ok(hsync("sync", "--delete", "--json", src, dst))
     again = json.loads(r.out)
     assert {k: again["counts"][k] for k in OPS} == dict.fromkeys(OPS, 0)
     assert again["bytes_copied"] == 0
@@ -303,7 +303,7 @@ def test_destination_symlinks_are_replaced_never_followed(tmp_path: Path) -> Non
         "b": Link(str(outside / "o")),  # the source has a file here
         "c": Link(str(outside)),  # not in the source: deleted, the target is not
     })
-    ok(hsync("sync", src, dst))
+    ok(hsync("sync", "--delete", src, dst))
     assert_same_tree(src, dst)
     assert read_tree(outside) == before
 
@@ -336,12 +336,12 @@ def test_dry_run_changes_nothing(tmp_path: Path, flag: str) -> None:
     dst = build(tmp_path / "dst", {"top.txt": b"different", "extra/file": b"dst only"})
     before = read_tree(dst)
     before_stat = stat_all(dst)
-    r = ok(hsync("sync", flag, src, dst))
+    r = ok(hsync("sync", "--delete", flag, src, dst))
     assert read_tree(dst) == before
     assert stat_all(dst) == before_stat
     assert "extra" in r.out  # the plan is shown
     # it did plan something: a real sync afterwards does the work
-    ok(hsync("sync", src, dst))
+    ok(hsync("sync", "--delete", src, dst))
     assert_same_tree(src, dst)
 
 
@@ -372,7 +372,7 @@ def test_no_delete_keeps_destination_only_nodes(tmp_path: Path) -> None:
     assert (dst / "keepdir" / "x").read_bytes() == b"x"
     assert os.readlink(dst / "l") == "g"
     # without --no-delete they go
-    ok(hsync("sync", src, dst))
+    ok(hsync("sync", "--delete", src, dst))
     assert_same_tree(src, dst)
 
 
@@ -406,7 +406,7 @@ def check_excluded_result(src: Path, dst: Path) -> None:
 def test_exclude_neither_copies_nor_deletes(tmp_path: Path) -> None:
     src = build(tmp_path / "src", EXCL_SRC)
     dst = build(tmp_path / "dst", EXCL_DST)
-    ok(hsync("sync", "--exclude", "*.log", "--exclude", "build/", src, dst))
+    ok(hsync("sync", "--delete", "--exclude", "*.log", "--exclude", "build/", src, dst))
     check_excluded_result(src, dst)
     r = ok(hsync("diff", "--exclude", "*.log", "--exclude", "build/", src, dst))
     assert "in sync" in r.out
@@ -419,7 +419,7 @@ def test_exclude_from_file(tmp_path: Path) -> None:
     dst = build(tmp_path / "dst", EXCL_DST)
     pats = tmp_path / "excludes"
     pats.write_text("# a comment line\n\n*.log\nbuild/\n")
-    ok(hsync("sync", "--exclude-from", pats, src, dst))
+    ok(hsync("sync", "--delete", "--exclude-from", pats, src, dst))
     check_excluded_result(src, dst)
     assert not (dst / "# a comment line").exists()
     ok(hsync("diff", "--exclude-from", pats, src, dst))
@@ -610,7 +610,7 @@ def test_empty_source_is_refused_unless_allowed(tmp_path: Path) -> None:
     assert_bad_input(r, "empty-src", r"empty")
     assert "--allow-empty-source" in r.err
     assert read_tree(w) == before
-    r = ok(hsync("sync", "--allow-empty-source", w / "empty-src", w / "dst"))
+    r = ok(hsync("sync", "--delete", "--allow-empty-source", w / "empty-src", w / "dst"))
     assert names(w / "dst") == set()
     assert_same_tree(w / "empty-src", w / "dst")
 
@@ -818,21 +818,21 @@ def test_source_is_never_written(tmp_path: Path) -> None:
 
 def test_stale_temporary_files_are_removed_and_never_copied(tmp_path: Path) -> None:
     src = make_sample(tmp_path / "src")
-    (src / ".hsync-tmp-abc").write_bytes(b"a temp on the source")
-    (src / "a" / ".hsync-tmp-1-2").write_bytes(b"another")
+    (src / ".hsync-tmp-abc-1-0123abcd").write_bytes(b"a temp on the source")
+    (src / "a" / ".hsync-tmp-1-2-deadbeef").write_bytes(b"another")
     set_dir_mtimes(src)
     dst = tmp_path / "dst"
     ok(hsync("sync", src, dst))
-    assert not os.path.lexists(dst / ".hsync-tmp-abc")
-    assert not os.path.lexists(dst / "a" / ".hsync-tmp-1-2")
-    assert (src / ".hsync-tmp-abc").exists()  # and not removed from the source
+    assert not os.path.lexists(dst / ".hsync-tmp-abc-1-0123abcd")
+    assert not os.path.lexists(dst / "a" / ".hsync-tmp-1-2-deadbeef")
+    assert (src / ".hsync-tmp-abc-1-0123abcd").exists()  # and not removed from the source
 
     # an interrupted publish left temporaries in the destination
-    (dst / ".hsync-tmp-xyz").write_bytes(b"half written")
-    (dst / "a" / "b" / ".hsync-tmp-4d2-7").write_bytes(b"half")
+    (dst / ".hsync-tmp-a1-0-00ff00ff").write_bytes(b"half written")
+    (dst / "a" / "b" / ".hsync-tmp-4d2-7-12345678").write_bytes(b"half")
     ok(hsync("sync", src, dst))
-    assert not os.path.lexists(dst / ".hsync-tmp-xyz")
-    assert not os.path.lexists(dst / "a" / "b" / ".hsync-tmp-4d2-7")
+    assert not os.path.lexists(dst / ".hsync-tmp-a1-0-00ff00ff")
+    assert not os.path.lexists(dst / "a" / "b" / ".hsync-tmp-4d2-7-12345678")
 
 
 def test_after_temp_cleanup_the_trees_are_in_sync(tmp_path: Path) -> None:
@@ -840,9 +840,9 @@ def test_after_temp_cleanup_the_trees_are_in_sync(tmp_path: Path) -> None:
     src = make_sample(tmp_path / "src")
     dst = tmp_path / "dst"
     ok(hsync("sync", src, dst))
-    (dst / "a" / ".hsync-tmp-xyz").write_bytes(b"half written")
+    (dst / "a" / ".hsync-tmp-1f-3-abcdef01").write_bytes(b"half written")
     ok(hsync("sync", src, dst))
-    assert not os.path.lexists(dst / "a" / ".hsync-tmp-xyz")
+    assert not os.path.lexists(dst / "a" / ".hsync-tmp-1f-3-abcdef01")
     assert_same_tree(src, dst)
     assert "in sync" in ok(hsync("diff", src, dst)).out
 
@@ -911,10 +911,10 @@ def test_same_size_and_mtime_but_other_content_is_not_a_move(tmp_path: Path) -> 
     one was taken for it moved, and its content was never copied."""
     src = build(tmp_path / "src", {"old/x": File(b"AAAA", mtime_ns=T0)})
     dst = tmp_path / "dst"
-    ok(hsync("sync", src, dst, "--state", ""))
+    ok(hsync("sync", "--delete", src, dst, "--state", ""))
     shutil.rmtree(src / "old")
     build(src, {"new/z": File(b"CCCC", mtime_ns=T0)})
-    ok(hsync("sync", src, dst, "--state", ""))
+    ok(hsync("sync", "--delete", src, dst, "--state", ""))
     assert (dst / "new" / "z").read_bytes() == b"CCCC"
     assert_same_tree(src, dst)
 
@@ -962,7 +962,7 @@ def test_destination_directory_holding_a_fifo_is_deleted(tmp_path: Path) -> None
     src = build(tmp_path / "src", {"keep": b"k"})
     dst = build(tmp_path / "dst", {"keep": b"k", "gone/f": b"f"})
     os.mkfifo(dst / "gone" / "pipe")
-    ok(hsync("sync", src, dst))
+    ok(hsync("sync", "--delete", src, dst))
     assert not os.path.lexists(dst / "gone")
 
 
@@ -993,6 +993,7 @@ def test_kept_read_only_directory_keeps_its_mode(shared_dir: Path) -> None:
         for n in [dirpath, *(os.path.join(dirpath, x) for x in dirnames + filenames)]:
             os.chown(n, 65534, 65534)
     os.chmod(dst / "P", 0o555)
-    ok(hsync("sync", "--exclude", "*.log", src, dst, env=nobody_env(shared_dir), nobody=True))
+    ok(hsync("sync", "--delete", "--exclude", "*.log", src, dst, env=nobody_env(shared_dir),
+             nobody=True))
     assert sorted(os.listdir(dst / "P")) == ["keep.log"]
     assert stat.S_IMODE(os.stat(dst / "P").st_mode) == 0o555

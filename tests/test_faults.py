@@ -311,7 +311,7 @@ def test_a_directory_swapped_for_a_symlink_between_scan_and_apply(
         return real_batch(self, ops)
 
     monkeypatch.setattr(fs_apply.Batch, "run", swap_then_run)
-    report = sync_once(str(src), str(dst), Options(state=""))
+    report = sync_once(str(src), str(dst), Options(state="", delete=True))
     monkeypatch.undo()
     assert not report.ok
     after = {p.name: (p.lstat().st_mode, p.lstat().st_mtime_ns) for p in outside.iterdir()}
@@ -399,10 +399,10 @@ def test_a_destination_file_replaced_by_a_directory_before_its_update_lands(
         return real_batch(self, ops)
 
     monkeypatch.setattr(fs_apply.Batch, "run", swap_then_run)
-    report = sync_once(str(src), str(dst), Options(state=""))
+    report = sync_once(str(src), str(dst), Options(state="", delete=True))
     monkeypatch.undo()
     assert [p.key for p in report.problems] == [("f",)], report.problems
     assert (dst / "f" / "precious").read_bytes() == b"p"
     assert _temps(dst) == []
-    assert sync_once(str(src), str(dst), Options(state="")).ok
+    assert sync_once(str(src), str(dst), Options(state="", delete=True)).ok
     assert_same_tree(src, dst)

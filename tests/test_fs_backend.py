@@ -218,7 +218,7 @@ def test_a_digest_scan_hands_stale_temporaries_to_the_next_apply(
     tmp_path: Path, background: bool
 ) -> None:
     root = build(tmp_path / "t", {"d/f": b"1"})
-    (root / "d" / ".hsync-tmp-1-2").write_bytes(b"half")
+    (root / "d" / ".hsync-tmp-1-2-0a0b0c0d").write_bytes(b"half")
     b = FsBackend(str(root), role="destination")
     scan = b.digest_scan(background=background)
     try:

@@ -62,7 +62,7 @@ def test_renamed_directory_of_1000_files_is_one_rename(
             "other": b"unrelated",
         },
     )
-    first = sync_once(str(src), str(dst), Options(state=state, check=True))
+    first = sync_once(str(src), str(dst), Options(state=state, check=True, delete=True))
     assert first.ok and first.counts["create"] == N_FILES + 3  # root, big, other
     before = _inodes(dst / "big")
     assert len(before) == N_FILES
@@ -81,7 +81,7 @@ def test_renamed_directory_of_1000_files_is_one_rename(
     big_ino = os.stat(src / "big").st_ino
     (src / "big").rename(src / "renamed")
 
-    report = sync_once(str(src), str(dst), Options(state=state, check=True))
+    report = sync_once(str(src), str(dst), Options(state=state, check=True, delete=True))
     assert report.ok, report.problems
     assert report.counts["move"] == 1
     assert report.counts["create"] == 0
@@ -148,11 +148,12 @@ def test_source_file_replaced_during_the_sync_is_not_published(tmp_path: Path) -
         build(tmp_path / "side", {"f": File(b"bbbb", mtime_ns=T0 + 5)})
         os.rename(tmp_path / "side" / "f", src / "f")
 
-    report = sync_once(str(src), str(dst), Options(state=""), on_planned=replace_source)
+    report = sync_once(str(src), str(dst), Options(state="", delete=True),
+                       on_planned=replace_source)
     assert [(p.key, p.retry) for p in report.problems] == [(("f",), True)]
     assert not os.path.lexists(dst / "f")
     assert _temps(dst) == []
-    assert sync_once(str(src), str(dst), Options(state="")).ok
+    assert sync_once(str(src), str(dst), Options(state="", delete=True)).ok
     assert_same_tree(src, dst)
 
 
@@ -180,7 +181,7 @@ def test_directory_mtime_restored_after_a_delete_inside_a_moved_directory(
     for tree, top in ((src, "b"), (dst, "a")):
         for d in (tree / top / "c", tree / top, tree):
             os.utime(d, ns=(T0, T0))
-    report = sync_once(str(src), str(dst), Options(state="", check=True))
+    report = sync_once(str(src), str(dst), Options(state="", delete=True, check=True))
     assert report.ok
     assert report.plan is not None
     assert [op.to_json() for op in report.plan.ops] == [
@@ -201,7 +202,7 @@ def test_source_file_replaced_by_a_fifo_does_not_hang(tmp_path: Path) -> None:
         os.unlink(src / "a")
         os.mkfifo(src / "a")
 
-    report = sync_once(str(src), str(dst), Options(state=""), on_planned=to_fifo)
+    report = sync_once(str(src), str(dst), Options(state="", delete=True), on_planned=to_fifo)
     assert report.exit_code == 3
     assert [p.key for p in report.problems] == [("a",)]
     assert (dst / "b").read_bytes() == b"bbb"
@@ -227,7 +228,7 @@ def test_directory_swapped_for_a_symlink_mid_scan_is_not_followed(tmp_path: Path
     snap = FsBackend(str(src)).scan(exclude=swap)
     assert ("a", "secret") not in snap.nodes
     assert ("a",) in snap.incomplete
-    report = sync_once(str(src), str(tmp_path / "dst"), Options(state=""))
+    report = sync_once(str(src), str(tmp_path / "dst"), Options(state="", delete=True))
     assert report.exit_code == 0  # the next scan sees a symlink and copies it as one
     assert os.path.islink(tmp_path / "dst" / "a")
     assert os.readlink(tmp_path / "dst" / "a") == str(outside)
@@ -247,10 +248,10 @@ def test_copies_in_worker_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     def touch_one(_plan: Plan) -> None:
         (src / "d3" / "f33").write_bytes(b"changed after the plan")
 
-    report = sync_once(str(src), str(dst), Options(state=""), on_planned=touch_one)
+    report = sync_once(str(src), str(dst), Options(state="", delete=True), on_planned=touch_one)
     assert [(p.key, p.retry) for p in report.problems] == [(("d3", "f33"), True)]
     assert report.counts["create"] == 1 + 5 + 59
-    report = sync_once(str(src), str(dst), Options(state=""))
+    report = sync_once(str(src), str(dst), Options(state="", delete=True))
     assert report.ok
     assert_same_tree(src, dst)
 
@@ -326,7 +327,8 @@ def test_create_never_clobbers_a_file_that_appeared_since_the_scan(tmp_path: Pat
     def someone_writes(_plan: Plan) -> None:
         (dst / "new").write_bytes(b"written by someone else meanwhile")
 
-    report = sync_once(str(src), str(dst), Options(state=""), on_planned=someone_writes)
+    report = sync_once(str(src), str(dst), Options(state="", delete=True),
+                       on_planned=someone_writes)
     assert [p.key for p in report.problems] == [("new",)]
     assert (dst / "new").read_bytes() == b"written by someone else meanwhile"
     assert not [n for n in os.listdir(dst) if n.startswith(".hsync-tmp-")]
@@ -355,7 +357,7 @@ def test_resync_finds_changes_on_both_sides_from_the_directories_that_differ(
         for f in range(10):
             spec[f"d{d:02d}/f{f}"] = File(b"%d-%d" % (d, f), mtime_ns=T0 + d * 100 + f)
     build(src, spec)
-    first = sync_once(str(src), str(dst), Options(state=state, check=True))
+    first = sync_once(str(src), str(dst), Options(state=state, check=True, delete=True))
     assert first.problems == []
     before = _inodes(dst)
 

@@ -28,7 +28,8 @@ def test_entry_fingerprint_round_trips_through_the_history(tmp_path: Path) -> No
 
 
 def test_a_schema_3_history_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
-    """Schema 4 adds the resume token; a schema 3 file gets the table, keeps its rows."""
+    """Schema 4 adds the resume token, schema 5 whether a pair may delete; a schema 3
+    file gets both, keeps its rows, and its pairs keep deleting as they did."""
     import sqlite3
 
     path = str(tmp_path / "h.sqlite")
@@ -39,10 +40,12 @@ def test_a_schema_3_history_is_migrated_and_keeps_its_rows(tmp_path: Path) -> No
     db = sqlite3.connect(path)  # what a schema 3 file looks like
     with db:
         db.execute("DROP TABLE resume")
+        db.execute("ALTER TABLE pairs DROP COLUMN deletes")
         db.execute("UPDATE meta SET value='3' WHERE name='schema'")
     db.close()
     h = History(path, "ldap://x/dc=a", "ldap://x/dc=b")
     assert [k for k, _ in h.walk()] == [(), ("cn=a",)]
+    assert h.deletes_allowed
     assert list(h.identities()) == [("u1", ("cn=a",))]
     assert h.resume_token("ctx") is None
     h.save_resume(b"cookie", "ctx")
@@ -53,11 +56,11 @@ def test_a_schema_3_history_is_migrated_and_keeps_its_rows(tmp_path: Path) -> No
     h.close()
     (version,) = sqlite3.connect(path).execute(
         "SELECT value FROM meta WHERE name='schema'").fetchone()
-    assert version == "5"
+    assert version == "6"
 
 
-def test_a_schema_4_history_of_files_is_compared_in_full_once(tmp_path: Path) -> None:
-    """Schema 5: a file's identity holds its birth time, so the rows of a filesystem
+def test_a_schema_5_history_of_files_is_compared_in_full_once(tmp_path: Path) -> None:
+    """Schema 6: a file's identity holds its birth time, so the rows of a filesystem
     pair written before are not trusted for moves (one full comparison records them
     afresh); an LDAP pair's rows (entryUUIDs) stay trusted."""
     import sqlite3
@@ -71,7 +74,7 @@ def test_a_schema_4_history_of_files_is_compared_in_full_once(tmp_path: Path) ->
     entries.close()
     db = sqlite3.connect(path)
     with db:
-        db.execute("UPDATE meta SET value='4' WHERE name='schema'")
+        db.execute("UPDATE meta SET value='5' WHERE name='schema'")
     db.close()
     for source, destination, trusted in (("file:///src", "file:///dst", False),
                                          ("ldap://x/dc=a", "ldap://x/dc=b", True)):

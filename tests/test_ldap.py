@@ -457,7 +457,7 @@ def test_an_entry_replaced_after_the_scan_is_not_deleted(ldap_env: Slapd) -> Non
     from hsync.session import PairSession
 
     with PairSession(ldap_env.endpoint(SRC_BASE), ldap_env.endpoint(DST_BASE),
-                     Options(state="", allow_empty_source=True)) as session:
+                     Options(state="", allow_empty_source=True, delete=True)) as session:
         c = compare_trees(session)
         ops = [op for op in c.plan if op.key]  # (the base entry's "o" differs too)
         assert [(op.op, op.key) for op in ops] == [("delete", ("ou=old",))]

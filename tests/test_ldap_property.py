@@ -86,7 +86,7 @@ def assert_same(server: Slapd) -> None:
 
 def _sync(server: Slapd, state: str) -> hsync.Report:
     report = hsync.sync(server.endpoint(SRC_BASE), server.endpoint(DST_BASE), check=True,
-                        state=state, allow_empty_source=True)
+                        state=state, allow_empty_source=True, delete=True)
     assert report.ok, report.problems
     return report
 

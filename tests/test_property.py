@@ -323,10 +323,12 @@ def materialize(root: Path, spec: dict[str, object]) -> Path:
 
 
 def _sync(src: Path, dst: Path, state: Path | None, **options: object) -> Report:
-    """sync_once with check_plan on (``state`` None: no history); an empty source is a
-    legitimate random case."""
+    """sync_once with check_plan on (``state`` None: no history) and deletions allowed
+    (random destinations are never hsync's own); an empty source is a legitimate random
+    case."""
     where = str(state) if state is not None else ""
-    options = {"state": where, "check": True, "allow_empty_source": True, **options}
+    options = {"state": where, "check": True, "allow_empty_source": True, "delete": True,
+               **options}
     return sync_once(str(src), str(dst), Options(**options))
 
 

@@ -37,7 +37,16 @@ from ...model import Key, Node, Op, Row, Snapshot
 from . import hashing
 from .apply import Batch
 from .child import LocalScan, ScanChild
-from .posix import CHUNK, O_READ, TMP_PREFIX, check_key, open_beneath, open_root, root_device
+from .posix import (
+    CHUNK,
+    O_READ,
+    TMP_PREFIX,
+    check_key,
+    is_tmp_name,
+    open_beneath,
+    open_root,
+    root_device,
+)
 from .scan import scan as scan_tree
 from .scan import stat_row
 from .scan import walk_sorted as walk_tree
@@ -114,7 +123,7 @@ class FsBackend:
     def is_empty(self) -> bool:
         try:
             with os.scandir(self.root) as it:
-                return all(e.name.startswith(TMP_PREFIX) for e in it)
+                return all(is_tmp_name(e.name) for e in it)
         except FileNotFoundError:
             return True
         except OSError:

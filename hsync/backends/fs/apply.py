@@ -13,6 +13,7 @@ left running for the caller (``defer_durable``). A full disk stops the batch
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import threading
@@ -42,7 +43,6 @@ from .posix import (
     FULL,
     O_META,
     check_key,
-    join,
     open_beneath,
     open_root,
     rename_into,
@@ -107,9 +107,16 @@ class Batch:
                 self._root_fd = None
         if self.full is not None:
             key, e = self.full
+            what = {
+                errno.EROFS: "is read-only",
+                errno.ENOSPC: "is full",
+                errno.EDQUOT: "is over its quota",
+            }.get(e.errno or 0, "is not writable")
+            hint = ("free some space and run again" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+                    else "nothing more was written")
             raise DestinationFull(
-                f"{join(self.root, key)}: {e.strerror or e} on the destination; the run "
-                "stopped and its temporary file was removed: free some space and run again"
+                f"{self.root}: the destination {what} ({e.strerror or e}: "
+                f"{'/'.join(key) or '.'}); the run stopped: {hint}"
             )
         return self.result
 
@@ -164,7 +171,9 @@ class Batch:
             syncfs(self.root)
 
     def clean_temps(self) -> None:
-        """Remove temporary files left by an interrupted publish (found by the scan)."""
+        """Remove temporary files left by an interrupted publish (found by the scan of
+        the destination: regular files whose names ``tmp_name`` made, random part
+        included; a user's ``.hsync-tmp-notes`` is an ordinary node)."""
         for key in self.stale_temps:
             try:
                 with self.parent(key) as (dfd, name):
@@ -182,8 +191,14 @@ class Batch:
 
     # -- outcomes -----------------------------------------------------------------------
     def stop_if_full(self, key: Key, e: BaseException) -> None:
-        """ENOSPC or EDQUOT: no later op can succeed either; the run stops (SPEC 5)."""
-        if isinstance(e, OSError) and e.errno in FULL and self.full is None:
+        """A fault of the whole destination (full, over quota, read-only, its root not
+        writable): no later op can succeed either; the run stops (SPEC 5)."""
+        if not isinstance(e, OSError) or self.full is not None:
+            return
+        if e.errno in FULL or (
+            e.errno in (errno.EACCES, errno.EPERM) and len(key) <= 1
+            and not os.access(self.root, os.W_OK | os.X_OK)
+        ):
             self.full = (key, e)
 
     def fail(self, op: Op, e: BaseException) -> None:

@@ -14,6 +14,8 @@ import ctypes
 import errno
 import itertools
 import os
+import re
+import secrets
 import signal
 import stat
 import struct
@@ -37,7 +39,8 @@ O_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # a file's metadata is set through a descriptor: O_NOFOLLOW refuses a symlink put there,
 # O_NONBLOCK a FIFO
 O_META = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-FULL = (errno.ENOSPC, errno.EDQUOT)
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+"""Errors that concern the whole destination: no later write can succeed either."""
 
 
 def _load_libc() -> Any:
@@ -113,8 +116,20 @@ def join(root: str, key: Key) -> str:
 _counter = itertools.count()
 
 
+_TMP_NAME = re.compile(r"\.hsync-tmp-[0-9a-f]{1,16}-[0-9a-f]{1,16}-[0-9a-f]{8}")
+
+
 def tmp_name() -> str:
-    return f"{TMP_PREFIX}{os.getpid():x}-{next(_counter):x}"
+    """A temporary name for content being written: the prefix, the process and a
+    counter (unique among live writers), and a random part, so a name a user gave a
+    file of their own is never mistaken for one (``is_tmp_name``)."""
+    return f"{TMP_PREFIX}{os.getpid():x}-{next(_counter):x}-{secrets.token_hex(4)}"
+
+
+def is_tmp_name(name: str) -> bool:
+    """True for a name ``tmp_name`` makes; any other name is an ordinary node, even
+    one that starts with ``TMP_PREFIX``."""
+    return name.startswith(TMP_PREFIX) and _TMP_NAME.fullmatch(name) is not None
 
 
 def unlink_quiet(name: str, dfd: int) -> None:
