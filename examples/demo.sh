@@ -53,10 +53,11 @@ rc=0
 "$hsync" diff "$src" "$dst" --json || rc=$?
 echo "(exit code $rc)"
 
-# --- 4. the sync
-step "sync: hsync sync SRC DST --state $scratch/state.sqlite"
+# --- 4. the sync (--delete: this destination was never synced by hsync, so without it
+# hsync would keep its destination-only files and say what --delete would remove)
+step "sync: hsync sync SRC DST --delete --state $scratch/state.sqlite"
 sync_rc=0
-"$hsync" sync "$src" "$dst" --state "$scratch/state.sqlite" || sync_rc=$?
+"$hsync" sync "$src" "$dst" --delete --state "$scratch/state.sqlite" || sync_rc=$?
 echo "(exit code $sync_rc)"
 
 # --- 5. the result
