@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from test_watch import (  # noqa: F401  (no_leaks: an autouse fixture)
     _status,
     converge,
@@ -22,6 +23,11 @@ from test_watch import (  # noqa: F401  (no_leaks: an autouse fixture)
     write,
 )
 from treeutil import hsync_bin
+
+from hsync.daemon import load_config
+from hsync.dirty import Dirty
+from hsync.errors import UsageError
+from hsync.region import Region
 
 MB = 1 << 20
 
@@ -118,3 +124,38 @@ def test_other_changes_beside_a_file_being_written_go_as_usual(tmp_path: Path) -
             assert arrived is not None and arrived < 1.0, arrived
             assert (dst / "d" / "small.txt").read_bytes() == b"small"
         converge(src, dst, timeout=5)
+
+
+def test_the_sink_holds_back_keys_being_written_and_what_lists_them() -> None:
+    d = Dirty(settle=0.3)
+    d.dirty(("new",), deep=True)  # a directory created ...
+    d.dirty(("new", "f"), deep=True)  # ... a file in it, still being written
+    d.dirty(("new", "f"), deep=False, writing=True)
+    t_log = time.monotonic()
+    d.dirty(("log",), deep=False, writing=True)
+    d.dirty(("small",), deep=True)
+    region, _first, _quick = d.take(allow_full=False)
+    assert region == Region.of([("small",)])  # the deep ("new",) would list the file
+    d.wait(0.0, 0.0, time.monotonic() + 0.1)  # nothing ready: returns at ``until``
+    d.dirty(("new", "f"), deep=False)  # closed after the write
+    region, _first, _quick = d.take(allow_full=False)
+    assert region == Region.of([("new",)])
+    d.wait(0.0, 0.0, time.monotonic() + 5)  # the log settles
+    assert 0.3 <= time.monotonic() - t_log < 1.5
+    region, _first, _quick = d.take(allow_full=False)
+    assert region == Region.of([], [("log",)])
+    # a full comparison is never held back; a key written meanwhile stays pending
+    d.dirty(("log",), deep=False, writing=True)
+    d.lost("overflow")
+    region, _first, _quick = d.take(allow_full=True)
+    assert region.full and d.pending() == 1
+
+
+def test_a_daemon_pair_takes_settle_s(tmp_path: Path) -> None:
+    (tmp_path / "s").mkdir()
+    config = tmp_path / "hsync.toml"
+    config.write_text('[[pair]]\nsource = "s"\ndestination = "d"\nsettle_s = 0.5\n')
+    assert load_config(str(config)).pairs[0].wopts.settle == 0.5
+    config.write_text('[[pair]]\nsource = "s"\ndestination = "d"\nsettle_s = -1\n')
+    with pytest.raises(UsageError, match="settle_s"):
+        load_config(str(config))
