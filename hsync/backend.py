@@ -131,10 +131,14 @@ class WatchSink(Protocol):
     """Where a watch reports what changed (it never applies anything). Called from the
     watch's own thread(s); each call returns quickly."""
 
-    def dirty(self, key: Key, *, deep: bool = True) -> None:
+    def dirty(self, key: Key, *, deep: bool = True, writing: bool = False) -> None:
         """``key`` changed. ``deep``: anything at or below it may have changed (created,
         deleted, moved in or out: rescan its subtree); otherwise only the node itself
-        (its content or metadata). A move reports both its old and its new key."""
+        (its content or metadata). A move reports both its old and its new key.
+        ``writing``: the node is a file modified and still open for writing; it is not
+        published until a later call for it without ``writing`` (closed after the
+        write, deleted, moved) or a quiet period (``--settle``). A backend that cannot
+        tell leaves it False."""
         ...
 
     def lost(self, reason: str) -> None:

@@ -397,6 +397,10 @@ def watch(
         1000, "--max-delay", min=0, metavar="MS",
         help="A round starts at the latest this long after the first change (ms).",
     ),
+    settle: float = typer.Option(
+        2, "--settle", min=0, metavar="SECONDS",
+        help="A file still open for writing is copied once closed, or once quiet this long.",
+    ),
     status_file: str | None = typer.Option(
         None, "--status-file", metavar="PATH", help="JSON status, rewritten every round."
     ),
@@ -448,7 +452,7 @@ def watch(
         hard_links=hard_links, wait_lock=wait_lock,
     )
     wopts = WatchOptions(
-        debounce=debounce / 1000, max_delay=max_delay / 1000,
+        debounce=debounce / 1000, max_delay=max_delay / 1000, settle=settle,
         rescan_interval=rescan_interval or None, poll_interval=poll_interval,
         verify_interval=verify_interval or None,
     )

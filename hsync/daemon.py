@@ -51,6 +51,7 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "hard_links": bool,
     "debounce_ms": (int, float),
     "max_delay_ms": (int, float),
+    "settle_s": (int, float),
     "rescan_interval_s": (int, float),
     "poll_interval_s": (int, float),
     "verify_interval_s": (int, float),
@@ -176,7 +177,7 @@ def pair_config(
             raise UsageError(
                 f"{where}: {path}: cannot read the exclude file: {e.strerror}"
             ) from None
-    for k in ("debounce_ms", "max_delay_ms", "rescan_interval_s", "poll_interval_s",
+    for k in ("debounce_ms", "max_delay_ms", "settle_s", "rescan_interval_s", "poll_interval_s",
               "verify_interval_s", "max_delete"):
         if k in raw and raw[k] < 0:
             raise UsageError(f"{where}: {k} must not be negative")
@@ -194,6 +195,7 @@ def pair_config(
     wopts = WatchOptions(
         debounce=raw.get("debounce_ms", 100) / 1000,
         max_delay=raw.get("max_delay_ms", 1000) / 1000,
+        settle=raw.get("settle_s", 2),
         rescan_interval=raw.get("rescan_interval_s") or None,
         poll_interval=raw.get("poll_interval_s", 10),
         verify_interval=raw.get("verify_interval_s") or None,

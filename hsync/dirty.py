@@ -4,6 +4,11 @@ A watch's threads call ``dirty``, ``lost`` and ``unwatched``; the loop waits for
 period (``wait``), takes the pending region (``take``), and says which region is being
 compared (``begin``/``end``): an event that touches it marks the comparison stale, and
 the loop's cancel token then stops the scan at its next directory.
+
+Files being written (SPEC 5): a key reported with ``writing=True`` (modified, not yet
+closed) is held back by ``take`` until a ``dirty`` call without ``writing`` (closed
+after the write, deleted, moved) or until it has been quiet for ``settle`` seconds (a
+log never closed). ``max_delay`` does not apply to it; everything else goes as usual.
 """
 
 from __future__ import annotations
@@ -22,9 +27,12 @@ class Dirty:
     Keys are collected as they come (cheap under a burst) and normalised when the loop
     takes them: a deep key absorbs everything below it."""
 
-    def __init__(self, exclude: Exclude | None = None) -> None:
+    def __init__(self, exclude: Exclude | None = None, *, settle: float = 2.0) -> None:
         self.cond = threading.Condition()
         self.exclude = exclude
+        self.settle = settle
+        self.writing: dict[Key, float] = {}
+        """Keys open for writing: the monotonic time of their last modification."""
         self.deep: set[Key] = set()
         self.shallow: set[Key] = set()
         self.first: float | None = None  # monotonic time of the oldest pending event
@@ -42,12 +50,18 @@ class Dirty:
         not stored)."""
 
     # -- the WatchSink side (watcher threads) -------------------------------------------
-    def dirty(self, key: Key, *, deep: bool = True) -> None:
+    def dirty(self, key: Key, *, deep: bool = True, writing: bool = False) -> None:
         if key and self.exclude is not None and self.exclude.covers(key):
             return
         with self.cond:
             (self.deep if deep else self.shallow).add(key)
-            self._touch()
+            if writing:
+                # not a reason for a round by itself: the close, or ``settle``, is
+                self.writing[key] = time.monotonic()
+                self.events += 1
+            else:
+                self.writing.pop(key, None)
+                self._touch()
             if self.inflight is not None and not self.stale and self._touches(key):
                 self.stale = True
             self.cond.notify_all()
@@ -97,16 +111,27 @@ class Dirty:
         with self.cond:
             return len(self.deep) + len(self.shallow) + (self.lost_reason is not None)
 
+    def _settled_at(self) -> float | None:
+        """When the first key being written will have been quiet for ``settle``."""
+        return min(self.writing.values()) + self.settle if self.writing else None
+
     def wait(self, debounce: float, max_delay: float, until: float | None) -> None:
         """Return when pending work is ready (quiet for ``debounce``, or ``max_delay``
-        after the first pending event), at monotonic time ``until``, or on stop."""
+        after the first pending event; a file being written once quiet for ``settle``),
+        at monotonic time ``until``, or on stop."""
         with self.cond:
             while not self.stopping:
                 now = time.monotonic()
                 if until is not None and now >= until:
                     return
+                ready: list[float] = []
                 if self.first is not None and self.last is not None:
-                    ready_at = min(self.last + debounce, self.first + max_delay)
+                    ready.append(min(self.last + debounce, self.first + max_delay))
+                settled = self._settled_at()
+                if settled is not None:
+                    ready.append(settled)
+                if ready:
+                    ready_at = min(ready)
                     if now >= ready_at:
                         return
                     wake = ready_at
@@ -131,7 +156,28 @@ class Dirty:
             first = self.first
             self.deep, self.shallow = set(), set()
             self.first = self.last = None  # a full comparison not allowed yet: a deadline
+            self._hold_writing(deep, shallow)
             return Region.of(deep, shallow), first, quick
+
+    def _hold_writing(self, deep: set[Key], shallow: set[Key]) -> None:
+        """Move back to the pending sets what covers a file still being written: the
+        key itself, and a deep key above it (its subtree would list the file). A full
+        comparison is not held back (a log written forever would starve it); the copy
+        still refuses a source that changes under it, and the key stays held."""
+        now = time.monotonic()
+        for k in [k for k, t in self.writing.items() if now >= t + self.settle]:
+            del self.writing[k]  # quiet for ``settle``: published as it is
+        if not self.writing or () in deep:
+            self.deep |= {k for k in deep if k in self.writing}
+            self.shallow |= {k for k in shallow if k in self.writing}
+            return
+        above = {k[:i] for k in self.writing for i in range(len(k) + 1)}
+        held_deep = {k for k in deep if k in above}
+        held_shallow = {k for k in shallow if k in self.writing}
+        deep -= held_deep
+        shallow -= held_shallow
+        self.deep |= held_deep
+        self.shallow |= held_shallow
 
     def begin(self, region: Region) -> None:
         with self.cond:

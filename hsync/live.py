@@ -78,6 +78,9 @@ class WatchOptions:
     """Seconds without a notification before a round starts."""
     max_delay: float = 1.0
     """A round starts at the latest this long after the first pending notification."""
+    settle: float = 2.0
+    """A file modified and not yet closed waits for its close, or this many quiet
+    seconds (``max_delay`` does not apply to it)."""
     rescan_interval: float | None = None
     """Seconds between full comparisons that repair drift made by others (None: off)."""
     poll_interval: float = 10.0
@@ -127,7 +130,7 @@ class PairWatch:
         self.exclude = Exclude.of(options.exclude)
         self.batching = Batching(max_ops=wopts.batch_ops, max_bytes=BATCH_BYTES,
                                  min_ops=wopts.batch_ops)
-        self.dirty = Dirty(self.exclude)
+        self.dirty = Dirty(self.exclude, settle=wopts.settle)
         self.status = PairStatus(name or source_url, source_url, destination_url)
         self.log = PairLog(log, self.status.name)
         """The pair's logger: every record names the pair (``pair``), each applied op

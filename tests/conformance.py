@@ -535,7 +535,7 @@ class RecordingSink:
         self.unwatched_keys: list[Key] = []
         self.cond = threading.Condition()
 
-    def dirty(self, key: Key, *, deep: bool = True) -> None:
+    def dirty(self, key: Key, *, deep: bool = True, writing: bool = False) -> None:
         with self.cond:
             self.seen.append((key, deep))
             self.cond.notify_all()

@@ -1,8 +1,13 @@
 """Change notifications for a filesystem tree: inotify through watchdog.
 
 The watcher only reports: every event becomes ``sink.dirty(key, deep=...)`` and nothing
-else happens on watchdog's threads. What watchdog does not report by itself is made
-visible at its boundary (``_Group``, a subclass of its inotify watch group):
+else happens on watchdog's threads. A file's modification (``IN_MODIFY``) is reported
+with ``writing=True``: the file is open for writing, and the loop holds it back until
+its close after the write (``IN_CLOSE_WRITE``, reported without ``writing``) or a quiet
+period (SPEC 5: a half-written file is never published under its name).
+
+What watchdog does not report by itself is made visible at its boundary (``_Group``, a
+subclass of its inotify watch group):
 
 - a queue overflow (events were lost) -> ``sink.lost``;
 - a directory that could not be watched (the watch limit, a permission) ->
@@ -143,7 +148,10 @@ class _Handler(FileSystemEventHandler):
             self._appeared_or_went(_key_of(self.base, event.dest_path))
         elif isinstance(event, _DEEP):
             self._appeared_or_went(key)
-        elif key is not None:  # modified, closed after a write, attributes
+        elif isinstance(event, FileModifiedEvent) and key is not None:
+            # written, not closed yet: the loop waits for the close (or for quiet)
+            self.sink.dirty(key, deep=False, writing=True)
+        elif key is not None:  # closed after a write, a directory's content or metadata
             self.sink.dirty(key, deep=False)
 
 
