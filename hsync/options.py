@@ -34,6 +34,12 @@ class Options:
     """Attribute names left out of entries' payloads (backends with attributes: LDAP)."""
     hard_links: bool = False
     """Source files that are one inode stay one inode on the destination (rsync -H)."""
+    include: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    """Patterns kept whatever ``exclude`` says (rsync's ``+`` rules; ``hsync.filters``)."""
+    filters: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    """rsync filter rules, ``+ PATTERN`` or ``- PATTERN``, first match wins."""
+    delete_excluded: bool = False
+    """Excluded nodes on the destination are deleted (rsync --delete-excluded)."""
 
 
 @attrs.define
