@@ -102,8 +102,10 @@ def _options(**kw: Any) -> Any:
     return Options(exclude=tuple(patterns), exclude_attrs=attrs, check=_state["debug"], **kw)
 
 
-def _filtered(opts: Any, include: list[str], rules: list[str], delete_excluded: bool) -> Any:
-    """``opts`` with --include, --filter and --delete-excluded."""
+def _filtered(
+    opts: Any, include: list[str], rules: list[str], delete_excluded: bool, **more: Any
+) -> Any:
+    """``opts`` with --include, --filter and --delete-excluded (and ``more``)."""
     import attrs
 
     from .filters import parse_rule
@@ -112,7 +114,7 @@ def _filtered(opts: Any, include: list[str], rules: list[str], delete_excluded: 
         parse_rule(rule)  # a malformed rule is a usage error before anything is opened
     return attrs.evolve(
         opts, include=tuple(include or ()), filters=tuple(rules or ()),
-        delete_excluded=delete_excluded,
+        delete_excluded=delete_excluded, **more,
     )
 
 
@@ -128,6 +130,11 @@ FilterOpt = typer.Option(
 )
 DeleteExcludedOpt = typer.Option(
     False, "--delete-excluded", help="Delete excluded nodes on the destination (rsync)."
+)
+CopyUnstableOpt = typer.Option(
+    False, "--copy-unstable",
+    help="A file still changing after a few tries is copied as read, with a warning "
+    "(default: reported, exit 3).",
 )
 
 
@@ -188,6 +195,7 @@ def sync(
     include: list[str] = IncludeOpt,
     filter_rule: list[str] = FilterOpt,
     delete_excluded: bool = DeleteExcludedOpt,
+    copy_unstable: bool = CopyUnstableOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
     max_delete: int | None = typer.Option(
         None,
@@ -220,7 +228,7 @@ def sync(
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links,
     )
-    opts = _filtered(opts, include, filter_rule, delete_excluded)
+    opts = _filtered(opts, include, filter_rule, delete_excluded, copy_unstable=copy_unstable)
     show = sys.stderr.isatty() and not json_out if progress is None else progress
     bar = _Progress() if show and not dry_run else None
     try:
@@ -250,6 +258,9 @@ def sync(
         )
     for key, why in report.skipped:
         _err(f"warning: {'/'.join(key)}: {why} skipped")
+    for w in report.warnings:
+        if not any(p.message == w for p in report.problems):
+            _err(f"warning: {w}")
     for p in report.problems:
         _err(f"{'/'.join(p.key) or src}: {p.message}")
     raise typer.Exit(report.exit_code)

@@ -44,6 +44,7 @@ def sync_once(
                 report.counts = applied.counts
                 report.bytes_copied = applied.bytes_copied
                 report.problems.extend(applied.problems)
+                report.warnings.extend(applied.warnings)
     report.source, report.destination = source_url, destination_url
     report.elapsed = time.perf_counter() - t0
     return report
@@ -117,6 +118,7 @@ def _streamed(
     report.bytes_copied = done.bytes_copied
     report.problems = done.problems
     report.skipped = done.skipped
+    report.warnings = list(done.warnings)
     report.scanned = dict(done.seen)
     report.compared = dict(done.seen)
     return report

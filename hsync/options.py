@@ -40,6 +40,9 @@ class Options:
     """rsync filter rules, ``+ PATTERN`` or ``- PATTERN``, first match wins."""
     delete_excluded: bool = False
     """Excluded nodes on the destination are deleted (rsync --delete-excluded)."""
+    copy_unstable: bool = False
+    """A file still changing after the retries of its copy is published as read, with a
+    warning, instead of being a problem (``hsync.apply.retry_changed``)."""
 
 
 @attrs.define
