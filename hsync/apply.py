@@ -14,14 +14,17 @@ never trusted alone (a run that finds the batch unfinished compares everything).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections import ChainMap
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
+from typing import Any
 
 import attrs
 
 from .backend import ApplyOptions, ApplyResult
 from .cancel import NEVER, Cancel
-from .errors import CANCELLED
-from .model import CREATE, DELETE, MOVE, UPDATE, Change, Key, Op, Problem, Snapshot
+from .errors import CANCELLED, RETRY
+from .model import CREATE, DELETE, FILE, MOVE, UPDATE, Change, Key, Node, Op, Problem, Snapshot
 from .session import PairSession
 
 
@@ -44,6 +47,11 @@ STREAMED = Batching(max_ops=2000, max_bytes=64 << 20, min_ops=250)
 """An initial copy from a source read ahead in a thread (a server's pages)."""
 
 
+RETRY_DELAYS = (0.05, 0.1, 0.2)
+"""The pauses before each new try of a copy whose source changed while it was read
+(a file being written): one more try after each, within the batch."""
+
+
 @attrs.define
 class Applied:
     """What applying a plan (or a streamed copy) did."""
@@ -54,10 +62,12 @@ class Applied:
     counts: dict[str, int] = attrs.field(
         factory=lambda: dict.fromkeys((CREATE, UPDATE, MOVE, DELETE), 0)
     )
+    warnings: list[str] = attrs.field(factory=list)
 
     def add(self, result: ApplyResult) -> None:
         self.done.extend(result.done)
         self.problems.extend(result.problems)
+        self.warnings.extend(result.warnings)
         self.bytes_copied += result.bytes_copied
         for op in result.done:
             self.counts[op.op] += 0 if op.temporary else 1
@@ -105,6 +115,8 @@ def run_batch(
     result = destination.backend.apply_batch(
         ops, session.source.backend, final, options=options, cancel=cancel, on_done=on_done
     )
+    if any(p.kind == RETRY for p in result.problems):
+        retry_changed(session, ops, final, result, options, cancel=cancel, on_done=on_done)
     try:
         if while_flushing is not None:
             while_flushing(result)
@@ -116,6 +128,74 @@ def run_batch(
         assert journal is not None
         journal.done()
     return result
+
+
+def retry_changed(
+    session: PairSession,
+    ops: Sequence[Op],
+    final: Snapshot,
+    result: ApplyResult,
+    options: ApplyOptions,
+    *,
+    cancel: Cancel = NEVER,
+    on_done: Callable[[Op], None] | None = None,
+) -> None:
+    """Try again, a few times (``RETRY_DELAYS``), the file copies of ``ops`` that failed
+    with a problem of kind ``retry`` (the source changed while it was read: a file being
+    written), each with the source's node as it is now (in the op and in ``final``, so
+    the history records what was copied). Still changing after the last try: the
+    problem stays (exit 3), unless ``--copy-unstable``, where the last try publishes
+    what it read, with a warning. ``result`` is updated in place."""
+    files = {op.key: op for op in ops
+             if op.op in (CREATE, UPDATE) and op.node is not None and op.node.kind == FILE}
+    unstable = session.options.copy_unstable
+    source = session.source.backend
+    for n, delay in enumerate(RETRY_DELAYS):
+        failed = [p for p in result.problems if p.kind == RETRY and p.key in files]
+        if not failed or cancel.cancelled():
+            break
+        time.sleep(delay)
+        again: list[Op] = []
+        now: dict[Key, Node] = {}
+        for p in failed:
+            node = source.stat(p.key)
+            if node is not None and node.kind == FILE:
+                now[p.key] = node
+                again.append(attrs.evolve(files[p.key], node=node))
+        if not again:
+            break
+        _set_nodes(final, now)
+        last = n == len(RETRY_DELAYS) - 1
+        tried = session.destination.backend.apply_batch(
+            again, source, final, cancel=cancel, on_done=on_done,
+            options=attrs.evolve(options, defer_durable=False, copy_unstable=last and unstable),
+        )
+        result.problems = [p for p in result.problems if p.key not in now] + tried.problems
+        result.done.extend(tried.done)
+        result.bytes_copied += tried.bytes_copied
+        files.update((op.key, op) for op in again)
+        if last and unstable:
+            result.warnings.extend(
+                f"{'/'.join(op.key)}: changed while it was copied; published as read "
+                f"({op.node.size if op.node else 0} bytes, --copy-unstable)"
+                for op in tried.done
+            )
+    tries = len(RETRY_DELAYS) + 1
+    result.problems = [
+        attrs.evolve(p, message=f"{p.message} ({tries} tries; --copy-unstable copies it "
+                     "anyway)")
+        if p.kind == RETRY and p.key in files and not unstable else p
+        for p in result.problems
+    ]
+
+
+def _set_nodes(final: Snapshot, now: dict[Key, Node]) -> None:
+    """``final`` with the nodes in ``now`` (in place: the caller records from it)."""
+    nodes: Any = final.nodes
+    if isinstance(nodes, MutableMapping):
+        nodes.update(now)
+    else:
+        final.nodes = ChainMap(now, nodes)
 
 
 def apply_plan(

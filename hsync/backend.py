@@ -77,6 +77,13 @@ class ApplyOptions:
     """Source files that share an identity become one node here too (rsync -H)."""
     defer_durable: bool = False
     """Return while the batch's flush still runs (only where ``deferred_flush``)."""
+    copy_unstable: bool = False
+    """A source file that changes while it is read is published anyway instead of
+    failing with a problem of kind ``retry``: its first ``op.node.size`` bytes as read,
+    with ``op.node``'s mtime (what an appended log held at the scan), as rsync publishes
+    what it read. A file now shorter than that, or not a file, still fails. The apply
+    step asks for it only on its last try of an op, with ``sync --copy-unstable``, and
+    warns (``ApplyResult.warnings``); a backend without the notion may ignore it."""
 
 
 @attrs.define
@@ -88,6 +95,8 @@ class ApplyResult:
     bytes_copied: int = 0
     durable: Callable[[], None] | None = None
     """Waits until the batch is durable when the flush was deferred; None: it is."""
+    warnings: list[str] = attrs.field(factory=list)
+    """Said to the user, nothing failed (the apply step's: files published unstable)."""
 
 
 @attrs.frozen(kw_only=True)

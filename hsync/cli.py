@@ -113,6 +113,42 @@ def _options(**kw: Any) -> Any:
     return Options(exclude=tuple(patterns), exclude_attrs=attrs, check=_state["debug"], **kw)
 
 
+def _filtered(
+    opts: Any, include: list[str], rules: list[str], delete_excluded: bool, **more: Any
+) -> Any:
+    """``opts`` with --include, --filter and --delete-excluded (and ``more``)."""
+    import attrs
+
+    from .filters import parse_rule
+
+    for rule in rules or ():
+        parse_rule(rule)  # a malformed rule is a usage error before anything is opened
+    return attrs.evolve(
+        opts, include=tuple(include or ()), filters=tuple(rules or ()),
+        delete_excluded=delete_excluded, **more,
+    )
+
+
+IncludeOpt = typer.Option(
+    None, "--include", metavar="PATTERN",
+    help="Keep what PATTERN matches whatever --exclude says (rsync's '+ PATTERN'; "
+    "tried before --exclude). Repeatable.",
+)
+FilterOpt = typer.Option(
+    None, "--filter", metavar="RULE",
+    help="rsync filter rule, '+ PATTERN' or '- PATTERN'; the first rule that matches "
+    "decides (after --include, before --exclude). Repeatable.",
+)
+DeleteExcludedOpt = typer.Option(
+    False, "--delete-excluded", help="Delete excluded nodes on the destination (rsync)."
+)
+CopyUnstableOpt = typer.Option(
+    False, "--copy-unstable",
+    help="A file still changing after a few tries is copied as read, with a warning "
+    "(default: reported, exit 3).",
+)
+
+
 ExcludeOpt = typer.Option(
     None,
     "--exclude",
@@ -167,6 +203,10 @@ def sync(
     checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
     exclude: list[str] = ExcludeOpt,
     exclude_from: list[str] = ExcludeFromOpt,
+    include: list[str] = IncludeOpt,
+    filter_rule: list[str] = FilterOpt,
+    delete_excluded: bool = DeleteExcludedOpt,
+    copy_unstable: bool = CopyUnstableOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
     max_delete: int | None = typer.Option(
         None,
@@ -210,6 +250,7 @@ def sync(
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links, wait_lock=wait_lock,
     )
+    opts = _filtered(opts, include, filter_rule, delete_excluded, copy_unstable=copy_unstable)
     show = sys.stderr.isatty() and not json_out if progress is None else progress
     bar = _Progress() if show and not dry_run else None
     log = None
@@ -250,6 +291,9 @@ def sync(
             print(_stats(report))
     for key, why in report.skipped:
         _err(f"warning: {key_str(key) or '.'}: {why} skipped")
+    for w in report.warnings:
+        if not any(p.message == w for p in report.problems):
+            _err(f"warning: {w}")
     for p in report.problems:
         _err(_problem(p, src))
     for line in report.notices:
@@ -348,6 +392,9 @@ def diff(
     checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
     exclude: list[str] = ExcludeOpt,
     exclude_from: list[str] = ExcludeFromOpt,
+    include: list[str] = IncludeOpt,
+    filter_rule: list[str] = FilterOpt,
+    delete_excluded: bool = DeleteExcludedOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
     no_delete: bool = typer.Option(False, "--no-delete", help="Plan as sync --no-delete would."),
     state: str | None = StateOpt,
@@ -362,6 +409,7 @@ def diff(
         exclude_attr=exclude_attr, state=state, delete=not no_delete, dry_run=True,
         allow_empty_source=True,
     )
+    opts = _filtered(opts, include, filter_rule, delete_excluded)
     cmp = compare(src, dst, opts)
     the_plan = cmp.plan
     if json_out:
@@ -424,6 +472,9 @@ def watch(
     checksum: bool = typer.Option(False, "--checksum", "-c", help="Compare content by hash."),
     exclude: list[str] = ExcludeOpt,
     exclude_from: list[str] = ExcludeFromOpt,
+    include: list[str] = IncludeOpt,
+    filter_rule: list[str] = FilterOpt,
+    delete_excluded: bool = DeleteExcludedOpt,
     max_delete: int | None = typer.Option(
         None, "--max-delete", min=0, metavar="N",
         help="Delete nothing in a round when more than N deletions are due.",
@@ -451,6 +502,7 @@ def watch(
         max_delete=max_delete, state=state, allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links, wait_lock=wait_lock,
     )
+    opts = _filtered(opts, include, filter_rule, delete_excluded)
     wopts = WatchOptions(
         debounce=debounce / 1000, max_delay=max_delay / 1000, settle=settle,
         rescan_interval=rescan_interval or None, poll_interval=poll_interval,

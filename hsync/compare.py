@@ -59,7 +59,8 @@ def compare_region(
     tree (the caller compares in full, with its safety checks). The comparison's
     ``region`` is the one compared (it may have grown)."""
     compared, src, dst = scan_region_pair(
-        session.source, session.destination, region, session.exclude, cancel=cancel
+        session.source, session.destination, region, session.exclude, cancel=cancel,
+        dst_exclude=session.destination_exclude,
     )
     if compared.full:
         return None
@@ -74,9 +75,10 @@ def scan_both(session: PairSession, *, cancel: Cancel = NEVER) -> tuple[Snapshot
     scan with digests, only the part that differs is returned (``hsync.digests``)."""
     source, destination = session.source, session.destination
     exclude, options = session.exclude, session.options
+    dexclude = session.destination_exclude  # None with --delete-excluded
     dscan = destination.features.digest_scanning
     if dscan is not None and destination.backend.root_id() is not None:
-        child = dscan.digest_scan(exclude, background=True, cancel=cancel)
+        child = dscan.digest_scan(dexclude, background=True, cancel=cancel)
         try:
             session.check_source_root()  # again: a watch's root may have gone since
             sscan = source.features.digest_scanning
@@ -84,6 +86,7 @@ def scan_both(session: PairSession, *, cancel: Cancel = NEVER) -> tuple[Snapshot
             if (
                 sscan is not None and history is not None
                 and not options.checksum and not options.hard_links
+                and dexclude is exclude
             ):
                 from .digests import compare_by_digests
 
@@ -102,7 +105,7 @@ def scan_both(session: PairSession, *, cancel: Cancel = NEVER) -> tuple[Snapshot
     collect: Callable[[], Snapshot] = Snapshot
     if destination.backend.root_id() is not None:
         def collect() -> Snapshot:
-            return destination.backend.scan((), exclude=exclude, cancel=cancel)
+            return destination.backend.scan((), exclude=dexclude, cancel=cancel)
 
         if destination.capabilities.waits or source.capabilities.waits:
             collect = _in_thread(collect)  # a server's answers, read side by side

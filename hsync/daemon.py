@@ -42,6 +42,9 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "destination": str,
     "exclude": list,
     "exclude_from": list,
+    "include": list,
+    "filter": list,
+    "delete_excluded": bool,
     "delete": bool,
     "checksum": bool,
     "max_delete": int,
@@ -185,6 +188,9 @@ def pair_config(
         delete=raw.get("delete"),
         checksum=raw.get("checksum", False),
         exclude=tuple(patterns),
+        include=tuple(str(p) for p in raw.get("include", [])),
+        filters=tuple(str(r) for r in raw.get("filter", [])),
+        delete_excluded=raw.get("delete_excluded", False),
         max_delete=raw.get("max_delete"),
         state=raw.get("state"),
         allow_empty_source=raw.get("allow_empty_source", False),
@@ -192,6 +198,13 @@ def pair_config(
         hard_links=raw.get("hard_links", False),
         check=debug,
     )
+    from .filters import parse_rule
+
+    for rule in options.filters:
+        try:
+            parse_rule(rule)
+        except UsageError as e:
+            raise UsageError(f"{where}: {e}") from None
     wopts = WatchOptions(
         debounce=raw.get("debounce_ms", 100) / 1000,
         max_delay=raw.get("max_delay_ms", 1000) / 1000,

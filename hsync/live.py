@@ -49,7 +49,7 @@ from .cancel import Cancel
 from .compare import Comparison, compare_region, compare_trees
 from .dirty import Dirty
 from .errors import CANCELLED, Cancelled, HsyncError, SafetyError
-from .filters import Exclude
+from .filters import build as build_filter
 from .itemize import PairLog
 from .model import Key, Op, Problem
 from .options import Options, withheld_line
@@ -127,7 +127,7 @@ class PairWatch:
         self.credentials = credentials
         self.options = options = options if options is not None else Options()
         self.wopts = wopts = wopts if wopts is not None else WatchOptions()
-        self.exclude = Exclude.of(options.exclude)
+        self.exclude = build_filter(options.exclude, options.include, options.filters)
         self.batching = Batching(max_ops=wopts.batch_ops, max_bytes=BATCH_BYTES,
                                  min_ops=wopts.batch_ops)
         self.dirty = Dirty(self.exclude, settle=wopts.settle)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from .apply import ONE_SHOT, STREAMED, apply_plan, record
 from .cancel import NEVER, Cancel
 from .compare import Comparison, compare_trees
-from .model import FILE, Key, Op, Plan, Problem
+from .model import FILE, Key, Op, Plan, Problem, Rows, Snapshot
 from .options import DEFAULT, Options, Report
 from .session import PairSession
 
@@ -44,6 +44,7 @@ def sync_once(
                 report.counts = applied.counts
                 report.bytes_copied = applied.bytes_copied
                 report.problems.extend(applied.problems)
+                report.warnings.extend(applied.warnings)
         report.notices = list(session.notices)
     report.source, report.destination = source_url, destination_url
     report.elapsed = time.perf_counter() - t0
@@ -71,7 +72,7 @@ def _report(session: PairSession, cmp: Comparison) -> Report:
     for side, snap in (("source", cmp.src), ("destination", cmp.dst)):
         report.compared[side] = len(snap.nodes)
         report.scanned[side] = snap.scanned if snap.scanned is not None else len(snap.nodes)
-        report.bytes_examined[side] = sum(n.size for n in snap.nodes.values() if n.kind == FILE)
+        report.bytes_examined[side] = _file_bytes(snap)
     report.skipped = list(cmp.src.skipped)
     report.warnings = list(cmp.warnings)
     report.withheld = cmp.withheld
@@ -89,6 +90,15 @@ def _report(session: PairSession, cmp: Comparison) -> Report:
     if cmp.warnings:
         report.problems.append(Problem((), cmp.warnings[0]))
     return report
+
+
+def _file_bytes(snap: Snapshot) -> int:
+    """The bytes of the files ``snap`` holds, from its compact rows where it has them (a
+    ``Node`` per key would cost more than the rest of a no-op re-sync)."""
+    nodes = snap.nodes
+    if isinstance(nodes, Rows):
+        return sum(r[2] for r in nodes.rows.values() if r[0] == FILE)
+    return sum(n.size for n in nodes.values() if n.kind == FILE)
 
 
 def _streams(session: PairSession, on_planned: Callable[[Plan], None] | None) -> bool:
@@ -124,6 +134,7 @@ def _streamed(
     report.bytes_copied = done.bytes_copied
     report.problems = done.problems
     report.skipped = done.skipped
+    report.warnings = list(done.warnings)
     report.scanned = dict(done.seen)
     report.compared = dict(done.seen)
     report.bytes_examined = {"source": done.bytes_copied, "destination": 0}

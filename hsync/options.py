@@ -40,6 +40,15 @@ class Options:
     """Source files that are one inode stay one inode on the destination (rsync -H)."""
     wait_lock: bool = False
     """Wait for another run of the same pair to end (else exit 2 naming its pid)."""
+    include: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    """Patterns kept whatever ``exclude`` says (rsync's ``+`` rules; ``hsync.filters``)."""
+    filters: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    """rsync filter rules, ``+ PATTERN`` or ``- PATTERN``, first match wins."""
+    delete_excluded: bool = False
+    """Excluded nodes on the destination are deleted (rsync --delete-excluded)."""
+    copy_unstable: bool = False
+    """A file still changing after the retries of its copy is published as read, with a
+    warning, instead of being a problem (``hsync.apply.retry_changed``)."""
 
 
 @attrs.define

@@ -144,6 +144,7 @@ def populate(
 
         result = run_batch(session, ops, final, on_done=on_done, while_flushing=record)
         out.problems.extend(result.problems)
+        out.warnings.extend(result.warnings)
         out.bytes_copied += result.bytes_copied
         for op in result.done:
             out.counts[op.op] += 0 if op.temporary else 1

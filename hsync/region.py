@@ -144,16 +144,19 @@ def scan_region_pair(
     exclude: Exclude | None,
     *,
     cancel: Cancel = NEVER,
+    dst_exclude: Exclude | bool | None = True,
 ) -> tuple[Region, Snapshot, Snapshot]:
     """Scan ``region`` on both sides, promoting it until its context agrees. Returns
     the region actually compared (a promotion to the root is left to the caller: a full
     comparison, with its safety checks). Raises ``SafetyError`` when the source root is
-    gone."""
+    gone. ``dst_exclude`` is what the destination's scans leave out (True: ``exclude``;
+    None with ``--delete-excluded``)."""
+    dexclude = exclude if isinstance(dst_exclude, bool) else dst_exclude
     while True:
         src = scan_region(source, region, exclude, cancel=cancel)
         if () not in src.nodes and () not in src.incomplete:
             raise SafetyError(f"{source.url}: source root is gone; nothing done")
-        dst = scan_region(destination, region, exclude, cancel=cancel)
+        dst = scan_region(destination, region, dexclude, cancel=cancel)
         k = _unsettled(region, src, dst)
         if k is None:
             return region, src, dst

@@ -41,7 +41,10 @@ class ResumeKeeper:
             repr(session.source.backend.root_id()),
             repr(session.destination.backend.root_id()),
             sorted(self.options.exclude), sorted(self.options.exclude_attrs),
-        ])
+        ] + ([list(self.options.include), list(self.options.filters),
+               self.options.delete_excluded]
+             if self.options.include or self.options.filters
+             or self.options.delete_excluded else []))
         history = session.history
         if history is None or history.readonly or self.options.dry_run:
             return None

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from .backend import Credentials, Endpoint, open_endpoint, relation
 from .errors import SafetyError, UsageError
-from .filters import Exclude
+from .filters import build as build_filter
 from .model import Key
 from .options import DEFAULT, Options
 
@@ -44,7 +44,9 @@ class PairSession:
         history: bool = True,
     ) -> None:
         self.options = options
-        self.exclude = Exclude.of(options.exclude)
+        self.exclude = build_filter(options.exclude, options.include, options.filters)
+        self.destination_exclude = None if options.delete_excluded else self.exclude
+        """What the destination's scans leave out: nothing with ``--delete-excluded``."""
         self.history: History | None = None
         self.journal: Journal | None = None
         self.notices: list[str] = []

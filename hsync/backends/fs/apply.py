@@ -78,7 +78,9 @@ class Batch:
         self.on_done = on_done
         self.result = ApplyResult()
         self.dirs = Touched()
-        self.copies = Copies(root, source, local, options.fsync, self.parent)
+        self.copies = Copies(
+            root, source, local, options.fsync, self.parent, options.copy_unstable
+        )
         self.lock = threading.Lock()
         self.full: tuple[Key, OSError] | None = None
         self._root_fd: int | None = None

@@ -53,10 +53,13 @@ destination root, destination parent key, final name, size, mtime_ns, mode, iden
 replace)."""
 
 
-def copy_chunk(items: list[CopyItem], fsync: bool) -> list[int | BaseException]:
+def copy_chunk(
+    items: list[CopyItem], fsync: bool, unstable: bool = False
+) -> list[int | BaseException]:
     """Copy ``items`` (neighbours, mostly: each directory, on either side, is opened once
     per chunk beneath its root); one outcome per item, the bytes copied or the
-    exception. No move or delete runs on the destination while a chunk is copied."""
+    exception. No move or delete runs on the destination while a chunk is copied.
+    ``unstable``: publish files that change meanwhile (``publish``)."""
     out: list[int | BaseException] = []
     roots: dict[str, int] = {}
     # (on each side: within one chunk, no move or delete runs meanwhile)
@@ -85,7 +88,7 @@ def copy_chunk(items: list[CopyItem], fsync: bool) -> list[int | BaseException]:
                 fd_in = osopen(src_key[-1], O_READ, dir_fd=sfd)
                 try:
                     out.append(publish(fd_in, dfd, name, size, mtime_ns, mode, identity,
-                                       src_dev, fsync, replace))
+                                       src_dev, fsync, replace, unstable))
                 finally:
                     os.close(fd_in)
             except (OSError, NodeError) as e:
@@ -105,6 +108,7 @@ _INO = (1 << 64) - 1
 def publish(
     fd_in: int, dfd: int, final: str, size: int, mtime_ns: int, mode: int,
     identity: int | str | None, src_dev: int, fsync: bool, replace: bool,
+    unstable: bool = False,
 ) -> int:
     """Write what ``fd_in`` holds to a temporary name in directory ``dfd``, rename it to
     ``final`` there (over it only when ``replace``: a create never clobbers a node that
@@ -112,12 +116,17 @@ def publish(
     mtime, and its identity when ``identity`` is an inode number on a source tree whose
     root is on ``src_dev``) or changes meanwhile. Returns the bytes copied.
 
+    ``unstable`` (``ApplyOptions.copy_unstable``): a file that grew or changed since it
+    was scanned, or changes while it is read, is published anyway: its first ``size``
+    bytes as read, with ``mtime_ns`` (a log being appended to: the content it had at
+    the scan). Only a file now shorter than ``size``, or another node, is refused.
+
     The hot path of an initial sync: fstat, create, copy, utime, close, fstat, rename
     per file, and as little Python as that allows."""
     before = os.fstat(fd_in)
     if (
-        before.st_size != size
-        or before.st_mtime_ns != mtime_ns
+        (before.st_size < size if unstable else before.st_size != size)
+        or (before.st_mtime_ns != mtime_ns and not unstable)
         or not stat.S_ISREG(before.st_mode)
         or (  # the inode and device an identity holds (see ``scan``)
             type(identity) is int
@@ -130,6 +139,9 @@ def publish(
     try:
         try:
             copied = copy_fd(fd_in, fd_out, size)
+            if unstable and copied > size:  # it grew: what it held at the scan
+                os.ftruncate(fd_out, size)
+                copied = size
             if mode & ~UMASK_SAFE or umask() & mode:
                 os.fchmod(fd_out, mode)
             os.utime(fd_out, ns=(mtime_ns, mtime_ns))
@@ -138,7 +150,10 @@ def publish(
         finally:
             os.close(fd_out)
         after = os.fstat(fd_in)
-        if (
+        if unstable:
+            if copied != size:
+                raise SourceChanged("the source file shrank while it was copied")
+        elif (
             copied != before.st_size
             or after.st_size != before.st_size
             or after.st_mtime_ns != before.st_mtime_ns
@@ -158,13 +173,14 @@ class Copies:
 
     def __init__(
         self, root: str, source: ContentSource, local: LocalTree | None, fsync: bool,
-        parent: Parent,
+        parent: Parent, unstable: bool = False,
     ) -> None:
         self.root = root
         self.src = source
         self.local = local
         self.fsync = fsync
         self.parent = parent
+        self.unstable = unstable
         self.inflight: list[tuple[list[Op], Future[list[Outcome]]]] = []
         self.chunk: list[Op] = []
         self.chunk_bytes = 0
@@ -216,7 +232,8 @@ class Copies:
             assert self.executor is not None
             if self.local is not None:  # picklable work: a process pool may take it
                 fut = self.executor.submit(
-                    copy_chunk, [self.item(op) for op in self.chunk], self.fsync
+                    copy_chunk, [self.item(op) for op in self.chunk], self.fsync,
+                    self.unstable,
                 )
             else:
                 fut = self.executor.submit(self.copy_many, self.chunk)
@@ -258,7 +275,7 @@ class Copies:
         assert node is not None
         check_key(op.key)  # refuses names that could leave either tree
         if self.local is not None:
-            outcome = copy_chunk([self.item(op)], self.fsync)[0]
+            outcome = copy_chunk([self.item(op)], self.fsync, self.unstable)[0]
             if isinstance(outcome, BaseException):
                 raise outcome
             return outcome
@@ -269,6 +286,6 @@ class Copies:
             with self.parent(op.key) as (dfd, name):
                 # a stream's descriptor says nothing of the source's identity
                 return publish(fd_in, dfd, name, node.size, node.mtime_ns, node.mode,
-                               None, 0, self.fsync, op.op == UPDATE)
+                               None, 0, self.fsync, op.op == UPDATE, self.unstable)
         finally:
             os.close(fd_in)
