@@ -26,7 +26,15 @@ from ...cancel import NEVER, Cancel
 from ...errors import TargetChanged
 from ...filters import Exclude
 from ...model import DIR, FILE, SYMLINK, Key, Row, Rows, Snapshot
-from .posix import birth_time, check_key, is_tmp_name, open_beneath, open_root, special_kind
+from .posix import (
+    TMP_PREFIX,
+    birth_time,
+    check_key,
+    is_tmp_name,
+    open_beneath,
+    open_root,
+    special_kind,
+)
 
 Entry = tuple[str, Any, int, int, int, int, int, int]
 """One listed name: ``(name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, hash,
@@ -114,7 +122,7 @@ def _list(
         ino = (((born << 64) | st_ino if st_dev == root_dev  # identity_of, inline
                 else (st_dev << 128) | (born << 64) | st_ino) if born else None)
         if S_ISREG(mode):
-            if is_tmp_name(name):
+            if name.startswith(TMP_PREFIX) and is_tmp_name(name):  # cheap test first
                 temps.append(k)
                 continue
             if exclude is not None and exclude(k, False):
