@@ -144,12 +144,13 @@ DST_ONLY = {"old.log": b"excluded", "build/stale": b"in an excluded dir", "stale
 
 
 def test_delete_excluded(tmp_path: Path) -> None:
-    """Without it, excluded nodes on the destination stay; with it they go (rsync)."""
+    """Without it, excluded nodes on the destination stay; with it they go (rsync; it
+    implies --delete, as rsync's does)."""
     src = build(tmp_path / "src", {"a.txt": b"a", "keep.log": b"k"})
     spec = {"--exclude": ["*.log", "build/"]}
     args = [x for p in spec["--exclude"] for x in ("--exclude", p)]
     dst = build(tmp_path / "dst", DST_ONLY)
-    ok(hsync("sync", *args, src, dst))
+    ok(hsync("sync", "--delete", *args, src, dst))
     assert files(dst) == {"a.txt", "old.log", "build/stale"}
     r = ok(hsync("diff", "--json", "--delete-excluded", *args, src, dst), 1)
     assert "old.log" in r.stdout and "build" in r.stdout
@@ -207,3 +208,12 @@ def test_daemon_pair_keys(tmp_path: Path) -> None:
 
 def test_git_is_there() -> None:
     assert shutil.which("git")
+
+
+def test_delete_excluded_implies_delete(tmp_path: Path) -> None:
+    """rsync's --delete-excluded implies --delete: into a destination hsync never synced
+    (where deletions are otherwise withheld) it removes what the source lacks too."""
+    src = build(tmp_path / "src", {"a.txt": b"a"})
+    dst = build(tmp_path / "dst", DST_ONLY)
+    ok(hsync("sync", "--delete-excluded", "--exclude", "*.log", src, dst))
+    assert files(dst) == {"a.txt"}
