@@ -166,8 +166,8 @@ class PairSession:
         """Whether destination-only nodes may be deleted (SPEC 8): always with
         ``--delete`` (or ``--delete-excluded``), never with ``--no-delete``; by default
         only when the pair was synced before with deletions allowed, or the destination
-        is empty (then all it will hold comes from this source). A destination hsync never synced from this
-        source keeps what the source lacks (``withhold_deletes``)."""
+        is empty (then all it will hold comes from this source). A destination hsync
+        never synced from this source keeps what the source lacks (``withhold_deletes``)."""
         delete = self.options.delete
         if delete is None and self.options.delete_excluded:
             delete = True  # rsync: --delete-excluded implies --delete
