@@ -103,6 +103,9 @@ def copy_chunk(
 
 _INO = (1 << 64) - 1
 """The inode number in an identity's low 64 bits."""
+_AS_ROOT = os.geteuid() == 0
+"""Whether copies may keep their source's owner and group (only root may give a file
+away); owner and group are not yet compared by a sync (issue: a faithful replica)."""
 
 
 def publish(
@@ -142,6 +145,11 @@ def publish(
             if unstable and copied > size:  # it grew: what it held at the scan
                 os.ftruncate(fd_out, size)
                 copied = size
+            if _AS_ROOT and (before.st_uid or before.st_gid):
+                # root keeps the source's owner (rsync -o -g): a user's set-uid file
+                # never becomes a set-uid-root one. Before the mode: chown clears set-id
+                # bits, and the fchmod below sets them again for their own owner
+                os.fchown(fd_out, before.st_uid, before.st_gid)
             if mode & ~UMASK_SAFE or umask() & mode:
                 os.fchmod(fd_out, mode)
             os.utime(fd_out, ns=(mtime_ns, mtime_ns))
