@@ -12,6 +12,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from treeutil import assert_same_tree, build, hsync_bin
@@ -34,6 +35,7 @@ def _reuse(old: Path, new: Path, content: bytes) -> bool:
     ino = old.stat().st_ino
     mtime = old.stat().st_mtime_ns
     old.unlink()
+    os.sync()  # ext4 does not hand out an inode whose deletion is not committed yet
     _write(new, content, mtime)
     return new.stat().st_ino == ino
 
@@ -53,7 +55,8 @@ def test_a_reused_inode_is_not_a_move_through_the_cli(tmp_path: Path) -> None:
         if _reuse(s / "a.txt", s / "b.txt", b"BBBB-new-content\n"):
             break
     else:
-        raise AssertionError("the filesystem never reused a freed inode")
+        pytest.skip("this filesystem never reused a freed inode (tmpfs does not): the "
+                    "bug needs a reused inode")
     out = subprocess.run(run, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert (d / "b.txt").read_bytes() == b"BBBB-new-content\n"

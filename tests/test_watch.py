@@ -715,13 +715,15 @@ def test_a_reused_inode_under_a_watch_is_copied_not_moved(tmp_path: Path) -> Non
             converge(src, dst)
             ino = old.stat().st_ino
             old.unlink()
+            os.sync()  # ext4 does not hand out an inode whose deletion is not committed
             write(new, b"BBBB-new")
             os.utime(new, ns=(t0, t0))
             if new.stat().st_ino == ino:
                 break
             converge(src, dst)
         else:
-            raise AssertionError("the filesystem never reused a freed inode")
+            pytest.skip("this filesystem never reused a freed inode (tmpfs does not): the "
+                        "bug needs a reused inode")
         wait_for(lambda: (dst / "d" / new.name).exists(), what="the new file")
         converge(src, dst)
         assert (dst / "d" / new.name).read_bytes() == b"BBBB-new"
