@@ -133,3 +133,32 @@ def snapshot(
         assert not key or key[:-1] in nodes, f"{'/'.join(key)}: parent missing in literal"
     inc = {tuple(k.split("/")) if k else (): why for k, why in (incomplete or {}).items()}
     return Snapshot(nodes=nodes, incomplete=inc)
+
+
+def reuse_inode(old: Path, new: Path, content: bytes, tries: int = 20_000) -> bool:
+    """Delete ``old`` and create ``new`` (``content``, ``old``'s mtime) so that it gets
+    ``old``'s freed inode where the filesystem reuses inodes (ext4 hands out the lowest
+    free inode of a group once the deletion is committed: empty filler files in the same
+    directory take the lower holes first, and are removed after). True when it did."""
+    st = old.stat()
+    old.unlink()
+    os.sync()
+    fillers: list[Path] = []
+    got = False
+    try:
+        for i in range(tries):
+            probe = new.with_name(f".reuse-{os.getpid()}-{i}")
+            probe.write_bytes(b"")
+            if probe.stat().st_ino == st.st_ino:
+                probe.rename(new)
+                got = True
+                break
+            fillers.append(probe)
+            if i and i % 512 == 0:
+                os.sync()
+    finally:
+        for f in fillers:
+            f.unlink()
+    new.write_bytes(content)
+    os.utime(new, ns=(st.st_mtime_ns, st.st_mtime_ns))
+    return got
