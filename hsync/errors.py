@@ -73,9 +73,6 @@ class Cancelled(Exception):
     raised by ``Cancel.check``. Not an ``HsyncError``: the caller asked for it."""
 
 
-Interrupted = Cancelled
-"""The former name of ``Cancelled``."""
-
 
 class NodeError(Exception):
     """A failure on one node, raised inside a backend's apply and turned into a

@@ -6,7 +6,6 @@ attributes given at open, and the base DN of a new LDIF file taken from the node
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from hsync_ldap import connection  # noqa: E402
 from hsync_ldap.backend import LdapBackend  # noqa: E402
 from hsync_ldap.ldif_backend import LdifBackend  # noqa: E402
 from hsync_ldap.watch import SyncreplWatch  # noqa: E402
+from test_ldap_watch import RecordingSink  # noqa: E402
 
 
 def people(base: str, n: int = 30) -> str:
@@ -35,26 +35,6 @@ def people(base: str, n: int = 30) -> str:
             f"cn: User {i}\nsn: S{i}\nmail: u{i}@example.org\ntelephoneNumber: +1 555 {i}\n\n"
             for i in range(n)]
     return "".join(out)
-
-
-class Sink:
-    """Collects what a watch reports (``hsync.backend.WatchSink``)."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-        self.lock = threading.Lock()
-
-    def dirty(self, key: Key, *, deep: bool = True) -> None:
-        with self.lock:
-            self.calls.append(("dirty", key, deep))
-
-    def lost(self, reason: str) -> None:
-        with self.lock:
-            self.calls.append(("lost", reason))
-
-    def unwatched(self, key: Key, reason: str) -> None:
-        with self.lock:
-            self.calls.append(("unwatched", key, reason))
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 10) -> Any:
@@ -204,7 +184,7 @@ def test_each_watch_keeps_its_own_cookie(ldap_env: Slapd) -> None:
     conn = admin(ldap_env, SRC_BASE)
     try:
         assert not hasattr(backend, "cookie")
-        first = Sink()
+        first = RecordingSink()
         with backend.watch(first) as w1:
             assert isinstance(w1, SyncreplWatch) and w1.alive and not w1.resumed
             start = wait_for(w1.checkpoint)
@@ -213,7 +193,7 @@ def test_each_watch_keeps_its_own_cookie(ldap_env: Slapd) -> None:
         assert not w1.alive
         assert not hasattr(backend, "cookie")
         ids = [(n.identity, k) for k, n in backend.scan().nodes.items()]
-        second = Sink()
+        second = RecordingSink()
         with backend.watch(second) as w2:
             wait_for(w2.checkpoint)
             conn.modify_s(f"uid=u1,ou=People,{SRC_BASE}", [(ldap.MOD_REPLACE, "sn", [b"B"])])
@@ -222,7 +202,7 @@ def test_each_watch_keeps_its_own_cookie(ldap_env: Slapd) -> None:
             assert w1.checkpoint() == c1  # the first watch's cookie did not move
         assert w2.checkpoint() == c2 and c1 != c2
         # a watch resumed from the first cookie reports what changed since
-        third = Sink()
+        third = RecordingSink()
         with backend.watch_from(third, Resume(c1, lambda: ids)) as w3:
             assert w3.resumed
             wait_for(lambda: ("dirty", ("ou=people", "uid=u1"), False) in third.calls)
