@@ -165,6 +165,19 @@ ExcludeAttrOpt = typer.Option(
     help="LDAP attribute left out of the comparison (never read, written or deleted). "
     "Repeatable.",
 )
+RshOpt = typer.Option(
+    None, "--rsh", "-e", metavar="CMD",
+    help="The ssh command for remote trees (host:path, ssh://host/path), as rsync's -e; "
+    "default $HSYNC_RSH, else ssh.",
+)
+RemoteHsyncOpt = typer.Option(
+    None, "--remote-hsync", metavar="PATH",
+    help="hsync on the remote host (rsync's --rsync-path); default: hsync on its PATH.",
+)
+CompressOpt = typer.Option(
+    True, "--compress/--no-compress", "-z",
+    help="Compress data on the link to a remote tree (zstd; on by default).",
+)
 StateOpt = typer.Option(
     None,
     "--state",
@@ -217,6 +230,9 @@ def sync(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     state: str | None = StateOpt,
+    rsh: str | None = RshOpt,
+    remote_hsync: str | None = RemoteHsyncOpt,
+    compress: bool = CompressOpt,
     wait_lock: bool = WaitLockOpt,
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."
@@ -245,6 +261,7 @@ def sync(
     from .oneshot import sync_once
 
     opts = _options(
+        rsh=rsh, remote_hsync=remote_hsync, compress=compress,
         dry_run=dry_run, delete=delete, checksum=checksum, exclude=exclude,
         exclude_from=exclude_from, exclude_attr=exclude_attr, max_delete=max_delete,
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
@@ -398,6 +415,9 @@ def diff(
     exclude_attr: list[str] = ExcludeAttrOpt,
     no_delete: bool = typer.Option(False, "--no-delete", help="Plan as sync --no-delete would."),
     state: str | None = StateOpt,
+    rsh: str | None = RshOpt,
+    remote_hsync: str | None = RemoteHsyncOpt,
+    compress: bool = CompressOpt,
 ) -> None:
     """Print the plan that would make DST equal to SRC. Exit 0 in sync, 1 differ."""
     from .oneshot import compare
@@ -405,6 +425,7 @@ def diff(
     if json_out and tree:
         raise typer.BadParameter("--json and --tree are exclusive")
     opts = _options(
+        rsh=rsh, remote_hsync=remote_hsync, compress=compress,
         checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         exclude_attr=exclude_attr, state=state, delete=not no_delete, dry_run=True,
         allow_empty_source=True,
@@ -480,6 +501,9 @@ def watch(
         help="Delete nothing in a round when more than N deletions are due.",
     ),
     state: str | None = StateOpt,
+    rsh: str | None = RshOpt,
+    remote_hsync: str | None = RemoteHsyncOpt,
+    compress: bool = CompressOpt,
     wait_lock: bool = WaitLockOpt,
     allow_empty_source: bool = typer.Option(
         False, "--allow-empty-source", help="Let an empty source empty the destination."
@@ -498,6 +522,7 @@ def watch(
 
     _log_setup(setup_logging, log_format, log_level)
     opts = _options(
+        rsh=rsh, remote_hsync=remote_hsync, compress=compress,
         delete=delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         max_delete=max_delete, state=state, allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links, wait_lock=wait_lock,
@@ -508,7 +533,7 @@ def watch(
         rescan_interval=rescan_interval or None, poll_interval=poll_interval,
         verify_interval=verify_interval or None,
     )
-    _check_endpoints(src, dst)
+    _check_endpoints(src, dst, opts)
     sup = Supervisor((PairConfig(src, src, dst, opts, wopts),), status_file, once=True)
     raise typer.Exit(serve(sup, debug=_state["debug"]))
 
@@ -603,12 +628,25 @@ def _log_setup(setup: Callable[[str, str], None], fmt: str, level: str) -> None:
     setup(fmt, "debug" if _state["debug"] else level)
 
 
-def _check_endpoints(src: str, dst: str) -> None:
+def _check_endpoints(src: str, dst: str, opts: Any) -> None:
     """The checks of SPEC section 8 before any thread starts: a bad pair is one line
     and exit 2, like ``sync``."""
     from .session import PairSession
 
-    PairSession(src, dst, history=False).close()
+    PairSession(src, dst, opts, history=False).close()
+
+
+@app.command(hidden=True)
+def agent(
+    restrict: str | None = typer.Option(
+        None, "--restrict", metavar="ROOT",
+        help="Serve only the tree at ROOT (for command= in authorized_keys).",
+    ),
+) -> None:
+    """The far side of a remote tree: started by hsync over ssh, speaks on stdin/stdout."""
+    from .remote.agent import run_agent
+
+    raise typer.Exit(run_agent(restrict))
 
 
 @app.command()
@@ -627,14 +665,19 @@ def verify(
     exclude: list[str] = ExcludeOpt,
     exclude_from: list[str] = ExcludeFromOpt,
     state: str | None = StateOpt,
+    rsh: str | None = RshOpt,
+    remote_hsync: str | None = RemoteHsyncOpt,
+    compress: bool = CompressOpt,
 ) -> None:
     """Compare SRC and DST content and all (xxhash). Exit 0 consistent, 1 differences."""
+    from .remote import Reach, reaching
     from .verifier import verify as run_verify
 
     opts = _options(exclude=exclude, exclude_from=exclude_from)
-    report = run_verify(
-        src, dst, exclude=opts.exclude, settle=settle, repair=repair, state=state
-    )
+    with reaching(Reach(rsh=rsh, remote_hsync=remote_hsync, compress=compress)):
+        report = run_verify(
+            src, dst, exclude=opts.exclude, settle=settle, repair=repair, state=state
+        )
     if json_out:
         print(json.dumps(report.to_json(), indent=2))
     else:

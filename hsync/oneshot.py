@@ -46,6 +46,7 @@ def sync_once(
                 report.problems.extend(applied.problems)
                 report.warnings.extend(applied.warnings)
         report.notices = list(session.notices)
+        report.wire = session.wire()
     report.source, report.destination = source_url, destination_url
     report.elapsed = time.perf_counter() - t0
     return report
