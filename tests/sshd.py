@@ -59,7 +59,7 @@ class Sshd:
                 "PermitRootLogin prohibit-password\nPasswordAuthentication no\n"
                 "KbdInteractiveAuthentication no\n"
                 f"StrictModes no\nUsePAM no\nPidFile {workdir}/sshd.pid\n"
-                f"SetEnv PATH={far_path}\n"
+                f"SetEnv PATH={far_path} XDG_STATE_HOME={workdir}/far-state\n"
                 "MaxStartups 100\nMaxSessions 100\n"
             )
         self.log = open(os.path.join(workdir, "sshd.log"), "ab")  # noqa: SIM115
