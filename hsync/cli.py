@@ -598,11 +598,14 @@ def status(
                   f"{c.get('update', 0)} updated, {c.get('move', 0)} moved, "
                   f"{c.get('delete', 0)} deleted; {_human_bytes(p.get('bytes_copied', 0))} copied; "
                   f"{p.get('problems', 0)} problem(s)")
+            if p.get("link"):
+                print(f"  link {p['link']} since {p.get('link_since')}")
             for k, why in (p.get("unwatched") or {}).items():
                 print(f"  not watched (polled): {escape(k or '.')}: {escape(why)}")
             if p.get("last_error"):
                 print(f"  last error: {escape(p['last_error'])}")
-    bad = not alive or any(p.get("state") in ("error", "waiting") for p in doc.get("pairs", []))
+    bad = not alive or any(p.get("state") in ("error", "waiting", "reconnecting")
+                           for p in doc.get("pairs", []))
     raise typer.Exit(EXIT_DIFFER if bad else EXIT_OK)
 
 

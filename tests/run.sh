@@ -12,9 +12,11 @@ if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
 # The LDAP plugin's tests need slapd and ldap-utils; python-ldap builds from source
-# against libldap2-dev and libsasl2-dev. Installed where missing when we may (root).
+# against libldap2-dev and libsasl2-dev; the remote tests need sshd and the ssh client
+# (a private sshd on 127.0.0.1). Installed where missing when we may (root).
 need=()
-for cmd_pkg in slapd:slapd ldapadd:ldap-utils; do
+for cmd_pkg in slapd:slapd ldapadd:ldap-utils sshd:openssh-server ssh:openssh-client \
+        ssh-keygen:openssh-client; do
     command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || [[ -x "/usr/sbin/${cmd_pkg%%:*}" ]] \
         || need+=("${cmd_pkg##*:}")
 done
@@ -26,7 +28,7 @@ if ((${#need[@]})); then
         echo "== apt-get install ${need[*]}"
         export DEBIAN_FRONTEND=noninteractive
         { apt-get update -qq && apt-get install -y -qq "${need[@]}"; } >/dev/null \
-            || echo "tests/run.sh: apt-get install ${need[*]} failed; LDAP tests will skip" >&2
+            || echo "tests/run.sh: apt-get install ${need[*]} failed; LDAP or ssh tests will skip" >&2
     else
         echo "tests/run.sh: missing ${need[*]} (not root: LDAP tests will skip)" >&2
     fi

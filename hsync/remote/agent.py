@@ -27,7 +27,7 @@ import attrs
 from ..backend import ApplyOptions, DigestScan, Endpoint, Watch, open_endpoint
 from ..cancel import NEVER
 from ..errors import HsyncError, NodeError, SourceChanged, UsageError
-from ..model import Key, Node, Op, Rows, Snapshot
+from ..model import FILE, Key, Node, Op, Rows, Snapshot
 from .protocol import (
     CHUNK,
     MAGIC,
@@ -96,8 +96,10 @@ class Incoming:
     """The content a batch's ops read (``ContentSource``): each file arrives in pages;
     ``read`` waits for the whole file."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, reads: dict[Key, int]) -> None:
         self.url = url
+        self._reads = reads
+        """How many ops of the batch read each key: its content is kept until the last."""
         self._cond = threading.Condition()
         self._parts: dict[Key, list[bytes]] = {}
         self._done: dict[Key, tuple[int, str | None]] = {}
@@ -124,8 +126,14 @@ class Incoming:
                 self._cond.wait()
             if key not in self._done:
                 raise SourceChanged("its content did not arrive (the link broke)")
-            mtime, error = self._done.pop(key)
-            parts = self._parts.pop(key, [])
+            left = self._reads.get(key, 1) - 1
+            self._reads[key] = left
+            if left > 0:
+                mtime, error = self._done[key]
+                parts = list(self._parts.get(key, []))
+            else:
+                mtime, error = self._done.pop(key)
+                parts = self._parts.pop(key, [])
         if error is not None:
             raise SourceChanged(error)
         return content_file(parts, mtime)
@@ -310,7 +318,11 @@ class Agent:
     # -- a batch -----------------------------------------------------------------------------
     def do_apply(self, rid: int, seq: int, ops: Sequence[Op], final: dict[str, Any],
                  options: ApplyOptions, pair: str) -> Any:
-        incoming = Incoming(self.backend.url)
+        reads: dict[Key, int] = {}
+        for op in ops:
+            if op.node is not None and op.node.kind == FILE:
+                reads[op.key] = reads.get(op.key, 0) + 1
+        incoming = Incoming(self.backend.url, reads)
         snap = decode_snapshot(final)
         t = threading.Thread(target=self._apply, name=f"hsync-apply-{seq}",
                              args=(rid, seq, list(ops), snap, options, incoming, pair),

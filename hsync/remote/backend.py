@@ -345,10 +345,12 @@ class RemoteBackend:
         far side holds could send a delta here instead."""
         page: list[Any] = []
         size = 0
+        sent: set[Key] = set()
         for op in ops:
-            if not _needs_content(op):
+            if not _needs_content(op) or op.key in sent:
                 continue
             key = op.key
+            sent.add(key)
             try:
                 with source.read(key) as f:
                     chunks, _, mtime = read_whole(f) if _has_fd(f) else _read_plain(f)

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import BackendError, UsageError
+from ..errors import BackendError, LinkLost, UsageError
 from . import Reach
 from .protocol import MAGIC, PROTOCOL, Framer, LinkClosed, hsync_version
 from .url import RemoteUrl
@@ -163,7 +163,7 @@ class Link:
         said = next((s for s in reversed(self._stderr) if s.strip()), "")
         if self.closed:
             return BackendError(f"{self.host}: the link is closed")
-        return BackendError(f"{self.host}: {why}" + (f": {said}" if said else ""))
+        return LinkLost(f"{self.host}: {why}" + (f": {said}" if said else ""))
 
     def open(self, method: str, *args: Any) -> tuple[int, queue.SimpleQueue[Any]]:
         """Send a request; its id and the queue its answers arrive on."""
