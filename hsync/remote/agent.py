@@ -355,7 +355,7 @@ class Agent:
     def _apply(self, rid: int, seq: int, ops: list[Op], final: Snapshot,
                options: ApplyOptions, incoming: Incoming, pair: str) -> None:
         try:
-            journal = self._journal(pair) if ops else None
+            journal = self._journal(pair or self.backend.canonical_url()) if ops else None
             if journal is not None:
                 journal.begin(ops)
             index = {id(op): i for i, op in enumerate(ops)}
