@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import sys
 import threading
 import traceback
@@ -348,7 +349,12 @@ class Agent:
         if self.journal is None or self.journal_pair != pair:
             state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
             path = os.path.join(state, "hsync", "agent.journal.sqlite")
-            self.journal = journal_mod.Journal(path, pair)
+            try:
+                self.journal = journal_mod.Journal(path, pair)
+            except (OSError, sqlite3.Error) as e:  # a home that cannot be written
+                sys.stderr.write(f"hsync agent: {path}: no journal ({e})\n")
+                self.journal = None
+                return None
             self.journal_pair = pair
         return self.journal
 
