@@ -16,9 +16,10 @@ def _private_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     os.environ.pop("HSYNC_BIND_PASSWORD", None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A private sshd on 127.0.0.1 (``tests/sshd.py``), for the whole session."""
+    """A private sshd on 127.0.0.1 (``tests/sshd.py``), for one test module (stopped
+    after it: other modules check that the test process has no child left)."""
     from sshd import Sshd, available
 
     why = available()
