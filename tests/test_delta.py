@@ -23,8 +23,6 @@ from hsync import delta
 
 MiB = 1024 * 1024
 
-pytestmark = pytest.mark.skipif(not delta.available(), reason="librsync2 is not installed")
-
 
 class Trip:
     """One transfer: what crossed the link, and what the receiver ended with."""
@@ -311,3 +309,18 @@ def test_property_patch_of_delta_of_signature_is_the_new_file(
     work = tmp_path / os.urandom(6).hex()
     work.mkdir()
     roundtrip(work, old, new, block_len=block_len)
+
+
+def test_patch_reading_the_delta_stream_directly_leaves_the_trailer_ready(
+        tmp_path: Path, base: bytes) -> None:
+    """Regression: a patch stops at the delta's end command without asking the stream
+    for its end; the trailer must be ready then (it raised "not read to its end")."""
+    old, new = _write(tmp_path / "old", base), _write(tmp_path / "new", b"x" + base)
+    ofd, nfd = os.open(old, os.O_RDONLY), os.open(new, os.O_RDONLY)
+    outfd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    stream = delta.delta(delta.signature(ofd), nfd)
+    got = delta.patch(ofd, stream, outfd)
+    for fd in (ofd, nfd, outfd):
+        os.close(fd)
+    assert got == stream.trailer()
+    assert (tmp_path / "out").read_bytes() == b"x" + base
