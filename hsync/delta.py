@@ -128,7 +128,13 @@ _TRACE_CB = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p)
 _lib: ctypes.CDLL | None = None
 _lib_error: str | None = None
 _lib_lock = threading.Lock()
-_last_message = threading.local()
+
+
+class _LastMessage(threading.local):
+    text = ""
+
+
+_last_message = _LastMessage()
 
 
 @_TRACE_CB
@@ -154,7 +160,7 @@ def _load() -> ctypes.CDLL:
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     vp, sz = ctypes.c_void_p, ctypes.c_size_t
-    protos: dict[str, tuple[object, tuple[object, ...]]] = {
+    protos: dict[str, tuple[Any, tuple[Any, ...]]] = {
         "rs_sig_args": (ctypes.c_int, (ctypes.c_int64, ctypes.POINTER(ctypes.c_int),
                                        ctypes.POINTER(sz), ctypes.POINTER(sz))),
         "rs_sig_begin": (vp, (sz, sz, ctypes.c_int)),
@@ -170,9 +176,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
         "rs_trace_set_level": (None, (ctypes.c_int,)),
     }
     for name, (restype, argtypes) in protos.items():
-        fn = getattr(lib, name)
+        fn = lib[name]  # a new function object each time: keep the typed one
         fn.restype = restype
         fn.argtypes = argtypes
+        setattr(lib, name, fn)
     lib.rs_trace_to(_trace)
     lib.rs_trace_set_level(_RS_LOG_ERR)
     return lib
@@ -198,7 +205,7 @@ def use_delta(old_size: int, new_size: int) -> bool:
 
 
 def _fail(lib: ctypes.CDLL, what: str, result: int) -> DeltaError:
-    cause = getattr(_last_message, "text", "") or (lib.rs_strerror(result) or b"").decode()
+    cause = _last_message.text or (lib.rs_strerror(result) or b"").decode()
     _last_message.text = ""
     return DeltaError(f"{what}: {cause}")
 
