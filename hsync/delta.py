@@ -309,8 +309,12 @@ def signature(fd: int, *, block_len: int = 0, strong_len: int = 0) -> Iterator[b
     result = lib.rs_sig_args(size, ctypes.byref(magic), ctypes.byref(blen), ctypes.byref(slen))
     if result != _RS_DONE:
         raise _fail(lib, "signature", result)
-    job = lib.rs_sig_begin(blen.value, slen.value, magic.value)
-    return _copies(_drive(lib, job, "signature", _read_chunks(fd)))
+    return _copies(_sig_job(lib, fd, blen.value, slen.value, magic.value))
+
+
+def _sig_job(lib: ctypes.CDLL, fd: int, blen: int, slen: int, magic: int) -> Iterator[memoryview]:
+    # the job starts with the iteration, so one never iterated is never allocated
+    yield from _drive(lib, lib.rs_sig_begin(blen, slen, magic), "signature", _read_chunks(fd))
 
 
 class DeltaStream:
