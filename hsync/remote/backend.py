@@ -243,8 +243,9 @@ class RemoteBackend:
         self.far_url: str = opened["url"]
         self.far_canonical: str = opened["canonical"]
         far: Capabilities = opened["capabilities"]
-        # the far side's scans wait on the link: they run beside the local ones
-        self.capabilities = attrs.evolve(far, waits=True)
+        # the far side's scans wait on the link: they run beside the local ones; a
+        # batch is answered once it is durable there (the answer acknowledges it)
+        self.capabilities = attrs.evolve(far, waits=True, deferred_flush=False)
         self.far_features: tuple[str, ...] = tuple(opened["features"])
         self._prefetch: _Prefetch | None = None
         self._seq = 0
