@@ -325,3 +325,17 @@ def test_compression_on_the_link(remote: Any, tmp_path: Path) -> None:
     assert plain > (2 << 20) + 600_000 > 20 * compressed, (plain, compressed)
     assert_same_tree(src, tmp_path / "z")
     assert_same_tree(src, tmp_path / "plain")
+
+
+def test_a_big_file_is_spooled_not_held(remote: Any, tmp_path: Path) -> None:
+    """A file bigger than the in-memory limit crosses both ways (spooled to a temporary
+    file on the receiving side), and arrives whole."""
+    from hsync.remote.protocol import MEMFD_MAX
+
+    src = build(tmp_path / "src", {"big": os.urandom(MEMFD_MAX + (3 << 20)), "small": b"s"})
+    r = run("sync", "--no-compress", src, f"{HOST}:{tmp_path / 'pushed'}")
+    assert r.returncode == 0, r.stderr
+    assert_same_tree(src, tmp_path / "pushed")
+    r = run("sync", f"{HOST}:{tmp_path / 'pushed'}", tmp_path / "pulled")
+    assert r.returncode == 0, r.stderr
+    assert_same_tree(src, tmp_path / "pulled")

@@ -35,7 +35,7 @@ from .protocol import (
     PROTOCOL,
     Framer,
     LinkClosed,
-    content_file,
+    Spool,
     hsync_version,
 )
 
@@ -102,7 +102,7 @@ class Incoming:
         self._reads = reads
         """How many ops of the batch read each key: its content is kept until the last."""
         self._cond = threading.Condition()
-        self._parts: dict[Key, list[bytes]] = {}
+        self._parts: dict[Key, Spool] = {}
         self._done: dict[Key, tuple[int, str | None]] = {}
         self._ended = False
 
@@ -110,7 +110,10 @@ class Incoming:
         with self._cond:
             for key, data, end in page:
                 if data:
-                    self._parts.setdefault(key, []).append(data)
+                    spool = self._parts.get(key)
+                    if spool is None:
+                        spool = self._parts[key] = Spool()
+                    spool.add(data)
                 if end is not None:
                     mtime, error = end
                     self._done[key] = (mtime, error)
@@ -131,13 +134,14 @@ class Incoming:
             self._reads[key] = left
             if left > 0:
                 mtime, error = self._done[key]
-                parts = list(self._parts.get(key, []))
+                spool = self._parts.get(key) or Spool()
             else:
                 mtime, error = self._done.pop(key)
-                parts = self._parts.pop(key, [])
+                spool = self._parts.pop(key) if key in self._parts else Spool()
         if error is not None:
+            spool.close()
             raise SourceChanged(error)
-        return content_file(parts, mtime)
+        return spool.file(mtime, last=left <= 0)
 
 
 class _Sink:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from types import TracebackType
@@ -45,8 +46,8 @@ from ..errors import CANCELLED, BackendError, NodeError, SourceChanged, UsageErr
 from ..filters import Exclude
 from ..model import CREATE, DIR, FILE, UPDATE, Key, Node, Op, Problem, Row, Snapshot
 from . import current
-from .agent import decode_snapshot, encode_snapshot, read_whole
-from .protocol import CHUNK, INLINE, content_file
+from .agent import decode_snapshot, encode_snapshot
+from .protocol import CHUNK, INLINE, Spool, content_file
 from .transport import Link
 from .url import RemoteUrl, parse
 
@@ -286,14 +287,18 @@ class RemoteBackend:
             f = pre.take(key)
             if f is not None:
                 return f
-        chunks: list[bytes] = []
+        spool = Spool()
         rid, q = self.link.open("read", key)
-        for tag, value in self.link.answer(rid, q):
-            if tag == "item":
-                chunks.append(value)
-            else:
-                mtime = self.link.result(tag, value)
-        return content_file(chunks, mtime)
+        try:
+            for tag, value in self.link.answer(rid, q):
+                if tag == "item":
+                    spool.add(value)
+                else:
+                    mtime = self.link.result(tag, value)
+        except BaseException:
+            spool.close()
+            raise
+        return spool.file(mtime)
 
     def digest(self, key: Key) -> bytes | None:
         out: bytes | None = self.link.call("digest", key)
@@ -354,19 +359,28 @@ class RemoteBackend:
             sent.add(key)
             try:
                 with source.read(key) as f:
-                    chunks, _, mtime = read_whole(f) if _has_fd(f) else _read_plain(f)
+                    # streamed a chunk at a time: a big file is never held whole
+                    before = os.fstat(f.fileno()) if _has_fd(f) else None
+                    got = 0
+                    while chunk := f.read(CHUNK):
+                        got += len(chunk)
+                        page.append([key, chunk, None])
+                        size += len(chunk)
+                        if size >= PAGE_BYTES:
+                            self.link.send_more(rid, page)
+                            page, size = [], 0
+                    after = os.fstat(f.fileno()) if before is not None else None
             except (OSError, NodeError) as e:
                 why = str(e) if isinstance(e, NodeError) else (e.strerror or str(e))
                 page.append([key, b"", [0, why]])
                 continue
-            for i, c in enumerate(chunks):
-                page.append([key, c, [mtime, None] if i == len(chunks) - 1 else None])
-                size += len(c)
-                if size >= PAGE_BYTES:
-                    self.link.send_more(rid, page)
-                    page, size = [], 0
-            if not chunks:
-                page.append([key, b"", [mtime, None]])
+            if before is None or after is None:
+                page.append([key, b"", [0, None]])
+            elif (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) \
+                    or got != before.st_size:
+                page.append([key, b"", [0, "the source file changed while it was read"]])
+            else:
+                page.append([key, b"", [before.st_mtime_ns, None]])
             if len(page) >= 1000:
                 self.link.send_more(rid, page)
                 page, size = [], 0
@@ -408,13 +422,6 @@ def _has_fd(f: Any) -> bool:
     except (OSError, AttributeError, io.UnsupportedOperation):
         return False
     return True
-
-
-def _read_plain(f: BinaryIO) -> tuple[list[bytes], int, int]:
-    chunks: list[bytes] = []
-    while chunk := f.read(CHUNK):
-        chunks.append(chunk)
-    return chunks, sum(len(c) for c in chunks), 0
 
 
 def _final_part(ops: Sequence[Op], final: Snapshot) -> dict[str, Any]:

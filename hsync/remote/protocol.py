@@ -180,6 +180,60 @@ MEMFD_MAX = 8 << 20
 file."""
 
 
+class Spool:
+    """A file's content as it arrives: in memory up to ``MEMFD_MAX``, then in an
+    unnamed temporary file (a big file is never held in memory whole)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.fd: int | None = None
+
+    def add(self, data: bytes) -> None:
+        import os
+        import tempfile
+
+        if self.fd is None and self.size + len(data) > MEMFD_MAX:
+            with tempfile.TemporaryFile() as tmp:
+                self.fd = os.dup(tmp.fileno())
+            for p in self.parts:
+                _write_all(self.fd, p)
+            self.parts = []
+        if self.fd is not None:
+            _write_all(self.fd, data)
+        else:
+            self.parts.append(data)
+        self.size += len(data)
+
+    def file(self, mtime_ns: int, *, last: bool = True) -> BinaryIO:
+        """An open file of the content (``last``: the spool is not read again)."""
+        import os
+
+        if self.fd is None:
+            return content_file(self.parts, mtime_ns)
+        fd = self.fd if last else os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY)
+        if last:
+            self.fd = None
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.fdopen(fd, "rb")
+
+    def close(self) -> None:
+        import os
+
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    import os
+
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def content_file(chunks: list[bytes], mtime_ns: int) -> BinaryIO:
     """An open file holding ``chunks``, positioned at 0, whose mtime is ``mtime_ns``:
     what a backend's apply reads a file's content from (it checks size and mtime as it
