@@ -28,7 +28,7 @@ process; ``/usr/bin/time`` from the ``time`` package).
 Every command is timed as a whole process (wall clock), like a user would run it.
 Needs slapd, ldap-utils and the LDAP plugin (``bash tests/run.sh`` installs them).
     .venv/bin/python bench/bench_ldap.py [--entries 10000] [--rounds 5]
-    .venv/bin/python bench/bench_ldap.py --size [--rounds 3]
+    .venv/bin/python bench/bench_ldap.py --size [--rounds 3] [--hsync /tmp/venv/bin/hsync]
 """
 
 from __future__ import annotations
@@ -55,8 +55,13 @@ from ldap_fixtures import (
     uuids,
 )
 
+HSYNC: str | None = None
+"""``--hsync``: the executable measured (a regular install: see bench/README.md)."""
+
 
 def hsync_bin() -> str:
+    if HSYNC:
+        return HSYNC
     here = Path(sys.executable).parent / "hsync"
     return str(here) if here.exists() else "hsync"
 
@@ -222,7 +227,11 @@ def main() -> None:
     ap.add_argument("--size", action="store_true",
                     help="the size set: initial load, no-op re-sync, move of N/10 entries")
     ap.add_argument("--out", default="", help="also write the figures as JSON here")
+    ap.add_argument("--hsync", default=None,
+                    help="hsync executable (default: the venv's, else PATH)")
     args = ap.parse_args()
+    global HSYNC
+    HSYNC = args.hsync
     if args.size:
         args.entries = args.entries or 100_000
         size_set(args)
