@@ -475,6 +475,7 @@ def watch(
     include: list[str] = IncludeOpt,
     filter_rule: list[str] = FilterOpt,
     delete_excluded: bool = DeleteExcludedOpt,
+    exclude_attr: list[str] = ExcludeAttrOpt,
     max_delete: int | None = typer.Option(
         None, "--max-delete", min=0, metavar="N",
         help="Delete nothing in a round when more than N deletions are due.",
@@ -499,7 +500,8 @@ def watch(
     _log_setup(setup_logging, log_format, log_level)
     opts = _options(
         delete=delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
-        max_delete=max_delete, state=state, allow_empty_source=allow_empty_source, fsync=fsync,
+        exclude_attr=exclude_attr, max_delete=max_delete, state=state,
+        allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links, wait_lock=wait_lock,
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded)
