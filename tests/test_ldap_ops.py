@@ -138,3 +138,123 @@ def test_daemon_pair_mirrors_without_excluded_attribute(slapd: Slapd, tmp_path: 
     r = subprocess.run([hsync_bin(), "daemon", "--config", str(bad), "--check"],
                        env=_env(), capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "exclude_attr must be a list" in r.stderr, r.stderr
+
+
+# -- credentials ------------------------------------------------------------------------------
+
+
+def _run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([hsync_bin(), *args], env=env, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL, timeout=120, check=False)
+
+
+def _pw_file(path: Path, password: str = PASSWORD, mode: int = 0o600) -> Path:
+    path.write_text(password + "\n")
+    path.chmod(mode)
+    return path
+
+
+def test_destination_bind_that_may_not_write_is_one_early_error(
+    slapd: Slapd, tmp_path: Path
+) -> None:
+    """No destination credentials: the anonymous bind may read but not write. One line
+    naming the destination URL and why, exit 2, nothing written (not one
+    STRONG_AUTH_REQUIRED per entry)."""
+    add_ldif(slapd, SRC_BASE, PEOPLE)
+    env = _env(HSYNC_SRC_BIND_DN=SRC_ADMIN, HSYNC_SRC_BIND_PASSWORD=PASSWORD,
+               XDG_STATE_HOME=str(tmp_path / "state"))
+    r = _run("sync", slapd.endpoint(SRC_BASE), slapd.endpoint(DST_BASE), env=env)
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.splitlines()
+    assert slapd.endpoint(DST_BASE) in line and "anonymous" in line, line
+    assert "authentication" in line.lower() and "Traceback" not in r.stderr
+    assert entries(slapd, DST_BASE) == {}
+    # with the destination's credentials from a password file it goes through
+    pw = _pw_file(tmp_path / "dst.pw")
+    r = _run("sync", "--dst-bind-dn", DST_ADMIN, "--dst-password-file", str(pw),
+             slapd.endpoint(SRC_BASE), slapd.endpoint(DST_BASE), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "uid=ada,ou=people" in entries(slapd, DST_BASE)
+
+
+def test_password_files_on_the_command_line(slapd: Slapd, tmp_path: Path) -> None:
+    """--src-bind-dn/--src-password-file and --dst-*: no secret in the environment, the
+    arguments, the output, the log file or the history; a password file others can
+    read is refused by one line naming it."""
+    add_ldif(slapd, SRC_BASE, PEOPLE)
+    src_pw, dst_pw = _pw_file(tmp_path / "src.pw"), _pw_file(tmp_path / "dst.pw")
+    state, log = tmp_path / "state", tmp_path / "sync.log"
+    env = _env(XDG_STATE_HOME=str(state))
+    args = ["--src-bind-dn", SRC_ADMIN, "--src-password-file", str(src_pw),
+            "--dst-bind-dn", DST_ADMIN, "--dst-password-file", str(dst_pw)]
+    r = _run("sync", "--json", "--log-file", str(log), *args, slapd.endpoint(SRC_BASE),
+             slapd.endpoint(DST_BASE), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "uid=bob,ou=people" in entries(slapd, DST_BASE)
+    r2 = _run("diff", *args, slapd.endpoint(SRC_BASE), slapd.endpoint(DST_BASE), env=env)
+    assert r2.returncode == 0 and "in sync" in r2.stdout, r2.stderr
+    seen = r.stdout + r.stderr + r2.stdout + r2.stderr + log.read_text()
+    seen += "".join(p.read_bytes().decode("latin-1") for p in state.rglob("*") if p.is_file())
+    assert PASSWORD not in seen
+    # a wrong password: one line naming the destination and the bind DN, exit 2
+    wrong = _pw_file(tmp_path / "wrong.pw", "not-the-password")
+    r = _run("sync", *args[:6], "--dst-password-file", str(wrong),
+             slapd.endpoint(SRC_BASE), slapd.endpoint(DST_BASE), env=env)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert slapd.endpoint(DST_BASE) in r.stderr and DST_ADMIN in r.stderr
+    # a password file the group or the world can read is refused, naming the file
+    for mode in (0o644, 0o640):
+        src_pw.chmod(mode)
+        r = _run("sync", *args, slapd.endpoint(SRC_BASE), slapd.endpoint(DST_BASE), env=env)
+        assert r.returncode == 2, r.stderr
+        (line,) = r.stderr.splitlines()
+        assert str(src_pw) in line and "readable by others" in line and PASSWORD not in line
+
+
+def test_daemon_refuses_a_password_file_others_can_read(slapd: Slapd, tmp_path: Path) -> None:
+    """The daemon's ``*_bind_password_file`` obeys the rule of an inline password."""
+    pw = _pw_file(tmp_path / "ldap.pw", mode=0o644)
+    config = tmp_path / "hsync.toml"
+    config.write_text(
+        f'[[pair]]\nsource = "{slapd.endpoint(SRC_BASE)}"\n'
+        f'destination = "{slapd.endpoint(DST_BASE)}"\n'
+        f'destination_bind_dn = "{DST_ADMIN}"\ndestination_bind_password_file = "{pw}"\n'
+    )
+    r = _run("daemon", "--config", str(config), "--check", env=_env())
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.splitlines()
+    assert str(pw) in line and "readable by others" in line and PASSWORD not in line
+    pw.chmod(0o600)
+    r = _run("daemon", "--config", str(config), "--check", env=_env())
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("form", ["userinfo", "user-only", "bindname"])
+def test_credentials_in_an_ldap_url_are_refused_without_echo(
+    slapd: Slapd, tmp_path: Path, form: str
+) -> None:
+    """A password in the URL would be in the process list, the shell's history, the log
+    and the report: one line naming the URL without it, exit 2, for sync, watch and a
+    daemon config; nothing reaches a --log-file."""
+    host = f"127.0.0.1:{slapd.port}"
+    url = {
+        "userinfo": f"ldap://admin:{PASSWORD}@{host}/{DST_BASE}",
+        "user-only": f"ldap://cn=admin@{host}/{DST_BASE}",
+        "bindname": f"ldap://{host}/{DST_BASE}????bindname=cn=admin%2C"
+                    f"{DST_BASE.replace(',', '%2C')},X-BINDPW={PASSWORD}",
+    }[form]
+    env = _env(**slapd.env(), XDG_STATE_HOME=str(tmp_path / "state"))
+    log = tmp_path / "sync.log"
+    for cmd in (["sync", "--log-file", str(log)], ["watch"], ["diff"]):
+        r = _run(*cmd, slapd.endpoint(SRC_BASE), url, env=env)
+        assert r.returncode == 2, r.stderr
+        (line,) = r.stderr.splitlines()
+        assert "credentials in the URL" in line and PASSWORD not in line, line
+        assert f"ldap://{host}/{DST_BASE}" in line
+    assert not log.exists() or PASSWORD not in log.read_text()
+    config = tmp_path / "hsync.toml"
+    config.write_text(f'[[pair]]\nsource = "{slapd.endpoint(SRC_BASE)}"\n'
+                      f'destination = "{url}"\n')
+    r = _run("daemon", "--config", str(config), "--check", env=env)
+    assert r.returncode == 2 and "credentials in the URL" in r.stderr, r.stderr
+    assert PASSWORD not in r.stderr
