@@ -25,7 +25,6 @@ from ldap_fixtures import (
 )
 from treeutil import hsync_bin
 
-
 pytest.importorskip("ldap")
 
 PEOPLE = (
@@ -258,3 +257,108 @@ def test_credentials_in_an_ldap_url_are_refused_without_echo(
     r = _run("daemon", "--config", str(config), "--check", env=env)
     assert r.returncode == 2 and "credentials in the URL" in r.stderr, r.stderr
     assert PASSWORD not in r.stderr
+
+
+# -- TLS ----------------------------------------------------------------------------------------
+
+
+def _tls_names(server: Slapd, ca: Path) -> set[str]:
+    """The RDN paths below the destination base, read over StartTLS (the server refuses
+    anything else)."""
+    import ldap
+
+    conn = ldap.initialize(server.url, bytes_mode=False)
+    conn.set_option(ldap.OPT_X_TLS_CACERTFILE, str(ca))
+    conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
+    conn.start_tls_s()
+    conn.simple_bind_s(DST_ADMIN, PASSWORD)
+    found = conn.search_s(DST_BASE, ldap.SCOPE_ONELEVEL, "(objectClass=*)", ["1.1"])
+    conn.unbind_s()
+    return {dn.split(",")[0].lower() for dn, _ in found}
+
+
+def test_sync_over_ldaps_and_starttls_with_a_ca_file(
+    tls_slapd: tuple[Slapd, dict[str, Path]], tmp_path: Path
+) -> None:
+    """The source over ldaps://, the destination over StartTLS (--starttls, or the URL
+    extension), both checked against --ca-file; a plain connection is refused by this
+    server, so the sync shows StartTLS was used."""
+    server, files = tls_slapd
+    assert server.ldaps_url is not None
+    src = f"{server.ldaps_url}/{SRC_BASE}"
+    dst = server.endpoint(DST_BASE)
+    env = _env(**server.env(), XDG_STATE_HOME=str(tmp_path / "state"))
+    r = _run("sync", "--ca-file", str(files["ca"]), "--starttls", src, dst, env=env)
+    assert r.returncode == 0, r.stderr
+    assert _tls_names(server, files["ca"]) == {f"cn=host{i}" for i in range(5)}
+    r = _run("diff", "--ca-file", str(files["ca"]), src, f"{dst}????!StartTLS", env=env)
+    assert r.returncode == 0 and "in sync" in r.stdout, r.stderr
+    # the same destination without StartTLS: the server wants TLS, one line, exit 2
+    r = _run("diff", "--ca-file", str(files["ca"]), src, dst, env=env)
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.splitlines()
+    assert dst in line and "confidentiality required" in line.lower(), line
+
+
+@pytest.mark.parametrize("case", ["system CAs", "unknown CA", "wrong host", "StartTLS unknown CA",
+                                  "missing CA file"])
+def test_certificate_errors_are_one_clear_line(
+    tls_slapd: tuple[Slapd, dict[str, Path]], tmp_path: Path, case: str
+) -> None:
+    """A certificate the CA file does not vouch for, or one for another host name: one
+    line naming the URL and which check failed, exit 2, no traceback."""
+    server, files = tls_slapd
+    assert server.ldaps_url is not None
+    ldaps_port = server.ldaps_url.rsplit(":", 1)[1]
+    src, args, expect = {
+        "system CAs": (f"{server.ldaps_url}/{SRC_BASE}", [], "not trusted by the system's CAs"),
+        "unknown CA": (f"{server.ldaps_url}/{SRC_BASE}", ["--ca-file", str(files["other_ca"])],
+                       f"not trusted by {files['other_ca']}"),
+        "wrong host": (f"ldaps://localhost:{ldaps_port}/{SRC_BASE}",
+                       ["--ca-file", str(files["ca"])], "not valid for localhost"),
+        "StartTLS unknown CA": (server.endpoint(SRC_BASE),
+                                ["--starttls", "--ca-file", str(files["other_ca"])],
+                                f"not trusted by {files['other_ca']}"),
+        "missing CA file": (f"{server.ldaps_url}/{SRC_BASE}",
+                            ["--ca-file", str(tmp_path / "nope.pem")], "cannot read the CA file"),
+    }[case]
+    env = _env(**server.env(), XDG_STATE_HOME=str(tmp_path / "state"))
+    r = _run("sync", *args, src, f"ldif:{tmp_path / 'out.ldif'}", env=env)
+    assert r.returncode == 2, r.stderr
+    (line,) = r.stderr.splitlines()
+    assert expect in line, line
+    assert case == "missing CA file" or src in line
+    assert not (tmp_path / "out.ldif").exists()
+
+
+def test_daemon_pair_over_tls(tls_slapd: tuple[Slapd, dict[str, Path]], tmp_path: Path) -> None:
+    """A daemon pair's ``ca_file`` (relative to the config) and ``starttls`` keys reach
+    its sync and its syncrepl watch: an entry added on the source arrives."""
+    server, files = tls_slapd
+    (tmp_path / "ca.pem").write_bytes(files["ca"].read_bytes())
+    config = tmp_path / "hsync.toml"
+    config.write_text(
+        f'[defaults]\nstate = "{tmp_path / "h.sqlite"}"\ndebounce_ms = 0\n'
+        'ca_file = "ca.pem"\nstarttls = true\n'
+        f'[[pair]]\nname = "dir"\nsource = "{server.endpoint(SRC_BASE)}"\n'
+        f'destination = "{server.endpoint(DST_BASE)}"\n'
+    )
+    p = subprocess.Popen([hsync_bin(), "daemon", "--config", str(config)],
+                         env=_env(**server.env()), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        _wait("the initial copy", lambda: len(_tls_names(server, files["ca"])) == 5)
+        import ldap
+
+        conn = ldap.initialize(server.url, bytes_mode=False)
+        conn.set_option(ldap.OPT_X_TLS_CACERTFILE, str(files["ca"]))
+        conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
+        conn.start_tls_s()
+        conn.simple_bind_s(SRC_ADMIN, PASSWORD)
+        conn.add_s(f"cn=live,{SRC_BASE}", [("objectClass", [b"device"]), ("cn", [b"live"])])
+        conn.unbind_s()
+        _wait("the live change", lambda: "cn=live" in _tls_names(server, files["ca"]))
+    finally:
+        p.send_signal(signal.SIGTERM)
+        code = p.wait(15)
+    assert code == 0, p.stderr.read() if p.stderr else ""

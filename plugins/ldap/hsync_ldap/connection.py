@@ -210,7 +210,7 @@ def connect(server: Server, credentials: Credentials) -> Any:
     try:
         return bind(server, credentials)
     except (ldap.SERVER_DOWN, ldap.CONNECT_ERROR) as e:
-        why = _tls_failure(e) if tls else None
+        why = tls_failure(server, credentials) if tls else None
         if why is not None:
             raise BackendError(f"{server.url}: TLS: {why}") from None
         if isinstance(e, ldap.CONNECT_ERROR):
@@ -223,19 +223,46 @@ def connect(server: Server, credentials: Credentials) -> Any:
         raise BackendError(f"{server.url}: cannot connect: {describe(e)}") from None
 
 
-def _tls_failure(e: ldap.LDAPError) -> str | None:
-    """Why the TLS handshake failed, in words, when the answer says it did (libldap
-    puts OpenSSL's reason in ``info``); None for a server that is simply not there."""
-    info = e.args[0] if e.args and isinstance(e.args[0], dict) else {}
-    text = str(info.get("info") or "")
-    low = text.lower()
-    if "hostname" in low or "host name" in low or "does not match" in low:
-        return (f"the server's certificate does not name this host ({text}); connect by "
-                "a name the certificate holds")
-    if "certificate" in low or "verify" in low or "ssl" in low or "tls" in low:
-        return (f"the server's certificate is not trusted ({text}); --ca-file names the "
-                "CA that signed it")
-    return None
+# An ExtendedRequest for StartTLS (RFC 4511 4.14.1), message ID 1, in BER.
+_STARTTLS_OID = b"1.3.6.1.4.1.1466.20037"
+_STARTTLS = (bytes([0x30, 5 + len(_STARTTLS_OID) + 2, 0x02, 0x01, 0x01,
+                    0x77, len(_STARTTLS_OID) + 2, 0x80, len(_STARTTLS_OID)]) + _STARTTLS_OID)
+
+
+def tls_failure(server: Server, credentials: Credentials) -> str | None:
+    """Why a TLS handshake with ``server`` fails, in words, or None when it does not
+    (or the server cannot be reached at all). libldap (GnuTLS on Debian) says only
+    "Can't contact LDAP server" or "Connect error"; Python's ``ssl`` is asked the same
+    question with the same CA file and host name, and says which check failed."""
+    import socket
+    import ssl
+
+    cafile = credentials.ca_file or os.environ.get("HSYNC_LDAP_CACERT") or None
+    try:
+        ctx = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as e:
+        return f"cannot load the CA file {cafile}: {e}"
+    port = server.port or DEFAULT_PORTS.get(server.scheme, 389)
+    host = server.host.strip("[]")
+    try:
+        with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+            if server.scheme == "ldap":
+                sock.sendall(_STARTTLS)
+                if not sock.recv(4096):
+                    return None
+            with ctx.wrap_socket(sock, server_hostname=host):
+                return None
+    except ssl.SSLCertVerificationError as e:
+        reason = (e.verify_message or str(e)).rstrip(".")
+        if e.verify_code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
+            return (f"the server's certificate is not valid for {host} ({reason}): connect "
+                    "by a name the certificate holds")
+        where = f"by {cafile}" if cafile else "by the system's CAs (--ca-file FILE)"
+        return f"the server's certificate is not trusted {where}: {reason}"
+    except ssl.SSLError as e:
+        return f"the TLS handshake failed: {e.reason or e}"
+    except OSError:
+        return None
 
 
 def pages(
