@@ -8,7 +8,8 @@ arguments or history files).
 - ``read_password_file``: a password from a file (its trailing newline removed), refused
   when others may read it.
 - ``refuse_secret_in_url``: a URL with a password in it (``scheme://user:pw@host``, an
-  LDAP ``X-BINDPW`` extension) is refused by a message that does not repeat it.
+  LDAP ``bindname``/``X-BINDPW`` extension) is refused by a message that does not
+  repeat it (the core checks every location; the LDAP plugin also refuses a user name).
 - ``for_side``: one side's ``Credentials`` from options, or None when none applies.
 """
 
@@ -61,16 +62,18 @@ def redacted(location: str) -> str:
     return out.split("?", 1)[0]
 
 
-def refuse_secret_in_url(location: str) -> None:
-    """``UsageError`` when ``location`` carries credentials (a password, or an LDAP
-    bind name and password as URL extensions). They would show in process lists, shell
-    histories, logs and reports; the message names the URL without them."""
+def refuse_secret_in_url(location: str, *, user: bool = False) -> None:
+    """``UsageError`` when ``location`` carries credentials (``user:password@``, or an
+    LDAP bind name and password as URL extensions; with ``user``, a user name alone
+    too: an LDAP URL has none, while ``ssh://user@host`` is fine). They would show in
+    process lists, shell histories, logs and reports; the message names the URL without
+    them."""
     m = _USERINFO.match(location)
-    if (m and m.group(2)) or _BINDPW.search(location):
+    if (m and (":" in m.group(2) or (user and m.group(2)))) or _BINDPW.search(location):
         raise UsageError(
             f"{redacted(location)}: credentials in the URL are refused (they would show "
-            "in process lists and logs): give the bind DN with --src-bind-dn/--dst-bind-dn "
-            "or HSYNC_SRC_BIND_DN/HSYNC_DST_BIND_DN and the password in a file "
+            "in process lists and logs); LDAP: --src-bind-dn/--dst-bind-dn (or "
+            "HSYNC_SRC_BIND_DN/HSYNC_DST_BIND_DN) and the password in a file "
             "(--src-password-file/--dst-password-file)"
         )
 

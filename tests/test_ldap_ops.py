@@ -251,6 +251,8 @@ def test_credentials_in_an_ldap_url_are_refused_without_echo(
         assert "credentials in the URL" in line and PASSWORD not in line, line
         assert f"ldap://{host}/{DST_BASE}" in line
     assert not log.exists() or PASSWORD not in log.read_text()
+    if form == "user-only":
+        return  # no secret: refused when the endpoint opens (above), not by the config
     config = tmp_path / "hsync.toml"
     config.write_text(f'[[pair]]\nsource = "{slapd.endpoint(SRC_BASE)}"\n'
                       f'destination = "{url}"\n')

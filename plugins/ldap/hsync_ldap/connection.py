@@ -116,7 +116,7 @@ class Server:
     @classmethod
     def of(cls, location: str) -> Server:
         """Parse ``location``; ``UsageError`` naming what is wrong."""
-        refuse_secret_in_url(location)
+        refuse_secret_in_url(location, user=True)
         try:
             url = ldapurl.LDAPUrl(location)
         except ValueError as e:
