@@ -26,7 +26,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
-from .model import ENTRY, Fingerprint, Key, Node, Snapshot, fingerprint
+from .model import ENTRY, Fingerprint, Key, Node, Snapshot, data_digest, fingerprint
 
 SCHEMA_VERSION = 6
 _SEP = "\0"
@@ -325,7 +325,8 @@ class History:
                         self.pair, encode_key(k), identity_form(n.identity), n.kind,
                         n.size, n.mtime_ns,
                         _enc_text(n.target), n.mode,
-                        (fps.get(k) or fingerprint(n.data)) if n.kind == ENTRY else None,
+                        (fps.get(k) or fingerprint(n.data)) if n.kind == ENTRY
+                        else data_digest(n.kind, n.data),
                     )
                     for k in set_keys
                     if (n := nodes.get(k)) is not None

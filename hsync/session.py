@@ -16,7 +16,9 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from .backend import Credentials, Endpoint, open_endpoint, relation
+import attrs
+
+from .backend import Credentials, Endpoint, Keep, id_map, open_endpoint, relation
 from .errors import SafetyError, UsageError
 from .filters import build as build_filter
 from .model import Key
@@ -66,6 +68,8 @@ class PairSession:
             raise
         try:
             self._check_pair()
+            self.keep = negotiate(self.source, self.destination, options, self.notices)
+            """The metadata this pair keeps (None: neither endpoint carries any)."""
             self.check_source_root()
             self._check_destination_root()
             if history and not options.dry_run:
@@ -201,6 +205,44 @@ class PairSession:
         """The history when it is complete (moves may be taken from it), else None."""
         h = self.history
         return h if h is not None and h.complete else None
+
+
+_WHAT = {"user": "user.* extended attributes", "trusted": "trusted.* extended attributes",
+         "security": "security.* extended attributes"}
+
+
+def negotiate(
+    source: Endpoint, destination: Endpoint, options: Options, notices: list[str]
+) -> Keep | None:
+    """What metadata the pair keeps (SPEC 2), told to both endpoints before any scan:
+    what the options ask for, narrowed to what the source can read and the destination
+    can hold (owner and group only where it may chown, attribute namespaces its
+    filesystem has), owners and groups mapped by name unless ``--numeric-ids``. What the
+    destination's filesystem cannot hold is said once, in ``notices``; the rest syncs."""
+    src, dst = source.features.metadata, destination.features.metadata
+    if src is None or dst is None:
+        return None
+    wanted = Keep(
+        owner=options.owner, group=options.group, acls=options.acls,
+        xattrs=frozenset(("user", "trusted", "security") if options.xattrs else ()),
+    )
+    readable = src.metadata(wanted)
+    keep = dst.metadata(readable)
+    lost = [_WHAT[ns] for ns in sorted(readable.xattrs - keep.xattrs)]
+    if readable.acls and not keep.acls:
+        lost.append("POSIX ACLs")
+    if lost:
+        notices.append(
+            f"{destination.url}: its filesystem cannot keep {', '.join(lost)}: "
+            f"not synced (--no-xattrs, --no-acls to say so)"
+        )
+    if (keep.owner or keep.group) and not options.numeric_ids:
+        (su, sg), (du, dg) = src.id_names(), dst.id_names()
+        keep = attrs.evolve(keep, uids=id_map(su, du) if keep.owner else (),
+                            gids=id_map(sg, dg) if keep.group else ())
+    src.metadata(keep)  # the source's rows carry the destination's ids
+    dst.metadata(attrs.evolve(keep, uids=(), gids=()))
+    return keep
 
 
 def open_history(
