@@ -6,7 +6,8 @@
  * the tuple (name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, payload hash,
  * birth time in ns or 0 where the filesystem keeps none, st_uid, st_gid, xattrs).
  * A regular file's mode is given (and hashed) without the bits of ``strip``
- * (list(fd, xattrs, strip): the set-id bits a pair cannot keep).
+ * (list(fd, xattrs, strip, since): the set-id bits a pair cannot keep); ``xattrs`` is
+ * -2 for a node whose ctime is before ``since`` (ns; 0: none is).
  * ``xattrs`` is -1 unless list(fd, True) asked for it, then the size llistxattr gives
  * (0: the node has no extended attribute, nothing more to read; -1: the filesystem has
  * none, or it failed). An entry whose lstat fails with anything but ENOENT is
@@ -67,7 +68,8 @@ walk_list(PyObject *self, PyObject *args)
     PyObject *arg;
     int want_xattrs = 0;
     unsigned int strip = 0;
-    if (!PyArg_ParseTuple(args, "O|pI", &arg, &want_xattrs, &strip))
+    long long since = 0;
+    if (!PyArg_ParseTuple(args, "O|pIL", &arg, &want_xattrs, &strip, &since))
         return NULL;
     int fd = PyObject_AsFileDescriptor(arg);
     if (fd < 0)
@@ -119,6 +121,8 @@ walk_list(PyObject *self, PyObject *args)
             st.st_dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
             st.st_uid = sx.stx_uid;
             st.st_gid = sx.stx_gid;
+            st.st_ctim.tv_sec = sx.stx_ctime.tv_sec;
+            st.st_ctim.tv_nsec = sx.stx_ctime.tv_nsec;
             if (sx.stx_mask & STATX_BTIME)
                 born = (long long)sx.stx_btime.tv_sec * 1000000000LL + sx.stx_btime.tv_nsec;
         }
@@ -135,7 +139,10 @@ walk_list(PyObject *self, PyObject *args)
         if (rc == 0 && S_ISREG(st.st_mode))
             st.st_mode &= ~(mode_t)strip; /* set-id bits the pair cannot keep */
         long long xsize = -1;
-        if (rc == 0 && want_xattrs) {
+        if (rc == 0 && want_xattrs && since
+            && (long long)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec < since)
+            xsize = -2; /* its attributes did not change since then: not read */
+        else if (rc == 0 && want_xattrs) {
             /* one call per node: most have no attribute, and the answer (0) says so */
             char path[64 + 256];
             snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd(dir), n);
@@ -174,7 +181,7 @@ fail:
 
 static PyMethodDef methods[] = {
     {"list", walk_list, METH_VARARGS,
-     "list(fd, xattrs=False, strip=0) -> [(name, mode, size, mtime_ns, ino, dev, hash, btime_ns, uid, gid,"
+     "list(fd, xattrs=False, strip=0, since=0) -> [(name, mode, size, mtime_ns, ino, dev, hash, btime_ns, uid, gid,"
      " xattrs_size) | (name, None, errno, ...)]"},
     {NULL, NULL, 0, NULL},
 };

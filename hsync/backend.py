@@ -132,6 +132,15 @@ class Keep:
     """Source uid -> destination uid where they differ (by name; empty with
     ``--numeric-ids``): the source's rows carry the destination's ids."""
     gids: tuple[tuple[int, int], ...] = ()
+    since_ns: int = 0
+    """Extended attributes and ACLs are read only from nodes whose ctime (which moves
+    whenever they change) is at or after this time (ns): on others the row's data says
+    ``model.UNREAD`` (unchanged since the last sync that left the pair equal; the core
+    has both sides read in full where that meets anything else). 0: read all."""
+
+    def signature(self) -> str:
+        """What a ``since_ns`` is valid for: the attributes it is about."""
+        return f"{','.join(sorted(self.xattrs))};acls={int(self.acls)}"
 
     def narrowed(self, other: Keep) -> Keep:
         """What both keep (the id maps of ``self``)."""

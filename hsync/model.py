@@ -78,6 +78,17 @@ def fingerprint(data: Any) -> str:
     return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
+UNREAD = "unread"
+"""In a node's data: a part not read because it did not change since the last sync
+that left the pair equal (``backend.Keep.since_ns``); equal to itself on both sides,
+read in full (``Backend.stat``) where it meets anything else (``compare``)."""
+
+
+def has_unread(data: Any) -> bool:
+    """True when ``data`` holds ``UNREAD`` (a filesystem row's attributes)."""
+    return type(data) is tuple and UNREAD in data
+
+
 _DIGESTS: dict[Any, str] = {}
 
 
@@ -90,6 +101,8 @@ def data_digest(kind: str, data: Any) -> str | None:
         return None
     if isinstance(data, Fingerprint):
         return data.digest
+    if has_unread(data):
+        return "?"  # unknown here: the history keeps what it had (``History.record``)
     found = _DIGESTS.get(data)
     if found is None:
         found = hashlib.sha256(repr(data).encode()).hexdigest()

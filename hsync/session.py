@@ -78,6 +78,7 @@ class PairSession:
                 self.history = open_history(
                     self.source, self.destination, options, self.notices)
                 self.journal = _journal_for(self.history)
+                self._attributes_since()
             self._check_destination_was_there()
             self.deletes_allowed = self._may_delete()
         except BaseException:
@@ -106,6 +107,28 @@ class PairSession:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def _attributes_since(self) -> None:
+        """Tell both endpoints when the last sync that left the pair equal began: only
+        nodes whose ctime moved since have their attributes read (``Keep.since_ns``)."""
+        keep, history = self.keep, self.history
+        if keep is None or history is None or not (keep.xattrs or keep.acls):
+            return
+        since = history.meta_since(keep.signature())
+        src, dst = self.source.features.metadata, self.destination.features.metadata
+        if since and src is not None and dst is not None:
+            self.keep = attrs.evolve(keep, since_ns=since)
+            src.metadata(self.keep)
+            dst.metadata(attrs.evolve(self.keep, uids=(), gids=()))
+
+    def mark_equal(self, started_ns: int) -> None:
+        """A sync whose scans began at ``started_ns`` left the pair equal (no problem):
+        attributes of nodes unchanged since then need not be read again."""
+        if self.keep is not None and self.history is not None and (
+            self.keep.xattrs or self.keep.acls
+        ):
+            # a margin for the coarse clock ctimes are taken from
+            self.history.set_meta_since(started_ns - 2_000_000_000, self.keep.signature())
 
     # -- the rules of SPEC 8 ----------------------------------------------------------------
     def _check_pair(self) -> None:

@@ -23,8 +23,10 @@ import stat
 from typing import Any
 
 from ...backend import IdNames, Keep
+from ...model import UNREAD
 
-Meta = tuple["int | None", "int | None", "tuple[tuple[str, bytes], ...] | None"]
+Meta = tuple["int | None", "int | None", "tuple[tuple[str, bytes], ...] | str | None"]
+"""(uid, gid, xattrs); xattrs is ``model.UNREAD`` where not read (unchanged)."""
 
 NAMESPACES = ("user", "trusted", "security")
 ACL_PREFIX = "system.posix_acl_"
@@ -93,7 +95,9 @@ class Reader:
     """Makes a row's ``data`` (the module doc) and strips the set-id bits the pair
     cannot keep from its mode."""
 
-    __slots__ = ("active", "gids", "group", "owner", "prefixes", "strip", "uids", "xattrs")
+    __slots__ = (
+        "active", "gids", "group", "owner", "prefixes", "since", "strip", "uids", "xattrs",
+    )
 
     def __init__(self, keep: Keep, *, source: bool = True) -> None:
         self.owner, self.group = keep.owner, keep.group
@@ -105,6 +109,7 @@ class Reader:
         self.prefixes = tuple(prefixes)
         self.xattrs = bool(prefixes)
         self.active = self.owner or self.group or self.xattrs
+        self.since = keep.since_ns if self.xattrs else 0
         # a source file's set-uid bit only with its owner, set-gid only with its group:
         # what the destination can hold (a destination's rows show what it has)
         self.strip = (0 if self.owner else stat.S_ISUID) | (0 if self.group else stat.S_ISGID)
@@ -113,7 +118,8 @@ class Reader:
 
     def of(self, uid: int, gid: int, listed: int, where: Any) -> Meta | None:
         """The ``data`` of a node owned by ``uid``:``gid``; ``listed``: its
-        ``llistxattr`` size (0: no attribute, < 0: not asked or not supported);
+        ``llistxattr`` size (0: no attribute, -2: not read, unchanged since
+        ``since``, -1: not asked or not supported);
         ``where``: its path or descriptor, read only when ``listed`` > 0."""
         if not self.active:
             return None
@@ -125,6 +131,8 @@ class Reader:
             g: int | None = self.gids.get(gid, gid) if self.gids else gid
         else:
             g = None
+        if listed == -2:
+            return (u, g, UNREAD)  # not read: unchanged since ``since``
         xs = read_xattrs(where, self.prefixes) if listed > 0 and self.xattrs else None
         return (u, g, xs)
 
@@ -199,8 +207,8 @@ def set_xattrs(where: Any, meta: Meta | None, prefixes: tuple[str, ...]) -> list
     the namespaces of ``prefixes`` those of ``meta``: extra ones removed, differing
     ones set. Returns the names the filesystem could not hold (ENOTSUP, EPERM): they
     are left out, said once per run by the caller."""
-    if not prefixes or meta is None:
-        return []
+    if not prefixes or meta is None or isinstance(meta[2], str):
+        return []  # not kept, or UNREAD: unchanged since the last sync (never comes here)
     follow = not isinstance(where, str)
     want = dict(meta[2] or ())
     failed: list[str] = []

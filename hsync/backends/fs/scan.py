@@ -44,14 +44,17 @@ when its lstat failed. ``hash``: of the name and the payload a sync compares (ki
 bits, size, mtime for a file; mode bits, mtime for a directory; a symlink's target, and
 a row's ``data``, are not in it), for the directory digests. ``btime_ns``: the birth
 time, 0 where the filesystem keeps none. ``xattrs``: when asked, what ``llistxattr``
-answers (0: no attribute), else -1. A regular file's mode comes without the bits of
+answers (0: no attribute), -2 when not read (the node's ctime is before ``since``), else
+-1. A regular file's mode comes without the bits of
 ``strip`` (the set-id bits a pair cannot keep), in the hash too."""
 
 Dirs = list[tuple[Key, int, int]]
 """Directories still to list: ``(key, st_ino, st_dev)`` as their parent's listing saw."""
 
 
-def lstat_dir_py(fd: int, xattrs: bool = False, strip: int = 0) -> list[Entry]:
+def lstat_dir_py(
+    fd: int, xattrs: bool = False, strip: int = 0, since: int = 0
+) -> list[Entry]:
     """Every name of the directory open as ``fd`` with its lstat (names gone since the
     listing are left out). ``hsync._walk.list`` is the same in C, where it was built;
     the two hash entries differently (a run uses one of them on both trees)."""
@@ -67,7 +70,9 @@ def lstat_dir_py(fd: int, xattrs: bool = False, strip: int = 0) -> list[Entry]:
             continue
         mode = st.st_mode
         listed = -1
-        if xattrs:
+        if xattrs and since and st.st_ctime_ns < since:
+            listed = -2  # unchanged since then: not read
+        elif xattrs:
             try:
                 listed = len(os.listxattr(proc_path(fd, name), follow_symlinks=False))
             except OSError:
@@ -90,11 +95,12 @@ except ImportError:  # not built (no compiler where hsync was installed): slower
     lstat_dir = lstat_dir_py
 
 
-def list_dir(fd: int, meta: Reader | None) -> list[Entry]:
-    """``lstat_dir`` asking what ``meta`` reads (attribute sizes, set-id bits kept)."""
+def list_dir(fd: int, meta: Reader | None, *, full: bool = False) -> list[Entry]:
+    """``lstat_dir`` asking what ``meta`` reads (attribute sizes, set-id bits kept;
+    attributes only of nodes changed since ``meta.since``, unless ``full``)."""
     if meta is None:
         return lstat_dir(fd)
-    return lstat_dir(fd, meta.xattrs, meta.strip)
+    return lstat_dir(fd, meta.xattrs, meta.strip, 0 if full else meta.since)
 
 
 def listing_digest(hashes: list[int]) -> int:
@@ -392,7 +398,8 @@ def walk_sorted(
             seen = os.fstat(fd)
             if seen.st_ino != ino or seen.st_dev != dev:
                 return None
-            _list(list_dir(fd, meta), fd, key, root_dev, exclude, rows, kids, dirs,
+            # in full: the quick pass compares the attributes with the history's
+            _list(list_dir(fd, meta, full=True), fd, key, root_dev, exclude, rows, kids, dirs,
                   lost, skipped, temps, held, None, meta)
         except OSError:
             return None
