@@ -261,8 +261,9 @@ def negotiate(
         )
     if (keep.owner or keep.group) and not options.numeric_ids:
         (su, sg), (du, dg) = src.id_names(), dst.id_names()
-        keep = attrs.evolve(keep, uids=id_map(su, du) if keep.owner else (),
-                            gids=id_map(sg, dg) if keep.group else ())
+        if (su, sg) != (du, dg):  # the same names for the same ids: one host, as is
+            keep = attrs.evolve(keep, uids=id_map(su, du) if keep.owner else (),
+                                gids=id_map(sg, dg) if keep.group else ())
     src.metadata(keep)  # the source's rows carry the destination's ids
     dst.metadata(attrs.evolve(keep, uids=(), gids=()))
     return keep

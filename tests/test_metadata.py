@@ -327,3 +327,43 @@ def test_a_watch_syncs_a_chown_and_an_xattr_change_alone(tmp_path: Path) -> None
     os.chown(src / "d" / "b.txt", 77, 78)
     with running(src, dst, tmp_path):
         wait_for(lambda: _owner(dst / "d" / "b.txt") == (77, 78), what="the quick pass")
+
+
+# -- the cost: attributes read only where ctime moved ---------------------------------------
+def _since_now(state: Path) -> None:
+    """As if the last sync that left the pair equal began now (no margin)."""
+    import sqlite3
+    import time
+
+    db = sqlite3.connect(state)
+    with db:
+        (value,) = db.execute("SELECT value FROM meta WHERE name LIKE 'since:%'").fetchone()
+        sig = value.partition(" ")[2]
+        db.execute("UPDATE meta SET value=? WHERE name LIKE 'since:%'",
+                   (f"{time.time_ns()} {sig}",))
+    db.close()
+    time.sleep(0.05)
+
+
+@root_only
+def test_a_resync_reads_attributes_only_where_a_ctime_moved(tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {"a": b"a", "b": b"b", "c": b"c"})
+    if not _xattrs_supported(src):
+        pytest.skip(f"{src}: no extended attributes on this filesystem")
+    for name in ("a", "b", "c"):
+        os.setxattr(src / name, "user.k", name.encode())
+    dst = tmp_path / "dst"
+    _sync(src, dst, tmp_path)
+    os.setxattr(src / "c", "user.k", b"changed before")  # its ctime: before the mark
+    _since_now(tmp_path / "history.sqlite")
+    os.setxattr(dst / "a", "user.k", b"tampered")  # after it: read, on this side
+    os.setxattr(src / "b", "user.k", b"new")  # and on this one
+    plan = _diff(src, dst, tmp_path, ok=1)
+    assert "update file    a (metadata)" in plan and "update file    b (metadata)" in plan
+    # c's ctime did not move since the mark: its attributes were not read on either side
+    assert "c" not in plan.split(), plan
+    _sync(src, dst, tmp_path)
+    assert _xattrs(dst / "a") == {"user.k": b"a"}  # the source's, read in full to repair
+    assert _xattrs(dst / "b") == {"user.k": b"new"}
+    # a comparison without the history (verify) reads everything
+    assert "metadata c  (xattrs user.k)" in _hsync("verify", src, dst, ok=1).stdout

@@ -22,6 +22,8 @@ import pwd
 import stat
 from typing import Any
 
+import attrs
+
 from ...backend import IdNames, Keep
 from ...model import UNREAD
 
@@ -85,9 +87,9 @@ def supported(path: str, wanted: Keep) -> Keep:
     names = {ns for ns in wanted.xattrs if ns == "user" or is_admin()}
     names = {ns for ns in names if _probe(path, f"{ns}.hsync-probe")}
     acls = wanted.acls and _probe(path, ACL_PREFIX + "access")
-    return Keep(
-        owner=wanted.owner and chown, group=wanted.group and chown,
-        xattrs=frozenset(names), acls=acls, uids=wanted.uids, gids=wanted.gids,
+    return attrs.evolve(
+        wanted, owner=wanted.owner and chown, group=wanted.group and chown,
+        xattrs=frozenset(names), acls=acls,
     )
 
 
@@ -96,7 +98,8 @@ class Reader:
     cannot keep from its mode."""
 
     __slots__ = (
-        "active", "gids", "group", "owner", "prefixes", "since", "strip", "uids", "xattrs",
+        "active", "gids", "group", "owner", "prefixes", "shared", "since", "strip", "uids",
+        "xattrs",
     )
 
     def __init__(self, keep: Keep, *, source: bool = True) -> None:
@@ -110,6 +113,8 @@ class Reader:
         self.xattrs = bool(prefixes)
         self.active = self.owner or self.group or self.xattrs
         self.since = keep.since_ns if self.xattrs else 0
+        self.shared: dict[int, tuple[Meta | None, int]] = {}
+        """Data without attributes read, by owner: one tuple shared by their rows."""
         # a source file's set-uid bit only with its owner, set-gid only with its group:
         # what the destination can hold (a destination's rows show what it has)
         self.strip = (0 if self.owner else stat.S_ISUID) | (0 if self.group else stat.S_ISGID)

@@ -141,7 +141,9 @@ def _list(
     S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
     readlink = os.readlink
     of = meta.of if meta is not None and meta.active else None
+    shared = meta.shared if meta is not None else {}
     m: Any = None
+    hm = 0
     for name, mode, size, mtime, st_ino, st_dev, h, born, uid, gid, listed in entries:
         k = (*key, name)
         if mode is None:  # its lstat failed (one gone since the listing is left out)
@@ -156,9 +158,14 @@ def _list(
             if exclude is not None and exclude(k, False):
                 held.add(key)
                 continue
-            if of is not None:
-                m = of(uid, gid, listed, proc_path(fd, name) if listed > 0 else None)
-                h = hash((h, m))
+            if of is not None:  # the data, shared by the nodes without attributes read
+                if listed > 0:
+                    m = of(uid, gid, listed, proc_path(fd, name))
+                    hm = hash(m)
+                else:
+                    m, hm = shared.get((uid << 34) | (gid << 2) | (listed + 2)) or _shared(
+                        shared, of, uid, gid, listed)
+                h ^= hm
             rows[k] = (FILE, S_IMODE(mode), size, mtime, None, ino, m)
             kids.append(k)
         elif S_ISDIR(mode):
@@ -166,8 +173,13 @@ def _list(
                 held.add(key)
                 continue
             if of is not None:
-                m = of(uid, gid, listed, proc_path(fd, name) if listed > 0 else None)
-                h = hash((h, m))
+                if listed > 0:
+                    m = of(uid, gid, listed, proc_path(fd, name))
+                    hm = hash(m)
+                else:
+                    m, hm = shared.get((uid << 34) | (gid << 2) | (listed + 2)) or _shared(
+                        shared, of, uid, gid, listed)
+                h ^= hm
             rows[k] = (DIR, S_IMODE(mode), 0, mtime, None, ino, m)
             kids.append(k)
             dirs.append((k, st_ino, st_dev))
@@ -192,6 +204,16 @@ def _list(
             continue
         if hashes is not None:
             hashes.append(h)
+
+
+def _shared(
+    shared: dict[int, tuple[Any, int]], of: Any, uid: int, gid: int, listed: int
+) -> tuple[Any, int]:
+    """The data (and its hash) of a node owned by ``uid``:``gid`` whose attributes
+    were not read (``listed`` <= 0), made once per owner and kept in ``shared``."""
+    m = of(uid, gid, listed, None)
+    found = shared[(uid << 34) | (gid << 2) | (listed + 2)] = (m, hash(m))
+    return found
 
 
 def identity_of(st_ino: int, st_dev: int, born: int, root_dev: int) -> int | None:
