@@ -11,10 +11,10 @@ venv="$root/.venv"
 if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
-# The LDAP plugin's tests need slapd and ldap-utils; python-ldap builds from source
-# against libldap2-dev and libsasl2-dev. Installed where missing when we may (root).
+# The LDAP plugin's tests need slapd and ldap-utils, the ACL tests acl (setfacl); python-ldap
+# builds from source against libldap2-dev and libsasl2-dev. Installed where missing when we may (root).
 need=()
-for cmd_pkg in slapd:slapd ldapadd:ldap-utils; do
+for cmd_pkg in slapd:slapd ldapadd:ldap-utils setfacl:acl; do
     command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || [[ -x "/usr/sbin/${cmd_pkg%%:*}" ]] \
         || need+=("${cmd_pkg##*:}")
 done
@@ -26,9 +26,9 @@ if ((${#need[@]})); then
         echo "== apt-get install ${need[*]}"
         export DEBIAN_FRONTEND=noninteractive
         { apt-get update -qq && apt-get install -y -qq "${need[@]}"; } >/dev/null \
-            || echo "tests/run.sh: apt-get install ${need[*]} failed; LDAP tests will skip" >&2
+            || echo "tests/run.sh: apt-get install ${need[*]} failed; LDAP (or ACL) tests will skip" >&2
     else
-        echo "tests/run.sh: missing ${need[*]} (not root: LDAP tests will skip)" >&2
+        echo "tests/run.sh: missing ${need[*]} (not root: LDAP (or ACL) tests will skip)" >&2
     fi
 fi
 # install (or refresh) hsync and the test tools; quiet unless it fails
