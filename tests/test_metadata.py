@@ -367,3 +367,16 @@ def test_a_resync_reads_attributes_only_where_a_ctime_moved(tmp_path: Path) -> N
     assert _xattrs(dst / "b") == {"user.k": b"new"}
     # a comparison without the history (verify) reads everything
     assert "metadata c  (xattrs user.k)" in _hsync("verify", src, dst, ok=1).stdout
+
+
+def test_daemon_pair_keys_for_metadata(tmp_path: Path) -> None:
+    from hsync.daemon import pair_config
+    from hsync.errors import UsageError
+
+    base = {"source": str(tmp_path), "destination": str(tmp_path / "d")}
+    o = pair_config("pair 1", {**base, "owner": False, "acls": False, "numeric_ids": True}).options
+    assert (o.owner, o.group, o.xattrs, o.acls, o.numeric_ids) == (False, True, True, False, True)
+    o = pair_config("pair 1", base).options
+    assert (o.owner, o.group, o.xattrs, o.acls, o.numeric_ids) == (True, True, True, True, False)
+    with pytest.raises(UsageError, match="xattrs"):
+        pair_config("pair 1", {**base, "xattrs": "yes"})
