@@ -8,7 +8,7 @@ mapped to the destination's ids by name); ``xattrs`` is None or a sorted tuple o
 
 ``Reader`` makes that field from what the listing's lstat gave (owner and group come
 free) and, only where ``llistxattr`` said a node has attributes at all, reads them.
-``apply_meta`` sets it on the destination: chown before the mode (chown clears set-id
+``chown`` and ``set_xattrs`` set it on the destination: chown before the mode (chown clears set-id
 bits), a set-id bit never left on a file whose owner or group is not the source's
 (``safe_mode``), attributes last.
 """
