@@ -98,7 +98,8 @@ def watch(src: str, dst: str, *, stop: threading.Event | None = None, **options:
 
 def verify(src: str, dst: str, **options: Any) -> VerifyReport:
     """Compare ``src`` and ``dst`` content and all (``hsync.verifier.VerifyReport``);
-    options: ``exclude``, ``settle``, ``repair``, ``state``, ``pending``."""
+    options: ``exclude``, ``settle``, ``repair``, ``state``, ``pending``, and what is
+    kept: ``owner``, ``group``, ``xattrs``, ``acls``, ``numeric_ids``."""
     from .verifier import verify as run
 
     return run(src, dst, **options)

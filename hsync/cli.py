@@ -218,6 +218,25 @@ def _credentials(
         for_side(dst, bind_dn=dst_bind_dn, password_file=dst_password_file, ca_file=ca_file,
                  starttls=starttls),
     )
+# metadata kept (rsync -a's -o -g, and -X -A): on by default; rsync's spellings accepted
+OwnerOpt = typer.Option(
+    True, "--owner/--no-owner", "-o",
+    help="Keep owners, by name unless --numeric-ids (where the destination may chown).",
+)
+GroupOpt = typer.Option(True, "--group/--no-group", "-g", help="Keep groups (likewise).")
+XattrsOpt = typer.Option(
+    True, "--xattrs/--no-xattrs", "-X",
+    help="Keep extended attributes (user.*; trusted.*, security.* as root).",
+)
+AclsOpt = typer.Option(True, "--acls/--no-acls", "-A", help="Keep POSIX ACLs.")
+NumericIdsOpt = typer.Option(
+    False, "--numeric-ids", help="Owners and groups by number, not by name."
+)
+
+
+def _meta(owner: bool, group: bool, xattrs: bool, acls: bool, numeric_ids: bool) -> Any:
+    return {"owner": owner, "group": group, "xattrs": xattrs, "acls": acls,
+            "numeric_ids": numeric_ids}
 
 
 WaitLockOpt = typer.Option(
@@ -292,6 +311,11 @@ def sync(
     dst_password_file: str | None = DstPasswordFileOpt,
     ca_file: str | None = CaFileOpt,
     starttls: bool = StartTlsOpt,
+    owner: bool = OwnerOpt,
+    group: bool = GroupOpt,
+    xattrs: bool = XattrsOpt,
+    acls: bool = AclsOpt,
+    numeric_ids: bool = NumericIdsOpt,
 ) -> None:
     """Make DST equal to SRC (SRC's contents go into DST, like rsync SRC/ DST/)."""
     from .itemize import LogFile
@@ -305,6 +329,7 @@ def sync(
         exclude_from=exclude_from, exclude_attr=exclude_attr, max_delete=max_delete,
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links, wait_lock=wait_lock,
+        **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded, copy_unstable=copy_unstable)
     show = sys.stderr.isatty() and not json_out if progress is None else progress
@@ -461,6 +486,11 @@ def diff(
     dst_password_file: str | None = DstPasswordFileOpt,
     ca_file: str | None = CaFileOpt,
     starttls: bool = StartTlsOpt,
+    owner: bool = OwnerOpt,
+    group: bool = GroupOpt,
+    xattrs: bool = XattrsOpt,
+    acls: bool = AclsOpt,
+    numeric_ids: bool = NumericIdsOpt,
 ) -> None:
     """Print the plan that would make DST equal to SRC. Exit 0 in sync, 1 differ."""
     from .oneshot import compare
@@ -473,7 +503,7 @@ def diff(
     opts = _options(
         checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         exclude_attr=exclude_attr, state=state, delete=not no_delete, dry_run=True,
-        allow_empty_source=True,
+        allow_empty_source=True, **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded)
     cmp = compare(src, dst, opts, credentials=creds)
@@ -563,6 +593,11 @@ def watch(
     dst_password_file: str | None = DstPasswordFileOpt,
     ca_file: str | None = CaFileOpt,
     starttls: bool = StartTlsOpt,
+    owner: bool = OwnerOpt,
+    group: bool = GroupOpt,
+    xattrs: bool = XattrsOpt,
+    acls: bool = AclsOpt,
+    numeric_ids: bool = NumericIdsOpt,
 ) -> None:
     """Keep DST equal to SRC until stopped (SIGTERM/SIGINT): a full comparison, then
     only what changes."""
@@ -578,6 +613,7 @@ def watch(
         exclude_attr=exclude_attr, max_delete=max_delete, state=state,
         allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links, wait_lock=wait_lock,
+        **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded)
     wopts = WatchOptions(
@@ -704,13 +740,19 @@ def verify(
     exclude: list[str] = ExcludeOpt,
     exclude_from: list[str] = ExcludeFromOpt,
     state: str | None = StateOpt,
+    owner: bool = OwnerOpt,
+    group: bool = GroupOpt,
+    xattrs: bool = XattrsOpt,
+    acls: bool = AclsOpt,
+    numeric_ids: bool = NumericIdsOpt,
 ) -> None:
     """Compare SRC and DST content and all (xxhash). Exit 0 consistent, 1 differences."""
     from .verifier import verify as run_verify
 
     opts = _options(exclude=exclude, exclude_from=exclude_from)
     report = run_verify(
-        src, dst, exclude=opts.exclude, settle=settle, repair=repair, state=state
+        src, dst, exclude=opts.exclude, settle=settle, repair=repair, state=state,
+        **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     if json_out:
         print(json.dumps(report.to_json(), indent=2))

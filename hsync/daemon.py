@@ -55,6 +55,11 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "allow_empty_source": bool,
     "fsync": bool,
     "hard_links": bool,
+    "owner": bool,
+    "group": bool,
+    "xattrs": bool,
+    "acls": bool,
+    "numeric_ids": bool,
     "debounce_ms": (int, float),
     "max_delay_ms": (int, float),
     "settle_s": (int, float),
@@ -70,6 +75,8 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "ca_file": str,
     "starttls": bool,
 }
+_META_KEYS = ("owner", "group", "xattrs", "acls", "numeric_ids")
+"""Metadata kept (``Options``: all but numeric_ids on by default)."""
 _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "status_file": str,
     "log_format": str,
@@ -206,6 +213,7 @@ def pair_config(
         allow_empty_source=raw.get("allow_empty_source", False),
         fsync=raw.get("fsync", False),
         hard_links=raw.get("hard_links", False),
+        **{k: raw[k] for k in _META_KEYS if k in raw},
         check=debug,
     )
     from .filters import parse_rule

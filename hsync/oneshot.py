@@ -32,8 +32,12 @@ def sync_once(
     t0 = time.perf_counter()
     with PairSession(source_url, destination_url, options, credentials=credentials) as session:
         if _streams(session, on_planned):
+            started = time.time_ns()
             report = _streamed(session, on_done, cancel)
+            if not report.problems:
+                session.mark_equal(started)
         else:
+            started = time.time_ns()
             cmp = compare_trees(session, cancel=cancel)
             report = _report(session, cmp)
             if on_planned is not None:
@@ -47,6 +51,8 @@ def sync_once(
                 report.bytes_copied = applied.bytes_copied
                 report.problems.extend(applied.problems)
                 report.warnings.extend(applied.warnings)
+                if not report.problems and not cmp.warnings:
+                    session.mark_equal(started)
         report.notices = list(session.notices)
     report.source, report.destination = source_url, destination_url
     report.elapsed = time.perf_counter() - t0
