@@ -29,6 +29,7 @@ from hsync.backend import (
     DigestScanning,
     Features,
     Linked,
+    Metadata,
     Prefetching,
     Related,
     ResumableWatchable,
@@ -217,6 +218,7 @@ class BackendConformance:
                 "digest_scanning": DigestScanning, "bulk_hashing": BulkHashing,
                 "watchable": Watchable, "resumable": ResumableWatchable,
                 "prefetching": Prefetching, "linked": Linked,
+                "metadata": Metadata,
             }
             for name, proto in protocols.items():
                 claimed = getattr(features, name)
@@ -226,7 +228,8 @@ class BackendConformance:
                              "streaming": ["stream"], "digest_scanning": ["digest_scan"],
                              "bulk_hashing": ["hash_many", "look"], "watchable": ["watch"],
                              "resumable": ["watch_from"], "prefetching": ["prefetch"],
-                             "linked": ["wire"]}[name]:
+                             "linked": ["wire"],
+                             "metadata": ["id_names", "metadata"]}[name]:
                     assert callable(getattr(b, attr)), (name, attr)
         endpoint = open_endpoint(adapter.url("source"), role="source")
         try:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ldap_fixtures import ldap_env, slapd, slapd_server  # noqa: F401 (fixtures)
+from ldap_fixtures import ldap_env, slapd, slapd_server, tls_slapd  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(autouse=True)
