@@ -57,18 +57,22 @@ class PairSession:
         self.notices: list[str] = []
         self._lock: int | None = None
         """Warnings about the pair's state, for the report and the log."""
-        self.source = open_endpoint(
-            source_url, role="source", credentials=credentials[0],
-            exclude_attrs=options.exclude_attrs,
-        )
-        try:
-            self.destination = open_endpoint(
-                destination_url, role="destination", credentials=credentials[1],
+        from .remote import Reach, reaching  # the small part: how to reach a far tree
+
+        with reaching(Reach(rsh=options.rsh, remote_hsync=options.remote_hsync,
+                            compress=options.compress)):
+            self.source = open_endpoint(
+                source_url, role="source", credentials=credentials[0],
                 exclude_attrs=options.exclude_attrs,
             )
-        except BaseException:
-            self.source.close()
-            raise
+            try:
+                self.destination = open_endpoint(
+                    destination_url, role="destination", credentials=credentials[1],
+                    exclude_attrs=options.exclude_attrs,
+                )
+            except BaseException:
+                self.source.close()
+                raise
         try:
             self._check_pair()
             self.keep = negotiate(self.source, self.destination, options, self.notices)
@@ -89,6 +93,16 @@ class PairSession:
             raise
 
     # -- life ------------------------------------------------------------------------------
+    def wire(self) -> dict[str, int] | None:
+        """Bytes sent and received on the links of remote endpoints so far (None when
+        neither is remote)."""
+        links = [e.features.linked for e in (self.source, self.destination)
+                 if e.features.linked is not None]
+        if not links:
+            return None
+        counts = [link.wire() for link in links]
+        return {"sent": sum(c[0] for c in counts), "received": sum(c[1] for c in counts)}
+
     def close(self) -> None:
         """Close the journal, the history and both endpoints (idempotent)."""
         if self.journal is not None:
