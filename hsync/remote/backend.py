@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import attrs
 
+from .. import delta as deltas
 from ..backend import (
     ApplyOptions,
     ApplyResult,
@@ -44,7 +45,7 @@ from ..backend import (
 from ..cancel import NEVER, Cancel
 from ..errors import CANCELLED, BackendError, NodeError, SourceChanged, UsageError
 from ..filters import Exclude
-from ..model import CREATE, DIR, FILE, UPDATE, Key, Node, Op, Problem, Row, Snapshot
+from ..model import CREATE, DIR, FILE, MOVE, UPDATE, Key, Node, Op, Problem, Row, Snapshot
 from . import current
 from .agent import decode_snapshot, encode_snapshot
 from .protocol import CHUNK, INLINE, Spool, content_file
@@ -58,6 +59,9 @@ PREFETCH_LIMIT = 4 << 20
 PREFETCH_BUFFER = 64 << 20
 """Prefetched content held at most before the next request waits for reads."""
 PAGE_BYTES = 1 << 20
+SIGNATURES_MAX = 64 << 20
+"""Signature bytes asked for ahead of one batch at most (384 KiB per GiB of file): the
+files beyond are sent whole."""
 _DEFAULTS = ApplyOptions()
 
 
@@ -251,6 +255,10 @@ class RemoteBackend:
         self._prefetch: _Prefetch | None = None
         self._seq = 0
         self.pair = ""
+        self._whole: set[Key] = set()
+        """Files whose delta failed: sent whole from now on."""
+        self._delta_basis: Any = None
+        self._delta_keys: set[Key] = set()
 
     def __repr__(self) -> str:
         return f"RemoteBackend({self.url!r}, role={self.role!r})"
@@ -327,16 +335,19 @@ class RemoteBackend:
                 for op in ops])
         self._seq += 1
         ops = list(ops)
+        sigs = self._signatures(ops)
         rid, q = self.link.open("apply", self._seq, ops, _final_part(ops, final),
                                 attrs.evolve(options, defer_durable=False), self.pair)
         try:
-            self._send_content(rid, ops, source)
+            self._send_content(rid, ops, source, sigs)
         finally:
             answer: dict[str, Any] | None = None
             for tag, value in self.link.answer(rid, q):
                 if tag in ("ok", "err"):
                     answer = self.link.result(tag, value)
         assert answer is not None
+        # a delta that did not verify there comes back as a retry: sent whole next time
+        self._whole.update(p.key for p in answer["problems"] if p.key in sigs)
         done = [ops[i] if isinstance(i, int) else i for i in answer["done"]]
         if on_done is not None:
             for op in done:
@@ -344,14 +355,82 @@ class RemoteBackend:
         return ApplyResult(done=done, problems=list(answer["problems"]),
                            bytes_copied=answer["bytes"], warnings=list(answer["warnings"]))
 
-    def _send_content(self, rid: int, ops: Sequence[Op], source: ContentSource) -> None:
-        """The content of every file the batch creates or updates, whole, in pages of
+    def _signatures(self, ops: Sequence[Op]) -> dict[Key, list[bytes]]:
+        """The signatures of the far side's old files, for the files of the batch a
+        delta is worth it for (``use_delta``): asked for all at once, one round trip
+        per batch. An updated file's old version is at its key, or at the source of a
+        move earlier in the batch (the far side signs it before the batch runs)."""
+        if not deltas.available():
+            return {}
+        wanted: list[list[Any]] = []
+        total = 0
+        moves: list[tuple[Key, Key]] = []
+        for op in ops:
+            if op.op == MOVE and op.to is not None:
+                moves.append((op.key, op.to))
+                continue
+            if not (op.op == UPDATE and op.content and op.node is not None
+                    and op.node.kind == FILE and op.old is not None
+                    and op.old.kind == FILE and op.key not in self._whole
+                    and deltas.use_delta(op.old.size, op.node.size)):
+                continue
+            basis = _before_moves(op.key, moves)
+            total += _signature_size(op.old.size)
+            if total > SIGNATURES_MAX:
+                break
+            wanted.append([op.key, basis])
+        if not wanted:
+            return {}
+        out: dict[Key, list[bytes]] = {}
+        for page in self.link.stream("signatures", wanted):
+            for key, chunks in page:
+                out[tuple(key)] = list(chunks)
+        return out
+
+    def _send_delta(self, rid: int, key: Key, f: BinaryIO, sig: list[bytes],
+                    page: list[Any], size: int) -> tuple[list[Any], int, bool]:
+        """``f``'s content as a delta against the far side's old file: pages of
+        ``[key, data, None, 1]``, then the end ``[mtime_ns, None, size, digest]``. False
+        when no delta could be made (then nothing of this file was sent)."""
+        before = os.fstat(f.fileno())
+        try:
+            stream = deltas.delta(sig, f.fileno())
+            chunks = iter(stream)
+            first = next(chunks, b"")
+        except deltas.DeltaError:
+            return page, size, False
+        try:
+            for chunk in _chain(first, chunks):
+                if not chunk:
+                    continue
+                page.append([key, chunk, None, 1])
+                size += len(chunk)
+                if size >= PAGE_BYTES:
+                    self.link.send_more(rid, page)
+                    page, size = [], 0
+            trailer = stream.trailer()
+        except deltas.DeltaError as e:
+            page.append([key, b"", [0, f"delta: {e}"], 1])
+            return page, size, True
+        after = os.fstat(f.fileno())
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) \
+                or trailer.size != before.st_size:
+            page.append([key, b"", [0, "the source file changed while it was read"], 1])
+        else:
+            page.append([key, b"", [before.st_mtime_ns, None, trailer.size,
+                                    trailer.digest], 1])
+        return page, size, True
+
+    def _send_content(self, rid: int, ops: Sequence[Op], source: ContentSource,
+                      sigs: dict[Key, list[bytes]] | None = None) -> None:
+        """The content of every file the batch creates or updates, in pages of
         ``[key, data, end]`` (``end``: None while the file goes on, else ``[mtime_ns,
-        error]``). The seam of a delta transfer: a changed file whose old version the
-        far side holds could send a delta here instead."""
+        error]``): whole, or as a delta against the far side's old file where its
+        signature came (``_signatures``, ``_send_delta``)."""
         page: list[Any] = []
         size = 0
         sent: set[Key] = set()
+        sigs = sigs or {}
         for op in ops:
             if not _needs_content(op) or op.key in sent:
                 continue
@@ -359,6 +438,11 @@ class RemoteBackend:
             sent.add(key)
             try:
                 with source.read(key) as f:
+                    sig = sigs.get(key)
+                    if sig is not None and _has_fd(f):
+                        page, size, done = self._send_delta(rid, key, f, sig, page, size)
+                        if done:
+                            continue
                     # streamed a chunk at a time: a big file is never held whole
                     before = os.fstat(f.fileno()) if _has_fd(f) else None
                     got = 0
@@ -414,6 +498,25 @@ class RemoteBackend:
         if a.startswith(b):
             return "contains"
         return None
+
+
+def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
+
+
+def _before_moves(key: Key, moves: Sequence[tuple[Key, Key]]) -> Key:
+    """Where ``key`` was before ``moves`` (in order) ran."""
+    for src, to in reversed(moves):
+        if key[:len(to)] == to:
+            key = src + key[len(to):]
+    return key
+
+
+def _signature_size(size: int) -> int:
+    """About the size of a signature of a file of ``size`` bytes."""
+    block = max(2048, int(size ** 0.5))
+    return 12 + (size // block + 1) * 12
 
 
 def _has_fd(f: Any) -> bool:
