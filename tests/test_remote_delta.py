@@ -51,3 +51,65 @@ def test_pull_appended_file_crosses_as_a_delta(remote: Any, tmp_path: Path) -> N
     got = _sent(run("sync", "--json", src, here), "received")
     assert got < 2 * MiB, got
     assert_same_tree(far, here)
+
+
+def _scribble(path: Path) -> None:
+    """Change the start of ``path`` in place, keeping its size and mtime (the stat-based
+    check that the destination did not change since its scan cannot tell): a stale
+    basis only the delta's trailer catches."""
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.write(os.urandom(64 << 10))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_push_stale_basis_falls_back_to_the_whole_file(
+        remote: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The far side's old file changes between its signature and the patch: the delta
+    does not verify there, and the file is sent again whole."""
+    import hsync
+    from hsync.remote.backend import RemoteBackend
+
+    src = build(tmp_path / "src", {"big": os.urandom(4 * MiB)})
+    dst = tmp_path / "dst"
+    hsync.sync(str(src), f"{HOST}:{dst}")
+    _append(src / "big", MiB)
+    signed = RemoteBackend._signatures
+
+    def then_changed(self: RemoteBackend, ops: Any) -> Any:
+        out = signed(self, ops)
+        if out:
+            _scribble(dst / "big")
+        return out
+
+    monkeypatch.setattr(RemoteBackend, "_signatures", then_changed)
+    report = hsync.sync(str(src), f"{HOST}:{dst}")
+    assert not report.problems, report.problems
+    assert (dst / "big").read_bytes() == (src / "big").read_bytes()
+
+
+def test_pull_stale_basis_falls_back_to_the_whole_file(
+        remote: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local old file changes between its signature and the patch: the delta does
+    not verify here, and the file is read again whole."""
+    import hsync
+    from hsync.remote.backend import RemoteBackend
+
+    far = build(tmp_path / "far", {"big": os.urandom(4 * MiB)})
+    here = tmp_path / "here"
+    hsync.sync(f"{HOST}:{far}", str(here))
+    _append(far / "big", MiB)
+    signed = RemoteBackend._local_signature
+    calls: list[Any] = []
+
+    def then_changed(self: RemoteBackend, key: Any) -> Any:
+        out = signed(self, key)
+        calls.append(key)
+        _scribble(here / "big")
+        return out
+
+    monkeypatch.setattr(RemoteBackend, "_local_signature", then_changed)
+    report = hsync.sync(f"{HOST}:{far}", str(here))
+    assert calls == [("big",)]
+    assert not report.problems, report.problems
+    assert (here / "big").read_bytes() == (far / "big").read_bytes()

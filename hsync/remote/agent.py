@@ -325,6 +325,25 @@ class Agent:
             raise SourceChanged("the source file changed while it was read")
         return before.st_mtime_ns
 
+    def do_read_delta(self, rid: int, key: Key, sig: Sequence[bytes]) -> Any:
+        """One file as a delta against the signature of the client's old file, streamed
+        in chunks (``item`` frames), then ``[mtime_ns, size, digest]``; ``[None, why]``
+        when no verified delta can be made (the client then reads the file whole)."""
+        try:
+            with self.backend.read(key) as f:
+                before = os.fstat(f.fileno())
+                stream = deltas.delta(list(sig), f.fileno())
+                for chunk in stream:
+                    self.framer.send([rid, "item", chunk])
+                trailer = stream.trailer()
+                after = os.fstat(f.fileno())
+        except (OSError, NodeError, deltas.DeltaError) as e:
+            return [None, str(e)]
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or \
+                trailer.size != before.st_size:
+            return [None, "the source file changed while it was read"]
+        return [before.st_mtime_ns, trailer.size, trailer.digest]
+
     def do_read_many(self, rid: int, keys: Sequence[Key], limit: int) -> Any:
         """Many files in pages of ``[key, data, end]`` (``end``: None while more of the
         file follows, else ``[mtime_ns, error or None]``). A file larger than ``limit``
