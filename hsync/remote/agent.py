@@ -325,6 +325,21 @@ class Agent:
             raise SourceChanged("the source file changed while it was read")
         return before.st_mtime_ns
 
+    # -- Metadata ------------------------------------------------------------------------
+    @property
+    def _metadata(self) -> Any:
+        metadata = self.endpoint.features.metadata if self.endpoint else None
+        if metadata is None:
+            raise UsageError("this tree keeps no owner, group, xattrs or ACLs")
+        return metadata
+
+    def do_id_names(self, rid: int) -> Any:
+        users, groups = self._metadata.id_names()
+        return [users, groups]
+
+    def do_metadata(self, rid: int, wanted: Any) -> Any:
+        return self._metadata.metadata(wanted)
+
     def do_read_delta(self, rid: int, key: Key, sig: Sequence[bytes]) -> Any:
         """One file as a delta against the signature of the client's old file, streamed
         in chunks (``item`` frames), then ``[mtime_ns, size, digest]``; ``[None, why]``

@@ -39,6 +39,8 @@ from ..backend import (
     Credentials,
     DigestSummary,
     Hashed,
+    IdNames,
+    Keep,
     Linked,
     Relation,
     Role,
@@ -669,10 +671,25 @@ class _Watchable:
         return _RemoteWatch(self.link, sink)
 
 
+class _Metadata:
+    """Owner, group, xattrs and ACLs, kept by the far backend: its user and group names
+    (a pair maps ids by name across hosts) and the negotiation, forwarded."""
+
+    link: Link
+
+    def id_names(self) -> IdNames:
+        users, groups = self.link.call("id_names")
+        return dict(users), dict(groups)
+
+    def metadata(self, wanted: Keep) -> Keep:
+        out: Keep = self.link.call("metadata", wanted)
+        return out
+
+
 _MIXINS = {
     "sorted_walk": _SortedWalk, "streaming": _Streaming,
     "digest_scanning": _DigestScanning, "bulk_hashing": _BulkHashing,
-    "watchable": _Watchable,
+    "watchable": _Watchable, "metadata": _Metadata,
 }
 _CLASSES: dict[tuple[str, ...], type] = {}
 
