@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,16 @@ def test_pull_stale_basis_falls_back_to_the_whole_file(
     assert calls == [("big",)]
     assert not report.problems, report.problems
     assert (here / "big").read_bytes() == (far / "big").read_bytes()
+
+
+def test_stats_show_bytes_on_the_wire(remote: Any, tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {"r": os.urandom(MiB)})
+    r = run("sync", "--stats", src, f"{HOST}:{tmp_path / 'dst'}")
+    assert r.returncode == 0, r.stderr
+    line = next(x for x in r.stdout.splitlines() if x.startswith("Bytes on wire:"))
+    m = re.fullmatch(r"Bytes on wire:\s+([\d,]+) sent, ([\d,]+) received", line)
+    assert m is not None, line
+    sent, received = (int(g.replace(",", "")) for g in m.groups())
+    assert MiB < sent < 2 * MiB and 0 < received < MiB, line
+    r = run("sync", "--stats", src, tmp_path / "local")
+    assert "Bytes on wire" not in r.stdout
