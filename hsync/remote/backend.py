@@ -11,9 +11,14 @@ offers (its ``Features``, sent when it opens), each forwarded:
   once, their contents streamed back in pages: one round trip per batch, not per file);
 - ``apply_batch``: the ops, the part of the final snapshot they need, then the content
   of the files they create or update, in pages (small files many to a page, big files
-  in chunks). The content of a changed file is sent whole (``_send_content``: the seam
-  where a delta transfer plugs in). A move is an op like any other: a rename on the far
-  side, no content crosses;
+  in chunks). An updated file the far side holds an old version of (``use_delta``)
+  crosses as an rsync delta against it (``_signatures``, one request per batch, then
+  ``_send_delta``); a delta that does not verify there is retried whole. A move is an
+  op like any other: a rename on the far side, no content crosses;
+- as a source, the files a batch updates are read as deltas against the local
+  destination's old files (``delta_bases``, ``_read_delta``);
+- ``Metadata``: the far backend's user and group names and the negotiation of what
+  metadata is kept (owner, group, xattrs, ACLs travel in the rows' ``data``);
 - ``watch``: the agent watches and streams the dirty keys.
 """
 
