@@ -56,6 +56,12 @@ class Capabilities:
     deferred_flush: bool = False
     """``apply_batch`` with ``ApplyOptions(defer_durable=True)`` returns while the
     batch's flush to stable storage still runs (``ApplyResult.durable`` waits for it)."""
+    renames_touch_parents: bool = False
+    """A rename changes the payload of the containers it leaves and enters (a
+    directory's mtime, which a sync copies): where no container's payload differs, no
+    node was renamed since the last sync, and the history is consulted for identities
+    only below containers that differ. Without it, a comparison reads the history's
+    identities once even when every key's payload is equal (two names swapped)."""
 
 
 @attrs.frozen
@@ -412,6 +418,20 @@ class ResumableWatchable(Protocol):
     def watch_from(self, sink: WatchSink, resume: Resume) -> Watch: ...
 
 
+@runtime_checkable
+class SchemaAware(Protocol):
+    """Compares and rewrites values by a schema (LDAP: matching rules, DN-valued
+    attributes), which its peer or schema files may know better than it does: an LDIF
+    file takes the schema of the directory server it is synced with, else the files
+    given with ``--schema``, so both sides of a pair compare by the same rules."""
+
+    def use_schema(self, files: Sequence[str], peer: Backend) -> None:
+        """Called once by the session, both endpoints open, before any scan: ``files``
+        (``Options.schema``) and the other endpoint. ``UsageError`` naming a file that
+        cannot be read or parsed."""
+        ...
+
+
 # -- the resolved features ---------------------------------------------------------------------
 @attrs.frozen(kw_only=True)
 class Features:
@@ -426,6 +446,7 @@ class Features:
     bulk_hashing: BulkHashing | None = None
     watchable: Watchable | None = None
     resumable: ResumableWatchable | None = None
+    schema_aware: SchemaAware | None = None
 
     @classmethod
     def of(cls, backend: Backend) -> Features:
@@ -438,6 +459,7 @@ class Features:
             bulk_hashing=backend if isinstance(backend, BulkHashing) else None,
             watchable=backend if isinstance(backend, Watchable) else None,
             resumable=backend if isinstance(backend, ResumableWatchable) else None,
+            schema_aware=backend if isinstance(backend, SchemaAware) else None,
         )
 
     def names(self) -> list[str]:

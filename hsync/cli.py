@@ -110,6 +110,7 @@ def _options(**kw: Any) -> Any:
         except OSError as e:
             raise HsyncError(f"{path}: cannot read the exclude file: {e.strerror}") from None
     attrs = tuple(kw.pop("exclude_attr", None) or ())
+    kw["schema"] = tuple(kw.get("schema") or ())
     return Options(exclude=tuple(patterns), exclude_attrs=attrs, check=_state["debug"], **kw)
 
 
@@ -165,6 +166,14 @@ ExcludeAttrOpt = typer.Option(
     help="LDAP attribute left out of the comparison (never read, written or deleted). "
     "Repeatable.",
 )
+SchemaOpt = typer.Option(
+    None,
+    "--schema",
+    metavar="FILE",
+    help="LDAP schema file (OpenLDAP .schema or LDIF) by which an ldif: endpoint compares "
+    "and rebases values when its peer is no server (with a server, the server's schema "
+    "is used). Repeatable.",
+)
 StateOpt = typer.Option(
     None,
     "--state",
@@ -208,6 +217,7 @@ def sync(
     delete_excluded: bool = DeleteExcludedOpt,
     copy_unstable: bool = CopyUnstableOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
+    schema: list[str] = SchemaOpt,
     max_delete: int | None = typer.Option(
         None,
         "--max-delete",
@@ -248,7 +258,7 @@ def sync(
         dry_run=dry_run, delete=delete, checksum=checksum, exclude=exclude,
         exclude_from=exclude_from, exclude_attr=exclude_attr, max_delete=max_delete,
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
-        hard_links=hard_links, wait_lock=wait_lock,
+        hard_links=hard_links, wait_lock=wait_lock, schema=schema,
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded, copy_unstable=copy_unstable)
     show = sys.stderr.isatty() and not json_out if progress is None else progress
@@ -396,6 +406,7 @@ def diff(
     filter_rule: list[str] = FilterOpt,
     delete_excluded: bool = DeleteExcludedOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
+    schema: list[str] = SchemaOpt,
     no_delete: bool = typer.Option(False, "--no-delete", help="Plan as sync --no-delete would."),
     state: str | None = StateOpt,
 ) -> None:
@@ -407,7 +418,7 @@ def diff(
     opts = _options(
         checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         exclude_attr=exclude_attr, state=state, delete=not no_delete, dry_run=True,
-        allow_empty_source=True,
+        allow_empty_source=True, schema=schema,
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded)
     cmp = compare(src, dst, opts)
@@ -475,6 +486,7 @@ def watch(
     include: list[str] = IncludeOpt,
     filter_rule: list[str] = FilterOpt,
     delete_excluded: bool = DeleteExcludedOpt,
+    schema: list[str] = SchemaOpt,
     max_delete: int | None = typer.Option(
         None, "--max-delete", min=0, metavar="N",
         help="Delete nothing in a round when more than N deletions are due.",
@@ -500,7 +512,7 @@ def watch(
     opts = _options(
         delete=delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         max_delete=max_delete, state=state, allow_empty_source=allow_empty_source, fsync=fsync,
-        hard_links=hard_links, wait_lock=wait_lock,
+        hard_links=hard_links, wait_lock=wait_lock, schema=schema,
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded)
     wopts = WatchOptions(

@@ -52,6 +52,7 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "allow_empty_source": bool,
     "fsync": bool,
     "hard_links": bool,
+    "schema": list,
     "debounce_ms": (int, float),
     "max_delay_ms": (int, float),
     "settle_s": (int, float),
@@ -196,6 +197,7 @@ def pair_config(
         allow_empty_source=raw.get("allow_empty_source", False),
         fsync=raw.get("fsync", False),
         hard_links=raw.get("hard_links", False),
+        schema=tuple(str(p) for p in raw.get("schema", [])),
         check=debug,
     )
     from .filters import parse_rule

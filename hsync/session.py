@@ -66,6 +66,7 @@ class PairSession:
             raise
         try:
             self._check_pair()
+            self._share_schema()
             self.check_source_root()
             self._check_destination_root()
             if history and not options.dry_run:
@@ -120,6 +121,22 @@ class PairSession:
             raise UsageError(f"{dst.url}: destination is inside the source {src.url}")
         if rel == "contains":
             raise UsageError(f"{src.url}: source is inside the destination {dst.url}")
+
+    def _share_schema(self) -> None:
+        """Each endpoint that compares by a schema learns its peer's, and the files of
+        ``--schema`` (``SchemaAware``); ``--schema`` with no such endpoint is a usage
+        error (it would change nothing)."""
+        pairs = [(a, b) for a, b in ((self.source, self.destination),
+                                     (self.destination, self.source))
+                 if a.features.schema_aware is not None]
+        if self.options.schema and not pairs:
+            raise UsageError(
+                f"--schema {self.options.schema[0]}: neither {self.source.url} nor "
+                f"{self.destination.url} compares by a schema (ldap://, ldif:)"
+            )
+        for a, b in pairs:
+            assert a.features.schema_aware is not None
+            a.features.schema_aware.use_schema(self.options.schema, b.backend)
 
     def check_source_root(self) -> None:
         """A source root that is missing or unusable stops the run before anything is

@@ -67,9 +67,13 @@ class Slapd:
         bases: tuple[str, ...] = (SRC_BASE, DST_BASE),
         syncprov: bool = True,
         tls: tuple[Path, Path] | None = None,
+        schemas: tuple[str, ...] = (),
+        modules: tuple[str, ...] = (),
     ) -> None:
         """``tls``: (certificate, key) files: StartTLS on the ldap:// port and an
-        ldaps:// port (``ldaps_url``) besides."""
+        ldaps:// port (``ldaps_url``) besides. ``schemas``: more of
+        /etc/ldap/schema/NAME.schema (misc, duaconf, ...); ``modules``: more modules
+        (ppolicy brings its attribute types with it)."""
         self.root = root
         self.bases = bases
         self.port = free_port()
@@ -79,12 +83,13 @@ class Slapd:
         self.proc: subprocess.Popen[bytes] | None = None
         parts = [
             *(f"include /etc/ldap/schema/{s}.schema" for s in
-              ("core", "cosine", "inetorgperson", "nis")),
+              ("core", "cosine", "inetorgperson", "nis", *schemas)),
             f"pidfile {root}/slapd.pid",
             f"argsfile {root}/slapd.args",
             "modulepath /usr/lib/ldap",
             "moduleload back_mdb",
             "moduleload syncprov",
+            *(f"moduleload {m}" for m in modules),
             "sizelimit unlimited",
             *([f"TLSCertificateFile {tls[0]}", f"TLSCertificateKeyFile {tls[1]}"]
               if tls else []),
