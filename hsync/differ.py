@@ -48,6 +48,9 @@ DICE_THRESHOLD = 0.5
 HASH_CANDIDATES = 8
 COMMON_SIGNATURE = 64
 HASH_BUDGET = 256 * 1024 * 1024
+LOOKUP_LIMIT = 5000
+"""Up to this many source nodes, the history is asked for their identities one by one
+(an index lookup each); beyond, its identities are read once, whole."""
 
 
 class HistoryView(Protocol):
@@ -541,15 +544,20 @@ def _moved_in_place(
             c for i, (k1, _) in history.lookup_many(idents).items()
             if k1 != (c := idents[i])
         )
-    # one pass over the history: identities compare as text (the history keeps an
-    # identity beyond 64 bits as text)
+    skip = {*changed, *new}
+    if len(src) <= LOOKUP_LIMIT:  # a region (a watch round): its identities only
+        idents = {
+            n.identity: k for k, n in src.items()
+            if n.identity is not None and k not in skip and k in dst
+        }
+        found = history.lookup_many(idents) if idents else {}
+        return sorted(c for i, (k1, _) in found.items() if k1 != (c := idents[i]))
+    # a whole tree: one pass over the history; identities compare as text (the history
+    # keeps an identity beyond 64 bits as text)
     if isinstance(src, Rows):  # (no Node built per key)
         here = {str(r[5]): k for k, r in src.rows.items() if r[5] is not None}
     else:
         here = {str(n.identity): k for k, n in src.items() if n.identity is not None}
-    if not here:
-        return []
-    skip = {*changed, *new}
     out = []
     for ident, k1 in history.identities():
         s = here.get(str(ident))
