@@ -432,6 +432,14 @@ class SchemaAware(Protocol):
         ...
 
 
+def schema_aware(endpoint: Endpoint) -> SchemaAware | None:
+    """The endpoint's backend as ``SchemaAware``, or None. Resolved once, by the session
+    when the pair opens; not a ``Features`` field, whose names are the fixed table every
+    backend's conformance suite checks (and a handshake lists)."""
+    backend = endpoint.backend
+    return backend if isinstance(backend, SchemaAware) else None
+
+
 # -- the resolved features ---------------------------------------------------------------------
 @attrs.frozen(kw_only=True)
 class Features:
@@ -446,7 +454,6 @@ class Features:
     bulk_hashing: BulkHashing | None = None
     watchable: Watchable | None = None
     resumable: ResumableWatchable | None = None
-    schema_aware: SchemaAware | None = None
 
     @classmethod
     def of(cls, backend: Backend) -> Features:
@@ -459,7 +466,6 @@ class Features:
             bulk_hashing=backend if isinstance(backend, BulkHashing) else None,
             watchable=backend if isinstance(backend, Watchable) else None,
             resumable=backend if isinstance(backend, ResumableWatchable) else None,
-            schema_aware=backend if isinstance(backend, SchemaAware) else None,
         )
 
     def names(self) -> list[str]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from .backend import Credentials, Endpoint, open_endpoint, relation
+from .backend import Credentials, Endpoint, open_endpoint, relation, schema_aware
 from .errors import SafetyError, UsageError
 from .filters import build as build_filter
 from .model import Key
@@ -126,17 +126,16 @@ class PairSession:
         """Each endpoint that compares by a schema learns its peer's, and the files of
         ``--schema`` (``SchemaAware``); ``--schema`` with no such endpoint is a usage
         error (it would change nothing)."""
-        pairs = [(a, b) for a, b in ((self.source, self.destination),
-                                     (self.destination, self.source))
-                 if a.features.schema_aware is not None]
+        pairs = [(aware, peer) for a, peer in ((self.source, self.destination),
+                                               (self.destination, self.source))
+                 if (aware := schema_aware(a)) is not None]
         if self.options.schema and not pairs:
             raise UsageError(
                 f"--schema {self.options.schema[0]}: neither {self.source.url} nor "
                 f"{self.destination.url} compares by a schema (ldap://, ldif:)"
             )
-        for a, b in pairs:
-            assert a.features.schema_aware is not None
-            a.features.schema_aware.use_schema(self.options.schema, b.backend)
+        for aware, peer in pairs:
+            aware.use_schema(self.options.schema, peer.backend)
 
     def check_source_root(self) -> None:
         """A source root that is missing or unusable stops the run before anything is
