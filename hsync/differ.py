@@ -469,9 +469,11 @@ def diff(
         if k in changed:
             changed.remove(k)
     if history is not None and moves and delete:
-        changed += _moved_in_place(
-            source, src, dst, history, changed, new, parents_witness=parents_witness
-        )
+        changed += [
+            k for k in _moved_in_place(
+                source, src, dst, history, changed, new, parents_witness=parents_witness)
+            if k not in frozen
+        ]
     if not (new or changed or gone):
         return []
 
@@ -535,7 +537,7 @@ def _moved_in_place(
         open_keys = {*changed, *new}
         kids = [
             c for k in changed if src[k].kind in CONTAINERS
-            for c in source.children(k) if c not in open_keys and c in dst
+            for c in source.children(k) if c not in open_keys and c in src and c in dst
         ]
         if not kids:
             return []
