@@ -110,6 +110,7 @@ def _options(**kw: Any) -> Any:
         except OSError as e:
             raise HsyncError(f"{path}: cannot read the exclude file: {e.strerror}") from None
     attrs = tuple(kw.pop("exclude_attr", None) or ())
+    kw["schema"] = tuple(kw.get("schema") or ())
     return Options(exclude=tuple(patterns), exclude_attrs=attrs, check=_state["debug"], **kw)
 
 
@@ -177,6 +178,14 @@ RemoteHsyncOpt = typer.Option(
 CompressOpt = typer.Option(
     True, "--compress/--no-compress", "-z",
     help="Compress data on the link to a remote tree (zstd; on by default).",
+)
+SchemaOpt = typer.Option(
+    None,
+    "--schema",
+    metavar="FILE",
+    help="LDAP schema file (OpenLDAP .schema or LDIF) by which an ldif: endpoint compares "
+    "and rebases values when its peer is no server (with a server, the server's schema "
+    "is used). Repeatable.",
 )
 StateOpt = typer.Option(
     None,
@@ -287,6 +296,7 @@ def sync(
     delete_excluded: bool = DeleteExcludedOpt,
     copy_unstable: bool = CopyUnstableOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
+    schema: list[str] = SchemaOpt,
     max_delete: int | None = typer.Option(
         None,
         "--max-delete",
@@ -345,7 +355,7 @@ def sync(
         dry_run=dry_run, delete=delete, checksum=checksum, exclude=exclude,
         exclude_from=exclude_from, exclude_attr=exclude_attr, max_delete=max_delete,
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
-        hard_links=hard_links, wait_lock=wait_lock,
+        hard_links=hard_links, wait_lock=wait_lock, schema=schema,
         **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded, copy_unstable=copy_unstable)
@@ -495,6 +505,7 @@ def diff(
     filter_rule: list[str] = FilterOpt,
     delete_excluded: bool = DeleteExcludedOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
+    schema: list[str] = SchemaOpt,
     no_delete: bool = typer.Option(False, "--no-delete", help="Plan as sync --no-delete would."),
     state: str | None = StateOpt,
     rsh: str | None = RshOpt,
@@ -524,7 +535,7 @@ def diff(
         rsh=rsh, remote_hsync=remote_hsync, compress=compress,
         checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         exclude_attr=exclude_attr, state=state, delete=not no_delete, dry_run=True,
-        allow_empty_source=True, **_meta(owner, group, xattrs, acls, numeric_ids),
+        allow_empty_source=True, schema=schema, **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded)
     cmp = compare(src, dst, opts, credentials=creds)
@@ -593,6 +604,7 @@ def watch(
     filter_rule: list[str] = FilterOpt,
     delete_excluded: bool = DeleteExcludedOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
+    schema: list[str] = SchemaOpt,
     max_delete: int | None = typer.Option(
         None, "--max-delete", min=0, metavar="N",
         help="Delete nothing in a round when more than N deletions are due.",
@@ -637,7 +649,7 @@ def watch(
         delete=delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         exclude_attr=exclude_attr, max_delete=max_delete, state=state,
         allow_empty_source=allow_empty_source, fsync=fsync,
-        hard_links=hard_links, wait_lock=wait_lock,
+        hard_links=hard_links, wait_lock=wait_lock, schema=schema,
         **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded)
