@@ -241,9 +241,11 @@ class FsBackend:
         when first asked. The temporaries it finds are removed by the next apply."""
         root, dev = self.root, self._dev
 
-        def scanner(digests: dict[Key, int]) -> tuple[Snapshot, list[Key]]:
+        def scanner(
+            digests: dict[Key, int], trees: dict[Key, int]
+        ) -> tuple[Snapshot, list[Key]]:
             temps: list[Key] = []
-            return scan_tree(root, dev, (), exclude, cancel, temps, digests), temps
+            return scan_tree(root, dev, (), exclude, cancel, temps, digests, trees), temps
 
         if background:
             return ScanChild(scanner, self._remember)
@@ -290,8 +292,8 @@ if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.M
     _sorted_walk: SortedWalk = FsBackend("/")
     _streaming: Streaming = FsBackend("/")
     _digest_scanning: DigestScanning = FsBackend("/")
-    _local_scan: DigestScan = LocalScan(lambda d: (Snapshot(), []), lambda t: None)
-    _child_scan: DigestScan = ScanChild(lambda d: (Snapshot(), []), lambda t: None)
+    _local_scan: DigestScan = LocalScan(lambda d, t: (Snapshot(), []), lambda t: None)
+    _child_scan: DigestScan = ScanChild(lambda d, t: (Snapshot(), []), lambda t: None)
     _bulk_hashing: BulkHashing = FsBackend("/")
     _watchable: Watchable = FsBackend("/")
 
