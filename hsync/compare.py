@@ -67,15 +67,24 @@ def compare_region(
     """Scan ``region`` on both sides and plan; None when the region grew to the whole
     tree (the caller compares in full, with its safety checks). The comparison's
     ``region`` is the one compared (it may have grown)."""
-    compared, src, dst = scan_region_pair(
-        session.source, session.destination, region, session.exclude, cancel=cancel,
-        dst_exclude=session.destination_exclude,
-    )
-    if compared.full:
-        return None
-    cmp = plan_between(session, src, dst, checksum=checksum)
-    cmp.region = compared
-    return cmp
+    if region.folded and not (
+        session.deletes_allowed and session.destination.capabilities.subtree_move
+    ):
+        region = region.unfolded()  # no move by identity this run: nothing to fold
+    while True:
+        compared, src, dst = scan_region_pair(
+            session.source, session.destination, region, session.exclude, cancel=cancel,
+            dst_exclude=session.destination_exclude,
+        )
+        if compared.full:
+            return None
+        try:
+            cmp = plan_between(session, src, dst, checksum=checksum)
+        except Unfolded:  # a folded pair is not one move after all: scanned whole
+            region = compared.unfolded()
+            continue
+        cmp.region = compared
+        return cmp
 
 
 def scan_both(

@@ -195,6 +195,86 @@ def test_a_folded_rename_under_max_delete_is_still_copied_whole(tmp_path: Path) 
     assert (dst / "renamed" / "sub" / "f0019").read_bytes() == b"19"
 
 
+def test_the_watch_quick_pass_folds_a_renamed_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory renamed while no watch ran: the watch's stat-only pass against the
+    history sees the same nodes below the new name as below the old one, so the round
+    scans neither subtree (no scan of either side returns a node below them), plans one
+    move, and the history follows; a second pass finds nothing."""
+    from hsync.backends.fs import FsBackend
+    from hsync.live import PairWatch, RoundResult
+    from hsync.region import Region
+    from hsync.session import PairSession
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    state = str(tmp_path / "state.sqlite")
+    build(src, _tree(300))
+    assert sync_once(str(src), str(dst), Options(state=state, check=True)).problems == []
+    before = _pair_history(state)
+    (src / "big").rename(src / "renamed")
+
+    scanned: list[Key] = []
+    original = FsBackend.scan
+
+    def spy(self: FsBackend, *args: Any, **kw: Any) -> Any:
+        snap = original(self, *args, **kw)
+        scanned.extend(snap.nodes)
+        return snap
+
+    monkeypatch.setattr(FsBackend, "scan", spy)
+
+    def quick_round() -> RoundResult:
+        rounds: list[RoundResult] = []
+        pw = PairWatch(str(src), str(dst), Options(state=state, check=True),
+                       on_round=rounds.append)
+        with PairSession(str(src), str(dst), pw.options) as session:
+            pw._round(session, Region.of([()]), None, quick=True)
+        assert len(rounds) == 1
+        return rounds[0]
+
+    r = quick_round()
+    assert r.problems == ()
+    assert_same_tree(src, dst)
+    assert r.region.folded == ((("renamed",), ("big",)),)
+    assert _ops(Plan(ops=r.ops, changes=())) == [("move", "big", "renamed"), ("update", "", None)]
+    assert [k for k in scanned if len(k) > 1 and k[0] in ("big", "renamed")] == []
+    after = _pair_history(state)
+    moved = {("renamed", *k[1:]): i for k, i in before.items() if k[:1] == ("big",)}
+    assert {k: after.get(k) for k in moved} == moved
+    assert quick_round().ops == ()
+
+
+def test_the_quick_pass_does_not_fold_a_renamed_directory_changed_inside(
+    tmp_path: Path,
+) -> None:
+    """Renamed, and one file below it deleted: the subtrees differ, so the round looks
+    inside (one move and one delete)."""
+    from hsync.live import PairWatch, RoundResult
+    from hsync.region import Region
+    from hsync.session import PairSession
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    state = str(tmp_path / "state.sqlite")
+    build(src, _tree(30))
+    assert sync_once(str(src), str(dst), Options(state=state, check=True)).problems == []
+    (src / "big").rename(src / "renamed")
+    (src / "renamed" / "sub" / "f0005").unlink()
+    rounds: list[RoundResult] = []
+    pw = PairWatch(str(src), str(dst), Options(state=state, check=True), on_round=rounds.append)
+    with PairSession(str(src), str(dst), pw.options) as session:
+        pw._round(session, Region.of([()]), None, quick=True)
+    (r,) = rounds
+    assert r.problems == ()
+    assert r.region.folded == ()
+    assert_same_tree(src, dst)
+    ops = _ops(Plan(ops=r.ops, changes=()))
+    assert ("move", "big", "renamed") in ops
+    assert ("delete", "big/sub/f0005", None) in ops or (
+        "delete", "renamed/sub/f0005", None) in ops
+    assert not any(op[0] == "create" for op in ops)
+
+
 # -- the subtree digests themselves -------------------------------------------------------
 def _trees(root: Path) -> dict[Key, int]:
     digests: dict[Key, int] = {}
