@@ -262,22 +262,6 @@ class History:
                 yield _dec(key), (kind, mode or 0, size, mtime, _dec_text(target), ident, fp)
 
     # -- writing ------------------------------------------------------------------------
-    def _move_below(self, old: bytes, new: bytes) -> None:
-        """The rows strictly below the encoded key ``old`` moved below ``new``, in SQL
-        (one statement, however many rows)."""
-        sep = _SEP.encode()
-        self.db.execute(
-            "UPDATE nodes SET key = CAST(? || substr(key, ?) AS BLOB) "
-            "WHERE pair=? AND key>=? AND key<?",
-            (new + sep, len(old) + 2, self.pair, old + sep, old + b"\x01"),
-        )
-
-    def _drop_below(self, top: bytes) -> None:
-        self.db.execute(
-            "DELETE FROM nodes WHERE pair=? AND key>=? AND key<?",
-            (self.pair, top + _SEP.encode(), top + b"\x01"),
-        )
-
     def forget(self) -> None:
         """Stop trusting the history of this pair until the next full record (a killed
         run's batch may have left the destination anywhere; see ``journal.recover``)."""
@@ -342,12 +326,12 @@ class History:
                     "DELETE FROM nodes WHERE pair=? AND key>=? AND key<?",
                     (self.pair, top + _SEP.encode(), top + b"\x01"),
                 )
+            for i, (_, new) in enumerate(renames):
+                self._move_below(b"\0%d" % i, encode_key(new))
             db.executemany(
                 "DELETE FROM nodes WHERE pair=? AND key=?",
                 ((self.pair, encode_key(k)) for k in drop_keys),
             )
-            for i, (_, new) in enumerate(renames):
-                self._move_below(b"\0%d" % i, encode_key(new))
             db.executemany(
                 "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?)",
                 (
@@ -364,3 +348,19 @@ class History:
             db.execute(
                 "UPDATE pairs SET complete=1, synced_at=? WHERE pair=?", (time.time(), self.pair)
             )
+
+    def _move_below(self, old: bytes, new: bytes) -> None:
+        """The rows strictly below the encoded key ``old`` moved below ``new``, in SQL
+        (one statement, however many rows)."""
+        sep = _SEP.encode()
+        self.db.execute(
+            "UPDATE nodes SET key = CAST(? || substr(key, ?) AS BLOB) "
+            "WHERE pair=? AND key>=? AND key<?",
+            (new + sep, len(old) + 2, self.pair, old + sep, old + b"\x01"),
+        )
+
+    def _drop_below(self, top: bytes) -> None:
+        self.db.execute(
+            "DELETE FROM nodes WHERE pair=? AND key>=? AND key<?",
+            (self.pair, top + _SEP.encode(), top + b"\x01"),
+        )

@@ -269,9 +269,8 @@ def quick_pass(
                 if srow is None:
                     fold_src[3] = False
                 else:
-                    fold_src[1] = hash((fold_src[1], sk[len(skip_src):], *srow[:5],
-                                        identity_form(srow[5]),
-                                        srow[6] if len(srow) > 6 else None))
+                    fold_src[1] = hash((fold_src[1], sk[len(skip_src):], _payload(srow),
+                                        identity_form(srow[5])))
                     fold_src[2] += 1
             s = next(src_iter, end)
             continue
@@ -279,8 +278,8 @@ def quick_pass(
             len(hk) > len(skip_hist)
         ):
             if fold_hist is not None and hrow is not None:
-                fold_hist[1] = hash((fold_hist[1], hk[len(skip_hist):], *hrow[:5], hrow[5],
-                                     hrow[6]))
+                fold_hist[1] = hash((fold_hist[1], hk[len(skip_hist):], _payload(hrow),
+                                     hrow[5]))
                 fold_hist[2] += 1
             h = next(hist_iter, end)
             continue
@@ -345,6 +344,12 @@ def _counted(
 def _row(node: Node) -> tuple[Any, ...]:
     fp = fingerprint(node.data) if node.kind == ENTRY else None
     return (node.kind, node.mode, node.size, node.mtime_ns, node.target, node.identity, fp)
+
+
+def _payload(r: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What ``_differs`` compares of a row (a scanned one or the history's), as one
+    value: two rows with equal payloads do not differ."""
+    return (*r[:5], r[6] if len(r) > 6 else None)
 
 
 def _differs(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:

@@ -272,6 +272,7 @@ def scan(
     no second pass over the entries or the disk)."""
     rows: dict[Key, Row] = {}
     snap = Snapshot(nodes=Rows(rows))
+    order: list[tuple[Key, list[Key]]] = []  # each directory listed, its subdirectories
     children: dict[Key, list[Key]] = {}
     snap._children = children
     incomplete, skipped, held = snap.incomplete, snap.skipped, snap.holds_excluded
@@ -303,7 +304,6 @@ def scan(
             rows[()] = top_row(st, root_dev, root_fd)
             stack = [((), st.st_ino, st.st_dev)]
         listdir, fstat, close = lstat_dir, os.fstat, os.close
-        order: list[tuple[Key, list[Key]]] = []  # each directory listed, its subdirectories
         while stack:
             key, want_ino, want_dev = stack.pop()
             cancel.check()
