@@ -60,11 +60,15 @@ class Capabilities:
 
 @attrs.frozen
 class Credentials:
-    """How to authenticate to an endpoint (LDAP: a bind DN and its password), given by
-    a config file; the password never shows in a repr, a log or a report."""
+    """How to authenticate to an endpoint and reach it safely (LDAP: a bind DN and its
+    password, the CA file that signs the server's certificate, StartTLS), given by the
+    command line, a config file or the API (``hsync.credentials``); a field left None
+    comes from the environment. The password never shows in a repr, a log or a report."""
 
-    bind_dn: str
-    password: str = attrs.field(default="", repr=False)
+    bind_dn: str | None
+    password: str | None = attrs.field(default=None, repr=False)
+    ca_file: str | None = None
+    starttls: bool = False
 
 
 @attrs.frozen(kw_only=True)

@@ -173,6 +173,53 @@ StateOpt = typer.Option(
 )
 
 
+SrcBindDnOpt = typer.Option(
+    None, "--src-bind-dn", metavar="DN",
+    help="LDAP: the source's bind DN (default: HSYNC_SRC_BIND_DN, else HSYNC_BIND_DN).",
+)
+DstBindDnOpt = typer.Option(
+    None, "--dst-bind-dn", metavar="DN",
+    help="LDAP: the destination's bind DN (default: HSYNC_DST_BIND_DN, else HSYNC_BIND_DN).",
+)
+SrcPasswordFileOpt = typer.Option(
+    None, "--src-password-file", metavar="FILE",
+    help="LDAP: the source's bind password, read from FILE (mode 0600; its trailing "
+    "newline is not part of it).",
+)
+DstPasswordFileOpt = typer.Option(
+    None, "--dst-password-file", metavar="FILE",
+    help="LDAP: the destination's bind password, read from FILE (mode 0600).",
+)
+CaFileOpt = typer.Option(
+    None, "--ca-file", metavar="FILE",
+    help="LDAP over TLS: the CA certificates (PEM) the servers' certificates are checked "
+    "against, for both sides (default: HSYNC_LDAP_CACERT, else the system's).",
+)
+StartTlsOpt = typer.Option(
+    False, "--starttls",
+    help="LDAP: StartTLS on every ldap:// endpoint (ldaps:// is TLS already).",
+)
+
+
+def _credentials(
+    src: str, dst: str, src_bind_dn: str | None, src_password_file: str | None,
+    dst_bind_dn: str | None, dst_password_file: str | None, ca_file: str | None,
+    starttls: bool,
+) -> Any:
+    """Both sides' ``Credentials`` (None where nothing was given); URLs that carry a
+    password are refused first, before anything names them."""
+    from .credentials import for_side, refuse_secret_in_url
+
+    refuse_secret_in_url(src)
+    refuse_secret_in_url(dst)
+    return (
+        for_side(src, bind_dn=src_bind_dn, password_file=src_password_file, ca_file=ca_file,
+                 starttls=starttls),
+        for_side(dst, bind_dn=dst_bind_dn, password_file=dst_password_file, ca_file=ca_file,
+                 starttls=starttls),
+    )
+
+
 WaitLockOpt = typer.Option(
     False, "--wait-lock",
     help="Wait while another run syncs the same pair (default: exit 2 naming its pid).",
@@ -239,10 +286,19 @@ def sync(
         help="Append each applied op, with a timestamp, to FILE.",
     ),
     stats: bool = typer.Option(False, "--stats", help="Print a summary of the run (rsync's)."),
+    src_bind_dn: str | None = SrcBindDnOpt,
+    src_password_file: str | None = SrcPasswordFileOpt,
+    dst_bind_dn: str | None = DstBindDnOpt,
+    dst_password_file: str | None = DstPasswordFileOpt,
+    ca_file: str | None = CaFileOpt,
+    starttls: bool = StartTlsOpt,
 ) -> None:
     """Make DST equal to SRC (SRC's contents go into DST, like rsync SRC/ DST/)."""
     from .itemize import LogFile
     from .oneshot import sync_once
+
+    creds = _credentials(src, dst, src_bind_dn, src_password_file, dst_bind_dn,
+                         dst_password_file, ca_file, starttls)
 
     opts = _options(
         dry_run=dry_run, delete=delete, checksum=checksum, exclude=exclude,
@@ -267,6 +323,7 @@ def sync(
             src, dst, opts,
             on_planned=bar.start if bar else None,
             on_done=_both(bar.advance if bar else None, items.done if items.wanted else None),
+            credentials=creds,
         )
         if log is not None:
             for p in report.problems:
@@ -398,9 +455,18 @@ def diff(
     exclude_attr: list[str] = ExcludeAttrOpt,
     no_delete: bool = typer.Option(False, "--no-delete", help="Plan as sync --no-delete would."),
     state: str | None = StateOpt,
+    src_bind_dn: str | None = SrcBindDnOpt,
+    src_password_file: str | None = SrcPasswordFileOpt,
+    dst_bind_dn: str | None = DstBindDnOpt,
+    dst_password_file: str | None = DstPasswordFileOpt,
+    ca_file: str | None = CaFileOpt,
+    starttls: bool = StartTlsOpt,
 ) -> None:
     """Print the plan that would make DST equal to SRC. Exit 0 in sync, 1 differ."""
     from .oneshot import compare
+
+    creds = _credentials(src, dst, src_bind_dn, src_password_file, dst_bind_dn,
+                         dst_password_file, ca_file, starttls)
 
     if json_out and tree:
         raise typer.BadParameter("--json and --tree are exclusive")
@@ -410,7 +476,7 @@ def diff(
         allow_empty_source=True,
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded)
-    cmp = compare(src, dst, opts)
+    cmp = compare(src, dst, opts, credentials=creds)
     the_plan = cmp.plan
     if json_out:
         print(json.dumps(the_plan.to_json(), indent=1))
@@ -475,6 +541,7 @@ def watch(
     include: list[str] = IncludeOpt,
     filter_rule: list[str] = FilterOpt,
     delete_excluded: bool = DeleteExcludedOpt,
+    exclude_attr: list[str] = ExcludeAttrOpt,
     max_delete: int | None = typer.Option(
         None, "--max-delete", min=0, metavar="N",
         help="Delete nothing in a round when more than N deletions are due.",
@@ -490,16 +557,26 @@ def watch(
     ),
     log_format: str = LogFormatOpt,
     log_level: str = LogLevelOpt,
+    src_bind_dn: str | None = SrcBindDnOpt,
+    src_password_file: str | None = SrcPasswordFileOpt,
+    dst_bind_dn: str | None = DstBindDnOpt,
+    dst_password_file: str | None = DstPasswordFileOpt,
+    ca_file: str | None = CaFileOpt,
+    starttls: bool = StartTlsOpt,
 ) -> None:
     """Keep DST equal to SRC until stopped (SIGTERM/SIGINT): a full comparison, then
     only what changes."""
     from .daemon import PairConfig, Supervisor, serve, setup_logging
     from .live import WatchOptions
 
+    creds = _credentials(src, dst, src_bind_dn, src_password_file, dst_bind_dn,
+                         dst_password_file, ca_file, starttls)
+
     _log_setup(setup_logging, log_format, log_level)
     opts = _options(
         delete=delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
-        max_delete=max_delete, state=state, allow_empty_source=allow_empty_source, fsync=fsync,
+        exclude_attr=exclude_attr, max_delete=max_delete, state=state,
+        allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links, wait_lock=wait_lock,
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded)
@@ -508,8 +585,8 @@ def watch(
         rescan_interval=rescan_interval or None, poll_interval=poll_interval,
         verify_interval=verify_interval or None,
     )
-    _check_endpoints(src, dst)
-    sup = Supervisor((PairConfig(src, src, dst, opts, wopts),), status_file, once=True)
+    _check_endpoints(src, dst, creds)
+    sup = Supervisor((PairConfig(src, src, dst, opts, wopts, creds),), status_file, once=True)
     raise typer.Exit(serve(sup, debug=_state["debug"]))
 
 
@@ -603,12 +680,12 @@ def _log_setup(setup: Callable[[str, str], None], fmt: str, level: str) -> None:
     setup(fmt, "debug" if _state["debug"] else level)
 
 
-def _check_endpoints(src: str, dst: str) -> None:
+def _check_endpoints(src: str, dst: str, credentials: Any = (None, None)) -> None:
     """The checks of SPEC section 8 before any thread starts: a bad pair is one line
     and exit 2, like ``sync``."""
     from .session import PairSession
 
-    PairSession(src, dst, history=False).close()
+    PairSession(src, dst, history=False, credentials=credentials).close()
 
 
 @app.command()

@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from .backend import Credentials, Endpoint, open_endpoint, relation
+from .credentials import refuse_secret_in_url
 from .errors import SafetyError, UsageError
 from .filters import build as build_filter
 from .model import Key
@@ -43,6 +44,8 @@ class PairSession:
         credentials: tuple[Credentials | None, Credentials | None] = (None, None),
         history: bool = True,
     ) -> None:
+        refuse_secret_in_url(source_url)
+        refuse_secret_in_url(destination_url)
         self.options = options
         self.exclude = build_filter(options.exclude, options.include, options.filters)
         self.destination_exclude = None if options.delete_excluded else self.exclude
