@@ -279,7 +279,7 @@ def test_the_quick_pass_does_not_fold_a_renamed_directory_changed_inside(
 def _trees(root: Path) -> dict[Key, int]:
     digests: dict[Key, int] = {}
     trees: dict[Key, int] = {}
-    scan_tree(str(root), os.stat(root).st_dev, (), None, _never(), [], digests, trees)
+    scan_tree(str(root), os.stat(root).st_dev, (), None, _never(), [], digests, trees=trees)
     assert set(trees) == set(digests)
     return trees
 
