@@ -476,7 +476,8 @@ pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
 _, status, usage = os.wait4(pid, 0)
 t1 = time.perf_counter()
 with open(sys.argv[1], "w") as f:
-    f.write(f"{t1 - t0!r} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}\\n")
+    code = os.waitstatus_to_exitcode(status)
+    f.write(f"{t1 - t0!r} {usage.ru_maxrss} {code} {usage.ru_utime + usage.ru_stime!r}\\n")
 """
 _PHYS_KIB = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -489,6 +490,7 @@ class Process:
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float | None = None  # user + system time of the tool and its children
 
 
 def run_process(argv: Sequence[str], logdir: Path, timeout: float | None = None) -> Process:
@@ -522,13 +524,13 @@ def run_process(argv: Sequence[str], logdir: Path, timeout: float | None = None)
     if killed.is_set():
         stderr += f"\n[bench] killed after {timeout} s (--timeout)"
     try:
-        secs, rss, rc = res_path.read_text().split()
+        secs, rss, rc, cpu = res_path.read_text().split()
     except (OSError, ValueError):  # the launcher itself failed (e.g. no such executable)
         return Process(outer, outer, None, proc.returncode or 127, stdout, stderr)
     maxrss: int | None = int(rss)
     if maxrss is not None and maxrss > _PHYS_KIB:  # seen once here: a bogus 139 GB peak
         maxrss = None
-    return Process(float(secs), outer, maxrss, int(rc), stdout, stderr)
+    return Process(float(secs), outer, maxrss, int(rc), stdout, stderr, float(cpu))
 
 
 def _kill_group(pgid: int, killed: threading.Event) -> None:
@@ -859,6 +861,7 @@ class Bench:
         for argv in cmds.values():  # the first copy, untimed
             run_process(argv, self.work / "logs")
         times: dict[str, list[float]] = {k: [] for k in cmds}
+        cpu: dict[str, list[float]] = {k: [] for k in cmds}
         rss: dict[str, int] = {}
         for rnd in range(self.args.startup_rounds):
             items = list(cmds.items())
@@ -867,12 +870,17 @@ class Bench:
                 if proc.returncode != 0:
                     raise SystemExit(f"start-up: {' '.join(argv)}: exit {proc.returncode}")
                 times[name].append(proc.seconds)
+                if proc.cpu_seconds is not None:
+                    cpu[name].append(proc.cpu_seconds)
                 rss[name] = max(rss.get(name, 0), proc.maxrss_kib or 0)
         base = _median(times.get("python -c pass", []))
+        cpu_base = _median(cpu.get("python -c pass", []))
         out = {
             name: {
                 "median_seconds": _median(ts),
                 "ratio_to_python": (_median(ts) or 0) / base if base else None,
+                "median_cpu_seconds": _median(cpu[name]),
+                "cpu_ratio_to_python": (_median(cpu[name]) or 0) / cpu_base if cpu_base else None,
                 "max_rss_kib": rss.get(name),
             }
             for name, ts in times.items()
@@ -1308,13 +1316,17 @@ def run_size(
 
 def startup_table(startup: dict[str, Any]) -> str:
     lines = [
-        "| command | median | / python -c pass | peak RSS |",
-        "| --- | --- | --- | --- |",
+        "| command | median | / python -c pass | CPU (user + sys) | / python -c pass | peak RSS |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, e in startup.items():
         ratio = "n/a" if e["ratio_to_python"] is None else f"{e['ratio_to_python']:.2f}x"
+        cpu = e.get("median_cpu_seconds")
+        cpu_ratio = e.get("cpu_ratio_to_python")
         lines.append(
             f"| {name} | {e['median_seconds'] * 1000:.1f} ms | {ratio} "
+            f"| {'n/a' if cpu is None else f'{cpu * 1000:.1f} ms'} "
+            f"| {'n/a' if cpu_ratio is None else f'{cpu_ratio:.2f}x'} "
             f"| {_fmt_rss(e['max_rss_kib'])} |"
         )
     return "\n".join(lines)
