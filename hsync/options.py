@@ -49,6 +49,16 @@ class Options:
     copy_unstable: bool = False
     """A file still changing after the retries of its copy is published as read, with a
     warning, instead of being a problem (``hsync.apply.retry_changed``)."""
+    owner: bool = True
+    """Keep owners (where the destination may chown: root, CAP_CHOWN); rsync -o."""
+    group: bool = True
+    """Keep groups (likewise); rsync -g."""
+    xattrs: bool = True
+    """Keep extended attributes: user.*, and trusted.*, security.* as root; rsync -X."""
+    acls: bool = True
+    """Keep POSIX ACLs, access and default; rsync -A."""
+    numeric_ids: bool = False
+    """Owners and groups by number, not by name (rsync --numeric-ids)."""
 
 
 @attrs.define

@@ -24,7 +24,7 @@ from hsync.model import Key, Op
 def _identities(b: FsBackend) -> dict[str, dict[Key, object]]:
     """Every node's identity as each reader of the backend sees it."""
     full = {k: r[5] for k, r in b.scan().nodes.rows.items()}  # type: ignore[attr-defined]
-    walked = {k: r[5] for k, r in b.walk_sorted() if r is not None and len(r) == 6}
+    walked = {k: r[5] for k, r in b.walk_sorted() if r is not None and len(r) == 7}
     walked[()] = full[()]  # the walk yields what is below the root
     stats: dict[Key, object] = {}
     for k in full:
@@ -206,7 +206,7 @@ def test_the_sorted_walk_and_the_stream_name_special_files_in_place(tmp_path: Pa
     walked = list(b.walk_sorted())
     assert [k for k, _ in walked] == [("a-fifo",), ("b",), ("b", "f"), ("c",)]
     assert walked[0][1] == ("FIFO",)
-    assert len(walked[1][1] or ()) == 6  # a directory's row, nothing more
+    assert len(walked[1][1] or ()) == 7  # a directory's row, nothing more
     streamed = dict(b.stream())
     assert streamed[("a-fifo",)] == "FIFO"
     assert streamed[("b", "f")] == b.stat(("b", "f"))

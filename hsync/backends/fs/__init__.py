@@ -17,6 +17,8 @@ import stat as _stat
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import attrs
+
 from ...backend import (
     ApplyOptions,
     ApplyResult,
@@ -25,6 +27,8 @@ from ...backend import (
     Credentials,
     DigestScan,
     Hashed,
+    IdNames,
+    Keep,
     Relation,
     Role,
     WatchSink,
@@ -35,6 +39,7 @@ from ...errors import BackendError, NodeError, SourceChanged, UsageError
 from ...filters import Exclude
 from ...model import Key, Node, Op, Row, Snapshot
 from . import hashing
+from . import meta as _meta
 from .apply import Batch
 from .child import LocalScan, ScanChild
 from .posix import (
@@ -82,6 +87,8 @@ class FsBackend:
         """The root's device, fixed at open: identities are inode numbers on it."""
         self._stale: list[Key] = []
         """hsync's temporaries the last scan found: the next apply removes them."""
+        self._meta: _meta.Reader | None = None
+        """What rows carry beyond the basic payload (``metadata``); None: nothing."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_reopen, (type(self), self.url, self.role))
@@ -133,14 +140,14 @@ class FsBackend:
         self, subtree: Key = (), *, exclude: Exclude | None = None, cancel: Cancel = NEVER
     ) -> Snapshot:
         temps: list[Key] = []
-        snap = scan_tree(self.root, self._dev, subtree, exclude, cancel, temps)
+        snap = scan_tree(self.root, self._dev, subtree, exclude, cancel, temps, meta=self._meta)
         n = len(subtree)
         self._stale = [k for k in self._stale if k[:n] != subtree] + temps
         return snap
 
     def stat(self, key: Key) -> Node | None:
         """Special files count as absent (they are never synced)."""
-        row = stat_row(self.root, self._dev, key)
+        row = stat_row(self.root, self._dev, key, self._meta)
         if row is None or len(row) == 1:
             return None
         return Node(*row)
@@ -188,7 +195,8 @@ class FsBackend:
         on_done: Callable[[Op], None] | None = None,
     ) -> ApplyResult:
         local = (source.root, source._dev) if isinstance(source, FsBackend) else None
-        batch = Batch(self.root, self._stale, source, local, final, options, cancel, on_done)
+        batch = Batch(self.root, self._stale, source, local, final, options, cancel, on_done,
+                      self._meta)
         return batch.run(ops)
 
     def close(self) -> None:
@@ -219,12 +227,12 @@ class FsBackend:
     def walk_sorted(
         self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
     ) -> Iterator[tuple[Key, Row | tuple[str] | None]]:
-        return walk_tree(self.root, self._dev, exclude, cancel)
+        return walk_tree(self.root, self._dev, exclude, cancel, self._meta)
 
     def stream(
         self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
     ) -> Iterator[tuple[Key, Node | str | None]]:
-        for key, row in walk_tree(self.root, self._dev, exclude, cancel):
+        for key, row in walk_tree(self.root, self._dev, exclude, cancel, self._meta):
             if row is None:
                 yield key, None
             elif len(row) == 1:
@@ -239,11 +247,11 @@ class FsBackend:
     ) -> DigestScan:
         """``background``: in a forked child (where only one thread runs), else here,
         when first asked. The temporaries it finds are removed by the next apply."""
-        root, dev = self.root, self._dev
+        root, dev, meta = self.root, self._dev, self._meta
 
         def scanner(digests: dict[Key, int]) -> tuple[Snapshot, list[Key]]:
             temps: list[Key] = []
-            return scan_tree(root, dev, (), exclude, cancel, temps, digests), temps
+            return scan_tree(root, dev, (), exclude, cancel, temps, digests, meta), temps
 
         if background:
             return ScanChild(scanner, self._remember)
@@ -251,6 +259,23 @@ class FsBackend:
 
     def _remember(self, temps: list[Key]) -> None:
         self._stale = list(temps)
+
+    # -- Metadata -------------------------------------------------------------------------
+    def id_names(self) -> IdNames:
+        return _meta.id_names()
+
+    def metadata(self, wanted: Keep) -> Keep:
+        """A destination holds what its filesystem supports and this process may set
+        (``meta.supported``); a source reads what this process may read."""
+        if self.role == "destination":
+            got = _meta.supported(self.root, wanted)
+        else:
+            admin = _meta.is_admin()
+            got = attrs.evolve(wanted, xattrs=frozenset(
+                ns for ns in wanted.xattrs if ns == "user" or admin
+            ))
+        self._meta = _meta.Reader(got, source=self.role == "source")
+        return got
 
     # -- BulkHashing ----------------------------------------------------------------------
     def hash_many(self, keys: Sequence[Key]) -> list[Hashed]:
@@ -276,6 +301,7 @@ if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.M
         BackendFactory,
         BulkHashing,
         DigestScanning,
+        Metadata,
         Related,
         SortedWalk,
         Streaming,
@@ -294,6 +320,7 @@ if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.M
     _child_scan: DigestScan = ScanChild(lambda d: (Snapshot(), []), lambda t: None)
     _bulk_hashing: BulkHashing = FsBackend("/")
     _watchable: Watchable = FsBackend("/")
+    _metadata: Metadata = FsBackend("/")
 
     def _watch(w: FsWatcher) -> Watch:
         return w

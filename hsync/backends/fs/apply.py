@@ -43,6 +43,7 @@ from ...model import (
 )
 from .copy import Copies, LocalTree
 from .dirs import Touched
+from .meta import Reader, chown, proc_path, safe_mode, set_xattrs
 from .posix import (
     FULL,
     O_META,
@@ -75,8 +76,11 @@ class Batch:
         options: ApplyOptions,
         cancel: Cancel,
         on_done: Callable[[Op], None] | None,
+        meta: Reader | None = None,
     ) -> None:
         self.root = root
+        self.prefixes = meta.prefixes if meta is not None else ()
+        """The attribute namespaces this destination keeps."""
         self.stale_temps = stale_temps
         self.final = final
         self.fsync = options.fsync
@@ -85,9 +89,10 @@ class Batch:
         self.cancel = cancel
         self.on_done = on_done
         self.result = ApplyResult()
-        self.dirs = Touched()
+        self.dirs = Touched(self.prefixes)
         self.copies = Copies(
-            root, source, local, options.fsync, self.parent, options.copy_unstable
+            root, source, local, options.fsync, self.parent, options.copy_unstable,
+            self.prefixes,
         )
         self.lock = threading.Lock()
         self.full: tuple[Key, OSError] | None = None
@@ -345,6 +350,7 @@ class Batch:
             assert op.node is not None and op.node.target is not None
             with self.parent(op.key) as (dfd, name):
                 os.symlink(op.node.target, name, dir_fd=dfd)
+                self.set_symlink_metadata(op.node, dfd, name)
             self.ok(op)
         else:
             raise TargetChanged(f"cannot create a {op.kind} on a filesystem")
@@ -443,7 +449,9 @@ class Batch:
         with self.parent(op.key) as (dfd, name):
             fd = os.open(name, O_META, dir_fd=dfd)  # never a symlink's target
             try:
-                os.fchmod(fd, node.mode)
+                # the owner before the mode (see ``copy.publish``)
+                os.fchmod(fd, safe_mode(node.mode, node.data, chown(fd, node.data)))
+                set_xattrs(fd, node.data, self.prefixes)
                 os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
             finally:
                 os.close(fd)
@@ -455,12 +463,20 @@ class Batch:
             tmp = tmp_name()
             os.symlink(op.node.target, tmp, dir_fd=dfd)
             try:
+                self.set_symlink_metadata(op.node, dfd, tmp)
                 os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except OSError:
                 unlink_quiet(tmp, dfd)
                 raise
         self.dirs.touch(op.key)
         self.ok(op)
+
+    def set_symlink_metadata(self, node: Node, dfd: int, name: str) -> None:
+        """A new symlink's owner, group and attributes (lchown; the attribute calls by a
+        path whose last component is not followed)."""
+        if node.data is not None:
+            chown(name, node.data, dfd)
+            set_xattrs(proc_path(dfd, name), node.data, self.prefixes)
 
     def link_or_copy(self, op: Op) -> None:
         """A file with other names for its source inode (``--hard-links``): link it to one

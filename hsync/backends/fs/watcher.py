@@ -29,10 +29,12 @@ from types import TracebackType
 from typing import Any
 
 from watchdog.events import (
+    DirAttribEvent,
     DirCreatedEvent,
     DirDeletedEvent,
     DirModifiedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -64,8 +66,11 @@ EVENTS: list[type[FileSystemEvent]] = [
     FileMovedEvent,
     DirMovedEvent,
     FileClosedEvent,
+    FileAttribEvent,
+    DirAttribEvent,
 ]
-"""What hsync listens to: never opens, reads or close-without-write."""
+"""What hsync listens to: never opens, reads or close-without-write. Attribute events
+(IN_ATTRIB: chmod, chown, utime, an extended attribute or ACL set) mark the node."""
 
 _DEEP = (DirCreatedEvent, FileCreatedEvent, DirDeletedEvent, FileDeletedEvent)
 
