@@ -57,6 +57,12 @@ class Capabilities:
     deferred_flush: bool = False
     """``apply_batch`` with ``ApplyOptions(defer_durable=True)`` returns while the
     batch's flush to stable storage still runs (``ApplyResult.durable`` waits for it)."""
+    renames_touch_parents: bool = False
+    """A rename changes the payload of the containers it leaves and enters (a
+    directory's mtime, which a sync copies): where no container's payload differs, no
+    node was renamed since the last sync, and the history is consulted for identities
+    only below containers that differ. Without it, a comparison reads the history's
+    identities once even when every key's payload is equal (two names swapped)."""
 
 
 @attrs.frozen
@@ -113,6 +119,10 @@ class DigestSummary:
 
     digests: dict[Key, int]
     incomplete: dict[Key, str]
+    trees: dict[Key, int] = attrs.field(factory=dict)
+    """One digest per directory listed for its whole subtree (a Merkle tree: two
+    directories with equal ones hold the same names with the same payloads at every
+    depth, whatever their own names); empty where the scan computes none."""
     skipped: list[tuple[Key, str]]
     held: set[Key]
     count: int
@@ -505,6 +515,28 @@ class Metadata(Protocol):
         can read (source) or hold (destination: owner only where it may chown,
         attribute namespaces its filesystem supports); returns that."""
         ...
+
+
+@runtime_checkable
+class SchemaAware(Protocol):
+    """Compares and rewrites values by a schema (LDAP: matching rules, DN-valued
+    attributes), which its peer or schema files may know better than it does: an LDIF
+    file takes the schema of the directory server it is synced with, else the files
+    given with ``--schema``, so both sides of a pair compare by the same rules."""
+
+    def use_schema(self, files: Sequence[str], peer: Backend) -> None:
+        """Called once by the session, both endpoints open, before any scan: ``files``
+        (``Options.schema``) and the other endpoint. ``UsageError`` naming a file that
+        cannot be read or parsed."""
+        ...
+
+
+def schema_aware(endpoint: Endpoint) -> SchemaAware | None:
+    """The endpoint's backend as ``SchemaAware``, or None. Resolved once, by the session
+    when the pair opens; not a ``Features`` field, whose names are the fixed table every
+    backend's conformance suite checks (and a handshake lists)."""
+    backend = endpoint.backend
+    return backend if isinstance(backend, SchemaAware) else None
 
 
 # -- the resolved features ---------------------------------------------------------------------

@@ -84,9 +84,9 @@ def _guard(fn: F) -> F:
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
+        from . import __version__
 
-        print(f"hsync {version('hsync')}")
+        print(f"hsync {__version__}")
         raise typer.Exit(0)
 
 
@@ -110,6 +110,7 @@ def _options(**kw: Any) -> Any:
         except OSError as e:
             raise HsyncError(f"{path}: cannot read the exclude file: {e.strerror}") from None
     attrs = tuple(kw.pop("exclude_attr", None) or ())
+    kw["schema"] = tuple(kw.get("schema") or ())
     return Options(exclude=tuple(patterns), exclude_attrs=attrs, check=_state["debug"], **kw)
 
 
@@ -177,6 +178,14 @@ RemoteHsyncOpt = typer.Option(
 CompressOpt = typer.Option(
     True, "--compress/--no-compress", "-z",
     help="Compress data on the link to a remote tree (zstd; on by default).",
+)
+SchemaOpt = typer.Option(
+    None,
+    "--schema",
+    metavar="FILE",
+    help="LDAP schema file (OpenLDAP .schema or LDIF) by which an ldif: endpoint compares "
+    "and rebases values when its peer is no server (with a server, the server's schema "
+    "is used). Repeatable.",
 )
 StateOpt = typer.Option(
     None,
@@ -287,6 +296,7 @@ def sync(
     delete_excluded: bool = DeleteExcludedOpt,
     copy_unstable: bool = CopyUnstableOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
+    schema: list[str] = SchemaOpt,
     max_delete: int | None = typer.Option(
         None,
         "--max-delete",
@@ -345,7 +355,7 @@ def sync(
         dry_run=dry_run, delete=delete, checksum=checksum, exclude=exclude,
         exclude_from=exclude_from, exclude_attr=exclude_attr, max_delete=max_delete,
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
-        hard_links=hard_links, wait_lock=wait_lock,
+        hard_links=hard_links, wait_lock=wait_lock, schema=schema,
         **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded, copy_unstable=copy_unstable)
@@ -500,6 +510,7 @@ def diff(
     filter_rule: list[str] = FilterOpt,
     delete_excluded: bool = DeleteExcludedOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
+    schema: list[str] = SchemaOpt,
     no_delete: bool = typer.Option(False, "--no-delete", help="Plan as sync --no-delete would."),
     state: str | None = StateOpt,
     rsh: str | None = RshOpt,
@@ -529,7 +540,7 @@ def diff(
         rsh=rsh, remote_hsync=remote_hsync, compress=compress,
         checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         exclude_attr=exclude_attr, state=state, delete=not no_delete, dry_run=True,
-        allow_empty_source=True, **_meta(owner, group, xattrs, acls, numeric_ids),
+        allow_empty_source=True, schema=schema, **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded)
     cmp = compare(src, dst, opts, credentials=creds)
@@ -598,6 +609,7 @@ def watch(
     filter_rule: list[str] = FilterOpt,
     delete_excluded: bool = DeleteExcludedOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
+    schema: list[str] = SchemaOpt,
     max_delete: int | None = typer.Option(
         None, "--max-delete", min=0, metavar="N",
         help="Delete nothing in a round when more than N deletions are due.",
@@ -642,7 +654,7 @@ def watch(
         delete=delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         exclude_attr=exclude_attr, max_delete=max_delete, state=state,
         allow_empty_source=allow_empty_source, fsync=fsync,
-        hard_links=hard_links, wait_lock=wait_lock,
+        hard_links=hard_links, wait_lock=wait_lock, schema=schema,
         **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded)

@@ -57,6 +57,7 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "allow_empty_source": bool,
     "fsync": bool,
     "hard_links": bool,
+    "schema": list,
     "owner": bool,
     "group": bool,
     "xattrs": bool,
@@ -221,6 +222,7 @@ def pair_config(
         rsh=raw.get("rsh"),
         remote_hsync=raw.get("remote_hsync"),
         compress=raw.get("compress", True),
+        schema=tuple(str(p) for p in raw.get("schema", [])),
         **{k: raw[k] for k in _META_KEYS if k in raw},
         check=debug,
     )

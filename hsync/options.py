@@ -36,6 +36,9 @@ class Options:
     """Run check_plan on every plan before applying it (tests, --debug)."""
     exclude_attrs: tuple[str, ...] = attrs.field(default=(), converter=strings)
     """Attribute names left out of entries' payloads (backends with attributes: LDAP)."""
+    schema: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    """Schema files (``--schema``): how an endpoint without a server of its own (an
+    LDIF file) compares and rebases the attributes they define (``SchemaAware``)."""
     hard_links: bool = False
     """Source files that are one inode stay one inode on the destination (rsync -H)."""
     wait_lock: bool = False

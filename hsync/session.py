@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .backend import Credentials, Endpoint, Keep, id_map, open_endpoint, relation
+from .backend import Credentials, Endpoint, Keep, id_map, open_endpoint, relation, schema_aware
 from .credentials import refuse_secret_in_url
 from .errors import SafetyError, UsageError
 from .filters import build as build_filter
@@ -75,6 +75,7 @@ class PairSession:
                 raise
         try:
             self._check_pair()
+            self._share_schema()
             self.keep = negotiate(self.source, self.destination, options, self.notices)
             """The metadata this pair keeps (None: neither endpoint carries any)."""
             self.check_source_root()
@@ -164,6 +165,21 @@ class PairSession:
             raise UsageError(f"{dst.url}: destination is inside the source {src.url}")
         if rel == "contains":
             raise UsageError(f"{src.url}: source is inside the destination {dst.url}")
+
+    def _share_schema(self) -> None:
+        """Each endpoint that compares by a schema learns its peer's, and the files of
+        ``--schema`` (``SchemaAware``); ``--schema`` with no such endpoint is a usage
+        error (it would change nothing)."""
+        pairs = [(aware, peer) for a, peer in ((self.source, self.destination),
+                                               (self.destination, self.source))
+                 if (aware := schema_aware(a)) is not None]
+        if self.options.schema and not pairs:
+            raise UsageError(
+                f"--schema {self.options.schema[0]}: neither {self.source.url} nor "
+                f"{self.destination.url} compares by a schema (ldap://, ldif:)"
+            )
+        for aware, peer in pairs:
+            aware.use_schema(self.options.schema, peer.backend)
 
     def check_source_root(self) -> None:
         """A source root that is missing or unusable stops the run before anything is
@@ -321,6 +337,9 @@ def open_history(
     return history
 
 
+_LOCK_WIDTH = 24  # a pid, its newline and spaces: the lock file's fixed size
+
+
 def lock_pair(source: Endpoint, destination: Endpoint, options: Options) -> int | None:
     """Take the pair's lock (SPEC 8: one run per pair at a time): ``flock`` on a file
     beside the history, ``<state>.lock-<pair id>``, holding the holder's pid. Returns its
@@ -350,8 +369,9 @@ def lock_pair(source: Endpoint, destination: Endpoint, options: Options) -> int 
                     f"pair (lock {path}); --wait-lock waits for it"
                 ) from None
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # the pid padded to one width, written over the last holder's: no truncate (on a
+        # busy ext4 disk a truncate waits for the journal, up to a second here)
+        os.pwrite(fd, f"{os.getpid()}\n".ljust(_LOCK_WIDTH).encode(), 0)
     except BaseException:
         os.close(fd)
         raise
