@@ -116,9 +116,7 @@ def run_batch(
     )
     prefetching = session.source.features.prefetching
     if prefetching is not None:  # a far source streams what the batch reads, at once
-        delta_bases = getattr(prefetching, "delta_bases", None)
-        if delta_bases is not None:  # and sends deltas against the old files here
-            delta_bases(destination.backend, ops)
+        prefetching.delta_bases(destination.backend, ops)  # deltas against the old files
         prefetching.prefetch([op.key for op in ops if op.node is not None
                               and op.node.kind == FILE and (op.op == CREATE
                                   or (op.op == UPDATE and op.content))])

@@ -327,7 +327,7 @@ class RemoteBackend:
         return out
 
     # -- deltas when this is the source: the local destination patches -------------------
-    def delta_bases(self, basis: Any, ops: Sequence[Op]) -> None:
+    def delta_bases(self, basis: Backend, ops: Sequence[Op]) -> None:
         """The batch about to run writes to ``basis`` (a local destination backend):
         the files it updates that a delta is worth it for are read as a delta against
         its old file there (``_read_delta``), not prefetched whole. Called before
