@@ -26,7 +26,7 @@ import attrs
 import msgpack
 import zstandard
 
-PROTOCOL = 1
+PROTOCOL = 2
 """Bumped when the messages change incompatibly; the handshake refuses a mismatch."""
 MAGIC = "hsync-agent"
 
