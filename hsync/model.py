@@ -226,6 +226,11 @@ class Snapshot:
     both sides (subtree digests), each the root of a move matched by identity: key on
     this side -> key on the other. Nothing below them differs; diff must pair each as
     one move (``compare.plan_between`` checks, else the trees are compared whole)."""
+    equal_children: list[tuple[Key, Any]] = attrs.field(factory=list)
+    """``(key, identity)`` of nodes left out of this part as equal on both sides whose
+    parent's own payload differs (its listing does not): the nodes a replacement in
+    place (a new identity, an equal payload) leaves, whose identity the history must
+    learn."""
     _children: dict[Key, list[Key]] | None = attrs.field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
