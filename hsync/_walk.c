@@ -4,7 +4,8 @@
  * reading their attributes than in the system calls. list(fd) returns, per entry of the
  * directory open as ``fd`` (read from the start, and rewound after, as os.listdir does),
  * the tuple (name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, payload hash,
- * birth time in ns or 0 where the filesystem keeps none); an entry whose lstat fails
+ * birth time in ns or 0 where the filesystem keeps none), st_size being st_rdev for a
+ * character or block device; an entry whose lstat fails
  * with anything but ENOENT is (name, None, errno, 0, 0, 0, 0, 0); one gone since readdir
  * (ENOENT) is left out. Names are decoded as os.listdir decodes them (the filesystem
  * encoding with surrogateescape), so a name that is not UTF-8 survives. Symlinks are
@@ -33,8 +34,9 @@ mix64(uint64_t z)
 }
 
 /* The entry's payload hash: its name and what a sync compares (SPEC 2): kind, then
- * permission bits, size and mtime for a file, permission bits and mtime for a
- * directory, nothing more for a symlink (its target is added by the caller). */
+ * permission bits (not a symlink's: it has none), size for a file, the device number
+ * for a device node (carried in st_size, see below), and the mtime (a symlink's too);
+ * a symlink's target is added by the caller. */
 static inline int64_t
 entry_hash(const char *name, const struct stat *st)
 {
@@ -44,13 +46,12 @@ entry_hash(const char *name, const struct stat *st)
         h *= 0x100000001b3ULL;
     }
     h = mix64(h ^ (uint64_t)(st->st_mode & S_IFMT));
-    if (S_ISREG(st->st_mode) || S_ISDIR(st->st_mode)) {
+    if (!S_ISLNK(st->st_mode))
         h = mix64(h ^ (uint64_t)(st->st_mode & 07777));
-        if (S_ISREG(st->st_mode))
-            h = mix64(h ^ (uint64_t)st->st_size);
-        h = mix64(h ^ (uint64_t)((long long)st->st_mtim.tv_sec * 1000000000LL
-                                 + (long long)st->st_mtim.tv_nsec));
-    }
+    if (S_ISREG(st->st_mode) || S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode))
+        h = mix64(h ^ (uint64_t)st->st_size);
+    h = mix64(h ^ (uint64_t)((long long)st->st_mtim.tv_sec * 1000000000LL
+                             + (long long)st->st_mtim.tv_nsec));
     return (int64_t)h;
 }
 
@@ -105,6 +106,7 @@ walk_list(PyObject *self, PyObject *arg)
             st.st_mtim.tv_nsec = sx.stx_mtime.tv_nsec;
             st.st_ino = (ino_t)sx.stx_ino;
             st.st_dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+            st.st_rdev = makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
             if (sx.stx_mask & STATX_BTIME)
                 born = (long long)sx.stx_btime.tv_sec * 1000000000LL + sx.stx_btime.tv_nsec;
         }
@@ -118,6 +120,8 @@ walk_list(PyObject *self, PyObject *arg)
             if (err == ENOENT)
                 continue;
         }
+        if (rc == 0 && (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)))
+            st.st_size = (off_t)st.st_rdev; /* a device's payload: its number, not a size */
         PyObject *name = PyUnicode_DecodeFSDefault(n);
         if (name == NULL)
             goto fail;

@@ -147,6 +147,19 @@ CopyUnstableOpt = typer.Option(
     help="A file still changing after a few tries is copied as read, with a warning "
     "(default: reported, exit 3).",
 )
+SparseOpt = typer.Option(
+    True, "--sparse/--no-sparse", "-S",
+    help="Holes of sparse files stay holes (rsync -S; default on).",
+)
+SpecialsOpt = typer.Option(
+    True, "--specials/--no-specials", "-D",
+    help="Sync FIFOs, and device nodes when root (rsync -D; default on).",
+)
+OneFsOpt = typer.Option(
+    False, "--one-file-system", "-x",
+    help="Do not cross mount points: a mount point is synced as an empty directory "
+    "(rsync -x).",
+)
 
 
 ExcludeOpt = typer.Option(
@@ -207,6 +220,9 @@ def sync(
     filter_rule: list[str] = FilterOpt,
     delete_excluded: bool = DeleteExcludedOpt,
     copy_unstable: bool = CopyUnstableOpt,
+    sparse: bool = SparseOpt,
+    specials: bool = SpecialsOpt,
+    one_file_system: bool = OneFsOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
     max_delete: int | None = typer.Option(
         None,
@@ -250,7 +266,10 @@ def sync(
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links, wait_lock=wait_lock,
     )
-    opts = _filtered(opts, include, filter_rule, delete_excluded, copy_unstable=copy_unstable)
+    opts = _filtered(
+        opts, include, filter_rule, delete_excluded, copy_unstable=copy_unstable,
+        sparse=sparse, specials=specials, one_file_system=one_file_system,
+    )
     show = sys.stderr.isatty() and not json_out if progress is None else progress
     bar = _Progress() if show and not dry_run else None
     log = None
@@ -289,8 +308,8 @@ def sync(
         print(_summary(report, dry_run))
         if stats:
             print(_stats(report))
-    for key, why in report.skipped:
-        _err(f"warning: {key_str(key) or '.'}: {why} skipped")
+    for line in report.skipped_lines():
+        _err(f"warning: {line}")
     for w in report.warnings:
         if not any(p.message == w for p in report.problems):
             _err(f"warning: {w}")
@@ -397,6 +416,11 @@ def diff(
     delete_excluded: bool = DeleteExcludedOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
     no_delete: bool = typer.Option(False, "--no-delete", help="Plan as sync --no-delete would."),
+    hard_links: bool = typer.Option(
+        False, "--hard-links", "-H", help="Plan as sync -H would (hard links kept)."
+    ),
+    specials: bool = SpecialsOpt,
+    one_file_system: bool = OneFsOpt,
     state: str | None = StateOpt,
 ) -> None:
     """Print the plan that would make DST equal to SRC. Exit 0 in sync, 1 differ."""
@@ -407,9 +431,10 @@ def diff(
     opts = _options(
         checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         exclude_attr=exclude_attr, state=state, delete=not no_delete, dry_run=True,
-        allow_empty_source=True,
+        allow_empty_source=True, hard_links=hard_links,
     )
-    opts = _filtered(opts, include, filter_rule, delete_excluded)
+    opts = _filtered(opts, include, filter_rule, delete_excluded, specials=specials,
+                     one_file_system=one_file_system)
     cmp = compare(src, dst, opts)
     the_plan = cmp.plan
     if json_out:
@@ -488,6 +513,9 @@ def watch(
     hard_links: bool = typer.Option(
         False, "--hard-links", "-H", help="Keep hard-linked source files linked."
     ),
+    sparse: bool = SparseOpt,
+    specials: bool = SpecialsOpt,
+    one_file_system: bool = OneFsOpt,
     log_format: str = LogFormatOpt,
     log_level: str = LogLevelOpt,
 ) -> None:
@@ -502,7 +530,8 @@ def watch(
         max_delete=max_delete, state=state, allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links, wait_lock=wait_lock,
     )
-    opts = _filtered(opts, include, filter_rule, delete_excluded)
+    opts = _filtered(opts, include, filter_rule, delete_excluded, sparse=sparse,
+                     specials=specials, one_file_system=one_file_system)
     wopts = WatchOptions(
         debounce=debounce / 1000, max_delay=max_delay / 1000, settle=settle,
         rescan_interval=rescan_interval or None, poll_interval=poll_interval,

@@ -52,6 +52,9 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "allow_empty_source": bool,
     "fsync": bool,
     "hard_links": bool,
+    "sparse": bool,
+    "specials": bool,
+    "one_file_system": bool,
     "debounce_ms": (int, float),
     "max_delay_ms": (int, float),
     "settle_s": (int, float),
@@ -196,6 +199,9 @@ def pair_config(
         allow_empty_source=raw.get("allow_empty_source", False),
         fsync=raw.get("fsync", False),
         hard_links=raw.get("hard_links", False),
+        sparse=raw.get("sparse", True),
+        specials=raw.get("specials", True),
+        one_file_system=raw.get("one_file_system", False),
         check=debug,
     )
     from .filters import parse_rule

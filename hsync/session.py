@@ -16,7 +16,14 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from .backend import Credentials, Endpoint, open_endpoint, relation
+from .backend import (
+    Credentials,
+    Endpoint,
+    ScanConfigurable,
+    ScanOptions,
+    open_endpoint,
+    relation,
+)
 from .errors import SafetyError, UsageError
 from .filters import build as build_filter
 from .model import Key
@@ -64,6 +71,12 @@ class PairSession:
         except BaseException:
             self.source.close()
             raise
+        scans = ScanOptions(
+            specials=options.specials, one_file_system=options.one_file_system
+        )
+        for ep in (self.source, self.destination):
+            if isinstance(ep.backend, ScanConfigurable):
+                ep.backend.configure_scan(scans)
         try:
             self._check_pair()
             self.check_source_root()

@@ -27,6 +27,7 @@ from ...backend import (
     Hashed,
     Relation,
     Role,
+    ScanOptions,
     WatchSink,
     local_path,
 )
@@ -47,8 +48,8 @@ from .posix import (
     open_root,
     root_device,
 )
+from .scan import ALL_KINDS, Flags, stat_row
 from .scan import scan as scan_tree
-from .scan import stat_row
 from .scan import walk_sorted as walk_tree
 
 __all__ = ["TMP_PREFIX", "FsBackend"]
@@ -82,6 +83,8 @@ class FsBackend:
         """The root's device, fixed at open: identities are inode numbers on it."""
         self._stale: list[Key] = []
         """hsync's temporaries the last scan found: the next apply removes them."""
+        self._flags: Flags = ALL_KINDS
+        """What the scans keep besides files, directories and symlinks (``configure_scan``)."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_reopen, (type(self), self.url, self.role))
@@ -133,14 +136,15 @@ class FsBackend:
         self, subtree: Key = (), *, exclude: Exclude | None = None, cancel: Cancel = NEVER
     ) -> Snapshot:
         temps: list[Key] = []
-        snap = scan_tree(self.root, self._dev, subtree, exclude, cancel, temps)
+        snap = scan_tree(self.root, self._dev, subtree, exclude, cancel, temps,
+                         flags=self._flags)
         n = len(subtree)
         self._stale = [k for k in self._stale if k[:n] != subtree] + temps
         return snap
 
     def stat(self, key: Key) -> Node | None:
-        """Special files count as absent (they are never synced)."""
-        row = stat_row(self.root, self._dev, key)
+        """A special file the scans leave out (a socket, ...) counts as absent."""
+        row = stat_row(self.root, self._dev, key, self._flags)
         if row is None or len(row) == 1:
             return None
         return Node(*row)
@@ -194,6 +198,15 @@ class FsBackend:
     def close(self) -> None:
         pass
 
+    # -- ScanConfigurable -------------------------------------------------------------------
+    def configure_scan(self, options: ScanOptions) -> None:
+        """FIFOs and devices kept or left out; devices only where this process may
+        create them (root): else a scan leaves them out, on both sides, so a sync
+        neither fails on them nor deletes them."""
+        self._flags = (
+            options.specials, options.specials and ALL_KINDS[1], options.one_file_system
+        )
+
     # -- Related --------------------------------------------------------------------------
     def relation(self, other_url: str) -> Relation | None:
         """By resolved paths (and, for "same", by inode: a bind mount, a hard-linked
@@ -219,12 +232,12 @@ class FsBackend:
     def walk_sorted(
         self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
     ) -> Iterator[tuple[Key, Row | tuple[str] | None]]:
-        return walk_tree(self.root, self._dev, exclude, cancel)
+        return walk_tree(self.root, self._dev, exclude, cancel, self._flags)
 
     def stream(
         self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
     ) -> Iterator[tuple[Key, Node | str | None]]:
-        for key, row in walk_tree(self.root, self._dev, exclude, cancel):
+        for key, row in walk_tree(self.root, self._dev, exclude, cancel, self._flags):
             if row is None:
                 yield key, None
             elif len(row) == 1:
@@ -239,11 +252,11 @@ class FsBackend:
     ) -> DigestScan:
         """``background``: in a forked child (where only one thread runs), else here,
         when first asked. The temporaries it finds are removed by the next apply."""
-        root, dev = self.root, self._dev
+        root, dev, flags = self.root, self._dev, self._flags
 
         def scanner(digests: dict[Key, int]) -> tuple[Snapshot, list[Key]]:
             temps: list[Key] = []
-            return scan_tree(root, dev, (), exclude, cancel, temps, digests), temps
+            return scan_tree(root, dev, (), exclude, cancel, temps, digests, flags), temps
 
         if background:
             return ScanChild(scanner, self._remember)
@@ -277,6 +290,7 @@ if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.M
         BulkHashing,
         DigestScanning,
         Related,
+        ScanConfigurable,
         SortedWalk,
         Streaming,
         Watch,
@@ -287,6 +301,7 @@ if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.M
     _factory: BackendFactory = FsBackend
     _backend: Backend = FsBackend("/")
     _related: Related = FsBackend("/")
+    _scan_configurable: ScanConfigurable = FsBackend("/")
     _sorted_walk: SortedWalk = FsBackend("/")
     _streaming: Streaming = FsBackend("/")
     _digest_scanning: DigestScanning = FsBackend("/")

@@ -29,6 +29,7 @@ from ...model import (
     DIR,
     FILE,
     MOVE,
+    SPECIAL,
     SYMLINK,
     UPDATE,
     Key,
@@ -79,7 +80,8 @@ class Batch:
         self.result = ApplyResult()
         self.dirs = Touched()
         self.copies = Copies(
-            root, source, local, options.fsync, self.parent, options.copy_unstable
+            root, source, local, options.fsync, self.parent, options.copy_unstable,
+            options.sparse,
         )
         self.lock = threading.Lock()
         self.full: tuple[Key, OSError] | None = None
@@ -297,6 +299,8 @@ class Batch:
             ok = stat.S_ISDIR(mode)
         elif old.kind == FILE:
             ok = stat.S_ISREG(mode) and st.st_size == old.size and st.st_mtime_ns == old.mtime_ns
+        elif old.kind == SPECIAL:
+            ok = stat.S_IFMT(mode) == stat.S_IFMT(old.mode)
         else:
             ok = stat.S_ISLNK(mode)
         if not ok:
@@ -325,7 +329,10 @@ class Batch:
             assert op.node is not None and op.node.target is not None
             with self.parent(op.key) as (dfd, name):
                 os.symlink(op.node.target, name, dir_fd=dfd)
+                _symlink_mtime(name, dfd, op.node.mtime_ns)
             self.ok(op)
+        elif op.kind == SPECIAL:
+            self.make_special(op)
         else:
             raise TargetChanged(f"cannot create a {op.kind} on a filesystem")
 
@@ -379,9 +386,18 @@ class Batch:
         elif op.kind == FILE:
             self.expect(op.key, op.old)
             self.set_file_metadata(op)
-        elif op.kind == SYMLINK:
+        elif op.kind == SYMLINK and op.content:
             self.expect(op.key, op.old)
             self.replace_symlink(op)
+        elif op.kind == SYMLINK:  # its mtime only
+            self.expect(op.key, op.old)
+            assert op.node is not None
+            with self.parent(op.key) as (dfd, name):
+                _symlink_mtime(name, dfd, op.node.mtime_ns)
+            self.ok(op)
+        elif op.kind == SPECIAL:
+            self.expect(op.key, op.old)
+            self.make_special(op)
         else:
             raise TargetChanged(f"cannot update a {op.kind} on a filesystem")
 
@@ -403,8 +419,30 @@ class Batch:
             tmp = tmp_name()
             os.symlink(op.node.target, tmp, dir_fd=dfd)
             try:
+                _symlink_mtime(tmp, dfd, op.node.mtime_ns)
                 os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except OSError:
+                unlink_quiet(tmp, dfd)
+                raise
+        self.dirs.touch(op.key)
+        self.ok(op)
+
+    def make_special(self, op: Op) -> None:
+        """A FIFO or a device node (rsync -D) made under a temporary name with its
+        mode and mtime, then renamed to its final name (over the old one for an update:
+        a special file has no content to keep, it is made again). Never opened."""
+        node = op.node
+        assert node is not None
+        with self.parent(op.key) as (dfd, name):
+            tmp = tmp_name()
+            os.mknod(tmp, stat.S_IFMT(node.mode) | 0o600, node.size, dir_fd=dfd)
+            try:
+                # the temporary is ours (a random name): chmod by name is not raced
+                os.chmod(tmp, stat.S_IMODE(node.mode), dir_fd=dfd)
+                os.utime(tmp, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dfd,
+                         follow_symlinks=False)
+                rename_into(tmp, name, dfd, replace=op.op == UPDATE)
+            except BaseException:
                 unlink_quiet(tmp, dfd)
                 raise
         self.dirs.touch(op.key)
@@ -472,6 +510,12 @@ class Batch:
 
     def copy_again(self, op: Op) -> None:
         self.ok(op, self.copies.copy(op))
+
+
+def _symlink_mtime(name: str, dfd: int, mtime_ns: int) -> None:
+    """Set a symlink's own mtime (utimensat with AT_SYMLINK_NOFOLLOW), never its
+    target's."""
+    os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=dfd, follow_symlinks=False)
 
 
 def link_groups(final: Snapshot) -> dict[object, list[Key]]:

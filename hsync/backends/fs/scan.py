@@ -25,7 +25,7 @@ from typing import Any
 from ...cancel import NEVER, Cancel
 from ...errors import TargetChanged
 from ...filters import Exclude
-from ...model import DIR, FILE, SYMLINK, Key, Row, Rows, Snapshot
+from ...model import DIR, FILE, SPECIAL, SYMLINK, Key, Row, Rows, Snapshot
 from .posix import (
     TMP_PREFIX,
     birth_time,
@@ -38,10 +38,21 @@ from .posix import (
 
 Entry = tuple[str, Any, int, int, int, int, int, int]
 """One listed name: ``(name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, hash,
-btime_ns)``, or ``(name, None, errno, 0, 0, 0, 0, 0)`` when its lstat failed. ``hash``:
-of the name and the payload a sync compares (kind; mode bits, size, mtime for a file;
-mode bits, mtime for a directory; a symlink's target is not in it), for the directory
+btime_ns)``, or ``(name, None, errno, 0, 0, 0, 0, 0)`` when its lstat failed;
+``st_size`` is ``st_rdev`` for a character or block device. ``hash``: of the name and
+the payload a sync compares (kind, mtime; mode bits but a symlink's; size for a file,
+the device number for a device; a symlink's target is not in it), for the directory
 digests. ``btime_ns``: the birth time, 0 where the filesystem keeps none."""
+
+Flags = tuple[bool, bool, bool]
+"""What a scan keeps beyond files, directories and symlinks, and where it stops:
+``(fifos, devices, one_file_system)``. ``fifos``, ``devices``: FIFOs, character and
+block devices are nodes (kind ``special``), else left out with a warning (sockets always
+are). ``one_file_system``: a directory on another device than the root (a mount point)
+is a node, but its content is not listed (rsync -x), nor ever deleted."""
+
+ALL_KINDS: Flags = (True, os.geteuid() == 0, False)
+"""The default: FIFOs, and devices where this process may create them (root)."""
 
 Dirs = list[tuple[Key, int, int]]
 """Directories still to list: ``(key, st_ino, st_dev)`` as their parent's listing saw."""
@@ -62,13 +73,18 @@ def lstat_dir_py(fd: int) -> list[Entry]:
             out.append((name, None, e.errno or 0, 0, 0, 0, 0, 0))
             continue
         mode = st.st_mode
+        size = st.st_size
         if stat.S_ISREG(mode):
-            h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), st.st_size, st.st_mtime_ns))
+            h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), size, st.st_mtime_ns))
         elif stat.S_ISDIR(mode):
             h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), st.st_mtime_ns))
+        elif stat.S_ISLNK(mode):
+            h = hash((name, stat.S_IFMT(mode), st.st_mtime_ns))
         else:
-            h = hash((name, stat.S_IFMT(mode)))
-        out.append((name, mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, h,
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                size = st.st_rdev  # a device's payload: its number, not a size
+            h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), size, st.st_mtime_ns))
+        out.append((name, mode, size, st.st_mtime_ns, st.st_ino, st.st_dev, h,
                     birth_time(name, fd)))
     return out
 
@@ -105,14 +121,17 @@ def _list(
     temps: list[Key],
     held: set[Key],
     hashes: list[int] | None,
+    flags: Flags = ALL_KINDS,
 ) -> None:
     """The rows of one directory's ``entries`` (``lstat_dir`` of ``fd``, the directory
     at ``key``) into ``rows``, their keys into ``kids``, its subdirectories into
     ``dirs``; what could not be read into ``incomplete``, special files into
     ``skipped``, hsync's temporaries into ``temps``; ``key`` into ``held`` when a child
-    is excluded; each kept entry's hash into ``hashes``. The scan's inner loop: no
-    function call per entry beyond what a row needs."""
+    is excluded; each kept entry's hash into ``hashes``; ``flags``: what else is kept
+    (``Flags``). The scan's inner loop: no function call per entry beyond what a row
+    needs."""
     S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
+    S_ISFIFO, S_ISCHR, S_ISBLK = stat.S_ISFIFO, stat.S_ISCHR, stat.S_ISBLK
     readlink = os.readlink
     for name, mode, size, mtime, st_ino, st_dev, h, born in entries:
         k = (*key, name)
@@ -136,7 +155,10 @@ def _list(
                 continue
             rows[k] = (DIR, S_IMODE(mode), 0, mtime, None, ino)
             kids.append(k)
-            dirs.append((k, st_ino, st_dev))
+            if st_dev != root_dev and flags[2]:
+                held.add(k)  # a mount point, not crossed: what is below it stays
+            else:
+                dirs.append((k, st_ino, st_dev))
         elif S_ISLNK(mode):
             if exclude is not None and exclude(k, False):
                 held.add(key)
@@ -148,11 +170,17 @@ def _list(
             except OSError as e:
                 incomplete[k] = e.strerror or str(e)
                 continue
-            rows[k] = (SYMLINK, 0, 0, 0, target, ino)  # payload: target only
+            rows[k] = (SYMLINK, 0, 0, mtime, target, ino)  # payload: target and mtime
             kids.append(k)
             h = hash((h, target))
+        elif (flags[0] and S_ISFIFO(mode)) or (flags[1] and (S_ISCHR(mode) or S_ISBLK(mode))):
+            if exclude is not None and exclude(k, False):
+                held.add(key)
+                continue
+            rows[k] = (SPECIAL, mode, size, mtime, None, ino)  # size: the device number
+            kids.append(k)
         else:
-            skipped.append((k, special_kind(mode)))
+            skipped.append((k, special_kind(mode, flags[0])))
             continue
         if hashes is not None:
             hashes.append(h)
@@ -185,7 +213,7 @@ class _One:
         self.skipped: list[tuple[Key, str]] = []
 
 
-def lookup(root_fd: int, key: Key, root_dev: int) -> _One | None:
+def lookup(root_fd: int, key: Key, root_dev: int, flags: Flags = ALL_KINDS) -> _One | None:
     """``key`` (not the root) looked at alone, through its parent reached beneath the
     root; None when it or a directory on the way is absent, or a name on the way is a
     symlink or not a directory. An hsync temporary is absent, and so is a name no
@@ -203,14 +231,18 @@ def lookup(root_fd: int, key: Key, root_dev: int) -> _One | None:
             return None
         entry = (key[-1], st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, 0,
                  birth_time(key[-1], dfd))
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            entry = (*entry[:2], st.st_rdev, *entry[3:])  # as lstat_dir gives it
         _list([entry], dfd, key[:-1], root_dev, None, one.rows, [], one.dirs,
-              one.incomplete, one.skipped, [], set(), None)
+              one.incomplete, one.skipped, [], set(), None, flags)
     finally:
         os.close(dfd)
     return one
 
 
-def stat_row(root: str, root_dev: int, key: Key) -> Row | tuple[str] | None:
+def stat_row(
+    root: str, root_dev: int, key: Key, flags: Flags = ALL_KINDS
+) -> Row | tuple[str] | None:
     """The row at ``key``, ``(kind,)`` for a special file, or None when absent (also
     when an ancestor is absent or not a directory). ``OSError`` for what cannot be
     read."""
@@ -224,7 +256,7 @@ def stat_row(root: str, root_dev: int, key: Key) -> Row | tuple[str] | None:
         finally:
             os.close(root_fd)
     try:
-        one = lookup(root_fd, key, root_dev)
+        one = lookup(root_fd, key, root_dev, flags)
     finally:
         os.close(root_fd)
     if one is None:
@@ -246,9 +278,11 @@ def scan(
     cancel: Cancel,
     temps: list[Key],
     digests: dict[Key, int] | None = None,
+    flags: Flags = ALL_KINDS,
 ) -> Snapshot:
     """See ``Backend.scan``; hsync's temporaries found are added to ``temps``.
-    ``digests``: filled with one number per directory listed (``listing_digest``)."""
+    ``digests``: filled with one number per directory listed (``listing_digest``);
+    ``flags``: what else is kept (``Flags``)."""
     rows: dict[Key, Row] = {}
     snap = Snapshot(nodes=Rows(rows))
     children: dict[Key, list[Key]] = {}
@@ -267,7 +301,7 @@ def scan(
         if subtree:
             # a partial rescan: absent is an answer, a leaf is one node
             try:
-                one = lookup(root_fd, subtree, root_dev)
+                one = lookup(root_fd, subtree, root_dev, flags)
             except OSError as e:
                 incomplete[subtree] = e.strerror or str(e)
                 return snap
@@ -310,7 +344,7 @@ def scan(
                 children[key] = kids
                 hashes: list[int] | None = [] if digests is not None else None
                 _list(entries, fd, key, root_dev, exclude, rows, kids, stack,
-                      incomplete, skipped, temps, held, hashes)
+                      incomplete, skipped, temps, held, hashes, flags)
                 if digests is not None:
                     assert hashes is not None
                     digests[key] = listing_digest(hashes)
@@ -325,7 +359,8 @@ Listed = list[tuple[bytes, Key, Any]]
 
 
 def walk_sorted(
-    root: str, root_dev: int, exclude: Exclude | None, cancel: Cancel = NEVER
+    root: str, root_dev: int, exclude: Exclude | None, cancel: Cancel = NEVER,
+    flags: Flags = ALL_KINDS,
 ) -> Iterator[tuple[Key, Row | tuple[str] | None]]:
     """See ``SortedWalk.walk_sorted``: holds one listing per level, never the tree."""
     try:
@@ -352,7 +387,7 @@ def walk_sorted(
             if seen.st_ino != ino or seen.st_dev != dev:
                 return None
             _list(lstat_dir(fd), fd, key, root_dev, exclude, rows, kids, dirs,
-                  lost, skipped, temps, held, None)
+                  lost, skipped, temps, held, None, flags)
         except OSError:
             return None
         finally:
@@ -381,7 +416,7 @@ def walk_sorted(
                 continue
             _, k, row = kids.pop()
             yield k, row
-            if row[0] == DIR:
+            if row[0] == DIR and k in ids:  # (not a mount point left alone)
                 sub = listing(k, *ids[k])
                 if sub is None:
                     yield k, None
