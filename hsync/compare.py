@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from .cancel import NEVER, Cancel
-from .differ import Side, diff
+from .differ import Side, diff, relinks
 from .model import DELETE, Key, Plan, Snapshot
 from .planner import check_plan, plan
 from .region import Region, scan_region_pair
@@ -196,6 +196,8 @@ def plan_between(
             src, dst, None, checksum=checksum, digest=digest,
             delete=False, moves=False, replace=False,
         )
+    if options.hard_links:  # copies of one source inode made one inode again
+        changes += relinks(src, dst, changes)
     the_plan = plan(changes, dst, case_insensitive=caps.case_insensitive)
     if options.check:
         check_plan(
