@@ -23,16 +23,19 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import warnings
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from watchdog.events import (
+    DirAttribEvent,
     DirCreatedEvent,
     DirDeletedEvent,
     DirModifiedEvent,
     DirMovedEvent,
+    FileAttribEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -64,8 +67,12 @@ EVENTS: list[type[FileSystemEvent]] = [
     FileMovedEvent,
     DirMovedEvent,
     FileClosedEvent,
+    FileAttribEvent,
+    DirAttribEvent,
 ]
-"""What hsync listens to: never opens, reads or close-without-write."""
+"""What hsync listens to: never opens, reads or close-without-write. An attribute change
+(``IN_ATTRIB``: a chmod, a ``touch -h`` of a symlink, a FIFO's mtime) is metadata that
+needs no close to be complete: a round takes it at once."""
 
 _DEEP = (DirCreatedEvent, FileCreatedEvent, DirDeletedEvent, FileDeletedEvent)
 
@@ -151,8 +158,19 @@ class _Handler(FileSystemEventHandler):
         elif isinstance(event, FileModifiedEvent) and key is not None:
             # written, not closed yet: the loop waits for the close (or for quiet)
             self.sink.dirty(key, deep=False, writing=True)
+        elif isinstance(event, FileAttribEvent) and key is not None:
+            # a regular file may be open for writing still (its close, or quiet, says
+            # when it is whole); a symlink or a FIFO is never written: at once
+            self.sink.dirty(key, deep=False, writing=_regular(event.src_path))
         elif key is not None:  # closed after a write, a directory's content or metadata
             self.sink.dirty(key, deep=False)
+
+
+def _regular(path: bytes | str) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 class FsWatcher:
