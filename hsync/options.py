@@ -105,7 +105,7 @@ class Report:
         """One warning per node left out (a socket), and one for all the device nodes
         left out because only root can create them."""
         lines = []
-        devices = [k for k, why in self.skipped if why.endswith(NEEDS_ROOT)]
+        devices = sorted(k for k, why in self.skipped if why.endswith(NEEDS_ROOT))
         for key, why in self.skipped:
             if not why.endswith(NEEDS_ROOT):
                 lines.append(f"{'/'.join(key) or '.'}: {why} skipped")

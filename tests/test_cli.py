@@ -747,6 +747,28 @@ def nobody_env(base: Path) -> dict[str, str]:
     return env
 
 
+def test_device_nodes_as_a_user_are_one_warning_per_run(shared_dir: Path) -> None:
+    """Only root can create device nodes: a user's run leaves them out on both sides
+    with ONE warning (not one per node), exit 0; its FIFOs are still synced, and a
+    device already on the destination is not deleted."""
+    src = build(shared_dir / "src", {"f": b"f"})
+    for i in range(3):
+        os.mknod(src / f"tty{i}", 0o644 | stat.S_IFCHR, os.makedev(4, 64 + i))
+    os.mkfifo(src / "pipe")
+    os.chmod(src / "pipe", 0o644)
+    dst = shared_dir / "dst"
+    dst.mkdir()
+    os.mknod(dst / "tty0", 0o644 | stat.S_IFCHR, os.makedev(4, 64))
+    os.chown(dst, 65534, 65534)
+    r = ok(hsync("sync", "--delete", src, dst, env=nobody_env(shared_dir), nobody=True))
+    lines = [line for line in r.err.splitlines() if "device" in line]
+    assert len(lines) == 1 and "3 device nodes" in lines[0] and "root" in lines[0], r.err
+    assert "tty0" in lines[0]  # the first one named
+    assert stat.S_ISFIFO(os.lstat(dst / "pipe").st_mode)
+    assert not os.path.lexists(dst / "tty1")
+    assert stat.S_ISCHR(os.lstat(dst / "tty0").st_mode)  # not the user's to delete
+
+
 def test_unreadable_source_file_is_a_partial_failure(shared_dir: Path) -> None:
     src = build(shared_dir / "src", {"a": b"aaa", "sub/c": b"ccc", "sub/d": Link("c"),
                                      "secret": File(b"hidden", 0o000)})
