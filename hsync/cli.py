@@ -310,7 +310,7 @@ def sync(
             print(_stats(report))
     for line in report.skipped_lines():
         _err(f"warning: {line}")
-    for w in report.warnings:
+    for w in dict.fromkeys(report.warnings):  # a line said by several batches: once
         if not any(p.message == w for p in report.problems):
             _err(f"warning: {w}")
     for p in report.problems:

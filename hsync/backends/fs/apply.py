@@ -435,7 +435,18 @@ class Batch:
         assert node is not None
         with self.parent(op.key) as (dfd, name):
             tmp = tmp_name()
-            os.mknod(tmp, stat.S_IFMT(node.mode) | 0o600, node.size, dir_fd=dfd)
+            try:
+                os.mknod(tmp, stat.S_IFMT(node.mode) | 0o600, node.size, dir_fd=dfd)
+            except PermissionError as e:
+                if stat.S_ISFIFO(node.mode):
+                    raise
+                # root without CAP_MKNOD (a container): the destination cannot hold
+                # devices; one warning (the same line for every batch), not one per node
+                why = (f"{self.root}: device nodes cannot be created here (mknod: "
+                       f"{e.strerror}); they were left out")
+                if why not in self.result.warnings:
+                    self.result.warnings.append(why)
+                return
             try:
                 # the temporary is ours (a random name): chmod by name is not raced
                 os.chmod(tmp, stat.S_IMODE(node.mode), dir_fd=dfd)
