@@ -551,9 +551,8 @@ def relinks(source: Snapshot, destination: Snapshot, changes: Iterable[Change]) 
     or whose destination identity is unknown, is not touched here. Pure."""
     src, dst = source.nodes, destination.nodes
     touched = {c.key for c in changes} | {c.to for c in changes if c.to is not None}
-    rows = getattr(src, "rows", None)
     items = (
-        ((k, r[0], r[5]) for k, r in rows.items()) if rows is not None
+        ((k, r[0], r[5]) for k, r in src.rows.items()) if isinstance(src, Rows)
         else ((k, n.kind, n.identity) for k, n in src.items())
     )
     groups: dict[object, list[Key]] = {}

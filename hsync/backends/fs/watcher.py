@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import warnings
 from dataclasses import dataclass
 from types import TracebackType
@@ -136,6 +135,9 @@ class _Handler(FileSystemEventHandler):
     def __init__(self, base: bytes, sink: WatchSink) -> None:
         self.base = base
         self.sink = sink
+        self.open: set[Key | None] = set()
+        """Files written (IN_MODIFY) and not closed since: an attribute change of one
+        of them does not make it whole."""
 
     def _appeared_or_went(self, key: Key | None) -> None:
         """A node created, deleted, or moved in or out: its subtree, and its parent's
@@ -150,6 +152,8 @@ class _Handler(FileSystemEventHandler):
         if event.is_synthetic:
             return  # one per descendant of a moved or created directory: already covered
         key = _key_of(self.base, event.src_path)
+        if not isinstance(event, (FileModifiedEvent, FileAttribEvent)):
+            self.open.discard(key)  # closed, deleted or moved: no longer being written
         if isinstance(event, (DirMovedEvent, FileMovedEvent)):
             self._appeared_or_went(key)
             self._appeared_or_went(_key_of(self.base, event.dest_path))
@@ -157,20 +161,14 @@ class _Handler(FileSystemEventHandler):
             self._appeared_or_went(key)
         elif isinstance(event, FileModifiedEvent) and key is not None:
             # written, not closed yet: the loop waits for the close (or for quiet)
+            self.open.add(key)
             self.sink.dirty(key, deep=False, writing=True)
         elif isinstance(event, FileAttribEvent) and key is not None:
-            # a regular file may be open for writing still (its close, or quiet, says
-            # when it is whole); a symlink or a FIFO is never written: at once
-            self.sink.dirty(key, deep=False, writing=_regular(event.src_path))
+            # metadata (a chmod, a touch -h of a symlink, cp -p's utime after the
+            # close): at once, unless the file is being written (the close says when)
+            self.sink.dirty(key, deep=False, writing=key in self.open)
         elif key is not None:  # closed after a write, a directory's content or metadata
             self.sink.dirty(key, deep=False)
-
-
-def _regular(path: bytes | str) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 class FsWatcher:
