@@ -12,9 +12,23 @@ Directory: N inetOrgPerson entries (default 10,000) under nested OUs
   c  a subtree move of one OU of N/10 entries on the source, then ``hsync sync``: the ops
      it sends (target: one modrdn) and whether the destination kept the entryUUIDs.
 
+With ``--size`` (the size set: 100,000 entries unless ``--entries`` says otherwise, so
+10 OUs of 10,000), each round instead runs, interleaved, on fresh servers:
+
+  A  initial load: ``hsync sync`` into the empty suffix vs ``ldapadd -c`` (paged results:
+     the source's search spans N/2000 pages); target <= 1.3;
+  N  no-op re-sync right after it (``hsync sync`` again), against a baseline that only
+     reads both trees (``ldapsearch`` of the source and of the destination, in turn);
+  M  a subtree move of one OU of N/10 entries (one ``modrdn`` on the source), then
+     ``hsync sync``: time, the ops it sent (target: one modrdn), entryUUIDs kept;
+
+each with its peak RSS (GNU ``time``'s maximum resident set size of the measured
+process; ``/usr/bin/time`` from the ``time`` package).
+
 Every command is timed as a whole process (wall clock), like a user would run it.
 Needs slapd, ldap-utils and the LDAP plugin (``bash tests/run.sh`` installs them).
     .venv/bin/python bench/bench_ldap.py [--entries 10000] [--rounds 5]
+    .venv/bin/python bench/bench_ldap.py --size [--rounds 3] [--hsync /tmp/venv/bin/hsync]
 """
 
 from __future__ import annotations
@@ -22,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,8 +55,13 @@ from ldap_fixtures import (
     uuids,
 )
 
+HSYNC: str | None = None
+"""``--hsync``: the executable measured (a regular install: see bench/README.md)."""
+
 
 def hsync_bin() -> str:
+    if HSYNC:
+        return HSYNC
     here = Path(sys.executable).parent / "hsync"
     return str(here) if here.exists() else "hsync"
 
@@ -89,12 +109,134 @@ def timed(cmd: list[str], env: dict[str, str], stdin: str | None = None) -> tupl
     return dt, p.stdout
 
 
+TIME = shutil.which("time", path="/usr/bin:/bin")
+
+
+def measured(
+    cmd: list[str], env: dict[str, str], stdin: str | None = None
+) -> tuple[float, int, str]:
+    """``timed``, plus the peak RSS (KiB) of the process, from GNU time (0 without it):
+    the measured process is time's child, not the benchmark's, whose own high-water
+    mark would be inherited through the fork."""
+    if TIME is None:
+        dt, out = timed(cmd, env, stdin)
+        return dt, 0, out
+    with tempfile.NamedTemporaryFile("r", suffix=".rss") as f:
+        dt, out = timed([TIME, "-f", "%M", "-o", f.name, *cmd], env, stdin)
+        text = f.read().strip().splitlines()
+    return dt, int(text[-1]) if text and text[-1].isdigit() else 0, out
+
+
+def size_set(args: argparse.Namespace) -> None:
+    """The size scenario set (A, N, M): see the module's docstring."""
+    n = args.entries
+    work = Path(tempfile.mkdtemp(prefix="hsync-bench-ldap-size-"))
+    source_ldif = work / "source.ldif"
+    source_ldif.write_text(people_ldif(SRC_BASE, n))
+    dst_ldif = people_ldif(DST_BASE, n)
+    pwfile = work / "pw"
+    pwfile.write_text(PASSWORD)
+    pwfile.chmod(0o600)
+    rows: list[dict[str, float]] = []
+    moves: list[dict[str, object]] = []
+    for r in range(args.rounds):
+        row: dict[str, float] = {}
+        order = ["ldapadd", "hsync"] if r % 2 == 0 else ["hsync", "ldapadd"]
+        for tool in order:
+            server = fresh_server(work, source_ldif)
+            env = {**os.environ, **server.env(), "XDG_STATE_HOME": str(work / f"state{r}")}
+            try:
+                if tool == "ldapadd":
+                    row["ldapadd"], row["ldapadd_rss"], _ = measured(
+                        ["ldapadd", "-x", "-c", "-H", server.url, "-D", DST_ADMIN, "-y",
+                         str(pwfile)], env, dst_ldif)
+                    continue
+                sync = [hsync_bin(), "sync", "--json", "--no-progress",
+                        server.endpoint(SRC_BASE), server.endpoint(DST_BASE)]
+                row["hsync"], row["hsync_rss"], out = measured(sync, env)
+                created = json.loads(out)["counts"]["create"]
+                if created < n:
+                    raise SystemExit(f"initial sync created {created} of {n} entries")
+                # N: nothing changed; the baseline reads both trees once
+                read = 0.0
+                for base, who in ((SRC_BASE, f"cn=admin,{SRC_BASE}"), (DST_BASE, DST_ADMIN)):
+                    dt, _ = timed(["ldapsearch", "-x", "-LLL", "-H", server.url, "-D", who,
+                                   "-y", str(pwfile), "-b", base, "-E", "pr=2000/noprompt",
+                                   "(objectClass=*)", "*", "entryUUID"], env)
+                    read += dt
+                row["search"] = read
+                row["noop"], row["noop_rss"], out = measured(sync, env)
+                if sum(json.loads(out)["counts"].values()):
+                    raise SystemExit(f"the no-op re-sync changed something: {out[:500]}")
+                # M: one OU of `per` entries moved to the other group
+                before = uuids(server, DST_BASE)
+                conn = _admin(server)
+                conn.rename_s(f"ou=o0,ou=g0,{SRC_BASE}", "ou=o0moved", f"ou=g1,{SRC_BASE}", 1)
+                conn.unbind_s()
+                row["move"], row["move_rss"], out = measured(sync, env)
+                after = uuids(server, DST_BASE)
+                moved = [k for k in before if k.endswith("ou=o0,ou=g0")]
+                kept = sum(
+                    1 for k in moved
+                    if after.get(k.replace("ou=o0,ou=g0", "ou=o0moved,ou=g1")) == before[k]
+                )
+                moves.append({"entries": len(moved), "ops": json.loads(out)["counts"],
+                              "uuids_kept": kept})
+            finally:
+                server.stop()
+                shutil.rmtree(server.root, ignore_errors=True)
+        rows.append(row)
+        print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in row.items()),
+              file=sys.stderr)
+
+    def med(k: str) -> float:
+        return statistics.median(row[k] for row in rows)
+
+    def mib(k: str) -> str:
+        return f"{med(k) / 1024:.0f} MiB" if med(k) else "?"
+
+    ratios = [row["hsync"] / row["ldapadd"] for row in rows]
+    noop = [row["noop"] / row["search"] for row in rows]
+    ops = moves[-1]["ops"] if moves else {}
+    nops = sum(ops.values()) if isinstance(ops, dict) else "?"
+    pages = -(-(n + 13) // 2000)  # the people, 12 OUs and the base, 2,000 a page
+    print(f"\n{n:,} inetOrgPerson entries ({pages} pages of 2,000), {args.rounds} "
+          "interleaved rounds (whole-process wall clock, fresh slapd per run, dbnosync)\n")
+    print("| scenario | hsync | peak RSS | baseline | median ratio | target |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    print(f"| A initial load into an empty suffix | {med('hsync'):.2f} s | {mib('hsync_rss')} | "
+          f"ldapadd -c {med('ldapadd'):.2f} s ({mib('ldapadd_rss')}) | "
+          f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | <= 1.3 |")
+    print(f"| N no-op re-sync | {med('noop'):.2f} s | {mib('noop_rss')} | ldapsearch of both "
+          f"trees {med('search'):.2f} s | {statistics.median(noop):.2f} "
+          f"({min(noop):.2f}-{max(noop):.2f}) | |")
+    kept = [m["uuids_kept"] for m in moves]
+    print(f"| M move of an OU of {moves[0]['entries'] if moves else '?'} entries | "
+          f"{med('move'):.2f} s | {mib('move_rss')} | | {nops} op(s) {ops}, entryUUIDs kept "
+          f"{min(kept) if kept else '?'}/{moves[0]['entries'] if moves else '?'} | one modrdn |")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"rounds": rows, "moves": moves}, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--entries", type=int, default=10_000)
+    ap.add_argument("--entries", type=int, default=0,
+                    help="entries in the directory (default 10,000; 100,000 with --size)")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--size", action="store_true",
+                    help="the size set: initial load, no-op re-sync, move of N/10 entries")
     ap.add_argument("--out", default="", help="also write the figures as JSON here")
+    ap.add_argument("--hsync", default=None,
+                    help="hsync executable (default: the venv's, else PATH)")
     args = ap.parse_args()
+    global HSYNC
+    HSYNC = args.hsync
+    if args.size:
+        args.entries = args.entries or 100_000
+        size_set(args)
+        return
+    args.entries = args.entries or 10_000
 
     work = Path(tempfile.mkdtemp(prefix="hsync-bench-ldap-"))
     src_body = people_ldif(SRC_BASE, args.entries)

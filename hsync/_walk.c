@@ -4,9 +4,15 @@
  * reading their attributes than in the system calls. list(fd) returns, per entry of the
  * directory open as ``fd`` (read from the start, and rewound after, as os.listdir does),
  * the tuple (name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, payload hash,
- * birth time in ns or 0 where the filesystem keeps none), st_size being st_rdev for a
- * character or block device; an entry whose lstat fails
- * with anything but ENOENT is (name, None, errno, 0, 0, 0, 0, 0); one gone since readdir
+ * birth time in ns or 0 where the filesystem keeps none, st_uid, st_gid, xattrs),
+ * st_size being st_rdev for a character or block device.
+ * A file's, FIFO's or device's mode is given (and hashed) without the bits of ``strip``
+ * (list(fd, xattrs, strip, since): the set-id bits a pair cannot keep); ``xattrs`` is
+ * -2 for a node whose ctime is before ``since`` (ns; 0: none is).
+ * ``xattrs`` is -1 unless list(fd, True) asked for it, then the size llistxattr gives
+ * (0: the node has no extended attribute, nothing more to read; -1: the filesystem has
+ * none, or it failed). An entry whose lstat fails with anything but ENOENT is
+ * (name, None, errno, 0, 0, 0, 0, 0, 0, 0, -1); one gone since readdir
  * (ENOENT) is left out. Names are decoded as os.listdir decodes them (the filesystem
  * encoding with surrogateescape), so a name that is not UTF-8 survives. Symlinks are
  * never followed. hsync/backends/fs/scan.py has the same function in Python, used where
@@ -20,6 +26,8 @@
 #include <fcntl.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
+#include <stdio.h>
 #include <sys/sysmacros.h>
 #include <stdint.h>
 #include <unistd.h>
@@ -56,8 +64,14 @@ entry_hash(const char *name, const struct stat *st)
 }
 
 static PyObject *
-walk_list(PyObject *self, PyObject *arg)
+walk_list(PyObject *self, PyObject *args)
 {
+    PyObject *arg;
+    int want_xattrs = 0;
+    unsigned int strip = 0;
+    long long since = 0;
+    if (!PyArg_ParseTuple(args, "O|pIL", &arg, &want_xattrs, &strip, &since))
+        return NULL;
     int fd = PyObject_AsFileDescriptor(arg);
     if (fd < 0)
         return NULL;
@@ -107,6 +121,10 @@ walk_list(PyObject *self, PyObject *arg)
             st.st_ino = (ino_t)sx.stx_ino;
             st.st_dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
             st.st_rdev = makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
+            st.st_uid = sx.stx_uid;
+            st.st_gid = sx.stx_gid;
+            st.st_ctim.tv_sec = sx.stx_ctime.tv_sec;
+            st.st_ctim.tv_nsec = sx.stx_ctime.tv_nsec;
             if (sx.stx_mask & STATX_BTIME)
                 born = (long long)sx.stx_btime.tv_sec * 1000000000LL + sx.stx_btime.tv_nsec;
         }
@@ -122,18 +140,33 @@ walk_list(PyObject *self, PyObject *arg)
         }
         if (rc == 0 && (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)))
             st.st_size = (off_t)st.st_rdev; /* a device's payload: its number, not a size */
+        if (rc == 0 && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode))
+            st.st_mode &= ~(mode_t)strip; /* set-id bits the pair cannot keep (a file's, a
+                                             FIFO's or a device's: the apply strips them) */
+        long long xsize = -1;
+        if (rc == 0 && want_xattrs && since
+            && (long long)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec < since)
+            xsize = -2; /* its attributes did not change since then: not read */
+        else if (rc == 0 && want_xattrs) {
+            /* one call per node: most have no attribute, and the answer (0) says so */
+            char path[64 + 256];
+            snprintf(path, sizeof path, "/proc/self/fd/%d/%s", dirfd(dir), n);
+            ssize_t got = llistxattr(path, NULL, 0);
+            xsize = got < 0 ? -1 : (long long)got;
+        }
         PyObject *name = PyUnicode_DecodeFSDefault(n);
         if (name == NULL)
             goto fail;
         PyObject *item;
         if (rc != 0)
-            item = Py_BuildValue("(NOiiiiii)", name, Py_None, err, 0, 0, 0, 0, 0);
+            item = Py_BuildValue("(NOiiiiiiiii)", name, Py_None, err, 0, 0, 0, 0, 0, 0, 0, -1);
         else
             item = Py_BuildValue(
-                "(NIKLKKLL)", name, (unsigned int)st.st_mode, (unsigned long long)st.st_size,
+                "(NIKLKKLLIIL)", name, (unsigned int)st.st_mode, (unsigned long long)st.st_size,
                 (long long)st.st_mtim.tv_sec * 1000000000LL + (long long)st.st_mtim.tv_nsec,
                 (unsigned long long)st.st_ino, (unsigned long long)st.st_dev,
-                (long long)entry_hash(n, &st), born);
+                (long long)entry_hash(n, &st), born, (unsigned int)st.st_uid,
+                (unsigned int)st.st_gid, xsize);
         if (item == NULL)
             goto fail;
         rc = PyList_Append(out, item);
@@ -152,8 +185,9 @@ fail:
 }
 
 static PyMethodDef methods[] = {
-    {"list", walk_list, METH_O,
-     "list(fd) -> [(name, mode, size, mtime_ns, ino, dev, hash, btime_ns) | (name, None, errno, ...)]"},
+    {"list", walk_list, METH_VARARGS,
+     "list(fd, xattrs=False, strip=0, since=0) -> [(name, mode, size, mtime_ns, ino, dev, hash, btime_ns, uid, gid,"
+     " xattrs_size) | (name, None, errno, ...)]"},
     {NULL, NULL, 0, NULL},
 };
 

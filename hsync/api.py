@@ -19,25 +19,50 @@ _WATCH_KEYS = frozenset({"debounce", "max_delay", "rescan_interval", "poll_inter
                          "batch_ops", "verify_interval", "max_restarts"})
 
 
+_CONNECT_KEYS = ("src_bind_dn", "src_password_file", "dst_bind_dn", "dst_password_file",
+                 "ca_file", "starttls")
+"""The CLI's connection options, by the same names (``hsync.credentials.for_side``)."""
+
+
 def _options(options: dict[str, Any]) -> Any:
     from .options import Options
 
     return Options(**options)
 
 
+def _credentials(src: str, dst: str, options: dict[str, Any]) -> Any:
+    """Both sides' ``Credentials`` from (and taken out of) ``options``."""
+    from .credentials import for_side, refuse_secret_in_url
+
+    given = {k: options.pop(k) for k in _CONNECT_KEYS if k in options}
+    refuse_secret_in_url(src)
+    refuse_secret_in_url(dst)
+    ca_file, starttls = given.get("ca_file"), bool(given.get("starttls"))
+    return (
+        for_side(src, bind_dn=given.get("src_bind_dn"), ca_file=ca_file, starttls=starttls,
+                 password_file=given.get("src_password_file")),
+        for_side(dst, bind_dn=given.get("dst_bind_dn"), ca_file=ca_file, starttls=starttls,
+                 password_file=given.get("dst_password_file")),
+    )
+
+
 def sync(src: str, dst: str, **options: Any) -> Report:
     """Make ``dst`` equal to ``src`` once; options as the CLI's (``dry_run``, ``delete``,
-    ``checksum``, ``exclude``, ``max_delete``, ``state``, ...)."""
+    ``checksum``, ``exclude``, ``exclude_attrs``, ``max_delete``, ``state``, ...; for
+    LDAP ``src_bind_dn``, ``src_password_file``, ``dst_bind_dn``, ``dst_password_file``,
+    ``ca_file``, ``starttls``)."""
     from .oneshot import sync_once
 
-    return sync_once(src, dst, _options(options))
+    creds = _credentials(src, dst, options)
+    return sync_once(src, dst, _options(options), credentials=creds)
 
 
 def diff(src: str, dst: str, **options: Any) -> Plan:
     """The plan that would make ``dst`` equal to ``src`` (nothing is changed)."""
     from .oneshot import compare
 
-    return compare(src, dst, _options({"dry_run": True, **options})).plan
+    creds = _credentials(src, dst, options)
+    return compare(src, dst, _options({"dry_run": True, **options}), credentials=creds).plan
 
 
 def watch(src: str, dst: str, *, stop: threading.Event | None = None, **options: Any) -> None:
@@ -51,7 +76,8 @@ def watch(src: str, dst: str, *, stop: threading.Event | None = None, **options:
 
     wopts = WatchOptions(**{k: options.pop(k) for k in list(options) if k in _WATCH_KEYS})
     status = StatusFile(options.pop("status_file", None))
-    pw = PairWatch(src, dst, _options(options), wopts, status=status)
+    creds = _credentials(src, dst, options)
+    pw = PairWatch(src, dst, _options(options), wopts, status=status, credentials=creds)
     stop = stop if stop is not None else threading.Event()
     done = threading.Event()
 
@@ -72,7 +98,8 @@ def watch(src: str, dst: str, *, stop: threading.Event | None = None, **options:
 
 def verify(src: str, dst: str, **options: Any) -> VerifyReport:
     """Compare ``src`` and ``dst`` content and all (``hsync.verifier.VerifyReport``);
-    options: ``exclude``, ``settle``, ``repair``, ``state``, ``pending``."""
+    options: ``exclude``, ``settle``, ``repair``, ``state``, ``pending``, and what is
+    kept: ``owner``, ``group``, ``xattrs``, ``acls``, ``numeric_ids``."""
     from .verifier import verify as run
 
     return run(src, dst, **options)

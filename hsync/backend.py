@@ -3,9 +3,10 @@
 A backend opens one endpoint of a sync (a path, ``file:///abs``, ``ldap://host/BASE``,
 ...). It implements the required ``Backend`` protocol; what it can do beyond that it
 says through small optional protocols (``SortedWalk``, ``Streaming``, ``DigestScanning``,
-``BulkHashing``, ``Watchable``, ``ResumableWatchable``, ``Related``), which ``open_endpoint``
-resolves once into a frozen ``Features`` value (rclone's ``Features().Fill``). The core
-reads ``Features``; it never probes a backend with ``getattr``.
+``BulkHashing``, ``Watchable``, ``ResumableWatchable``, ``Related``, ``Metadata``), which
+``open_endpoint`` resolves once into a frozen ``Features`` value (rclone's
+``Features().Fill``). The core reads ``Features``; it never probes a backend with
+``getattr``.
 
 Every argument is a value (keys, nodes, snapshots, ops, ``Exclude`` patterns, frozen
 options) or a token the caller owns (``Cancel``, a ``WatchSink``), and every result is a
@@ -60,11 +61,15 @@ class Capabilities:
 
 @attrs.frozen
 class Credentials:
-    """How to authenticate to an endpoint (LDAP: a bind DN and its password), given by
-    a config file; the password never shows in a repr, a log or a report."""
+    """How to authenticate to an endpoint and reach it safely (LDAP: a bind DN and its
+    password, the CA file that signs the server's certificate, StartTLS), given by the
+    command line, a config file or the API (``hsync.credentials``); a field left None
+    comes from the environment. The password never shows in a repr, a log or a report."""
 
-    bind_dn: str
-    password: str = attrs.field(default="", repr=False)
+    bind_dn: str | None
+    password: str | None = attrs.field(default=None, repr=False)
+    ca_file: str | None = None
+    starttls: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -126,6 +131,59 @@ class DigestSummary:
     held: set[Key]
     count: int
     root: Row | None
+
+
+@attrs.frozen(kw_only=True)
+class Keep:
+    """Which metadata beyond kind, mode, size, mtime and target a pair keeps (SPEC 2),
+    as ``Metadata.metadata`` negotiates it: what the options ask for, narrowed to what
+    the destination can hold and the source can read. Rows and nodes carry it in their
+    ``data`` field (the filesystem: ``(uid, gid, xattrs)``, each None when not kept)."""
+
+    owner: bool = False
+    group: bool = False
+    xattrs: frozenset[str] = frozenset()
+    """Extended attribute namespaces kept: ``user``, ``trusted``, ``security``."""
+    acls: bool = False
+    """POSIX ACLs, access and default (``system.posix_acl_*``)."""
+    uids: tuple[tuple[int, int], ...] = ()
+    """Source uid -> destination uid where they differ (by name; empty with
+    ``--numeric-ids``): the source's rows carry the destination's ids."""
+    gids: tuple[tuple[int, int], ...] = ()
+    since_ns: int = 0
+    """Extended attributes and ACLs are read only from nodes whose ctime (which moves
+    whenever they change) is at or after this time (ns): on others the row's data says
+    ``model.UNREAD`` (unchanged since the last sync that left the pair equal; the core
+    has both sides read in full where that meets anything else). 0: read all."""
+
+    def signature(self) -> str:
+        """What a ``since_ns`` is valid for: the attributes it is about."""
+        return f"{','.join(sorted(self.xattrs))};acls={int(self.acls)}"
+
+    def narrowed(self, other: Keep) -> Keep:
+        """What both keep (the id maps of ``self``)."""
+        return attrs.evolve(
+            self, owner=self.owner and other.owner, group=self.group and other.group,
+            xattrs=self.xattrs & other.xattrs, acls=self.acls and other.acls,
+        )
+
+
+IdNames = tuple[dict[int, str], dict[int, str]]
+"""An endpoint's user and group names by id."""
+
+
+def id_map(src: dict[int, str], dst: dict[int, str]) -> tuple[tuple[int, int], ...]:
+    """Source id -> destination id for the names both know, where the ids differ (an id
+    without a name on either side stays as it is, as rsync does)."""
+    by_name: dict[str, int] = {}
+    for i, n in dst.items():
+        by_name.setdefault(n, i)
+    out = []
+    for i, n in sorted(src.items()):
+        j = by_name.get(n)
+        if j is not None and j != i:
+            out.append((i, j))
+    return tuple(out)
 
 
 @attrs.frozen
@@ -433,6 +491,23 @@ class ResumableWatchable(Protocol):
     def watch_from(self, sink: WatchSink, resume: Resume) -> Watch: ...
 
 
+@runtime_checkable
+class Metadata(Protocol):
+    """Nodes carry owner, group, extended attributes or ACLs (in ``Node.data``) when
+    asked: the session negotiates ``Keep`` with both endpoints once per run."""
+
+    def id_names(self) -> IdNames:
+        """The user and group names this endpoint knows, by id (a pair maps ids by
+        name, as rsync does without ``--numeric-ids``)."""
+        ...
+
+    def metadata(self, wanted: Keep) -> Keep:
+        """From now on, scans carry (and applies set) what of ``wanted`` this endpoint
+        can read (source) or hold (destination: owner only where it may chown,
+        attribute namespaces its filesystem supports); returns that."""
+        ...
+
+
 # -- the resolved features ---------------------------------------------------------------------
 @attrs.frozen(kw_only=True)
 class Features:
@@ -447,6 +522,7 @@ class Features:
     bulk_hashing: BulkHashing | None = None
     watchable: Watchable | None = None
     resumable: ResumableWatchable | None = None
+    metadata: Metadata | None = None
 
     @classmethod
     def of(cls, backend: Backend) -> Features:
@@ -459,6 +535,7 @@ class Features:
             bulk_hashing=backend if isinstance(backend, BulkHashing) else None,
             watchable=backend if isinstance(backend, Watchable) else None,
             resumable=backend if isinstance(backend, ResumableWatchable) else None,
+            metadata=backend if isinstance(backend, Metadata) else None,
         )
 
     def names(self) -> list[str]:

@@ -186,6 +186,72 @@ StateOpt = typer.Option(
 )
 
 
+SrcBindDnOpt = typer.Option(
+    None, "--src-bind-dn", metavar="DN",
+    help="LDAP: the source's bind DN (default: HSYNC_SRC_BIND_DN, else HSYNC_BIND_DN).",
+)
+DstBindDnOpt = typer.Option(
+    None, "--dst-bind-dn", metavar="DN",
+    help="LDAP: the destination's bind DN (default: HSYNC_DST_BIND_DN, else HSYNC_BIND_DN).",
+)
+SrcPasswordFileOpt = typer.Option(
+    None, "--src-password-file", metavar="FILE",
+    help="LDAP: the source's bind password, read from FILE (mode 0600; its trailing "
+    "newline is not part of it).",
+)
+DstPasswordFileOpt = typer.Option(
+    None, "--dst-password-file", metavar="FILE",
+    help="LDAP: the destination's bind password, read from FILE (mode 0600).",
+)
+CaFileOpt = typer.Option(
+    None, "--ca-file", metavar="FILE",
+    help="LDAP over TLS: the CA certificates (PEM) the servers' certificates are checked "
+    "against, for both sides (default: HSYNC_LDAP_CACERT, else the system's).",
+)
+StartTlsOpt = typer.Option(
+    False, "--starttls",
+    help="LDAP: StartTLS on every ldap:// endpoint (ldaps:// is TLS already).",
+)
+
+
+def _credentials(
+    src: str, dst: str, src_bind_dn: str | None, src_password_file: str | None,
+    dst_bind_dn: str | None, dst_password_file: str | None, ca_file: str | None,
+    starttls: bool,
+) -> Any:
+    """Both sides' ``Credentials`` (None where nothing was given); URLs that carry a
+    password are refused first, before anything names them."""
+    from .credentials import for_side, refuse_secret_in_url
+
+    refuse_secret_in_url(src)
+    refuse_secret_in_url(dst)
+    return (
+        for_side(src, bind_dn=src_bind_dn, password_file=src_password_file, ca_file=ca_file,
+                 starttls=starttls),
+        for_side(dst, bind_dn=dst_bind_dn, password_file=dst_password_file, ca_file=ca_file,
+                 starttls=starttls),
+    )
+# metadata kept (rsync -a's -o -g, and -X -A): on by default; rsync's spellings accepted
+OwnerOpt = typer.Option(
+    True, "--owner/--no-owner", "-o",
+    help="Keep owners, by name unless --numeric-ids (where the destination may chown).",
+)
+GroupOpt = typer.Option(True, "--group/--no-group", "-g", help="Keep groups (likewise).")
+XattrsOpt = typer.Option(
+    True, "--xattrs/--no-xattrs", "-X",
+    help="Keep extended attributes (user.*; trusted.*, security.* as root).",
+)
+AclsOpt = typer.Option(True, "--acls/--no-acls", "-A", help="Keep POSIX ACLs.")
+NumericIdsOpt = typer.Option(
+    False, "--numeric-ids", help="Owners and groups by number, not by name."
+)
+
+
+def _meta(owner: bool, group: bool, xattrs: bool, acls: bool, numeric_ids: bool) -> Any:
+    return {"owner": owner, "group": group, "xattrs": xattrs, "acls": acls,
+            "numeric_ids": numeric_ids}
+
+
 WaitLockOpt = typer.Option(
     False, "--wait-lock",
     help="Wait while another run syncs the same pair (default: exit 2 naming its pid).",
@@ -255,16 +321,31 @@ def sync(
         help="Append each applied op, with a timestamp, to FILE.",
     ),
     stats: bool = typer.Option(False, "--stats", help="Print a summary of the run (rsync's)."),
+    src_bind_dn: str | None = SrcBindDnOpt,
+    src_password_file: str | None = SrcPasswordFileOpt,
+    dst_bind_dn: str | None = DstBindDnOpt,
+    dst_password_file: str | None = DstPasswordFileOpt,
+    ca_file: str | None = CaFileOpt,
+    starttls: bool = StartTlsOpt,
+    owner: bool = OwnerOpt,
+    group: bool = GroupOpt,
+    xattrs: bool = XattrsOpt,
+    acls: bool = AclsOpt,
+    numeric_ids: bool = NumericIdsOpt,
 ) -> None:
     """Make DST equal to SRC (SRC's contents go into DST, like rsync SRC/ DST/)."""
     from .itemize import LogFile
     from .oneshot import sync_once
+
+    creds = _credentials(src, dst, src_bind_dn, src_password_file, dst_bind_dn,
+                         dst_password_file, ca_file, starttls)
 
     opts = _options(
         dry_run=dry_run, delete=delete, checksum=checksum, exclude=exclude,
         exclude_from=exclude_from, exclude_attr=exclude_attr, max_delete=max_delete,
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links, wait_lock=wait_lock,
+        **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(
         opts, include, filter_rule, delete_excluded, copy_unstable=copy_unstable,
@@ -286,6 +367,7 @@ def sync(
             src, dst, opts,
             on_planned=bar.start if bar else None,
             on_done=_both(bar.advance if bar else None, items.done if items.wanted else None),
+            credentials=creds,
         )
         if log is not None:
             for p in report.problems:
@@ -422,9 +504,23 @@ def diff(
     specials: bool = SpecialsOpt,
     one_file_system: bool = OneFsOpt,
     state: str | None = StateOpt,
+    src_bind_dn: str | None = SrcBindDnOpt,
+    src_password_file: str | None = SrcPasswordFileOpt,
+    dst_bind_dn: str | None = DstBindDnOpt,
+    dst_password_file: str | None = DstPasswordFileOpt,
+    ca_file: str | None = CaFileOpt,
+    starttls: bool = StartTlsOpt,
+    owner: bool = OwnerOpt,
+    group: bool = GroupOpt,
+    xattrs: bool = XattrsOpt,
+    acls: bool = AclsOpt,
+    numeric_ids: bool = NumericIdsOpt,
 ) -> None:
     """Print the plan that would make DST equal to SRC. Exit 0 in sync, 1 differ."""
     from .oneshot import compare
+
+    creds = _credentials(src, dst, src_bind_dn, src_password_file, dst_bind_dn,
+                         dst_password_file, ca_file, starttls)
 
     if json_out and tree:
         raise typer.BadParameter("--json and --tree are exclusive")
@@ -432,10 +528,11 @@ def diff(
         checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         exclude_attr=exclude_attr, state=state, delete=not no_delete, dry_run=True,
         allow_empty_source=True, hard_links=hard_links,
+        **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded, specials=specials,
                      one_file_system=one_file_system)
-    cmp = compare(src, dst, opts)
+    cmp = compare(src, dst, opts, credentials=creds)
     the_plan = cmp.plan
     if json_out:
         print(json.dumps(the_plan.to_json(), indent=1))
@@ -500,6 +597,7 @@ def watch(
     include: list[str] = IncludeOpt,
     filter_rule: list[str] = FilterOpt,
     delete_excluded: bool = DeleteExcludedOpt,
+    exclude_attr: list[str] = ExcludeAttrOpt,
     max_delete: int | None = typer.Option(
         None, "--max-delete", min=0, metavar="N",
         help="Delete nothing in a round when more than N deletions are due.",
@@ -518,17 +616,33 @@ def watch(
     one_file_system: bool = OneFsOpt,
     log_format: str = LogFormatOpt,
     log_level: str = LogLevelOpt,
+    src_bind_dn: str | None = SrcBindDnOpt,
+    src_password_file: str | None = SrcPasswordFileOpt,
+    dst_bind_dn: str | None = DstBindDnOpt,
+    dst_password_file: str | None = DstPasswordFileOpt,
+    ca_file: str | None = CaFileOpt,
+    starttls: bool = StartTlsOpt,
+    owner: bool = OwnerOpt,
+    group: bool = GroupOpt,
+    xattrs: bool = XattrsOpt,
+    acls: bool = AclsOpt,
+    numeric_ids: bool = NumericIdsOpt,
 ) -> None:
     """Keep DST equal to SRC until stopped (SIGTERM/SIGINT): a full comparison, then
     only what changes."""
     from .daemon import PairConfig, Supervisor, serve, setup_logging
     from .live import WatchOptions
 
+    creds = _credentials(src, dst, src_bind_dn, src_password_file, dst_bind_dn,
+                         dst_password_file, ca_file, starttls)
+
     _log_setup(setup_logging, log_format, log_level)
     opts = _options(
         delete=delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
-        max_delete=max_delete, state=state, allow_empty_source=allow_empty_source, fsync=fsync,
+        exclude_attr=exclude_attr, max_delete=max_delete, state=state,
+        allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links, wait_lock=wait_lock,
+        **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded, sparse=sparse,
                      specials=specials, one_file_system=one_file_system)
@@ -537,8 +651,8 @@ def watch(
         rescan_interval=rescan_interval or None, poll_interval=poll_interval,
         verify_interval=verify_interval or None,
     )
-    _check_endpoints(src, dst)
-    sup = Supervisor((PairConfig(src, src, dst, opts, wopts),), status_file, once=True)
+    _check_endpoints(src, dst, creds)
+    sup = Supervisor((PairConfig(src, src, dst, opts, wopts, creds),), status_file, once=True)
     raise typer.Exit(serve(sup, debug=_state["debug"]))
 
 
@@ -632,12 +746,12 @@ def _log_setup(setup: Callable[[str, str], None], fmt: str, level: str) -> None:
     setup(fmt, "debug" if _state["debug"] else level)
 
 
-def _check_endpoints(src: str, dst: str) -> None:
+def _check_endpoints(src: str, dst: str, credentials: Any = (None, None)) -> None:
     """The checks of SPEC section 8 before any thread starts: a bad pair is one line
     and exit 2, like ``sync``."""
     from .session import PairSession
 
-    PairSession(src, dst, history=False).close()
+    PairSession(src, dst, history=False, credentials=credentials).close()
 
 
 @app.command()
@@ -656,13 +770,19 @@ def verify(
     exclude: list[str] = ExcludeOpt,
     exclude_from: list[str] = ExcludeFromOpt,
     state: str | None = StateOpt,
+    owner: bool = OwnerOpt,
+    group: bool = GroupOpt,
+    xattrs: bool = XattrsOpt,
+    acls: bool = AclsOpt,
+    numeric_ids: bool = NumericIdsOpt,
 ) -> None:
     """Compare SRC and DST content and all (xxhash). Exit 0 consistent, 1 differences."""
     from .verifier import verify as run_verify
 
     opts = _options(exclude=exclude, exclude_from=exclude_from)
     report = run_verify(
-        src, dst, exclude=opts.exclude, settle=settle, repair=repair, state=state
+        src, dst, exclude=opts.exclude, settle=settle, repair=repair, state=state,
+        **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     if json_out:
         print(json.dumps(report.to_json(), indent=2))

@@ -24,7 +24,7 @@ import attrs
 
 from .cancel import NEVER, Cancel
 from .differ import Side, diff, relinks
-from .model import DELETE, Key, Plan, Snapshot
+from .model import DELETE, Key, Plan, Rows, Snapshot, has_unread, same_row
 from .planner import check_plan, plan
 from .region import Region, scan_region_pair
 from .session import PairSession
@@ -142,6 +142,36 @@ def _in_thread(scan: Callable[[], Snapshot]) -> Callable[[], Snapshot]:
     return collect
 
 
+def read_unread(session: PairSession, src: Snapshot, dst: Snapshot) -> None:
+    """Where a row whose attributes were not read (``model.UNREAD``: unchanged since
+    the last sync that left the pair equal) meets anything but the same row on the
+    other side (another payload, nothing), read that node in full (``Backend.stat``):
+    a change on either side moved that side's ctime, so what was not read is what the
+    last sync left, and the other side's attributes are compared with it as read."""
+    keep = session.keep
+    if keep is None or not keep.since_ns:
+        return
+    if not isinstance(src.nodes, Rows) or not isinstance(dst.nodes, Rows):
+        return
+    for snap, other, backend in (
+        (src, dst.nodes.rows, session.source.backend),
+        (dst, src.nodes.rows, session.destination.backend),
+    ):
+        assert isinstance(snap.nodes, Rows)
+        rows = snap.nodes.rows
+        todo = [k for k, r in rows.items() if has_unread(r[6])
+                and ((o := other.get(k)) is None or not same_row(r, o))]
+        for k in todo:
+            try:
+                node = backend.stat(k)
+            except OSError:
+                continue
+            r = rows[k]
+            if node is not None and node.kind == r[0]:
+                rows[k] = (*r[:6], node.data)
+                snap.nodes._cache.pop(k, None)
+
+
 def plan_between(
     session: PairSession, src: Snapshot, dst: Snapshot, *, checksum: bool = False,
     whole: bool = False,
@@ -156,6 +186,7 @@ def plan_between(
     options = session.options
     checksum = checksum or options.checksum
     source, destination = session.source.backend, session.destination.backend
+    read_unread(session, src, dst)
     caps = session.destination.capabilities
     digests: dict[tuple[Side, Key], bytes | None] = {}
 

@@ -26,6 +26,8 @@ from typing import Any
 import attrs
 
 from .backend import Credentials
+from .credentials import for_side, refuse_secret_in_url
+from .credentials import private as private_mode
 from .errors import EXIT_OK, HsyncError, UsageError
 from .itemize import escape
 from .live import PairWatch, StatusFile, WatchOptions
@@ -42,6 +44,7 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "destination": str,
     "exclude": list,
     "exclude_from": list,
+    "exclude_attr": list,
     "include": list,
     "filter": list,
     "delete_excluded": bool,
@@ -55,6 +58,11 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "sparse": bool,
     "specials": bool,
     "one_file_system": bool,
+    "owner": bool,
+    "group": bool,
+    "xattrs": bool,
+    "acls": bool,
+    "numeric_ids": bool,
     "debounce_ms": (int, float),
     "max_delay_ms": (int, float),
     "settle_s": (int, float),
@@ -67,7 +75,11 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "destination_bind_dn": str,
     "destination_bind_password": str,
     "destination_bind_password_file": str,
+    "ca_file": str,
+    "starttls": bool,
 }
+_META_KEYS = ("owner", "group", "xattrs", "acls", "numeric_ids")
+"""Metadata kept (``Options``: all but numeric_ids on by default)."""
 _TOP_KEYS: dict[str, type | tuple[type, ...]] = {
     "status_file": str,
     "log_format": str,
@@ -174,6 +186,10 @@ def pair_config(
     for need in ("source", "destination"):
         if need not in raw:
             raise UsageError(f"{where}: {need} is missing")
+        try:
+            refuse_secret_in_url(raw[need])
+        except UsageError as e:
+            raise UsageError(f"{where}: {e}") from None
     patterns = [str(p) for p in raw.get("exclude", [])]
     for f in raw.get("exclude_from", []):
         path = Path(f) if base is None or Path(f).is_absolute() else base / f
@@ -191,6 +207,7 @@ def pair_config(
         delete=raw.get("delete"),
         checksum=raw.get("checksum", False),
         exclude=tuple(patterns),
+        exclude_attrs=tuple(str(a) for a in raw.get("exclude_attr", [])),
         include=tuple(str(p) for p in raw.get("include", [])),
         filters=tuple(str(r) for r in raw.get("filter", [])),
         delete_excluded=raw.get("delete_excluded", False),
@@ -202,6 +219,7 @@ def pair_config(
         sparse=raw.get("sparse", True),
         specials=raw.get("specials", True),
         one_file_system=raw.get("one_file_system", False),
+        **{k: raw[k] for k in _META_KEYS if k in raw},
         check=debug,
     )
     from .filters import parse_rule
@@ -231,36 +249,32 @@ def pair_config(
 def _credentials(
     where: str, raw: dict[str, Any], side: str, base: Path | None, private: bool
 ) -> Credentials | None:
-    """A side's bind DN and password from the config (SPEC 9: "or the config file").
-    A password is read from ``*_bind_password_file``, or given inline only in a config
-    file that nobody else can read."""
+    """A side's bind DN and password from the config (SPEC 9: "or the config file"),
+    and the pair's TLS settings (``ca_file``, ``starttls``) for a side that connects to
+    a server. A password is read from ``*_bind_password_file`` (a file nobody else can
+    read), or given inline only in a config file that nobody else can read."""
     dn = raw.get(f"{side}_bind_dn")
     inline = raw.get(f"{side}_bind_password")
     pw_file = raw.get(f"{side}_bind_password_file")
-    if dn is None:
-        if inline is not None or pw_file is not None:
-            raise UsageError(f"{where}: {side}_bind_password without {side}_bind_dn")
-        return None
+    if dn is None and (inline is not None or pw_file is not None):
+        raise UsageError(f"{where}: {side}_bind_password without {side}_bind_dn")
     if inline is not None and pw_file is not None:
         raise UsageError(
             f"{where}: {side}_bind_password and {side}_bind_password_file are exclusive"
         )
-    password = ""
-    if inline is not None:
-        if not private:
-            raise UsageError(
-                f"{where}: {side}_bind_password in a config file that others can read "
-                "(chmod 600 it, or use a password file)"
-            )
-        password = inline
-    elif pw_file is not None:
-        path = Path(pw_file) if base is None or Path(pw_file).is_absolute() else base / pw_file
-        try:
-            password = path.read_text().rstrip("\n")
-        except OSError as e:
-            raise UsageError(f"{where}: {path}: cannot read the password file: {e.strerror}") \
-                from None
-    return Credentials(dn, password)
+    if inline is not None and not private:
+        raise UsageError(
+            f"{where}: {side}_bind_password in a config file that others can read "
+            "(chmod 600 it, or use a password file)"
+        )
+    found = for_side(
+        raw[side], bind_dn=dn, password_file=pw_file, ca_file=raw.get("ca_file"),
+        starttls=raw.get("starttls", False), base=base, where=where,
+    )
+    if found is not None and dn is not None and found.password is None:
+        # a bind DN from the config binds with the config's password, or none
+        found = attrs.evolve(found, password=inline or "")
+    return found
 
 
 def _relative_to(base: Path | None, location: str) -> str:
@@ -276,7 +290,7 @@ def load_config(path: str, *, debug: bool = False) -> Config:
     """Read and check ``path``; every mistake is one ``UsageError`` naming it."""
     try:
         with open(path, "rb") as f:
-            private = not os.fstat(f.fileno()).st_mode & 0o077
+            is_private = private_mode(os.fstat(f.fileno()).st_mode)
             doc = tomllib.load(f)
     except OSError as e:
         raise UsageError(f"{path}: cannot read the config: {e.strerror}") from None
@@ -295,7 +309,8 @@ def load_config(path: str, *, debug: bool = False) -> Config:
             raise UsageError(f"{path}: pair {i} must be a table ([[pair]])")
         where = f"{path}: pair {raw.get('name', i)!s}"
         pairs.append(
-            pair_config(where, {**defaults, **raw}, debug=debug, base=base, private=private)
+            pair_config(where, {**defaults, **raw}, debug=debug, base=base,
+                        private=is_private)
         )
     names = [p.name for p in pairs]
     dup = {n for n in names if names.count(n) > 1}

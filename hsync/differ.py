@@ -428,7 +428,7 @@ def diff(
             dr = rget(k)
             if dr is None:
                 new.append(k)
-            elif dr[:5] != r[:5]:
+            elif dr[:5] != r[:5] or dr[6:] != r[6:]:  # not same_row, inline
                 changed.append(k)
             elif checksum and r[0] == FILE:
                 same_size.append(k)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 
 from .backend import DigestScan
 from .history import History
-from .model import CONTAINERS, Key, Row, Rows, Snapshot
+from .model import CONTAINERS, Key, Row, Rows, Snapshot, same_row
 from .region import Region, context_keys
 from .session import PairSession
 
@@ -86,7 +86,7 @@ def listing_region(
     deep: list[Key] = []
     shallow: list[Key] = []
     theirs_in: dict[Key, Row] = {}
-    if src_root is not None and dst_root is not None and src_root[:5] != dst_root[:5]:
+    if src_root is not None and dst_root is not None and not same_row(src_root, dst_root):
         shallow.append(())
     for d, listing in dst_listings.items():
         theirs = dict(listing)
@@ -97,7 +97,7 @@ def listing_region(
             if b is None:
                 deep.append(c)
                 continue
-            if a[:5] == b[:5]:
+            if a[:5] == b[:5] and a[6:] == b[6:]:  # same_row, inline
                 continue
             theirs_in[c] = b
             if a[0] != b[0] or a[0] not in CONTAINERS:

@@ -26,7 +26,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
-from .model import ENTRY, Fingerprint, Key, Node, Snapshot, fingerprint
+from .model import ENTRY, Fingerprint, Key, Node, Snapshot, data_digest, fingerprint
 
 SCHEMA_VERSION = 6
 _SEP = "\0"
@@ -261,12 +261,38 @@ class History:
             for key, ident, kind, size, mtime, target, mode, fp in rows:
                 yield _dec(key), (kind, mode or 0, size, mtime, _dec_text(target), ident, fp)
 
+    def meta_since(self, signature: str) -> int:
+        """When the last sync that left this pair equal began (ns), for attributes of
+        ``signature`` (``Keep.signature``); 0 when unknown or for other attributes,
+        or when the history is not complete."""
+        if not self.complete:
+            return 0
+        try:
+            row = self.db.execute(
+                "SELECT value FROM meta WHERE name=?", (f"since:{self.pair}",)
+            ).fetchone()
+        except sqlite3.DatabaseError:
+            return 0
+        if row is None:
+            return 0
+        when, _, sig = str(row[0]).partition(" ")
+        return int(when) if sig == signature and when.isdigit() else 0
+
     # -- writing ------------------------------------------------------------------------
+    def set_meta_since(self, when_ns: int, signature: str) -> None:
+        """A sync that began at ``when_ns`` left the pair equal (``meta_since``)."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta VALUES (?,?)",
+                (f"since:{self.pair}", f"{when_ns} {signature}"),
+            )
+
     def forget(self) -> None:
         """Stop trusting the history of this pair until the next full record (a killed
         run's batch may have left the destination anywhere; see ``journal.recover``)."""
         with self.db:
             self.db.execute("UPDATE pairs SET complete=0 WHERE pair=?", (self.pair,))
+            self.db.execute("DELETE FROM meta WHERE name=?", (f"since:{self.pair}",))
             self.db.execute("DELETE FROM resume WHERE pair=?", (self.pair,))
 
     def save_resume(self, token: bytes, context: str) -> None:
@@ -319,13 +345,19 @@ class History:
                 ((self.pair, encode_key(k)) for k in drop_keys),
             )
             db.executemany(
-                "INSERT OR REPLACE INTO nodes VALUES (?,?,?,?,?,?,?,?,?)",
+                # a node whose attributes were not read (unchanged: "?") keeps the
+                # digest it had
+                "INSERT INTO nodes VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(pair, key) DO "
+                "UPDATE SET ident=excluded.ident, kind=excluded.kind, size=excluded.size, "
+                "mtime=excluded.mtime, target=excluded.target, mode=excluded.mode, "
+                "fp=CASE WHEN excluded.fp='?' THEN nodes.fp ELSE excluded.fp END",
                 (
                     (
                         self.pair, encode_key(k), identity_form(n.identity), n.kind,
                         n.size, n.mtime_ns,
                         _enc_text(n.target), n.mode,
-                        (fps.get(k) or fingerprint(n.data)) if n.kind == ENTRY else None,
+                        (fps.get(k) or fingerprint(n.data)) if n.kind == ENTRY
+                        else data_digest(n.kind, n.data),
                     )
                     for k in set_keys
                     if (n := nodes.get(k)) is not None

@@ -45,7 +45,8 @@ class Node:
     payload at their defaults (a symlink's mode and mtime, a directory's size).
     ``identity`` survives renames on the side that was scanned (an inode, an entryUUID);
     it is never compared. ``data`` is a backend's extra payload (LDAP
-    attributes as a sorted tuple of ``(name, frozenset(values))``).
+    attributes as a sorted tuple of ``(name, frozenset(values))``; a file's owner,
+    group and extended attributes, ``hsync.backends.fs.meta``).
     """
 
     kind: str
@@ -81,6 +82,39 @@ def fingerprint(data: Any) -> str:
             add(v)
         add(b"\n")
     return hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+UNREAD = "unread"
+"""In a node's data: a part not read because it did not change since the last sync
+that left the pair equal (``backend.Keep.since_ns``); equal to itself on both sides,
+read in full (``Backend.stat``) where it meets anything else (``compare``)."""
+
+
+def has_unread(data: Any) -> bool:
+    """True when ``data`` holds ``UNREAD`` (a filesystem row's attributes)."""
+    return type(data) is tuple and UNREAD in data
+
+
+_DIGESTS: dict[Any, str] = {}
+
+
+def data_digest(kind: str, data: Any) -> str | None:
+    """What the history keeps of a node's ``data``: an entry's ``fingerprint``; for
+    other nodes a digest of its value (owner, group, attributes), None for None."""
+    if kind == ENTRY:
+        return fingerprint(data)
+    if data is None:
+        return None
+    if isinstance(data, Fingerprint):
+        return data.digest
+    if has_unread(data):
+        return "?"  # unknown here: the history keeps what it had (``History.record``)
+    found = _DIGESTS.get(data)
+    if found is None:
+        found = hashlib.sha256(repr(data).encode()).hexdigest()
+        if len(_DIGESTS) < 4096:  # most nodes share a few owners and no attribute
+            _DIGESTS[data] = found
+    return found
 
 
 def same_content(a: Node, b: Node) -> bool:
@@ -121,8 +155,15 @@ def key_dn(key: Key) -> str:
     return ",".join(reversed(key))
 
 
-Row = tuple[str, int, int, int, "str | None", "int | str | None"]
-"""A node as a scanner stores it: (kind, mode, size, mtime_ns, target, identity)."""
+Row = tuple[str, int, int, int, "str | None", "int | str | None", Any]
+"""A node as a scanner stores it: (kind, mode, size, mtime_ns, target, identity, data).
+Payload: every field but the identity (``same_row``). A filesystem row's ``data`` is
+its owner, group and extended attributes as the pair keeps them, or None."""
+
+
+def same_row(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Two rows have the same payload (the identity, ``[5]``, is not compared)."""
+    return a[:5] == b[:5] and a[6:] == b[6:]
 
 
 class Rows(Mapping[Key, Node]):
@@ -130,7 +171,7 @@ class Rows(Mapping[Key, Node]):
 
     A scan of a million nodes keeps one small tuple per node; a ``Node`` is built only
     for a key that is looked at (diff compares rows directly, and on a re-sync it looks
-    at few keys). Rows of the first five fields compare as payloads.
+    at few keys). Rows compare as payloads without their identity (``same_row``).
     """
 
     __slots__ = ("_cache", "rows")

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from .apply import ONE_SHOT, STREAMED, apply_plan, record
+from .backend import Credentials
 from .cancel import NEVER, Cancel
 from .compare import Comparison, compare_trees
 from .model import FILE, Key, Op, Plan, Problem, Rows, Snapshot
@@ -22,16 +23,21 @@ def sync_once(
     on_planned: Callable[[Plan], None] | None = None,
     on_done: Callable[[Op], None] | None = None,
     cancel: Cancel = NEVER,
+    credentials: tuple[Credentials | None, Credentials | None] = (None, None),
 ) -> Report:
     """Make ``destination_url`` equal to ``source_url`` once; the report says how it went.
 
     ``on_planned`` gets the plan before anything is applied; an initial copy into an
     empty destination is streamed (it has no plan of the whole tree) only without it."""
     t0 = time.perf_counter()
-    with PairSession(source_url, destination_url, options) as session:
+    with PairSession(source_url, destination_url, options, credentials=credentials) as session:
         if _streams(session, on_planned):
+            started = time.time_ns()
             report = _streamed(session, on_done, cancel)
+            if not report.problems:
+                session.mark_equal(started)
         else:
+            started = time.time_ns()
             cmp = compare_trees(session, cancel=cancel)
             report = _report(session, cmp)
             if on_planned is not None:
@@ -45,16 +51,24 @@ def sync_once(
                 report.bytes_copied = applied.bytes_copied
                 report.problems.extend(applied.problems)
                 report.warnings.extend(applied.warnings)
+                if not report.problems and not cmp.warnings:
+                    session.mark_equal(started)
         report.notices = list(session.notices)
     report.source, report.destination = source_url, destination_url
     report.elapsed = time.perf_counter() - t0
     return report
 
 
-def compare(source_url: str, destination_url: str, options: Options = DEFAULT) -> Comparison:
+def compare(
+    source_url: str,
+    destination_url: str,
+    options: Options = DEFAULT,
+    *,
+    credentials: tuple[Credentials | None, Credentials | None] = (None, None),
+) -> Comparison:
     """The comparison ``hsync diff`` prints: both trees scanned, the plan between them;
     nothing is written. The endpoints are closed when it returns."""
-    with PairSession(source_url, destination_url, options) as session:
+    with PairSession(source_url, destination_url, options, credentials=credentials) as session:
         return compare_trees(session)
 
 

@@ -55,6 +55,16 @@ class Options:
     """FIFOs, and device nodes when root, are synced (rsync -D; ``--no-specials``)."""
     one_file_system: bool = False
     """Mount points below either root are not crossed (rsync -x)."""
+    owner: bool = True
+    """Keep owners (where the destination may chown: root, CAP_CHOWN); rsync -o."""
+    group: bool = True
+    """Keep groups (likewise); rsync -g."""
+    xattrs: bool = True
+    """Keep extended attributes: user.*, and trusted.*, security.* as root; rsync -X."""
+    acls: bool = True
+    """Keep POSIX ACLs, access and default; rsync -A."""
+    numeric_ids: bool = False
+    """Owners and groups by number, not by name (rsync --numeric-ids)."""
 
 
 @attrs.define

@@ -22,7 +22,7 @@ import attrs
 from .cancel import NEVER, Cancel
 from .errors import SafetyError
 from .filters import Exclude
-from .model import CONTAINERS, DIR, ENTRY, Key, Node, Snapshot, fingerprint
+from .model import CONTAINERS, DIR, Key, Node, Snapshot, data_digest
 
 if TYPE_CHECKING:
     from .backend import Endpoint
@@ -272,16 +272,19 @@ def _counted(
 
 
 def _row(node: Node) -> tuple[Any, ...]:
-    fp = fingerprint(node.data) if node.kind == ENTRY else None
+    fp = data_digest(node.kind, node.data)
     return (node.kind, node.mode, node.size, node.mtime_ns, node.target, node.identity, fp)
 
 
 def _differs(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
-    """Payloads differ: the row's first five fields, and an entry's fingerprint."""
+    """Payloads differ: the row's first five fields, and the digest of its data (an
+    entry's fingerprint; a file's owner, group, attributes) the history keeps."""
     if tuple(a[:5]) != tuple(b[:5]):
         return True
     fa = a[6] if len(a) > 6 else None
     fb = b[6] if len(b) > 6 else None
+    if fa is not None and type(fa) is not str:  # a scanned row's data, not a digest
+        fa = data_digest(a[0], fa)
     return fa != fb
 
 

@@ -16,14 +16,19 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+import attrs
+
 from .backend import (
     Credentials,
     Endpoint,
+    Keep,
     ScanConfigurable,
     ScanOptions,
+    id_map,
     open_endpoint,
     relation,
 )
+from .credentials import refuse_secret_in_url
 from .errors import SafetyError, UsageError
 from .filters import build as build_filter
 from .model import Key
@@ -50,6 +55,8 @@ class PairSession:
         credentials: tuple[Credentials | None, Credentials | None] = (None, None),
         history: bool = True,
     ) -> None:
+        refuse_secret_in_url(source_url)
+        refuse_secret_in_url(destination_url)
         self.options = options
         self.exclude = build_filter(options.exclude, options.include, options.filters)
         self.destination_exclude = None if options.delete_excluded else self.exclude
@@ -79,6 +86,8 @@ class PairSession:
                 ep.backend.configure_scan(scans)
         try:
             self._check_pair()
+            self.keep = negotiate(self.source, self.destination, options, self.notices)
+            """The metadata this pair keeps (None: neither endpoint carries any)."""
             self.check_source_root()
             self._check_destination_root()
             if history and not options.dry_run:
@@ -87,6 +96,7 @@ class PairSession:
                 self.history = open_history(
                     self.source, self.destination, options, self.notices)
                 self.journal = _journal_for(self.history)
+                self._attributes_since()
             self._check_destination_was_there()
             self.deletes_allowed = self._may_delete()
         except BaseException:
@@ -115,6 +125,28 @@ class PairSession:
         self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    def _attributes_since(self) -> None:
+        """Tell both endpoints when the last sync that left the pair equal began: only
+        nodes whose ctime moved since have their attributes read (``Keep.since_ns``)."""
+        keep, history = self.keep, self.history
+        if keep is None or history is None or not (keep.xattrs or keep.acls):
+            return
+        since = history.meta_since(keep.signature())
+        src, dst = self.source.features.metadata, self.destination.features.metadata
+        if since and src is not None and dst is not None:
+            self.keep = attrs.evolve(keep, since_ns=since)
+            src.metadata(self.keep)
+            dst.metadata(attrs.evolve(self.keep, uids=(), gids=()))
+
+    def mark_equal(self, started_ns: int) -> None:
+        """A sync whose scans began at ``started_ns`` left the pair equal (no problem):
+        attributes of nodes unchanged since then need not be read again."""
+        if self.keep is not None and self.history is not None and (
+            self.keep.xattrs or self.keep.acls
+        ):
+            # a margin for the coarse clock ctimes are taken from
+            self.history.set_meta_since(started_ns - 2_000_000_000, self.keep.signature())
 
     # -- the rules of SPEC 8 ----------------------------------------------------------------
     def _check_pair(self) -> None:
@@ -214,6 +246,45 @@ class PairSession:
         """The history when it is complete (moves may be taken from it), else None."""
         h = self.history
         return h if h is not None and h.complete else None
+
+
+_WHAT = {"user": "user.* extended attributes", "trusted": "trusted.* extended attributes",
+         "security": "security.* extended attributes"}
+
+
+def negotiate(
+    source: Endpoint, destination: Endpoint, options: Options, notices: list[str]
+) -> Keep | None:
+    """What metadata the pair keeps (SPEC 2), told to both endpoints before any scan:
+    what the options ask for, narrowed to what the source can read and the destination
+    can hold (owner and group only where it may chown, attribute namespaces its
+    filesystem has), owners and groups mapped by name unless ``--numeric-ids``. What the
+    destination's filesystem cannot hold is said once, in ``notices``; the rest syncs."""
+    src, dst = source.features.metadata, destination.features.metadata
+    if src is None or dst is None:
+        return None
+    wanted = Keep(
+        owner=options.owner, group=options.group, acls=options.acls,
+        xattrs=frozenset(("user", "trusted", "security") if options.xattrs else ()),
+    )
+    readable = src.metadata(wanted)
+    keep = dst.metadata(readable)
+    lost = [_WHAT[ns] for ns in sorted(readable.xattrs - keep.xattrs)]
+    if readable.acls and not keep.acls:
+        lost.append("POSIX ACLs")
+    if lost:
+        notices.append(
+            f"{destination.url}: its filesystem cannot keep {', '.join(lost)}: "
+            f"not synced (--no-xattrs, --no-acls to say so)"
+        )
+    if (keep.owner or keep.group) and not options.numeric_ids:
+        (su, sg), (du, dg) = src.id_names(), dst.id_names()
+        if (su, sg) != (du, dg):  # the same names for the same ids: one host, as is
+            keep = attrs.evolve(keep, uids=id_map(su, du) if keep.owner else (),
+                                gids=id_map(sg, dg) if keep.group else ())
+    src.metadata(keep)  # the source's rows carry the destination's ids
+    dst.metadata(attrs.evolve(keep, uids=(), gids=()))
+    return keep
 
 
 def open_history(

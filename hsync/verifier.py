@@ -161,7 +161,27 @@ def _meta_diff(s: Node, d: Node) -> str:
     if s.target != d.target:
         out.append("symlink target")
     if s.data != d.data:
-        out.append("attributes")
+        out.append(_data_diff(s.data, d.data))
+    return ", ".join(out)
+
+
+def _data_diff(s: Any, d: Any) -> str:
+    """A filesystem node's owner, group and extended attributes (``(uid, gid,
+    xattrs)``) named where they differ; "attributes" for other data (LDAP)."""
+    if not (isinstance(s, tuple) and isinstance(d, tuple) and len(s) == len(d) == 3):
+        return "attributes"
+    out = []
+    if s[0] != d[0]:
+        out.append(f"owner {s[0]} != {d[0]}")
+    if s[1] != d[1]:
+        out.append(f"group {s[1]} != {d[1]}")
+    a, b = dict(s[2] or ()), dict(d[2] or ())
+    names = sorted(n for n in a.keys() | b.keys() if a.get(n) != b.get(n))
+    acls = [n for n in names if n.startswith("system.posix_acl_")]
+    if acls:
+        out.append("ACL " + ", ".join(n.rsplit("_", 1)[1] for n in acls))
+    if len(acls) < len(names):
+        out.append("xattrs " + ", ".join(n for n in names if n not in acls))
     return ", ".join(out)
 
 
@@ -293,7 +313,7 @@ class Verifier:
             if fast:
                 assert sr is not None and dr is not None
                 a, b = sr.get(key), dr.get(key)
-                if a is not None and b is not None and a[:5] == b[:5]:
+                if a is not None and b is not None and a[:5] == b[:5] and a[6:] == b[6:]:
                     if a[0] == FILE:
                         to_hash.append(key)
                     continue
@@ -406,15 +426,19 @@ def verify(
     on_candidate: Callable[[Difference], None] | None = None,
     chunk_files: int = CHUNK_FILES,
     chunk_bytes: int = CHUNK_BYTES,
+    **metadata: Any,
 ) -> VerifyReport:
     """Compare ``src`` and ``dst`` content and all; with ``repair``, fix what differs
-    through a checksum sync (the pipeline of ``hsync.sync``). Raises ``HsyncError`` for
-    bad input (exit 2)."""
+    through a checksum sync (the pipeline of ``hsync.sync``). ``metadata``: the
+    ``Options`` of what is kept (``owner``, ``group``, ``xattrs``, ``acls``,
+    ``numeric_ids``). Raises ``HsyncError`` for bad input (exit 2)."""
     from .oneshot import sync_once
     from .options import Options
     from .session import PairSession
 
-    options = Options(checksum=True, exclude=tuple(exclude), state=state)
+    options = attrs.evolve(
+        Options(checksum=True, exclude=tuple(exclude), state=state), **metadata
+    )
     with PairSession(src, dst, options, history=False) as session:
         if session.destination.backend.root_id() is None:
             raise UsageError(f"{session.destination.url}: destination does not exist")

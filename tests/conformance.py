@@ -28,6 +28,7 @@ from hsync.backend import (
     BulkHashing,
     DigestScanning,
     Features,
+    Metadata,
     Related,
     ResumableWatchable,
     SortedWalk,
@@ -214,6 +215,7 @@ class BackendConformance:
                 "related": Related, "sorted_walk": SortedWalk, "streaming": Streaming,
                 "digest_scanning": DigestScanning, "bulk_hashing": BulkHashing,
                 "watchable": Watchable, "resumable": ResumableWatchable,
+                "metadata": Metadata,
             }
             for name, proto in protocols.items():
                 claimed = getattr(features, name)
@@ -222,7 +224,8 @@ class BackendConformance:
                 for attr in {"related": ["relation"], "sorted_walk": ["walk_sorted"],
                              "streaming": ["stream"], "digest_scanning": ["digest_scan"],
                              "bulk_hashing": ["hash_many", "look"], "watchable": ["watch"],
-                             "resumable": ["watch_from"]}[name]:
+                             "resumable": ["watch_from"],
+                             "metadata": ["id_names", "metadata"]}[name]:
                     assert callable(getattr(b, attr)), (name, attr)
         endpoint = open_endpoint(adapter.url("source"), role="source")
         try:

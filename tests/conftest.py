@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
-from ldap_fixtures import ldap_env, slapd, slapd_server  # noqa: F401 (fixtures)
+from ldap_fixtures import ldap_env, slapd, slapd_server, tls_slapd  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(autouse=True)

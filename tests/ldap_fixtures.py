@@ -67,9 +67,11 @@ class Slapd:
         bases: tuple[str, ...] = (SRC_BASE, DST_BASE),
         syncprov: bool = True,
         tls: tuple[Path, Path] | None = None,
+        require_tls: bool = False,
     ) -> None:
         """``tls``: (certificate, key) files: StartTLS on the ldap:// port and an
-        ldaps:// port (``ldaps_url``) besides."""
+        ldaps:// port (``ldaps_url``) besides. ``require_tls``: every operation but
+        StartTLS on a connection without TLS is refused (``security tls=1``)."""
         self.root = root
         self.bases = bases
         self.port = free_port()
@@ -88,6 +90,7 @@ class Slapd:
             "sizelimit unlimited",
             *([f"TLSCertificateFile {tls[0]}", f"TLSCertificateKeyFile {tls[1]}"]
               if tls else []),
+            *(["security tls=1"] if require_tls else []),
         ]
         for i, base in enumerate(bases):
             d = root / f"db{i}"
@@ -152,6 +155,53 @@ class Slapd:
             "HSYNC_DST_BIND_DN": DST_ADMIN,
             "HSYNC_DST_BIND_PASSWORD": PASSWORD,
         }
+
+
+def make_certificates(d: Path) -> dict[str, Path]:
+    """With the openssl command, in ``d``: a CA (``ca``), a server certificate it signed
+    for 127.0.0.1 only (``cert``, ``key``: its subjectAltName is that IP address, so
+    ``localhost`` is a wrong host name), and an unrelated CA (``other_ca``). EC keys:
+    made in milliseconds."""
+    d.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
+
+    for name in ("ca", "other_ca"):
+        openssl("req", "-x509", *ec, "-days", "2", "-subj", f"/CN=hsync test {name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.pem")
+    openssl("req", "-new", *ec, "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+            "-out", "server.csr")
+    (d / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.pem")
+    (d / "server.key").chmod(0o644)  # slapd may drop to its own user
+    return {"ca": d / "ca.pem", "other_ca": d / "other_ca.pem", "cert": d / "server.pem",
+            "key": d / "server.key"}
+
+
+@pytest.fixture
+def tls_slapd(tmp_path: Path) -> Iterator[tuple[Slapd, dict[str, Path]]]:
+    """A slapd of its own that serves TLS only: ldaps:// (``ldaps_url``) and StartTLS on
+    ldap:// (anything else on a plain connection is refused: confidentialityRequired),
+    with a certificate for 127.0.0.1 signed by a CA made for the test; and the files
+    (``make_certificates``). The source suffix holds a few entries (slapadd)."""
+    why = slapd_missing() or (None if shutil.which("openssl") else "openssl is not installed")
+    if why is not None:
+        pytest.skip(why)
+    files = make_certificates(tmp_path / "pki")
+    server = Slapd(tmp_path / "slapd", tls=(files["cert"], files["key"]), require_tls=True)
+    ldif = tmp_path / "people.ldif"
+    ldif.write_text("".join(
+        f"dn: cn=host{i},{SRC_BASE}\nobjectClass: device\ncn: host{i}\n\n" for i in range(5)))
+    subprocess.run([SLAPADD, "-q", "-f", str(server.conf), "-b", SRC_BASE, "-l", str(ldif)],
+                   check=True, capture_output=True)
+    server.start()
+    try:
+        yield server, files
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

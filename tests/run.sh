@@ -11,11 +11,12 @@ venv="$root/.venv"
 if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
-# The LDAP plugin's tests need slapd and ldap-utils; python-ldap builds from source
-# against libldap2-dev and libsasl2-dev; delta transfer needs librsync2. Installed
-# where missing when we may (root).
+# What the tests need, installed where missing when we may (root): slapd and
+# ldap-utils (the LDAP plugin's tests), openssl (TLS certificates), acl (setfacl, the
+# ACL tests); python-ldap builds from source against libldap2-dev and libsasl2-dev;
+# delta transfer needs librsync2.
 need=()
-for cmd_pkg in slapd:slapd ldapadd:ldap-utils; do
+for cmd_pkg in slapd:slapd ldapadd:ldap-utils openssl:openssl setfacl:acl; do
     command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || [[ -x "/usr/sbin/${cmd_pkg%%:*}" ]] \
         || need+=("${cmd_pkg##*:}")
 done

@@ -25,7 +25,7 @@ from hsync.model import Key, Op
 def _identities(b: FsBackend) -> dict[str, dict[Key, object]]:
     """Every node's identity as each reader of the backend sees it."""
     full = {k: r[5] for k, r in b.scan().nodes.rows.items()}  # type: ignore[attr-defined]
-    walked = {k: r[5] for k, r in b.walk_sorted() if r is not None and len(r) == 6}
+    walked = {k: r[5] for k, r in b.walk_sorted() if r is not None and len(r) == 7}
     walked[()] = full[()]  # the walk yields what is below the root
     stats: dict[Key, object] = {}
     for k in full:
@@ -208,7 +208,7 @@ def test_the_sorted_walk_and_the_stream_name_special_files_in_place(tmp_path: Pa
     walked = list(b.walk_sorted())
     assert [k for k, _ in walked] == [("a-sock",), ("b",), ("b", "f"), ("b-fifo",), ("c",)]
     assert walked[0][1] == ("socket",)
-    assert len(walked[1][1] or ()) == 6  # a directory's row, nothing more
+    assert len(walked[1][1] or ()) == 7  # a directory's row, nothing more
     fifo = walked[3][1]
     assert fifo is not None and fifo[0] == "special" and stat.S_ISFIFO(fifo[1])
     streamed = dict(b.stream())

@@ -17,6 +17,8 @@ import stat as _stat
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import attrs
+
 from ...backend import (
     ApplyOptions,
     ApplyResult,
@@ -25,6 +27,8 @@ from ...backend import (
     Credentials,
     DigestScan,
     Hashed,
+    IdNames,
+    Keep,
     Relation,
     Role,
     ScanOptions,
@@ -36,6 +40,7 @@ from ...errors import BackendError, NodeError, SourceChanged, UsageError
 from ...filters import Exclude
 from ...model import Key, Node, Op, Row, Snapshot
 from . import hashing
+from . import meta as _meta
 from .apply import Batch
 from .child import LocalScan, ScanChild
 from .posix import (
@@ -85,6 +90,8 @@ class FsBackend:
         """hsync's temporaries the last scan found: the next apply removes them."""
         self._flags: Flags = ALL_KINDS
         """What the scans keep besides files, directories and symlinks (``configure_scan``)."""
+        self._meta: _meta.Reader | None = None
+        """What rows carry beyond the basic payload (``metadata``); None: nothing."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_reopen, (type(self), self.url, self.role))
@@ -137,14 +144,14 @@ class FsBackend:
     ) -> Snapshot:
         temps: list[Key] = []
         snap = scan_tree(self.root, self._dev, subtree, exclude, cancel, temps,
-                         flags=self._flags)
+                         flags=self._flags, meta=self._meta)
         n = len(subtree)
         self._stale = [k for k in self._stale if k[:n] != subtree] + temps
         return snap
 
     def stat(self, key: Key) -> Node | None:
         """A special file the scans leave out (a socket, ...) counts as absent."""
-        row = stat_row(self.root, self._dev, key, self._flags)
+        row = stat_row(self.root, self._dev, key, self._flags, self._meta)
         if row is None or len(row) == 1:
             return None
         return Node(*row)
@@ -192,7 +199,8 @@ class FsBackend:
         on_done: Callable[[Op], None] | None = None,
     ) -> ApplyResult:
         local = (source.root, source._dev) if isinstance(source, FsBackend) else None
-        batch = Batch(self.root, self._stale, source, local, final, options, cancel, on_done)
+        batch = Batch(self.root, self._stale, source, local, final, options, cancel, on_done,
+                      self._meta)
         return batch.run(ops)
 
     def close(self) -> None:
@@ -232,12 +240,12 @@ class FsBackend:
     def walk_sorted(
         self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
     ) -> Iterator[tuple[Key, Row | tuple[str] | None]]:
-        return walk_tree(self.root, self._dev, exclude, cancel, self._flags)
+        return walk_tree(self.root, self._dev, exclude, cancel, self._flags, self._meta)
 
     def stream(
         self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
     ) -> Iterator[tuple[Key, Node | str | None]]:
-        for key, row in walk_tree(self.root, self._dev, exclude, cancel, self._flags):
+        for key, row in walk_tree(self.root, self._dev, exclude, cancel, self._flags, self._meta):
             if row is None:
                 yield key, None
             elif len(row) == 1:
@@ -252,11 +260,12 @@ class FsBackend:
     ) -> DigestScan:
         """``background``: in a forked child (where only one thread runs), else here,
         when first asked. The temporaries it finds are removed by the next apply."""
-        root, dev, flags = self.root, self._dev, self._flags
+        root, dev, flags, meta = self.root, self._dev, self._flags, self._meta
 
         def scanner(digests: dict[Key, int]) -> tuple[Snapshot, list[Key]]:
             temps: list[Key] = []
-            return scan_tree(root, dev, (), exclude, cancel, temps, digests, flags), temps
+            return (scan_tree(root, dev, (), exclude, cancel, temps, digests, flags, meta),
+                    temps)
 
         if background:
             return ScanChild(scanner, self._remember)
@@ -264,6 +273,23 @@ class FsBackend:
 
     def _remember(self, temps: list[Key]) -> None:
         self._stale = list(temps)
+
+    # -- Metadata -------------------------------------------------------------------------
+    def id_names(self) -> IdNames:
+        return _meta.id_names()
+
+    def metadata(self, wanted: Keep) -> Keep:
+        """A destination holds what its filesystem supports and this process may set
+        (``meta.supported``); a source reads what this process may read."""
+        if self.role == "destination":
+            got = _meta.supported(self.root, wanted)
+        else:
+            admin = _meta.is_admin()
+            got = attrs.evolve(wanted, xattrs=frozenset(
+                ns for ns in wanted.xattrs if ns == "user" or admin
+            ))
+        self._meta = _meta.Reader(got, source=self.role == "source")
+        return got
 
     # -- BulkHashing ----------------------------------------------------------------------
     def hash_many(self, keys: Sequence[Key]) -> list[Hashed]:
@@ -289,6 +315,7 @@ if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.M
         BackendFactory,
         BulkHashing,
         DigestScanning,
+        Metadata,
         Related,
         ScanConfigurable,
         SortedWalk,
@@ -309,6 +336,7 @@ if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.M
     _child_scan: DigestScan = ScanChild(lambda d: (Snapshot(), []), lambda t: None)
     _bulk_hashing: BulkHashing = FsBackend("/")
     _watchable: Watchable = FsBackend("/")
+    _metadata: Metadata = FsBackend("/")
 
     def _watch(w: FsWatcher) -> Watch:
         return w

@@ -40,6 +40,7 @@ from ...model import (
 )
 from .copy import Copies, LocalTree
 from .dirs import Touched
+from .meta import Reader, chown, proc_path, safe_mode, set_xattrs
 from .posix import (
     FULL,
     O_META,
@@ -68,8 +69,11 @@ class Batch:
         options: ApplyOptions,
         cancel: Cancel,
         on_done: Callable[[Op], None] | None,
+        meta: Reader | None = None,
     ) -> None:
         self.root = root
+        self.prefixes = meta.prefixes if meta is not None else ()
+        """The attribute namespaces this destination keeps."""
         self.stale_temps = stale_temps
         self.final = final
         self.fsync = options.fsync
@@ -78,10 +82,10 @@ class Batch:
         self.cancel = cancel
         self.on_done = on_done
         self.result = ApplyResult()
-        self.dirs = Touched()
+        self.dirs = Touched(self.prefixes)
         self.copies = Copies(
             root, source, local, options.fsync, self.parent, options.copy_unstable,
-            options.sparse,
+            self.prefixes, options.sparse,
         )
         self.lock = threading.Lock()
         self.full: tuple[Key, OSError] | None = None
@@ -329,7 +333,7 @@ class Batch:
             assert op.node is not None and op.node.target is not None
             with self.parent(op.key) as (dfd, name):
                 os.symlink(op.node.target, name, dir_fd=dfd)
-                _symlink_mtime(name, dfd, op.node.mtime_ns)
+                self.set_symlink_metadata(op.node, dfd, name)
             self.ok(op)
         elif op.kind == SPECIAL:
             self.make_special(op)
@@ -389,11 +393,11 @@ class Batch:
         elif op.kind == SYMLINK and op.content:
             self.expect(op.key, op.old)
             self.replace_symlink(op)
-        elif op.kind == SYMLINK:  # its mtime only
+        elif op.kind == SYMLINK:  # its mtime, owner, group or attributes only
             self.expect(op.key, op.old)
             assert op.node is not None
             with self.parent(op.key) as (dfd, name):
-                _symlink_mtime(name, dfd, op.node.mtime_ns)
+                self.set_symlink_metadata(op.node, dfd, name)
             self.ok(op)
         elif op.kind == SPECIAL:
             self.expect(op.key, op.old)
@@ -407,7 +411,9 @@ class Batch:
         with self.parent(op.key) as (dfd, name):
             fd = os.open(name, O_META, dir_fd=dfd)  # never a symlink's target
             try:
-                os.fchmod(fd, node.mode)
+                # the owner before the mode (see ``copy.publish``)
+                os.fchmod(fd, safe_mode(node.mode, node.data, chown(fd, node.data)))
+                set_xattrs(fd, node.data, self.prefixes)
                 os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
             finally:
                 os.close(fd)
@@ -419,7 +425,7 @@ class Batch:
             tmp = tmp_name()
             os.symlink(op.node.target, tmp, dir_fd=dfd)
             try:
-                _symlink_mtime(tmp, dfd, op.node.mtime_ns)
+                self.set_symlink_metadata(op.node, dfd, tmp)
                 os.rename(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
             except OSError:
                 unlink_quiet(tmp, dfd)
@@ -429,8 +435,10 @@ class Batch:
 
     def make_special(self, op: Op) -> None:
         """A FIFO or a device node (rsync -D) made under a temporary name with its
-        mode and mtime, then renamed to its final name (over the old one for an update:
-        a special file has no content to keep, it is made again). Never opened."""
+        owner, group (before the mode, as a file's: a set-id bit is kept only with the
+        owner or group it belongs to, ``meta.safe_mode``), mode, attributes and mtime,
+        then renamed to its final name (over the old one for an update: a special file
+        has no content to keep, it is made again). Never opened."""
         node = op.node
         assert node is not None
         with self.parent(op.key) as (dfd, name):
@@ -448,8 +456,10 @@ class Batch:
                     self.result.warnings.append(why)
                 return
             try:
-                # the temporary is ours (a random name): chmod by name is not raced
-                os.chmod(tmp, stat.S_IMODE(node.mode), dir_fd=dfd)
+                # the temporary is ours (a random name): by name is not raced
+                owned = chown(tmp, node.data, dfd)
+                os.chmod(tmp, safe_mode(stat.S_IMODE(node.mode), node.data, owned), dir_fd=dfd)
+                set_xattrs(proc_path(dfd, tmp), node.data, self.prefixes)
                 os.utime(tmp, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dfd,
                          follow_symlinks=False)
                 rename_into(tmp, name, dfd, replace=op.op == UPDATE)
@@ -458,6 +468,15 @@ class Batch:
                 raise
         self.dirs.touch(op.key)
         self.ok(op)
+
+    def set_symlink_metadata(self, node: Node, dfd: int, name: str) -> None:
+        """A new symlink's owner, group and attributes (lchown; the attribute calls by a
+        path whose last component is not followed), then its mtime (last: lchown and
+        the attribute calls move its ctime, not its mtime, but keep the order safe)."""
+        if node.data is not None:
+            chown(name, node.data, dfd)
+            set_xattrs(proc_path(dfd, name), node.data, self.prefixes)
+        _symlink_mtime(name, dfd, node.mtime_ns)
 
     def link_or_copy(self, op: Op) -> None:
         """A file with other names for its source inode (``--hard-links``): link it to one

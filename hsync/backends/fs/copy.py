@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager, contextmanager
 from ...backend import ContentSource
 from ...errors import NodeError, SourceChanged
 from ...model import CREATE, FILE, UPDATE, Key, Op
+from .meta import Meta, chown, safe_mode, set_xattrs
 from .posix import (
     O_CREATE,
     O_READ,
@@ -49,10 +50,13 @@ Parent = Callable[[Key], AbstractContextManager[tuple[int, str]]]
 Outcome = int | BaseException
 """The bytes copied, or why not."""
 
-CopyItem = tuple[str, int, Key, str, Key, str, int, int, int, "int | str | None", bool]
+CopyItem = tuple[
+    str, int, Key, str, Key, str, int, int, int, "int | str | None", bool, "Meta | None",
+    tuple[str, ...],
+]
 """One file to copy from a local tree: (source root, source root's device, source key,
 destination root, destination parent key, final name, size, mtime_ns, mode, identity,
-replace)."""
+replace, the node's data (owner, group, attributes), the attribute prefixes kept)."""
 
 
 def copy_chunk(
@@ -79,7 +83,7 @@ def copy_chunk(
     osopen = os.open
     try:
         for (src_root, src_dev, src_key, root, parent, name, size, mtime_ns, mode,
-             identity, replace) in items:
+             identity, replace, meta, prefixes) in items:
             try:
                 dfd = parents.get(parent)
                 if dfd is None:
@@ -91,7 +95,8 @@ def copy_chunk(
                 fd_in = osopen(src_key[-1], O_READ, dir_fd=sfd)
                 try:
                     out.append(publish(fd_in, dfd, name, size, mtime_ns, mode, identity,
-                                       src_dev, fsync, replace, unstable, sparse))
+                                       src_dev, fsync, replace, unstable, meta, prefixes,
+                                       sparse))
                 finally:
                     os.close(fd_in)
             except (OSError, NodeError) as e:
@@ -106,15 +111,13 @@ def copy_chunk(
 
 _INO = (1 << 64) - 1
 """The inode number in an identity's low 64 bits."""
-_AS_ROOT = os.geteuid() == 0
-"""Whether copies may keep their source's owner and group (only root may give a file
-away); owner and group are not yet compared by a sync (issue: a faithful replica)."""
 
 
 def publish(
     fd_in: int, dfd: int, final: str, size: int, mtime_ns: int, mode: int,
     identity: int | str | None, src_dev: int, fsync: bool, replace: bool,
-    unstable: bool = False, sparse: bool = True,
+    unstable: bool = False, meta: Meta | None = None, prefixes: tuple[str, ...] = (),
+    sparse: bool = True,
 ) -> int:
     """Write what ``fd_in`` holds to a temporary name in directory ``dfd``, rename it to
     ``final`` there (over it only when ``replace``: a create never clobbers a node that
@@ -126,6 +129,10 @@ def publish(
     was scanned, or changes while it is read, is published anyway: its first ``size``
     bytes as read, with ``mtime_ns`` (a log being appended to: the content it had at
     the scan). Only a file now shorter than ``size``, or another node, is refused.
+
+    ``meta`` (the node's data): the owner and group set before the mode (chown clears
+    set-id bits; a set-id bit is kept only with the owner or group it belongs to), the
+    attributes in ``prefixes``' namespaces after it.
 
     ``sparse`` (``ApplyOptions.sparse``): a source with holes (fewer blocks allocated
     than its size) is copied extent by extent and its holes stay holes; a dense file
@@ -155,13 +162,12 @@ def publish(
             if unstable and copied > size:  # it grew: what it held at the scan
                 os.ftruncate(fd_out, size)
                 copied = size
-            if _AS_ROOT and (before.st_uid or before.st_gid):
-                # root keeps the source's owner (rsync -o -g): a user's set-uid file
-                # never becomes a set-uid-root one. Before the mode: chown clears set-id
-                # bits, and the fchmod below sets them again for their own owner
-                os.fchown(fd_out, before.st_uid, before.st_gid)
+            # the owner before the mode: a user's set-uid file never becomes a set-uid
+            # file of whoever runs hsync (root), whatever was kept or refused
+            mode = safe_mode(mode, meta, chown(fd_out, meta))
             if mode & ~UMASK_SAFE or umask() & mode:
                 os.fchmod(fd_out, mode)
+            set_xattrs(fd_out, meta, prefixes)
             os.utime(fd_out, ns=(mtime_ns, mtime_ns))
             if fsync:
                 os.fsync(fd_out)
@@ -205,9 +211,12 @@ class Copies:
 
     def __init__(
         self, root: str, source: ContentSource, local: LocalTree | None, fsync: bool,
-        parent: Parent, unstable: bool = False, sparse: bool = True,
+        parent: Parent, unstable: bool = False, prefixes: tuple[str, ...] = (),
+        sparse: bool = True,
     ) -> None:
         self.root = root
+        self.prefixes = prefixes
+        """The attribute namespaces the destination keeps (``meta.Reader.prefixes``)."""
         self.src = source
         self.local = local
         self.fsync = fsync
@@ -290,6 +299,7 @@ class Copies:
         return (
             src_root, src_dev, op.key, self.root, op.key[:-1], op.key[-1],
             node.size, node.mtime_ns, node.mode, node.identity, op.op == UPDATE,
+            node.data, self.prefixes,
         )
 
     def copy_many(self, ops: list[Op]) -> list[Outcome]:
@@ -320,6 +330,6 @@ class Copies:
                 # a stream's descriptor says nothing of the source's identity
                 return publish(fd_in, dfd, name, node.size, node.mtime_ns, node.mode,
                                None, 0, self.fsync, op.op == UPDATE, self.unstable,
-                               self.sparse)
+                               node.data, self.prefixes, self.sparse)
         finally:
             os.close(fd_in)

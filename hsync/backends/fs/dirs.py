@@ -15,7 +15,8 @@ import os
 from collections.abc import Callable
 
 from ...errors import NodeError, TargetChanged, problem_kind
-from ...model import DIR, Key, Problem, Snapshot
+from ...model import DIR, Key, Node, Problem, Snapshot
+from .meta import chown, set_xattrs
 from .posix import open_beneath
 
 
@@ -23,7 +24,9 @@ class Touched:
     """The directories changed so far, indexed by every prefix (so a move finds the
     marks below it without looking at the others)."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefixes: tuple[str, ...] = ()) -> None:
+        self.prefixes = prefixes
+        """The attribute namespaces the destination keeps."""
         self.keys: set[Key] = set()
         self.under: dict[Key, set[Key]] = {}
         self.unlocked: dict[Key, int] = {}  # made owner-writable: the mode it had
@@ -76,7 +79,7 @@ class Touched:
                         _set(root_fd(), key, self.unlocked[key], None)
                 continue
             try:
-                _set(root_fd(), key, node.mode, node.mtime_ns)
+                _set(root_fd(), key, node.mode, node.mtime_ns, node, self.prefixes)
             except (FileNotFoundError, NotADirectoryError):
                 continue  # it moved on since; the op that moved it touched its new place
             except TargetChanged as e:
@@ -90,12 +93,19 @@ class Touched:
         return problems
 
 
-def _set(root_fd: int, key: Key, mode: int, mtime_ns: int | None) -> None:
+def _set(
+    root_fd: int, key: Key, mode: int, mtime_ns: int | None, node: Node | None = None,
+    prefixes: tuple[str, ...] = (),
+) -> None:
     # through a descriptor that is this directory, not what a symlink names (only the
     # root may be a symlink the user gave us)
     fd = open_beneath(root_fd, key)
     try:
+        if node is not None:  # the owner before the mode (chown clears set-id bits); a
+            chown(fd, node.data)  # directory's set-gid bit only says what it hands down
         os.fchmod(fd, mode)
+        if node is not None:
+            set_xattrs(fd, node.data, prefixes)
         if mtime_ns is not None:
             os.utime(fd, ns=(mtime_ns, mtime_ns))
     finally:

@@ -26,6 +26,7 @@ from ...cancel import NEVER, Cancel
 from ...errors import TargetChanged
 from ...filters import Exclude
 from ...model import DIR, FILE, SPECIAL, SYMLINK, Key, Row, Rows, Snapshot
+from .meta import Reader, proc_path
 from .posix import (
     TMP_PREFIX,
     birth_time,
@@ -36,13 +37,17 @@ from .posix import (
     special_kind,
 )
 
-Entry = tuple[str, Any, int, int, int, int, int, int]
+Entry = tuple[str, Any, int, int, int, int, int, int, int, int, int]
 """One listed name: ``(name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, hash,
-btime_ns)``, or ``(name, None, errno, 0, 0, 0, 0, 0)`` when its lstat failed;
-``st_size`` is ``st_rdev`` for a character or block device. ``hash``: of the name and
-the payload a sync compares (kind, mtime; mode bits but a symlink's; size for a file,
-the device number for a device; a symlink's target is not in it), for the directory
-digests. ``btime_ns``: the birth time, 0 where the filesystem keeps none."""
+btime_ns, st_uid, st_gid, xattrs)``, or ``(name, None, errno, 0, 0, 0, 0, 0, 0, 0, -1)``
+when its lstat failed; ``st_size`` is ``st_rdev`` for a character or block device.
+``hash``: of the name and the payload a sync compares (kind, mtime; mode bits but a
+symlink's; size for a file, the device number for a device; a symlink's target, and a
+row's ``data``, are not in it), for the directory digests. ``btime_ns``: the birth
+time, 0 where the filesystem keeps none. ``xattrs``: when asked, what ``llistxattr``
+answers (0: no attribute), -2 when not read (the node's ctime is before ``since``), else
+-1. A file's, FIFO's or device's mode comes without the bits of
+``strip`` (the set-id bits a pair cannot keep), in the hash too."""
 
 Flags = tuple[bool, bool, bool]
 """What a scan keeps beyond files, directories and symlinks, and where it stops:
@@ -58,7 +63,9 @@ Dirs = list[tuple[Key, int, int]]
 """Directories still to list: ``(key, st_ino, st_dev)`` as their parent's listing saw."""
 
 
-def lstat_dir_py(fd: int) -> list[Entry]:
+def lstat_dir_py(
+    fd: int, xattrs: bool = False, strip: int = 0, since: int = 0
+) -> list[Entry]:
     """Every name of the directory open as ``fd`` with its lstat (names gone since the
     listing are left out). ``hsync._walk.list`` is the same in C, where it was built;
     the two hash entries differently (a run uses one of them on both trees)."""
@@ -70,10 +77,20 @@ def lstat_dir_py(fd: int) -> list[Entry]:
         except FileNotFoundError:
             continue
         except OSError as e:
-            out.append((name, None, e.errno or 0, 0, 0, 0, 0, 0))
+            out.append((name, None, e.errno or 0, 0, 0, 0, 0, 0, 0, 0, -1))
             continue
         mode = st.st_mode
         size = st.st_size
+        listed = -1
+        if xattrs and since and st.st_ctime_ns < since:
+            listed = -2  # unchanged since then: not read
+        elif xattrs:
+            try:
+                listed = len(os.listxattr(proc_path(fd, name), follow_symlinks=False))
+            except OSError:
+                listed = -1
+        if not stat.S_ISDIR(mode) and not stat.S_ISLNK(mode):
+            mode &= ~strip  # a file's, a FIFO's or a device's (the apply strips them)
         if stat.S_ISREG(mode):
             h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), size, st.st_mtime_ns))
         elif stat.S_ISDIR(mode):
@@ -85,7 +102,7 @@ def lstat_dir_py(fd: int) -> list[Entry]:
                 size = st.st_rdev  # a device's payload: its number, not a size
             h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), size, st.st_mtime_ns))
         out.append((name, mode, size, st.st_mtime_ns, st.st_ino, st.st_dev, h,
-                    birth_time(name, fd)))
+                    birth_time(name, fd), st.st_uid, st.st_gid, listed))
     return out
 
 
@@ -93,6 +110,14 @@ try:
     from ..._walk import list as lstat_dir
 except ImportError:  # not built (no compiler where hsync was installed): slower, same
     lstat_dir = lstat_dir_py
+
+
+def list_dir(fd: int, meta: Reader | None, *, full: bool = False) -> list[Entry]:
+    """``lstat_dir`` asking what ``meta`` reads (attribute sizes, set-id bits kept;
+    attributes only of nodes changed since ``meta.since``, unless ``full``)."""
+    if meta is None:
+        return lstat_dir(fd)
+    return lstat_dir(fd, meta.xattrs, meta.strip, 0 if full else meta.since)
 
 
 def listing_digest(hashes: list[int]) -> int:
@@ -122,18 +147,23 @@ def _list(
     held: set[Key],
     hashes: list[int] | None,
     flags: Flags = ALL_KINDS,
+    meta: Reader | None = None,
 ) -> None:
     """The rows of one directory's ``entries`` (``lstat_dir`` of ``fd``, the directory
     at ``key``) into ``rows``, their keys into ``kids``, its subdirectories into
     ``dirs``; what could not be read into ``incomplete``, special files into
     ``skipped``, hsync's temporaries into ``temps``; ``key`` into ``held`` when a child
     is excluded; each kept entry's hash into ``hashes``; ``flags``: what else is kept
-    (``Flags``). The scan's inner loop: no function call per entry beyond what a row
-    needs."""
+    (``Flags``); ``meta``: what makes a row's ``data`` (None: none). The scan's inner
+    loop: no function call per entry beyond what a row needs."""
     S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
     S_ISFIFO, S_ISCHR, S_ISBLK = stat.S_ISFIFO, stat.S_ISCHR, stat.S_ISBLK
     readlink = os.readlink
-    for name, mode, size, mtime, st_ino, st_dev, h, born in entries:
+    of = meta.of if meta is not None and meta.active else None
+    shared = meta.shared if meta is not None else {}
+    m: Any = None
+    hm = 0
+    for name, mode, size, mtime, st_ino, st_dev, h, born, uid, gid, listed in entries:
         k = (*key, name)
         if mode is None:  # its lstat failed (one gone since the listing is left out)
             incomplete[k] = os.strerror(size)
@@ -147,13 +177,29 @@ def _list(
             if exclude is not None and exclude(k, False):
                 held.add(key)
                 continue
-            rows[k] = (FILE, S_IMODE(mode), size, mtime, None, ino)
+            if of is not None:  # the data, shared by the nodes without attributes read
+                if listed > 0:
+                    m = of(uid, gid, listed, proc_path(fd, name))
+                    hm = hash(m)
+                else:
+                    m, hm = shared.get((uid << 34) | (gid << 2) | (listed + 2)) or _shared(
+                        shared, of, uid, gid, listed)
+                h ^= hm
+            rows[k] = (FILE, S_IMODE(mode), size, mtime, None, ino, m)
             kids.append(k)
         elif S_ISDIR(mode):
             if exclude is not None and exclude(k, True):
                 held.add(key)
                 continue
-            rows[k] = (DIR, S_IMODE(mode), 0, mtime, None, ino)
+            if of is not None:
+                if listed > 0:
+                    m = of(uid, gid, listed, proc_path(fd, name))
+                    hm = hash(m)
+                else:
+                    m, hm = shared.get((uid << 34) | (gid << 2) | (listed + 2)) or _shared(
+                        shared, of, uid, gid, listed)
+                h ^= hm
+            rows[k] = (DIR, S_IMODE(mode), 0, mtime, None, ino, m)
             kids.append(k)
             if st_dev != root_dev and flags[2]:
                 held.add(k)  # a mount point, not crossed: what is below it stays
@@ -170,20 +216,41 @@ def _list(
             except OSError as e:
                 incomplete[k] = e.strerror or str(e)
                 continue
-            rows[k] = (SYMLINK, 0, 0, mtime, target, ino)  # payload: target and mtime
+            if of is not None:
+                m = of(uid, gid, listed, proc_path(fd, name) if listed > 0 else None)
+            rows[k] = (SYMLINK, 0, 0, mtime, target, ino, m)  # payload: target, mtime, data
             kids.append(k)
-            h = hash((h, target))
+            h = hash((h, target, m))
         elif (flags[0] and S_ISFIFO(mode)) or (flags[1] and (S_ISCHR(mode) or S_ISBLK(mode))):
             if exclude is not None and exclude(k, False):
                 held.add(key)
                 continue
-            rows[k] = (SPECIAL, mode, size, mtime, None, ino)  # size: the device number
+            if of is not None:
+                if listed > 0:
+                    m = of(uid, gid, listed, proc_path(fd, name))
+                    hm = hash(m)
+                else:
+                    m, hm = shared.get((uid << 34) | (gid << 2) | (listed + 2)) or _shared(
+                        shared, of, uid, gid, listed)
+                h ^= hm
+            # size: the device number; the data: owner, group, attributes, as a file's
+            rows[k] = (SPECIAL, mode, size, mtime, None, ino, m)
             kids.append(k)
         else:
             skipped.append((k, special_kind(mode, flags[0])))
             continue
         if hashes is not None:
             hashes.append(h)
+
+
+def _shared(
+    shared: dict[int, tuple[Any, int]], of: Any, uid: int, gid: int, listed: int
+) -> tuple[Any, int]:
+    """The data (and its hash) of a node owned by ``uid``:``gid`` whose attributes
+    were not read (``listed`` <= 0), made once per owner and kept in ``shared``."""
+    m = of(uid, gid, listed, None)
+    found = shared[(uid << 34) | (gid << 2) | (listed + 2)] = (m, hash(m))
+    return found
 
 
 def identity_of(st_ino: int, st_dev: int, born: int, root_dev: int) -> int | None:
@@ -194,11 +261,14 @@ def identity_of(st_ino: int, st_dev: int, born: int, root_dev: int) -> int | Non
     return ident if st_dev == root_dev else (st_dev << 128) | ident
 
 
-def top_row(st: os.stat_result, root_dev: int, fd: int) -> Row:
+def top_row(st: os.stat_result, root_dev: int, fd: int, meta: Reader | None = None) -> Row:
     """The row of the root directory (the one node that is nobody's child), open as
     ``fd``."""
     ident = identity_of(st.st_ino, st.st_dev, birth_time("", fd), root_dev)
-    return (DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, None, ident)
+    m = None
+    if meta is not None and meta.active:
+        m = meta.of(st.st_uid, st.st_gid, 1, fd)
+    return (DIR, stat.S_IMODE(st.st_mode), 0, st.st_mtime_ns, None, ident, m)
 
 
 class _One:
@@ -213,7 +283,9 @@ class _One:
         self.skipped: list[tuple[Key, str]] = []
 
 
-def lookup(root_fd: int, key: Key, root_dev: int, flags: Flags = ALL_KINDS) -> _One | None:
+def lookup(
+    root_fd: int, key: Key, root_dev: int, flags: Flags = ALL_KINDS, meta: Reader | None = None
+) -> _One | None:
     """``key`` (not the root) looked at alone, through its parent reached beneath the
     root; None when it or a directory on the way is absent, or a name on the way is a
     symlink or not a directory. An hsync temporary is absent, and so is a name no
@@ -229,19 +301,23 @@ def lookup(root_fd: int, key: Key, root_dev: int, flags: Flags = ALL_KINDS) -> _
             st = os.stat(key[-1], dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             return None
-        entry = (key[-1], st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, 0,
-                 birth_time(key[-1], dfd))
-        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-            entry = (*entry[:2], st.st_rdev, *entry[3:])  # as lstat_dir gives it
+        mode = st.st_mode
+        if meta is not None and not stat.S_ISDIR(mode) and not stat.S_ISLNK(mode):
+            mode &= ~meta.strip
+        size = st.st_size
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            size = st.st_rdev  # as lstat_dir gives it
+        entry = (key[-1], mode, size, st.st_mtime_ns, st.st_ino, st.st_dev, 0,
+                 birth_time(key[-1], dfd), st.st_uid, st.st_gid, 1)
         _list([entry], dfd, key[:-1], root_dev, None, one.rows, [], one.dirs,
-              one.incomplete, one.skipped, [], set(), None, flags)
+              one.incomplete, one.skipped, [], set(), None, flags, meta)
     finally:
         os.close(dfd)
     return one
 
 
 def stat_row(
-    root: str, root_dev: int, key: Key, flags: Flags = ALL_KINDS
+    root: str, root_dev: int, key: Key, flags: Flags = ALL_KINDS, meta: Reader | None = None
 ) -> Row | tuple[str] | None:
     """The row at ``key``, ``(kind,)`` for a special file, or None when absent (also
     when an ancestor is absent or not a directory). ``OSError`` for what cannot be
@@ -252,11 +328,11 @@ def stat_row(
         return None
     if not key:
         try:
-            return top_row(os.fstat(root_fd), root_dev, root_fd)
+            return top_row(os.fstat(root_fd), root_dev, root_fd, meta)
         finally:
             os.close(root_fd)
     try:
-        one = lookup(root_fd, key, root_dev, flags)
+        one = lookup(root_fd, key, root_dev, flags, meta)
     finally:
         os.close(root_fd)
     if one is None:
@@ -279,10 +355,12 @@ def scan(
     temps: list[Key],
     digests: dict[Key, int] | None = None,
     flags: Flags = ALL_KINDS,
+    meta: Reader | None = None,
 ) -> Snapshot:
     """See ``Backend.scan``; hsync's temporaries found are added to ``temps``.
     ``digests``: filled with one number per directory listed (``listing_digest``);
-    ``flags``: what else is kept (``Flags``)."""
+    ``flags``: what else is kept (``Flags``); ``meta``: what makes the rows' ``data``
+    (owner, group, attributes)."""
     rows: dict[Key, Row] = {}
     snap = Snapshot(nodes=Rows(rows))
     children: dict[Key, list[Key]] = {}
@@ -301,7 +379,7 @@ def scan(
         if subtree:
             # a partial rescan: absent is an answer, a leaf is one node
             try:
-                one = lookup(root_fd, subtree, root_dev, flags)
+                one = lookup(root_fd, subtree, root_dev, flags, meta)
             except OSError as e:
                 incomplete[subtree] = e.strerror or str(e)
                 return snap
@@ -313,9 +391,9 @@ def scan(
             stack = one.dirs
         else:
             st = os.fstat(root_fd)
-            rows[()] = top_row(st, root_dev, root_fd)
+            rows[()] = top_row(st, root_dev, root_fd, meta)
             stack = [((), st.st_ino, st.st_dev)]
-        listdir, fstat, close = lstat_dir, os.fstat, os.close
+        fstat, close = os.fstat, os.close
         while stack:
             key, want_ino, want_dev = stack.pop()
             cancel.check()
@@ -336,7 +414,7 @@ def scan(
                     incomplete[key] = "replaced during the scan"
                     continue
                 try:
-                    entries = listdir(fd)
+                    entries = list_dir(fd, meta)
                 except OSError as e:
                     incomplete[key] = e.strerror or str(e)
                     continue
@@ -344,7 +422,7 @@ def scan(
                 children[key] = kids
                 hashes: list[int] | None = [] if digests is not None else None
                 _list(entries, fd, key, root_dev, exclude, rows, kids, stack,
-                      incomplete, skipped, temps, held, hashes, flags)
+                      incomplete, skipped, temps, held, hashes, flags, meta)
                 if digests is not None:
                     assert hashes is not None
                     digests[key] = listing_digest(hashes)
@@ -361,6 +439,7 @@ Listed = list[tuple[bytes, Key, Any]]
 def walk_sorted(
     root: str, root_dev: int, exclude: Exclude | None, cancel: Cancel = NEVER,
     flags: Flags = ALL_KINDS,
+    meta: Reader | None = None,
 ) -> Iterator[tuple[Key, Row | tuple[str] | None]]:
     """See ``SortedWalk.walk_sorted``: holds one listing per level, never the tree."""
     try:
@@ -386,8 +465,9 @@ def walk_sorted(
             seen = os.fstat(fd)
             if seen.st_ino != ino or seen.st_dev != dev:
                 return None
-            _list(lstat_dir(fd), fd, key, root_dev, exclude, rows, kids, dirs,
-                  lost, skipped, temps, held, None, flags)
+            # in full: the quick pass compares the attributes with the history's
+            _list(list_dir(fd, meta, full=True), fd, key, root_dev, exclude, rows, kids, dirs,
+                  lost, skipped, temps, held, None, flags, meta)
         except OSError:
             return None
         finally:

@@ -70,8 +70,9 @@ EVENTS: list[type[FileSystemEvent]] = [
     DirAttribEvent,
 ]
 """What hsync listens to: never opens, reads or close-without-write. An attribute change
-(``IN_ATTRIB``: a chmod, a ``touch -h`` of a symlink, a FIFO's mtime) is metadata that
-needs no close to be complete: a round takes it at once."""
+(``IN_ATTRIB``: chmod, chown, utime, an extended attribute or ACL set, a ``touch -h`` of
+a symlink, a FIFO's mtime) marks the node; it is metadata that needs no close to be
+complete: a round takes it at once."""
 
 _DEEP = (DirCreatedEvent, FileCreatedEvent, DirDeletedEvent, FileDeletedEvent)
 

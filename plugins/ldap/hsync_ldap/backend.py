@@ -42,7 +42,7 @@ from hsync.filters import Exclude
 from hsync.model import CREATE, DELETE, MOVE, UPDATE, Key, Node, Op, Problem, Snapshot
 
 from . import connection
-from .connection import Server, describe, env_credentials
+from .connection import Server, describe
 from .entries import Data, Mapper
 from .schema import Schema
 from .watch import SyncreplWatch
@@ -55,6 +55,11 @@ _RETRY = (ldap.SERVER_DOWN, ldap.CONNECT_ERROR, ldap.BUSY, ldap.UNAVAILABLE, lda
 """Answers that say "not now": the op is retried."""
 _SKIP = (ldap.ASSERTION_FAILED, ldap.ALREADY_EXISTS)
 """Answers that say the entry changed since the scan: the op is left alone."""
+_REFUSED = (ldap.STRONG_AUTH_REQUIRED, ldap.CONFIDENTIALITY_REQUIRED, ldap.INVALID_CREDENTIALS,
+            ldap.INAPPROPRIATE_AUTH, ldap.AUTH_UNKNOWN)
+"""Answers about the bind, not the entry (an anonymous bind may not write, TLS is
+required, the credentials no longer hold): every other op would get the same, so the
+first one ends the run (one ``BackendError``, exit 2) instead of one problem per entry."""
 
 
 def problem_kind(e: ldap.LDAPError) -> str:
@@ -88,7 +93,7 @@ class LdapBackend:
         self.capabilities = Capabilities(
             subtree_move=True, atomic_rename=False, content=False, waits=True
         )
-        self._credentials = credentials if credentials is not None else env_credentials(role)
+        self._credentials = connection.resolve(credentials, role, self.url)
         self.conn = connection.connect(self.server, self._credentials)
         self._closed = False
         self.schema = self._read_schema()
@@ -419,7 +424,17 @@ class LdapBackend:
             on_done(op)
 
     def _fail(self, result: ApplyResult, op: Op, dn: str, e: ldap.LDAPError) -> str:
-        """Record ``op``'s failure; its kind (``problem_kind``)."""
+        """Record ``op``'s failure; its kind (``problem_kind``). An answer about the
+        bind itself (``_REFUSED``) raises ``BackendError`` instead."""
+        if isinstance(e, _REFUSED):
+            who = self._credentials.bind_dn
+            hint = "" if who else (
+                " (no bind DN: HSYNC_SRC_BIND_DN/HSYNC_DST_BIND_DN or --src-bind-dn/"
+                "--dst-bind-dn with a password file)")
+            raise BackendError(
+                f"{self.url}: the server refuses writes by {who or 'an anonymous bind'}: "
+                f"{describe(e)}{hint}"
+            ) from None
         kind = problem_kind(e)
         if isinstance(e, ldap.SERVER_DOWN):
             message = f"{op.op} failed: {self.url}: {describe(e)}"

@@ -4,15 +4,21 @@ Used by the backend (``backend.LdapBackend``) and by the watcher (``watch``) ali
 that neither reaches into the other.
 
 Where: ``Server.of(location)`` parses ``ldap://host:port/BASE_DN`` (``ldaps://``) into a
-value. Who: credentials come from a config file (``hsync.backend.Credentials``), else
-from the environment by role: ``HSYNC_SRC_BIND_DN`` / ``HSYNC_SRC_BIND_PASSWORD`` for a
-source, ``HSYNC_DST_BIND_DN`` / ``HSYNC_DST_BIND_PASSWORD`` for a destination, else
-``HSYNC_BIND_DN`` / ``HSYNC_BIND_PASSWORD`` for both; none: an anonymous bind. A
-password is never taken from the URL and never appears in a message or a repr.
+value; a URL that carries credentials (``ldap://user:pw@host``, the ``bindname`` and
+``X-BINDPW`` extensions) is refused without repeating them. Who: ``credentials`` given
+by the command line, a config file or the API (``hsync.backend.Credentials``); what
+they leave out (None) comes from the environment by role: ``HSYNC_SRC_BIND_DN`` /
+``HSYNC_SRC_BIND_PASSWORD`` for a source, ``HSYNC_DST_BIND_DN`` /
+``HSYNC_DST_BIND_PASSWORD`` for a destination, else ``HSYNC_BIND_DN`` /
+``HSYNC_BIND_PASSWORD`` for both (``resolve``); none: an anonymous bind. A password
+never appears in a message or a repr.
 
-TLS: ``ldaps://``, or StartTLS with the URL extension ``????!StartTLS`` (RFC 4516) or
-``HSYNC_LDAP_STARTTLS=1``; ``HSYNC_LDAP_CACERT`` names a CA file,
-``HSYNC_LDAP_TLS_REQCERT`` (never / allow / try / demand) the certificate check.
+TLS: ``ldaps://``, or StartTLS on ``ldap://`` (``Credentials.starttls``: ``--starttls``;
+the URL extension ``????!StartTLS`` (RFC 4516); ``HSYNC_LDAP_STARTTLS=1``). The server's
+certificate is checked against ``Credentials.ca_file`` (``--ca-file``), else
+``HSYNC_LDAP_CACERT``, else the system's CAs (``/etc/ldap/ldap.conf``), host name
+included; ``HSYNC_LDAP_TLS_REQCERT`` (never / allow / try / demand) changes the check.
+A certificate refused is one ``BackendError`` naming the URL and why.
 
 Searches: ``pages`` is a paged search (RFC 2696) as a generator of pages, so that a
 caller can check a cancel token between two pages; closing the generator before its
@@ -32,6 +38,7 @@ import ldapurl
 from ldap.controls import SimplePagedResultsControl
 
 from hsync.backend import Credentials
+from hsync.credentials import refuse_secret_in_url
 from hsync.errors import BackendError, UsageError
 
 PAGE_SIZE = 2000
@@ -70,6 +77,29 @@ def env_credentials(role: str) -> Credentials:
     )
 
 
+def resolve(credentials: Credentials | None, role: str, url: str) -> Credentials:
+    """``credentials`` completed from the environment (``env_credentials``): a bind DN
+    or password left None is the environment's. A password without any bind DN is a
+    ``UsageError``."""
+    env = env_credentials(role)
+    if credentials is None:
+        return env
+    side = "src" if role == "source" else "dst"
+    if credentials.bind_dn is None:
+        dn = env.bind_dn
+        password = env.password if credentials.password is None else credentials.password
+    else:
+        dn = credentials.bind_dn
+        password = credentials.password
+        if password is None:  # the DN given, the password from the environment
+            password = os.environ.get(f"HSYNC_{side.upper()}_BIND_PASSWORD",
+                                      os.environ.get("HSYNC_BIND_PASSWORD", ""))
+    if password and not dn:
+        raise UsageError(f"{url}: a password but no bind DN (--{side}-bind-dn, or "
+                         f"HSYNC_{side.upper()}_BIND_DN)")
+    return attrs.evolve(credentials, bind_dn=dn, password=password)
+
+
 @attrs.frozen
 class Server:
     """Where a tree is: a server, how to reach it, and the base DN (as written)."""
@@ -86,6 +116,7 @@ class Server:
     @classmethod
     def of(cls, location: str) -> Server:
         """Parse ``location``; ``UsageError`` naming what is wrong."""
+        refuse_secret_in_url(location, user=True)
         try:
             url = ldapurl.LDAPUrl(location)
         except ValueError as e:
@@ -125,14 +156,17 @@ class Server:
         return f"{self.uri}/{self.base_dn}"
 
 
-def prepare(conn: Any) -> Any:
+def prepare(conn: Any, credentials: Credentials | None = None) -> Any:
     """Protocol, timeout and TLS options on a new connection."""
     conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
     conn.set_option(ldap.OPT_REFERRALS, 0)
     conn.set_option(ldap.OPT_NETWORK_TIMEOUT, TIMEOUT)
-    cacert = os.environ.get("HSYNC_LDAP_CACERT")
+    cacert = (credentials.ca_file if credentials is not None else None) or os.environ.get(
+        "HSYNC_LDAP_CACERT")
     if cacert:
         conn.set_option(ldap.OPT_X_TLS_CACERTFILE, cacert)
+        # a CA given is a CA to check against (whatever ldap.conf's TLS_REQCERT says)
+        conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_DEMAND)
     reqcert = os.environ.get("HSYNC_LDAP_TLS_REQCERT")
     if reqcert:
         level = {
@@ -147,40 +181,88 @@ def prepare(conn: Any) -> Any:
     return conn
 
 
+def starttls(server: Server, credentials: Credentials) -> bool:
+    """Whether a connection to ``server`` starts TLS (never on ``ldaps://``)."""
+    return server.scheme == "ldap" and (server.starttls or credentials.starttls)
+
+
 def bind(
     server: Server, credentials: Credentials, factory: Callable[..., Any] | None = None
 ) -> Any:
     """A connection to ``server``, StartTLS'd and bound; raises ``ldap.LDAPError`` (a
     caller that reconnects on its own wants the error as it is: see ``connect``).
-    ``factory``: the connection class (the watcher's syncrepl consumer)."""
+    ``credentials``: resolved (``resolve``). ``factory``: the connection class (the
+    watcher's syncrepl consumer)."""
     if factory is None:
         conn = ldap.initialize(server.uri, bytes_mode=False)
     else:
         conn = factory(server.uri, bytes_mode=False)
-    prepare(conn)
-    if server.starttls:
+    prepare(conn, credentials)
+    if starttls(server, credentials):
         conn.start_tls_s()
-    conn.simple_bind_s(credentials.bind_dn, credentials.password)
+    conn.simple_bind_s(credentials.bind_dn or "", credentials.password or "")
     return conn
 
 
 def connect(server: Server, credentials: Credentials) -> Any:
     """A bound connection; ``BackendError`` (exit 2) naming why it cannot be had."""
+    tls = starttls(server, credentials) or server.scheme == "ldaps"
     try:
         return bind(server, credentials)
-    except ldap.SERVER_DOWN as e:
-        tls = " (or its TLS certificate is not trusted: HSYNC_LDAP_CACERT)" if (
-            server.starttls or server.scheme == "ldaps") else ""
-        raise BackendError(
-            f"{server.url}: cannot reach the server{tls}: {describe(e)}"
-        ) from None
-    except ldap.CONNECT_ERROR as e:  # StartTLS refused the certificate
-        raise BackendError(f"{server.url}: TLS failed: {describe(e)}") from None
+    except (ldap.SERVER_DOWN, ldap.CONNECT_ERROR) as e:
+        why = tls_failure(server, credentials) if tls else None
+        if why is not None:
+            raise BackendError(f"{server.url}: TLS: {why}") from None
+        if isinstance(e, ldap.CONNECT_ERROR):
+            raise BackendError(f"{server.url}: TLS failed: {describe(e)}") from None
+        raise BackendError(f"{server.url}: cannot reach the server: {describe(e)}") from None
     except ldap.INVALID_CREDENTIALS as e:
         who = credentials.bind_dn or "anonymous"
         raise BackendError(f"{server.url}: bind as {who} refused: {describe(e)}") from None
     except ldap.LDAPError as e:
         raise BackendError(f"{server.url}: cannot connect: {describe(e)}") from None
+
+
+# An ExtendedRequest for StartTLS (RFC 4511 4.14.1), message ID 1, in BER.
+_STARTTLS_OID = b"1.3.6.1.4.1.1466.20037"
+_STARTTLS = (bytes([0x30, 5 + len(_STARTTLS_OID) + 2, 0x02, 0x01, 0x01,
+                    0x77, len(_STARTTLS_OID) + 2, 0x80, len(_STARTTLS_OID)]) + _STARTTLS_OID)
+
+
+def tls_failure(server: Server, credentials: Credentials) -> str | None:
+    """Why a TLS handshake with ``server`` fails, in words, or None when it does not
+    (or the server cannot be reached at all). libldap (GnuTLS on Debian) says only
+    "Can't contact LDAP server" or "Connect error"; Python's ``ssl`` is asked the same
+    question with the same CA file and host name, and says which check failed."""
+    import socket
+    import ssl
+
+    cafile = credentials.ca_file or os.environ.get("HSYNC_LDAP_CACERT") or None
+    try:
+        ctx = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as e:
+        return f"cannot load the CA file {cafile}: {e}"
+    port = server.port or DEFAULT_PORTS.get(server.scheme, 389)
+    host = server.host.strip("[]")
+    try:
+        with socket.create_connection((host, port), timeout=TIMEOUT) as sock:
+            if server.scheme == "ldap":
+                sock.sendall(_STARTTLS)
+                if not sock.recv(4096):
+                    return None
+            with ctx.wrap_socket(sock, server_hostname=host):
+                return None
+    except ssl.SSLCertVerificationError as e:
+        reason = (e.verify_message or str(e)).rstrip(".")
+        if e.verify_code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
+            return (f"the server's certificate is not valid for {host} ({reason}): connect "
+                    "by a name the certificate holds")
+        where = f"by {cafile}" if cafile else "by the system's CAs (--ca-file FILE)"
+        return f"the server's certificate is not trusted {where}: {reason}"
+    except ssl.SSLError as e:
+        return f"the TLS handshake failed: {e.reason or e}"
+    except OSError:
+        return None
 
 
 def pages(
