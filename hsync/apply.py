@@ -125,6 +125,7 @@ def run_batch(
     options = ApplyOptions(
         fsync=session.options.fsync,
         hard_links=session.options.hard_links,
+        sparse=session.options.sparse,
         defer_durable=while_flushing is not None and destination.capabilities.deferred_flush,
     )
     prefetching = session.source.features.prefetching
