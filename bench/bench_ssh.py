@@ -2,13 +2,15 @@
 """Remote benchmark: hsync over ssh against ``rsync -a --delete -e ssh`` (and ``-z``).
 
 Starts its own sshd on 127.0.0.1 (``tests/sshd.py``: keys in the work directory,
-nothing in ``~/.ssh``), generates a tree, then times each tool on four scenarios,
+nothing in ``~/.ssh``), generates a tree, then times each tool on five scenarios,
 interleaved round by round (the first tool rotates), each command a whole process:
 
   a  initial copy into an empty destination (a push)
   b  no-op re-sync
   c  re-sync after renaming a directory of --batch files (renamed back on odd rounds)
   d  re-sync after renaming a directory of --big files of 1 MiB
+  e  re-sync after appending 1 MiB (random) to a file of --append MiB (grows 1 MiB a
+     round): the changed file crosses as a delta (rsync's algorithm, both tools)
 
 Bytes on the wire: hsync's ``--json`` report (``bytes_on_wire``, counted by hsync on
 its link, after compression); rsync's ``--stats`` (total bytes sent + received).
@@ -66,6 +68,14 @@ def generate(root: Path, files: int, per_dir: int, batch: int, big: int) -> None
         (root / "big" / f"b{i}").write_bytes(os.urandom(MIB))
 
 
+def generate_append(path: Path, mib: int) -> None:
+    """A file of ``mib`` MiB of random bytes (the one that grows in scenario e)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        for _ in range(mib):
+            f.write(os.urandom(MIB))
+
+
 class Tool:
     def __init__(self, name: str, argv: list[str], work: Path) -> None:
         self.name = name
@@ -108,6 +118,8 @@ def main() -> None:
     ap.add_argument("--per-dir", type=int, default=100)
     ap.add_argument("--batch", type=int, default=1000)
     ap.add_argument("--big", type=int, default=1000, help="files of 1 MiB renamed in d")
+    ap.add_argument("--append", type=int, default=1024,
+                    help="MiB of the file 1 MiB is appended to in e (0: no scenario e)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workdir", default="/tmp/hsync-bench-ssh")
     ap.add_argument("--hsync", default=str(Path(sys.executable).with_name("hsync")))
@@ -121,6 +133,9 @@ def main() -> None:
     src = work / "src"
     print(f"generating {args.files} files + {args.big} x 1 MiB in {src}", file=sys.stderr)
     generate(src, args.files, args.per_dir, args.batch, args.big)
+    scenarios = "abcde" if args.append else "abcd"
+    if args.append:
+        generate_append(src / "append" / "huge", args.append)
     server = Sshd(str(work / "sshd"))
     rsh = server.rsh
     tools = [
@@ -154,12 +169,17 @@ def main() -> None:
             os.rename(src / old, src / new)
             for t in order:
                 record("d", t, t.run(src))
+            if args.append:
+                with open(src / "append" / "huge", "ab") as f:
+                    f.write(os.urandom(MIB))
+                for t in order:
+                    record("e", t, t.run(src))
             for t in order:  # every tool's copy equals the source
                 p = subprocess.run(["diff", "-r", "-q", str(src), str(t.dst)],
                                    capture_output=True, check=False)
                 if p.returncode != 0:
                     raise SystemExit(f"{t.name}: destination differs: {p.stdout[:300]!r}")
-            for s in "abcd":
+            for s in scenarios:
                 base = times[(s, "rsync")][-1]
                 for t in tools:
                     ratios.setdefault((s, t.name), []).append(times[(s, t.name)][-1] / base)
@@ -167,12 +187,13 @@ def main() -> None:
         server.stop()
     names = {"a": f"initial copy ({args.files:,} files + {args.big} x 1 MiB)",
              "b": "no-op re-sync", "c": f"rename of a directory of {args.batch} files",
-             "d": f"rename of a directory of {args.big} x 1 MiB"}
+             "d": f"rename of a directory of {args.big} x 1 MiB",
+             "e": f"1 MiB appended to a file of {args.append:,} MiB"}
     print(f"\n{args.rounds} rounds, medians; ratio: the median of the per-round ratios "
           "to rsync -a\n")
     print("| scenario | tool | time (s) | ratio to rsync -a | bytes on the wire |")
     print("| --- | --- | ---: | ---: | ---: |")
-    for s in "abcd":
+    for s in scenarios:
         for t in tools:
             key = (s, t.name)
             print(f"| {names[s]} | {t.name} | {statistics.median(times[key]):.2f} | "

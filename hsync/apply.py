@@ -130,6 +130,7 @@ def run_batch(
     )
     prefetching = session.source.features.prefetching
     if prefetching is not None:  # a far source streams what the batch reads, at once
+        prefetching.delta_bases(destination.backend, ops)  # deltas against the old files
         prefetching.prefetch([op.key for op in ops if op.node is not None
                               and op.node.kind == FILE and (op.op == CREATE
                                   or (op.op == UPDATE and op.content))])

@@ -503,6 +503,11 @@ class Prefetching(Protocol):
         what an earlier call fetched and was not read."""
         ...
 
+    def delta_bases(self, basis: Backend, ops: Sequence[Op]) -> None:
+        """Before ``prefetch``: the batch ``ops`` writes to ``basis`` (the destination);
+        a file it updates may be read as a delta against ``basis``'s old file."""
+        ...
+
 
 @runtime_checkable
 class Linked(Protocol):

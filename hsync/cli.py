@@ -462,6 +462,11 @@ def _stats(report: Any) -> str:
         ("Moved", f"{c['move']:,}"),
         ("Deleted", f"{c['delete']:,}"),
         ("Bytes copied", f"{report.bytes_copied:,}"),
+    ]
+    if report.wire is not None:  # a remote endpoint: what crossed its link (rsync's)
+        rows.append(("Bytes on wire", f"{report.wire.get('sent', 0):,} sent, "
+                                      f"{report.wire.get('received', 0):,} received"))
+    rows += [
         ("Failures", f"{len(report.problems):,}"),
         ("Elapsed", f"{report.elapsed:.2f} s"),
     ]

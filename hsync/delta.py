@@ -1,6 +1,7 @@
 """Delta transfer of a changed file: the rsync algorithm through librsync.
 
-For the integrator (remote apply, SPEC 12). When a file exists on both sides, differs,
+Used by the remote endpoint (``hsync/remote/backend.py``, ``agent.py``; see
+docs/ARCHITECTURE.md "Delta transfer"). When a file exists on both sides, differs,
 and the destination's old copy is at least `DELTA_MIN_SIZE` bytes (`use_delta`):
 
 1. the **receiver** (the destination backend, which holds the old file at the key)

@@ -18,6 +18,7 @@ import contextlib
 import os
 import sqlite3
 import sys
+import tempfile
 import threading
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -25,6 +26,7 @@ from typing import Any, BinaryIO
 
 import attrs
 
+from .. import delta as deltas
 from ..backend import ApplyOptions, DigestScan, Endpoint, Watch, open_endpoint
 from ..cancel import NEVER
 from ..errors import HsyncError, NodeError, SourceChanged, UsageError
@@ -97,8 +99,12 @@ class Incoming:
     """The content a batch's ops read (``ContentSource``): each file arrives in pages;
     ``read`` waits for the whole file."""
 
-    def __init__(self, url: str, reads: dict[Key, int]) -> None:
+    def __init__(self, url: str, reads: dict[Key, int], basis: Any = None) -> None:
         self.url = url
+        self._basis = basis
+        """The backend holding the old files a delta patches (the destination)."""
+        self._deltas: set[Key] = set()
+        self._trailers: dict[Key, deltas.Trailer] = {}
         self._reads = reads
         """How many ops of the batch read each key: its content is kept until the last."""
         self._cond = threading.Condition()
@@ -108,7 +114,12 @@ class Incoming:
 
     def add(self, page: Sequence[Any]) -> None:
         with self._cond:
-            for key, data, end in page:
+            for key, data, end, *is_delta in page:
+                if is_delta:
+                    self._deltas.add(key)
+                    if end is not None and end[1] is None:
+                        self._trailers[key] = deltas.Trailer(end[2], end[3])
+                        end = end[:2]
                 if data:
                     spool = self._parts.get(key)
                     if spool is None:
@@ -141,7 +152,34 @@ class Incoming:
         if error is not None:
             spool.close()
             raise SourceChanged(error)
+        if key in self._deltas:
+            return self._patched(key, spool, mtime, last=left <= 0)
         return spool.file(mtime, last=left <= 0)
+
+    def _patched(self, key: Key, spool: Spool, mtime: int, *, last: bool) -> BinaryIO:
+        """The new content of ``key``: its delta applied to the old file at ``key`` (the
+        destination's, as the batch left it so far), checked against the sender's
+        trailer. A delta that does not verify (the old file changed since it was
+        signed, a block-sum collision, a corrupt delta) is a ``SourceChanged``: the
+        client retries the file, whole."""
+        with self._cond:
+            trailer = self._trailers.get(key)
+            if last:
+                self._deltas.discard(key)
+                self._trailers.pop(key, None)
+        out = Spool()
+        try:
+            with tempfile.TemporaryFile() as tmp:
+                out.fd = os.dup(tmp.fileno())
+            with spool.file(0, last=last) as d, self._basis.read(key) as basis:
+                got = deltas.patch(basis.fileno(), iter(lambda: d.read(CHUNK), b""),
+                                   out.fd)
+            if trailer is None or got != trailer:
+                raise deltas.DeltaError("the patched file differs from the source's")
+        except (OSError, NodeError, deltas.DeltaError) as e:
+            out.close()
+            raise SourceChanged(f"its delta did not apply ({e}); sent whole next") from e
+        return out.file(mtime)
 
 
 class _Sink:
@@ -287,6 +325,40 @@ class Agent:
             raise SourceChanged("the source file changed while it was read")
         return before.st_mtime_ns
 
+    # -- Metadata ------------------------------------------------------------------------
+    @property
+    def _metadata(self) -> Any:
+        metadata = self.endpoint.features.metadata if self.endpoint else None
+        if metadata is None:
+            raise UsageError("this tree keeps no owner, group, xattrs or ACLs")
+        return metadata
+
+    def do_id_names(self, rid: int) -> Any:
+        users, groups = self._metadata.id_names()
+        return [users, groups]
+
+    def do_metadata(self, rid: int, wanted: Any) -> Any:
+        return self._metadata.metadata(wanted)
+
+    def do_read_delta(self, rid: int, key: Key, sig: Sequence[bytes]) -> Any:
+        """One file as a delta against the signature of the client's old file, streamed
+        in chunks (``item`` frames), then ``[mtime_ns, size, digest]``; ``[None, why]``
+        when no verified delta can be made (the client then reads the file whole)."""
+        try:
+            with self.backend.read(key) as f:
+                before = os.fstat(f.fileno())
+                stream = deltas.delta(list(sig), f.fileno())
+                for chunk in stream:
+                    self.framer.send([rid, "item", chunk])
+                trailer = stream.trailer()
+                after = os.fstat(f.fileno())
+        except (OSError, NodeError, deltas.DeltaError) as e:
+            return [None, str(e)]
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or \
+                trailer.size != before.st_size:
+            return [None, "the source file changed while it was read"]
+        return [before.st_mtime_ns, trailer.size, trailer.digest]
+
     def do_read_many(self, rid: int, keys: Sequence[Key], limit: int) -> Any:
         """Many files in pages of ``[key, data, end]`` (``end``: None while more of the
         file follows, else ``[mtime_ns, error or None]``). A file larger than ``limit``
@@ -320,6 +392,28 @@ class Agent:
             self.framer.send([rid, "item", page])
         return None
 
+    def do_signatures(self, rid: int, wanted: Sequence[Sequence[Any]]) -> Any:
+        """The signatures of the old files a batch's deltas patch, in pages of
+        ``[key, chunks]`` (chunks empty: no delta for that key: it is sent whole)."""
+        page: list[Any] = []
+        size = 0
+        for key, basis in wanted:
+            chunks: list[bytes] = []
+            try:
+                with self.backend.read(tuple(basis)) as f:
+                    chunks = list(deltas.signature(f.fileno()))
+            except (OSError, NodeError, deltas.DeltaError):
+                chunks = []
+            if chunks:
+                page.append([key, chunks])
+                size += sum(len(c) for c in chunks)
+            if size >= PAGE_BYTES or len(page) >= PAGE:
+                self.framer.send([rid, "item", page])
+                page, size = [], 0
+        if page:
+            self.framer.send([rid, "item", page])
+        return None
+
     # -- a batch -----------------------------------------------------------------------------
     def do_apply(self, rid: int, seq: int, ops: Sequence[Op], final: dict[str, Any],
                  options: ApplyOptions, pair: str) -> Any:
@@ -327,7 +421,7 @@ class Agent:
         for op in ops:
             if op.node is not None and op.node.kind == FILE:
                 reads[op.key] = reads.get(op.key, 0) + 1
-        incoming = Incoming(self.backend.url, reads)
+        incoming = Incoming(self.backend.url, reads, self.backend)
         snap = decode_snapshot(final)
         t = threading.Thread(target=self._apply, name=f"hsync-apply-{seq}",
                              args=(rid, seq, list(ops), snap, options, incoming, pair),

@@ -11,9 +11,14 @@ offers (its ``Features``, sent when it opens), each forwarded:
   once, their contents streamed back in pages: one round trip per batch, not per file);
 - ``apply_batch``: the ops, the part of the final snapshot they need, then the content
   of the files they create or update, in pages (small files many to a page, big files
-  in chunks). The content of a changed file is sent whole (``_send_content``: the seam
-  where a delta transfer plugs in). A move is an op like any other: a rename on the far
-  side, no content crosses;
+  in chunks). An updated file the far side holds an old version of (``use_delta``)
+  crosses as an rsync delta against it (``_signatures``, one request per batch, then
+  ``_send_delta``); a delta that does not verify there is retried whole. A move is an
+  op like any other: a rename on the far side, no content crosses;
+- as a source, the files a batch updates are read as deltas against the local
+  destination's old files (``delta_bases``, ``_read_delta``);
+- ``Metadata``: the far backend's user and group names and the negotiation of what
+  metadata is kept (owner, group, xattrs, ACLs travel in the rows' ``data``);
 - ``watch``: the agent watches and streams the dirty keys.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import tempfile
 import threading
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from types import TracebackType
@@ -29,6 +35,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import attrs
 
+from .. import delta as deltas
 from ..backend import (
     ApplyOptions,
     ApplyResult,
@@ -37,6 +44,9 @@ from ..backend import (
     Credentials,
     DigestSummary,
     Hashed,
+    IdNames,
+    Keep,
+    Linked,
     Relation,
     Role,
     WatchSink,
@@ -44,7 +54,7 @@ from ..backend import (
 from ..cancel import NEVER, Cancel
 from ..errors import CANCELLED, BackendError, NodeError, SourceChanged, UsageError
 from ..filters import Exclude
-from ..model import CREATE, DIR, FILE, UPDATE, Key, Node, Op, Problem, Row, Snapshot
+from ..model import CREATE, DIR, FILE, MOVE, UPDATE, Key, Node, Op, Problem, Row, Snapshot
 from . import current
 from .agent import decode_snapshot, encode_snapshot
 from .protocol import CHUNK, INLINE, Spool, content_file
@@ -58,6 +68,9 @@ PREFETCH_LIMIT = 4 << 20
 PREFETCH_BUFFER = 64 << 20
 """Prefetched content held at most before the next request waits for reads."""
 PAGE_BYTES = 1 << 20
+SIGNATURES_MAX = 64 << 20
+"""Signature bytes asked for ahead of one batch at most (384 KiB per GiB of file): the
+files beyond are sent whole."""
 _DEFAULTS = ApplyOptions()
 
 
@@ -251,6 +264,10 @@ class RemoteBackend:
         self._prefetch: _Prefetch | None = None
         self._seq = 0
         self.pair = ""
+        self._whole: set[Key] = set()
+        """Files whose delta failed: sent whole from now on."""
+        self._delta_basis: Any = None
+        self._delta_keys: set[Key] = set()
 
     def __repr__(self) -> str:
         return f"RemoteBackend({self.url!r}, role={self.role!r})"
@@ -282,6 +299,11 @@ class RemoteBackend:
         return out
 
     def read(self, key: Key) -> BinaryIO:
+        if key in self._delta_keys:
+            self._delta_keys.discard(key)
+            f = self._read_delta(key)
+            if f is not None:
+                return f
         pre = self._prefetch
         if pre is not None:
             f = pre.take(key)
@@ -304,10 +326,75 @@ class RemoteBackend:
         out: bytes | None = self.link.call("digest", key)
         return out
 
+    # -- deltas when this is the source: the local destination patches -------------------
+    def delta_bases(self, basis: Backend, ops: Sequence[Op]) -> None:
+        """The batch about to run writes to ``basis`` (a local destination backend):
+        the files it updates that a delta is worth it for are read as a delta against
+        its old file there (``_read_delta``), not prefetched whole. Called before
+        ``prefetch``."""
+        self._delta_basis = basis
+        self._delta_keys = set()
+        if not deltas.available() or isinstance(basis, Linked):
+            return  # a far destination would ship its old file here to be signed
+        for op in ops:
+            if (op.op == UPDATE and op.content and op.node is not None
+                    and op.node.kind == FILE and op.old is not None
+                    and op.old.kind == FILE and op.key not in self._whole
+                    and deltas.use_delta(op.old.size, op.node.size)):
+                self._delta_keys.add(op.key)
+
+    def _local_signature(self, key: Key) -> list[bytes] | None:
+        """The signature of the destination's old file at ``key``."""
+        try:
+            with self._delta_basis.read(key) as old:
+                return list(deltas.signature(old.fileno()))
+        except (OSError, NodeError, deltas.DeltaError):
+            return None
+
+    def _read_delta(self, key: Key) -> BinaryIO | None:
+        """The new content of ``key``: the far side answers the signature of the
+        destination's old file with a delta, patched here into an unnamed temporary
+        file and checked against the far side's trailer. None when that fails (the
+        old file changed since it was signed, no basis, a delta that does not verify):
+        the caller reads the file whole."""
+        sig = self._local_signature(key)
+        if not sig:
+            return None
+        spool = Spool()
+        end: Any = None
+        rid, q = self.link.open("read_delta", key, sig)
+        try:
+            for tag, value in self.link.answer(rid, q):
+                if tag == "item":
+                    spool.add(value)
+                else:
+                    end = self.link.result(tag, value)
+        except BaseException:
+            spool.close()
+            raise
+        if not end or end[0] is None:
+            spool.close()
+            return None
+        mtime, size, digest = end
+        with tempfile.TemporaryFile() as tmp:
+            fd = os.dup(tmp.fileno())
+        try:
+            with spool.file(0) as d, self._delta_basis.read(key) as old:
+                got = deltas.patch(old.fileno(), iter(lambda: d.read(CHUNK), b""), fd)
+            if got != deltas.Trailer(size, digest):
+                raise deltas.DeltaError("the patched file differs from the source's")
+        except (OSError, NodeError, deltas.DeltaError):
+            os.close(fd)
+            return None
+        os.utime(fd, ns=(mtime, mtime))
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.fdopen(fd, "rb")
+
     def prefetch(self, keys: Sequence[Key]) -> None:
         if self._prefetch is not None:
             self._prefetch.stop()
             self._prefetch = None
+        keys = [k for k in keys if k not in self._delta_keys]
         if keys:
             self._prefetch = _Prefetch(self.link, list(keys))
 
@@ -327,16 +414,19 @@ class RemoteBackend:
                 for op in ops])
         self._seq += 1
         ops = list(ops)
+        sigs = self._signatures(ops)
         rid, q = self.link.open("apply", self._seq, ops, _final_part(ops, final),
                                 attrs.evolve(options, defer_durable=False), self.pair)
         try:
-            self._send_content(rid, ops, source)
+            self._send_content(rid, ops, source, sigs)
         finally:
             answer: dict[str, Any] | None = None
             for tag, value in self.link.answer(rid, q):
                 if tag in ("ok", "err"):
                     answer = self.link.result(tag, value)
         assert answer is not None
+        # a delta that did not verify there comes back as a retry: sent whole next time
+        self._whole.update(p.key for p in answer["problems"] if p.key in sigs)
         done = [ops[i] if isinstance(i, int) else i for i in answer["done"]]
         if on_done is not None:
             for op in done:
@@ -344,14 +434,82 @@ class RemoteBackend:
         return ApplyResult(done=done, problems=list(answer["problems"]),
                            bytes_copied=answer["bytes"], warnings=list(answer["warnings"]))
 
-    def _send_content(self, rid: int, ops: Sequence[Op], source: ContentSource) -> None:
-        """The content of every file the batch creates or updates, whole, in pages of
+    def _signatures(self, ops: Sequence[Op]) -> dict[Key, list[bytes]]:
+        """The signatures of the far side's old files, for the files of the batch a
+        delta is worth it for (``use_delta``): asked for all at once, one round trip
+        per batch. An updated file's old version is at its key, or at the source of a
+        move earlier in the batch (the far side signs it before the batch runs)."""
+        if not deltas.available():
+            return {}
+        wanted: list[list[Any]] = []
+        total = 0
+        moves: list[tuple[Key, Key]] = []
+        for op in ops:
+            if op.op == MOVE and op.to is not None:
+                moves.append((op.key, op.to))
+                continue
+            if not (op.op == UPDATE and op.content and op.node is not None
+                    and op.node.kind == FILE and op.old is not None
+                    and op.old.kind == FILE and op.key not in self._whole
+                    and deltas.use_delta(op.old.size, op.node.size)):
+                continue
+            basis = _before_moves(op.key, moves)
+            total += _signature_size(op.old.size)
+            if total > SIGNATURES_MAX:
+                break
+            wanted.append([op.key, basis])
+        if not wanted:
+            return {}
+        out: dict[Key, list[bytes]] = {}
+        for page in self.link.stream("signatures", wanted):
+            for key, chunks in page:
+                out[tuple(key)] = list(chunks)
+        return out
+
+    def _send_delta(self, rid: int, key: Key, f: BinaryIO, sig: list[bytes],
+                    page: list[Any], size: int) -> tuple[list[Any], int, bool]:
+        """``f``'s content as a delta against the far side's old file: pages of
+        ``[key, data, None, 1]``, then the end ``[mtime_ns, None, size, digest]``. False
+        when no delta could be made (then nothing of this file was sent)."""
+        before = os.fstat(f.fileno())
+        try:
+            stream = deltas.delta(sig, f.fileno())
+            chunks = iter(stream)
+            first = next(chunks, b"")
+        except deltas.DeltaError:
+            return page, size, False
+        try:
+            for chunk in _chain(first, chunks):
+                if not chunk:
+                    continue
+                page.append([key, chunk, None, 1])
+                size += len(chunk)
+                if size >= PAGE_BYTES:
+                    self.link.send_more(rid, page)
+                    page, size = [], 0
+            trailer = stream.trailer()
+        except deltas.DeltaError as e:
+            page.append([key, b"", [0, f"delta: {e}"], 1])
+            return page, size, True
+        after = os.fstat(f.fileno())
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) \
+                or trailer.size != before.st_size:
+            page.append([key, b"", [0, "the source file changed while it was read"], 1])
+        else:
+            page.append([key, b"", [before.st_mtime_ns, None, trailer.size,
+                                    trailer.digest], 1])
+        return page, size, True
+
+    def _send_content(self, rid: int, ops: Sequence[Op], source: ContentSource,
+                      sigs: dict[Key, list[bytes]] | None = None) -> None:
+        """The content of every file the batch creates or updates, in pages of
         ``[key, data, end]`` (``end``: None while the file goes on, else ``[mtime_ns,
-        error]``). The seam of a delta transfer: a changed file whose old version the
-        far side holds could send a delta here instead."""
+        error]``): whole, or as a delta against the far side's old file where its
+        signature came (``_signatures``, ``_send_delta``)."""
         page: list[Any] = []
         size = 0
         sent: set[Key] = set()
+        sigs = sigs or {}
         for op in ops:
             if not _needs_content(op) or op.key in sent:
                 continue
@@ -359,6 +517,11 @@ class RemoteBackend:
             sent.add(key)
             try:
                 with source.read(key) as f:
+                    sig = sigs.get(key)
+                    if sig is not None and _has_fd(f):
+                        page, size, done = self._send_delta(rid, key, f, sig, page, size)
+                        if done:
+                            continue
                     # streamed a chunk at a time: a big file is never held whole
                     before = os.fstat(f.fileno()) if _has_fd(f) else None
                     got = 0
@@ -414,6 +577,25 @@ class RemoteBackend:
         if a.startswith(b):
             return "contains"
         return None
+
+
+def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest
+
+
+def _before_moves(key: Key, moves: Sequence[tuple[Key, Key]]) -> Key:
+    """Where ``key`` was before ``moves`` (in order) ran."""
+    for src, to in reversed(moves):
+        if key[:len(to)] == to:
+            key = src + key[len(to):]
+    return key
+
+
+def _signature_size(size: int) -> int:
+    """About the size of a signature of a file of ``size`` bytes."""
+    block = max(2048, int(size ** 0.5))
+    return 12 + (size // block + 1) * 12
 
 
 def _has_fd(f: Any) -> bool:
@@ -494,10 +676,25 @@ class _Watchable:
         return _RemoteWatch(self.link, sink)
 
 
+class _Metadata:
+    """Owner, group, xattrs and ACLs, kept by the far backend: its user and group names
+    (a pair maps ids by name across hosts) and the negotiation, forwarded."""
+
+    link: Link
+
+    def id_names(self) -> IdNames:
+        users, groups = self.link.call("id_names")
+        return dict(users), dict(groups)
+
+    def metadata(self, wanted: Keep) -> Keep:
+        out: Keep = self.link.call("metadata", wanted)
+        return out
+
+
 _MIXINS = {
     "sorted_walk": _SortedWalk, "streaming": _Streaming,
     "digest_scanning": _DigestScanning, "bulk_hashing": _BulkHashing,
-    "watchable": _Watchable,
+    "watchable": _Watchable, "metadata": _Metadata,
 }
 _CLASSES: dict[tuple[str, ...], type] = {}
 

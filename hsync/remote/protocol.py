@@ -26,7 +26,7 @@ import attrs
 import msgpack
 import zstandard
 
-PROTOCOL = 1
+PROTOCOL = 2
 """Bumped when the messages change incompatibly; the handshake refuses a mismatch."""
 MAGIC = "hsync-agent"
 
@@ -56,12 +56,12 @@ def hsync_version() -> str:
 
 
 def _classes() -> dict[str, type]:
-    from ..backend import ApplyOptions, Capabilities, DigestSummary
+    from ..backend import ApplyOptions, Capabilities, DigestSummary, Keep
     from ..filters import Exclude
     from ..model import Change, Fingerprint, Node, Op, Problem
 
     return {c.__name__: c for c in (Node, Op, Problem, Change, Fingerprint, Exclude,
-                                    ApplyOptions, Capabilities, DigestSummary)}
+                                    ApplyOptions, Capabilities, DigestSummary, Keep)}
 
 
 _CLASSES: dict[str, type] = {}
