@@ -129,6 +129,7 @@ def populate(
         ops.append(Op(op=CREATE, kind=root.kind, key=(), node=root))
     size = 0
     kept: list[Op] = []
+    failed: dict[Key, str] = {}  # creates that failed in a batch -> the problem's kind
 
     def flush() -> None:
         nonlocal ops, batch, fps
@@ -144,6 +145,7 @@ def populate(
 
         result = run_batch(session, ops, final, on_done=on_done, while_flushing=record)
         out.problems.extend(result.problems)
+        failed.update((p.key, p.kind) for p in result.problems if p.op == CREATE)
         out.warnings.extend(result.warnings)
         out.bytes_copied += result.bytes_copied
         for op in result.done:
@@ -164,8 +166,18 @@ def populate(
                 out.problems.append(Problem(key, f"not synced: {_why(source, key)}",
                                             kind="retry"))
                 continue
-            batch[key] = node
             out.seen["source"] += 1
+            kind = failed.get(key[:-1])
+            if kind is not None:
+                # its parent's create failed in an earlier batch (within a batch the
+                # destination skips them itself): one problem each, nothing sent
+                failed[key] = kind
+                out.planned[CREATE] += 1
+                out.problems.append(Problem(
+                    key, f"create skipped: its parent {'/'.join(key[:-1])} was not created",
+                    op=CREATE, kind=kind))
+                continue
+            batch[key] = node
             if fp is not None:
                 fps[key] = fp
             if node.kind == DIR:  # its metadata is set from ``final`` in later batches

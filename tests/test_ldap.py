@@ -447,6 +447,43 @@ def test_a_refused_entry_takes_its_subtree_with_it_in_one_problem_each(
     assert rest and all("was not created" in p.message for p in rest)
 
 
+def test_an_entry_refused_in_the_middle_of_the_add_window_is_one_problem(
+    ldap_env: Slapd,
+) -> None:
+    """Adds are pipelined (``WINDOW`` in flight on one connection): an entry the
+    destination refuses while hundreds of its siblings are in flight is one problem
+    naming it and the server's answer; its children are each reported (not sent, not
+    lost); every other entry, before and after it in the window, is loaded."""
+    from hsync_ldap.backend import WINDOW
+
+    before, after = WINDOW // 2, WINDOW * 2
+    people = [f"dn: cn=p{i},ou=many,{SRC_BASE}\nobjectClass: inetOrgPerson\ncn: p{i}\n"
+              f"sn: S{i}\n" for i in range(before + after)]
+    # a group needs a member; members are excluded from the sync: the destination
+    # refuses the group (objectClassViolation) and only it
+    group = (f"dn: cn=team,ou=many,{SRC_BASE}\nobjectClass: groupOfNames\ncn: team\n"
+             f"member: cn=p0,ou=many,{SRC_BASE}\n")
+    kids = [f"dn: cn=k{i},cn=team,ou=many,{SRC_BASE}\nobjectClass: organizationalRole\n"
+            f"cn: k{i}\n" for i in range(3)]
+    add_ldif(ldap_env, SRC_BASE, "\n".join([
+        f"dn: ou=many,{SRC_BASE}\nobjectClass: organizationalUnit\nou: many\n",
+        *people[:before], group, *people[before:], *kids]))
+    report = hsync.sync(ldap_env.endpoint(SRC_BASE), ldap_env.endpoint(DST_BASE),
+                        exclude_attrs=["member"])
+    assert report.exit_code == 3
+    refused = [p for p in report.problems if p.key == ("ou=many", "cn=team")]
+    assert len(refused) == 1 and "Object class violation" in refused[0].message
+    assert f"cn=team,ou=many,{DST_BASE}" in refused[0].message
+    kid_problems = sorted(p.key for p in report.problems if p.key != refused[0].key)
+    assert kid_problems == [("ou=many", "cn=team", f"cn=k{i}") for i in range(3)]
+    assert all("was not created" in p.message and "cn=team" in p.message
+               for p in report.problems if p is not refused[0])
+    loaded = entries(ldap_env, DST_BASE)
+    assert {dn for dn in loaded if dn.startswith("cn=p")} == {
+        f"cn=p{i},ou=many" for i in range(before + after)}
+    assert not [dn for dn in loaded if "team" in dn]
+
+
 def test_an_entry_replaced_after_the_scan_is_not_deleted(ldap_env: Slapd) -> None:
     """Before a destructive op the destination must still hold what the plan saw: an
     entry deleted and re-added under the same DN (a new entryUUID) is left alone."""
