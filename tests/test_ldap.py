@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ldap_fixtures import (
     DST_BASE,
     PASSWORD,
@@ -219,6 +221,23 @@ def test_update_changes_only_what_differs(ldap_env: Slapd) -> None:
     report = sync(ldap_env)
     assert report.counts == {"create": 0, "update": 1, "move": 0, "delete": 0}
     same(ldap_env)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    value=st.text(st.sampled_from(list('aB #,+"\\<>;=\x00\u00e9x')), min_size=1, max_size=8),
+    attr=st.sampled_from(["cn", "CN", "ou", "uid", "userid", "description", "telephoneNumber"]),
+)
+def test_the_rdn_written_is_the_entry_s_own_spelling_of_its_key(value: str, attr: str) -> None:
+    """The RDN an add or a rename sends for a key component (the quick path for values
+    with nothing to escape, the general one otherwise) names the same entry (it
+    normalizes back to the key) and spells the value as the entry's attribute does."""
+    m = Mapper(Schema.builtin(), "dc=x")
+    key = m.schema.norm_rdn_parts([(attr, value, 1)])
+    rdn = m.rdn_for(key, m.data_of({attr: [value.encode()]}))
+    (parts,) = ldap.dn.str2dn(rdn)
+    assert m.schema.norm_rdn_parts(parts) == key
+    assert [(a, v) for a, v, _ in parts] == [(m.schema.spelling(m.schema.canonical(attr)), value)]
 
 
 def test_minimal_modlist() -> None:
