@@ -114,6 +114,11 @@ def run_batch(
         hard_links=session.options.hard_links,
         defer_durable=while_flushing is not None and destination.capabilities.deferred_flush,
     )
+    prefetching = session.source.features.prefetching
+    if prefetching is not None:  # a far source streams what the batch reads, at once
+        prefetching.prefetch([op.key for op in ops if op.node is not None
+                              and op.node.kind == FILE and (op.op == CREATE
+                                  or (op.op == UPDATE and op.content))])
     result = destination.backend.apply_batch(
         ops, session.source.backend, final, options=options, cancel=cancel, on_done=on_done
     )

@@ -57,6 +57,12 @@ class Capabilities:
     deferred_flush: bool = False
     """``apply_batch`` with ``ApplyOptions(defer_durable=True)`` returns while the
     batch's flush to stable storage still runs (``ApplyResult.durable`` waits for it)."""
+    renames_touch_parents: bool = False
+    """A rename changes the payload of the containers it leaves and enters (a
+    directory's mtime, which a sync copies): where no container's payload differs, no
+    node was renamed since the last sync, and the history is consulted for identities
+    only below containers that differ. Without it, a comparison reads the history's
+    identities once even when every key's payload is equal (two names swapped)."""
 
 
 @attrs.frozen
@@ -463,6 +469,26 @@ class Watchable(Protocol):
 
 
 @runtime_checkable
+class Prefetching(Protocol):
+    """Content is far away (a remote endpoint): told which files a batch will read, it
+    fetches them all at once (one stream per batch, not one round trip per ``read``)."""
+
+    def prefetch(self, keys: Sequence[Key]) -> None:
+        """``read`` will soon be called for ``keys`` (in about that order); forgets
+        what an earlier call fetched and was not read."""
+        ...
+
+
+@runtime_checkable
+class Linked(Protocol):
+    """The endpoint is reached over a link whose bytes are counted."""
+
+    def wire(self) -> tuple[int, int]:
+        """Bytes sent and received on the link so far (as they crossed it)."""
+        ...
+
+
+@runtime_checkable
 class ResumableWatchable(Protocol):
     """A watch whose change stream has positions (LDAP syncrepl cookies): it can start
     from a checkpoint a former watch gave out."""
@@ -487,6 +513,28 @@ class Metadata(Protocol):
         ...
 
 
+@runtime_checkable
+class SchemaAware(Protocol):
+    """Compares and rewrites values by a schema (LDAP: matching rules, DN-valued
+    attributes), which its peer or schema files may know better than it does: an LDIF
+    file takes the schema of the directory server it is synced with, else the files
+    given with ``--schema``, so both sides of a pair compare by the same rules."""
+
+    def use_schema(self, files: Sequence[str], peer: Backend) -> None:
+        """Called once by the session, both endpoints open, before any scan: ``files``
+        (``Options.schema``) and the other endpoint. ``UsageError`` naming a file that
+        cannot be read or parsed."""
+        ...
+
+
+def schema_aware(endpoint: Endpoint) -> SchemaAware | None:
+    """The endpoint's backend as ``SchemaAware``, or None. Resolved once, by the session
+    when the pair opens; not a ``Features`` field, whose names are the fixed table every
+    backend's conformance suite checks (and a handshake lists)."""
+    backend = endpoint.backend
+    return backend if isinstance(backend, SchemaAware) else None
+
+
 # -- the resolved features ---------------------------------------------------------------------
 @attrs.frozen(kw_only=True)
 class Features:
@@ -501,6 +549,8 @@ class Features:
     bulk_hashing: BulkHashing | None = None
     watchable: Watchable | None = None
     resumable: ResumableWatchable | None = None
+    prefetching: Prefetching | None = None
+    linked: Linked | None = None
     metadata: Metadata | None = None
 
     @classmethod
@@ -514,6 +564,8 @@ class Features:
             bulk_hashing=backend if isinstance(backend, BulkHashing) else None,
             watchable=backend if isinstance(backend, Watchable) else None,
             resumable=backend if isinstance(backend, ResumableWatchable) else None,
+            prefetching=backend if isinstance(backend, Prefetching) else None,
+            linked=backend if isinstance(backend, Linked) else None,
             metadata=backend if isinstance(backend, Metadata) else None,
         )
 
@@ -546,7 +598,7 @@ class Endpoint:
 
 
 # -- the registry ------------------------------------------------------------------------------
-_BUILTIN = {"file": "hsync.backends.fs:FsBackend"}
+_BUILTIN = {"file": "hsync.backends.fs:FsBackend", "ssh": "hsync.remote.backend:open_remote"}
 _HINTS = {
     "ldap": "install the LDAP plugin: pip install ./plugins/ldap",
     "ldaps": "install the LDAP plugin: pip install ./plugins/ldap",
@@ -562,13 +614,25 @@ def _load(spec: str) -> BackendFactory:
 
 
 def scheme_of(location: str) -> str:
-    """The URL scheme of ``location``; "file" for a plain path (``./a:b`` is a path)."""
-    head, sep, _ = location.partition(":")
-    if sep and head.isascii() and head.replace("+", "").replace("-", "").isalnum() and (
+    """The URL scheme of ``location``: "file" for a plain path (``./a:b`` and ``/x:y``
+    are paths), "ssh" for rsync's ``[user@]host:path`` (a colon before the first
+    slash, where the part before it is not a known scheme)."""
+    head, sep, rest = location.partition(":")
+    if not sep or not head or location.startswith(("./", "/")) or "/" in head:
+        return "file"
+    scheme = head.lower()
+    if head.isascii() and head.replace("+", "").replace("-", "").isalnum() and (
         len(head) > 1
-    ) and not location.startswith(("./", "/")):
-        return head.lower()
-    return "file"
+    ) and (rest.startswith("//") or scheme in _BUILTIN or scheme in _REGISTERED
+           or scheme in _HINTS or _is_plugin(scheme)):
+        return scheme
+    return "ssh"
+
+
+def _is_plugin(scheme: str) -> bool:
+    from importlib.metadata import entry_points
+
+    return any(ep.name == scheme for ep in entry_points(group="hsync.backends"))
 
 
 _REGISTERED: dict[str, BackendFactory] = {}

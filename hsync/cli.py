@@ -110,6 +110,7 @@ def _options(**kw: Any) -> Any:
         except OSError as e:
             raise HsyncError(f"{path}: cannot read the exclude file: {e.strerror}") from None
     attrs = tuple(kw.pop("exclude_attr", None) or ())
+    kw["schema"] = tuple(kw.get("schema") or ())
     return Options(exclude=tuple(patterns), exclude_attrs=attrs, check=_state["debug"], **kw)
 
 
@@ -164,6 +165,27 @@ ExcludeAttrOpt = typer.Option(
     metavar="NAME",
     help="LDAP attribute left out of the comparison (never read, written or deleted). "
     "Repeatable.",
+)
+RshOpt = typer.Option(
+    None, "--rsh", "-e", metavar="CMD",
+    help="The ssh command for remote trees (host:path, ssh://host/path), as rsync's -e; "
+    "default $HSYNC_RSH, else ssh.",
+)
+RemoteHsyncOpt = typer.Option(
+    None, "--remote-hsync", metavar="PATH",
+    help="hsync on the remote host (rsync's --rsync-path); default: hsync on its PATH.",
+)
+CompressOpt = typer.Option(
+    True, "--compress/--no-compress", "-z",
+    help="Compress data on the link to a remote tree (zstd; on by default).",
+)
+SchemaOpt = typer.Option(
+    None,
+    "--schema",
+    metavar="FILE",
+    help="LDAP schema file (OpenLDAP .schema or LDIF) by which an ldif: endpoint compares "
+    "and rebases values when its peer is no server (with a server, the server's schema "
+    "is used). Repeatable.",
 )
 StateOpt = typer.Option(
     None,
@@ -274,6 +296,7 @@ def sync(
     delete_excluded: bool = DeleteExcludedOpt,
     copy_unstable: bool = CopyUnstableOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
+    schema: list[str] = SchemaOpt,
     max_delete: int | None = typer.Option(
         None,
         "--max-delete",
@@ -283,6 +306,9 @@ def sync(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     state: str | None = StateOpt,
+    rsh: str | None = RshOpt,
+    remote_hsync: str | None = RemoteHsyncOpt,
+    compress: bool = CompressOpt,
     wait_lock: bool = WaitLockOpt,
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."
@@ -325,10 +351,11 @@ def sync(
                          dst_password_file, ca_file, starttls)
 
     opts = _options(
+        rsh=rsh, remote_hsync=remote_hsync, compress=compress,
         dry_run=dry_run, delete=delete, checksum=checksum, exclude=exclude,
         exclude_from=exclude_from, exclude_attr=exclude_attr, max_delete=max_delete,
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
-        hard_links=hard_links, wait_lock=wait_lock,
+        hard_links=hard_links, wait_lock=wait_lock, schema=schema,
         **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded, copy_unstable=copy_unstable)
@@ -478,8 +505,12 @@ def diff(
     filter_rule: list[str] = FilterOpt,
     delete_excluded: bool = DeleteExcludedOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
+    schema: list[str] = SchemaOpt,
     no_delete: bool = typer.Option(False, "--no-delete", help="Plan as sync --no-delete would."),
     state: str | None = StateOpt,
+    rsh: str | None = RshOpt,
+    remote_hsync: str | None = RemoteHsyncOpt,
+    compress: bool = CompressOpt,
     src_bind_dn: str | None = SrcBindDnOpt,
     src_password_file: str | None = SrcPasswordFileOpt,
     dst_bind_dn: str | None = DstBindDnOpt,
@@ -501,9 +532,10 @@ def diff(
     if json_out and tree:
         raise typer.BadParameter("--json and --tree are exclusive")
     opts = _options(
+        rsh=rsh, remote_hsync=remote_hsync, compress=compress,
         checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         exclude_attr=exclude_attr, state=state, delete=not no_delete, dry_run=True,
-        allow_empty_source=True, **_meta(owner, group, xattrs, acls, numeric_ids),
+        allow_empty_source=True, schema=schema, **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded)
     cmp = compare(src, dst, opts, credentials=creds)
@@ -572,11 +604,15 @@ def watch(
     filter_rule: list[str] = FilterOpt,
     delete_excluded: bool = DeleteExcludedOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
+    schema: list[str] = SchemaOpt,
     max_delete: int | None = typer.Option(
         None, "--max-delete", min=0, metavar="N",
         help="Delete nothing in a round when more than N deletions are due.",
     ),
     state: str | None = StateOpt,
+    rsh: str | None = RshOpt,
+    remote_hsync: str | None = RemoteHsyncOpt,
+    compress: bool = CompressOpt,
     wait_lock: bool = WaitLockOpt,
     allow_empty_source: bool = typer.Option(
         False, "--allow-empty-source", help="Let an empty source empty the destination."
@@ -609,10 +645,11 @@ def watch(
 
     _log_setup(setup_logging, log_format, log_level)
     opts = _options(
+        rsh=rsh, remote_hsync=remote_hsync, compress=compress,
         delete=delete, checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         exclude_attr=exclude_attr, max_delete=max_delete, state=state,
         allow_empty_source=allow_empty_source, fsync=fsync,
-        hard_links=hard_links, wait_lock=wait_lock,
+        hard_links=hard_links, wait_lock=wait_lock, schema=schema,
         **_meta(owner, group, xattrs, acls, numeric_ids),
     )
     opts = _filtered(opts, include, filter_rule, delete_excluded)
@@ -621,7 +658,7 @@ def watch(
         rescan_interval=rescan_interval or None, poll_interval=poll_interval,
         verify_interval=verify_interval or None,
     )
-    _check_endpoints(src, dst, creds)
+    _check_endpoints(src, dst, creds, opts)
     sup = Supervisor((PairConfig(src, src, dst, opts, wopts, creds),), status_file, once=True)
     raise typer.Exit(serve(sup, debug=_state["debug"]))
 
@@ -686,11 +723,14 @@ def status(
                   f"{c.get('update', 0)} updated, {c.get('move', 0)} moved, "
                   f"{c.get('delete', 0)} deleted; {_human_bytes(p.get('bytes_copied', 0))} copied; "
                   f"{p.get('problems', 0)} problem(s)")
+            if p.get("link"):
+                print(f"  link {p['link']} since {p.get('link_since')}")
             for k, why in (p.get("unwatched") or {}).items():
                 print(f"  not watched (polled): {escape(k or '.')}: {escape(why)}")
             if p.get("last_error"):
                 print(f"  last error: {escape(p['last_error'])}")
-    bad = not alive or any(p.get("state") in ("error", "waiting") for p in doc.get("pairs", []))
+    bad = not alive or any(p.get("state") in ("error", "waiting", "reconnecting")
+                           for p in doc.get("pairs", []))
     raise typer.Exit(EXIT_DIFFER if bad else EXIT_OK)
 
 
@@ -716,12 +756,28 @@ def _log_setup(setup: Callable[[str, str], None], fmt: str, level: str) -> None:
     setup(fmt, "debug" if _state["debug"] else level)
 
 
-def _check_endpoints(src: str, dst: str, credentials: Any = (None, None)) -> None:
+def _check_endpoints(src: str, dst: str, credentials: Any = (None, None),
+                     opts: Any = None) -> None:
     """The checks of SPEC section 8 before any thread starts: a bad pair is one line
     and exit 2, like ``sync``."""
+    from .options import DEFAULT
     from .session import PairSession
 
-    PairSession(src, dst, history=False, credentials=credentials).close()
+    PairSession(src, dst, opts if opts is not None else DEFAULT, history=False,
+                credentials=credentials).close()
+
+
+@app.command(hidden=True)
+def agent(
+    restrict: str | None = typer.Option(
+        None, "--restrict", metavar="ROOT",
+        help="Serve only the tree at ROOT (for command= in authorized_keys).",
+    ),
+) -> None:
+    """The far side of a remote tree: started by hsync over ssh, speaks on stdin/stdout."""
+    from .remote.agent import run_agent
+
+    raise typer.Exit(run_agent(restrict))
 
 
 @app.command()
@@ -740,6 +796,9 @@ def verify(
     exclude: list[str] = ExcludeOpt,
     exclude_from: list[str] = ExcludeFromOpt,
     state: str | None = StateOpt,
+    rsh: str | None = RshOpt,
+    remote_hsync: str | None = RemoteHsyncOpt,
+    compress: bool = CompressOpt,
     owner: bool = OwnerOpt,
     group: bool = GroupOpt,
     xattrs: bool = XattrsOpt,
@@ -747,13 +806,15 @@ def verify(
     numeric_ids: bool = NumericIdsOpt,
 ) -> None:
     """Compare SRC and DST content and all (xxhash). Exit 0 consistent, 1 differences."""
+    from .remote import Reach, reaching
     from .verifier import verify as run_verify
 
     opts = _options(exclude=exclude, exclude_from=exclude_from)
-    report = run_verify(
-        src, dst, exclude=opts.exclude, settle=settle, repair=repair, state=state,
-        **_meta(owner, group, xattrs, acls, numeric_ids),
-    )
+    with reaching(Reach(rsh=rsh, remote_hsync=remote_hsync, compress=compress)):
+        report = run_verify(
+            src, dst, exclude=opts.exclude, settle=settle, repair=repair, state=state,
+            **_meta(owner, group, xattrs, acls, numeric_ids),
+        )
     if json_out:
         print(json.dumps(report.to_json(), indent=2))
     else:

@@ -201,6 +201,7 @@ def plan_between(
     changes = diff(
         src, dst, history, checksum=checksum, digest=digest, delete=delete,
         moves=caps.subtree_move and delete,
+        parents_witness=session.source.capabilities.renames_touch_parents,
     )
     kept: list[Key] = []
     withheld: set[Key] = set()

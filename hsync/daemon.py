@@ -28,7 +28,7 @@ import attrs
 from .backend import Credentials
 from .credentials import for_side, refuse_secret_in_url
 from .credentials import private as private_mode
-from .errors import EXIT_OK, HsyncError, UsageError
+from .errors import EXIT_OK, BackendError, HsyncError, LinkLost, UsageError
 from .itemize import escape
 from .live import PairWatch, StatusFile, WatchOptions
 from .options import Options
@@ -37,6 +37,8 @@ log = logging.getLogger("hsync.daemon")
 
 STOP_TIMEOUT = 5.0
 OPEN_RETRY = 5.0
+LINK_RETRY = (1.0, 60.0)
+"""The first and the longest wait before reconnecting a lost link (doubling)."""
 
 _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "name": str,
@@ -55,6 +57,7 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "allow_empty_source": bool,
     "fsync": bool,
     "hard_links": bool,
+    "schema": list,
     "owner": bool,
     "group": bool,
     "xattrs": bool,
@@ -66,6 +69,9 @@ _PAIR_KEYS: dict[str, type | tuple[type, ...]] = {
     "rescan_interval_s": (int, float),
     "poll_interval_s": (int, float),
     "verify_interval_s": (int, float),
+    "rsh": str,
+    "remote_hsync": str,
+    "compress": bool,
     "source_bind_dn": str,
     "source_bind_password": str,
     "source_bind_password_file": str,
@@ -213,6 +219,10 @@ def pair_config(
         allow_empty_source=raw.get("allow_empty_source", False),
         fsync=raw.get("fsync", False),
         hard_links=raw.get("hard_links", False),
+        rsh=raw.get("rsh"),
+        remote_hsync=raw.get("remote_hsync"),
+        compress=raw.get("compress", True),
+        schema=tuple(str(p) for p in raw.get("schema", [])),
         **{k: raw[k] for k in _META_KEYS if k in raw},
         check=debug,
     )
@@ -336,19 +346,37 @@ class _Running:
 
     def _run(self) -> None:
         w = self.watch
+        delay = LINK_RETRY[0]
         while not w.stopping:
+            up_at = time.monotonic()
             try:
                 w.run()
                 return
-            except HsyncError as e:
-                self.error = e
-                w.status.state = "error"
-                w.status.last_error = str(e)
+            except BackendError as e:
+                if not isinstance(e, LinkLost) and w.status.link != "down":
+                    self._failed(e)
+                    if self.once:
+                        return
+                    continue
+                # a remote endpoint's link broke (or cannot be made again yet):
+                # reconnect, sooner after a long life; the next session resumes from
+                # the history (a stat-only quick pass, no content comparison)
+                self.error = None
+                if time.monotonic() - up_at > LINK_RETRY[-1]:
+                    delay = LINK_RETRY[0]
+                st = w.status
+                if st.link != "down":
+                    st.link, st.link_since = "down", time.time()
+                st.state = "reconnecting"
+                st.last_error = str(e)
                 w.status_file.write()
-                w.log.error("%s", e)
+                w.log.warning("%s; reconnecting in %g s", e, delay)
+                w.pause(delay)
+                delay = min(delay * 2, LINK_RETRY[-1])
+            except HsyncError as e:
+                self._failed(e)
                 if self.once:
                     return
-                w.pause(OPEN_RETRY)  # a daemon keeps trying (a mount not up yet)
             except Exception:
                 w.log.exception("the loop failed")
                 w.status.state = "error"
@@ -356,6 +384,16 @@ class _Running:
                 if self.once:
                     raise
                 w.pause(OPEN_RETRY)
+
+    def _failed(self, e: HsyncError) -> None:
+        w = self.watch
+        self.error = e
+        w.status.state = "error"
+        w.status.last_error = str(e)
+        w.status_file.write()
+        w.log.error("%s", e)
+        if not self.once:
+            w.pause(OPEN_RETRY)  # a daemon keeps trying (a mount not up yet)
 
 
 class Supervisor:

@@ -48,6 +48,9 @@ DICE_THRESHOLD = 0.5
 HASH_CANDIDATES = 8
 COMMON_SIGNATURE = 64
 HASH_BUDGET = 256 * 1024 * 1024
+LOOKUP_LIMIT = 5000
+"""Up to this many source nodes, the history is asked for their identities one by one
+(an index lookup each); beyond, its identities are read once, whole."""
 
 
 class HistoryView(Protocol):
@@ -57,6 +60,10 @@ class HistoryView(Protocol):
         self, identities: Iterable[int | str | None]
     ) -> Mapping[int | str | None, tuple[Key, Node]]:
         """identity -> (key, node) as synced last time, for the identities it knows."""
+        ...
+
+    def identities(self) -> Iterable[tuple[object, Key]]:
+        """``(identity, key)`` of every node synced last time."""
         ...
 
 
@@ -81,6 +88,9 @@ class MemoryHistory:
             if hit is not None:
                 out[ident] = hit
         return out
+
+    def identities(self) -> list[tuple[object, Key]]:
+        return [(i, k) for i, (k, _) in self.entries.items()]
 
 
 class _Matcher:
@@ -393,8 +403,16 @@ def diff(
     delete: bool = True,
     moves: bool = True,
     replace: bool = True,
+    parents_witness: bool = False,
 ) -> list[Change]:
     """The changes that make ``destination`` equal to ``source``.
+
+    Nodes equal on both sides are still matched by identity when the history places
+    them elsewhere (two names swapped, the payloads ending equal: two empty OUs, two
+    identical files). ``parents_witness``: a rename changes the payload of the source's
+    containers it leaves and enters (a directory's mtime), so only the children of
+    containers whose payload differs can have moved, and a no-op costs nothing more;
+    else every node is checked against the history (one read of it).
 
     Pure given its inputs (``digest`` is a read-only oracle over the two trees). With
     ``delete=False`` no move is inferred and destination nodes are removed only where
@@ -450,6 +468,12 @@ def diff(
     for k in frozen:
         if k in changed:
             changed.remove(k)
+    if history is not None and moves and delete:
+        changed += [
+            k for k in _moved_in_place(
+                source, src, dst, history, changed, new, parents_witness=parents_witness)
+            if k not in frozen
+        ]
     if not (new or changed or gone):
         return []
 
@@ -494,6 +518,54 @@ def diff(
             continue
         changes.append(Change(op=DELETE, key=d, kind=dst[d].kind, old=dst[d]))
     return changes
+
+
+def _moved_in_place(
+    source: Snapshot,
+    src: Mapping[Key, Node],
+    dst: Mapping[Key, Node],
+    history: HistoryView,
+    changed: list[Key],
+    new: list[Key],
+    *,
+    parents_witness: bool,
+) -> list[Key]:
+    """Keys whose node is equal on both sides but that the history says came from
+    another key (its identity was synced there): they are compared as changed, so that
+    the matching by identity sees them."""
+    if parents_witness:
+        open_keys = {*changed, *new}
+        kids = [
+            c for k in changed if src[k].kind in CONTAINERS
+            for c in source.children(k) if c not in open_keys and c in src and c in dst
+        ]
+        if not kids:
+            return []
+        idents = {src[c].identity: c for c in kids if src[c].identity is not None}
+        return sorted(
+            c for i, (k1, _) in history.lookup_many(idents).items()
+            if k1 != (c := idents[i])
+        )
+    skip = {*changed, *new}
+    if len(src) <= LOOKUP_LIMIT:  # a region (a watch round): its identities only
+        idents = {
+            n.identity: k for k, n in src.items()
+            if n.identity is not None and k not in skip and k in dst
+        }
+        found = history.lookup_many(idents) if idents else {}
+        return sorted(c for i, (k1, _) in found.items() if k1 != (c := idents[i]))
+    # a whole tree: one pass over the history; identities compare as text (the history
+    # keeps an identity beyond 64 bits as text)
+    if isinstance(src, Rows):  # (no Node built per key)
+        here = {str(r[5]): k for k, r in src.rows.items() if r[5] is not None}
+    else:
+        here = {str(n.identity): k for k, n in src.items() if n.identity is not None}
+    out = []
+    for ident, k1 in history.identities():
+        s = here.get(str(ident))
+        if s is not None and s != k1 and s not in skip and s in dst:
+            out.append(s)
+    return sorted(out)
 
 
 def _content_differs(

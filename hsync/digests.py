@@ -121,10 +121,20 @@ def _with_origins(
     a full comparison would, even where the node at the old key kept its name and
     payload. Repeated until no new place turns up."""
     checked: set[Key] = set()
+    listed: set[Key] = set()
     moved_dirs = set(dirty)
     while True:
         wanted = {*region.shallow, *(d for d in dirty if d)} - checked
         rows = here.rows(keys=wanted, subtrees=[t for t in region.deep if t not in checked])
+        # A directory whose own payload differs (its mtime: a rename in or out of it)
+        # may hold children that swapped names and ended equal: their identities too
+        touched = [k for k in region.shallow if k not in listed]
+        if touched:
+            listed.update(touched)
+            for d, listing in here.listings(touched).items():
+                for name, row in listing:
+                    if len(row) > 5:  # (a special file's row names only its kind)
+                        rows.setdefault((*d, name), row)
         keys = set(rows) - checked
         keys.discard(())
         if not keys:

@@ -57,6 +57,11 @@ class BackendError(HsyncError):
     """An endpoint that cannot be opened or read at all."""
 
 
+class LinkLost(BackendError):
+    """The link to a remote endpoint broke after it was opened (SPEC 12): a run stops
+    (its journal rolls forward next time); a watch reconnects with a growing delay."""
+
+
 class DestinationFull(BackendError):
     """A fault of the whole destination (ENOSPC, EDQUOT, EROFS, its root not writable):
     the run stops (what is done stays done, the temporary file is removed); the next

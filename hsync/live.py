@@ -48,7 +48,7 @@ from .backend import ApplyResult, Credentials, Watch
 from .cancel import Cancel
 from .compare import Comparison, compare_region, compare_trees
 from .dirty import Dirty
-from .errors import CANCELLED, Cancelled, HsyncError, SafetyError
+from .errors import CANCELLED, Cancelled, HsyncError, LinkLost, SafetyError
 from .filters import build as build_filter
 from .itemize import PairLog
 from .model import Key, Op, Problem
@@ -186,6 +186,9 @@ class PairWatch:
             ) as session:
                 for line in session.notices:
                     self.log.warning("%s", line)
+                if session.wire() is not None:  # a remote endpoint: its link is up
+                    self.status.link = "up"
+                    self.status.link_since = time.time()
                 # the destination root as opened (None: not created yet, the first run);
                 # one that goes or is replaced later is waited for, never recreated
                 self._dst_root = session.destination.backend.root_id()
@@ -213,6 +216,8 @@ class PairWatch:
                 return None
             watch.__enter__()
             return watch
+        except LinkLost:
+            raise
         except (OSError, HsyncError) as e:
             reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
             self.dirty.unwatched((), reason)
@@ -365,6 +370,8 @@ class PairWatch:
         except SafetyError as e:
             self._blocked_by(e)
             return False
+        except LinkLost:
+            raise  # the session is gone: the pair reconnects (``daemon._Running``)
         except (OSError, HsyncError) as e:
             self._failed(region, e)
             return False

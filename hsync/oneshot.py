@@ -54,6 +54,7 @@ def sync_once(
                 if not report.problems and not cmp.warnings:
                     session.mark_equal(started)
         report.notices = list(session.notices)
+        report.wire = session.wire()
     report.source, report.destination = source_url, destination_url
     report.elapsed = time.perf_counter() - t0
     return report

@@ -36,6 +36,9 @@ class Options:
     """Run check_plan on every plan before applying it (tests, --debug)."""
     exclude_attrs: tuple[str, ...] = attrs.field(default=(), converter=strings)
     """Attribute names left out of entries' payloads (backends with attributes: LDAP)."""
+    schema: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    """Schema files (``--schema``): how an endpoint without a server of its own (an
+    LDIF file) compares and rebases the attributes they define (``SchemaAware``)."""
     hard_links: bool = False
     """Source files that are one inode stay one inode on the destination (rsync -H)."""
     wait_lock: bool = False
@@ -46,6 +49,12 @@ class Options:
     """rsync filter rules, ``+ PATTERN`` or ``- PATTERN``, first match wins."""
     delete_excluded: bool = False
     """Excluded nodes on the destination are deleted (rsync --delete-excluded)."""
+    rsh: str | None = None
+    """The ssh command for remote endpoints (``-e/--rsh``; SPEC 12)."""
+    remote_hsync: str | None = None
+    """The path of hsync on the far side of a remote endpoint (``--remote-hsync``)."""
+    compress: bool = True
+    """Compress bulk data on a link to a remote endpoint (``-z``/``--no-compress``)."""
     copy_unstable: bool = False
     """A file still changing after the retries of its copy is published as read, with a
     warning, instead of being a problem (``hsync.apply.retry_changed``)."""
@@ -90,6 +99,9 @@ class Report:
     compared by directory digests, only what differed (and its ancestors)."""
     bytes_examined: dict[str, int] = attrs.field(factory=dict)
     """Bytes of the files in the compared nodes, per side (``--stats``)."""
+    wire: dict[str, int] | None = None
+    """Bytes sent and received on the links to remote endpoints (after compression);
+    None when neither endpoint is remote."""
 
     @property
     def planned(self) -> dict[str, int]:
@@ -128,6 +140,7 @@ class Report:
             "scanned": self.scanned,
             "compared": self.compared,
             "elapsed": round(self.elapsed, 6),
+            **({"bytes_on_wire": self.wire} if self.wire is not None else {}),
         }
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .backend import Credentials, Endpoint, Keep, id_map, open_endpoint, relation
+from .backend import Credentials, Endpoint, Keep, id_map, open_endpoint, relation, schema_aware
 from .credentials import refuse_secret_in_url
 from .errors import SafetyError, UsageError
 from .filters import build as build_filter
@@ -57,20 +57,25 @@ class PairSession:
         self.notices: list[str] = []
         self._lock: int | None = None
         """Warnings about the pair's state, for the report and the log."""
-        self.source = open_endpoint(
-            source_url, role="source", credentials=credentials[0],
-            exclude_attrs=options.exclude_attrs,
-        )
-        try:
-            self.destination = open_endpoint(
-                destination_url, role="destination", credentials=credentials[1],
+        from .remote import Reach, reaching  # the small part: how to reach a far tree
+
+        with reaching(Reach(rsh=options.rsh, remote_hsync=options.remote_hsync,
+                            compress=options.compress)):
+            self.source = open_endpoint(
+                source_url, role="source", credentials=credentials[0],
                 exclude_attrs=options.exclude_attrs,
             )
-        except BaseException:
-            self.source.close()
-            raise
+            try:
+                self.destination = open_endpoint(
+                    destination_url, role="destination", credentials=credentials[1],
+                    exclude_attrs=options.exclude_attrs,
+                )
+            except BaseException:
+                self.source.close()
+                raise
         try:
             self._check_pair()
+            self._share_schema()
             self.keep = negotiate(self.source, self.destination, options, self.notices)
             """The metadata this pair keeps (None: neither endpoint carries any)."""
             self.check_source_root()
@@ -89,6 +94,16 @@ class PairSession:
             raise
 
     # -- life ------------------------------------------------------------------------------
+    def wire(self) -> dict[str, int] | None:
+        """Bytes sent and received on the links of remote endpoints so far (None when
+        neither is remote)."""
+        links = [e.features.linked for e in (self.source, self.destination)
+                 if e.features.linked is not None]
+        if not links:
+            return None
+        counts = [link.wire() for link in links]
+        return {"sent": sum(c[0] for c in counts), "received": sum(c[1] for c in counts)}
+
     def close(self) -> None:
         """Close the journal, the history and both endpoints (idempotent)."""
         if self.journal is not None:
@@ -150,6 +165,21 @@ class PairSession:
             raise UsageError(f"{dst.url}: destination is inside the source {src.url}")
         if rel == "contains":
             raise UsageError(f"{src.url}: source is inside the destination {dst.url}")
+
+    def _share_schema(self) -> None:
+        """Each endpoint that compares by a schema learns its peer's, and the files of
+        ``--schema`` (``SchemaAware``); ``--schema`` with no such endpoint is a usage
+        error (it would change nothing)."""
+        pairs = [(aware, peer) for a, peer in ((self.source, self.destination),
+                                               (self.destination, self.source))
+                 if (aware := schema_aware(a)) is not None]
+        if self.options.schema and not pairs:
+            raise UsageError(
+                f"--schema {self.options.schema[0]}: neither {self.source.url} nor "
+                f"{self.destination.url} compares by a schema (ldap://, ldif:)"
+            )
+        for aware, peer in pairs:
+            aware.use_schema(self.options.schema, peer.backend)
 
     def check_source_root(self) -> None:
         """A source root that is missing or unusable stops the run before anything is

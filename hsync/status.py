@@ -46,6 +46,10 @@ class PairStatus:
     verify_differences: int | None = None
     """Differences the last verify found; ``verify_found`` counts them all."""
     verify_found: int = 0
+    link: str | None = None
+    """A pair with a remote endpoint: "up" or "down" (reconnecting); None otherwise."""
+    link_since: float | None = None
+    """When the link went ``link`` (wall clock)."""
 
     def round_done(
         self,
@@ -97,6 +101,8 @@ class PairStatus:
             "verified_at": _iso(self.verified_at),
             "verify_differences": self.verify_differences,
             "verify_found": self.verify_found,
+            **({"link": self.link, "link_since": _iso(self.link_since)}
+               if self.link is not None else {}),
         }
 
 

@@ -28,7 +28,9 @@ from hsync.backend import (
     BulkHashing,
     DigestScanning,
     Features,
+    Linked,
     Metadata,
+    Prefetching,
     Related,
     ResumableWatchable,
     SortedWalk,
@@ -215,6 +217,7 @@ class BackendConformance:
                 "related": Related, "sorted_walk": SortedWalk, "streaming": Streaming,
                 "digest_scanning": DigestScanning, "bulk_hashing": BulkHashing,
                 "watchable": Watchable, "resumable": ResumableWatchable,
+                "prefetching": Prefetching, "linked": Linked,
                 "metadata": Metadata,
             }
             for name, proto in protocols.items():
@@ -224,7 +227,8 @@ class BackendConformance:
                 for attr in {"related": ["relation"], "sorted_walk": ["walk_sorted"],
                              "streaming": ["stream"], "digest_scanning": ["digest_scan"],
                              "bulk_hashing": ["hash_many", "look"], "watchable": ["watch"],
-                             "resumable": ["watch_from"],
+                             "resumable": ["watch_from"], "prefetching": ["prefetch"],
+                             "linked": ["wire"],
                              "metadata": ["id_names", "metadata"]}[name]:
                     assert callable(getattr(b, attr)), (name, attr)
         endpoint = open_endpoint(adapter.url("source"), role="source")
@@ -443,7 +447,8 @@ class BackendConformance:
             result = dst.apply_batch(ops, src, snap)
             assert result.done == []
             assert sorted((p.key, p.op, p.kind) for p in result.problems) == [
-                (c, CREATE, "skip"), (c, DELETE, "skip"), (c, UPDATE, "skip")]  # any order
+                (c, CREATE, "skip"), (c, DELETE, "skip"), (c, UPDATE, "skip")
+            ], result.problems  # any order
             assert dst.stat(c) == held[c]
             assert adapter.read("destination")["c"] == "5"
 

@@ -68,10 +68,14 @@ class Slapd:
         syncprov: bool = True,
         tls: tuple[Path, Path] | None = None,
         require_tls: bool = False,
+        schemas: tuple[str, ...] = (),
+        modules: tuple[str, ...] = (),
     ) -> None:
         """``tls``: (certificate, key) files: StartTLS on the ldap:// port and an
         ldaps:// port (``ldaps_url``) besides. ``require_tls``: every operation but
-        StartTLS on a connection without TLS is refused (``security tls=1``)."""
+        StartTLS on a connection without TLS is refused (``security tls=1``).
+        ``schemas``: more of /etc/ldap/schema/NAME.schema (misc, duaconf, ...);
+        ``modules``: more modules (ppolicy brings its attribute types with it)."""
         self.root = root
         self.bases = bases
         self.port = free_port()
@@ -81,12 +85,13 @@ class Slapd:
         self.proc: subprocess.Popen[bytes] | None = None
         parts = [
             *(f"include /etc/ldap/schema/{s}.schema" for s in
-              ("core", "cosine", "inetorgperson", "nis")),
+              ("core", "cosine", "inetorgperson", "nis", *schemas)),
             f"pidfile {root}/slapd.pid",
             f"argsfile {root}/slapd.args",
             "modulepath /usr/lib/ldap",
             "moduleload back_mdb",
             "moduleload syncprov",
+            *(f"moduleload {m}" for m in modules),
             "sizelimit unlimited",
             *([f"TLSCertificateFile {tls[0]}", f"TLSCertificateKeyFile {tls[1]}"]
               if tls else []),

@@ -14,9 +14,11 @@ fi
 # What the tests need, installed where missing when we may (root): slapd and
 # ldap-utils (the LDAP plugin's tests), openssl (TLS certificates), acl (setfacl, the
 # ACL tests); python-ldap builds from source against libldap2-dev and libsasl2-dev;
-# delta transfer needs librsync2.
+# delta transfer needs librsync2; the remote tests need sshd and the ssh client (a
+# private sshd on 127.0.0.1).
 need=()
-for cmd_pkg in slapd:slapd ldapadd:ldap-utils openssl:openssl setfacl:acl; do
+for cmd_pkg in slapd:slapd ldapadd:ldap-utils openssl:openssl setfacl:acl \
+        sshd:openssh-server ssh:openssh-client ssh-keygen:openssh-client; do
     command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || [[ -x "/usr/sbin/${cmd_pkg%%:*}" ]] \
         || need+=("${cmd_pkg##*:}")
 done

@@ -61,6 +61,13 @@ def test_api_raises_hsync_errors(tmp_path: Path) -> None:
         ("./odd:name", "file"),
         ("ldap://127.0.0.1:389/dc=example,dc=com", "ldap"),
         ("ldif:export.ldif", "ldif"),
+        ("/x:y", "file"),
+        ("a/b:c", "file"),
+        ("backup@nas:backup", "ssh"),
+        ("nas:backup", "ssh"),
+        ("nas:", "ssh"),
+        ("[::1]:dir", "ssh"),
+        ("ssh://user@host:2222/srv/data", "ssh"),
     ],
 )
 def test_scheme_of(location: str, scheme: str) -> None:

@@ -559,3 +559,29 @@ def test_regression_a_context_file_is_never_matched_away_by_similarity() -> None
     ops = plan(changes, dst).ops
     check_plan(ops, dst, src)
     assert not any(op.key == ("a",) and op.op in ("move", "delete") for op in ops), ops
+
+
+@pytest.mark.parametrize("limit", [5000, 0], ids=["by-lookup", "whole-history"])
+def test_names_swapped_with_equal_payloads_are_moves_by_identity(
+    limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes swapped names and ended with equal payloads (two empty OUs through a
+    temporary name, two identical files): every key is equal, but the history says each
+    identity moved, so the destination nodes follow them. With ``parents_witness`` only
+    below a container whose payload differs (a rename changes its directory's mtime)."""
+    import hsync.differ
+
+    monkeypatch.setattr(hsync.differ, "LOOKUP_LIMIT", limit)
+    history = MemoryHistory({1: (("a",), F(1, 1, ident=1)), 2: (("b",), F(1, 1, ident=2))})
+    dst = snapshot({"a": F(1, 1, ident=10), "b": F(1, 1, ident=20)})
+    src = snapshot({"a": F(1, 1, ident=2), "b": F(1, 1, ident=1)})
+    the_plan = plan(diff(src, dst, history), dst)
+    check_plan(the_plan.ops, dst, src)
+    moves = {(op.key, op.to) for op in the_plan.ops if op.op == "move"}
+    assert moves == {(("a",), (TMP,)), (("b",), ("a",)), ((TMP,), ("b",))}
+    # where renames leave their trace on the parent: nothing without one...
+    assert diff(src, dst, history, parents_witness=True) == []
+    # ...the same moves with it (the root directory's mtime changed)
+    touched = snapshot({"a": F(1, 1, ident=2), "b": F(1, 1, ident=1)}, root=D(mtime=5))
+    changes = diff(touched, dst, history, parents_witness=True)
+    assert sorted(c.op for c in changes) == ["move", "move", "update"]

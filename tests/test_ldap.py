@@ -454,16 +454,24 @@ def test_files_and_entries_are_not_synced_into_each_other(
 
 
 def test_a_refused_entry_takes_its_subtree_with_it_in_one_problem_each(
-    ldap_env: Slapd,
+    ldap_env: Slapd, tmp_path: Path
 ) -> None:
-    """The destination base is missing and cannot be made from the source's root (a
-    dcObject needs dc): one clear problem for it, and its entries are not even sent."""
-    add_ldif(ldap_env, SRC_BASE, PEOPLE)
-    report = hsync.sync(ldap_env.endpoint(SRC_BASE), ldap_env.endpoint(f"ou=copy,{DST_BASE}"))
+    """An entry the destination refuses (an inetOrgPerson without sn): one clear
+    problem for it, and the entries below it are not even sent. (A destination base
+    that cannot be made is one error for the run: test_ldap_real_data.)"""
+    source = tmp_path / "src.ldif"
+    source.write_text(
+        f"dn: {SRC_BASE}\nobjectClass: dcObject\nobjectClass: organization\ndc: src\no: src\n\n"
+        f"dn: cn=NoSurname,{SRC_BASE}\nobjectClass: inetOrgPerson\ncn: NoSurname\n\n"
+        f"dn: cn=a,cn=NoSurname,{SRC_BASE}\nobjectClass: device\ncn: a\n\n"
+        f"dn: cn=b,cn=a,cn=NoSurname,{SRC_BASE}\nobjectClass: device\ncn: b\n"
+    )
+    report = hsync.sync(f"ldif:{source}", ldap_env.endpoint(DST_BASE))
     assert report.exit_code == 3
     first, *rest = report.problems
-    assert f"ou=copy,{DST_BASE}" in first.message and "Object class violation" in first.message
-    assert rest and all("was not created" in p.message for p in rest)
+    assert f"cn=NoSurname,{DST_BASE}" in first.message
+    assert "Object class violation" in first.message
+    assert len(rest) == 2 and all("was not created" in p.message for p in rest)
 
 
 def test_an_entry_refused_in_the_middle_of_the_add_window_is_one_problem(

@@ -28,6 +28,7 @@ from ldap.controls.libldap import AssertionControl
 from hsync.backend import (
     ApplyOptions,
     ApplyResult,
+    Backend,
     Capabilities,
     ContentSource,
     Credentials,
@@ -42,9 +43,9 @@ from hsync.filters import Exclude
 from hsync.model import CREATE, DELETE, MOVE, UPDATE, Key, Node, Op, Problem, Snapshot
 
 from . import connection
-from .connection import Server, describe
+from .connection import MANAGE_DSA_IT, Server, describe
 from .entries import Data, Mapper
-from .schema import Schema
+from .schema import Schema, raw_of
 from .watch import SyncreplWatch
 
 WINDOW = 256
@@ -97,7 +98,12 @@ class LdapBackend:
         self.conn = connection.connect(self.server, self._credentials)
         self._closed = False
         self.schema = self._read_schema()
+        self._exclude_attrs = tuple(exclude_attrs)
         self.mapper = Mapper(self.schema, self.base_dn, exclude_attrs)
+        self.read_attrs = [*connection.USER_ATTRS, *self.schema.writable_operational()]
+        """What a search asks for: user attributes, the identity, and the operational
+        attributes a user writes (by name: ``+`` would also send what the server
+        maintains)."""
         self._target = ""
         self._after_park: dict[str, Data] = {}
 
@@ -114,6 +120,15 @@ class LdapBackend:
             return builtin.merged(Schema.from_subschema(ldap.schema.SubSchema(entry)))
         except ldap.LDAPError:
             return builtin
+
+    def use_schema(self, files: Sequence[str], peer: Backend) -> None:
+        """See ``SchemaAware``: the server's schema stays what values compare by;
+        ``files`` (``--schema``) only add the names it does not define."""
+        if not files:
+            return
+        self.schema = self.schema.merged(Schema.from_files(files))
+        self.mapper = Mapper(self.schema, self.base_dn, self._exclude_attrs)
+        self.read_attrs = [*connection.USER_ATTRS, *self.schema.writable_operational()]
 
     def canonical_url(self) -> str:
         """``scheme://host:port/BASE`` with the default port filled in and the base DN
@@ -152,14 +167,43 @@ class LdapBackend:
 
     # -- the root ----------------------------------------------------------------------------
     def root_error(self) -> str | None:
-        """None when the base entry is there (or, for a destination, absent: the first
-        batch adds it); "does not exist"; else why it cannot be read (the server's
-        answer)."""
+        """None when the base entry is there (or, for a destination, absent but
+        creatable: the first batch adds it); "does not exist"; else why it cannot be
+        read, or (a destination) why it cannot be created: outside every suffix the
+        server holds, or its parent missing (SPEC 8: before anything is written)."""
         try:
             found = connection.read_entry(self.conn, self.base_dn, ["1.1"])
         except ldap.LDAPError as e:
             return f"cannot be read: {describe(e)}"
-        return None if found is not None or self.role == "destination" else "does not exist"
+        if found is not None:
+            return None
+        if self.role != "destination":
+            return "does not exist"
+        return self._uncreatable()
+
+    def _uncreatable(self) -> str | None:
+        """Why the absent base entry cannot be added, or None (it can, as far as can
+        be told before trying)."""
+        schema = self.schema
+        base = self.mapper.base_norm
+        try:
+            dse = connection.read_entry(self.conn, "", ["namingContexts"]) or {}
+            contexts = [c.decode("utf-8", "replace") for c in dse.get("namingContexts", ())]
+            suffixes = [[schema.norm_rdn_parts(r) for r in ldap.dn.str2dn(c)] for c in contexts]
+        except (ldap.LDAPError, ldap.DECODING_ERROR):
+            contexts, suffixes = [], []  # cannot tell: the parent's check below
+        if suffixes and not any(s and base[len(base) - len(s):] == s for s in suffixes):
+            return (f"base {self.base_dn} is outside every suffix the server holds "
+                    f"({'; '.join(contexts)})")
+        if base in suffixes or len(base) < 2:
+            return None  # a suffix entry: the server adds it without a parent
+        parent = ldap.dn.dn2str(ldap.dn.str2dn(self.base_dn)[1:])
+        try:
+            if connection.read_entry(self.conn, parent, ["1.1"]) is None:
+                return f"base {self.base_dn} cannot be created: its parent {parent} does not exist"
+        except ldap.LDAPError as e:
+            return f"base {self.base_dn} cannot be created: its parent {parent}: {describe(e)}"
+        return None
 
     def root_id(self) -> str | None:
         """The base entry's entryUUID, or None when it is absent (``OSError`` when the
@@ -185,7 +229,7 @@ class LdapBackend:
         copy into it can be streamed: see ``hsync.populate``)."""
         try:
             msgid = self.conn.search_ext(self.base_dn, ldap.SCOPE_ONELEVEL, "(objectClass=*)",
-                                         ["1.1"], sizelimit=1)
+                                         ["1.1"], serverctrls=[MANAGE_DSA_IT], sizelimit=1)
             _, data, _, _ = self.conn.result3(msgid, timeout=connection.TIMEOUT)
         except ldap.NO_SUCH_OBJECT:
             return True
@@ -220,7 +264,7 @@ class LdapBackend:
         cancel.check()
         try:
             dn = self.mapper.dn_of(subtree)
-            with closing(connection.pages(self.conn, dn)) as found:
+            with closing(connection.pages(self.conn, dn, attrs=self.read_attrs)) as found:
                 for page in found:
                     for edn, attrs in page:
                         key = self.mapper.key_of(edn)
@@ -282,7 +326,7 @@ class LdapBackend:
         was = gc.isenabled()
         gc.disable()  # see ``scan``
         try:
-            with closing(connection.pages(self.conn, self.base_dn)) as found:
+            with closing(connection.pages(self.conn, self.base_dn, attrs=self.read_attrs)) as found:
                 for page in found:
                     for edn, attrs in page:
                         key = self.mapper.key_of(edn)
@@ -313,7 +357,7 @@ class LdapBackend:
         except ValueError:
             return None  # not a DN below the base: nothing is there
         try:
-            attrs = connection.read_entry(self.conn, dn)
+            attrs = connection.read_entry(self.conn, dn, self.read_attrs)
         except ldap.LDAPError as e:
             raise OSError(errno.EIO, f"{dn}: {describe(e)}") from None
         return None if attrs is None else self.mapper.node_of(attrs, root=not key)
@@ -388,7 +432,7 @@ class LdapBackend:
                     continue
                 try:
                     dn, attrs = self._add_request(op)
-                    msgid = self.conn.add_ext(dn, attrs)
+                    msgid = self.conn.add_ext(dn, attrs, serverctrls=[MANAGE_DSA_IT])
                 except ValueError as e:
                     result.problems.append(Problem(op.key, f"{op.op} skipped: {e}", op=op.op))
                     continue
@@ -406,6 +450,11 @@ class LdapBackend:
                 if not self._one(op):
                     continue  # nothing left to change (a modrdn already did it)
             except ldap.LDAPError as e:
+                if op.op == CREATE and not op.key and problem_kind(e) == ERROR:
+                    # nothing can be written below a base that cannot be: one error
+                    # for the endpoint, not one problem per entry (SPEC 8)
+                    raise BackendError(f"{self.url}: destination base {self.base_dn} "
+                                       f"cannot be created: {describe(e)}") from None
                 kind = self._fail(result, op, self._target, e)
                 if op.op == CREATE:
                     failed[op.key] = kind
@@ -464,7 +513,7 @@ class LdapBackend:
         conn = self.conn
         if op.op == CREATE:
             dn, attrs = self._add_request(op)
-            conn.add_s(dn, attrs)
+            conn.add_ext_s(dn, attrs, serverctrls=[MANAGE_DSA_IT])
             return True
         dn = m.dn_of(op.key)
         self._target = dn
@@ -474,7 +523,7 @@ class LdapBackend:
             mods = m.modlist(current, op.node.data or ())
             if not mods:
                 return False
-            conn.modify_ext_s(dn, mods, serverctrls=_still(op))
+            conn.modify_ext_s(dn, mods, serverctrls=_controls(op))
         elif op.op == MOVE:
             assert op.to is not None
             if not op.key:
@@ -487,18 +536,49 @@ class LdapBackend:
             else:
                 newrdn = m.rdn_for(new_name, desired)
             keep_old = not m.is_temp(old_name) and _rdn_kept(m, old_name, desired)
+            if not keep_old:
+                self._fill_before_rename(op, dn, newrdn, desired)
             newsup = m.dn_of(op.to[:-1]) if op.to[:-1] != op.key[:-1] else None
-            conn.rename_s(dn, newrdn, newsup, 0 if keep_old else 1, serverctrls=_still(op))
+            conn.rename_s(dn, newrdn, newsup, 0 if keep_old else 1, serverctrls=_controls(op))
         elif op.op == DELETE:
             if not op.key:
                 raise ValueError("the base entry is never deleted")
-            conn.delete_ext_s(dn, serverctrls=_still(op))
+            conn.delete_ext_s(dn, serverctrls=_controls(op))
         else:
             raise ValueError(f"unknown op {op.op!r}")
         return True
 
+    def _fill_before_rename(self, op: Op, dn: str, newrdn: str, desired: Data) -> None:
+        """Before a modrdn that deletes the old RDN values: where that would leave an
+        attribute of the old RDN with no value (an entry re-keyed to another naming
+        attribute whose old one has new values: ``cn=Ursula Hampster`` -> ``uid=uham``
+        while ``cn`` becomes ``Ursula H``), the desired values are added first, so that
+        every intermediate entry is valid (a required ``cn`` never goes missing). The
+        update that follows the move removes what must go."""
+        m = self.mapper
+        schema = m.schema
+        (old,) = ldap.dn.str2dn(dn)[:1]
+        (new,) = ldap.dn.str2dn(newrdn)
+        at_risk = {schema.canonical(a) for a, _, _ in old} - {
+            schema.canonical(a) for a, _, _ in new}
+        if not at_risk:
+            return  # the new RDN names the same attributes: modrdn puts values back
+        current = dict(self._current(op.key, dn))
+        want = dict(desired)
+        mods: list[tuple[int, str, Any]] = []
+        for lname in sorted(at_risk):
+            gone = {schema.norm_value(lname, v.encode("utf-8"), None)
+                    for a, v, _ in old if schema.canonical(a) == lname}
+            have = current.get(lname, frozenset())
+            add = want.get(lname, frozenset()) - have
+            if add and not (have - gone):
+                mods.append((ldap.MOD_ADD, schema.spelling(lname),
+                             [raw_of(v, self.base_dn) for v in add]))
+        if mods:
+            self.conn.modify_ext_s(dn, mods, serverctrls=_controls(op))
+
     def _current(self, key: Key, dn: str) -> Data:
-        attrs = connection.read_entry(self.conn, dn)
+        attrs = connection.read_entry(self.conn, dn, self.read_attrs)
         if attrs is None:
             raise ldap.NO_SUCH_OBJECT({"desc": "No such object", "info": dn})
         return self.mapper.data_of(attrs, root=not key)
@@ -520,14 +600,15 @@ class LdapBackend:
         return SyncreplWatch(self.server, self._credentials, mapper, sink, resume)
 
 
-def _still(op: Op) -> list[Any] | None:
-    """An assertion (RFC 4528) that the entry is still the one the plan saw: its
-    entryUUID from the destination's scan. A modify, modrdn or delete of an entry
-    replaced since then is refused by the server (assertionFailed), not applied."""
+def _controls(op: Op) -> list[Any]:
+    """ManageDsaIT (a referral object is an entry like any other), and an assertion
+    (RFC 4528) that the entry is still the one the plan saw: its entryUUID from the
+    destination's scan. A modify, modrdn or delete of an entry replaced since then is
+    refused by the server (assertionFailed), not applied."""
     ident = op.old.identity if op.old is not None else None
     if not isinstance(ident, str) or not _UUID.fullmatch(ident):
-        return None
-    return [AssertionControl(True, f"(entryUUID={ident})")]
+        return [MANAGE_DSA_IT]
+    return [MANAGE_DSA_IT, AssertionControl(True, f"(entryUUID={ident})")]
 
 
 def _rdn_kept(m: Mapper, name: str, desired: Data) -> bool:
@@ -545,10 +626,10 @@ def _rdn_kept(m: Mapper, name: str, desired: Data) -> bool:
 
 if TYPE_CHECKING:  # what the class claims, checked by mypy (rclone's ``var _ fs.Mover``)
     from hsync.backend import (
-        Backend,
         BackendFactory,
         Related,
         ResumableWatchable,
+        SchemaAware,
         Streaming,
         Watchable,
     )
@@ -559,3 +640,4 @@ if TYPE_CHECKING:  # what the class claims, checked by mypy (rclone's ``var _ fs
     _streaming: type[Streaming] = LdapBackend
     _watchable: type[Watchable] = LdapBackend
     _resumable: type[ResumableWatchable] = LdapBackend
+    _schema_aware: type[SchemaAware] = LdapBackend

@@ -36,6 +36,7 @@ import ldap
 import ldap.dn
 import ldapurl
 from ldap.controls import SimplePagedResultsControl
+from ldap.controls.simple import ManageDSAITControl
 
 from hsync.backend import Credentials
 from hsync.credentials import refuse_secret_in_url
@@ -46,7 +47,12 @@ PAGE_SIZE = 2000
 TIMEOUT = 10.0
 """Seconds to connect, and to wait for a small answer."""
 USER_ATTRS = ["*", "entryUUID"]
-"""What a scan asks for: the user attributes and the identity."""
+"""What a search asks for by default: the user attributes and the identity (a backend
+adds the operational attributes its schema makes payload: ``Schema.writable_operational``)."""
+MANAGE_DSA_IT = ManageDSAITControl(criticality=False)
+"""Sent with every search and write (RFC 3296): an entry of class ``referral`` is read
+and written as an entry, not followed or returned as a continuation reference (as
+``ldapadd -M`` and syncrepl do). Not critical: a server without it ignores it."""
 DEFAULT_PORTS = {"ldap": 389, "ldaps": 636}
 
 Entry = tuple[str, dict[str, list[bytes]]]
@@ -282,7 +288,8 @@ def pages(
     pending = False  # a cookie the server keeps state for
     try:
         while True:
-            msgid = conn.search_ext(dn, scope, filterstr, attrlist, serverctrls=[page])
+            msgid = conn.search_ext(dn, scope, filterstr, attrlist,
+                                    serverctrls=[MANAGE_DSA_IT, page])
             _, data, _, ctrls = conn.result3(msgid, timeout=-1)
             cookie = next(
                 (c.cookie for c in ctrls or () if c.controlType == page.controlType), None
@@ -302,7 +309,8 @@ def _abandon(conn: Any, dn: str, scope: int, filterstr: str, cookie: bytes) -> N
     (RFC 2696 section 3)."""
     stop = SimplePagedResultsControl(True, size=0, cookie=cookie)
     try:
-        msgid = conn.search_ext(dn, scope, filterstr, ["1.1"], serverctrls=[stop])
+        msgid = conn.search_ext(dn, scope, filterstr, ["1.1"],
+                                serverctrls=[MANAGE_DSA_IT, stop])
         conn.result3(msgid, timeout=TIMEOUT)
     except ldap.LDAPError:
         pass  # the server forgets it at unbind anyway
@@ -320,7 +328,8 @@ def read_entry(conn: Any, dn: str, attrs: list[str] | None = None) -> dict[str, 
     """The attributes of the entry ``dn`` (a base search), or None when it is absent.
     Raises ``ldap.LDAPError`` for any other answer."""
     try:
-        msgid = conn.search_ext(dn, ldap.SCOPE_BASE, "(objectClass=*)", attrs or USER_ATTRS)
+        msgid = conn.search_ext(dn, ldap.SCOPE_BASE, "(objectClass=*)", attrs or USER_ATTRS,
+                                serverctrls=[MANAGE_DSA_IT])
         _, data, _, _ = conn.result3(msgid, timeout=-1)
     except ldap.NO_SUCH_OBJECT:
         return None

@@ -8,8 +8,10 @@ password hashes); a new file takes the base DN the source's root entry was read 
 (its node says it: ``entries.RootData``) unless ``base`` is given.
 Values are written by python-ldap's LDIF writer (base64 where LDIF needs it: non-ASCII,
 leading spaces, binary), so a round trip gives back the same entries and values.
-Values compare by the built-in matching rules (``schema.Schema.builtin``), the same an
-LDAP endpoint uses for the standard schema. An ``entryUUID`` in the file (slapcat output)
+Values compare by the schema of the directory server the file is synced with (the
+same rules that server applies; its DN-valued attributes are rebased), else by the
+built-in table of the standard schema (``schema.Schema.builtin``) and the schema files
+given with ``--schema`` (``use_schema``). An ``entryUUID`` in the file (slapcat output)
 is the entry's identity, never payload.
 """
 
@@ -28,6 +30,7 @@ import ldif
 from hsync.backend import (
     ApplyOptions,
     ApplyResult,
+    Backend,
     Capabilities,
     ContentSource,
     Credentials,
@@ -76,7 +79,24 @@ class LdifBackend:
         if not base and self.records:
             base = self.records[0][0]
         self.base_dn = base
+        self._exclude_attrs = tuple(exclude_attrs)
         self.mapper = Mapper(self.schema, base, exclude_attrs)
+        self._check_records()
+
+    def use_schema(self, files: Sequence[str], peer: Backend) -> None:
+        """See ``SchemaAware``: compare and rebase by the peer's schema when it is a
+        directory server (its ``cn=Subschema``: the values written there compare here
+        by the rules it applies, its DN-valued attributes are rebased), with ``files``
+        (``--schema``) for the names it does not define; else by the built-in table
+        and ``files``."""
+        from .backend import LdapBackend
+
+        schema = peer.schema if isinstance(peer, LdapBackend) else Schema.builtin()
+        if files:
+            schema = schema.merged(Schema.from_files(files))
+        self.schema = schema
+        self.mapper = Mapper(schema, self.base_dn, self._exclude_attrs)
+        self._check_records()
 
     def _load(self) -> list[tuple[str, Attrs]]:
         try:
@@ -95,6 +115,21 @@ class LdifBackend:
                     "an ldif: endpoint holds entries"
                 )
         return records
+
+    def _check_records(self) -> None:
+        """A record that is not at or below the base is bad input (``BackendError``
+        naming it): as a source it would be silently left out, as a destination lost
+        when the file is rewritten. One file holds one tree."""
+        for dn, _ in self.records or ():
+            try:
+                inside = self.mapper.key_of(dn) is not None
+            except ldap.DECODING_ERROR:
+                raise BackendError(f"{self.path}: record {dn!r}: not a DN") from None
+            if not inside:
+                raise BackendError(
+                    f"{self.path}: record {dn} is outside the base {self.base_dn} (a file "
+                    "holds one tree: its first record, or ldif:PATH?base=DN)"
+                )
 
     def canonical_url(self) -> str:
         """``ldif:`` and the file's resolved path (symlinks followed)."""
@@ -146,10 +181,7 @@ class LdifBackend:
     def _entries(self) -> dict[Key, tuple[str, Attrs]]:
         out: dict[Key, tuple[str, Attrs]] = {}
         for dn, attrs in self.records or ():
-            try:
-                key = self.mapper.key_of(dn)
-            except ldap.DECODING_ERROR:
-                continue
+            key = self.mapper.key_of(dn)  # every record is inside (``_check_records``)
             if key is not None:
                 out[key] = (dn, attrs)
         return out
@@ -221,7 +253,7 @@ class LdifBackend:
                 )
                 return result
             self.base_dn = base
-            self.mapper = Mapper(self.schema, base, self.mapper.exclude)
+            self.mapper = Mapper(self.schema, base, self._exclude_attrs)
         m = self.mapper
         # key -> [rdn as written, attributes]; the root's "rdn" is the base DN
         tree: dict[Key, list[Any]] = {}
@@ -371,8 +403,9 @@ def _set_rdn_values(attrs: Attrs, old_rdn: str, new_rdn: str, desired: Data, m: 
 
 
 if TYPE_CHECKING:  # what the class claims, checked by mypy (rclone's ``var _ fs.Mover``)
-    from hsync.backend import Backend, BackendFactory, Related
+    from hsync.backend import BackendFactory, Related, SchemaAware
 
     _factory: BackendFactory = LdifBackend
     _backend: type[Backend] = LdifBackend
     _related: type[Related] = LdifBackend
+    _schema_aware: type[SchemaAware] = LdifBackend

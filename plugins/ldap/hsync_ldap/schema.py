@@ -9,10 +9,14 @@ the same rules compare equal exactly when a directory would say so.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Any
 
 import attrs
 import ldap.dn
+
+from hsync.errors import UsageError
 
 DN_SYNTAXES = frozenset(
     {
@@ -28,9 +32,28 @@ OPERATIONAL = frozenset(
         "entryuuid", "entrycsn", "createtimestamp", "modifytimestamp", "creatorsname",
         "modifiersname", "structuralobjectclass", "hassubordinates", "subschemasubentry",
         "entrydn", "contextcsn", "numsubordinates", "pwdchangedtime", "memberof",
+        # the subschema subentry's own (writable there, on no other entry)
+        "attributetypes", "objectclasses", "ldapsyntaxes", "matchingrules",
+        "matchingruleuse", "ditcontentrules", "ditstructurerules", "nameforms",
     }
 )
-"""Never payload, even when an LDIF file (slapcat) carries them."""
+"""Never payload, even when an LDIF file (slapcat) carries them: what the server
+maintains (identity, change sequence, timestamps, ...)."""
+
+WRITABLE_OPERATIONAL = {
+    # slapd defines these itself and hides them from cn=Subschema (RFC 3296 ``ref`` is
+    # listed; authzTo/authzFrom are not); ppolicy's pwdPolicySubentry comes with the
+    # overlay. All are USAGE directoryOperation / distributedOperation without
+    # NO-USER-MODIFICATION: administrators set them on purpose.
+    "ref": ("ref", "caseexactmatch", False),
+    "authzto": ("authzTo", "authzmatch", False),
+    "saslauthzto": ("authzTo", "authzmatch", False),
+    "authzfrom": ("authzFrom", "authzmatch", False),
+    "saslauthzfrom": ("authzFrom", "authzmatch", False),
+    "pwdpolicysubentry": ("pwdPolicySubentry", "distinguishednamematch", True),
+}
+"""Operational attributes a user writes (canonical name, equality, DN-valued), known
+whatever a server's subschema lists: they are payload and requested by name."""
 
 
 class NValue:
@@ -85,6 +108,12 @@ class AttrType:
     """Equality matching rule name, lower-case ("" when unknown: exact bytes)."""
     dn: bool = False
     operational: bool = False
+    """Not a user attribute: USAGE other than userApplications, or NO-USER-MODIFICATION."""
+    writable: bool = False
+    """An operational attribute a user may write (USAGE directoryOperation or
+    distributedOperation without NO-USER-MODIFICATION: ``ref``, ``authzTo``,
+    ``pwdPolicySubentry``): payload, copied with the entry, unless ``OPERATIONAL``
+    names it (what the server maintains)."""
 
 
 class Schema:
@@ -97,7 +126,10 @@ class Schema:
     def builtin(cls) -> Schema:
         from ._builtin_schema import ATTRIBUTES
 
-        return cls({k: AttrType(*v) for k, v in ATTRIBUTES.items()})
+        types = {k: AttrType(*v) for k, v in ATTRIBUTES.items()}
+        for k, (name, equality, dn) in WRITABLE_OPERATIONAL.items():
+            types.setdefault(k, AttrType(name, equality, dn, True, True))
+        return cls(types)
 
     @classmethod
     def from_subschema(cls, sub: Any) -> Schema:
@@ -129,8 +161,45 @@ class Schema:
                 syntax in DN_SYNTAXES or equality in ("distinguishednamematch",
                                                       "uniquemembermatch"),
                 bool(at.usage) or bool(at.no_user_mod),
+                # usage: 0 user, 1 directoryOperation, 2 distributed, 3 dSAOperation
+                # (per server: never copied)
+                at.usage in (1, 2) and not at.no_user_mod,
             )
         return cls(types)
+
+    @classmethod
+    def from_files(cls, paths: Sequence[str]) -> Schema:
+        """The attribute types of schema files: OpenLDAP's ``.schema`` format
+        (``attributetype ( ... )``, ``objectidentifier`` macros expanded), or LDIF
+        (``olcAttributeTypes:`` of cn=config, ``attributeTypes:`` of a subschema entry).
+        ``UsageError`` naming the file when it cannot be read or holds no attribute
+        type."""
+        import ldap.schema
+
+        found: list[str] = []
+        seen: set[str] = set()
+        for path in paths:
+            try:
+                with open(path, encoding="utf-8") as f:
+                    text = f.read()
+            except (OSError, UnicodeDecodeError) as e:
+                why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+                raise UsageError(f"{path}: cannot read the schema file: {why}") from None
+            defs = _attribute_types(text)
+            if not defs:
+                raise UsageError(f"{path}: no attribute type in this schema file "
+                                 "(attributetype, olcAttributeTypes or attributeTypes)")
+            for d in defs:
+                m = _NAMES.search(d)
+                names = {n.lower() for n in re.findall(r"'([^']*)'", m.group(1))} if m else set()
+                if not names & seen:  # the first file that defines a name wins
+                    found.append(d)
+                    seen |= names
+        try:
+            sub = ldap.schema.SubSchema({"attributeTypes": [d.encode() for d in found]})
+        except (ValueError, KeyError, IndexError) as e:
+            raise UsageError(f"{', '.join(paths)}: cannot parse the schema: {e}") from None
+        return cls.from_subschema(sub)
 
     def merged(self, other: Schema) -> Schema:
         """``self`` with the names only ``other`` knows (a server's custom attributes)."""
@@ -150,9 +219,20 @@ class Schema:
         return (t.name if t is not None else base) + (sep + options)
 
     def is_operational(self, lname: str) -> bool:
+        """True when ``lname`` is not payload: what the server maintains, and operational
+        attributes a user cannot write (``AttrType.writable``)."""
         base = lname.partition(";")[0]
         t = self.types.get(base)
-        return base in OPERATIONAL or (t is not None and t.operational)
+        return base in OPERATIONAL or (t is not None and t.operational and not t.writable)
+
+    def writable_operational(self) -> list[str]:
+        """The operational attributes that are payload, as a search requests them by
+        name (``*`` leaves every operational attribute out; ``+`` would send them all,
+        the server-maintained ones included)."""
+        return sorted({
+            t.name for k, t in self.types.items()
+            if t.operational and t.writable and k not in OPERATIONAL
+        })
 
     def is_dn(self, lname: str) -> bool:
         base = lname.partition(";")[0]
@@ -249,3 +329,48 @@ def raw_of(value: bytes | NValue, base_dn: str) -> bytes:
             return (f"{rel},{base_dn}" if rel else base_dn).encode("utf-8")
         return value.raw
     return value
+
+
+_MACRO = re.compile(r"^\s*(?:olc)?objectidentifier:?\s+(\S+)\s+(\S+)",
+                    re.IGNORECASE | re.MULTILINE)
+_NAMES = re.compile(r"\bNAME\s+(\([^)]*\)|'[^']*')", re.IGNORECASE)
+_LDIF_AT = re.compile(r"^(?:olcattributetypes|attributetypes):\s*", re.IGNORECASE)
+
+
+def _attribute_types(text: str) -> list[str]:
+    """The attribute type definitions ``( OID NAME ... )`` of one schema file, with
+    OpenLDAP's ``objectidentifier`` macros (``Name:1.2``) expanded."""
+    macros = {m.group(1).lower(): m.group(2) for m in _MACRO.finditer(text)}
+
+    def expand(oid: str) -> str:
+        head, sep, tail = oid.partition(":")
+        base = macros.get(head.lower())
+        if base is None:
+            return oid
+        base = expand(base)
+        return f"{base}.{tail}" if sep else base
+
+    out: list[str] = []
+    if re.search(r"^dn:", text, re.IGNORECASE | re.MULTILINE):  # LDIF: unfold, then read
+        lines = re.sub(r"\r?\n ", "", text).splitlines()
+        for line in lines:
+            m = _LDIF_AT.match(line)
+            if m:
+                value = line[m.end():]
+                value = re.sub(r"^\{\d+\}", "", value.strip())  # olc ordering prefix
+                out.append(value)
+    else:
+        lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
+        body = "\n".join(lines)
+        for m in re.finditer(r"^\s*attributetypes?\s*\(", body, re.IGNORECASE | re.MULTILINE):
+            depth, i = 1, m.end()
+            while i < len(body) and depth:
+                depth += {"(": 1, ")": -1}.get(body[i], 0)
+                i += 1
+            out.append("(" + " ".join(body[m.end():i].split()))
+    fixed = []
+    for d in out:
+        inner = d.strip()[1:].lstrip()
+        oid, _, rest = inner.partition(" ")
+        fixed.append(f"( {expand(oid)} {rest}")
+    return fixed

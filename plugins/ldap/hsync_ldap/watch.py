@@ -243,6 +243,7 @@ class SyncreplWatch:
             msgid = conn.syncrepl_search(
                 self.server.base_dn, ldap.SCOPE_SUBTREE, mode="refreshAndPersist",
                 filterstr="(objectClass=*)", attrlist=["1.1"],
+                serverctrls=[connection.MANAGE_DSA_IT],  # referral objects are entries
             )
             while not self._stop.is_set():
                 try:

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Remote benchmark: hsync over ssh against ``rsync -a --delete -e ssh`` (and ``-z``).
+
+Starts its own sshd on 127.0.0.1 (``tests/sshd.py``: keys in the work directory,
+nothing in ``~/.ssh``), generates a tree, then times each tool on four scenarios,
+interleaved round by round (the first tool rotates), each command a whole process:
+
+  a  initial copy into an empty destination (a push)
+  b  no-op re-sync
+  c  re-sync after renaming a directory of --batch files (renamed back on odd rounds)
+  d  re-sync after renaming a directory of --big files of 1 MiB
+
+Bytes on the wire: hsync's ``--json`` report (``bytes_on_wire``, counted by hsync on
+its link, after compression); rsync's ``--stats`` (total bytes sent + received).
+Prints a markdown table: per scenario and tool, the median time, the median ratio to
+``rsync -a`` and the median bytes on the wire.
+
+Run it with a regular install (not an editable one: with PYTHONDONTWRITEBYTECODE each
+run would recompile hsync): ``python3 -m venv /tmp/venv-b && /tmp/venv-b/bin/pip
+install . && /tmp/venv-b/bin/python bench/bench_ssh.py``. The far side runs the
+``hsync`` next to that interpreter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from sshd import Sshd, available
+
+HOST = "127.0.0.1"
+MIB = 1 << 20
+
+
+def generate(root: Path, files: int, per_dir: int, batch: int, big: int) -> None:
+    """``files`` small files (100 B-4 KiB) in directories of ``per_dir``; ``bulk/`` with
+    ``batch`` of them; ``big/`` with ``big`` files of 1 MiB."""
+    import random
+
+    rng = random.Random(1)
+    blob = os.urandom(1 << 16)
+    (root / "bulk").mkdir(parents=True)
+    for i in range(batch):
+        (root / "bulk" / f"f{i}").write_bytes(blob[: rng.randint(100, 4096)])
+    made = batch
+    d = 0
+    while made < files:
+        sub = root / f"d{d // 50}" / f"d{d}"
+        sub.mkdir(parents=True)
+        for i in range(min(per_dir, files - made)):
+            start = rng.randint(0, 1 << 15)
+            (sub / f"f{i}").write_bytes(blob[start:start + rng.randint(100, 4096)])
+        made += per_dir
+        d += 1
+    (root / "big").mkdir()
+    for i in range(big):
+        (root / "big" / f"b{i}").write_bytes(os.urandom(MIB))
+
+
+class Tool:
+    def __init__(self, name: str, argv: list[str], work: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.dst = work / f"dst-{name}"
+        self.state = work / f"state-{name}.sqlite"
+
+    def reset(self) -> None:
+        shutil.rmtree(self.dst, ignore_errors=True)
+        for p in self.state.parent.glob(self.state.name + "*"):
+            p.unlink()
+        for p in self.state.parent.glob(self.state.stem + ".journal*"):
+            p.unlink()
+
+    def run(self, src: Path) -> tuple[float, int]:
+        """One sync of ``src``; its wall time and bytes on the wire."""
+        if self.name == "hsync":
+            argv = [*self.argv, "--json", "--state", str(self.state), f"{src}",
+                    f"{HOST}:{self.dst}"]
+        else:
+            argv = [*self.argv, "--stats", f"{src}/", f"{HOST}:{self.dst}/"]
+        t0 = time.perf_counter()
+        p = subprocess.run(argv, capture_output=True, text=True, check=False)
+        elapsed = time.perf_counter() - t0
+        if p.returncode != 0:
+            raise SystemExit(f"{self.name} failed ({p.returncode}): {p.stderr.strip()}")
+        if self.name == "hsync":
+            wire = json.loads(p.stdout)["bytes_on_wire"]
+            return elapsed, wire["sent"] + wire["received"]
+        sent = re.search(r"Total bytes sent: ([\d,]+)", p.stdout)
+        got = re.search(r"Total bytes received: ([\d,]+)", p.stdout)
+        n = sum(int(m.group(1).replace(",", "")) for m in (sent, got) if m)
+        return elapsed, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--per-dir", type=int, default=100)
+    ap.add_argument("--batch", type=int, default=1000)
+    ap.add_argument("--big", type=int, default=1000, help="files of 1 MiB renamed in d")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workdir", default="/tmp/hsync-bench-ssh")
+    ap.add_argument("--hsync", default=str(Path(sys.executable).with_name("hsync")))
+    args = ap.parse_args()
+    why = available()
+    if why is not None:
+        raise SystemExit(why)
+    work = Path(args.workdir)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    src = work / "src"
+    print(f"generating {args.files} files + {args.big} x 1 MiB in {src}", file=sys.stderr)
+    generate(src, args.files, args.per_dir, args.batch, args.big)
+    server = Sshd(str(work / "sshd"))
+    rsh = server.rsh
+    tools = [
+        Tool("hsync", [args.hsync, "sync", "-e", rsh], work),
+        Tool("rsync", ["rsync", "-a", "--delete", "-e", rsh], work),
+        Tool("rsync-z", ["rsync", "-a", "-z", "--delete", "-e", rsh], work),
+    ]
+    times: dict[tuple[str, str], list[float]] = {}
+    wire: dict[tuple[str, str], list[int]] = {}
+    ratios: dict[tuple[str, str], list[float]] = {}
+
+    def record(scenario: str, tool: Tool, result: tuple[float, int]) -> None:
+        times.setdefault((scenario, tool.name), []).append(result[0])
+        wire.setdefault((scenario, tool.name), []).append(result[1])
+        print(f"  {scenario} {tool.name:8} {result[0]:8.2f} s  {result[1]:>12,} B",
+              file=sys.stderr)
+
+    try:
+        for r in range(args.rounds):
+            order = tools[r % len(tools):] + tools[:r % len(tools)]
+            print(f"round {r + 1}", file=sys.stderr)
+            for t in order:
+                t.reset()
+                record("a", t, t.run(src))
+                record("b", t, t.run(src))
+            old, new = ("bulk", "bulk-renamed") if r % 2 == 0 else ("bulk-renamed", "bulk")
+            os.rename(src / old, src / new)
+            for t in order:
+                record("c", t, t.run(src))
+            old, new = ("big", "big-renamed") if r % 2 == 0 else ("big-renamed", "big")
+            os.rename(src / old, src / new)
+            for t in order:
+                record("d", t, t.run(src))
+            for t in order:  # every tool's copy equals the source
+                p = subprocess.run(["diff", "-r", "-q", str(src), str(t.dst)],
+                                   capture_output=True, check=False)
+                if p.returncode != 0:
+                    raise SystemExit(f"{t.name}: destination differs: {p.stdout[:300]!r}")
+            for s in "abcd":
+                base = times[(s, "rsync")][-1]
+                for t in tools:
+                    ratios.setdefault((s, t.name), []).append(times[(s, t.name)][-1] / base)
+    finally:
+        server.stop()
+    names = {"a": f"initial copy ({args.files:,} files + {args.big} x 1 MiB)",
+             "b": "no-op re-sync", "c": f"rename of a directory of {args.batch} files",
+             "d": f"rename of a directory of {args.big} x 1 MiB"}
+    print(f"\n{args.rounds} rounds, medians; ratio: the median of the per-round ratios "
+          "to rsync -a\n")
+    print("| scenario | tool | time (s) | ratio to rsync -a | bytes on the wire |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for s in "abcd":
+        for t in tools:
+            key = (s, t.name)
+            print(f"| {names[s]} | {t.name} | {statistics.median(times[key]):.2f} | "
+                  f"{statistics.median(ratios[key]):.2f} | "
+                  f"{int(statistics.median(wire[key])):,} |")
+
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,518 @@
+"""``hsync agent``: the far side of a remote endpoint (started by ``ssh``).
+
+It answers the requests of one ``RemoteBackend`` on its stdin/stdout: opens the tree it
+is told to (any registered scheme; ``--restrict ROOT`` confines it to one tree), and
+serves the backend contract where the data is: scans, digest scans, hashes, reads of
+content (streamed in chunks), batches of ops (with the content that travels with them),
+watches. One request at a time on the main thread, in order; a batch runs in a thread
+of its own while its content pages arrive, and a watch reports from its own threads.
+
+A batch carries a sequence number. The agent records it in its journal (beside its
+state, ``hsync.journal``), applies it, waits for it to be durable, marks it done, and
+only then answers it: an answer is the acknowledgement that the batch is on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, BinaryIO
+
+import attrs
+
+from ..backend import ApplyOptions, DigestScan, Endpoint, Watch, open_endpoint
+from ..cancel import NEVER
+from ..errors import HsyncError, NodeError, SourceChanged, UsageError
+from ..model import FILE, Key, Node, Op, Rows, Snapshot
+from .protocol import (
+    CHUNK,
+    MAGIC,
+    PROTOCOL,
+    Framer,
+    LinkClosed,
+    Spool,
+    hsync_version,
+)
+
+PAGE = 2000
+"""Items per frame of a streamed walk."""
+PAGE_BYTES = 1 << 20
+"""Bytes of content per page of a read of many files."""
+
+
+# -- values on the wire ----------------------------------------------------------------------
+def encode_snapshot(snap: Snapshot) -> dict[str, Any]:
+    nodes = snap.nodes
+    if isinstance(nodes, Rows):
+        items: Any = ("rows", list(nodes.rows.items()))
+    else:
+        items = ("nodes", list(nodes.items()))
+    return {
+        "nodes": items, "incomplete": snap.incomplete, "skipped": snap.skipped,
+        "holds_excluded": snap.holds_excluded, "partial": snap.partial,
+        "scanned": snap.scanned,
+    }
+
+
+def decode_snapshot(value: dict[str, Any]) -> Snapshot:
+    kind, items = value["nodes"]
+    nodes: Any = Rows(dict(items)) if kind == "rows" else dict(items)
+    return Snapshot(
+        nodes=nodes, incomplete=dict(value["incomplete"]), skipped=list(value["skipped"]),
+        holds_excluded=set(value["holds_excluded"]), partial=set(value["partial"]),
+        scanned=value["scanned"],
+    )
+
+
+def problem_of(e: BaseException) -> list[str]:
+    if isinstance(e, UsageError):
+        return ["usage", str(e)]
+    if isinstance(e, OSError):
+        return ["oserror", e.strerror or str(e)]
+    return ["error", str(e) or type(e).__name__]
+
+
+def read_whole(f: BinaryIO) -> tuple[list[bytes], int, int]:
+    """The content of ``f`` as chunks, with the size and mtime it had before the read;
+    ``SourceChanged`` when it changed while it was read."""
+    before = os.fstat(f.fileno())
+    chunks: list[bytes] = []
+    while chunk := f.read(CHUNK):
+        chunks.append(chunk)
+    after = os.fstat(f.fileno())
+    got = sum(len(c) for c in chunks)
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or \
+            got != before.st_size:
+        raise SourceChanged("the source file changed while it was read")
+    return chunks, before.st_size, before.st_mtime_ns
+
+
+# -- a batch's content, as it arrives ------------------------------------------------------
+class Incoming:
+    """The content a batch's ops read (``ContentSource``): each file arrives in pages;
+    ``read`` waits for the whole file."""
+
+    def __init__(self, url: str, reads: dict[Key, int]) -> None:
+        self.url = url
+        self._reads = reads
+        """How many ops of the batch read each key: its content is kept until the last."""
+        self._cond = threading.Condition()
+        self._parts: dict[Key, Spool] = {}
+        self._done: dict[Key, tuple[int, str | None]] = {}
+        self._ended = False
+
+    def add(self, page: Sequence[Any]) -> None:
+        with self._cond:
+            for key, data, end in page:
+                if data:
+                    spool = self._parts.get(key)
+                    if spool is None:
+                        spool = self._parts[key] = Spool()
+                    spool.add(data)
+                if end is not None:
+                    mtime, error = end
+                    self._done[key] = (mtime, error)
+            self._cond.notify_all()
+
+    def end(self) -> None:
+        with self._cond:
+            self._ended = True
+            self._cond.notify_all()
+
+    def read(self, key: Key) -> BinaryIO:
+        with self._cond:
+            while key not in self._done and not self._ended:
+                self._cond.wait()
+            if key not in self._done:
+                raise SourceChanged("its content did not arrive (the link broke)")
+            left = self._reads.get(key, 1) - 1
+            self._reads[key] = left
+            if left > 0:
+                mtime, error = self._done[key]
+                spool = self._parts.get(key) or Spool()
+            else:
+                mtime, error = self._done.pop(key)
+                spool = self._parts.pop(key) if key in self._parts else Spool()
+        if error is not None:
+            spool.close()
+            raise SourceChanged(error)
+        return spool.file(mtime, last=left <= 0)
+
+
+class _Sink:
+    """A watch's sink on the far side: each report becomes an event frame."""
+
+    def __init__(self, send: Callable[[Any], None]) -> None:
+        self.send = send
+
+    def dirty(self, key: Key, *, deep: bool = True, writing: bool = False) -> None:
+        self.send(["dirty", key, deep, writing])
+
+    def lost(self, reason: str) -> None:
+        self.send(["lost", reason])
+
+    def unwatched(self, key: Key, reason: str) -> None:
+        self.send(["unwatched", key, reason])
+
+
+class Agent:
+    def __init__(self, framer: Framer, restrict: str | None) -> None:
+        self.framer = framer
+        self.restrict = os.path.realpath(restrict) if restrict else None
+        self.endpoint: Endpoint | None = None
+        self.scans: dict[int, DigestScan] = {}
+        self.watches: dict[int, tuple[threading.Event, threading.Thread]] = {}
+        self.applies: dict[int, tuple[Incoming, threading.Thread]] = {}
+        self.journal: Any = None
+        self.journal_pair = ""
+
+    # -- the loop --------------------------------------------------------------------------
+    def serve(self) -> None:
+        try:
+            while True:
+                rid, method, args = self.framer.recv()
+                if method == "more":
+                    self._more(rid, args)
+                    continue
+                handler = getattr(self, "do_" + method, None)
+                if handler is None:
+                    self.framer.send([rid, "err", ["error", f"unknown request {method!r}"]])
+                    continue
+                try:
+                    result = handler(rid, *args)
+                except (Exception, HsyncError) as e:  # one request failed, not the agent
+                    if os.environ.get("HSYNC_AGENT_DEBUG"):
+                        traceback.print_exc()
+                    self.framer.send([rid, "err", problem_of(e)])
+                else:
+                    if result is not _LATER:
+                        self.framer.send([rid, "ok", result])
+        except LinkClosed:
+            pass
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        for inc, t in self.applies.values():
+            inc.end()
+            t.join()
+        for stop, t in self.watches.values():
+            stop.set()
+            t.join()
+        for scan in self.scans.values():
+            scan.close()
+        if self.endpoint is not None:
+            self.endpoint.close()
+        if self.journal is not None:
+            self.journal.close()
+
+    @property
+    def backend(self) -> Any:
+        if self.endpoint is None:
+            raise UsageError("no tree is open")
+        return self.endpoint.backend
+
+    # -- hello, open -----------------------------------------------------------------------
+    def do_hello(self, rid: int, magic: str, protocol: int, version: str,
+                 compress: bool = True) -> Any:
+        self.framer.compress = bool(compress)
+        return {"magic": MAGIC, "protocol": PROTOCOL, "version": hsync_version(),
+                "pid": os.getpid()}
+
+    def _location(self, path: str) -> str:
+        if "://" in path and not path.startswith("file://"):
+            if self.restrict is not None:
+                raise UsageError(f"{path}: refused: this agent serves only {self.restrict}")
+            return path
+        if path.startswith("file://"):
+            path = path[len("file://"):]
+        base = self.restrict or os.getcwd()
+        full = os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+        if self.restrict is not None:
+            real = os.path.realpath(full)
+            root = self.restrict.rstrip("/") + "/"
+            if real != self.restrict and not real.startswith(root):
+                raise UsageError(
+                    f"{path}: refused: outside the tree this agent is restricted to "
+                    f"({self.restrict})"
+                )
+        return full
+
+    def do_open(self, rid: int, path: str, role: str, exclude_attrs: Sequence[str]) -> Any:
+        location = self._location(path)
+        self.endpoint = open_endpoint(location, role=role,  # type: ignore[arg-type]
+                                      exclude_attrs=exclude_attrs)
+        b = self.endpoint.backend
+        return {
+            "url": b.url, "canonical": b.canonical_url(),
+            "capabilities": self.endpoint.capabilities,
+            "features": self.endpoint.features.names(),
+        }
+
+    # -- Backend ----------------------------------------------------------------------------
+    def do_root_error(self, rid: int) -> Any:
+        return self.backend.root_error()
+
+    def do_root_id(self, rid: int) -> Any:
+        return self.backend.root_id()
+
+    def do_is_empty(self, rid: int) -> Any:
+        return self.backend.is_empty()
+
+    def do_scan(self, rid: int, subtree: Key, exclude: Any) -> Any:
+        return encode_snapshot(self.backend.scan(tuple(subtree), exclude=exclude))
+
+    def do_stat(self, rid: int, key: Key) -> Any:
+        return self.backend.stat(key)
+
+    def do_digest(self, rid: int, key: Key) -> Any:
+        return self.backend.digest(key)
+
+    def do_read(self, rid: int, key: Key) -> Any:
+        """One file, streamed in chunks (``item`` frames), then its mtime."""
+        with self.backend.read(key) as f:
+            before = os.fstat(f.fileno())
+            total = 0
+            while chunk := f.read(CHUNK):
+                total += len(chunk)
+                self.framer.send([rid, "item", chunk])
+            after = os.fstat(f.fileno())
+        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or \
+                total != before.st_size:
+            raise SourceChanged("the source file changed while it was read")
+        return before.st_mtime_ns
+
+    def do_read_many(self, rid: int, keys: Sequence[Key], limit: int) -> Any:
+        """Many files in pages of ``[key, data, end]`` (``end``: None while more of the
+        file follows, else ``[mtime_ns, error or None]``). A file larger than ``limit``
+        is not sent: its end says ``"big"``, the client reads it on its own."""
+        page: list[Any] = []
+        size = 0
+        for key in keys:
+            try:
+                with self.backend.read(key) as f:
+                    st = os.fstat(f.fileno())
+                    if st.st_size > limit:
+                        page.append([key, b"", [st.st_mtime_ns, "big"]])
+                        continue
+                    chunks, _, mtime = read_whole(f)
+            except (OSError, NodeError) as e:
+                page.append([key, b"", [0, str(e) if isinstance(e, NodeError)
+                                        else (e.strerror or str(e))]])
+                continue
+            for i, c in enumerate(chunks):
+                page.append([key, c, [mtime, None] if i == len(chunks) - 1 else None])
+                size += len(c)
+                if size >= PAGE_BYTES:
+                    self.framer.send([rid, "item", page])
+                    page, size = [], 0
+            if not chunks:
+                page.append([key, b"", [mtime, None]])
+            if len(page) >= PAGE:
+                self.framer.send([rid, "item", page])
+                page, size = [], 0
+        if page:
+            self.framer.send([rid, "item", page])
+        return None
+
+    # -- a batch -----------------------------------------------------------------------------
+    def do_apply(self, rid: int, seq: int, ops: Sequence[Op], final: dict[str, Any],
+                 options: ApplyOptions, pair: str) -> Any:
+        reads: dict[Key, int] = {}
+        for op in ops:
+            if op.node is not None and op.node.kind == FILE:
+                reads[op.key] = reads.get(op.key, 0) + 1
+        incoming = Incoming(self.backend.url, reads)
+        snap = decode_snapshot(final)
+        t = threading.Thread(target=self._apply, name=f"hsync-apply-{seq}",
+                             args=(rid, seq, list(ops), snap, options, incoming, pair),
+                             daemon=True)
+        self.applies[rid] = (incoming, t)
+        t.start()
+        return _LATER
+
+    def _more(self, rid: int, value: Any) -> None:
+        entry = self.applies.get(rid)
+        if entry is None:
+            return
+        if value is None:
+            entry[0].end()
+        else:
+            entry[0].add(value)
+
+    def _journal(self, pair: str) -> Any:
+        from .. import journal as journal_mod
+
+        if not journal_mod.enabled():
+            return None
+        if self.journal is None or self.journal_pair != pair:
+            state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+            path = os.path.join(state, "hsync", "agent.journal.sqlite")
+            try:
+                self.journal = journal_mod.Journal(path, pair)
+            except (OSError, sqlite3.Error) as e:  # a home that cannot be written
+                sys.stderr.write(f"hsync agent: {path}: no journal ({e})\n")
+                self.journal = None
+                return None
+            self.journal_pair = pair
+        return self.journal
+
+    def _apply(self, rid: int, seq: int, ops: list[Op], final: Snapshot,
+               options: ApplyOptions, incoming: Incoming, pair: str) -> None:
+        try:
+            journal = self._journal(pair or self.backend.canonical_url()) if ops else None
+            if journal is not None:
+                journal.begin(ops)
+            index = {id(op): i for i, op in enumerate(ops)}
+            result = self.backend.apply_batch(
+                ops, incoming, final, options=attrs.evolve(options, defer_durable=False),
+                cancel=NEVER,
+            )
+            if journal is not None:
+                journal.done()  # after the batch's flush: now it may be acknowledged
+            answer = {
+                "seq": seq,
+                "done": [index.get(id(op), op) for op in result.done],
+                "problems": result.problems, "bytes": result.bytes_copied,
+                "warnings": result.warnings,
+            }
+            self.framer.send([rid, "ok", answer])
+        except LinkClosed:
+            pass
+        except (Exception, HsyncError) as e:
+            with contextlib.suppress(LinkClosed):
+                self.framer.send([rid, "err", problem_of(e)])
+        finally:
+            self.applies.pop(rid, None)
+
+    # -- walks --------------------------------------------------------------------------------
+    def _pages(self, rid: int, items: Iterable[Any]) -> None:
+        page: list[Any] = []
+        for item in items:
+            page.append(item)
+            if len(page) >= PAGE:
+                self.framer.send([rid, "item", page])
+                page = []
+        if page:
+            self.framer.send([rid, "item", page])
+
+    def do_walk_sorted(self, rid: int, exclude: Any) -> Any:
+        self._pages(rid, self.endpoint.features.sorted_walk.walk_sorted(exclude))  # type: ignore[union-attr]
+        return None
+
+    def do_stream(self, rid: int, exclude: Any) -> Any:
+        nodes = self.endpoint.features.streaming.stream(exclude)  # type: ignore[union-attr]
+        self._pages(rid, ((k, tuple(attrs.astuple(n, recurse=False))
+                           if isinstance(n, Node) else n) for k, n in nodes))
+        return None
+
+    # -- digest scans -------------------------------------------------------------------------
+    def do_digest_scan(self, rid: int, exclude: Any, background: bool) -> Any:
+        scanning = self.endpoint.features.digest_scanning  # type: ignore[union-attr]
+        assert scanning is not None
+        self.scans[rid] = scanning.digest_scan(exclude, background=background)
+        return rid
+
+    def _scan(self, handle: int) -> DigestScan:
+        scan = self.scans.get(handle)
+        if scan is None:
+            raise UsageError(f"no digest scan {handle}")
+        return scan
+
+    def do_ds_summary(self, rid: int, handle: int) -> Any:
+        return self._scan(handle).summary()
+
+    def do_ds_listings(self, rid: int, handle: int, dirs: Sequence[Key]) -> Any:
+        return list(self._scan(handle).listings(dirs).items())
+
+    def do_ds_rows(self, rid: int, handle: int, keys: Sequence[Key],
+                   subtrees: Sequence[Key]) -> Any:
+        return list(self._scan(handle).rows(keys, subtrees).items())
+
+    def do_ds_snapshot(self, rid: int, handle: int) -> Any:
+        return encode_snapshot(self._scan(handle).snapshot())
+
+    def do_ds_close(self, rid: int, handle: int) -> Any:
+        scan = self.scans.pop(handle, None)
+        if scan is not None:
+            scan.close()
+        return None
+
+    # -- hashes -------------------------------------------------------------------------------
+    def do_hash_many(self, rid: int, keys: Sequence[Key]) -> Any:
+        return self.endpoint.features.bulk_hashing.hash_many(keys)  # type: ignore[union-attr]
+
+    def do_look(self, rid: int, key: Key) -> Any:
+        return self.endpoint.features.bulk_hashing.look(key)  # type: ignore[union-attr]
+
+    # -- watches ------------------------------------------------------------------------------
+    def do_watch(self, rid: int) -> Any:
+        watchable = self.endpoint.features.watchable  # type: ignore[union-attr]
+        assert watchable is not None
+        stop = threading.Event()
+        started = threading.Event()
+        failed: list[BaseException] = []
+
+        def send(event: Any) -> None:
+            try:
+                self.framer.send([rid, "event", event])
+            except LinkClosed:
+                stop.set()
+
+        def run() -> None:
+            try:
+                watch: Watch = watchable.watch(_Sink(send))
+                with watch:
+                    started.set()
+                    while not stop.wait(0.5):
+                        if not watch.alive:
+                            send(["died", "the watch ended"])
+                            break
+            except Exception as e:
+                failed.append(e)
+                started.set()
+                return
+            with contextlib.suppress(LinkClosed):
+                self.framer.send([rid, "ok", None])
+
+        t = threading.Thread(target=run, name="hsync-agent-watch", daemon=True)
+        self.watches[rid] = (stop, t)
+        t.start()
+        started.wait()
+        if failed:
+            self.watches.pop(rid, None)
+            raise failed[0]
+        self.framer.send([rid, "item", "started"])
+        return _LATER
+
+    def do_unwatch(self, rid: int, handle: int) -> Any:
+        entry = self.watches.pop(handle, None)
+        if entry is not None:
+            entry[0].set()
+            entry[1].join()
+        return None
+
+
+_LATER = object()
+"""A handler's result when its answer is sent later (by a thread of its own)."""
+
+
+def run_agent(restrict: str | None = None) -> int:
+    """Serve on stdin/stdout until the end of input; the exit status."""
+    if restrict is not None and not os.path.isdir(restrict):
+        sys.stderr.write(f"hsync agent: {restrict}: --restrict needs a directory\n")
+        return 2
+    rfile = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
+    wfile = os.fdopen(os.dup(1), "wb", buffering=1 << 16)
+    # nothing else may write to the protocol's stdout
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    framer = Framer(rfile, wfile, compress=True)
+    Agent(framer, restrict).serve()
+    return 0

@@ -1,0 +1,544 @@
+"""The local side of a remote endpoint: the backend contract, forwarded to an agent.
+
+``open_remote`` (registered for ``ssh``) starts the link, opens the far tree and builds
+a ``RemoteBackend`` that offers exactly the optional capabilities the far backend
+offers (its ``Features``, sent when it opens), each forwarded:
+
+- scans, digest scans (``DigestScanning``: the scan and the directory digests run on
+  the far side; only the summary, then the listings and rows that differ, cross the
+  link), the sorted walk and the streamed walk (pages of rows), ``hash_many``;
+- ``read``: one file streamed in chunks; ``prefetch`` (a batch's files asked for at
+  once, their contents streamed back in pages: one round trip per batch, not per file);
+- ``apply_batch``: the ops, the part of the final snapshot they need, then the content
+  of the files they create or update, in pages (small files many to a page, big files
+  in chunks). The content of a changed file is sent whole (``_send_content``: the seam
+  where a delta transfer plugs in). A move is an op like any other: a rename on the far
+  side, no content crosses;
+- ``watch``: the agent watches and streams the dirty keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import threading
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
+
+import attrs
+
+from ..backend import (
+    ApplyOptions,
+    ApplyResult,
+    Capabilities,
+    ContentSource,
+    Credentials,
+    DigestSummary,
+    Hashed,
+    Relation,
+    Role,
+    WatchSink,
+)
+from ..cancel import NEVER, Cancel
+from ..errors import CANCELLED, BackendError, NodeError, SourceChanged, UsageError
+from ..filters import Exclude
+from ..model import CREATE, DIR, FILE, UPDATE, Key, Node, Op, Problem, Row, Snapshot
+from . import current
+from .agent import decode_snapshot, encode_snapshot
+from .protocol import CHUNK, INLINE, Spool, content_file
+from .transport import Link
+from .url import RemoteUrl, parse
+
+PREFETCH_KEYS = 1000
+"""Files asked for in one request of a prefetch."""
+PREFETCH_LIMIT = 4 << 20
+"""Files larger than this are not prefetched: each is streamed when it is read."""
+PREFETCH_BUFFER = 64 << 20
+"""Prefetched content held at most before the next request waits for reads."""
+PAGE_BYTES = 1 << 20
+_DEFAULTS = ApplyOptions()
+
+
+def _needs_content(op: Op) -> bool:
+    return (op.node is not None and op.node.kind == FILE
+            and (op.op == CREATE or (op.op == UPDATE and op.content)))
+
+
+class _Prefetch:
+    """The contents of a batch's files, asked for in a few requests and kept until read."""
+
+    def __init__(self, link: Link, keys: list[Key]) -> None:
+        self.link = link
+        self.cond = threading.Condition()
+        self.parts: dict[Key, list[bytes]] = {}
+        self.ready: dict[Key, tuple[int, str | None]] = {}
+        self.wanted = set(keys)
+        self.buffered = 0
+        self.failed: str | None = None
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, args=(keys,), daemon=True,
+                                       name="hsync-prefetch")
+        self.thread.start()
+
+    def _run(self, keys: list[Key]) -> None:
+        try:
+            for i in range(0, len(keys), PREFETCH_KEYS):
+                with self.cond:
+                    while self.buffered > PREFETCH_BUFFER and not self.stopped:
+                        self.cond.wait()
+                    if self.stopped:
+                        return
+                for page in self.link.stream("read_many", keys[i:i + PREFETCH_KEYS],
+                                             PREFETCH_LIMIT):
+                    with self.cond:
+                        for key, data, end in page:
+                            if data:
+                                self.parts.setdefault(key, []).append(data)
+                                self.buffered += len(data)
+                            if end is not None:
+                                self.ready[key] = (end[0], end[1])
+                        self.cond.notify_all()
+        except Exception as e:
+            with self.cond:
+                self.failed = str(e)
+                self.cond.notify_all()
+
+    def take(self, key: Key) -> BinaryIO | None:
+        """The content of ``key`` (waiting for it), or None when it is not prefetched
+        or too big to be."""
+        with self.cond:
+            if key not in self.wanted:
+                return None
+            while key not in self.ready and self.failed is None:
+                self.cond.wait()
+            if key not in self.ready:
+                raise OSError(self.failed)
+            self.wanted.discard(key)
+            mtime, error = self.ready.pop(key)
+            parts = self.parts.pop(key, [])
+            self.buffered -= sum(len(p) for p in parts)
+            self.cond.notify_all()
+        if error == "big":
+            return None
+        if error is not None:
+            raise SourceChanged(error)
+        return content_file(parts, mtime)
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+            self.cond.notify_all()
+        self.thread.join()
+
+
+class _RemoteScan:
+    """A digest scan running on the far side (``DigestScan``), by its handle there."""
+
+    def __init__(self, link: Link, handle: int) -> None:
+        self.link = link
+        self.handle = handle
+        self._closed = False
+
+    def summary(self) -> DigestSummary:
+        s: DigestSummary = self.link.call("ds_summary", self.handle)
+        return attrs.evolve(s, digests=dict(s.digests), incomplete=dict(s.incomplete),
+                            skipped=list(s.skipped), held=set(s.held))
+
+    def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Row]]]:
+        return {k: list(v) for k, v in self.link.call("ds_listings", self.handle,
+                                                      list(dirs))}
+
+    def rows(self, keys: Iterable[Key] = (), subtrees: Iterable[Key] = ()) -> dict[Key, Row]:
+        return dict(self.link.call("ds_rows", self.handle, list(keys), list(subtrees)))
+
+    def snapshot(self) -> Snapshot:
+        snap = decode_snapshot(self.link.call("ds_snapshot", self.handle))
+        self.close()
+        return snap
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            if not self.link.closed:
+                with contextlib.suppress(BackendError):
+                    self.link.call("ds_close", self.handle)
+
+
+class _RemoteWatch:
+    """A watch run by the agent; its reports arrive as events and go to ``sink``."""
+
+    def __init__(self, link: Link, sink: WatchSink) -> None:
+        self.link = link
+        self.sink = sink
+        self.rid = 0
+        self._thread: threading.Thread | None = None
+        self._ended = threading.Event()
+
+    def __enter__(self) -> _RemoteWatch:
+        rid, q = self.link.open("watch")
+        self.rid = rid
+        answers = self.link.answer(rid, q)
+        for tag, value in answers:
+            if tag == "item":
+                break
+            if tag in ("ok", "err"):
+                self.link.result(tag, value)
+                raise BackendError(f"{self.link.host}: the watch did not start")
+
+        def pump() -> None:
+            try:
+                for tag, value in answers:
+                    if tag == "event":
+                        self._event(value)
+            except BackendError as e:
+                self.sink.lost(str(e))
+            finally:
+                self._ended.set()
+
+        self._thread = threading.Thread(target=pump, daemon=True, name="hsync-remote-watch")
+        self._thread.start()
+        return self
+
+    def _event(self, event: Sequence[Any]) -> None:
+        what = event[0]
+        if what == "dirty":
+            self.sink.dirty(tuple(event[1]), deep=event[2], writing=event[3])
+        elif what == "lost":
+            self.sink.lost(event[1])
+        elif what == "unwatched":
+            self.sink.unwatched(tuple(event[1]), event[2])
+        elif what == "died":
+            self._ended.set()
+
+    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if not self.link.closed:
+            with contextlib.suppress(BackendError):
+                self.link.call("unwatch", self.rid)
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    @property
+    def alive(self) -> bool:
+        return not self._ended.is_set()
+
+    @property
+    def resumed(self) -> bool:
+        return False
+
+    def checkpoint(self) -> bytes | None:
+        return None
+
+
+class RemoteBackend:
+    """A tree on another host, through an agent (see the module docstring)."""
+
+    def __init__(self, location: str, url: RemoteUrl, link: Link, role: Role,
+                 opened: dict[str, Any]) -> None:
+        self.url = location
+        self.remote = url
+        self.link = link
+        self.role: Role = role
+        self.far_url: str = opened["url"]
+        self.far_canonical: str = opened["canonical"]
+        far: Capabilities = opened["capabilities"]
+        # the far side's scans wait on the link: they run beside the local ones; a
+        # batch is answered once it is durable there (the answer acknowledges it)
+        self.capabilities = attrs.evolve(far, waits=True, deferred_flush=False)
+        self.far_features: tuple[str, ...] = tuple(opened["features"])
+        self._prefetch: _Prefetch | None = None
+        self._seq = 0
+        self.pair = ""
+
+    def __repr__(self) -> str:
+        return f"RemoteBackend({self.url!r}, role={self.role!r})"
+
+    # -- Backend -----------------------------------------------------------------------
+    def canonical_url(self) -> str:
+        far = self.far_canonical
+        path = far[len("file://"):] if far.startswith("file://") else "/" + far
+        return self.remote.endpoint() + path
+
+    def root_error(self) -> str | None:
+        out: str | None = self.link.call("root_error")
+        return out
+
+    def root_id(self) -> Hashable | None:
+        out: Hashable | None = self.link.call("root_id")
+        return out
+
+    def is_empty(self) -> bool:
+        return bool(self.link.call("is_empty"))
+
+    def scan(self, subtree: Key = (), *, exclude: Exclude | None = None,
+             cancel: Cancel = NEVER) -> Snapshot:
+        cancel.check()
+        return decode_snapshot(self.link.call("scan", subtree, exclude))
+
+    def stat(self, key: Key) -> Node | None:
+        out: Node | None = self.link.call("stat", key)
+        return out
+
+    def read(self, key: Key) -> BinaryIO:
+        pre = self._prefetch
+        if pre is not None:
+            f = pre.take(key)
+            if f is not None:
+                return f
+        spool = Spool()
+        rid, q = self.link.open("read", key)
+        try:
+            for tag, value in self.link.answer(rid, q):
+                if tag == "item":
+                    spool.add(value)
+                else:
+                    mtime = self.link.result(tag, value)
+        except BaseException:
+            spool.close()
+            raise
+        return spool.file(mtime)
+
+    def digest(self, key: Key) -> bytes | None:
+        out: bytes | None = self.link.call("digest", key)
+        return out
+
+    def prefetch(self, keys: Sequence[Key]) -> None:
+        if self._prefetch is not None:
+            self._prefetch.stop()
+            self._prefetch = None
+        if keys:
+            self._prefetch = _Prefetch(self.link, list(keys))
+
+    def apply_batch(
+        self,
+        ops: Sequence[Op],
+        source: ContentSource,
+        final: Snapshot,
+        *,
+        options: ApplyOptions = _DEFAULTS,
+        cancel: Cancel = NEVER,
+        on_done: Callable[[Op], None] | None = None,
+    ) -> ApplyResult:
+        if cancel.cancelled():
+            return ApplyResult(problems=[
+                Problem(op.key, f"{op.op} not run: {cancel.reason}", op=op.op, kind=CANCELLED)
+                for op in ops])
+        self._seq += 1
+        ops = list(ops)
+        rid, q = self.link.open("apply", self._seq, ops, _final_part(ops, final),
+                                attrs.evolve(options, defer_durable=False), self.pair)
+        try:
+            self._send_content(rid, ops, source)
+        finally:
+            answer: dict[str, Any] | None = None
+            for tag, value in self.link.answer(rid, q):
+                if tag in ("ok", "err"):
+                    answer = self.link.result(tag, value)
+        assert answer is not None
+        done = [ops[i] if isinstance(i, int) else i for i in answer["done"]]
+        if on_done is not None:
+            for op in done:
+                on_done(op)
+        return ApplyResult(done=done, problems=list(answer["problems"]),
+                           bytes_copied=answer["bytes"], warnings=list(answer["warnings"]))
+
+    def _send_content(self, rid: int, ops: Sequence[Op], source: ContentSource) -> None:
+        """The content of every file the batch creates or updates, whole, in pages of
+        ``[key, data, end]`` (``end``: None while the file goes on, else ``[mtime_ns,
+        error]``). The seam of a delta transfer: a changed file whose old version the
+        far side holds could send a delta here instead."""
+        page: list[Any] = []
+        size = 0
+        sent: set[Key] = set()
+        for op in ops:
+            if not _needs_content(op) or op.key in sent:
+                continue
+            key = op.key
+            sent.add(key)
+            try:
+                with source.read(key) as f:
+                    # streamed a chunk at a time: a big file is never held whole
+                    before = os.fstat(f.fileno()) if _has_fd(f) else None
+                    got = 0
+                    while chunk := f.read(CHUNK):
+                        got += len(chunk)
+                        page.append([key, chunk, None])
+                        size += len(chunk)
+                        if size >= PAGE_BYTES:
+                            self.link.send_more(rid, page)
+                            page, size = [], 0
+                    after = os.fstat(f.fileno()) if before is not None else None
+            except (OSError, NodeError) as e:
+                why = str(e) if isinstance(e, NodeError) else (e.strerror or str(e))
+                page.append([key, b"", [0, why]])
+                continue
+            if before is None or after is None:
+                page.append([key, b"", [0, None]])
+            elif (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) \
+                    or got != before.st_size:
+                page.append([key, b"", [0, "the source file changed while it was read"]])
+            else:
+                page.append([key, b"", [before.st_mtime_ns, None]])
+            if len(page) >= 1000:
+                self.link.send_more(rid, page)
+                page, size = [], 0
+        if page:
+            self.link.send_more(rid, page)
+        self.link.send_more(rid, None)
+
+    def close(self) -> None:
+        if self._prefetch is not None:
+            self._prefetch.stop()
+            self._prefetch = None
+        self.link.close()
+
+    # -- bytes on the wire -----------------------------------------------------------------
+    def wire(self) -> tuple[int, int]:
+        return self.link.wire
+
+    # -- Related ---------------------------------------------------------------------------
+    def relation(self, other_url: str) -> Relation | None:
+        """Two trees of the same far endpoint, by their far paths."""
+        mine = self.canonical_url()
+        prefix = self.remote.endpoint() + "/"
+        if not other_url.startswith(prefix):
+            return None
+        a, b = mine[len(prefix) - 1:].rstrip("/") + "/", other_url[len(prefix) - 1:]
+        b = b.rstrip("/") + "/"
+        if a == b:
+            return "same"
+        if b.startswith(a):
+            return "inside"
+        if a.startswith(b):
+            return "contains"
+        return None
+
+
+def _has_fd(f: Any) -> bool:
+    try:
+        f.fileno()
+    except (OSError, AttributeError, io.UnsupportedOperation):
+        return False
+    return True
+
+
+def _final_part(ops: Sequence[Op], final: Snapshot) -> dict[str, Any]:
+    """What of ``final`` a batch's apply reads: the source's directories it changes
+    (their metadata, set once their children settled), and the hard-link groups."""
+    nodes = final.nodes
+    want: dict[Key, Node] = {}
+    for op in ops:
+        for k in (op.key, op.to):
+            if k is None:
+                continue
+            for i in range(len(k) + 1):
+                p = k[:i]
+                if p not in want:
+                    n = nodes.get(p)
+                    if n is not None and n.kind == DIR:
+                        want[p] = n
+    return encode_snapshot(Snapshot(nodes=want))
+
+
+# -- the capability mixins: a backend offers what its far side offers ----------------------
+class _SortedWalk:
+    link: Link
+
+    def walk_sorted(self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
+                    ) -> Iterator[tuple[Key, Row | tuple[str] | None]]:
+        for page in self.link.stream("walk_sorted", exclude):
+            cancel.check()
+            yield from page
+
+
+class _Streaming:
+    link: Link
+
+    def stream(self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
+               ) -> Iterator[tuple[Key, Node | str | None]]:
+        for page in self.link.stream("stream", exclude):
+            cancel.check()
+            for key, n in page:
+                yield key, Node(*n) if isinstance(n, tuple) else n
+
+
+class _DigestScanning:
+    link: Link
+
+    def digest_scan(self, exclude: Exclude | None = None, *, background: bool = False,
+                    cancel: Cancel = NEVER) -> _RemoteScan:
+        # the far side scans at once, beside whatever runs here
+        return _RemoteScan(self.link, self.link.call("digest_scan", exclude, True))
+
+
+class _BulkHashing:
+    link: Link
+
+    def hash_many(self, keys: Sequence[Key]) -> list[Hashed]:
+        out: list[Hashed] = list(self.link.call("hash_many", list(keys)))
+        return out
+
+    def look(self, key: Key) -> Any:
+        return self.link.call("look", key)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a remote endpoint is not handed to another process")
+
+
+class _Watchable:
+    link: Link
+
+    def watch(self, sink: WatchSink) -> _RemoteWatch:
+        return _RemoteWatch(self.link, sink)
+
+
+_MIXINS = {
+    "sorted_walk": _SortedWalk, "streaming": _Streaming,
+    "digest_scanning": _DigestScanning, "bulk_hashing": _BulkHashing,
+    "watchable": _Watchable,
+}
+_CLASSES: dict[tuple[str, ...], type] = {}
+
+
+def _class_for(features: Iterable[str]) -> type:
+    names = tuple(sorted(f for f in features if f in _MIXINS))
+    cls = _CLASSES.get(names)
+    if cls is None:
+        bases = tuple(_MIXINS[n] for n in names)
+        cls = type("RemoteBackend", (*bases, RemoteBackend), {})
+        _CLASSES[names] = cls
+    return cls
+
+
+def open_remote(
+    location: str,
+    *,
+    role: Role,
+    credentials: Credentials | None = None,
+    exclude_attrs: tuple[str, ...] = (),
+) -> RemoteBackend:
+    """The ``BackendFactory`` of ``ssh``: start an agent and open the far tree."""
+    if credentials is not None:
+        raise UsageError(f"{location}: credentials for the far tree go in its own config")
+    url = parse(location)
+    link = Link(url, current())
+    try:
+        opened = link.call("open", url.path, role, list(exclude_attrs))
+    except BaseException:
+        link.close()
+        raise
+    cls = _class_for(opened["features"])
+    backend: RemoteBackend = cls(location, url, link, role, opened)
+    return backend
+
+
+if TYPE_CHECKING:
+    from ..backend import Backend, BackendFactory, DigestScan, Watch
+
+    _factory: BackendFactory = open_remote
+    _b: Backend = RemoteBackend("", RemoteUrl("h", "/"), Link.__new__(Link), "source", {})
+    _s: DigestScan = _RemoteScan(Link.__new__(Link), 0)
+    _w: Watch = _RemoteWatch(Link.__new__(Link), cast("WatchSink", None))
+    _ = INLINE

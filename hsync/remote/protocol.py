@@ -1,0 +1,261 @@
+"""The wire: framed messages of msgpack values, bulk frames compressed with zstd.
+
+A frame is a 5-byte header (payload length, big-endian 32 bits; a flags byte: bit 0 set
+when the payload is zstd-compressed) and the payload, one msgpack value. A request is
+``[id, method, args]``; each answer frame is ``[id, tag, value]`` with tag ``ok`` (the
+result, the end of the request), ``err`` (``[kind, message]``, the end), ``item`` (one
+part of a streamed result: a chunk of file content, a page of a walk), ``event`` (a
+watch's report). Request ids let the client keep many requests in flight from several
+threads; the agent answers them in order.
+
+Values are encoded generically (``pack``/``unpack``): names are ``str`` with surrogate
+escapes (a name that is not UTF-8 crosses intact), tuples arrive as tuples, the value
+classes of the contract (``Node``, ``Op``, ``Problem``, ``Exclude``...) cross by their
+attrs fields (a field added to one of them needs no change here), frozensets as
+frozensets. Every byte read and written is counted (after compression): the report's
+bytes on the wire.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from typing import IO, Any, BinaryIO
+
+import attrs
+import msgpack
+import zstandard
+
+PROTOCOL = 1
+"""Bumped when the messages change incompatibly; the handshake refuses a mismatch."""
+MAGIC = "hsync-agent"
+
+_HEADER = struct.Struct(">IB")
+COMPRESSED = 1
+MIN_COMPRESS = 256
+"""Frames shorter than this are sent as they are (a header costs more than it saves)."""
+MAX_FRAME = 1 << 30
+CHUNK = 1 << 20
+"""File content crosses in chunks of this size (a file is never one giant message)."""
+INLINE = 64 << 10
+"""Files up to this size travel inside their batch's content page."""
+
+_EXT_FROZENSET = 1
+_EXT_SET = 2
+_EXT_VALUE = 3
+_EXT_BIGINT = 4
+
+
+def hsync_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hsync")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _classes() -> dict[str, type]:
+    from ..backend import ApplyOptions, Capabilities, DigestSummary
+    from ..filters import Exclude
+    from ..model import Change, Fingerprint, Node, Op, Problem
+
+    return {c.__name__: c for c in (Node, Op, Problem, Change, Fingerprint, Exclude,
+                                    ApplyOptions, Capabilities, DigestSummary)}
+
+
+_CLASSES: dict[str, type] = {}
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, int):  # beyond 64 bits (an identity with its device)
+        return msgpack.ExtType(_EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8, "big",
+                                                         signed=True))
+    if isinstance(obj, frozenset):
+        return msgpack.ExtType(_EXT_FROZENSET, pack(list(obj)))
+    if isinstance(obj, set):
+        return msgpack.ExtType(_EXT_SET, pack(list(obj)))
+    if attrs.has(type(obj)):
+        name = type(obj).__name__
+        if not _CLASSES:
+            _CLASSES.update(_classes())
+        if _CLASSES.get(name) is type(obj):
+            cls: Any = type(obj)
+            fields = {f.alias: getattr(obj, f.name) for f in attrs.fields(cls) if f.init}
+            return msgpack.ExtType(_EXT_VALUE, pack([name, fields]))
+    raise TypeError(f"cannot send a {type(obj).__name__} over the link")
+
+
+def _ext(code: int, data: bytes) -> Any:
+    if code == _EXT_FROZENSET:
+        return frozenset(unpack(data))
+    if code == _EXT_SET:
+        return set(unpack(data))
+    if code == _EXT_BIGINT:
+        return int.from_bytes(data, "big", signed=True)
+    if code == _EXT_VALUE:
+        name, fields = unpack(data)
+        if not _CLASSES:
+            _CLASSES.update(_classes())
+        cls = _CLASSES[name]
+        known = {f.alias for f in attrs.fields(cls) if f.init}
+        return cls(**{k: v for k, v in fields.items() if k in known})
+    return msgpack.ExtType(code, data)
+
+
+def pack(value: Any) -> bytes:
+    return msgpack.packb(value, default=_default, use_bin_type=True,
+                         unicode_errors="surrogateescape")
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, use_list=False, raw=False, ext_hook=_ext,
+                           unicode_errors="surrogateescape", strict_map_key=False,
+                           max_bin_len=MAX_FRAME, max_str_len=MAX_FRAME)
+
+
+class LinkClosed(EOFError):
+    """The other side went away (EOF, a broken pipe)."""
+
+
+class Framer:
+    """Reads and writes frames on two byte streams; thread-safe writes; counts bytes."""
+
+    def __init__(self, rfile: IO[bytes], wfile: IO[bytes], *, compress: bool) -> None:
+        self.rfile = rfile
+        self.wfile = wfile
+        self.compress = compress
+        self._wlock = threading.Lock()
+        self._zc = zstandard.ZstdCompressor(level=3)
+        self._zd = zstandard.ZstdDecompressor()
+        self.sent = 0
+        self.received = 0
+
+    def send(self, value: Any) -> None:
+        payload = pack(value)
+        flags = 0
+        if self.compress and len(payload) >= MIN_COMPRESS:
+            packed = self._zc.compress(payload)
+            if len(packed) < len(payload):
+                payload, flags = packed, COMPRESSED
+        if len(payload) > MAX_FRAME:
+            raise ValueError("message too large for one frame")
+        with self._wlock:
+            try:
+                self.wfile.write(_HEADER.pack(len(payload), flags))
+                self.wfile.write(payload)
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError, ValueError) as e:
+                raise LinkClosed(str(e)) from None
+            self.sent += _HEADER.size + len(payload)
+
+    def recv(self) -> Any:
+        """The next value; ``LinkClosed`` at the end of the stream."""
+        header = self._read(_HEADER.size)
+        length, flags = _HEADER.unpack(header)
+        if length > MAX_FRAME:
+            raise LinkClosed(f"bad frame length {length}")
+        payload = self._read(length)
+        self.received += _HEADER.size + length
+        if flags & COMPRESSED:
+            payload = self._zd.decompress(payload, max_output_size=MAX_FRAME)
+        return unpack(payload)
+
+    def _read(self, n: int) -> bytes:
+        parts: list[bytes] = []
+        while n:
+            try:
+                chunk = self.rfile.read(n)
+            except (ConnectionResetError, ValueError, OSError) as e:
+                raise LinkClosed(str(e)) from None
+            if not chunk:
+                raise LinkClosed("end of stream")
+            parts.append(chunk)
+            n -= len(chunk)
+        return b"".join(parts)
+
+
+MEMFD_MAX = 8 << 20
+"""Content up to this size is held in memory (a memfd); larger goes to a temporary
+file."""
+
+
+class Spool:
+    """A file's content as it arrives: in memory up to ``MEMFD_MAX``, then in an
+    unnamed temporary file (a big file is never held in memory whole)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.fd: int | None = None
+
+    def add(self, data: bytes) -> None:
+        import os
+        import tempfile
+
+        if self.fd is None and self.size + len(data) > MEMFD_MAX:
+            with tempfile.TemporaryFile() as tmp:
+                self.fd = os.dup(tmp.fileno())
+            for p in self.parts:
+                _write_all(self.fd, p)
+            self.parts = []
+        if self.fd is not None:
+            _write_all(self.fd, data)
+        else:
+            self.parts.append(data)
+        self.size += len(data)
+
+    def file(self, mtime_ns: int, *, last: bool = True) -> BinaryIO:
+        """An open file of the content (``last``: the spool is not read again)."""
+        import os
+
+        if self.fd is None:
+            return content_file(self.parts, mtime_ns)
+        fd = self.fd if last else os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY)
+        if last:
+            self.fd = None
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+        os.lseek(fd, 0, os.SEEK_SET)
+        return os.fdopen(fd, "rb")
+
+    def close(self) -> None:
+        import os
+
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    import os
+
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def content_file(chunks: list[bytes], mtime_ns: int) -> BinaryIO:
+    """An open file holding ``chunks``, positioned at 0, whose mtime is ``mtime_ns``:
+    what a backend's apply reads a file's content from (it checks size and mtime as it
+    would on the source itself)."""
+    import os
+    import tempfile
+
+    size = sum(len(c) for c in chunks)
+    if size <= MEMFD_MAX and hasattr(os, "memfd_create"):
+        fd = os.memfd_create("hsync-content", os.MFD_CLOEXEC)
+    else:
+        with tempfile.TemporaryFile() as tmp:  # unnamed; the duplicate keeps it
+            fd = os.dup(tmp.fileno())
+    try:
+        for c in chunks:
+            view = memoryview(c)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")

@@ -1,0 +1,265 @@
+"""The link to an agent: the system ``ssh`` client started with ``hsync agent`` as its
+remote command, a version handshake, and a multiplexer of requests over the frames.
+
+The ``ssh`` command is ``-e/--rsh`` split as a shell would (``shlex``), so
+``~/.ssh/config``, agents, ProxyJump and ControlMaster work as they do for ssh. The
+remote command is built of words each quoted with ``shlex.quote``: nothing the user
+gives is interpreted by the remote shell. The remote path never travels on the command
+line at all: the agent is told which tree to open in the first message.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import shlex
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ..errors import BackendError, LinkLost, UsageError
+from . import Reach
+from .protocol import MAGIC, PROTOCOL, Framer, LinkClosed, hsync_version
+from .url import RemoteUrl
+
+_DONE = object()
+
+
+class RemoteError(BackendError):
+    """The far side failed a request as a whole (its message names the host)."""
+
+
+def ssh_argv(url: RemoteUrl, reach: Reach) -> list[str]:
+    """The local argv: the ssh command, its options for this host, the remote command."""
+    try:
+        argv = shlex.split(reach.command())
+    except ValueError as e:
+        raise UsageError(f"--rsh {reach.command()!r}: {e}") from None
+    if not argv:
+        raise UsageError("--rsh: empty command")
+    if url.port:
+        argv += ["-p", str(url.port)]
+    if url.user:
+        argv += ["-l", url.user]
+    remote = [reach.remote_hsync or "hsync", "agent"]
+    argv += [url.host, " ".join(shlex.quote(w) for w in remote)]
+    return argv
+
+
+class Link:
+    """One running agent: the ssh process, its frames, and the requests in flight.
+
+    ``call`` sends a request and waits for its answer; ``stream`` yields the ``item``
+    frames of a request until its end. Any thread may call; one reader thread
+    dispatches the answers. A broken link fails every request in flight and every
+    later one with ``BackendError`` naming the host."""
+
+    def __init__(self, url: RemoteUrl, reach: Reach) -> None:
+        self.url = url
+        self.host = url.target
+        self.argv = ssh_argv(url, reach)
+        try:
+            self.proc = subprocess.Popen(
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, bufsize=0, start_new_session=True,
+            )
+        except OSError as e:
+            raise BackendError(f"{self.host}: cannot run {self.argv[0]}: {e.strerror}") from None
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.framer = Framer(self.proc.stdout, self.proc.stdin, compress=reach.compress)
+        self._stderr: list[str] = []
+        self._errt = threading.Thread(target=self._drain_stderr, daemon=True)
+        self._errt.start()
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, queue.SimpleQueue[Any]] = {}
+        self._lock = threading.Lock()
+        self._broken: str | None = None
+        self.closed = False
+        self.hello = self._handshake(reach)
+        self._reader = threading.Thread(target=self._read_loop, daemon=True,
+                                        name=f"hsync-link-{self.host}")
+        self._reader.start()
+
+    # -- start -----------------------------------------------------------------------
+    def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in iter(self.proc.stderr.readline, b""):
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self._stderr.append(line)
+                del self._stderr[:-20]
+
+    def _failure(self, what: str) -> BackendError:
+        """Why the agent did not start (ssh's exit status and last words)."""
+        try:
+            rc = self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        self._errt.join(timeout=2)
+        said = next((s for s in reversed(self._stderr) if s.strip()), "")
+        if rc == 127:
+            name = shlex.join(self.argv[-1:]).strip("'")
+            return BackendError(
+                f"{self.host}: hsync not found on the remote host (ran {name!r}; "
+                "--remote-hsync PATH names it)"
+            )
+        if rc == 255:
+            return BackendError(f"{self.host}: ssh failed: {said or 'exit 255'}")
+        tail = f": {said}" if said else ""
+        return BackendError(f"{self.host}: {what} (exit {rc}){tail}")
+
+    def _handshake(self, reach: Reach) -> dict[str, Any]:
+        try:
+            self.framer.send([0, "hello", [MAGIC, PROTOCOL, hsync_version(), reach.compress]])
+            answer = self.framer.recv()
+        except LinkClosed:
+            raise self._failure("the remote hsync agent did not start") from None
+        except Exception:
+            self._kill()
+            raise BackendError(
+                f"{self.host}: the remote side did not answer as an hsync agent "
+                "(does the login shell print something?)"
+            ) from None
+        if not (isinstance(answer, tuple) and len(answer) == 3 and answer[1] in ("ok", "err")):
+            self._kill()
+            raise BackendError(f"{self.host}: the remote side did not answer as an hsync agent")
+        if answer[1] == "err":
+            self._kill()
+            raise BackendError(f"{self.host}: {answer[2][1]}")
+        hello = dict(answer[2])
+        if hello.get("magic") != MAGIC or hello.get("protocol") != PROTOCOL:
+            self._kill()
+            raise BackendError(
+                f"{self.host}: incompatible remote hsync {hello.get('version', '?')} "
+                f"(protocol {hello.get('protocol', '?')}; this one speaks {PROTOCOL})"
+            )
+        return hello
+
+    # -- requests ----------------------------------------------------------------------
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                rid, tag, value = self.framer.recv()
+                with self._lock:
+                    q = self._waiting.get(rid)
+                if q is not None:
+                    q.put((tag, value))
+        except LinkClosed as e:
+            self._break(f"connection lost ({e})")
+        except Exception as e:  # a frame that does not decode: the link is unusable
+            self._break(f"bad message from the agent: {e}")
+
+    def _break(self, why: str) -> None:
+        with self._lock:
+            if self._broken is None:
+                self._broken = why
+            waiting = list(self._waiting.values())
+        for q in waiting:
+            q.put(("lost", why))
+
+    def _error(self, why: str) -> BackendError:
+        said = next((s for s in reversed(self._stderr) if s.strip()), "")
+        if self.closed:
+            return BackendError(f"{self.host}: the link is closed")
+        return LinkLost(f"{self.host}: {why}" + (f": {said}" if said else ""))
+
+    def open(self, method: str, *args: Any) -> tuple[int, queue.SimpleQueue[Any]]:
+        """Send a request; its id and the queue its answers arrive on."""
+        rid = next(self._ids)
+        q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        with self._lock:
+            if self._broken is not None:
+                raise self._error(self._broken)
+            self._waiting[rid] = q
+        try:
+            self.framer.send([rid, method, list(args)])
+        except LinkClosed as e:
+            self._break(f"connection lost ({e})")
+            self.finish(rid)
+            raise self._error(self._broken or "connection lost") from None
+        return rid, q
+
+    def send_more(self, rid: int, value: Any) -> None:
+        """A further frame of request ``rid`` (a page of content for a batch)."""
+        try:
+            self.framer.send([rid, "more", value])
+        except LinkClosed as e:
+            self._break(f"connection lost ({e})")
+            raise self._error(self._broken or "connection lost") from None
+
+    def finish(self, rid: int) -> None:
+        with self._lock:
+            self._waiting.pop(rid, None)
+
+    def answer(self, rid: int, q: queue.SimpleQueue[Any]) -> Iterator[tuple[str, Any]]:
+        """The answer frames of ``rid`` as ``(tag, value)``, through its end."""
+        try:
+            while True:
+                tag, value = q.get()
+                if tag == "lost":
+                    raise self._error(value)
+                yield tag, value
+                if tag in ("ok", "err"):
+                    return
+        finally:
+            self.finish(rid)
+
+    def result(self, tag: str, value: Any) -> Any:
+        if tag == "err":
+            kind, message = value
+            if kind == "oserror":
+                raise OSError(message)
+            if kind == "usage":
+                raise UsageError(f"{self.host}: {message}")
+            raise RemoteError(f"{self.host}: {message}")
+        return value
+
+    def call(self, method: str, *args: Any) -> Any:
+        rid, q = self.open(method, *args)
+        for tag, value in self.answer(rid, q):
+            if tag in ("ok", "err"):
+                return self.result(tag, value)
+        raise self._error("no answer")  # pragma: no cover
+
+    def stream(self, method: str, *args: Any, on_event: Callable[[Any], None] | None = None
+               ) -> Iterator[Any]:
+        rid, q = self.open(method, *args)
+        for tag, value in self.answer(rid, q):
+            if tag == "item":
+                yield value
+            elif tag == "event" and on_event is not None:
+                on_event(value)
+            else:
+                self.result(tag, value)
+
+    # -- end ---------------------------------------------------------------------------
+    @property
+    def wire(self) -> tuple[int, int]:
+        """Bytes sent and received on the link so far (after compression)."""
+        return self.framer.sent, self.framer.received
+
+    def _kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()  # the agent ends at the end of its input
+        except OSError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._kill()
+        self._break("the link is closed")
+        self._reader.join(timeout=5)
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()

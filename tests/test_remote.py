@@ -1,0 +1,341 @@
+"""Remote trees over ssh (SPEC 12), against a real sshd on 127.0.0.1 (``tests/sshd.py``).
+
+Both "hosts" are this machine: a test compares the two trees directly, and can kill
+the ssh client or the agent (processes it started) in the middle of a batch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from treeutil import DIR, File, Link, assert_same_tree, build, hsync_bin
+
+import hsync
+from hsync.backend import open_endpoint
+from hsync.errors import HsyncError
+
+HOST = "127.0.0.1"
+
+
+def run(*args: Any, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [hsync_bin(), *(os.fspath(a) for a in args)], capture_output=True, text=True,
+        errors="surrogateescape", stdin=subprocess.DEVNULL, timeout=timeout, check=False,
+    )
+
+
+def tree_spec(n: int = 5) -> dict[str, Any]:
+    spec: dict[str, Any] = {"d": DIR, "d/sub": DIR, "link": Link("d/f0")}
+    for i in range(n):
+        spec[f"d/f{i}"] = File(f"content {i}\n".encode() * (i + 1), mode=0o640)
+        spec[f"d/sub/g{i}"] = os.urandom(1000 * i)
+    spec["big"] = os.urandom(3 << 20)  # crosses in chunks
+    return spec
+
+
+def test_push_then_resync_and_rename(remote: Any, tmp_path: Path) -> None:
+    src = build(tmp_path / "src", tree_spec())
+    dst = tmp_path / "dst"
+    r = run("sync", "--json", src, f"{HOST}:{dst}")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert_same_tree(src, dst)
+    assert report["counts"]["create"] == 15  # the root too
+    # content crossed the link once, compressed where it compresses
+    wire = report["bytes_on_wire"]
+    assert wire["sent"] >= 3 << 20 and wire["received"] > 0
+    # a no-op re-sync: nothing planned, little on the wire
+    r = run("sync", "--json", src, f"{HOST}:{dst}")
+    again = json.loads(r.stdout)
+    assert r.returncode == 0 and sum(again["counts"].values()) == 0
+    assert again["bytes_on_wire"]["sent"] < 64 << 10
+    # a directory renamed on the source is renamed on the far side: no content crosses
+    os.rename(src / "d", src / "renamed")
+    r = run("sync", "--json", "--stats", src, f"{HOST}:{dst}")
+    moved = json.loads(r.stdout)
+    assert r.returncode == 0, r.stderr
+    assert moved["counts"]["move"] == 1 and moved["bytes_copied"] == 0
+    assert moved["bytes_on_wire"]["sent"] < 64 << 10
+    assert_same_tree(src, dst)
+
+
+def test_pull_and_both_remote(remote: Any, tmp_path: Path) -> None:
+    src = build(tmp_path / "src", tree_spec())
+    pulled = tmp_path / "pulled"
+    r = run("sync", "--json", f"{HOST}:{src}", pulled)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bytes_on_wire"]["received"] >= 3 << 20
+    assert_same_tree(src, pulled)
+    # both remote: the content is proxied through this process
+    both = tmp_path / "both"
+    r = run("sync", f"ssh://{HOST}{src}", f"ssh://root@{HOST}{both}")
+    assert r.returncode == 0, r.stderr
+    assert_same_tree(src, both)
+    # a change pulled again: only that file
+    (src / "d" / "f1").write_bytes(b"changed")
+    r = run("sync", "--json", f"{HOST}:{src}", pulled)
+    report = json.loads(r.stdout)
+    assert report["counts"]["update"] >= 1 and report["bytes_copied"] == len(b"changed")
+    assert_same_tree(src, pulled)
+
+
+def test_diff_dry_run_excludes_max_delete(remote: Any, tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {"a": b"1", "b/c": b"2", "skip.tmp": b"3"})
+    dst = tmp_path / "dst"
+    far = f"{HOST}:{dst}"
+    r = run("diff", "--json", src, far)
+    assert r.returncode == 1
+    assert {op["path"] for op in json.loads(r.stdout)} == {"", "a", "b", "b/c", "skip.tmp"}
+    r = run("sync", "-n", "--json", src, far)
+    assert r.returncode == 0 and not dst.exists()
+    assert len(json.loads(r.stdout)["plan"]) == 5  # the root too
+    r = run("sync", "--exclude", "*.tmp", src, far)
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(dst)) == ["a", "b"]
+    assert run("diff", "--exclude", "*.tmp", src, far).returncode == 0
+    (src / "a").unlink()
+    (src / "b" / "c").unlink()
+    r = run("sync", "--max-delete", "1", "--exclude", "*.tmp", src, far)
+    assert r.returncode != 0 and (dst / "a").exists()
+    assert "max-delete" in r.stderr or "--max-delete" in r.stderr
+
+
+def test_verify_hashes_on_each_side(remote: Any, tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {"a": b"same", "b": b"0123456789"})
+    dst = tmp_path / "dst"
+    assert run("sync", src, f"{HOST}:{dst}").returncode == 0
+    r = run("verify", src, f"{HOST}:{dst}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = os.stat(dst / "b")
+    (dst / "b").write_bytes(b"9123456789")  # same size and mtime: only a hash tells
+    os.utime(dst / "b", ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = run("verify", src, f"{HOST}:{dst}")
+    assert r.returncode == 1 and "b" in r.stdout
+
+
+def test_missing_remote_hsync_is_one_line(remote: Any, tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {"a": b"1"})
+    r = run("sync", "--remote-hsync", "/nonexistent/hsync", src, f"{HOST}:{tmp_path / 'd'}")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert HOST in lines[0] and "not found" in lines[0] and "Traceback" not in r.stderr
+
+
+def test_unreachable_host_is_one_line(tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {"a": b"1"})
+    r = run("sync", "-e", "ssh -o BatchMode=yes -o ConnectTimeout=5 -p 1", src,
+            f"{HOST}:{tmp_path / 'd'}")
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and HOST in r.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_host_colon_path_is_not_a_local_directory(remote: Any, tmp_path: Path) -> None:
+    """rsync's ``host:path``: before, this made a local directory named ``host:path``."""
+    src = build(tmp_path / "src", {"a": b"1"})
+    os.chdir(tmp_path)
+    r = run("sync", src, f"root@{HOST}:{tmp_path / 'far'}")
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / f"root@{HOST}:{tmp_path / 'far'}").exists()
+    assert (tmp_path / "far" / "a").read_bytes() == b"1"
+    # ./a:b stays a local path
+    r = run("sync", src, "./x:y")
+    assert r.returncode == 0 and (tmp_path / "x:y" / "a").exists()
+
+
+def test_awkward_remote_path_and_command(remote: Any, tmp_path: Path) -> None:
+    """Spaces, quotes, ``;`` and a name that is not UTF-8, in the remote path and in
+    the remote command (``--remote-hsync``): nothing reaches a shell unquoted."""
+    weird = "we ird 'q' \"d\" ;touch PWNED; $(touch PWNED2)"
+    src = build(tmp_path / "src", {"plain": b"1", os.fsdecode(b"bad-\xff\xfe"): b"2",
+                                   f"{weird}/inner": b"3"})
+    far = tmp_path / weird / "dst"
+    far.parent.mkdir()
+    bindir = tmp_path / "bin dir; echo PWNED3 >&2"
+    bindir.mkdir()
+    (bindir / "hsync it").symlink_to(hsync_bin())
+    r = run("sync", "--remote-hsync", bindir / "hsync it", src, f"{HOST}:{far}")
+    assert r.returncode == 0, r.stderr
+    assert_same_tree(src, far)
+    assert os.path.exists(os.path.join(os.fsencode(far), b"bad-\xff\xfe"))
+    home = Path(os.path.expanduser("~"))
+    for marker in ("PWNED", "PWNED2"):
+        assert not (home / marker).exists() and not (tmp_path / marker).exists()
+    assert "PWNED3" not in r.stderr
+    r = run("sync", "--json", f"ssh://{HOST}{far}", tmp_path / "back")
+    assert r.returncode == 0, r.stderr
+    assert_same_tree(src, tmp_path / "back")
+
+
+@pytest.fixture
+def restricted(remote: Any, tmp_path: Path) -> str:
+    """An ssh command whose key may only run ``hsync agent --restrict ROOT``."""
+    root = tmp_path / "allowed"
+    root.mkdir()
+    key = tmp_path / "restricted_key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    command = f"hsync agent --restrict {shlex.quote(str(root))}"
+    remote.add_key(f'command="{command}",restrict {(tmp_path / "restricted_key.pub").read_text()}')
+    argv = shlex.split(remote.rsh)
+    argv[argv.index("-i") + 1] = str(key)
+    return shlex.join(argv)
+
+
+def test_restricted_agent_refuses_outside_its_root(restricted: str, tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {"a": b"1"})
+    outside = tmp_path / "elsewhere"
+    r = run("sync", "-e", restricted, src, f"{HOST}:{outside}")
+    assert r.returncode == 2
+    assert "outside" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not outside.exists()
+    r = run("sync", "-e", restricted, src, f"{HOST}:{tmp_path / 'allowed' / '..' / 'x'}")
+    assert r.returncode == 2 and not (tmp_path / "x").exists()
+    # relative to its root, and inside it: served
+    r = run("sync", "-e", restricted, src, f"{HOST}:inside")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "allowed" / "inside" / "a").read_bytes() == b"1"
+
+
+def test_api_and_endpoint_features(remote: Any, tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {"a": b"1", "d/e": b"2"})
+    far = f"{HOST}:{src}"
+    ep = open_endpoint(far, role="source")
+    try:
+        names = set(ep.features.names())
+        # what the far fs backend offers, forwarded
+        assert {"digest_scanning", "bulk_hashing", "watchable", "sorted_walk",
+                "streaming", "prefetching", "linked"} <= names
+        assert ep.backend.canonical_url() == f"ssh://{HOST}{src}"
+        assert ep.backend.stat(("d", "e")) is not None
+    finally:
+        ep.close()
+    with pytest.raises(HsyncError, match="no host name"):
+        hsync.sync(str(src), "ssh:///x")
+
+
+# -- faults ------------------------------------------------------------------------------------
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+    return out
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [os.fsdecode(a) for a in f.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def _agents_of(sshd_pid: int) -> list[int]:
+    """The agents the test's sshd runs (its descendants running ``hsync agent``)."""
+    found, todo = [], [sshd_pid]
+    while todo:
+        pid = todo.pop()
+        for child in _children(pid):
+            args = _cmdline(child)
+            if "agent" in args and any(a.endswith("hsync") for a in args):
+                found.append(child)
+            todo.append(child)
+    return found
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            p = os.path.join(dirpath, n)
+            out[os.path.relpath(p, root)] = Path(p).read_bytes()
+    return out
+
+
+@pytest.mark.parametrize("victim", ["ssh", "agent"])
+def test_link_killed_mid_batch_then_resumed(remote: Any, tmp_path: Path, victim: str) -> None:
+    spec = {f"d{i // 50}/f{i}": os.urandom(200_000) for i in range(150)}
+    src = build(tmp_path / "src", spec)
+    dst = tmp_path / "dst"
+    state = tmp_path / "h.sqlite"
+    proc = subprocess.Popen([hsync_bin(), "sync", "--state", str(state), "--no-compress",
+                             str(src), f"{HOST}:{dst}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    killed = False
+    while time.monotonic() < deadline and proc.poll() is None:
+        if victim == "ssh":
+            targets = [c for c in _children(proc.pid) if _cmdline(c)[:1] == ["ssh"]]
+        else:
+            targets = _agents_of(remote.proc.pid)
+        # cut in the middle of the batch: some of its files landed, not all
+        if targets and (dst / "d0").exists() and len(os.listdir(dst / "d0")) >= 5:
+            os.kill(targets[0], signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.005)
+    out, err = proc.communicate(timeout=120)
+    assert killed, "the batch ended before the link could be cut"
+    assert proc.returncode == 2, (out, err)
+    assert len(err.strip().splitlines()) == 1 and HOST in err, err
+    # nothing torn: every file under a final name is whole (a temporary name may be
+    # left by a killed agent; the next run removes it)
+    landed = _files(dst) if dst.exists() else {}
+    for name, data in landed.items():
+        if ".hsync-tmp" not in name:
+            assert data == spec[name], name
+    time.sleep(0.5)  # an agent cut off finishes the batch it holds (or drops it)
+    landed = {n for n in _files(dst) if ".hsync-tmp" not in n}
+    dirs_there = {d for d in os.listdir(dst) if (dst / d).is_dir()}
+    assert 0 < len(landed) < len(spec)
+    # resumed: what landed is not copied again, what did not is
+    r = run("sync", "--json", "--state", state, src, f"{HOST}:{dst}")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert_same_tree(src, dst)
+    files_created = report["counts"]["create"] - (3 - len(dirs_there))
+    assert files_created == len(spec) - len(landed), (report["counts"], len(landed))
+    assert not [n for n in _files(dst) if ".hsync-tmp" in n]
+
+
+def test_compression_on_the_link(remote: Any, tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {"zeros": b"\0" * (2 << 20), "text": b"hsync " * 100_000})
+    r = run("sync", "--json", src, f"{HOST}:{tmp_path / 'z'}")
+    assert r.returncode == 0, r.stderr
+    compressed = json.loads(r.stdout)["bytes_on_wire"]["sent"]
+    r = run("sync", "--json", "--no-compress", src, f"{HOST}:{tmp_path / 'plain'}")
+    assert r.returncode == 0, r.stderr
+    plain = json.loads(r.stdout)["bytes_on_wire"]["sent"]
+    assert plain > (2 << 20) + 600_000 > 20 * compressed, (plain, compressed)
+    assert_same_tree(src, tmp_path / "z")
+    assert_same_tree(src, tmp_path / "plain")
+
+
+def test_a_big_file_is_spooled_not_held(remote: Any, tmp_path: Path) -> None:
+    """A file bigger than the in-memory limit crosses both ways (spooled to a temporary
+    file on the receiving side), and arrives whole."""
+    from hsync.remote.protocol import MEMFD_MAX
+
+    src = build(tmp_path / "src", {"big": os.urandom(MEMFD_MAX + (3 << 20)), "small": b"s"})
+    r = run("sync", "--no-compress", src, f"{HOST}:{tmp_path / 'pushed'}")
+    assert r.returncode == 0, r.stderr
+    assert_same_tree(src, tmp_path / "pushed")
+    r = run("sync", f"{HOST}:{tmp_path / 'pushed'}", tmp_path / "pulled")
+    assert r.returncode == 0, r.stderr
+    assert_same_tree(src, tmp_path / "pulled")

@@ -1,0 +1,99 @@
+"""``hsync watch`` with a remote endpoint (through a real sshd on 127.0.0.1): either
+side remote, and a lost link reconnected with backoff, resumed from the history."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_remote import HOST, _children, _cmdline
+from treeutil import build, hsync_bin
+
+
+def wait_for(cond: Callable[[], bool], seconds: float = 60) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def status(path: Path) -> dict[str, Any]:
+    try:
+        doc: dict[str, Any] = json.loads(path.read_text())["pairs"][0]
+        return doc
+    except (OSError, ValueError, IndexError, KeyError):
+        return {}
+
+
+@pytest.fixture
+def watching(remote: Any, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(src: str, dst: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen(
+            [hsync_bin(), "watch", "--debounce", "50", "--status-file",
+             str(tmp_path / "status.json"), src, dst],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+        try:
+            p.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.communicate()
+
+
+def test_watch_push_and_pull(watching: Callable[..., Any], tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {"a": b"1", "d/b": b"2"})
+    pushed, pulled = tmp_path / "pushed", tmp_path / "pulled"
+    watching(str(src), f"{HOST}:{pushed}")
+    assert wait_for(lambda: (pushed / "d" / "b").exists())
+    (src / "new").write_bytes(b"new")
+    os.rename(src / "d", src / "e")
+    assert wait_for(lambda: (pushed / "new").exists() and (pushed / "e" / "b").exists())
+    assert not (pushed / "d").exists()
+    # the far side watches (inotify in the agent) and streams the dirty keys
+    far = tmp_path / "far"
+    build(far, {"x": b"1"})
+    watching(f"{HOST}:{far}", str(pulled))
+    assert wait_for(lambda: (pulled / "x").exists())
+    (far / "y").write_bytes(b"from afar")
+    assert wait_for(lambda: (pulled / "y").exists() and (pulled / "y").read_bytes() == b"from afar")
+
+
+def test_watch_reconnects_after_a_lost_link(watching: Callable[..., Any],
+                                            tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {"a": b"1"})
+    dst = tmp_path / "dst"
+    proc = watching(str(src), f"{HOST}:{dst}")
+    st_path = tmp_path / "status.json"
+    assert wait_for(lambda: (dst / "a").exists() and status(st_path).get("state") == "idle")
+    assert status(st_path)["link"] == "up"
+    ssh = [c for c in _children(proc.pid) if _cmdline(c)[:1] == ["ssh"]]
+    assert len(ssh) == 1
+    os.kill(ssh[0], signal.SIGKILL)
+    assert wait_for(lambda: status(st_path).get("link") == "down", 30), status(st_path)
+    (src / "b").write_bytes(b"while the link was down")
+    # reconnected (a new ssh), resumed: what changed meanwhile arrives
+    assert wait_for(lambda: (dst / "b").exists(), 60), status(st_path)
+    st = status(st_path)
+    assert st["link"] == "up" and st["state"] in ("idle", "syncing")
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert "reconnecting in 1 s" in out, out
