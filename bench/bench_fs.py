@@ -5,11 +5,19 @@ Generates a seeded tree (default: 100,000 files in 5,000 directories, about 450 
 baseline tree T1 in the project notes), then times both tools on five scenarios, interleaved
 round by round because the disk is shared and noisy:
 
-  a  initial sync into an empty destination
+  a  initial sync into an empty destination (against ``rsync -a; sync -f DST`` timed as
+     one command: the same durability as hsync's syncfs; plain ``rsync -a`` for information)
   b  no-op re-sync
-  c  re-sync after renaming a directory of BATCH files (default 1,000)
-  d  re-sync after deleting BATCH files spread over the tree
-  e  re-sync after renaming a directory of BATCH files of 1 MiB each (separate source tree)
+  c  re-sync after renaming the directory that holds about 10% of the tree's files
+  d  re-sync after deleting DELETES files spread over the tree (default min(1000, 1%))
+  e  re-sync after renaming a directory of 300 files of 1 MiB each (a copy of the tree
+     with that directory added)
+  s  start-up alone: ``hsync --version`` and a no-op ``hsync sync`` of a 10-file tree
+     against ``python -c pass`` (hsync's interpreter) and ``rsync`` of the same tree
+
+``--sizes 5k,20k,100k`` runs all of it per tree size (files/20 directories each, same
+shape) and prints one table of ratios per size; add ``1m`` for the million-file tree
+(long to build; 3 rounds there).
 
 Each command is timed as a whole process (wall clock) and its peak RSS is read with
 ``os.wait4``. Results: a markdown table on stdout and a JSON file (``--out``).
@@ -45,18 +53,21 @@ BUF_SIZE = 4 * MIB  # random bytes reused for all file contents (with a unique h
 MTIME_BASE_NS = 1_600_000_000 * 10**9  # 2020-09-13
 MTIME_SPAN_NS = 3 * 365 * 86400 * 10**9
 PARETO_ALPHA = 0.73  # tail 4 KiB .. 1 MiB; gives ~450 MB for 100k files
-SCENARIOS = "abcde"
-TOOLS = ("hsync", "rsync")
+SCENARIOS = "abcdes"
+TOOLS = ("hsync", "rsync", "rsync+sync")
+# The peer each scenario's ratio is taken against (a: the same durability as hsync).
+PEER = {"a": "rsync+sync"}
 
 DESCRIPTIONS = {
     "a": "initial sync into an empty destination",
     "b": "no-op re-sync",
-    "c": "rename of a directory of {batch} files",
-    "d": "{batch} files deleted",
-    "e": "rename of a directory of {batch} x {big} files",
+    "c": "rename of a directory of {tenth} files (about 10% of the tree)",
+    "d": "{deletes} files deleted",
+    "e": "rename of a directory of {big_count} x {big} files",
+    "s": "start-up alone",
 }
 # Maximum hsync/rsync ratio (median of the per-round ratios) asked for by the issue.
-TARGETS: dict[str, float] = {"a": 0.8, "b": 0.8, "c": 0.6, "d": 0.6, "e": 0.1}
+TARGETS: dict[str, float] = {"a": 0.8, "b": 0.8, "c": 0.3, "d": 0.7, "e": 0.1, "s": 2.5}
 
 
 def log(msg: str) -> None:
@@ -465,7 +476,8 @@ pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
 _, status, usage = os.wait4(pid, 0)
 t1 = time.perf_counter()
 with open(sys.argv[1], "w") as f:
-    f.write(f"{t1 - t0!r} {usage.ru_maxrss} {os.waitstatus_to_exitcode(status)}\\n")
+    code = os.waitstatus_to_exitcode(status)
+    f.write(f"{t1 - t0!r} {usage.ru_maxrss} {code} {usage.ru_utime + usage.ru_stime!r}\\n")
 """
 _PHYS_KIB = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -478,6 +490,7 @@ class Process:
     returncode: int
     stdout: str
     stderr: str
+    cpu_seconds: float | None = None  # user + system time of the tool and its children
 
 
 def run_process(argv: Sequence[str], logdir: Path, timeout: float | None = None) -> Process:
@@ -511,13 +524,13 @@ def run_process(argv: Sequence[str], logdir: Path, timeout: float | None = None)
     if killed.is_set():
         stderr += f"\n[bench] killed after {timeout} s (--timeout)"
     try:
-        secs, rss, rc = res_path.read_text().split()
+        secs, rss, rc, cpu = res_path.read_text().split()
     except (OSError, ValueError):  # the launcher itself failed (e.g. no such executable)
         return Process(outer, outer, None, proc.returncode or 127, stdout, stderr)
     maxrss: int | None = int(rss)
     if maxrss is not None and maxrss > _PHYS_KIB:  # seen once here: a bogus 139 GB peak
         maxrss = None
-    return Process(float(secs), outer, maxrss, int(rc), stdout, stderr)
+    return Process(float(secs), outer, maxrss, int(rc), stdout, stderr, float(cpu))
 
 
 def _kill_group(pgid: int, killed: threading.Event) -> None:
@@ -598,6 +611,18 @@ class Rsync(Tool):
         run.extra["deleted"] = number("Number of deleted files")
 
 
+class RsyncSync(Rsync):
+    """``rsync -a`` then ``sync -f DST`` (syncfs of the destination's filesystem, as hsync
+    does once per batch), timed as one command: the fair peer of an initial copy."""
+
+    name = "rsync+sync"
+    script = 'for dst; do :; done; "$@" && sync -f "$dst"'
+
+    def argv(self, src: Path, dst: Path, state: Path) -> list[str]:
+        rsync = super().argv(src, dst, state)
+        return ["/bin/sh", "-c", self.script, "sh", *rsync]
+
+
 class Hsync(Tool):
     name = "hsync"
 
@@ -671,9 +696,12 @@ class Pair:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, tools: list[Tool], work: Path) -> None:
+    def __init__(
+        self, args: argparse.Namespace, tools: list[Tool], work: Path, extra: list[Tool]
+    ) -> None:
         self.args = args
         self.tools = tools
+        self.extra = extra  # tools of scenario a only (rsync+sync)
         self.work = work
         self.runs: list[Run] = []
         self.warnings: list[str] = []
@@ -682,8 +710,11 @@ class Bench:
         run = self.work / "run"
         return Pair(
             src=tree / "src",
-            dst={t.name: run / f"dst-{label}-{t.name}" for t in self.tools},
-            state={t.name: run / f"state-{label}-{t.name}" / "hsync.sqlite" for t in self.tools},
+            dst={t.name: run / f"dst-{label}-{t.name}" for t in self.tools + self.extra},
+            state={
+                t.name: run / f"state-{label}-{t.name}" / "hsync.sqlite"
+                for t in self.tools + self.extra
+            },
         )
 
     def verify(self, pair: Pair, tool: Tool, source: SourceState, run: Run) -> bool:
@@ -729,8 +760,11 @@ class Bench:
             self.runs.append(run)
             log(f"  [{scenario}] untimed {tool.name}: {run.seconds:.2f} s")
 
-    def timed_round(self, pair: Pair, scenario: str, rnd: int) -> None:
-        order = self.tools if rnd % 2 == 0 else list(reversed(self.tools))
+    def timed_round(
+        self, pair: Pair, scenario: str, rnd: int, tools: list[Tool] | None = None
+    ) -> None:
+        tools = tools or self.tools
+        order = tools if rnd % 2 == 0 else list(reversed(tools))
         source = SourceState.of(pair.src)
         parts = []
         for tool in order:
@@ -756,9 +790,10 @@ class Bench:
         # round: deleting 100k files right before a timed command would bill whichever
         # tool runs first for the journal and discard work.
         trash = self.work / "trash"
+        tools = self.tools + self.extra
         try:
             for rnd in range(self.args.rounds):
-                for tool in self.tools:
+                for tool in tools:
                     dst, state_dir = pair.dst[tool.name], pair.state[tool.name].parent
                     if dst.exists():
                         trash.mkdir(parents=True, exist_ok=True)
@@ -767,7 +802,7 @@ class Bench:
                         shutil.rmtree(state_dir)
                     if tool.name == "hsync":
                         state_dir.mkdir(parents=True)
-                self.timed_round(pair, "a", rnd)
+                self.timed_round(pair, "a", rnd, tools)
         finally:
             shutil.rmtree(trash, ignore_errors=True)
 
@@ -804,6 +839,58 @@ class Bench:
         finally:
             mutation.delete_restore()
 
+    # s
+    def scenario_s(self, hsync: Tool | None, rsync: Tool | None) -> dict[str, Any]:
+        """Start-up alone, interleaved: each command once per round, medians."""
+        small = self.work / "startup"
+        shutil.rmtree(small, ignore_errors=True)
+        (small / "src" / "d").mkdir(parents=True)
+        for i in range(10):
+            (small / "src" / "d" / f"f{i}").write_text(f"{i}\n")
+        cmds: dict[str, list[str]] = {}
+        if hsync is not None:
+            first = Path(hsync.exe).read_bytes()[:200].split(b"\n")[0]
+            python = first[2:].decode().strip() if first.startswith(b"#!") else sys.executable
+            cmds["python -c pass"] = [python, "-c", "pass"]
+            cmds["hsync --version"] = [hsync.exe, "--version"]
+            state = small / "state" / "hsync.sqlite"
+            state.parent.mkdir()
+            cmds["hsync sync (10 files, no-op)"] = hsync.argv(small / "src", small / "dh", state)
+        if rsync is not None:
+            cmds["rsync (10 files, no-op)"] = rsync.argv(small / "src", small / "dr", small)
+        for argv in cmds.values():  # the first copy, untimed
+            run_process(argv, self.work / "logs")
+        times: dict[str, list[float]] = {k: [] for k in cmds}
+        cpu: dict[str, list[float]] = {k: [] for k in cmds}
+        rss: dict[str, int] = {}
+        for rnd in range(self.args.startup_rounds):
+            items = list(cmds.items())
+            for name, argv in items if rnd % 2 == 0 else reversed(items):
+                proc = run_process(argv, self.work / "logs")
+                if proc.returncode != 0:
+                    raise SystemExit(f"start-up: {' '.join(argv)}: exit {proc.returncode}")
+                times[name].append(proc.seconds)
+                if proc.cpu_seconds is not None:
+                    cpu[name].append(proc.cpu_seconds)
+                rss[name] = max(rss.get(name, 0), proc.maxrss_kib or 0)
+        base = _median(times.get("python -c pass", []))
+        cpu_base = _median(cpu.get("python -c pass", []))
+        out = {
+            name: {
+                "median_seconds": _median(ts),
+                "ratio_to_python": (_median(ts) or 0) / base if base else None,
+                "median_cpu_seconds": _median(cpu[name]),
+                "cpu_ratio_to_python": (_median(cpu[name]) or 0) / cpu_base if cpu_base else None,
+                "max_rss_kib": rss.get(name),
+            }
+            for name, ts in times.items()
+        }
+        log(
+            "  [s] " + ", ".join(f"{k} {v['median_seconds'] * 1000:.1f} ms" for k, v in out.items())
+        )
+        shutil.rmtree(small, ignore_errors=True)
+        return out
+
 
 # --------------------------------------------------------------------------- report
 
@@ -819,12 +906,14 @@ def _size_label(n: int) -> str:
     return f"{n:,} B"
 
 
-def summarize(bench: Bench, scenarios: str, batch: int, big_size: int) -> dict[str, Any]:
+def summarize(bench: Bench, scenarios: str, fmt: dict[str, str]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for sc in scenarios:
+        if sc == "s":
+            continue
         timed = [r for r in bench.runs if r.scenario == sc and r.timed]
         entry: dict[str, Any] = {
-            "description": DESCRIPTIONS[sc].format(batch=f"{batch:,}", big=_size_label(big_size)),
+            "description": DESCRIPTIONS[sc].format(**fmt),
             "target_ratio_max": TARGETS[sc],
         }
         by_round: dict[int, dict[str, Run]] = {}
@@ -850,14 +939,21 @@ def summarize(bench: Bench, scenarios: str, batch: int, big_size: int) -> dict[s
                     [r.tool_elapsed for r in good if r.tool_elapsed is not None]
                 ),
             }
-        ratios = [
-            rs["hsync"].seconds / rs["rsync"].seconds
-            for rs in by_round.values()
-            if all(t in rs and rs[t].ok and rs[t].verified for t in TOOLS)
-            and rs["rsync"].seconds > 0
-        ]
+
+        def ratios_to(peer: str, by_round: dict[int, dict[str, Run]] = by_round) -> list[float]:
+            return [
+                rs["hsync"].seconds / rs[peer].seconds
+                for rs in by_round.values()
+                if all(t in rs and rs[t].ok and rs[t].verified for t in ("hsync", peer))
+                and rs[peer].seconds > 0
+            ]
+
+        entry["peer"] = PEER.get(sc, "rsync")
+        ratios = ratios_to(entry["peer"])
         entry["ratios"] = [round(x, 4) for x in ratios]
         entry["median_ratio"] = _median(ratios)
+        if entry["peer"] != "rsync":
+            entry["median_ratio_vs_rsync"] = _median(ratios_to("rsync"))
         met: bool | None = None
         why = ""
         if entry["median_ratio"] is not None:
@@ -868,7 +964,7 @@ def summarize(bench: Bench, scenarios: str, batch: int, big_size: int) -> dict[s
                     met, why = False, "hsync bytes_copied unknown"
                 elif h["max_bytes_copied"] != 0:
                     met, why = False, "hsync copied bytes"
-            if entry["hsync"]["rounds_failed"] or entry["rsync"]["rounds_failed"]:
+            if entry["hsync"]["rounds_failed"] or entry[entry["peer"]]["rounds_failed"]:
                 why = (why + "; " if why else "") + "some rounds failed"
         entry["target_met"] = met
         entry["target_note"] = why
@@ -898,19 +994,22 @@ def _fmt_rss(kib: int | None, floor: int | None = None) -> str:
 
 def markdown_table(summary: dict[str, Any], rss_floor_kib: int | None) -> str:
     head = (
-        "| scenario | hsync s (median) | rsync s (median) | hsync/rsync (median of rounds) "
-        "| hsync bytes copied | rsync bytes copied | hsync peak RSS | rsync peak RSS "
+        "| scenario | hsync s (median) | peer s (median) | hsync/peer (median of rounds) "
+        "| hsync bytes copied | peer bytes copied | hsync peak RSS | peer peak RSS "
         "| target | met |"
     )
     lines = [head, "|" + " --- |" * 10]
     for sc, e in summary.items():
-        h, r = e["hsync"], e["rsync"]
+        h, r = e["hsync"], e[e["peer"]]
         target = f"<= {TARGETS[sc]}x"
         if sc == "c":
             target += ", 0 B by hsync"
         if sc == "e":
             target += " (>= 10x faster)"
         ratio = "n/a" if e["median_ratio"] is None else f"{e['median_ratio']:.3f}x"
+        if e["peer"] != "rsync":
+            plain = e.get("median_ratio_vs_rsync")
+            ratio += f" vs {e['peer']}" + ("" if plain is None else f" ({plain:.3f}x vs rsync)")
         met = {True: "met", False: "NOT met", None: "n/a"}[e["target_met"]]
         if e["target_note"]:
             met += f" ({e['target_note']})"
@@ -928,6 +1027,8 @@ def markdown_table(summary: dict[str, Any], rss_floor_kib: int | None) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     rounds = max((len(e[t]["seconds"]) for e in summary.values() for t in TOOLS), default=0)
+    if not summary:
+        return ""
     floor = "n/a" if rss_floor_kib is None else f"{rss_floor_kib / 1024:.1f} MiB"
     lines += [
         "",
@@ -1008,9 +1109,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--batch",
         type=int,
         default=None,
-        help="files renamed/deleted in c, d, e (default min(1000, files // 10))",
+        help="files in the generated bulk directory, and the pool d picks its deletes "
+        "from (default min(1000, files // 10))",
     )
     p.add_argument("--big-size", type=int, default=MIB, help="file size in e (bytes)")
+    p.add_argument("--big-count", type=int, default=300, help="files renamed in e")
+    p.add_argument(
+        "--deletes", type=int, default=None, help="files deleted in d (default min(1000, 1%%))"
+    )
+    p.add_argument(
+        "--sizes",
+        default=None,
+        help="run everything per tree size, e.g. 5k,20k,100k (add 1m for a million files: "
+        "long to build, 3 rounds); --files/--dirs are then files and files/20",
+    )
+    p.add_argument(
+        "--startup-rounds", type=int, default=20, help="interleaved rounds of s (start-up)"
+    )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument(
         "--scenarios", default=",".join(SCENARIOS), help="comma-separated subset of a,b,c,d,e"
@@ -1040,55 +1155,93 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
-    scenarios = "".join(s.strip() for s in args.scenarios.split(",") if s.strip())
-    if not scenarios or set(scenarios) - set(SCENARIOS):
-        raise SystemExit(f"--scenarios: choose from {','.join(SCENARIOS)}")
-    scenarios = "".join(s for s in SCENARIOS if s in scenarios)
-    names = [t.strip() for t in args.tools.split(",") if t.strip()]
-    if not names or set(names) - set(TOOLS):
-        raise SystemExit("--tools: choose from hsync,rsync")
-    if args.rounds < 1:
-        raise SystemExit("--rounds must be >= 1")
-    batch = args.batch if args.batch is not None else min(1000, max(1, args.files // 10))
-    work: Path = args.workdir.resolve()
-    here = Path(__file__).resolve().parent.parent
-    if work == here or here in work.parents:
-        raise SystemExit(f"--workdir must be outside the repository ({here})")
-    (work / "logs").mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(work / "trash", ignore_errors=True)  # left by an interrupted run
-    out_path: Path = args.out or work / "results.json"
+def _parse_size(text: str) -> int:
+    t = text.strip().lower()
+    mult = {"k": 1_000, "m": 1_000_000}.get(t[-1:], 1)
+    try:
+        return int(float(t[:-1] if mult > 1 else t) * mult)
+    except ValueError:
+        raise SystemExit(f"--sizes: not a size: {text!r} (e.g. 5k,20k,100k,1m)") from None
 
+
+def tenth_dir(tree: Path, manifest: dict[str, Any]) -> tuple[str, int]:
+    """The directory whose subtree holds the number of files closest to 10% of the tree
+    (found once, then kept in the manifest)."""
+    if "tenth_dir" in manifest:
+        return manifest["tenth_dir"], manifest["tenth_files"]
+    src = tree / "src"
+    counts: dict[str, int] = {}
+    for dirpath, _dirs, files in os.walk(src):
+        rel = os.path.relpath(dirpath, src)
+        parts = [] if rel == "." else rel.split(os.sep)
+        for n in range(1, len(parts) + 1):
+            key = "/".join(parts[:n])
+            counts[key] = counts.get(key, 0) + len(files)
+    want = manifest["files"] / 10
+    best = min(counts, key=lambda k: (abs(counts[k] - want), k))
+    manifest["tenth_dir"], manifest["tenth_files"] = best, counts[best]
+    (tree / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return best, counts[best]
+
+
+def with_big_dir(trees: Path, key: str, main_tree: Path, args: argparse.Namespace) -> Path:
+    """A copy of the main tree with `data-e/big` of --big-count files of --big-size added
+    (cached like the trees): scenario e renames that directory."""
+
+    def make(root: Path) -> BigManifest:
+        t0 = time.perf_counter()
+        subprocess.run(["cp", "-a", str(main_tree / "src"), str(root)], check=True)
+        big = generate_big(root / "data-e", args.big_count, args.big_size, args.seed)
+        return BigManifest(
+            files=big.files,
+            total_bytes=big.total_bytes,
+            bulk_dir=f"data-e/{big.bulk_dir}",
+            seconds=round(time.perf_counter() - t0, 3),
+        )
+
+    tree, _ = cached_tree(trees, key, make, args.regen)
+    return tree
+
+
+def make_tools(args: argparse.Namespace, work: Path) -> tuple[list[Tool], list[Tool]]:
+    names = [t.strip() for t in args.tools.split(",") if t.strip()]
+    if not names or set(names) - {"hsync", "rsync"}:
+        raise SystemExit("--tools: choose from hsync,rsync")
     tools: list[Tool] = []
-    for name in TOOLS:  # fixed order: round 0 runs hsync first, round 1 rsync first, ...
+    extra: list[Tool] = []
+    for name in ("hsync", "rsync"):  # round 0 runs hsync first, round 1 rsync first, ...
         if name not in names:
             continue
         if name == "rsync":
-            tools.append(Rsync(ensure_rsync(args.rsync), work / "logs", args.timeout))
+            rsync = ensure_rsync(args.rsync)
+            tools.append(Rsync(rsync, work / "logs", args.timeout))
+            extra.append(RsyncSync(rsync, work / "logs", args.timeout))
         else:
             exe = args.hsync or default_hsync()
             if not exe:
                 raise SystemExit("hsync executable not found (use --hsync or --tools rsync)")
             tools.append(Hsync(exe, work / "logs", args.timeout))
-    floor = rss_floor(work / "logs")
-    env = {
-        "rss_floor_kib": floor,
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "repo_commit": version_of(["git", "-C", str(here), "describe", "--always", "--dirty"]),
-        "versions": {t.name: version_of([t.exe, "--version"]) for t in tools},
-        "commands": {
-            t.name: " ".join(t.argv(Path("SRC"), Path("DST"), Path("STATE"))) for t in tools
-        },
-    }
+    return tools, extra
 
+
+def run_size(
+    args: argparse.Namespace, scenarios: str, work: Path, tools: list[Tool], extra: list[Tool]
+) -> dict[str, Any]:
+    """All the scenarios on the tree of ``args.files`` files; the results as a dict."""
+    batch = args.batch if args.batch is not None else min(1000, max(1, args.files // 10))
+    deletes = args.deletes if args.deletes is not None else min(1000, max(1, args.files // 100))
+    deletes = min(deletes, batch)
     trees = work / "trees"
     tree_main = tree_big = None
     man_main: dict[str, Any] = {}
-    man_big: dict[str, Any] = {}
-    if set(scenarios) & set("abcd"):
+    fmt = {
+        "batch": f"{batch:,}",
+        "deletes": f"{deletes:,}",
+        "big_count": f"{args.big_count:,}",
+        "big": _size_label(args.big_size),
+        "tenth": "n/a",
+    }
+    if set(scenarios) & set("abcde"):
         key = f"main-v{GEN_VERSION}-s{args.seed}-f{args.files}-d{args.dirs}-h{args.depth}-b{batch}"
         tree_main, man_main = cached_tree(
             trees,
@@ -1097,22 +1250,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.regen,
         )
         Mutation(tree_main).repair()
-    if "e" in scenarios:
-        key = f"big-v{GEN_VERSION}-s{args.seed}-n{batch}-z{args.big_size}"
-        tree_big, man_big = cached_tree(
-            trees,
-            key,
-            lambda root: generate_big(root, batch, args.big_size, args.seed),
-            args.regen,
-        )
-        Mutation(tree_big).repair()
+        if "e" in scenarios:
+            tree_big = with_big_dir(
+                trees, f"{key}-e-n{args.big_count}-z{args.big_size}", tree_main, args
+            )
+            Mutation(tree_big).repair()
+    tenth = ("", 0)
+    if "c" in scenarios and tree_main is not None:
+        tenth = tenth_dir(tree_main, man_main)
+        fmt["tenth"] = f"{tenth[1]:,}"
 
-    bench = Bench(args, tools, work)
+    bench = Bench(args, tools, work, extra)
     started = time.time()
+    startup: dict[str, Any] = {}
+    hsync_tool = next((t for t in tools if t.name == "hsync"), None)
+    rsync_tool = next((t for t in tools if t.name == "rsync"), None)
     for sc in scenarios:
-        desc = DESCRIPTIONS[sc].format(batch=f"{batch:,}", big=_size_label(args.big_size))
-        log(f"scenario {sc}: {desc}")
-        if sc in "abcd":
+        log(f"scenario {sc} ({args.files:,} files): {DESCRIPTIONS[sc].format(**fmt)}")
+        if sc == "s":
+            startup = bench.scenario_s(hsync_tool, rsync_tool)
+        elif sc in "abcd":
             assert tree_main is not None
             pair = bench.pair("main", tree_main)
             if sc == "a":
@@ -1120,16 +1277,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif sc == "b":
                 bench.scenario_b(pair)
             elif sc == "c":
-                bench.scenario_rename(pair, tree_main, man_main["bulk_dir"], "c")
+                bench.scenario_rename(pair, tree_main, tenth[0], "c")
             else:
-                bench.scenario_d(pair, tree_main, man_main["delete_files"])
+                victims = man_main["delete_files"]
+                step = max(1, len(victims) // deletes)
+                bench.scenario_d(pair, tree_main, victims[::step][:deletes])
         else:
             assert tree_big is not None
-            bench.scenario_rename(bench.pair("big", tree_big), tree_big, man_big["bulk_dir"], "e")
+            bulk = json.loads((tree_big / "manifest.json").read_text())["bulk_dir"]
+            bench.scenario_rename(bench.pair("big", tree_big), tree_big, bulk, "e")
 
-    summary = summarize(bench, scenarios, batch, args.big_size)
-    table = markdown_table(summary, floor)
-    results = {
+    summary = summarize(bench, scenarios, fmt)
+    return {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_seconds": round(time.time() - started, 1),
         "params": {
@@ -1138,40 +1297,164 @@ def main(argv: Sequence[str] | None = None) -> int:
             "dirs": args.dirs,
             "depth": args.depth,
             "batch": batch,
+            "deletes": deletes,
+            "tenth_dir": tenth[0],
+            "tenth_files": tenth[1],
+            "big_count": args.big_count,
             "big_size": args.big_size,
             "rounds": args.rounds,
             "scenarios": scenarios,
             "workdir": str(work),
         },
-        "trees": {
-            "main": {k: v for k, v in man_main.items() if k != "delete_files"},
-            "big": man_big,
-        },
-        "env": env,
+        "trees": {"main": {k: v for k, v in man_main.items() if k != "delete_files"}},
         "summary": summary,
+        "startup": startup,
         "warnings": bench.warnings,
         "runs": [asdict(r) for r in bench.runs],
-        "table": table,
     }
+
+
+def startup_table(startup: dict[str, Any]) -> str:
+    lines = [
+        "| command | median | / python -c pass | CPU (user + sys) | / python -c pass | peak RSS |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, e in startup.items():
+        ratio = "n/a" if e["ratio_to_python"] is None else f"{e['ratio_to_python']:.2f}x"
+        cpu = e.get("median_cpu_seconds")
+        cpu_ratio = e.get("cpu_ratio_to_python")
+        lines.append(
+            f"| {name} | {e['median_seconds'] * 1000:.1f} ms | {ratio} "
+            f"| {'n/a' if cpu is None else f'{cpu * 1000:.1f} ms'} "
+            f"| {'n/a' if cpu_ratio is None else f'{cpu_ratio:.2f}x'} "
+            f"| {_fmt_rss(e['max_rss_kib'])} |"
+        )
+    return "\n".join(lines)
+
+
+def sizes_table(results: list[dict[str, Any]]) -> str:
+    """One row per tree size: the median hsync/peer ratio of each scenario."""
+    cols = [
+        ("b", "no-op"),
+        ("c", "rename ~10%"),
+        ("e", "rename 300 x 1 MiB"),
+        ("d", "spread deletes"),
+        ("a", "initial copy vs rsync -a; sync"),
+    ]
+    head = "| files | " + " | ".join(f"{label} ({TARGETS[sc]}x)" for sc, label in cols)
+    head += " | initial copy vs rsync -a | hsync peak RSS | rsync peak RSS |"
+    lines = [head, "|" + " --- |" * (len(cols) + 4)]
+    for res in results:
+        summary = res["summary"]
+        cells = [f"{res['params']['files']:,}"]
+        for sc, _label in cols:
+            e = summary.get(sc)
+            if e is None or e["median_ratio"] is None:
+                cells.append("n/a")
+                continue
+            h, p = e["hsync"]["median_seconds"], e[e["peer"]]["median_seconds"]
+            mark = "" if e["target_met"] else " (NOT met)"
+            extra = f", {e['params_note']}" if e.get("params_note") else ""
+            cells.append(f"**{e['median_ratio']:.2f}x**{mark} ({_fmt_s(h)} / {_fmt_s(p)} s{extra})")
+        a = summary.get("a")
+        plain = None if a is None else a.get("median_ratio_vs_rsync")
+        cells.append("n/a" if plain is None else f"{plain:.2f}x")
+        for tool in ("hsync", "rsync"):
+            peak = max(
+                (e[tool]["max_rss_kib"] or 0 for e in summary.values() if tool in e), default=0
+            )
+            cells.append(_fmt_rss(peak or None))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    scenarios = "".join(s.strip() for s in args.scenarios.split(",") if s.strip())
+    if not scenarios or set(scenarios) - set(SCENARIOS):
+        raise SystemExit(f"--scenarios: choose from {','.join(SCENARIOS)}")
+    scenarios = "".join(s for s in SCENARIOS if s in scenarios)
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be >= 1")
+    work: Path = args.workdir.resolve()
+    here = Path(__file__).resolve().parent.parent
+    if work == here or here in work.parents:
+        raise SystemExit(f"--workdir must be outside the repository ({here})")
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "trash", ignore_errors=True)  # left by an interrupted run
+    out_path: Path = args.out or work / "results.json"
+    tools, extra = make_tools(args, work)
+    floor = rss_floor(work / "logs")
+    env = {
+        "rss_floor_kib": floor,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "repo_commit": version_of(["git", "-C", str(here), "describe", "--always", "--dirty"]),
+        "versions": {t.name: version_of([t.exe, "--version"]) for t in tools},
+        "commands": {
+            t.name: " ".join(t.argv(Path("SRC"), Path("DST"), Path("STATE"))) for t in tools + extra
+        },
+    }
+
+    sizes = [_parse_size(x) for x in args.sizes.split(",") if x.strip()] if args.sizes else []
+    per_size: list[dict[str, Any]] = []
+    if not sizes:
+        per_size.append(run_size(args, scenarios, work, tools, extra))
+    for i, files in enumerate(sizes):
+        sized = argparse.Namespace(**vars(args))
+        sized.files = files
+        sized.dirs = max(2, files // 20)
+        if files >= 1_000_000:
+            sized.rounds = min(args.rounds, 3)
+        # start-up does not depend on the tree: measured once
+        todo = scenarios if i == 0 else scenarios.replace("s", "")
+        per_size.append(run_size(sized, todo, work, tools, extra))
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps({"env": env, "sizes": per_size}, indent=1))
+        if not args.keep:
+            shutil.rmtree(work / "run", ignore_errors=True)
+
+    out: list[str] = []
+    for res in per_size:
+        if len(per_size) > 1:
+            out.append(f"\n### {res['params']['files']:,} files\n")
+        table = markdown_table(res["summary"], floor)
+        if table:
+            out.append(table)
+        internal = [
+            f"{sc} {e['hsync']['median_tool_elapsed']:.3f} s"
+            for sc, e in res["summary"].items()
+            if e["hsync"]["median_tool_elapsed"] is not None
+        ]
+        if internal:
+            out.append(
+                "\nhsync's own 'elapsed' (median, from its JSON report): " + ", ".join(internal)
+            )
+        if res["warnings"]:
+            out.append("\nwarnings:\n" + "\n".join(f"- {w}" for w in res["warnings"]))
+    startup = next((r["startup"] for r in per_size if r["startup"]), None)
+    if startup:
+        out.append("\n### start-up alone\n\n" + startup_table(startup))
+    if len(per_size) > 1:
+        out.append("\n### per size: hsync / peer, median of the per-round ratios\n")
+        out.append(sizes_table(per_size))
+    results = {"env": env, "sizes": per_size, "table": "\n".join(out)}
+    if len(per_size) == 1:
+        results.update(per_size[0])
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(results, indent=1))
     if not args.keep:
-        run_dir = work / "run"
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-
-    print(table)
-    internal = [
-        f"{sc} {e['hsync']['median_tool_elapsed']:.3f} s"
-        for sc, e in summary.items()
-        if e["hsync"]["median_tool_elapsed"] is not None
-    ]
-    if internal:
-        print("\nhsync's own 'elapsed' (median, from its JSON report): " + ", ".join(internal))
-    if bench.warnings:
-        print("\nwarnings:\n" + "\n".join(f"- {w}" for w in bench.warnings))
+        shutil.rmtree(work / "run", ignore_errors=True)
+    print("\n".join(out))
     print(f"\nresults: {out_path}")
-    failed = any(not (r.ok and r.verified) for r in bench.runs if r.timed)
+    failed = any(
+        not (r["ok"] if "ok" in r else r["returncode"] == 0) or not r["verified"]
+        for res in per_size
+        for r in res["runs"]
+        if r["timed"]
+    )
     return 1 if failed else 0
 
 

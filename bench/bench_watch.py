@@ -485,14 +485,16 @@ class HsyncWatch(Daemon):
         self, exe: str, run: Path, src: Path, dst: Path, debounce_ms: int, help_text: str
     ) -> None:
         super().__init__(exe, run, src, dst)
-        self.debounce_ms = debounce_ms
-        self.debounce_s = debounce_ms / 1000
+        self.debounce_ms = debounce_ms  # < 0: hsync's default (no --debounce; nothing subtracted)
+        self.debounce_s = max(0, debounce_ms) / 1000
         self.status_file = run / "status.json"
         self.help_text = help_text
 
     def argv(self) -> list[str]:
         argv = [self.exe, "watch", str(self.src), str(self.dst)]
-        argv += ["--debounce", str(self.debounce_ms), "--status-file", str(self.status_file)]
+        if self.debounce_ms >= 0:
+            argv += ["--debounce", str(self.debounce_ms)]
+        argv += ["--status-file", str(self.status_file)]
         if "--state" in self.help_text:
             argv += ["--state", str(self.run / "history.sqlite")]
         return argv
@@ -524,8 +526,8 @@ class Lsyncd(Daemon):
 
     def __init__(self, exe: str, run: Path, src: Path, dst: Path, delay: float) -> None:
         super().__init__(exe, run, src, dst)
-        self.delay = delay
-        self.debounce_s = delay
+        self.delay = delay  # < 0: lsyncd's default delay (15 s; nothing subtracted)
+        self.debounce_s = max(0.0, delay)
         self.config = run / "lsyncd.conf.lua"
         self.logfile = run / "lsyncd.log"
 
@@ -543,8 +545,8 @@ class Lsyncd(Daemon):
             "    default.rsync,\n"
             f"    source = {json.dumps(str(self.src))},\n"
             f"    target = {json.dumps(str(self.dst))},\n"
-            f"    delay = {delay},\n"
-            "}\n"
+            + (f"    delay = {delay},\n" if self.delay >= 0 else "")
+            + "}\n"
         )
         return [self.exe, "-nodaemon", str(self.config)]
 
@@ -600,6 +602,7 @@ class Bench:
         self.results: dict[tuple[str, str], ToolTree] = {}
         self.warnings: list[str] = []
         self.hsync_help = ""
+        self.bursts: list[dict[str, Any]] = []
 
     # --- one tree -------------------------------------------------------------------
 
@@ -644,6 +647,12 @@ class Bench:
                         self.rsync_block(spec, src, run_dir / "rsync" / "dst", writes, b, n)
                     else:
                         self.daemon_block(spec, daemons[(name, spec.label)], writes, b, n)
+            for (name, label), d in daemons.items() if args.burst > 0 else ():
+                for key, other in daemons.items():
+                    if key != (name, label):
+                        other.pause()
+                writes = next(w for sp, _, _, w in setups if sp.label == label)
+                self.burst(label, d, writes, args.burst)
             for (name, label), d in daemons.items():
                 d.resume()
                 res = self.results[(name, label)]
@@ -811,6 +820,51 @@ class Bench:
                 log(f"  ! {d.name}: {rel} not synced within {self.args.wait_timeout} s")
             self.spacing()
 
+    def burst(self, label: str, d: Daemon, writes: Writes, n: int) -> None:
+        """``n`` new files written as fast as possible over 20 directories (a ``git
+        checkout``): seconds from the last close until all are at the destination, and
+        hsync's rounds for them."""
+        res = self.results[(d.name, label)]
+        d.resume()
+        try:
+            self.catch_up(d, writes, res)
+        except RuntimeError as exc:
+            res.failures.append(f"before the burst: {exc}")
+            return
+        rounds = _rounds(d)
+        rng = random.Random(n)
+        dirs = [rng.choice(ds) for ds in writes.write_dirs.values() for _ in range(7)][:20]
+        made: list[tuple[str, bytes]] = []
+        log(f"[{label}] {d.name}: burst of {n} files")
+        os.sync()
+        t0 = time.perf_counter()
+        for i in range(n):
+            writes.serial += 1
+            rel = f"{dirs[i % len(dirs)]}/{PREFIX}burst-{d.name}-{writes.run_id}-{i:05d}"
+            data = writes._content(0)
+            writes._put(rel, data)
+            made.append((rel, data))
+        t_closed = time.perf_counter()
+        done = None
+        for rel, data in made:
+            done = wait_content(f"{d.dst}/{rel}", data, self.args.catchup_timeout)
+            if done is None:
+                res.failures.append(f"burst: {rel} not synced")
+                return
+        assert done is not None
+        time.sleep(self.args.settle)  # a round still running would show in the count
+        after = _rounds(d)
+        entry = {
+            "tool": d.name,
+            "tree": label,
+            "files": n,
+            "write_seconds": round(t_closed - t0, 4),
+            "after_last_close_seconds": round(max(0.0, done - t_closed), 4),
+            "rounds": None if rounds is None or after is None else after - rounds,
+        }
+        self.bursts.append(entry)
+        log(f"  {entry}")
+
     # --- rsync ----------------------------------------------------------------------
 
     def rsync(self, src: Path, dst: Path, timeout: float) -> tuple[int, float]:
@@ -851,6 +905,15 @@ class Bench:
 
 
 # --------------------------------------------------------------------------- report
+
+
+def _rounds(d: Daemon) -> int | None:
+    """hsync's rounds so far (its status file); None for another daemon."""
+    if not isinstance(d, HsyncWatch):
+        return None
+    st = d.status() or {}
+    pairs = [p for p in st.get("pairs", []) if isinstance(p, dict)]
+    return sum(int(p.get("rounds") or 0) for p in pairs) if pairs else None
 
 
 def percentile(xs: Sequence[float], q: float) -> float | None:
@@ -1038,8 +1101,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--blocks", type=int, default=4, help="interleaved blocks per tool and tree")
     p.add_argument("--warmup", type=int, default=1, help="unmeasured writes opening each block")
     p.add_argument("--tools", default=",".join(TOOLS), help="subset of hsync,lsyncd,rsync")
-    p.add_argument("--debounce-ms", type=int, default=0, help="hsync watch --debounce")
-    p.add_argument("--lsyncd-delay", type=float, default=0.0, help="lsyncd delay (seconds)")
+    p.add_argument(
+        "--debounce-ms",
+        type=int,
+        default=0,
+        help="hsync watch --debounce; -1: hsync's default (no flag, nothing subtracted)",
+    )
+    p.add_argument(
+        "--lsyncd-delay",
+        type=float,
+        default=0.0,
+        help="lsyncd delay (seconds); -1: lsyncd's default (15 s, nothing subtracted)",
+    )
+    p.add_argument(
+        "--burst",
+        type=int,
+        default=0,
+        help="then, per daemon and tree, write this many files at once (a git checkout) "
+        "and report the time to the destination and hsync's rounds (0: no burst)",
+    )
     p.add_argument(
         "--spacing-ms",
         type=lambda s: tuple(float(x) for x in s.split(",")),
@@ -1157,7 +1237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     notes = [
         f"Latency: write's return (after close) -> destination file has the new content "
         f"(os.stat poll every {POLL_SLEEP * 1000:g} ms), minus the configured debounce "
-        f"(hsync --debounce {args.debounce_ms} ms, lsyncd delay {args.lsyncd_delay:g} s); "
+        f"(hsync --debounce {args.debounce_ms} ms, lsyncd delay {args.lsyncd_delay:g} s; "
+        "-1 is the tool's default, nothing subtracted); "
         "rsync: wall time of `rsync -a --delete SRC/ DST/` started right after the write. "
         f"p50/p95: nearest rank. {args.blocks} blocks per tool and tree, interleaved over "
         "tools and trees (all daemons of both trees running, those not measured paused "
@@ -1178,6 +1259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "trees": manifests,
         "summary": summary,
         "samples": [asdict(s) for s in bench.samples],
+        "bursts": bench.bursts,
         "warnings": bench.warnings,
         "table": table,
     }
@@ -1206,6 +1288,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"- hsync status at the end ({label}): "
                 + ", ".join(f"{k} {pair.get(k)}" for k in keys)
+            )
+    if bench.bursts:
+        print(
+            "\n| burst | tree | files | written in | last close -> all at destination "
+            "| hsync rounds |"
+        )
+        print("| --- | --- | --- | --- | --- | --- |")
+        for e in bench.bursts:
+            rounds = "-" if e["rounds"] is None else e["rounds"]
+            print(
+                f"| {e['tool']} | {e['tree']} | {e['files']:,} "
+                f"| {e['write_seconds'] * 1000:.0f} ms "
+                f"| {e['after_last_close_seconds'] * 1000:.0f} ms | {rounds} |"
             )
     if bench.warnings:
         print("\nwarnings:\n" + "\n".join(f"- {w}" for w in bench.warnings))

@@ -271,6 +271,7 @@ def record(
     set_keys: list[Key] = []
     drop_prefixes: list[Key] = []
     drop_keys: list[Key] = list(failed)
+    renames: list[tuple[Key, Key]] = []
     for c in changes:
         if c.op == MOVE:
             assert c.to is not None
@@ -279,10 +280,13 @@ def record(
                 drop_prefixes.append(c.to)
                 continue
             set_keys.append(c.to)
-            set_keys.extend(src.walk(c.to))
+            if c.to in src.folded:  # its descendants are not in src: their rows move
+                renames.append((c.key, c.to))
+            else:
+                set_keys.extend(src.walk(c.to))
         elif c.op == DELETE:
             drop_keys.append(c.key)
         elif c.key not in failed:
             set_keys.append(c.key)
     if set_keys or drop_prefixes or drop_keys:
-        history.record(src, set_keys, drop_prefixes, drop_keys)
+        history.record(src, set_keys, drop_prefixes, drop_keys, renames=renames)

@@ -119,6 +119,10 @@ class DigestSummary:
 
     digests: dict[Key, int]
     incomplete: dict[Key, str]
+    trees: dict[Key, int] = attrs.field(factory=dict)
+    """One digest per directory listed for its whole subtree (a Merkle tree: two
+    directories with equal ones hold the same names with the same payloads at every
+    depth, whatever their own names); empty where the scan computes none."""
     skipped: list[tuple[Key, str]]
     held: set[Key]
     count: int

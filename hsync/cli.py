@@ -84,9 +84,9 @@ def _guard(fn: F) -> F:
 
 def _version(value: bool) -> None:
     if value:
-        from importlib.metadata import version
+        from . import __version__
 
-        print(f"hsync {version('hsync')}")
+        print(f"hsync {__version__}")
         raise typer.Exit(0)
 
 

@@ -24,7 +24,7 @@ import attrs
 
 from .cancel import NEVER, Cancel
 from .differ import Side, diff
-from .model import DELETE, Key, Plan, Rows, Snapshot, has_unread, same_row
+from .model import DELETE, MOVE, Key, Plan, Rows, Snapshot, has_unread, same_row
 from .planner import check_plan, plan
 from .region import Region, scan_region_pair
 from .session import PairSession
@@ -46,10 +46,19 @@ class Comparison:
     withheld: int = 0
 
 
+class Unfolded(Exception):
+    """The plan does not move a folded directory as one node (``Snapshot.folded``):
+    what is below it must be compared after all."""
+
+
 def compare_trees(session: PairSession, *, cancel: Cancel = NEVER) -> Comparison:
     """Scan both whole trees (by directory digests where that applies) and plan."""
     src, dst = scan_both(session, cancel=cancel)
-    return plan_between(session, src, dst, whole=True)
+    try:
+        return plan_between(session, src, dst, whole=True)
+    except Unfolded:  # rare (a --max-delete that turned moves off): scanned again, whole
+        src, dst = scan_both(session, cancel=cancel, fold=False)
+        return plan_between(session, src, dst, whole=True)
 
 
 def compare_region(
@@ -58,21 +67,34 @@ def compare_region(
     """Scan ``region`` on both sides and plan; None when the region grew to the whole
     tree (the caller compares in full, with its safety checks). The comparison's
     ``region`` is the one compared (it may have grown)."""
-    compared, src, dst = scan_region_pair(
-        session.source, session.destination, region, session.exclude, cancel=cancel,
-        dst_exclude=session.destination_exclude,
-    )
-    if compared.full:
-        return None
-    cmp = plan_between(session, src, dst, checksum=checksum)
-    cmp.region = compared
-    return cmp
+    if region.folded and not (
+        session.deletes_allowed and session.destination.capabilities.subtree_move
+    ):
+        region = region.unfolded()  # no move by identity this run: nothing to fold
+    while True:
+        compared, src, dst = scan_region_pair(
+            session.source, session.destination, region, session.exclude, cancel=cancel,
+            dst_exclude=session.destination_exclude,
+        )
+        if compared.full:
+            return None
+        try:
+            cmp = plan_between(session, src, dst, checksum=checksum)
+        except Unfolded:  # a folded pair is not one move after all: scanned whole
+            region = compared.unfolded()
+            continue
+        cmp.region = compared
+        return cmp
 
 
-def scan_both(session: PairSession, *, cancel: Cancel = NEVER) -> tuple[Snapshot, Snapshot]:
+def scan_both(
+    session: PairSession, *, cancel: Cancel = NEVER, fold: bool = True
+) -> tuple[Snapshot, Snapshot]:
     """Scans of both trees, side by side, with the source checks of SPEC section 8
     (missing, unreadable, suddenly empty). With a complete history and endpoints that
-    scan with digests, only the part that differs is returned (``hsync.digests``)."""
+    scan with digests, only the part that differs is returned (``hsync.digests``), and
+    (``fold``, where this run moves subtrees) a directory moved with its content
+    unchanged is one node on each side."""
     source, destination = session.source, session.destination
     exclude, options = session.exclude, session.options
     dexclude = session.destination_exclude  # None with --delete-excluded
@@ -91,7 +113,10 @@ def scan_both(session: PairSession, *, cancel: Cancel = NEVER) -> tuple[Snapshot
                 from .digests import compare_by_digests
 
                 here = sscan.digest_scan(exclude, cancel=cancel)
-                found = compare_by_digests(session, here, child, history)
+                fold = (
+                    fold and session.deletes_allowed and destination.capabilities.subtree_move
+                )
+                found = compare_by_digests(session, here, child, history, fold=fold)
                 if found is not None:
                     return found
                 src = here.snapshot()
@@ -228,6 +253,10 @@ def plan_between(
             src, dst, None, checksum=checksum, digest=digest,
             delete=False, moves=False, replace=False,
         )
+    if src.folded:
+        moved = {(c.key, c.to) for c in changes if c.op == MOVE}
+        if any((d, s) not in moved for s, d in src.folded.items()):
+            raise Unfolded
     the_plan = plan(changes, dst, case_insensitive=caps.case_insensitive)
     if options.check:
         check_plan(

@@ -13,6 +13,14 @@ the history's identities) is compared too, whole (``_with_origins``), so that a 
 a swap or a rotation is matched by identity as in a full comparison. Everything here
 goes through the ``DigestScan`` handles: the scans may run in a child process or on the
 far side of a link, and only what differs is shipped.
+
+A directory moved or renamed with its content unchanged costs one node (``fold_moves``):
+where a source directory of the region is, by the history, the destination's directory
+at another key of the region, and the two subtree digests (``DigestSummary.trees``) are
+equal, the pair is *folded*: each side's snapshot holds the directory without its
+descendants (``Snapshot.folded``), nothing below it is asked for or compared, diff
+matches the two as one move, and the history renames the descendants' keys in place
+(``History.record``'s ``renames``).
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from collections.abc import Callable, Iterable
 
 from .backend import DigestScan
 from .history import History
-from .model import CONTAINERS, Key, Row, Rows, Snapshot, same_row
+from .model import CONTAINERS, DIR, Key, Row, Rows, Snapshot, same_row
 from .region import Region, context_keys
 from .session import PairSession
 
@@ -31,10 +39,13 @@ compared instead."""
 
 
 def compare_by_digests(
-    session: PairSession, here: DigestScan, there: DigestScan, history: History
+    session: PairSession, here: DigestScan, there: DigestScan, history: History,
+    *, fold: bool = True,
 ) -> tuple[Snapshot, Snapshot] | None:
     """The source's and the destination's region snapshots over what differs, or None
-    when a full comparison is due (something unreadable, or most of it differs)."""
+    when a full comparison is due (something unreadable, or most of it differs).
+    ``fold``: moved directories with equal subtrees are held as one node each
+    (``fold_moves``)."""
     mine, theirs = here.summary(), there.summary()
     if mine.incomplete or theirs.incomplete:
         return None  # what a full comparison does with those is not repeated here
@@ -49,16 +60,22 @@ def compare_by_digests(
     region, listed = listing_region(
         src_root, theirs.root, ours, there.listings(dirty) if dirty else {}
     )
-    region = _with_origins(region, here, dirty, history)
+    folded = fold_moves(region, here, listed, mine.trees, theirs.trees, history) if fold else {}
+    region = _with_origins(region, here, dirty, history, set(folded))
+    folded = {s: d for s, d in folded.items() if _folded_top(s, d, region)}
     context = context_keys(region)
-    src_part = region_snapshot(here.rows(keys=context, subtrees=region.deep), region)
+    whole = [t for t in region.deep if t not in folded]
+    src_part = region_snapshot(here.rows(keys={*context, *folded}, subtrees=whole), region)
+    src_part.folded = folded
     src_part.skipped = list(mine.skipped)
     src_part.holds_excluded = set(mine.held)
     src_part.scanned = mine.count
     src_part.whole = here  # its rows live as long as the part (freeing them costs)
-    need = [k for k in context if k not in listed]
-    listed.update(there.rows(keys=need, subtrees=region.deep))
+    back = {d: s for s, d in folded.items()}
+    need = [k for k in (*context, *back) if k not in listed]
+    listed.update(there.rows(keys=need, subtrees=[t for t in region.deep if t not in back]))
     dst_part = region_snapshot(listed, region)
+    dst_part.folded = back
     dst_part.skipped = list(theirs.skipped)
     dst_part.holds_excluded = set(theirs.held)
     dst_part.scanned = theirs.count
@@ -111,16 +128,67 @@ def listing_region(
     return Region.of(deep, shallow), theirs_in
 
 
+def fold_moves(
+    region: Region,
+    here: DigestScan,
+    theirs_in: dict[Key, Row],
+    src_trees: dict[Key, int],
+    dst_trees: dict[Key, int],
+    history: History,
+) -> dict[Key, Key]:
+    """Source directory -> destination directory, for the moves diff will find by
+    identity whose subtrees are equal: both are deep keys of ``region`` (a source
+    directory absent from the destination, a destination directory absent from the
+    source: ``theirs_in`` holds the destination's rows of the region's children), the
+    history places the source directory's identity at the destination's key (and, as
+    diff requires, a directory was synced there), and their subtree digests are equal.
+    Asks the source for one row per candidate, and the history for one identity."""
+    deep = region.deep
+    mine = [k for k in deep if k in src_trees and k not in dst_trees]
+    if not mine:
+        return {}
+    gone = {k for k in deep if k in dst_trees and k not in src_trees}
+    if not gone:
+        return {}
+    rows = here.rows(keys=mine)
+    idents: dict[int | str | None, Key] = {
+        row[5]: k for k, row in rows.items() if row[0] == DIR and row[5] is not None
+    }
+    out: dict[Key, Key] = {}
+    taken: set[Key] = set()
+    for ident, (was, synced) in history.lookup_many(idents).items():
+        k = idents[ident]
+        there = theirs_in.get(was)
+        if (
+            was in gone and was not in taken and there is not None and there[0] == DIR
+            and synced.kind == DIR and src_trees[k] == dst_trees[was]
+        ):
+            out[k] = was
+            taken.add(was)
+    return out
+
+
+def _folded_top(src: Key, dst: Key, region: Region) -> bool:
+    """True when a folded pair is still two tops of ``region`` (not grown into a
+    subtree compared whole)."""
+    return (
+        src in region.deep and dst in region.deep
+        and not _covered(src[:-1], region) and not _covered(dst[:-1], region)
+    )
+
+
 def _with_origins(
-    region: Region, here: DigestScan, dirty: list[Key], history: History
+    region: Region, here: DigestScan, dirty: list[Key], history: History,
+    folded: set[Key] = frozenset(),  # type: ignore[assignment]
 ) -> Region:
     """``region`` grown by where its source nodes came from: identity beats a name (SPEC
     section 3). A node of the region (or a directory whose listing differs) whose
     identity the history places at another key came from there (a rename, a swap, a
     rotation): that key is compared too, whole, so diff matches the two by identity as
     a full comparison would, even where the node at the old key kept its name and
-    payload. Repeated until no new place turns up."""
-    checked: set[Key] = set()
+    payload. Repeated until no new place turns up. ``folded``: source directories whose
+    descendants are equal to where they came from (``fold_moves``): not asked for."""
+    checked: set[Key] = set(folded)
     listed: set[Key] = set()
     moved_dirs = set(dirty)
     while True:

@@ -9,6 +9,13 @@ Files being written (SPEC 5): a key reported with ``writing=True`` (modified, no
 closed) is held back by ``take`` until a ``dirty`` call without ``writing`` (closed
 after the write, deleted, moved) or until it has been quiet for ``settle`` seconds (a
 log never closed). ``max_delay`` does not apply to it; everything else goes as usual.
+
+A write that ends (a file closed after its write, or deleted or moved while written)
+needs no long debounce: the file is complete. After one, the quiet period is
+``close_quiet`` (10 ms) instead of ``debounce``, until an event that is not about a
+file's content comes (a create, delete or move: a burst may be going on). Every event
+still extends the wait, so a burst (a ``git checkout`` of 1,000 files) that keeps
+events coming stays one round, bounded by ``max_delay``.
 """
 
 from __future__ import annotations
@@ -27,10 +34,16 @@ class Dirty:
     Keys are collected as they come (cheap under a burst) and normalised when the loop
     takes them: a deep key absorbs everything below it."""
 
-    def __init__(self, exclude: Exclude | None = None, *, settle: float = 2.0) -> None:
+    def __init__(
+        self, exclude: Exclude | None = None, *, settle: float = 2.0, close_quiet: float = 0.01
+    ) -> None:
         self.cond = threading.Condition()
         self.exclude = exclude
         self.settle = settle
+        self.close_quiet = close_quiet
+        self.write_ended = False
+        """A write ended since the last create, delete or move: the quiet period is
+        ``close_quiet``, not the debounce."""
         self.writing: dict[Key, float] = {}
         """Keys open for writing: the monotonic time of their last modification."""
         self.deep: set[Key] = set()
@@ -60,7 +73,10 @@ class Dirty:
                 self.writing[key] = time.monotonic()
                 self.events += 1
             else:
-                self.writing.pop(key, None)
+                if self.writing.pop(key, None) is not None:
+                    self.write_ended = True  # closed after its write (or gone): complete
+                elif deep:
+                    self.write_ended = False  # a create, delete or move: maybe a burst
                 self._touch()
             if self.inflight is not None and not self.stale and self._touches(key):
                 self.stale = True
@@ -126,7 +142,8 @@ class Dirty:
                     return
                 ready: list[float] = []
                 if self.first is not None and self.last is not None:
-                    ready.append(min(self.last + debounce, self.first + max_delay))
+                    quiet = min(debounce, self.close_quiet) if self.write_ended else debounce
+                    ready.append(min(self.last + quiet, self.first + max_delay))
                 settled = self._settled_at()
                 if settled is not None:
                     ready.append(settled)
@@ -156,6 +173,7 @@ class Dirty:
             first = self.first
             self.deep, self.shallow = set(), set()
             self.first = self.last = None  # a full comparison not allowed yet: a deadline
+            self.write_ended = False
             self._hold_writing(deep, shallow)
             return Region.of(deep, shallow), first, quick
 

@@ -319,19 +319,31 @@ class History:
         *,
         full: bool = False,
         fingerprints: Mapping[Key, str] | None = None,
+        renames: Iterable[tuple[Key, Key]] = (),
     ) -> None:
         """Record what the last sync made true.
 
         ``full``: replace everything with ``source``. Otherwise remove ``drop_keys`` and
         everything below ``drop_prefixes``, then (re)write ``set_keys`` from ``source``.
         ``fingerprints``: entries' fingerprints computed already (by key).
+        ``renames``: ``(old, new)`` directories moved whose descendants are not in
+        ``source`` (folded: unchanged below): the rows below ``old`` move below ``new``
+        in SQL, before the drops (so ``old`` and ``new`` may be dropped: their own rows
+        are set from ``source``), whatever was below ``new`` is replaced, and a swap or a
+        rotation of directories is fine (through a name no key has).
         """
         db = self.db
         nodes: Mapping[Key, Node] = source.nodes
         fps: Mapping[Key, str] = fingerprints or {}
+        renames = list(renames)
         with db:
             if full:
                 db.execute("DELETE FROM nodes WHERE pair=?", (self.pair,))
+            for i, (old, _) in enumerate(renames):
+                # out of the way first: a name starting with a NUL is no key's
+                self._move_below(encode_key(old), b"\0%d" % i)
+            for _, new in renames:
+                self._drop_below(encode_key(new))
             for prefix in drop_prefixes:
                 top = encode_key(prefix)
                 # two primary-key lookups (an OR would make SQLite scan the pair)
@@ -340,6 +352,8 @@ class History:
                     "DELETE FROM nodes WHERE pair=? AND key>=? AND key<?",
                     (self.pair, top + _SEP.encode(), top + b"\x01"),
                 )
+            for i, (_, new) in enumerate(renames):
+                self._move_below(b"\0%d" % i, encode_key(new))
             db.executemany(
                 "DELETE FROM nodes WHERE pair=? AND key=?",
                 ((self.pair, encode_key(k)) for k in drop_keys),
@@ -366,3 +380,19 @@ class History:
             db.execute(
                 "UPDATE pairs SET complete=1, synced_at=? WHERE pair=?", (time.time(), self.pair)
             )
+
+    def _move_below(self, old: bytes, new: bytes) -> None:
+        """The rows strictly below the encoded key ``old`` moved below ``new``, in SQL
+        (one statement, however many rows)."""
+        sep = _SEP.encode()
+        self.db.execute(
+            "UPDATE nodes SET key = CAST(? || substr(key, ?) AS BLOB) "
+            "WHERE pair=? AND key>=? AND key<?",
+            (new + sep, len(old) + 2, self.pair, old + sep, old + b"\x01"),
+        )
+
+    def _drop_below(self, top: bytes) -> None:
+        self.db.execute(
+            "DELETE FROM nodes WHERE pair=? AND key>=? AND key<?",
+            (self.pair, top + _SEP.encode(), top + b"\x01"),
+        )

@@ -81,6 +81,9 @@ class WatchOptions:
     settle: float = 2.0
     """A file modified and not yet closed waits for its close, or this many quiet
     seconds (``max_delay`` does not apply to it)."""
+    close_quiet: float = 0.01
+    """After a file is closed after its write (complete), a round starts once this many
+    seconds pass without a notification, instead of ``debounce`` (at most ``debounce``)."""
     rescan_interval: float | None = None
     """Seconds between full comparisons that repair drift made by others (None: off)."""
     poll_interval: float = 10.0
@@ -130,7 +133,7 @@ class PairWatch:
         self.exclude = build_filter(options.exclude, options.include, options.filters)
         self.batching = Batching(max_ops=wopts.batch_ops, max_bytes=BATCH_BYTES,
                                  min_ops=wopts.batch_ops)
-        self.dirty = Dirty(self.exclude, settle=wopts.settle)
+        self.dirty = Dirty(self.exclude, settle=wopts.settle, close_quiet=wopts.close_quiet)
         self.status = PairStatus(name or source_url, source_url, destination_url)
         self.log = PairLog(log, self.status.name)
         """The pair's logger: every record names the pair (``pair``), each applied op

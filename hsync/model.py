@@ -221,6 +221,11 @@ class Snapshot:
     """What this part was cut from (a full scan, a digest scan), kept as long as the
     part: freeing the rows of a big scan in the middle of a re-sync costs more than the
     rest of it."""
+    folded: dict[Key, Key] = attrs.field(factory=dict)
+    """Directories held without their descendants because their subtrees are equal on
+    both sides (subtree digests), each the root of a move matched by identity: key on
+    this side -> key on the other. Nothing below them differs; diff must pair each as
+    one move (``compare.plan_between`` checks, else the trees are compared whole)."""
     _children: dict[Key, list[Key]] | None = attrs.field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:

@@ -38,19 +38,32 @@ def _under_any(key: Key, roots: Iterable[Key] | set[Key] | frozenset[Key]) -> bo
 class Region:
     """The dirty part of a tree: ``deep`` subtrees and ``shallow`` single nodes.
 
-    Normalised: no deep key below another, no shallow key at or below a deep one."""
+    Normalised: no deep key below another, no shallow key at or below a deep one.
+    ``folded``: pairs of deep keys (source -> destination) known to be one directory
+    moved with nothing below it changed (``quick_pass``): each is looked at as one node
+    (``Snapshot.folded``), its subtree is not scanned. A pair is kept only while both
+    keys stay tops of ``deep``."""
 
     deep: frozenset[Key] = frozenset()
     shallow: frozenset[Key] = frozenset()
+    folded: tuple[tuple[Key, Key], ...] = ()
 
     @classmethod
-    def of(cls, deep: Iterable[Key] = (), shallow: Iterable[Key] = ()) -> Region:
+    def of(
+        cls, deep: Iterable[Key] = (), shallow: Iterable[Key] = (),
+        folded: Iterable[tuple[Key, Key]] = (),
+    ) -> Region:
         kept: set[Key] = set()
         for k in sorted(set(deep), key=len):  # ancestors first: they absorb descendants
             if not _under_any(k, kept):
                 kept.add(k)
         flat = {k for k in shallow if not _under_any(k, kept)}
-        return cls(frozenset(kept), frozenset(flat))
+        pairs = tuple(sorted(
+            (s, d) for s, d in set(folded)
+            if s in kept and d in kept and s and d
+            and not _under_any(s[:-1], kept) and not _under_any(d[:-1], kept)
+        ))
+        return cls(frozenset(kept), frozenset(flat), pairs)
 
     @property
     def full(self) -> bool:
@@ -63,10 +76,15 @@ class Region:
         return len(self.deep) + len(self.shallow)
 
     def union(self, other: Region) -> Region:
-        return Region.of(self.deep | other.deep, self.shallow | other.shallow)
+        return Region.of(self.deep | other.deep, self.shallow | other.shallow,
+                         (*self.folded, *other.folded))
 
     def promote(self, key: Key) -> Region:
-        return Region.of({*self.deep, key}, self.shallow)
+        return Region.of({*self.deep, key}, self.shallow, self.folded)
+
+    def unfolded(self) -> Region:
+        """The same region with every subtree scanned whole."""
+        return Region(self.deep, self.shallow)
 
     def touches(self, key: Key) -> bool:
         """True when a change at ``key`` may make a comparison of this region stale: it
@@ -78,10 +96,13 @@ class Region:
 
 
 def scan_region(
-    endpoint: Endpoint, region: Region, exclude: Exclude | None, *, cancel: Cancel = NEVER
+    endpoint: Endpoint, region: Region, exclude: Exclude | None, *, cancel: Cancel = NEVER,
+    folded: dict[Key, Key] | None = None,
 ) -> Snapshot:
     """What ``endpoint`` holds over ``region``: the deep subtrees, the shallow nodes, and
-    the ancestors of both (``partial``). Excluded keys count as absent."""
+    the ancestors of both (``partial``). Excluded keys count as absent. ``folded``: deep
+    keys of this side looked at alone (a directory, without its subtree: the snapshot's
+    ``folded``), with their keys on the other side."""
     backend = endpoint.backend
     nodes: dict[Key, Node] = {}
     snap = Snapshot(nodes=nodes)
@@ -112,6 +133,16 @@ def scan_region(
         ):
             continue
         cancel.check()
+        if folded and k in folded:
+            try:
+                node = backend.stat(k)
+            except OSError as e:
+                snap.incomplete[k] = e.strerror or str(e)
+                continue
+            if node is not None and node.kind == DIR:
+                nodes[k] = node
+                snap.folded[k] = folded[k]
+                continue
         sub = backend.scan(k, exclude=exclude, cancel=cancel)
         node = sub.nodes.get(k)
         if node is not None and exclude is not None and exclude(k, node.kind == DIR):
@@ -153,10 +184,15 @@ def scan_region_pair(
     None with ``--delete-excluded``)."""
     dexclude = exclude if isinstance(dst_exclude, bool) else dst_exclude
     while True:
-        src = scan_region(source, region, exclude, cancel=cancel)
+        mine = dict(region.folded)
+        src = scan_region(source, region, exclude, cancel=cancel, folded=mine)
         if () not in src.nodes and () not in src.incomplete:
             raise SafetyError(f"{source.url}: source root is gone; nothing done")
-        dst = scan_region(destination, region, dexclude, cancel=cancel)
+        theirs = {d: s for s, d in region.folded}
+        dst = scan_region(destination, region, dexclude, cancel=cancel, folded=theirs)
+        if len(src.folded) != len(mine) or len(dst.folded) != len(theirs):
+            region = region.unfolded()  # not two directories after all: scan them whole
+            continue
         k = _unsettled(region, src, dst)
         if k is None:
             return region, src, dst
@@ -179,6 +215,11 @@ def quick_pass(
     listing per level is held). New, gone and replaced nodes are deep, changed ones
     shallow. Changes made by others on the destination are not seen here (a full
     comparison, ``--rescan-interval``, repairs those).
+
+    A new directory whose identity is that of a gone one, with the same nodes below it
+    (relative keys, payloads and identities, as a running hash of each subtree), is one
+    directory moved with nothing changed below it: the pair is ``folded`` in the region
+    (compared as one node on each side).
 
     Raises ``SafetyError`` when the source root is gone, or empty while the history is
     not (unless ``allow_empty_source``)."""
@@ -212,22 +253,39 @@ def quick_pass(
     s = next(src_iter, end)
     skip_src: Key | None = None  # descendants of a deep key: already covered
     skip_hist: Key | None = None
+    # a new source directory, a gone one of the history: [identity, hash of what is
+    # below it, node count, all of it readable]; ``fold_*``: the one being skipped
+    new_dirs: dict[Key, list[Any]] = {}
+    gone_dirs: dict[Key, list[Any]] = {}
+    fold_src: list[Any] | None = None
+    fold_hist: list[Any] | None = None
     while s[0] is not None or h[0] is not None:
         sk, srow = s
         hk, hrow = h
         if sk is not None and skip_src is not None and sk[: len(skip_src)] == skip_src and (
             len(sk) > len(skip_src) or srow is None
         ):
+            if fold_src is not None:
+                if srow is None:
+                    fold_src[3] = False
+                else:
+                    fold_src[1] = hash((fold_src[1], sk[len(skip_src):], _payload(srow),
+                                        identity_form(srow[5])))
+                    fold_src[2] += 1
             s = next(src_iter, end)
             continue
         if hk is not None and skip_hist is not None and hk[: len(skip_hist)] == skip_hist and (
             len(hk) > len(skip_hist)
         ):
+            if fold_hist is not None and hrow is not None:
+                fold_hist[1] = hash((fold_hist[1], hk[len(skip_hist):], _payload(hrow),
+                                     hrow[5]))
+                fold_hist[2] += 1
             h = next(hist_iter, end)
             continue
         if sk is not None and srow is None:  # a listing that failed: nothing below is known
             deep.append(sk)
-            skip_hist = sk
+            skip_hist, fold_hist = sk, None
             s = next(src_iter, end)
             continue
         if sk is None:
@@ -238,18 +296,25 @@ def quick_pass(
             a, b = encode_key(sk), encode_key(hk)
             order = (a > b) - (a < b)
         if order < 0:  # only on the source: new
-            deep.append(sk)  # type: ignore[arg-type]
-            skip_src = sk
+            assert sk is not None and srow is not None
+            deep.append(sk)
+            skip_src, fold_src = sk, None
+            if srow[0] == DIR and srow[5] is not None:
+                fold_src = new_dirs[sk] = [identity_form(srow[5]), 0, 0, True]
             s = next(src_iter, end)
         elif order > 0:  # only in the history: gone (deleted or moved away)
-            deep.append(hk)  # type: ignore[arg-type]
-            skip_hist = hk
+            assert hk is not None and hrow is not None
+            deep.append(hk)
+            skip_hist, fold_hist = hk, None
+            if hrow[0] == DIR and hrow[5] is not None:
+                fold_hist = gone_dirs[hk] = [hrow[5], 0, 0, True]
             h = next(hist_iter, end)
         else:
             assert sk is not None and hk is not None and srow is not None and hrow is not None
             if srow[0] != hrow[0] or identity_form(srow[5]) != hrow[5]:
                 deep.append(sk)  # replaced: another node under the same name
                 skip_src = skip_hist = sk
+                fold_src = fold_hist = None
             elif _differs(srow, hrow):
                 shallow.append(sk)
             s = next(src_iter, end)
@@ -259,7 +324,12 @@ def quick_pass(
             f"{source.url}: source is empty but the history of what was synced is not; "
             "refusing to delete everything (--allow-empty-source to allow it)"
         )
-    return Region.of(deep, shallow)
+    was = {v[0]: k for k, v in gone_dirs.items() if v[3]}
+    folded = [
+        (k, d) for k, v in new_dirs.items()
+        if v[3] and (d := was.get(v[0])) is not None and gone_dirs[d][1:3] == v[1:3]
+    ]
+    return Region.of(deep, shallow, folded)
 
 
 def _counted(
@@ -274,6 +344,16 @@ def _counted(
 def _row(node: Node) -> tuple[Any, ...]:
     fp = data_digest(node.kind, node.data)
     return (node.kind, node.mode, node.size, node.mtime_ns, node.target, node.identity, fp)
+
+
+def _payload(r: tuple[Any, ...]) -> tuple[Any, ...]:
+    """What ``_differs`` compares of a row (a scanned one or the history's), as one
+    value: two rows with equal payloads do not differ (a scanned row's data is turned
+    into the digest the history keeps, as ``_differs`` does)."""
+    data = r[6] if len(r) > 6 else None
+    if data is not None and type(data) is not str:
+        data = data_digest(r[0], data)
+    return (*r[:5], data)
 
 
 def _differs(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:

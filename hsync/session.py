@@ -337,6 +337,9 @@ def open_history(
     return history
 
 
+_LOCK_WIDTH = 24  # a pid, its newline and spaces: the lock file's fixed size
+
+
 def lock_pair(source: Endpoint, destination: Endpoint, options: Options) -> int | None:
     """Take the pair's lock (SPEC 8: one run per pair at a time): ``flock`` on a file
     beside the history, ``<state>.lock-<pair id>``, holding the holder's pid. Returns its
@@ -366,8 +369,9 @@ def lock_pair(source: Endpoint, destination: Endpoint, options: Options) -> int 
                     f"pair (lock {path}); --wait-lock waits for it"
                 ) from None
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        # the pid padded to one width, written over the last holder's: no truncate (on a
+        # busy ext4 disk a truncate waits for the journal, up to a second here)
+        os.pwrite(fd, f"{os.getpid()}\n".ljust(_LOCK_WIDTH).encode(), 0)
     except BaseException:
         os.close(fd)
         raise

@@ -159,3 +159,46 @@ def test_a_daemon_pair_takes_settle_s(tmp_path: Path) -> None:
     config.write_text('[[pair]]\nsource = "s"\ndestination = "d"\nsettle_s = -1\n')
     with pytest.raises(UsageError, match="settle_s"):
         load_config(str(config))
+
+
+def test_a_closed_file_needs_no_long_debounce(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file closed after its write is complete: it goes after ``close_quiet``, not after
+    the debounce (30 s here), while a create that is never written and closed still
+    waits for the debounce (it may be the start of a burst)."""
+    import hsync.live
+
+    # the loop also wakes up every second to check the source root (and then takes what
+    # is pending): out of the way, so only the debounce rules decide
+    monkeypatch.setattr(hsync.live, "ROOT_POLL", 60.0)
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "d" / "old.txt", b"x")
+    with running(src, dst, tmp_path, debounce=30, max_delay=60):
+        converge(src, dst)
+        (src / "d" / "new.txt").write_bytes(b"complete")  # open, write, close
+        wait_for(lambda: (dst / "d" / "new.txt").exists(), timeout=10, what="the closed file")
+        assert (dst / "d" / "new.txt").read_bytes() == b"complete"
+        os.mkdir(src / "e")  # not a write: the debounce holds it
+        time.sleep(1)
+        assert not (dst / "e").exists()
+
+
+def test_a_close_shortens_the_quiet_period_until_a_create_or_delete_comes() -> None:
+    d = Dirty(close_quiet=0.01)
+    d.dirty(("f",), deep=True)
+    d.dirty(("f",), deep=False, writing=True)
+    d.dirty(("f",), deep=False)  # closed after the write
+    d.dirty((), deep=False)  # its directory's mtime (watchdog sends one after a close)
+    t0 = time.monotonic()
+    d.wait(30.0, 60.0, t0 + 5)
+    assert time.monotonic() - t0 < 4, "the close did not end the debounce"
+    region, _first, _quick = d.take(allow_full=False)
+    assert region == Region.of([("f",)], [()])
+    # a burst: after a close, the next file's create brings the debounce back
+    d.dirty(("g",), deep=False, writing=True)
+    d.dirty(("g",), deep=False)
+    d.dirty(("h",), deep=True)
+    t0 = time.monotonic()
+    d.wait(30.0, 60.0, t0 + 0.5)
+    assert time.monotonic() - t0 >= 0.5, "a create after a close was not debounced"

@@ -249,9 +249,12 @@ class FsBackend:
         when first asked. The temporaries it finds are removed by the next apply."""
         root, dev, meta = self.root, self._dev, self._meta
 
-        def scanner(digests: dict[Key, int]) -> tuple[Snapshot, list[Key]]:
+        def scanner(
+            digests: dict[Key, int], trees: dict[Key, int]
+        ) -> tuple[Snapshot, list[Key]]:
             temps: list[Key] = []
-            return scan_tree(root, dev, (), exclude, cancel, temps, digests, meta), temps
+            return (scan_tree(root, dev, (), exclude, cancel, temps, digests, meta, trees),
+                    temps)
 
         if background:
             return ScanChild(scanner, self._remember)
@@ -316,8 +319,8 @@ if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.M
     _sorted_walk: SortedWalk = FsBackend("/")
     _streaming: Streaming = FsBackend("/")
     _digest_scanning: DigestScanning = FsBackend("/")
-    _local_scan: DigestScan = LocalScan(lambda d: (Snapshot(), []), lambda t: None)
-    _child_scan: DigestScan = ScanChild(lambda d: (Snapshot(), []), lambda t: None)
+    _local_scan: DigestScan = LocalScan(lambda d, t: (Snapshot(), []), lambda t: None)
+    _child_scan: DigestScan = ScanChild(lambda d, t: (Snapshot(), []), lambda t: None)
     _bulk_hashing: BulkHashing = FsBackend("/")
     _watchable: Watchable = FsBackend("/")
     _metadata: Metadata = FsBackend("/")

@@ -5,9 +5,12 @@ a pool (threads, or forked processes for many small files from a local tree) in 
 and every op that changes the structure (a move, a delete) first waits for the copies
 in flight. Every write names its target relative to a directory reached beneath the
 root without following a symlink. Directory mode and mtime are set once their children
-settled, deepest first. One ``syncfs`` per batch (or one ``fsync`` per file), perhaps
-left running for the caller (``defer_durable``). A full disk stops the batch
-(``DestinationFull``); a cancel token stops it between ops.
+settled, deepest first. Files are deleted on a small pool of threads (an ``unlink``
+waits on the disk's journal, not on Python), and every other op first waits for the
+deletes in flight (a directory is removed once its files are gone). One ``syncfs`` per
+batch (or one ``fsync`` per file), perhaps left running for the caller
+(``defer_durable``). A full disk stops the batch (``DestinationFull``); a cancel token
+stops it between ops.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 
 from ...backend import ApplyOptions, ApplyResult, ContentSource
@@ -53,6 +57,10 @@ from .posix import (
     tmp_name,
     unlink_quiet,
 )
+
+UNLINK_THREADS = 8
+"""Files deleted at once: an ``unlink`` mostly waits on the disk (the inode, the
+journal), so a few in flight overlap those waits."""
 
 
 class Batch:
@@ -91,6 +99,8 @@ class Batch:
         self._root_fd: int | None = None
         self.groups: dict[object, list[Key]] = {}
         self.linked: list[Op] = []  # file ops done by a link, after the copies
+        self.unlinks: list[tuple[Op, Future[None]]] = []  # file deletes in flight
+        self._unlinker: ThreadPoolExecutor | None = None
 
     # -- the batch ----------------------------------------------------------------------
     def run(self, ops: Sequence[Op]) -> ApplyResult:
@@ -102,7 +112,13 @@ class Batch:
             if self.hard_links:
                 self.groups = link_groups(self.final)
             with self.copies.pool(ops):
-                ran = self.run_ops(ops)
+                try:
+                    ran = self.run_ops(ops)
+                finally:
+                    self.unlinked()
+                    if self._unlinker is not None:
+                        self._unlinker.shutdown()
+                        self._unlinker = None
                 self.barrier()
                 self.run_linked()
             self.not_run(ops[ran:])
@@ -309,6 +325,10 @@ class Batch:
 
     # -- the ops ------------------------------------------------------------------------
     def one(self, op: Op) -> None:
+        if op.op == DELETE and op.kind != DIR:
+            self.delete_soon(op)
+            return
+        self.unlinked()  # what follows may depend on those files being gone
         if op.op == CREATE:
             self.create(op)
         elif op.op == UPDATE:
@@ -356,6 +376,38 @@ class Batch:
                 os.unlink(name, dir_fd=dfd)
         self.dirs.touch(op.key)
         self.ok(op)
+
+    def delete_soon(self, op: Op) -> None:
+        """A file delete, run on the pool; ``unlinked`` collects the outcomes."""
+        self.barrier()
+        self.root_fd()  # opened here, once, not by the pool's threads
+        if self._unlinker is None:
+            self._unlinker = ThreadPoolExecutor(UNLINK_THREADS, thread_name_prefix="hsync-rm")
+        self.dirs.touch(op.key)
+        self.unlinks.append((op, self._unlinker.submit(self.unlink, op)))
+
+    def unlink(self, op: Op) -> None:
+        self.expect(op.key, op.old)
+        with self.parent(op.key) as (dfd, name):
+            os.unlink(name, dir_fd=dfd)
+
+    def unlink_now(self, op: Op) -> None:
+        self.unlink(op)
+        self.ok(op)
+
+    def unlinked(self) -> None:
+        """Wait for the file deletes in flight; each is done or a problem."""
+        pending, self.unlinks = self.unlinks, []
+        for op, future in pending:
+            try:
+                future.result()
+            except PermissionError as e:
+                self.retry_writable(op, e, partial(self.unlink_now, op))
+                continue
+            except (OSError, NodeError) as e:
+                self.fail(op, e)
+                continue
+            self.ok(op)
 
     def mkdir(self, key: Key) -> None:
         if not key:

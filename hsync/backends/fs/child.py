@@ -24,8 +24,9 @@ from ...backend import DigestSummary
 from ...model import Key, Row, Rows, Snapshot
 from .posix import die_with_parent
 
-Scanner = Callable[[dict[Key, int]], tuple[Snapshot, list[Key]]]
-"""Runs the full scan filling the digests; returns it with the temporaries it found."""
+Scanner = Callable[[dict[Key, int], dict[Key, int]], tuple[Snapshot, list[Key]]]
+"""Runs the full scan filling the listing digests and the subtree digests; returns it
+with the temporaries it found."""
 Remember = Callable[[list[Key]], None]
 """Hands the temporaries a scan found to the backend (the next apply removes them)."""
 
@@ -41,9 +42,12 @@ class Request(IntEnum):
 class _Scanned:
     """A finished scan and its digests, answering the requests."""
 
-    def __init__(self, snap: Snapshot, digests: dict[Key, int], temps: list[Key]) -> None:
+    def __init__(
+        self, snap: Snapshot, digests: dict[Key, int], trees: dict[Key, int], temps: list[Key]
+    ) -> None:
         self.snap = snap
         self.digests = digests
+        self.trees = trees
         self.temps = temps
         self.rows: dict[Key, Row] = snap.nodes.rows  # type: ignore[attr-defined]
 
@@ -51,6 +55,7 @@ class _Scanned:
         snap = self.snap
         return {
             "digests": self.digests,
+            "trees": self.trees,
             "incomplete": snap.incomplete,
             "skipped": snap.skipped,
             "temps": self.temps,
@@ -89,8 +94,8 @@ class _Scanned:
 
 def _summary(raw: dict[str, Any]) -> DigestSummary:
     return DigestSummary(
-        digests=raw["digests"], incomplete=raw["incomplete"], skipped=raw["skipped"],
-        held=raw["held"], count=raw["count"], root=raw["root"],
+        digests=raw["digests"], trees=raw["trees"], incomplete=raw["incomplete"],
+        skipped=raw["skipped"], held=raw["held"], count=raw["count"], root=raw["root"],
     )
 
 
@@ -106,8 +111,9 @@ class LocalScan:
     def _scanned(self) -> _Scanned:
         if self._done is None:
             digests: dict[Key, int] = {}
-            snap, temps = self._scanner(digests)
-            self._done = _Scanned(snap, digests, temps)
+            trees: dict[Key, int] = {}
+            snap, temps = self._scanner(digests, trees)
+            self._done = _Scanned(snap, digests, trees, temps)
             self._remember(temps)
         return self._done
 

@@ -15,7 +15,6 @@ import errno
 import itertools
 import os
 import re
-import secrets
 import signal
 import stat
 import struct
@@ -123,7 +122,7 @@ def tmp_name() -> str:
     """A temporary name for content being written: the prefix, the process and a
     counter (unique among live writers), and a random part, so a name a user gave a
     file of their own is never mistaken for one (``is_tmp_name``)."""
-    return f"{TMP_PREFIX}{os.getpid():x}-{next(_counter):x}-{secrets.token_hex(4)}"
+    return f"{TMP_PREFIX}{os.getpid():x}-{next(_counter):x}-{os.urandom(4).hex()}"
 
 
 def is_tmp_name(name: str) -> bool:

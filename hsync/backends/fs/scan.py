@@ -115,6 +115,23 @@ def listing_digest(hashes: list[int]) -> int:
     return xxh3_64_intdigest(array("q", hashes).tobytes())
 
 
+def subtree_digest(listing: int, subdirs: list[tuple[str, int]]) -> int:
+    """One number for everything below a directory (a Merkle tree): its listing's
+    digest and, per subdirectory, its name and its own subtree digest. Equal for two
+    directories that hold the same names with the same payloads at every depth, so a
+    directory moved or renamed with its content unchanged keeps it (the directory's
+    own name and payload are not in it: its parent's listing holds them)."""
+    if not subdirs:
+        return listing
+    from xxhash import xxh3_64_intdigest
+
+    subdirs.sort()
+    parts = [listing.to_bytes(8, "little")]
+    for name, tree in subdirs:
+        parts += (name.encode("utf-8", "surrogateescape"), b"\0", tree.to_bytes(8, "little"))
+    return xxh3_64_intdigest(b"".join(parts))
+
+
 def _list(
     entries: list[Entry],
     fd: int,
@@ -313,12 +330,17 @@ def scan(
     temps: list[Key],
     digests: dict[Key, int] | None = None,
     meta: Reader | None = None,
+    trees: dict[Key, int] | None = None,
 ) -> Snapshot:
     """See ``Backend.scan``; hsync's temporaries found are added to ``temps``.
-    ``digests``: filled with one number per directory listed (``listing_digest``).
-    ``meta``: what makes the rows' ``data`` (owner, group, attributes)."""
+    ``digests``: filled with one number per directory listed (``listing_digest``);
+    ``meta``: what makes the rows' ``data`` (owner, group, attributes);
+    ``trees`` (with ``digests``): with one per directory listed for its whole subtree
+    (``subtree_digest``), computed bottom-up once the walk is done (directories only:
+    no second pass over the entries or the disk)."""
     rows: dict[Key, Row] = {}
     snap = Snapshot(nodes=Rows(rows))
+    order: list[tuple[Key, list[Key]]] = []  # each directory listed, its subdirectories
     children: dict[Key, list[Key]] = {}
     snap._children = children
     incomplete, skipped, held = snap.incomplete, snap.skipped, snap.holds_excluded
@@ -377,13 +399,22 @@ def scan(
                 kids: list[Key] = []  # the children index, built as we go
                 children[key] = kids
                 hashes: list[int] | None = [] if digests is not None else None
+                pushed = len(stack)
                 _list(entries, fd, key, root_dev, exclude, rows, kids, stack,
                       incomplete, skipped, temps, held, hashes, meta)
                 if digests is not None:
                     assert hashes is not None
                     digests[key] = listing_digest(hashes)
+                    if trees is not None:
+                        order.append((key, [d for d, _, _ in stack[pushed:]]))
             finally:
                 close(fd)
+        if trees is not None and digests is not None:
+            for key, subs in reversed(order):  # a directory is listed after its parent
+                # a subdirectory not listed (unreadable) counts as 0: its key is in
+                # ``incomplete``, and nothing relies on digests then
+                trees[key] = subtree_digest(digests[key], [(d[-1], trees.get(d, 0))
+                                                           for d in subs])
     finally:
         os.close(root_fd)
     return snap

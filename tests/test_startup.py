@@ -1,0 +1,107 @@
+"""Start-up (issue 15): a command imports only what it uses.
+
+These run the installed ``hsync`` console script in a child interpreter and look at
+``sys.modules`` when it ends. They are structure tests, not timed tests: the time a
+start-up takes is measured in ``bench/bench_fs.py``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from treeutil import hsync_bin
+
+# Runs the console script as the shell would (not through runpy, which imports typing),
+# then writes the names in sys.modules to argv[1] however the run ends (a normal
+# return, sys.exit, or the CLI's os._exit).
+_PROBE = """
+import os, sys
+out, script = sys.argv[1], sys.argv[2]
+real_exit = os._exit
+def dump():
+    with open(out, "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+def exit_(code):
+    sys.stdout.flush()
+    dump()
+    real_exit(code)
+os._exit = exit_
+sys.argv = [script, *sys.argv[3:]]
+try:
+    with open(script) as f:
+        code = compile(f.read(), script, "exec")
+    exec(code, {"__name__": "__main__", "__file__": script})
+except SystemExit as e:
+    dump()
+    raise
+dump()
+"""
+
+# Never needed by --version: the parser, the value types, the whole pipeline.
+NOT_FOR_VERSION = {
+    "typer", "click", "rich", "attr", "attrs", "typing", "sqlite3", "importlib.metadata",
+    "hsync.cli", "hsync.model", "hsync.api", "hsync.options",
+}  # fmt: skip
+# Never needed by a local sync: the watch, the daemon, the verifier, rich output, the
+# plugin registry's entry points (read only for a scheme that is not built in).
+NOT_FOR_LOCAL_SYNC = {
+    "importlib.metadata", "watchdog", "rich", "pydantic", "multiprocessing", "email",
+    "zipfile", "ldap", "hsync_ldap", "secrets", "hsync.api", "hsync.live",
+    "hsync.daemon", "hsync.dirty", "hsync.status", "hsync.verifier", "hsync.resume",
+}  # fmt: skip
+
+
+def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    out = tmp_path / "modules.txt"
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(out), hsync_bin(), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return proc, set(out.read_text().split("\n"))
+
+
+def test_version_imports_neither_the_parser_nor_the_pipeline(tmp_path: Path) -> None:
+    import hsync
+
+    proc, modules = _run(tmp_path, "--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"hsync {hsync.__version__}\n"
+    assert not modules & NOT_FOR_VERSION, sorted(modules & NOT_FOR_VERSION)
+
+
+def test_version_agrees_with_the_installed_metadata() -> None:
+    from importlib.metadata import version
+
+    import hsync
+
+    assert version("hsync") == hsync.__version__
+
+
+def test_local_sync_imports_only_what_it_uses(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d").mkdir(parents=True)
+    for i in range(10):
+        (src / "d" / f"f{i}").write_text(f"{i}\n")
+    state = str(tmp_path / "state")
+    for _ in range(2):  # the first copy, then a no-op
+        proc, modules = _run(tmp_path, "sync", str(src), str(dst), "--state", state)
+        assert proc.returncode == 0, proc.stderr
+        assert sorted(p.name for p in (dst / "d").iterdir()) == [f"f{i}" for i in range(10)]
+        assert "hsync.oneshot" in modules  # the probe saw the real run
+        assert not modules & NOT_FOR_LOCAL_SYNC, sorted(modules & NOT_FOR_LOCAL_SYNC)
+
+
+def test_the_package_api_is_there_on_first_use() -> None:
+    code = (
+        "import sys, hsync\n"
+        "assert 'hsync.api' not in sys.modules\n"
+        "from hsync import Options, sync, check_plan\n"
+        "assert hsync.sync is sync and 'hsync.api' in sys.modules\n"
+        "assert all(hasattr(hsync, name) for name in hsync.__all__)\n"
+        "assert not hasattr(hsync, 'nothing')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
