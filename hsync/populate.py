@@ -12,6 +12,8 @@ Every batch goes through ``hsync.apply.run_batch`` (journaled), and its nodes ar
 recorded in the history while its flush runs (the rows a full record of the same sync
 would write). The root is created first when the destination's is missing, and updated last
 when its payload differs (the one op a diff would find besides the creates).
+A node whose parent's create failed is one problem and is not sent (within a batch the
+destination skips it itself; across batches this module does).
 """
 
 from __future__ import annotations
