@@ -475,14 +475,21 @@ def test_a_refused_entry_takes_its_subtree_with_it_in_one_problem_each(
 
 
 def test_an_entry_refused_in_the_middle_of_the_add_window_is_one_problem(
-    ldap_env: Slapd,
+    ldap_env: Slapd, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Adds are pipelined (``WINDOW`` in flight on one connection): an entry the
     destination refuses while hundreds of its siblings are in flight is one problem
-    naming it and the server's answer; its children are each reported (not sent, not
-    lost); every other entry, before and after it in the window, is loaded."""
+    naming it and the server's answer; its children, which come in a later batch of
+    the streamed copy, are each reported (not sent, not lost); every other entry,
+    before and after it in the window, is loaded."""
     from hsync_ldap.backend import WINDOW
 
+    import hsync.oneshot
+    from hsync.apply import Batching
+
+    # batches of 2 windows: the refused entry in the first, its children in the second
+    monkeypatch.setattr(hsync.oneshot, "STREAMED",
+                        Batching(max_ops=2 * WINDOW, min_ops=2 * WINDOW))
     before, after = WINDOW // 2, WINDOW * 2
     people = [f"dn: cn=p{i},ou=many,{SRC_BASE}\nobjectClass: inetOrgPerson\ncn: p{i}\n"
               f"sn: S{i}\n" for i in range(before + after)]
