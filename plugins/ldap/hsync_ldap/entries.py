@@ -251,9 +251,9 @@ class Mapper:
         rewritten to this tree's base)."""
         out: dict[str, list[bytes]] = {}
         base = self.base_dn
-        spelled = self._spell
+        names = self._spell
         for lname, values in data or ():
-            name = spelled.get(lname) or self._spelling(lname)
+            name = names.get(lname) or self._spelling(lname)
             if len(values) == 1:  # most are: no list comprehension
                 (v,) = values
                 out[name] = [v if type(v) is bytes else raw_of(v, base)]
