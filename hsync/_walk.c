@@ -4,8 +4,9 @@
  * reading their attributes than in the system calls. list(fd) returns, per entry of the
  * directory open as ``fd`` (read from the start, and rewound after, as os.listdir does),
  * the tuple (name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, payload hash,
- * birth time in ns or 0 where the filesystem keeps none, st_uid, st_gid, xattrs).
- * A regular file's mode is given (and hashed) without the bits of ``strip``
+ * birth time in ns or 0 where the filesystem keeps none, st_uid, st_gid, xattrs),
+ * st_size being st_rdev for a character or block device.
+ * A file's, FIFO's or device's mode is given (and hashed) without the bits of ``strip``
  * (list(fd, xattrs, strip, since): the set-id bits a pair cannot keep); ``xattrs`` is
  * -2 for a node whose ctime is before ``since`` (ns; 0: none is).
  * ``xattrs`` is -1 unless list(fd, True) asked for it, then the size llistxattr gives
@@ -41,8 +42,9 @@ mix64(uint64_t z)
 }
 
 /* The entry's payload hash: its name and what a sync compares (SPEC 2): kind, then
- * permission bits, size and mtime for a file, permission bits and mtime for a
- * directory, nothing more for a symlink (its target is added by the caller). */
+ * permission bits (not a symlink's: it has none), size for a file, the device number
+ * for a device node (carried in st_size, see below), and the mtime (a symlink's too);
+ * a symlink's target is added by the caller. */
 static inline int64_t
 entry_hash(const char *name, const struct stat *st)
 {
@@ -52,13 +54,12 @@ entry_hash(const char *name, const struct stat *st)
         h *= 0x100000001b3ULL;
     }
     h = mix64(h ^ (uint64_t)(st->st_mode & S_IFMT));
-    if (S_ISREG(st->st_mode) || S_ISDIR(st->st_mode)) {
+    if (!S_ISLNK(st->st_mode))
         h = mix64(h ^ (uint64_t)(st->st_mode & 07777));
-        if (S_ISREG(st->st_mode))
-            h = mix64(h ^ (uint64_t)st->st_size);
-        h = mix64(h ^ (uint64_t)((long long)st->st_mtim.tv_sec * 1000000000LL
-                                 + (long long)st->st_mtim.tv_nsec));
-    }
+    if (S_ISREG(st->st_mode) || S_ISCHR(st->st_mode) || S_ISBLK(st->st_mode))
+        h = mix64(h ^ (uint64_t)st->st_size);
+    h = mix64(h ^ (uint64_t)((long long)st->st_mtim.tv_sec * 1000000000LL
+                             + (long long)st->st_mtim.tv_nsec));
     return (int64_t)h;
 }
 
@@ -119,6 +120,7 @@ walk_list(PyObject *self, PyObject *args)
             st.st_mtim.tv_nsec = sx.stx_mtime.tv_nsec;
             st.st_ino = (ino_t)sx.stx_ino;
             st.st_dev = makedev(sx.stx_dev_major, sx.stx_dev_minor);
+            st.st_rdev = makedev(sx.stx_rdev_major, sx.stx_rdev_minor);
             st.st_uid = sx.stx_uid;
             st.st_gid = sx.stx_gid;
             st.st_ctim.tv_sec = sx.stx_ctime.tv_sec;
@@ -136,8 +138,11 @@ walk_list(PyObject *self, PyObject *args)
             if (err == ENOENT)
                 continue;
         }
-        if (rc == 0 && S_ISREG(st.st_mode))
-            st.st_mode &= ~(mode_t)strip; /* set-id bits the pair cannot keep */
+        if (rc == 0 && (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)))
+            st.st_size = (off_t)st.st_rdev; /* a device's payload: its number, not a size */
+        if (rc == 0 && !S_ISDIR(st.st_mode) && !S_ISLNK(st.st_mode))
+            st.st_mode &= ~(mode_t)strip; /* set-id bits the pair cannot keep (a file's, a
+                                             FIFO's or a device's: the apply strips them) */
         long long xsize = -1;
         if (rc == 0 && want_xattrs && since
             && (long long)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec < since)

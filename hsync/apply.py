@@ -24,7 +24,20 @@ import attrs
 from .backend import ApplyOptions, ApplyResult
 from .cancel import NEVER, Cancel
 from .errors import CANCELLED, RETRY
-from .model import CREATE, DELETE, FILE, MOVE, UPDATE, Change, Key, Node, Op, Problem, Snapshot
+from .model import (
+    CONTAINERS,
+    CREATE,
+    DELETE,
+    FILE,
+    MOVE,
+    UPDATE,
+    Change,
+    Key,
+    Node,
+    Op,
+    Problem,
+    Snapshot,
+)
 from .session import PairSession
 
 
@@ -112,6 +125,7 @@ def run_batch(
     options = ApplyOptions(
         fsync=session.options.fsync,
         hard_links=session.options.hard_links,
+        sparse=session.options.sparse,
         defer_durable=while_flushing is not None and destination.capabilities.deferred_flush,
     )
     prefetching = session.source.features.prefetching
@@ -288,5 +302,22 @@ def record(
             drop_keys.append(c.key)
         elif c.key not in failed:
             set_keys.append(c.key)
-    if set_keys or drop_prefixes or drop_keys:
-        history.record(src, set_keys, drop_prefixes, drop_keys, renames=renames)
+    # A node replaced in place by an equal-looking one (``cp -p`` over it, an installer
+    # unpacking the same file) has a new identity and no op. Its parent's payload
+    # changed (a rename or create in a directory touches it): the children of the
+    # containers updated here, listed or left out as equal (``equal_children``), take
+    # the identity the source has now, in the rows that exist (none is invented).
+    setting = set(set_keys)
+    updated = {c.key for c in changes
+               if c.op == UPDATE and c.kind in CONTAINERS and c.key not in failed}
+    idents = [
+        (k, n.identity)
+        for u in updated for k in src.children(u)
+        if k not in setting and k not in failed
+        and (n := src.nodes.get(k)) is not None and n.identity is not None
+    ]
+    idents += [(k, i) for k, i in src.equal_children
+               if k[:-1] in updated and k not in setting and k not in failed]
+    if set_keys or drop_prefixes or drop_keys or idents:
+        history.record(src, set_keys, drop_prefixes, drop_keys, renames=renames,
+                       identities=idents)

@@ -95,6 +95,20 @@ class ApplyOptions:
     what it read. A file now shorter than that, or not a file, still fails. The apply
     step asks for it only on its last try of an op, with ``sync --copy-unstable``, and
     warns (``ApplyResult.warnings``); a backend without the notion may ignore it."""
+    sparse: bool = True
+    """Holes of sparse files stay holes (rsync -S); False writes them as zeros."""
+
+
+@attrs.frozen(kw_only=True)
+class ScanOptions:
+    """What a tree's scans keep (the sync options that reach the scans of both sides;
+    ``ScanConfigurable``)."""
+
+    specials: bool = True
+    """FIFOs and device nodes are nodes (rsync -D); False leaves them out."""
+    one_file_system: bool = False
+    """A mount point below the root is a node but its content is neither listed nor
+    deleted (rsync -x)."""
 
 
 @attrs.define
@@ -350,6 +364,13 @@ class Related(Protocol):
         """"same", "inside" (the other is below this one), "contains" (this one is
         below the other), or None (disjoint, or another kind of endpoint)."""
         ...
+
+
+@runtime_checkable
+class ScanConfigurable(Protocol):
+    """A backend whose scans take ``ScanOptions`` (set once, after opening)."""
+
+    def configure_scan(self, options: ScanOptions) -> None: ...
 
 
 @runtime_checkable

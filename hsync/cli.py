@@ -148,6 +148,19 @@ CopyUnstableOpt = typer.Option(
     help="A file still changing after a few tries is copied as read, with a warning "
     "(default: reported, exit 3).",
 )
+SparseOpt = typer.Option(
+    True, "--sparse/--no-sparse", "-S",
+    help="Holes of sparse files stay holes (rsync -S; default on).",
+)
+SpecialsOpt = typer.Option(
+    True, "--specials/--no-specials", "-D",
+    help="Sync FIFOs, and device nodes when root (rsync -D; default on).",
+)
+OneFsOpt = typer.Option(
+    False, "--one-file-system", "-x",
+    help="Do not cross mount points: a mount point is synced as an empty directory "
+    "(rsync -x).",
+)
 
 
 ExcludeOpt = typer.Option(
@@ -295,6 +308,9 @@ def sync(
     filter_rule: list[str] = FilterOpt,
     delete_excluded: bool = DeleteExcludedOpt,
     copy_unstable: bool = CopyUnstableOpt,
+    sparse: bool = SparseOpt,
+    specials: bool = SpecialsOpt,
+    one_file_system: bool = OneFsOpt,
     exclude_attr: list[str] = ExcludeAttrOpt,
     schema: list[str] = SchemaOpt,
     max_delete: int | None = typer.Option(
@@ -358,7 +374,10 @@ def sync(
         hard_links=hard_links, wait_lock=wait_lock, schema=schema,
         **_meta(owner, group, xattrs, acls, numeric_ids),
     )
-    opts = _filtered(opts, include, filter_rule, delete_excluded, copy_unstable=copy_unstable)
+    opts = _filtered(
+        opts, include, filter_rule, delete_excluded, copy_unstable=copy_unstable,
+        sparse=sparse, specials=specials, one_file_system=one_file_system,
+    )
     show = sys.stderr.isatty() and not json_out if progress is None else progress
     bar = _Progress() if show and not dry_run else None
     log = None
@@ -398,9 +417,9 @@ def sync(
         print(_summary(report, dry_run))
         if stats:
             print(_stats(report))
-    for key, why in report.skipped:
-        _err(f"warning: {key_str(key) or '.'}: {why} skipped")
-    for w in report.warnings:
+    for line in report.skipped_lines():
+        _err(f"warning: {line}")
+    for w in dict.fromkeys(report.warnings):  # a line said by several batches: once
         if not any(p.message == w for p in report.problems):
             _err(f"warning: {w}")
     for p in report.problems:
@@ -507,6 +526,11 @@ def diff(
     exclude_attr: list[str] = ExcludeAttrOpt,
     schema: list[str] = SchemaOpt,
     no_delete: bool = typer.Option(False, "--no-delete", help="Plan as sync --no-delete would."),
+    hard_links: bool = typer.Option(
+        False, "--hard-links", "-H", help="Plan as sync -H would (hard links kept)."
+    ),
+    specials: bool = SpecialsOpt,
+    one_file_system: bool = OneFsOpt,
     state: str | None = StateOpt,
     rsh: str | None = RshOpt,
     remote_hsync: str | None = RemoteHsyncOpt,
@@ -535,9 +559,11 @@ def diff(
         rsh=rsh, remote_hsync=remote_hsync, compress=compress,
         checksum=checksum, exclude=exclude, exclude_from=exclude_from,
         exclude_attr=exclude_attr, state=state, delete=not no_delete, dry_run=True,
-        allow_empty_source=True, schema=schema, **_meta(owner, group, xattrs, acls, numeric_ids),
+        allow_empty_source=True, schema=schema, hard_links=hard_links,
+        **_meta(owner, group, xattrs, acls, numeric_ids),
     )
-    opts = _filtered(opts, include, filter_rule, delete_excluded)
+    opts = _filtered(opts, include, filter_rule, delete_excluded, specials=specials,
+                     one_file_system=one_file_system)
     cmp = compare(src, dst, opts, credentials=creds)
     the_plan = cmp.plan
     if json_out:
@@ -621,6 +647,9 @@ def watch(
     hard_links: bool = typer.Option(
         False, "--hard-links", "-H", help="Keep hard-linked source files linked."
     ),
+    sparse: bool = SparseOpt,
+    specials: bool = SpecialsOpt,
+    one_file_system: bool = OneFsOpt,
     log_format: str = LogFormatOpt,
     log_level: str = LogLevelOpt,
     src_bind_dn: str | None = SrcBindDnOpt,
@@ -652,7 +681,8 @@ def watch(
         hard_links=hard_links, wait_lock=wait_lock, schema=schema,
         **_meta(owner, group, xattrs, acls, numeric_ids),
     )
-    opts = _filtered(opts, include, filter_rule, delete_excluded)
+    opts = _filtered(opts, include, filter_rule, delete_excluded, sparse=sparse,
+                     specials=specials, one_file_system=one_file_system)
     wopts = WatchOptions(
         debounce=debounce / 1000, max_delay=max_delay / 1000, settle=settle,
         rescan_interval=rescan_interval or None, poll_interval=poll_interval,

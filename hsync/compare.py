@@ -23,7 +23,7 @@ from typing import Any
 import attrs
 
 from .cancel import NEVER, Cancel
-from .differ import Side, diff
+from .differ import Side, diff, relinks
 from .model import DELETE, MOVE, Key, Plan, Rows, Snapshot, has_unread, same_row
 from .planner import check_plan, plan
 from .region import Region, scan_region_pair
@@ -253,6 +253,8 @@ def plan_between(
             src, dst, None, checksum=checksum, digest=digest,
             delete=False, moves=False, replace=False,
         )
+    if options.hard_links:  # copies of one source inode made one inode again
+        changes += relinks(src, dst, changes)
     if src.folded:
         moved = {(c.key, c.to) for c in changes if c.op == MOVE}
         if any((d, s) not in moved for s, d in src.folded.items()):

@@ -612,3 +612,37 @@ def _only(nodes: Mapping[Key, Node], keep: Callable[[Key], bool]) -> Mapping[Key
 
 def _strictly_under_any(key: Key, roots: Mapping[Key, str]) -> bool:
     return any(key[:i] in roots for i in range(len(key)))
+
+
+def relinks(source: Snapshot, destination: Snapshot, changes: Iterable[Change]) -> list[Change]:
+    """With ``--hard-links``: source files that are one inode, held on the destination
+    as separate copies (an earlier run without -H, a link made on the source since),
+    become one again: an update with content of each copy that is not the first name's
+    inode, which the apply makes a link (nothing copied). Names already changed are
+    left to the apply (it links them too); a name whose copy differs from the source,
+    or whose destination identity is unknown, is not touched here. Pure."""
+    src, dst = source.nodes, destination.nodes
+    touched = {c.key for c in changes} | {c.to for c in changes if c.to is not None}
+    items = (
+        ((k, r[0], r[5]) for k, r in src.rows.items()) if isinstance(src, Rows)
+        else ((k, n.kind, n.identity) for k, n in src.items())
+    )
+    groups: dict[object, list[Key]] = {}
+    for key, kind, ident in items:
+        if kind == FILE and ident is not None:
+            groups.setdefault(ident, []).append(key)
+    out: list[Change] = []
+    for keys in groups.values():
+        if len(keys) < 2:
+            continue
+        first: object = None
+        for k in sorted(keys):
+            there = dst.get(k)
+            if k in touched or there is None or there.identity is None or there != src[k]:
+                continue
+            if first is None:
+                first = there.identity
+            elif there.identity != first:
+                out.append(Change(op=UPDATE, key=k, kind=FILE, node=src[k], old=there,
+                                  content=True))
+    return out

@@ -71,6 +71,15 @@ def compare_by_digests(
     src_part.holds_excluded = set(mine.held)
     src_part.scanned = mine.count
     src_part.whole = here  # its rows live as long as the part (freeing them costs)
+    # a container updated in place whose listing is equal: its children are equal too,
+    # but one may have been replaced by an equal one (a new identity to record)
+    quiet = [k for k in region.shallow if k not in ours]
+    if quiet:
+        src_part.equal_children = [
+            ((*d, name), row[5])
+            for d, listing in here.listings(quiet).items() for name, row in listing
+            if row[5] is not None
+        ]
     back = {d: s for s, d in folded.items()}
     need = [k for k in (*context, *back) if k not in listed]
     listed.update(there.rows(keys=need, subtrees=[t for t in region.deep if t not in back]))

@@ -320,6 +320,7 @@ class History:
         full: bool = False,
         fingerprints: Mapping[Key, str] | None = None,
         renames: Iterable[tuple[Key, Key]] = (),
+        identities: Iterable[tuple[Key, object]] = (),
     ) -> None:
         """Record what the last sync made true.
 
@@ -331,6 +332,8 @@ class History:
         in SQL, before the drops (so ``old`` and ``new`` may be dropped: their own rows
         are set from ``source``), whatever was below ``new`` is replaced, and a swap or a
         rotation of directories is fine (through a name no key has).
+        ``identities``: ``(key, identity)`` of nodes unchanged but for their identity
+        (replaced in place by an equal one): the recorded rows, where there are, take it.
         """
         db = self.db
         nodes: Mapping[Key, Node] = source.nodes
@@ -376,6 +379,10 @@ class History:
                     for k in set_keys
                     if (n := nodes.get(k)) is not None
                 ),
+            )
+            db.executemany(
+                "UPDATE nodes SET ident=? WHERE pair=? AND key=?",
+                ((identity_form(i), self.pair, encode_key(k)) for k, i in identities),
             )
             db.execute(
                 "UPDATE pairs SET complete=1, synced_at=? WHERE pair=?", (time.time(), self.pair)

@@ -20,7 +20,13 @@ DIR = "dir"
 FILE = "file"
 SYMLINK = "symlink"
 ENTRY = "entry"
-NodeKind = Literal["dir", "file", "symlink", "entry"]
+SPECIAL = "special"
+"""A FIFO or a device node: ``mode`` is the whole ``st_mode`` (its type in the
+``S_IFMT`` bits), ``size`` the device number (``st_rdev``; 0 for a FIFO)."""
+NodeKind = Literal["dir", "file", "symlink", "entry", "special"]
+NEEDS_ROOT = " (only root can create one)"
+"""Ends the reason a scan gives for a device node it left out (``Snapshot.skipped``)
+because this process could not create it: the report says it once per run."""
 CONTAINERS = frozenset({DIR, ENTRY})
 """Kinds that can have children (an LDAP entry is a leaf or a container alike)."""
 
@@ -117,6 +123,8 @@ def same_content(a: Node, b: Node) -> bool:
         return a.size == b.size and a.mtime_ns == b.mtime_ns
     if a.kind == SYMLINK:
         return a.target == b.target
+    if a.kind == SPECIAL:  # the type and the device number; the rest is metadata
+        return a.mode & 0o170000 == b.mode & 0o170000 and a.size == b.size
     if a.kind == ENTRY:
         if isinstance(a.data, Fingerprint) or isinstance(b.data, Fingerprint):
             return fingerprint(a.data) == fingerprint(b.data)  # one side is from the history
@@ -226,6 +234,11 @@ class Snapshot:
     both sides (subtree digests), each the root of a move matched by identity: key on
     this side -> key on the other. Nothing below them differs; diff must pair each as
     one move (``compare.plan_between`` checks, else the trees are compared whole)."""
+    equal_children: list[tuple[Key, Any]] = attrs.field(factory=list)
+    """``(key, identity)`` of nodes left out of this part as equal on both sides whose
+    parent's own payload differs (its listing does not): the nodes a replacement in
+    place (a new identity, an equal payload) leaves, whose identity the history must
+    learn."""
     _children: dict[Key, list[Key]] | None = attrs.field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:

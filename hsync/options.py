@@ -8,7 +8,7 @@ import attrs
 
 from .errors import EXIT_OK, EXIT_PARTIAL
 from .filters import strings
-from .model import CREATE, DELETE, MOVE, UPDATE, Key, Plan, Problem
+from .model import CREATE, DELETE, MOVE, NEEDS_ROOT, UPDATE, Key, Plan, Problem
 
 
 def _counts() -> dict[str, int]:
@@ -58,6 +58,12 @@ class Options:
     copy_unstable: bool = False
     """A file still changing after the retries of its copy is published as read, with a
     warning, instead of being a problem (``hsync.apply.retry_changed``)."""
+    sparse: bool = True
+    """Holes of sparse files stay holes on the destination (rsync -S; ``--no-sparse``)."""
+    specials: bool = True
+    """FIFOs, and device nodes when root, are synced (rsync -D; ``--no-specials``)."""
+    one_file_system: bool = False
+    """Mount points below either root are not crossed (rsync -x)."""
     owner: bool = True
     """Keep owners (where the destination may chown: root, CAP_CHOWN); rsync -o."""
     group: bool = True
@@ -116,6 +122,22 @@ class Report:
         if not self.withheld:
             return None
         return withheld_line(self.destination, self.source, self.withheld)
+
+    def skipped_lines(self) -> list[str]:
+        """One warning per node left out (a socket), and one for all the device nodes
+        left out because only root can create them."""
+        lines = []
+        devices = sorted(k for k, why in self.skipped if why.endswith(NEEDS_ROOT))
+        for key, why in self.skipped:
+            if not why.endswith(NEEDS_ROOT):
+                lines.append(f"{'/'.join(key) or '.'}: {why} skipped")
+        if devices:
+            n = len(devices)
+            lines.append(
+                f"{n} device node{'s' if n != 1 else ''} skipped (first: "
+                f"{'/'.join(devices[0])}): only root can create device nodes"
+            )
+        return lines
 
     @property
     def ok(self) -> bool:

@@ -18,7 +18,17 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .backend import Credentials, Endpoint, Keep, id_map, open_endpoint, relation, schema_aware
+from .backend import (
+    Credentials,
+    Endpoint,
+    Keep,
+    ScanConfigurable,
+    ScanOptions,
+    id_map,
+    open_endpoint,
+    relation,
+    schema_aware,
+)
 from .credentials import refuse_secret_in_url
 from .errors import SafetyError, UsageError
 from .filters import build as build_filter
@@ -73,6 +83,12 @@ class PairSession:
             except BaseException:
                 self.source.close()
                 raise
+        scans = ScanOptions(
+            specials=options.specials, one_file_system=options.one_file_system
+        )
+        for ep in (self.source, self.destination):
+            if isinstance(ep.backend, ScanConfigurable):
+                ep.backend.configure_scan(scans)
         try:
             self._check_pair()
             self._share_schema()

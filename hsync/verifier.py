@@ -36,7 +36,7 @@ import attrs
 from .backend import Endpoint, Hashed
 from .errors import EXIT_DIFFER, EXIT_OK, EXIT_USAGE, UsageError
 from .filters import Exclude
-from .model import DIR, FILE, Key, Node, Rows, Snapshot, key_str
+from .model import DIR, FILE, SPECIAL, SYMLINK, Key, Node, Rows, Snapshot, key_str
 
 CONTENT = "content"
 METADATA = "metadata"
@@ -152,6 +152,12 @@ def _meta_diff(s: Node, d: Node) -> str:
         out.append("mtime")
     if s.kind == DIR and s.mtime_ns != d.mtime_ns:
         out.append("directory mtime")
+    if s.kind == SYMLINK and s.mtime_ns != d.mtime_ns:
+        out.append("symlink mtime")
+    if s.kind == SPECIAL and s.size != d.size:
+        out.append("device number")
+    if s.kind == SPECIAL and s.mtime_ns != d.mtime_ns:
+        out.append("mtime")
     if s.target != d.target:
         out.append("symlink target")
     if s.data != d.data:

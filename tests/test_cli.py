@@ -676,29 +676,32 @@ def test_non_utf8_names_survive(tmp_path: Path) -> None:
 def test_non_utf8_name_in_json_report(tmp_path: Path) -> None:
     src = tmp_path / "src"
     build(src, {os.fsdecode(CAFE): b"x"})
-    os.mkfifo(os.path.join(os.fsencode(src), b"fifo\xe9"))
+    os.mknod(os.path.join(os.fsencode(src), b"sock\xe9"), 0o600 | stat.S_IFSOCK)
     r = ok(hsync("sync", "--json", src, tmp_path / "dst"))
     report = json.loads(r.out_bytes.decode("utf-8"))
-    assert [os.fsencode(s["path"]) for s in report["skipped"]] == [b"fifo\xe9"]
+    assert [os.fsencode(s["path"]) for s in report["skipped"]] == [b"sock\xe9"]
 
 
 # -- special files ------------------------------------------------------------------------
 
 
-def test_fifo_is_skipped_with_a_warning(tmp_path: Path) -> None:
+def test_fifo_is_skipped_with_a_warning_under_no_specials(tmp_path: Path) -> None:
     src = build(tmp_path / "src", {"sub/regular": b"r", "top": b"t"})
     os.mkfifo(src / "sub" / "pipe")
     set_dir_mtimes(src)
     dst = tmp_path / "dst"
-    r = ok(hsync("sync", src, dst))
+    r = ok(hsync("sync", "--no-specials", src, dst))
     warn = [line for line in r.err.splitlines() if "sub/pipe" in line]
     assert warn, r.err
     assert re.search(r"fifo", warn[0], re.I), warn
     assert not os.path.lexists(dst / "sub" / "pipe")
-    assert_same_tree(src, dst)  # read_tree ignores the FIFO: the rest is equal
-    r = ok(hsync("sync", "--json", src, dst))
+    want = read_tree(src)
+    del want[b"sub/pipe"]
+    assert read_tree(dst) == want  # the rest is equal
+    r = ok(hsync("sync", "--json", "--no-specials", src, dst))
     assert {"path": "sub/pipe", "kind": "FIFO"} in json.loads(r.out)["skipped"]
-    ok(hsync("diff", src, dst))  # a skipped special file does not make the trees differ
+    # a skipped special file does not make the trees differ
+    ok(hsync("diff", "--no-specials", src, dst))
 
 
 def test_socket_is_skipped_with_a_warning(tmp_path: Path) -> None:
@@ -742,6 +745,28 @@ def nobody_env(base: Path) -> dict[str, str]:
     env["HOME"] = str(base)
     env["XDG_STATE_HOME"] = str(base / "state")
     return env
+
+
+def test_device_nodes_as_a_user_are_one_warning_per_run(shared_dir: Path) -> None:
+    """Only root can create device nodes: a user's run leaves them out on both sides
+    with ONE warning (not one per node), exit 0; its FIFOs are still synced, and a
+    device already on the destination is not deleted."""
+    src = build(shared_dir / "src", {"f": b"f"})
+    for i in range(3):
+        os.mknod(src / f"tty{i}", 0o644 | stat.S_IFCHR, os.makedev(4, 64 + i))
+    os.mkfifo(src / "pipe")
+    os.chmod(src / "pipe", 0o644)
+    dst = shared_dir / "dst"
+    dst.mkdir()
+    os.mknod(dst / "tty0", 0o644 | stat.S_IFCHR, os.makedev(4, 64))
+    os.chown(dst, 65534, 65534)
+    r = ok(hsync("sync", "--delete", src, dst, env=nobody_env(shared_dir), nobody=True))
+    lines = [line for line in r.err.splitlines() if "device" in line]
+    assert len(lines) == 1 and "3 device nodes" in lines[0] and "root" in lines[0], r.err
+    assert "tty0" in lines[0]  # the first one named
+    assert stat.S_ISFIFO(os.lstat(dst / "pipe").st_mode)
+    assert not os.path.lexists(dst / "tty1")
+    assert stat.S_ISCHR(os.lstat(dst / "tty0").st_mode)  # not the user's to delete
 
 
 def test_unreadable_source_file_is_a_partial_failure(shared_dir: Path) -> None:

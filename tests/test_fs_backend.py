@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,14 +202,18 @@ def test_the_backend_pickles_by_reopening(tmp_path: Path) -> None:
 
 def test_the_sorted_walk_and_the_stream_name_special_files_in_place(tmp_path: Path) -> None:
     root = build(tmp_path / "t", {"b/f": b"1", "c": b"2"})
-    os.mkfifo(root / "a-fifo")
+    os.mknod(root / "a-sock", 0o600 | stat.S_IFSOCK)  # a socket: never synced
+    os.mkfifo(root / "b-fifo")  # a FIFO: a node (rsync -D)
     b = FsBackend(str(root))
     walked = list(b.walk_sorted())
-    assert [k for k, _ in walked] == [("a-fifo",), ("b",), ("b", "f"), ("c",)]
-    assert walked[0][1] == ("FIFO",)
+    assert [k for k, _ in walked] == [("a-sock",), ("b",), ("b", "f"), ("b-fifo",), ("c",)]
+    assert walked[0][1] == ("socket",)
     assert len(walked[1][1] or ()) == 7  # a directory's row, nothing more
+    fifo = walked[3][1]
+    assert fifo is not None and fifo[0] == "special" and stat.S_ISFIFO(fifo[1])
     streamed = dict(b.stream())
-    assert streamed[("a-fifo",)] == "FIFO"
+    assert streamed[("a-sock",)] == "socket"
+    assert streamed[("b-fifo",)] == b.stat(("b-fifo",))
     assert streamed[("b", "f")] == b.stat(("b", "f"))
     assert list(FsBackend(str(tmp_path / "absent")).stream()) == [((), None)]
 

@@ -133,3 +133,36 @@ def test_two_identical_files_that_swap_names_keep_their_identities(
             for n in "ab"} == followed
     assert_same_tree(src, dst)
     assert not sync_once(str(src), str(dst), Options(state=state, dry_run=True)).plan
+
+
+def test_a_file_replaced_in_place_is_recorded_with_its_new_identity(tmp_path: Path) -> None:
+    """Replaced by an equal-looking file (``cp -p`` then a rename over it: a new inode,
+    the same size, mtime and content), a file needs no op, but the history must learn
+    its new identity: otherwise its next move, made together with a change of content,
+    is no longer recognised (nothing else matches it) and is copied whole and deleted."""
+    import json
+
+    s, d, state = tmp_path / "s", tmp_path / "d", str(tmp_path / "st.sqlite")
+    (s / "d1").mkdir(parents=True)
+    (s / "d2").mkdir()
+    _write(s / "d1" / "f", b"x" * 100_000)
+    run = [HSYNC, "sync", str(s), str(d), "--state", state, "--json", "--no-progress"]
+    assert subprocess.run(run, capture_output=True).returncode == 0
+    before = os.stat(s / "d1" / "f").st_ino
+    subprocess.run(["cp", "-p", str(s / "d1" / "f"), str(s / "d1" / "f.new")], check=True)
+    os.rename(s / "d1" / "f.new", s / "d1" / "f")
+    assert os.stat(s / "d1" / "f").st_ino != before
+    out = subprocess.run(run, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["bytes_copied"] == 0
+    # moved and grown: a move by identity (then an update), not a copy of it all
+    os.rename(s / "d1" / "f", s / "d2" / "g")
+    with open(s / "d2" / "g", "ab") as f:
+        f.write(b"tail")
+    out = subprocess.run(run, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["counts"]["move"] == 1, report
+    assert report["counts"]["delete"] == 0, report
+    assert (d / "d2" / "g").read_bytes() == b"x" * 100_000 + b"tail"
+    assert not (d / "d1" / "f").exists()

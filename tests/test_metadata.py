@@ -380,3 +380,49 @@ def test_daemon_pair_keys_for_metadata(tmp_path: Path) -> None:
     assert (o.owner, o.group, o.xattrs, o.acls, o.numeric_ids) == (True, True, True, True, False)
     with pytest.raises(UsageError, match="xattrs"):
         pair_config("pair 1", {**base, "xattrs": "yes"})
+
+
+# -- FIFOs and device nodes ---------------------------------------------------------------------
+@root_only
+@needs_acl_tools
+def test_fifos_and_devices_keep_owner_group_acl_and_never_escalate(tmp_path: Path) -> None:
+    """A FIFO and a device node made by the destination's apply (``mknod``) get their
+    owner, group and attributes as a file does; a set-id bit only with its owner."""
+    src = build(tmp_path / "src", {"f": b"x"})
+    os.mkfifo(src / "pipe")
+    os.mknod(src / "null", 0o660 | stat.S_IFCHR, os.makedev(1, 3))
+    os.chown(src / "pipe", 1234, 5678)
+    os.chmod(src / "pipe", 0o4640)
+    os.chown(src / "null", 2222, 3333)
+    os.chmod(src / "null", 0o660)
+    subprocess.run(["setfacl", "-m", "u:4321:r", str(src / "pipe")], check=True)
+    os.setxattr(src / "null", "trusted.hsync-test", b"dev", follow_symlinks=False)
+    dst = tmp_path / "dst"
+    _sync(src, dst, tmp_path)
+    assert _owner(dst / "pipe") == (1234, 5678)
+    assert _owner(dst / "null") == (2222, 3333)
+    assert stat.S_ISFIFO(os.lstat(dst / "pipe").st_mode)
+    assert _mode(dst / "pipe") == 0o4640  # its owner is kept: so is the bit
+    assert _acl(dst / "pipe") == _acl(src / "pipe")
+    assert "user:4321:r--" in _acl(dst / "pipe")
+    assert _xattrs(dst / "null").get("trusted.hsync-test") == b"dev"
+    assert _diff(src, dst, tmp_path, ok=0).strip() == "in sync"
+
+    # a chown alone is synced (the node is made again with it)
+    os.chown(src / "null", 2223, -1)
+    assert "null" in _diff(src, dst, tmp_path, ok=1)
+    _sync(src, dst, tmp_path)
+    assert _owner(dst / "null") == (2223, 3333)
+    assert os.lstat(dst / "null").st_rdev == os.makedev(1, 3)
+
+    # without owners, a set-uid FIFO is never root's, and the pair stays in sync
+    other = tmp_path / "other"
+    other.mkdir()
+    dst2 = tmp_path / "dst2"
+    _sync(src, dst2, other, "--no-owner")
+    st = os.lstat(dst2 / "pipe")
+    assert st.st_uid == 0 and st.st_gid == 5678
+    assert not st.st_mode & stat.S_ISUID, oct(st.st_mode)
+    assert _diff(src, dst2, other, "--no-owner", ok=0).strip() == "in sync"
+    run = _sync(src, dst2, other, "--no-owner")
+    assert run.stdout.startswith("0 created, 0 updated"), run.stdout

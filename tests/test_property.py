@@ -20,6 +20,7 @@ import shutil
 import stat
 import tempfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
@@ -308,9 +309,14 @@ def _mtime(content: bytes, shift: int) -> int:
     return T0 + zlib.crc32(content) * 1000 + shift
 
 
-def materialize(root: Path, spec: dict[str, object]) -> Path:
-    """Build ``spec`` under ``root``, then set directory modes and mtimes deepest first."""
+def materialize(
+    root: Path, spec: dict[str, object], then: Callable[[Path], None] | None = None
+) -> Path:
+    """Build ``spec`` under ``root`` (``then(root)`` adds more), then set directory modes
+    and mtimes deepest first."""
     build(root, {k: v for k, v in spec.items() if not k.startswith("\0")})
+    if then is not None:
+        then(root)
     meta = sorted(
         ((k[len("\0meta/") :], v) for k, v in spec.items() if k.startswith("\0meta/")),
         key=lambda kv: -kv[0].count("/") - (kv[0] != ""),
@@ -625,3 +631,116 @@ def test_digest_comparison_finds_what_a_full_comparison_finds(
         report = _sync(src, dst, state)
         assert report.problems == [], report.problems
         _assert_converged(src, dst, state, report)
+
+
+# -- (d) holes, FIFOs and symlink mtimes (issue 11) -----------------------------------------
+
+Extra = tuple[str, int, int, int]
+"""One node beyond what ``build`` makes: (kind, where, a, b): a sparse file (``hole``:
+``a`` extents of 4 KiB in a file of ``b`` MiB, ``a`` 0: all hole), a FIFO (``fifo``:
+mode pick ``a``, mtime shift ``b``), or a symlink's own mtime (``touch``: the
+``where``-th symlink, mtime shift ``a``)."""
+
+
+def extras() -> st.SearchStrategy[list[Extra]]:
+    return st.lists(
+        st.tuples(st.sampled_from(["hole", "fifo", "touch"]), st.integers(0, 20),
+                  st.integers(0, 3), st.integers(1, 8)),
+        max_size=5,
+    )
+
+
+def add_extras(root: Path, items: list[Extra]) -> None:
+    """Make ``items`` below ``root``: in one of its directories (``where``), under
+    names ``build`` never uses; symlink mtimes set last."""
+    _, dirs = _entries(root)
+    for n, (kind, where, a, b) in enumerate(items):
+        d = dirs[where % len(dirs)]
+        if kind == "hole":
+            fd = os.open(d / f"hole-{n}", os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                for e in range(a):
+                    os.pwrite(fd, bytes([65 + e]) * 4096, (e * 2 + 1) * b * (1 << 18))
+                os.ftruncate(fd, b << 20)
+            finally:
+                os.close(fd)
+            os.utime(d / f"hole-{n}", ns=(T0 + n, T0 + n))
+        elif kind == "fifo":
+            os.mkfifo(d / f"fifo-{n}")
+            os.chmod(d / f"fifo-{n}", (0o644, 0o600, 0o640, 0o666)[a])
+            os.utime(d / f"fifo-{n}", ns=(T0 + b, T0 + b))
+    links = sorted(p for p in _entries(root)[0] if p.is_symlink())
+    for kind, where, a, _ in items:
+        if kind == "touch" and links:
+            mtime = T0 + a * 10**9 + where
+            os.utime(links[where % len(links)], ns=(mtime, mtime), follow_symlinks=False)
+
+
+def _assert_holes_kept(src: Path, dst: Path) -> None:
+    """Each sparse file allocates on the destination no more than on the source (plus
+    a little: a filesystem may round an extent up)."""
+    for p in _entries(src)[0]:
+        if p.name.startswith("hole-") and p.is_file() and not p.is_symlink():
+            there = dst / p.relative_to(src)
+            assert os.lstat(there).st_blocks <= os.lstat(p).st_blocks + 128, there
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(source=fs_specs(), more=extras(), destination=st.one_of(st.none(), fs_specs()),
+       theirs=extras())
+def test_real_sync_keeps_holes_fifos_and_symlink_mtimes(
+    source: dict[str, object], more: list[Extra], destination: dict[str, object] | None,
+    theirs: list[Extra],
+) -> None:
+    """Holes stay holes, FIFOs are made again, symlink mtimes are kept, over any
+    destination (its own FIFOs and sparse files where the source has other kinds)."""
+    with tempfile.TemporaryDirectory(prefix="hsync-prop-") as tmp:
+        base = Path(tmp)
+        src = materialize(base / "src", source, lambda r: add_extras(r, more))
+        dst = base / "dst"
+        if destination is not None:
+            materialize(dst, destination, lambda r: add_extras(r, theirs))
+        report = _sync(src, dst, base / "state.sqlite")
+        assert report.problems == [], report.problems
+        _assert_converged(src, dst, base / "state.sqlite", report)
+        _assert_holes_kept(src, dst)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(source=fs_specs(max_nodes=8), more=extras(), later=extras(),
+       steps=mutation_lists(MOVES + OTHERS))
+def test_real_sync_after_mutations_of_the_new_kinds(
+    source: dict[str, object], more: list[Extra], later: list[Extra], steps: list[tuple]
+) -> None:
+    """A first sync, then mutations (moves, deletes, retypes) and new holes, FIFOs and
+    symlink touches on the source: a second sync with the history converges."""
+    with tempfile.TemporaryDirectory(prefix="hsync-prop-") as tmp:
+        base = Path(tmp)
+        state = base / "state.sqlite"
+        src = materialize(base / "src", source, lambda r: add_extras(r, more))
+        dst = base / "dst"
+        assert _sync(src, dst, state).problems == []
+        assert_same_tree(src, dst)
+        applied = [done for m in steps if (done := apply_mutation(src, m)) is not None]
+        for i, item in enumerate(later):  # new names: never those of the first extras
+            if item[0] == "touch":
+                add_extras(src, [item])
+            else:
+                _add_renamed(src, item, i)
+        note(f"applied: {applied}")
+        report = _sync(src, dst, state)
+        assert report.problems == [], report.problems
+        _assert_converged(src, dst, state, report)
+        _assert_holes_kept(src, dst)
+
+
+def _add_renamed(root: Path, item: Extra, i: int) -> None:
+    """``add_extras`` of one item under a name of the second round (``hole-2-i``)."""
+    with tempfile.TemporaryDirectory(dir=root.parent) as tmp:
+        where = Path(tmp)
+        add_extras(where, [item])
+        made = next(iter(os.listdir(where)))
+        _, dirs = _entries(root)
+        target = dirs[item[1] % len(dirs)] / f"{made.split('-')[0]}-2-{i}"
+        if not os.path.lexists(target):
+            os.rename(where / made, target)

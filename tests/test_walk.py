@@ -20,7 +20,7 @@ from hsync.oneshot import sync_once
 from hsync.options import Options
 
 names = st.sampled_from(["a", "B", "é", "\udcff", "\udcfe\udcfd", "x" * 200, ".h", "-"])
-kinds = st.sampled_from(["file", "dir", "link", "fifo"])
+kinds = st.sampled_from(["file", "dir", "link", "fifo", "device"])
 
 
 def _make(root: Path, entries: dict[str, tuple[str, int]]) -> None:
@@ -34,6 +34,9 @@ def _make(root: Path, entries: dict[str, tuple[str, int]]) -> None:
             os.mkdir(p, 0o700 + (size % 8))
         elif kind == "link":
             os.symlink(b"target-%d" % size, p)
+            os.utime(p, ns=(size, 1_500_000_000_000_000_000 + size), follow_symlinks=False)
+        elif kind == "device" and os.geteuid() == 0:
+            os.mknod(p, 0o600 | stat.S_IFCHR, os.makedev(size % 300, size % 7))
         else:
             os.mkfifo(p)
 
@@ -57,8 +60,11 @@ def test_the_c_listing_equals_the_python_one(entries: dict[str, tuple[str, int]]
         for name, mode, size, mtime, ino, dev in got:
             st_ = os.lstat(os.path.join(tmp, name))
             assert (mode, ino, dev) == (st_.st_mode, st_.st_ino, st_.st_dev)
+            assert mtime == st_.st_mtime_ns
             if stat.S_ISREG(mode):
-                assert (size, mtime) == (st_.st_size, st_.st_mtime_ns)
+                assert size == st_.st_size
+            if stat.S_ISCHR(mode):  # a device's number, where a file's size is
+                assert size == st_.st_rdev
 
 
 def test_the_c_listing_is_built_where_there_is_a_compiler() -> None:
@@ -91,8 +97,8 @@ def test_a_sync_with_the_python_listing_gives_the_same_tree(
 @pytest.mark.parametrize("listing", ["c", "python"])
 def test_an_entry_hash_follows_the_payload_a_sync_compares(tmp_path: Path, listing: str) -> None:
     """The per-entry hash behind the directory digests changes with what a sync
-    compares (a file's mode, size, mtime; a directory's mode and mtime) and with
-    nothing else (a directory's size, a symlink's own mtime)."""
+    compares (a file's mode, size, mtime; a directory's mode and mtime; a symlink's
+    own mtime; a FIFO's mode and mtime) and with nothing else (a directory's size)."""
     if listing == "c" and fs.lstat_dir is fs.lstat_dir_py:
         pytest.skip("hsync._walk was not built")
     lst = fs.lstat_dir if listing == "c" else fs.lstat_dir_py
@@ -128,5 +134,14 @@ def test_an_entry_hash_follows_the_payload_a_sync_compares(tmp_path: Path, listi
     os.utime(d, ns=(1, 10**18))
     assert os.stat(d).st_size > 4096
     assert hashes()["d"] == before["d"]
-    os.utime(link, ns=(5, 5), follow_symlinks=False)  # a symlink's payload: its target
-    assert hashes()["l"] == before["l"]
+    os.utime(link, ns=(5, 5), follow_symlinks=False)  # a symlink's mtime is payload
+    assert hashes()["l"] != before["l"]
+    os.mkfifo(tmp_path / "p", 0o600)
+    os.utime(tmp_path / "p", ns=(1, 10**18))
+    fifo = hashes()["p"]
+    os.chmod(tmp_path / "p", 0o640)
+    assert hashes()["p"] != fifo
+    os.chmod(tmp_path / "p", 0o600)
+    assert hashes()["p"] == fifo
+    os.utime(tmp_path / "p", ns=(1, 10**18 + 1))
+    assert hashes()["p"] != fifo

@@ -409,6 +409,34 @@ def test_periodic_rescan_repairs_drift_made_by_others(tmp_path: Path) -> None:
         converge(src, dst, timeout=5)
 
 
+def test_a_symlink_touch_a_fifo_and_a_device_alone_are_synced(tmp_path: Path) -> None:
+    """Attribute events and special files: a ``touch -h`` of a symlink, a FIFO made or
+    chmodded, a device node made (root) are synced by the watch, at once (never held
+    back as a file being written: ``settle`` is long here)."""
+    import stat
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write(src / "f", b"f")
+    os.symlink("f", src / "link")
+    t = 1_500_000_000_123_456_789
+    with running(src, dst, tmp_path, settle=60) as (_pw, _rounds):
+        converge(src, dst)
+        os.utime(src / "link", ns=(t, t), follow_symlinks=False)
+        wait_for(lambda: os.lstat(dst / "link").st_mtime_ns == t, what="the symlink's mtime")
+        os.mkfifo(src / "pipe", 0o644)
+        wait_for(lambda: os.path.lexists(dst / "pipe"), what="the FIFO")
+        assert stat.S_ISFIFO(os.lstat(dst / "pipe").st_mode)
+        os.chmod(src / "pipe", 0o600)
+        wait_for(lambda: stat.S_IMODE(os.lstat(dst / "pipe").st_mode) == 0o600,
+                 what="the FIFO's mode")
+        if os.geteuid() == 0:
+            os.mknod(src / "zero", 0o644 | stat.S_IFCHR, os.makedev(1, 5))
+            wait_for(lambda: os.path.lexists(dst / "zero"), what="the device node")
+            assert os.lstat(dst / "zero").st_rdev == os.makedev(1, 5)
+        converge(src, dst)
+    assert_same_tree(src, dst)
+
+
 def test_excluded_paths_are_neither_synced_nor_deleted(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     write(src / "keep.txt", b"k")

@@ -64,13 +64,15 @@ def read_tree(root: Path | str, *, dir_mtime: bool = True) -> dict[bytes, tuple[
             rel = os.path.relpath(path, base)
             st = os.lstat(path)
             if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("symlink", os.readlink(path))
+                out[rel] = ("symlink", os.readlink(path), st.st_mtime_ns)
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns if dir_mtime else 0)
             elif stat.S_ISREG(st.st_mode):
                 with open(path, "rb") as fh:
                     data = fh.read()
                 out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, data)
+            elif not stat.S_ISSOCK(st.st_mode):  # a FIFO, a device (sockets are not synced)
+                out[rel] = ("special", st.st_mode, st.st_rdev, st.st_mtime_ns)
     return out
 
 

@@ -31,6 +31,7 @@ from ...backend import (
     Keep,
     Relation,
     Role,
+    ScanOptions,
     WatchSink,
     local_path,
 )
@@ -52,8 +53,8 @@ from .posix import (
     open_root,
     root_device,
 )
+from .scan import ALL_KINDS, Flags, stat_row
 from .scan import scan as scan_tree
-from .scan import stat_row
 from .scan import walk_sorted as walk_tree
 
 __all__ = ["TMP_PREFIX", "FsBackend"]
@@ -87,6 +88,8 @@ class FsBackend:
         """The root's device, fixed at open: identities are inode numbers on it."""
         self._stale: list[Key] = []
         """hsync's temporaries the last scan found: the next apply removes them."""
+        self._flags: Flags = ALL_KINDS
+        """What the scans keep besides files, directories and symlinks (``configure_scan``)."""
         self._meta: _meta.Reader | None = None
         """What rows carry beyond the basic payload (``metadata``); None: nothing."""
 
@@ -140,14 +143,15 @@ class FsBackend:
         self, subtree: Key = (), *, exclude: Exclude | None = None, cancel: Cancel = NEVER
     ) -> Snapshot:
         temps: list[Key] = []
-        snap = scan_tree(self.root, self._dev, subtree, exclude, cancel, temps, meta=self._meta)
+        snap = scan_tree(self.root, self._dev, subtree, exclude, cancel, temps,
+                         flags=self._flags, meta=self._meta)
         n = len(subtree)
         self._stale = [k for k in self._stale if k[:n] != subtree] + temps
         return snap
 
     def stat(self, key: Key) -> Node | None:
-        """Special files count as absent (they are never synced)."""
-        row = stat_row(self.root, self._dev, key, self._meta)
+        """A special file the scans leave out (a socket, ...) counts as absent."""
+        row = stat_row(self.root, self._dev, key, self._flags, self._meta)
         if row is None or len(row) == 1:
             return None
         return Node(*row)
@@ -202,6 +206,15 @@ class FsBackend:
     def close(self) -> None:
         pass
 
+    # -- ScanConfigurable -------------------------------------------------------------------
+    def configure_scan(self, options: ScanOptions) -> None:
+        """FIFOs and devices kept or left out; devices only where this process may
+        create them (root): else a scan leaves them out, on both sides, so a sync
+        neither fails on them nor deletes them."""
+        self._flags = (
+            options.specials, options.specials and ALL_KINDS[1], options.one_file_system
+        )
+
     # -- Related --------------------------------------------------------------------------
     def relation(self, other_url: str) -> Relation | None:
         """By resolved paths (and, for "same", by inode: a bind mount, a hard-linked
@@ -227,12 +240,12 @@ class FsBackend:
     def walk_sorted(
         self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
     ) -> Iterator[tuple[Key, Row | tuple[str] | None]]:
-        return walk_tree(self.root, self._dev, exclude, cancel, self._meta)
+        return walk_tree(self.root, self._dev, exclude, cancel, self._flags, self._meta)
 
     def stream(
         self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
     ) -> Iterator[tuple[Key, Node | str | None]]:
-        for key, row in walk_tree(self.root, self._dev, exclude, cancel, self._meta):
+        for key, row in walk_tree(self.root, self._dev, exclude, cancel, self._flags, self._meta):
             if row is None:
                 yield key, None
             elif len(row) == 1:
@@ -247,13 +260,14 @@ class FsBackend:
     ) -> DigestScan:
         """``background``: in a forked child (where only one thread runs), else here,
         when first asked. The temporaries it finds are removed by the next apply."""
-        root, dev, meta = self.root, self._dev, self._meta
+        root, dev, flags, meta = self.root, self._dev, self._flags, self._meta
 
         def scanner(
             digests: dict[Key, int], trees: dict[Key, int]
         ) -> tuple[Snapshot, list[Key]]:
             temps: list[Key] = []
-            return (scan_tree(root, dev, (), exclude, cancel, temps, digests, meta, trees),
+            return (scan_tree(root, dev, (), exclude, cancel, temps, digests, flags, meta,
+                              trees),
                     temps)
 
         if background:
@@ -306,6 +320,7 @@ if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.M
         DigestScanning,
         Metadata,
         Related,
+        ScanConfigurable,
         SortedWalk,
         Streaming,
         Watch,
@@ -316,6 +331,7 @@ if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.M
     _factory: BackendFactory = FsBackend
     _backend: Backend = FsBackend("/")
     _related: Related = FsBackend("/")
+    _scan_configurable: ScanConfigurable = FsBackend("/")
     _sorted_walk: SortedWalk = FsBackend("/")
     _streaming: Streaming = FsBackend("/")
     _digest_scanning: DigestScanning = FsBackend("/")

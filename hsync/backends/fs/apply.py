@@ -33,6 +33,7 @@ from ...model import (
     DIR,
     FILE,
     MOVE,
+    SPECIAL,
     SYMLINK,
     UPDATE,
     Key,
@@ -92,7 +93,7 @@ class Batch:
         self.dirs = Touched(self.prefixes)
         self.copies = Copies(
             root, source, local, options.fsync, self.parent, options.copy_unstable,
-            self.prefixes,
+            self.prefixes, options.sparse,
         )
         self.lock = threading.Lock()
         self.full: tuple[Key, OSError] | None = None
@@ -318,6 +319,8 @@ class Batch:
             ok = stat.S_ISDIR(mode)
         elif old.kind == FILE:
             ok = stat.S_ISREG(mode) and st.st_size == old.size and st.st_mtime_ns == old.mtime_ns
+        elif old.kind == SPECIAL:
+            ok = stat.S_IFMT(mode) == stat.S_IFMT(old.mode)
         else:
             ok = stat.S_ISLNK(mode)
         if not ok:
@@ -352,6 +355,8 @@ class Batch:
                 os.symlink(op.node.target, name, dir_fd=dfd)
                 self.set_symlink_metadata(op.node, dfd, name)
             self.ok(op)
+        elif op.kind == SPECIAL:
+            self.make_special(op)
         else:
             raise TargetChanged(f"cannot create a {op.kind} on a filesystem")
 
@@ -437,9 +442,18 @@ class Batch:
         elif op.kind == FILE:
             self.expect(op.key, op.old)
             self.set_file_metadata(op)
-        elif op.kind == SYMLINK:
+        elif op.kind == SYMLINK and op.content:
             self.expect(op.key, op.old)
             self.replace_symlink(op)
+        elif op.kind == SYMLINK:  # its mtime, owner, group or attributes only
+            self.expect(op.key, op.old)
+            assert op.node is not None
+            with self.parent(op.key) as (dfd, name):
+                self.set_symlink_metadata(op.node, dfd, name)
+            self.ok(op)
+        elif op.kind == SPECIAL:
+            self.expect(op.key, op.old)
+            self.make_special(op)
         else:
             raise TargetChanged(f"cannot update a {op.kind} on a filesystem")
 
@@ -471,12 +485,50 @@ class Batch:
         self.dirs.touch(op.key)
         self.ok(op)
 
+    def make_special(self, op: Op) -> None:
+        """A FIFO or a device node (rsync -D) made under a temporary name with its
+        owner, group (before the mode, as a file's: a set-id bit is kept only with the
+        owner or group it belongs to, ``meta.safe_mode``), mode, attributes and mtime,
+        then renamed to its final name (over the old one for an update: a special file
+        has no content to keep, it is made again). Never opened."""
+        node = op.node
+        assert node is not None
+        with self.parent(op.key) as (dfd, name):
+            tmp = tmp_name()
+            try:
+                os.mknod(tmp, stat.S_IFMT(node.mode) | 0o600, node.size, dir_fd=dfd)
+            except PermissionError as e:
+                if stat.S_ISFIFO(node.mode):
+                    raise
+                # root without CAP_MKNOD (a container): the destination cannot hold
+                # devices; one warning (the same line for every batch), not one per node
+                why = (f"{self.root}: device nodes cannot be created here (mknod: "
+                       f"{e.strerror}); they were left out")
+                if why not in self.result.warnings:
+                    self.result.warnings.append(why)
+                return
+            try:
+                # the temporary is ours (a random name): by name is not raced
+                owned = chown(tmp, node.data, dfd)
+                os.chmod(tmp, safe_mode(stat.S_IMODE(node.mode), node.data, owned), dir_fd=dfd)
+                set_xattrs(proc_path(dfd, tmp), node.data, self.prefixes)
+                os.utime(tmp, ns=(node.mtime_ns, node.mtime_ns), dir_fd=dfd,
+                         follow_symlinks=False)
+                rename_into(tmp, name, dfd, replace=op.op == UPDATE)
+            except BaseException:
+                unlink_quiet(tmp, dfd)
+                raise
+        self.dirs.touch(op.key)
+        self.ok(op)
+
     def set_symlink_metadata(self, node: Node, dfd: int, name: str) -> None:
         """A new symlink's owner, group and attributes (lchown; the attribute calls by a
-        path whose last component is not followed)."""
+        path whose last component is not followed), then its mtime (last: lchown and
+        the attribute calls move its ctime, not its mtime, but keep the order safe)."""
         if node.data is not None:
             chown(name, node.data, dfd)
             set_xattrs(proc_path(dfd, name), node.data, self.prefixes)
+        _symlink_mtime(name, dfd, node.mtime_ns)
 
     def link_or_copy(self, op: Op) -> None:
         """A file with other names for its source inode (``--hard-links``): link it to one
@@ -540,6 +592,12 @@ class Batch:
 
     def copy_again(self, op: Op) -> None:
         self.ok(op, self.copies.copy(op))
+
+
+def _symlink_mtime(name: str, dfd: int, mtime_ns: int) -> None:
+    """Set a symlink's own mtime (utimensat with AT_SYMLINK_NOFOLLOW), never its
+    target's."""
+    os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=dfd, follow_symlinks=False)
 
 
 def link_groups(final: Snapshot) -> dict[object, list[Key]]:

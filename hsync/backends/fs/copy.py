@@ -9,6 +9,7 @@ module level and picklable for them).
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import threading
@@ -25,6 +26,7 @@ from .posix import (
     O_READ,
     check_key,
     copy_fd,
+    copy_sparse,
     die_with_parent,
     open_beneath,
     open_root,
@@ -58,12 +60,13 @@ replace, the node's data (owner, group, attributes), the attribute prefixes kept
 
 
 def copy_chunk(
-    items: list[CopyItem], fsync: bool, unstable: bool = False
+    items: list[CopyItem], fsync: bool, unstable: bool = False, sparse: bool = True
 ) -> list[int | BaseException]:
     """Copy ``items`` (neighbours, mostly: each directory, on either side, is opened once
     per chunk beneath its root); one outcome per item, the bytes copied or the
     exception. No move or delete runs on the destination while a chunk is copied.
-    ``unstable``: publish files that change meanwhile (``publish``)."""
+    ``unstable``: publish files that change meanwhile, ``sparse``: keep holes
+    (``publish``)."""
     out: list[int | BaseException] = []
     roots: dict[str, int] = {}
     # (on each side: within one chunk, no move or delete runs meanwhile)
@@ -92,7 +95,8 @@ def copy_chunk(
                 fd_in = osopen(src_key[-1], O_READ, dir_fd=sfd)
                 try:
                     out.append(publish(fd_in, dfd, name, size, mtime_ns, mode, identity,
-                                       src_dev, fsync, replace, unstable, meta, prefixes))
+                                       src_dev, fsync, replace, unstable, meta, prefixes,
+                                       sparse))
                 finally:
                     os.close(fd_in)
             except (OSError, NodeError) as e:
@@ -113,6 +117,7 @@ def publish(
     fd_in: int, dfd: int, final: str, size: int, mtime_ns: int, mode: int,
     identity: int | str | None, src_dev: int, fsync: bool, replace: bool,
     unstable: bool = False, meta: Meta | None = None, prefixes: tuple[str, ...] = (),
+    sparse: bool = True,
 ) -> int:
     """Write what ``fd_in`` holds to a temporary name in directory ``dfd``, rename it to
     ``final`` there (over it only when ``replace``: a create never clobbers a node that
@@ -128,6 +133,10 @@ def publish(
     ``meta`` (the node's data): the owner and group set before the mode (chown clears
     set-id bits; a set-id bit is kept only with the owner or group it belongs to), the
     attributes in ``prefixes``' namespaces after it.
+
+    ``sparse`` (``ApplyOptions.sparse``): a source with holes (fewer blocks allocated
+    than its size) is copied extent by extent and its holes stay holes; a dense file
+    costs nothing more (no seek).
 
     The hot path of an initial sync: fstat, create, copy, utime, close, fstat, rename
     per file, and as little Python as that allows."""
@@ -146,7 +155,10 @@ def publish(
     fd_out = os.open(tmp, O_CREATE, mode & 0o777, dir_fd=dfd)
     try:
         try:
-            copied = copy_fd(fd_in, fd_out, size)
+            if sparse and before.st_blocks * 512 < size:
+                copied = _copy_holes(fd_in, fd_out, size)
+            else:
+                copied = copy_fd(fd_in, fd_out, size)
             if unstable and copied > size:  # it grew: what it held at the scan
                 os.ftruncate(fd_out, size)
                 copied = size
@@ -178,6 +190,20 @@ def publish(
     return copied
 
 
+def _copy_holes(fd_in: int, fd_out: int, size: int) -> int:
+    """``copy_sparse``, or a plain copy where the source's filesystem cannot seek to its
+    data (then the destination has no holes either)."""
+    try:
+        return copy_sparse(fd_in, fd_out, size)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENXIO, errno.EOPNOTSUPP):
+            raise
+    os.ftruncate(fd_out, 0)
+    os.lseek(fd_in, 0, os.SEEK_SET)
+    os.lseek(fd_out, 0, os.SEEK_SET)
+    return copy_fd(fd_in, fd_out, size)
+
+
 class Copies:
     """The content copies of one batch: queued, handed to a pool a chunk at a time (up
     to CHUNK_FILES files or CHUNK_BYTES bytes: one hand-off per chunk, not per file),
@@ -186,6 +212,7 @@ class Copies:
     def __init__(
         self, root: str, source: ContentSource, local: LocalTree | None, fsync: bool,
         parent: Parent, unstable: bool = False, prefixes: tuple[str, ...] = (),
+        sparse: bool = True,
     ) -> None:
         self.root = root
         self.prefixes = prefixes
@@ -195,6 +222,7 @@ class Copies:
         self.fsync = fsync
         self.parent = parent
         self.unstable = unstable
+        self.sparse = sparse
         self.inflight: list[tuple[list[Op], Future[list[Outcome]]]] = []
         self.chunk: list[Op] = []
         self.chunk_bytes = 0
@@ -247,7 +275,7 @@ class Copies:
             if self.local is not None:  # picklable work: a process pool may take it
                 fut = self.executor.submit(
                     copy_chunk, [self.item(op) for op in self.chunk], self.fsync,
-                    self.unstable,
+                    self.unstable, self.sparse,
                 )
             else:
                 fut = self.executor.submit(self.copy_many, self.chunk)
@@ -290,7 +318,7 @@ class Copies:
         assert node is not None
         check_key(op.key)  # refuses names that could leave either tree
         if self.local is not None:
-            outcome = copy_chunk([self.item(op)], self.fsync, self.unstable)[0]
+            outcome = copy_chunk([self.item(op)], self.fsync, self.unstable, self.sparse)[0]
             if isinstance(outcome, BaseException):
                 raise outcome
             return outcome
@@ -302,6 +330,6 @@ class Copies:
                 # a stream's descriptor says nothing of the source's identity
                 return publish(fd_in, dfd, name, node.size, node.mtime_ns, node.mode,
                                None, 0, self.fsync, op.op == UPDATE, self.unstable,
-                               node.data, self.prefixes)
+                               node.data, self.prefixes, self.sparse)
         finally:
             os.close(fd_in)

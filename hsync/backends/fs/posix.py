@@ -21,7 +21,7 @@ import struct
 from typing import Any
 
 from ...errors import TargetChanged
-from ...model import Key
+from ...model import NEEDS_ROOT, Key
 
 TMP_PREFIX = ".hsync-tmp-"
 """Temporary files of an unfinished publish: never synced, removed by the next run."""
@@ -136,16 +136,18 @@ def unlink_quiet(name: str, dfd: int) -> None:
         os.unlink(name, dir_fd=dfd)
 
 
-def special_kind(mode: int) -> str:
-    """What a special file (never synced) is, for the report."""
+def special_kind(mode: int, specials: bool = True) -> str:
+    """What a special file left out of a scan is, for the report (``specials``: FIFOs
+    and devices were asked for, so a device skipped is one this process cannot
+    create)."""
     if stat.S_ISFIFO(mode):
         return "FIFO"
     if stat.S_ISSOCK(mode):
         return "socket"
     if stat.S_ISCHR(mode):
-        return "character device"
+        return "character device" + (NEEDS_ROOT if specials else "")
     if stat.S_ISBLK(mode):
-        return "block device"
+        return "block device" + (NEEDS_ROOT if specials else "")
     return "special file"
 
 
@@ -273,9 +275,10 @@ def rename_into(tmp: str, final: str, dfd: int, *, replace: bool) -> None:
 
 
 def rmdir(name: str, dfd: int) -> None:
-    """Remove a directory the plan emptied. Special files (FIFOs, sockets, devices) are
-    never synced, so the plan does not know them: they go with their directory, as
-    rsync --delete removes them; anything else that appeared since the scan stays."""
+    """Remove a directory the plan emptied. Special files a scan left out (sockets,
+    FIFOs and devices under ``--no-specials``, devices for a user that is not root)
+    are not in the plan: they go with their directory, as rsync --delete removes them;
+    anything else that appeared since the scan stays."""
     try:
         os.rmdir(name, dir_fd=dfd)
         return
@@ -331,6 +334,52 @@ def copy_fd(fd_in: int, fd_out: int, size_hint: int) -> int:
         os.write(fd_out, chunk)
         total += len(chunk)
     return total
+
+
+def copy_sparse(fd_in: int, fd_out: int, size: int) -> int:
+    """Copy the first ``size`` bytes of ``fd_in`` keeping its holes (rsync -S): only the
+    data extents (``SEEK_DATA``/``SEEK_HOLE``) are written, each at its own offset, and
+    ``fd_out`` is cut to the length copied, so a hole stays unallocated. Returns the
+    bytes covered: ``size``, or less when the file is now shorter. ``OSError``
+    (EINVAL, ENXIO for a filesystem without the seeks) is the caller's to fall back."""
+    end = min(size, os.lseek(fd_in, 0, os.SEEK_END))
+    pos = 0
+    while pos < end:
+        try:
+            start = os.lseek(fd_in, pos, os.SEEK_DATA)
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                raise
+            break  # only a hole left
+        if start >= end:
+            break
+        stop = min(os.lseek(fd_in, start, os.SEEK_HOLE), end)
+        _copy_range(fd_in, fd_out, start, stop)
+        pos = stop
+    os.ftruncate(fd_out, end)
+    return end
+
+
+def _copy_range(fd_in: int, fd_out: int, start: int, stop: int) -> None:
+    """Bytes ``start``..``stop`` of ``fd_in`` to the same offsets of ``fd_out``."""
+    pos = start
+    if _copy_file_range_ok[0]:
+        try:
+            while pos < stop:
+                n = os.copy_file_range(fd_in, fd_out, stop - pos, pos, pos)
+                if n == 0:
+                    return
+                pos += n
+            return
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+    while pos < stop:
+        chunk = os.pread(fd_in, min(CHUNK, stop - pos), pos)
+        if not chunk:
+            return
+        os.pwrite(fd_out, chunk, pos)
+        pos += len(chunk)
 
 
 def syncfs(path: str) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 from ...cancel import NEVER, Cancel
 from ...errors import TargetChanged
 from ...filters import Exclude
-from ...model import DIR, FILE, SYMLINK, Key, Row, Rows, Snapshot
+from ...model import DIR, FILE, SPECIAL, SYMLINK, Key, Row, Rows, Snapshot
 from .meta import Reader, proc_path
 from .posix import (
     TMP_PREFIX,
@@ -40,13 +40,24 @@ from .posix import (
 Entry = tuple[str, Any, int, int, int, int, int, int, int, int, int]
 """One listed name: ``(name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, hash,
 btime_ns, st_uid, st_gid, xattrs)``, or ``(name, None, errno, 0, 0, 0, 0, 0, 0, 0, -1)``
-when its lstat failed. ``hash``: of the name and the payload a sync compares (kind; mode
-bits, size, mtime for a file; mode bits, mtime for a directory; a symlink's target, and
-a row's ``data``, are not in it), for the directory digests. ``btime_ns``: the birth
+when its lstat failed; ``st_size`` is ``st_rdev`` for a character or block device.
+``hash``: of the name and the payload a sync compares (kind, mtime; mode bits but a
+symlink's; size for a file, the device number for a device; a symlink's target, and a
+row's ``data``, are not in it), for the directory digests. ``btime_ns``: the birth
 time, 0 where the filesystem keeps none. ``xattrs``: when asked, what ``llistxattr``
 answers (0: no attribute), -2 when not read (the node's ctime is before ``since``), else
--1. A regular file's mode comes without the bits of
+-1. A file's, FIFO's or device's mode comes without the bits of
 ``strip`` (the set-id bits a pair cannot keep), in the hash too."""
+
+Flags = tuple[bool, bool, bool]
+"""What a scan keeps beyond files, directories and symlinks, and where it stops:
+``(fifos, devices, one_file_system)``. ``fifos``, ``devices``: FIFOs, character and
+block devices are nodes (kind ``special``), else left out with a warning (sockets always
+are). ``one_file_system``: a directory on another device than the root (a mount point)
+is a node, but its content is not listed (rsync -x), nor ever deleted."""
+
+ALL_KINDS: Flags = (True, os.geteuid() == 0, False)
+"""The default: FIFOs, and devices where this process may create them (root)."""
 
 Dirs = list[tuple[Key, int, int]]
 """Directories still to list: ``(key, st_ino, st_dev)`` as their parent's listing saw."""
@@ -69,6 +80,7 @@ def lstat_dir_py(
             out.append((name, None, e.errno or 0, 0, 0, 0, 0, 0, 0, 0, -1))
             continue
         mode = st.st_mode
+        size = st.st_size
         listed = -1
         if xattrs and since and st.st_ctime_ns < since:
             listed = -2  # unchanged since then: not read
@@ -77,14 +89,19 @@ def lstat_dir_py(
                 listed = len(os.listxattr(proc_path(fd, name), follow_symlinks=False))
             except OSError:
                 listed = -1
+        if not stat.S_ISDIR(mode) and not stat.S_ISLNK(mode):
+            mode &= ~strip  # a file's, a FIFO's or a device's (the apply strips them)
         if stat.S_ISREG(mode):
-            mode &= ~strip
-            h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), st.st_size, st.st_mtime_ns))
+            h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), size, st.st_mtime_ns))
         elif stat.S_ISDIR(mode):
             h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), st.st_mtime_ns))
+        elif stat.S_ISLNK(mode):
+            h = hash((name, stat.S_IFMT(mode), st.st_mtime_ns))
         else:
-            h = hash((name, stat.S_IFMT(mode)))
-        out.append((name, mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, h,
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                size = st.st_rdev  # a device's payload: its number, not a size
+            h = hash((name, stat.S_IFMT(mode), stat.S_IMODE(mode), size, st.st_mtime_ns))
+        out.append((name, mode, size, st.st_mtime_ns, st.st_ino, st.st_dev, h,
                     birth_time(name, fd), st.st_uid, st.st_gid, listed))
     return out
 
@@ -146,16 +163,18 @@ def _list(
     temps: list[Key],
     held: set[Key],
     hashes: list[int] | None,
+    flags: Flags = ALL_KINDS,
     meta: Reader | None = None,
 ) -> None:
     """The rows of one directory's ``entries`` (``lstat_dir`` of ``fd``, the directory
     at ``key``) into ``rows``, their keys into ``kids``, its subdirectories into
     ``dirs``; what could not be read into ``incomplete``, special files into
     ``skipped``, hsync's temporaries into ``temps``; ``key`` into ``held`` when a child
-    is excluded; each kept entry's hash into ``hashes``; ``meta``: what makes a row's
-    ``data`` (None: none). The scan's inner loop: no function call per entry beyond
-    what a row needs."""
+    is excluded; each kept entry's hash into ``hashes``; ``flags``: what else is kept
+    (``Flags``); ``meta``: what makes a row's ``data`` (None: none). The scan's inner
+    loop: no function call per entry beyond what a row needs."""
     S_ISREG, S_ISDIR, S_ISLNK, S_IMODE = stat.S_ISREG, stat.S_ISDIR, stat.S_ISLNK, stat.S_IMODE
+    S_ISFIFO, S_ISCHR, S_ISBLK = stat.S_ISFIFO, stat.S_ISCHR, stat.S_ISBLK
     readlink = os.readlink
     of = meta.of if meta is not None and meta.active else None
     shared = meta.shared if meta is not None else {}
@@ -199,7 +218,10 @@ def _list(
                 h ^= hm
             rows[k] = (DIR, S_IMODE(mode), 0, mtime, None, ino, m)
             kids.append(k)
-            dirs.append((k, st_ino, st_dev))
+            if st_dev != root_dev and flags[2]:
+                held.add(k)  # a mount point, not crossed: what is below it stays
+            else:
+                dirs.append((k, st_ino, st_dev))
         elif S_ISLNK(mode):
             if exclude is not None and exclude(k, False):
                 held.add(key)
@@ -213,11 +235,26 @@ def _list(
                 continue
             if of is not None:
                 m = of(uid, gid, listed, proc_path(fd, name) if listed > 0 else None)
-            rows[k] = (SYMLINK, 0, 0, 0, target, ino, m)  # payload: target (and data)
+            rows[k] = (SYMLINK, 0, 0, mtime, target, ino, m)  # payload: target, mtime, data
             kids.append(k)
             h = hash((h, target, m))
+        elif (flags[0] and S_ISFIFO(mode)) or (flags[1] and (S_ISCHR(mode) or S_ISBLK(mode))):
+            if exclude is not None and exclude(k, False):
+                held.add(key)
+                continue
+            if of is not None:
+                if listed > 0:
+                    m = of(uid, gid, listed, proc_path(fd, name))
+                    hm = hash(m)
+                else:
+                    m, hm = shared.get((uid << 34) | (gid << 2) | (listed + 2)) or _shared(
+                        shared, of, uid, gid, listed)
+                h ^= hm
+            # size: the device number; the data: owner, group, attributes, as a file's
+            rows[k] = (SPECIAL, mode, size, mtime, None, ino, m)
+            kids.append(k)
         else:
-            skipped.append((k, special_kind(mode)))
+            skipped.append((k, special_kind(mode, flags[0])))
             continue
         if hashes is not None:
             hashes.append(h)
@@ -263,7 +300,9 @@ class _One:
         self.skipped: list[tuple[Key, str]] = []
 
 
-def lookup(root_fd: int, key: Key, root_dev: int, meta: Reader | None = None) -> _One | None:
+def lookup(
+    root_fd: int, key: Key, root_dev: int, flags: Flags = ALL_KINDS, meta: Reader | None = None
+) -> _One | None:
     """``key`` (not the root) looked at alone, through its parent reached beneath the
     root; None when it or a directory on the way is absent, or a name on the way is a
     symlink or not a directory. An hsync temporary is absent, and so is a name no
@@ -280,19 +319,22 @@ def lookup(root_fd: int, key: Key, root_dev: int, meta: Reader | None = None) ->
         except FileNotFoundError:
             return None
         mode = st.st_mode
-        if meta is not None and stat.S_ISREG(mode):
+        if meta is not None and not stat.S_ISDIR(mode) and not stat.S_ISLNK(mode):
             mode &= ~meta.strip
-        entry = (key[-1], mode, st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev, 0,
+        size = st.st_size
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            size = st.st_rdev  # as lstat_dir gives it
+        entry = (key[-1], mode, size, st.st_mtime_ns, st.st_ino, st.st_dev, 0,
                  birth_time(key[-1], dfd), st.st_uid, st.st_gid, 1)
         _list([entry], dfd, key[:-1], root_dev, None, one.rows, [], one.dirs,
-              one.incomplete, one.skipped, [], set(), None, meta)
+              one.incomplete, one.skipped, [], set(), None, flags, meta)
     finally:
         os.close(dfd)
     return one
 
 
 def stat_row(
-    root: str, root_dev: int, key: Key, meta: Reader | None = None
+    root: str, root_dev: int, key: Key, flags: Flags = ALL_KINDS, meta: Reader | None = None
 ) -> Row | tuple[str] | None:
     """The row at ``key``, ``(kind,)`` for a special file, or None when absent (also
     when an ancestor is absent or not a directory). ``OSError`` for what cannot be
@@ -307,7 +349,7 @@ def stat_row(
         finally:
             os.close(root_fd)
     try:
-        one = lookup(root_fd, key, root_dev, meta)
+        one = lookup(root_fd, key, root_dev, flags, meta)
     finally:
         os.close(root_fd)
     if one is None:
@@ -329,12 +371,14 @@ def scan(
     cancel: Cancel,
     temps: list[Key],
     digests: dict[Key, int] | None = None,
+    flags: Flags = ALL_KINDS,
     meta: Reader | None = None,
     trees: dict[Key, int] | None = None,
 ) -> Snapshot:
     """See ``Backend.scan``; hsync's temporaries found are added to ``temps``.
     ``digests``: filled with one number per directory listed (``listing_digest``);
-    ``meta``: what makes the rows' ``data`` (owner, group, attributes);
+    ``flags``: what else is kept (``Flags``); ``meta``: what makes the rows' ``data``
+    (owner, group, attributes);
     ``trees`` (with ``digests``): with one per directory listed for its whole subtree
     (``subtree_digest``), computed bottom-up once the walk is done (directories only:
     no second pass over the entries or the disk)."""
@@ -357,7 +401,7 @@ def scan(
         if subtree:
             # a partial rescan: absent is an answer, a leaf is one node
             try:
-                one = lookup(root_fd, subtree, root_dev, meta)
+                one = lookup(root_fd, subtree, root_dev, flags, meta)
             except OSError as e:
                 incomplete[subtree] = e.strerror or str(e)
                 return snap
@@ -401,7 +445,7 @@ def scan(
                 hashes: list[int] | None = [] if digests is not None else None
                 pushed = len(stack)
                 _list(entries, fd, key, root_dev, exclude, rows, kids, stack,
-                      incomplete, skipped, temps, held, hashes, meta)
+                      incomplete, skipped, temps, held, hashes, flags, meta)
                 if digests is not None:
                     assert hashes is not None
                     digests[key] = listing_digest(hashes)
@@ -425,6 +469,7 @@ Listed = list[tuple[bytes, Key, Any]]
 
 def walk_sorted(
     root: str, root_dev: int, exclude: Exclude | None, cancel: Cancel = NEVER,
+    flags: Flags = ALL_KINDS,
     meta: Reader | None = None,
 ) -> Iterator[tuple[Key, Row | tuple[str] | None]]:
     """See ``SortedWalk.walk_sorted``: holds one listing per level, never the tree."""
@@ -453,7 +498,7 @@ def walk_sorted(
                 return None
             # in full: the quick pass compares the attributes with the history's
             _list(list_dir(fd, meta, full=True), fd, key, root_dev, exclude, rows, kids, dirs,
-                  lost, skipped, temps, held, None, meta)
+                  lost, skipped, temps, held, None, flags, meta)
         except OSError:
             return None
         finally:
@@ -482,7 +527,7 @@ def walk_sorted(
                 continue
             _, k, row = kids.pop()
             yield k, row
-            if row[0] == DIR:
+            if row[0] == DIR and k in ids:  # (not a mount point left alone)
                 sub = listing(k, *ids[k])
                 if sub is None:
                     yield k, None

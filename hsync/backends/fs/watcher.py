@@ -69,8 +69,10 @@ EVENTS: list[type[FileSystemEvent]] = [
     FileAttribEvent,
     DirAttribEvent,
 ]
-"""What hsync listens to: never opens, reads or close-without-write. Attribute events
-(IN_ATTRIB: chmod, chown, utime, an extended attribute or ACL set) mark the node."""
+"""What hsync listens to: never opens, reads or close-without-write. An attribute change
+(``IN_ATTRIB``: chmod, chown, utime, an extended attribute or ACL set, a ``touch -h`` of
+a symlink, a FIFO's mtime) marks the node; it is metadata that needs no close to be
+complete: a round takes it at once."""
 
 _DEEP = (DirCreatedEvent, FileCreatedEvent, DirDeletedEvent, FileDeletedEvent)
 
@@ -134,6 +136,9 @@ class _Handler(FileSystemEventHandler):
     def __init__(self, base: bytes, sink: WatchSink) -> None:
         self.base = base
         self.sink = sink
+        self.open: set[Key | None] = set()
+        """Files written (IN_MODIFY) and not closed since: an attribute change of one
+        of them does not make it whole."""
 
     def _appeared_or_went(self, key: Key | None) -> None:
         """A node created, deleted, or moved in or out: its subtree, and its parent's
@@ -148,6 +153,8 @@ class _Handler(FileSystemEventHandler):
         if event.is_synthetic:
             return  # one per descendant of a moved or created directory: already covered
         key = _key_of(self.base, event.src_path)
+        if not isinstance(event, (FileModifiedEvent, FileAttribEvent)):
+            self.open.discard(key)  # closed, deleted or moved: no longer being written
         if isinstance(event, (DirMovedEvent, FileMovedEvent)):
             self._appeared_or_went(key)
             self._appeared_or_went(_key_of(self.base, event.dest_path))
@@ -155,7 +162,12 @@ class _Handler(FileSystemEventHandler):
             self._appeared_or_went(key)
         elif isinstance(event, FileModifiedEvent) and key is not None:
             # written, not closed yet: the loop waits for the close (or for quiet)
+            self.open.add(key)
             self.sink.dirty(key, deep=False, writing=True)
+        elif isinstance(event, FileAttribEvent) and key is not None:
+            # metadata (a chmod, a touch -h of a symlink, cp -p's utime after the
+            # close): at once, unless the file is being written (the close says when)
+            self.sink.dirty(key, deep=False, writing=key in self.open)
         elif key is not None:  # closed after a write, a directory's content or metadata
             self.sink.dirty(key, deep=False)
 
