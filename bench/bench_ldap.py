@@ -112,19 +112,28 @@ def timed(cmd: list[str], env: dict[str, str], stdin: str | None = None) -> tupl
 TIME = shutil.which("time", path="/usr/bin:/bin")
 
 
+CPU: dict[str, float] = {}
+"""The CPU time (user + system, seconds) of the last process ``measured`` ran, by the
+``key`` it was given."""
+
+
 def measured(
-    cmd: list[str], env: dict[str, str], stdin: str | None = None
+    cmd: list[str], env: dict[str, str], stdin: str | None = None, *, key: str = ""
 ) -> tuple[float, int, str]:
     """``timed``, plus the peak RSS (KiB) of the process, from GNU time (0 without it):
     the measured process is time's child, not the benchmark's, whose own high-water
-    mark would be inherited through the fork."""
+    mark would be inherited through the fork. Its CPU time goes to ``CPU[key]``."""
     if TIME is None:
         dt, out = timed(cmd, env, stdin)
         return dt, 0, out
     with tempfile.NamedTemporaryFile("r", suffix=".rss") as f:
-        dt, out = timed([TIME, "-f", "%M", "-o", f.name, *cmd], env, stdin)
+        dt, out = timed([TIME, "-f", "%U %S %M", "-o", f.name, *cmd], env, stdin)
         text = f.read().strip().splitlines()
-    return dt, int(text[-1]) if text and text[-1].isdigit() else 0, out
+    fields = text[-1].split() if text else []
+    if len(fields) != 3:
+        return dt, 0, out
+    CPU[key] = float(fields[0]) + float(fields[1])
+    return dt, int(fields[2]), out
 
 
 def size_set(args: argparse.Namespace) -> None:
@@ -149,11 +158,13 @@ def size_set(args: argparse.Namespace) -> None:
                 if tool == "ldapadd":
                     row["ldapadd"], row["ldapadd_rss"], _ = measured(
                         ["ldapadd", "-x", "-c", "-H", server.url, "-D", DST_ADMIN, "-y",
-                         str(pwfile)], env, dst_ldif)
+                         str(pwfile)], env, dst_ldif, key="ldapadd")
+                    row["ldapadd_cpu"] = CPU.get("ldapadd", 0.0)
                     continue
                 sync = [hsync_bin(), "sync", "--json", "--no-progress",
                         server.endpoint(SRC_BASE), server.endpoint(DST_BASE)]
-                row["hsync"], row["hsync_rss"], out = measured(sync, env)
+                row["hsync"], row["hsync_rss"], out = measured(sync, env, key="hsync")
+                row["hsync_cpu"] = CPU.get("hsync", 0.0)
                 created = json.loads(out)["counts"]["create"]
                 if created < n:
                     raise SystemExit(f"initial sync created {created} of {n} entries")
@@ -207,6 +218,8 @@ def size_set(args: argparse.Namespace) -> None:
     print(f"| A initial load into an empty suffix | {med('hsync'):.2f} s | {mib('hsync_rss')} | "
           f"ldapadd -c {med('ldapadd'):.2f} s ({mib('ldapadd_rss')}) | "
           f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) | <= 1.3 |")
+    print(f"\nA: CPU time (user + system) of the measured process, medians: hsync "
+          f"{med('hsync_cpu'):.1f} s, ldapadd -c {med('ldapadd_cpu'):.1f} s\n")
     print(f"| N no-op re-sync | {med('noop'):.2f} s | {mib('noop_rss')} | ldapsearch of both "
           f"trees {med('search'):.2f} s | {statistics.median(noop):.2f} "
           f"({min(noop):.2f}-{max(noop):.2f}) | |")

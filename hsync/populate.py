@@ -12,6 +12,8 @@ Every batch goes through ``hsync.apply.run_batch`` (journaled), and its nodes ar
 recorded in the history while its flush runs (the rows a full record of the same sync
 would write). The root is created first when the destination's is missing, and updated last
 when its payload differs (the one op a diff would find besides the creates).
+A node whose parent's create failed is one problem and is not sent (within a batch the
+destination skips it itself; across batches this module does).
 """
 
 from __future__ import annotations
@@ -129,6 +131,7 @@ def populate(
         ops.append(Op(op=CREATE, kind=root.kind, key=(), node=root))
     size = 0
     kept: list[Op] = []
+    failed: dict[Key, str] = {}  # creates that failed in a batch -> the problem's kind
 
     def flush() -> None:
         nonlocal ops, batch, fps
@@ -144,6 +147,7 @@ def populate(
 
         result = run_batch(session, ops, final, on_done=on_done, while_flushing=record)
         out.problems.extend(result.problems)
+        failed.update((p.key, p.kind) for p in result.problems if p.op == CREATE)
         out.warnings.extend(result.warnings)
         out.bytes_copied += result.bytes_copied
         for op in result.done:
@@ -164,8 +168,18 @@ def populate(
                 out.problems.append(Problem(key, f"not synced: {_why(source, key)}",
                                             kind="retry"))
                 continue
-            batch[key] = node
             out.seen["source"] += 1
+            kind = failed.get(key[:-1])
+            if kind is not None:
+                # its parent's create failed in an earlier batch (within a batch the
+                # destination skips them itself): one problem each, nothing sent
+                failed[key] = kind
+                out.planned[CREATE] += 1
+                out.problems.append(Problem(
+                    key, f"create skipped: its parent {'/'.join(key[:-1])} was not created",
+                    op=CREATE, kind=kind))
+                continue
+            batch[key] = node
             if fp is not None:
                 fps[key] = fp
             if node.kind == DIR:  # its metadata is set from ``final`` in later batches

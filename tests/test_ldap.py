@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ldap_fixtures import (
     DST_BASE,
     PASSWORD,
@@ -219,6 +221,23 @@ def test_update_changes_only_what_differs(ldap_env: Slapd) -> None:
     report = sync(ldap_env)
     assert report.counts == {"create": 0, "update": 1, "move": 0, "delete": 0}
     same(ldap_env)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    value=st.text(st.sampled_from(list('aB #,+"\\<>;=\x00\u00e9x')), min_size=1, max_size=8),
+    attr=st.sampled_from(["cn", "CN", "ou", "uid", "userid", "description", "telephoneNumber"]),
+)
+def test_the_rdn_written_is_the_entry_s_own_spelling_of_its_key(value: str, attr: str) -> None:
+    """The RDN an add or a rename sends for a key component (the quick path for values
+    with nothing to escape, the general one otherwise) names the same entry (it
+    normalizes back to the key) and spells the value as the entry's attribute does."""
+    m = Mapper(Schema.builtin(), "dc=x")
+    key = m.schema.norm_rdn_parts([(attr, value, 1)])
+    rdn = m.rdn_for(key, m.data_of({attr: [value.encode()]}))
+    (parts,) = ldap.dn.str2dn(rdn)
+    assert m.schema.norm_rdn_parts(parts) == key
+    assert [(a, v) for a, v, _ in parts] == [(m.schema.spelling(m.schema.canonical(attr)), value)]
 
 
 def test_minimal_modlist() -> None:
@@ -453,6 +472,50 @@ def test_a_refused_entry_takes_its_subtree_with_it_in_one_problem_each(
     assert f"cn=NoSurname,{DST_BASE}" in first.message
     assert "Object class violation" in first.message
     assert len(rest) == 2 and all("was not created" in p.message for p in rest)
+
+
+def test_an_entry_refused_in_the_middle_of_the_add_window_is_one_problem(
+    ldap_env: Slapd, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Adds are pipelined (``WINDOW`` in flight on one connection): an entry the
+    destination refuses while hundreds of its siblings are in flight is one problem
+    naming it and the server's answer; its children, which come in a later batch of
+    the streamed copy, are each reported (not sent, not lost); every other entry,
+    before and after it in the window, is loaded."""
+    from hsync_ldap.backend import WINDOW
+
+    import hsync.oneshot
+    from hsync.apply import Batching
+
+    # batches of 2 windows: the refused entry in the first, its children in the second
+    monkeypatch.setattr(hsync.oneshot, "STREAMED",
+                        Batching(max_ops=2 * WINDOW, min_ops=2 * WINDOW))
+    before, after = WINDOW // 2, WINDOW * 2
+    people = [f"dn: cn=p{i},ou=many,{SRC_BASE}\nobjectClass: inetOrgPerson\ncn: p{i}\n"
+              f"sn: S{i}\n" for i in range(before + after)]
+    # a group needs a member; members are excluded from the sync: the destination
+    # refuses the group (objectClassViolation) and only it
+    group = (f"dn: cn=team,ou=many,{SRC_BASE}\nobjectClass: groupOfNames\ncn: team\n"
+             f"member: cn=p0,ou=many,{SRC_BASE}\n")
+    kids = [f"dn: cn=k{i},cn=team,ou=many,{SRC_BASE}\nobjectClass: organizationalRole\n"
+            f"cn: k{i}\n" for i in range(3)]
+    add_ldif(ldap_env, SRC_BASE, "\n".join([
+        f"dn: ou=many,{SRC_BASE}\nobjectClass: organizationalUnit\nou: many\n",
+        *people[:before], group, *people[before:], *kids]))
+    report = hsync.sync(ldap_env.endpoint(SRC_BASE), ldap_env.endpoint(DST_BASE),
+                        exclude_attrs=["member"])
+    assert report.exit_code == 3
+    refused = [p for p in report.problems if p.key == ("ou=many", "cn=team")]
+    assert len(refused) == 1 and "Object class violation" in refused[0].message
+    assert f"cn=team,ou=many,{DST_BASE}" in refused[0].message
+    kid_problems = sorted(p.key for p in report.problems if p.key != refused[0].key)
+    assert kid_problems == [("ou=many", "cn=team", f"cn=k{i}") for i in range(3)]
+    assert all("was not created" in p.message and "cn=team" in p.message
+               for p in report.problems if p is not refused[0])
+    loaded = entries(ldap_env, DST_BASE)
+    assert {dn for dn in loaded if dn.startswith("cn=p")} == {
+        f"cn=p{i},ou=many" for i in range(before + after)}
+    assert not [dn for dn in loaded if "team" in dn]
 
 
 def test_an_entry_replaced_after_the_scan_is_not_deleted(ldap_env: Slapd) -> None:

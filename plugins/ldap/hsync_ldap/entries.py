@@ -33,6 +33,11 @@ _UNSET = object()
 _NOT_NORMAL = re.compile(rb"[A-Z\t\n\r\f\v\x80-\xff]|  |^ | $")
 """A byte that case folding or space folding would change (non-ASCII: let Python decide)."""
 _NO_TYPE = AttrType("")
+_PLAIN_RDN = re.compile(r'([a-z][a-z0-9-]*)=([^\\,+"<>;=\x00# ][^\\,+"<>;=\x00]*(?<! ))')
+"""A key component of one attribute (canonical: lower case) whose value needs no
+escaping in a DN (``ldap.dn.escape_dn_chars`` would leave it as it is)."""
+_DN_SPECIAL = re.compile(r'[\\,+"<>;=\x00]|^[ #]| $')
+"""What ``ldap.dn.escape_dn_chars`` escapes."""
 
 
 def _case_ignore(v: bytes) -> Value:
@@ -187,6 +192,26 @@ class Mapper:
     def rdn_for(self, name: str, data: Data | None) -> str:
         """The RDN to write for key component ``name``, spelled as in the entry's
         attribute values (``data``) where they hold it."""
+        plain = _PLAIN_RDN.fullmatch(name)
+        if plain is not None:
+            # one attribute, a value with nothing escaped (the common case): the same
+            # RDN as below without parsing and re-escaping it (a third of the time of
+            # building an add request)
+            lname, value = plain.group(1, 2)
+            if lname in self._spell or lname == self.schema.canonical(lname):
+                spelled = value
+                want = value.encode("utf-8")
+                for n, vs in data or ():
+                    if n == lname:
+                        for v in vs:
+                            if v == want:
+                                if type(v) is not bytes:  # spelled otherwise
+                                    spelled = raw_of(v, self.base_dn).decode("utf-8", "replace")
+                                    if _DN_SPECIAL.search(spelled):
+                                        spelled = ldap.dn.escape_dn_chars(spelled)
+                                break
+                        break
+                return f"{self._spelling(lname)}={spelled}"
         (parts,) = ldap.dn.str2dn(name)
         out = []
         for attr, value, flags in parts:
@@ -226,9 +251,14 @@ class Mapper:
         rewritten to this tree's base)."""
         out: dict[str, list[bytes]] = {}
         base = self.base_dn
-        spell = self._spelling
+        names = self._spell
         for lname, values in data or ():
-            out[spell(lname)] = [v if type(v) is bytes else raw_of(v, base) for v in values]
+            name = names.get(lname) or self._spelling(lname)
+            if len(values) == 1:  # most are: no list comprehension
+                (v,) = values
+                out[name] = [v if type(v) is bytes else raw_of(v, base)]
+            else:
+                out[name] = [v if type(v) is bytes else raw_of(v, base) for v in values]
         if root and self.base_rdns:
             for name, value, _ in self.base_rdns[0]:
                 lname = self.schema.canonical(name)
