@@ -308,9 +308,12 @@ def record(
     # changed (a rename or create in a directory touches it): the children of the
     # containers updated here, listed or left out as equal (``equal_children``), take
     # the identity the source has now, in the rows that exist (none is invented).
+    # Only where a rename or create touches its parent (a directory's mtime): an LDAP
+    # entry's update says nothing of its children, and would rewrite every child's row.
     setting = set(set_keys)
     updated = {c.key for c in changes
-               if c.op == UPDATE and c.kind in CONTAINERS and c.key not in failed}
+               if c.op == UPDATE and c.kind in CONTAINERS and c.key not in failed
+               } if session.source.capabilities.renames_touch_parents else set()
     idents = [
         (k, n.identity)
         for u in updated for k in src.children(u)

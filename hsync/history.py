@@ -381,7 +381,7 @@ class History:
                 ),
             )
             db.executemany(
-                "UPDATE nodes SET ident=? WHERE pair=? AND key=?",
+                "UPDATE nodes SET ident=?1 WHERE pair=?2 AND key=?3 AND ident IS NOT ?1",
                 ((identity_form(i), self.pair, encode_key(k)) for k, i in identities),
             )
             db.execute(
