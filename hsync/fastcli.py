@@ -63,8 +63,8 @@ def _parse_command(spec: dict[str, Any], args: list[str]) -> dict[str, Any] | No
     longs: dict[str, tuple[str, Any]] = {}
     shorts: dict[str, tuple[str, Any]] = {}
     values: dict[str, Any] = {}
-    for name, opts, off, kind, multiple, default, minimum in spec["options"]:
-        row = (name, kind, multiple, minimum)
+    for name, opts, off, kind, multiple, default, _ in spec["options"]:
+        row = (kind, multiple)
         for opt in opts:
             (longs if len(opt) > 2 else shorts)[opt] = (name, (row, True))
         for opt in off:
@@ -74,7 +74,7 @@ def _parse_command(spec: dict[str, Any], args: list[str]) -> dict[str, Any] | No
     rest = list(reversed(args))  # popped from the end: the next argument is rest[-1]
 
     def take(entry: tuple[str, Any], explicit: str | None) -> bool:
-        name, ((_, kind, multiple, minimum), on) = entry
+        name, ((kind, multiple), on) = entry
         if kind == "flag":
             if explicit is not None:
                 return False  # "does not take a value"
@@ -86,15 +86,10 @@ def _parse_command(spec: dict[str, Any], args: list[str]) -> dict[str, Any] | No
             text = rest.pop()
         else:
             return False  # "requires an argument"
-        value: Any = text
-        if kind != "str":
-            value = _number(kind, text, minimum)
-            if value is None:
-                return False
         if multiple:
-            values[name].append(value)
+            values[name].append(text)
         else:
-            values[name] = value
+            values[name] = text  # converted at the end: click converts only the last
         return True
 
     while rest:
@@ -120,7 +115,7 @@ def _parse_command(spec: dict[str, Any], args: list[str]) -> dict[str, Any] | No
             short = shorts.get("-" + arg[j])
             if short is None:
                 return None  # no such option (or -h)
-            if short[1][0][1] == "flag":
+            if short[1][0][0] == "flag":
                 take(short, None)
                 continue
             if j + 1 < len(arg):
@@ -132,8 +127,14 @@ def _parse_command(spec: dict[str, Any], args: list[str]) -> dict[str, Any] | No
     if len(positional) != len(names):
         return None  # a missing or an extra argument
     out = dict(zip(names, positional, strict=True))
-    for name, _, _, _, multiple, default, _ in spec["options"]:
+    for name, _, _, kind, multiple, default, minimum in spec["options"]:
         value = values[name]
+        if kind in ("int", "float") and value is not default:
+            texts = value if multiple else [value]
+            numbers = [_number(kind, text, minimum) for text in texts]
+            if None in numbers:
+                return None  # click says what is wrong with it
+            value = numbers if multiple else numbers[0]
         # typer hands an unused repeatable option over as its default (None)
         out[name] = (value or default) if multiple else value
     return out

@@ -49,6 +49,7 @@ NOT_FOR_LOCAL_SYNC = {
     "importlib.metadata", "watchdog", "rich", "pydantic", "multiprocessing", "email",
     "zipfile", "ldap", "hsync_ldap", "secrets", "hsync.api", "hsync.live",
     "hsync.daemon", "hsync.dirty", "hsync.status", "hsync.verifier", "hsync.resume",
+    "typer", "typer._click", "click", "shellingham", "hsync.cli",
 }  # fmt: skip
 
 
