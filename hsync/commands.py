@@ -15,7 +15,6 @@ import gc
 import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import (
@@ -106,7 +105,8 @@ def _options(**kw: Any) -> Any:
     patterns = list(kw.pop("exclude", None) or [])
     for path in kw.pop("exclude_from", None) or []:
         try:
-            patterns += Path(path).read_text(errors="surrogateescape").splitlines()
+            with open(path, errors="surrogateescape") as f:  # as Path.read_text did
+                patterns += f.read().splitlines()
         except OSError as e:
             raise HsyncError(f"{path}: cannot read the exclude file: {e.strerror}") from None
     attrs = tuple(kw.pop("exclude_attr", None) or ())

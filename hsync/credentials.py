@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .backend import Credentials, scheme_of
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SERVER_SCHEMES = ("ldap", "ldaps")
 """Endpoints that connect to a server, for which ``--ca-file`` and ``--starttls`` mean
@@ -92,6 +95,8 @@ def for_side(
     backend then reads the environment). What is not given (the bind DN, the password)
     still comes from the environment. ``ca_file`` and ``starttls`` apply only to an
     endpoint that connects to a server; a relative path is relative to ``base``."""
+    from pathlib import Path  # only here: every session imports this module
+
     server = scheme_of(location) in SERVER_SCHEMES
     password = None
     if password_file is not None:
