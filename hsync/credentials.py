@@ -95,19 +95,12 @@ def for_side(
     backend then reads the environment). What is not given (the bind DN, the password)
     still comes from the environment. ``ca_file`` and ``starttls`` apply only to an
     endpoint that connects to a server; a relative path is relative to ``base``."""
-    from pathlib import Path  # only here: every session imports this module
-
     server = scheme_of(location) in SERVER_SCHEMES
     password = None
     if password_file is not None:
-        path = Path(password_file)
-        if base is not None and not path.is_absolute():
-            path = base / path
-        password = read_password_file(path, where)
+        password = read_password_file(_relative_to(base, password_file), where)
     if ca_file is not None and server:
-        path = Path(ca_file)
-        if base is not None and not path.is_absolute():
-            path = base / path
+        path = _relative_to(base, ca_file)
         if not os.access(path, os.R_OK):
             prefix = f"{where}: " if where else ""
             raise UsageError(f"{prefix}{path}: cannot read the CA file")
@@ -118,3 +111,11 @@ def for_side(
     if bind_dn is None and password is None and ca_file is None and not starttls:
         return None
     return Credentials(bind_dn, password, ca_file=ca_file, starttls=starttls)
+
+
+def _relative_to(base: Path | None, name: str) -> Path:
+    """``name`` as a path, relative to ``base`` when it is relative and there is one."""
+    from pathlib import Path  # only here: every run calls ``for_side``
+
+    path = Path(name)
+    return base / path if base is not None and not path.is_absolute() else path
