@@ -238,6 +238,9 @@ class Copies:
         instead of queueing for the GIL; else (a few files, a source that is not a local
         tree, threads already running, where a fork is unsafe) a thread pool."""
         files = sum(1 for op in ops if op.kind == FILE and op.op in (CREATE, UPDATE))
+        if not files:  # nothing will be queued: no pool (a no-op run imports none)
+            yield
+            return
         executor: Executor
         if (
             self.local is not None
