@@ -4,8 +4,11 @@ Creating, renaming or deleting a name changes its directory's mtime, and a direc
 is created owner-writable until its children are in: each changed directory gets its
 source mode and mtime back after the batch's ops, deepest first (a child's settling
 would change its parent's mtime again). A move carries the marks below it to its new
-place. A directory made owner-writable to let an op in (``unlocked_from``) gets its
-mode back even when it is not a source directory (kept for its excluded content).
+place. A directory whose own metadata hsync did not change (only names in it changed,
+or only its mtime differs from the source's) gets its mtime back and nothing else: no
+owner, mode or attribute call that would change nothing. A directory made
+owner-writable to let an op in (``unlocked_from``) gets its mode back even when it is
+not a source directory (kept for its excluded content).
 """
 
 from __future__ import annotations
@@ -28,16 +31,22 @@ class Touched:
         self.prefixes = prefixes
         """The attribute namespaces the destination keeps."""
         self.keys: set[Key] = set()
+        self.full: set[Key] = set()
+        """The directories whose owner, mode and attributes are set too, not only their
+        mtime: created here, updated from the source, or unlocked."""
         self.under: dict[Key, set[Key]] = {}
         self.unlocked: dict[Key, int] = {}  # made owner-writable: the mode it had
 
     def touch(self, key: Key | None) -> None:
         """``key``'s parent directory changed (its mtime is set again)."""
         if key:
-            self.mark(key[:-1])
+            self.mark(key[:-1], full=False)
 
-    def mark(self, key: Key) -> None:
-        """Directory ``key`` changed."""
+    def mark(self, key: Key, *, full: bool = True) -> None:
+        """Directory ``key`` changed: its metadata is set from the source's (``full``:
+        all of it, else only its mtime)."""
+        if full:
+            self.full.add(key)
         if key not in self.keys:
             self.keys.add(key)
             under = self.under
@@ -57,10 +66,12 @@ class Touched:
         n = len(old)
         for k in list(below):
             self.keys.discard(k)
+            full = k in self.full
+            self.full.discard(k)
             for i in range(len(k) + 1):
                 self.under[k[:i]].discard(k)
             moved = (*new, *k[n:])
-            self.mark(moved)
+            self.mark(moved, full=full)
             if k in self.unlocked:
                 self.unlocked[moved] = self.unlocked.pop(k)
 
@@ -79,7 +90,10 @@ class Touched:
                         _set(root_fd(), key, self.unlocked[key], None)
                 continue
             try:
-                _set(root_fd(), key, node.mode, node.mtime_ns, node, self.prefixes)
+                if key in self.full:
+                    _set(root_fd(), key, node.mode, node.mtime_ns, node, self.prefixes)
+                else:
+                    _set_mtime(root_fd(), key, node.mtime_ns)
             except (FileNotFoundError, NotADirectoryError):
                 continue  # it moved on since; the op that moved it touched its new place
             except TargetChanged as e:
@@ -108,5 +122,14 @@ def _set(
             set_xattrs(fd, node.data, prefixes)
         if mtime_ns is not None:
             os.utime(fd, ns=(mtime_ns, mtime_ns))
+    finally:
+        os.close(fd)
+
+
+def _set_mtime(root_fd: int, key: Key, mtime_ns: int) -> None:
+    """Only the mtime of directory ``key`` (reached beneath the root, as ``_set``)."""
+    fd = open_beneath(root_fd, key)
+    try:
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
     finally:
         os.close(fd)
