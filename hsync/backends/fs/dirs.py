@@ -16,11 +16,17 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from ...errors import NodeError, TargetChanged, problem_kind
 from ...model import DIR, Key, Node, Problem, Snapshot
 from .meta import chown, set_xattrs
 from .posix import open_beneath
+
+THREADS = 8
+"""Directory mtimes set at once (each ``utime`` may wait on the disk's journal)."""
+POOL_MIN = 32
+"""Fewer directories than this are set on the calling thread (a pool costs more)."""
 
 
 class Touched:
@@ -77,34 +83,66 @@ class Touched:
 
     def settle(self, final: Snapshot, root_fd: Callable[[], int]) -> list[Problem]:
         """Set each changed directory's mode and mtime from ``final`` (the source),
-        deepest first, through a descriptor reached beneath the root (``root_fd``,
-        opened when first needed); the problems met."""
+        through a descriptor reached beneath the root (``root_fd``, opened when first
+        needed); the problems met. The directories whose mtime alone is set go first,
+        on a pool of threads when there are many (a ``utime`` waits on the disk's
+        journal, not on Python; none changes another directory's mtime), then the
+        others one by one, deepest first (a parent made read-only last)."""
         problems: list[Problem] = []
         nodes = final.nodes
-        for key in sorted(self.keys, key=len, reverse=True):
+        full: list[tuple[Key, Node | None]] = []
+        mtimes: list[tuple[Key, int]] = []
+        for key in self.keys:
             node = nodes.get(key)
             if node is None or node.kind != DIR:
                 # not a source directory: only undo what an unlock did to it
                 if key in self.unlocked:
-                    with contextlib.suppress(OSError, NodeError):
-                        _set(root_fd(), key, self.unlocked[key], None)
+                    full.append((key, None))
+            elif key in self.full:
+                full.append((key, node))
+            else:
+                mtimes.append((key, node.mtime_ns))
+        if mtimes:
+            rfd = root_fd()
+
+            def mtime(item: tuple[Key, int]) -> BaseException | None:
+                try:
+                    _set_mtime(rfd, *item)
+                except (OSError, NodeError) as e:
+                    return e
+                return None
+
+            if len(mtimes) >= POOL_MIN:
+                with ThreadPoolExecutor(THREADS, thread_name_prefix="hsync-mtime") as pool:
+                    outcomes = list(pool.map(mtime, mtimes))
+            else:
+                outcomes = [mtime(item) for item in mtimes]
+            for (key, _), e in zip(mtimes, outcomes, strict=True):
+                if e is not None:
+                    problems += _problem(key, e)
+        for key, node in sorted(full, key=lambda kn: len(kn[0]), reverse=True):
+            if node is None:
+                with contextlib.suppress(OSError, NodeError):
+                    _set(root_fd(), key, self.unlocked[key], None)
                 continue
             try:
-                if key in self.full:
-                    _set(root_fd(), key, node.mode, node.mtime_ns, node, self.prefixes)
-                else:
-                    _set_mtime(root_fd(), key, node.mtime_ns)
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # it moved on since; the op that moved it touched its new place
-            except TargetChanged as e:
-                problems.append(
-                    Problem(key, f"directory metadata not set: {e}", kind=problem_kind(e))
-                )
-            except OSError as e:
-                problems.append(Problem(
-                    key, f"cannot set directory metadata: {e.strerror}", kind=problem_kind(e)
-                ))
+                _set(root_fd(), key, node.mode, node.mtime_ns, node, self.prefixes)
+            except (OSError, NodeError) as e:
+                problems += _problem(key, e)
         return problems
+
+
+def _problem(key: Key, e: BaseException) -> list[Problem]:
+    """What a directory's metadata not set is (nothing when it moved on since: the op
+    that moved it touched its new place)."""
+    if isinstance(e, FileNotFoundError | NotADirectoryError):
+        return []
+    if isinstance(e, TargetChanged):
+        return [Problem(key, f"directory metadata not set: {e}", kind=problem_kind(e))]
+    if isinstance(e, OSError):
+        return [Problem(key, f"cannot set directory metadata: {e.strerror}",
+                        kind=problem_kind(e))]
+    raise e
 
 
 def _set(
