@@ -31,7 +31,6 @@ from .posix import (
     open_beneath,
     open_root,
     rename_into,
-    start_writeback,
     tmp_name,
     umask,
     unlink_quiet,
@@ -43,8 +42,6 @@ COPY_PROCESSES = 2
 PROCESS_MIN_FILES = 2000
 CHUNK_FILES = 64
 CHUNK_BYTES = 4 << 20
-WRITEBACK = True
-"""Start each copied file's writeback at once (``posix.start_writeback``)."""
 
 LocalTree = tuple[str, int]
 """A source that is a local tree: its root and its root's device (copied by path)."""
@@ -191,8 +188,6 @@ def publish(
             os.utime(fd_out, ns=(mtime_ns, mtime_ns))
             if fsync:
                 os.fsync(fd_out)
-            elif copied and WRITEBACK:
-                start_writeback(fd_out)
         finally:
             os.close(fd_out)
         after = os.fstat(fd_in)

@@ -62,10 +62,6 @@ _syscall: Any = _fn("syscall")
 if _syscall is not None:
     _syscall.restype = ctypes.c_long
 _syncfs: Any = _fn("syncfs")
-_sync_file_range: Any = _fn("sync_file_range")
-if _sync_file_range is not None:
-    _sync_file_range.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-_SYNC_FILE_RANGE_WRITE = 2
 _prctl: Any = _fn("prctl")
 _statx: Any = _fn("statx")
 
@@ -418,15 +414,6 @@ def syncfs(path: str) -> None:
             os.sync()
     finally:
         os.close(fd)
-
-
-def start_writeback(fd: int) -> None:
-    """Start writing ``fd``'s dirty pages to the disk, without waiting for it
-    (``sync_file_range(SYNC_FILE_RANGE_WRITE)``): the disk works while the next files
-    are copied, and the batch's ``syncfs`` finds little left to write. Not a durability
-    point (that stays the ``syncfs``); nothing where the call is missing or refused."""
-    if _sync_file_range is not None:
-        _sync_file_range(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
 
 
 def die_with_parent(parent: int) -> None:
