@@ -438,7 +438,12 @@ class Batch:
 
     def update(self, op: Op) -> None:
         if op.kind == DIR:
-            self.dirs.mark(op.key)
+            # a directory whose mode, owner and attributes are those it has: its mtime
+            # only (a name in it created or deleted since the last sync)
+            old, node = op.old, op.node
+            same = old is not None and node is not None and (
+                old.mode == node.mode and old.data == node.data)
+            self.dirs.mark(op.key, full=not same)
             self.ok(op)
         elif op.kind == FILE and op.content:
             self.expect(op.key, op.old)
