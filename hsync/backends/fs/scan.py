@@ -25,7 +25,7 @@ from typing import Any
 from ...cancel import NEVER, Cancel
 from ...errors import TargetChanged
 from ...filters import Exclude
-from ...model import DIR, FILE, SPECIAL, SYMLINK, Key, Row, Rows, Snapshot
+from ...model import DIR, FILE, SPECIAL, SYMLINK, Key, Row, Rows, Snapshot, Table
 from .meta import Reader, proc_path
 from .posix import (
     TMP_PREFIX,
@@ -383,10 +383,14 @@ def scan(
     (``subtree_digest``), computed bottom-up once the walk is done (directories only:
     no second pass over the entries or the disk)."""
     rows: dict[Key, Row] = {}
-    snap = Snapshot(nodes=Rows(rows))
+    # a whole tree is kept as a compact table (``model.Table``), filled one listing at
+    # a time; a subtree (a region, small) as a dict with its children index
+    table = None if subtree else Table()
+    snap = Snapshot(nodes=Rows(rows if table is None else table))
     order: list[tuple[Key, list[Key]]] = []  # each directory listed, its subdirectories
     children: dict[Key, list[Key]] = {}
-    snap._children = children
+    if table is None:
+        snap._children = children
     incomplete, skipped, held = snap.incomplete, snap.skipped, snap.holds_excluded
     try:
         root_fd = open_root(root)
@@ -413,7 +417,8 @@ def scan(
             stack = one.dirs
         else:
             st = os.fstat(root_fd)
-            rows[()] = top_row(st, root_dev, root_fd, meta)
+            assert table is not None
+            table.root = top_row(st, root_dev, root_fd, meta)
             stack = [((), st.st_ino, st.st_dev)]
         fstat, close = os.fstat, os.close
         while stack:
@@ -441,11 +446,18 @@ def scan(
                     incomplete[key] = e.strerror or str(e)
                     continue
                 kids: list[Key] = []  # the children index, built as we go
-                children[key] = kids
                 hashes: list[int] | None = [] if digests is not None else None
                 pushed = len(stack)
-                _list(entries, fd, key, root_dev, exclude, rows, kids, stack,
-                      incomplete, skipped, temps, held, hashes, flags, meta)
+                if table is None:
+                    children[key] = kids
+                    _list(entries, fd, key, root_dev, exclude, rows, kids, stack,
+                          incomplete, skipped, temps, held, hashes, flags, meta)
+                else:  # one listing's rows, by name, into the table
+                    entries.sort()
+                    _list(entries, fd, key, root_dev, exclude, rows, kids, stack,
+                          incomplete, skipped, temps, held, hashes, flags, meta)
+                    table.add(key, rows)
+                    rows.clear()
                 if digests is not None:
                     assert hashes is not None
                     digests[key] = listing_digest(hashes)
