@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, KeysView, Mapping
+from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -245,6 +245,26 @@ class Table(Mapping[Key, Row]):
                 data = self._data = [None] * start
             if data is not None:
                 data.extend(datas)
+        self.dirs[key] = len(self.runs) // 2
+        self.runs.append(start)
+        self.runs.append(len(self.names))
+
+    def add_plain(
+        self, key: Key, names: Sequence[str], kinds: bytes, modes: Iterable[int],
+        sizes: Iterable[int], mtimes: Iterable[int], his: Iterable[int], los: Iterable[int],
+    ) -> None:
+        """The listing of the directory at ``key`` given as columns (sorted by name), of
+        nodes with no target, no data, and an identity of two halves (0, 0: none)."""
+        start = len(self.names)
+        self.names.extend(names)
+        self.kind.extend(kinds)
+        self.mode.extend(modes)
+        self.size.extend(sizes)
+        self.mtime.extend(mtimes)
+        self.hi.extend(his)
+        self.lo.extend(los)
+        if self._data is not None:
+            self._data.extend([None] * len(names))
         self.dirs[key] = len(self.runs) // 2
         self.runs.append(start)
         self.runs.append(len(self.names))
