@@ -252,9 +252,11 @@ class Table(Mapping[Key, Row]):
     def add_plain(
         self, key: Key, names: Sequence[str], kinds: bytes, modes: Iterable[int],
         sizes: Iterable[int], mtimes: Iterable[int], his: Iterable[int], los: Iterable[int],
+        data: Any = None,
     ) -> None:
         """The listing of the directory at ``key`` given as columns (sorted by name), of
-        nodes with no target, no data, and an identity of two halves (0, 0: none)."""
+        nodes with no target, the same ``data``, and an identity of two halves (0, 0:
+        none)."""
         start = len(self.names)
         self.names.extend(names)
         self.kind.extend(kinds)
@@ -263,8 +265,10 @@ class Table(Mapping[Key, Row]):
         self.mtime.extend(mtimes)
         self.hi.extend(his)
         self.lo.extend(los)
+        if data is not None and self._data is None:
+            self._data = [None] * start
         if self._data is not None:
-            self._data.extend([None] * len(names))
+            self._data.extend([data] * len(names))
         self.dirs[key] = len(self.runs) // 2
         self.runs.append(start)
         self.runs.append(len(self.names))

@@ -15,8 +15,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from treeutil import build
 
+from hsync.backend import Keep
 from hsync.backends.fs import FsBackend
 from hsync.backends.fs import scan as fs_scan
+from hsync.backends.fs.meta import Reader
 from hsync.backends.fs.posix import tmp_name
 from hsync.cancel import NEVER
 from hsync.differ import diff
@@ -122,32 +124,37 @@ def test_a_row_replaced_in_place() -> None:
     assert t[()][1] == 0o700
 
 
-def _scan(root: Path) -> tuple[Snapshot, dict[Key, int], dict[Key, int]]:
+def _scan(root: Path, meta: Reader | None) -> tuple[Snapshot, dict[Key, int], dict[Key, int]]:
     digests: dict[Key, int] = {}
     trees_: dict[Key, int] = {}
     snap = fs_scan.scan(str(root), os.stat(root).st_dev, (), None, NEVER, [], digests,
-                        trees=trees_)
+                        trees=trees_, meta=meta)
     return snap, digests, trees_
 
 
+@pytest.mark.parametrize("keep", [None, Keep(owner=True, group=True, xattrs=frozenset({"user"}))])
 def test_the_column_listing_gives_the_rows_and_digests_of_the_row_listing(
-    tmp_path: Path,
+    tmp_path: Path, keep: Keep | None
 ) -> None:
     """A listing of plain files and directories goes into the table column by column
     (``scan._plain``); listings with anything else row by row (``scan._list``). Both give
-    the same rows, digests and subtree digests."""
+    the same rows, digests and subtree digests, with or without owners and attributes."""
+    meta = None if keep is None else Reader(keep)
     root = tmp_path / "t"
-    build(root, {"a/f": b"1", "a/b/g": b"22", "h": b"333", "c/d/e/i": b"", "j/k": b"x"})
+    build(root, {"a/f": b"1", "a/b/g": b"22", "h": b"333", "c/d/e/i": b"", "j/k": b"x",
+                 "m/n": b"", "m/o": b"", "x/y": b""})
     os.symlink("h", root / "j" / "l")  # j: a listing row by row
     os.mkfifo(root / "c" / "p")
+    os.chown(root / "m" / "o", 1234, 99)  # another owner: row by row
+    os.setxattr(root / "x" / "y", "user.k", b"v")  # an attribute: row by row
     (root / "a" / tmp_name()).write_bytes(b"t")  # a temporary: row by row
     (root / "c" / ".hsync-tmp-mine").write_bytes(b"m")  # not one: a node
-    fast, d1, t1 = _scan(root)
+    fast, d1, t1 = _scan(root, meta)
     assert isinstance(fast.nodes, Rows) and isinstance(fast.nodes.rows, Table)
     mp = pytest.MonkeyPatch()
     mp.setattr(fs_scan, "_plain", lambda *a: False)
     try:
-        slow, d2, t2 = _scan(root)
+        slow, d2, t2 = _scan(root, meta)
     finally:
         mp.undo()
     assert dict(fast.nodes.rows.items()) == dict(slow.nodes.rows.items())
@@ -156,6 +163,10 @@ def test_the_column_listing_gives_the_rows_and_digests_of_the_row_listing(
     assert ("c", ".hsync-tmp-mine") in fast.nodes
     assert fast.nodes[("j", "l")].target == "h"
     assert fast.children(("a",)) == [("a", "b"), ("a", "f")]
+    if keep is not None:
+        assert fast.nodes[("m", "o")].data[:2] == (1234, 99)
+        assert fast.nodes[("x", "y")].data[2] == (("user.k", b"v"),)
+        assert fast.nodes[("a", "f")].data[:2] == (0, 0)
 
 
 def test_a_full_scan_holds_a_tree_in_few_bytes_per_node(tmp_path: Path) -> None:

@@ -268,19 +268,29 @@ _KIND_OF_FMT = bytes(
 
 def _plain(
     entries: list[Entry], key: Key, root_dev: int, table: Table, dirs: Dirs,
-    hashes: list[int] | None,
+    hashes: list[int] | None, meta: Reader | None,
 ) -> bool:
     """``_list`` into ``table`` for a listing (sorted by name) of only files and
     directories on the root's device, with no hsync temporary among them, when nothing
-    is excluded and no data is kept: column by column, no work per entry beyond a few
-    list comprehensions. False (nothing done) for any other listing."""
+    is excluded, all of one owner and group, none with attributes to read (``meta``):
+    column by column, no work per entry beyond a few list comprehensions. False (nothing
+    done) for any other listing."""
     if not entries:
         table.add_plain(key, (), b"", (), (), (), (), ())
         return True
-    names, modes, sizes, mtimes, inos, devs, hs, borns = list(zip(*entries, strict=True))[:8]
+    (names, modes, sizes, mtimes, inos, devs, hs, borns, uids, gids,
+     listed) = zip(*entries, strict=True)
     n = len(names)
     if None in modes or devs.count(root_dev) != n:
         return False
+    m: Any = None
+    if meta is not None and meta.active:
+        uid, gid, ls = uids[0], gids[0], listed[0]
+        if ls > 0 or uids.count(uid) != n or gids.count(gid) != n or listed.count(ls) != n:
+            return False
+        m, hm = meta.shared.get((uid << 34) | (gid << 2) | (ls + 2)) or _shared(
+            meta.shared, meta.of, uid, gid, ls)
+        hs = tuple([h ^ hm for h in hs])  # as ``_list`` mixes the data into the hash
     fmts = bytes([m >> 12 for m in modes])
     n_dirs = fmts.count(stat.S_IFDIR >> 12)
     if n_dirs + fmts.count(stat.S_IFREG >> 12) != n:
@@ -295,7 +305,7 @@ def _plain(
         key, names, kinds, [m & 0o7777 for m in modes],
         # a directory's size is not payload: 0, as ``_list`` gives it
         [s * (f >> 3) for f, s in zip(fmts, sizes, strict=True)] if n_dirs else sizes,
-        mtimes, borns if not no_birth else [0] * n, inos if not no_birth else [0] * n,
+        mtimes, borns if not no_birth else [0] * n, inos if not no_birth else [0] * n, m,
     )
     if n_dirs:
         at = 0
@@ -469,7 +479,7 @@ def scan(
             table.root = top_row(st, root_dev, root_fd, meta)
             stack = [((), st.st_ino, st.st_dev)]
         fstat, close = os.fstat, os.close
-        plain = exclude is None and (meta is None or not meta.active)
+        plain = exclude is None
         while stack:
             key, want_ino, want_dev = stack.pop()
             cancel.check()
@@ -503,7 +513,7 @@ def scan(
                           incomplete, skipped, temps, held, hashes, flags, meta)
                 else:  # one listing's rows, by name, into the table
                     entries.sort()
-                    if not (plain and _plain(entries, key, root_dev, table, stack, hashes)):
+                    if not (plain and _plain(entries, key, root_dev, table, stack, hashes, meta)):
                         _list(entries, fd, key, root_dev, exclude, rows, kids, stack,
                               incomplete, skipped, temps, held, hashes, flags, meta)
                         table.add(key, rows)
