@@ -84,7 +84,7 @@ class _Scanned:
     def everything(self) -> tuple[Any, ...]:
         snap = self.snap
         return (self.rows.to_wire(), snap.incomplete, snap.skipped, self.temps,
-                snap.holds_excluded)
+                snap.holds_excluded, snap.mounts)
 
     def answer(self, request: Request, args: tuple[Any, ...]) -> Any:
         if request is Request.SUMMARY:
@@ -220,13 +220,13 @@ class ScanChild:
         """The whole scan; the child's service ends."""
         if not self.pid:
             return self._local.snapshot()
-        wire, incomplete, skipped, temps, held = self._ask(Request.ALL)
+        wire, incomplete, skipped, temps, held, mounts = self._ask(Request.ALL)
         self._end()
         self._remember(list(temps))
         # the table's columns cross as bytes: its directory runs are its children index
         return Snapshot(
             nodes=Rows(Table.from_wire(wire)), incomplete=incomplete, skipped=skipped,
-            holds_excluded=held,
+            holds_excluded=held, mounts=mounts,
         )
 
     def close(self) -> None:
