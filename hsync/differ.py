@@ -37,6 +37,7 @@ from .model import (
     Node,
     Rows,
     Snapshot,
+    Table,
     same_content,
 )
 
@@ -444,7 +445,13 @@ def diff(
     new: list[Key] = []
     changed: list[Key] = []
     same_size: list[Key] = []
-    if isinstance(src, Rows) and isinstance(dst, Rows):
+    gone: list[Key] | None = None
+    if (
+        isinstance(src, Rows) and isinstance(dst, Rows)
+        and isinstance(src.rows, Table) and isinstance(dst.rows, Table)
+    ):  # two whole scans' tables: compared listing by listing (``Table.differing``)
+        new, changed, same_size, gone = src.rows.differing(dst.rows, checksum)
+    elif isinstance(src, Rows) and isinstance(dst, Rows):
         # the hot loop of a re-sync: rows compare as payloads without building a Node
         rget = dst.rows.get
         for k, r in src.rows.items():
@@ -465,7 +472,8 @@ def diff(
                 changed.append(k)
             elif checksum and n.kind == FILE:
                 same_size.append(k)
-    gone = [k for k in dst.keys() - src.keys()] if len(dst) + len(new) != len(src) else []
+    if gone is None:
+        gone = [k for k in dst.keys() - src.keys()] if len(dst) + len(new) != len(src) else []
     if checksum:
         assert digest is not None
         # presumed-equal files are equal only if their content is
