@@ -1,9 +1,19 @@
 """The journal of applied batches (SQLite, WAL): what a killed run leaves behind.
 
 SPEC section 5: the ops of a plan run in batches; each batch gets a sequence number and
-is written here (durably: ``synchronous=FULL``) before its first op runs, and is marked
-done after the batch's ``syncfs``. Batches run one after the other, so at most one batch
-per pair is unfinished at any time.
+is written here before its first op runs, and is marked done after the batch's flush.
+Batches run one after the other, so at most one batch per pair is unfinished at any time.
+
+When the record must be on disk. A kill -9 finds any committed record (it is in the
+page cache). Against a power loss the record protects one thing: a history that says
+more than the destination holds (the history of a batch is recorded while its flush
+still runs). A destination that holds part of a batch while the history still says
+what was there before is harmless: the next comparison scans the destination where the
+source differs from the history. So a batch is begun ``BEGUN`` without waiting for the
+disk (``begin(..., durable=False)``: the watch's single-file rounds then do not wait for
+an fsync before the file is published) and made durable (``sync``: ``RUNNING``, one
+``synchronous=FULL`` commit) before anything that trusts it, the history's record, is
+written. Both states are unfinished.
 
 Roll forward. A run that finds an unfinished batch for its pair does not replay the
 recorded ops blindly: the destination may hold any prefix of them, and a source that
@@ -43,6 +53,8 @@ CREATE TABLE IF NOT EXISTS batches(
     n_ops INTEGER, ops BLOB, PRIMARY KEY(pair, seq)) WITHOUT ROWID;
 """
 RUNNING = "running"
+BEGUN = "begun"
+"""Written before the batch ran, not yet flushed (``sync`` makes it ``RUNNING``)."""
 DONE = "done"
 ROLLED = "rolled forward"
 
@@ -93,6 +105,7 @@ class Journal:
         else:
             self.replaced = False
         self.seq: int | None = None
+        self.flushed = True
 
     @staticmethod
     def _connect(path: str) -> sqlite3.Connection:
@@ -110,8 +123,8 @@ class Journal:
         return [
             seq
             for (seq,) in self.db.execute(
-                "SELECT seq FROM batches WHERE pair=? AND state=? ORDER BY seq",
-                (self.pair, RUNNING),
+                "SELECT seq FROM batches WHERE pair=? AND state IN (?,?) ORDER BY seq",
+                (self.pair, RUNNING, BEGUN),
             )
         ]
 
@@ -122,20 +135,48 @@ class Journal:
                 ((ROLLED, time.time(), self.pair, s) for s in seqs),
             )
 
-    def begin(self, ops: Sequence[Op]) -> int:
-        """Record a batch before it runs; returns its sequence number."""
+    def begin(self, ops: Sequence[Op], *, durable: bool = True) -> int:
+        """Record a batch before it runs; returns its sequence number.
+
+        ``durable=False``: committed (a killed process leaves it) but not flushed to
+        the disk; ``sync`` must run before anything that trusts the batch is written."""
         assert self.seq is None, "a batch is already running"
-        with self.db:
-            (last,) = self.db.execute(
-                "SELECT coalesce(max(seq), 0) FROM batches WHERE pair=?", (self.pair,)
-            ).fetchone()
-            seq = last + 1
-            self.db.execute(
-                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?)",
-                (self.pair, seq, RUNNING, os.getpid(), time.time(), None, len(ops), _pack(ops)),
-            )
+        if not durable:
+            # no fsync, and no checkpoint either: a checkpoint made without a flush could
+            # move the record out of the WAL that the next FULL commit flushes
+            self.db.execute("PRAGMA synchronous=OFF")
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
+        try:
+            with self.db:
+                (last,) = self.db.execute(
+                    "SELECT coalesce(max(seq), 0) FROM batches WHERE pair=?", (self.pair,)
+                ).fetchone()
+                seq = last + 1
+                self.db.execute(
+                    "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?)",
+                    (self.pair, seq, RUNNING if durable else BEGUN, os.getpid(), time.time(),
+                     None, len(ops), _pack(ops)),
+                )
+        finally:
+            if not durable:
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.execute("PRAGMA wal_autocheckpoint=1000")
         self.seq = seq
+        self.flushed = durable
         return seq
+
+    def sync(self) -> None:
+        """Make the running batch's record durable (a no-op when it is): one commit with
+        ``synchronous=FULL``, which flushes the WAL that holds the record."""
+        assert self.seq is not None
+        if self.flushed:
+            return
+        with self.db:
+            self.db.execute(
+                "UPDATE batches SET state=? WHERE pair=? AND seq=?",
+                (RUNNING, self.pair, self.seq),
+            )
+        self.flushed = True
 
     def done(self) -> None:
         """Mark the running batch done (after its syncfs) and prune old batches."""
@@ -147,8 +188,8 @@ class Journal:
                 (DONE, time.time(), self.pair, seq),
             )
             self.db.execute(
-                "DELETE FROM batches WHERE pair=? AND seq<=? AND state!=?",
-                (self.pair, seq - KEEP, RUNNING),
+                "DELETE FROM batches WHERE pair=? AND seq<=? AND state NOT IN (?,?)",
+                (self.pair, seq - KEEP, RUNNING, BEGUN),
             )
 
     def batches(self) -> list[tuple[int, str, int]]:
@@ -177,8 +218,8 @@ def recover(history: Any) -> bool:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
                 row = db.execute(
-                    "SELECT 1 FROM batches WHERE pair=? AND state=? LIMIT 1",
-                    (history.pair, RUNNING),
+                    "SELECT 1 FROM batches WHERE pair=? AND state IN (?,?) LIMIT 1",
+                    (history.pair, RUNNING, BEGUN),
                 ).fetchone()
             finally:
                 db.close()

@@ -81,9 +81,11 @@ class WatchOptions:
     settle: float = 2.0
     """A file modified and not yet closed waits for its close, or this many quiet
     seconds (``max_delay`` does not apply to it)."""
-    close_quiet: float = 0.01
+    close_quiet: float = 0.0
     """After a file is closed after its write (complete), a round starts once this many
-    seconds pass without a notification, instead of ``debounce`` (at most ``debounce``)."""
+    seconds pass without a notification (0: at once) instead of ``debounce``, unless the
+    first pending event came within ``dirty.BURST_GAP`` (0.1 s) of the last round
+    started that way (a burst goes on: it waits for the whole debounce)."""
     rescan_interval: float | None = None
     """Seconds between full comparisons that repair drift made by others (None: off)."""
     poll_interval: float = 10.0
@@ -258,15 +260,20 @@ class PairWatch:
                     return
                 if self._destination_moved(session):
                     return
-                self.dirty.wait(self.wopts.debounce, self.wopts.max_delay,
-                                timers.next_deadline(self))
+                ready = self.dirty.wait(self.wopts.debounce, self.wopts.max_delay,
+                                        timers.next_deadline(self))
                 if self.stopping:
                     return
                 verifying = self._due_work(session, timers, verifying)
+                now = time.monotonic()
+                if not ready and not (self.dirty.lost_reason is not None
+                                      and now >= self._full_not_before):
+                    # woken by a clock (the root check, a poll, a retry), not by settled
+                    # work: a burst still going on is not cut into a round here
+                    continue
                 # the checkpoint before the take: every change up to it is in the region
                 # taken now or in earlier rounds
                 token = self.resume.checkpoint(session, self.dirty, self.watcher)
-                now = time.monotonic()
                 region, first, quick = self.dirty.take(allow_full=now >= self._full_not_before)
                 self.status.unwatched = {
                     "/".join(k): v for k, v in self.dirty.unwatched_keys.items()
