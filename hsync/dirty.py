@@ -11,16 +11,15 @@ after the write, deleted, moved) or until it has been quiet for ``settle`` secon
 log never closed). ``max_delay`` does not apply to it; everything else goes as usual.
 
 A write that ends (a file closed after its write, or deleted or moved while written)
-needs no long debounce: the file is complete. When the loop has been idle for a
-``debounce`` before the first pending event (a lone change, not the middle of a burst),
-the round starts once the write ended and ``close_quiet`` (default 0: at once) passed
-without another notification, until an event that is not about a file's content comes
-(a create, delete or move: a burst may be going on). Events that come within
-``BURST_GAP`` (or the debounce, if shorter) of a take made early that way (a burst that
-goes on while its first file's round runs) wait for the whole debounce again, and every event still extends the wait: a burst (a ``git
+needs no long debounce: the file is complete. The round then starts once
+``close_quiet`` (default 0: at once) passed without another notification, until an
+event that is not about a file's content comes (a create, delete or move: a burst may
+be going on). Events that come within ``BURST_GAP`` (or the debounce, if shorter) of a
+take made early that way (a burst that goes on while its first file's round runs) wait
+for the whole debounce again, and every event extends the wait: a burst (a ``git
 checkout`` of 1,000 files) costs the round of its first file (often restarted and
 merged into the next, since the burst's next creates touch it) and then one round per
-``max_delay`` of events.
+quiet period, or per ``max_delay`` of events.
 """
 
 from __future__ import annotations
@@ -31,7 +30,6 @@ import time
 from .filters import Exclude
 from .model import Key
 from .region import Region
-
 
 BURST_GAP = 0.1
 """Seconds: the first event that comes this soon after a round started early by a
