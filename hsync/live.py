@@ -109,6 +109,10 @@ class RoundResult:
     done: tuple[Op, ...]
     problems: tuple[Problem, ...]
     seconds: float
+    phases: tuple[tuple[str, float], ...] = ()
+    """Seconds per phase of the round, in order: ``waited`` (from the oldest pending
+    event to the round's start), ``compared``, ``applied`` (the ops, the journal, the
+    history and the destination's flush)."""
 
 
 class PairWatch:
@@ -390,8 +394,11 @@ class PairWatch:
         self._blocked = None
         if full:
             st.full_comparisons += 1
+        t1 = time.monotonic()
         done, problems = self._apply(session, cmp)
-        self._finished(region, full, cmp, done, problems, t0, first)
+        phases = (("waited", t0 - first if first is not None else 0.0), ("compared", t1 - t0),
+                  ("applied", time.monotonic() - t1))
+        self._finished(region, full, cmp, done, problems, t0, first, phases)
         return not problems and not cmp.warnings
 
     def _compare(
@@ -466,6 +473,7 @@ class PairWatch:
     def _finished(
         self, region: Region, full: bool, cmp: Comparison, done: list[Op],
         problems: list[Problem], t0: float, first: float | None,
+        phases: tuple[tuple[str, float], ...] = (),
     ) -> None:
         """The status, the log and the retries after a round that applied."""
         seconds = time.monotonic() - t0
@@ -484,10 +492,12 @@ class PairWatch:
         if cmp.plan.ops:
             self.log.info("round: %d op(s) in %.3f s%s", len(done), seconds,
                      " (full comparison)" if region.full else "")
+        self.log.debug("round phases: %s", ", ".join(
+            f"{name} {value * 1000:.1f} ms" for name, value in phases))
         self.status_file.write()
         if self.on_round is not None:
             self.on_round(RoundResult(region, full, cmp.plan.ops, tuple(done),
-                                      tuple(problems), seconds))
+                                      tuple(problems), seconds, phases))
 
     def _populate(self, session: PairSession, t0: float, first: float | None) -> bool:
         """An empty destination: stream the source's walk (parents first) into creates,
