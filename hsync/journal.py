@@ -13,7 +13,9 @@ source differs from the history. So a batch is begun ``BEGUN`` without waiting f
 disk (``begin(..., durable=False)``: the watch's single-file rounds then do not wait for
 an fsync before the file is published) and made durable (``sync``: ``RUNNING``, one
 ``synchronous=FULL`` commit) before anything that trusts it, the history's record, is
-written. Both states are unfinished.
+written. Both states are unfinished. ``done`` need not wait for the disk either
+(``done(durable=False)``): a power loss that drops it leaves an unfinished batch, whose
+roll-forward costs one full comparison and trusts nothing.
 
 Roll forward. A run that finds an unfinished batch for its pair does not replay the
 recorded ops blindly: the destination may hold any prefix of them, and a source that
@@ -34,12 +36,13 @@ pruned). ``HSYNC_JOURNAL=0`` in the environment turns it off (to measure its cos
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import sqlite3
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .model import Op
@@ -141,26 +144,16 @@ class Journal:
         ``durable=False``: committed (a killed process leaves it) but not flushed to
         the disk; ``sync`` must run before anything that trusts the batch is written."""
         assert self.seq is None, "a batch is already running"
-        if not durable:
-            # no fsync, and no checkpoint either: a checkpoint made without a flush could
-            # move the record out of the WAL that the next FULL commit flushes
-            self.db.execute("PRAGMA synchronous=OFF")
-            self.db.execute("PRAGMA wal_autocheckpoint=0")
-        try:
-            with self.db:
-                (last,) = self.db.execute(
-                    "SELECT coalesce(max(seq), 0) FROM batches WHERE pair=?", (self.pair,)
-                ).fetchone()
-                seq = last + 1
-                self.db.execute(
-                    "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?)",
-                    (self.pair, seq, RUNNING if durable else BEGUN, os.getpid(), time.time(),
-                     None, len(ops), _pack(ops)),
-                )
-        finally:
-            if not durable:
-                self.db.execute("PRAGMA synchronous=FULL")
-                self.db.execute("PRAGMA wal_autocheckpoint=1000")
+        with self._commit(durable):
+            (last,) = self.db.execute(
+                "SELECT coalesce(max(seq), 0) FROM batches WHERE pair=?", (self.pair,)
+            ).fetchone()
+            seq = last + 1
+            self.db.execute(
+                "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?)",
+                (self.pair, seq, RUNNING if durable else BEGUN, os.getpid(), time.time(),
+                 None, len(ops), _pack(ops)),
+            )
         self.seq = seq
         self.flushed = durable
         return seq
@@ -178,11 +171,32 @@ class Journal:
             )
         self.flushed = True
 
-    def done(self) -> None:
-        """Mark the running batch done (after its syncfs) and prune old batches."""
+    @contextlib.contextmanager
+    def _commit(self, durable: bool) -> Iterator[None]:
+        """One transaction; flushed to the disk when ``durable`` (``synchronous=FULL``),
+        else only written: no fsync, and no checkpoint either (a checkpoint made without
+        a flush could move what it wrote out of the WAL that the next flushed commit
+        flushes, and a WAL's unflushed tail is dropped whole, never half-applied)."""
+        if not durable:
+            self.db.execute("PRAGMA synchronous=OFF")
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
+        try:
+            with self.db:
+                yield
+        finally:
+            if not durable:
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.execute("PRAGMA wal_autocheckpoint=1000")
+
+    def done(self, *, durable: bool = True) -> None:
+        """Mark the running batch done (after its flush) and prune old batches.
+
+        ``durable=False``: not flushed (the next flushed commit flushes it). A power
+        loss that drops it leaves the batch unfinished: the next run rolls it forward
+        (one full comparison), never trusting more than the destination holds."""
         assert self.seq is not None
         seq, self.seq = self.seq, None
-        with self.db:
+        with self._commit(durable):
             self.db.execute(
                 "UPDATE batches SET state=?, finished=? WHERE pair=? AND seq=?",
                 (DONE, time.time(), self.pair, seq),
