@@ -22,8 +22,8 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
+from typing import TYPE_CHECKING
 
 from ...backend import ApplyOptions, ApplyResult, ContentSource
 from ...cancel import Cancel
@@ -60,6 +60,9 @@ from .posix import (
     tmp_name,
     unlink_quiet,
 )
+
+if TYPE_CHECKING:  # a sync that deletes no file starts no pool (start-up)
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 UNLINK_THREADS = 8
 """Files deleted at once: an ``unlink`` mostly waits on the disk (the inode, the
@@ -393,6 +396,8 @@ class Batch:
         self.barrier()
         self.root_fd()  # opened here, once, not by the pool's threads
         if self._unlinker is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             self._unlinker = ThreadPoolExecutor(UNLINK_THREADS, thread_name_prefix="hsync-rm")
         self.dirs.touch(op.key)
         self.unlinks.append((op, self._unlinker.submit(self.unlink, op)))

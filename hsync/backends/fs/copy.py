@@ -14,8 +14,8 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING
 
 from ...backend import ContentSource
 from ...errors import NodeError, SourceChanged
@@ -35,6 +35,9 @@ from .posix import (
     umask,
     unlink_quiet,
 )
+
+if TYPE_CHECKING:  # the pools start only when there is something to copy
+    from concurrent.futures import Executor, Future
 
 UMASK_SAFE = 0o777
 COPY_THREADS = 3
@@ -235,6 +238,9 @@ class Copies:
         instead of queueing for the GIL; else (a few files, a source that is not a local
         tree, threads already running, where a fork is unsafe) a thread pool."""
         files = sum(1 for op in ops if op.kind == FILE and op.op in (CREATE, UPDATE))
+        if not files:  # nothing will be queued: no pool (a no-op run imports none)
+            yield
+            return
         executor: Executor
         if (
             self.local is not None
@@ -252,6 +258,8 @@ class Copies:
                 initargs=(os.getpid(),),
             )
         else:
+            from concurrent.futures import ThreadPoolExecutor
+
             executor = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="hsync-copy")
         with executor:
             self.executor = executor
