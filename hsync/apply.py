@@ -120,7 +120,9 @@ def run_batch(
     logged = journal is not None and bool(ops)
     if logged:
         assert journal is not None
-        journal.begin(ops)
+        # flushed before the history is recorded (below) or by ``done``, not before the
+        # ops run: they do not wait for an fsync of the journal (``hsync.journal``)
+        journal.begin(ops, durable=False)
     destination = session.destination
     options = ApplyOptions(
         fsync=session.options.fsync,
@@ -141,6 +143,9 @@ def run_batch(
         retry_changed(session, ops, final, result, options, cancel=cancel, on_done=on_done)
     try:
         if while_flushing is not None:
+            if logged:
+                assert journal is not None
+                journal.sync()  # the record on disk before the history that trusts it
             while_flushing(result)
     finally:
         if result.durable is not None:
@@ -148,7 +153,9 @@ def run_batch(
             result.durable = None
     if logged:
         assert journal is not None
-        journal.done()
+        # after the flush; not flushed itself (a lost "done" is a roll-forward, one full
+        # comparison): a watch round does not wait for one more fsync
+        journal.done(durable=False)
     return result
 
 

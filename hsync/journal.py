@@ -1,9 +1,21 @@
 """The journal of applied batches (SQLite, WAL): what a killed run leaves behind.
 
 SPEC section 5: the ops of a plan run in batches; each batch gets a sequence number and
-is written here (durably: ``synchronous=FULL``) before its first op runs, and is marked
-done after the batch's ``syncfs``. Batches run one after the other, so at most one batch
-per pair is unfinished at any time.
+is written here before its first op runs, and is marked done after the batch's flush.
+Batches run one after the other, so at most one batch per pair is unfinished at any time.
+
+When the record must be on disk. A kill -9 finds any committed record (it is in the
+page cache). Against a power loss the record protects one thing: a history that says
+more than the destination holds (the history of a batch is recorded while its flush
+still runs). A destination that holds part of a batch while the history still says
+what was there before is harmless: the next comparison scans the destination where the
+source differs from the history. So a batch is begun ``BEGUN`` without waiting for the
+disk (``begin(..., durable=False)``: the watch's single-file rounds then do not wait for
+an fsync before the file is published) and made durable (``sync``: ``RUNNING``, one
+``synchronous=FULL`` commit) before anything that trusts it, the history's record, is
+written. Both states are unfinished. ``done`` need not wait for the disk either
+(``done(durable=False)``): a power loss that drops it leaves an unfinished batch, whose
+roll-forward costs one full comparison and trusts nothing.
 
 Roll forward. A run that finds an unfinished batch for its pair does not replay the
 recorded ops blindly: the destination may hold any prefix of them, and a source that
@@ -24,12 +36,13 @@ pruned). ``HSYNC_JOURNAL=0`` in the environment turns it off (to measure its cos
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import sqlite3
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .model import Op
@@ -43,6 +56,8 @@ CREATE TABLE IF NOT EXISTS batches(
     n_ops INTEGER, ops BLOB, PRIMARY KEY(pair, seq)) WITHOUT ROWID;
 """
 RUNNING = "running"
+BEGUN = "begun"
+"""Written before the batch ran, not yet flushed (``sync`` makes it ``RUNNING``)."""
 DONE = "done"
 ROLLED = "rolled forward"
 
@@ -93,6 +108,7 @@ class Journal:
         else:
             self.replaced = False
         self.seq: int | None = None
+        self.flushed = True
 
     @staticmethod
     def _connect(path: str) -> sqlite3.Connection:
@@ -110,8 +126,8 @@ class Journal:
         return [
             seq
             for (seq,) in self.db.execute(
-                "SELECT seq FROM batches WHERE pair=? AND state=? ORDER BY seq",
-                (self.pair, RUNNING),
+                "SELECT seq FROM batches WHERE pair=? AND state IN (?,?) ORDER BY seq",
+                (self.pair, RUNNING, BEGUN),
             )
         ]
 
@@ -122,45 +138,72 @@ class Journal:
                 ((ROLLED, time.time(), self.pair, s) for s in seqs),
             )
 
-    def begin(self, ops: Sequence[Op]) -> int:
-        """Record a batch before it runs; returns its sequence number."""
+    def begin(self, ops: Sequence[Op], *, durable: bool = True) -> int:
+        """Record a batch before it runs; returns its sequence number.
+
+        ``durable=False``: committed (a killed process leaves it) but not flushed to
+        the disk; ``sync`` must run before anything that trusts the batch is written."""
         assert self.seq is None, "a batch is already running"
-        with self.db:
+        with self._commit(durable):
             (last,) = self.db.execute(
                 "SELECT coalesce(max(seq), 0) FROM batches WHERE pair=?", (self.pair,)
             ).fetchone()
             seq = last + 1
             self.db.execute(
                 "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?)",
-                (self.pair, seq, RUNNING, os.getpid(), time.time(), None, len(ops), _pack(ops)),
+                (self.pair, seq, RUNNING if durable else BEGUN, os.getpid(), time.time(),
+                 None, len(ops), _pack(ops)),
             )
         self.seq = seq
+        self.flushed = durable
         return seq
 
-    def done(self) -> None:
-        """Mark the running batch done (after its syncfs) and prune old batches.
+    def sync(self) -> None:
+        """Make the running batch's record durable (a no-op when it is): one commit with
+        ``synchronous=FULL``, which flushes the WAL that holds the record."""
+        assert self.seq is not None
+        if self.flushed:
+            return
+        with self.db:
+            self.db.execute(
+                "UPDATE batches SET state=? WHERE pair=? AND seq=?",
+                (RUNNING, self.pair, self.seq),
+            )
+        self.flushed = True
 
-        Not flushed to disk (one fsync less per batch): a crash that loses this mark
-        leaves the batch unfinished, so the next run compares in full (slower, never
-        wrong). The WAL's checksums keep a torn commit from counting. The mark reaches
-        the disk with the next batch's ``begin`` or the checkpoint at ``close``."""
+    @contextlib.contextmanager
+    def _commit(self, durable: bool) -> Iterator[None]:
+        """One transaction; flushed to the disk when ``durable`` (``synchronous=FULL``),
+        else only written: no fsync, and no checkpoint either (a checkpoint made without
+        a flush could move what it wrote out of the WAL that the next flushed commit
+        flushes, and a WAL's unflushed tail is dropped whole, never half-applied)."""
+        if not durable:
+            self.db.execute("PRAGMA synchronous=OFF")
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
+        try:
+            with self.db:
+                yield
+        finally:
+            if not durable:
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.execute("PRAGMA wal_autocheckpoint=1000")
+
+    def done(self, *, durable: bool = True) -> None:
+        """Mark the running batch done (after its flush) and prune old batches.
+
+        ``durable=False``: not flushed (the next flushed commit flushes it). A power
+        loss that drops it leaves the batch unfinished: the next run rolls it forward
+        (one full comparison), never trusting more than the destination holds."""
         assert self.seq is not None
         seq, self.seq = self.seq, None
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._mark_done(seq)
-        finally:
-            self.db.execute("PRAGMA synchronous=FULL")
-
-    def _mark_done(self, seq: int) -> None:
-        with self.db:
+        with self._commit(durable):
             self.db.execute(
                 "UPDATE batches SET state=?, finished=? WHERE pair=? AND seq=?",
                 (DONE, time.time(), self.pair, seq),
             )
             self.db.execute(
-                "DELETE FROM batches WHERE pair=? AND seq<=? AND state!=?",
-                (self.pair, seq - KEEP, RUNNING),
+                "DELETE FROM batches WHERE pair=? AND seq<=? AND state NOT IN (?,?)",
+                (self.pair, seq - KEEP, RUNNING, BEGUN),
             )
 
     def batches(self) -> list[tuple[int, str, int]]:
@@ -189,8 +232,8 @@ def recover(history: Any) -> bool:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
                 row = db.execute(
-                    "SELECT 1 FROM batches WHERE pair=? AND state=? LIMIT 1",
-                    (history.pair, RUNNING),
+                    "SELECT 1 FROM batches WHERE pair=? AND state IN (?,?) LIMIT 1",
+                    (history.pair, RUNNING, BEGUN),
                 ).fetchone()
             finally:
                 db.close()
