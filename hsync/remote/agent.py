@@ -16,17 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sqlite3
 import sys
-import tempfile
 import threading
-import traceback
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import attrs
 
-from .. import delta as deltas
 from ..backend import ApplyOptions, DigestScan, Endpoint, Watch, open_endpoint
 from ..cancel import NEVER
 from ..errors import HsyncError, NodeError, SourceChanged, UsageError
@@ -40,6 +36,21 @@ from .protocol import (
     Spool,
     hsync_version,
 )
+
+if TYPE_CHECKING:
+    from .. import delta as deltas
+else:  # imported by the requests that use it: a no-op run never loads librsync
+    deltas = None
+
+
+def _load_deltas() -> Any:
+    global deltas
+    if deltas is None:
+        from .. import delta
+
+        deltas = delta
+    return deltas
+
 
 PAGE = 2000
 """Items per frame of a streamed walk."""
@@ -116,6 +127,7 @@ class Incoming:
         with self._cond:
             for key, data, end, *is_delta in page:
                 if is_delta:
+                    _load_deltas()
                     self._deltas.add(key)
                     if end is not None and end[1] is None:
                         self._trailers[key] = deltas.Trailer(end[2], end[3])
@@ -167,6 +179,8 @@ class Incoming:
             if last:
                 self._deltas.discard(key)
                 self._trailers.pop(key, None)
+        import tempfile
+
         out = Spool()
         try:
             with tempfile.TemporaryFile() as tmp:
@@ -225,6 +239,8 @@ class Agent:
                     result = handler(rid, *args)
                 except (Exception, HsyncError) as e:  # one request failed, not the agent
                     if os.environ.get("HSYNC_AGENT_DEBUG"):
+                        import traceback
+
                         traceback.print_exc()
                     self.framer.send([rid, "err", problem_of(e)])
                 else:
@@ -344,6 +360,7 @@ class Agent:
         """One file as a delta against the signature of the client's old file, streamed
         in chunks (``item`` frames), then ``[mtime_ns, size, digest]``; ``[None, why]``
         when no verified delta can be made (the client then reads the file whole)."""
+        _load_deltas()
         try:
             with self.backend.read(key) as f:
                 before = os.fstat(f.fileno())
@@ -395,6 +412,7 @@ class Agent:
     def do_signatures(self, rid: int, wanted: Sequence[Sequence[Any]]) -> Any:
         """The signatures of the old files a batch's deltas patch, in pages of
         ``[key, chunks]`` (chunks empty: no delta for that key: it is sent whole)."""
+        _load_deltas()
         page: list[Any] = []
         size = 0
         for key, basis in wanted:
@@ -440,6 +458,8 @@ class Agent:
             entry[0].add(value)
 
     def _journal(self, pair: str) -> Any:
+        import sqlite3
+
         from .. import journal as journal_mod
 
         if not journal_mod.enabled():
@@ -596,6 +616,23 @@ _LATER = object()
 """A handler's result when its answer is sent later (by a thread of its own)."""
 
 
+def main(argv: Sequence[str]) -> int | None:
+    """``hsync agent [--restrict ROOT]`` without the command line's parser (the start-up
+    of every remote run waits for this one); None for anything else (``--help``, a
+    mistake), which ``hsync.cli`` then answers."""
+    restrict: str | None = None
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--restrict" and args:
+            restrict = args.pop(0)
+        elif arg.startswith("--restrict=") and len(arg) > len("--restrict="):
+            restrict = arg[len("--restrict="):]
+        else:
+            return None
+    return run_agent(restrict)
+
+
 def run_agent(restrict: str | None = None) -> int:
     """Serve on stdin/stdout until the end of input; the exit status."""
     if restrict is not None and not os.path.isdir(restrict):
@@ -610,3 +647,9 @@ def run_agent(restrict: str | None = None) -> int:
     framer = Framer(rfile, wfile, compress=True)
     Agent(framer, restrict).serve()
     return 0
+
+
+if __name__ == "__main__":  # python3 -m hsync.remote.agent [--restrict ROOT]
+    from hsync.remote.agent import main as _main
+
+    sys.exit(_main(sys.argv[1:]) or 0)
