@@ -23,9 +23,17 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import attrs
 
-from ..backend import ApplyOptions, DigestScan, Endpoint, Watch, open_endpoint
+from ..backend import (
+    ApplyOptions,
+    DigestScan,
+    Endpoint,
+    ScanConfigurable,
+    ScanOptions,
+    Watch,
+    open_endpoint,
+)
 from ..cancel import NEVER
-from ..errors import HsyncError, NodeError, SourceChanged, UsageError
+from ..errors import HsyncError, NodeError, SourceChanged, TargetChanged, UsageError
 from ..model import FILE, Key, Node, Op, Rows, Snapshot
 from .protocol import (
     CHUNK,
@@ -83,6 +91,10 @@ def decode_snapshot(value: dict[str, Any]) -> Snapshot:
 
 
 def problem_of(e: BaseException) -> list[str]:
+    if isinstance(e, SourceChanged):  # a retry there, as here: not a failed request
+        return ["source_changed", str(e)]
+    if isinstance(e, TargetChanged):
+        return ["target_changed", str(e)]
     if isinstance(e, UsageError):
         return ["usage", str(e)]
     if isinstance(e, OSError):
@@ -302,11 +314,23 @@ class Agent:
         self.endpoint = open_endpoint(location, role=role,  # type: ignore[arg-type]
                                       exclude_attrs=exclude_attrs)
         b = self.endpoint.backend
+        features = list(self.endpoint.features.names())
+        if isinstance(b, ScanConfigurable):  # not a Features field: the session asks
+            features.append("scan_configurable")
         return {
             "url": b.url, "canonical": b.canonical_url(),
             "capabilities": self.endpoint.capabilities,
-            "features": self.endpoint.features.names(),
+            "features": features,
         }
+
+    def do_configure_scan(self, rid: int, specials: bool, one_file_system: bool) -> Any:
+        """The pair's ``ScanOptions`` (``-x``, ``--no-specials``), for every later scan
+        of the far tree."""
+        backend = self.backend
+        if isinstance(backend, ScanConfigurable):
+            backend.configure_scan(ScanOptions(specials=bool(specials),
+                                               one_file_system=bool(one_file_system)))
+        return None
 
     # -- Backend ----------------------------------------------------------------------------
     def do_root_error(self, rid: int) -> Any:

@@ -49,6 +49,7 @@ from ..backend import (
     Linked,
     Relation,
     Role,
+    ScanOptions,
     WatchSink,
 )
 from ..cancel import NEVER, Cancel
@@ -691,10 +692,21 @@ class _Metadata:
         return out
 
 
+class _ScanConfigurable:
+    """``-x`` and ``--no-specials`` reach the far tree's scans (its backend takes
+    ``ScanOptions``)."""
+
+    link: Link
+
+    def configure_scan(self, options: ScanOptions) -> None:
+        self.link.call("configure_scan", options.specials, options.one_file_system)
+
+
 _MIXINS = {
     "sorted_walk": _SortedWalk, "streaming": _Streaming,
     "digest_scanning": _DigestScanning, "bulk_hashing": _BulkHashing,
     "watchable": _Watchable, "metadata": _Metadata,
+    "scan_configurable": _ScanConfigurable,
 }
 _CLASSES: dict[tuple[str, ...], type] = {}
 

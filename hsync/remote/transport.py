@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import BackendError, LinkLost, UsageError
+from ..errors import BackendError, LinkLost, SourceChanged, TargetChanged, UsageError
 from . import Reach
 from .early import remote_command, spawn, take
 from .protocol import MAGIC, PROTOCOL, Framer, LinkClosed, hsync_version
@@ -237,6 +237,10 @@ class Link:
                 raise OSError(message)
             if kind == "usage":
                 raise UsageError(f"{self.host}: {message}")
+            if kind == "source_changed":  # the far file changed while it was read
+                raise SourceChanged(message)
+            if kind == "target_changed":
+                raise TargetChanged(message)
             raise RemoteError(f"{self.host}: {message}")
         return value
 
