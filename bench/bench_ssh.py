@@ -12,6 +12,8 @@ interleaved round by round (the first tool rotates), each command a whole proces
   e  re-sync after appending 1 MiB (random) to a file of --append MiB (grows 1 MiB a
      round): the changed file crosses as a delta (rsync's algorithm, both tools)
 
+and, once a round, ``ssh 127.0.0.1 true``: the login alone, the floor of both tools.
+
 Bytes on the wire: hsync's ``--json`` report (``bytes_on_wire``, counted by hsync on
 its link, after compression); rsync's ``--stats`` (total bytes sent + received).
 Prints a markdown table: per scenario and tool, the median time, the median ratio to
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -169,6 +172,10 @@ def main() -> None:
             os.rename(src / old, src / new)
             for t in order:
                 record("d", t, t.run(src))
+            # the floor of every tool: an ssh login that runs nothing
+            t0 = time.perf_counter()
+            subprocess.run([*shlex.split(rsh), HOST, "true"], check=True)
+            times.setdefault(("0", "ssh true"), []).append(time.perf_counter() - t0)
             if args.append:
                 with open(src / "append" / "huge", "ab") as f:
                     f.write(os.urandom(MIB))
@@ -193,6 +200,9 @@ def main() -> None:
           "to rsync -a\n")
     print("| scenario | tool | time (s) | ratio to rsync -a | bytes on the wire |")
     print("| --- | --- | ---: | ---: | ---: |")
+    floor = times[("0", "ssh true")]
+    print(f"| `ssh {HOST} true` (the floor of both tools) | ssh | "
+          f"{statistics.median(floor):.2f} | | |")
     for s in scenarios:
         for t in tools:
             key = (s, t.name)

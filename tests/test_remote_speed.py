@@ -5,6 +5,7 @@ parser, the ssh is started before this side's imports."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -174,3 +175,28 @@ def test_early_ssh_knows_every_option_of_the_remote_commands() -> None:
             for opt in [*p.opts, *p.secondary_opts]:
                 table = early.FLAG_OPTIONS if p.is_flag else early.VALUE_OPTIONS
                 assert opt in table, (name, opt)
+
+
+# -- the digest comparison works across hosts ------------------------------------------
+def test_noop_over_ssh_compares_digests_not_listings(remote: Any, tmp_path: Path) -> None:
+    """A no-op re-sync of 2,000 files sends back the far tree's directory digests, not
+    its listing: the digests computed by the agent (another process) equal this side's.
+    (They did not while a row's data was hashed with Python's per-process ``hash``.)"""
+    spec = {f"d{d}/f{i}": os.urandom(64) for d in range(20) for i in range(100)}
+    src = build(tmp_path / "src", spec)
+    dst = f"{HOST}:{tmp_path / 'dst'}"
+    for _ in range(2):  # the copy, then a run that reads back its new nodes' attributes
+        r = run("sync", src, dst)
+        assert r.returncode == 0, r.stderr
+    for _ in range(2):
+        r = run("sync", "--json", src, dst)
+        assert r.returncode == 0, r.stderr
+        report = json.loads(r.stdout)
+        assert sum(report["counts"].values()) == 0
+        assert report["bytes_on_wire"]["received"] < 8000, report["bytes_on_wire"]
+    os.rename(src / "d3", src / "moved")
+    r = run("sync", "--json", src, dst)
+    report = json.loads(r.stdout)
+    assert report["counts"]["move"] == 1, report["counts"]
+    assert report["bytes_on_wire"]["received"] < 16000, report["bytes_on_wire"]
+    assert_same_tree(src, tmp_path / "dst")
