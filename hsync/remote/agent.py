@@ -237,12 +237,16 @@ class Agent:
 
     # -- the loop --------------------------------------------------------------------------
     def serve(self) -> None:
+        trace = os.environ.get("HSYNC_AGENT_TRACE")
+        log = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115
         try:
             while True:
                 rid, method, args = self.framer.recv()
                 if method == "more":
                     self._more(rid, args)
                     continue
+                if log is not None:  # one line per request, for tests and debugging
+                    log.write(f"{method}\n")
                 handler = getattr(self, "do_" + method, None)
                 if handler is None:
                     self.framer.send([rid, "err", ["error", f"unknown request {method!r}"]])
@@ -262,6 +266,8 @@ class Agent:
             pass
         finally:
             self._shutdown()
+            if log is not None:
+                log.close()
 
     def _shutdown(self) -> None:
         for inc, t in self.applies.values():
@@ -380,25 +386,44 @@ class Agent:
     def do_metadata(self, rid: int, wanted: Any) -> Any:
         return self._metadata.metadata(wanted)
 
-    def do_read_delta(self, rid: int, key: Key, sig: Sequence[bytes]) -> Any:
-        """One file as a delta against the signature of the client's old file, streamed
-        in chunks (``item`` frames), then ``[mtime_ns, size, digest]``; ``[None, why]``
-        when no verified delta can be made (the client then reads the file whole)."""
+    def do_read_deltas(self, rid: int, wanted: Sequence[Sequence[Any]]) -> Any:
+        """Many files as deltas against the signatures of the client's old files
+        (``[key, chunks]`` each), in pages of ``[key, data, end]``: ``end`` None while
+        the file's delta goes on, then ``[mtime_ns, size, digest]``, or ``[None, why]``
+        when no verified delta can be made (the client reads that file whole)."""
         _load_deltas()
-        try:
-            with self.backend.read(key) as f:
-                before = os.fstat(f.fileno())
-                stream = deltas.delta(list(sig), f.fileno())
-                for chunk in stream:
-                    self.framer.send([rid, "item", chunk])
-                trailer = stream.trailer()
-                after = os.fstat(f.fileno())
-        except (OSError, NodeError, deltas.DeltaError) as e:
-            return [None, str(e)]
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or \
-                trailer.size != before.st_size:
-            return [None, "the source file changed while it was read"]
-        return [before.st_mtime_ns, trailer.size, trailer.digest]
+        page: list[Any] = []
+        size = 0
+        for key, sig in wanted:
+            key = tuple(key)
+            end: list[Any]
+            try:
+                with self.backend.read(key) as f:
+                    before = os.fstat(f.fileno())
+                    stream = deltas.delta(list(sig), f.fileno())
+                    for chunk in stream:
+                        page.append([key, chunk, None])
+                        size += len(chunk)
+                        if size >= PAGE_BYTES:
+                            self.framer.send([rid, "item", page])
+                            page, size = [], 0
+                    trailer = stream.trailer()
+                    after = os.fstat(f.fileno())
+                if (after.st_size, after.st_mtime_ns) != (before.st_size,
+                                                          before.st_mtime_ns) \
+                        or trailer.size != before.st_size:
+                    end = [None, "the source file changed while it was read"]
+                else:
+                    end = [before.st_mtime_ns, trailer.size, trailer.digest]
+            except (OSError, NodeError, deltas.DeltaError) as e:
+                end = [None, str(e)]
+            page.append([key, b"", end])
+            if len(page) >= PAGE:
+                self.framer.send([rid, "item", page])
+                page, size = [], 0
+        if page:
+            self.framer.send([rid, "item", page])
+        return None
 
     def do_read_many(self, rid: int, keys: Sequence[Key], limit: int) -> Any:
         """Many files in pages of ``[key, data, end]`` (``end``: None while more of the

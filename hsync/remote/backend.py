@@ -147,6 +147,95 @@ class _Prefetch:
         self.thread.join()
 
 
+class _Deltas:
+    """The deltas of a batch's updated files when the far side is the source: the
+    local old files are signed here, in the batch's order, and sent in a few
+    ``read_deltas`` requests (up to ``SIGNATURES_MAX`` of signatures each), the far side
+    streams a delta per file: one round trip per batch, not per file (as ``_Prefetch``
+    for whole files). A delta is kept (in memory, or an unnamed temporary file when
+    big) until the apply reads its file."""
+
+    def __init__(self, link: Link, basis: Any, keys: list[Key]) -> None:
+        self.link = link
+        self.basis = basis
+        self.cond = threading.Condition()
+        self.spools: dict[Key, Spool] = {}
+        self.ends: dict[Key, Any] = {}
+        self.wanted = set(keys)
+        self.failed: str | None = None
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, args=(keys,), daemon=True,
+                                       name="hsync-deltas")
+        self.thread.start()
+
+    def _sign(self, key: Key) -> list[bytes]:
+        try:
+            with self.basis.read(key) as old:
+                return list(deltas.signature(old.fileno()))
+        except (OSError, NodeError, deltas.DeltaError):
+            return []
+
+    def _run(self, keys: list[Key]) -> None:
+        try:
+            i = 0
+            while i < len(keys) and not self.stopped:
+                wanted: list[list[Any]] = []
+                size = 0
+                while i < len(keys) and size < SIGNATURES_MAX:
+                    sig = self._sign(keys[i])
+                    if sig:
+                        wanted.append([keys[i], sig])
+                        size += sum(len(c) for c in sig)
+                    else:
+                        self._end(keys[i], [None, "no signature"])
+                    i += 1
+                if not wanted:
+                    continue
+                for page in self.link.stream("read_deltas", wanted):
+                    for key, data, end in page:
+                        key = tuple(key)
+                        if data:
+                            spool = self.spools.get(key)
+                            if spool is None:
+                                spool = self.spools[key] = Spool()
+                            spool.add(data)
+                        if end is not None:
+                            self._end(key, end)
+        except Exception as e:
+            with self.cond:
+                self.failed = str(e)
+                self.cond.notify_all()
+
+    def _end(self, key: Key, end: Any) -> None:
+        with self.cond:
+            self.ends[key] = end
+            self.cond.notify_all()
+
+    def take(self, key: Key) -> tuple[Spool, Any] | None:
+        """The delta of ``key`` and its end (``[mtime_ns, size, digest]``, or ``[None,
+        why]``), waiting for it; None when it is not asked for or the requests failed."""
+        with self.cond:
+            if key not in self.wanted:
+                return None
+            self.wanted.discard(key)
+            while key not in self.ends and self.failed is None:
+                self.cond.wait()
+            end = self.ends.pop(key, None)
+            spool = self.spools.pop(key, None) or Spool()
+        if end is None:
+            spool.close()
+            return None
+        return spool, end
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+        self.thread.join()
+        for spool in self.spools.values():
+            spool.close()
+        self.spools.clear()
+
+
 class _RemoteScan:
     """A digest scan running on the far side (``DigestScan``), by its handle there."""
 
@@ -269,6 +358,7 @@ class RemoteBackend:
         """Files whose delta failed: sent whole from now on."""
         self._delta_basis: Any = None
         self._delta_keys: set[Key] = set()
+        self._deltas: _Deltas | None = None
 
     def __repr__(self) -> str:
         return f"RemoteBackend({self.url!r}, role={self.role!r})"
@@ -344,35 +434,17 @@ class RemoteBackend:
                     and deltas.use_delta(op.old.size, op.node.size)):
                 self._delta_keys.add(op.key)
 
-    def _local_signature(self, key: Key) -> list[bytes] | None:
-        """The signature of the destination's old file at ``key``."""
-        try:
-            with self._delta_basis.read(key) as old:
-                return list(deltas.signature(old.fileno()))
-        except (OSError, NodeError, deltas.DeltaError):
-            return None
-
     def _read_delta(self, key: Key) -> BinaryIO | None:
-        """The new content of ``key``: the far side answers the signature of the
-        destination's old file with a delta, patched here into an unnamed temporary
-        file and checked against the far side's trailer. None when that fails (the
-        old file changed since it was signed, no basis, a delta that does not verify):
-        the caller reads the file whole."""
-        sig = self._local_signature(key)
-        if not sig:
+        """The new content of ``key``: the far side's delta against the destination's
+        old file (asked for with the batch's others, ``_Deltas``), patched here into an
+        unnamed temporary file and checked against the far side's trailer. None when
+        that fails (the old file changed since it was signed, no basis, a delta that
+        does not verify): the caller reads the file whole."""
+        fetch = self._deltas
+        got = fetch.take(key) if fetch is not None else None
+        if got is None:
             return None
-        spool = Spool()
-        end: Any = None
-        rid, q = self.link.open("read_delta", key, sig)
-        try:
-            for tag, value in self.link.answer(rid, q):
-                if tag == "item":
-                    spool.add(value)
-                else:
-                    end = self.link.result(tag, value)
-        except BaseException:
-            spool.close()
-            raise
+        spool, end = got
         if not end or end[0] is None:
             spool.close()
             return None
@@ -381,8 +453,8 @@ class RemoteBackend:
             fd = os.dup(tmp.fileno())
         try:
             with spool.file(0) as d, self._delta_basis.read(key) as old:
-                got = deltas.patch(old.fileno(), iter(lambda: d.read(CHUNK), b""), fd)
-            if got != deltas.Trailer(size, digest):
+                out = deltas.patch(old.fileno(), iter(lambda: d.read(CHUNK), b""), fd)
+            if out != deltas.Trailer(size, digest):
                 raise deltas.DeltaError("the patched file differs from the source's")
         except (OSError, NodeError, deltas.DeltaError):
             os.close(fd)
@@ -395,6 +467,12 @@ class RemoteBackend:
         if self._prefetch is not None:
             self._prefetch.stop()
             self._prefetch = None
+        if self._deltas is not None:
+            self._deltas.stop()
+            self._deltas = None
+        if self._delta_keys:
+            self._deltas = _Deltas(self.link, self._delta_basis,
+                                   [k for k in keys if k in self._delta_keys])
         keys = [k for k in keys if k not in self._delta_keys]
         if keys:
             self._prefetch = _Prefetch(self.link, list(keys))
@@ -556,6 +634,9 @@ class RemoteBackend:
         if self._prefetch is not None:
             self._prefetch.stop()
             self._prefetch = None
+        if self._deltas is not None:
+            self._deltas.stop()
+            self._deltas = None
         self.link.close()
 
     # -- bytes on the wire -----------------------------------------------------------------
