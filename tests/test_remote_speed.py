@@ -200,3 +200,47 @@ def test_noop_over_ssh_compares_digests_not_listings(remote: Any, tmp_path: Path
     assert report["counts"]["move"] == 1, report["counts"]
     assert report["bytes_on_wire"]["received"] < 16000, report["bytes_on_wire"]
     assert_same_tree(src, tmp_path / "dst")
+
+
+# -- a cancel reaches the far side -----------------------------------------------------------
+def _far_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """The files below ``root``: under their final names, and hsync's temporaries."""
+    final: list[Path] = []
+    temps: list[Path] = []
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            (temps if n.startswith(".hsync-tmp-") else final).append(Path(dirpath) / n)
+    return final, temps
+
+
+def test_sigterm_mid_batch_stops_the_agent_at_an_op_boundary(
+        remote: Any, tmp_path: Path) -> None:
+    """SIGTERM to a push while the far side writes a batch: the run ends as on Ctrl-C
+    (exit 130, one line), the agent is told and stops at its next op (the batch's other
+    files are not written), no temporary file is left there, every file there under
+    its final name is whole; the next run converges."""
+    n = 40
+    src = build(tmp_path / "src", {f"f{i:02}": os.urandom(4 << 20) for i in range(n)})
+    dst = tmp_path / "dst"
+    p = subprocess.Popen([hsync_bin(), "sync", "--no-compress", src, f"{HOST}:{dst}"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and p.poll() is None:
+        if dst.is_dir() and _far_files(dst)[1]:
+            break  # a file is being written there
+        time.sleep(0.005)
+    assert p.poll() is None, "the run ended before a file was being written"
+    p.send_signal(15)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (p.returncode, err)
+    assert err.strip().splitlines() == ["hsync: interrupted"], err
+    time.sleep(1)  # an agent still running would go on writing
+    final, temps = _far_files(dst)
+    assert temps == [], temps
+    assert len(final) < n, "the agent did not stop"
+    for f in final:
+        assert f.read_bytes() == (src / f.name).read_bytes(), f
+    assert _far_files(dst) == (final, temps)
+    r = run("sync", src, f"{HOST}:{dst}")
+    assert r.returncode == 0, r.stderr
+    assert_same_tree(src, dst)

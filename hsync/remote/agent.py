@@ -32,7 +32,7 @@ from ..backend import (
     Watch,
     open_endpoint,
 )
-from ..cancel import NEVER
+from ..cancel import Cancel
 from ..errors import HsyncError, NodeError, SourceChanged, TargetChanged, UsageError
 from ..model import FILE, Key, Node, Op, Rows, Snapshot
 from .protocol import (
@@ -231,7 +231,7 @@ class Agent:
         self.endpoint: Endpoint | None = None
         self.scans: dict[int, DigestScan] = {}
         self.watches: dict[int, tuple[threading.Event, threading.Thread]] = {}
-        self.applies: dict[int, tuple[Incoming, threading.Thread]] = {}
+        self.applies: dict[int, tuple[Incoming, threading.Thread, Cancel]] = {}
         self.journal: Any = None
         self.journal_pair = ""
 
@@ -270,7 +270,8 @@ class Agent:
                 log.close()
 
     def _shutdown(self) -> None:
-        for inc, t in self.applies.values():
+        for inc, t, token in list(self.applies.values()):
+            token.cancel("the link to the client was lost")  # stop at the next op
             inc.end()
             t.join()
         for stop, t in self.watches.values():
@@ -490,12 +491,23 @@ class Agent:
                 reads[op.key] = reads.get(op.key, 0) + 1
         incoming = Incoming(self.backend.url, reads, self.backend)
         snap = decode_snapshot(final)
+        token = Cancel()
         t = threading.Thread(target=self._apply, name=f"hsync-apply-{seq}",
-                             args=(rid, seq, list(ops), snap, options, incoming, pair),
+                             args=(rid, seq, list(ops), snap, options, incoming, pair, token),
                              daemon=True)
-        self.applies[rid] = (incoming, t)
+        self.applies[rid] = (incoming, t, token)
         t.start()
         return _LATER
+
+    def do_cancel(self, rid: int, batch: int) -> Any:
+        """The client cancelled batch ``batch`` (Ctrl-C, SIGTERM, a watch stopping): its
+        apply stops at the next op, and its content ends here (a file not all arrived is
+        not published). The batch is answered as ever, with what it did."""
+        entry = self.applies.get(batch)
+        if entry is not None:
+            entry[2].cancel("cancelled by the client")
+            entry[0].end()
+        return None
 
     def _more(self, rid: int, value: Any) -> None:
         entry = self.applies.get(rid)
@@ -526,7 +538,7 @@ class Agent:
         return self.journal
 
     def _apply(self, rid: int, seq: int, ops: list[Op], final: Snapshot,
-               options: ApplyOptions, incoming: Incoming, pair: str) -> None:
+               options: ApplyOptions, incoming: Incoming, pair: str, token: Cancel) -> None:
         try:
             journal = self._journal(pair or self.backend.canonical_url()) if ops else None
             if journal is not None:
@@ -534,7 +546,7 @@ class Agent:
             index = {id(op): i for i, op in enumerate(ops)}
             result = self.backend.apply_batch(
                 ops, incoming, final, options=attrs.evolve(options, defer_durable=False),
-                cancel=NEVER,
+                cancel=token,
             )
             if journal is not None:
                 journal.done()  # after the batch's flush: now it may be acknowledged

@@ -236,6 +236,53 @@ class _Deltas:
         self.spools.clear()
 
 
+class _FarCancel:
+    """Forwards the cancel of a batch in flight to the agent (a ``cancel`` request): a
+    cancelled token (a watch that stops), or a Ctrl-C here (SIGTERM too, in a one-shot
+    run). The agent cancels the batch's token, so its apply stops at the next op, and
+    ends its content: a file whose content had not all arrived is not published (its
+    temporary file is removed). The batch is still answered, so what it did is known,
+    journaled and acknowledged; a second Ctrl-C stops waiting for that."""
+
+    def __init__(self, link: Link, rid: int, cancel: Cancel) -> None:
+        self.link = link
+        self.rid = rid
+        self.sent = False
+        self.interrupted = False
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        if cancel is not NEVER:
+            self._thread = threading.Thread(target=self._watch, args=(cancel,),
+                                            daemon=True, name="hsync-far-cancel")
+            self._thread.start()
+
+    def _watch(self, cancel: Cancel) -> None:
+        while not self._done.is_set():
+            if cancel.wait(0.1):
+                self.cancel()
+                return
+
+    def cancel(self) -> None:
+        if not self.sent:
+            self.sent = True
+            with contextlib.suppress(BackendError):
+                self.link.tell("cancel", self.rid)
+
+    def interrupt(self) -> bool:
+        """A Ctrl-C: the first one cancels the batch there and waits for its answer
+        (True); the next one stops waiting (False)."""
+        if self.interrupted:
+            return False
+        self.interrupted = True
+        self.cancel()
+        return True
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
 class _RemoteScan:
     """A digest scan running on the far side (``DigestScan``), by its handle there."""
 
@@ -496,13 +543,23 @@ class RemoteBackend:
         sigs = self._signatures(ops)
         rid, q = self.link.open("apply", self._seq, ops, _final_part(ops, final),
                                 attrs.evolve(options, defer_durable=False), self.pair)
+        stop = _FarCancel(self.link, rid, cancel)
         try:
-            self._send_content(rid, ops, source, sigs)
+            self._send_content(rid, ops, source, sigs, stop)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in a one-shot run
+            stop.interrupt()
+            with contextlib.suppress(BackendError):
+                self.link.send_more(rid, None)  # what did not cross does not arrive
         finally:
             answer: dict[str, Any] | None = None
-            for tag, value in self.link.answer(rid, q):
-                if tag in ("ok", "err"):
-                    answer = self.link.result(tag, value)
+            try:
+                for tag, value in self.link.answer(rid, q, stop.interrupt):
+                    if tag in ("ok", "err"):
+                        answer = self.link.result(tag, value)
+            finally:
+                stop.close()
+        if stop.interrupted:  # the batch ended over there, at an op's boundary
+            raise KeyboardInterrupt
         assert answer is not None
         # a delta that did not verify there comes back as a retry: sent whole next time
         self._whole.update(p.key for p in answer["problems"] if p.key in sigs)
@@ -580,7 +637,8 @@ class RemoteBackend:
         return page, size, True
 
     def _send_content(self, rid: int, ops: Sequence[Op], source: ContentSource,
-                      sigs: dict[Key, list[bytes]] | None = None) -> None:
+                      sigs: dict[Key, list[bytes]] | None = None,
+                      stop: _FarCancel | None = None) -> None:
         """The content of every file the batch creates or updates, in pages of
         ``[key, data, end]`` (``end``: None while the file goes on, else ``[mtime_ns,
         error]``): whole, or as a delta against the far side's old file where its
@@ -590,6 +648,8 @@ class RemoteBackend:
         sent: set[Key] = set()
         sigs = sigs or {}
         for op in ops:
+            if stop is not None and stop.sent:
+                break  # cancelled: the far side stops at its next op
             if not _needs_content(op) or op.key in sent:
                 continue
             key = op.key

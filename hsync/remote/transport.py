@@ -216,12 +216,25 @@ class Link:
         with self._lock:
             self._waiting.pop(rid, None)
 
-    def answer(self, rid: int, q: queue.SimpleQueue[Any]) -> Iterator[tuple[str, Any]]:
-        """The answer frames of ``rid`` as ``(tag, value)``, through its end."""
+    def tell(self, method: str, *args: Any) -> None:
+        """Send a request whose answer nobody waits for (a cancel)."""
+        rid, _ = self.open(method, *args)
+        self.finish(rid)
+
+    def answer(self, rid: int, q: queue.SimpleQueue[Any],
+               on_interrupt: Callable[[], bool] | None = None) -> Iterator[tuple[str, Any]]:
+        """The answer frames of ``rid`` as ``(tag, value)``, through its end. A Ctrl-C
+        while waiting goes to ``on_interrupt``: True goes on waiting (it forwarded the
+        cancel: the answer comes), False (or none) raises it."""
         try:
             self.ready()
             while True:
-                tag, value = q.get()
+                try:
+                    tag, value = q.get()
+                except KeyboardInterrupt:
+                    if on_interrupt is not None and on_interrupt():
+                        continue
+                    raise
                 if tag == "lost":
                     raise self._error(value)
                 yield tag, value
