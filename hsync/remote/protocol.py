@@ -27,7 +27,7 @@ import attrs
 import msgpack
 import zstandard
 
-PROTOCOL = 2
+PROTOCOL = 3
 """Bumped when the messages change incompatibly; the handshake refuses a mismatch."""
 MAGIC = "hsync-agent"
 
