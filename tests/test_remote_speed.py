@@ -231,7 +231,7 @@ def test_sigterm_mid_batch_stops_the_agent_at_an_op_boundary(
         time.sleep(0.005)
     assert p.poll() is None, "the run ended before a file was being written"
     p.send_signal(15)
-    out, err = p.communicate(timeout=120)
+    _, err = p.communicate(timeout=120)
     assert p.returncode == 130, (p.returncode, err)
     assert err.strip().splitlines() == ["hsync: interrupted"], err
     time.sleep(1)  # an agent still running would go on writing
