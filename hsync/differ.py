@@ -418,10 +418,15 @@ def diff(
     ``delete=False`` no move is inferred and destination nodes are removed only where
     a source node of another kind needs their key (a type change); with
     ``replace=False`` not even then: such a source node is left out.
-    Keys under an ``incomplete`` key of either snapshot are left alone; ``partial``
+    Keys under an ``incomplete`` key or a ``mounts`` key of either snapshot are left
+    alone; ``partial``
     keys (the context of a partial rescan) are at most updated.
     """
     src, dst = source.nodes, destination.nodes
+    mounts = dict.fromkeys(source.mounts | destination.mounts, "")
+    if mounts:  # -x: what is below a mount point not crossed is not this run's
+        src = _only(src, lambda k: not _strictly_under_any(k, mounts))
+        dst = _only(dst, lambda k: not _strictly_under_any(k, mounts))
     frozen = {**source.incomplete, **destination.incomplete}
     if frozen:
         # Nothing at or below a key that could not be read is touched: kept as it is

@@ -218,6 +218,10 @@ class Snapshot:
     holds_excluded: set[Key] = attrs.field(factory=set)
     """Directories with excluded children: excluded nodes are never deleted, so neither
     are these directories nor their ancestors."""
+    mounts: set[Key] = attrs.field(factory=set)
+    """Directories on another file system that were not listed (``-x``, rsync's
+    ``--one-file-system``): each is a node, but nothing below it is compared, created or
+    deleted on either side."""
     partial: set[Key] = attrs.field(factory=set)
     """Nodes listed without (all of) their children: the context of a partial rescan
     (the ancestors of the rescanned subtrees). Diff may update them, never move,

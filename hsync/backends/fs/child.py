@@ -80,7 +80,8 @@ class _Scanned:
 
     def everything(self) -> tuple[Any, ...]:
         snap = self.snap
-        return (self.rows, snap.incomplete, snap.skipped, self.temps, snap.holds_excluded)
+        return (self.rows, snap.incomplete, snap.skipped, self.temps, snap.holds_excluded,
+                snap.mounts)
 
     def answer(self, request: Request, args: tuple[Any, ...]) -> Any:
         if request is Request.SUMMARY:
@@ -216,13 +217,14 @@ class ScanChild:
         """The whole scan; the child's service ends."""
         if not self.pid:
             return self._local.snapshot()
-        rows, incomplete, skipped, temps, held = self._ask(Request.ALL)
+        rows, incomplete, skipped, temps, held, mounts = self._ask(Request.ALL)
         self._end()
         self._remember(list(temps))
         # the children index is not sent: it costs more to ship than a no-op run
         # needs; the planner builds it if it looks
         return Snapshot(
-            nodes=Rows(rows), incomplete=incomplete, skipped=skipped, holds_excluded=held
+            nodes=Rows(rows), incomplete=incomplete, skipped=skipped, holds_excluded=held,
+            mounts=mounts,
         )
 
     def close(self) -> None:

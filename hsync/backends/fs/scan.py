@@ -303,13 +303,14 @@ def top_row(st: os.stat_result, root_dev: int, fd: int, meta: Reader | None = No
 class _One:
     """What ``_list`` made of one name looked up alone (``lookup``)."""
 
-    __slots__ = ("dirs", "incomplete", "rows", "skipped")
+    __slots__ = ("dirs", "held", "incomplete", "rows", "skipped")
 
     def __init__(self) -> None:
         self.rows: dict[Key, Row] = {}
         self.dirs: Dirs = []
         self.incomplete: dict[Key, str] = {}
         self.skipped: list[tuple[Key, str]] = []
+        self.held: set[Key] = set()
 
 
 def lookup(
@@ -326,6 +327,11 @@ def lookup(
         return None
     one = _One()
     try:
+        if flags[2] and key[:-1] and os.fstat(dfd).st_dev != root_dev:
+            # below a mount point that -x does not cross: not this run's (the mount
+            # point is the shallowest ancestor on another device; its parent is enough)
+            one.held.add(key[:-1])
+            return one
         try:
             st = os.stat(key[-1], dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
@@ -339,7 +345,7 @@ def lookup(
         entry = (key[-1], mode, size, st.st_mtime_ns, st.st_ino, st.st_dev, 0,
                  birth_time(key[-1], dfd), st.st_uid, st.st_gid, 1)
         _list([entry], dfd, key[:-1], root_dev, None, one.rows, [], one.dirs,
-              one.incomplete, one.skipped, [], set(), None, flags, meta)
+              one.incomplete, one.skipped, [], one.held, None, flags, meta)
     finally:
         os.close(dfd)
     return one
@@ -422,6 +428,7 @@ def scan(
             rows.update(one.rows)
             incomplete.update(one.incomplete)
             skipped.extend(one.skipped)
+            held.update(one.held)
             stack = one.dirs
         else:
             st = os.fstat(root_fd)
@@ -473,6 +480,9 @@ def scan(
                                                            for d in subs])
     finally:
         os.close(root_fd)
+    # a directory held but not listed is a mount point -x did not cross (a directory
+    # holding excluded nodes was listed)
+    snap.mounts = {k for k in held if k not in children}
     return snap
 
 
