@@ -49,6 +49,7 @@ from ..backend import (
     Linked,
     Relation,
     Role,
+    ScanOptions,
     WatchSink,
 )
 from ..cancel import NEVER, Cancel
@@ -144,6 +145,142 @@ class _Prefetch:
             self.stopped = True
             self.cond.notify_all()
         self.thread.join()
+
+
+class _Deltas:
+    """The deltas of a batch's updated files when the far side is the source: the
+    local old files are signed here, in the batch's order, and sent in a few
+    ``read_deltas`` requests (up to ``SIGNATURES_MAX`` of signatures each), the far side
+    streams a delta per file: one round trip per batch, not per file (as ``_Prefetch``
+    for whole files). A delta is kept (in memory, or an unnamed temporary file when
+    big) until the apply reads its file."""
+
+    def __init__(self, link: Link, basis: Any, keys: list[Key]) -> None:
+        self.link = link
+        self.basis = basis
+        self.cond = threading.Condition()
+        self.spools: dict[Key, Spool] = {}
+        self.ends: dict[Key, Any] = {}
+        self.wanted = set(keys)
+        self.failed: str | None = None
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, args=(keys,), daemon=True,
+                                       name="hsync-deltas")
+        self.thread.start()
+
+    def _sign(self, key: Key) -> list[bytes]:
+        try:
+            with self.basis.read(key) as old:
+                return list(deltas.signature(old.fileno()))
+        except (OSError, NodeError, deltas.DeltaError):
+            return []
+
+    def _run(self, keys: list[Key]) -> None:
+        try:
+            i = 0
+            while i < len(keys) and not self.stopped:
+                wanted: list[list[Any]] = []
+                size = 0
+                while i < len(keys) and size < SIGNATURES_MAX:
+                    sig = self._sign(keys[i])
+                    if sig:
+                        wanted.append([keys[i], sig])
+                        size += sum(len(c) for c in sig)
+                    else:
+                        self._end(keys[i], [None, "no signature"])
+                    i += 1
+                if not wanted:
+                    continue
+                for page in self.link.stream("read_deltas", wanted):
+                    for key, data, end in page:
+                        key = tuple(key)
+                        if data:
+                            spool = self.spools.get(key)
+                            if spool is None:
+                                spool = self.spools[key] = Spool()
+                            spool.add(data)
+                        if end is not None:
+                            self._end(key, end)
+        except Exception as e:
+            with self.cond:
+                self.failed = str(e)
+                self.cond.notify_all()
+
+    def _end(self, key: Key, end: Any) -> None:
+        with self.cond:
+            self.ends[key] = end
+            self.cond.notify_all()
+
+    def take(self, key: Key) -> tuple[Spool, Any] | None:
+        """The delta of ``key`` and its end (``[mtime_ns, size, digest]``, or ``[None,
+        why]``), waiting for it; None when it is not asked for or the requests failed."""
+        with self.cond:
+            if key not in self.wanted:
+                return None
+            self.wanted.discard(key)
+            while key not in self.ends and self.failed is None:
+                self.cond.wait()
+            end = self.ends.pop(key, None)
+            spool = self.spools.pop(key, None) or Spool()
+        if end is None:
+            spool.close()
+            return None
+        return spool, end
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+        self.thread.join()
+        for spool in self.spools.values():
+            spool.close()
+        self.spools.clear()
+
+
+class _FarCancel:
+    """Forwards the cancel of a batch in flight to the agent (a ``cancel`` request): a
+    cancelled token (a watch that stops), or a Ctrl-C here (SIGTERM too, in a one-shot
+    run). The agent cancels the batch's token, so its apply stops at the next op, and
+    ends its content: a file whose content had not all arrived is not published (its
+    temporary file is removed). The batch is still answered, so what it did is known,
+    journaled and acknowledged; a second Ctrl-C stops waiting for that."""
+
+    def __init__(self, link: Link, rid: int, cancel: Cancel) -> None:
+        self.link = link
+        self.rid = rid
+        self.sent = False
+        self.interrupted = False
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        if cancel is not NEVER:
+            self._thread = threading.Thread(target=self._watch, args=(cancel,),
+                                            daemon=True, name="hsync-far-cancel")
+            self._thread.start()
+
+    def _watch(self, cancel: Cancel) -> None:
+        while not self._done.is_set():
+            if cancel.wait(0.1):
+                self.cancel()
+                return
+
+    def cancel(self) -> None:
+        if not self.sent:
+            self.sent = True
+            with contextlib.suppress(BackendError):
+                self.link.tell("cancel", self.rid)
+
+    def interrupt(self) -> bool:
+        """A Ctrl-C: the first one cancels the batch there and waits for its answer
+        (True); the next one stops waiting (False)."""
+        if self.interrupted:
+            return False
+        self.interrupted = True
+        self.cancel()
+        return True
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 class _RemoteScan:
@@ -268,6 +405,7 @@ class RemoteBackend:
         """Files whose delta failed: sent whole from now on."""
         self._delta_basis: Any = None
         self._delta_keys: set[Key] = set()
+        self._deltas: _Deltas | None = None
 
     def __repr__(self) -> str:
         return f"RemoteBackend({self.url!r}, role={self.role!r})"
@@ -343,35 +481,17 @@ class RemoteBackend:
                     and deltas.use_delta(op.old.size, op.node.size)):
                 self._delta_keys.add(op.key)
 
-    def _local_signature(self, key: Key) -> list[bytes] | None:
-        """The signature of the destination's old file at ``key``."""
-        try:
-            with self._delta_basis.read(key) as old:
-                return list(deltas.signature(old.fileno()))
-        except (OSError, NodeError, deltas.DeltaError):
-            return None
-
     def _read_delta(self, key: Key) -> BinaryIO | None:
-        """The new content of ``key``: the far side answers the signature of the
-        destination's old file with a delta, patched here into an unnamed temporary
-        file and checked against the far side's trailer. None when that fails (the
-        old file changed since it was signed, no basis, a delta that does not verify):
-        the caller reads the file whole."""
-        sig = self._local_signature(key)
-        if not sig:
+        """The new content of ``key``: the far side's delta against the destination's
+        old file (asked for with the batch's others, ``_Deltas``), patched here into an
+        unnamed temporary file and checked against the far side's trailer. None when
+        that fails (the old file changed since it was signed, no basis, a delta that
+        does not verify): the caller reads the file whole."""
+        fetch = self._deltas
+        got = fetch.take(key) if fetch is not None else None
+        if got is None:
             return None
-        spool = Spool()
-        end: Any = None
-        rid, q = self.link.open("read_delta", key, sig)
-        try:
-            for tag, value in self.link.answer(rid, q):
-                if tag == "item":
-                    spool.add(value)
-                else:
-                    end = self.link.result(tag, value)
-        except BaseException:
-            spool.close()
-            raise
+        spool, end = got
         if not end or end[0] is None:
             spool.close()
             return None
@@ -380,8 +500,8 @@ class RemoteBackend:
             fd = os.dup(tmp.fileno())
         try:
             with spool.file(0) as d, self._delta_basis.read(key) as old:
-                got = deltas.patch(old.fileno(), iter(lambda: d.read(CHUNK), b""), fd)
-            if got != deltas.Trailer(size, digest):
+                out = deltas.patch(old.fileno(), iter(lambda: d.read(CHUNK), b""), fd)
+            if out != deltas.Trailer(size, digest):
                 raise deltas.DeltaError("the patched file differs from the source's")
         except (OSError, NodeError, deltas.DeltaError):
             os.close(fd)
@@ -394,6 +514,12 @@ class RemoteBackend:
         if self._prefetch is not None:
             self._prefetch.stop()
             self._prefetch = None
+        if self._deltas is not None:
+            self._deltas.stop()
+            self._deltas = None
+        if self._delta_keys:
+            self._deltas = _Deltas(self.link, self._delta_basis,
+                                   [k for k in keys if k in self._delta_keys])
         keys = [k for k in keys if k not in self._delta_keys]
         if keys:
             self._prefetch = _Prefetch(self.link, list(keys))
@@ -417,13 +543,23 @@ class RemoteBackend:
         sigs = self._signatures(ops)
         rid, q = self.link.open("apply", self._seq, ops, _final_part(ops, final),
                                 attrs.evolve(options, defer_durable=False), self.pair)
+        stop = _FarCancel(self.link, rid, cancel)
         try:
-            self._send_content(rid, ops, source, sigs)
+            self._send_content(rid, ops, source, sigs, stop)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in a one-shot run
+            stop.interrupt()
+            with contextlib.suppress(BackendError):
+                self.link.send_more(rid, None)  # what did not cross does not arrive
         finally:
             answer: dict[str, Any] | None = None
-            for tag, value in self.link.answer(rid, q):
-                if tag in ("ok", "err"):
-                    answer = self.link.result(tag, value)
+            try:
+                for tag, value in self.link.answer(rid, q, stop.interrupt):
+                    if tag in ("ok", "err"):
+                        answer = self.link.result(tag, value)
+            finally:
+                stop.close()
+        if stop.interrupted:  # the batch ended over there, at an op's boundary
+            raise KeyboardInterrupt
         assert answer is not None
         # a delta that did not verify there comes back as a retry: sent whole next time
         self._whole.update(p.key for p in answer["problems"] if p.key in sigs)
@@ -501,7 +637,8 @@ class RemoteBackend:
         return page, size, True
 
     def _send_content(self, rid: int, ops: Sequence[Op], source: ContentSource,
-                      sigs: dict[Key, list[bytes]] | None = None) -> None:
+                      sigs: dict[Key, list[bytes]] | None = None,
+                      stop: _FarCancel | None = None) -> None:
         """The content of every file the batch creates or updates, in pages of
         ``[key, data, end]`` (``end``: None while the file goes on, else ``[mtime_ns,
         error]``): whole, or as a delta against the far side's old file where its
@@ -511,6 +648,8 @@ class RemoteBackend:
         sent: set[Key] = set()
         sigs = sigs or {}
         for op in ops:
+            if stop is not None and stop.sent:
+                break  # cancelled: the far side stops at its next op
             if not _needs_content(op) or op.key in sent:
                 continue
             key = op.key
@@ -555,6 +694,9 @@ class RemoteBackend:
         if self._prefetch is not None:
             self._prefetch.stop()
             self._prefetch = None
+        if self._deltas is not None:
+            self._deltas.stop()
+            self._deltas = None
         self.link.close()
 
     # -- bytes on the wire -----------------------------------------------------------------
@@ -691,10 +833,21 @@ class _Metadata:
         return out
 
 
+class _ScanConfigurable:
+    """``-x`` and ``--no-specials`` reach the far tree's scans (its backend takes
+    ``ScanOptions``)."""
+
+    link: Link
+
+    def configure_scan(self, options: ScanOptions) -> None:
+        self.link.call("configure_scan", options.specials, options.one_file_system)
+
+
 _MIXINS = {
     "sorted_walk": _SortedWalk, "streaming": _Streaming,
     "digest_scanning": _DigestScanning, "bulk_hashing": _BulkHashing,
     "watchable": _Watchable, "metadata": _Metadata,
+    "scan_configurable": _ScanConfigurable,
 }
 _CLASSES: dict[tuple[str, ...], type] = {}
 
