@@ -192,6 +192,14 @@ CompressOpt = typer.Option(
     True, "--compress/--no-compress", "-z",
     help="Compress data on the link to a remote tree (zstd; on by default).",
 )
+WindowOpt = typer.Option(
+    None, "--window", min=1, metavar="N",
+    help="Batches a push to a remote tree keeps in flight, unacknowledged (default 4).",
+)
+BatchOpsOpt = typer.Option(
+    None, "--batch-ops", min=1, metavar="N",
+    help="Ops one batch to a remote tree holds at most (default 2000).",
+)
 SchemaOpt = typer.Option(
     None,
     "--schema",
@@ -325,6 +333,8 @@ def sync(
     rsh: str | None = RshOpt,
     remote_hsync: str | None = RemoteHsyncOpt,
     compress: bool = CompressOpt,
+    window: int | None = WindowOpt,
+    batch_ops: int | None = BatchOpsOpt,
     wait_lock: bool = WaitLockOpt,
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."
@@ -367,8 +377,8 @@ def sync(
                          dst_password_file, ca_file, starttls)
 
     opts = _options(
-        rsh=rsh, remote_hsync=remote_hsync, compress=compress,
-        dry_run=dry_run, delete=delete, checksum=checksum, exclude=exclude,
+        rsh=rsh, remote_hsync=remote_hsync, compress=compress, window=window,
+        batch_ops=batch_ops, dry_run=dry_run, delete=delete, checksum=checksum, exclude=exclude,
         exclude_from=exclude_from, exclude_attr=exclude_attr, max_delete=max_delete,
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links, wait_lock=wait_lock, schema=schema,

@@ -2,8 +2,9 @@
 
 SPEC section 5: the ops of a plan run in batches; each batch gets a sequence number and
 is written here (durably: ``synchronous=FULL``) before its first op runs, and is marked
-done after the batch's ``syncfs``. Batches run one after the other, so at most one batch
-per pair is unfinished at any time.
+done after the batch's ``syncfs``. On a local destination batches run one after the
+other, so at most one batch per pair is unfinished at any time (a window of them, in
+flight to a remote destination, see below).
 
 Roll forward. A run that finds an unfinished batch for its pair does not replay the
 recorded ops blindly: the destination may hold any prefix of them, and a source that
@@ -20,6 +21,14 @@ never synced; the scan lists them and the first batch of the next run removes th
 The journal lives next to the history (``history.sqlite`` -> ``history.journal.sqlite``),
 is created with mode 0600, and keeps the last ``KEEP`` batches per pair (older ones are
 pruned). ``HSYNC_JOURNAL=0`` in the environment turns it off (to measure its cost).
+
+A remote destination keeps a window of batches in flight (``hsync.apply``): several
+batches of a pair may be running at once here; each is marked done by its own sequence
+number, in order. The agent on the far side journals each batch it applies under the
+sender's session and sequence number (``acks``) with the answer it sent, in the same
+transaction that marks it done: a sender that reconnects asks which of its batches are
+applied and flushed there (``acknowledged``), takes their stored answers, and resends
+the rest from the first unacknowledged one.
 """
 
 from __future__ import annotations
@@ -41,7 +50,12 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches(
     pair TEXT, seq INTEGER, state TEXT, pid INTEGER, started REAL, finished REAL,
     n_ops INTEGER, ops BLOB, PRIMARY KEY(pair, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS acks(
+    session TEXT, seq INTEGER, batch INTEGER, state TEXT, time REAL, answer BLOB,
+    PRIMARY KEY(session, seq)) WITHOUT ROWID;
 """
+ACKS_KEPT = 24 * 3600
+"""Seconds the far side keeps another session's acknowledgements."""
 RUNNING = "running"
 DONE = "done"
 ROLLED = "rolled forward"
@@ -92,11 +106,19 @@ class Journal:
             self.replaced = True
         else:
             self.replaced = False
-        self.seq: int | None = None
+        self.running: list[int] = []
+        """Sequence numbers begun and not yet marked done, oldest first."""
+
+    @property
+    def seq(self) -> int | None:
+        """The oldest running batch (None: none runs)."""
+        return self.running[0] if self.running else None
 
     @staticmethod
     def _connect(path: str) -> sqlite3.Connection:
-        db = sqlite3.connect(path, isolation_level="DEFERRED")
+        # the far side's agent uses it from its applier thread and its main thread (the
+        # agent serialises the two with a lock of its own)
+        db = sqlite3.connect(path, isolation_level="DEFERRED", check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # a begun batch is on disk before it runs
         db.executescript(_SCHEMA)
@@ -122,9 +144,12 @@ class Journal:
                 ((ROLLED, time.time(), self.pair, s) for s in seqs),
             )
 
-    def begin(self, ops: Sequence[Op]) -> int:
-        """Record a batch before it runs; returns its sequence number."""
-        assert self.seq is None, "a batch is already running"
+    def begin(self, ops: Sequence[Op], *, session: str | None = None,
+              sender_seq: int = 0) -> int:
+        """Record a batch before it runs; returns its sequence number. Several may run
+        at once (a window of batches in flight); each is marked done by ``done``.
+        ``session``, ``sender_seq``: on the far side, the sender's session and its
+        sequence number for the batch (``acknowledged`` answers by them)."""
         with self.db:
             (last,) = self.db.execute(
                 "SELECT coalesce(max(seq), 0) FROM batches WHERE pair=?", (self.pair,)
@@ -134,22 +159,58 @@ class Journal:
                 "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?)",
                 (self.pair, seq, RUNNING, os.getpid(), time.time(), None, len(ops), _pack(ops)),
             )
-        self.seq = seq
+            if session is not None:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO acks VALUES (?,?,?,?,?,?)",
+                    (session, sender_seq, seq, RUNNING, time.time(), None),
+                )
+        self.running.append(seq)
         return seq
 
-    def done(self) -> None:
-        """Mark the running batch done (after its syncfs) and prune old batches."""
-        assert self.seq is not None
-        seq, self.seq = self.seq, None
+    def done(self, seq: int | None = None, *, session: str | None = None,
+             sender_seq: int = 0, answer: bytes | None = None) -> None:
+        """Mark a running batch done (after its flush; the oldest when ``seq`` is None)
+        and prune old batches. On the far side, ``answer`` (the acknowledgement sent
+        for the sender's batch ``sender_seq`` of ``session``) is kept with it, in the
+        same transaction."""
+        if seq is None:
+            seq = self.running[0]
+        self.running.remove(seq)
+        now = time.time()
         with self.db:
             self.db.execute(
                 "UPDATE batches SET state=?, finished=? WHERE pair=? AND seq=?",
-                (DONE, time.time(), self.pair, seq),
+                (DONE, now, self.pair, seq),
             )
             self.db.execute(
                 "DELETE FROM batches WHERE pair=? AND seq<=? AND state!=?",
                 (self.pair, seq - KEEP, RUNNING),
             )
+            if session is not None:
+                self.db.execute(
+                    "UPDATE acks SET state=?, time=?, answer=? WHERE session=? AND seq=?",
+                    (DONE, now, answer, session, sender_seq),
+                )
+                self.db.execute(
+                    "DELETE FROM acks WHERE (session=? AND seq<=?) OR (session!=? AND time<?)",
+                    (session, sender_seq - KEEP, session, now - ACKS_KEPT),
+                )
+
+    def acknowledged(self, session: str, first: int) -> tuple[dict[int, bytes], list[int]]:
+        """What the far side did of ``session``'s batches from ``first`` on: the answers
+        of those applied and flushed (by sequence number), and the batches begun and
+        never finished (an agent killed while it applied them: partly applied)."""
+        done: dict[int, bytes] = {}
+        begun: list[int] = []
+        for seq, state, answer in self.db.execute(
+            "SELECT seq, state, answer FROM acks WHERE session=? AND seq>=? ORDER BY seq",
+            (session, first),
+        ):
+            if state == DONE and answer is not None:
+                done[seq] = answer
+            elif state == RUNNING:
+                begun.append(seq)
+        return done, begun
 
     def batches(self) -> list[tuple[int, str, int]]:
         """(seq, state, n_ops) of the kept batches, oldest first (tests, post-mortems)."""

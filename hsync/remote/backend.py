@@ -9,7 +9,12 @@ offers (its ``Features``, sent when it opens), each forwarded:
   link), the sorted walk and the streamed walk (pages of rows), ``hash_many``;
 - ``read``: one file streamed in chunks; ``prefetch`` (a batch's files asked for at
   once, their contents streamed back in pages: one round trip per batch, not per file);
-- ``apply_batch``: the ops, the part of the final snapshot they need, then the content
+- ``submit_batch`` (``Windowed``; ``apply_batch`` is a submit and its result): a
+  window of batches in flight (``--window``), each numbered within the sender's
+  session; the far side applies them in order and acknowledges each once it is
+  flushed and journaled. A link that breaks is reconnected (``_recover``) and the
+  batches not acknowledged are resent, none applied twice. Each batch carries
+  the ops, the part of the final snapshot they need, then the content
   of the files they create or update, in pages (small files many to a page, big files
   in chunks). An updated file the far side holds an old version of (``use_delta``)
   crosses as an rsync delta against it (``_signatures``, one request per batch, then
@@ -29,6 +34,8 @@ import io
 import os
 import tempfile
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -52,12 +59,19 @@ from ..backend import (
     WatchSink,
 )
 from ..cancel import NEVER, Cancel
-from ..errors import CANCELLED, BackendError, NodeError, SourceChanged, UsageError
+from ..errors import (
+    CANCELLED,
+    BackendError,
+    LinkLost,
+    NodeError,
+    SourceChanged,
+    UsageError,
+)
 from ..filters import Exclude
 from ..model import CREATE, DIR, FILE, MOVE, UPDATE, Key, Node, Op, Problem, Row, Snapshot
-from . import current
+from . import BATCH_BYTES, Reach, current
 from .agent import decode_snapshot, encode_snapshot
-from .protocol import CHUNK, INLINE, Spool, content_file
+from .protocol import CHUNK, INLINE, Spool, content_file, unpack
 from .transport import Link
 from .url import RemoteUrl, parse
 
@@ -68,6 +82,9 @@ PREFETCH_LIMIT = 4 << 20
 PREFETCH_BUFFER = 64 << 20
 """Prefetched content held at most before the next request waits for reads."""
 PAGE_BYTES = 1 << 20
+RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+"""The pauses before each try to reconnect a link that broke while batches were in
+flight (about 8 s in all; then the run ends and the next one resumes)."""
 SIGNATURES_MAX = 64 << 20
 """Signature bytes asked for ahead of one batch at most (384 KiB per GiB of file): the
 files beyond are sent whole."""
@@ -249,11 +266,22 @@ class RemoteBackend:
     """A tree on another host, through an agent (see the module docstring)."""
 
     def __init__(self, location: str, url: RemoteUrl, link: Link, role: Role,
-                 opened: dict[str, Any]) -> None:
+                 opened: dict[str, Any], reach: Reach | None = None,
+                 exclude_attrs: Sequence[str] = ()) -> None:
         self.url = location
         self.remote = url
         self.link = link
         self.role: Role = role
+        self.reach = reach or Reach()
+        self._exclude_attrs = list(exclude_attrs)
+        self._window, self._batch_ops = self.reach.batches()
+        self.session = os.urandom(8).hex()
+        """This sender's batches are numbered within it (the far journal's key)."""
+        self._flying: deque[_Batch] = deque()
+        """Batches sent and not yet acknowledged, in order."""
+        self._keep: Keep | None = None
+        """The metadata negotiated (replayed on a new link)."""
+        self.reconnects = 0
         self.far_url: str = opened["url"]
         self.far_canonical: str = opened["canonical"]
         far: Capabilities = opened["capabilities"]
@@ -398,6 +426,13 @@ class RemoteBackend:
         if keys:
             self._prefetch = _Prefetch(self.link, list(keys))
 
+    # -- batches: a window in flight, acknowledged in order --------------------------------
+    def window(self) -> int:
+        return self._window
+
+    def batch_limits(self) -> tuple[int, int]:
+        return self._batch_ops, BATCH_BYTES
+
     def apply_batch(
         self,
         ops: Sequence[Op],
@@ -408,31 +443,111 @@ class RemoteBackend:
         cancel: Cancel = NEVER,
         on_done: Callable[[Op], None] | None = None,
     ) -> ApplyResult:
-        if cancel.cancelled():
-            return ApplyResult(problems=[
-                Problem(op.key, f"{op.op} not run: {cancel.reason}", op=op.op, kind=CANCELLED)
-                for op in ops])
-        self._seq += 1
-        ops = list(ops)
-        sigs = self._signatures(ops)
-        rid, q = self.link.open("apply", self._seq, ops, _final_part(ops, final),
-                                attrs.evolve(options, defer_durable=False), self.pair)
-        try:
-            self._send_content(rid, ops, source, sigs)
-        finally:
-            answer: dict[str, Any] | None = None
-            for tag, value in self.link.answer(rid, q):
-                if tag in ("ok", "err"):
-                    answer = self.link.result(tag, value)
-        assert answer is not None
-        # a delta that did not verify there comes back as a retry: sent whole next time
-        self._whole.update(p.key for p in answer["problems"] if p.key in sigs)
-        done = [ops[i] if isinstance(i, int) else i for i in answer["done"]]
+        result = self.submit_batch(ops, source, final, options=options,
+                                   cancel=cancel).result()
         if on_done is not None:
-            for op in done:
+            for op in result.done:
                 on_done(op)
-        return ApplyResult(done=done, problems=list(answer["problems"]),
-                           bytes_copied=answer["bytes"], warnings=list(answer["warnings"]))
+        return result
+
+    def submit_batch(
+        self,
+        ops: Sequence[Op],
+        source: ContentSource,
+        final: Snapshot,
+        *,
+        options: ApplyOptions = _DEFAULTS,
+        cancel: Cancel = NEVER,
+    ) -> _Pending:
+        """Send a batch: its sequence number, ops, the part of ``final`` its apply
+        reads, then its content; return without waiting for the acknowledgement. The
+        agent applies the batches in the order sent."""
+        if cancel.cancelled():
+            return _Pending(self, ApplyResult(problems=[
+                Problem(op.key, f"{op.op} not run: {cancel.reason}", op=op.op, kind=CANCELLED)
+                for op in ops]))
+        self._seq += 1
+        batch = _Batch(self._seq, list(ops), _final_part(ops, final),
+                       attrs.evolve(options, defer_durable=False), source)
+        self._flying.append(batch)
+        try:
+            self._send(batch)
+        except LinkLost as e:
+            self._recover(e)
+        return _Pending(self, batch)
+
+    def _send(self, batch: _Batch, *, resumed: bool = False) -> None:
+        """The batch's request, then its content (``resumed``: the far side began it
+        before the link broke and checks each op against what is there)."""
+        sigs = self._signatures(batch.ops)
+        batch.sigs = set(sigs)
+        batch.answer = None
+        rid, q = self.link.open("apply", batch.seq, batch.ops, batch.final, batch.options,
+                                self.pair, self.session, resumed)
+        batch.rid, batch.q = rid, q
+        self._send_content(rid, batch.ops, batch.source, sigs)
+
+    def acknowledged(self, batch: _Batch) -> ApplyResult:
+        """The result of ``batch``, once the far side acknowledged it and every batch
+        sent before it (their results are kept for their own ``result``)."""
+        while batch.result is None:
+            head = self._flying[0]
+            answer = head.answer
+            if answer is None:
+                try:
+                    for tag, value in self.link.answer(head.rid, head.q):
+                        if tag in ("ok", "err"):
+                            answer = self.link.result(tag, value)
+                except LinkLost as e:
+                    self._recover(e)
+                    continue
+            self._flying.popleft()
+            assert answer is not None
+            # a delta that did not verify there comes back as a retry: sent whole next
+            self._whole.update(p.key for p in answer["problems"] if p.key in head.sigs)
+            ops = head.ops
+            head.result = ApplyResult(
+                done=[ops[i] if isinstance(i, int) else i for i in answer["done"]],
+                problems=list(answer["problems"]), bytes_copied=answer["bytes"],
+                warnings=list(answer["warnings"]))
+        return batch.result
+
+    def _recover(self, error: BaseException) -> None:
+        """The link broke with batches in flight: reconnect (after a pause that doubles,
+        ``RECONNECT_DELAYS``), ask the new agent which of them its journal holds as
+        applied and flushed (their answers come from there), and resend the others
+        from the first unacknowledged one. None is applied twice: a batch the old
+        agent began and did not finish is resent marked resumed (the agent skips the
+        ops already done there). Raises ``LinkLost`` naming the host when every try
+        failed (the run ends; the next one resumes from the journal)."""
+        why = str(error)
+        for delay in RECONNECT_DELAYS:
+            time.sleep(delay)
+            try:
+                self._reconnect()
+            except BackendError as e:
+                why = str(e)
+                continue
+            return
+        raise LinkLost(f"{self.link.host}: the link broke and {len(RECONNECT_DELAYS)} "
+                       f"reconnections failed (last: {why}); the next run resumes") from None
+
+    def _reconnect(self) -> None:
+        self.link.abandon()
+        link = Link(self.remote, self.reach)
+        self.link = link
+        link.call("open", self.remote.path, self.role, self._exclude_attrs)
+        if self._keep is not None:
+            link.call("metadata", self._keep)
+        first = self._flying[0].seq if self._flying else self._seq + 1
+        done, begun = link.call("acknowledged", self.session, first)
+        self.reconnects += 1
+        done = dict(done)
+        for batch in list(self._flying):
+            if batch.seq in done:
+                batch.answer = unpack(done[batch.seq])
+            else:
+                self._send(batch, resumed=batch.seq in begun)
 
     def _signatures(self, ops: Sequence[Op]) -> dict[Key, list[bytes]]:
         """The signatures of the far side's old files, for the files of the batch a
@@ -579,6 +694,36 @@ class RemoteBackend:
         return None
 
 
+@attrs.define(eq=False)
+class _Batch:
+    """A batch sent to the far side: what a resend needs, and its answer once there."""
+
+    seq: int
+    ops: list[Op]
+    final: dict[str, Any]
+    options: ApplyOptions
+    source: ContentSource
+    sigs: set[Key] = attrs.field(factory=set)
+    rid: int = 0
+    q: Any = None
+    answer: dict[str, Any] | None = None
+    """Its answer, taken from the far journal after a reconnect."""
+    result: ApplyResult | None = None
+
+
+class _Pending:
+    """``PendingBatch``: a batch in flight, its result taken in order."""
+
+    def __init__(self, backend: RemoteBackend, batch: _Batch | ApplyResult) -> None:
+        self.backend = backend
+        self.batch = batch
+
+    def result(self) -> ApplyResult:
+        if isinstance(self.batch, ApplyResult):
+            return self.batch
+        return self.backend.acknowledged(self.batch)
+
+
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield first
     yield from rest
@@ -681,6 +826,7 @@ class _Metadata:
     (a pair maps ids by name across hosts) and the negotiation, forwarded."""
 
     link: Link
+    _keep: Keep | None
 
     def id_names(self) -> IdNames:
         users, groups = self.link.call("id_names")
@@ -688,6 +834,7 @@ class _Metadata:
 
     def metadata(self, wanted: Keep) -> Keep:
         out: Keep = self.link.call("metadata", wanted)
+        self._keep = wanted  # a new link after a break negotiates the same again
         return out
 
 
@@ -727,7 +874,8 @@ def open_remote(
         link.close()
         raise
     cls = _class_for(opened["features"])
-    backend: RemoteBackend = cls(location, url, link, role, opened)
+    backend: RemoteBackend = cls(location, url, link, role, opened, reach=link.reach,
+                                 exclude_attrs=exclude_attrs)
     return backend
 
 

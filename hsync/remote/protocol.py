@@ -26,8 +26,10 @@ import attrs
 import msgpack
 import zstandard
 
-PROTOCOL = 2
-"""Bumped when the messages change incompatibly; the handshake refuses a mismatch."""
+PROTOCOL = 3
+"""Bumped when the messages change incompatibly; the handshake refuses a mismatch.
+3: batches carry the sender's session and a resumed flag, the agent applies a window of
+them in order and answers ``acknowledged`` and ``outstanding``."""
 MAGIC = "hsync-agent"
 
 _HEADER = struct.Struct(">IB")
