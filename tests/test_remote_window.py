@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_faults import small_fs  # noqa: F401 (a fixture)
 from test_remote import HOST, _agents_of, _children, _cmdline, _files, run
 from treeutil import assert_same_tree, build, hsync_bin
 
@@ -192,3 +193,37 @@ def test_batches_are_applied_in_order_across_the_window(remote: Any, tmp_path: P
     counts = json.loads(r.stdout)["counts"]
     assert counts["move"] == 8 and counts["delete"] == 8 and counts["create"] == 8
     assert_same_tree(src, dst)
+
+
+def test_a_batch_failing_there_stops_the_window(remote: Any, tmp_path: Path,
+                                               small_fs: Path) -> None:  # noqa: F811
+    """A batch that fails as a whole on the far side (its destination is full) stops
+    the batches sent after it: they are not applied there, even one that would
+    succeed on its own; the sender gets the fault first, in order."""
+    from hsync.backend import open_endpoint
+    from hsync.errors import HsyncError
+    from hsync.model import CREATE, FILE, Op
+    from hsync.remote import Reach, reaching
+
+    src = build(tmp_path / "src", {"big": os.urandom(4 << 20), "small": b"s"})
+    dst = small_fs / "dst"
+    dst.mkdir()
+    with reaching(Reach(window=4)):
+        source = open_endpoint(str(src), role="source")
+        far = open_endpoint(f"{HOST}:{dst}", role="destination")
+    try:
+        snap = source.backend.scan()
+        backend: Any = far.backend
+        assert far.features.windowed is backend
+        first, second = (
+            backend.submit_batch([Op(op=CREATE, kind=FILE, key=(k,), node=snap.nodes[(k,)])],
+                                 source.backend, snap)
+            for k in ("big", "small"))
+        with pytest.raises(HsyncError, match=r"full|space"):
+            first.result()
+        with pytest.raises(HsyncError, match="batch 2 not applied: batch 1 failed"):
+            second.result()
+        assert os.listdir(dst) == []
+    finally:
+        far.close()
+        source.close()

@@ -62,6 +62,7 @@ from ..cancel import NEVER, Cancel
 from ..errors import (
     CANCELLED,
     BackendError,
+    HsyncError,
     LinkLost,
     NodeError,
     SourceChanged,
@@ -490,7 +491,7 @@ class RemoteBackend:
     def acknowledged(self, batch: _Batch) -> ApplyResult:
         """The result of ``batch``, once the far side acknowledged it and every batch
         sent before it (their results are kept for their own ``result``)."""
-        while batch.result is None:
+        while batch.result is None and batch.error is None:
             head = self._flying[0]
             answer = head.answer
             if answer is None:
@@ -501,6 +502,10 @@ class RemoteBackend:
                 except LinkLost as e:
                     self._recover(e)
                     continue
+                except (HsyncError, OSError) as e:  # the batch failed there as a whole
+                    self._flying.popleft()
+                    head.error = e
+                    continue
             self._flying.popleft()
             assert answer is not None
             # a delta that did not verify there comes back as a retry: sent whole next
@@ -510,6 +515,9 @@ class RemoteBackend:
                 done=[ops[i] if isinstance(i, int) else i for i in answer["done"]],
                 problems=list(answer["problems"]), bytes_copied=answer["bytes"],
                 warnings=list(answer["warnings"]))
+        if batch.error is not None:
+            raise batch.error
+        assert batch.result is not None
         return batch.result
 
     def _recover(self, error: BaseException) -> None:
@@ -709,6 +717,8 @@ class _Batch:
     answer: dict[str, Any] | None = None
     """Its answer, taken from the far journal after a reconnect."""
     result: ApplyResult | None = None
+    error: BaseException | None = None
+    """Why it failed there as a whole (a batch after it is not applied either)."""
 
 
 class _Pending:
