@@ -47,6 +47,12 @@ _MIGRATIONS = {
 """Schema version -> the script that takes a file from it to the next version. A file
 of a version with no migration is set aside like a corrupt one (the history is
 advisory: losing it costs one full comparison)."""
+_COLUMNS = {
+    "pairs": {"pair", "source", "destination", "complete", "synced_at", "deletes"},
+    "nodes": {"pair", "key", "ident", "kind", "size", "mtime", "target", "mode", "fp"},
+    "resume": {"pair", "token", "context", "saved_at"},
+}
+"""The columns each table of the current schema has."""
 
 
 def default_state_path() -> str:
@@ -137,6 +143,14 @@ class History:
             version += 1
         if version != SCHEMA_VERSION:
             raise sqlite3.DatabaseError(f"schema {schema}, expected {SCHEMA_VERSION}")
+        # a file that says it is current but lacks a column (written by a build of
+        # another numbering, or tables created before the schema was recorded) would
+        # fail at the first query that needs the column: treat it as foreign now
+        for table, wanted in _COLUMNS.items():
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if not wanted <= have:
+                missing = ", ".join(sorted(wanted - have))
+                raise sqlite3.DatabaseError(f"table {table} lacks column(s) {missing}")
         return db
 
     def _open(self, path: str) -> sqlite3.Connection:

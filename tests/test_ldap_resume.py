@@ -99,6 +99,7 @@ def run_watch(
     """Run a PairWatch (what ``hsync watch`` runs) until ``until()``, then stop it."""
     pw = PairWatch(source, destination, Options(state=str(state), check=True),
                    WatchOptions(debounce=0.05), on_round=rounds.append)
+    before = _token_now(state)
     t = threading.Thread(target=pw.run, name=WATCH_THREAD)
     t.start()
     try:
@@ -107,12 +108,27 @@ def run_watch(
             assert time.monotonic() < deadline, "the watch did not get there in time"
             assert t.is_alive(), "the watch stopped"
             time.sleep(0.05)
-        time.sleep(0.2)  # the round that got there records its history and token
+        # the round that got there stores its token after it recorded the history: wait
+        # for a new token (a bounded wait: a run that changes nothing stores none)
+        settle = time.monotonic() + 5
+        while _token_now(state) == before and time.monotonic() < settle:
+            time.sleep(0.05)
+        time.sleep(0.1)
     finally:
         pw.stop()
         t.join(15)
     assert not t.is_alive()
     return pw
+
+
+def _token_now(state: Path) -> bytes | None:
+    """The stored token, or None while there is no history file or table yet."""
+    if not state.exists():
+        return None
+    try:
+        return token(state)
+    except sqlite3.OperationalError:
+        return None
 
 
 def token(state: Path) -> bytes | None:

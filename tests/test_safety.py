@@ -123,6 +123,29 @@ def test_a_corrupt_history_is_set_aside_with_a_warning(tmp_path: Path) -> None:
     assert (dst / "a").read_bytes() == b"A"
 
 
+def test_a_history_that_claims_the_current_schema_without_its_columns_is_set_aside(
+    tmp_path: Path,
+) -> None:
+    """A history file that says it is current but lacks a column (written by another
+    build's numbering) is set aside with a warning, not a crash at the first query."""
+    import sqlite3
+
+    src, dst = build(tmp_path / "s", {"a": b"A"}), tmp_path / "d"
+    state = tmp_path / "h.sqlite"
+    ok(hsync("sync", "--state", state, src, dst))
+    db = sqlite3.connect(state)
+    with db:
+        db.execute("ALTER TABLE pairs DROP COLUMN deletes")
+    db.close()
+    (src / "b").write_bytes(b"B")
+    r = ok(hsync("sync", "--state", state, src, dst))
+    (aside,) = (p for p in tmp_path.glob("h.sqlite.corrupt-*") if p.suffix != ".sqlite"
+                and not p.name.endswith(("-wal", "-shm")))
+    lines = [ln for ln in r.err.splitlines() if "set aside" in ln]
+    assert len(lines) == 1 and str(aside) in lines[0] and "deletes" in lines[0]
+    assert (dst / "b").read_bytes() == b"B"
+
+
 # -- 7. only temporary names hsync made are removed as such ----------------------------------
 def test_a_users_hsync_tmp_file_is_an_ordinary_node(tmp_path: Path) -> None:
     src, dst, state = tmp_path / "s", tmp_path / "d", tmp_path / "h.sqlite"
