@@ -227,3 +227,47 @@ def test_a_batch_failing_there_stops_the_window(remote: Any, tmp_path: Path,
     finally:
         far.close()
         source.close()
+
+
+def test_a_resumed_batch_skips_exactly_what_the_tree_shows_done(tmp_path: Path) -> None:
+    """The far side's check of a batch begun by an agent that was cut off (no link
+    needed: the agent's own method on a real tree)."""
+    from treeutil import File
+
+    from hsync.backend import open_endpoint
+    from hsync.model import CREATE, DELETE, FILE, MOVE, UPDATE, Op
+    from hsync.remote.agent import Agent
+
+    t0, t1 = 1_600_000_000 * 10**9, 1_700_000_000 * 10**9
+    new = build(tmp_path / "new", {
+        "a": File(b"aa", mtime_ns=t1), "b": File(b"bb", mtime_ns=t1),
+        "c": File(b"cc2", mtime_ns=t1), "d": File(b"d", mode=0o600, mtime_ns=t0),
+        "e": File(b"e", mtime_ns=t0)})
+    old = build(tmp_path / "old", {"c": File(b"c1", mtime_ns=t0),
+                                   "d": File(b"d", mode=0o644, mtime_ns=t0)})
+    # the destination as the cut-off agent left it: a created, c updated, gone
+    # deleted, m moved to n; b not created, d's mode not changed yet
+    build(tmp_path / "dst", {"a": File(b"aa", mtime_ns=t1), "c": File(b"cc2", mtime_ns=t1),
+                             "d": File(b"d", mode=0o644, mtime_ns=t0),
+                             "e": File(b"e", mtime_ns=t0), "n": b"moved"})
+    nodes = open_endpoint(str(new), role="source").backend.scan().nodes
+    olds = open_endpoint(str(old), role="source").backend.scan().nodes
+    ops = [
+        Op(op=CREATE, kind=FILE, key=("a",), node=nodes[("a",)]),
+        Op(op=CREATE, kind=FILE, key=("b",), node=nodes[("b",)]),
+        Op(op=UPDATE, kind=FILE, key=("c",), node=nodes[("c",)], old=olds[("c",)],
+           content=True),
+        Op(op=UPDATE, kind=FILE, key=("d",), node=nodes[("d",)], old=olds[("d",)]),
+        # only what a stat does not show changes (an owner): it runs again
+        Op(op=UPDATE, kind=FILE, key=("e",), node=nodes[("e",)], old=nodes[("e",)]),
+        Op(op=DELETE, kind=FILE, key=("gone",)),
+        Op(op=MOVE, kind=FILE, key=("m",), to=("n",)),
+    ]
+    agent = Agent(None, None)  # type: ignore[arg-type]
+    agent.do_open(0, str(tmp_path / "dst"), "destination", [])
+    try:
+        todo, already = agent._not_done(ops)
+    finally:
+        agent.endpoint.close()  # type: ignore[union-attr]
+    assert [op.key for op in already] == [("a",), ("c",), ("gone",), ("m",)]
+    assert [op.key for op in todo] == [("b",), ("d",), ("e",)]

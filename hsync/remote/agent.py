@@ -615,9 +615,13 @@ class Agent:
                 done = now is None
             elif op.op == MOVE:
                 done = now is None and op.to is not None and stat(op.to) is not None
-            elif op.op in (CREATE, UPDATE) and op.node is not None:
+            elif op.op == CREATE and op.node is not None:
+                done = now is not None and _same(now, op.node)
+            elif op.op == UPDATE and op.node is not None and op.node.kind != DIR:
+                # done when it shows: an update that changes only what a stat does
+                # not tell (an owner, an xattr) runs again (it is idempotent)
                 done = now is not None and _same(now, op.node) and (
-                    op.op == CREATE or op.node.kind != DIR)
+                    op.old is None or not _same(op.old, op.node))
             else:
                 done = False
             (already if done else todo).append(op)
