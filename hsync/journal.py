@@ -160,6 +160,13 @@ class Journal:
                 (self.pair, seq, RUNNING, os.getpid(), time.time(), None, len(ops), _pack(ops)),
             )
             if session is not None:
+                # a batch resent after a break: the try an agent was cut off in is
+                # rolled forward by this one (it stays listed, no longer running)
+                self.db.execute(
+                    "UPDATE batches SET state=?, finished=? WHERE pair=? AND state=? AND "
+                    "seq=(SELECT batch FROM acks WHERE session=? AND seq=?)",
+                    (ROLLED, time.time(), self.pair, RUNNING, session, sender_seq),
+                )
                 self.db.execute(
                     "INSERT OR REPLACE INTO acks VALUES (?,?,?,?,?,?)",
                     (session, sender_seq, seq, RUNNING, time.time(), None),
