@@ -385,15 +385,21 @@ def record(
         return
     set_keys: list[Key] = []
     drop_prefixes: list[Key] = []
-    drop_keys: list[Key] = list(failed)
+    # a move that failed or did not run left the destination's node where it was (a
+    # rename is all or nothing): its rows stay, so the next run renames it instead of
+    # copying it again (where it did happen, the next run's check of the destination
+    # distrusts the rows)
+    stayed = {c.key for c in changes if c.op == MOVE and (c.key in failed or c.to in failed)}
+    drop_keys: list[Key] = [k for k in failed if k not in stayed]
     renames: list[tuple[Key, Key]] = []
     for c in changes:
         if c.op == MOVE:
             assert c.to is not None
-            drop_prefixes.append(c.key)
-            if c.key in failed or c.to in failed:
-                drop_prefixes.append(c.to)
+            if c.key in stayed:
+                if c.key[:len(c.to)] != c.to:
+                    drop_prefixes.append(c.to)
                 continue
+            drop_prefixes.append(c.key)
             set_keys.append(c.to)
             if c.to in src.folded:  # its descendants are not in src: their rows move
                 renames.append((c.key, c.to))

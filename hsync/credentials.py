@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .backend import Credentials, scheme_of
 from .errors import UsageError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SERVER_SCHEMES = ("ldap", "ldaps")
 """Endpoints that connect to a server, for which ``--ca-file`` and ``--starttls`` mean
@@ -95,14 +98,9 @@ def for_side(
     server = scheme_of(location) in SERVER_SCHEMES
     password = None
     if password_file is not None:
-        path = Path(password_file)
-        if base is not None and not path.is_absolute():
-            path = base / path
-        password = read_password_file(path, where)
+        password = read_password_file(_relative_to(base, password_file), where)
     if ca_file is not None and server:
-        path = Path(ca_file)
-        if base is not None and not path.is_absolute():
-            path = base / path
+        path = _relative_to(base, ca_file)
         if not os.access(path, os.R_OK):
             prefix = f"{where}: " if where else ""
             raise UsageError(f"{prefix}{path}: cannot read the CA file")
@@ -113,3 +111,11 @@ def for_side(
     if bind_dn is None and password is None and ca_file is None and not starttls:
         return None
     return Credentials(bind_dn, password, ca_file=ca_file, starttls=starttls)
+
+
+def _relative_to(base: Path | None, name: str) -> Path:
+    """``name`` as a path, relative to ``base`` when it is relative and there is one."""
+    from pathlib import Path  # only here: every run calls ``for_side``
+
+    path = Path(name)
+    return base / path if base is not None and not path.is_absolute() else path

@@ -37,6 +37,7 @@ from .model import (
     Node,
     Rows,
     Snapshot,
+    Table,
     same_content,
 )
 
@@ -418,10 +419,15 @@ def diff(
     ``delete=False`` no move is inferred and destination nodes are removed only where
     a source node of another kind needs their key (a type change); with
     ``replace=False`` not even then: such a source node is left out.
-    Keys under an ``incomplete`` key of either snapshot are left alone; ``partial``
+    Keys under an ``incomplete`` key or a ``mounts`` key of either snapshot are left
+    alone; ``partial``
     keys (the context of a partial rescan) are at most updated.
     """
     src, dst = source.nodes, destination.nodes
+    mounts = dict.fromkeys(source.mounts | destination.mounts, "")
+    if mounts:  # -x: what is below a mount point not crossed is not this run's
+        src = _only(src, lambda k: not _strictly_under_any(k, mounts))
+        dst = _only(dst, lambda k: not _strictly_under_any(k, mounts))
     frozen = {**source.incomplete, **destination.incomplete}
     if frozen:
         # Nothing at or below a key that could not be read is touched: kept as it is
@@ -439,7 +445,13 @@ def diff(
     new: list[Key] = []
     changed: list[Key] = []
     same_size: list[Key] = []
-    if isinstance(src, Rows) and isinstance(dst, Rows):
+    gone: list[Key] | None = None
+    if (
+        isinstance(src, Rows) and isinstance(dst, Rows)
+        and isinstance(src.rows, Table) and isinstance(dst.rows, Table)
+    ):  # two whole scans' tables: compared listing by listing (``Table.differing``)
+        new, changed, same_size, gone = src.rows.differing(dst.rows, checksum)
+    elif isinstance(src, Rows) and isinstance(dst, Rows):
         # the hot loop of a re-sync: rows compare as payloads without building a Node
         rget = dst.rows.get
         for k, r in src.rows.items():
@@ -460,7 +472,8 @@ def diff(
                 changed.append(k)
             elif checksum and n.kind == FILE:
                 same_size.append(k)
-    gone = [k for k in dst.keys() - src.keys()] if len(dst) + len(new) != len(src) else []
+    if gone is None:
+        gone = [k for k in dst.keys() - src.keys()] if len(dst) + len(new) != len(src) else []
     if checksum:
         assert digest is not None
         # presumed-equal files are equal only if their content is

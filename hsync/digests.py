@@ -69,6 +69,7 @@ def compare_by_digests(
     src_part.folded = folded
     src_part.skipped = list(mine.skipped)
     src_part.holds_excluded = set(mine.held)
+    src_part.mounts = {k for k in mine.held if k not in mine.digests}
     src_part.scanned = mine.count
     src_part.whole = here  # its rows live as long as the part (freeing them costs)
     # a container updated in place whose listing is equal: its children are equal too,
@@ -87,6 +88,7 @@ def compare_by_digests(
     dst_part.folded = back
     dst_part.skipped = list(theirs.skipped)
     dst_part.holds_excluded = set(theirs.held)
+    dst_part.mounts = {k for k in theirs.held if k not in theirs.digests}
     dst_part.scanned = theirs.count
     return src_part, dst_part
 

@@ -8,12 +8,10 @@ reads goes through ``escape``.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
-from collections.abc import MutableMapping
-from typing import IO, Any
+from typing import IO
 
 from .model import ENTRY, Key, Op, key_dn, key_str
 
@@ -84,24 +82,3 @@ class LogFile:
     def close(self) -> None:
         with self._lock:
             self._f.close()
-
-
-class PairLog(logging.LoggerAdapter):
-    """A pair's logger: every record carries ``pair`` (the pair's name), which the
-    text formatter puts first and the JSON formatter writes as a field. Messages are
-    left unescaped: the formatter escapes the whole line once."""
-
-    def __init__(self, logger: logging.Logger, pair: str) -> None:
-        super().__init__(logger, {"pair": pair})
-
-    def process(
-        self, msg: Any, kwargs: MutableMapping[str, Any]
-    ) -> tuple[Any, MutableMapping[str, Any]]:
-        kwargs["extra"] = {**(kwargs.get("extra") or {}), **(self.extra or {})}
-        return msg, kwargs
-
-    def applied(self, op: Op) -> None:
-        """One info line per applied op (the ``on_done`` of the apply step); the JSON
-        log also gets ``op``, ``kind``, ``path`` and ``to`` as fields."""
-        fields = op.to_json()
-        self.info("%s", describe(op, escaped=False), extra={"item": fields})

@@ -39,7 +39,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, MutableMapping
+from typing import Any
 
 import attrs
 
@@ -50,7 +51,7 @@ from .compare import Comparison, compare_region, compare_trees
 from .dirty import Dirty
 from .errors import CANCELLED, Cancelled, HsyncError, LinkLost, SafetyError
 from .filters import build as build_filter
-from .itemize import PairLog
+from .itemize import describe
 from .model import Key, Op, Problem
 from .options import Options, withheld_line
 from .populate import can_populate, populate
@@ -70,6 +71,27 @@ POLL_MANY = 1000
 BATCH_BYTES = 64 << 20
 """Bytes copied per batch at most (with ``batch_ops``): what a stop request waits for."""
 __all__ = ["Dirty", "PairStatus", "PairWatch", "RoundResult", "StatusFile", "WatchOptions"]
+
+
+class PairLog(logging.LoggerAdapter):
+    """A pair's logger: every record carries ``pair`` (the pair's name), which the
+    text formatter puts first and the JSON formatter writes as a field. Messages are
+    left unescaped: the formatter escapes the whole line once."""
+
+    def __init__(self, logger: logging.Logger, pair: str) -> None:
+        super().__init__(logger, {"pair": pair})
+
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(kwargs.get("extra") or {}), **(self.extra or {})}
+        return msg, kwargs
+
+    def applied(self, op: Op) -> None:
+        """One info line per applied op (the ``on_done`` of the apply step); the JSON
+        log also gets ``op``, ``kind``, ``path`` and ``to`` as fields."""
+        fields = op.to_json()
+        self.info("%s", describe(op, escaped=False), extra={"item": fields})
 
 
 @attrs.frozen(kw_only=True)

@@ -8,7 +8,9 @@ a filesystem name that is not valid UTF-8 is carried with surrogate escapes
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, KeysView, Mapping
+from array import array
+from bisect import bisect_left
+from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -166,6 +168,321 @@ def same_row(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
     return a[:5] == b[:5] and a[6:] == b[6:]
 
 
+KIND_CODES: dict[str, int] = {DIR: 0, FILE: 1, SYMLINK: 2, SPECIAL: 3, ENTRY: 4}
+KIND_NAMES: tuple[str, ...] = (DIR, FILE, SYMLINK, SPECIAL, ENTRY)
+_M64 = (1 << 64) - 1
+
+
+class Table(Mapping[Key, Row]):
+    """A whole scan's rows as a compact table (key -> ``Row``), not a dict of tuples.
+
+    A million-node scan held as a dict of tuples costs about 450 bytes a node (the key
+    tuple, the row tuple, its ints, the dict's slot). Here a node is a name (``str``)
+    and one slot in each of a few typed columns (kind, mode, size, mtime, identity as
+    two 64-bit halves, data where any node has some): about 110 bytes. Each listed
+    directory's children are one contiguous run of the columns, sorted by name
+    (``add``): a key is found by its parent's run (``dirs``) and a bisection, and a
+    key or a row is built only when asked for. Iteration is parents first.
+
+    Rows are added one directory at a time (``add``), by the scan that lists them; a
+    row may be replaced later (``__setitem__``, for a key that is there: the attributes
+    read in full by ``compare.read_unread``). Identities that do not fit two 64-bit
+    halves (a node on another device) and symlink targets are kept aside by index; an
+    identity 0 reads as None.
+    """
+
+    __slots__ = ("_data", "_idents", "_targets", "dirs", "hi", "kind", "lo", "mode", "mtime",
+                 "names", "root", "runs", "size")
+
+    def __init__(self, root: Row | None = None) -> None:
+        self.root = root
+        self.dirs: dict[Key, int] = {}
+        """A listed directory's key -> its run's number."""
+        self.runs = array("q")
+        """Per run: start and end index of its children (two slots per run)."""
+        self.names: list[str] = []
+        self.kind = bytearray()
+        self.mode = array("I")
+        self.size = array("q")
+        self.mtime = array("q")
+        self.hi = array("Q")
+        self.lo = array("Q")
+        self._data: list[Any] | None = None  # None: no row has data
+        self._idents: dict[int, int | str] = {}
+        self._targets: dict[int, str] = {}
+
+    # -- building -------------------------------------------------------------------------
+    def add(self, key: Key, rows: Mapping[Key, Row]) -> None:
+        """The listing of the directory at ``key``: its children's rows, sorted by name
+        (a listing is added once)."""
+        start = len(self.names)
+        if rows:
+            keys = list(rows)
+            kinds, modes, sizes, mtimes, targets, idents, datas = zip(*rows.values(), strict=True)
+            self.names.extend([k[-1] for k in keys])
+            code = KIND_CODES.__getitem__
+            self.kind.extend(map(code, kinds))
+            self.mode.extend(modes)
+            self.size.extend(sizes)
+            self.mtime.extend(mtimes)
+            try:
+                his = array("Q", [0 if i is None else i >> 64 for i in idents])
+            except (OverflowError, TypeError):  # another device's, or not an int
+                self.hi.extend([0] * len(idents))
+                self.lo.extend([0] * len(idents))
+                for n, i in enumerate(idents):
+                    if i is not None:
+                        self._idents[start + n] = i
+            else:
+                self.hi.extend(his)
+                self.lo.extend([0 if i is None else i & _M64 for i in idents])
+            if targets.count(None) != len(targets):
+                for n, t in enumerate(targets):
+                    if t is not None:
+                        self._targets[start + n] = t
+            data = self._data
+            if data is None and datas.count(None) != len(datas):
+                data = self._data = [None] * start
+            if data is not None:
+                data.extend(datas)
+        self.dirs[key] = len(self.runs) // 2
+        self.runs.append(start)
+        self.runs.append(len(self.names))
+
+    def add_plain(
+        self, key: Key, names: Sequence[str], kinds: bytes, modes: Iterable[int],
+        sizes: Iterable[int], mtimes: Iterable[int], his: Iterable[int], los: Iterable[int],
+        data: Any = None,
+    ) -> None:
+        """The listing of the directory at ``key`` given as columns (sorted by name), of
+        nodes with no target, the same ``data``, and an identity of two halves (0, 0:
+        none)."""
+        start = len(self.names)
+        self.names.extend(names)
+        self.kind.extend(kinds)
+        self.mode.extend(modes)
+        self.size.extend(sizes)
+        self.mtime.extend(mtimes)
+        self.hi.extend(his)
+        self.lo.extend(los)
+        if data is not None and self._data is None:
+            self._data = [None] * start
+        if self._data is not None:
+            self._data.extend([data] * len(names))
+        self.dirs[key] = len(self.runs) // 2
+        self.runs.append(start)
+        self.runs.append(len(self.names))
+
+    # -- reading ----------------------------------------------------------------------------
+    def row(self, i: int) -> Row:
+        """The row at index ``i``."""
+        hi = self.hi[i]
+        ident: int | str | None
+        if hi:
+            ident = (hi << 64) | self.lo[i]
+        else:  # a small one, or one kept aside, or none (0)
+            ident = self.lo[i] or (self._idents.get(i) if self._idents else None)
+        return (
+            KIND_NAMES[self.kind[i]], self.mode[i], self.size[i], self.mtime[i],
+            self._targets.get(i) if self._targets else None, ident,
+            None if self._data is None else self._data[i],
+        )
+
+    def index(self, key: Key) -> int:
+        """The index of ``key`` (not the root), or -1."""
+        d = self.dirs.get(key[:-1])
+        if d is None or not key:
+            return -1
+        lo, hi = self.runs[2 * d], self.runs[2 * d + 1]
+        names = self.names
+        name = key[-1]
+        i = bisect_left(names, name, lo, hi)
+        return i if i < hi and names[i] == name else -1
+
+    def get(self, key: Key, default: Any = None) -> Any:
+        if not key:
+            return self.root if self.root is not None else default
+        i = self.index(key)
+        return default if i < 0 else self.row(i)
+
+    def __getitem__(self, key: Key) -> Row:
+        row = self.get(key)
+        if row is None:
+            raise KeyError(key)
+        return row
+
+    def __contains__(self, key: object) -> bool:
+        if key == ():
+            return self.root is not None
+        return type(key) is tuple and self.index(key) >= 0
+
+    def __len__(self) -> int:
+        return len(self.names) + (self.root is not None)
+
+    def listing(self, key: Key) -> Iterator[tuple[int, str]]:
+        """``(index, name)`` of the children of the directory at ``key`` (none when it
+        was not listed)."""
+        d = self.dirs.get(key)
+        if d is None:
+            return iter(())
+        lo, hi = self.runs[2 * d], self.runs[2 * d + 1]
+        return zip(range(lo, hi), self.names[lo:hi], strict=True)
+
+    def children(self, key: Key) -> list[Key]:
+        return [(*key, name) for _, name in self.listing(key)]
+
+    def __iter__(self) -> Iterator[Key]:
+        if self.root is not None:
+            yield ()
+        names, runs = self.names, self.runs
+        for key, d in self.dirs.items():
+            for name in names[runs[2 * d]:runs[2 * d + 1]]:
+                yield (*key, name)
+
+    def items(self) -> Iterator[tuple[Key, Row]]:  # type: ignore[override]
+        if self.root is not None:
+            yield (), self.root
+        names, runs, row = self.names, self.runs, self.row
+        for key, d in self.dirs.items():
+            lo = runs[2 * d]
+            for i, name in enumerate(names[lo:runs[2 * d + 1]], lo):
+                yield (*key, name), row(i)
+
+    def values(self) -> Iterator[Row]:  # type: ignore[override]
+        if self.root is not None:
+            yield self.root
+        row = self.row
+        for i in range(len(self.names)):
+            yield row(i)
+
+    def __setitem__(self, key: Key, row: Row) -> None:
+        """Replace the row of a key that is there (``KeyError`` otherwise)."""
+        if not key:
+            if self.root is None:
+                raise KeyError(key)
+            self.root = row
+            return
+        i = self.index(key)
+        if i < 0:
+            raise KeyError(key)
+        kind, mode, size, mtime, target, ident, data = row
+        self.kind[i] = KIND_CODES[kind]
+        self.mode[i], self.size[i], self.mtime[i] = mode, size, mtime
+        self._targets.pop(i, None)
+        if target is not None:
+            self._targets[i] = target
+        self._idents.pop(i, None)
+        if type(ident) is int and ident > 0 and ident >> 64 <= _M64:
+            self.hi[i], self.lo[i] = ident >> 64, ident & _M64
+        else:
+            self.hi[i] = self.lo[i] = 0
+            if ident is not None:
+                self._idents[i] = ident
+        if data is not None and self._data is None:
+            self._data = [None] * len(self.names)
+        if self._data is not None:
+            self._data[i] = data
+
+    def differing(
+        self, other: Table, checksum: bool = False
+    ) -> tuple[list[Key], list[Key], list[Key], list[Key]]:
+        """What differs from ``other`` (the destination's table): ``(new, changed,
+        same_files, gone)``: keys here only, keys whose payload differs (``same_row``),
+        files with equal rows (only with ``checksum``), keys there only. A run of
+        children equal column by column is skipped whole (slices compared in C); the
+        others are merged by name."""
+        new: list[Key] = []
+        changed: list[Key] = []
+        same: list[Key] = []
+        gone: list[Key] = []
+        if self.root is not None:
+            if other.root is None:
+                new.append(())
+            elif not same_row(self.root, other.root):
+                changed.append(())
+            elif checksum and self.root[0] == FILE:
+                same.append(())
+        names, runs, o_names, o_runs = self.names, self.runs, other.names, other.runs
+        o_dirs = other.dirs
+        for key, d in self.dirs.items():
+            lo, hi = runs[2 * d], runs[2 * d + 1]
+            od = o_dirs.get(key)
+            if od is None:  # listed here only: its children are new (or below new)
+                new.extend([(*key, n) for n in names[lo:hi]])
+                continue
+            olo, ohi = o_runs[2 * od], o_runs[2 * od + 1]
+            if not checksum and self._run_equal(other, lo, hi, olo, ohi):
+                continue
+            j = olo
+            for i in range(lo, hi):
+                name = names[i]
+                while j < ohi and o_names[j] < name:
+                    gone.append((*key, o_names[j]))
+                    j += 1
+                if j < ohi and o_names[j] == name:
+                    a, b = self.row(i), other.row(j)
+                    if a[:5] != b[:5] or a[6:] != b[6:]:
+                        changed.append((*key, name))
+                    elif checksum and a[0] == FILE:
+                        same.append((*key, name))
+                    j += 1
+                else:
+                    new.append((*key, name))
+            gone.extend([(*key, n) for n in o_names[j:ohi]])
+        for key, od in o_dirs.items():
+            if key not in self.dirs:
+                gone.extend([(*key, n) for n in o_names[o_runs[2 * od]:o_runs[2 * od + 1]]])
+        if other.root is not None and self.root is None:
+            gone.append(())
+        return new, changed, same, gone
+
+    def _run_equal(self, other: Table, lo: int, hi: int, olo: int, ohi: int) -> bool:
+        """True when the runs ``[lo, hi)`` here and ``[olo, ohi)`` there hold the same
+        names with the same payloads (identities aside)."""
+        if hi - lo != ohi - olo:
+            return False
+        if (
+            self.names[lo:hi] != other.names[olo:ohi]
+            or self.mtime[lo:hi] != other.mtime[olo:ohi]
+            or self.size[lo:hi] != other.size[olo:ohi]
+            or self.mode[lo:hi] != other.mode[olo:ohi]
+            or self.kind[lo:hi] != other.kind[olo:ohi]
+        ):
+            return False
+        mine = None if self._data is None else self._data[lo:hi]
+        theirs = None if other._data is None else other._data[olo:ohi]
+        if mine != theirs and (mine or [None] * (hi - lo)) != (theirs or [None] * (hi - lo)):
+            return False
+        if self._targets or other._targets:
+            return all(self._targets.get(i) == other._targets.get(j)
+                       for i, j in zip(range(lo, hi), range(olo, ohi), strict=True))
+        return True
+
+    # -- shipping ---------------------------------------------------------------------------
+    def to_wire(self) -> tuple[Any, ...]:
+        """Plain values (``marshal`` can send them), for ``from_wire``."""
+        return (
+            self.root, list(self.dirs), self.runs.tobytes(), self.names, bytes(self.kind),
+            self.mode.tobytes(), self.size.tobytes(), self.mtime.tobytes(), self.hi.tobytes(),
+            self.lo.tobytes(), self._data, self._idents, self._targets,
+        )
+
+    @classmethod
+    def from_wire(cls, wire: Iterable[Any]) -> Table:
+        (root, dirs, runs, names, kind, mode, size, mtime, hi, lo, data, idents,
+         targets) = wire
+        t = cls(root)
+        t.dirs = {d: n for n, d in enumerate(dirs)}
+        t.runs.frombytes(runs)
+        t.names = names
+        t.kind = bytearray(kind)
+        for col, raw in ((t.mode, mode), (t.size, size), (t.mtime, mtime), (t.hi, hi),
+                         (t.lo, lo)):
+            col.frombytes(raw)
+        t._data, t._idents, t._targets = data, idents, targets
+        return t
+
+
 class Rows(Mapping[Key, Node]):
     """A read-only key -> Node mapping over compact rows.
 
@@ -176,8 +493,8 @@ class Rows(Mapping[Key, Node]):
 
     __slots__ = ("_cache", "rows")
 
-    def __init__(self, rows: dict[Key, Row]) -> None:
-        self.rows = rows
+    def __init__(self, rows: dict[Key, Row] | Table) -> None:
+        self.rows: dict[Key, Row] | Table = rows
         self._cache: dict[Key, Node] = {}
 
     def __getitem__(self, key: Key) -> Node:
@@ -218,6 +535,10 @@ class Snapshot:
     holds_excluded: set[Key] = attrs.field(factory=set)
     """Directories with excluded children: excluded nodes are never deleted, so neither
     are these directories nor their ancestors."""
+    mounts: set[Key] = attrs.field(factory=set)
+    """Directories on another file system that were not listed (``-x``, rsync's
+    ``--one-file-system``): each is a node, but nothing below it is compared, created or
+    deleted on either side."""
     partial: set[Key] = attrs.field(factory=set)
     """Nodes listed without (all of) their children: the context of a partial rescan
     (the ancestors of the rescanned subtrees). Diff may update them, never move,
@@ -250,6 +571,9 @@ class Snapshot:
     def children(self, key: Key) -> list[Key]:
         """Direct children of ``key`` (an index built once, on first use)."""
         if self._children is None:
+            nodes = self.nodes
+            if isinstance(nodes, Rows) and isinstance(nodes.rows, Table):
+                return nodes.rows.children(key)
             index: dict[Key, list[Key]] = {}
             for k in self.nodes:
                 if k:

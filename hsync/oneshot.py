@@ -52,7 +52,7 @@ def sync_once(
                 report.problems.extend(applied.problems)
                 report.warnings.extend(applied.warnings)
                 if not report.problems and not cmp.warnings:
-                    session.mark_equal(started)
+                    session.mark_equal(started, changed=bool(cmp.plan.ops))
         report.notices = list(session.notices)
         report.wire = session.wire()
     report.source, report.destination = source_url, destination_url

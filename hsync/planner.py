@@ -471,7 +471,9 @@ def check_plan(
 
 
 def _frozen(k: Key, source: Snapshot, destination: Snapshot) -> bool:
-    return source.is_incomplete(k) or destination.is_incomplete(k)
+    return (source.is_incomplete(k) or destination.is_incomplete(k)
+            or any(k[:i] in source.mounts or k[:i] in destination.mounts
+                   for i in range(len(k))))
 
 
 def _descendants(kids: dict[Key, set[Key]], key: Key) -> list[Key]:

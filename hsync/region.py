@@ -152,6 +152,7 @@ def scan_region(
         snap.incomplete.update(sub.incomplete)
         snap.skipped.extend(sub.skipped)
         snap.holds_excluded.update(sub.holds_excluded)
+        snap.mounts.update(sub.mounts)
     snap.partial.difference_update(region.deep)
     return snap
 

@@ -40,6 +40,11 @@ if TYPE_CHECKING:
     from .journal import Journal
 
 
+MARK_REFRESH_NS = 600 * 10**9
+"""A run that changed nothing rewrites the history's mark (``mark_equal``) only when
+the mark is older than this (10 minutes)."""
+
+
 class PairSession:
     """Source and destination of one pair, opened and checked (SPEC 8).
 
@@ -156,12 +161,21 @@ class PairSession:
             src.metadata(self.keep)
             dst.metadata(attrs.evolve(self.keep, uids=(), gids=()))
 
-    def mark_equal(self, started_ns: int) -> None:
+    def mark_equal(self, started_ns: int, *, changed: bool = True) -> None:
         """A sync whose scans began at ``started_ns`` left the pair equal (no problem):
-        attributes of nodes unchanged since then need not be read again."""
+        attributes of nodes unchanged since then need not be read again.
+
+        A run that ``changed`` nothing keeps the mark it started from while that is
+        younger than ``MARK_REFRESH_NS``: a no-op writes nothing to the history (no
+        commit, no checkpoint, no fsync at close). An older mark is still true; it
+        only has a few more nodes' attributes read (those whose ctime moved without
+        any change to sync)."""
         if self.keep is not None and self.history is not None and (
             self.keep.xattrs or self.keep.acls
         ):
+            since = self.keep.since_ns
+            if not changed and since and started_ns - since < MARK_REFRESH_NS:
+                return
             # a margin for the coarse clock ctimes are taken from
             self.history.set_meta_since(started_ns - 2_000_000_000, self.keep.signature())
 

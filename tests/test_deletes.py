@@ -67,3 +67,27 @@ def test_a_delete_that_fails_is_a_problem_and_the_rest_goes_on(tmp_path: Path) -
     assert [p.key for p in report.problems] == [("a", "f7")], report.problems
     assert "delete failed" in report.problems[0].message
     assert sorted(os.listdir(dst / "a")) == ["f7", "keep"]
+
+
+def test_a_directory_whose_mode_changed_with_a_delete_in_it_gets_both(
+    tmp_path: Path,
+) -> None:
+    """A directory that only lost a file gets its mtime back and no other call; one
+    whose mode, owner or attributes changed too (in the same run) gets them all: the
+    shortcut never skips a change."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    build(src, {"a/x": b"1", "a/y": b"2", "b/x": b"3", "b/y": b"4"})
+    state = str(tmp_path / "state.sqlite")
+    hsync.sync(str(src), str(dst), state=state)
+    os.unlink(src / "a" / "x")
+    os.unlink(src / "b" / "x")
+    os.chmod(src / "a", 0o750)
+    os.setxattr(src / "a", "user.note", b"kept")
+    os.utime(src / "b", ns=(1_500_000_000 * 10**9, 1_500_000_000 * 10**9))
+    hsync.sync(str(src), str(dst), state=state)
+    for d in ("a", "b"):
+        s, t = os.lstat(src / d), os.lstat(dst / d)
+        assert (t.st_mode, t.st_mtime_ns) == (s.st_mode, s.st_mtime_ns), d
+    assert os.getxattr(dst / "a", "user.note") == b"kept"
+    assert sorted(os.listdir(dst / "a")) == ["y"]
+    assert_same_tree(src, dst)

@@ -143,15 +143,16 @@ def test_source_subtree_deleted_mid_scan(
 
     from hsync.backends.fs import scan as fs_scan
 
-    real_list = fs_scan._list
+    real_list = fs_scan.list_dir
 
-    def listing_then_delete(entries, fd, key, *args, **kw):  # type: ignore[no-untyped-def]
-        real_list(entries, fd, key, *args, **kw)
-        if key == () and os.readlink(f"/proc/self/fd/{fd}") == os.path.realpath(src):
-            # the root is listed, "gone" is on the stack: it vanishes before its turn
+    def listing_then_delete(fd, *args, **kw):  # type: ignore[no-untyped-def]
+        out = real_list(fd, *args, **kw)
+        if os.readlink(f"/proc/self/fd/{fd}") == os.path.realpath(src):
+            # the root is listed, "gone" will be on the stack: it vanishes before its turn
             shutil.rmtree(src / "gone")
+        return out
 
-    monkeypatch.setattr(fs_scan, "_list", listing_then_delete)
+    monkeypatch.setattr(fs_scan, "list_dir", listing_then_delete)
     report = sync_once(str(src), str(dst), Options(state=state))
     monkeypatch.undo()
     assert [p.key for p in report.problems] == [("gone",)], report.problems

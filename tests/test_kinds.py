@@ -355,6 +355,77 @@ def test_one_file_system_does_not_cross_a_mount_point(tmp_path: Path, mounted: P
     assert (dst / "mnt" / "inside").read_bytes() == b"on another file system"
 
 
+def test_one_file_system_leaves_what_is_below_a_mount_point_alone(
+    tmp_path: Path, mounted: Path
+) -> None:
+    """rsync -x --delete keeps what the destination holds below a mount point the source
+    does not cross: nothing there is the source's to delete, by a run with a history
+    (directory digests) or without one (a full comparison)."""
+    src = mounted.parent
+    (src / "top").write_bytes(b"top")
+    (mounted / "inside").write_bytes(b"on another file system")
+    dst = tmp_path / "dst"
+    state = tmp_path / "st.sqlite"
+    ok(hsync("sync", "-x", "--state", state, src, dst))
+    (dst / "mnt" / "kept").write_bytes(b"the destination's own")
+    (dst / "mnt" / "dir").mkdir()
+    (dst / "mnt" / "dir" / "deeper").write_bytes(b"also its own")
+    for st in (state, tmp_path / "fresh.sqlite"):
+        ok(hsync("sync", "-x", "--delete", "--state", st, src, dst))
+        assert (dst / "mnt" / "kept").read_bytes() == b"the destination's own"
+        assert (dst / "mnt" / "dir" / "deeper").read_bytes() == b"also its own"
+        ok(hsync("diff", "-x", "--state", st, src, dst))  # nothing to do
+    assert not (dst / "mnt" / "inside").exists()
+
+
+def test_a_watch_with_one_file_system_ignores_changes_below_a_mount_point(
+    tmp_path: Path, mounted: Path
+) -> None:
+    """The watch's partial rescans (a change notified below the mount point) do not
+    cross it either: the file written there is not copied, the destination's own file
+    there is not deleted."""
+    import threading
+    import time
+
+    from hsync.live import PairWatch, RoundResult, WatchOptions
+    from hsync.options import Options
+
+    src = mounted.parent
+    (src / "top").write_bytes(b"top")
+    (mounted / "sub").mkdir()
+    dst = tmp_path / "dst"
+    state = tmp_path / "st.sqlite"
+    ok(hsync("sync", "-x", "--state", state, src, dst))
+    (dst / "mnt" / "sub").mkdir()
+    (dst / "mnt" / "sub" / "own").write_bytes(b"the destination's own")
+    rounds: list[RoundResult] = []
+    pw = PairWatch(str(src), str(dst), Options(state=str(state), one_file_system=True),
+                   WatchOptions(debounce=0.05, max_delay=0.5), on_round=rounds.append)
+    t = threading.Thread(target=pw.run, name="test-pair")
+    t.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not rounds:
+            assert time.monotonic() < deadline and t.is_alive()
+            time.sleep(0.05)
+        (mounted / "sub" / "new").write_bytes(b"below the mount point")
+        (mounted / "sub" / "own").write_bytes(b"the source's, not to be copied")
+        (mounted / "new2").write_bytes(b"at the mount point's top")
+        time.sleep(0.3)  # its notifications (if any) come before the next one
+        (src / "later").write_bytes(b"after")
+        while not (dst / "later").exists():
+            assert time.monotonic() < deadline and t.is_alive()
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        pw.stop()
+        t.join(15)
+    assert not t.is_alive()
+    assert not (dst / "mnt" / "sub" / "new").exists()
+    assert not (dst / "mnt" / "new2").exists()
+    assert (dst / "mnt" / "sub" / "own").read_bytes() == b"the destination's own"
+
+
 def test_python_api_and_daemon_config_take_the_options(tmp_path: Path) -> None:
     src = build(tmp_path / "src", {"f": b"x"})
     os.mkfifo(src / "pipe")

@@ -49,6 +49,7 @@ NOT_FOR_LOCAL_SYNC = {
     "importlib.metadata", "watchdog", "rich", "pydantic", "multiprocessing", "email",
     "zipfile", "ldap", "hsync_ldap", "secrets", "hsync.api", "hsync.live",
     "hsync.daemon", "hsync.dirty", "hsync.status", "hsync.verifier", "hsync.resume",
+    "typer", "typer._click", "click", "shellingham", "hsync.cli",
 }  # fmt: skip
 
 
@@ -105,3 +106,37 @@ def test_the_package_api_is_there_on_first_use() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def _since(state: str) -> str:
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+    try:
+        (value,) = db.execute("SELECT value FROM meta WHERE name LIKE 'since:%'").fetchone()
+    finally:
+        db.close()
+    return str(value)
+
+
+def test_a_no_op_sync_writes_nothing_to_the_history(tmp_path: Path) -> None:
+    # the history's mark of "equal since" is kept by a run that changed nothing: no
+    # commit, so no WAL and no fsyncs at close (most of a small no-op's wall clock on a
+    # busy disk); a run that changes something moves it
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d").mkdir(parents=True)
+    for i in range(10):
+        (src / "d" / f"f{i}").write_text(f"{i}\n")
+    state = str(tmp_path / "state.sqlite")
+    sync = [hsync_bin(), "sync", str(src), str(dst), "--state", state, "--no-progress"]
+    assert subprocess.run(sync, capture_output=True).returncode == 0
+    mark = _since(state)
+    history = Path(state).read_bytes()
+    proc = subprocess.run(sync, capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.startswith("0 created, 0 updated"), proc
+    assert _since(state) == mark
+    assert Path(state).read_bytes() == history
+    (src / "d" / "new").write_text("new\n")
+    assert subprocess.run(sync, capture_output=True).returncode == 0
+    assert (dst / "d" / "new").read_text() == "new\n"
+    assert _since(state) != mark

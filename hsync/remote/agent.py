@@ -69,7 +69,7 @@ def encode_snapshot(snap: Snapshot) -> dict[str, Any]:
         items = ("nodes", list(nodes.items()))
     return {
         "nodes": items, "incomplete": snap.incomplete, "skipped": snap.skipped,
-        "holds_excluded": snap.holds_excluded, "partial": snap.partial,
+        "holds_excluded": snap.holds_excluded, "mounts": snap.mounts, "partial": snap.partial,
         "scanned": snap.scanned,
     }
 
@@ -79,7 +79,8 @@ def decode_snapshot(value: dict[str, Any]) -> Snapshot:
     nodes: Any = Rows(dict(items)) if kind == "rows" else dict(items)
     return Snapshot(
         nodes=nodes, incomplete=dict(value["incomplete"]), skipped=list(value["skipped"]),
-        holds_excluded=set(value["holds_excluded"]), partial=set(value["partial"]),
+        holds_excluded=set(value["holds_excluded"]), mounts=set(value.get("mounts", ())),
+        partial=set(value["partial"]),
         scanned=value["scanned"],
     )
 

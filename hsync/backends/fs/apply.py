@@ -21,8 +21,8 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
+from typing import TYPE_CHECKING
 
 from ...backend import ApplyOptions, ApplyResult, ContentSource
 from ...cancel import Cancel
@@ -58,6 +58,9 @@ from .posix import (
     tmp_name,
     unlink_quiet,
 )
+
+if TYPE_CHECKING:  # a sync that deletes no file starts no pool (start-up)
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 UNLINK_THREADS = 8
 """Files deleted at once: an ``unlink`` mostly waits on the disk (the inode, the
@@ -387,6 +390,8 @@ class Batch:
         self.barrier()
         self.root_fd()  # opened here, once, not by the pool's threads
         if self._unlinker is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             self._unlinker = ThreadPoolExecutor(UNLINK_THREADS, thread_name_prefix="hsync-rm")
         self.dirs.touch(op.key)
         self.unlinks.append((op, self._unlinker.submit(self.unlink, op)))
@@ -433,7 +438,12 @@ class Batch:
 
     def update(self, op: Op) -> None:
         if op.kind == DIR:
-            self.dirs.mark(op.key)
+            # a directory whose mode, owner and attributes are those it has: its mtime
+            # only (a name in it created or deleted since the last sync)
+            old, node = op.old, op.node
+            same = old is not None and node is not None and (
+                old.mode == node.mode and old.data == node.data)
+            self.dirs.mark(op.key, full=not same)
             self.ok(op)
         elif op.kind == FILE and op.content:
             self.expect(op.key, op.old)

@@ -21,7 +21,7 @@ from enum import IntEnum
 from typing import Any, BinaryIO
 
 from ...backend import DigestSummary
-from ...model import Key, Row, Rows, Snapshot
+from ...model import Key, Row, Rows, Snapshot, Table
 from .posix import die_with_parent
 
 Scanner = Callable[[dict[Key, int], dict[Key, int]], tuple[Snapshot, list[Key]]]
@@ -49,7 +49,9 @@ class _Scanned:
         self.digests = digests
         self.trees = trees
         self.temps = temps
-        self.rows: dict[Key, Row] = snap.nodes.rows  # type: ignore[attr-defined]
+        rows = snap.nodes.rows  # type: ignore[attr-defined]
+        assert isinstance(rows, Table)  # a whole tree's scan
+        self.rows: Table = rows
 
     def summary(self) -> dict[str, Any]:
         snap = self.snap
@@ -65,8 +67,9 @@ class _Scanned:
         }
 
     def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Row]]]:
-        rows, children = self.rows, self.snap.children
-        return {d: [(k[-1], rows[k]) for k in children(d)] for d in dirs}
+        rows = self.rows
+        row = rows.row
+        return {d: [(name, row(i)) for i, name in rows.listing(d)] for d in dirs}
 
     def rows_of(self, keys: Iterable[Key], subtrees: Iterable[Key]) -> dict[Key, Row]:
         rows = self.rows
@@ -80,7 +83,8 @@ class _Scanned:
 
     def everything(self) -> tuple[Any, ...]:
         snap = self.snap
-        return (self.rows, snap.incomplete, snap.skipped, self.temps, snap.holds_excluded)
+        return (self.rows.to_wire(), snap.incomplete, snap.skipped, self.temps,
+                snap.holds_excluded, snap.mounts)
 
     def answer(self, request: Request, args: tuple[Any, ...]) -> Any:
         if request is Request.SUMMARY:
@@ -216,13 +220,13 @@ class ScanChild:
         """The whole scan; the child's service ends."""
         if not self.pid:
             return self._local.snapshot()
-        rows, incomplete, skipped, temps, held = self._ask(Request.ALL)
+        wire, incomplete, skipped, temps, held, mounts = self._ask(Request.ALL)
         self._end()
         self._remember(list(temps))
-        # the children index is not sent: it costs more to ship than a no-op run
-        # needs; the planner builds it if it looks
+        # the table's columns cross as bytes: its directory runs are its children index
         return Snapshot(
-            nodes=Rows(rows), incomplete=incomplete, skipped=skipped, holds_excluded=held
+            nodes=Rows(Table.from_wire(wire)), incomplete=incomplete, skipped=skipped,
+            holds_excluded=held, mounts=mounts,
         )
 
     def close(self) -> None:

@@ -14,13 +14,13 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING
 
 from ...backend import ContentSource
 from ...errors import NodeError, SourceChanged
 from ...model import CREATE, FILE, UPDATE, Key, Op
-from .meta import Meta, chown, safe_mode, set_xattrs
+from .meta import SETID, Meta, chown, safe_mode, set_xattrs
 from .posix import (
     O_CREATE,
     O_READ,
@@ -35,6 +35,9 @@ from .posix import (
     umask,
     unlink_quiet,
 )
+
+if TYPE_CHECKING:  # the pools start only when there is something to copy
+    from concurrent.futures import Executor, Future
 
 UMASK_SAFE = 0o777
 COPY_THREADS = 3
@@ -80,6 +83,8 @@ def copy_chunk(
         fd = opened[key] = open_beneath(rfd, key)
         return fd
 
+    owners: dict[Key, tuple[int, int] | None] = {}  # a new file's owner there
+    euid, egid = os.geteuid(), os.getegid()
     osopen = os.open
     try:
         for (src_root, src_dev, src_key, root, parent, name, size, mtime_ns, mode,
@@ -88,6 +93,7 @@ def copy_chunk(
                 dfd = parents.get(parent)
                 if dfd is None:
                     dfd = directory(parents, root, parent)
+                    owners[parent] = new_owner(dfd, euid, egid)
                 src_dir = src_key[:-1]
                 sfd = sources.get(src_dir)
                 if sfd is None:
@@ -96,7 +102,7 @@ def copy_chunk(
                 try:
                     out.append(publish(fd_in, dfd, name, size, mtime_ns, mode, identity,
                                        src_dev, fsync, replace, unstable, meta, prefixes,
-                                       sparse))
+                                       sparse, owners[parent]))
                 finally:
                     os.close(fd_in)
             except (OSError, NodeError) as e:
@@ -109,6 +115,14 @@ def copy_chunk(
     return out
 
 
+def new_owner(dfd: int, euid: int, egid: int) -> tuple[int, int] | None:
+    """The owner and group of a file this process creates in directory ``dfd`` where
+    they are sure: its own, when the directory's group is its own too (a set-gid
+    directory, or a filesystem mounted ``grpid``, hands down the directory's group);
+    None where they are not."""
+    return (euid, egid) if os.fstat(dfd).st_gid == egid else None
+
+
 _INO = (1 << 64) - 1
 """The inode number in an identity's low 64 bits."""
 
@@ -117,7 +131,7 @@ def publish(
     fd_in: int, dfd: int, final: str, size: int, mtime_ns: int, mode: int,
     identity: int | str | None, src_dev: int, fsync: bool, replace: bool,
     unstable: bool = False, meta: Meta | None = None, prefixes: tuple[str, ...] = (),
-    sparse: bool = True,
+    sparse: bool = True, owner: tuple[int, int] | None = None,
 ) -> int:
     """Write what ``fd_in`` holds to a temporary name in directory ``dfd``, rename it to
     ``final`` there (over it only when ``replace``: a create never clobbers a node that
@@ -133,6 +147,9 @@ def publish(
     ``meta`` (the node's data): the owner and group set before the mode (chown clears
     set-id bits; a set-id bit is kept only with the owner or group it belongs to), the
     attributes in ``prefixes``' namespaces after it.
+
+    ``owner``: the owner and group a file created in ``dfd`` gets (``new_owner``),
+    when known: no ``chown`` where they are the ones asked for.
 
     ``sparse`` (``ApplyOptions.sparse``): a source with holes (fewer blocks allocated
     than its size) is copied extent by extent and its holes stay holes; a dense file
@@ -164,7 +181,10 @@ def publish(
                 copied = size
             # the owner before the mode: a user's set-uid file never becomes a set-uid
             # file of whoever runs hsync (root), whatever was kept or refused
-            mode = safe_mode(mode, meta, chown(fd_out, meta))
+            # (a set-id file is always given its owner: were the creator's ids not what
+            # the filesystem made, root squashed on NFS, the bit would go to another)
+            has = owner if not mode & SETID else None
+            mode = safe_mode(mode, meta, chown(fd_out, meta, has=has))
             if mode & ~UMASK_SAFE or umask() & mode:
                 os.fchmod(fd_out, mode)
             set_xattrs(fd_out, meta, prefixes)
@@ -235,6 +255,9 @@ class Copies:
         instead of queueing for the GIL; else (a few files, a source that is not a local
         tree, threads already running, where a fork is unsafe) a thread pool."""
         files = sum(1 for op in ops if op.kind == FILE and op.op in (CREATE, UPDATE))
+        if not files:  # nothing will be queued: no pool (a no-op run imports none)
+            yield
+            return
         executor: Executor
         if (
             self.local is not None
@@ -252,6 +275,8 @@ class Copies:
                 initargs=(os.getpid(),),
             )
         else:
+            from concurrent.futures import ThreadPoolExecutor
+
             executor = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="hsync-copy")
         with executor:
             self.executor = executor

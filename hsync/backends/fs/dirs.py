@@ -4,8 +4,11 @@ Creating, renaming or deleting a name changes its directory's mtime, and a direc
 is created owner-writable until its children are in: each changed directory gets its
 source mode and mtime back after the batch's ops, deepest first (a child's settling
 would change its parent's mtime again). A move carries the marks below it to its new
-place. A directory made owner-writable to let an op in (``unlocked_from``) gets its
-mode back even when it is not a source directory (kept for its excluded content).
+place. A directory whose own metadata hsync did not change (only names in it changed,
+or only its mtime differs from the source's) gets its mtime back and nothing else: no
+owner, mode or attribute call that would change nothing. A directory made
+owner-writable to let an op in (``unlocked_from``) gets its mode back even when it is
+not a source directory (kept for its excluded content).
 """
 
 from __future__ import annotations
@@ -13,11 +16,17 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from ...errors import NodeError, TargetChanged, problem_kind
 from ...model import DIR, Key, Node, Problem, Snapshot
 from .meta import chown, set_xattrs
 from .posix import open_beneath
+
+THREADS = 8
+"""Directory mtimes set at once (each ``utime`` may wait on the disk's journal)."""
+POOL_MIN = 32
+"""Fewer directories than this are set on the calling thread (a pool costs more)."""
 
 
 class Touched:
@@ -28,16 +37,22 @@ class Touched:
         self.prefixes = prefixes
         """The attribute namespaces the destination keeps."""
         self.keys: set[Key] = set()
+        self.full: set[Key] = set()
+        """The directories whose owner, mode and attributes are set too, not only their
+        mtime: created here, updated from the source, or unlocked."""
         self.under: dict[Key, set[Key]] = {}
         self.unlocked: dict[Key, int] = {}  # made owner-writable: the mode it had
 
     def touch(self, key: Key | None) -> None:
         """``key``'s parent directory changed (its mtime is set again)."""
         if key:
-            self.mark(key[:-1])
+            self.mark(key[:-1], full=False)
 
-    def mark(self, key: Key) -> None:
-        """Directory ``key`` changed."""
+    def mark(self, key: Key, *, full: bool = True) -> None:
+        """Directory ``key`` changed: its metadata is set from the source's (``full``:
+        all of it, else only its mtime)."""
+        if full:
+            self.full.add(key)
         if key not in self.keys:
             self.keys.add(key)
             under = self.under
@@ -57,40 +72,77 @@ class Touched:
         n = len(old)
         for k in list(below):
             self.keys.discard(k)
+            full = k in self.full
+            self.full.discard(k)
             for i in range(len(k) + 1):
                 self.under[k[:i]].discard(k)
             moved = (*new, *k[n:])
-            self.mark(moved)
+            self.mark(moved, full=full)
             if k in self.unlocked:
                 self.unlocked[moved] = self.unlocked.pop(k)
 
     def settle(self, final: Snapshot, root_fd: Callable[[], int]) -> list[Problem]:
         """Set each changed directory's mode and mtime from ``final`` (the source),
-        deepest first, through a descriptor reached beneath the root (``root_fd``,
-        opened when first needed); the problems met."""
+        through a descriptor reached beneath the root (``root_fd``, opened when first
+        needed); the problems met. The directories whose mtime alone is set go first,
+        on a pool of threads when there are many (a ``utime`` waits on the disk's
+        journal, not on Python; none changes another directory's mtime), then the
+        others one by one, deepest first (a parent made read-only last)."""
         problems: list[Problem] = []
         nodes = final.nodes
-        for key in sorted(self.keys, key=len, reverse=True):
+        full: list[tuple[Key, Node | None]] = []
+        mtimes: list[tuple[Key, int]] = []
+        for key in self.keys:
             node = nodes.get(key)
             if node is None or node.kind != DIR:
                 # not a source directory: only undo what an unlock did to it
                 if key in self.unlocked:
-                    with contextlib.suppress(OSError, NodeError):
-                        _set(root_fd(), key, self.unlocked[key], None)
+                    full.append((key, None))
+            elif key in self.full:
+                full.append((key, node))
+            else:
+                mtimes.append((key, node.mtime_ns))
+        if mtimes:
+            rfd = root_fd()
+
+            def mtime(item: tuple[Key, int]) -> BaseException | None:
+                try:
+                    _set_mtime(rfd, *item)
+                except (OSError, NodeError) as e:
+                    return e
+                return None
+
+            if len(mtimes) >= POOL_MIN:
+                with ThreadPoolExecutor(THREADS, thread_name_prefix="hsync-mtime") as pool:
+                    outcomes = list(pool.map(mtime, mtimes))
+            else:
+                outcomes = [mtime(item) for item in mtimes]
+            for (key, _), e in zip(mtimes, outcomes, strict=True):
+                if e is not None:
+                    problems += _problem(key, e)
+        for key, node in sorted(full, key=lambda kn: len(kn[0]), reverse=True):
+            if node is None:
+                with contextlib.suppress(OSError, NodeError):
+                    _set(root_fd(), key, self.unlocked[key], None)
                 continue
             try:
                 _set(root_fd(), key, node.mode, node.mtime_ns, node, self.prefixes)
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # it moved on since; the op that moved it touched its new place
-            except TargetChanged as e:
-                problems.append(
-                    Problem(key, f"directory metadata not set: {e}", kind=problem_kind(e))
-                )
-            except OSError as e:
-                problems.append(Problem(
-                    key, f"cannot set directory metadata: {e.strerror}", kind=problem_kind(e)
-                ))
+            except (OSError, NodeError) as e:
+                problems += _problem(key, e)
         return problems
+
+
+def _problem(key: Key, e: BaseException) -> list[Problem]:
+    """What a directory's metadata not set is (nothing when it moved on since: the op
+    that moved it touched its new place)."""
+    if isinstance(e, FileNotFoundError | NotADirectoryError):
+        return []
+    if isinstance(e, TargetChanged):
+        return [Problem(key, f"directory metadata not set: {e}", kind=problem_kind(e))]
+    if isinstance(e, OSError):
+        return [Problem(key, f"cannot set directory metadata: {e.strerror}",
+                        kind=problem_kind(e))]
+    raise e
 
 
 def _set(
@@ -108,5 +160,14 @@ def _set(
             set_xattrs(fd, node.data, prefixes)
         if mtime_ns is not None:
             os.utime(fd, ns=(mtime_ns, mtime_ns))
+    finally:
+        os.close(fd)
+
+
+def _set_mtime(root_fd: int, key: Key, mtime_ns: int) -> None:
+    """Only the mtime of directory ``key`` (reached beneath the root, as ``_set``)."""
+    fd = open_beneath(root_fd, key)
+    try:
+        os.utime(fd, ns=(mtime_ns, mtime_ns))
     finally:
         os.close(fd)

@@ -183,13 +183,19 @@ def safe_mode(mode: int, meta: Meta | None, owned: bool) -> int:
     return mode
 
 
-def chown(where: Any, meta: Meta | None, dfd: int | None = None) -> bool:
+def chown(
+    where: Any, meta: Meta | None, dfd: int | None = None, *,
+    has: tuple[int, int] | None = None,
+) -> bool:
     """Set the owner and group ``meta`` holds (those kept); True when both that the
     node's set-id bits depend on are the source's (or nothing was asked). ``where``: a
-    descriptor, or a name in ``dfd`` (never followed). A refusal (EPERM: not root, a
-    filesystem that keeps no owners) is False, not an error: the caller strips the
-    set-id bits."""
+    descriptor, or a name in ``dfd`` (never followed). ``has``: the owner and group
+    ``where`` is known to have (a file just created): no call when they are those
+    asked for. A refusal (EPERM: not root, a filesystem that keeps no owners) is
+    False, not an error: the caller strips the set-id bits."""
     if meta is None or (meta[0] is None and meta[1] is None):
+        return True
+    if has is not None and meta[0] in (None, has[0]) and meta[1] in (None, has[1]):
         return True
     uid = -1 if meta[0] is None else meta[0]
     gid = -1 if meta[1] is None else meta[1]

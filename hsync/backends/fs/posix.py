@@ -118,11 +118,28 @@ _counter = itertools.count()
 _TMP_NAME = re.compile(r"\.hsync-tmp-[0-9a-f]{1,16}-[0-9a-f]{1,16}-[0-9a-f]{8}")
 
 
+_process: list[tuple[str, int]] = []  # (this process's id in hex, a random 32-bit salt)
+
+
+def _forked() -> None:
+    _process.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def tmp_name() -> str:
     """A temporary name for content being written: the prefix, the process and a
     counter (unique among live writers), and a random part, so a name a user gave a
-    file of their own is never mistaken for one (``is_tmp_name``)."""
-    return f"{TMP_PREFIX}{os.getpid():x}-{next(_counter):x}-{os.urandom(4).hex()}"
+    file of their own is never mistaken for one (``is_tmp_name``). No system call per
+    name: the process id and a random salt are read once per process, and the random
+    part is the salt mixed with the counter (it need not be secret, only unguessable
+    for names made by hand)."""
+    if not _process:
+        _process.append((f"{os.getpid():x}", int.from_bytes(os.urandom(4), "little")))
+    pid, salt = _process[0]
+    n = next(_counter)
+    return f"{TMP_PREFIX}{pid}-{n:x}-{(salt ^ (n * 0x9E3779B1)) & 0xFFFFFFFF:08x}"
 
 
 def is_tmp_name(name: str) -> bool:

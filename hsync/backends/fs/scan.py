@@ -25,7 +25,7 @@ from typing import Any
 from ...cancel import NEVER, Cancel
 from ...errors import TargetChanged
 from ...filters import Exclude
-from ...model import DIR, FILE, SPECIAL, SYMLINK, Key, Row, Rows, Snapshot
+from ...model import DIR, FILE, KIND_CODES, SPECIAL, SYMLINK, Key, Row, Rows, Snapshot, Table
 from .meta import Reader, proc_path
 from .posix import (
     TMP_PREFIX,
@@ -260,6 +260,64 @@ def _list(
             hashes.append(h)
 
 
+_KIND_OF_FMT = bytes(
+    KIND_CODES[DIR] if f == stat.S_IFDIR >> 12 else KIND_CODES[FILE] if f == stat.S_IFREG >> 12
+    else 255 for f in range(256)
+)
+
+
+def _plain(
+    entries: list[Entry], key: Key, root_dev: int, table: Table, dirs: Dirs,
+    hashes: list[int] | None, meta: Reader | None,
+) -> bool:
+    """``_list`` into ``table`` for a listing (sorted by name) of only files and
+    directories on the root's device, with no hsync temporary among them, when nothing
+    is excluded, all of one owner and group, none with attributes to read (``meta``):
+    column by column, no work per entry beyond a few list comprehensions. False (nothing
+    done) for any other listing."""
+    if not entries:
+        table.add_plain(key, (), b"", (), (), (), (), ())
+        return True
+    (names, modes, sizes, mtimes, inos, devs, hs, borns, uids, gids,
+     listed) = zip(*entries, strict=True)
+    n = len(names)
+    if None in modes or devs.count(root_dev) != n:
+        return False
+    m: Any = None
+    if meta is not None and meta.active:
+        uid, gid, ls = uids[0], gids[0], listed[0]
+        if ls > 0 or uids.count(uid) != n or gids.count(gid) != n or listed.count(ls) != n:
+            return False
+        m, hm = meta.shared.get((uid << 34) | (gid << 2) | (ls + 2)) or _shared(
+            meta.shared, meta.of, uid, gid, ls)
+        hs = tuple([h ^ hm for h in hs])  # as ``_list`` mixes the data into the hash
+    fmts = bytes([m >> 12 for m in modes])
+    n_dirs = fmts.count(stat.S_IFDIR >> 12)
+    if n_dirs + fmts.count(stat.S_IFREG >> 12) != n:
+        return False
+    if ("\0" + TMP_PREFIX) in "\0" + "\0".join(names):
+        return False
+    no_birth = borns.count(0)
+    if no_birth and no_birth != n:
+        return False
+    kinds = fmts.translate(_KIND_OF_FMT)
+    table.add_plain(
+        key, names, kinds, [m & 0o7777 for m in modes],
+        # a directory's size is not payload: 0, as ``_list`` gives it
+        [s * (f >> 3) for f, s in zip(fmts, sizes, strict=True)] if n_dirs else sizes,
+        mtimes, borns if not no_birth else [0] * n, inos if not no_birth else [0] * n, m,
+    )
+    if n_dirs:
+        at = 0
+        for _ in range(n_dirs):
+            at = fmts.index(stat.S_IFDIR >> 12, at)
+            dirs.append(((*key, names[at]), inos[at], devs[at]))
+            at += 1
+    if hashes is not None:
+        hashes.extend(hs)
+    return True
+
+
 def _shared(
     shared: dict[int, tuple[Any, int]], of: Any, uid: int, gid: int, listed: int
 ) -> tuple[Any, int]:
@@ -291,13 +349,14 @@ def top_row(st: os.stat_result, root_dev: int, fd: int, meta: Reader | None = No
 class _One:
     """What ``_list`` made of one name looked up alone (``lookup``)."""
 
-    __slots__ = ("dirs", "incomplete", "rows", "skipped")
+    __slots__ = ("dirs", "held", "incomplete", "rows", "skipped")
 
     def __init__(self) -> None:
         self.rows: dict[Key, Row] = {}
         self.dirs: Dirs = []
         self.incomplete: dict[Key, str] = {}
         self.skipped: list[tuple[Key, str]] = []
+        self.held: set[Key] = set()
 
 
 def lookup(
@@ -314,6 +373,11 @@ def lookup(
         return None
     one = _One()
     try:
+        if flags[2] and key[:-1] and os.fstat(dfd).st_dev != root_dev:
+            # below a mount point that -x does not cross: not this run's (the mount
+            # point is the shallowest ancestor on another device; its parent is enough)
+            one.held.add(key[:-1])
+            return one
         try:
             st = os.stat(key[-1], dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
@@ -327,7 +391,7 @@ def lookup(
         entry = (key[-1], mode, size, st.st_mtime_ns, st.st_ino, st.st_dev, 0,
                  birth_time(key[-1], dfd), st.st_uid, st.st_gid, 1)
         _list([entry], dfd, key[:-1], root_dev, None, one.rows, [], one.dirs,
-              one.incomplete, one.skipped, [], set(), None, flags, meta)
+              one.incomplete, one.skipped, [], one.held, None, flags, meta)
     finally:
         os.close(dfd)
     return one
@@ -383,10 +447,14 @@ def scan(
     (``subtree_digest``), computed bottom-up once the walk is done (directories only:
     no second pass over the entries or the disk)."""
     rows: dict[Key, Row] = {}
-    snap = Snapshot(nodes=Rows(rows))
+    # a whole tree is kept as a compact table (``model.Table``), filled one listing at
+    # a time; a subtree (a region, small) as a dict with its children index
+    table = None if subtree else Table()
+    snap = Snapshot(nodes=Rows(rows if table is None else table))
     order: list[tuple[Key, list[Key]]] = []  # each directory listed, its subdirectories
     children: dict[Key, list[Key]] = {}
-    snap._children = children
+    if table is None:
+        snap._children = children
     incomplete, skipped, held = snap.incomplete, snap.skipped, snap.holds_excluded
     try:
         root_fd = open_root(root)
@@ -410,12 +478,15 @@ def scan(
             rows.update(one.rows)
             incomplete.update(one.incomplete)
             skipped.extend(one.skipped)
+            held.update(one.held)
             stack = one.dirs
         else:
             st = os.fstat(root_fd)
-            rows[()] = top_row(st, root_dev, root_fd, meta)
+            assert table is not None
+            table.root = top_row(st, root_dev, root_fd, meta)
             stack = [((), st.st_ino, st.st_dev)]
         fstat, close = os.fstat, os.close
+        plain = exclude is None
         while stack:
             key, want_ino, want_dev = stack.pop()
             cancel.check()
@@ -441,11 +512,19 @@ def scan(
                     incomplete[key] = e.strerror or str(e)
                     continue
                 kids: list[Key] = []  # the children index, built as we go
-                children[key] = kids
                 hashes: list[int] | None = [] if digests is not None else None
                 pushed = len(stack)
-                _list(entries, fd, key, root_dev, exclude, rows, kids, stack,
-                      incomplete, skipped, temps, held, hashes, flags, meta)
+                if table is None:
+                    children[key] = kids
+                    _list(entries, fd, key, root_dev, exclude, rows, kids, stack,
+                          incomplete, skipped, temps, held, hashes, flags, meta)
+                else:  # one listing's rows, by name, into the table
+                    entries.sort()
+                    if not (plain and _plain(entries, key, root_dev, table, stack, hashes, meta)):
+                        _list(entries, fd, key, root_dev, exclude, rows, kids, stack,
+                              incomplete, skipped, temps, held, hashes, flags, meta)
+                        table.add(key, rows)
+                        rows.clear()
                 if digests is not None:
                     assert hashes is not None
                     digests[key] = listing_digest(hashes)
@@ -461,6 +540,10 @@ def scan(
                                                            for d in subs])
     finally:
         os.close(root_fd)
+    # a directory held but not listed is a mount point -x did not cross (a directory
+    # holding excluded nodes was listed)
+    listed = children if table is None else table.dirs
+    snap.mounts = {k for k in held if k not in listed}
     return snap
 
 

@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""A/B of two (or more) hsync installs on one pair of trees, interleaved round by round.
+
+    python3 bench/ab_compare.py memory SRC DST --rounds 4 VENV_A VENV_B
+    python3 bench/ab_compare.py noop SRC DST --state STATE --rounds 5 VENV_A VENV_B
+
+``memory``: ``hsync diff SRC DST`` with a new, empty history each time (a full
+comparison: both trees scanned and compared whole). ``noop``: ``hsync sync SRC DST
+--state STATE`` (a no-op re-sync with a complete history: sync once first), plus
+``rsync -a --delete`` of the same trees. Each command is spawned directly and reaped
+with ``os.wait4``: wall clock, CPU (user + system, its children included) and peak RSS
+(``ru_maxrss``: the largest single process, the run or its scan child). Medians.
+Stdlib only; ``os.sync()`` before each command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import statistics
+import tempfile
+import time
+from collections.abc import Sequence
+
+
+def run(argv: Sequence[str]) -> tuple[float, float, int, int]:
+    """Wall seconds, CPU seconds, peak RSS (KiB), exit code of ``argv``."""
+    os.sync()
+    devnull = [(os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0)]
+    t = time.perf_counter()
+    pid = os.posix_spawn(argv[0], list(argv), os.environ, file_actions=devnull)
+    _, status, ru = os.wait4(pid, 0)
+    wall = time.perf_counter() - t
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, os.waitstatus_to_exitcode(status)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("what", choices=("memory", "noop"))
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("venvs", nargs="+", help="virtual environments with hsync installed")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--state", help="history file (noop)")
+    p.add_argument("--rsync", default="/usr/bin/rsync")
+    args = p.parse_args(argv)
+    tools: dict[str, list[str]] = {}
+    for v in args.venvs:
+        hsync = os.path.join(v, "bin", "hsync")
+        if args.what == "noop":
+            if not args.state:
+                p.error("noop needs --state")
+            tools[v] = [hsync, "sync", args.src, args.dst, "--state", args.state,
+                        "--no-progress"]
+        else:
+            tools[v] = [hsync, "diff", args.src, args.dst, "--state"]
+    if args.what == "noop":
+        tools["rsync"] = [args.rsync, "-a", "--delete", args.src + "/", args.dst + "/"]
+    results: dict[str, list[tuple[float, float, int, int]]] = {k: [] for k in tools}
+    names = list(tools)
+    for r in range(args.rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            cmd = list(tools[name])
+            state = None
+            if args.what == "memory":
+                state = tempfile.mktemp(prefix="ab-state-", dir=tempfile.gettempdir())
+                cmd.append(state)
+            results[name].append(run(cmd))
+            if state is not None:
+                for suffix in ("", "-journal", "-wal", "-shm", ".lock"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(state + suffix)
+    for name, xs in results.items():
+        print(
+            f"{name}: wall {statistics.median(x[0] for x in xs):.3f} s, "
+            f"cpu {statistics.median(x[1] for x in xs):.3f} s, "
+            f"peak rss {statistics.median(x[2] for x in xs) / 1024:.1f} MiB, "
+            f"exit codes {sorted({x[3] for x in xs})}, walls {[round(x[0], 2) for x in xs]}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
