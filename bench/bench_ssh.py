@@ -2,17 +2,21 @@
 """Remote benchmark: hsync over ssh against ``rsync -a --delete -e ssh`` (and ``-z``).
 
 Starts its own sshd on 127.0.0.1 (``tests/sshd.py``: keys in the work directory,
-nothing in ``~/.ssh``), generates a tree, then times each tool on five scenarios,
+nothing in ``~/.ssh``), generates a tree, then times each tool on the scenarios below,
 interleaved round by round (the first tool rotates), each command a whole process:
 
   a  initial copy into an empty destination (a push)
-  b  no-op re-sync
+  b1 the first re-sync after the copy (hsync reads back the attributes of the nodes
+     it just wrote: their ctime is after the last sync's start)
+  b  no-op re-sync (the second)
   c  re-sync after renaming a directory of --batch files (renamed back on odd rounds)
   d  re-sync after renaming a directory of --big files of 1 MiB
   e  re-sync after appending 1 MiB (random) to a file of --append MiB (grows 1 MiB a
      round): the changed file crosses as a delta (rsync's algorithm, both tools)
   f  with --change N: re-sync after rewriting N small files of ``bulk/`` (new content,
      same sizes; a different N each round)
+
+and, once a round, ``ssh 127.0.0.1 true``: the login alone, the floor of both tools.
 
 ``--window N`` (repeatable) adds hsync with ``--window N`` as a tool of its own
 (``hsync-wN``; plain ``hsync`` runs with the default window): a push keeps that many
@@ -35,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -134,19 +139,36 @@ def main() -> None:
                     help="scenario f: rewrite N files of bulk/ (0: no scenario f)")
     ap.add_argument("--workdir", default="/tmp/hsync-bench-ssh")
     ap.add_argument("--hsync", default=str(Path(sys.executable).with_name("hsync")))
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse the source tree a run with the same sizes generated in "
+                         "--workdir (the destinations and states are made again)")
     args = ap.parse_args()
     why = available()
     if why is not None:
         raise SystemExit(why)
     work = Path(args.workdir)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
     src = work / "src"
-    print(f"generating {args.files} files + {args.big} x 1 MiB in {src}", file=sys.stderr)
-    generate(src, args.files, args.per_dir, args.batch, args.big)
-    scenarios = ("abcde" if args.append else "abcd") + ("f" if args.change else "")
-    if args.append:
-        generate_append(src / "append" / "huge", args.append)
+    made = work / "src.params"
+    params = json.dumps([args.files, args.per_dir, args.batch, args.big, args.append])
+    if args.reuse and made.exists() and made.read_text() == params:
+        print(f"reusing {src}", file=sys.stderr)  # a tree of 100,000 takes a while
+        for p in work.iterdir():
+            if p.name not in ("src", "src.params"):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+        for name in ("bulk", "big"):  # as generated (a run may end with them renamed)
+            if (src / f"{name}-renamed").exists():
+                os.rename(src / f"{name}-renamed", src / name)
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        print(f"generating {args.files} files + {args.big} x 1 MiB in {src}", file=sys.stderr)
+        generate(src, args.files, args.per_dir, args.batch, args.big)
+        if args.append:
+            generate_append(src / "append" / "huge", args.append)
+        made.write_text(params)
+    scenarios = ["a", "b1", "b", "c", "d", "e"] if args.append else ["a", "b1", "b", "c", "d"]
+    if args.change:
+        scenarios.append("f")
     server = Sshd(str(work / "sshd"))
     rsh = server.rsh
     hsync = [args.hsync, "sync", "-e", rsh]
@@ -175,6 +197,7 @@ def main() -> None:
             for t in order:
                 t.reset()
                 record("a", t, t.run(src))
+                record("b1", t, t.run(src))
                 record("b", t, t.run(src))
             old, new = ("bulk", "bulk-renamed") if r % 2 == 0 else ("bulk-renamed", "bulk")
             os.rename(src / old, src / new)
@@ -184,6 +207,10 @@ def main() -> None:
             os.rename(src / old, src / new)
             for t in order:
                 record("d", t, t.run(src))
+            # the floor of every tool: an ssh login that runs nothing
+            t0 = time.perf_counter()
+            subprocess.run([*shlex.split(rsh), HOST, "true"], check=True)
+            times.setdefault(("0", "ssh true"), []).append(time.perf_counter() - t0)
             if args.append:
                 with open(src / "append" / "huge", "ab") as f:
                     f.write(os.urandom(MIB))
@@ -208,6 +235,7 @@ def main() -> None:
     finally:
         server.stop()
     names = {"a": f"initial copy ({args.files:,} files + {args.big} x 1 MiB)",
+             "b1": "first re-sync after the copy",
              "b": "no-op re-sync", "c": f"rename of a directory of {args.batch} files",
              "d": f"rename of a directory of {args.big} x 1 MiB",
              "e": f"1 MiB appended to a file of {args.append:,} MiB",
@@ -216,6 +244,9 @@ def main() -> None:
           "to rsync -a\n")
     print("| scenario | tool | time (s) | ratio to rsync -a | bytes on the wire |")
     print("| --- | --- | ---: | ---: | ---: |")
+    floor = times[("0", "ssh true")]
+    print(f"| `ssh {HOST} true` (the floor of both tools) | ssh | "
+          f"{statistics.median(floor):.2f} | | |")
     for s in scenarios:
         for t in tools:
             key = (s, t.name)

@@ -951,6 +951,7 @@ def summarize(bench: Bench, labels: list[str]) -> dict[str, Any]:
                 "writes": len(lats),
                 "failed": len(lats) - len(ok),
                 "p50": percentile(ok, 50),
+                "p90": percentile(ok, 90),
                 "p95": percentile(ok, 95),
                 "median": statistics.median(ok) if ok else None,
                 "max": max(ok) if ok else None,
@@ -974,16 +975,41 @@ def summarize(bench: Bench, labels: list[str]) -> dict[str, Any]:
     return out
 
 
+def tool_ratios(bench: Bench, labels: list[str], tool: str, peer: str) -> list[str]:
+    """Per tree: ``tool``'s p50 over ``peer``'s, the median of the per-block ratios (the
+    blocks are interleaved, so each pair of blocks saw the same phase of the load)."""
+    lines = []
+    for label in labels:
+        ratios = []
+        blocks = sorted({s.block for s in bench.samples if s.tree == label})
+        for b in blocks:
+            med: dict[str, float] = {}
+            for name in (tool, peer):
+                got = [s.seconds for s in bench.samples if s.tool == name and s.tree == label
+                       and s.block == b and s.seconds is not None]
+                if got:
+                    med[name] = statistics.median(got)
+            r = _ratio(med.get(tool), med.get(peer))
+            if r is not None:
+                ratios.append(r)
+        if ratios:
+            lines.append(
+                f"{tool} / {peer} p50 on {label}: median of {len(ratios)} per-block ratios "
+                f"{statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})"
+            )
+    return lines
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None or b <= 0 else a / b
 
 
 def markdown_table(summary: dict[str, Any], labels: list[str], specs: dict[str, TreeSpec]) -> str:
     head = (
-        "| tool | tree | writes (failed) | p50 ms | p95 ms | ratio big/small p50 (p95) "
+        "| tool | tree | writes (failed) | p50 ms | p90 ms | p95 ms | ratio big/small p50 (p95) "
         "| RSS after initial sync | peak RSS (VmHWM) | target |"
     )
-    lines = [head, "|" + " --- |" * 9]
+    lines = [head, "|" + " --- |" * 10]
     for tool, per in summary.items():
         small = per.get("small")
         big = per.get("big")
@@ -1025,6 +1051,7 @@ def markdown_table(summary: dict[str, Any], labels: list[str], specs: dict[str, 
                 tree,
                 f"{e['writes']} ({e['failed']})",
                 fmt_ms(e["p50"]),
+                fmt_ms(e["p90"]),
                 fmt_ms(e["p95"]),
                 ratio,
                 mem_init,
@@ -1269,6 +1296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     for n in notes:
         print(f"- {n}")
+    if "hsync" in names and "lsyncd" in names:
+        for line in tool_ratios(bench, labels, "hsync", "lsyncd"):
+            print(f"- {line}")
     for tool, per in summary.items():
         for label, e in per.items():
             if e["failures"]:

@@ -3,7 +3,10 @@
 ``hsync --version`` is answered here, and the command lines of the hot commands
 (``sync``, ``diff``, ``verify``, ``agent``) are parsed by ``hsync.fastcli`` when it
 understands them whole: typer, the command line's framework, costs more to import
-than the interpreter's own start-up. Everything else goes to ``hsync.cli`` (typer).
+than the interpreter's own start-up. ``hsync agent`` (the far side of a remote tree,
+started by every remote run: its start-up is on the critical path of each one) is
+served before that, and a remote run starts its ssh before anything else is imported
+(``hsync.remote.early``). Everything else goes to ``hsync.cli`` (typer).
 """
 
 from __future__ import annotations
@@ -18,6 +21,18 @@ def main() -> None:
 
         sys.stdout.write(f"hsync {__version__}\n")
         return
+    if argv[:1] == ["agent"]:  # started over ssh by every remote run: no typer
+        from .remote.agent import main as agent_main
+
+        code = agent_main(argv[1:])
+        if code is not None:
+            sys.exit(code)
+    if argv[:1] and argv[0] in ("sync", "diff", "watch", "verify") and any(
+        ":" in a for a in argv[1:]
+    ):  # the ssh login and the far side's start-up overlap this side's imports
+        from .remote.early import start
+
+        start(argv)
     from .fastcli import parse
 
     parsed = parse(argv)

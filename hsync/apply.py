@@ -157,7 +157,9 @@ def start_batch(
     acknowledgement. ``defer``: the destination may defer its flush (``finish_batch``
     runs ``while_flushing`` meanwhile)."""
     journal = session.journal
-    logged = journal.begin(ops) if journal is not None and ops else None
+    # flushed before the history is recorded (``finish_batch``) or by ``done``, not
+    # before the ops run: they do not wait for an fsync of the journal (``hsync.journal``)
+    logged = journal.begin(ops, durable=False) if journal is not None and ops else None
     destination = session.destination
     options = ApplyOptions(
         fsync=session.options.fsync,
@@ -208,6 +210,10 @@ def finish_batch(
                       on_done=started.on_done)
     try:
         if while_flushing is not None:
+            if started.logged is not None:
+                assert session.journal is not None
+                # the record on disk before the history that trusts it
+                session.journal.sync(started.logged)
             while_flushing(result)
     finally:
         if result.durable is not None:
@@ -215,7 +221,9 @@ def finish_batch(
             result.durable = None
     if started.logged is not None:
         assert session.journal is not None
-        session.journal.done(started.logged)
+        # after the flush; not flushed itself (a lost "done" is a roll-forward, one full
+        # comparison): a watch round does not wait for one more fsync
+        session.journal.done(started.logged, durable=False)
     return result
 
 

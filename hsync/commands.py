@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -79,6 +80,9 @@ def start_process() -> None:
     # A scan allocates a few objects per node and frees almost none: let the cyclic
     # collector run far less often.
     gc.set_threshold(100_000, 50, 100)
+    # SIGTERM stops a one-shot run as Ctrl-C does (a batch in flight on a far agent is
+    # cancelled there, at an op's boundary); a watch or a daemon sets its own handlers
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     # Names are bytes on POSIX: one that is not UTF-8 is printed back as those bytes
     # whatever the locale, never an encoding error.
     for stream in (sys.stdout, sys.stderr):

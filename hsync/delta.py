@@ -155,7 +155,11 @@ def _load() -> ctypes.CDLL:
             return _lib
         if _lib_error is None:
             try:
-                _lib = _bind(ctypes.CDLL(ctypes.util.find_library("rsync") or "librsync.so.2"))
+                try:  # the soname first: find_library runs ldconfig (a process)
+                    lib = ctypes.CDLL("librsync.so.2")
+                except OSError:
+                    lib = ctypes.CDLL(ctypes.util.find_library("rsync") or "librsync.so")
+                _lib = _bind(lib)
                 return _lib
             except (OSError, AttributeError) as exc:
                 _lib_error = f"librsync is not available ({exc}); install librsync2"

@@ -11,11 +11,15 @@ after the write, deleted, moved) or until it has been quiet for ``settle`` secon
 log never closed). ``max_delay`` does not apply to it; everything else goes as usual.
 
 A write that ends (a file closed after its write, or deleted or moved while written)
-needs no long debounce: the file is complete. After one, the quiet period is
-``close_quiet`` (10 ms) instead of ``debounce``, until an event that is not about a
-file's content comes (a create, delete or move: a burst may be going on). Every event
-still extends the wait, so a burst (a ``git checkout`` of 1,000 files) that keeps
-events coming stays one round, bounded by ``max_delay``.
+needs no long debounce: the file is complete. The round then starts once
+``close_quiet`` (default 0: at once) passed without another notification, until an
+event that is not about a file's content comes (a create, delete or move: a burst may
+be going on). Events that come within ``BURST_GAP`` (or the debounce, if shorter) of a
+take made early that way (a burst that goes on while its first file's round runs) wait
+for the whole debounce again, and every event extends the wait: a burst (a ``git
+checkout`` of 1,000 files) costs the round of its first file (often restarted and
+merged into the next, since the burst's next creates touch it) and then one round per
+quiet period, or per ``max_delay`` of events.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ from .filters import Exclude
 from .model import Key
 from .region import Region
 
+BURST_GAP = 0.1
+"""Seconds: the first event that comes this soon after a round started early by a
+close belongs to a burst going on; a write that ends then waits for the whole
+debounce."""
+
 
 class Dirty:
     """The de-duplicating sink between a watcher and the loop (a ``WatchSink``).
@@ -35,7 +44,7 @@ class Dirty:
     takes them: a deep key absorbs everything below it."""
 
     def __init__(
-        self, exclude: Exclude | None = None, *, settle: float = 2.0, close_quiet: float = 0.01
+        self, exclude: Exclude | None = None, *, settle: float = 2.0, close_quiet: float = 0.0
     ) -> None:
         self.cond = threading.Condition()
         self.exclude = exclude
@@ -49,6 +58,11 @@ class Dirty:
         self.deep: set[Key] = set()
         self.shallow: set[Key] = set()
         self.first: float | None = None  # monotonic time of the oldest pending event
+        self.quick_at = float("-inf")
+        """Monotonic time of the last take that ``close_quiet`` made early (or of a
+        ``put_back``): events that come soon after it are a burst going on."""
+        self.quick = False
+        """The pending work is due after ``close_quiet`` (a lone write that ended)."""
         self.last: float | None = None
         self.lost_reason: str | None = None
         self.lost_quick = True  # a stat-only pass against the history may stand for it
@@ -131,32 +145,41 @@ class Dirty:
         """When the first key being written will have been quiet for ``settle``."""
         return min(self.writing.values()) + self.settle if self.writing else None
 
-    def wait(self, debounce: float, max_delay: float, until: float | None) -> None:
+    def ready_at(self, debounce: float, max_delay: float) -> float | None:
+        """When the pending work is ready (monotonic time); None when nothing is pending
+        (or only files being written, not settled yet). Holds ``cond``."""
+        ready: list[float] = []
+        if self.first is not None and self.last is not None:
+            # a write that ended, not in a burst: the file is complete
+            self.quick = self.write_ended and (
+                self.first - self.quick_at >= min(debounce, BURST_GAP))
+            quiet = min(debounce, self.close_quiet) if self.quick else debounce
+            ready.append(min(self.last + quiet, self.first + max_delay))
+        settled = self._settled_at()
+        if settled is not None:
+            ready.append(settled)
+        return min(ready) if ready else None
+
+    def wait(self, debounce: float, max_delay: float, until: float | None) -> bool:
         """Return when pending work is ready (quiet for ``debounce``, or ``max_delay``
-        after the first pending event; a file being written once quiet for ``settle``),
-        at monotonic time ``until``, or on stop."""
+        after the first pending event; a file being written once quiet for ``settle``;
+        a write that ended after an idle period once quiet for ``close_quiet``), at
+        monotonic time ``until``, or on stop. True when the work is ready (a take now
+        gets a settled region), False at ``until`` or on stop."""
         with self.cond:
             while not self.stopping:
                 now = time.monotonic()
+                ready_at = self.ready_at(debounce, max_delay)
+                if ready_at is not None and now >= ready_at:
+                    return True
                 if until is not None and now >= until:
-                    return
-                ready: list[float] = []
-                if self.first is not None and self.last is not None:
-                    quiet = min(debounce, self.close_quiet) if self.write_ended else debounce
-                    ready.append(min(self.last + quiet, self.first + max_delay))
-                settled = self._settled_at()
-                if settled is not None:
-                    ready.append(settled)
-                if ready:
-                    ready_at = min(ready)
-                    if now >= ready_at:
-                        return
-                    wake = ready_at
-                else:
-                    wake = until if until is not None else now + 3600
+                    return False
+                wake = ready_at if ready_at is not None else (
+                    until if until is not None else now + 3600)
                 if until is not None:
                     wake = min(wake, until)
                 self.cond.wait(max(0.0, wake - now))
+            return False
 
     def take(self, allow_full: bool) -> tuple[Region, float | None, bool]:
         """The pending region, when its oldest event came, and whether a full comparison
@@ -173,7 +196,9 @@ class Dirty:
             first = self.first
             self.deep, self.shallow = set(), set()
             self.first = self.last = None  # a full comparison not allowed yet: a deadline
-            self.write_ended = False
+            if self.quick and self.write_ended:
+                self.quick_at = time.monotonic()
+            self.write_ended = self.quick = False
             self._hold_writing(deep, shallow)
             return Region.of(deep, shallow), first, quick
 
@@ -217,7 +242,7 @@ class Dirty:
             self.shallow |= region.shallow
             now = time.monotonic()
             self.first = min(x for x in (self.first, first, now) if x is not None)
-            self.last = now
+            self.last = self.quick_at = now
             self.inflight = None
             self.stale = False
             self.cond.notify_all()

@@ -1,10 +1,24 @@
 """The journal of applied batches (SQLite, WAL): what a killed run leaves behind.
 
 SPEC section 5: the ops of a plan run in batches; each batch gets a sequence number and
-is written here (durably: ``synchronous=FULL``) before its first op runs, and is marked
-done after the batch's ``syncfs``. On a local destination batches run one after the
-other, so at most one batch per pair is unfinished at any time (a window of them, in
-flight to a remote destination, see below).
+is written here before its first op runs, and is marked done after the batch's flush.
+On a local destination batches run one after the other, so at most one batch per pair is
+unfinished at any time (a window of them, in flight to a remote destination, see below).
+
+When the record must be on disk. A kill -9 finds any committed record (it is in the
+page cache). Against a power loss the record protects one thing: a history that says
+more than the destination holds (the history of a batch is recorded while its flush
+still runs). A destination that holds part of a batch while the history still says
+what was there before is harmless: the next comparison scans the destination where the
+source differs from the history. So a batch is begun ``BEGUN`` without waiting for the
+disk (``begin(..., durable=False)``: the watch's single-file rounds then do not wait for
+an fsync before the file is published) and made durable (``sync``: ``RUNNING``, one
+``synchronous=FULL`` commit) before anything that trusts it, the history's record, is
+written. Both states are unfinished. ``done`` need not wait for the disk either
+(``done(durable=False)``): a power loss that drops it leaves an unfinished batch, whose
+roll-forward costs one full comparison and trusts nothing. On the far side (an agent's
+journal, ``session`` given) the record, the done mark and the stored answer are always
+flushed: the acknowledgement sent after them promises they are on disk.
 
 Roll forward. A run that finds an unfinished batch for its pair does not replay the
 recorded ops blindly: the destination may hold any prefix of them, and a source that
@@ -33,12 +47,13 @@ the rest from the first unacknowledged one.
 
 from __future__ import annotations
 
+import contextlib
 import marshal
 import os
 import sqlite3
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .model import Op
@@ -57,6 +72,8 @@ CREATE TABLE IF NOT EXISTS acks(
 ACKS_KEPT = 24 * 3600
 """Seconds the far side keeps another session's acknowledgements."""
 RUNNING = "running"
+BEGUN = "begun"
+"""Written before the batch ran, not yet flushed (``sync`` makes it ``RUNNING``)."""
 DONE = "done"
 ROLLED = "rolled forward"
 
@@ -108,6 +125,13 @@ class Journal:
             self.replaced = False
         self.running: list[int] = []
         """Sequence numbers begun and not yet marked done, oldest first."""
+        self.unflushed: set[int] = set()
+        """Running batches begun ``durable=False`` and not yet made durable by ``sync``."""
+
+    @property
+    def flushed(self) -> bool:
+        """Every running batch's record is on disk (``sync`` has nothing to do)."""
+        return not self.unflushed
 
     @property
     def seq(self) -> int | None:
@@ -132,8 +156,8 @@ class Journal:
         return [
             seq
             for (seq,) in self.db.execute(
-                "SELECT seq FROM batches WHERE pair=? AND state=? ORDER BY seq",
-                (self.pair, RUNNING),
+                "SELECT seq FROM batches WHERE pair=? AND state IN (?,?) ORDER BY seq",
+                (self.pair, RUNNING, BEGUN),
             )
         ]
 
@@ -144,71 +168,101 @@ class Journal:
                 ((ROLLED, time.time(), self.pair, s) for s in seqs),
             )
 
-    def begin(self, ops: Sequence[Op], *, session: str | None = None,
+    def begin(self, ops: Sequence[Op], *, durable: bool = True, session: str | None = None,
               sender_seq: int = 0) -> int:
         """Record a batch before it runs; returns its sequence number. Several may run
         at once (a window of batches in flight); each is marked done by ``done``.
+
+        ``durable=False``: committed (a killed process leaves it) but not flushed to
+        the disk; ``sync`` must run before anything that trusts the batch is written.
         ``session``, ``sender_seq``: on the far side, the sender's session and its
-        sequence number for the batch (``acknowledged`` answers by them)."""
-        with self.db:
+        sequence number for the batch (``acknowledged`` answers by them); such a record
+        is always flushed."""
+        durable = durable or session is not None
+        with self._commit(durable):
             (last,) = self.db.execute(
                 "SELECT coalesce(max(seq), 0) FROM batches WHERE pair=?", (self.pair,)
             ).fetchone()
             seq = last + 1
             self.db.execute(
                 "INSERT INTO batches VALUES (?,?,?,?,?,?,?,?)",
-                (self.pair, seq, RUNNING, os.getpid(), time.time(), None, len(ops), _pack(ops)),
+                (self.pair, seq, RUNNING if durable else BEGUN, os.getpid(), time.time(),
+                 None, len(ops), _pack(ops)),
             )
             if session is not None:
                 # a batch resent after a break: the try an agent was cut off in is
                 # rolled forward by this one (it stays listed, no longer running)
                 self.db.execute(
-                    "UPDATE batches SET state=?, finished=? WHERE pair=? AND state=? AND "
+                    "UPDATE batches SET state=?, finished=? WHERE pair=? AND state IN (?,?) AND "
                     "seq=(SELECT batch FROM acks WHERE session=? AND seq=?)",
-                    (ROLLED, time.time(), self.pair, RUNNING, session, sender_seq),
+                    (ROLLED, time.time(), self.pair, RUNNING, BEGUN, session, sender_seq),
                 )
                 self.db.execute(
                     "INSERT OR REPLACE INTO acks VALUES (?,?,?,?,?,?)",
                     (session, sender_seq, seq, RUNNING, time.time(), None),
                 )
         self.running.append(seq)
+        if not durable:
+            self.unflushed.add(seq)
         return seq
 
-    def done(self, seq: int | None = None, *, session: str | None = None,
-             sender_seq: int = 0, answer: bytes | None = None) -> None:
+    def sync(self, seq: int | None = None) -> None:
+        """Make a running batch's record durable (``seq``; None: every running one; a
+        no-op when it is): one commit with ``synchronous=FULL``, which flushes the WAL
+        that holds the record (and so every record committed before it: all the
+        running batches begun without a flush become ``RUNNING`` in that commit)."""
+        if not self.unflushed or (seq is not None and seq not in self.unflushed):
+            return
+        with self.db:
+            self.db.executemany(
+                "UPDATE batches SET state=? WHERE pair=? AND seq=?",
+                ((RUNNING, self.pair, s) for s in sorted(self.unflushed)),
+            )
+        self.unflushed.clear()
+
+    @contextlib.contextmanager
+    def _commit(self, durable: bool) -> Iterator[None]:
+        """One transaction; flushed to the disk when ``durable`` (``synchronous=FULL``),
+        else only written: no fsync, and no checkpoint either (a checkpoint made without
+        a flush could move what it wrote out of the WAL that the next flushed commit
+        flushes, and a WAL's unflushed tail is dropped whole, never half-applied)."""
+        if not durable:
+            self.db.execute("PRAGMA synchronous=OFF")
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
+        try:
+            with self.db:
+                yield
+        finally:
+            if not durable:
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.execute("PRAGMA wal_autocheckpoint=1000")
+
+    def done(self, seq: int | None = None, *, durable: bool = True,
+             session: str | None = None, sender_seq: int = 0,
+             answer: bytes | None = None) -> None:
         """Mark a running batch done (after its flush; the oldest when ``seq`` is None)
         and prune old batches. On the far side, ``answer`` (the acknowledgement sent
         for the sender's batch ``sender_seq`` of ``session``) is kept with it, in the
-        same transaction, on disk before the acknowledgement is sent.
+        same transaction, on disk before the acknowledgement is sent (always flushed,
+        whatever ``durable`` says).
 
-        Here, not flushed to disk (one fsync less per batch): a crash that loses this
-        mark leaves the batch unfinished, so the next run compares in full (slower,
-        never wrong). The WAL's checksums keep a torn commit from counting. The mark
-        reaches the disk with the next batch's ``begin`` or the checkpoint at
-        ``close``."""
+        ``durable=False``: not flushed (the next flushed commit flushes it). A power
+        loss that drops it leaves the batch unfinished: the next run rolls it forward
+        (one full comparison), never trusting more than the destination holds. The
+        WAL's checksums keep a torn commit from counting."""
         if seq is None:
             seq = self.running[0]
         self.running.remove(seq)
-        if session is not None:
-            self._mark_done(seq, session, sender_seq, answer)
-            return
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            self._mark_done(seq, None, 0, None)
-        finally:
-            self.db.execute("PRAGMA synchronous=FULL")
-
-    def _mark_done(self, seq: int, session: str | None, sender_seq: int,
-                   answer: bytes | None) -> None:
+        self.unflushed.discard(seq)
         now = time.time()
-        with self.db:
+        with self._commit(durable or session is not None):
             self.db.execute(
                 "UPDATE batches SET state=?, finished=? WHERE pair=? AND seq=?",
                 (DONE, now, self.pair, seq),
             )
             self.db.execute(
-                "DELETE FROM batches WHERE pair=? AND seq<=? AND state!=?",
-                (self.pair, seq - KEEP, RUNNING),
+                "DELETE FROM batches WHERE pair=? AND seq<=? AND state NOT IN (?,?)",
+                (self.pair, seq - KEEP, RUNNING, BEGUN),
             )
             if session is not None:
                 self.db.execute(
@@ -262,8 +316,8 @@ def recover(history: Any) -> bool:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
             try:
                 row = db.execute(
-                    "SELECT 1 FROM batches WHERE pair=? AND state=? LIMIT 1",
-                    (history.pair, RUNNING),
+                    "SELECT 1 FROM batches WHERE pair=? AND state IN (?,?) LIMIT 1",
+                    (history.pair, RUNNING, BEGUN),
                 ).fetchone()
             finally:
                 db.close()

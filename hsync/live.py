@@ -103,9 +103,11 @@ class WatchOptions:
     settle: float = 2.0
     """A file modified and not yet closed waits for its close, or this many quiet
     seconds (``max_delay`` does not apply to it)."""
-    close_quiet: float = 0.01
+    close_quiet: float = 0.0
     """After a file is closed after its write (complete), a round starts once this many
-    seconds pass without a notification, instead of ``debounce`` (at most ``debounce``)."""
+    seconds pass without a notification (0: at once) instead of ``debounce``, unless the
+    first pending event came within ``dirty.BURST_GAP`` (0.1 s) of the last round
+    started that way (a burst goes on: it waits for the whole debounce)."""
     rescan_interval: float | None = None
     """Seconds between full comparisons that repair drift made by others (None: off)."""
     poll_interval: float = 10.0
@@ -129,6 +131,10 @@ class RoundResult:
     done: tuple[Op, ...]
     problems: tuple[Problem, ...]
     seconds: float
+    phases: tuple[tuple[str, float], ...] = ()
+    """Seconds per phase of the round, in order: ``waited`` (from the oldest pending
+    event to the round's start), ``compared``, ``applied`` (the ops, the journal, the
+    history and the destination's flush)."""
 
 
 class PairWatch:
@@ -280,15 +286,20 @@ class PairWatch:
                     return
                 if self._destination_moved(session):
                     return
-                self.dirty.wait(self.wopts.debounce, self.wopts.max_delay,
-                                timers.next_deadline(self))
+                ready = self.dirty.wait(self.wopts.debounce, self.wopts.max_delay,
+                                        timers.next_deadline(self))
                 if self.stopping:
                     return
                 verifying = self._due_work(session, timers, verifying)
+                now = time.monotonic()
+                if not ready and not (self.dirty.lost_reason is not None
+                                      and now >= self._full_not_before):
+                    # woken by a clock (the root check, a poll, a retry), not by settled
+                    # work: a burst still going on is not cut into a round here
+                    continue
                 # the checkpoint before the take: every change up to it is in the region
                 # taken now or in earlier rounds
                 token = self.resume.checkpoint(session, self.dirty, self.watcher)
-                now = time.monotonic()
                 region, first, quick = self.dirty.take(allow_full=now >= self._full_not_before)
                 self.status.unwatched = {
                     "/".join(k): v for k, v in self.dirty.unwatched_keys.items()
@@ -405,8 +416,11 @@ class PairWatch:
         self._blocked = None
         if full:
             st.full_comparisons += 1
+        t1 = time.monotonic()
         done, problems = self._apply(session, cmp)
-        self._finished(region, full, cmp, done, problems, t0, first)
+        phases = (("waited", t0 - first if first is not None else 0.0), ("compared", t1 - t0),
+                  ("applied", time.monotonic() - t1))
+        self._finished(region, full, cmp, done, problems, t0, first, phases)
         return not problems and not cmp.warnings
 
     def _compare(
@@ -481,6 +495,7 @@ class PairWatch:
     def _finished(
         self, region: Region, full: bool, cmp: Comparison, done: list[Op],
         problems: list[Problem], t0: float, first: float | None,
+        phases: tuple[tuple[str, float], ...] = (),
     ) -> None:
         """The status, the log and the retries after a round that applied."""
         seconds = time.monotonic() - t0
@@ -499,10 +514,12 @@ class PairWatch:
         if cmp.plan.ops:
             self.log.info("round: %d op(s) in %.3f s%s", len(done), seconds,
                      " (full comparison)" if region.full else "")
+        self.log.debug("round phases: %s", ", ".join(
+            f"{name} {value * 1000:.1f} ms" for name, value in phases))
         self.status_file.write()
         if self.on_round is not None:
             self.on_round(RoundResult(region, full, cmp.plan.ops, tuple(done),
-                                      tuple(problems), seconds))
+                                      tuple(problems), seconds, phases))
 
     def _populate(self, session: PairSession, t0: float, first: float | None) -> bool:
         """An empty destination: stream the source's walk (parents first) into creates,

@@ -13,7 +13,7 @@ from treeutil import assert_same_tree, build
 from hsync import journal as journal_mod
 from hsync.backends.fs import apply as fs_apply
 from hsync.history import History
-from hsync.journal import DONE, KEEP, ROLLED, RUNNING, Journal, journal_path, recover
+from hsync.journal import BEGUN, DONE, KEEP, ROLLED, RUNNING, Journal, journal_path, recover
 from hsync.model import Op
 from hsync.oneshot import sync_once
 from hsync.options import Options
@@ -44,25 +44,42 @@ def test_each_batch_is_recorded_before_it_runs_and_done_after(
         return real(self, ops)
 
     monkeypatch.setattr(fs_apply.Batch, "run", spy)
+    at_record: list[Any] = []
+    real_record = History.record
+
+    def record_spy(self: History, *args: Any, **kwargs: Any) -> Any:
+        j = Journal(journal_path(state), self.pair)
+        at_record.append(j.batches())
+        j.close()
+        return real_record(self, *args, **kwargs)
+
+    monkeypatch.setattr(History, "record", record_spy)
     assert sync_once(str(src), str(dst), Options(state=state)).ok
     (unfinished, batches), = seen
-    assert unfinished == [1] and batches == [(1, RUNNING, 4)]
+    # written before the batch runs (a killed run finds it), not yet flushed ...
+    assert unfinished == [1] and batches == [(1, BEGUN, 4)]
+    # ... and flushed (RUNNING: one synchronous=FULL commit) before the history that
+    # trusts the batch is recorded, while the destination's flush still runs
+    assert at_record == [[(1, RUNNING, 4)]]
     history = _pair_history(src, dst, state)
     j = Journal(journal_path(state), history.pair)
     assert j.batches() == [(1, DONE, 4)]
     assert stat.S_IMODE(Path(journal_path(state)).stat().st_mode) == 0o600
 
 
-def test_an_unfinished_batch_makes_the_next_run_compare_in_full(tmp_path: Path) -> None:
+@pytest.mark.parametrize("durable", [True, False], ids=["running", "begun"])
+def test_an_unfinished_batch_makes_the_next_run_compare_in_full(
+    tmp_path: Path, durable: bool
+) -> None:
     src = build(tmp_path / "src", {"a/f": b"1", "b": b"2"})
     dst = tmp_path / "dst"
     state = str(tmp_path / "h.sqlite")
     assert sync_once(str(src), str(dst), Options(state=state)).ok
     history = _pair_history(src, dst, state)
     assert history.complete
-    # a run killed between "begin" and "done"
+    # a run killed between "begin" and "done" (before or after the record's flush)
     j = Journal(journal_path(state), history.pair)
-    seq = j.begin([Op(op="create", kind="file", key=("x",))])
+    seq = j.begin([Op(op="create", kind="file", key=("x",))], durable=durable)
     j.close()
 
     assert recover(history) is False  # the history is not trusted by this run
@@ -137,24 +154,29 @@ def test_the_history_is_recorded_while_the_batch_flushes_and_done_comes_last(
     state = str(tmp_path / "h.sqlite")
     recorded = threading.Event()
     during: list[Any] = []
-    real_syncfs, real_record = fs_apply.syncfs, History.record
+    real_syncfs, real_flush, real_record = fs_apply.syncfs, fs_apply.flush_nodes, History.record
 
-    def slow_syncfs(path: str) -> None:
-        # the history is recorded before this flush ends (or the wait times out)
-        during.append(recorded.wait(timeout=10))
-        history = _pair_history(src, dst, state)
-        j = Journal(journal_path(state), history.pair)
-        during.append(j.batches())
-        j.close()
-        history.close()
-        real_syncfs(path)
+    def slow(flush: Any) -> Any:
+        def slow_flush(path: str, *args: Any) -> None:
+            # the history is recorded before this flush ends (or the wait times out)
+            during.append(recorded.wait(timeout=10))
+            history = _pair_history(src, dst, state)
+            j = Journal(journal_path(state), history.pair)
+            during.append(j.batches())
+            j.close()
+            history.close()
+            flush(path, *args)
+        return slow_flush
 
     def spy_record(self: History, *args: Any, **kwargs: Any) -> Any:
         out = real_record(self, *args, **kwargs)
         recorded.set()
         return out
 
-    monkeypatch.setattr(fs_apply, "syncfs", slow_syncfs)
+    # whichever flush a batch gets: the filesystem's, or the fsyncs of a small batch's
+    # nodes (both batches here)
+    monkeypatch.setattr(fs_apply, "syncfs", slow(real_syncfs))
+    monkeypatch.setattr(fs_apply, "flush_nodes", slow(real_flush))
     monkeypatch.setattr(History, "record", spy_record)
     for name in ("sync into an empty destination", "re-sync"):
         recorded.clear()
@@ -170,3 +192,44 @@ def test_the_history_is_recorded_while_the_batch_flushes_and_done_comes_last(
         assert (seq, DONE) in [(s, st) for s, st, _ in j.batches()], name
         j.close()
         history.close()
+
+
+def test_a_window_of_batches_begun_unflushed_is_made_durable_by_one_sync(
+    tmp_path: Path,
+) -> None:
+    """Several batches run at once (a window to a remote destination), each begun without
+    an fsync: ``sync`` of one makes every record before it durable (one flushed commit
+    flushes the WAL up to it), a batch marked done leaves the others unfinished, and a
+    kill with two running leaves both to roll forward."""
+    j = Journal(str(tmp_path / "j.sqlite"), "pair")
+    one = j.begin([Op(op="create", kind="file", key=("a",))], durable=False)
+    two = j.begin([Op(op="create", kind="file", key=("b",))], durable=False)
+    assert [(s, st) for s, st, _ in j.batches()] == [(one, BEGUN), (two, BEGUN)]
+    assert j.running == [one, two] and not j.flushed
+    j.sync(one)
+    assert [(s, st) for s, st, _ in j.batches()] == [(one, RUNNING), (two, RUNNING)]
+    assert j.flushed
+    j.done(one, durable=False)
+    three = j.begin([Op(op="create", kind="file", key=("c",))], durable=False)
+    assert j.unfinished() == [two, three]
+    j.close()
+    # killed here: both still running are found by the next run
+    j = Journal(str(tmp_path / "j.sqlite"), "pair")
+    assert j.unfinished() == [two, three]
+    assert dict((s, st) for s, st, _ in j.batches())[one] == DONE
+    j.close()
+
+
+def test_the_far_side_keeps_its_done_mark_and_answer(tmp_path: Path) -> None:
+    """On the far side (a session given) the record, the done mark and the answer are one
+    flushed commit each, whatever ``durable`` says: the acknowledgement promises them."""
+    j = Journal(str(tmp_path / "j.sqlite"), "pair")
+    seq = j.begin([Op(op="create", kind="file", key=("a",))], durable=False,
+                  session="s1", sender_seq=7)
+    assert [(s, st) for s, st, _ in j.batches()] == [(seq, RUNNING)]
+    assert j.flushed
+    j.done(seq, durable=False, session="s1", sender_seq=7, answer=b"ok")
+    j.close()
+    j = Journal(str(tmp_path / "j.sqlite"), "pair")
+    assert j.acknowledged("s1", 1) == ({7: b"ok"}, [])
+    j.close()

@@ -94,22 +94,22 @@ def test_pull_stale_basis_falls_back_to_the_whole_file(
     """The local old file changes between its signature and the patch: the delta does
     not verify here, and the file is read again whole."""
     import hsync
-    from hsync.remote.backend import RemoteBackend
+    from hsync.remote.backend import _Deltas
 
     far = build(tmp_path / "far", {"big": os.urandom(4 * MiB)})
     here = tmp_path / "here"
     hsync.sync(f"{HOST}:{far}", str(here))
     _append(far / "big", MiB)
-    signed = RemoteBackend._local_signature
+    signed = _Deltas._sign
     calls: list[Any] = []
 
-    def then_changed(self: RemoteBackend, key: Any) -> Any:
+    def then_changed(self: _Deltas, key: Any) -> Any:
         out = signed(self, key)
         calls.append(key)
         _scribble(here / "big")
         return out
 
-    monkeypatch.setattr(RemoteBackend, "_local_signature", then_changed)
+    monkeypatch.setattr(_Deltas, "_sign", then_changed)
     report = hsync.sync(f"{HOST}:{far}", str(here))
     assert calls == [("big",)]
     assert not report.problems, report.problems
@@ -127,3 +127,25 @@ def test_stats_show_bytes_on_the_wire(remote: Any, tmp_path: Path) -> None:
     assert MiB < sent < 2 * MiB and 0 < received < MiB, line
     r = run("sync", "--stats", src, tmp_path / "local")
     assert "Bytes on wire" not in r.stdout
+
+
+def test_pull_deltas_of_a_batch_in_one_request(remote: Any, tmp_path: Path) -> None:
+    """Pull: the batch's changed files cross as deltas asked for in one request, not a
+    round trip per file (the agent's trace: one line per request)."""
+    trace = tmp_path / "trace"
+    wrapper = tmp_path / "hsync-traced"
+    wrapper.write_text(f"#!/bin/sh\nHSYNC_AGENT_TRACE={trace} exec hsync \"$@\"\n")
+    wrapper.chmod(0o755)
+    far = build(tmp_path / "far", {f"f{i}": os.urandom(MiB) for i in range(4)})
+    here = tmp_path / "here"
+    src = f"{HOST}:{far}"
+    assert _sent(run("sync", "--json", src, here), "received") > 4 * MiB
+    for i in range(4):
+        _append(far / f"f{i}", 1000)
+    r = run("sync", "--json", "--remote-hsync", wrapper, src, here)
+    assert _sent(r, "received") < 256 << 10  # four deltas, not four files
+    requests = trace.read_text().split()
+    delta_requests = [m for m in requests if m.startswith("read_delta")]
+    assert delta_requests == ["read_deltas"], requests
+    assert "read" not in requests and "read_many" not in requests, requests
+    assert_same_tree(far, here)

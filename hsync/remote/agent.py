@@ -27,21 +27,25 @@ import contextlib
 import fcntl
 import os
 import queue
-import sqlite3
 import sys
-import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import attrs
 
-from .. import delta as deltas
-from ..backend import ApplyOptions, DigestScan, Endpoint, Watch, open_endpoint
-from ..cancel import NEVER
-from ..errors import HsyncError, NodeError, SourceChanged, UsageError
+from ..backend import (
+    ApplyOptions,
+    DigestScan,
+    Endpoint,
+    ScanConfigurable,
+    ScanOptions,
+    Watch,
+    open_endpoint,
+)
+from ..cancel import Cancel
+from ..errors import HsyncError, NodeError, SourceChanged, TargetChanged, UsageError
 from ..model import CREATE, DELETE, DIR, FILE, MOVE, SYMLINK, UPDATE, Key, Node, Op, Rows, Snapshot
 from .protocol import (
     CHUNK,
@@ -53,6 +57,21 @@ from .protocol import (
     hsync_version,
     pack,
 )
+
+if TYPE_CHECKING:
+    from .. import delta as deltas
+else:  # imported by the requests that use it: a no-op run never loads librsync
+    deltas = None
+
+
+def _load_deltas() -> Any:
+    global deltas
+    if deltas is None:
+        from .. import delta
+
+        deltas = delta
+    return deltas
+
 
 PAGE = 2000
 """Items per frame of a streamed walk."""
@@ -86,6 +105,10 @@ def decode_snapshot(value: dict[str, Any]) -> Snapshot:
 
 
 def problem_of(e: BaseException) -> list[str]:
+    if isinstance(e, SourceChanged):  # a retry there, as here: not a failed request
+        return ["source_changed", str(e)]
+    if isinstance(e, TargetChanged):
+        return ["target_changed", str(e)]
     if isinstance(e, UsageError):
         return ["usage", str(e)]
     if isinstance(e, OSError):
@@ -132,6 +155,7 @@ class Incoming:
         with self._cond:
             for key, data, end, *is_delta in page:
                 if is_delta:
+                    _load_deltas()
                     self._deltas.add(key)
                     if end is not None and end[1] is None:
                         self._trailers[key] = deltas.Trailer(end[2], end[3])
@@ -185,6 +209,8 @@ class Incoming:
             if last:
                 self._deltas.discard(key)
                 self._trailers.pop(key, None)
+        import tempfile
+
         out = Spool()
         try:
             with tempfile.TemporaryFile() as tmp:
@@ -223,7 +249,9 @@ class Agent:
         self.endpoint: Endpoint | None = None
         self.scans: dict[int, DigestScan] = {}
         self.watches: dict[int, tuple[threading.Event, threading.Thread]] = {}
-        self.applies: dict[int, tuple[Incoming, int]] = {}
+        self.applies: dict[int, tuple[Incoming, int, Cancel]] = {}
+        """The batches received and not yet answered (by request id): their content
+        coming in, their sequence number, the token that cancels them."""
         self.queued: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.applier: threading.Thread | None = None
         self.outstanding = 0
@@ -240,12 +268,16 @@ class Agent:
 
     # -- the loop --------------------------------------------------------------------------
     def serve(self) -> None:
+        trace = os.environ.get("HSYNC_AGENT_TRACE")
+        log = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115
         try:
             while True:
                 rid, method, args = self.framer.recv()
                 if method == "more":
                     self._more(rid, args)
                     continue
+                if log is not None:  # one line per request, for tests and debugging
+                    log.write(f"{method}\n")
                 handler = getattr(self, "do_" + method, None)
                 if handler is None:
                     self.framer.send([rid, "err", ["error", f"unknown request {method!r}"]])
@@ -254,6 +286,8 @@ class Agent:
                     result = handler(rid, *args)
                 except (Exception, HsyncError) as e:  # one request failed, not the agent
                     if os.environ.get("HSYNC_AGENT_DEBUG"):
+                        import traceback
+
                         traceback.print_exc()
                     self.framer.send([rid, "err", problem_of(e)])
                 else:
@@ -263,11 +297,14 @@ class Agent:
             pass
         finally:
             self._shutdown()
+            if log is not None:
+                log.close()
 
     def _shutdown(self) -> None:
         self.closing = True  # the batches queued are not applied
-        for inc, _ in list(self.applies.values()):
-            inc.end(cut=True)
+        for inc, _, token in list(self.applies.values()):
+            inc.end(cut=True)  # first: a batch its token stops is seen as cut off
+            token.cancel("the link to the client was lost")  # stop at the next op
         if self.applier is not None:
             self.queued.put(None)
             self.applier.join()
@@ -320,11 +357,23 @@ class Agent:
         self.endpoint = open_endpoint(location, role=role,  # type: ignore[arg-type]
                                       exclude_attrs=exclude_attrs)
         b = self.endpoint.backend
+        features = list(self.endpoint.features.names())
+        if isinstance(b, ScanConfigurable):  # not a Features field: the session asks
+            features.append("scan_configurable")
         return {
             "url": b.url, "canonical": b.canonical_url(),
             "capabilities": self.endpoint.capabilities,
-            "features": self.endpoint.features.names(),
+            "features": features,
         }
+
+    def do_configure_scan(self, rid: int, specials: bool, one_file_system: bool) -> Any:
+        """The pair's ``ScanOptions`` (``-x``, ``--no-specials``), for every later scan
+        of the far tree."""
+        backend = self.backend
+        if isinstance(backend, ScanConfigurable):
+            backend.configure_scan(ScanOptions(specials=bool(specials),
+                                               one_file_system=bool(one_file_system)))
+        return None
 
     # -- Backend ----------------------------------------------------------------------------
     def do_root_error(self, rid: int) -> Any:
@@ -374,24 +423,44 @@ class Agent:
     def do_metadata(self, rid: int, wanted: Any) -> Any:
         return self._metadata.metadata(wanted)
 
-    def do_read_delta(self, rid: int, key: Key, sig: Sequence[bytes]) -> Any:
-        """One file as a delta against the signature of the client's old file, streamed
-        in chunks (``item`` frames), then ``[mtime_ns, size, digest]``; ``[None, why]``
-        when no verified delta can be made (the client then reads the file whole)."""
-        try:
-            with self.backend.read(key) as f:
-                before = os.fstat(f.fileno())
-                stream = deltas.delta(list(sig), f.fileno())
-                for chunk in stream:
-                    self.framer.send([rid, "item", chunk])
-                trailer = stream.trailer()
-                after = os.fstat(f.fileno())
-        except (OSError, NodeError, deltas.DeltaError) as e:
-            return [None, str(e)]
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or \
-                trailer.size != before.st_size:
-            return [None, "the source file changed while it was read"]
-        return [before.st_mtime_ns, trailer.size, trailer.digest]
+    def do_read_deltas(self, rid: int, wanted: Sequence[Sequence[Any]]) -> Any:
+        """Many files as deltas against the signatures of the client's old files
+        (``[key, chunks]`` each), in pages of ``[key, data, end]``: ``end`` None while
+        the file's delta goes on, then ``[mtime_ns, size, digest]``, or ``[None, why]``
+        when no verified delta can be made (the client reads that file whole)."""
+        _load_deltas()
+        page: list[Any] = []
+        size = 0
+        for key, sig in wanted:
+            key = tuple(key)
+            end: list[Any]
+            try:
+                with self.backend.read(key) as f:
+                    before = os.fstat(f.fileno())
+                    stream = deltas.delta(list(sig), f.fileno())
+                    for chunk in stream:
+                        page.append([key, chunk, None])
+                        size += len(chunk)
+                        if size >= PAGE_BYTES:
+                            self.framer.send([rid, "item", page])
+                            page, size = [], 0
+                    trailer = stream.trailer()
+                    after = os.fstat(f.fileno())
+                if (after.st_size, after.st_mtime_ns) != (before.st_size,
+                                                          before.st_mtime_ns) \
+                        or trailer.size != before.st_size:
+                    end = [None, "the source file changed while it was read"]
+                else:
+                    end = [before.st_mtime_ns, trailer.size, trailer.digest]
+            except (OSError, NodeError, deltas.DeltaError) as e:
+                end = [None, str(e)]
+            page.append([key, b"", end])
+            if len(page) >= PAGE:
+                self.framer.send([rid, "item", page])
+                page, size = [], 0
+        if page:
+            self.framer.send([rid, "item", page])
+        return None
 
     def do_read_many(self, rid: int, keys: Sequence[Key], limit: int) -> Any:
         """Many files in pages of ``[key, data, end]`` (``end``: None while more of the
@@ -429,6 +498,7 @@ class Agent:
     def do_signatures(self, rid: int, wanted: Sequence[Sequence[Any]]) -> Any:
         """The signatures of the old files a batch's deltas patch, in pages of
         ``[key, chunks]`` (chunks empty: no delta for that key: it is sent whole)."""
+        _load_deltas()
         page: list[Any] = []
         size = 0
         for key, basis in wanted:
@@ -461,14 +531,25 @@ class Agent:
                 reads[op.key] = reads.get(op.key, 0) + 1
         incoming = Incoming(self.backend.url, reads, self.backend)
         snap = decode_snapshot(final)
-        self.applies[rid] = (incoming, seq)
+        token = Cancel()
+        self.applies[rid] = (incoming, seq, token)
         if self.applier is None:
             self.applier = threading.Thread(target=self._applier, name="hsync-apply",
                                             daemon=True)
             self.applier.start()
         self.queued.put((rid, seq, list(ops), snap, options, incoming, pair, session,
-                         bool(resumed)))
+                         bool(resumed), token))
         return _LATER
+
+    def do_cancel(self, rid: int, batch: int) -> Any:
+        """The client cancelled batch ``batch`` (Ctrl-C, SIGTERM, a watch stopping): its
+        apply stops at the next op, and its content ends here (a file not all arrived is
+        not published). The batch is answered as ever, with what it did."""
+        entry = self.applies.get(batch)
+        if entry is not None:
+            entry[2].cancel("cancelled by the client")
+            entry[0].end()
+        return None
 
     def _more(self, rid: int, value: Any) -> None:
         entry = self.applies.get(rid)
@@ -494,6 +575,8 @@ class Agent:
             return self._open_journal(pair)
 
     def _open_journal(self, pair: str) -> Any:
+        import sqlite3
+
         from .. import journal as journal_mod
 
         if not journal_mod.enabled():
@@ -555,7 +638,7 @@ class Agent:
 
     def _apply(self, rid: int, seq: int, ops: list[Op], final: Snapshot,
                options: ApplyOptions, incoming: Incoming, pair: str, session: str,
-               resumed: bool) -> None:
+               resumed: bool, token: Cancel) -> None:
         try:
             stopped = self.stopped.get(session)
             if self.closing or (stopped is not None and seq > stopped):
@@ -575,7 +658,7 @@ class Agent:
                     logged = journal.begin(todo, session=session or None, sender_seq=seq)
             result = self.backend.apply_batch(
                 todo, incoming, final, options=attrs.evolve(options, defer_durable=False),
-                cancel=NEVER,
+                cancel=token,
             ) if todo or not ops else None
             if incoming.cut:
                 return  # its content did not all arrive: left begun; resent, resumed
@@ -592,11 +675,13 @@ class Agent:
                 with self.journal_lock:
                     journal.done(logged, session=session or None, sender_seq=seq,
                                  answer=pack(answer))
+            self.applies.pop(rid, None)  # answered: no longer outstanding
             self.framer.send([rid, "ok", answer])
         except LinkClosed:
             pass
         except (Exception, HsyncError) as e:
             self.stopped.setdefault(session, seq)
+            self.applies.pop(rid, None)
             with contextlib.suppress(LinkClosed):
                 self.framer.send([rid, "err", problem_of(e)])
         finally:
@@ -772,6 +857,23 @@ _LATER = object()
 """A handler's result when its answer is sent later (by a thread of its own)."""
 
 
+def main(argv: Sequence[str]) -> int | None:
+    """``hsync agent [--restrict ROOT]`` without the command line's parser (the start-up
+    of every remote run waits for this one); None for anything else (``--help``, a
+    mistake), which ``hsync.cli`` then answers."""
+    restrict: str | None = None
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--restrict" and args:
+            restrict = args.pop(0)
+        elif arg.startswith("--restrict=") and len(arg) > len("--restrict="):
+            restrict = arg[len("--restrict="):]
+        else:
+            return None
+    return run_agent(restrict)
+
+
 def run_agent(restrict: str | None = None) -> int:
     """Serve on stdin/stdout until the end of input; the exit status."""
     if restrict is not None and not os.path.isdir(restrict):
@@ -786,3 +888,9 @@ def run_agent(restrict: str | None = None) -> int:
     framer = Framer(rfile, wfile, compress=True)
     Agent(framer, restrict).serve()
     return 0
+
+
+if __name__ == "__main__":  # python3 -m hsync.remote.agent [--restrict ROOT]
+    from hsync.remote.agent import main as _main
+
+    sys.exit(_main(sys.argv[1:]) or 0)

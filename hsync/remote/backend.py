@@ -56,6 +56,7 @@ from ..backend import (
     Linked,
     Relation,
     Role,
+    ScanOptions,
     WatchSink,
 )
 from ..cancel import NEVER, Cancel
@@ -162,6 +163,142 @@ class _Prefetch:
             self.stopped = True
             self.cond.notify_all()
         self.thread.join()
+
+
+class _Deltas:
+    """The deltas of a batch's updated files when the far side is the source: the
+    local old files are signed here, in the batch's order, and sent in a few
+    ``read_deltas`` requests (up to ``SIGNATURES_MAX`` of signatures each), the far side
+    streams a delta per file: one round trip per batch, not per file (as ``_Prefetch``
+    for whole files). A delta is kept (in memory, or an unnamed temporary file when
+    big) until the apply reads its file."""
+
+    def __init__(self, link: Link, basis: Any, keys: list[Key]) -> None:
+        self.link = link
+        self.basis = basis
+        self.cond = threading.Condition()
+        self.spools: dict[Key, Spool] = {}
+        self.ends: dict[Key, Any] = {}
+        self.wanted = set(keys)
+        self.failed: str | None = None
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, args=(keys,), daemon=True,
+                                       name="hsync-deltas")
+        self.thread.start()
+
+    def _sign(self, key: Key) -> list[bytes]:
+        try:
+            with self.basis.read(key) as old:
+                return list(deltas.signature(old.fileno()))
+        except (OSError, NodeError, deltas.DeltaError):
+            return []
+
+    def _run(self, keys: list[Key]) -> None:
+        try:
+            i = 0
+            while i < len(keys) and not self.stopped:
+                wanted: list[list[Any]] = []
+                size = 0
+                while i < len(keys) and size < SIGNATURES_MAX:
+                    sig = self._sign(keys[i])
+                    if sig:
+                        wanted.append([keys[i], sig])
+                        size += sum(len(c) for c in sig)
+                    else:
+                        self._end(keys[i], [None, "no signature"])
+                    i += 1
+                if not wanted:
+                    continue
+                for page in self.link.stream("read_deltas", wanted):
+                    for key, data, end in page:
+                        key = tuple(key)
+                        if data:
+                            spool = self.spools.get(key)
+                            if spool is None:
+                                spool = self.spools[key] = Spool()
+                            spool.add(data)
+                        if end is not None:
+                            self._end(key, end)
+        except Exception as e:
+            with self.cond:
+                self.failed = str(e)
+                self.cond.notify_all()
+
+    def _end(self, key: Key, end: Any) -> None:
+        with self.cond:
+            self.ends[key] = end
+            self.cond.notify_all()
+
+    def take(self, key: Key) -> tuple[Spool, Any] | None:
+        """The delta of ``key`` and its end (``[mtime_ns, size, digest]``, or ``[None,
+        why]``), waiting for it; None when it is not asked for or the requests failed."""
+        with self.cond:
+            if key not in self.wanted:
+                return None
+            self.wanted.discard(key)
+            while key not in self.ends and self.failed is None:
+                self.cond.wait()
+            end = self.ends.pop(key, None)
+            spool = self.spools.pop(key, None) or Spool()
+        if end is None:
+            spool.close()
+            return None
+        return spool, end
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopped = True
+        self.thread.join()
+        for spool in self.spools.values():
+            spool.close()
+        self.spools.clear()
+
+
+class _FarCancel:
+    """Forwards the cancel of a batch in flight to the agent (a ``cancel`` request): a
+    cancelled token (a watch that stops), or a Ctrl-C here (SIGTERM too, in a one-shot
+    run). The agent cancels the batch's token, so its apply stops at the next op, and
+    ends its content: a file whose content had not all arrived is not published (its
+    temporary file is removed). The batch is still answered, so what it did is known,
+    journaled and acknowledged; a second Ctrl-C stops waiting for that."""
+
+    def __init__(self, link: Link, rid: int, cancel: Cancel) -> None:
+        self.link = link
+        self.rid = rid
+        self.sent = False
+        self.interrupted = False
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        if cancel is not NEVER:
+            self._thread = threading.Thread(target=self._watch, args=(cancel,),
+                                            daemon=True, name="hsync-far-cancel")
+            self._thread.start()
+
+    def _watch(self, cancel: Cancel) -> None:
+        while not self._done.is_set():
+            if cancel.wait(0.1):
+                self.cancel()
+                return
+
+    def cancel(self) -> None:
+        if not self.sent:
+            self.sent = True
+            with contextlib.suppress(BackendError):
+                self.link.tell("cancel", self.rid)
+
+    def interrupt(self) -> bool:
+        """A Ctrl-C: the first one cancels the batch there and waits for its answer
+        (True); the next one stops waiting (False)."""
+        if self.interrupted:
+            return False
+        self.interrupted = True
+        self.cancel()
+        return True
+
+    def close(self) -> None:
+        self._done.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 class _RemoteScan:
@@ -279,6 +416,8 @@ class RemoteBackend:
         self.session = os.urandom(8).hex()
         """This sender's batches are numbered within it (the far journal's key)."""
         self._flying: deque[_Batch] = deque()
+        self._interrupted = False
+        """A Ctrl-C cancelled the batches in flight (``_interrupt``)."""
         """Batches sent and not yet acknowledged, in order."""
         self._keep: Keep | None = None
         """The metadata negotiated (replayed on a new link)."""
@@ -297,6 +436,7 @@ class RemoteBackend:
         """Files whose delta failed: sent whole from now on."""
         self._delta_basis: Any = None
         self._delta_keys: set[Key] = set()
+        self._deltas: _Deltas | None = None
 
     def __repr__(self) -> str:
         return f"RemoteBackend({self.url!r}, role={self.role!r})"
@@ -372,35 +512,17 @@ class RemoteBackend:
                     and deltas.use_delta(op.old.size, op.node.size)):
                 self._delta_keys.add(op.key)
 
-    def _local_signature(self, key: Key) -> list[bytes] | None:
-        """The signature of the destination's old file at ``key``."""
-        try:
-            with self._delta_basis.read(key) as old:
-                return list(deltas.signature(old.fileno()))
-        except (OSError, NodeError, deltas.DeltaError):
-            return None
-
     def _read_delta(self, key: Key) -> BinaryIO | None:
-        """The new content of ``key``: the far side answers the signature of the
-        destination's old file with a delta, patched here into an unnamed temporary
-        file and checked against the far side's trailer. None when that fails (the
-        old file changed since it was signed, no basis, a delta that does not verify):
-        the caller reads the file whole."""
-        sig = self._local_signature(key)
-        if not sig:
+        """The new content of ``key``: the far side's delta against the destination's
+        old file (asked for with the batch's others, ``_Deltas``), patched here into an
+        unnamed temporary file and checked against the far side's trailer. None when
+        that fails (the old file changed since it was signed, no basis, a delta that
+        does not verify): the caller reads the file whole."""
+        fetch = self._deltas
+        got = fetch.take(key) if fetch is not None else None
+        if got is None:
             return None
-        spool = Spool()
-        end: Any = None
-        rid, q = self.link.open("read_delta", key, sig)
-        try:
-            for tag, value in self.link.answer(rid, q):
-                if tag == "item":
-                    spool.add(value)
-                else:
-                    end = self.link.result(tag, value)
-        except BaseException:
-            spool.close()
-            raise
+        spool, end = got
         if not end or end[0] is None:
             spool.close()
             return None
@@ -409,8 +531,8 @@ class RemoteBackend:
             fd = os.dup(tmp.fileno())
         try:
             with spool.file(0) as d, self._delta_basis.read(key) as old:
-                got = deltas.patch(old.fileno(), iter(lambda: d.read(CHUNK), b""), fd)
-            if got != deltas.Trailer(size, digest):
+                out = deltas.patch(old.fileno(), iter(lambda: d.read(CHUNK), b""), fd)
+            if out != deltas.Trailer(size, digest):
                 raise deltas.DeltaError("the patched file differs from the source's")
         except (OSError, NodeError, deltas.DeltaError):
             os.close(fd)
@@ -423,6 +545,12 @@ class RemoteBackend:
         if self._prefetch is not None:
             self._prefetch.stop()
             self._prefetch = None
+        if self._deltas is not None:
+            self._deltas.stop()
+            self._deltas = None
+        if self._delta_keys:
+            self._deltas = _Deltas(self.link, self._delta_basis,
+                                   [k for k in keys if k in self._delta_keys])
         keys = [k for k in keys if k not in self._delta_keys]
         if keys:
             self._prefetch = _Prefetch(self.link, list(keys))
@@ -469,13 +597,49 @@ class RemoteBackend:
                 for op in ops]))
         self._seq += 1
         batch = _Batch(self._seq, list(ops), _final_part(ops, final),
-                       attrs.evolve(options, defer_durable=False), source)
+                       attrs.evolve(options, defer_durable=False), source, cancel=cancel)
         self._flying.append(batch)
         try:
             self._send(batch)
         except LinkLost as e:
             self._recover(e)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in a one-shot run
+            self._interrupt()
+            if batch.q is not None:
+                with contextlib.suppress(BackendError):
+                    self.link.send_more(batch.rid, None)  # what did not cross does not arrive
+            self._drain_interrupted()
         return _Pending(self, batch)
+
+    def _interrupt(self) -> bool:
+        """A Ctrl-C with batches in flight (``_FarCancel``): the first cancels every one
+        of them there (each stops at its next op, and is answered: what it did is
+        journaled there) and goes on waiting (True); the next stops waiting (False)."""
+        if self._interrupted:
+            return False
+        self._interrupted = True
+        for batch in self._flying:
+            if batch.stop is not None:
+                batch.stop.interrupt()
+        return True
+
+    def _drain_interrupted(self) -> None:
+        """After a Ctrl-C: wait for the answers of the batches still in flight (each
+        ended over there at an op's boundary), then raise the ``KeyboardInterrupt``."""
+        try:
+            while self._flying:
+                batch = self._flying.popleft()
+                try:
+                    if batch.answer is None and batch.q is not None:
+                        with contextlib.suppress(HsyncError, OSError):
+                            for _ in self.link.answer(batch.rid, batch.q, self._interrupt):
+                                pass
+                finally:
+                    if batch.stop is not None:
+                        batch.stop.close()
+        finally:
+            self._interrupted = False
+        raise KeyboardInterrupt
 
     def _send(self, batch: _Batch, *, resumed: bool = False) -> None:
         """The batch's request, then its content (``resumed``: the far side began it
@@ -483,10 +647,14 @@ class RemoteBackend:
         sigs = self._signatures(batch.ops)
         batch.sigs = set(sigs)
         batch.answer = None
+        if batch.stop is not None:  # sent again: the cancel goes to the new request
+            batch.stop.close()
+            batch.stop = None
         rid, q = self.link.open("apply", batch.seq, batch.ops, batch.final, batch.options,
                                 self.pair, self.session, resumed)
         batch.rid, batch.q = rid, q
-        self._send_content(rid, batch.ops, batch.source, sigs)
+        batch.stop = _FarCancel(self.link, rid, batch.cancel)
+        self._send_content(rid, batch.ops, batch.source, sigs, batch.stop)
 
     def acknowledged(self, batch: _Batch) -> ApplyResult:
         """The result of ``batch``, once the far side acknowledged it and every batch
@@ -496,17 +664,27 @@ class RemoteBackend:
             answer = head.answer
             if answer is None:
                 try:
-                    for tag, value in self.link.answer(head.rid, head.q):
+                    for tag, value in self.link.answer(head.rid, head.q, self._interrupt):
                         if tag in ("ok", "err"):
                             answer = self.link.result(tag, value)
                 except LinkLost as e:
+                    if self._interrupted:
+                        self._drain_interrupted()
                     self._recover(e)
                     continue
                 except (HsyncError, OSError) as e:  # the batch failed there as a whole
                     self._flying.popleft()
+                    if head.stop is not None:
+                        head.stop.close()
                     head.error = e
+                    if self._interrupted:
+                        self._drain_interrupted()
                     continue
             self._flying.popleft()
+            if head.stop is not None:
+                head.stop.close()
+            if self._interrupted:  # the batch ended over there, at an op's boundary
+                self._drain_interrupted()
             assert answer is not None
             # a delta that did not verify there comes back as a retry: sent whole next
             self._whole.update(p.key for p in answer["problems"] if p.key in head.sigs)
@@ -547,6 +725,9 @@ class RemoteBackend:
         link.call("open", self.remote.path, self.role, self._exclude_attrs)
         if self._keep is not None:
             link.call("metadata", self._keep)
+        scan: ScanOptions | None = getattr(self, "_scan_options", None)
+        if scan is not None:
+            link.call("configure_scan", scan.specials, scan.one_file_system)
         first = self._flying[0].seq if self._flying else self._seq + 1
         done, begun = link.call("acknowledged", self.session, first)
         self.reconnects += 1
@@ -624,7 +805,8 @@ class RemoteBackend:
         return page, size, True
 
     def _send_content(self, rid: int, ops: Sequence[Op], source: ContentSource,
-                      sigs: dict[Key, list[bytes]] | None = None) -> None:
+                      sigs: dict[Key, list[bytes]] | None = None,
+                      stop: _FarCancel | None = None) -> None:
         """The content of every file the batch creates or updates, in pages of
         ``[key, data, end]`` (``end``: None while the file goes on, else ``[mtime_ns,
         error]``): whole, or as a delta against the far side's old file where its
@@ -634,6 +816,8 @@ class RemoteBackend:
         sent: set[Key] = set()
         sigs = sigs or {}
         for op in ops:
+            if stop is not None and stop.sent:
+                break  # cancelled: the far side stops at its next op
             if not _needs_content(op) or op.key in sent:
                 continue
             key = op.key
@@ -678,6 +862,9 @@ class RemoteBackend:
         if self._prefetch is not None:
             self._prefetch.stop()
             self._prefetch = None
+        if self._deltas is not None:
+            self._deltas.stop()
+            self._deltas = None
         self.link.close()
 
     # -- bytes on the wire -----------------------------------------------------------------
@@ -716,6 +903,9 @@ class _Batch:
     q: Any = None
     answer: dict[str, Any] | None = None
     """Its answer, taken from the far journal after a reconnect."""
+    cancel: Cancel = NEVER
+    stop: _FarCancel | None = None
+    """Forwards a cancel of ``cancel`` (or a Ctrl-C) to the far side."""
     result: ApplyResult | None = None
     error: BaseException | None = None
     """Why it failed there as a whole (a batch after it is not applied either)."""
@@ -848,10 +1038,22 @@ class _Metadata:
         return out
 
 
+class _ScanConfigurable:
+    """``-x`` and ``--no-specials`` reach the far tree's scans (its backend takes
+    ``ScanOptions``)."""
+
+    link: Link
+
+    def configure_scan(self, options: ScanOptions) -> None:
+        self._scan_options = options  # sent again to an agent started after a break
+        self.link.call("configure_scan", options.specials, options.one_file_system)
+
+
 _MIXINS = {
     "sorted_walk": _SortedWalk, "streaming": _Streaming,
     "digest_scanning": _DigestScanning, "bulk_hashing": _BulkHashing,
     "watchable": _Watchable, "metadata": _Metadata,
+    "scan_configurable": _ScanConfigurable,
 }
 _CLASSES: dict[tuple[str, ...], type] = {}
 

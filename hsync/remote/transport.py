@@ -19,8 +19,9 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..errors import BackendError, LinkLost, UsageError
+from ..errors import BackendError, LinkLost, SourceChanged, TargetChanged, UsageError
 from . import Reach
+from .early import remote_command, spawn, take
 from .protocol import MAGIC, PROTOCOL, Framer, LinkClosed, hsync_version
 from .url import RemoteUrl
 
@@ -34,18 +35,12 @@ class RemoteError(BackendError):
 def ssh_argv(url: RemoteUrl, reach: Reach) -> list[str]:
     """The local argv: the ssh command, its options for this host, the remote command."""
     try:
-        argv = shlex.split(reach.command())
+        if not shlex.split(reach.command()):
+            raise UsageError("--rsh: empty command")
+        return remote_command(reach.command(), url.host, url.user, url.port,
+                              reach.remote_hsync)
     except ValueError as e:
         raise UsageError(f"--rsh {reach.command()!r}: {e}") from None
-    if not argv:
-        raise UsageError("--rsh: empty command")
-    if url.port:
-        argv += ["-p", str(url.port)]
-    if url.user:
-        argv += ["-l", url.user]
-    remote = [reach.remote_hsync or "hsync", "agent"]
-    argv += [url.host, " ".join(shlex.quote(w) for w in remote)]
-    return argv
 
 
 class Link:
@@ -61,13 +56,14 @@ class Link:
         self.reach = reach
         self.host = url.target
         self.argv = ssh_argv(url, reach)
+        # started at the top of the command when it could be (``early``): the login
+        # and the far side's start-up ran while this process imported its modules
+        early = take(self.argv)
         try:
-            self.proc = subprocess.Popen(
-                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, bufsize=0, start_new_session=True,
-            )
+            self.proc = early if early is not None else spawn(self.argv)
         except OSError as e:
             raise BackendError(f"{self.host}: cannot run {self.argv[0]}: {e.strerror}") from None
+        self.early = early is not None
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.framer = Framer(self.proc.stdout, self.proc.stdin, compress=reach.compress)
         self._stderr: list[str] = []
@@ -77,10 +73,22 @@ class Link:
         self._waiting: dict[int, queue.SimpleQueue[Any]] = {}
         self._lock = threading.Lock()
         self._broken: str | None = None
+        self._garbled = False
+        """A frame that does not decode arrived (before the hello: not an agent)."""
         self.closed = False
-        self.hello = self._handshake(reach)
+        self._hello: dict[str, Any] | None = None
+        self._hello_lock = threading.Lock()
+        # the hello is not waited for here: the first requests follow it at once and
+        # their answers are used only once it checked out (``ready``), one round trip
+        # saved and the far side's start-up overlapped with this side's
+        self._hello_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._waiting[0] = self._hello_q
         self._reader = threading.Thread(target=self._read_loop, daemon=True,
                                         name=f"hsync-link-{self.host}")
+        try:
+            self.framer.send([0, "hello", [MAGIC, PROTOCOL, hsync_version(), reach.compress]])
+        except LinkClosed:
+            raise self._failure("the remote hsync agent did not start") from None
         self._reader.start()
 
     # -- start -----------------------------------------------------------------------
@@ -112,45 +120,60 @@ class Link:
         tail = f": {said}" if said else ""
         return BackendError(f"{self.host}: {what} (exit {rc}){tail}")
 
-    def _handshake(self, reach: Reach) -> dict[str, Any]:
-        try:
-            self.framer.send([0, "hello", [MAGIC, PROTOCOL, hsync_version(), reach.compress]])
-            answer = self.framer.recv()
-        except LinkClosed:
-            raise self._failure("the remote hsync agent did not start") from None
-        except Exception:
-            self._kill()
-            raise BackendError(
-                f"{self.host}: the remote side did not answer as an hsync agent "
-                "(does the login shell print something?)"
-            ) from None
-        if not (isinstance(answer, tuple) and len(answer) == 3 and answer[1] in ("ok", "err")):
-            self._kill()
-            raise BackendError(f"{self.host}: the remote side did not answer as an hsync agent")
-        if answer[1] == "err":
-            self._kill()
-            raise BackendError(f"{self.host}: {answer[2][1]}")
-        hello = dict(answer[2])
-        if hello.get("magic") != MAGIC or hello.get("protocol") != PROTOCOL:
-            self._kill()
-            raise BackendError(
-                f"{self.host}: incompatible remote hsync {hello.get('version', '?')} "
-                f"(protocol {hello.get('protocol', '?')}; this one speaks {PROTOCOL})"
-            )
-        return hello
+    @property
+    def hello(self) -> dict[str, Any]:
+        """The agent's answer to the hello (waited for, checked once)."""
+        self.ready()
+        assert self._hello is not None
+        return self._hello
+
+    def ready(self) -> None:
+        """Wait for the hello's answer and check it: a missing or incompatible remote
+        hsync, or something else answering, is one ``BackendError`` naming the host."""
+        if self._hello is not None:
+            return
+        with self._hello_lock:
+            if self._hello is not None:
+                return
+            tag, value = self._hello_q.get()
+            with self._lock:
+                self._waiting.pop(0, None)
+            if tag == "lost":
+                self._hello_q.put((tag, value))  # a later caller fails the same way
+                if self._garbled:
+                    self._kill()
+                    raise BackendError(
+                        f"{self.host}: the remote side did not answer as an hsync agent "
+                        "(does the login shell print something?)"
+                    )
+                raise self._failure("the remote hsync agent did not start")
+            if tag == "err":
+                self._kill()
+                raise BackendError(f"{self.host}: {value[1]}")
+            hello = dict(value) if isinstance(value, dict) else {}
+            if hello.get("magic") != MAGIC or hello.get("protocol") != PROTOCOL:
+                self._kill()
+                raise BackendError(
+                    f"{self.host}: incompatible remote hsync {hello.get('version', '?')} "
+                    f"(protocol {hello.get('protocol', '?')}; this one speaks {PROTOCOL})"
+                )
+            self._hello = hello
 
     # -- requests ----------------------------------------------------------------------
     def _read_loop(self) -> None:
         try:
             while True:
-                rid, tag, value = self.framer.recv()
+                rid, tag, value = self.framer.recv()  # a bad shape: not an agent
                 with self._lock:
                     q = self._waiting.get(rid)
                 if q is not None:
                     q.put((tag, value))
         except LinkClosed as e:
+            if str(e).startswith("bad frame"):
+                self._garbled = True
             self._break(f"connection lost ({e})")
         except Exception as e:  # a frame that does not decode: the link is unusable
+            self._garbled = True
             self._break(f"bad message from the agent: {e}")
 
     def _break(self, why: str) -> None:
@@ -195,11 +218,25 @@ class Link:
         with self._lock:
             self._waiting.pop(rid, None)
 
-    def answer(self, rid: int, q: queue.SimpleQueue[Any]) -> Iterator[tuple[str, Any]]:
-        """The answer frames of ``rid`` as ``(tag, value)``, through its end."""
+    def tell(self, method: str, *args: Any) -> None:
+        """Send a request whose answer nobody waits for (a cancel)."""
+        rid, _ = self.open(method, *args)
+        self.finish(rid)
+
+    def answer(self, rid: int, q: queue.SimpleQueue[Any],
+               on_interrupt: Callable[[], bool] | None = None) -> Iterator[tuple[str, Any]]:
+        """The answer frames of ``rid`` as ``(tag, value)``, through its end. A Ctrl-C
+        while waiting goes to ``on_interrupt``: True goes on waiting (it forwarded the
+        cancel: the answer comes), False (or none) raises it."""
         try:
+            self.ready()
             while True:
-                tag, value = q.get()
+                try:
+                    tag, value = q.get()
+                except KeyboardInterrupt:
+                    if on_interrupt is not None and on_interrupt():
+                        continue
+                    raise
                 if tag == "lost":
                     raise self._error(value)
                 yield tag, value
@@ -215,6 +252,10 @@ class Link:
                 raise OSError(message)
             if kind == "usage":
                 raise UsageError(f"{self.host}: {message}")
+            if kind == "source_changed":  # the far file changed while it was read
+                raise SourceChanged(message)
+            if kind == "target_changed":
+                raise TargetChanged(message)
             raise RemoteError(f"{self.host}: {message}")
         return value
 

@@ -8,7 +8,8 @@ root without following a symlink. Directory mode and mtime are set once their ch
 settled, deepest first. Files are deleted on a small pool of threads (an ``unlink``
 waits on the disk's journal, not on Python), and every other op first waits for the
 deletes in flight (a directory is removed once its files are gone). One ``syncfs`` per
-batch (or one ``fsync`` per file), perhaps left running for the caller
+batch (or one ``fsync`` per file; a batch of a few nodes: an ``fsync`` of each node and
+directory it changed, ``durable``), perhaps left running for the caller
 (``defer_durable``). A full disk stops the batch (``DestinationFull``); a cancel token
 stops it between ops.
 """
@@ -44,6 +45,7 @@ from ...model import (
 )
 from .copy import Copies, LocalTree
 from .dirs import Touched
+from .durable import flush_nodes, touched
 from .meta import Reader, chown, proc_path, safe_mode, set_xattrs
 from .posix import (
     FULL,
@@ -185,17 +187,21 @@ class Batch:
             )
 
     def make_durable(self) -> None:
-        """One flush of the destination's filesystem, unless each file had its fsync."""
+        """One flush of the destination's filesystem, unless each file had its fsync; a
+        batch that touched a few nodes flushes only those (``durable``)."""
         if self.fsync or not (self.result.done or self.dirs.keys):
             return
+        few = touched(self.result.done, self.dirs.keys)
+        flush = partial(syncfs, self.root) if few is None else partial(
+            flush_nodes, self.root, few)
         if self.defer_durable:
             # the flush waits on the disk, not on Python: the caller's own work
             # (recording the history) runs meanwhile
-            flush = threading.Thread(target=syncfs, args=(self.root,), name="hsync-syncfs")
-            flush.start()
-            self.result.durable = flush.join
+            thread = threading.Thread(target=flush, name="hsync-syncfs")
+            thread.start()
+            self.result.durable = thread.join
         else:
-            syncfs(self.root)
+            flush()
 
     def clean_temps(self) -> None:
         """Remove temporary files left by an interrupted publish (found by the scan of

@@ -132,6 +132,18 @@ def listing_digest(hashes: list[int]) -> int:
     return xxh3_64_intdigest(array("q", hashes).tobytes())
 
 
+def stable_hash(value: Any) -> int:
+    """A hash of a row's ``data`` (or a symlink's target) that is the same in every
+    process: not ``hash()``, which is seeded per process for strings and bytes, so the
+    listing digests of a tree scanned by a remote agent never equalled this side's and
+    every remote comparison was a full one. Signed 64-bit, like the entries' hashes."""
+    from marshal import dumps
+
+    from xxhash import xxh3_64_intdigest
+
+    return xxh3_64_intdigest(dumps(value)) - (1 << 63)
+
+
 def subtree_digest(listing: int, subdirs: list[tuple[str, int]]) -> int:
     """One number for everything below a directory (a Merkle tree): its listing's
     digest and, per subdirectory, its name and its own subtree digest. Equal for two
@@ -197,7 +209,7 @@ def _list(
             if of is not None:  # the data, shared by the nodes without attributes read
                 if listed > 0:
                     m = of(uid, gid, listed, proc_path(fd, name))
-                    hm = hash(m)
+                    hm = stable_hash(m)
                 else:
                     m, hm = shared.get((uid << 34) | (gid << 2) | (listed + 2)) or _shared(
                         shared, of, uid, gid, listed)
@@ -211,7 +223,7 @@ def _list(
             if of is not None:
                 if listed > 0:
                     m = of(uid, gid, listed, proc_path(fd, name))
-                    hm = hash(m)
+                    hm = stable_hash(m)
                 else:
                     m, hm = shared.get((uid << 34) | (gid << 2) | (listed + 2)) or _shared(
                         shared, of, uid, gid, listed)
@@ -237,7 +249,7 @@ def _list(
                 m = of(uid, gid, listed, proc_path(fd, name) if listed > 0 else None)
             rows[k] = (SYMLINK, 0, 0, mtime, target, ino, m)  # payload: target, mtime, data
             kids.append(k)
-            h = hash((h, target, m))
+            h = stable_hash((h, target, m))
         elif (flags[0] and S_ISFIFO(mode)) or (flags[1] and (S_ISCHR(mode) or S_ISBLK(mode))):
             if exclude is not None and exclude(k, False):
                 held.add(key)
@@ -245,7 +257,7 @@ def _list(
             if of is not None:
                 if listed > 0:
                     m = of(uid, gid, listed, proc_path(fd, name))
-                    hm = hash(m)
+                    hm = stable_hash(m)
                 else:
                     m, hm = shared.get((uid << 34) | (gid << 2) | (listed + 2)) or _shared(
                         shared, of, uid, gid, listed)
@@ -324,7 +336,7 @@ def _shared(
     """The data (and its hash) of a node owned by ``uid``:``gid`` whose attributes
     were not read (``listed`` <= 0), made once per owner and kept in ``shared``."""
     m = of(uid, gid, listed, None)
-    found = shared[(uid << 34) | (gid << 2) | (listed + 2)] = (m, hash(m))
+    found = shared[(uid << 34) | (gid << 2) | (listed + 2)] = (m, stable_hash(m))
     return found
 
 

@@ -139,6 +139,10 @@ class _Handler(FileSystemEventHandler):
         self.open: set[Key | None] = set()
         """Files written (IN_MODIFY) and not closed since: an attribute change of one
         of them does not make it whole."""
+        self.closed_in: str | None = None
+        """The directory of the file whose close was the last event: watchdog follows
+        every close with a ``DirModifiedEvent`` of it, which is not a change (closing a
+        file changes no directory)."""
 
     def _appeared_or_went(self, key: Key | None) -> None:
         """A node created, deleted, or moved in or out: its subtree, and its parent's
@@ -152,7 +156,16 @@ class _Handler(FileSystemEventHandler):
     def dispatch(self, event: FileSystemEvent) -> None:
         if event.is_synthetic:
             return  # one per descendant of a moved or created directory: already covered
+        closed_in, self.closed_in = self.closed_in, None
+        if isinstance(event, DirModifiedEvent) and closed_in is not None and (
+            os.fsencode(event.src_path) == os.fsencode(closed_in)
+        ):
+            # the echo of the close just reported: dirtying the directory would make a
+            # round that already took the file stale (a restart, then the debounce)
+            return
         key = _key_of(self.base, event.src_path)
+        if isinstance(event, FileClosedEvent):
+            self.closed_in = os.path.dirname(os.fsdecode(event.src_path))
         if not isinstance(event, (FileModifiedEvent, FileAttribEvent)):
             self.open.discard(key)  # closed, deleted or moved: no longer being written
         if isinstance(event, (DirMovedEvent, FileMovedEvent)):
