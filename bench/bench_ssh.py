@@ -2,7 +2,7 @@
 """Remote benchmark: hsync over ssh against ``rsync -a --delete -e ssh`` (and ``-z``).
 
 Starts its own sshd on 127.0.0.1 (``tests/sshd.py``: keys in the work directory,
-nothing in ``~/.ssh``), generates a tree, then times each tool on five scenarios,
+nothing in ``~/.ssh``), generates a tree, then times each tool on the scenarios below,
 interleaved round by round (the first tool rotates), each command a whole process:
 
   a  initial copy into an empty destination (a push)
@@ -13,8 +13,14 @@ interleaved round by round (the first tool rotates), each command a whole proces
   d  re-sync after renaming a directory of --big files of 1 MiB
   e  re-sync after appending 1 MiB (random) to a file of --append MiB (grows 1 MiB a
      round): the changed file crosses as a delta (rsync's algorithm, both tools)
+  f  with --change N: re-sync after rewriting N small files of ``bulk/`` (new content,
+     same sizes; a different N each round)
 
 and, once a round, ``ssh 127.0.0.1 true``: the login alone, the floor of both tools.
+
+``--window N`` (repeatable) adds hsync with ``--window N`` as a tool of its own
+(``hsync-wN``; plain ``hsync`` runs with the default window): a push keeps that many
+batches in flight, and ``--batch-ops`` sets the ops per batch of every hsync.
 
 Bytes on the wire: hsync's ``--json`` report (``bytes_on_wire``, counted by hsync on
 its link, after compression); rsync's ``--stats`` (total bytes sent + received).
@@ -97,7 +103,7 @@ class Tool:
 
     def run(self, src: Path) -> tuple[float, int]:
         """One sync of ``src``; its wall time and bytes on the wire."""
-        if self.name == "hsync":
+        if self.name.startswith("hsync"):
             argv = [*self.argv, "--json", "--state", str(self.state), f"{src}",
                     f"{HOST}:{self.dst}"]
         else:
@@ -107,7 +113,7 @@ class Tool:
         elapsed = time.perf_counter() - t0
         if p.returncode != 0:
             raise SystemExit(f"{self.name} failed ({p.returncode}): {p.stderr.strip()}")
-        if self.name == "hsync":
+        if self.name.startswith("hsync"):
             wire = json.loads(p.stdout)["bytes_on_wire"]
             return elapsed, wire["sent"] + wire["received"]
         sent = re.search(r"Total bytes sent: ([\d,]+)", p.stdout)
@@ -126,6 +132,11 @@ def main() -> None:
     ap.add_argument("--append", type=int, default=1024,
                     help="MiB of the file 1 MiB is appended to in e (0: no scenario e)")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--window", type=int, action="append", default=[],
+                    help="also run hsync with --window N (tool hsync-wN)")
+    ap.add_argument("--batch-ops", type=int, default=0, help="hsync --batch-ops N")
+    ap.add_argument("--change", type=int, default=0,
+                    help="scenario f: rewrite N files of bulk/ (0: no scenario f)")
     ap.add_argument("--workdir", default="/tmp/hsync-bench-ssh")
     ap.add_argument("--hsync", default=str(Path(sys.executable).with_name("hsync")))
     ap.add_argument("--reuse", action="store_true",
@@ -156,10 +167,16 @@ def main() -> None:
             generate_append(src / "append" / "huge", args.append)
         made.write_text(params)
     scenarios = ["a", "b1", "b", "c", "d", "e"] if args.append else ["a", "b1", "b", "c", "d"]
+    if args.change:
+        scenarios.append("f")
     server = Sshd(str(work / "sshd"))
     rsh = server.rsh
+    hsync = [args.hsync, "sync", "-e", rsh]
+    if args.batch_ops:
+        hsync += ["--batch-ops", str(args.batch_ops)]
     tools = [
-        Tool("hsync", [args.hsync, "sync", "-e", rsh], work),
+        Tool("hsync", hsync, work),
+        *(Tool(f"hsync-w{w}", [*hsync, "--window", str(w)], work) for w in args.window),
         Tool("rsync", ["rsync", "-a", "--delete", "-e", rsh], work),
         Tool("rsync-z", ["rsync", "-a", "-z", "--delete", "-e", rsh], work),
     ]
@@ -199,6 +216,13 @@ def main() -> None:
                     f.write(os.urandom(MIB))
                 for t in order:
                     record("e", t, t.run(src))
+            if args.change:
+                bulk = src / ("bulk-renamed" if r % 2 == 0 else "bulk")
+                for n in sorted(os.listdir(bulk))[:args.change]:
+                    data = (bulk / n).read_bytes()
+                    (bulk / n).write_bytes(bytes([(r + 1) % 256]) + data[1:])
+                for t in order:
+                    record("f", t, t.run(src))
             for t in order:  # every tool's copy equals the source
                 p = subprocess.run(["diff", "-r", "-q", str(src), str(t.dst)],
                                    capture_output=True, check=False)
@@ -214,7 +238,8 @@ def main() -> None:
              "b1": "first re-sync after the copy",
              "b": "no-op re-sync", "c": f"rename of a directory of {args.batch} files",
              "d": f"rename of a directory of {args.big} x 1 MiB",
-             "e": f"1 MiB appended to a file of {args.append:,} MiB"}
+             "e": f"1 MiB appended to a file of {args.append:,} MiB",
+             "f": f"{args.change:,} files rewritten"}
     print(f"\n{args.rounds} rounds, medians; ratio: the median of the per-round ratios "
           "to rsync -a\n")
     print("| scenario | tool | time (s) | ratio to rsync -a | bytes on the wire |")

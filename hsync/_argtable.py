@@ -31,6 +31,8 @@ TABLE: dict[str, Any] = {
             ('rsh', ('--rsh', '-e'), (), 'str', False, None, None),
             ('remote_hsync', ('--remote-hsync',), (), 'str', False, None, None),
             ('compress', ('--compress', '-z'), ('--no-compress',), 'flag', False, True, None),
+            ('window', ('--window',), (), 'int', False, None, 1),
+            ('batch_ops', ('--batch-ops',), (), 'int', False, None, 1),
             ('wait_lock', ('--wait-lock',), (), 'flag', False, False, None),
             ('progress', ('--progress',), ('--no-progress',), 'flag', False, None, None),
             ('allow_empty_source', ('--allow-empty-source',), (), 'flag', False, False, None),

@@ -1,8 +1,11 @@
 """The apply step: a plan's ops in journaled batches, the history recorded as they land.
 
 One batching policy (``Batching``), one journaled batch (``run_batch``: recorded in the
-journal before it runs, marked done after its flush, SPEC 5), one way to apply a plan
-(``apply_plan``) and to record what it did in the history (``record``). ``sync``, a
+journal before it runs, marked done after its flush, SPEC 5; in two halves,
+``start_batch`` and ``finish_batch``, so that a remote destination keeps a window of
+batches in flight, their results taken in order as the acknowledgements arrive), one
+way to apply a plan (``apply_plan``) and to record what it did in the history
+(``record``). ``sync``, a
 watch round, ``verify --repair`` (through ``sync``) and the streamed initial copy
 (``hsync.populate``) all apply through here.
 
@@ -15,13 +18,13 @@ never trusted alone (a run that finds the batch unfinished compares everything).
 from __future__ import annotations
 
 import time
-from collections import ChainMap
+from collections import ChainMap, deque
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any
 
 import attrs
 
-from .backend import ApplyOptions, ApplyResult
+from .backend import ApplyOptions, ApplyResult, PendingBatch
 from .cancel import NEVER, Cancel
 from .errors import CANCELLED, RETRY
 from .model import (
@@ -102,6 +105,128 @@ def batches(ops: Sequence[Op], batching: Batching) -> Iterator[tuple[int, Sequen
         yield start, ops[start:]
 
 
+@attrs.define
+class Started:
+    """A batch under way (``start_batch``): journaled, sent or applied; its result is
+    taken by ``finish_batch``."""
+
+    ops: Sequence[Op]
+    final: Snapshot
+    options: ApplyOptions
+    logged: int | None
+    """Its sequence number in the journal (None: not journaled)."""
+    result: ApplyResult | None = None
+    """The result, when the destination applied it at once (a local one)."""
+    pending: PendingBatch | None = None
+    """Where the result comes from, when the batch is in flight (a remote one)."""
+    cancel: Cancel = NEVER
+    on_done: Callable[[Op], None] | None = None
+
+
+def window(session: PairSession) -> int:
+    """How many batches the destination keeps in flight (1: a local one)."""
+    windowed = session.destination.features.windowed
+    return max(1, windowed.window()) if windowed is not None else 1
+
+
+def batching_for(session: PairSession, batching: Batching) -> Batching:
+    """``batching``, its batches made no larger than a remote destination wants them
+    (``Windowed.batch_limits``: small enough that a window of them keeps the link and
+    the far side busy at once; a local destination keeps ``batching``)."""
+    windowed = session.destination.features.windowed
+    if windowed is None:
+        return batching
+    max_ops, max_bytes = windowed.batch_limits()
+    return attrs.evolve(batching, max_ops=min(batching.max_ops, max_ops),
+                        max_bytes=min(batching.max_bytes, max_bytes),
+                        min_ops=min(batching.min_ops, max_ops))
+
+
+def start_batch(
+    session: PairSession,
+    ops: Sequence[Op],
+    final: Snapshot,
+    *,
+    cancel: Cancel = NEVER,
+    on_done: Callable[[Op], None] | None = None,
+    defer: bool = False,
+) -> Started:
+    """Journal ``ops`` (when there is a journal) and start them on the destination: a
+    local destination applies them now; a remote one (``Windowed``, with a window of
+    more than one) has them sent and returns at once, their result comes with the
+    acknowledgement. ``defer``: the destination may defer its flush (``finish_batch``
+    runs ``while_flushing`` meanwhile)."""
+    journal = session.journal
+    # flushed before the history is recorded (``finish_batch``) or by ``done``, not
+    # before the ops run: they do not wait for an fsync of the journal (``hsync.journal``)
+    logged = journal.begin(ops, durable=False) if journal is not None and ops else None
+    destination = session.destination
+    options = ApplyOptions(
+        fsync=session.options.fsync,
+        hard_links=session.options.hard_links,
+        sparse=session.options.sparse,
+        defer_durable=defer and destination.capabilities.deferred_flush,
+    )
+    prefetching = session.source.features.prefetching
+    if prefetching is not None:  # a far source streams what the batch reads, at once
+        prefetching.delta_bases(destination.backend, ops)  # deltas against the old files
+        prefetching.prefetch([op.key for op in ops if op.node is not None
+                              and op.node.kind == FILE and (op.op == CREATE
+                                  or (op.op == UPDATE and op.content))])
+    started = Started(ops, final, options, logged, cancel=cancel, on_done=on_done)
+    windowed = destination.features.windowed
+    if windowed is not None and windowed.window() > 1:
+        started.pending = windowed.submit_batch(
+            ops, session.source.backend, final, options=options, cancel=cancel)
+    else:
+        started.result = destination.backend.apply_batch(
+            ops, session.source.backend, final, options=options, cancel=cancel,
+            on_done=on_done,
+        )
+    return started
+
+
+def finish_batch(
+    session: PairSession,
+    started: Started,
+    *,
+    while_flushing: Callable[[ApplyResult], None] | None = None,
+) -> ApplyResult:
+    """The result of a batch ``start_batch`` started (waiting for its acknowledgement
+    when it is in flight), its changed files retried, the journal marked done after
+    its flush. ``while_flushing(result)`` runs once the ops are applied, while the
+    destination's flush still runs where it can defer it: the caller records the
+    history there."""
+    result = started.result
+    if result is None:
+        assert started.pending is not None
+        result = started.pending.result()
+        if started.on_done is not None:
+            for op in result.done:
+                started.on_done(op)
+    ops, final, options = started.ops, started.final, started.options
+    if any(p.kind == RETRY for p in result.problems):
+        retry_changed(session, ops, final, result, options, cancel=started.cancel,
+                      on_done=started.on_done)
+    try:
+        if while_flushing is not None:
+            if started.logged is not None:
+                assert session.journal is not None
+                # the record on disk before the history that trusts it
+                session.journal.sync(started.logged)
+            while_flushing(result)
+    finally:
+        if result.durable is not None:
+            result.durable()
+            result.durable = None
+    if started.logged is not None:
+        assert session.journal is not None
+        # after the flush; not flushed itself (a lost "done" is a roll-forward, one full
+        # comparison): a watch round does not wait for one more fsync
+        session.journal.done(started.logged, durable=False)
+    return result
+
+
 def run_batch(
     session: PairSession,
     ops: Sequence[Op],
@@ -112,51 +237,11 @@ def run_batch(
     while_flushing: Callable[[ApplyResult], None] | None = None,
 ) -> ApplyResult:
     """One batch of ops on the session's destination, journaled when there is a
-    journal: recorded before it runs, marked done after its flush.
-
-    ``while_flushing(result)`` runs once the ops are applied, while the destination's
-    flush still runs where it can defer it: the caller records the history there."""
-    journal = session.journal
-    logged = journal is not None and bool(ops)
-    if logged:
-        assert journal is not None
-        # flushed before the history is recorded (below) or by ``done``, not before the
-        # ops run: they do not wait for an fsync of the journal (``hsync.journal``)
-        journal.begin(ops, durable=False)
-    destination = session.destination
-    options = ApplyOptions(
-        fsync=session.options.fsync,
-        hard_links=session.options.hard_links,
-        sparse=session.options.sparse,
-        defer_durable=while_flushing is not None and destination.capabilities.deferred_flush,
-    )
-    prefetching = session.source.features.prefetching
-    if prefetching is not None:  # a far source streams what the batch reads, at once
-        prefetching.delta_bases(destination.backend, ops)  # deltas against the old files
-        prefetching.prefetch([op.key for op in ops if op.node is not None
-                              and op.node.kind == FILE and (op.op == CREATE
-                                  or (op.op == UPDATE and op.content))])
-    result = destination.backend.apply_batch(
-        ops, session.source.backend, final, options=options, cancel=cancel, on_done=on_done
-    )
-    if any(p.kind == RETRY for p in result.problems):
-        retry_changed(session, ops, final, result, options, cancel=cancel, on_done=on_done)
-    try:
-        if while_flushing is not None:
-            if logged:
-                assert journal is not None
-                journal.sync()  # the record on disk before the history that trusts it
-            while_flushing(result)
-    finally:
-        if result.durable is not None:
-            result.durable()
-            result.durable = None
-    if logged:
-        assert journal is not None
-        # after the flush; not flushed itself (a lost "done" is a roll-forward, one full
-        # comparison): a watch round does not wait for one more fsync
-        journal.done(durable=False)
-    return result
+    journal: recorded before it runs, marked done after its flush (``start_batch``,
+    then ``finish_batch``: see them)."""
+    started = start_batch(session, ops, final, cancel=cancel, on_done=on_done,
+                          defer=while_flushing is not None)
+    return finish_batch(session, started, while_flushing=while_flushing)
 
 
 def retry_changed(
@@ -255,9 +340,25 @@ def apply_plan(
             record(failed)
         recorded = True
 
-    slices = list(batches(ops, batching))
+    # a remote destination keeps a window of batches in flight: each is started
+    # before the oldest one's result is taken, and the results are taken in order (a
+    # local destination: a window of one, each batch done before the next starts)
+    width = window(session)
+    slices = list(batches(ops, batching_for(session, batching)))
+    flying: deque[tuple[bool, Started]] = deque()
+
+    def finish_oldest() -> None:
+        last, started = flying.popleft()
+        result = finish_batch(session, started, while_flushing=record_now if last else None)
+        out.add(result)
+        failed.update(p.key for p in result.problems)
+        if on_batch is not None:
+            on_batch(result)
+
     for i, (start, batch) in enumerate(slices):
         if cancel.cancelled():
+            while flying:
+                finish_oldest()
             for op in ops[start:]:
                 out.problems.append(Problem(op.key, f"{op.op} not run: {cancel.reason}",
                                             op=op.op, kind=CANCELLED))
@@ -266,12 +367,12 @@ def apply_plan(
                     failed.add(op.to)
             break
         last = i == len(slices) - 1 and record is not None
-        result = run_batch(session, batch, final, cancel=cancel, on_done=on_done,
-                           while_flushing=record_now if last else None)
-        out.add(result)
-        failed.update(p.key for p in result.problems)
-        if on_batch is not None:
-            on_batch(result)
+        flying.append((last, start_batch(session, batch, final, cancel=cancel,
+                                         on_done=on_done, defer=last)))
+        while len(flying) >= width or (flying and i == len(slices) - 1):
+            finish_oldest()
+    while flying:
+        finish_oldest()
     if record is not None and not recorded:
         record(failed)
     return out

@@ -486,6 +486,45 @@ class Watch(Protocol):
         ...
 
 
+class PendingBatch(Protocol):
+    """A batch sent and not yet acknowledged (``Windowed.submit_batch``)."""
+
+    def result(self) -> ApplyResult:
+        """Wait for the batch's acknowledgement: what it did (as ``apply_batch``'s
+        result, durable: the far side flushed it before it acknowledged it)."""
+        ...
+
+
+@runtime_checkable
+class Windowed(Protocol):
+    """Batches cross a link (a remote endpoint): several are sent before the first is
+    acknowledged. The far side applies them in the order sent, each flushed and
+    journaled before it is acknowledged; a batch that fails as a whole stops the
+    ones after it (not applied there). A broken link is reconnected and the batches
+    not acknowledged are resent, none applied twice."""
+
+    def window(self) -> int:
+        """How many batches may be in flight (1: one at a time)."""
+        ...
+
+    def batch_limits(self) -> tuple[int, int]:
+        """The most ops, and about the most bytes of content, one batch should hold."""
+        ...
+
+    def submit_batch(
+        self,
+        ops: Sequence[Op],
+        source: ContentSource,
+        final: Snapshot,
+        *,
+        options: ApplyOptions = ...,
+        cancel: Cancel = ...,
+    ) -> PendingBatch:
+        """Send a batch (its ops and the content it reads) and return at once; the
+        results are taken in the order the batches were submitted."""
+        ...
+
+
 @runtime_checkable
 class Watchable(Protocol):
     """Reports changes below the root (inotify through watchdog; LDAP syncrepl)."""
@@ -582,6 +621,7 @@ class Features:
     prefetching: Prefetching | None = None
     linked: Linked | None = None
     metadata: Metadata | None = None
+    windowed: Windowed | None = None
 
     @classmethod
     def of(cls, backend: Backend) -> Features:
@@ -597,6 +637,7 @@ class Features:
             prefetching=backend if isinstance(backend, Prefetching) else None,
             linked=backend if isinstance(backend, Linked) else None,
             metadata=backend if isinstance(backend, Metadata) else None,
+            windowed=backend if isinstance(backend, Windowed) else None,
         )
 
     def names(self) -> list[str]:

@@ -153,6 +153,14 @@ CompressOpt = typer.Option(
     True, "--compress/--no-compress", "-z",
     help="Compress data on the link to a remote tree (zstd; on by default).",
 )
+WindowOpt = typer.Option(
+    None, "--window", min=1, metavar="N",
+    help="Batches a push to a remote tree keeps in flight, unacknowledged (default 4).",
+)
+BatchOpsOpt = typer.Option(
+    None, "--batch-ops", min=1, metavar="N",
+    help="Ops one batch to a remote tree holds at most (default 2000).",
+)
 SchemaOpt = typer.Option(
     None,
     "--schema",
@@ -255,6 +263,8 @@ def sync(
     rsh: str | None = RshOpt,
     remote_hsync: str | None = RemoteHsyncOpt,
     compress: bool = CompressOpt,
+    window: int | None = WindowOpt,
+    batch_ops: int | None = BatchOpsOpt,
     wait_lock: bool = WaitLockOpt,
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="Progress bar (default: on a terminal)."

@@ -173,7 +173,8 @@ def sync(
     filter_rule: list[str] | None, delete_excluded: bool, copy_unstable: bool, sparse: bool,
     specials: bool, one_file_system: bool, exclude_attr: list[str] | None,
     schema: list[str] | None, max_delete: int | None, json_out: bool, state: str | None,
-    rsh: str | None, remote_hsync: str | None, compress: bool, wait_lock: bool,
+    rsh: str | None, remote_hsync: str | None, compress: bool, window: int | None,
+    batch_ops: int | None, wait_lock: bool,
     progress: bool | None, allow_empty_source: bool, fsync: bool, hard_links: bool,
     itemize: bool, verbose: bool, log_file: str | None, stats: bool,
     src_bind_dn: str | None, src_password_file: str | None, dst_bind_dn: str | None,
@@ -188,8 +189,8 @@ def sync(
                          dst_password_file, ca_file, starttls)
 
     opts = _options(
-        rsh=rsh, remote_hsync=remote_hsync, compress=compress,
-        dry_run=dry_run, delete=delete, checksum=checksum, exclude=exclude,
+        rsh=rsh, remote_hsync=remote_hsync, compress=compress, window=window,
+        batch_ops=batch_ops, dry_run=dry_run, delete=delete, checksum=checksum, exclude=exclude,
         exclude_from=exclude_from, exclude_attr=exclude_attr, max_delete=max_delete,
         state=state, allow_empty_source=allow_empty_source, fsync=fsync,
         hard_links=hard_links, wait_lock=wait_lock, schema=schema,

@@ -2,7 +2,8 @@
 
 SPEC section 5: the ops of a plan run in batches; each batch gets a sequence number and
 is written here before its first op runs, and is marked done after the batch's flush.
-Batches run one after the other, so at most one batch per pair is unfinished at any time.
+On a local destination batches run one after the other, so at most one batch per pair is
+unfinished at any time (a window of them, in flight to a remote destination, see below).
 
 When the record must be on disk. A kill -9 finds any committed record (it is in the
 page cache). Against a power loss the record protects one thing: a history that says
@@ -15,7 +16,9 @@ an fsync before the file is published) and made durable (``sync``: ``RUNNING``, 
 ``synchronous=FULL`` commit) before anything that trusts it, the history's record, is
 written. Both states are unfinished. ``done`` need not wait for the disk either
 (``done(durable=False)``): a power loss that drops it leaves an unfinished batch, whose
-roll-forward costs one full comparison and trusts nothing.
+roll-forward costs one full comparison and trusts nothing. On the far side (an agent's
+journal, ``session`` given) the record, the done mark and the stored answer are always
+flushed: the acknowledgement sent after them promises they are on disk.
 
 Roll forward. A run that finds an unfinished batch for its pair does not replay the
 recorded ops blindly: the destination may hold any prefix of them, and a source that
@@ -32,6 +35,14 @@ never synced; the scan lists them and the first batch of the next run removes th
 The journal lives next to the history (``history.sqlite`` -> ``history.journal.sqlite``),
 is created with mode 0600, and keeps the last ``KEEP`` batches per pair (older ones are
 pruned). ``HSYNC_JOURNAL=0`` in the environment turns it off (to measure its cost).
+
+A remote destination keeps a window of batches in flight (``hsync.apply``): several
+batches of a pair may be running at once here; each is marked done by its own sequence
+number, in order. The agent on the far side journals each batch it applies under the
+sender's session and sequence number (``acks``) with the answer it sent, in the same
+transaction that marks it done: a sender that reconnects asks which of its batches are
+applied and flushed there (``acknowledged``), takes their stored answers, and resends
+the rest from the first unacknowledged one.
 """
 
 from __future__ import annotations
@@ -54,7 +65,12 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches(
     pair TEXT, seq INTEGER, state TEXT, pid INTEGER, started REAL, finished REAL,
     n_ops INTEGER, ops BLOB, PRIMARY KEY(pair, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS acks(
+    session TEXT, seq INTEGER, batch INTEGER, state TEXT, time REAL, answer BLOB,
+    PRIMARY KEY(session, seq)) WITHOUT ROWID;
 """
+ACKS_KEPT = 24 * 3600
+"""Seconds the far side keeps another session's acknowledgements."""
 RUNNING = "running"
 BEGUN = "begun"
 """Written before the batch ran, not yet flushed (``sync`` makes it ``RUNNING``)."""
@@ -107,12 +123,26 @@ class Journal:
             self.replaced = True
         else:
             self.replaced = False
-        self.seq: int | None = None
-        self.flushed = True
+        self.running: list[int] = []
+        """Sequence numbers begun and not yet marked done, oldest first."""
+        self.unflushed: set[int] = set()
+        """Running batches begun ``durable=False`` and not yet made durable by ``sync``."""
+
+    @property
+    def flushed(self) -> bool:
+        """Every running batch's record is on disk (``sync`` has nothing to do)."""
+        return not self.unflushed
+
+    @property
+    def seq(self) -> int | None:
+        """The oldest running batch (None: none runs)."""
+        return self.running[0] if self.running else None
 
     @staticmethod
     def _connect(path: str) -> sqlite3.Connection:
-        db = sqlite3.connect(path, isolation_level="DEFERRED")
+        # the far side's agent uses it from its applier thread and its main thread (the
+        # agent serialises the two with a lock of its own)
+        db = sqlite3.connect(path, isolation_level="DEFERRED", check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # a begun batch is on disk before it runs
         db.executescript(_SCHEMA)
@@ -138,12 +168,17 @@ class Journal:
                 ((ROLLED, time.time(), self.pair, s) for s in seqs),
             )
 
-    def begin(self, ops: Sequence[Op], *, durable: bool = True) -> int:
-        """Record a batch before it runs; returns its sequence number.
+    def begin(self, ops: Sequence[Op], *, durable: bool = True, session: str | None = None,
+              sender_seq: int = 0) -> int:
+        """Record a batch before it runs; returns its sequence number. Several may run
+        at once (a window of batches in flight); each is marked done by ``done``.
 
         ``durable=False``: committed (a killed process leaves it) but not flushed to
-        the disk; ``sync`` must run before anything that trusts the batch is written."""
-        assert self.seq is None, "a batch is already running"
+        the disk; ``sync`` must run before anything that trusts the batch is written.
+        ``session``, ``sender_seq``: on the far side, the sender's session and its
+        sequence number for the batch (``acknowledged`` answers by them); such a record
+        is always flushed."""
+        durable = durable or session is not None
         with self._commit(durable):
             (last,) = self.db.execute(
                 "SELECT coalesce(max(seq), 0) FROM batches WHERE pair=?", (self.pair,)
@@ -154,22 +189,36 @@ class Journal:
                 (self.pair, seq, RUNNING if durable else BEGUN, os.getpid(), time.time(),
                  None, len(ops), _pack(ops)),
             )
-        self.seq = seq
-        self.flushed = durable
+            if session is not None:
+                # a batch resent after a break: the try an agent was cut off in is
+                # rolled forward by this one (it stays listed, no longer running)
+                self.db.execute(
+                    "UPDATE batches SET state=?, finished=? WHERE pair=? AND state IN (?,?) AND "
+                    "seq=(SELECT batch FROM acks WHERE session=? AND seq=?)",
+                    (ROLLED, time.time(), self.pair, RUNNING, BEGUN, session, sender_seq),
+                )
+                self.db.execute(
+                    "INSERT OR REPLACE INTO acks VALUES (?,?,?,?,?,?)",
+                    (session, sender_seq, seq, RUNNING, time.time(), None),
+                )
+        self.running.append(seq)
+        if not durable:
+            self.unflushed.add(seq)
         return seq
 
-    def sync(self) -> None:
-        """Make the running batch's record durable (a no-op when it is): one commit with
-        ``synchronous=FULL``, which flushes the WAL that holds the record."""
-        assert self.seq is not None
-        if self.flushed:
+    def sync(self, seq: int | None = None) -> None:
+        """Make a running batch's record durable (``seq``; None: every running one; a
+        no-op when it is): one commit with ``synchronous=FULL``, which flushes the WAL
+        that holds the record (and so every record committed before it: all the
+        running batches begun without a flush become ``RUNNING`` in that commit)."""
+        if not self.unflushed or (seq is not None and seq not in self.unflushed):
             return
         with self.db:
-            self.db.execute(
+            self.db.executemany(
                 "UPDATE batches SET state=? WHERE pair=? AND seq=?",
-                (RUNNING, self.pair, self.seq),
+                ((RUNNING, self.pair, s) for s in sorted(self.unflushed)),
             )
-        self.flushed = True
+        self.unflushed.clear()
 
     @contextlib.contextmanager
     def _commit(self, durable: bool) -> Iterator[None]:
@@ -188,23 +237,58 @@ class Journal:
                 self.db.execute("PRAGMA synchronous=FULL")
                 self.db.execute("PRAGMA wal_autocheckpoint=1000")
 
-    def done(self, *, durable: bool = True) -> None:
-        """Mark the running batch done (after its flush) and prune old batches.
+    def done(self, seq: int | None = None, *, durable: bool = True,
+             session: str | None = None, sender_seq: int = 0,
+             answer: bytes | None = None) -> None:
+        """Mark a running batch done (after its flush; the oldest when ``seq`` is None)
+        and prune old batches. On the far side, ``answer`` (the acknowledgement sent
+        for the sender's batch ``sender_seq`` of ``session``) is kept with it, in the
+        same transaction, on disk before the acknowledgement is sent (always flushed,
+        whatever ``durable`` says).
 
         ``durable=False``: not flushed (the next flushed commit flushes it). A power
         loss that drops it leaves the batch unfinished: the next run rolls it forward
-        (one full comparison), never trusting more than the destination holds."""
-        assert self.seq is not None
-        seq, self.seq = self.seq, None
-        with self._commit(durable):
+        (one full comparison), never trusting more than the destination holds. The
+        WAL's checksums keep a torn commit from counting."""
+        if seq is None:
+            seq = self.running[0]
+        self.running.remove(seq)
+        self.unflushed.discard(seq)
+        now = time.time()
+        with self._commit(durable or session is not None):
             self.db.execute(
                 "UPDATE batches SET state=?, finished=? WHERE pair=? AND seq=?",
-                (DONE, time.time(), self.pair, seq),
+                (DONE, now, self.pair, seq),
             )
             self.db.execute(
                 "DELETE FROM batches WHERE pair=? AND seq<=? AND state NOT IN (?,?)",
                 (self.pair, seq - KEEP, RUNNING, BEGUN),
             )
+            if session is not None:
+                self.db.execute(
+                    "UPDATE acks SET state=?, time=?, answer=? WHERE session=? AND seq=?",
+                    (DONE, now, answer, session, sender_seq),
+                )
+                self.db.execute(
+                    "DELETE FROM acks WHERE (session=? AND seq<=?) OR (session!=? AND time<?)",
+                    (session, sender_seq - KEEP, session, now - ACKS_KEPT),
+                )
+
+    def acknowledged(self, session: str, first: int) -> tuple[dict[int, bytes], list[int]]:
+        """What the far side did of ``session``'s batches from ``first`` on: the answers
+        of those applied and flushed (by sequence number), and the batches begun and
+        never finished (an agent killed while it applied them: partly applied)."""
+        done: dict[int, bytes] = {}
+        begun: list[int] = []
+        for seq, state, answer in self.db.execute(
+            "SELECT seq, state, answer FROM acks WHERE session=? AND seq>=? ORDER BY seq",
+            (session, first),
+        ):
+            if state == DONE and answer is not None:
+                done[seq] = answer
+            elif state == RUNNING:
+                begun.append(seq)
+        return done, begun
 
     def batches(self) -> list[tuple[int, str, int]]:
         """(seq, state, n_ops) of the kept batches, oldest first (tests, post-mortems)."""

@@ -55,6 +55,10 @@ class Options:
     """The path of hsync on the far side of a remote endpoint (``--remote-hsync``)."""
     compress: bool = True
     """Compress bulk data on a link to a remote endpoint (``-z``/``--no-compress``)."""
+    window: int | None = None
+    """Batches a push to a remote endpoint keeps in flight (``--window``; SPEC 12)."""
+    batch_ops: int | None = None
+    """Ops one batch to a remote endpoint holds at most (``--batch-ops``)."""
     copy_unstable: bool = False
     """A file still changing after the retries of its copy is published as read, with a
     warning, instead of being a problem (``hsync.apply.retry_changed``)."""

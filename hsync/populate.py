@@ -8,7 +8,8 @@ of two snapshots of the tree, and the destination is written while the source is
 being read (a source that waits on a server is read in a thread, ``AHEAD`` chunks ahead
 of the writer).
 
-Every batch goes through ``hsync.apply.run_batch`` (journaled), and its nodes are
+Every batch goes through ``hsync.apply.start_batch``/``finish_batch`` (journaled; a
+remote destination keeps a window of them in flight), and its nodes are
 recorded in the history while its flush runs (the rows a full record of the same sync
 would write). The root is created first when the destination's is missing, and updated last
 when its payload differs (the one op a diff would find besides the creates).
@@ -21,13 +22,13 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections import ChainMap
+from collections import ChainMap, deque
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .apply import Applied, Batching, run_batch
+from .apply import Applied, Batching, Started, batching_for, finish_batch, start_batch, window
 from .backend import ApplyResult, Streaming
 from .cancel import NEVER, Cancel
 from .errors import SafetyError
@@ -114,6 +115,7 @@ def populate(
     ops done are kept in ``Populated.done``. Raises ``SafetyError`` when the source root
     is gone or cannot be listed (nothing is written then)."""
     source, destination, history = session.source, session.destination, session.history
+    batching = batching_for(session, batching)
     streaming = source.features.streaming
     assert streaming is not None, "can_populate() first"
     out = Populated()
@@ -133,19 +135,12 @@ def populate(
     kept: list[Op] = []
     failed: dict[Key, str] = {}  # creates that failed in a batch -> the problem's kind
 
-    def flush() -> None:
-        nonlocal ops, batch, fps
-        final = Snapshot(nodes=ChainMap(batch, dirs))
-        for op in ops:
-            out.planned[op.op] += 1
+    width = window(session)
+    flying: deque[tuple[Started, Callable[[ApplyResult], None]]] = deque()
 
-        def record(result: ApplyResult) -> None:  # while the batch is flushed
-            if history is not None:
-                failed = {p.key for p in result.problems}
-                history.record(final, [k for k in (*batch, ()) if k not in failed],
-                               fingerprints=fps)
-
-        result = run_batch(session, ops, final, on_done=on_done, while_flushing=record)
+    def finish_oldest() -> None:
+        started, record = flying.popleft()
+        result = finish_batch(session, started, while_flushing=record)
         out.problems.extend(result.problems)
         failed.update((p.key, p.kind) for p in result.problems if p.op == CREATE)
         out.warnings.extend(result.warnings)
@@ -156,7 +151,27 @@ def populate(
             kept.extend(result.done[: keep - len(kept)])
         if on_batch is not None:
             on_batch(result)
+
+    def flush(*, last: bool = False) -> None:
+        """Start the batch gathered; a remote destination keeps ``width`` of them in
+        flight (their results are taken in order), a local one finishes it now."""
+        nonlocal ops, batch, fps
+        final = Snapshot(nodes=ChainMap(batch, dirs))
+        for op in ops:
+            out.planned[op.op] += 1
+        its_batch, its_fps = batch, fps
+
+        def record(result: ApplyResult) -> None:  # while the batch is flushed
+            if history is not None:
+                failed = {p.key for p in result.problems}
+                history.record(final, [k for k in (*its_batch, ()) if k not in failed],
+                               fingerprints=its_fps)
+
+        flying.append((start_batch(session, ops, final, on_done=on_done, defer=True),
+                       record))
         ops, batch, fps = [], {}, {}
+        while len(flying) >= width or (last and flying):
+            finish_oldest()
 
     nodes_of = _Ahead if source.capabilities.waits else _Inline
     walked = walk(streaming, session.exclude, out.skipped, cancel)
@@ -192,6 +207,8 @@ def populate(
                 size = 0
                 flush()
                 if cancel.cancelled():
+                    while flying:
+                        finish_oldest()
                     out.complete = False
                     break
     if out.complete and dst_root is not None and dst_root != root:
@@ -199,7 +216,9 @@ def populate(
         # and mtime), once its children are in: what a diff would update
         ops.append(Op(op=UPDATE, kind=root.kind, key=(), node=root, old=dst_root))
     if ops or not (out.planned[CREATE] or out.planned[UPDATE]):
-        flush()  # one batch even when empty: it cleans up, and records the root
+        flush(last=True)  # one batch even when empty: it cleans up, and records the root
+    while flying:
+        finish_oldest()
     out.done = kept
     return out
 

@@ -75,7 +75,8 @@ class PairSession:
         from .remote import Reach, reaching  # the small part: how to reach a far tree
 
         with reaching(Reach(rsh=options.rsh, remote_hsync=options.remote_hsync,
-                            compress=options.compress)):
+                            compress=options.compress, window=options.window,
+                            batch_ops=options.batch_ops)):
             self.source = open_endpoint(
                 source_url, role="source", credentials=credentials[0],
                 exclude_attrs=options.exclude_attrs,

@@ -36,6 +36,7 @@ from hsync.backend import (
     SortedWalk,
     Streaming,
     Watchable,
+    Windowed,
     open_backend,
     open_endpoint,
 )
@@ -218,7 +219,7 @@ class BackendConformance:
                 "digest_scanning": DigestScanning, "bulk_hashing": BulkHashing,
                 "watchable": Watchable, "resumable": ResumableWatchable,
                 "prefetching": Prefetching, "linked": Linked,
-                "metadata": Metadata,
+                "metadata": Metadata, "windowed": Windowed,
             }
             for name, proto in protocols.items():
                 claimed = getattr(features, name)
@@ -229,7 +230,8 @@ class BackendConformance:
                              "bulk_hashing": ["hash_many", "look"], "watchable": ["watch"],
                              "resumable": ["watch_from"], "prefetching": ["prefetch"],
                              "linked": ["wire"],
-                             "metadata": ["id_names", "metadata"]}[name]:
+                             "metadata": ["id_names", "metadata"],
+                             "windowed": ["window", "batch_limits", "submit_batch"]}[name]:
                     assert callable(getattr(b, attr)), (name, attr)
         endpoint = open_endpoint(adapter.url("source"), role="source")
         try:

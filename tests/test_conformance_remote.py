@@ -17,7 +17,8 @@ class RemoteAdapter(FsAdapter):
         self.far = far
         if far == "source":  # the suite looks at the source's features
             self.features = frozenset({"watchable", "digest_scanning", "bulk_hashing",
-                                       "sorted_walk", "streaming", "prefetching", "linked"})
+                                       "sorted_walk", "streaming", "prefetching", "linked",
+                                       "windowed"})
 
     def url(self, side: str) -> str:
         path = super().url(side)

@@ -192,3 +192,44 @@ def test_the_history_is_recorded_while_the_batch_flushes_and_done_comes_last(
         assert (seq, DONE) in [(s, st) for s, st, _ in j.batches()], name
         j.close()
         history.close()
+
+
+def test_a_window_of_batches_begun_unflushed_is_made_durable_by_one_sync(
+    tmp_path: Path,
+) -> None:
+    """Several batches run at once (a window to a remote destination), each begun without
+    an fsync: ``sync`` of one makes every record before it durable (one flushed commit
+    flushes the WAL up to it), a batch marked done leaves the others unfinished, and a
+    kill with two running leaves both to roll forward."""
+    j = Journal(str(tmp_path / "j.sqlite"), "pair")
+    one = j.begin([Op(op="create", kind="file", key=("a",))], durable=False)
+    two = j.begin([Op(op="create", kind="file", key=("b",))], durable=False)
+    assert [(s, st) for s, st, _ in j.batches()] == [(one, BEGUN), (two, BEGUN)]
+    assert j.running == [one, two] and not j.flushed
+    j.sync(one)
+    assert [(s, st) for s, st, _ in j.batches()] == [(one, RUNNING), (two, RUNNING)]
+    assert j.flushed
+    j.done(one, durable=False)
+    three = j.begin([Op(op="create", kind="file", key=("c",))], durable=False)
+    assert j.unfinished() == [two, three]
+    j.close()
+    # killed here: both still running are found by the next run
+    j = Journal(str(tmp_path / "j.sqlite"), "pair")
+    assert j.unfinished() == [two, three]
+    assert dict((s, st) for s, st, _ in j.batches())[one] == DONE
+    j.close()
+
+
+def test_the_far_side_keeps_its_done_mark_and_answer(tmp_path: Path) -> None:
+    """On the far side (a session given) the record, the done mark and the answer are one
+    flushed commit each, whatever ``durable`` says: the acknowledgement promises them."""
+    j = Journal(str(tmp_path / "j.sqlite"), "pair")
+    seq = j.begin([Op(op="create", kind="file", key=("a",))], durable=False,
+                  session="s1", sender_seq=7)
+    assert [(s, st) for s, st, _ in j.batches()] == [(seq, RUNNING)]
+    assert j.flushed
+    j.done(seq, durable=False, session="s1", sender_seq=7, answer=b"ok")
+    j.close()
+    j = Journal(str(tmp_path / "j.sqlite"), "pair")
+    assert j.acknowledged("s1", 1) == ({7: b"ok"}, [])
+    j.close()

@@ -7,17 +7,29 @@ content (streamed in chunks), batches of ops (with the content that travels with
 watches. One request at a time on the main thread, in order; a batch runs in a thread
 of its own while its content pages arrive, and a watch reports from its own threads.
 
-A batch carries a sequence number. The agent records it in its journal (beside its
-state, ``hsync.journal``), applies it, waits for it to be durable, marks it done, and
-only then answers it: an answer is the acknowledgement that the batch is on disk.
+A batch carries the sender's session and a sequence number in it. Batches are applied
+one after the other, in the order they arrive, by one applier thread (the sender keeps
+a window of them in flight: the next ones' content arrives while one is applied). The
+agent records each in its journal (beside its state, ``hsync.journal``), applies it,
+waits for it to be durable, marks it done with its answer, and only then answers it:
+an answer is the acknowledgement that the batch is on disk. A batch that fails as a
+whole stops the session's later ones (answered, not applied). A sender whose link
+broke starts a new agent and asks it (``acknowledged``) which of its batches the
+journal holds as done (their answers are taken from there) and which were begun and
+not finished (resent marked resumed: the ops already done there are skipped, the
+temporary files the old agent left are removed). A session's lock keeps the new
+agent from touching the tree until the old one has ended.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import queue
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -34,7 +46,7 @@ from ..backend import (
 )
 from ..cancel import Cancel
 from ..errors import HsyncError, NodeError, SourceChanged, TargetChanged, UsageError
-from ..model import FILE, Key, Node, Op, Rows, Snapshot
+from ..model import CREATE, DELETE, DIR, FILE, MOVE, SYMLINK, UPDATE, Key, Node, Op, Rows, Snapshot
 from .protocol import (
     CHUNK,
     MAGIC,
@@ -43,6 +55,7 @@ from .protocol import (
     LinkClosed,
     Spool,
     hsync_version,
+    pack,
 )
 
 if TYPE_CHECKING:
@@ -135,6 +148,8 @@ class Incoming:
         self._parts: dict[Key, Spool] = {}
         self._done: dict[Key, tuple[int, str | None]] = {}
         self._ended = False
+        self.cut = False
+        """The link broke before all of the content arrived."""
 
     def add(self, page: Sequence[Any]) -> None:
         with self._cond:
@@ -155,8 +170,10 @@ class Incoming:
                     self._done[key] = (mtime, error)
             self._cond.notify_all()
 
-    def end(self) -> None:
+    def end(self, *, cut: bool = False) -> None:
         with self._cond:
+            if cut and not self._ended:
+                self.cut = True
             self._ended = True
             self._cond.notify_all()
 
@@ -232,9 +249,22 @@ class Agent:
         self.endpoint: Endpoint | None = None
         self.scans: dict[int, DigestScan] = {}
         self.watches: dict[int, tuple[threading.Event, threading.Thread]] = {}
-        self.applies: dict[int, tuple[Incoming, threading.Thread, Cancel]] = {}
+        self.applies: dict[int, tuple[Incoming, int, Cancel]] = {}
+        """The batches received and not yet answered (by request id): their content
+        coming in, their sequence number, the token that cancels them."""
+        self.queued: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.applier: threading.Thread | None = None
+        self.outstanding = 0
+        self.most_outstanding = 0
+        """Batches received and not yet answered, now and at most (the window seen)."""
+        self.stopped: dict[str, int] = {}
+        """A session's batch that failed as a whole: later ones are not applied."""
+        self.closing = False
+        self.owned: set[str] = set()
+        self.lockfd: int | None = None
         self.journal: Any = None
         self.journal_pair = ""
+        self.journal_lock = threading.Lock()
 
     # -- the loop --------------------------------------------------------------------------
     def serve(self) -> None:
@@ -271,10 +301,13 @@ class Agent:
                 log.close()
 
     def _shutdown(self) -> None:
-        for inc, t, token in list(self.applies.values()):
+        self.closing = True  # the batches queued are not applied
+        for inc, _, token in list(self.applies.values()):
+            inc.end(cut=True)  # first: a batch its token stops is seen as cut off
             token.cancel("the link to the client was lost")  # stop at the next op
-            inc.end()
-            t.join()
+        if self.applier is not None:
+            self.queued.put(None)
+            self.applier.join()
         for stop, t in self.watches.values():
             stop.set()
             t.join()
@@ -284,6 +317,8 @@ class Agent:
             self.endpoint.close()
         if self.journal is not None:
             self.journal.close()
+        if self.lockfd is not None:
+            os.close(self.lockfd)
 
     @property
     def backend(self) -> Any:
@@ -483,9 +518,13 @@ class Agent:
             self.framer.send([rid, "item", page])
         return None
 
-    # -- a batch -----------------------------------------------------------------------------
+    # -- batches: applied one after the other, in the order sent ------------------------------
     def do_apply(self, rid: int, seq: int, ops: Sequence[Op], final: dict[str, Any],
-                 options: ApplyOptions, pair: str) -> Any:
+                 options: ApplyOptions, pair: str, session: str = "",
+                 resumed: bool = False) -> Any:
+        """A batch: queued for the applier thread (batches are applied in the order
+        they arrive, each while its content pages arrive; the sender keeps a window
+        of them in flight). Answered once applied, flushed and journaled."""
         reads: dict[Key, int] = {}
         for op in ops:
             if op.node is not None and op.node.kind == FILE:
@@ -493,11 +532,13 @@ class Agent:
         incoming = Incoming(self.backend.url, reads, self.backend)
         snap = decode_snapshot(final)
         token = Cancel()
-        t = threading.Thread(target=self._apply, name=f"hsync-apply-{seq}",
-                             args=(rid, seq, list(ops), snap, options, incoming, pair, token),
-                             daemon=True)
-        self.applies[rid] = (incoming, t, token)
-        t.start()
+        self.applies[rid] = (incoming, seq, token)
+        if self.applier is None:
+            self.applier = threading.Thread(target=self._applier, name="hsync-apply",
+                                            daemon=True)
+            self.applier.start()
+        self.queued.put((rid, seq, list(ops), snap, options, incoming, pair, session,
+                         bool(resumed), token))
         return _LATER
 
     def do_cancel(self, rid: int, batch: int) -> Any:
@@ -519,7 +560,21 @@ class Agent:
         else:
             entry[0].add(value)
 
+    def _applier(self) -> None:
+        while True:
+            item = self.queued.get()
+            if item is None:
+                return
+            # received and not yet answered: this one and those queued behind it
+            self.outstanding = len(self.applies)
+            self.most_outstanding = max(self.most_outstanding, self.outstanding)
+            self._apply(*item)
+
     def _journal(self, pair: str) -> Any:
+        with self.journal_lock:
+            return self._open_journal(pair)
+
+    def _open_journal(self, pair: str) -> Any:
         import sqlite3
 
         from .. import journal as journal_mod
@@ -527,8 +582,7 @@ class Agent:
         if not journal_mod.enabled():
             return None
         if self.journal is None or self.journal_pair != pair:
-            state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-            path = os.path.join(state, "hsync", "agent.journal.sqlite")
+            path = _journal_path()
             try:
                 self.journal = journal_mod.Journal(path, pair)
             except (OSError, sqlite3.Error) as e:  # a home that cannot be written
@@ -538,33 +592,135 @@ class Agent:
             self.journal_pair = pair
         return self.journal
 
-    def _apply(self, rid: int, seq: int, ops: list[Op], final: Snapshot,
-               options: ApplyOptions, incoming: Incoming, pair: str, token: Cancel) -> None:
+    def _own(self, session: str) -> None:
+        """Hold ``session``'s lock while this agent serves it: an agent started after
+        the link broke waits until the one before it (still finishing the batch it
+        was applying) has ended, before it reads the journal or applies anything."""
+        if not session or session in self.owned:
+            return
+        path = _journal_path() + ".lock"
         try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            if self.lockfd is None:
+                self.lockfd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError:
+            return  # no state directory: no journal either
+        offset = int(session[:8], 16) % (1 << 30) if _is_hex(session[:8]) else 0
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.lockf(self.lockfd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise UsageError(
+                        f"another agent still applies a batch of this run (waited "
+                        f"{LOCK_WAIT} s)") from None
+                time.sleep(0.05)
+        self.owned.add(session)
+
+    def do_acknowledged(self, rid: int, session: str, first: int) -> Any:
+        """What this host's journal holds of ``session``'s batches from ``first`` on
+        (a sender that reconnected asks): ``[answers, begun]``, the answers of those
+        applied and flushed by sequence number, and the batches begun and never
+        finished (partly applied: the sender resends them marked resumed)."""
+        self._own(session)
+        journal = self._journal(self.journal_pair or self.backend.canonical_url())
+        if journal is None:
+            return [{}, []]
+        with self.journal_lock:
+            done, begun = journal.acknowledged(session, first)
+        return [done, begun]
+
+    def do_outstanding(self, rid: int) -> Any:
+        """[batches queued or being applied now, the most at any time] (tests)."""
+        return [len(self.applies), self.most_outstanding]
+
+    def _apply(self, rid: int, seq: int, ops: list[Op], final: Snapshot,
+               options: ApplyOptions, incoming: Incoming, pair: str, session: str,
+               resumed: bool, token: Cancel) -> None:
+        try:
+            stopped = self.stopped.get(session)
+            if self.closing or (stopped is not None and seq > stopped):
+                # the link broke, or a batch sent before it failed: not applied (the
+                # sender resends it, or re-plans it in its next run)
+                why = "the link broke" if self.closing else f"batch {stopped} failed"
+                raise UsageError(f"batch {seq} not applied: {why}")
+            self._own(session)
             journal = self._journal(pair or self.backend.canonical_url()) if ops else None
-            if journal is not None:
-                journal.begin(ops)
             index = {id(op): i for i, op in enumerate(ops)}
-            result = self.backend.apply_batch(
-                ops, incoming, final, options=attrs.evolve(options, defer_durable=False),
-                cancel=token,
-            )
+            todo, already = ops, list[Op]()
+            if resumed:  # begun by an agent that was cut off: some ops may be done
+                todo, already = self._not_done(ops)
+            logged = None
             if journal is not None:
-                journal.done()  # after the batch's flush: now it may be acknowledged
+                with self.journal_lock:
+                    logged = journal.begin(todo, session=session or None, sender_seq=seq)
+            result = self.backend.apply_batch(
+                todo, incoming, final, options=attrs.evolve(options, defer_durable=False),
+                cancel=token,
+            ) if todo or not ops else None
+            if incoming.cut:
+                return  # its content did not all arrive: left begun; resent, resumed
             answer = {
                 "seq": seq,
-                "done": [index.get(id(op), op) for op in result.done],
-                "problems": result.problems, "bytes": result.bytes_copied,
-                "warnings": result.warnings,
+                "done": [index.get(id(op), op) for op in
+                         (*already, *(result.done if result is not None else ()))],
+                "problems": result.problems if result is not None else [],
+                "bytes": result.bytes_copied if result is not None else 0,
+                "warnings": result.warnings if result is not None else [],
             }
+            if journal is not None and logged is not None:
+                # after the batch's flush, with its answer: now it may be acknowledged
+                with self.journal_lock:
+                    journal.done(logged, session=session or None, sender_seq=seq,
+                                 answer=pack(answer))
+            self.applies.pop(rid, None)  # answered: no longer outstanding
             self.framer.send([rid, "ok", answer])
         except LinkClosed:
             pass
         except (Exception, HsyncError) as e:
+            self.stopped.setdefault(session, seq)
+            self.applies.pop(rid, None)
             with contextlib.suppress(LinkClosed):
                 self.framer.send([rid, "err", problem_of(e)])
         finally:
+            self.outstanding = 0
             self.applies.pop(rid, None)
+
+    def _not_done(self, ops: list[Op]) -> tuple[list[Op], list[Op]]:
+        """A batch resumed: (the ops still to do, those the tree shows done already),
+        and the temporary files the agent that was cut off left, removed by the
+        batch's apply (a filesystem remembers them from a scan of their directories)."""
+        stat = self.backend.stat
+        todo: list[Op] = []
+        already: list[Op] = []
+        for op in ops:
+            now = stat(op.key)
+            if op.op == DELETE:
+                done = now is None
+            elif op.op == MOVE:
+                done = now is None and op.to is not None and stat(op.to) is not None
+            elif op.op == CREATE and op.node is not None:
+                done = now is not None and _same(now, op.node)
+            elif op.op == UPDATE and op.node is not None and op.node.kind != DIR:
+                # done when it shows: an update that changes only what a stat does
+                # not tell (an owner, an xattr) runs again (it is idempotent)
+                done = now is not None and _same(now, op.node) and (
+                    op.old is None or not _same(op.old, op.node))
+            else:
+                done = False
+            (already if done else todo).append(op)
+        parents = sorted({op.key[:-1] for op in todo
+                          if op.node is not None and op.node.kind == FILE})
+        tops: list[Key] = []
+        for p in parents:
+            if not any(p[:len(t)] == t for t in tops):
+                tops.append(p)
+        for top in tops:
+            with contextlib.suppress(Exception):
+                self.backend.scan(top)  # lists the stale temporary files there
+        return todo, already
 
     # -- walks --------------------------------------------------------------------------------
     def _pages(self, rid: int, items: Iterable[Any]) -> None:
@@ -673,6 +829,29 @@ class Agent:
             entry[1].join()
         return None
 
+
+def _journal_path() -> str:
+    state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(state, "hsync", "agent.journal.sqlite")
+
+
+def _is_hex(s: str) -> bool:
+    return bool(s) and all(c in "0123456789abcdef" for c in s)
+
+
+def _same(now: Node, node: Node) -> bool:
+    """``now`` (on the destination) is what an op was to make of ``node``."""
+    if now.kind != node.kind:
+        return False
+    if node.kind == FILE:
+        return (now.size, now.mtime_ns, now.mode) == (node.size, node.mtime_ns, node.mode)
+    if node.kind == SYMLINK:
+        return now.target == node.target
+    return True
+
+
+LOCK_WAIT = 60.0
+"""Seconds a new agent waits for the one before it to end (its batch's last files)."""
 
 _LATER = object()
 """A handler's result when its answer is sent later (by a thread of its own)."""

@@ -9,7 +9,12 @@ offers (its ``Features``, sent when it opens), each forwarded:
   link), the sorted walk and the streamed walk (pages of rows), ``hash_many``;
 - ``read``: one file streamed in chunks; ``prefetch`` (a batch's files asked for at
   once, their contents streamed back in pages: one round trip per batch, not per file);
-- ``apply_batch``: the ops, the part of the final snapshot they need, then the content
+- ``submit_batch`` (``Windowed``; ``apply_batch`` is a submit and its result): a
+  window of batches in flight (``--window``), each numbered within the sender's
+  session; the far side applies them in order and acknowledges each once it is
+  flushed and journaled. A link that breaks is reconnected (``_recover``) and the
+  batches not acknowledged are resent, none applied twice. Each batch carries
+  the ops, the part of the final snapshot they need, then the content
   of the files they create or update, in pages (small files many to a page, big files
   in chunks). An updated file the far side holds an old version of (``use_delta``)
   crosses as an rsync delta against it (``_signatures``, one request per batch, then
@@ -29,6 +34,8 @@ import io
 import os
 import tempfile
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -53,12 +60,20 @@ from ..backend import (
     WatchSink,
 )
 from ..cancel import NEVER, Cancel
-from ..errors import CANCELLED, BackendError, NodeError, SourceChanged, UsageError
+from ..errors import (
+    CANCELLED,
+    BackendError,
+    HsyncError,
+    LinkLost,
+    NodeError,
+    SourceChanged,
+    UsageError,
+)
 from ..filters import Exclude
 from ..model import CREATE, DIR, FILE, MOVE, UPDATE, Key, Node, Op, Problem, Row, Snapshot
-from . import current
+from . import BATCH_BYTES, Reach, current
 from .agent import decode_snapshot, encode_snapshot
-from .protocol import CHUNK, INLINE, Spool, content_file
+from .protocol import CHUNK, INLINE, Spool, content_file, unpack
 from .transport import Link
 from .url import RemoteUrl, parse
 
@@ -69,6 +84,9 @@ PREFETCH_LIMIT = 4 << 20
 PREFETCH_BUFFER = 64 << 20
 """Prefetched content held at most before the next request waits for reads."""
 PAGE_BYTES = 1 << 20
+RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
+"""The pauses before each try to reconnect a link that broke while batches were in
+flight (about 8 s in all; then the run ends and the next one resumes)."""
 SIGNATURES_MAX = 64 << 20
 """Signature bytes asked for ahead of one batch at most (384 KiB per GiB of file): the
 files beyond are sent whole."""
@@ -386,11 +404,24 @@ class RemoteBackend:
     """A tree on another host, through an agent (see the module docstring)."""
 
     def __init__(self, location: str, url: RemoteUrl, link: Link, role: Role,
-                 opened: dict[str, Any]) -> None:
+                 opened: dict[str, Any], reach: Reach | None = None,
+                 exclude_attrs: Sequence[str] = ()) -> None:
         self.url = location
         self.remote = url
         self.link = link
         self.role: Role = role
+        self.reach = reach or Reach()
+        self._exclude_attrs = list(exclude_attrs)
+        self._window, self._batch_ops = self.reach.batches()
+        self.session = os.urandom(8).hex()
+        """This sender's batches are numbered within it (the far journal's key)."""
+        self._flying: deque[_Batch] = deque()
+        self._interrupted = False
+        """A Ctrl-C cancelled the batches in flight (``_interrupt``)."""
+        """Batches sent and not yet acknowledged, in order."""
+        self._keep: Keep | None = None
+        """The metadata negotiated (replayed on a new link)."""
+        self.reconnects = 0
         self.far_url: str = opened["url"]
         self.far_canonical: str = opened["canonical"]
         far: Capabilities = opened["capabilities"]
@@ -524,6 +555,13 @@ class RemoteBackend:
         if keys:
             self._prefetch = _Prefetch(self.link, list(keys))
 
+    # -- batches: a window in flight, acknowledged in order --------------------------------
+    def window(self) -> int:
+        return self._window
+
+    def batch_limits(self) -> tuple[int, int]:
+        return self._batch_ops, BATCH_BYTES
+
     def apply_batch(
         self,
         ops: Sequence[Op],
@@ -534,41 +572,171 @@ class RemoteBackend:
         cancel: Cancel = NEVER,
         on_done: Callable[[Op], None] | None = None,
     ) -> ApplyResult:
-        if cancel.cancelled():
-            return ApplyResult(problems=[
-                Problem(op.key, f"{op.op} not run: {cancel.reason}", op=op.op, kind=CANCELLED)
-                for op in ops])
-        self._seq += 1
-        ops = list(ops)
-        sigs = self._signatures(ops)
-        rid, q = self.link.open("apply", self._seq, ops, _final_part(ops, final),
-                                attrs.evolve(options, defer_durable=False), self.pair)
-        stop = _FarCancel(self.link, rid, cancel)
-        try:
-            self._send_content(rid, ops, source, sigs, stop)
-        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in a one-shot run
-            stop.interrupt()
-            with contextlib.suppress(BackendError):
-                self.link.send_more(rid, None)  # what did not cross does not arrive
-        finally:
-            answer: dict[str, Any] | None = None
-            try:
-                for tag, value in self.link.answer(rid, q, stop.interrupt):
-                    if tag in ("ok", "err"):
-                        answer = self.link.result(tag, value)
-            finally:
-                stop.close()
-        if stop.interrupted:  # the batch ended over there, at an op's boundary
-            raise KeyboardInterrupt
-        assert answer is not None
-        # a delta that did not verify there comes back as a retry: sent whole next time
-        self._whole.update(p.key for p in answer["problems"] if p.key in sigs)
-        done = [ops[i] if isinstance(i, int) else i for i in answer["done"]]
+        result = self.submit_batch(ops, source, final, options=options,
+                                   cancel=cancel).result()
         if on_done is not None:
-            for op in done:
+            for op in result.done:
                 on_done(op)
-        return ApplyResult(done=done, problems=list(answer["problems"]),
-                           bytes_copied=answer["bytes"], warnings=list(answer["warnings"]))
+        return result
+
+    def submit_batch(
+        self,
+        ops: Sequence[Op],
+        source: ContentSource,
+        final: Snapshot,
+        *,
+        options: ApplyOptions = _DEFAULTS,
+        cancel: Cancel = NEVER,
+    ) -> _Pending:
+        """Send a batch: its sequence number, ops, the part of ``final`` its apply
+        reads, then its content; return without waiting for the acknowledgement. The
+        agent applies the batches in the order sent."""
+        if cancel.cancelled():
+            return _Pending(self, ApplyResult(problems=[
+                Problem(op.key, f"{op.op} not run: {cancel.reason}", op=op.op, kind=CANCELLED)
+                for op in ops]))
+        self._seq += 1
+        batch = _Batch(self._seq, list(ops), _final_part(ops, final),
+                       attrs.evolve(options, defer_durable=False), source, cancel=cancel)
+        self._flying.append(batch)
+        try:
+            self._send(batch)
+        except LinkLost as e:
+            self._recover(e)
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM in a one-shot run
+            self._interrupt()
+            if batch.q is not None:
+                with contextlib.suppress(BackendError):
+                    self.link.send_more(batch.rid, None)  # what did not cross does not arrive
+            self._drain_interrupted()
+        return _Pending(self, batch)
+
+    def _interrupt(self) -> bool:
+        """A Ctrl-C with batches in flight (``_FarCancel``): the first cancels every one
+        of them there (each stops at its next op, and is answered: what it did is
+        journaled there) and goes on waiting (True); the next stops waiting (False)."""
+        if self._interrupted:
+            return False
+        self._interrupted = True
+        for batch in self._flying:
+            if batch.stop is not None:
+                batch.stop.interrupt()
+        return True
+
+    def _drain_interrupted(self) -> None:
+        """After a Ctrl-C: wait for the answers of the batches still in flight (each
+        ended over there at an op's boundary), then raise the ``KeyboardInterrupt``."""
+        try:
+            while self._flying:
+                batch = self._flying.popleft()
+                try:
+                    if batch.answer is None and batch.q is not None:
+                        with contextlib.suppress(HsyncError, OSError):
+                            for _ in self.link.answer(batch.rid, batch.q, self._interrupt):
+                                pass
+                finally:
+                    if batch.stop is not None:
+                        batch.stop.close()
+        finally:
+            self._interrupted = False
+        raise KeyboardInterrupt
+
+    def _send(self, batch: _Batch, *, resumed: bool = False) -> None:
+        """The batch's request, then its content (``resumed``: the far side began it
+        before the link broke and checks each op against what is there)."""
+        sigs = self._signatures(batch.ops)
+        batch.sigs = set(sigs)
+        batch.answer = None
+        if batch.stop is not None:  # sent again: the cancel goes to the new request
+            batch.stop.close()
+            batch.stop = None
+        rid, q = self.link.open("apply", batch.seq, batch.ops, batch.final, batch.options,
+                                self.pair, self.session, resumed)
+        batch.rid, batch.q = rid, q
+        batch.stop = _FarCancel(self.link, rid, batch.cancel)
+        self._send_content(rid, batch.ops, batch.source, sigs, batch.stop)
+
+    def acknowledged(self, batch: _Batch) -> ApplyResult:
+        """The result of ``batch``, once the far side acknowledged it and every batch
+        sent before it (their results are kept for their own ``result``)."""
+        while batch.result is None and batch.error is None:
+            head = self._flying[0]
+            answer = head.answer
+            if answer is None:
+                try:
+                    for tag, value in self.link.answer(head.rid, head.q, self._interrupt):
+                        if tag in ("ok", "err"):
+                            answer = self.link.result(tag, value)
+                except LinkLost as e:
+                    if self._interrupted:
+                        self._drain_interrupted()
+                    self._recover(e)
+                    continue
+                except (HsyncError, OSError) as e:  # the batch failed there as a whole
+                    self._flying.popleft()
+                    if head.stop is not None:
+                        head.stop.close()
+                    head.error = e
+                    if self._interrupted:
+                        self._drain_interrupted()
+                    continue
+            self._flying.popleft()
+            if head.stop is not None:
+                head.stop.close()
+            if self._interrupted:  # the batch ended over there, at an op's boundary
+                self._drain_interrupted()
+            assert answer is not None
+            # a delta that did not verify there comes back as a retry: sent whole next
+            self._whole.update(p.key for p in answer["problems"] if p.key in head.sigs)
+            ops = head.ops
+            head.result = ApplyResult(
+                done=[ops[i] if isinstance(i, int) else i for i in answer["done"]],
+                problems=list(answer["problems"]), bytes_copied=answer["bytes"],
+                warnings=list(answer["warnings"]))
+        if batch.error is not None:
+            raise batch.error
+        assert batch.result is not None
+        return batch.result
+
+    def _recover(self, error: BaseException) -> None:
+        """The link broke with batches in flight: reconnect (after a pause that doubles,
+        ``RECONNECT_DELAYS``), ask the new agent which of them its journal holds as
+        applied and flushed (their answers come from there), and resend the others
+        from the first unacknowledged one. None is applied twice: a batch the old
+        agent began and did not finish is resent marked resumed (the agent skips the
+        ops already done there). Raises ``LinkLost`` naming the host when every try
+        failed (the run ends; the next one resumes from the journal)."""
+        why = str(error)
+        for delay in RECONNECT_DELAYS:
+            time.sleep(delay)
+            try:
+                self._reconnect()
+            except BackendError as e:
+                why = str(e)
+                continue
+            return
+        raise LinkLost(f"{self.link.host}: the link broke and {len(RECONNECT_DELAYS)} "
+                       f"reconnections failed (last: {why}); the next run resumes") from None
+
+    def _reconnect(self) -> None:
+        self.link.abandon()
+        link = Link(self.remote, self.reach)
+        self.link = link
+        link.call("open", self.remote.path, self.role, self._exclude_attrs)
+        if self._keep is not None:
+            link.call("metadata", self._keep)
+        scan: ScanOptions | None = getattr(self, "_scan_options", None)
+        if scan is not None:
+            link.call("configure_scan", scan.specials, scan.one_file_system)
+        first = self._flying[0].seq if self._flying else self._seq + 1
+        done, begun = link.call("acknowledged", self.session, first)
+        self.reconnects += 1
+        done = dict(done)
+        for batch in list(self._flying):
+            if batch.seq in done:
+                batch.answer = unpack(done[batch.seq])
+            else:
+                self._send(batch, resumed=batch.seq in begun)
 
     def _signatures(self, ops: Sequence[Op]) -> dict[Key, list[bytes]]:
         """The signatures of the far side's old files, for the files of the batch a
@@ -721,6 +889,41 @@ class RemoteBackend:
         return None
 
 
+@attrs.define(eq=False)
+class _Batch:
+    """A batch sent to the far side: what a resend needs, and its answer once there."""
+
+    seq: int
+    ops: list[Op]
+    final: dict[str, Any]
+    options: ApplyOptions
+    source: ContentSource
+    sigs: set[Key] = attrs.field(factory=set)
+    rid: int = 0
+    q: Any = None
+    answer: dict[str, Any] | None = None
+    """Its answer, taken from the far journal after a reconnect."""
+    cancel: Cancel = NEVER
+    stop: _FarCancel | None = None
+    """Forwards a cancel of ``cancel`` (or a Ctrl-C) to the far side."""
+    result: ApplyResult | None = None
+    error: BaseException | None = None
+    """Why it failed there as a whole (a batch after it is not applied either)."""
+
+
+class _Pending:
+    """``PendingBatch``: a batch in flight, its result taken in order."""
+
+    def __init__(self, backend: RemoteBackend, batch: _Batch | ApplyResult) -> None:
+        self.backend = backend
+        self.batch = batch
+
+    def result(self) -> ApplyResult:
+        if isinstance(self.batch, ApplyResult):
+            return self.batch
+        return self.backend.acknowledged(self.batch)
+
+
 def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
     yield first
     yield from rest
@@ -823,6 +1026,7 @@ class _Metadata:
     (a pair maps ids by name across hosts) and the negotiation, forwarded."""
 
     link: Link
+    _keep: Keep | None
 
     def id_names(self) -> IdNames:
         users, groups = self.link.call("id_names")
@@ -830,6 +1034,7 @@ class _Metadata:
 
     def metadata(self, wanted: Keep) -> Keep:
         out: Keep = self.link.call("metadata", wanted)
+        self._keep = wanted  # a new link after a break negotiates the same again
         return out
 
 
@@ -840,6 +1045,7 @@ class _ScanConfigurable:
     link: Link
 
     def configure_scan(self, options: ScanOptions) -> None:
+        self._scan_options = options  # sent again to an agent started after a break
         self.link.call("configure_scan", options.specials, options.one_file_system)
 
 
@@ -880,7 +1086,8 @@ def open_remote(
         link.close()
         raise
     cls = _class_for(opened["features"])
-    backend: RemoteBackend = cls(location, url, link, role, opened)
+    backend: RemoteBackend = cls(location, url, link, role, opened, reach=link.reach,
+                                 exclude_attrs=exclude_attrs)
     return backend
 
 

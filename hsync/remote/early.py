@@ -26,12 +26,12 @@ import subprocess
 
 COMMANDS = frozenset({"sync", "diff", "watch", "verify"})
 VALUE_OPTIONS = frozenset({
-    "--ca-file", "--debounce", "--dst-bind-dn", "--dst-password-file", "--exclude",
+    "--batch-ops", "--ca-file", "--debounce", "--dst-bind-dn", "--dst-password-file", "--exclude",
     "--exclude-attr", "--exclude-from", "--filter", "--include", "--log-file",
     "--log-format", "--log-level", "--max-delay", "--max-delete", "--poll-interval",
     "--remote-hsync", "--rescan-interval", "--rsh", "--schema", "--settle",
     "--src-bind-dn", "--src-password-file", "--state", "--status-file",
-    "--verify-interval", "-e",
+    "--verify-interval", "--window", "-e",
 })  # fmt: skip
 FLAG_OPTIONS = frozenset({
     "--acls", "--allow-empty-source", "--checksum", "--compress", "--copy-unstable",

@@ -27,8 +27,12 @@ import attrs
 import msgpack
 import zstandard
 
-PROTOCOL = 3
-"""Bumped when the messages change incompatibly; the handshake refuses a mismatch."""
+PROTOCOL = 4
+"""Bumped when the messages change incompatibly; the handshake refuses a mismatch.
+3 (the remote speed-up): ``configure_scan``, ``read_deltas`` (replacing ``read_delta``),
+``cancel`` of a running batch, the error kinds ``source_changed``/``target_changed``.
+4 (the batch window): batches carry the sender's session and a resumed flag, the agent
+applies a window of them in order and answers ``acknowledged`` and ``outstanding``."""
 MAGIC = "hsync-agent"
 
 _HEADER = struct.Struct(">IB")

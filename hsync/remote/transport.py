@@ -10,6 +10,7 @@ line at all: the agent is told which tree to open in the first message.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import queue
 import shlex
@@ -52,6 +53,7 @@ class Link:
 
     def __init__(self, url: RemoteUrl, reach: Reach) -> None:
         self.url = url
+        self.reach = reach
         self.host = url.target
         self.argv = ssh_argv(url, reach)
         # started at the top of the command when it could be (``early``): the login
@@ -285,6 +287,20 @@ class Link:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+    def abandon(self) -> None:
+        """Give up a link that broke: its ssh is killed (not waited for gracefully),
+        every request in flight fails."""
+        if self.closed:
+            return
+        self.closed = True
+        self._kill()
+        self._break("the link is closed")
+        self._reader.join(timeout=5)
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
 
     def close(self) -> None:
         if self.closed:
