@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 from ...errors import NodeError, TargetChanged, problem_kind
 from ...model import DIR, Key, Node, Problem, Snapshot
@@ -113,6 +112,8 @@ class Touched:
                 return None
 
             if len(mtimes) >= POOL_MIN:
+                from concurrent.futures import ThreadPoolExecutor  # only when used
+
                 with ThreadPoolExecutor(THREADS, thread_name_prefix="hsync-mtime") as pool:
                     outcomes = list(pool.map(mtime, mtimes))
             else:
