@@ -222,11 +222,9 @@ def _with_origins(
         checked.update(region.deep)
         now = {rows[k][5]: k for k in keys}
         came: list[tuple[Key, Key]] = []
-        for ident, (was, _) in history.lookup_many(now).items():
+        for ident, was in history.moved_from(now).items():
             k = now[ident]
-            if was != k and (
-                not _covered(was, region) or (k in moved_dirs and not _covered(k, region))
-            ):
+            if not _covered(was, region) or (k in moved_dirs and not _covered(k, region)):
                 came.append((k, was))
         if not came:
             return region

@@ -231,6 +231,29 @@ class History:
                     out[orig] = (_dec(key), node)
         return out
 
+    def moved_from(self, places: Mapping[int | str | None, Key]) -> dict[int | str | None, Key]:
+        """For each identity of ``places`` (identity -> the key it is at now) that the
+        history holds at another key: that key. What ``lookup_many`` answers, less the
+        nodes still where they were synced, without building their nodes: the keys are
+        compared encoded, and only those that differ are decoded."""
+        wanted = {identity_form(i): (i, encode_key(k)) for i, k in places.items()
+                  if i is not None}
+        out: dict[int | str | None, Key] = {}
+        items = list(wanted)
+        for start in range(0, len(items), 500):
+            chunk = items[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, ident in self.db.execute(
+                # the index, as in ``lookup_many``
+                f"SELECT key, ident FROM nodes INDEXED BY nodes_ident "
+                f"WHERE pair=? AND ident IN ({marks})",
+                (self.pair, *chunk),
+            ):
+                got = wanted.get(ident)
+                if got is not None and got[0] not in out and bytes(key) != got[1]:
+                    out[got[0]] = _dec(key)
+        return out
+
     def is_empty(self) -> bool:
         """True when no node below the root was recorded for this pair."""
         return self.db.execute(

@@ -81,3 +81,16 @@ def test_a_schema_5_history_of_files_is_compared_in_full_once(tmp_path: Path) ->
         h = History(path, source, destination)
         assert h.complete is trusted, source
         h.close()
+
+
+def test_moved_from_names_only_the_nodes_the_history_holds_elsewhere(tmp_path: Path) -> None:
+    """The digest comparison asks where the identities of a region's nodes were synced:
+    only those held at another key come back (with that key), none that stayed."""
+    snap = Snapshot({(): Node("dir", identity=1), ("a",): Node("file", identity=2),
+                     ("b",): Node("file", identity=3), ("d",): Node("dir", identity=4),
+                     ("d", "x\udcff"): Node("file", identity=5)})
+    h = History(str(tmp_path / "h.sqlite"), "file:///s", "file:///d")
+    h.record(snap, list(snap.nodes), full=True)
+    now = {2: ("a",), 3: ("c",), 5: ("x\udcff",), 6: ("new",), None: ("n",)}
+    assert h.moved_from(now) == {3: ("b",), 5: ("d", "x\udcff")}
+    h.close()
