@@ -63,6 +63,13 @@ class HistoryView(Protocol):
         """identity -> (key, node) as synced last time, for the identities it knows."""
         ...
 
+    def moved_from(
+        self, places: Mapping[int | str | None, Key]
+    ) -> Mapping[int | str | None, Key]:
+        """identity -> the key it was synced at, for the identities of ``places``
+        (identity -> key now) synced elsewhere than where they are now."""
+        ...
+
     def identities(self) -> Iterable[tuple[object, Key]]:
         """``(identity, key)`` of every node synced last time."""
         ...
@@ -88,6 +95,16 @@ class MemoryHistory:
             hit = self.entries.get(ident)
             if hit is not None:
                 out[ident] = hit
+        return out
+
+    def moved_from(
+        self, places: Mapping[int | str | None, Key]
+    ) -> dict[int | str | None, Key]:
+        out = {}
+        for ident, key in places.items():
+            hit = self.entries.get(ident)
+            if hit is not None and hit[0] != key:
+                out[ident] = hit[0]
         return out
 
     def identities(self) -> list[tuple[object, Key]]:
@@ -555,18 +572,14 @@ def _moved_in_place(
         if not kids:
             return []
         idents = {src[c].identity: c for c in kids if src[c].identity is not None}
-        return sorted(
-            c for i, (k1, _) in history.lookup_many(idents).items()
-            if k1 != (c := idents[i])
-        )
+        return sorted(idents[i] for i in history.moved_from(idents))
     skip = {*changed, *new}
     if len(src) <= LOOKUP_LIMIT:  # a region (a watch round): its identities only
         idents = {
             n.identity: k for k, n in src.items()
             if n.identity is not None and k not in skip and k in dst
         }
-        found = history.lookup_many(idents) if idents else {}
-        return sorted(c for i, (k1, _) in found.items() if k1 != (c := idents[i]))
+        return sorted(idents[i] for i in history.moved_from(idents)) if idents else []
     # a whole tree: one pass over the history; identities compare as text (the history
     # keeps an identity beyond 64 bits as text)
     if isinstance(src, Rows):  # (no Node built per key)

@@ -233,12 +233,14 @@ class History:
 
     def moved_from(self, places: Mapping[int | str | None, Key]) -> dict[int | str | None, Key]:
         """For each identity of ``places`` (identity -> the key it is at now) that the
-        history holds at another key: that key. What ``lookup_many`` answers, less the
-        nodes still where they were synced, without building their nodes: the keys are
-        compared encoded, and only those that differ are decoded."""
+        history holds at another key, and not at that one: the other key. What
+        ``lookup_many`` answers, less the nodes still where they were synced, without
+        building their nodes: the keys are compared encoded, only those that differ
+        are decoded."""
         wanted = {identity_form(i): (i, encode_key(k)) for i, k in places.items()
                   if i is not None}
         out: dict[int | str | None, Key] = {}
+        stayed: set[int | str | None] = set()  # (an inode with two names: one is enough)
         items = list(wanted)
         for start in range(0, len(items), 500):
             chunk = items[start : start + 500]
@@ -250,8 +252,14 @@ class History:
                 (self.pair, *chunk),
             ):
                 got = wanted.get(ident)
-                if got is not None and got[0] not in out and bytes(key) != got[1]:
+                if got is None:
+                    continue
+                if bytes(key) == got[1]:
+                    stayed.add(got[0])
+                elif got[0] not in out:
                     out[got[0]] = _dec(key)
+        for i in stayed:
+            out.pop(i, None)
         return out
 
     def is_empty(self) -> bool:
