@@ -583,6 +583,19 @@ class Metadata(Protocol):
 
 
 @runtime_checkable
+class CtimeClock(Protocol):
+    """How the ctimes of this endpoint's nodes relate to this host's clock, for the
+    marks of ``Keep.since_ns`` (``PairSession.mark_equal``). An endpoint without it
+    (a remote one: another host's clock) is given a margin of 2 s."""
+
+    def ctime_lag_ns(self) -> int:
+        """How far behind ``time.time_ns()`` a ctime stamped now in this tree may be:
+        a clock tick for a local filesystem that stamps to the ns, more for one that
+        stamps whole seconds or whose server stamps them."""
+        ...
+
+
+@runtime_checkable
 class SchemaAware(Protocol):
     """Compares and rewrites values by a schema (LDAP: matching rules, DN-valued
     attributes), which its peer or schema files may know better than it does: an LDIF

@@ -306,30 +306,38 @@ class History:
             for key, ident, kind, size, mtime, target, mode, fp in rows:
                 yield _dec(key), (kind, mode or 0, size, mtime, _dec_text(target), ident, fp)
 
-    def meta_since(self, signature: str) -> int:
-        """When the last sync that left this pair equal began (ns), for attributes of
-        ``signature`` (``Keep.signature``); 0 when unknown or for other attributes,
-        or when the history is not complete."""
+    def meta_since(self, signature: str) -> tuple[int, int]:
+        """The marks of the last sync that left this pair equal, for attributes of
+        ``signature`` (``Keep.signature``): (source, destination), each a time (ns)
+        before which a node's ctime says its attributes did not change since that sync
+        (the source's: when its scans began; the destination's: after its writes were
+        durable). (0, 0) when unknown or for other attributes, or when the history is
+        not complete. A mark written by an older version (one time) is both."""
         if not self.complete:
-            return 0
+            return 0, 0
         try:
             row = self.db.execute(
                 "SELECT value FROM meta WHERE name=?", (f"since:{self.pair}",)
             ).fetchone()
         except sqlite3.DatabaseError:
-            return 0
+            return 0, 0
         if row is None:
-            return 0
+            return 0, 0
         when, _, sig = str(row[0]).partition(" ")
-        return int(when) if sig == signature and when.isdigit() else 0
+        src, _, dst = when.partition(":")
+        dst = dst or src
+        if sig != signature or not src.isdigit() or not dst.isdigit():
+            return 0, 0
+        return int(src), int(dst)
 
     # -- writing ------------------------------------------------------------------------
-    def set_meta_since(self, when_ns: int, signature: str) -> None:
-        """A sync that began at ``when_ns`` left the pair equal (``meta_since``)."""
+    def set_meta_since(self, source_ns: int, destination_ns: int, signature: str) -> None:
+        """A sync left the pair equal: the marks ``meta_since`` returns. (An older
+        version reads the two-mark form as no mark: it reads every node once.)"""
         with self.db:
             self.db.execute(
                 "INSERT OR REPLACE INTO meta VALUES (?,?)",
-                (f"since:{self.pair}", f"{when_ns} {signature}"),
+                (f"since:{self.pair}", f"{source_ns}:{destination_ns} {signature}"),
             )
 
     def forget(self) -> None:

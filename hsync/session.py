@@ -12,6 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
+import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -20,6 +21,7 @@ import attrs
 
 from .backend import (
     Credentials,
+    CtimeClock,
     Endpoint,
     Keep,
     ScanConfigurable,
@@ -43,6 +45,10 @@ if TYPE_CHECKING:
 MARK_REFRESH_NS = 600 * 10**9
 """A run that changed nothing rewrites the history's mark (``mark_equal``) only when
 the mark is older than this (10 minutes)."""
+CLOCK_MARGIN_NS = 2 * 10**9
+"""How far before a mark's moment the mark is set where the endpoint does not say how
+far behind this host's clock its ctimes may be (``CtimeClock``): another host's
+clock, a filesystem that stamps whole seconds."""
 
 
 class PairSession:
@@ -149,35 +155,47 @@ class PairSession:
         self.close()
 
     def _attributes_since(self) -> None:
-        """Tell both endpoints when the last sync that left the pair equal began: only
-        nodes whose ctime moved since have their attributes read (``Keep.since_ns``)."""
+        """Tell each endpoint its mark of the last sync that left the pair equal: only
+        nodes whose ctime moved since have their attributes read (``Keep.since_ns``).
+        ``self.keep.since_ns`` is the source's mark (non-zero: both sides have one)."""
         keep, history = self.keep, self.history
         if keep is None or history is None or not (keep.xattrs or keep.acls):
             return
-        since = history.meta_since(keep.signature())
+        since, dst_since = history.meta_since(keep.signature())
         src, dst = self.source.features.metadata, self.destination.features.metadata
-        if since and src is not None and dst is not None:
+        if since and dst_since and src is not None and dst is not None:
             self.keep = attrs.evolve(keep, since_ns=since)
             src.metadata(self.keep)
-            dst.metadata(attrs.evolve(self.keep, uids=(), gids=()))
+            dst.metadata(attrs.evolve(self.keep, since_ns=dst_since, uids=(), gids=()))
 
     def mark_equal(self, started_ns: int, *, changed: bool = True) -> None:
-        """A sync whose scans began at ``started_ns`` left the pair equal (no problem):
-        attributes of nodes unchanged since then need not be read again.
+        """A sync whose scans began at ``started_ns`` left the pair equal (no problem),
+        its writes to the destination durable by now: attributes of nodes unchanged
+        since need not be read again. Each side gets its own mark: the source's is
+        when its scan began (a change after it moved a ctime past it); the
+        destination's is now, so that the nodes this sync wrote are not read back
+        (the first re-sync after a copy would otherwise list and compare every
+        directory it wrote into). Each is set back by how far the endpoint's ctimes
+        may lag this host's clock (``CtimeClock``; 2 s for a remote one). The price:
+        an attribute changed on the destination by someone else while this sync
+        ran, before now, is not seen until that node's ctime moves again (``verify``
+        reads everything).
 
-        A run that ``changed`` nothing keeps the mark it started from while that is
-        younger than ``MARK_REFRESH_NS``: a no-op writes nothing to the history (no
-        commit, no checkpoint, no fsync at close). An older mark is still true; it
-        only has a few more nodes' attributes read (those whose ctime moved without
-        any change to sync)."""
+        A run that ``changed`` nothing keeps the marks it started from while the
+        source's is younger than ``MARK_REFRESH_NS``: a no-op writes nothing to the
+        history (no commit, no checkpoint, no fsync at close). An older mark is still
+        true; it only has a few more nodes' attributes read (those whose ctime moved
+        without any change to sync)."""
         if self.keep is not None and self.history is not None and (
             self.keep.xattrs or self.keep.acls
         ):
             since = self.keep.since_ns
             if not changed and since and started_ns - since < MARK_REFRESH_NS:
                 return
-            # a margin for the coarse clock ctimes are taken from
-            self.history.set_meta_since(started_ns - 2_000_000_000, self.keep.signature())
+            self.history.set_meta_since(
+                started_ns - _ctime_lag(self.source),
+                time.time_ns() - _ctime_lag(self.destination),
+                self.keep.signature())
 
     # -- the rules of SPEC 8 ----------------------------------------------------------------
     def _check_pair(self) -> None:
@@ -292,6 +310,15 @@ class PairSession:
         """The history when it is complete (moves may be taken from it), else None."""
         h = self.history
         return h if h is not None and h.complete else None
+
+
+def _ctime_lag(endpoint: Endpoint) -> int:
+    """How far behind this host's clock the endpoint's ctimes may be (a remote one's
+    come from another host's clock)."""
+    backend = endpoint.backend
+    if endpoint.features.linked is None and isinstance(backend, CtimeClock):
+        return min(CLOCK_MARGIN_NS, max(0, backend.ctime_lag_ns()))
+    return CLOCK_MARGIN_NS
 
 
 _WHAT = {"user": "user.* extended attributes", "trusted": "trusted.* extended attributes",

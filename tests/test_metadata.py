@@ -426,3 +426,81 @@ def test_fifos_and_devices_keep_owner_group_acl_and_never_escalate(tmp_path: Pat
     assert _diff(src, dst2, other, "--no-owner", ok=0).strip() == "in sync"
     run = _sync(src, dst2, other, "--no-owner")
     assert run.stdout.startswith("0 created, 0 updated"), run.stdout
+
+
+@root_only
+def test_the_resync_after_a_sync_that_wrote_reads_back_nothing_it_wrote(tmp_path: Path) -> None:
+    """The nodes a sync wrote on the destination have ctimes after that sync began: the
+    next run must not read their attributes back (each directory it wrote into would
+    differ from the source's unread one, and be listed and compared node by node), and
+    must still find an attribute changed there by someone else afterwards."""
+    import json
+    import time
+
+    files = {f"d{i}/e{j}/f{k}": f"{i}{j}{k}".encode()
+             for i in range(4) for j in range(3) for k in range(10)}
+    src = build(tmp_path / "src", files)
+    if not _xattrs_supported(src):
+        pytest.skip(f"{src}: no extended attributes on this filesystem")
+    for rel in files:
+        os.setxattr(src / rel, "user.k", rel.encode())
+    time.sleep(2.2)  # the source's ctimes: before the mark of the syncs below
+    dst = tmp_path / "dst"
+
+    def sync() -> dict[str, object]:
+        report = json.loads(_sync(src, dst, tmp_path, "--json").stdout)
+        assert not report["errors"], report
+        return report
+
+    sync()  # the initial copy wrote all 120 files and 16 directories
+    again = sync()
+    assert again["compared"] == {"source": 1, "destination": 1}, again["compared"]
+
+    # a sync that wrote a file in every directory (as after deletes on the destination)
+    for i in range(4):
+        for j in range(3):
+            (dst / f"d{i}/e{j}/f0").unlink()
+    restored = sync()
+    assert restored["counts"].get("create") == 12, restored["counts"]
+    assert _xattrs(dst / "d3/e2/f0") == {"user.k": b"d3/e2/f0"}
+    again = sync()
+    assert again["compared"] == {"source": 1, "destination": 1}, again["compared"]
+    assert not any(again["counts"].values()), again["counts"]
+
+    # someone changes an attribute on the destination (of a file the sync wrote, and
+    # one it did not): found and repaired by the next run
+    os.setxattr(dst / "d1/e1/f0", "user.k", b"tampered")
+    os.setxattr(dst / "d2/e0/f5", "user.k", b"tampered too")
+    repaired = sync()
+    assert repaired["counts"].get("update") == 2, repaired["counts"]
+    assert _xattrs(dst / "d1/e1/f0") == {"user.k": b"d1/e1/f0"}
+    assert _xattrs(dst / "d2/e0/f5") == {"user.k": b"d2/e0/f5"}
+    assert _diff(src, dst, tmp_path, ok=0).strip() == "in sync"
+
+
+def test_the_marks_are_kept_per_side_and_an_older_single_mark_is_both(tmp_path: Path) -> None:
+    """The history keeps a mark per side; a mark an older version wrote (one time)
+    is read as both, and other attributes or an incomplete history have none."""
+    from hsync.history import History
+
+    h = History(str(tmp_path / "h.sqlite"), "file:///a", "file:///b")
+    h.db.execute("UPDATE pairs SET complete=1")
+    h.db.commit()
+    h.set_meta_since(100, 250, "user;acls=1")
+    assert h.meta_since("user;acls=1") == (100, 250)
+    assert h.meta_since("user,trusted;acls=1") == (0, 0)
+    h.db.execute("UPDATE meta SET value='180 user;acls=1' WHERE name LIKE 'since:%'")
+    h.db.commit()
+    assert h.meta_since("user;acls=1") == (180, 180)
+    h.forget()
+    assert h.meta_since("user;acls=1") == (0, 0)
+    h.close()
+
+
+def test_a_local_filesystem_stamping_ns_lags_a_tick_others_two_seconds(tmp_path: Path) -> None:
+    from hsync.backends.fs.meta import COARSE_NS, TICK_NS, ctime_lag_ns
+
+    fine = os.lstat(tmp_path).st_ctime_ns % 10**9 != 0
+    assert ctime_lag_ns(str(tmp_path)) == (TICK_NS if fine else COARSE_NS)
+    assert ctime_lag_ns("/proc") == COARSE_NS  # not a filesystem of this host's disks
+    assert ctime_lag_ns(str(tmp_path / "gone")) == COARSE_NS

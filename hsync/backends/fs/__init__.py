@@ -294,6 +294,10 @@ class FsBackend:
         self._meta = _meta.Reader(got, source=self.role == "source")
         return got
 
+    # -- CtimeClock ----------------------------------------------------------------------
+    def ctime_lag_ns(self) -> int:
+        return _meta.ctime_lag_ns(self.root)
+
     # -- BulkHashing ----------------------------------------------------------------------
     def hash_many(self, keys: Sequence[Key]) -> list[Hashed]:
         return hashing.hash_files(self.root, keys)

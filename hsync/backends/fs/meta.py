@@ -251,3 +251,38 @@ def set_xattrs(where: Any, meta: Meta | None, prefixes: tuple[str, ...]) -> list
                 continue
             raise
     return failed
+
+
+TICK_NS = 20 * 10**6
+"""A ctime stamped by this host's coarse clock is behind the real time by less than a
+clock tick (10 ms at 100 Hz): the lag of a local filesystem that stamps to the ns."""
+COARSE_NS = 2 * 10**9
+"""The lag assumed of any other (whole seconds, a network filesystem's server)."""
+FINE_FILESYSTEMS = frozenset({
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs", "zfs", "bcachefs", "overlay",
+})
+"""Local filesystems whose ctimes come from this host's clock, to the ns (ext2/3/4 only
+with large inodes: a tree whose root's ctime is whole seconds is taken as coarse)."""
+
+
+def ctime_lag_ns(root: str) -> int:
+    """``backend.CtimeClock.ctime_lag_ns`` of the tree at ``root``: ``TICK_NS`` on a
+    filesystem of ``FINE_FILESYSTEMS`` (by ``/proc/self/mountinfo``) whose root's ctime
+    has a fraction of a second, else ``COARSE_NS``."""
+    try:
+        st = os.lstat(root)
+    except OSError:
+        return COARSE_NS
+    if st.st_ctime_ns % 10**9 == 0:
+        return COARSE_NS
+    want = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    kind = None
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) > 4 and parts[2] == want and "-" in parts[6:]:
+                    kind = parts[parts.index("-", 6) + 1]  # the last mount of it wins
+    except (OSError, IndexError):
+        return COARSE_NS
+    return TICK_NS if kind in FINE_FILESYSTEMS else COARSE_NS
