@@ -176,7 +176,9 @@ class PairSession:
         destination's is now, so that the nodes this sync wrote are not read back
         (the first re-sync after a copy would otherwise list and compare every
         directory it wrote into). Each is set back by how far the endpoint's ctimes
-        may lag this host's clock (``CtimeClock``; 2 s for a remote one). The price:
+        may lag this host's clock (``CtimeClock``); where either is not known to
+        within a clock tick (a remote endpoint, a filesystem stamping whole seconds)
+        both sides keep one mark, their start less 2 s, as before. The price:
         an attribute changed on the destination by someone else while this sync
         ran, before now, is not seen until that node's ctime moves again (``verify``
         reads everything).
@@ -192,10 +194,16 @@ class PairSession:
             since = self.keep.since_ns
             if not changed and since and started_ns - since < MARK_REFRESH_NS:
                 return
+            src_lag, dst_lag = _ctime_lag(self.source), _ctime_lag(self.destination)
+            if max(src_lag, dst_lag) >= CLOCK_MARGIN_NS:
+                # a clock not known well enough (another host's): one mark, as it
+                # began, for both (a destination mark 2 s before now would have the
+                # nodes a short run wrote read back while their sources are not)
+                since = started_ns - CLOCK_MARGIN_NS
+                self.history.set_meta_since(since, since, self.keep.signature())
+                return
             self.history.set_meta_since(
-                started_ns - _ctime_lag(self.source),
-                time.time_ns() - _ctime_lag(self.destination),
-                self.keep.signature())
+                started_ns - src_lag, time.time_ns() - dst_lag, self.keep.signature())
 
     # -- the rules of SPEC 8 ----------------------------------------------------------------
     def _check_pair(self) -> None:
