@@ -17,8 +17,10 @@ an fsync before the file is published) and made durable (``sync``: ``RUNNING``, 
 written. Both states are unfinished. ``done`` need not wait for the disk either
 (``done(durable=False)``): a power loss that drops it leaves an unfinished batch, whose
 roll-forward costs one full comparison and trusts nothing. On the far side (an agent's
-journal, ``session`` given) the record, the done mark and the stored answer are always
-flushed: the acknowledgement sent after them promises they are on disk.
+journal, ``session`` given) the record is begun the same way, without waiting for the
+disk (a killed agent leaves it committed, so a resent batch is still known as begun),
+and the done mark with the stored answer is always flushed, the begun record with it:
+the acknowledgement sent after them promises they are on disk.
 
 Roll forward. A run that finds an unfinished batch for its pair does not replay the
 recorded ops blindly: the destination may hold any prefix of them, and a source that
@@ -176,9 +178,8 @@ class Journal:
         ``durable=False``: committed (a killed process leaves it) but not flushed to
         the disk; ``sync`` must run before anything that trusts the batch is written.
         ``session``, ``sender_seq``: on the far side, the sender's session and its
-        sequence number for the batch (``acknowledged`` answers by them); such a record
-        is always flushed."""
-        durable = durable or session is not None
+        sequence number for the batch (``acknowledged`` answers by them); its ``done``
+        is always flushed (and the begun record with it)."""
         with self._commit(durable):
             (last,) = self.db.execute(
                 "SELECT coalesce(max(seq), 0) FROM batches WHERE pair=?", (self.pair,)

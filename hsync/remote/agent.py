@@ -655,7 +655,11 @@ class Agent:
             logged = None
             if journal is not None:
                 with self.journal_lock:
-                    logged = journal.begin(todo, session=session or None, sender_seq=seq)
+                    # committed, not flushed: the batch's ``done`` below flushes it
+                    # before the answer; a file is not kept from its publish by an
+                    # fsync of the journal (a watch round's latency)
+                    logged = journal.begin(todo, durable=False, session=session or None,
+                                           sender_seq=seq)
             result = self.backend.apply_batch(
                 todo, incoming, final, options=attrs.evolve(options, defer_durable=False),
                 cancel=token,
