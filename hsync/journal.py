@@ -170,6 +170,25 @@ class Journal:
                 ((ROLLED, time.time(), self.pair, s) for s in seqs),
             )
 
+    def roll_stale(self) -> int:
+        """On the far side (an agent's journal, shared by every agent of the host): the
+        batches an agent began and never finished, that agent gone (killed, its sender
+        never resent them), are marked rolled forward, so the pruning of old batches
+        reaches them; the sender's next run compares the trees and trusts none of them.
+        A sender that reconnects still finds them begun (``acknowledged`` reads the
+        acknowledgements, not these rows). Returns how many."""
+        stale = [
+            (pair, seq) for pair, seq, pid in self.db.execute(
+                "SELECT pair, seq, pid FROM batches WHERE state IN (?,?)", (RUNNING, BEGUN))
+            if pid != os.getpid() and not _alive(pid)
+        ]
+        if stale:
+            with self.db:
+                self.db.executemany(
+                    "UPDATE batches SET state=?, finished=? WHERE pair=? AND seq=?",
+                    ((ROLLED, time.time(), pair, seq) for pair, seq in stale))
+        return len(stale)
+
     def begin(self, ops: Sequence[Op], *, durable: bool = True, session: str | None = None,
               sender_seq: int = 0) -> int:
         """Record a batch before it runs; returns its sequence number. Several may run
@@ -298,6 +317,16 @@ class Journal:
                 "SELECT seq, state, n_ops FROM batches WHERE pair=? ORDER BY seq", (self.pair,)
             )
         )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's: alive
+    return True
 
 
 def recover(history: Any) -> bool:
