@@ -585,6 +585,8 @@ class Agent:
             path = _journal_path()
             try:
                 self.journal = journal_mod.Journal(path, pair)
+                # batches left begun by agents that are gone: pruned like any other
+                self.journal.roll_stale()
             except (OSError, sqlite3.Error) as e:  # a home that cannot be written
                 sys.stderr.write(f"hsync agent: {path}: no journal ({e})\n")
                 self.journal = None
@@ -655,7 +657,11 @@ class Agent:
             logged = None
             if journal is not None:
                 with self.journal_lock:
-                    logged = journal.begin(todo, session=session or None, sender_seq=seq)
+                    # committed, not flushed: the batch's ``done`` below flushes it
+                    # before the answer; a file is not kept from its publish by an
+                    # fsync of the journal (a watch round's latency)
+                    logged = journal.begin(todo, durable=False, session=session or None,
+                                           sender_seq=seq)
             result = self.backend.apply_batch(
                 todo, incoming, final, options=attrs.evolve(options, defer_durable=False),
                 cancel=token,
