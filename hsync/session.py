@@ -173,7 +173,8 @@ class PairSession:
         its writes to the destination durable by now: attributes of nodes unchanged
         since need not be read again. Each side gets its own mark: the source's is
         when its scan began (a change after it moved a ctime past it); the
-        destination's is now, so that the nodes this sync wrote are not read back
+        destination's is now, and the run ends a clock tick later (a change after it
+        has a later ctime), so that the nodes this sync wrote are not read back
         (the first re-sync after a copy would otherwise list and compare every
         directory it wrote into). Each is set back by how far the endpoint's ctimes
         may lag this host's clock (``CtimeClock``); where either is not known to
@@ -202,8 +203,12 @@ class PairSession:
                 since = started_ns - CLOCK_MARGIN_NS
                 self.history.set_meta_since(since, since, self.keep.signature())
                 return
-            self.history.set_meta_since(
-                started_ns - src_lag, time.time_ns() - dst_lag, self.keep.signature())
+            # the destination's mark: now, every write of this run done and durable;
+            # a tick later, a change from then on has a ctime past it (the run's own
+            # last writes, a directory's mtime set a moment ago, stay before it)
+            written = time.time_ns()
+            time.sleep(dst_lag / 1e9)
+            self.history.set_meta_since(started_ns - src_lag, written, self.keep.signature())
 
     # -- the rules of SPEC 8 ----------------------------------------------------------------
     def _check_pair(self) -> None:
