@@ -109,7 +109,7 @@ class PairSession:
                 self.history = open_history(
                     self.source, self.destination, options, self.notices)
                 self.journal = _journal_for(self.history)
-                if isinstance(self.destination.backend, Windowed):
+                if self.history is not None and isinstance(self.destination.backend, Windowed):
                     self.destination.backend.name_pair(self.history.pair)
                 self._attributes_since()
             self._check_destination_was_there()
