@@ -18,7 +18,9 @@ written. Both states are unfinished. ``done`` need not wait for the disk either
 (``done(durable=False)``): a power loss that drops it leaves an unfinished batch, whose
 roll-forward costs one full comparison and trusts nothing. On the far side (an agent's
 journal, ``session`` given) the record, the done mark and the stored answer are always
-flushed: the acknowledgement sent after them promises they are on disk.
+flushed before the acknowledgement is sent (the record is begun without a flush: the
+flushed commit of the done mark flushes it too): the acknowledgement promises they are
+on disk.
 
 Roll forward. A run that finds an unfinished batch for its pair does not replay the
 recorded ops blindly: the destination may hold any prefix of them, and a source that
@@ -176,9 +178,9 @@ class Journal:
         ``durable=False``: committed (a killed process leaves it) but not flushed to
         the disk; ``sync`` must run before anything that trusts the batch is written.
         ``session``, ``sender_seq``: on the far side, the sender's session and its
-        sequence number for the batch (``acknowledged`` answers by them); such a record
-        is always flushed."""
-        durable = durable or session is not None
+        sequence number for the batch (``acknowledged`` answers by them). The agent
+        begins it ``durable=False`` too: its ``done``, flushed before the batch is
+        acknowledged, flushes the record with it (the WAL in order)."""
         with self._commit(durable):
             (last,) = self.db.execute(
                 "SELECT coalesce(max(seq), 0) FROM batches WHERE pair=?", (self.pair,)
