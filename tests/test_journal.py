@@ -221,15 +221,27 @@ def test_a_window_of_batches_begun_unflushed_is_made_durable_by_one_sync(
 
 
 def test_the_far_side_keeps_its_done_mark_and_answer(tmp_path: Path) -> None:
-    """On the far side (a session given) the record, the done mark and the answer are one
-    flushed commit each, whatever ``durable`` says: the acknowledgement promises them."""
+    """On the far side (a session given) the agent begins a batch's record without a
+    flush of its own (one fsync per batch, not two): it is committed, so an agent killed
+    mid-batch leaves it for the next one to resume, and the done mark with the answer is
+    one flushed commit whatever ``durable`` says (it flushes the record before it): the
+    acknowledgement sent after it promises both."""
     j = Journal(str(tmp_path / "j.sqlite"), "pair")
     seq = j.begin([Op(op="create", kind="file", key=("a",))], durable=False,
                   session="s1", sender_seq=7)
-    assert [(s, st) for s, st, _ in j.batches()] == [(seq, RUNNING)]
-    assert j.flushed
+    assert [(s, st) for s, st, _ in j.batches()] == [(seq, BEGUN)]
+    assert not j.flushed
+    j.close()  # killed mid-batch: the next agent finds it begun (resent, resumed)
+    j = Journal(str(tmp_path / "j.sqlite"), "pair")
+    assert j.acknowledged("s1", 1) == ({}, [7])
+    j.close()
+    j = Journal(str(tmp_path / "j.sqlite"), "pair")
+    seq = j.begin([Op(op="create", kind="file", key=("a",))], durable=False,
+                  session="s1", sender_seq=7)  # the resent try
     j.done(seq, durable=False, session="s1", sender_seq=7, answer=b"ok")
+    assert j.flushed
     j.close()
     j = Journal(str(tmp_path / "j.sqlite"), "pair")
     assert j.acknowledged("s1", 1) == ({7: b"ok"}, [])
+    assert [st for _, st, _ in j.batches()] == [ROLLED, DONE]
     j.close()
