@@ -326,9 +326,10 @@ class Agent:
         if self.endpoint is not None:
             self.endpoint.close()
         self._mark("scans, watches, endpoint closed")
-        if self.journal is not None:
-            self.journal.close()
-            self._mark("journal closed")
+        # the journal is not closed: closing SQLite's last connection checkpoints the
+        # WAL (the database written and fsynced) while the client waits for this
+        # process to end. Each done mark is already flushed in the WAL; the next agent
+        # reads it there (``run_agent`` ends the process without closing it).
         if self.lockfd is not None:
             os.close(self.lockfd)
 
@@ -948,7 +949,8 @@ def main(argv: Sequence[str]) -> int | None:
 
 
 def run_agent(restrict: str | None = None) -> int:
-    """Serve on stdin/stdout until the end of input; the exit status."""
+    """Serve on stdin/stdout until the end of input, then end the process (exit status
+    0); 2 (returned) for a ``--restrict`` that is not a directory."""
     if restrict is not None and not os.path.isdir(restrict):
         sys.stderr.write(f"hsync agent: {restrict}: --restrict needs a directory\n")
         return 2
@@ -960,7 +962,10 @@ def run_agent(restrict: str | None = None) -> int:
     os.close(devnull)
     framer = Framer(rfile, wfile, compress=True)
     Agent(framer, restrict).serve()
-    return 0
+    # at once: the client's run waits for this process to end (the ssh session closes
+    # with it); no teardown of the heap, no checkpoint of the journal's WAL at close
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":  # python3 -m hsync.remote.agent [--restrict ROOT]
