@@ -598,6 +598,8 @@ class Agent:
             path = _journal_path()
             try:
                 self.journal = journal_mod.Journal(path, pair)
+                # batches left begun by agents that are gone: pruned like any other
+                self.journal.roll_stale()
             except (OSError, sqlite3.Error) as e:  # a home that cannot be written
                 sys.stderr.write(f"hsync agent: {path}: no journal ({e})\n")
                 self.journal = None
