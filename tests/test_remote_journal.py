@@ -79,3 +79,30 @@ def test_a_batch_left_begun_by_a_killed_agent_is_rolled_by_the_next_one(
     batches, _ = _far_journal(far_state)
     assert not [st for st, _ in batches if st in (BEGUN, RUNNING)], batches
     assert ROLLED in [st for st, _ in batches]
+
+
+def test_the_far_journal_keeps_each_pair_apart(remote: Any, tmp_path: Path) -> None:
+    """Two sources pushed into one far tree: the far journal numbers each pair's batches
+    under that pair's own id (its history's), not under the far tree's address, so one
+    pair's batches never count against, or resume as, the other's."""
+    import sqlite3
+
+    wrapper, far_state = _agent_wrapper(tmp_path)
+    dst = tmp_path / "dst"
+    pairs = []
+    for name in ("one", "two"):
+        src = build(tmp_path / name, {f"{name}/f": name.encode()})
+        state = str(tmp_path / f"{name}.sqlite")
+        r = run("sync", "--json", "--state", state, "--remote-hsync", wrapper,
+                "--exclude", "two" if name == "one" else "one", src, f"{HOST}:{dst}")
+        assert r.returncode == 0, r.stderr
+        db = sqlite3.connect(state)
+        pairs.append(db.execute("SELECT pair FROM pairs").fetchone()[0])
+        db.close()
+    assert len(set(pairs)) == 2
+    db = sqlite3.connect(far_state / "hsync" / "agent.journal.sqlite")
+    try:
+        far = {p for (p,) in db.execute("SELECT DISTINCT pair FROM batches")}
+    finally:
+        db.close()
+    assert far == set(pairs), (far, pairs)

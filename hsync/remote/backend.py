@@ -588,6 +588,9 @@ class RemoteBackend:
             self._prefetch = _Prefetch(self, list(keys))
 
     # -- batches: a window in flight, acknowledged in order --------------------------------
+    def name_pair(self, pair: str) -> None:
+        self.pair = pair
+
     def window(self) -> int:
         return self._window
 
