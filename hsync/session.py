@@ -330,9 +330,9 @@ class PairSession:
 
 def _ctime_lag(endpoint: Endpoint) -> int:
     """How far behind this host's clock the endpoint's ctimes may be (a remote one's
-    come from another host's clock)."""
+    come from another host's clock: its agent says how far apart the clocks are)."""
     backend = endpoint.backend
-    if endpoint.features.linked is None and isinstance(backend, CtimeClock):
+    if isinstance(backend, CtimeClock):
         return min(CLOCK_MARGIN_NS, max(0, backend.ctime_lag_ns()))
     return CLOCK_MARGIN_NS
 

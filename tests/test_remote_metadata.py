@@ -58,3 +58,41 @@ def test_remote_endpoint_offers_metadata(remote: Any, tmp_path: Path) -> None:
         assert users.get(0) == "root" and groups.get(0) == "root"
     finally:
         ep.close()
+
+
+@pytest.mark.parametrize("direction", ["push", "pull"])
+def test_the_resync_after_a_remote_sync_that_wrote_compares_nothing_it_wrote(
+    remote: Any, tmp_path: Path, direction: str
+) -> None:
+    """The far agent says how far its tree's ctimes lag this host's clock (its
+    filesystem's tick and the two clocks' distance, measured over the link), so the
+    mark after a sync over ssh is per side, as locally: the first re-sync after a copy
+    compares two roots, not every directory the copy wrote into; an attribute changed
+    on the destination afterwards is still found."""
+    import json
+    import time
+
+    files = {f"d{i}/e{j}/f{k}": f"{i}{j}{k}".encode()
+             for i in range(3) for j in range(3) for k in range(6)}
+    src = build(tmp_path / "src", files)
+    for rel in files:
+        os.setxattr(src / rel, "user.k", rel.encode())
+    time.sleep(2.2)  # the source's ctimes: before the marks of the syncs below
+    dst = tmp_path / "dst"
+    state = tmp_path / "h.sqlite"
+    ends = (src, f"{HOST}:{dst}") if direction == "push" else (f"{HOST}:{src}", dst)
+
+    def sync() -> dict[str, Any]:
+        r = run("sync", "--json", "--state", state, *ends)
+        assert r.returncode == 0, r.stderr
+        report: dict[str, Any] = json.loads(r.stdout)
+        return report
+
+    sync()  # the copy wrote every file and directory
+    again = sync()
+    assert again["compared"] == {"source": 1, "destination": 1}, again["compared"]
+    assert not any(again["counts"].values()), again["counts"]
+    os.setxattr(dst / "d1/e2/f3", "user.k", b"tampered")
+    repaired = sync()
+    assert repaired["counts"].get("update") == 1, repaired["counts"]
+    assert os.getxattr(dst / "d1/e2/f3", "user.k") == b"d1/e2/f3"

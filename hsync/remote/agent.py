@@ -37,6 +37,7 @@ import attrs
 
 from ..backend import (
     ApplyOptions,
+    CtimeClock,
     DigestScan,
     Endpoint,
     ScanConfigurable,
@@ -373,11 +374,20 @@ class Agent:
         features = list(self.endpoint.features.names())
         if isinstance(b, ScanConfigurable):  # not a Features field: the session asks
             features.append("scan_configurable")
+        if isinstance(b, CtimeClock):  # nor is this one
+            features.append("ctime_clock")
         return {
             "url": b.url, "canonical": b.canonical_url(),
             "capabilities": self.endpoint.capabilities,
             "features": features,
         }
+
+    def do_ctime_clock(self, rid: int) -> Any:
+        """``CtimeClock`` of the far tree, with this host's clock read as it answers
+        (the sender adds how far the two clocks may be apart)."""
+        backend = self.backend
+        assert isinstance(backend, CtimeClock)
+        return [backend.ctime_lag_ns(), time.time_ns()]
 
     def do_configure_scan(self, rid: int, specials: bool, one_file_system: bool) -> Any:
         """The pair's ``ScanOptions`` (``-x``, ``--no-specials``), for every later scan

@@ -1109,6 +1109,23 @@ class _Metadata:
         return out
 
 
+class _CtimeClock:
+    """How far behind this host's clock the far tree's ctimes may be: the far
+    filesystem's own lag, plus how far apart the two hosts' clocks are, measured over
+    the link (the far clock read while this side's was read before and after: half
+    the round trip is the uncertainty). The session falls back to its 2 s margin when
+    that is as much."""
+
+    link: Link
+
+    def ctime_lag_ns(self) -> int:
+        before = time.time_ns()
+        lag, far_now = self.link.call("ctime_clock")
+        after = time.time_ns()
+        apart = abs(int(far_now) - (before + after) // 2) + (after - before) // 2 + 1
+        return int(lag) + apart
+
+
 class _ScanConfigurable:
     """``-x`` and ``--no-specials`` reach the far tree's scans (its backend takes
     ``ScanOptions``)."""
@@ -1124,7 +1141,7 @@ _MIXINS = {
     "sorted_walk": _SortedWalk, "streaming": _Streaming,
     "digest_scanning": _DigestScanning, "bulk_hashing": _BulkHashing,
     "watchable": _Watchable, "metadata": _Metadata,
-    "scan_configurable": _ScanConfigurable,
+    "scan_configurable": _ScanConfigurable, "ctime_clock": _CtimeClock,
 }
 _CLASSES: dict[tuple[str, ...], type] = {}
 
