@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from treeutil import hsync_bin
+from treeutil import run_with_modules
 from typer._click.exceptions import ClickException
 from typer.main import get_command
 
@@ -218,36 +216,7 @@ def test_multiple_values_and_the_last_flag_win_as_in_typer() -> None:
 
 # -- the processes --------------------------------------------------------------------------
 
-_PROBE = """
-import os, sys
-out, script = sys.argv[1], sys.argv[2]
-real_exit = os._exit
-def dump():
-    with open(out, "w") as f:
-        f.write("\\n".join(sorted(sys.modules)))
-def exit_(code):
-    sys.stdout.flush()
-    dump()
-    real_exit(code)
-os._exit = exit_
-sys.argv = [script, *sys.argv[3:]]
-with open(script) as f:
-    code = compile(f.read(), script, "exec")
-try:
-    exec(code, {"__name__": "__main__", "__file__": script})
-finally:
-    dump()
-"""
 _FRAMEWORK = {"typer", "typer._click", "click", "rich", "shellingham"}
-
-
-def _modules(tmp_path: Path, *args: str, stdin: str = "") -> tuple[Any, set[str]]:
-    out = tmp_path / "modules.txt"
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(out), hsync_bin(), *args],
-        capture_output=True, text=True, timeout=120, input=stdin,
-    )
-    return proc, set(out.read_text().split("\n"))
 
 
 def test_a_sync_diff_and_verify_do_not_import_typer(tmp_path: Path) -> None:
@@ -262,7 +231,7 @@ def test_a_sync_diff_and_verify_do_not_import_typer(tmp_path: Path) -> None:
         (["diff", str(src), str(dst), "--state", state], 0),
         (["verify", "--settle", "0", str(src), str(dst)], 0),
     ):
-        proc, modules = _modules(tmp_path, *args)
+        proc, modules = run_with_modules(tmp_path, *args)
         assert proc.returncode == rc, proc.stderr
         assert "hsync.commands" in modules  # the probe saw the real run
         assert not modules & _FRAMEWORK, (args, sorted(modules & _FRAMEWORK))
@@ -272,7 +241,7 @@ def test_a_sync_diff_and_verify_do_not_import_typer(tmp_path: Path) -> None:
 def test_the_agent_does_not_import_typer(tmp_path: Path) -> None:
     # the far side of a remote tree, started over ssh on every remote run; with its
     # input closed at once it ends without a session
-    proc, modules = _modules(tmp_path, "agent", "--restrict", str(tmp_path))
+    proc, modules = run_with_modules(tmp_path, "agent", "--restrict", str(tmp_path))
     assert "hsync.remote.agent" in modules, proc.stderr
     assert not modules & _FRAMEWORK, sorted(modules & _FRAMEWORK)
 
@@ -280,12 +249,14 @@ def test_the_agent_does_not_import_typer(tmp_path: Path) -> None:
 def test_a_line_it_does_not_understand_gets_typers_message(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    proc, modules = _modules(tmp_path, "sync", "--bogus", str(src), str(tmp_path / "d"))
+    proc, modules = run_with_modules(tmp_path, "sync", "--bogus", str(src), str(tmp_path / "d"))
     assert proc.returncode == 2
     assert proc.stderr.startswith("hsync: error: No such option: --bogus"), proc.stderr
     assert "typer" in modules and not (tmp_path / "d").exists()
-    proc, _ = _modules(tmp_path, "sync", "--max-delete", "-1", str(src), str(tmp_path / "d"))
+    proc, _ = run_with_modules(
+        tmp_path, "sync", "--max-delete", "-1", str(src), str(tmp_path / "d")
+    )
     assert proc.returncode == 2 and "--max-delete" in proc.stderr, proc.stderr
     assert not (tmp_path / "d").exists()
-    proc, _ = _modules(tmp_path, "diff", "-h")
+    proc, _ = run_with_modules(tmp_path, "diff", "-h")
     assert proc.returncode == 0 and "Usage: hsync diff" in proc.stdout, proc.stdout

@@ -94,3 +94,19 @@ def test_moved_from_names_only_the_nodes_the_history_holds_elsewhere(tmp_path: P
     now = {2: ("a",), 3: ("c",), 5: ("x\udcff",), 6: ("new",), None: ("n",)}
     assert h.moved_from(now) == {3: ("b",), 5: ("d", "x\udcff")}
     h.close()
+
+
+def test_moved_from_counts_an_inode_still_at_one_of_its_names_as_not_moved(
+    tmp_path: Path,
+) -> None:
+    """Two names of one inode (a hard link) were synced: a region that holds the inode at
+    either name has not moved it (no rename is planned for a link), one that holds it
+    only at a third name has it from one of the two."""
+    snap = Snapshot({(): Node("dir", identity=1), ("h1",): Node("file", identity=7),
+                     ("h2",): Node("file", identity=7)})
+    h = History(str(tmp_path / "h.sqlite"), "file:///s", "file:///d")
+    h.record(snap, list(snap.nodes), full=True)
+    assert h.moved_from({7: ("h2",)}) == {}
+    assert h.moved_from({7: ("h1",)}) == {}
+    assert h.moved_from({7: ("h3",)}) in ({7: ("h1",)}, {7: ("h2",)})
+    h.close()

@@ -10,33 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from treeutil import hsync_bin
-
-# Runs the console script as the shell would (not through runpy, which imports typing),
-# then writes the names in sys.modules to argv[1] however the run ends (a normal
-# return, sys.exit, or the CLI's os._exit).
-_PROBE = """
-import os, sys
-out, script = sys.argv[1], sys.argv[2]
-real_exit = os._exit
-def dump():
-    with open(out, "w") as f:
-        f.write("\\n".join(sorted(sys.modules)))
-def exit_(code):
-    sys.stdout.flush()
-    dump()
-    real_exit(code)
-os._exit = exit_
-sys.argv = [script, *sys.argv[3:]]
-try:
-    with open(script) as f:
-        code = compile(f.read(), script, "exec")
-    exec(code, {"__name__": "__main__", "__file__": script})
-except SystemExit as e:
-    dump()
-    raise
-dump()
-"""
+from treeutil import hsync_bin, run_with_modules
 
 # Never needed by --version: the parser, the value types, the whole pipeline.
 NOT_FOR_VERSION = {
@@ -55,21 +29,10 @@ NOT_FOR_A_NO_OP = NOT_FOR_LOCAL_SYNC | {"concurrent.futures", "logging"}
 """A no-op starts no thread pool (the first copy may: its files are copied on one)."""
 
 
-def _run(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    out = tmp_path / "modules.txt"
-    proc = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(out), hsync_bin(), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    return proc, set(out.read_text().split("\n"))
-
-
 def test_version_imports_neither_the_parser_nor_the_pipeline(tmp_path: Path) -> None:
     import hsync
 
-    proc, modules = _run(tmp_path, "--version")
+    proc, modules = run_with_modules(tmp_path, "--version")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"hsync {hsync.__version__}\n"
     assert not modules & NOT_FOR_VERSION, sorted(modules & NOT_FOR_VERSION)
@@ -90,7 +53,7 @@ def test_local_sync_imports_only_what_it_uses(tmp_path: Path) -> None:
         (src / "d" / f"f{i}").write_text(f"{i}\n")
     state = str(tmp_path / "state")
     for forbidden in (NOT_FOR_LOCAL_SYNC, NOT_FOR_A_NO_OP):  # the first copy, a no-op
-        proc, modules = _run(tmp_path, "sync", str(src), str(dst), "--state", state)
+        proc, modules = run_with_modules(tmp_path, "sync", str(src), str(dst), "--state", state)
         assert proc.returncode == 0, proc.stderr
         assert sorted(p.name for p in (dst / "d").iterdir()) == [f"f{i}" for i in range(10)]
         assert "hsync.oneshot" in modules  # the probe saw the real run

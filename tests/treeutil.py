@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,44 @@ def hsync_bin() -> str:
     """The installed console script next to this interpreter."""
     cand = Path(sys.executable).with_name("hsync")
     return str(cand) if cand.exists() else shutil.which("hsync") or "hsync"
+
+
+# Runs the console script as the shell would (not through runpy, which imports typing),
+# then writes the names in sys.modules to argv[1] however the run ends (a normal return,
+# an exception, sys.exit, or the CLI's os._exit).
+_MODULES_PROBE = """
+import os, sys
+out, script = sys.argv[1], sys.argv[2]
+real_exit = os._exit
+def dump():
+    with open(out, "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+def exit_(code):
+    sys.stdout.flush()
+    dump()
+    real_exit(code)
+os._exit = exit_
+sys.argv = [script, *sys.argv[3:]]
+with open(script) as f:
+    code = compile(f.read(), script, "exec")
+try:
+    exec(code, {"__name__": "__main__", "__file__": script})
+finally:
+    dump()
+"""
+
+
+def run_with_modules(
+    tmp_path: Path, *args: str, stdin: str = ""
+) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run the installed ``hsync`` with ``args`` in a child interpreter: the finished
+    process and the names of the modules it had imported when it ended."""
+    out = tmp_path / "modules.txt"
+    proc = subprocess.run(
+        [sys.executable, "-c", _MODULES_PROBE, str(out), hsync_bin(), *args],
+        capture_output=True, text=True, timeout=120, input=stdin,
+    )
+    return proc, set(out.read_text().split("\n"))
 
 
 
