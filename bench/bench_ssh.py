@@ -18,6 +18,16 @@ interleaved round by round (the first tool rotates), each command a whole proces
 
 and, once a round, ``ssh 127.0.0.1 true``: the login alone, the floor of both tools.
 
+``--scenarios b,c,d`` runs only those (a, b1, b, c, d, e, f). Without ``a`` the
+destinations and states of an earlier run in ``--workdir`` are kept (with ``--reuse``)
+and brought up to date, untimed, before the first round (a copy only where one is
+missing): the 100,000-file tree's initial copies take minutes per tool.
+``--hsync-b PATH`` adds a second hsync install as the tool ``hsync-b`` (its far side
+runs ``--remote-hsync`` of the ``hsync`` beside PATH): an A/B of two installs in one
+interleaved run. ``--check stat`` compares each destination with the source by
+``rsync -a -n -i --delete`` (names, sizes, mtimes, modes, owners) instead of
+``diff -r`` (which reads every byte of every copy each round).
+
 ``--window N`` (repeatable) adds hsync with ``--window N`` as a tool of its own
 (``hsync-wN``; plain ``hsync`` runs with the default window): a push keeps that many
 batches in flight, and ``--batch-ops`` sets the ops per batch of every hsync.
@@ -101,6 +111,12 @@ class Tool:
         for p in self.state.parent.glob(self.state.stem + ".journal*"):
             p.unlink()
 
+    def prepare(self, src: Path) -> None:
+        """Untimed: the kept destination brought up to date with ``src`` (twice for
+        hsync: the second run finds the nodes the first wrote, as a no-op does)."""
+        for _ in range(2 if self.name.startswith("hsync") else 1):
+            self.run(src)
+
     def run(self, src: Path) -> tuple[float, int]:
         """One sync of ``src``; its wall time and bytes on the wire."""
         if self.name.startswith("hsync"):
@@ -139,6 +155,12 @@ def main() -> None:
                     help="scenario f: rewrite N files of bulk/ (0: no scenario f)")
     ap.add_argument("--workdir", default="/tmp/hsync-bench-ssh")
     ap.add_argument("--hsync", default=str(Path(sys.executable).with_name("hsync")))
+    ap.add_argument("--scenarios", default="a,b1,b,c,d,e,f",
+                    help="the scenarios to run (without a: destinations are kept)")
+    ap.add_argument("--hsync-b", default="",
+                    help="a second hsync install, run as the tool hsync-b")
+    ap.add_argument("--check", choices=("content", "stat"), default="content",
+                    help="how each destination is compared with the source after a round")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse the source tree a run with the same sizes generated in "
                          "--workdir (the destinations and states are made again)")
@@ -150,13 +172,17 @@ def main() -> None:
     src = work / "src"
     made = work / "src.params"
     params = json.dumps([args.files, args.per_dir, args.batch, args.big, args.append])
+    wanted = args.scenarios.split(",")
+    keep = "a" not in wanted
     if args.reuse and made.exists() and made.read_text() == params:
         print(f"reusing {src}", file=sys.stderr)  # a tree of 100,000 takes a while
         for p in work.iterdir():
-            if p.name not in ("src", "src.params"):
+            if p.name not in ("src", "src.params") and not (
+                keep and p.name.startswith(("dst-", "state-"))
+            ):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
         for name in ("bulk", "big"):  # as generated (a run may end with them renamed)
-            if (src / f"{name}-renamed").exists():
+            if (src / f"{name}-renamed").exists() and not keep:
                 os.rename(src / f"{name}-renamed", src / name)
     else:
         shutil.rmtree(work, ignore_errors=True)
@@ -169,6 +195,9 @@ def main() -> None:
     scenarios = ["a", "b1", "b", "c", "d", "e"] if args.append else ["a", "b1", "b", "c", "d"]
     if args.change:
         scenarios.append("f")
+    scenarios = [s for s in scenarios if s in wanted]
+    if keep and "b1" in scenarios:
+        scenarios.remove("b1")  # the first re-sync after a copy: there is no copy
     server = Sshd(str(work / "sshd"))
     rsh = server.rsh
     hsync = [args.hsync, "sync", "-e", rsh]
@@ -176,6 +205,9 @@ def main() -> None:
         hsync += ["--batch-ops", str(args.batch_ops)]
     tools = [
         Tool("hsync", hsync, work),
+        *([Tool("hsync-b", [args.hsync_b, "sync", "-e", rsh, "--remote-hsync",
+                            str(Path(args.hsync_b).with_name("hsync"))], work)]
+          if args.hsync_b else []),
         *(Tool(f"hsync-w{w}", [*hsync, "--window", str(w)], work) for w in args.window),
         Tool("rsync", ["rsync", "-a", "--delete", "-e", rsh], work),
         Tool("rsync-z", ["rsync", "-a", "-z", "--delete", "-e", rsh], work),
@@ -190,43 +222,61 @@ def main() -> None:
         print(f"  {scenario} {tool.name:8} {result[0]:8.2f} s  {result[1]:>12,} B",
               file=sys.stderr)
 
+    def renamed(name: str) -> tuple[str, str]:
+        """The rename of a round: ``name`` to ``name-renamed``, or back."""
+        return (name, f"{name}-renamed") if (src / name).exists() else (f"{name}-renamed",
+                                                                        name)
+
     try:
+        if keep:
+            for t in tools:
+                print(f"bringing {t.dst} up to date (untimed)", file=sys.stderr)
+                t.prepare(src)
         for r in range(args.rounds):
             order = tools[r % len(tools):] + tools[:r % len(tools)]
             print(f"round {r + 1}", file=sys.stderr)
             for t in order:
-                t.reset()
-                record("a", t, t.run(src))
-                record("b1", t, t.run(src))
-                record("b", t, t.run(src))
-            old, new = ("bulk", "bulk-renamed") if r % 2 == 0 else ("bulk-renamed", "bulk")
-            os.rename(src / old, src / new)
-            for t in order:
-                record("c", t, t.run(src))
-            old, new = ("big", "big-renamed") if r % 2 == 0 else ("big-renamed", "big")
-            os.rename(src / old, src / new)
-            for t in order:
-                record("d", t, t.run(src))
+                if "a" in scenarios:
+                    t.reset()
+                    record("a", t, t.run(src))
+                if "b1" in scenarios:
+                    record("b1", t, t.run(src))
+                if "b" in scenarios:
+                    record("b", t, t.run(src))
+            if "c" in scenarios:
+                os.rename(*(src / n for n in renamed("bulk")))
+                for t in order:
+                    record("c", t, t.run(src))
+            if "d" in scenarios:
+                os.rename(*(src / n for n in renamed("big")))
+                for t in order:
+                    record("d", t, t.run(src))
             # the floor of every tool: an ssh login that runs nothing
             t0 = time.perf_counter()
             subprocess.run([*shlex.split(rsh), HOST, "true"], check=True)
             times.setdefault(("0", "ssh true"), []).append(time.perf_counter() - t0)
-            if args.append:
+            if "e" in scenarios:
                 with open(src / "append" / "huge", "ab") as f:
                     f.write(os.urandom(MIB))
                 for t in order:
                     record("e", t, t.run(src))
-            if args.change:
-                bulk = src / ("bulk-renamed" if r % 2 == 0 else "bulk")
+            if "f" in scenarios:
+                bulk = src / ("bulk" if (src / "bulk").exists() else "bulk-renamed")
                 for n in sorted(os.listdir(bulk))[:args.change]:
                     data = (bulk / n).read_bytes()
                     (bulk / n).write_bytes(bytes([(r + 1) % 256]) + data[1:])
                 for t in order:
                     record("f", t, t.run(src))
             for t in order:  # every tool's copy equals the source
-                p = subprocess.run(["diff", "-r", "-q", str(src), str(t.dst)],
-                                   capture_output=True, check=False)
-                if p.returncode != 0:
+                if args.check == "stat":
+                    p = subprocess.run(["rsync", "-a", "-n", "-i", "--delete", f"{src}/",
+                                        f"{t.dst}/"], capture_output=True, check=False)
+                    differs = p.returncode != 0 or bool(p.stdout.strip())
+                else:
+                    p = subprocess.run(["diff", "-r", "-q", str(src), str(t.dst)],
+                                       capture_output=True, check=False)
+                    differs = p.returncode != 0
+                if differs:
                     raise SystemExit(f"{t.name}: destination differs: {p.stdout[:300]!r}")
             for s in scenarios:
                 base = times[(s, "rsync")][-1]

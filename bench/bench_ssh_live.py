@@ -10,7 +10,9 @@ delay included (hsync ``--debounce``, lsyncd ``delay``: both ``--delay`` ms). Pr
 p50 and p90 per tool. lsyncd is Debian's (``apt-get install lsyncd``).
 
 Run it with a regular install (``python3 -m venv /tmp/venv-b && /tmp/venv-b/bin/pip
-install . && /tmp/venv-b/bin/python bench/bench_ssh_live.py``).
+install . && /tmp/venv-b/bin/python bench/bench_ssh_live.py``). ``--hsync-b PATH`` runs a
+second install beside the first (each with its own agent, ``--remote-hsync``): an A/B
+of two versions in one run, under the same load.
 """
 
 from __future__ import annotations
@@ -78,6 +80,9 @@ def main() -> None:
     ap.add_argument("--gap", type=float, default=1.0, help="seconds between writes")
     ap.add_argument("--workdir", default="/tmp/hsync-bench-ssh-live")
     ap.add_argument("--hsync", default=str(Path(sys.executable).with_name("hsync")))
+    ap.add_argument("--hsync-b", metavar="PATH",
+                    help="a second hsync (another regular install) run beside the first, "
+                         "to its own destination: an A/B in one run")
     args = ap.parse_args()
     why = available()
     if why is not None:
@@ -91,16 +96,22 @@ def main() -> None:
         d = src / f"d{i % 20}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"f{i}").write_bytes(os.urandom(512))
-    dst = {"hsync": work / "dst-hsync", "lsyncd": work / "dst-lsyncd"}
+    hsyncs = {"hsync": args.hsync}
+    if args.hsync_b:
+        hsyncs["hsync-b"] = args.hsync_b
+    dst = {**{n: work / f"dst-{n}" for n in hsyncs}, "lsyncd": work / "dst-lsyncd"}
     server = Sshd(str(work / "sshd"))
     env = dict(os.environ, XDG_STATE_HOME=str(work / "state"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs.append(subprocess.Popen(
-            [args.hsync, "watch", "-e", server.rsh, "--debounce", str(args.delay),
-             str(src), f"{HOST}:{dst['hsync']}"], env=env,
-            stdout=open(work / "hsync.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
-            start_new_session=True))
+        for n, exe in hsyncs.items():
+            procs.append(subprocess.Popen(
+                # each its own agent on the far side (else the sshd's PATH picks one)
+                [exe, "watch", "-e", server.rsh, "--remote-hsync", exe,
+                 "--debounce", str(args.delay), str(src), f"{HOST}:{dst[n]}"],
+                env=dict(env, XDG_STATE_HOME=str(work / f"state-{n}")),
+                stdout=open(work / f"{n}.log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+                start_new_session=True))
         conf = lsyncd_config(work, src, dst["lsyncd"], server, args.delay / 1000)
         procs.append(subprocess.Popen(
             ["lsyncd", str(conf)], stdout=open(work / "lsyncd.out", "wb"),  # noqa: SIM115
@@ -110,7 +121,7 @@ def main() -> None:
         (src / "d0" / "warm").write_bytes(warm)
         t0 = time.perf_counter()
         got = wait_for({n: d / "d0" / "warm" for n, d in dst.items()}, warm, t0, 600)
-        if len(got) < 2:
+        if len(got) < len(dst):
             raise SystemExit(f"the initial syncs did not finish: {got}")
         print(f"initial sync done: {got}", file=sys.stderr)
         lat: dict[str, list[float]] = {n: [] for n in dst}
@@ -141,7 +152,8 @@ def main() -> None:
         v = sorted(v)
         return v[min(len(v) - 1, round(p * (len(v) - 1)))] * 1000
 
-    print(f"\n{args.rounds} writes, {args.files} files, debounce/delay {args.delay} ms\n")
+    print(f"\n{args.rounds} writes, {args.files} files, debounce/delay {args.delay} ms"
+          + (f"\nhsync: {args.hsync}\nhsync-b: {args.hsync_b}" if args.hsync_b else "") + "\n")
     print("| tool | p50 (ms) | p90 (ms) |")
     print("| --- | ---: | ---: |")
     for n, v in lat.items():

@@ -210,9 +210,10 @@ def finish_batch(
                       on_done=started.on_done)
     try:
         if while_flushing is not None:
-            if started.logged is not None:
+            if started.logged is not None and result.durable is not None:
                 assert session.journal is not None
-                # the record on disk before the history that trusts it
+                # the record on disk before the history that trusts the flush still
+                # running (a batch durable already, a remote one acknowledged: no fsync)
                 session.journal.sync(started.logged)
             while_flushing(result)
     finally:

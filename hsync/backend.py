@@ -524,6 +524,12 @@ class Windowed(Protocol):
         results are taken in the order the batches were submitted."""
         ...
 
+    def name_pair(self, pair: str) -> None:
+        """The pair's id (its history's, ``history.pair_id``): the far side journals
+        this pair's batches under it, apart from other pairs that write to the same
+        tree. Without it, batches are journaled under the far tree's address."""
+        ...
+
 
 @runtime_checkable
 class Watchable(Protocol):

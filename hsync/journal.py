@@ -17,8 +17,10 @@ an fsync before the file is published) and made durable (``sync``: ``RUNNING``, 
 written. Both states are unfinished. ``done`` need not wait for the disk either
 (``done(durable=False)``): a power loss that drops it leaves an unfinished batch, whose
 roll-forward costs one full comparison and trusts nothing. On the far side (an agent's
-journal, ``session`` given) the record, the done mark and the stored answer are always
-flushed: the acknowledgement sent after them promises they are on disk.
+journal, ``session`` given) the record is begun the same way, without waiting for the
+disk (a killed agent leaves it committed, so a resent batch is still known as begun),
+and the done mark with the stored answer is always flushed, the begun record with it:
+the acknowledgement sent after them promises they are on disk.
 
 Roll forward. A run that finds an unfinished batch for its pair does not replay the
 recorded ops blindly: the destination may hold any prefix of them, and a source that
@@ -168,6 +170,25 @@ class Journal:
                 ((ROLLED, time.time(), self.pair, s) for s in seqs),
             )
 
+    def roll_stale(self) -> int:
+        """On the far side (an agent's journal, shared by every agent of the host): the
+        batches an agent began and never finished, that agent gone (killed, its sender
+        never resent them), are marked rolled forward, so the pruning of old batches
+        reaches them; the sender's next run compares the trees and trusts none of them.
+        A sender that reconnects still finds them begun (``acknowledged`` reads the
+        acknowledgements, not these rows). Returns how many."""
+        stale = [
+            (pair, seq) for pair, seq, pid in self.db.execute(
+                "SELECT pair, seq, pid FROM batches WHERE state IN (?,?)", (RUNNING, BEGUN))
+            if pid != os.getpid() and not _alive(pid)
+        ]
+        if stale:
+            with self.db:
+                self.db.executemany(
+                    "UPDATE batches SET state=?, finished=? WHERE pair=? AND seq=?",
+                    ((ROLLED, time.time(), pair, seq) for pair, seq in stale))
+        return len(stale)
+
     def begin(self, ops: Sequence[Op], *, durable: bool = True, session: str | None = None,
               sender_seq: int = 0) -> int:
         """Record a batch before it runs; returns its sequence number. Several may run
@@ -176,9 +197,8 @@ class Journal:
         ``durable=False``: committed (a killed process leaves it) but not flushed to
         the disk; ``sync`` must run before anything that trusts the batch is written.
         ``session``, ``sender_seq``: on the far side, the sender's session and its
-        sequence number for the batch (``acknowledged`` answers by them); such a record
-        is always flushed."""
-        durable = durable or session is not None
+        sequence number for the batch (``acknowledged`` answers by them); its ``done``
+        is always flushed (and the begun record with it)."""
         with self._commit(durable):
             (last,) = self.db.execute(
                 "SELECT coalesce(max(seq), 0) FROM batches WHERE pair=?", (self.pair,)
@@ -297,6 +317,16 @@ class Journal:
                 "SELECT seq, state, n_ops FROM batches WHERE pair=? ORDER BY seq", (self.pair,)
             )
         )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # another user's: alive
+    return True
 
 
 def recover(history: Any) -> bool:

@@ -24,6 +24,7 @@ from .backend import (
     Keep,
     ScanConfigurable,
     ScanOptions,
+    Windowed,
     id_map,
     open_endpoint,
     relation,
@@ -108,6 +109,8 @@ class PairSession:
                 self.history = open_history(
                     self.source, self.destination, options, self.notices)
                 self.journal = _journal_for(self.history)
+                if self.history is not None and isinstance(self.destination.backend, Windowed):
+                    self.destination.backend.name_pair(self.history.pair)
                 self._attributes_since()
             self._check_destination_was_there()
             self.deletes_allowed = self._may_delete()

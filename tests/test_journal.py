@@ -221,15 +221,26 @@ def test_a_window_of_batches_begun_unflushed_is_made_durable_by_one_sync(
 
 
 def test_the_far_side_keeps_its_done_mark_and_answer(tmp_path: Path) -> None:
-    """On the far side (a session given) the record, the done mark and the answer are one
-    flushed commit each, whatever ``durable`` says: the acknowledgement promises them."""
+    """On the far side (a session given) the record is begun without waiting for the
+    disk (the file it publishes does not wait for an fsync of the journal) yet
+    committed, so an agent killed while it applies leaves the batch known as begun;
+    the done mark and the answer are one flushed commit, whatever ``durable`` says
+    (the acknowledgement promises them), and the begun record is flushed with them."""
     j = Journal(str(tmp_path / "j.sqlite"), "pair")
     seq = j.begin([Op(op="create", kind="file", key=("a",))], durable=False,
                   session="s1", sender_seq=7)
-    assert [(s, st) for s, st, _ in j.batches()] == [(seq, RUNNING)]
+    assert [(s, st) for s, st, _ in j.batches()] == [(seq, BEGUN)]
+    assert not j.flushed
+    j.close()
+    # killed while it applied: a new agent finds it begun (the sender resends it resumed)
+    j = Journal(str(tmp_path / "j.sqlite"), "pair")
+    assert j.acknowledged("s1", 1) == ({}, [7])
+    again = j.begin([Op(op="create", kind="file", key=("a",))], durable=False,
+                    session="s1", sender_seq=7)
+    j.done(again, durable=False, session="s1", sender_seq=7, answer=b"ok")
     assert j.flushed
-    j.done(seq, durable=False, session="s1", sender_seq=7, answer=b"ok")
     j.close()
     j = Journal(str(tmp_path / "j.sqlite"), "pair")
     assert j.acknowledged("s1", 1) == ({7: b"ok"}, [])
+    assert dict((s, st) for s, st, _ in j.batches()) == {seq: ROLLED, again: DONE}
     j.close()

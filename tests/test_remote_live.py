@@ -97,3 +97,36 @@ def test_watch_reconnects_after_a_lost_link(watching: Callable[..., Any],
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert "reconnecting in 1 s" in out, out
+
+
+def test_a_pull_watch_reconnects_and_says_since_when(watching: Callable[..., Any],
+                                                     tmp_path: Path) -> None:
+    """The agent watches the far tree; its link is cut: ``hsync status`` says the link
+    is down and since when, the pair reconnects, what changed meanwhile arrives."""
+    far = build(tmp_path / "far", {"a": b"1"})
+    dst = tmp_path / "dst"
+    proc = watching(f"{HOST}:{far}", str(dst))
+    st_path = tmp_path / "status.json"
+    assert wait_for(lambda: (dst / "a").exists() and status(st_path).get("state") == "idle")
+    up = status(st_path)
+    assert up["link"] == "up" and up["link_since"]
+    ssh = [c for c in _children(proc.pid) if _cmdline(c)[:1] == ["ssh"]]
+    assert len(ssh) == 1
+    time.sleep(1.1)  # the times are to the second
+    os.kill(ssh[0], signal.SIGKILL)
+    assert wait_for(lambda: status(st_path).get("link") == "down", 30), status(st_path)
+    down = status(st_path)
+    assert down["link_since"] > up["link_since"]
+    (far / "b").write_bytes(b"written while the link was down")
+    # reconnected (a new ssh, a new agent watching), resumed: the change arrives
+    assert wait_for(lambda: (dst / "b").exists(), 60), status(st_path)
+    assert (dst / "b").read_bytes() == b"written while the link was down"
+    assert wait_for(lambda: status(st_path).get("link") == "up", 30), status(st_path)
+    assert status(st_path)["link_since"] >= down["link_since"]
+    # and the new watch works: a later change is followed live
+    (far / "c").write_bytes(b"after")
+    assert wait_for(lambda: (dst / "c").exists(), 30), status(st_path)
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert "reconnecting in 1 s" in out, out

@@ -244,3 +244,42 @@ def test_sigterm_mid_batch_stops_the_agent_at_an_op_boundary(
     r = run("sync", src, f"{HOST}:{dst}")
     assert r.returncode == 0, r.stderr
     assert_same_tree(src, dst)
+
+
+# -- where the time of a remote run goes: the agent's timeline (a debugging aid) --------------
+def test_agent_timeline_and_profile_say_where_the_far_time_goes(remote: Any,
+                                                                 tmp_path: Path) -> None:
+    """``HSYNC_AGENT_TIMELINE=FILE`` in the agent's environment: when it started serving
+    (and how long its process had been up), each request received and answered, each
+    batch's steps (applied and flushed, done in its journal), and its CPU time at the
+    end, each line with the wall clock (to line up with the client's own times);
+    ``HSYNC_AGENT_PROFILE=FILE``: a cProfile of the agent."""
+    import pstats
+
+    timeline, profile = tmp_path / "timeline", tmp_path / "agent.prof"
+    wrapper = tmp_path / "hsync-timed"
+    wrapper.write_text(f"#!/bin/sh\nHSYNC_AGENT_TIMELINE={timeline} "
+                       f"HSYNC_AGENT_PROFILE={profile} exec {hsync_bin()} \"$@\"\n")
+    wrapper.chmod(0o755)
+    src = build(tmp_path / "src", {f"d/f{i}": os.urandom(100) for i in range(20)})
+    dst = f"{HOST}:{tmp_path / 'dst'}"
+    started = time.time()
+    for _ in range(2):  # a copy, then a re-sync (a digest scan there)
+        r = run("sync", "--remote-hsync", wrapper, src, dst)
+        assert r.returncode == 0, r.stderr
+    assert_same_tree(src, tmp_path / "dst")
+    lines = timeline.read_text().splitlines()
+    stamps = [float(line.split()[0]) for line in lines]
+    assert started <= stamps[0] and stamps[-1] <= time.time()
+    assert stamps == sorted(stamps)
+    events = [line.split(" ", 1)[1] for line in lines]
+    assert sum(e.startswith("serving (pid ") for e in events) == 2, events
+    for step in ("hello received", "open answered", "digest_scan answered",
+                 "ds_summary answered"):
+        assert step in events, (step, events)
+    assert any(e.startswith("batch 1: ") and e.endswith("done in the journal")
+               for e in events), events
+    ends = [e for e in events if e.startswith("end (cpu ")]
+    assert len(ends) == 2, events
+    calls = {f[2] for f in pstats.Stats(str(profile)).stats}  # type: ignore[attr-defined]
+    assert "do_ds_summary" in calls and "serve" not in calls

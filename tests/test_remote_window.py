@@ -272,3 +272,28 @@ def test_a_resumed_batch_skips_exactly_what_the_tree_shows_done(tmp_path: Path) 
         agent.endpoint.close()  # type: ignore[union-attr]
     assert [op.key for op in already] == [("a",), ("c",), ("gone",), ("m",)]
     assert [op.key for op in todo] == [("b",), ("d",), ("e",)]
+
+
+def test_agent_ends_without_checkpointing_its_journal(remote: Any, tmp_path: Path) -> None:
+    """The client's run waits for the agent to end: the agent does not close its journal
+    (closing SQLite's last connection checkpoints the WAL: the database written and
+    fsynced), it exits at once. Every done mark and answer is already flushed in the
+    WAL: read there by the next reader, and by the next agent, which goes on."""
+    wrapper, state = _agent_wrapper(tmp_path)
+    src = build(tmp_path / "src", {f"d{i % 3}/f{i}": os.urandom(300) for i in range(30)})
+    dst = tmp_path / "dst"
+    args = ("--batch-ops", "10", "--remote-hsync", wrapper, "--state", tmp_path / "h.sqlite")
+    r = run("sync", "--json", *args, src, f"{HOST}:{dst}")
+    assert r.returncode == 0, r.stderr
+    wal = state / "hsync" / "agent.journal.sqlite-wal"
+    assert wal.exists() and wal.stat().st_size > 0  # left as it was: no checkpoint
+    batches, acks = _far_journal(state)
+    assert len(acks) >= 3 and {st for _, st in acks} == {"done"}, acks
+    assert {st for st, _ in batches} == {"done"}, batches
+    os.rename(src / "d1", src / "moved")
+    r = run("sync", "--json", *args, src, f"{HOST}:{dst}")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["counts"]["move"] == 1
+    assert_same_tree(src, dst)
+    _, later = _far_journal(state)
+    assert len(later) == len(acks) + 1 and {st for _, st in later} == {"done"}, later

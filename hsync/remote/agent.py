@@ -326,11 +326,14 @@ class Agent:
         self.journal: Any = None
         self.journal_pair = ""
         self.journal_lock = threading.Lock()
+        self.timeline: _Timeline | None = None
+        """``HSYNC_AGENT_TIMELINE``: when each request came and went (debugging)."""
 
     # -- the loop --------------------------------------------------------------------------
     def serve(self) -> None:
         trace = os.environ.get("HSYNC_AGENT_TRACE")
         log = open(trace, "a", buffering=1) if trace else None  # noqa: SIM115
+        timeline = self.timeline = _Timeline.start()
         try:
             while True:
                 rid, method, args = self.framer.recv()
@@ -339,6 +342,8 @@ class Agent:
                     continue
                 if log is not None:  # one line per request, for tests and debugging
                     log.write(f"{method}\n")
+                if timeline is not None:
+                    timeline.mark(f"{method} received")
                 handler = getattr(self, "do_" + method, None)
                 if handler is None:
                     self.framer.send([rid, "err", ["error", f"unknown request {method!r}"]])
@@ -354,14 +359,19 @@ class Agent:
                 else:
                     if result is not _LATER:
                         self.framer.send([rid, "ok", result])
+                if timeline is not None:
+                    timeline.mark(f"{method} answered")
         except LinkClosed:
             pass
         finally:
             self._shutdown()
             if log is not None:
                 log.close()
+            if timeline is not None:
+                timeline.end()
 
     def _shutdown(self) -> None:
+        self._mark("end of input")
         self.closing = True  # the batches queued are not applied
         for inc, _, token in list(self.applies.values()):
             inc.end(cut=True)  # first: a batch its token stops is seen as cut off
@@ -376,8 +386,11 @@ class Agent:
             scan.close()
         if self.endpoint is not None:
             self.endpoint.close()
-        if self.journal is not None:
-            self.journal.close()
+        self._mark("scans, watches, endpoint closed")
+        # the journal is not closed: closing SQLite's last connection checkpoints the
+        # WAL (the database written and fsynced) while the client waits for this
+        # process to end. Each done mark is already flushed in the WAL; the next agent
+        # reads it there (``run_agent`` ends the process without closing it).
         if self.lockfd is not None:
             os.close(self.lockfd)
 
@@ -646,6 +659,8 @@ class Agent:
             path = _journal_path()
             try:
                 self.journal = journal_mod.Journal(path, pair)
+                # batches left begun by agents that are gone: pruned like any other
+                self.journal.roll_stale()
             except (OSError, sqlite3.Error) as e:  # a home that cannot be written
                 sys.stderr.write(f"hsync agent: {path}: no journal ({e})\n")
                 self.journal = None
@@ -697,9 +712,14 @@ class Agent:
         """[batches queued or being applied now, the most at any time] (tests)."""
         return [len(self.applies), self.most_outstanding]
 
+    def _mark(self, what: str) -> None:
+        if self.timeline is not None:
+            self.timeline.mark(what)
+
     def _apply(self, rid: int, seq: int, ops: list[Op], final: Snapshot,
                options: ApplyOptions, incoming: Incoming, pair: str, session: str,
                resumed: bool, token: Cancel) -> None:
+        self._mark(f"batch {seq}: {len(ops)} ops, applying")
         try:
             stopped = self.stopped.get(session)
             if self.closing or (stopped is not None and seq > stopped):
@@ -716,11 +736,16 @@ class Agent:
             logged = None
             if journal is not None:
                 with self.journal_lock:
-                    logged = journal.begin(todo, session=session or None, sender_seq=seq)
+                    # not flushed by itself: the done mark's flushed commit flushes
+                    # it before the acknowledgement (one fsync per batch, not two)
+                    logged = journal.begin(todo, durable=False, session=session or None,
+                                           sender_seq=seq)
+                self._mark(f"batch {seq}: journaled")
             result = self.backend.apply_batch(
                 todo, incoming, final, options=attrs.evolve(options, defer_durable=False),
                 cancel=token,
             ) if todo or not ops else None
+            self._mark(f"batch {seq}: applied and flushed")
             if incoming.cut:
                 return  # its content did not all arrive: left begun; resent, resumed
             answer = {
@@ -737,6 +762,7 @@ class Agent:
                     journal.done(logged, session=session or None, sender_seq=seq,
                                  answer=pack(answer))
             self.applies.pop(rid, None)  # answered: no longer outstanding
+            self._mark(f"batch {seq}: done in the journal")
             self.framer.send([rid, "ok", answer])
         except LinkClosed:
             pass
@@ -891,6 +917,56 @@ class Agent:
         return None
 
 
+class _Timeline:
+    """``HSYNC_AGENT_TIMELINE=FILE`` (a debugging aid, see docs/ARCHITECTURE.md): the
+    agent appends when it started (the wall clock, to line up with the client's
+    times), when each request arrived and was answered, and its CPU time at the end;
+    ``HSYNC_AGENT_PROFILE=FILE`` writes a cProfile of the agent's main thread."""
+
+    def __init__(self, path: str | None, profile: str | None) -> None:
+        self.file = open(path, "a", buffering=1) if path else None  # noqa: SIM115
+        self.profile_path = profile
+        self.profile: Any = None
+        if profile:
+            import cProfile
+
+            self.profile = cProfile.Profile()
+            self.profile.enable()
+        self.mark(f"serving (pid {os.getpid()}, up {_uptime():.3f} s)")
+
+    @classmethod
+    def start(cls) -> _Timeline | None:
+        path = os.environ.get("HSYNC_AGENT_TIMELINE")
+        profile = os.environ.get("HSYNC_AGENT_PROFILE")
+        return cls(path, profile) if path or profile else None
+
+    def mark(self, what: str) -> None:
+        if self.file is not None:
+            self.file.write(f"{time.time():.4f} {what}\n")
+
+    def end(self) -> None:
+        if self.profile is not None:
+            self.profile.disable()
+            self.profile.dump_stats(self.profile_path)
+        t = os.times()
+        self.mark(f"end (cpu {t.user:.3f} u {t.system:.3f} s; children "
+                  f"{t.children_user:.3f} u {t.children_system:.3f} s)")
+        if self.file is not None:
+            self.file.close()
+
+
+def _uptime() -> float:
+    """Seconds since this process started (its interpreter's start-up included)."""
+    try:
+        with open("/proc/self/stat") as f:
+            start = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            up = float(f.read().split()[0])
+        return up - start / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def _journal_path() -> str:
     state = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
     return os.path.join(state, "hsync", "agent.journal.sqlite")
@@ -936,7 +1012,8 @@ def main(argv: Sequence[str]) -> int | None:
 
 
 def run_agent(restrict: str | None = None) -> int:
-    """Serve on stdin/stdout until the end of input; the exit status."""
+    """Serve on stdin/stdout until the end of input, then end the process (exit status
+    0); 2 (returned) for a ``--restrict`` that is not a directory."""
     if restrict is not None and not os.path.isdir(restrict):
         sys.stderr.write(f"hsync agent: {restrict}: --restrict needs a directory\n")
         return 2
@@ -948,7 +1025,10 @@ def run_agent(restrict: str | None = None) -> int:
     os.close(devnull)
     framer = Framer(rfile, wfile, compress=True)
     Agent(framer, restrict).serve()
-    return 0
+    # at once: the client's run waits for this process to end (the ssh session closes
+    # with it); no teardown of the heap, no checkpoint of the journal's WAL at close
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":  # python3 -m hsync.remote.agent [--restrict ROOT]

@@ -101,8 +101,8 @@ def _needs_content(op: Op) -> bool:
 class _Prefetch:
     """The contents of a batch's files, asked for in a few requests and kept until read."""
 
-    def __init__(self, link: Link, keys: list[Key]) -> None:
-        self.link = link
+    def __init__(self, backend: RemoteBackend, keys: list[Key]) -> None:
+        self.backend = backend
         self.cond = threading.Condition()
         self.parts: dict[Key, list[bytes]] = {}
         self.ready: dict[Key, tuple[int, str | None]] = {}
@@ -116,26 +116,45 @@ class _Prefetch:
 
     def _run(self, keys: list[Key]) -> None:
         try:
-            for i in range(0, len(keys), PREFETCH_KEYS):
-                with self.cond:
-                    while self.buffered > PREFETCH_BUFFER and not self.stopped:
-                        self.cond.wait()
-                    if self.stopped:
-                        return
-                for page in self.link.stream("read_many", keys[i:i + PREFETCH_KEYS],
-                                             PREFETCH_LIMIT):
+            while True:
+                link = self.backend.link
+                try:
+                    self._fetch(link, keys)
+                    return
+                except BackendError as e:
+                    if not self.backend.relinkable(link, e):
+                        raise
                     with self.cond:
-                        for key, data, end in page:
-                            if data:
-                                self.parts.setdefault(key, []).append(data)
-                                self.buffered += len(data)
-                            if end is not None:
-                                self.ready[key] = (end[0], end[1])
-                        self.cond.notify_all()
+                        if self.stopped:
+                            return
+                        # a file not all arrived is asked for again, whole, on the
+                        # new link (a file is published only once all of it came)
+                        keys = [k for k in keys if k in self.wanted and k not in self.ready]
+                        for k in keys:
+                            self.buffered -= sum(len(p) for p in self.parts.pop(k, []))
+                    self.backend.relink(link, e)
         except Exception as e:
             with self.cond:
                 self.failed = str(e)
                 self.cond.notify_all()
+
+    def _fetch(self, link: Link, keys: list[Key]) -> None:
+        for i in range(0, len(keys), PREFETCH_KEYS):
+            with self.cond:
+                while self.buffered > PREFETCH_BUFFER and not self.stopped:
+                    self.cond.wait()
+                if self.stopped:
+                    return
+            for page in link.stream("read_many", keys[i:i + PREFETCH_KEYS],
+                                    PREFETCH_LIMIT):
+                with self.cond:
+                    for key, data, end in page:
+                        if data:
+                            self.parts.setdefault(key, []).append(data)
+                            self.buffered += len(data)
+                        if end is not None:
+                            self.ready[key] = (end[0], end[1])
+                    self.cond.notify_all()
 
     def take(self, key: Key) -> BinaryIO | None:
         """The content of ``key`` (waiting for it), or None when it is not prefetched
@@ -437,6 +456,9 @@ class RemoteBackend:
         self._delta_basis: Any = None
         self._delta_keys: set[Key] = set()
         self._deltas: _Deltas | None = None
+        self._relinking = threading.Lock()
+        self._wired = (0, 0)
+        """Bytes sent and received on the links that broke before this one."""
 
     def __repr__(self) -> str:
         return f"RemoteBackend({self.url!r}, role={self.role!r})"
@@ -478,18 +500,28 @@ class RemoteBackend:
             f = pre.take(key)
             if f is not None:
                 return f
-        spool = Spool()
-        rid, q = self.link.open("read", key)
-        try:
-            for tag, value in self.link.answer(rid, q):
-                if tag == "item":
-                    spool.add(value)
-                else:
-                    mtime = self.link.result(tag, value)
-        except BaseException:
-            spool.close()
-            raise
-        return spool.file(mtime)
+        for _ in range(len(RECONNECT_DELAYS)):
+            link = self.link
+            spool = Spool()
+            try:
+                rid, q = link.open("read", key)
+                for tag, value in link.answer(rid, q):
+                    if tag == "item":
+                        spool.add(value)
+                    else:
+                        mtime = link.result(tag, value)
+            except BackendError as e:
+                spool.close()
+                if not self.relinkable(link, e):
+                    raise
+                self.relink(link, e)  # read again, whole, on a new link
+                continue
+            except BaseException:
+                spool.close()
+                raise
+            return spool.file(mtime)
+        raise LinkLost(f"{self.link.host}: the link broke {len(RECONNECT_DELAYS)} times "
+                       f"while {'/'.join(key)} was read; the next run resumes")
 
     def digest(self, key: Key) -> bytes | None:
         out: bytes | None = self.link.call("digest", key)
@@ -553,9 +585,12 @@ class RemoteBackend:
                                    [k for k in keys if k in self._delta_keys])
         keys = [k for k in keys if k not in self._delta_keys]
         if keys:
-            self._prefetch = _Prefetch(self.link, list(keys))
+            self._prefetch = _Prefetch(self, list(keys))
 
     # -- batches: a window in flight, acknowledged in order --------------------------------
+    def name_pair(self, pair: str) -> None:
+        self.pair = pair
+
     def window(self) -> int:
         return self._window
 
@@ -718,8 +753,39 @@ class RemoteBackend:
         raise LinkLost(f"{self.link.host}: the link broke and {len(RECONNECT_DELAYS)} "
                        f"reconnections failed (last: {why}); the next run resumes") from None
 
-    def _reconnect(self) -> None:
-        self.link.abandon()
+    def relinkable(self, link: Link, error: BaseException) -> bool:
+        """Whether a request that failed with ``error`` on ``link`` is asked again on a
+        new link (``relink``): the link broke (or another thread replaced it) while no
+        batch was in flight (those resume through ``_recover``)."""
+        return (isinstance(error, LinkLost) or link is not self.link) and not self._flying
+
+    def relink(self, broken: Link, error: BaseException) -> None:
+        """The link broke under a request that is not a batch (a pull's reads): a new
+        agent, after a pause that grows (``RECONNECT_DELAYS``), opened as the old one
+        was; the caller asks again. Threads that hit the same break wait for one
+        reconnection. Raises ``LinkLost`` naming the host when every try failed."""
+        with self._relinking:
+            if self.link is not broken:
+                return  # another thread reconnected it already
+            why = str(error)
+            for delay in RECONNECT_DELAYS:
+                time.sleep(delay)
+                try:
+                    self._open_link()
+                except BackendError as e:
+                    why = str(e)
+                    continue
+                self.reconnects += 1
+                return
+            raise LinkLost(f"{broken.host}: the link broke and {len(RECONNECT_DELAYS)} "
+                           f"reconnections failed (last: {why}); the next run resumes")
+
+    def _open_link(self) -> None:
+        """A new agent in place of the link that broke, opened and configured as it was."""
+        old = self.link
+        old.abandon()
+        sent, received = old.wire
+        self._wired = (self._wired[0] + sent, self._wired[1] + received)
         link = Link(self.remote, self.reach)
         self.link = link
         link.call("open", self.remote.path, self.role, self._exclude_attrs)
@@ -728,6 +794,10 @@ class RemoteBackend:
         scan: ScanOptions | None = getattr(self, "_scan_options", None)
         if scan is not None:
             link.call("configure_scan", scan.specials, scan.one_file_system)
+
+    def _reconnect(self) -> None:
+        self._open_link()
+        link = self.link
         first = self._flying[0].seq if self._flying else self._seq + 1
         done, begun = link.call("acknowledged", self.session, first)
         self.reconnects += 1
@@ -869,7 +939,8 @@ class RemoteBackend:
 
     # -- bytes on the wire -----------------------------------------------------------------
     def wire(self) -> tuple[int, int]:
-        return self.link.wire
+        sent, received = self.link.wire
+        return self._wired[0] + sent, self._wired[1] + received
 
     # -- Related ---------------------------------------------------------------------------
     def relation(self, other_url: str) -> Relation | None:

@@ -1,0 +1,78 @@
+"""A pull (``hsync sync host:SRC DST``) whose link breaks in the middle of the copy is
+reconnected within the run, as a push is (through a real sshd on 127.0.0.1): the
+files not all read are read again, whole, on a new link; none is published torn,
+none is copied twice."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_remote import HOST, _files, run
+from test_remote_window import _agent_wrapper, _cut, _spec
+from treeutil import assert_same_tree, build, hsync_bin
+
+
+def _start_pull(src: Path, dst: Path, wrapper: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [hsync_bin(), "sync", "--json", "--no-compress", "--batch-ops", "20",
+         "--remote-hsync", str(wrapper), *extra, f"{HOST}:{src}", str(dst)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("victim", ["ssh", "agent"])
+def test_link_cut_in_a_pull_is_resumed_in_the_run(remote: Any, tmp_path: Path,
+                                                  victim: str) -> None:
+    spec = _spec()
+    src = build(tmp_path / "src", spec)
+    dst = tmp_path / "dst"
+    wrapper, _ = _agent_wrapper(tmp_path)
+    state = tmp_path / "h.sqlite"
+    proc = _start_pull(src, dst, wrapper, "--state", str(state))
+    killed = _cut(proc, remote, dst, victim)
+    out, err = proc.communicate(timeout=180)
+    assert killed, "the pull ended before the link could be cut"
+    # reconnected within the run: converged, exit 0, nothing said
+    assert proc.returncode == 0, (out, err)
+    assert err == ""
+    assert_same_tree(src, dst)
+    assert not [n for n in _files(dst) if ".hsync-tmp" in n]
+    report = json.loads(out)
+    assert report["counts"]["create"] == len(spec) + 4  # each once: the root, 3 dirs
+    assert not report.get("problems")
+    # the next run has nothing to do
+    r = run("sync", "--json", "--state", state, f"{HOST}:{src}", dst)
+    assert r.returncode == 0 and sum(json.loads(r.stdout)["counts"].values()) == 0
+
+
+def test_a_pull_whose_link_is_lost_for_good_ends_with_one_line(remote: Any,
+                                                               tmp_path: Path) -> None:
+    """Reconnecting fails (the host stays unreachable): the run ends (exit 2, one line
+    naming the host), nothing torn under a final name; the next run converges."""
+    spec = _spec()
+    src = build(tmp_path / "src", spec)
+    dst = tmp_path / "dst"
+    state = tmp_path / "h.sqlite"
+    down = tmp_path / "down"
+    rsh = tmp_path / "rsh.sh"
+    rsh.write_text(f'#!/bin/sh\nif [ -e {down} ]; then echo "ssh: connect to host '
+                   f'{HOST}: Connection refused" >&2; exit 255; fi\nexec {remote.rsh} "$@"\n')
+    rsh.chmod(0o755)
+    wrapper, _ = _agent_wrapper(tmp_path)
+    proc = _start_pull(src, dst, wrapper, "--state", str(state), "-e", str(rsh))
+    killed = _cut(proc, remote, dst, "ssh", before=down.touch)
+    out, err = proc.communicate(timeout=180)
+    assert killed, "the pull ended before the link could be cut"
+    assert proc.returncode != 0, (out, err)
+    assert HOST in err and "Traceback" not in err, err
+    for name, data in _files(dst).items():  # nothing torn under a final name
+        if ".hsync-tmp" not in name:
+            assert data == spec[name], name
+    down.unlink()
+    r = run("sync", "--json", "--state", state, "-e", rsh, f"{HOST}:{src}", dst)
+    assert r.returncode == 0, r.stderr
+    assert_same_tree(src, dst)
+    assert not [n for n in _files(dst) if ".hsync-tmp" in n]
