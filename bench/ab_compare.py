@@ -3,11 +3,15 @@
 
     python3 bench/ab_compare.py memory SRC DST --rounds 4 VENV_A VENV_B
     python3 bench/ab_compare.py noop SRC DST --state STATE --rounds 5 VENV_A VENV_B
+    python3 bench/ab_compare.py initial SRC DST --rounds 3 VENV_A VENV_B
 
 ``memory``: ``hsync diff SRC DST`` with a new, empty history each time (a full
 comparison: both trees scanned and compared whole). ``noop``: ``hsync sync SRC DST
 --state STATE`` (a no-op re-sync with a complete history: sync once first), plus
-``rsync -a --delete`` of the same trees. Each command is spawned directly and reaped
+``rsync -a --delete`` of the same trees. ``initial``: ``hsync sync SRC DST.N --state
+DST.N.state`` into a new destination each time, beside ``rsync -a SRC/ DST.N/; sync -f
+DST.N`` as one command (the same durability); each destination is deleted after the
+last round, not between commands. Each command is spawned directly and reaped
 with ``os.wait4``: wall clock, CPU (user + system, its children included) and peak RSS
 (``ru_maxrss``: the largest single process, the run or its scan child). Medians.
 Stdlib only; ``os.sync()`` before each command.
@@ -37,7 +41,7 @@ def run(argv: Sequence[str]) -> tuple[float, float, int, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("memory", "noop"))
+    p.add_argument("what", choices=("memory", "noop", "initial"))
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("venvs", nargs="+", help="virtual environments with hsync installed")
@@ -53,15 +57,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                 p.error("noop needs --state")
             tools[v] = [hsync, "sync", args.src, args.dst, "--state", args.state,
                         "--no-progress"]
+        elif args.what == "initial":
+            tools[v] = [hsync, "sync", args.src, "{dst}", "--state", "{dst}.state",
+                        "--no-progress"]
         else:
             tools[v] = [hsync, "diff", args.src, args.dst, "--state"]
+    if args.what == "initial":
+        tools["rsync; sync -f"] = ["/bin/sh", "-c", f"{args.rsync} -a \"$1\"/ \"$2\"/ && "
+                                   "sync -f \"$2\"", "sh", args.src, "{dst}"]
     if args.what == "noop":
         tools["rsync"] = [args.rsync, "-a", "--delete", args.src + "/", args.dst + "/"]
     results: dict[str, list[tuple[float, float, int, int]]] = {k: [] for k in tools}
     names = list(tools)
+    made: list[str] = []
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
             cmd = list(tools[name])
+            if args.what == "initial":
+                dst = f"{args.dst}.{len(made)}"
+                made.append(dst)
+                cmd = [c.replace("{dst}", dst) for c in cmd]
             state = None
             if args.what == "memory":
                 state = tempfile.mktemp(prefix="ab-state-", dir=tempfile.gettempdir())
@@ -71,6 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for suffix in ("", "-journal", "-wal", "-shm", ".lock"):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(state + suffix)
+    for dst in made:
+        import glob
+        import shutil
+
+        shutil.rmtree(dst, ignore_errors=True)
+        for f in glob.glob(glob.escape(dst) + ".state*"):
+            os.unlink(f)
     for name, xs in results.items():
         print(
             f"{name}: wall {statistics.median(x[0] for x in xs):.3f} s, "

@@ -412,6 +412,10 @@ def watch(
     one_file_system: bool = OneFsOpt,
     log_format: str = LogFormatOpt,
     log_level: str = LogLevelOpt,
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v",
+        help="Log every op of the initial copy (else its first 100, progress, a summary).",
+    ),
     src_bind_dn: str | None = SrcBindDnOpt,
     src_password_file: str | None = SrcPasswordFileOpt,
     dst_bind_dn: str | None = DstBindDnOpt,
@@ -446,7 +450,7 @@ def watch(
     wopts = WatchOptions(
         debounce=debounce / 1000, max_delay=max_delay / 1000, settle=settle,
         rescan_interval=rescan_interval or None, poll_interval=poll_interval,
-        verify_interval=verify_interval or None,
+        verify_interval=verify_interval or None, verbose=verbose,
     )
     _check_endpoints(src, dst, creds, opts)
     sup = Supervisor((PairConfig(src, src, dst, opts, wopts, creds),), status_file, once=True)

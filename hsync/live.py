@@ -70,6 +70,11 @@ POLL_MANY = 1000
 """More unwatched subtrees than this are polled by one full (quick) pass instead."""
 BATCH_BYTES = 64 << 20
 """Bytes copied per batch at most (with ``batch_ops``): what a stop request waits for."""
+INITIAL_OPS_LOGGED = 100
+"""An initial copy logs its first ops one info line each, then progress and a summary
+(every op with ``WatchOptions.verbose``; at debug level otherwise)."""
+PROGRESS_EVERY = 10.0
+"""Seconds between the progress lines of an initial copy."""
 __all__ = ["Dirty", "PairStatus", "PairWatch", "RoundResult", "StatusFile", "WatchOptions"]
 
 
@@ -87,11 +92,11 @@ class PairLog(logging.LoggerAdapter):
         kwargs["extra"] = {**(kwargs.get("extra") or {}), **(self.extra or {})}
         return msg, kwargs
 
-    def applied(self, op: Op) -> None:
+    def applied(self, op: Op, level: int = logging.INFO) -> None:
         """One info line per applied op (the ``on_done`` of the apply step); the JSON
         log also gets ``op``, ``kind``, ``path`` and ``to`` as fields."""
-        fields = op.to_json()
-        self.info("%s", describe(op, escaped=False), extra={"item": fields})
+        if self.isEnabledFor(level):
+            self.log(level, "%s", describe(op, escaped=False), extra={"item": op.to_json()})
 
 
 @attrs.frozen(kw_only=True)
@@ -118,6 +123,10 @@ class WatchOptions:
     """Seconds between content-level verifications (``hsync verify``) run beside the
     loop; what they find is repaired by the next round (None: off)."""
     max_restarts: int = 3
+    verbose: bool = False
+    """Log every op of an initial copy into an empty destination at info level (else
+    its first ``INITIAL_OPS_LOGGED``, then progress every ``PROGRESS_EVERY`` seconds
+    and a summary; the others at debug level)."""
 
 
 @attrs.frozen
@@ -527,22 +536,47 @@ class PairWatch:
         the destination can be moved or deleted, so no diff is needed, and memory stays
         at a few batches (plus one small node per directory) instead of two snapshots."""
         st = self.status
+        shown = 0
+        copied = [0, 0]  # nodes, bytes
+        said = time.monotonic()
+
+        def applied(op: Op) -> None:  # the first ops one line each, the rest summed up
+            nonlocal shown
+            if self.wopts.verbose or shown < INITIAL_OPS_LOGGED:
+                shown += 1
+                self.log.applied(op)
+                return
+            if shown == INITIAL_OPS_LOGGED:
+                shown += 1
+                self.log.info("initial copy: more than %d op(s): progress every %g s and a "
+                              "summary (every op with -v, or at debug level)",
+                              INITIAL_OPS_LOGGED, PROGRESS_EVERY)
+            self.log.applied(op, logging.DEBUG)
 
         def counted(result: ApplyResult) -> None:  # progress while it runs
+            nonlocal said
             st.bytes_copied += result.bytes_copied
             for op in result.done:
                 st.counts[op.op] += 1
+            copied[0] += len(result.done)
+            copied[1] += result.bytes_copied
+            now = time.monotonic()
+            if now - said >= PROGRESS_EVERY:
+                said = now
+                self.log.info("initial copy: %d node(s), %s copied in %.0f s so far",
+                              copied[0], _mib(copied[1]), now - t0)
 
         done = populate(session, batching=self.batching, cancel=self._stopped,
-                        on_batch=counted, on_done=self.log.applied)
+                        on_batch=counted, on_done=applied)
         seconds = time.monotonic() - t0
         total = sum(done.planned.values())
         st.full_comparisons += 1
         st.round_done(seconds=seconds, first=first, done=(), problems=done.problems)
         if done.problems:
             self._retry_later(p.key for p in done.problems)
-        self.log.info("initial copy into an empty destination: %d node(s) in %.3f s",
-                 total, seconds)
+        self.log.info("initial copy into an empty destination: %d node(s), %s copied in "
+                      "%.3f s%s", total, _mib(done.bytes_copied), seconds,
+                      "" if done.complete else " (stopped before the end)")
         self.status_file.write()
         if self.on_round is not None:
             kept = tuple(done.done)
@@ -616,6 +650,10 @@ class PairWatch:
 
     def _count_bytes(self, result: ApplyResult) -> None:
         self.status.bytes_copied += result.bytes_copied
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 class _Timers:

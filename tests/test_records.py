@@ -280,6 +280,46 @@ def test_watch_logs_each_applied_op_with_its_pair_json(tmp_path: Path) -> None:
     assert late["level"] == "info" and late["op"] == "create" and late["pair"] == str(src)
 
 
+def _initial_copy_log(tmp_path: Path, n: int, *extra: str) -> list[dict[str, Any]]:
+    """The JSON log of a watch whose first round copies ``n`` files (in 3 directories)
+    into an empty destination, stopped once the copy's summary is logged."""
+    src = tree(tmp_path / "src", {f"d{i % 3}/f{i:05}": b"x" for i in range(n)})
+    err = tmp_path / "err"
+    with open(err, "wb") as out:
+        p = subprocess.Popen([hsync_bin(), "watch", str(src), str(tmp_path / "dst"),
+                              "--log-format", "json", "--state", str(tmp_path / "h"),
+                              *extra], stdout=subprocess.DEVNULL, stderr=out)
+        try:
+            _wait(lambda: "initial copy into an empty destination" in err.read_text(), 120)
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(30) == 0
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert len(list((tmp_path / "dst").rglob("f*"))) == n
+    return [json.loads(line) for line in err.read_text().splitlines()]
+
+
+def test_a_big_initial_copy_under_watch_logs_a_summary_not_a_line_per_op(
+        tmp_path: Path) -> None:
+    """A watch that fills an empty destination with 3,000 files logs its first ops,
+    then a summary with what was copied: not 3,000 info lines (a million files were
+    a million lines and most of an hour)."""
+    lines = _initial_copy_log(tmp_path, 3000)
+    info = [x for x in lines if x["level"] == "info"]
+    assert len(info) <= 120, len(info)
+    assert len([x for x in info if "op" in x]) == 100
+    summary = next(x for x in info if "initial copy into an empty destination" in x["message"])
+    assert "3004 node(s)" in summary["message"], summary  # the files, 3 dirs, the root
+
+
+def test_a_watch_with_v_logs_every_op_of_its_initial_copy(tmp_path: Path) -> None:
+    lines = _initial_copy_log(tmp_path, 300, "-v")
+    created = {x["path"] for x in lines if x.get("op") == "create" and x["level"] == "info"}
+    assert {f"d{i % 3}/f{i:05}" for i in range(300)} <= created
+
+
 def test_daemon_text_log_names_the_pair_on_every_line(tmp_path: Path) -> None:
     src, dst = tree(tmp_path / "src", {"first": b"1"}), tmp_path / "dst"
     config = tmp_path / "hsync.toml"

@@ -149,3 +149,31 @@ def test_pull_deltas_of_a_batch_in_one_request(remote: Any, tmp_path: Path) -> N
     assert delta_requests == ["read_deltas"], requests
     assert "read" not in requests and "read_many" not in requests, requests
     assert_same_tree(far, here)
+
+
+def test_push_append_writes_the_file_once_on_the_far_side(remote: Any, tmp_path: Path) -> None:
+    """The far side patches the old file straight into the file it then publishes: a
+    big file appended to is written there once (its size, plus the small history and
+    journal), not patched into a temporary file first and then copied (twice its
+    size). Counted as the agent's block output (its ``ru_oublock``, every byte it
+    dirtied in a file, an unnamed temporary one included)."""
+    counted = tmp_path / "written"
+    wrapper = tmp_path / "hsync-counted"
+    wrapper.write_text(
+        "#!/usr/bin/env python3\n"
+        "import resource, subprocess, sys\n"
+        "code = subprocess.call(['hsync', *sys.argv[1:]])\n"
+        "blocks = resource.getrusage(resource.RUSAGE_CHILDREN).ru_oublock\n"
+        f"open({str(counted)!r}, 'w').write(str(blocks * 512))\n"
+        "sys.exit(code)\n"
+    )
+    wrapper.chmod(0o755)
+    src = build(tmp_path / "src", {"big": os.urandom(BIG), "small": b"s"})
+    dst = f"{HOST}:{tmp_path / 'dst'}"
+    assert _sent(run("sync", "--json", src, dst), "sent") > BIG
+    _append(src / "big", MiB)
+    sent = _sent(run("sync", "--json", "--remote-hsync", wrapper, src, dst), "sent")
+    assert sent < 2 * MiB, sent
+    assert_same_tree(src, tmp_path / "dst")
+    written = int(counted.read_text())
+    assert BIG < written < BIG + 8 * MiB, written
