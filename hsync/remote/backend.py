@@ -741,17 +741,7 @@ class RemoteBackend:
         agent began and did not finish is resent marked resumed (the agent skips the
         ops already done there). Raises ``LinkLost`` naming the host when every try
         failed (the run ends; the next one resumes from the journal)."""
-        why = str(error)
-        for delay in RECONNECT_DELAYS:
-            time.sleep(delay)
-            try:
-                self._reconnect()
-            except BackendError as e:
-                why = str(e)
-                continue
-            return
-        raise LinkLost(f"{self.link.host}: the link broke and {len(RECONNECT_DELAYS)} "
-                       f"reconnections failed (last: {why}); the next run resumes") from None
+        self._retry(self._reconnect, self.link.host, error)
 
     def relinkable(self, link: Link, error: BaseException) -> bool:
         """Whether a request that failed with ``error`` on ``link`` is asked again on a
@@ -767,18 +757,24 @@ class RemoteBackend:
         with self._relinking:
             if self.link is not broken:
                 return  # another thread reconnected it already
-            why = str(error)
-            for delay in RECONNECT_DELAYS:
-                time.sleep(delay)
-                try:
-                    self._open_link()
-                except BackendError as e:
-                    why = str(e)
-                    continue
-                self.reconnects += 1
-                return
-            raise LinkLost(f"{broken.host}: the link broke and {len(RECONNECT_DELAYS)} "
-                           f"reconnections failed (last: {why}); the next run resumes")
+            self._retry(self._open_link, broken.host, error)
+            self.reconnects += 1
+
+    @staticmethod
+    def _retry(connect: Callable[[], None], host: str, error: BaseException) -> None:
+        """``connect`` after each pause of ``RECONNECT_DELAYS`` until it succeeds; when
+        every try failed, ``LinkLost`` naming ``host`` and the last reason."""
+        why = str(error)
+        for delay in RECONNECT_DELAYS:
+            time.sleep(delay)
+            try:
+                connect()
+            except BackendError as e:
+                why = str(e)
+                continue
+            return
+        raise LinkLost(f"{host}: the link broke and {len(RECONNECT_DELAYS)} "
+                       f"reconnections failed (last: {why}); the next run resumes") from None
 
     def _open_link(self) -> None:
         """A new agent in place of the link that broke, opened and configured as it was."""
