@@ -180,9 +180,11 @@ class PairSession:
         has a later ctime), so that the nodes this sync wrote are not read back
         (the first re-sync after a copy would otherwise list and compare every
         directory it wrote into). Each is set back by how far the endpoint's ctimes
-        may lag this host's clock (``CtimeClock``); where either is not known to
-        within a clock tick (a remote endpoint, a filesystem stamping whole seconds)
-        both sides keep one mark, their start less 2 s, as before. The price:
+        may lag this host's clock (``CtimeClock``: over ssh, the far tree's lag plus the
+        distance between the two hosts' clocks), and the run waits the destination's
+        lag after its mark; where either is 2 s or more (a filesystem stamping whole
+        seconds, a far clock that far off, an endpoint that cannot say) both sides
+        keep one mark, their start less 2 s. The price:
         an attribute changed on the destination by someone else while this sync
         ran, before now, is not seen until that node's ctime moves again (``verify``
         reads everything).
