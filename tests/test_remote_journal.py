@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from test_remote import HOST, run
-from test_remote_window import _agent_wrapper, _cut, _far_journal, _spec, _start_push
+from test_remote_window import _agent_wrapper, _cut, _downable_rsh, _far_journal, _spec, _start_push
 from treeutil import assert_same_tree, build
 
 from hsync.history import History
@@ -58,11 +58,7 @@ def test_a_batch_left_begun_by_a_killed_agent_is_rolled_by_the_next_one(
     src = build(tmp_path / "src", spec)
     dst = tmp_path / "dst"
     state = tmp_path / "h.sqlite"
-    down = tmp_path / "down"
-    rsh = tmp_path / "rsh.sh"  # the real ssh, until the host "goes down"
-    rsh.write_text(f'#!/bin/sh\nif [ -e {down} ]; then echo "ssh: connect to host '
-                   f'{HOST}: Connection refused" >&2; exit 255; fi\nexec {remote.rsh} "$@"\n')
-    rsh.chmod(0o755)
+    rsh, down = _downable_rsh(tmp_path, remote)
     wrapper, far_state = _agent_wrapper(tmp_path)
     proc = _start_push(src, dst, wrapper, "--state", str(state), "-e", str(rsh))
     killed = _cut(proc, remote, dst, "agent", before=down.touch)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from test_remote import HOST, _files, run
-from test_remote_window import _agent_wrapper, _cut, _spec
+from test_remote_window import _agent_wrapper, _cut, _downable_rsh, _spec
 from treeutil import assert_same_tree, build, hsync_bin
 
 
@@ -56,11 +56,7 @@ def test_a_pull_whose_link_is_lost_for_good_ends_with_one_line(remote: Any,
     src = build(tmp_path / "src", spec)
     dst = tmp_path / "dst"
     state = tmp_path / "h.sqlite"
-    down = tmp_path / "down"
-    rsh = tmp_path / "rsh.sh"
-    rsh.write_text(f'#!/bin/sh\nif [ -e {down} ]; then echo "ssh: connect to host '
-                   f'{HOST}: Connection refused" >&2; exit 255; fi\nexec {remote.rsh} "$@"\n')
-    rsh.chmod(0o755)
+    rsh, down = _downable_rsh(tmp_path, remote)
     wrapper, _ = _agent_wrapper(tmp_path)
     proc = _start_pull(src, dst, wrapper, "--state", str(state), "-e", str(rsh))
     killed = _cut(proc, remote, dst, "ssh", before=down.touch)

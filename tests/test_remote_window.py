@@ -48,6 +48,17 @@ def _far_journal(state: Path) -> tuple[list[tuple[str, list[Any]]], list[tuple[i
     return batches, acks
 
 
+def _downable_rsh(tmp_path: Path, remote: Any) -> tuple[Path, Path]:
+    """An ``-e`` command that is the real ssh until the returned file exists, then
+    fails as an unreachable host does: (the command, that file)."""
+    down = tmp_path / "down"
+    rsh = tmp_path / "rsh.sh"
+    rsh.write_text(f'#!/bin/sh\nif [ -e {down} ]; then echo "ssh: connect to host '
+                   f'{HOST}: Connection refused" >&2; exit 255; fi\nexec {remote.rsh} "$@"\n')
+    rsh.chmod(0o755)
+    return rsh, down
+
+
 def _spec(n: int = 150, size: int = 200_000) -> dict[str, bytes]:
     return {f"d{i // 50}/f{i}": os.urandom(size) for i in range(n)}
 
@@ -124,11 +135,7 @@ def test_link_lost_for_good_ends_the_run_and_the_next_resumes(remote: Any,
     src = build(tmp_path / "src", spec)
     dst = tmp_path / "dst"
     state = tmp_path / "h.sqlite"
-    down = tmp_path / "down"
-    rsh = tmp_path / "rsh.sh"  # the real ssh, until the host "goes down"
-    rsh.write_text(f'#!/bin/sh\nif [ -e {down} ]; then echo "ssh: connect to host '
-                   f'{HOST}: Connection refused" >&2; exit 255; fi\nexec {remote.rsh} "$@"\n')
-    rsh.chmod(0o755)
+    rsh, down = _downable_rsh(tmp_path, remote)
     wrapper, _ = _agent_wrapper(tmp_path)
     proc = _start_push(src, dst, wrapper, "--state", str(state), "-e", str(rsh))
     killed = _cut(proc, remote, dst, "ssh", before=down.touch)
