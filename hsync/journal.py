@@ -58,6 +58,7 @@ import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from .history import keep_wal
 from .model import Op
 
 KEEP = 64
@@ -147,6 +148,7 @@ class Journal:
         db = sqlite3.connect(path, isolation_level="DEFERRED", check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # a begun batch is on disk before it runs
+        keep_wal(db)  # no checkpoint when the run closes it (see ``history.keep_wal``)
         db.executescript(_SCHEMA)
         return db
 

@@ -134,7 +134,9 @@ def test_a_corrupt_journal_is_set_aside_and_distrusted(tmp_path: Path) -> None:
     dst = tmp_path / "dst"
     state = str(tmp_path / "h.sqlite")
     assert sync_once(str(src), str(dst), Options(state=state)).ok
-    Path(journal_path(state)).write_bytes(b"not a database" * 100)
+    # the WAL is kept between runs (``history.keep_wal``): garbage in both files
+    for suffix in ("", "-wal"):
+        Path(journal_path(state) + suffix).write_bytes(b"not a database" * 100)
     history = _pair_history(src, dst, state)
     assert recover(history) is False
     assert list(tmp_path.glob("h.journal.sqlite.corrupt-*"))
