@@ -165,6 +165,22 @@ def _no_checkpoint_on_close(db: sqlite3.Connection) -> bool:
     return rc == 0 and done.value == 1
 
 
+def _related(a: Key, b: Key) -> bool:
+    """One of ``a``, ``b`` is the other or below it."""
+    n = min(len(a), len(b))
+    return a[:n] == b[:n]
+
+
+def _direct(renames: list[tuple[Key, Key]], drop_prefixes: list[Key]) -> bool:
+    """A single directory's move whose rows can go straight to their new keys: neither
+    of its keys is the other or below it, and no dropped subtree holds or lies below
+    its new key (a drop after the move would take the moved rows)."""
+    if len(renames) != 1:
+        return False
+    old, new = renames[0]
+    return not _related(old, new) and not any(_related(p, new) for p in drop_prefixes)
+
+
 class History:
     """The history store for one (source, destination) pair."""
 
@@ -469,6 +485,13 @@ class History:
         with db:
             if full:
                 db.execute("DELETE FROM nodes WHERE pair=?", (self.pair,))
+            if _direct(renames, drop_prefixes := list(drop_prefixes)):
+                # one directory moved, clear of every other change: its rows go
+                # straight to their new keys (one UPDATE; each row rewritten once)
+                (old, new), = renames
+                self._drop_below(encode_key(new))
+                self._move_below(encode_key(old), encode_key(new))
+                renames = []
             for i, (old, _) in enumerate(renames):
                 # out of the way first: a name starting with a NUL is no key's
                 self._move_below(encode_key(old), b"\0%d" % i)
