@@ -87,6 +87,28 @@ PAGE_BYTES = 1 << 20
 RECONNECT_DELAYS = (0.2, 0.5, 1.0, 2.0, 4.0)
 """The pauses before each try to reconnect a link that broke while batches were in
 flight (about 8 s in all; then the run ends and the next one resumes)."""
+EARLY = ("root_error", "root_id", "id_names")
+"""Requests sent right behind the open, without waiting for it: a session asks them
+first (``PairSession`` checks the roots and maps owners by name), so their answers come
+back with the open's."""
+
+
+def asked(backend: Any, method: str) -> Any:
+    """The answer to ``method`` (no arguments): the one sent with the open
+    (``EARLY``), the first time (the open's round trip carried it), else asked now."""
+    settle(backend)
+    early = backend._early.pop(method, None)
+    if early is not None:
+        return early()
+    return backend.link.call(method)
+
+
+def settle(backend: Any) -> None:
+    """Take the answers of the requests sent without waiting (``configure_scan``):
+    their errors are raised here, before anything that depends on them."""
+    later: list[Callable[[], Any]] = backend._later
+    while later:
+        later.pop(0)()
 SIGNATURES_MAX = 64 << 20
 """Signature bytes asked for ahead of one batch at most (384 KiB per GiB of file): the
 files beyond are sent whole."""
@@ -323,12 +345,19 @@ class _FarCancel:
 class _RemoteScan:
     """A digest scan running on the far side (``DigestScan``), by its handle there."""
 
-    def __init__(self, link: Link, handle: int) -> None:
+    def __init__(self, link: Link, handle: int,
+                 started: Callable[[], Any] | None = None) -> None:
         self.link = link
         self.handle = handle
+        self._started = started
+        """The answer to the request that started the scan, not yet taken (the scan's
+        handle is that request's id: nothing waits for it before the summary)."""
         self._closed = False
 
     def summary(self) -> DigestSummary:
+        if self._started is not None:
+            started, self._started = self._started, None
+            started()  # long answered by now (the far scan runs beside this side's)
         s: DigestSummary = self.link.call("ds_summary", self.handle)
         return attrs.evolve(s, digests=dict(s.digests), incomplete=dict(s.incomplete),
                             skipped=list(s.skipped), held=set(s.held))
@@ -459,6 +488,10 @@ class RemoteBackend:
         self._relinking = threading.Lock()
         self._wired = (0, 0)
         """Bytes sent and received on the links that broke before this one."""
+        self._early: dict[str, Callable[[], Any]] = {}
+        """Requests sent with the open (``EARLY``), their answers not yet taken."""
+        self._later: list[Callable[[], Any]] = []
+        """Requests whose answer says nothing but success, not yet taken (``settle``)."""
 
     def __repr__(self) -> str:
         return f"RemoteBackend({self.url!r}, role={self.role!r})"
@@ -470,11 +503,11 @@ class RemoteBackend:
         return self.remote.endpoint() + path
 
     def root_error(self) -> str | None:
-        out: str | None = self.link.call("root_error")
+        out: str | None = asked(self, "root_error")
         return out
 
     def root_id(self) -> Hashable | None:
-        out: Hashable | None = self.link.call("root_id")
+        out: Hashable | None = asked(self, "root_id")
         return out
 
     def is_empty(self) -> bool:
@@ -483,6 +516,7 @@ class RemoteBackend:
     def scan(self, subtree: Key = (), *, exclude: Exclude | None = None,
              cancel: Cancel = NEVER) -> Snapshot:
         cancel.check()
+        settle(self)
         return decode_snapshot(self.link.call("scan", subtree, exclude))
 
     def stat(self, key: Key) -> Node | None:
@@ -780,6 +814,8 @@ class RemoteBackend:
         """A new agent in place of the link that broke, opened and configured as it was."""
         old = self.link
         old.abandon()
+        self._early.clear()  # the old link's answers: lost with it
+        self._later.clear()
         sent, received = old.wire
         self._wired = (self._wired[0] + sent, self._wired[1] + received)
         link = Link(self.remote, self.reach)
@@ -1042,6 +1078,7 @@ class _SortedWalk:
 
     def walk_sorted(self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
                     ) -> Iterator[tuple[Key, Row | tuple[str] | None]]:
+        settle(self)
         for page in self.link.stream("walk_sorted", exclude):
             cancel.check()
             yield from page
@@ -1052,6 +1089,7 @@ class _Streaming:
 
     def stream(self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
                ) -> Iterator[tuple[Key, Node | str | None]]:
+        settle(self)
         for page in self.link.stream("stream", exclude):
             cancel.check()
             for key, n in page:
@@ -1063,8 +1101,11 @@ class _DigestScanning:
 
     def digest_scan(self, exclude: Exclude | None = None, *, background: bool = False,
                     cancel: Cancel = NEVER) -> _RemoteScan:
-        # the far side scans at once, beside whatever runs here
-        return _RemoteScan(self.link, self.link.call("digest_scan", exclude, True))
+        # the far side scans at once, beside whatever runs here; its handle is the
+        # request's id (the agent's ``do_digest_scan``): no round trip waited for here
+        settle(self)
+        rid, started = self.link.ask_id("digest_scan", exclude, True)
+        return _RemoteScan(self.link, rid, started)
 
 
 class _BulkHashing:
@@ -1096,7 +1137,7 @@ class _Metadata:
     _keep: Keep | None
 
     def id_names(self) -> IdNames:
-        users, groups = self.link.call("id_names")
+        users, groups = asked(self, "id_names")
         return dict(users), dict(groups)
 
     def metadata(self, wanted: Keep) -> Keep:
@@ -1130,7 +1171,10 @@ class _ScanConfigurable:
 
     def configure_scan(self, options: ScanOptions) -> None:
         self._scan_options = options  # sent again to an agent started after a break
-        self.link.call("configure_scan", options.specials, options.one_file_system)
+        # its answer (None, or an error) is taken before the first scan (``settle``)
+        later: list[Callable[[], Any]] = self._later  # type: ignore[attr-defined]
+        later.append(self.link.ask("configure_scan", options.specials,
+                                   options.one_file_system))
 
 
 _MIXINS = {
@@ -1165,13 +1209,18 @@ def open_remote(
     url = parse(location)
     link = Link(url, current())
     try:
-        opened = link.call("open", url.path, role, list(exclude_attrs))
+        opening = link.ask("open", url.path, role, list(exclude_attrs))
+        # what every session asks first, sent with the open: its answers wait here
+        # (taken once each: ``RemoteBackend._asked``)
+        early = {m: link.ask(m) for m in EARLY}
+        opened = opening()
     except BaseException:
         link.close()
         raise
     cls = _class_for(opened["features"])
     backend: RemoteBackend = cls(location, url, link, role, opened, reach=link.reach,
                                  exclude_attrs=exclude_attrs)
+    backend._early = early
     return backend
 
 

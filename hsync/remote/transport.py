@@ -260,11 +260,25 @@ class Link:
         return value
 
     def call(self, method: str, *args: Any) -> Any:
+        return self.ask(method, *args)()
+
+    def ask(self, method: str, *args: Any) -> Callable[[], Any]:
+        """Send a request now, take its answer later (calling what this returns waits
+        for it, raises what ``call`` raises): requests sent back to back cross the
+        link together, one round trip for all of them."""
+        return self.ask_id(method, *args)[1]
+
+    def ask_id(self, method: str, *args: Any) -> tuple[int, Callable[[], Any]]:
+        """``ask``, with the request's id."""
         rid, q = self.open(method, *args)
-        for tag, value in self.answer(rid, q):
-            if tag in ("ok", "err"):
-                return self.result(tag, value)
-        raise self._error("no answer")  # pragma: no cover
+
+        def wait() -> Any:
+            for tag, value in self.answer(rid, q):
+                if tag in ("ok", "err"):
+                    return self.result(tag, value)
+            raise self._error("no answer")  # pragma: no cover
+
+        return rid, wait
 
     def stream(self, method: str, *args: Any, on_event: Callable[[Any], None] | None = None
                ) -> Iterator[Any]:
