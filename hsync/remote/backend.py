@@ -353,22 +353,30 @@ class _RemoteScan:
         handle is that request's id: nothing waits for it before the summary)."""
         self._closed = False
 
-    def summary(self) -> DigestSummary:
+    def _begun(self) -> None:
+        """The scan's start answered (long ago by now: the far scan runs beside this
+        side's); its error, where it failed, is raised here."""
         if self._started is not None:
             started, self._started = self._started, None
-            started()  # long answered by now (the far scan runs beside this side's)
+            started()
+
+    def summary(self) -> DigestSummary:
+        self._begun()
         s: DigestSummary = self.link.call("ds_summary", self.handle)
         return attrs.evolve(s, digests=dict(s.digests), incomplete=dict(s.incomplete),
                             skipped=list(s.skipped), held=set(s.held))
 
     def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Row]]]:
+        self._begun()
         return {k: list(v) for k, v in self.link.call("ds_listings", self.handle,
                                                       list(dirs))}
 
     def rows(self, keys: Iterable[Key] = (), subtrees: Iterable[Key] = ()) -> dict[Key, Row]:
+        self._begun()
         return dict(self.link.call("ds_rows", self.handle, list(keys), list(subtrees)))
 
     def snapshot(self) -> Snapshot:
+        self._begun()
         snap = decode_snapshot(self.link.call("ds_snapshot", self.handle))
         self.close()
         return snap
