@@ -17,8 +17,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-import attrs
-
+from ._values import evolve
 from .backend import (
     Credentials,
     CtimeClock,
@@ -31,6 +30,7 @@ from .backend import (
     open_endpoint,
     relation,
     schema_aware,
+    scheme_of,
 )
 from .credentials import refuse_secret_in_url
 from .errors import SafetyError, UsageError
@@ -79,23 +79,15 @@ class PairSession:
         self.notices: list[str] = []
         self._lock: int | None = None
         """Warnings about the pair's state, for the report and the log."""
-        from .remote import Reach, reaching  # the small part: how to reach a far tree
+        if scheme_of(source_url) == scheme_of(destination_url) == "file":
+            self._open(source_url, destination_url, credentials)  # nothing to reach
+        else:
+            from .remote import Reach, reaching  # the small part: how to reach a far tree
 
-        with reaching(Reach(rsh=options.rsh, remote_hsync=options.remote_hsync,
-                            compress=options.compress, window=options.window,
-                            batch_ops=options.batch_ops)):
-            self.source = open_endpoint(
-                source_url, role="source", credentials=credentials[0],
-                exclude_attrs=options.exclude_attrs,
-            )
-            try:
-                self.destination = open_endpoint(
-                    destination_url, role="destination", credentials=credentials[1],
-                    exclude_attrs=options.exclude_attrs,
-                )
-            except BaseException:
-                self.source.close()
-                raise
+            with reaching(Reach(rsh=options.rsh, remote_hsync=options.remote_hsync,
+                                compress=options.compress, window=options.window,
+                                batch_ops=options.batch_ops)):
+                self._open(source_url, destination_url, credentials)
         scans = ScanOptions(
             specials=options.specials, one_file_system=options.one_file_system
         )
@@ -122,6 +114,23 @@ class PairSession:
             self.deletes_allowed = self._may_delete()
         except BaseException:
             self.close()
+            raise
+
+    def _open(
+        self, source_url: str, destination_url: str,
+        credentials: tuple[Credentials | None, Credentials | None],
+    ) -> None:
+        exclude_attrs = self.options.exclude_attrs
+        self.source = open_endpoint(
+            source_url, role="source", credentials=credentials[0], exclude_attrs=exclude_attrs,
+        )
+        try:
+            self.destination = open_endpoint(
+                destination_url, role="destination", credentials=credentials[1],
+                exclude_attrs=exclude_attrs,
+            )
+        except BaseException:
+            self.source.close()
             raise
 
     # -- life ------------------------------------------------------------------------------
@@ -167,9 +176,9 @@ class PairSession:
         since, dst_since = history.meta_since(keep.signature())
         src, dst = self.source.features.metadata, self.destination.features.metadata
         if since and dst_since and src is not None and dst is not None:
-            self.keep = attrs.evolve(keep, since_ns=since)
+            self.keep = evolve(keep, since_ns=since)
             src.metadata(self.keep)
-            dst.metadata(attrs.evolve(self.keep, since_ns=dst_since, uids=(), gids=()))
+            dst.metadata(evolve(self.keep, since_ns=dst_since, uids=(), gids=()))
 
     def mark_equal(self, started_ns: int, *, changed: bool = True) -> None:
         """A sync whose scans began at ``started_ns`` left the pair equal (no problem),
@@ -371,10 +380,10 @@ def negotiate(
     if (keep.owner or keep.group) and not options.numeric_ids:
         (su, sg), (du, dg) = src.id_names(), dst.id_names()
         if (su, sg) != (du, dg):  # the same names for the same ids: one host, as is
-            keep = attrs.evolve(keep, uids=id_map(su, du) if keep.owner else (),
+            keep = evolve(keep, uids=id_map(su, du) if keep.owner else (),
                                 gids=id_map(sg, dg) if keep.group else ())
     src.metadata(keep)  # the source's rows carry the destination's ids
-    dst.metadata(attrs.evolve(keep, uids=(), gids=()))
+    dst.metadata(evolve(keep, uids=(), gids=()))
     return keep
 
 

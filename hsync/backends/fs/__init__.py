@@ -17,8 +17,7 @@ import stat as _stat
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-import attrs
-
+from ..._values import evolve
 from ...backend import (
     ApplyOptions,
     ApplyResult,
@@ -288,7 +287,7 @@ class FsBackend:
             got = _meta.supported(self.root, wanted)
         else:
             admin = _meta.is_admin()
-            got = attrs.evolve(wanted, xattrs=frozenset(
+            got = evolve(wanted, xattrs=frozenset(
                 ns for ns in wanted.xattrs if ns == "user" or admin
             ))
         self._meta = _meta.Reader(got, source=self.role == "source")
