@@ -37,6 +37,10 @@ else:
         return lambda f: f
 
 
+COMPILE_AFTER = 16
+"""A class's ``__init__`` is compiled from source once this many instances were made."""
+
+
 class FrozenInstanceError(AttributeError):
     """An attribute of a frozen value was set or deleted (attrs's error of that name)."""
 
@@ -171,9 +175,10 @@ def _build(cls: type[T], *, frozen: bool, kw_only: bool) -> type[T]:
 def _methods(
     cls_name: str, fields: list[_Field], frozen: bool, post_init: bool
 ) -> dict[str, Any]:
-    """The generated methods. ``__init__`` is compiled from source (as attrs does: a
-    node is built per key looked at, it must be quick), on the first instance, so a
-    class no run instantiates costs no compile; the others are closures over C getters."""
+    """The generated methods. ``__init__`` binds its arguments from the fields for the
+    first ``COMPILE_AFTER`` instances, then is compiled from source (as attrs does: a
+    node is built per key looked at, that must be quick), so the classes a run
+    instantiates a few times cost no compile; the others are closures over C getters."""
     from operator import attrgetter
 
     names = tuple(f.name for f in fields)
@@ -186,7 +191,49 @@ def _methods(
     )
     shown = [(f.name.lstrip("_"), f.name) for f in fields if f.repr]
 
+    made = [0]
+    positional = [f for f in fields if f.init and not f.kw_only]
+    aliases = {f.name.lstrip("_"): f for f in fields if f.init}
+
+    def bind(self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """What the compiled ``__init__`` does, read from the fields (slower per call,
+        no compile: most classes are instantiated a few times per run)."""
+        if len(args) > len(positional):
+            raise TypeError(f"{cls_name}.__init__() takes {len(positional) + 1} positional "
+                            f"arguments but {len(args) + 1} were given")
+        given = dict(kwargs)
+        for f, value in zip(positional, args, strict=False):
+            alias = f.name.lstrip("_")
+            if alias in given:
+                raise TypeError(f"{cls_name}.__init__() got multiple values for argument "
+                                f"'{alias}'")
+            given[alias] = value
+        for name in given:
+            if name not in aliases:
+                raise TypeError(f"{cls_name}.__init__() got an unexpected keyword argument "
+                                f"'{name}'")
+        for f in fields:
+            alias = f.name.lstrip("_")
+            if f.init and alias in given:
+                value = given[alias]
+            elif f.factory is not None:
+                value = f.factory()
+            elif f.default is not NOTHING:
+                value = f.default
+            else:
+                raise TypeError(f"{cls_name}.__init__() missing 1 required argument: "
+                                f"'{alias}'")
+            if f.converter is not None:
+                value = f.converter(value)
+            object.__setattr__(self, f.name, value)
+        if post_init:
+            self.__attrs_post_init__()
+
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        made[0] += 1
+        if made[0] <= COMPILE_AFTER:
+            bind(self, args, kwargs)
+            return
         cls = type(self)
         init = _compile_init(cls_name, fields, post_init)
         for klass in cls.__mro__:  # the value class itself (not a subclass of it)

@@ -329,8 +329,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def recover(history: Any) -> bool:
-    """Before a diff: roll forward what a killed run left for ``history``'s pair.
+def recover(history: Any, journal: Journal | None = None) -> bool:
+    """Before a diff: roll forward what a killed run left for ``history``'s pair
+    (``journal``: its journal, already open, left open; else opened and closed here).
 
     Returns True when the history may be trusted. With an unfinished batch (or a journal
     that had to be replaced), a writable history is marked incomplete (this run then
@@ -354,7 +355,9 @@ def recover(history: Any) -> bool:
         except sqlite3.Error:
             return False
         return row is None
-    journal = Journal(path, history.pair)
+    opened = journal is None
+    if journal is None:
+        journal = Journal(path, history.pair)
     try:
         seqs = journal.unfinished()
         if not seqs and not journal.replaced:
@@ -363,7 +366,8 @@ def recover(history: Any) -> bool:
         journal.mark_rolled(seqs)
         return False
     finally:
-        journal.close()
+        if opened:
+            journal.close()
 
 
 def open_for(history: Any) -> Journal | None:

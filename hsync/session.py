@@ -104,9 +104,8 @@ class PairSession:
             if history and not options.dry_run:
                 self._lock = lock_pair(self.source, self.destination, options)
             if history:
-                self.history = open_history(
+                self.history, self.journal = open_history(
                     self.source, self.destination, options, self.notices)
-                self.journal = _journal_for(self.history)
                 if self.history is not None and isinstance(self.destination.backend, Windowed):
                     self.destination.backend.name_pair(self.history.pair)
                 self._attributes_since()
@@ -389,16 +388,18 @@ def negotiate(
 
 def open_history(
     source: Endpoint, destination: Endpoint, options: Options, notices: list[str]
-) -> History | None:
-    """The pair's history, or None (no history asked for, or a dry run without one).
+) -> tuple[History | None, Journal | None]:
+    """The pair's history, or None (no history asked for, or a dry run without one),
+    and the journal to record this run's batches in (None: no history, a dry run, or
+    turned off); the journal is opened once, for the roll-forward and the run.
 
     A batch that a killed run left unfinished is rolled forward first (the history is
     then incomplete: this run compares in full; see ``journal``). What the user must
     hear (a corrupt history set aside) is appended to ``notices``."""
     if options.state == "" or options.delete is False:
-        return None
+        return None, None
     from .history import History, default_state_path
-    from .journal import recover
+    from .journal import open_for, recover
 
     path = options.state or default_state_path()
     _check_state_path(path, writing=not options.dry_run)
@@ -416,10 +417,16 @@ def open_history(
         aside, why = history.set_aside
         notices.append(f"{path}: the history was unreadable ({why}): set aside as {aside}, "
                        "a new one started (this run compares in full)")
-    if history is not None and not recover(history) and history.readonly:
+    try:
+        journal = open_for(history)
+    except BaseException:
+        if history is not None:
+            history.close()
+        raise
+    if history is not None and not recover(history, journal) and history.readonly:
         history.close()  # a dry run after a killed one: plan without the history
-        return None
-    return history
+        return None, None
+    return history, journal
 
 
 _LOCK_WIDTH = 24  # a pid, its newline and spaces: the lock file's fixed size
@@ -485,8 +492,3 @@ def _check_state_path(path: str, *, writing: bool) -> None:
         raise UsageError(f"{path}: the history (--state) cannot be written: {parent} "
                          "is not writable")
 
-
-def _journal_for(history: History | None) -> Journal | None:
-    from .journal import open_for
-
-    return open_for(history)
