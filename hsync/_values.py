@@ -164,12 +164,17 @@ def _build(cls: type[T], *, frozen: bool, kw_only: bool) -> type[T]:
     new: Any = meta(cls.__name__, cls.__bases__, body)
     # methods that use super() or __class__ refer to the class by a closure cell
     for value in body.values():
-        for fn in (value, getattr(value, "__func__", None), getattr(value, "fget", None)):
-            closure = getattr(fn, "__closure__", None)
-            code = getattr(fn, "__code__", None)
-            if closure and code is not None and "__class__" in code.co_freevars:
-                closure[code.co_freevars.index("__class__")].cell_contents = new
+        fn = value.__func__ if isinstance(value, classmethod | staticmethod) else (
+            value.fget if isinstance(value, property) else value
+        )
+        if fn.__class__ is _FUNCTION and fn.__closure__:
+            free = fn.__code__.co_freevars
+            if "__class__" in free:
+                fn.__closure__[free.index("__class__")].cell_contents = new
     return new
+
+
+_FUNCTION = type(_build)
 
 
 def _methods(

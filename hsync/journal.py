@@ -54,7 +54,6 @@ import marshal
 import os
 import sqlite3
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -93,11 +92,15 @@ def journal_path(history_path: str) -> str:
 
 def _pack(ops: Sequence[Op]) -> bytes:
     """The ops as plain tuples (for a post-mortem; recovery does not replay them)."""
+    import zlib  # not imported by a run that writes no batch
+
     rows = [(op.op, op.kind, op.key, op.to) for op in ops]
     return zlib.compress(marshal.dumps(rows), 1)
 
 
 def unpack(blob: bytes) -> list[tuple[Any, ...]]:
+    import zlib
+
     return marshal.loads(zlib.decompress(blob))
 
 
