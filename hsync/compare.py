@@ -144,11 +144,12 @@ def scan_both(
     return src, dst
 
 
-SMALL_TREE = 2000
+SMALL_TREE = 1000
 """A pair whose history holds at most this many nodes scans its destination in this
 process, after the source: forking a child, shipping its answers over a pipe and
-reaping it costs more than the walk of a tree this small (bench/README.md, "The
-fixed cost of a small sync")."""
+reaping it cost more than the walk of a tree this small (on the 2 shared cores the
+two ways crossed between 500 and 1,000 nodes; bench/README.md, "The fixed cost of a
+small sync")."""
 
 
 def _worth_a_child(session: PairSession) -> bool:

@@ -71,6 +71,8 @@ def refuse_secret_in_url(location: str, *, user: bool = False) -> None:
     too: an LDAP URL has none, while ``ssh://user@host`` is fine). They would show in
     process lists, shell histories, logs and reports; the message names the URL without
     them."""
+    if "@" not in location and "=" not in location:
+        return  # neither user information nor a URL extension: nothing to look at
     m = _USERINFO.match(location)
     if (m and (":" in m.group(2) or (user and m.group(2)))) or _BINDPW.search(location):
         raise UsageError(
