@@ -33,8 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-import attrs
-
+from .._values import astuple, evolve
 from ..backend import (
     ApplyOptions,
     CtimeClock,
@@ -683,7 +682,7 @@ class Agent:
                                            sender_seq=seq)
                 self._mark(f"batch {seq}: journaled")
             result = self.backend.apply_batch(
-                todo, incoming, final, options=attrs.evolve(options, defer_durable=False),
+                todo, incoming, final, options=evolve(options, defer_durable=False),
                 cancel=token,
             ) if todo or not ops else None
             self._mark(f"batch {seq}: applied and flushed")
@@ -767,7 +766,7 @@ class Agent:
 
     def do_stream(self, rid: int, exclude: Any) -> Any:
         nodes = self.endpoint.features.streaming.stream(exclude)  # type: ignore[union-attr]
-        self._pages(rid, ((k, tuple(attrs.astuple(n, recurse=False))
+        self._pages(rid, ((k, astuple(n)
                            if isinstance(n, Node) else n) for k, n in nodes))
         return None
 

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 import attrs
 
 from .. import delta as deltas
+from .._values import evolve
 from ..backend import (
     ApplyOptions,
     ApplyResult,
@@ -363,7 +364,7 @@ class _RemoteScan:
     def summary(self) -> DigestSummary:
         self._begun()
         s: DigestSummary = self.link.call("ds_summary", self.handle)
-        return attrs.evolve(s, digests=dict(s.digests), incomplete=dict(s.incomplete),
+        return evolve(s, digests=dict(s.digests), incomplete=dict(s.incomplete),
                             skipped=list(s.skipped), held=set(s.held))
 
     def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Row]]]:
@@ -482,7 +483,7 @@ class RemoteBackend:
         far: Capabilities = opened["capabilities"]
         # the far side's scans wait on the link: they run beside the local ones; a
         # batch is answered once it is durable there (the answer acknowledges it)
-        self.capabilities = attrs.evolve(far, waits=True, deferred_flush=False)
+        self.capabilities = evolve(far, waits=True, deferred_flush=False)
         self.far_features: tuple[str, ...] = tuple(opened["features"])
         self._prefetch: _Prefetch | None = None
         self._seq = 0
@@ -667,7 +668,7 @@ class RemoteBackend:
                 for op in ops]))
         self._seq += 1
         batch = _Batch(self._seq, list(ops), _final_part(ops, final),
-                       attrs.evolve(options, defer_durable=False), source, cancel=cancel)
+                       evolve(options, defer_durable=False), source, cancel=cancel)
         self._flying.append(batch)
         try:
             self._send(batch)
