@@ -67,3 +67,35 @@ def test_a_push_waits_for_few_answers_before_the_far_scan_starts(
     for method in ("root_error", "id_names", "configure_scan"):
         assert method not in before, before
     assert started == before  # the scan's start is not waited for either
+
+
+def test_the_agent_serves_a_push_and_a_rename_without_attrs_or_typer(
+    remote: Any, tmp_path: Path
+) -> None:
+    """The agent's start-up is on the critical path of every remote run: it imports
+    what serving needs, not attrs (the value classes cross by their own fields) nor
+    the command line's framework. The agent's modules, written as it ends."""
+    import subprocess
+    import sys
+
+    from treeutil import _MODULES_PROBE, assert_same_tree, hsync_bin
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(_MODULES_PROBE)
+    modules = tmp_path / "agent-modules"
+    wrapper = tmp_path / "hsync-probed"
+    wrapper.write_text(f"#!/bin/sh\nexec {sys.executable} {probe} {modules} {hsync_bin()} "
+                       '"$@"\n')
+    wrapper.chmod(0o755)
+    src = build(tmp_path / "src", {"d/f": b"x" * 5000, "d/g": b"y", "h": b"z"})
+    dst = tmp_path / "dst"
+    for step in ("copy", "rename"):
+        if step == "rename":
+            os.rename(src / "d", src / "e")
+        r = subprocess.run([hsync_bin(), "sync", "--remote-hsync", str(wrapper), str(src),
+                            f"{HOST}:{dst}"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert_same_tree(src, dst)
+        loaded = set(modules.read_text().split())
+        assert "hsync.remote.agent" in loaded and "hsync.backends.fs" in loaded, loaded
+        assert not {"attr", "attrs", "typer", "click"} & loaded, step

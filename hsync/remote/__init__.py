@@ -16,10 +16,10 @@ import os
 from collections.abc import Iterator
 from contextvars import ContextVar
 
-import attrs
+from .. import _values
 
 
-@attrs.frozen(kw_only=True)
+@_values.frozen(kw_only=True)
 class Reach:
     """How to reach a remote endpoint: the ``ssh`` command (``-e/--rsh``, split as a
     shell would; ``HSYNC_RSH`` in the environment is the default, then ``ssh``), the

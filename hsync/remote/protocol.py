@@ -11,7 +11,8 @@ threads; the agent answers them in order.
 Values are encoded generically (``pack``/``unpack``): names are ``str`` with surrogate
 escapes (a name that is not UTF-8 crosses intact), tuples arrive as tuples, the value
 classes of the contract (``Node``, ``Op``, ``Problem``, ``Exclude``...) cross by their
-attrs fields (a field added to one of them needs no change here), frozensets as
+fields (``_values``: a field added to one of them needs no change here; the agent
+serves without importing attrs), frozensets as
 frozensets. Every byte read and written is counted (after compression): the report's
 bytes on the wire.
 """
@@ -23,7 +24,6 @@ import struct
 import threading
 from typing import IO, Any, BinaryIO
 
-import attrs
 import msgpack
 import zstandard
 
@@ -70,6 +70,24 @@ def _classes() -> dict[str, type]:
 
 
 _CLASSES: dict[str, type] = {}
+_INIT: dict[type, list[tuple[str, str]]] = {}
+
+
+def _init_fields(cls: type) -> list[tuple[str, str]]:
+    """``(name, alias)`` of the fields ``cls.__init__`` takes: a value class's own
+    (``_values``: a private name's alias drops its underscores, as attrs's), else
+    attrs's."""
+    out = _INIT.get(cls)
+    if out is None:
+        own = cls.__dict__.get("__value_fields__")
+        if own is not None:
+            out = [(f.name, f.name.lstrip("_")) for f in own if f.init]
+        else:
+            import attrs
+
+            out = [(f.name, f.alias) for f in attrs.fields(cls) if f.init]
+        _INIT[cls] = out
+    return out
 
 
 def _default(obj: Any) -> Any:
@@ -80,14 +98,12 @@ def _default(obj: Any) -> Any:
         return msgpack.ExtType(_EXT_FROZENSET, pack(list(obj)))
     if isinstance(obj, set):
         return msgpack.ExtType(_EXT_SET, pack(list(obj)))
-    if attrs.has(type(obj)):
-        name = type(obj).__name__
-        if not _CLASSES:
-            _CLASSES.update(_classes())
-        if _CLASSES.get(name) is type(obj):
-            cls: Any = type(obj)
-            fields = {f.alias: getattr(obj, f.name) for f in attrs.fields(cls) if f.init}
-            return msgpack.ExtType(_EXT_VALUE, pack([name, fields]))
+    name = type(obj).__name__
+    if not _CLASSES:
+        _CLASSES.update(_classes())
+    if _CLASSES.get(name) is type(obj):
+        fields = {alias: getattr(obj, f) for f, alias in _init_fields(type(obj))}
+        return msgpack.ExtType(_EXT_VALUE, pack([name, fields]))
     raise TypeError(f"cannot send a {type(obj).__name__} over the link")
 
 
@@ -103,7 +119,7 @@ def _ext(code: int, data: bytes) -> Any:
         if not _CLASSES:
             _CLASSES.update(_classes())
         cls = _CLASSES[name]
-        known = {f.alias for f in attrs.fields(cls) if f.init}
+        known = {alias for _, alias in _init_fields(cls)}
         return cls(**{k: v for k, v in fields.items() if k in known})
     return msgpack.ExtType(code, data)
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 from urllib.parse import unquote
 
-import attrs
-
+from .. import _values
 from ..errors import UsageError
 
 
-@attrs.frozen
+@_values.frozen
 class RemoteUrl:
     host: str
     path: str
