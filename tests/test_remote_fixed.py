@@ -60,9 +60,9 @@ def test_a_push_waits_for_few_answers_before_the_far_scan_starts(
         started = list(waits)
         scan.summary()
         scan.close()
-    # the open, the metadata's negotiation (two answers the next request depends on,
-    # and the last one's, and the mark's), the destination's root: not the roots'
-    # checks, the owners' names, the scan options (main waited for 10)
+    # at most: the open, the metadata's negotiation (three answers), the destination's
+    # emptiness or root; not the roots' checks, the owners' names, the scan options
+    # (main waited for 8 here)
     assert len(before) <= 6, before
     for method in ("root_error", "id_names", "configure_scan"):
         assert method not in before, before
