@@ -96,16 +96,19 @@ back with the open's."""
 def asked(backend: Any, method: str) -> Any:
     """The answer to ``method`` (no arguments): the one sent with the open
     (``EARLY``), the first time (the open's round trip carried it), else asked now."""
-    settle(backend)
     early = backend._early.pop(method, None)
     if early is not None:
         return early()
-    return backend.link.call(method)
+    answer = backend.link.ask(method)
+    settle(backend)  # answered before it: no wait of its own
+    return answer()
 
 
 def settle(backend: Any) -> None:
-    """Take the answers of the requests sent without waiting (``configure_scan``):
-    their errors are raised here, before anything that depends on them."""
+    """Take the answers of the requests sent without waiting (``configure_scan``,
+    ``metadata_later``): their errors are raised here, before a scan's result or a
+    batch is used. Called after a request is sent, it waits for nothing of its own
+    (the agent answers in order)."""
     later: list[Callable[[], Any]] = backend._later
     while later:
         later.pop(0)()
@@ -519,13 +522,16 @@ class RemoteBackend:
         return out
 
     def is_empty(self) -> bool:
-        return bool(self.link.call("is_empty"))
+        answer = self.link.ask("is_empty")
+        settle(self)
+        return bool(answer())
 
     def scan(self, subtree: Key = (), *, exclude: Exclude | None = None,
              cancel: Cancel = NEVER) -> Snapshot:
         cancel.check()
+        answer = self.link.ask("scan", subtree, exclude)
         settle(self)
-        return decode_snapshot(self.link.call("scan", subtree, exclude))
+        return decode_snapshot(answer())
 
     def stat(self, key: Key) -> Node | None:
         out: Node | None = self.link.call("stat", key)
@@ -662,6 +668,7 @@ class RemoteBackend:
         """Send a batch: its sequence number, ops, the part of ``final`` its apply
         reads, then its content; return without waiting for the acknowledgement. The
         agent applies the batches in the order sent."""
+        settle(self)
         if cancel.cancelled():
             return _Pending(self, ApplyResult(problems=[
                 Problem(op.key, f"{op.op} not run: {cancel.reason}", op=op.op, kind=CANCELLED)
@@ -1105,9 +1112,13 @@ class _DigestScanning:
                     cancel: Cancel = NEVER) -> _RemoteScan:
         # the far side scans at once, beside whatever runs here; its handle is the
         # request's id (the agent's ``do_digest_scan``): no round trip waited for here
-        settle(self)
         rid, started = self.link.ask_id("digest_scan", exclude, True)
-        return _RemoteScan(self.link, rid, started)
+
+        def begun() -> Any:
+            settle(self)
+            return started()
+
+        return _RemoteScan(self.link, rid, begun)
 
 
 class _BulkHashing:
@@ -1146,6 +1157,14 @@ class _Metadata:
         out: Keep = self.link.call("metadata", wanted)
         self._keep = wanted  # a new link after a break negotiates the same again
         return out
+
+    def metadata_later(self, wanted: Keep) -> None:
+        """``metadata`` whose answer the caller does not need (the negotiation's
+        last word, the marks of the last sync): sent, not waited for; its answer
+        (an error) is taken before the next scan (``settle``)."""
+        self._keep = wanted
+        later: list[Callable[[], Any]] = self._later  # type: ignore[attr-defined]
+        later.append(self.link.ask("metadata", wanted))
 
 
 class _CtimeClock:
