@@ -113,10 +113,11 @@ def keep_wal(db: sqlite3.Connection) -> bool:
     first (the handle must name this database). False where neither works (the WAL
     is then checkpointed at close, as before: slower, as safe)."""
     db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
-    setconfig = getattr(db, "setconfig", None)
-    if setconfig is not None:
+    import sys
+
+    if sys.version_info >= (3, 12):
         try:
-            setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)  # type: ignore[attr-defined]
+            db.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)  # type: ignore[attr-defined]
         except sqlite3.Error:
             return False
         return True

@@ -15,7 +15,7 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._values import evolve
 from .backend import (
@@ -175,8 +175,8 @@ class PairSession:
         src, dst = self.source.features.metadata, self.destination.features.metadata
         if since and dst_since and src is not None and dst is not None:
             self.keep = evolve(keep, since_ns=since)
-            _tell_metadata(src, self.keep)
-            _tell_metadata(dst, evolve(self.keep, since_ns=dst_since, uids=(), gids=()))
+            src.metadata(self.keep)
+            dst.metadata(evolve(self.keep, since_ns=dst_since, uids=(), gids=()))
 
     def mark_equal(self, started_ns: int, *, changed: bool = True) -> None:
         """A sync whose scans began at ``started_ns`` left the pair equal (no problem),
@@ -387,19 +387,9 @@ def negotiate(
         if (su, sg) != (du, dg):  # the same names for the same ids: one host, as is
             keep = evolve(keep, uids=id_map(su, du) if keep.owner else (),
                                 gids=id_map(sg, dg) if keep.group else ())
-    _tell_metadata(src, keep)  # the source's rows carry the destination's ids
-    _tell_metadata(dst, evolve(keep, uids=(), gids=()))
+    src.metadata(keep)  # the source's rows carry the destination's ids
+    dst.metadata(evolve(keep, uids=(), gids=()))
     return keep
-
-
-def _tell_metadata(endpoint: Any, keep: Keep) -> None:
-    """Tell an endpoint's ``Metadata`` what it keeps, its answer not needed: a far
-    endpoint's is not waited for (``metadata_later``: taken before its next scan)."""
-    later = getattr(endpoint, "metadata_later", None)
-    if later is not None:
-        later(keep)
-    else:
-        endpoint.metadata(keep)
 
 
 def open_history(

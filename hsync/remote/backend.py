@@ -105,8 +105,8 @@ def asked(backend: Any, method: str) -> Any:
 
 
 def settle(backend: Any) -> None:
-    """Take the answers of the requests sent without waiting (``configure_scan``,
-    ``metadata_later``): their errors are raised here, before a scan's result or a
+    """Take the answers of the requests sent without waiting (``configure_scan``):
+    their errors are raised here, before a scan's result or a
     batch is used. Called after a request is sent, it waits for nothing of its own
     (the agent answers in order)."""
     later: list[Callable[[], Any]] = backend._later
@@ -1157,14 +1157,6 @@ class _Metadata:
         out: Keep = self.link.call("metadata", wanted)
         self._keep = wanted  # a new link after a break negotiates the same again
         return out
-
-    def metadata_later(self, wanted: Keep) -> None:
-        """``metadata`` whose answer the caller does not need (the negotiation's
-        last word, the marks of the last sync): sent, not waited for; its answer
-        (an error) is taken before the next scan (``settle``)."""
-        self._keep = wanted
-        later: list[Callable[[], Any]] = self._later  # type: ignore[attr-defined]
-        later.append(self.link.ask("metadata", wanted))
 
 
 class _CtimeClock:
