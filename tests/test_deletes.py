@@ -1,5 +1,6 @@
 """Deletes run on a pool of threads (issue 15): every file delete of a batch is in
-flight at once, and every other op waits for them. These check what that must keep:
+flight at once, and every other op but a directory's update (set once they are done)
+waits for them. These check what that must keep:
 a directory is removed only once its files are gone, a name freed by a delete can be
 taken by a create of another kind, a delete refused is a problem (not a crash), and the
 tree ends equal to the source."""

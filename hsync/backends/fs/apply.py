@@ -6,12 +6,13 @@ and every op that changes the structure (a move, a delete) first waits for the c
 in flight. Every write names its target relative to a directory reached beneath the
 root without following a symlink. Directory mode and mtime are set once their children
 settled, deepest first. Files are deleted on a small pool of threads (an ``unlink``
-waits on the disk's journal, not on Python), and every other op first waits for the
-deletes in flight (a directory is removed once its files are gone). One ``syncfs`` per
-batch (or one ``fsync`` per file; a batch of a few nodes: an ``fsync`` of each node and
-directory it changed, ``durable``), perhaps left running for the caller
-(``defer_durable``). A full disk stops the batch (``DestinationFull``); a cancel token
-stops it between ops.
+waits on the disk's journal, not on Python), and every other op but a directory's update
+first waits for the deletes in flight (a directory is removed once its files are gone;
+a directory's update only marks it: its metadata is set once the deletes are done).
+One ``syncfs`` per batch (or one ``fsync`` per file; a batch of a few nodes: an
+``fsync`` of each node and directory it changed, ``durable``), perhaps left running
+for the caller (``defer_durable``). A full disk stops the batch (``DestinationFull``);
+a cancel token stops it between ops.
 """
 
 from __future__ import annotations
