@@ -78,9 +78,6 @@ class PairSession:
         self.journal: Journal | None = None
         self.notices: list[str] = []
         self._lock: int | None = None
-        self._tick_ns = 0
-        """When the destination's clock tick after its mark has passed (``mark_equal``;
-        ``close`` waits for it)."""
         """Warnings about the pair's state, for the report and the log."""
         from .remote import Reach, reaching  # the small part: how to reach a far tree
 
@@ -139,29 +136,13 @@ class PairSession:
         return {"sent": sum(c[0] for c in counts), "received": sum(c[1] for c in counts)}
 
     def close(self) -> None:
-        """Close the journal, the history and both endpoints (idempotent). The journal
-        and the history are closed side by side (each close checkpoints its WAL: a wait
-        on the disk), and the clock tick ``mark_equal`` asked for passes meanwhile."""
-        journal, history = self.journal, self.history
-        self.journal = self.history = None
-        closing = None
-        if journal is not None and history is not None:
-            import threading
-
-            closing = threading.Thread(target=journal.close, name="hsync-close")
-            closing.start()
-        elif journal is not None:
-            journal.close()
-        try:
-            if history is not None:
-                history.close()
-        finally:
-            if closing is not None:
-                closing.join()
-        if self._tick_ns:
-            wait, self._tick_ns = self._tick_ns - time.time_ns(), 0
-            if wait > 0:
-                time.sleep(wait / 1e9)
+        """Close the journal, the history and both endpoints (idempotent)."""
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+        if self.history is not None:
+            self.history.close()
+            self.history = None
         self.source.close()
         self.destination.close()
         if self._lock is not None:
@@ -231,7 +212,7 @@ class PairSession:
             # a tick later, a change from then on has a ctime past it (the run's own
             # last writes, a directory's mtime set a moment ago, stay before it)
             written = time.time_ns()
-            self._tick_ns = written + dst_lag  # waited for by ``close``
+            time.sleep(dst_lag / 1e9)
             self.history.set_meta_since(started_ns - src_lag, written, self.keep.signature())
 
     # -- the rules of SPEC 8 ----------------------------------------------------------------
