@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -210,3 +212,62 @@ def test_a_swap_beside_a_delete_is_still_found_by_identity(tmp_path: Path) -> No
     assert {os.stat(src / "d" / n).st_ino: os.stat(dst / "d" / n).st_ino
             for n in "ab"} == followed
     assert_same_tree(src, dst)
+
+
+_KILLED_MID_DELETES = """
+import os, signal, sys
+from hsync.backends.fs import apply
+from hsync.oneshot import sync_once
+from hsync.options import Options
+
+unlink, done = apply.Batch.unlink, []
+
+def killed_after_some(self, op):
+    unlink(self, op)
+    done.append(op.key)
+    if len(done) == int(sys.argv[4]):
+        os.kill(os.getpid(), signal.SIGKILL)  # the whole run, its pool's threads too
+
+apply.Batch.unlink = killed_after_some
+sync_once(sys.argv[1], sys.argv[2], Options(state=sys.argv[3]))
+"""
+
+
+def test_a_run_killed_among_its_deletes_is_finished_by_the_next(tmp_path: Path) -> None:
+    """A run killed (SIGKILL) after some of its batch's deletes leaves the batch
+    unfinished in the journal; the next run rolls it forward (compares in full, trusts
+    no row), deletes the rest, puts the directories' mtimes back, and drops the deleted
+    nodes' rows from the history."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    files = _tree(src, dirs=15, files=400, seed=5)
+    state = str(tmp_path / "state.sqlite")
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    gone = random.Random(6).sample(files, 120)
+    for rel in gone:
+        os.unlink(src / rel)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_DELETES, str(src), str(dst), state, "30"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = [rel for rel in gone if (dst / rel).exists()]
+    assert 0 < len(left) < len(gone)  # killed among its deletes
+    journal = sqlite3.connect(str(tmp_path / "state.journal.sqlite"))
+    try:
+        states = [s for (s,) in journal.execute("SELECT state FROM batches ORDER BY seq")]
+    finally:
+        journal.close()
+    assert states[-1] in ("begun", "running"), states
+
+    report = sync_once(str(src), str(dst), Options(state=state))
+    assert report.ok, report.problems
+    assert report.counts["delete"] == len(left)
+    assert_same_tree(src, dst)  # directory mtimes included
+    assert not {tuple(rel.split("/")) for rel in gone} & _history_keys(state)
+    journal = sqlite3.connect(str(tmp_path / "state.journal.sqlite"))
+    try:
+        states = [s for (s,) in journal.execute("SELECT state FROM batches ORDER BY seq")]
+    finally:
+        journal.close()
+    assert "rolled forward" in states and states[-1] == "done", states
+    assert not sync_once(str(src), str(dst), Options(state=state, dry_run=True)).plan
