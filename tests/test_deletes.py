@@ -7,6 +7,7 @@ tree ends equal to the source."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -16,9 +17,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from treeutil import assert_same_tree, build
+from treeutil import assert_same_tree, build, hsync_bin
 
 import hsync
 from hsync.history import History
@@ -271,3 +273,32 @@ def test_a_run_killed_among_its_deletes_is_finished_by_the_next(tmp_path: Path) 
         journal.close()
     assert "rolled forward" in states and states[-1] == "done", states
     assert not sync_once(str(src), str(dst), Options(state=state, dry_run=True)).plan
+
+
+def test_only_the_directory_whose_listing_changed_is_compared(tmp_path: Path) -> None:
+    """``hsync sync --json`` after two files deleted from one directory of twenty: the
+    comparison holds that directory (and the root above it) on the source, and the
+    two deleted files with them on the destination; no other directory, and none of
+    the directory's remaining files, is compared."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    build(src, {f"d{d:02d}/f{i}": b"%d" % i for d in range(20) for i in range(10)})
+    time.sleep(CTIME_LAG)
+    state = str(tmp_path / "state.sqlite")
+
+    def run() -> dict[str, Any]:
+        done = subprocess.run(
+            [hsync_bin(), "sync", str(src), str(dst), "--json", "--state", state],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
+
+    assert run()["counts"]["create"] == 221
+    for i in (1, 4):
+        os.unlink(src / "d03" / f"f{i}")
+    report = run()
+    assert report["counts"] == {"create": 0, "update": 1, "move": 0, "delete": 2}
+    assert report["compared"] == {"source": 2, "destination": 4}
+    assert report["scanned"] == {"source": 219, "destination": 221}
+    assert_same_tree(src, dst)
