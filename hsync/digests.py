@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 
 from .backend import DigestScan
 from .history import History
-from .model import CONTAINERS, DIR, Key, Row, Rows, Snapshot, same_row
+from .model import CONTAINERS, DIR, Key, Row, Rows, Snapshot, has_unread, same_row
 from .region import Region, context_keys
 from .session import PairSession
 
@@ -61,7 +61,7 @@ def compare_by_digests(
         src_root, theirs.root, ours, there.listings(dirty) if dirty else {}
     )
     folded = fold_moves(region, here, listed, mine.trees, theirs.trees, history) if fold else {}
-    region = _with_origins(region, here, dirty, history, set(folded))
+    region = _with_origins(region, here, dirty, history, set(folded), ours)
     folded = {s: d for s, d in folded.items() if _folded_top(s, d, region)}
     context = context_keys(region)
     whole = [t for t in region.deep if t not in folded]
@@ -191,6 +191,7 @@ def _folded_top(src: Key, dst: Key, region: Region) -> bool:
 def _with_origins(
     region: Region, here: DigestScan, dirty: list[Key], history: History,
     folded: set[Key] = frozenset(),  # type: ignore[assignment]
+    listings: dict[Key, list[tuple[str, Row]]] | None = None,
 ) -> Region:
     """``region`` grown by where its source nodes came from: identity beats a name (SPEC
     section 3). A node of the region (or a directory whose listing differs) whose
@@ -198,10 +199,20 @@ def _with_origins(
     rotation): that key is compared too, whole, so diff matches the two by identity as
     a full comparison would, even where the node at the old key kept its name and
     payload. Repeated until no new place turns up. ``folded``: source directories whose
-    descendants are equal to where they came from (``fold_moves``): not asked for."""
+    descendants are equal to where they came from (``fold_moves``): not asked for.
+    ``listings``: the source's listings read already (the directories whose listings
+    differ): not asked for again.
+
+    The children of a directory whose own payload differs are asked for by identity
+    only where they may have come from elsewhere: a child whose attributes were not
+    read (``UNREAD``: its ctime is older than the source's mark of the last sync that
+    left the pair equal) was not renamed or linked since (either sets the node's
+    ctime), so it is where the history has it. A directory whose mtime moved because
+    children were removed then costs its listing, not a lookup per child."""
     checked: set[Key] = set(folded)
     listed: set[Key] = set()
     moved_dirs = set(dirty)
+    known = listings or {}
     while True:
         wanted = {*region.shallow, *(d for d in dirty if d)} - checked
         rows = here.rows(keys=wanted, subtrees=[t for t in region.deep if t not in checked])
@@ -210,9 +221,13 @@ def _with_origins(
         touched = [k for k in region.shallow if k not in listed]
         if touched:
             listed.update(touched)
-            for d, listing in here.listings(touched).items():
-                for name, row in listing:
-                    if len(row) > 5:  # (a special file's row names only its kind)
+            ask = [k for k in touched if k not in known]
+            got = here.listings(ask) if ask else {}
+            for d in touched:
+                listing = known.get(d)
+                for name, row in got.get(d, ()) if listing is None else listing:
+                    # (a special file's row names only its kind)
+                    if len(row) > 5 and not has_unread(row[6]):
                         rows.setdefault((*d, name), row)
         keys = set(rows) - checked
         keys.discard(())

@@ -1,21 +1,37 @@
 """Deletes run on a pool of threads (issue 15): every file delete of a batch is in
-flight at once, and every other op waits for them. These check what that must keep:
+flight at once, and every other op but a directory's update (set once they are done)
+waits for them. These check what that must keep:
 a directory is removed only once its files are gone, a name freed by a delete can be
 taken by a create of another kind, a delete refused is a problem (not a crash), and the
 tree ends equal to the source."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
+import signal
+import sqlite3
 import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
-from treeutil import assert_same_tree, build
+from treeutil import assert_same_tree, build, hsync_bin
 
 import hsync
+from hsync.history import History
+from hsync.model import DELETE, UPDATE
+from hsync.oneshot import sync_once
+from hsync.options import Options
+
+T0 = 1_577_836_800 * 10**9  # 2020-01-01
+CTIME_LAG = 0.05
+"""Past the source's ctime lag (``backend.CtimeClock``): nodes built before a sync's
+mark are older than it, their attributes not read again by the next run."""
 
 
 def _tree(root: Path, dirs: int, files: int, seed: int) -> list[str]:
@@ -90,4 +106,199 @@ def test_a_directory_whose_mode_changed_with_a_delete_in_it_gets_both(
         assert (t.st_mode, t.st_mtime_ns) == (s.st_mode, s.st_mtime_ns), d
     assert os.getxattr(dst / "a", "user.note") == b"kept"
     assert sorted(os.listdir(dst / "a")) == ["y"]
+    assert_same_tree(src, dst)
+
+
+def _history_keys(state: str) -> set[tuple[str, ...]]:
+    db = sqlite3.connect(state)
+    try:
+        return {tuple(bytes(k).decode().split("\0")) if k else ()
+                for (k,) in db.execute("SELECT key FROM nodes")}
+    finally:
+        db.close()
+
+
+def test_the_deleted_rows_are_gone_from_the_history_after_one_run(tmp_path: Path) -> None:
+    """One run that deletes drops the deleted nodes' rows (and nothing else): the next
+    run has nothing to do."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    files = _tree(src, dirs=10, files=200, seed=3)
+    state = str(tmp_path / "state.sqlite")
+    hsync.sync(str(src), str(dst), state=state)
+    gone = [tuple(rel.split("/")) for rel in random.Random(4).sample(files, 40)]
+    for key in gone:
+        os.unlink(src.joinpath(*key))
+    before = _history_keys(state)
+    report = hsync.sync(str(src), str(dst), state=state)
+    assert report.ok and report.counts["delete"] == 40, report.problems
+    assert _history_keys(state) == before - set(gone)
+    assert not hsync.diff(str(src), str(dst), state=state)
+    assert_same_tree(src, dst)
+
+
+def test_directory_updates_do_not_wait_for_the_deletes_in_flight(tmp_path: Path) -> None:
+    """A directory that lost files gets its mtime back once the batch's deletes are done
+    (``Touched.settle``), so its update does not wait for the deletes in flight: every
+    file delete of the batch is in flight at once (all reported after the directories'
+    updates), and each directory ends with the source's mtime."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    build(src, {f"d{d:02d}/f{i}": b"%d" % i for d in range(12) for i in range(6)})
+    state = str(tmp_path / "state.sqlite")
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    for d in range(12):
+        for i in (1, 4):
+            os.unlink(src / f"d{d:02d}" / f"f{i}")
+    done: list[str] = []
+    report = sync_once(str(src), str(dst), Options(state=state),
+                       on_done=lambda op: done.append(op.op))
+    assert report.ok and report.counts["delete"] == 24, report.problems
+    updates = [i for i, op in enumerate(done) if op == UPDATE]
+    deletes = [i for i, op in enumerate(done) if op == DELETE]
+    assert len(updates) >= 12 and max(updates) < min(deletes), done
+    for d in range(12):
+        s, t = os.lstat(src / f"d{d:02d}"), os.lstat(dst / f"d{d:02d}")
+        assert t.st_mtime_ns == s.st_mtime_ns
+    assert_same_tree(src, dst)
+
+
+def test_a_directory_that_only_lost_files_is_not_reidentified_child_by_child(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A directory whose mtime moved because files were removed from it is compared by
+    its listing: its remaining children, untouched since the last sync (their ctimes
+    older than its mark), are not looked up in the history by identity one by one."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    # other directories: the ones whose listings differ are few, compared by digests
+    build(src, {**{f"d/f{i:02d}": b"%d" % i for i in range(40)},
+                **{f"e{i}/x": b"x" for i in range(10)}})
+    time.sleep(CTIME_LAG)
+    state = str(tmp_path / "state.sqlite")
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    for i in range(0, 40, 4):
+        os.unlink(src / "d" / f"f{i:02d}")
+    asked: list[tuple[str, ...]] = []
+    moved_from = History.moved_from
+
+    def counted(self: History, places: dict[object, tuple[str, ...]]) -> object:
+        asked.extend(places.values())
+        return moved_from(self, places)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(History, "moved_from", counted)
+    report = sync_once(str(src), str(dst), Options(state=state))
+    assert report.ok and report.counts["delete"] == 10, report.problems
+    assert ("d",) in asked  # the directory itself: it might have come from elsewhere
+    assert [k for k in asked if len(k) == 2] == []  # none of its 30 remaining files
+    assert_same_tree(src, dst)
+
+
+def test_a_swap_beside_a_delete_is_still_found_by_identity(tmp_path: Path) -> None:
+    """Two equal files that swap names in a directory that also lost a file: a rename
+    sets a node's ctime, so both are read and looked up, and each destination file
+    follows its source file (two renames, nothing copied)."""
+    src = build(tmp_path / "src", {"d/a": b"same", "d/b": b"same", "d/gone": b"g",
+                                   **{f"d/k{i}": b"k" for i in range(10)},
+                                   **{f"e{i}/x": b"x" for i in range(10)}})
+    for name in ("a", "b"):
+        os.utime(src / "d" / name, ns=(T0, T0))
+    time.sleep(CTIME_LAG)
+    dst, state = tmp_path / "dst", str(tmp_path / "state.sqlite")
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    followed = {os.stat(src / "d" / n).st_ino: os.stat(dst / "d" / n).st_ino for n in "ab"}
+    os.unlink(src / "d" / "gone")
+    os.rename(src / "d" / "a", src / "d" / "tmp")
+    os.rename(src / "d" / "b", src / "d" / "a")
+    os.rename(src / "d" / "tmp", src / "d" / "b")
+    report = sync_once(str(src), str(dst), Options(state=state))
+    assert report.ok and report.counts["move"] >= 2 and report.bytes_copied == 0
+    assert report.counts["delete"] == 1
+    assert {os.stat(src / "d" / n).st_ino: os.stat(dst / "d" / n).st_ino
+            for n in "ab"} == followed
+    assert_same_tree(src, dst)
+
+
+_KILLED_MID_DELETES = """
+import os, signal, sys
+from hsync.backends.fs import apply
+from hsync.oneshot import sync_once
+from hsync.options import Options
+
+unlink, done = apply.Batch.unlink, []
+
+def killed_after_some(self, op):
+    unlink(self, op)
+    done.append(op.key)
+    if len(done) == int(sys.argv[4]):
+        os.kill(os.getpid(), signal.SIGKILL)  # the whole run, its pool's threads too
+
+apply.Batch.unlink = killed_after_some
+sync_once(sys.argv[1], sys.argv[2], Options(state=sys.argv[3]))
+"""
+
+
+def test_a_run_killed_among_its_deletes_is_finished_by_the_next(tmp_path: Path) -> None:
+    """A run killed (SIGKILL) after some of its batch's deletes leaves the batch
+    unfinished in the journal; the next run rolls it forward (compares in full, trusts
+    no row), deletes the rest, puts the directories' mtimes back, and drops the deleted
+    nodes' rows from the history."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    files = _tree(src, dirs=15, files=400, seed=5)
+    state = str(tmp_path / "state.sqlite")
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    gone = random.Random(6).sample(files, 120)
+    for rel in gone:
+        os.unlink(src / rel)
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_MID_DELETES, str(src), str(dst), state, "30"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    left = [rel for rel in gone if (dst / rel).exists()]
+    assert 0 < len(left) < len(gone)  # killed among its deletes
+    journal = sqlite3.connect(str(tmp_path / "state.journal.sqlite"))
+    try:
+        states = [s for (s,) in journal.execute("SELECT state FROM batches ORDER BY seq")]
+    finally:
+        journal.close()
+    assert states[-1] in ("begun", "running"), states
+
+    report = sync_once(str(src), str(dst), Options(state=state))
+    assert report.ok, report.problems
+    assert report.counts["delete"] == len(left)
+    assert_same_tree(src, dst)  # directory mtimes included
+    assert not {tuple(rel.split("/")) for rel in gone} & _history_keys(state)
+    journal = sqlite3.connect(str(tmp_path / "state.journal.sqlite"))
+    try:
+        states = [s for (s,) in journal.execute("SELECT state FROM batches ORDER BY seq")]
+    finally:
+        journal.close()
+    assert "rolled forward" in states and states[-1] == "done", states
+    assert not sync_once(str(src), str(dst), Options(state=state, dry_run=True)).plan
+
+
+def test_only_the_directory_whose_listing_changed_is_compared(tmp_path: Path) -> None:
+    """``hsync sync --json`` after two files deleted from one directory of twenty: the
+    comparison holds that directory (and the root above it) on the source, and the
+    two deleted files with them on the destination; no other directory, and none of
+    the directory's remaining files, is compared."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    build(src, {f"d{d:02d}/f{i}": b"%d" % i for d in range(20) for i in range(10)})
+    time.sleep(CTIME_LAG)
+    state = str(tmp_path / "state.sqlite")
+
+    def run() -> dict[str, Any]:
+        done = subprocess.run(
+            [hsync_bin(), "sync", str(src), str(dst), "--json", "--state", state],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        report: dict[str, Any] = json.loads(done.stdout)
+        return report
+
+    assert run()["counts"]["create"] == 221
+    for i in (1, 4):
+        os.unlink(src / "d03" / f"f{i}")
+    report = run()
+    assert report["counts"] == {"create": 0, "update": 1, "move": 0, "delete": 2}
+    assert report["compared"] == {"source": 2, "destination": 4}
+    assert report["scanned"] == {"source": 219, "destination": 221}
     assert_same_tree(src, dst)

@@ -6,12 +6,13 @@ and every op that changes the structure (a move, a delete) first waits for the c
 in flight. Every write names its target relative to a directory reached beneath the
 root without following a symlink. Directory mode and mtime are set once their children
 settled, deepest first. Files are deleted on a small pool of threads (an ``unlink``
-waits on the disk's journal, not on Python), and every other op first waits for the
-deletes in flight (a directory is removed once its files are gone). One ``syncfs`` per
-batch (or one ``fsync`` per file; a batch of a few nodes: an ``fsync`` of each node and
-directory it changed, ``durable``), perhaps left running for the caller
-(``defer_durable``). A full disk stops the batch (``DestinationFull``); a cancel token
-stops it between ops.
+waits on the disk's journal, not on Python), and every other op but a directory's update
+first waits for the deletes in flight (a directory is removed once its files are gone;
+a directory's update only marks it: its metadata is set once the deletes are done).
+One ``syncfs`` per batch (or one ``fsync`` per file; a batch of a few nodes: an
+``fsync`` of each node and directory it changed, ``durable``), perhaps left running
+for the caller (``defer_durable``). A full disk stops the batch (``DestinationFull``);
+a cancel token stops it between ops.
 """
 
 from __future__ import annotations
@@ -315,30 +316,31 @@ class Batch:
         """Before a destructive op: the destination still holds what was planned."""
         if old is None:
             return
+        if key:
+            with self.parent(key) as (dfd, name):
+                self.expect_in(dfd, name, key, old)
+            return
+        _expect_stat(os.stat(self.root), old)
+
+    def expect_in(self, dfd: int, name: str, key: Key, old: Node | None) -> None:
+        """``expect`` of ``key``, named ``name`` in the open directory ``dfd``."""
+        if old is None:
+            return
         try:
-            if key:
-                with self.parent(key) as (dfd, name):
-                    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-            else:
-                st = os.stat(self.root)
+            st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
         except FileNotFoundError:
             raise TargetChanged(f"{'/'.join(key)} vanished from the destination") from None
-        mode = st.st_mode
-        if old.kind == DIR:
-            ok = stat.S_ISDIR(mode)
-        elif old.kind == FILE:
-            ok = stat.S_ISREG(mode) and st.st_size == old.size and st.st_mtime_ns == old.mtime_ns
-        elif old.kind == SPECIAL:
-            ok = stat.S_IFMT(mode) == stat.S_IFMT(old.mode)
-        else:
-            ok = stat.S_ISLNK(mode)
-        if not ok:
-            raise TargetChanged("the destination changed since it was scanned")
+        _expect_stat(st, old)
 
     # -- the ops ------------------------------------------------------------------------
     def one(self, op: Op) -> None:
         if op.op == DELETE and op.kind != DIR:
             self.delete_soon(op)
+            return
+        if op.op == UPDATE and op.kind == DIR:
+            # its metadata is only marked here and set once the batch's deletes are
+            # done (``settle``): the deletes in flight need not be waited for
+            self.update(op)
             return
         self.unlinked()  # what follows may depend on those files being gone
         if op.op == CREATE:
@@ -403,8 +405,8 @@ class Batch:
         self.unlinks.append((op, self._unlinker.submit(self.unlink, op)))
 
     def unlink(self, op: Op) -> None:
-        self.expect(op.key, op.old)
         with self.parent(op.key) as (dfd, name):
+            self.expect_in(dfd, name, op.key, op.old)  # one descriptor for both
             os.unlink(name, dir_fd=dfd)
 
     def unlink_now(self, op: Op) -> None:
@@ -608,6 +610,21 @@ class Batch:
 
     def copy_again(self, op: Op) -> None:
         self.ok(op, self.copies.copy(op))
+
+
+def _expect_stat(st: os.stat_result, old: Node) -> None:
+    """``TargetChanged`` unless ``st`` is still the node that was planned (``old``)."""
+    mode = st.st_mode
+    if old.kind == DIR:
+        ok = stat.S_ISDIR(mode)
+    elif old.kind == FILE:
+        ok = stat.S_ISREG(mode) and st.st_size == old.size and st.st_mtime_ns == old.mtime_ns
+    elif old.kind == SPECIAL:
+        ok = stat.S_IFMT(mode) == stat.S_IFMT(old.mode)
+    else:
+        ok = stat.S_ISLNK(mode)
+    if not ok:
+        raise TargetChanged("the destination changed since it was scanned")
 
 
 def _symlink_mtime(name: str, dfd: int, mtime_ns: int) -> None:
