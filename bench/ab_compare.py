@@ -10,7 +10,8 @@ comparison: both trees scanned and compared whole). ``noop``: ``hsync sync SRC D
 --state STATE`` (a no-op re-sync with a complete history: sync once first), plus
 ``rsync -a --delete`` of the same trees. ``initial``: ``hsync sync SRC DST.N --state
 DST.N.state`` into a new destination each time, beside ``rsync -a SRC/ DST.N/; sync -f
-DST.N`` as one command (the same durability); each destination is deleted after the
+DST.N`` as one command (the same durability), the source read whole (untimed) before
+each command; each destination is deleted after the
 last round, not between commands. Each command is spawned directly and reaped
 with ``os.wait4``: wall clock, CPU (user + system, its children included) and peak RSS
 (``ru_maxrss``: the largest single process, the run or its scan child). Medians.
@@ -37,6 +38,17 @@ def run(argv: Sequence[str]) -> tuple[float, float, int, int]:
     _, status, ru = os.wait4(pid, 0)
     wall = time.perf_counter() - t
     return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, os.waitstatus_to_exitcode(status)
+
+
+def warm(root: str) -> None:
+    """Read every file under ``root`` (untimed; ``bench_fs.warm``)."""
+    for top, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(top, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb", buffering=0) as f:
+                    while f.read(1 << 20):
+                        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.what == "memory":
                 state = tempfile.mktemp(prefix="ab-state-", dir=tempfile.gettempdir())
                 cmd.append(state)
+            if args.what == "initial":
+                warm(args.src)  # every command starts with the source in the page cache
             results[name].append(run(cmd))
             if state is not None:
                 for suffix in ("", "-journal", "-wal", "-shm", ".lock"):

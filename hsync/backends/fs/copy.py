@@ -323,14 +323,17 @@ class Copies:
         local tree: worker processes, so the per-file Python work runs on every core
         instead of queueing for the GIL; else (a few files, a source that is not a local
         tree, threads already running, where a fork is unsafe) a thread pool."""
-        files = sum(1 for op in ops if op.kind == FILE and op.op in (CREATE, UPDATE))
+        # a streamed batch (``Capabilities.streamed_ops``): the ops walked so far; it is
+        # streamed only when the tree has more nodes than a small batch
+        known: Sequence[Op] = getattr(ops, "known", ops)
+        files = sum(1 for op in known if op.kind == FILE and op.op in (CREATE, UPDATE))
         if not files:  # nothing will be queued: no pool (a no-op run imports none)
             yield
             return
         executor: Executor
         if (
             self.local is not None
-            and files >= PROCESS_MIN_FILES
+            and (files >= PROCESS_MIN_FILES or known is not ops)
             and threading.active_count() == 1
             and hasattr(os, "fork")
         ):
