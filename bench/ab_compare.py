@@ -2,10 +2,15 @@
 """A/B of two (or more) hsync installs on one pair of trees, interleaved round by round.
 
     python3 bench/ab_compare.py memory SRC DST --rounds 4 VENV_A VENV_B
+    python3 bench/ab_compare.py startup SRC DST --state STATE --rounds 21 VENV_A VENV_B
     python3 bench/ab_compare.py noop SRC DST --state STATE --rounds 5 VENV_A VENV_B
     python3 bench/ab_compare.py initial SRC DST --rounds 3 VENV_A VENV_B
 
-``memory``: ``hsync diff SRC DST`` with a new, empty history each time (a full
+``startup``: per install, ``python -c pass`` (its interpreter), ``hsync --version`` and
+``hsync sync SRC DST --state STATE --no-progress --json`` (a no-op of a small tree:
+sync it once first), plus ``rsync -a --delete`` of the same trees; the ratios to
+``python -c pass`` are printed too (the start-up target of issue 15). ``memory``:
+``hsync diff SRC DST`` with a new, empty history each time (a full
 comparison: both trees scanned and compared whole). ``noop``: ``hsync sync SRC DST
 --state STATE`` (a no-op re-sync with a complete history: sync once first), plus
 ``rsync -a --delete`` of the same trees. ``initial``: ``hsync sync SRC DST.N --state
@@ -53,7 +58,7 @@ def warm(root: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=("memory", "noop", "initial"))
+    p.add_argument("what", choices=("memory", "noop", "initial", "startup"))
     p.add_argument("src")
     p.add_argument("dst")
     p.add_argument("venvs", nargs="+", help="virtual environments with hsync installed")
@@ -69,6 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 p.error("noop needs --state")
             tools[v] = [hsync, "sync", args.src, args.dst, "--state", args.state,
                         "--no-progress"]
+        elif args.what == "startup":
+            if not args.state:
+                p.error("startup needs --state")
+            tools[f"{v}: python -c pass"] = [os.path.join(v, "bin", "python"), "-c", "pass"]
+            tools[f"{v}: hsync --version"] = [hsync, "--version"]
+            tools[f"{v}: hsync sync (no-op)"] = [hsync, "sync", args.src, args.dst, "--state",
+                                                 args.state, "--no-progress", "--json"]
         elif args.what == "initial":
             tools[v] = [hsync, "sync", args.src, "{dst}", "--state", "{dst}.state",
                         "--no-progress"]
@@ -77,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.what == "initial":
         tools["rsync; sync -f"] = ["/bin/sh", "-c", f"{args.rsync} -a \"$1\"/ \"$2\"/ && "
                                    "sync -f \"$2\"", "sh", args.src, "{dst}"]
-    if args.what == "noop":
+    if args.what in ("noop", "startup"):
         tools["rsync"] = [args.rsync, "-a", "--delete", args.src + "/", args.dst + "/"]
     results: dict[str, list[tuple[float, float, int, int]]] = {k: [] for k in tools}
     names = list(tools)
@@ -114,6 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"peak rss {statistics.median(x[2] for x in xs) / 1024:.1f} MiB, "
             f"exit codes {sorted({x[3] for x in xs})}, walls {[round(x[0], 2) for x in xs]}"
         )
+    if args.what == "startup":  # medians of the per-round ratios to the same round's pass
+        for v in args.venvs:
+            base = results[f"{v}: python -c pass"]
+            for name in (f"{v}: hsync --version", f"{v}: hsync sync (no-op)", "rsync"):
+                walls = [x[0] / b[0] for x, b in zip(results[name], base, strict=True)]
+                cpus = [x[1] / b[1] for x, b in zip(results[name], base, strict=True) if b[1]]
+                print(f"{name} / {v}: python -c pass: wall {statistics.median(walls):.2f}x, "
+                      f"cpu {statistics.median(cpus):.2f}x" if cpus else "")
     return 0
 
 

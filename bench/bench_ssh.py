@@ -28,6 +28,10 @@ interleaved run. ``--check stat`` compares each destination with the source by
 ``rsync -a -n -i --delete`` (names, sizes, mtimes, modes, owners) instead of
 ``diff -r`` (which reads every byte of every copy each round).
 
+``--latency MS`` adds that round-trip time to every tool's link (``latency_relay.py``
+as ssh's ``ProxyCommand``: each chunk held MS/2 in each direction, the throughput not
+capped), as a link to another site would have.
+
 ``--window N`` (repeatable) adds hsync with ``--window N`` as a tool of its own
 (``hsync-wN``; plain ``hsync`` runs with the default window): a push keeps that many
 batches in flight, and ``--batch-ops`` sets the ops per batch of every hsync.
@@ -161,6 +165,9 @@ def main() -> None:
                     help="a second hsync install, run as the tool hsync-b")
     ap.add_argument("--check", choices=("content", "stat"), default="content",
                     help="how each destination is compared with the source after a round")
+    ap.add_argument("--latency", type=float, default=0.0,
+                    help="round-trip time in ms added to the link of every tool "
+                         "(bench/latency_relay.py as ssh's ProxyCommand; 0: none)")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse the source tree a run with the same sizes generated in "
                          "--workdir (the destinations and states are made again)")
@@ -200,6 +207,10 @@ def main() -> None:
         scenarios.remove("b1")  # the first re-sync after a copy: there is no copy
     server = Sshd(str(work / "sshd"))
     rsh = server.rsh
+    if args.latency:
+        relay = Path(__file__).resolve().with_name("latency_relay.py")
+        rsh += " " + shlex.join(
+            ["-o", f"ProxyCommand={sys.executable} {relay} {args.latency:g} %h %p"])
     hsync = [args.hsync, "sync", "-e", rsh]
     if args.batch_ops:
         hsync += ["--batch-ops", str(args.batch_ops)]

@@ -23,8 +23,7 @@ from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from functools import partial
 from typing import Any, overload
 
-import attrs
-
+from ._values import define, evolve, field, frozen
 from .backend import ApplyOptions, ApplyResult, PendingBatch
 from .cancel import NEVER, Cancel
 from .errors import CANCELLED, RETRY
@@ -45,7 +44,7 @@ from .model import (
 from .session import PairSession
 
 
-@attrs.frozen(kw_only=True)
+@frozen(kw_only=True)
 class Batching:
     """How many ops, and how many bytes of content, one batch holds at most; a batch is
     what a stop request waits for, and what one flush of the destination covers."""
@@ -74,17 +73,17 @@ RETRY_DELAYS = (0.05, 0.1, 0.2)
 (a file being written): one more try after each, within the batch."""
 
 
-@attrs.define
+@define
 class Applied:
     """What applying a plan (or a streamed copy) did."""
 
-    done: list[Op] = attrs.field(factory=list)
-    problems: list[Problem] = attrs.field(factory=list)
+    done: list[Op] = field(factory=list)
+    problems: list[Problem] = field(factory=list)
     bytes_copied: int = 0
-    counts: dict[str, int] = attrs.field(
+    counts: dict[str, int] = field(
         factory=lambda: dict.fromkeys((CREATE, UPDATE, MOVE, DELETE), 0)
     )
-    warnings: list[str] = attrs.field(factory=list)
+    warnings: list[str] = field(factory=list)
 
     def add(self, result: ApplyResult) -> None:
         self.done.extend(result.done)
@@ -109,7 +108,7 @@ def batches(ops: Sequence[Op], batching: Batching) -> Iterator[tuple[int, Sequen
         yield start, ops[start:]
 
 
-@attrs.define
+@define
 class Started:
     """A batch under way (``start_batch``): journaled, sent or applied; its result is
     taken by ``finish_batch``."""
@@ -190,7 +189,7 @@ def batching_for(session: PairSession, batching: Batching) -> Batching:
     if windowed is None:
         return batching
     max_ops, max_bytes = windowed.batch_limits()
-    return attrs.evolve(batching, max_ops=min(batching.max_ops, max_ops),
+    return evolve(batching, max_ops=min(batching.max_ops, max_ops),
                         max_bytes=min(batching.max_bytes, max_bytes),
                         min_ops=min(batching.min_ops, max_ops))
 
@@ -334,14 +333,14 @@ def retry_changed(
             node = source.stat(p.key)
             if node is not None and node.kind == FILE:
                 now[p.key] = node
-                again.append(attrs.evolve(files[p.key], node=node))
+                again.append(evolve(files[p.key], node=node))
         if not again:
             break
         _set_nodes(final, now)
         last = n == len(RETRY_DELAYS) - 1
         tried = session.destination.backend.apply_batch(
             again, source, final, cancel=cancel, on_done=on_done,
-            options=attrs.evolve(options, defer_durable=False, copy_unstable=last and unstable),
+            options=evolve(options, defer_durable=False, copy_unstable=last and unstable),
         )
         result.problems = [p for p in result.problems if p.key not in now] + tried.problems
         result.done.extend(tried.done)
@@ -355,7 +354,7 @@ def retry_changed(
             )
     tries = len(RETRY_DELAYS) + 1
     result.problems = [
-        attrs.evolve(p, message=f"{p.message} ({tries} tries; --copy-unstable copies it "
+        evolve(p, message=f"{p.message} ({tries} tries; --copy-unstable copies it "
                      "anyway)")
         if p.kind == RETRY and p.key in files and not unstable else p
         for p in result.problems

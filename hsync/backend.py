@@ -25,8 +25,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, runtime_checkable
 
-import attrs
-
+from ._values import define, evolve, field, field_names, frozen
 from .cancel import NEVER, Cancel
 from .errors import UsageError
 
@@ -39,7 +38,7 @@ Relation = Literal["same", "inside", "contains"]
 
 
 # -- values --------------------------------------------------------------------------------
-@attrs.frozen(kw_only=True)
+@frozen(kw_only=True)
 class Capabilities:
     """What a backend can do; the planner and the applier respect it."""
 
@@ -69,7 +68,7 @@ class Capabilities:
     identities once even when every key's payload is equal (two names swapped)."""
 
 
-@attrs.frozen
+@frozen
 class Credentials:
     """How to authenticate to an endpoint and reach it safely (LDAP: a bind DN and its
     password, the CA file that signs the server's certificate, StartTLS), given by the
@@ -77,12 +76,12 @@ class Credentials:
     comes from the environment. The password never shows in a repr, a log or a report."""
 
     bind_dn: str | None
-    password: str | None = attrs.field(default=None, repr=False)
+    password: str | None = field(default=None, repr=False)
     ca_file: str | None = None
     starttls: bool = False
 
 
-@attrs.frozen(kw_only=True)
+@frozen(kw_only=True)
 class ApplyOptions:
     """How a batch is applied (the sync options that reach the destination)."""
 
@@ -103,7 +102,7 @@ class ApplyOptions:
     """Holes of sparse files stay holes (rsync -S); False writes them as zeros."""
 
 
-@attrs.frozen(kw_only=True)
+@frozen(kw_only=True)
 class ScanOptions:
     """What a tree's scans keep (the sync options that reach the scans of both sides;
     ``ScanConfigurable``)."""
@@ -115,20 +114,20 @@ class ScanOptions:
     deleted (rsync -x)."""
 
 
-@attrs.define
+@define
 class ApplyResult:
     """What one batch did: the ops done, the problems, the content bytes written."""
 
-    done: list[Op] = attrs.field(factory=list)
-    problems: list[Problem] = attrs.field(factory=list)
+    done: list[Op] = field(factory=list)
+    problems: list[Problem] = field(factory=list)
     bytes_copied: int = 0
     durable: Callable[[], None] | None = None
     """Waits until the batch is durable when the flush was deferred; None: it is."""
-    warnings: list[str] = attrs.field(factory=list)
+    warnings: list[str] = field(factory=list)
     """Said to the user, nothing failed (the apply step's: files published unstable)."""
 
 
-@attrs.frozen(kw_only=True)
+@frozen(kw_only=True)
 class DigestSummary:
     """What a digest scan saw, small enough to ship: one digest per directory listed
     (two directories with equal digests hold the same names with the same payloads),
@@ -137,7 +136,7 @@ class DigestSummary:
 
     digests: dict[Key, int]
     incomplete: dict[Key, str]
-    trees: dict[Key, int] = attrs.field(factory=dict)
+    trees: dict[Key, int] = field(factory=dict)
     """One digest per directory listed for its whole subtree (a Merkle tree: two
     directories with equal ones hold the same names with the same payloads at every
     depth, whatever their own names); empty where the scan computes none."""
@@ -147,7 +146,7 @@ class DigestSummary:
     root: Row | None
 
 
-@attrs.frozen(kw_only=True)
+@frozen(kw_only=True)
 class Keep:
     """Which metadata beyond kind, mode, size, mtime and target a pair keeps (SPEC 2),
     as ``Metadata.metadata`` negotiates it: what the options ask for, narrowed to what
@@ -176,7 +175,7 @@ class Keep:
 
     def narrowed(self, other: Keep) -> Keep:
         """What both keep (the id maps of ``self``)."""
-        return attrs.evolve(
+        return evolve(
             self, owner=self.owner and other.owner, group=self.group and other.group,
             xattrs=self.xattrs & other.xattrs, acls=self.acls and other.acls,
         )
@@ -200,14 +199,14 @@ def id_map(src: dict[int, str], dst: dict[int, str]) -> tuple[tuple[int, int], .
     return tuple(out)
 
 
-@attrs.frozen
+@frozen
 class Resume:
     """Where a watch may resume: a token one of its own watches gave out
     (``Watch.checkpoint``), and the source's identity -> key map of what was synced up
     to that point (from the history; called once, lazily)."""
 
     token: bytes
-    identities: Callable[[], Iterable[tuple[object, Key]]] = attrs.field(repr=False)
+    identities: Callable[[], Iterable[tuple[object, Key]]] = field(repr=False)
 
 
 # -- what the caller hands in ------------------------------------------------------------------
@@ -312,7 +311,7 @@ class Backend(Protocol):
         source: ContentSource,
         final: Snapshot,
         *,
-        options: ApplyOptions = ApplyOptions(),
+        options: ApplyOptions = ApplyOptions(),  # noqa: B008 (frozen)
         cancel: Cancel = NEVER,
         on_done: Callable[[Op], None] | None = None,
     ) -> ApplyResult:
@@ -628,7 +627,7 @@ def schema_aware(endpoint: Endpoint) -> SchemaAware | None:
 
 
 # -- the resolved features ---------------------------------------------------------------------
-@attrs.frozen(kw_only=True)
+@frozen(kw_only=True)
 class Features:
     """What one opened endpoint offers, resolved once by ``Features.of``: each optional
     capability is the backend itself, typed as its protocol, or None."""
@@ -666,12 +665,12 @@ class Features:
     def names(self) -> list[str]:
         """The optional capabilities present (for ``--debug`` and a handshake)."""
         return [
-            f.name for f in attrs.fields(Features)
-            if f.name != "capabilities" and getattr(self, f.name) is not None
+            name for name in field_names(Features)
+            if name != "capabilities" and getattr(self, name) is not None
         ]
 
 
-@attrs.frozen
+@frozen
 class Endpoint:
     """An opened backend with its resolved features: what the core passes around."""
 

@@ -123,13 +123,12 @@ def _filtered(
     **more: Any,
 ) -> Any:
     """``opts`` with --include, --filter and --delete-excluded (and ``more``)."""
-    import attrs
-
+    from ._values import evolve
     from .filters import parse_rule
 
     for rule in rules or ():
         parse_rule(rule)  # a malformed rule is a usage error before anything is opened
-    return attrs.evolve(
+    return evolve(
         opts, include=tuple(include or ()), filters=tuple(rules or ()),
         delete_excluded=delete_excluded, **more,
     )

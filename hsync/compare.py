@@ -20,8 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-
+from ._values import define, field
 from .cancel import NEVER, Cancel
 from .differ import Side, diff, relinks
 from .model import DELETE, MOVE, Key, Plan, Rows, Snapshot, has_unread, same_row
@@ -30,17 +29,17 @@ from .region import Region, scan_region_pair
 from .session import PairSession
 
 
-@attrs.define
+@define
 class Comparison:
     """Two snapshots (whole trees, or the same region of both) and the plan between."""
 
     src: Snapshot
     dst: Snapshot
     plan: Plan
-    warnings: list[str] = attrs.field(factory=list)
+    warnings: list[str] = field(factory=list)
     region: Region | None = None
     """The region compared (None: the whole trees)."""
-    kept: list[Key] = attrs.field(factory=list)
+    kept: list[Key] = field(factory=list)
     """Destination-only subtrees left in place because the destination was never synced
     from this source (their tops; ``withheld`` counts every node)."""
     withheld: int = 0
@@ -100,7 +99,9 @@ def scan_both(
     dexclude = session.destination_exclude  # None with --delete-excluded
     dscan = destination.features.digest_scanning
     if dscan is not None and destination.backend.root_id() is not None:
-        child = dscan.digest_scan(dexclude, background=True, cancel=cancel)
+        child = dscan.digest_scan(
+            dexclude, background=_worth_a_child(session), cancel=cancel
+        )
         try:
             session.check_source_root()  # again: a watch's root may have gone since
             sscan = source.features.digest_scanning
@@ -141,6 +142,23 @@ def scan_both(
         dst = collect()
     session.check_source(src.incomplete, len(src.nodes), len(dst.nodes))
     return src, dst
+
+
+SMALL_TREE = 1000
+"""A pair whose history holds at most this many nodes scans its destination in this
+process, after the source: forking a child, shipping its answers over a pipe and
+reaping it cost more than the walk of a tree this small (on the 2 shared cores the
+two ways crossed between 500 and 1,000 nodes; bench/README.md, "The fixed cost of a
+small sync")."""
+
+
+def _worth_a_child(session: PairSession) -> bool:
+    """Whether the destination's digest scan runs in a forked child beside the source's
+    (``digest_scan(background=True)``): not for a pair whose history says the tree is
+    small (``SMALL_TREE``). Without a history (a first sync, ``--state ''``) nothing
+    says how big it is: forked, as before."""
+    history = session.history
+    return history is None or history.holds_more_than(SMALL_TREE)
 
 
 def _in_thread(scan: Callable[[], Snapshot]) -> Callable[[], Snapshot]:

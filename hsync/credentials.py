@@ -28,8 +28,9 @@ if TYPE_CHECKING:
 SERVER_SCHEMES = ("ldap", "ldaps")
 """Endpoints that connect to a server, for which ``--ca-file`` and ``--starttls`` mean
 something (other endpoints ignore them)."""
-_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@")
-_BINDPW = re.compile(r"[?,!]\s*(x-bindpw|bindname|x-bindname)\s*=", re.IGNORECASE)
+# compiled on first use (``re`` caches them): most runs never need them
+_USERINFO = r"^([A-Za-z][A-Za-z0-9+.-]*://)([^/?#]*)@"
+_BINDPW = r"(?i)[?,!]\s*(x-bindpw|bindname|x-bindname)\s*="
 
 
 def private(mode: int) -> bool:
@@ -61,7 +62,7 @@ def read_password_file(path: str | os.PathLike[str], where: str = "") -> str:
 def redacted(location: str) -> str:
     """``location`` without what could be a secret: the user information before ``@``
     and everything from the first ``?`` on (LDAP URL extensions)."""
-    out = _USERINFO.sub(r"\1", location)
+    out = re.sub(_USERINFO, r"\1", location)
     return out.split("?", 1)[0]
 
 
@@ -71,8 +72,10 @@ def refuse_secret_in_url(location: str, *, user: bool = False) -> None:
     too: an LDAP URL has none, while ``ssh://user@host`` is fine). They would show in
     process lists, shell histories, logs and reports; the message names the URL without
     them."""
-    m = _USERINFO.match(location)
-    if (m and (":" in m.group(2) or (user and m.group(2)))) or _BINDPW.search(location):
+    if "@" not in location and "=" not in location:
+        return  # neither user information nor a URL extension: nothing to look at
+    m = re.match(_USERINFO, location)
+    if (m and (":" in m.group(2) or (user and m.group(2)))) or re.search(_BINDPW, location):
         raise UsageError(
             f"{redacted(location)}: credentials in the URL are refused (they would show "
             "in process lists and logs); LDAP: --src-bind-dn/--dst-bind-dn (or "

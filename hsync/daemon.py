@@ -25,6 +25,7 @@ from typing import Any
 
 import attrs
 
+from ._values import evolve
 from .backend import Credentials
 from .credentials import for_side, refuse_secret_in_url
 from .credentials import private as private_mode
@@ -283,7 +284,7 @@ def _credentials(
     )
     if found is not None and dn is not None and found.password is None:
         # a bind DN from the config binds with the config's password, or none
-        found = attrs.evolve(found, password=inline or "")
+        found = evolve(found, password=inline or "")
     return found
 
 

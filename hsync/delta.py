@@ -52,10 +52,11 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import io
 import os
 import threading
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO
 
 import attrs
 import xxhash
@@ -66,6 +67,7 @@ __all__ = [
     "DeltaError",
     "DeltaStream",
     "DeltaUnavailable",
+    "Patched",
     "Trailer",
     "available",
     "delta",
@@ -401,3 +403,80 @@ def patch(basis_fd: int, chunks: Iterable[bytes], out_fd: int) -> Trailer:
             raise DeltaError(f"patch: reading the basis: {failure[0]}") from failure[0]
         raise exc
     return hasher.trailer()
+
+
+class Patched(io.RawIOBase):
+    """A file's new content made by patching: its delta (``delta``, a file) applied to
+    the receiver's old file (``basis()`` opens it), checked against the sender's
+    ``trailer``; the receiver's ``read`` returns it for the apply to publish.
+
+    ``write_into`` writes it once, straight into the temporary file the apply renames
+    (``backends.fs.copy.WritesItself``): a big file patched is written once, not to an
+    unnamed temporary file first and then copied. Read as a file (``fileno``, ``read``)
+    it is patched into an unnamed temporary file first. A result that does not verify
+    (the old file changed after its signature, a collision, a corrupt delta) raises
+    ``errors.SourceChanged``, after ``on_fail()``: the apply retries the file, and the
+    receiver reads it whole then."""
+
+    def __init__(self, delta: BinaryIO, basis: Callable[[], BinaryIO], trailer: Trailer,
+                 mtime_ns: int, on_fail: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self._delta: BinaryIO | None = delta
+        self._basis = basis
+        self.trailer = trailer
+        self.size = trailer.size
+        self.mtime_ns = mtime_ns
+        self._on_fail = on_fail
+        self._file: BinaryIO | None = None
+
+    def write_into(self, fd: int) -> int:
+        """Patch into ``fd`` (empty, at offset 0); the bytes written, verified."""
+        from .errors import NodeError, SourceChanged
+
+        d, self._delta = self._delta, None
+        if d is None:
+            raise SourceChanged("its delta was already applied")
+        try:
+            with d, self._basis() as basis:
+                got = patch(basis.fileno(), iter(lambda: d.read(CHUNK), b""), fd)
+            if got != self.trailer:
+                raise DeltaError("the patched file differs from the source's")
+        except (OSError, NodeError, DeltaError) as e:
+            if self._on_fail is not None:
+                self._on_fail()
+            raise SourceChanged(f"its delta did not apply ({e}); sent whole next") from e
+        return got.size
+
+    def _made(self) -> BinaryIO:
+        if self._file is None:
+            import tempfile
+
+            with tempfile.TemporaryFile() as tmp:
+                fd = os.dup(tmp.fileno())
+            try:
+                self.write_into(fd)
+                os.utime(fd, ns=(self.mtime_ns, self.mtime_ns))
+                os.lseek(fd, 0, os.SEEK_SET)
+            except BaseException:
+                os.close(fd)
+                raise
+            self._file = os.fdopen(fd, "rb")
+        return self._file
+
+    def fileno(self) -> int:
+        return self._made().fileno()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        return self._made().readinto(b)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        if self._delta is not None:
+            self._delta.close()
+            self._delta = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        super().close()

@@ -25,8 +25,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-import attrs
-
+from ._values import field, frozen
 from .errors import UsageError
 from .model import Key
 
@@ -125,16 +124,16 @@ def _compile(pattern: str, *, rsync: bool) -> tuple[str, bool] | None:
     return "^" + prefix + body + suffix + "$", dir_only
 
 
-@attrs.frozen
+@frozen
 class Exclude:
     """Nodes left out of a scan: neither copied nor deleted (unless
     ``--delete-excluded``). Call it as ``exclude(key, is_dir)``; a directory pattern
     (``build/``) matches directories only. The module doc tells how ``patterns``
     (gitignore-style) and ``rules`` (rsync's ``+``/``-``, first match wins) combine."""
 
-    patterns: tuple[str, ...] = attrs.field(converter=strings)
-    rules: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_rules)
-    _compiled: tuple[tuple[Matcher, ...], tuple[Matcher, ...]] | None = attrs.field(
+    patterns: tuple[str, ...] = field(converter=strings)
+    rules: tuple[tuple[str, str], ...] = field(default=(), converter=_rules)
+    _compiled: tuple[tuple[Matcher, ...], tuple[Matcher, ...]] | None = field(
         default=None, init=False, eq=False, repr=False
     )
 

@@ -20,13 +20,12 @@ and the options that shape the rows): a token whose context differs is not retur
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
 
-from .model import ENTRY, Fingerprint, Key, Node, Snapshot, data_digest, fingerprint
+from .model import ENTRY, Fingerprint, Key, Node, Snapshot, data_digest, fingerprint, sha256
 
 SCHEMA_VERSION = 6
 _SEP = "\0"
@@ -64,7 +63,7 @@ def default_state_path() -> str:
 
 def pair_id(source_url: str, destination_url: str) -> str:
     raw = f"{source_url}\n{destination_url}".encode(errors="surrogateescape")
-    return hashlib.sha256(raw).hexdigest()[:32]
+    return sha256(raw).hexdigest()[:32]
 
 
 def encode_key(key: Key) -> bytes:
@@ -267,6 +266,16 @@ class History:
         return self.db.execute(
             "SELECT 1 FROM nodes WHERE pair=? AND key>? LIMIT 1", (self.pair, b"")
         ).fetchone() is None
+
+    def holds_more_than(self, n: int) -> bool:
+        """True when more than ``n`` nodes are recorded for this pair (reads at most
+        ``n + 1`` index entries, not the whole pair)."""
+        try:
+            return self.db.execute(
+                "SELECT 1 FROM nodes WHERE pair=? LIMIT 1 OFFSET ?", (self.pair, n)
+            ).fetchone() is not None
+        except sqlite3.DatabaseError:
+            return True  # read-only and unreadable: nothing says the tree is small
 
     def identities(self) -> Iterator[tuple[object, Key]]:
         """``(identity, key)`` of every synced node that has an identity (no order): the

@@ -54,7 +54,6 @@ import marshal
 import os
 import sqlite3
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -95,11 +94,15 @@ def journal_path(history_path: str) -> str:
 
 def _pack(ops: Sequence[Op]) -> bytes:
     """The ops as plain tuples (for a post-mortem; recovery does not replay them)."""
+    import zlib  # not imported by a run that writes no batch
+
     rows = [(op.op, op.kind, op.key, op.to) for op in ops]
     return zlib.compress(marshal.dumps(rows), 1)
 
 
 def unpack(blob: bytes) -> list[tuple[Any, ...]]:
+    import zlib
+
     return marshal.loads(zlib.decompress(blob))
 
 
@@ -368,8 +371,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def recover(history: Any) -> bool:
-    """Before a diff: roll forward what a killed run left for ``history``'s pair.
+def recover(history: Any, journal: Journal | None = None) -> bool:
+    """Before a diff: roll forward what a killed run left for ``history``'s pair
+    (``journal``: its journal, already open, left open; else opened and closed here).
 
     Returns True when the history may be trusted. With an unfinished batch (or a journal
     that had to be replaced), a writable history is marked incomplete (this run then
@@ -393,7 +397,9 @@ def recover(history: Any) -> bool:
         except sqlite3.Error:
             return False
         return row is None
-    journal = Journal(path, history.pair)
+    opened = journal is None
+    if journal is None:
+        journal = Journal(path, history.pair)
     try:
         seqs = journal.unfinished()
         if not seqs and not journal.replaced:
@@ -402,7 +408,8 @@ def recover(history: Any) -> bool:
         journal.mark_rolled(seqs)
         return False
     finally:
-        journal.close()
+        if opened:
+            journal.close()
 
 
 def open_for(history: Any) -> Journal | None:

@@ -7,13 +7,12 @@ a filesystem name that is not valid UTF-8 is carried with surrogate escapes
 
 from __future__ import annotations
 
-import hashlib
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
 from typing import Any, Literal
 
-import attrs
+from ._values import define, field, frozen
 
 Key = tuple[str, ...]
 ROOT: Key = ()
@@ -39,7 +38,7 @@ DELETE = "delete"
 OpName = Literal["create", "update", "move", "delete"]
 
 
-@attrs.frozen
+@frozen
 class Node:
     """What one scan saw at one key.
 
@@ -56,11 +55,11 @@ class Node:
     size: int = 0
     mtime_ns: int = 0
     target: str | None = None
-    identity: int | str | None = attrs.field(default=None, eq=False)
+    identity: int | str | None = field(default=None, eq=False)
     data: Any = None
 
 
-@attrs.frozen
+@frozen
 class Fingerprint:
     """An entry's payload as the history keeps it: a digest of its ``data``."""
 
@@ -83,13 +82,26 @@ def fingerprint(data: Any) -> str:
             add(len(v).to_bytes(8, "big"))
             add(v)
         add(b"\n")
-    return hashlib.sha256(b"".join(parts)).hexdigest()
+    return sha256(b"".join(parts)).hexdigest()
 
 
 UNREAD = "unread"
 """In a node's data: a part not read because it did not change since the last sync
 that left the pair equal (``backend.Keep.since_ns``); equal to itself on both sides,
 read in full (``Backend.stat``) where it meets anything else (``compare``)."""
+
+
+def sha256(data: bytes) -> Any:
+    """``hashlib.sha256(data)``, without ``hashlib``'s import where Python has its own
+    SHA-256 (``_sha256``, the same digest): loading OpenSSL's costs a few ms of every
+    run's start-up, and hsync hashes a few short strings per run."""
+    try:
+        from _sha256 import sha256 as builtin  # type: ignore[import-not-found]
+    except ImportError:  # a Python built without it
+        from hashlib import sha256 as openssl
+
+        return openssl(data)
+    return builtin(data)
 
 
 def has_unread(data: Any) -> bool:
@@ -113,7 +125,7 @@ def data_digest(kind: str, data: Any) -> str | None:
         return "?"  # unknown here: the history keeps what it had (``History.record``)
     found = _DIGESTS.get(data)
     if found is None:
-        found = hashlib.sha256(repr(data).encode()).hexdigest()
+        found = sha256(repr(data).encode()).hexdigest()
         if len(_DIGESTS) < 4096:  # most nodes share a few owners and no attribute
             _DIGESTS[data] = found
     return found
@@ -520,7 +532,7 @@ class Rows(Mapping[Key, Node]):
         return self.rows.keys()
 
 
-@attrs.define
+@define
 class Snapshot:
     """What one scan of a tree saw: key -> node, parents before children.
 
@@ -529,38 +541,38 @@ class Snapshot:
     ``skipped`` lists special files (FIFO, socket, device) left out with a warning.
     """
 
-    nodes: Mapping[Key, Node] = attrs.field(factory=dict)
-    incomplete: dict[Key, str] = attrs.field(factory=dict)
-    skipped: list[tuple[Key, str]] = attrs.field(factory=list)
-    holds_excluded: set[Key] = attrs.field(factory=set)
+    nodes: Mapping[Key, Node] = field(factory=dict)
+    incomplete: dict[Key, str] = field(factory=dict)
+    skipped: list[tuple[Key, str]] = field(factory=list)
+    holds_excluded: set[Key] = field(factory=set)
     """Directories with excluded children: excluded nodes are never deleted, so neither
     are these directories nor their ancestors."""
-    mounts: set[Key] = attrs.field(factory=set)
+    mounts: set[Key] = field(factory=set)
     """Directories on another file system that were not listed (``-x``, rsync's
     ``--one-file-system``): each is a node, but nothing below it is compared, created or
     deleted on either side."""
-    partial: set[Key] = attrs.field(factory=set)
+    partial: set[Key] = field(factory=set)
     """Nodes listed without (all of) their children: the context of a partial rescan
     (the ancestors of the rescanned subtrees). Diff may update them, never move,
     replace or delete them."""
     scanned: int | None = None
     """When this is the part of a full scan that differs (the rest being equal on both
     sides), how many nodes the full scan saw; None when it is all of what was seen."""
-    whole: Any = attrs.field(default=None, repr=False, eq=False)
+    whole: Any = field(default=None, repr=False, eq=False)
     """What this part was cut from (a full scan, a digest scan), kept as long as the
     part: freeing the rows of a big scan in the middle of a re-sync costs more than the
     rest of it."""
-    folded: dict[Key, Key] = attrs.field(factory=dict)
+    folded: dict[Key, Key] = field(factory=dict)
     """Directories held without their descendants because their subtrees are equal on
     both sides (subtree digests), each the root of a move matched by identity: key on
     this side -> key on the other. Nothing below them differs; diff must pair each as
     one move (``compare.plan_between`` checks, else the trees are compared whole)."""
-    equal_children: list[tuple[Key, Any]] = attrs.field(factory=list)
+    equal_children: list[tuple[Key, Any]] = field(factory=list)
     """``(key, identity)`` of nodes left out of this part as equal on both sides whose
     parent's own payload differs (its listing does not): the nodes a replacement in
     place (a new identity, an equal payload) leaves, whose identity the history must
     learn."""
-    _children: dict[Key, list[Key]] | None = attrs.field(default=None, init=False, repr=False)
+    _children: dict[Key, list[Key]] | None = field(default=None, init=False, repr=False)
 
     def __len__(self) -> int:
         return len(self.nodes)
@@ -593,7 +605,7 @@ class Snapshot:
         return any(key[: len(k)] == k for k in self.incomplete)
 
 
-@attrs.frozen(kw_only=True)
+@frozen(kw_only=True)
 class Change:
     """One difference found by diff.
 
@@ -612,7 +624,7 @@ class Change:
     content: bool = False
 
 
-@attrs.frozen(kw_only=True)
+@frozen(kw_only=True)
 class Op:
     """One step of a plan, with the destination keys valid at the moment it runs."""
 
@@ -634,7 +646,7 @@ class Op:
         return out
 
 
-@attrs.frozen
+@frozen
 class Plan:
     """The ordered ops that turn the destination into the source."""
 
@@ -660,7 +672,7 @@ class Plan:
         return [op.to_json() for op in self.ops]
 
 
-@attrs.frozen
+@frozen
 class Problem:
     """A failure on one node: data for the report, not an exception.
 
@@ -671,8 +683,8 @@ class Problem:
 
     key: Key
     message: str
-    op: str = attrs.field(default="", kw_only=True)
-    kind: str = attrs.field(default="error", kw_only=True)
+    op: str = field(default="", kw_only=True)
+    kind: str = field(default="error", kw_only=True)
 
     @property
     def retry(self) -> bool:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from .apply import ONE_SHOT, STREAMED, apply_plan, record
 from .backend import Credentials
 from .cancel import NEVER, Cancel
 from .compare import Comparison, compare_trees
-from .model import FILE, Key, Op, Plan, Problem, Rows, Snapshot
+from .model import FILE, Op, Plan, Problem, Rows, Snapshot
 from .options import DEFAULT, Options, Report
 from .session import PairSession
+
+if TYPE_CHECKING:
+    from .apply import Applied
 
 
 def sync_once(
@@ -43,14 +46,12 @@ def sync_once(
             if on_planned is not None:
                 on_planned(cmp.plan)
             if not options.dry_run:
-                applied = apply_plan(
-                    session, cmp.plan.ops, cmp.src, batching=ONE_SHOT, cancel=cancel,
-                    on_done=on_done, record=_recorder(session, cmp),
-                )
-                report.counts = applied.counts
-                report.bytes_copied = applied.bytes_copied
-                report.problems.extend(applied.problems)
-                report.warnings.extend(applied.warnings)
+                applied = _apply(session, cmp, on_done, cancel)
+                if applied is not None:
+                    report.counts = applied.counts
+                    report.bytes_copied = applied.bytes_copied
+                    report.problems.extend(applied.problems)
+                    report.warnings.extend(applied.warnings)
                 if not report.problems and not cmp.warnings:
                     # the mark is kept only by a run that found the trees equal at
                     # once (equal digests): one that had to compare nodes (new ctimes
@@ -78,10 +79,24 @@ def compare(
         return compare_trees(session)
 
 
-def _recorder(session: PairSession, cmp: Comparison) -> Callable[[set[Key]], None] | None:
-    if session.history is None:
+def _apply(
+    session: PairSession, cmp: Comparison, on_done: Callable[[Op], None] | None,
+    cancel: Cancel,
+) -> Applied | None:
+    """Apply the comparison's plan and record it in the history; None for a no-op (no
+    op, no change, a complete history: nothing to record), which does not even import
+    the applier."""
+    history = session.history
+    if not cmp.plan.ops and not cmp.plan.changes and (history is None or history.complete):
         return None
-    return lambda failed: record(session, cmp.src, cmp.plan.changes, failed)
+    from .apply import ONE_SHOT, apply_plan, record
+
+    return apply_plan(
+        session, cmp.plan.ops, cmp.src, batching=ONE_SHOT, cancel=cancel, on_done=on_done,
+        record=None if history is None else (
+            lambda failed: record(session, cmp.src, cmp.plan.changes, failed)
+        ),
+    )
 
 
 def _report(session: PairSession, cmp: Comparison) -> Report:
@@ -141,11 +156,12 @@ def _streamed(
     session: PairSession, on_done: Callable[[Op], None] | None, cancel: Cancel
 ) -> Report:
     """The initial copy, streamed (``populate``); the report a planned sync would give."""
-    from .populate import populate
-
     # a source read ahead in a thread (a server) gets small batches that keep the
     # writer going; a filesystem walk stays inline, in batches as large as a planned
     # sync's (the applier may then fork copy workers, and flushes once)
+    from .apply import ONE_SHOT, STREAMED
+    from .populate import populate
+
     batching = STREAMED if session.source.capabilities.waits else ONE_SHOT
     done = populate(session, batching=batching, cancel=cancel, on_done=on_done, keep=0)
     report = Report(source=session.source.url, destination=session.destination.url)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import attrs
-
+from ._values import define, field, frozen
 from .errors import EXIT_OK, EXIT_PARTIAL
 from .filters import strings
 from .model import CREATE, DELETE, MOVE, NEEDS_ROOT, UPDATE, Key, Plan, Problem
@@ -15,7 +14,7 @@ def _counts() -> dict[str, int]:
     return dict.fromkeys((CREATE, UPDATE, MOVE, DELETE), 0)
 
 
-@attrs.frozen(kw_only=True)
+@frozen(kw_only=True)
 class Options:
     """The sync options, as the CLI, the daemon's config and the Python API give them."""
 
@@ -26,7 +25,7 @@ class Options:
     deletions allowed (SPEC 8: a destination hsync never synced from this source keeps
     what the source lacks; ``PairSession.deletes_allowed`` decides)."""
     checksum: bool = False
-    exclude: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    exclude: tuple[str, ...] = field(default=(), converter=strings)
     max_delete: int | None = None
     state: str | None = None
     """History file; None for the default location, "" for no history."""
@@ -34,18 +33,18 @@ class Options:
     fsync: bool = False
     check: bool = False
     """Run check_plan on every plan before applying it (tests, --debug)."""
-    exclude_attrs: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    exclude_attrs: tuple[str, ...] = field(default=(), converter=strings)
     """Attribute names left out of entries' payloads (backends with attributes: LDAP)."""
-    schema: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    schema: tuple[str, ...] = field(default=(), converter=strings)
     """Schema files (``--schema``): how an endpoint without a server of its own (an
     LDIF file) compares and rebases the attributes they define (``SchemaAware``)."""
     hard_links: bool = False
     """Source files that are one inode stay one inode on the destination (rsync -H)."""
     wait_lock: bool = False
     """Wait for another run of the same pair to end (else exit 2 naming its pid)."""
-    include: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    include: tuple[str, ...] = field(default=(), converter=strings)
     """Patterns kept whatever ``exclude`` says (rsync's ``+`` rules; ``hsync.filters``)."""
-    filters: tuple[str, ...] = attrs.field(default=(), converter=strings)
+    filters: tuple[str, ...] = field(default=(), converter=strings)
     """rsync filter rules, ``+ PATTERN`` or ``- PATTERN``, first match wins."""
     delete_excluded: bool = False
     """Excluded nodes on the destination are deleted (rsync --delete-excluded)."""
@@ -80,18 +79,18 @@ class Options:
     """Owners and groups by number, not by name (rsync --numeric-ids)."""
 
 
-@attrs.define
+@define
 class Report:
     """What a run did (``sync --json`` prints ``to_json()``)."""
 
     source: str
     destination: str
-    counts: dict[str, int] = attrs.field(factory=_counts)
+    counts: dict[str, int] = field(factory=_counts)
     bytes_copied: int = 0
-    problems: list[Problem] = attrs.field(factory=list)
-    skipped: list[tuple[Key, str]] = attrs.field(factory=list)
-    warnings: list[str] = attrs.field(factory=list)
-    notices: list[str] = attrs.field(factory=list)
+    problems: list[Problem] = field(factory=list)
+    skipped: list[tuple[Key, str]] = field(factory=list)
+    warnings: list[str] = field(factory=list)
+    notices: list[str] = field(factory=list)
     """Warnings about the pair rather than its nodes (a corrupt history set aside): the
     command line prints each on stderr; ``to_json`` lists them first in warnings."""
     withheld: int = 0
@@ -102,12 +101,12 @@ class Report:
     plan: Plan | None = None
     streamed: dict[str, int] | None = None
     """Ops per kind sent by a streamed initial copy (which has no plan)."""
-    scanned: dict[str, int] = attrs.field(factory=dict)
+    scanned: dict[str, int] = field(factory=dict)
     """Nodes seen by the scans, per side (``source``, ``destination``)."""
-    compared: dict[str, int] = attrs.field(factory=dict)
+    compared: dict[str, int] = field(factory=dict)
     """Nodes that were compared one by one, per side: everything, or, on a re-sync
     compared by directory digests, only what differed (and its ancestors)."""
-    bytes_examined: dict[str, int] = attrs.field(factory=dict)
+    bytes_examined: dict[str, int] = field(factory=dict)
     """Bytes of the files in the compared nodes, per side (``--stats``)."""
     wire: dict[str, int] | None = None
     """Bytes sent and received on the links to remote endpoints (after compression);

@@ -17,8 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
+from ._values import frozen
 from .cancel import NEVER, Cancel
 from .errors import SafetyError
 from .filters import Exclude
@@ -34,7 +33,7 @@ def _under_any(key: Key, roots: Iterable[Key] | set[Key] | frozenset[Key]) -> bo
     return any(key[:i] in roots for i in range(len(key) + 1))
 
 
-@attrs.frozen
+@frozen
 class Region:
     """The dirty part of a tree: ``deep`` subtrees and ``shallow`` single nodes.
 

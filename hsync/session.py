@@ -17,8 +17,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-import attrs
-
+from ._values import evolve
 from .backend import (
     Credentials,
     CtimeClock,
@@ -31,6 +30,7 @@ from .backend import (
     open_endpoint,
     relation,
     schema_aware,
+    scheme_of,
 )
 from .credentials import refuse_secret_in_url
 from .errors import SafetyError, UsageError
@@ -79,23 +79,15 @@ class PairSession:
         self.notices: list[str] = []
         self._lock: int | None = None
         """Warnings about the pair's state, for the report and the log."""
-        from .remote import Reach, reaching  # the small part: how to reach a far tree
+        if scheme_of(source_url) == scheme_of(destination_url) == "file":
+            self._open(source_url, destination_url, credentials)  # nothing to reach
+        else:
+            from .remote import Reach, reaching  # the small part: how to reach a far tree
 
-        with reaching(Reach(rsh=options.rsh, remote_hsync=options.remote_hsync,
-                            compress=options.compress, window=options.window,
-                            batch_ops=options.batch_ops)):
-            self.source = open_endpoint(
-                source_url, role="source", credentials=credentials[0],
-                exclude_attrs=options.exclude_attrs,
-            )
-            try:
-                self.destination = open_endpoint(
-                    destination_url, role="destination", credentials=credentials[1],
-                    exclude_attrs=options.exclude_attrs,
-                )
-            except BaseException:
-                self.source.close()
-                raise
+            with reaching(Reach(rsh=options.rsh, remote_hsync=options.remote_hsync,
+                                compress=options.compress, window=options.window,
+                                batch_ops=options.batch_ops)):
+                self._open(source_url, destination_url, credentials)
         scans = ScanOptions(
             specials=options.specials, one_file_system=options.one_file_system
         )
@@ -112,9 +104,8 @@ class PairSession:
             if history and not options.dry_run:
                 self._lock = lock_pair(self.source, self.destination, options)
             if history:
-                self.history = open_history(
+                self.history, self.journal = open_history(
                     self.source, self.destination, options, self.notices)
-                self.journal = _journal_for(self.history)
                 if self.history is not None and isinstance(self.destination.backend, Windowed):
                     self.destination.backend.name_pair(self.history.pair)
                 self._attributes_since()
@@ -122,6 +113,23 @@ class PairSession:
             self.deletes_allowed = self._may_delete()
         except BaseException:
             self.close()
+            raise
+
+    def _open(
+        self, source_url: str, destination_url: str,
+        credentials: tuple[Credentials | None, Credentials | None],
+    ) -> None:
+        exclude_attrs = self.options.exclude_attrs
+        self.source = open_endpoint(
+            source_url, role="source", credentials=credentials[0], exclude_attrs=exclude_attrs,
+        )
+        try:
+            self.destination = open_endpoint(
+                destination_url, role="destination", credentials=credentials[1],
+                exclude_attrs=exclude_attrs,
+            )
+        except BaseException:
+            self.source.close()
             raise
 
     # -- life ------------------------------------------------------------------------------
@@ -167,9 +175,9 @@ class PairSession:
         since, dst_since = history.meta_since(keep.signature())
         src, dst = self.source.features.metadata, self.destination.features.metadata
         if since and dst_since and src is not None and dst is not None:
-            self.keep = attrs.evolve(keep, since_ns=since)
+            self.keep = evolve(keep, since_ns=since)
             src.metadata(self.keep)
-            dst.metadata(attrs.evolve(self.keep, since_ns=dst_since, uids=(), gids=()))
+            dst.metadata(evolve(self.keep, since_ns=dst_since, uids=(), gids=()))
 
     def mark_equal(self, started_ns: int, *, changed: bool = True) -> None:
         """A sync whose scans began at ``started_ns`` left the pair equal (no problem),
@@ -371,25 +379,27 @@ def negotiate(
     if (keep.owner or keep.group) and not options.numeric_ids:
         (su, sg), (du, dg) = src.id_names(), dst.id_names()
         if (su, sg) != (du, dg):  # the same names for the same ids: one host, as is
-            keep = attrs.evolve(keep, uids=id_map(su, du) if keep.owner else (),
+            keep = evolve(keep, uids=id_map(su, du) if keep.owner else (),
                                 gids=id_map(sg, dg) if keep.group else ())
     src.metadata(keep)  # the source's rows carry the destination's ids
-    dst.metadata(attrs.evolve(keep, uids=(), gids=()))
+    dst.metadata(evolve(keep, uids=(), gids=()))
     return keep
 
 
 def open_history(
     source: Endpoint, destination: Endpoint, options: Options, notices: list[str]
-) -> History | None:
-    """The pair's history, or None (no history asked for, or a dry run without one).
+) -> tuple[History | None, Journal | None]:
+    """The pair's history, or None (no history asked for, or a dry run without one),
+    and the journal to record this run's batches in (None: no history, a dry run, or
+    turned off); the journal is opened once, for the roll-forward and the run.
 
     A batch that a killed run left unfinished is rolled forward first (the history is
     then incomplete: this run compares in full; see ``journal``). What the user must
     hear (a corrupt history set aside) is appended to ``notices``."""
     if options.state == "" or options.delete is False:
-        return None
+        return None, None
     from .history import History, default_state_path
-    from .journal import recover
+    from .journal import open_for, recover
 
     path = options.state or default_state_path()
     _check_state_path(path, writing=not options.dry_run)
@@ -407,10 +417,16 @@ def open_history(
         aside, why = history.set_aside
         notices.append(f"{path}: the history was unreadable ({why}): set aside as {aside}, "
                        "a new one started (this run compares in full)")
-    if history is not None and not recover(history) and history.readonly:
+    try:
+        journal = open_for(history)
+    except BaseException:
+        if history is not None:
+            history.close()
+        raise
+    if history is not None and not recover(history, journal) and history.readonly:
         history.close()  # a dry run after a killed one: plan without the history
-        return None
-    return history
+        return None, None
+    return history, journal
 
 
 _LOCK_WIDTH = 24  # a pid, its newline and spaces: the lock file's fixed size
@@ -476,8 +492,3 @@ def _check_state_path(path: str, *, writing: bool) -> None:
         raise UsageError(f"{path}: the history (--state) cannot be written: {parent} "
                          "is not writable")
 
-
-def _journal_for(history: History | None) -> Journal | None:
-    from .journal import open_for
-
-    return open_for(history)

@@ -33,6 +33,7 @@ from typing import Any
 
 import attrs
 
+from ._values import evolve
 from .backend import Endpoint, Hashed
 from .errors import EXIT_DIFFER, EXIT_OK, EXIT_USAGE, UsageError
 from .filters import Exclude
@@ -436,7 +437,7 @@ def verify(
     from .options import Options
     from .session import PairSession
 
-    options = attrs.evolve(
+    options = evolve(
         Options(checksum=True, exclude=tuple(exclude), state=state), **metadata
     )
     with PairSession(src, dst, options, history=False) as session:

@@ -438,6 +438,8 @@ def test_the_scanning_child_dies_with_a_killed_run(tmp_path: Path) -> None:
         "    time.sleep(60)  # both walks are long: the child's too\n"
         "    return real(root, *a, **k)\n"
         "fs.scan_tree = slow\n"
+        "import hsync.compare\n"
+        "hsync.compare.SMALL_TREE = 0  # forked whatever its size (a small tree is not)\n"
         "from hsync.oneshot import sync_once\nfrom hsync.options import Options\n"
         f"sync_once({str(src)!r}, {str(dst)!r}, Options(state={state!r}))\n"
     )

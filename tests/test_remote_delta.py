@@ -177,3 +177,25 @@ def test_push_append_writes_the_file_once_on_the_far_side(remote: Any, tmp_path:
     assert_same_tree(src, tmp_path / "dst")
     written = int(counted.read_text())
     assert BIG < written < BIG + 8 * MiB, written
+
+
+def test_pull_append_writes_the_file_once_here(remote: Any, tmp_path: Path) -> None:
+    """Pull: this side patches its old file straight into the file it publishes: a big
+    file appended to on the far side is written here once (its size, plus the small
+    history and journal), not patched into a temporary file first and then copied
+    (twice its size). Counted as the local hsync's block output (``ru_oublock`` of this
+    test's children: every byte a child dirtied in a file, an unnamed temporary one
+    included; the agent is sshd's child, not counted)."""
+    import resource
+
+    far = build(tmp_path / "far", {"big": os.urandom(BIG), "small": b"s"})
+    here = tmp_path / "here"
+    src = f"{HOST}:{far}"
+    assert _sent(run("sync", "--json", src, here), "received") > BIG
+    _append(far / "big", MiB)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_oublock
+    got = _sent(run("sync", "--json", src, here), "received")
+    written = (resource.getrusage(resource.RUSAGE_CHILDREN).ru_oublock - before) * 512
+    assert got < 2 * MiB, got
+    assert_same_tree(far, here)
+    assert BIG < written < BIG + 8 * MiB, written

@@ -6,6 +6,7 @@ start-up takes is measured in ``bench/bench_fs.py``."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,67 @@ def test_local_sync_imports_only_what_it_uses(tmp_path: Path) -> None:
         assert sorted(p.name for p in (dst / "d").iterdir()) == [f"f{i}" for i in range(10)]
         assert "hsync.oneshot" in modules  # the probe saw the real run
         assert not modules & forbidden, sorted(modules & forbidden)
+
+
+NOT_FOR_A_SMALL_NO_OP = NOT_FOR_A_NO_OP | {
+    "attr", "attrs", "hashlib", "_hashlib", "hsync.apply", "hsync.backends.fs.apply",
+    "hsync.remote", "hsync.populate", "<forked>",
+}  # fmt: skip
+"""A no-op of a small tree: no attrs (the value types are ``hsync._values``), no
+OpenSSL, no applier, nothing of the remote part, and no child process (its
+destination is scanned in this process: ``compare.SMALL_TREE``)."""
+
+
+def _ten_files(tmp_path: Path) -> tuple[Path, Path, str]:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "d").mkdir(parents=True)
+    for i in range(10):
+        (src / "d" / f"f{i}").write_text(f"{i}\n")
+    return src, dst, str(tmp_path / "state")
+
+
+def test_a_no_op_of_a_small_tree_forks_nothing_and_imports_no_attrs(tmp_path: Path) -> None:
+    src, dst, state = _ten_files(tmp_path)
+    sync = ("sync", str(src), str(dst), "--state", state, "--no-progress", "--json")
+    proc, modules = run_with_modules(tmp_path, *sync)  # the first copy
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["counts"]["create"] == 12  # the root, d, ten files
+    proc, modules = run_with_modules(tmp_path, *sync)
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads(proc.stdout)["counts"].values()) == {0}
+    assert "hsync.oneshot" in modules and "hsync.digests" in modules  # a digest no-op
+    assert not modules & NOT_FOR_A_SMALL_NO_OP, sorted(modules & NOT_FOR_A_SMALL_NO_OP)
+
+
+def test_a_change_to_a_small_tree_is_synced_without_a_child(tmp_path: Path) -> None:
+    src, dst, state = _ten_files(tmp_path)
+    sync = ("sync", str(src), str(dst), "--state", state, "--no-progress")
+    assert run_with_modules(tmp_path, *sync)[0].returncode == 0
+    (src / "d" / "f3").write_text("changed\n")
+    (src / "d" / "f4").unlink()
+    proc, modules = run_with_modules(tmp_path, *sync)
+    assert proc.returncode == 0, proc.stderr
+    # f3, and d (its mtime: f4 went)
+    assert proc.stdout.startswith("0 created, 2 updated, 0 moved, 1 deleted"), proc.stdout
+    assert (dst / "d" / "f3").read_text() == "changed\n" and not (dst / "d" / "f4").exists()
+    assert "<forked>" not in modules and "hsync.digests" in modules
+
+
+def test_a_tree_over_the_small_size_is_scanned_in_a_child(tmp_path: Path) -> None:
+    """Beside the source's scan, the destination's runs in a forked child once the
+    history says the tree is not small (``compare.SMALL_TREE``)."""
+    from hsync.compare import SMALL_TREE
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for d in range(SMALL_TREE // 100 + 1):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(100):
+            (src / f"d{d}" / f"f{i}").write_bytes(b"")
+    sync = ("sync", str(src), str(dst), "--state", str(tmp_path / "state"), "--no-progress")
+    assert run_with_modules(tmp_path, *sync)[0].returncode == 0
+    proc, modules = run_with_modules(tmp_path, *sync)
+    assert proc.returncode == 0 and proc.stdout.startswith("0 created, 0 updated"), proc
+    assert "<forked>" in modules
 
 
 def test_the_package_api_is_there_on_first_use() -> None:

@@ -102,9 +102,14 @@ _MODULES_PROBE = """
 import os, sys
 out, script = sys.argv[1], sys.argv[2]
 real_exit = os._exit
+forked, in_child = [], []
+os.register_at_fork(after_in_parent=lambda: forked.append(1),
+                    after_in_child=lambda: in_child.append(1))
 def dump():
+    if in_child:  # a forked child's exit: the parent's modules are the answer
+        return
     with open(out, "w") as f:
-        f.write("\\n".join(sorted(sys.modules)))
+        f.write("\\n".join(sorted(sys.modules) + (["<forked>"] if forked else [])))
 def exit_(code):
     sys.stdout.flush()
     dump()
@@ -124,7 +129,9 @@ def run_with_modules(
     tmp_path: Path, *args: str, stdin: str = ""
 ) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """Run the installed ``hsync`` with ``args`` in a child interpreter: the finished
-    process and the names of the modules it had imported when it ended."""
+    process and the names of the modules it had imported when it ended, and
+    ``"<forked>"`` among them when it forked a child process (a scan child, copy
+    workers)."""
     out = tmp_path / "modules.txt"
     proc = subprocess.run(
         [sys.executable, "-c", _MODULES_PROBE, str(out), hsync_bin(), *args],

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
 import os
 import queue
 import sys
@@ -34,8 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
-import attrs
-
+from .._values import astuple, evolve
 from ..backend import (
     ApplyOptions,
     CtimeClock,
@@ -203,7 +201,7 @@ class Incoming:
     def _patched(self, key: Key, spool: Spool, mtime: int, *, last: bool) -> BinaryIO:
         """The new content of ``key``: its delta applied to the old file at ``key`` (the
         destination's, as the batch left it so far), checked against the sender's
-        trailer (``_Patch``: written once, straight into the file the apply publishes).
+        trailer (``delta.Patched``: written once, straight into the file the apply publishes).
         A delta that does not verify (the old file changed since it was signed, a
         block-sum collision, a corrupt delta) is a ``SourceChanged``: the client
         retries the file, whole."""
@@ -215,77 +213,9 @@ class Incoming:
         if trailer is None:
             spool.close()
             raise SourceChanged("its delta did not apply (no trailer); sent whole next")
-        made = _Patch(spool.file(0, last=last), lambda: self._basis.read(key), trailer, mtime)
+        made = _load_deltas().Patched(spool.file(0, last=last),
+                                      lambda: self._basis.read(key), trailer, mtime)
         return cast(BinaryIO, made)
-
-
-class _Patch(io.RawIOBase):
-    """A file's new content made by patching: its delta (``delta``, a file) applied to
-    the old file (``basis()`` opens it), checked against the sender's ``trailer``.
-
-    ``write_into`` writes it once, straight into the temporary file the apply renames
-    (``backends.fs.copy.WritesItself``): a big file patched is written once, not to
-    an unnamed temporary file first and then copied. Read as a file (``fileno``,
-    ``read``), it is patched into an unnamed temporary file first."""
-
-    def __init__(self, delta: BinaryIO, basis: Callable[[], BinaryIO],
-                 trailer: deltas.Trailer, mtime_ns: int) -> None:
-        super().__init__()
-        self._delta: BinaryIO | None = delta
-        self._basis = basis
-        self.trailer = trailer
-        self.size = trailer.size
-        self.mtime_ns = mtime_ns
-        self._file: BinaryIO | None = None
-
-    def write_into(self, fd: int) -> int:
-        """Patch into ``fd`` (empty, at offset 0); the bytes written, verified.
-        ``SourceChanged`` when the result is not the sender's."""
-        d, self._delta = self._delta, None
-        if d is None:
-            raise SourceChanged("its delta was already applied")
-        try:
-            with d, self._basis() as basis:
-                got = deltas.patch(basis.fileno(), iter(lambda: d.read(CHUNK), b""), fd)
-            if got != self.trailer:
-                raise deltas.DeltaError("the patched file differs from the source's")
-        except (OSError, NodeError, deltas.DeltaError) as e:
-            raise SourceChanged(f"its delta did not apply ({e}); sent whole next") from e
-        return got.size
-
-    def _made(self) -> BinaryIO:
-        if self._file is None:
-            import tempfile
-
-            with tempfile.TemporaryFile() as tmp:
-                fd = os.dup(tmp.fileno())
-            try:
-                self.write_into(fd)
-                os.utime(fd, ns=(self.mtime_ns, self.mtime_ns))
-                os.lseek(fd, 0, os.SEEK_SET)
-            except BaseException:
-                os.close(fd)
-                raise
-            self._file = os.fdopen(fd, "rb")
-        return self._file
-
-    def fileno(self) -> int:
-        return self._made().fileno()
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        return self._made().readinto(b)  # type: ignore[attr-defined]
-
-    def close(self) -> None:
-        if self._delta is not None:
-            self._delta.close()
-            self._delta = None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        super().close()
 
 
 class _Sink:
@@ -752,7 +682,7 @@ class Agent:
                                            sender_seq=seq)
                 self._mark(f"batch {seq}: journaled")
             result = self.backend.apply_batch(
-                todo, incoming, final, options=attrs.evolve(options, defer_durable=False),
+                todo, incoming, final, options=evolve(options, defer_durable=False),
                 cancel=token,
             ) if todo or not ops else None
             self._mark(f"batch {seq}: applied and flushed")
@@ -836,7 +766,7 @@ class Agent:
 
     def do_stream(self, rid: int, exclude: Any) -> Any:
         nodes = self.endpoint.features.streaming.stream(exclude)  # type: ignore[union-attr]
-        self._pages(rid, ((k, tuple(attrs.astuple(n, recurse=False))
+        self._pages(rid, ((k, astuple(n)
                            if isinstance(n, Node) else n) for k, n in nodes))
         return None
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 import threading
 import time
 from collections import deque
@@ -43,6 +42,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 import attrs
 
 from .. import delta as deltas
+from .._values import evolve
 from ..backend import (
     ApplyOptions,
     ApplyResult,
@@ -330,7 +330,7 @@ class _RemoteScan:
 
     def summary(self) -> DigestSummary:
         s: DigestSummary = self.link.call("ds_summary", self.handle)
-        return attrs.evolve(s, digests=dict(s.digests), incomplete=dict(s.incomplete),
+        return evolve(s, digests=dict(s.digests), incomplete=dict(s.incomplete),
                             skipped=list(s.skipped), held=set(s.held))
 
     def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Row]]]:
@@ -446,8 +446,8 @@ class RemoteBackend:
         far: Capabilities = opened["capabilities"]
         # the far side's scans wait on the link: they run beside the local ones; a
         # batch is answered once it is durable there (the answer acknowledges it)
-        self.capabilities = attrs.evolve(far, waits=True, deferred_flush=False,
-                                         streamed_ops=False)
+        self.capabilities = evolve(far, waits=True, deferred_flush=False,
+                                   streamed_ops=False)
         self.far_features: tuple[str, ...] = tuple(opened["features"])
         self._prefetch: _Prefetch | None = None
         self._seq = 0
@@ -547,10 +547,12 @@ class RemoteBackend:
 
     def _read_delta(self, key: Key) -> BinaryIO | None:
         """The new content of ``key``: the far side's delta against the destination's
-        old file (asked for with the batch's others, ``_Deltas``), patched here into an
-        unnamed temporary file and checked against the far side's trailer. None when
-        that fails (the old file changed since it was signed, no basis, a delta that
-        does not verify): the caller reads the file whole."""
+        old file (asked for with the batch's others, ``_Deltas``), patched as the apply
+        publishes it (``delta.Patched``: written once, into the temporary file it
+        renames) and checked against the far side's trailer. None when the far side
+        sent no delta: the caller reads the file whole. One that does not verify (the
+        old file changed since it was signed) fails the copy as a changed source: the
+        apply's retry reads it whole (``_whole``)."""
         fetch = self._deltas
         got = fetch.take(key) if fetch is not None else None
         if got is None:
@@ -560,19 +562,11 @@ class RemoteBackend:
             spool.close()
             return None
         mtime, size, digest = end
-        with tempfile.TemporaryFile() as tmp:
-            fd = os.dup(tmp.fileno())
-        try:
-            with spool.file(0) as d, self._delta_basis.read(key) as old:
-                out = deltas.patch(old.fileno(), iter(lambda: d.read(CHUNK), b""), fd)
-            if out != deltas.Trailer(size, digest):
-                raise deltas.DeltaError("the patched file differs from the source's")
-        except (OSError, NodeError, deltas.DeltaError):
-            os.close(fd)
-            return None
-        os.utime(fd, ns=(mtime, mtime))
-        os.lseek(fd, 0, os.SEEK_SET)
-        return os.fdopen(fd, "rb")
+        basis = self._delta_basis
+        made = deltas.Patched(spool.file(0), lambda: basis.read(key),
+                              deltas.Trailer(size, digest), mtime,
+                              on_fail=lambda: self._whole.add(key))
+        return cast(BinaryIO, made)
 
     def prefetch(self, keys: Sequence[Key]) -> None:
         if self._prefetch is not None:
@@ -633,7 +627,7 @@ class RemoteBackend:
                 for op in ops]))
         self._seq += 1
         batch = _Batch(self._seq, list(ops), _final_part(ops, final),
-                       attrs.evolve(options, defer_durable=False), source, cancel=cancel)
+                       evolve(options, defer_durable=False), source, cancel=cancel)
         self._flying.append(batch)
         try:
             self._send(batch)

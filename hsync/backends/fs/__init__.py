@@ -17,8 +17,7 @@ import stat as _stat
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-import attrs
-
+from ..._values import evolve
 from ...backend import (
     ApplyOptions,
     ApplyResult,
@@ -39,9 +38,7 @@ from ...cancel import NEVER, Cancel
 from ...errors import BackendError, NodeError, SourceChanged, UsageError
 from ...filters import Exclude
 from ...model import Key, Node, Op, Row, Snapshot
-from . import hashing
 from . import meta as _meta
-from .apply import Batch
 from .child import LocalScan, ScanChild
 from .posix import (
     CHUNK,
@@ -200,6 +197,8 @@ class FsBackend:
         on_done: Callable[[Op], None] | None = None,
     ) -> ApplyResult:
         local = (source.root, source._dev) if isinstance(source, FsBackend) else None
+        from .apply import Batch  # not imported by a run that applies nothing
+
         batch = Batch(self.root, self._stale, source, local, final, options, cancel, on_done,
                       self._meta)
         return batch.run(ops)
@@ -289,7 +288,7 @@ class FsBackend:
             got = _meta.supported(self.root, wanted)
         else:
             admin = _meta.is_admin()
-            got = attrs.evolve(wanted, xattrs=frozenset(
+            got = evolve(wanted, xattrs=frozenset(
                 ns for ns in wanted.xattrs if ns == "user" or admin
             ))
         self._meta = _meta.Reader(got, source=self.role == "source")
@@ -301,9 +300,13 @@ class FsBackend:
 
     # -- BulkHashing ----------------------------------------------------------------------
     def hash_many(self, keys: Sequence[Key]) -> list[Hashed]:
+        from . import hashing
+
         return hashing.hash_files(self.root, keys)
 
     def look(self, key: Key) -> Any:
+        from . import hashing
+
         return hashing.look(self.root, key)
 
     # -- Watchable ------------------------------------------------------------------------

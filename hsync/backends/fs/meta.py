@@ -22,8 +22,7 @@ import pwd
 import stat
 from typing import Any
 
-import attrs
-
+from ..._values import evolve
 from ...backend import IdNames, Keep
 from ...model import UNREAD
 
@@ -87,7 +86,7 @@ def supported(path: str, wanted: Keep) -> Keep:
     names = {ns for ns in wanted.xattrs if ns == "user" or is_admin()}
     names = {ns for ns in names if _probe(path, f"{ns}.hsync-probe")}
     acls = wanted.acls and _probe(path, ACL_PREFIX + "access")
-    return attrs.evolve(
+    return evolve(
         wanted, owner=wanted.owner and chown, group=wanted.group and chown,
         xattrs=frozenset(names), acls=acls,
     )
