@@ -164,6 +164,11 @@ class Stream(Sequence[Op]):
                 self.journal(known[start:])
             handed = len(known)
 
+    def close(self) -> None:
+        """End the stream where it is: iterated again (the retries of the batch), it
+        hands out only the ops it handed out already, and walks no further."""
+        self.ended = True
+
     def __len__(self) -> int:
         return len(self.known)
 
@@ -240,6 +245,8 @@ def start_batch(
             ops, session.source.backend, final, options=options, cancel=cancel,
             on_done=on_done,
         )
+        if stream is not None:
+            stream.close()  # what a cancel or a full disk left unwalked stays so
     return started
 
 

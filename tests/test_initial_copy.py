@@ -178,3 +178,47 @@ def test_kill_9_in_the_middle_of_a_streamed_copy_is_resumed(tmp_path: Path) -> N
     same = subprocess.run([HSYNC, "diff", str(src), str(dst), "--state", str(state)],
                           capture_output=True, text=True, timeout=120)
     assert same.returncode == 0, same.stdout + same.stderr
+
+
+def test_a_stop_request_while_the_walk_feeds_the_batch_keeps_the_history_true(
+    tmp_path: Path,
+) -> None:
+    """A stop request while the walk still feeds the batch ends the walk at its next
+    directory; what was handed out is finished, flushed and recorded (the batch is
+    done in the journal), the run stops with ``Cancelled``, the history holds only
+    what is at the destination, and the next sync copies the rest."""
+    from hsync.cancel import Cancel, Cancelled
+
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "h.sqlite"
+    nodes = _tree(src, 60, 4000)  # 120 directories
+    cancel = Cancel()
+    dirs: list[tuple[str, ...]] = []
+
+    def done(op: hsync.Op) -> None:
+        if op.kind == "dir":  # a directory's create is done as it runs, mid-walk
+            dirs.append(op.key)
+            if len(dirs) == 100:
+                cancel.cancel("stop requested")
+
+    with pytest.raises(Cancelled):
+        sync_once(str(src), str(dst), Options(state=str(state)), on_done=done,
+                  cancel=cancel)
+    made = sum(1 for _ in dst.rglob("*"))
+    assert PREFILL < made < nodes, (made, nodes)
+    assert _torn(dst) == []
+    db = sqlite3.connect(state)
+    try:
+        (rows,) = db.execute("SELECT count(*) FROM nodes").fetchone()
+    finally:
+        db.close()
+    assert rows == made + 1, (rows, made)  # every node made, and the root
+    jdb = _journal(state)
+    try:
+        assert [st for (st,) in jdb.execute("SELECT state FROM batches")] == ["done"]
+    finally:
+        jdb.close()
+    again = sync_once(str(src), str(dst), Options(state=str(state)))
+    assert again.ok, again.problems
+    assert again.counts["create"] == nodes - made
+    assert_same_tree(src, dst)
+    assert hsync.diff(str(src), str(dst), state=str(state)).to_json() == []
