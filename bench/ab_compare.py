@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -112,13 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for suffix in ("", "-journal", "-wal", "-shm", ".lock"):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(state + suffix)
-    for dst in made:
-        import glob
-        import shutil
-
-        shutil.rmtree(dst, ignore_errors=True)
-        for f in glob.glob(glob.escape(dst) + ".state*"):
-            os.unlink(f)
     for name, xs in results.items():
         print(
             f"{name}: wall {statistics.median(x[0] for x in xs):.3f} s, "
@@ -134,6 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cpus = [x[1] / b[1] for x, b in zip(results[name], base, strict=True) if b[1]]
                 print(f"{name} / {v}: python -c pass: wall {statistics.median(walls):.2f}x, "
                       f"cpu {statistics.median(cpus):.2f}x" if cpus else "")
+    # the figures first: deleting the destinations can take minutes (a busy disk)
+    sys.stdout.flush()
+    for dst in made:
+        import glob
+        import shutil
+
+        shutil.rmtree(dst, ignore_errors=True)
+        for f in glob.glob(glob.escape(dst) + ".state*"):
+            os.unlink(f)
     return 0
 
 
