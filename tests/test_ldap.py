@@ -484,11 +484,12 @@ def test_an_entry_refused_in_the_middle_of_the_add_window_is_one_problem(
     before and after it in the window, is loaded."""
     from hsync_ldap.backend import WINDOW
 
-    import hsync.oneshot
+    import hsync.apply
     from hsync.apply import Batching
 
     # batches of 2 windows: the refused entry in the first, its children in the second
-    monkeypatch.setattr(hsync.oneshot, "STREAMED",
+    # (the streamed copy reads hsync.apply.STREAMED when it starts)
+    monkeypatch.setattr(hsync.apply, "STREAMED",
                         Batching(max_ops=2 * WINDOW, min_ops=2 * WINDOW))
     before, after = WINDOW // 2, WINDOW * 2
     people = [f"dn: cn=p{i},ou=many,{SRC_BASE}\nobjectClass: inetOrgPerson\ncn: p{i}\n"
