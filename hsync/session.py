@@ -30,7 +30,6 @@ from .backend import (
     open_endpoint,
     relation,
     schema_aware,
-    scheme_of,
 )
 from .credentials import refuse_secret_in_url
 from .errors import SafetyError, UsageError
@@ -79,7 +78,7 @@ class PairSession:
         self.notices: list[str] = []
         self._lock: int | None = None
         """Warnings about the pair's state, for the report and the log."""
-        if scheme_of(source_url) == scheme_of(destination_url) == "file":
+        if _plain_path(source_url) and _plain_path(destination_url):
             self._open(source_url, destination_url, credentials)  # nothing to reach
         else:
             from .remote import Reach, reaching  # the small part: how to reach a far tree
@@ -336,6 +335,13 @@ class PairSession:
         """The history when it is complete (moves may be taken from it), else None."""
         h = self.history
         return h if h is not None and h.complete else None
+
+
+def _plain_path(location: str) -> bool:
+    """A location that is a plain path by its form alone (``backend.scheme_of``'s first
+    test: no colon before a slash): no remote endpoint, without asking the plugins."""
+    head, sep, _ = location.partition(":")
+    return not sep or not head or location.startswith(("./", "/")) or "/" in head
 
 
 def _ctime_lag(endpoint: Endpoint) -> int:
