@@ -15,7 +15,8 @@ comparison: both trees scanned and compared whole). ``noop``: ``hsync sync SRC D
 --state STATE`` (a no-op re-sync with a complete history: sync once first), plus
 ``rsync -a --delete`` of the same trees. ``initial``: ``hsync sync SRC DST.N --state
 DST.N.state`` into a new destination each time, beside ``rsync -a SRC/ DST.N/; sync -f
-DST.N`` as one command (the same durability); each destination is deleted after the
+DST.N`` as one command (the same durability), the source read whole (untimed) before
+each command; each destination is deleted after the
 last round, not between commands. Each command is spawned directly and reaped
 with ``os.wait4``: wall clock, CPU (user + system, its children included) and peak RSS
 (``ru_maxrss``: the largest single process, the run or its scan child). Medians.
@@ -28,6 +29,7 @@ import argparse
 import contextlib
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -42,6 +44,17 @@ def run(argv: Sequence[str]) -> tuple[float, float, int, int]:
     _, status, ru = os.wait4(pid, 0)
     wall = time.perf_counter() - t
     return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss, os.waitstatus_to_exitcode(status)
+
+
+def warm(root: str) -> None:
+    """Read every file under ``root`` (untimed; ``bench_fs.warm``)."""
+    for top, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(top, name)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb", buffering=0) as f:
+                    while f.read(1 << 20):
+                        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,18 +106,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.what == "memory":
                 state = tempfile.mktemp(prefix="ab-state-", dir=tempfile.gettempdir())
                 cmd.append(state)
+            if args.what == "initial":
+                warm(args.src)  # every command starts with the source in the page cache
             results[name].append(run(cmd))
             if state is not None:
                 for suffix in ("", "-journal", "-wal", "-shm", ".lock"):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(state + suffix)
-    for dst in made:
-        import glob
-        import shutil
-
-        shutil.rmtree(dst, ignore_errors=True)
-        for f in glob.glob(glob.escape(dst) + ".state*"):
-            os.unlink(f)
     for name, xs in results.items():
         print(
             f"{name}: wall {statistics.median(x[0] for x in xs):.3f} s, "
@@ -120,6 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cpus = [x[1] / b[1] for x, b in zip(results[name], base, strict=True) if b[1]]
                 print(f"{name} / {v}: python -c pass: wall {statistics.median(walls):.2f}x, "
                       f"cpu {statistics.median(cpus):.2f}x" if cpus else "")
+    # the figures first: deleting the destinations can take minutes (a busy disk)
+    sys.stdout.flush()
+    for dst in made:
+        import glob
+        import shutil
+
+        shutil.rmtree(dst, ignore_errors=True)
+        for f in glob.glob(glob.escape(dst) + ".state*"):
+            os.unlink(f)
     return 0
 
 

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,6 +367,30 @@ class Mutation:
 
 
 # --------------------------------------------------------------------------- comparison
+
+
+def warm(root: Path) -> int:
+    """Read every file under ``root`` whole (untimed): each command of an initial copy
+    then starts with the source in the page cache. Without it the first command of a
+    round read whatever of the source another process's I/O (a big tree's benchmark
+    beside this one) had evicted since the last round, and the next ones did not: the
+    tool run first was billed for the disk reads (``bench/README.md``, "A fair initial
+    copy"). The bytes read."""
+    total = 0
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as it:
+            for e in it:
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+                elif e.is_file(follow_symlinks=False):
+                    fd = os.open(e.path, os.O_RDONLY | os.O_NOATIME)
+                    try:
+                        while chunk := os.read(fd, MIB):
+                            total += len(chunk)
+                    finally:
+                        os.close(fd)
+    return total
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int, int, int]]:
@@ -761,8 +785,15 @@ class Bench:
             log(f"  [{scenario}] untimed {tool.name}: {run.seconds:.2f} s")
 
     def timed_round(
-        self, pair: Pair, scenario: str, rnd: int, tools: list[Tool] | None = None
+        self,
+        pair: Pair,
+        scenario: str,
+        rnd: int,
+        tools: list[Tool] | None = None,
+        before: Callable[[], None] | None = None,
     ) -> None:
+        """One timed command per tool, the order reversed every other round;
+        ``before()`` runs (untimed) before each of them."""
         tools = tools or self.tools
         order = tools if rnd % 2 == 0 else list(reversed(tools))
         source = SourceState.of(pair.src)
@@ -771,6 +802,8 @@ class Bench:
             state = pair.state[tool.name]
             if tool.name == "hsync":
                 state.parent.mkdir(parents=True, exist_ok=True)
+            if before is not None:
+                before()
             run = tool.sync(pair.src, pair.dst[tool.name], state, scenario, rnd, timed=True)
             self.verify(pair, tool, source, run)
             self.runs.append(run)
@@ -802,7 +835,7 @@ class Bench:
                         shutil.rmtree(state_dir)
                     if tool.name == "hsync":
                         state_dir.mkdir(parents=True)
-                self.timed_round(pair, "a", rnd, tools)
+                self.timed_round(pair, "a", rnd, tools, before=lambda: warm(pair.src))
         finally:
             shutil.rmtree(trash, ignore_errors=True)
 
@@ -952,6 +985,8 @@ def summarize(bench: Bench, scenarios: str, fmt: dict[str, str]) -> dict[str, An
         ratios = ratios_to(entry["peer"])
         entry["ratios"] = [round(x, 4) for x in ratios]
         entry["median_ratio"] = _median(ratios)
+        # the spread of the rounds: a median of 3-5 rounds means little when they swing
+        entry["ratio_range"] = [round(min(ratios), 4), round(max(ratios), 4)] if ratios else None
         if entry["peer"] != "rsync":
             entry["median_ratio_vs_rsync"] = _median(ratios_to("rsync"))
         met: bool | None = None
@@ -1007,6 +1042,9 @@ def markdown_table(summary: dict[str, Any], rss_floor_kib: int | None) -> str:
         if sc == "e":
             target += " (>= 10x faster)"
         ratio = "n/a" if e["median_ratio"] is None else f"{e['median_ratio']:.3f}x"
+        if e.get("ratio_range"):
+            lo, hi = e["ratio_range"]
+            ratio += f" [{lo:.2f}-{hi:.2f}]"
         if e["peer"] != "rsync":
             plain = e.get("median_ratio_vs_rsync")
             ratio += f" vs {e['peer']}" + ("" if plain is None else f" ({plain:.3f}x vs rsync)")
@@ -1034,7 +1072,8 @@ def markdown_table(summary: dict[str, Any], rss_floor_kib: int | None) -> str:
         "",
         f"Seconds: wall time of the whole process, median over {rounds} interleaved rounds "
         "(only rounds that exited 0 and left DST equal to SRC). Ratio: median of the "
-        "per-round hsync/rsync ratios. Bytes: hsync's bytes_copied, rsync's Literal data. "
+        "per-round hsync/rsync ratios, [lowest-highest] of them. Bytes: hsync's "
+        "bytes_copied, rsync's Literal data. "
         f"Peak RSS: max over rounds; '<=' marks values at the measuring floor ({floor}).",
     ]
     return "\n".join(lines)
@@ -1355,7 +1394,12 @@ def sizes_table(results: list[dict[str, Any]]) -> str:
             h, p = e["hsync"]["median_seconds"], e[e["peer"]]["median_seconds"]
             mark = "" if e["target_met"] else " (NOT met)"
             extra = f", {e['params_note']}" if e.get("params_note") else ""
-            cells.append(f"**{e['median_ratio']:.2f}x**{mark} ({_fmt_s(h)} / {_fmt_s(p)} s{extra})")
+            spread = ""
+            if e.get("ratio_range"):
+                spread = f", rounds {e['ratio_range'][0]:.2f}-{e['ratio_range'][1]:.2f}x"
+            cells.append(
+                f"**{e['median_ratio']:.2f}x**{mark} ({_fmt_s(h)} / {_fmt_s(p)} s{extra}{spread})"
+            )
         a = summary.get("a")
         plain = None if a is None else a.get("median_ratio_vs_rsync")
         cells.append("n/a" if plain is None else f"{plain:.2f}x")

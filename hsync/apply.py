@@ -20,7 +20,8 @@ from __future__ import annotations
 import time
 from collections import ChainMap, deque
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
-from typing import Any
+from functools import partial
+from typing import Any, overload
 
 from ._values import define, evolve, field, frozen
 from .backend import ApplyOptions, ApplyResult, PendingBatch
@@ -63,6 +64,9 @@ STREAMED = Batching(max_ops=10_000, max_bytes=64 << 20, min_ops=250)
 costs three synchronous SQLite commits (journal begin and done, the history): at 2,000
 ops a batch they were 12% of a 100,000-entry LDAP load on a busy disk (bench/README.md)."""
 
+
+STREAM_CHUNK = 512
+"""Ops of a streamed batch (``Stream``) journaled at a time, before they run."""
 
 RETRY_DELAYS = (0.05, 0.1, 0.2)
 """The pauses before each new try of a copy whose source changed while it was read
@@ -122,6 +126,60 @@ class Started:
     on_done: Callable[[Op], None] | None = None
 
 
+class Stream(Sequence[Op]):
+    """The ops of a batch that is applied while the walk still finds them: iterating it
+    (once, in order: the destination's ``apply_batch``) walks on, ``STREAM_CHUNK`` ops
+    at a time; each chunk is handed to ``journal`` (the batch's record in the journal,
+    extended) before any op of it is handed out, so every op is journaled before it
+    runs (SPEC 5). ``known`` (also ``len`` and indexing): the ops handed out so far,
+    ``ops`` as given first (the destination counts its files to choose its copy
+    workers). An exception of the walk (a cancel) ends the stream; it is kept in
+    ``error`` for the caller to raise once the batch is finished."""
+
+    def __init__(self, ops: list[Op], more: Callable[[], Op | None]) -> None:
+        self.known = ops
+        self.more = more
+        self.journal: Callable[[Sequence[Op]], None] | None = None
+        self.error: BaseException | None = None
+        self.ended = False
+
+    def __iter__(self) -> Iterator[Op]:
+        known, i, handed = self.known, 0, len(self.known)
+        while True:
+            while i < handed:
+                yield known[i]
+                i += 1
+            if self.ended:
+                return
+            start = len(known)
+            try:
+                while len(known) - start < STREAM_CHUNK and (op := self.more()) is not None:
+                    known.append(op)
+            except BaseException as e:  # raised by the caller, after the batch
+                self.error = e
+                self.ended = True
+            if len(known) - start < STREAM_CHUNK:
+                self.ended = True
+            if len(known) > start and self.journal is not None:
+                self.journal(known[start:])
+            handed = len(known)
+
+    def close(self) -> None:
+        """End the stream where it is: iterated again (the retries of the batch), it
+        hands out only the ops it handed out already, and walks no further."""
+        self.ended = True
+
+    def __len__(self) -> int:
+        return len(self.known)
+
+    @overload
+    def __getitem__(self, i: int) -> Op: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Op]: ...
+    def __getitem__(self, i: int | slice) -> Op | Sequence[Op]:
+        return self.known[i]
+
+
 def window(session: PairSession) -> int:
     """How many batches the destination keeps in flight (1: a local one)."""
     windowed = session.destination.features.windowed
@@ -156,9 +214,14 @@ def start_batch(
     acknowledgement. ``defer``: the destination may defer its flush (``finish_batch``
     runs ``while_flushing`` meanwhile)."""
     journal = session.journal
+    stream = ops if isinstance(ops, Stream) else None
     # flushed before the history is recorded (``finish_batch``) or by ``done``, not
     # before the ops run: they do not wait for an fsync of the journal (``hsync.journal``)
-    logged = journal.begin(ops, durable=False) if journal is not None and ops else None
+    logged = journal.begin(ops if stream is None else stream.known, durable=False) if (
+        journal is not None and ops) else None
+    if stream is not None and logged is not None:
+        assert journal is not None
+        stream.journal = partial(journal.extend, logged)  # the rest, as it is walked
     destination = session.destination
     options = ApplyOptions(
         fsync=session.options.fsync,
@@ -182,6 +245,8 @@ def start_batch(
             ops, session.source.backend, final, options=options, cancel=cancel,
             on_done=on_done,
         )
+        if stream is not None:
+            stream.close()  # what a cancel or a full disk left unwalked stays so
     return started
 
 

@@ -56,6 +56,10 @@ class Capabilities:
     deferred_flush: bool = False
     """``apply_batch`` with ``ApplyOptions(defer_durable=True)`` returns while the
     batch's flush to stable storage still runs (``ApplyResult.durable`` waits for it)."""
+    streamed_ops: bool = False
+    """``apply_batch`` may be given ops still being walked (``hsync.apply.Stream``, a
+    streamed initial copy): it iterates them once, in order, and reads anything else
+    about them (how many files) from ``ops.known``, the ops handed out so far."""
     renames_touch_parents: bool = False
     """A rename changes the payload of the containers it leaves and enters (a
     directory's mtime, which a sync copies): where no container's payload differs, no

@@ -67,6 +67,8 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS batches(
     pair TEXT, seq INTEGER, state TEXT, pid INTEGER, started REAL, finished REAL,
     n_ops INTEGER, ops BLOB, PRIMARY KEY(pair, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS more_ops(
+    pair TEXT, seq INTEGER, part INTEGER, ops BLOB, PRIMARY KEY(pair, seq, part)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS acks(
     session TEXT, seq INTEGER, batch INTEGER, state TEXT, time REAL, answer BLOB,
     PRIMARY KEY(session, seq)) WITHOUT ROWID;
@@ -231,6 +233,38 @@ class Journal:
             self.unflushed.add(seq)
         return seq
 
+    def extend(self, seq: int, ops: Sequence[Op]) -> None:
+        """Add ``ops`` to running batch ``seq``'s record before they run (a streamed
+        batch: its ops are journaled a chunk at a time as the source's walk finds them,
+        ``hsync.apply.Stream``). Not flushed, like ``begin(durable=False)``: ``sync``
+        flushes every part with the record."""
+        assert seq in self.running
+        with self._commit(False):
+            self.db.execute(
+                "INSERT INTO more_ops VALUES (?,?,"
+                "(SELECT coalesce(max(part), 0) + 1 FROM more_ops WHERE pair=? AND seq=?),?)",
+                (self.pair, seq, self.pair, seq, _pack(ops)),
+            )
+            self.db.execute(
+                "UPDATE batches SET n_ops=n_ops+? WHERE pair=? AND seq=?",
+                (len(ops), self.pair, seq),
+            )
+
+    def ops_of(self, seq: int) -> list[tuple[Any, ...]]:
+        """What batch ``seq``'s record holds: its ops as ``(op, kind, key, to)``, in
+        order (a post-mortem's, and the tests')."""
+        row = self.db.execute(
+            "SELECT ops FROM batches WHERE pair=? AND seq=?", (self.pair, seq)
+        ).fetchone()
+        if row is None:
+            return []
+        out = unpack(row[0])
+        for (blob,) in self.db.execute(
+            "SELECT ops FROM more_ops WHERE pair=? AND seq=? ORDER BY part", (self.pair, seq)
+        ):
+            out += unpack(blob)
+        return out
+
     def sync(self, seq: int | None = None) -> None:
         """Make a running batch's record durable (``seq``; None: every running one; a
         no-op when it is): one commit with ``synchronous=FULL``, which flushes the WAL
@@ -288,6 +322,11 @@ class Journal:
             self.db.execute(
                 "DELETE FROM batches WHERE pair=? AND seq<=? AND state NOT IN (?,?)",
                 (self.pair, seq - KEEP, RUNNING, BEGUN),
+            )
+            self.db.execute(
+                "DELETE FROM more_ops WHERE pair=? AND seq<=? AND NOT EXISTS (SELECT 1 "
+                "FROM batches b WHERE b.pair=more_ops.pair AND b.seq=more_ops.seq)",
+                (self.pair, seq - KEEP),
             )
             if session is not None:
                 self.db.execute(

@@ -28,7 +28,16 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .apply import Applied, Batching, Started, batching_for, finish_batch, start_batch, window
+from .apply import (
+    Applied,
+    Batching,
+    Started,
+    Stream,
+    batching_for,
+    finish_batch,
+    start_batch,
+    window,
+)
 from .backend import ApplyResult, Streaming
 from .cancel import NEVER, Cancel
 from .errors import SafetyError
@@ -56,6 +65,9 @@ CHUNK = 256
 """Nodes handed from the walking thread to the writer at a time."""
 AHEAD = 64
 """Chunks the walk may run ahead of the writer."""
+PREFILL = 2048
+"""Ops walked before a batch into a local destination starts; a tree that has more is
+streamed into the batch as it is walked (``Stream``)."""
 
 
 @attrs.define
@@ -152,13 +164,12 @@ def populate(
         if on_batch is not None:
             on_batch(result)
 
-    def flush(*, last: bool = False) -> None:
-        """Start the batch gathered; a remote destination keeps ``width`` of them in
+    def flush(stream: Stream | None = None, *, last: bool = False) -> None:
+        """Start the batch gathered (``stream``: the batch whose ops are still being
+        walked, ``ops`` the start of it); a remote destination keeps ``width`` of them in
         flight (their results are taken in order), a local one finishes it now."""
         nonlocal ops, batch, fps
         final = Snapshot(nodes=ChainMap(batch, dirs))
-        for op in ops:
-            out.planned[op.op] += 1
         its_batch, its_fps = batch, fps
 
         def record(result: ApplyResult) -> None:  # while the batch is flushed
@@ -167,50 +178,91 @@ def populate(
                 history.record(final, [k for k in (*its_batch, ()) if k not in failed],
                                fingerprints=its_fps)
 
-        flying.append((start_batch(session, ops, final, on_done=on_done, defer=True),
-                       record))
+        started = start_batch(session, ops if stream is None else stream, final,
+                              on_done=on_done, defer=True)
+        for op in ops:  # a stream's ops are in ``ops`` once it was walked
+            out.planned[op.op] += 1
+        flying.append((started, record))
         ops, batch, fps = [], {}, {}
         while len(flying) >= width or (last and flying):
             finish_oldest()
 
     nodes_of = _Ahead if source.capabilities.waits else _Inline
     walked = walk(streaming, session.exclude, out.skipped, cancel)
+    # a walk on this thread into a local destination: each batch takes its ops as the
+    # walk finds them (``Stream``), so the copies start before the walk ends
+    streams = (not source.capabilities.waits and width == 1
+               and destination.capabilities.streamed_ops)
     with nodes_of(_fingerprinted(walked)) as nodes:
-        for key, node, fp in nodes:
-            if node is None:
-                if not key and not out.planned[CREATE] and not kept:
-                    raise SafetyError(f"{source.url}: source cannot be listed; nothing done")
-                out.problems.append(Problem(key, f"not synced: {_why(source, key)}",
-                                            kind="retry"))
-                continue
-            out.seen["source"] += 1
-            kind = failed.get(key[:-1])
-            if kind is not None:
-                # its parent's create failed in an earlier batch (within a batch the
-                # destination skips them itself): one problem each, nothing sent
-                failed[key] = kind
-                out.planned[CREATE] += 1
-                out.problems.append(Problem(
-                    key, f"create skipped: its parent {'/'.join(key[:-1])} was not created",
-                    op=CREATE, kind=kind))
-                continue
-            batch[key] = node
-            if fp is not None:
-                fps[key] = fp
-            if node.kind == DIR:  # its metadata is set from ``final`` in later batches
-                dirs[key] = node
-            ops.append(Op(op=CREATE, kind=node.kind, key=key, node=node))
-            size += node.size
-            if len(ops) >= batching.max_ops or size >= batching.max_bytes or (
-                len(ops) >= batching.min_ops and not nodes.ready()
-            ):
+        pending = iter(nodes)
+
+        def take() -> Op | None:
+            """The next op of the walk (its node added to the batch), None at its end."""
+            nonlocal size
+            for key, node, fp in pending:
+                if node is None:
+                    if not key and not out.planned[CREATE] and not kept:
+                        raise SafetyError(f"{source.url}: source cannot be listed; nothing done")
+                    out.problems.append(Problem(key, f"not synced: {_why(source, key)}",
+                                                kind="retry"))
+                    continue
+                out.seen["source"] += 1
+                kind = failed.get(key[:-1])
+                if kind is not None:
+                    # its parent's create failed in an earlier batch (within a batch the
+                    # destination skips them itself): one problem each, nothing sent
+                    failed[key] = kind
+                    out.planned[CREATE] += 1
+                    out.problems.append(Problem(
+                        key, f"create skipped: its parent {'/'.join(key[:-1])} was not created",
+                        op=CREATE, kind=kind))
+                    continue
+                batch[key] = node
+                if fp is not None:
+                    fps[key] = fp
+                if node.kind == DIR:  # its metadata is set from ``final`` in later batches
+                    dirs[key] = node
+                size += node.size
+                return Op(op=CREATE, kind=node.kind, key=key, node=node)
+            return None
+
+        def full() -> bool:
+            return len(ops) >= batching.max_ops or size >= batching.max_bytes
+
+        def more() -> Op | None:
+            """The next op of a streamed batch; None at the walk's end or the batch's
+            limits."""
+            if full():
+                return None
+            op = take()
+            if op is None:
+                walk_ended[0] = True
+            return op
+
+        walk_ended = [False]
+        while not walk_ended[0]:
+            op = take()
+            if op is None:
+                break
+            ops.append(op)
+            if streams and len(ops) >= PREFILL and not full():
+                # as many ops as a small tree has: a larger one is streamed into this
+                # batch (and its copies may go to worker processes)
+                stream = Stream(ops, more)
+                flush(stream)
+                if stream.error is not None:
+                    raise stream.error
+                size = 0
+            elif full() or (len(ops) >= batching.min_ops and not nodes.ready()):
                 size = 0
                 flush()
-                if cancel.cancelled():
-                    while flying:
-                        finish_oldest()
-                    out.complete = False
-                    break
+            else:
+                continue
+            if cancel.cancelled():
+                while flying:
+                    finish_oldest()
+                out.complete = False
+                break
     if out.complete and dst_root is not None and dst_root != root:
         # the root's own payload (an LDAP base entry's attributes, a directory's mode
         # and mtime), once its children are in: what a diff would update
@@ -334,3 +386,4 @@ class _Ahead:
             for x in item:
                 self._left -= 1
                 yield x
+

@@ -504,3 +504,28 @@ def test_a_local_filesystem_stamping_ns_lags_a_tick_others_two_seconds(tmp_path:
     assert ctime_lag_ns(str(tmp_path)) == (TICK_NS if fine else COARSE_NS)
     assert ctime_lag_ns("/proc") == COARSE_NS  # not a filesystem of this host's disks
     assert ctime_lag_ns(str(tmp_path / "gone")) == COARSE_NS
+
+
+@root_only
+@needs_acl_tools
+def test_new_files_get_exactly_the_source_attributes_where_the_directory_hands_some_down(
+    tmp_path: Path,
+) -> None:
+    """A copy lists a new file's attributes only where its directory could hand some
+    down (``meta.inherits_none``): under a destination directory with a default ACL,
+    the ACL every new file inherits is removed again (the source's files have none),
+    and a file's own attributes land whether its directory has any or not."""
+    src = build(tmp_path / "src", {f"d/f{i}": b"x" for i in range(10)} | {"top": b"t"})
+    if not _xattrs_supported(src):
+        pytest.skip(f"{src}: no extended attributes on this filesystem")
+    os.setxattr(src / "d" / "f3", "user.tag", b"three")
+    os.setxattr(src / "top", "user.tag", b"top")
+    inherits, plain = tmp_path / "inherits", tmp_path / "plain"
+    inherits.mkdir()
+    subprocess.run(["setfacl", "-d", "-m", "u:1234:rwx", str(inherits)], check=True)
+    for dst in (inherits, plain):
+        _sync(src, dst, tmp_path)
+        for rel in ("top", *(f"d/f{i}" for i in range(10))):
+            # no inherited ACL left behind, the source's own attributes there
+            assert _xattrs(dst / rel) == _xattrs(src / rel), (dst, rel)
+        assert _diff(src, dst, tmp_path, ok=0).strip() == "in sync"

@@ -486,7 +486,8 @@ class RemoteBackend:
         far: Capabilities = opened["capabilities"]
         # the far side's scans wait on the link: they run beside the local ones; a
         # batch is answered once it is durable there (the answer acknowledges it)
-        self.capabilities = evolve(far, waits=True, deferred_flush=False)
+        self.capabilities = evolve(far, waits=True, deferred_flush=False,
+                                   streamed_ops=False)
         self.far_features: tuple[str, ...] = tuple(opened["features"])
         self._prefetch: _Prefetch | None = None
         self._seq = 0

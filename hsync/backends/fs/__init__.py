@@ -80,7 +80,8 @@ class FsBackend:
         self.role: Role = role
         self.root = os.path.abspath(path)
         """The absolute path of the root (as given: it may be a symlink)."""
-        self.capabilities = Capabilities(deferred_flush=True, renames_touch_parents=True)
+        self.capabilities = Capabilities(deferred_flush=True, renames_touch_parents=True,
+                                         streamed_ops=True)
         self._dev = root_device(self.root)
         """The root's device, fixed at open: identities are inode numbers on it."""
         self._stale: list[Key] = []

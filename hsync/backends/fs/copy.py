@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 from ...backend import ContentSource
 from ...errors import NodeError, SourceChanged
 from ...model import CREATE, FILE, UPDATE, Key, Op
-from .meta import SETID, Meta, chown, safe_mode, set_xattrs
+from .meta import SETID, Meta, chown, inherits_none, safe_mode, set_xattrs
 from .posix import (
     O_CREATE,
     O_READ,
@@ -88,6 +88,7 @@ def copy_chunk(
         return fd
 
     owners: dict[Key, tuple[int, int] | None] = {}  # a new file's owner there
+    bare: dict[Key, bool] = {}  # a new file there has no attribute (``inherits_none``)
     euid, egid = os.geteuid(), os.getegid()
     osopen = os.open
     try:
@@ -98,6 +99,7 @@ def copy_chunk(
                 if dfd is None:
                     dfd = directory(parents, root, parent)
                     owners[parent] = new_owner(dfd, euid, egid)
+                    bare[parent] = bool(prefixes) and inherits_none(dfd)
                 src_dir = src_key[:-1]
                 sfd = sources.get(src_dir)
                 if sfd is None:
@@ -106,7 +108,7 @@ def copy_chunk(
                 try:
                     out.append(publish(fd_in, dfd, name, size, mtime_ns, mode, identity,
                                        src_dev, fsync, replace, unstable, meta, prefixes,
-                                       sparse, owners[parent]))
+                                       sparse, owners[parent], bare[parent]))
                 finally:
                     os.close(fd_in)
             except (OSError, NodeError) as e:
@@ -154,7 +156,7 @@ def publish(
     fd_in: int | WritesItself, dfd: int, final: str, size: int, mtime_ns: int, mode: int,
     identity: int | str | None, src_dev: int, fsync: bool, replace: bool,
     unstable: bool = False, meta: Meta | None = None, prefixes: tuple[str, ...] = (),
-    sparse: bool = True, owner: tuple[int, int] | None = None,
+    sparse: bool = True, owner: tuple[int, int] | None = None, bare: bool = False,
 ) -> int:
     """Write what ``fd_in`` holds to a temporary name in directory ``dfd``, rename it to
     ``final`` there (over it only when ``replace``: a create never clobbers a node that
@@ -172,7 +174,8 @@ def publish(
     attributes in ``prefixes``' namespaces after it.
 
     ``owner``: the owner and group a file created in ``dfd`` gets (``new_owner``),
-    when known: no ``chown`` where they are the ones asked for.
+    when known: no ``chown`` where they are the ones asked for. ``bare``: a file
+    created in ``dfd`` gets no attribute (``meta.inherits_none``): none is listed.
 
     ``sparse`` (``ApplyOptions.sparse``): a source with holes (fewer blocks allocated
     than its size) is copied extent by extent and its holes stay holes; a dense file
@@ -209,7 +212,7 @@ def publish(
             if unstable and copied > size:  # it grew: what it held at the scan
                 os.ftruncate(fd_out, size)
                 copied = size
-            _finish(fd_out, mode, mtime_ns, fsync, meta, prefixes, owner)
+            _finish(fd_out, mode, mtime_ns, fsync, meta, prefixes, owner, bare)
         finally:
             os.close(fd_out)
         after = os.fstat(fd_in)
@@ -261,7 +264,7 @@ def _publish_made(
 
 def _finish(
     fd_out: int, mode: int, mtime_ns: int, fsync: bool, meta: Meta | None,
-    prefixes: tuple[str, ...], owner: tuple[int, int] | None,
+    prefixes: tuple[str, ...], owner: tuple[int, int] | None, bare: bool = False,
 ) -> None:
     """A published file's owner, mode, attributes and mtime (and fsync), as
     ``publish`` sets them."""
@@ -273,7 +276,7 @@ def _finish(
     mode = safe_mode(mode, meta, chown(fd_out, meta, has=has))
     if mode & ~UMASK_SAFE or umask() & mode:
         os.fchmod(fd_out, mode)
-    set_xattrs(fd_out, meta, prefixes)
+    set_xattrs(fd_out, meta, prefixes, bare=bare)
     os.utime(fd_out, ns=(mtime_ns, mtime_ns))
     if fsync:
         os.fsync(fd_out)
@@ -323,14 +326,17 @@ class Copies:
         local tree: worker processes, so the per-file Python work runs on every core
         instead of queueing for the GIL; else (a few files, a source that is not a local
         tree, threads already running, where a fork is unsafe) a thread pool."""
-        files = sum(1 for op in ops if op.kind == FILE and op.op in (CREATE, UPDATE))
+        # a streamed batch (``Capabilities.streamed_ops``): the ops walked so far; it is
+        # streamed only when the tree has more nodes than a small batch
+        known: Sequence[Op] = getattr(ops, "known", ops)
+        files = sum(1 for op in known if op.kind == FILE and op.op in (CREATE, UPDATE))
         if not files:  # nothing will be queued: no pool (a no-op run imports none)
             yield
             return
         executor: Executor
         if (
             self.local is not None
-            and files >= PROCESS_MIN_FILES
+            and (files >= PROCESS_MIN_FILES or known is not ops)
             and threading.active_count() == 1
             and hasattr(os, "fork")
         ):

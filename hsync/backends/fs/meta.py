@@ -212,18 +212,26 @@ def chown(
     return True
 
 
-def set_xattrs(where: Any, meta: Meta | None, prefixes: tuple[str, ...]) -> list[str]:
+def set_xattrs(
+    where: Any, meta: Meta | None, prefixes: tuple[str, ...], *, bare: bool = False
+) -> list[str]:
     """Make the attributes of ``where`` (a descriptor, or a path never followed) in
     the namespaces of ``prefixes`` those of ``meta``: extra ones removed, differing
     ones set. Returns the names the filesystem could not hold (ENOTSUP, EPERM): they
-    are left out, said once per run by the caller."""
+    are left out, said once per run by the caller.
+
+    ``bare``: ``where`` is known to have no attribute (a file just created in a
+    directory that has none, ``inherits_none``): nothing is listed or removed."""
     if not prefixes or meta is None or isinstance(meta[2], str):
         return []  # not kept, or UNREAD: unchanged since the last sync (never comes here)
-    follow = not isinstance(where, str)
     want = dict(meta[2] or ())
+    if bare and not want:
+        return []
+    follow = not isinstance(where, str)
     failed: list[str] = []
     try:
-        have = [n for n in os.listxattr(where, follow_symlinks=follow) if n.startswith(prefixes)]
+        have = [] if bare else [
+            n for n in os.listxattr(where, follow_symlinks=follow) if n.startswith(prefixes)]
     except OSError as e:
         if e.errno in UNSUPPORTED:
             return list(want)
@@ -285,3 +293,16 @@ def ctime_lag_ns(root: str) -> int:
     except (OSError, IndexError):
         return COARSE_NS
     return TICK_NS if kind in FINE_FILESYSTEMS else COARSE_NS
+
+
+def inherits_none(dfd: int) -> bool:
+    """True when a file created in directory ``dfd`` is sure to get no extended
+    attribute: the directory has none itself. A new file's attributes come from its
+    directory (a default ACL, ``system.posix_acl_default``) or from a security module
+    that labels files (``security.*``), which labels the directory too; so a directory
+    without any hands none down, and the files a copy creates there need no listing
+    (one ``flistxattr`` per directory instead of one per file)."""
+    try:
+        return not os.listxattr(dfd)
+    except OSError:
+        return False
