@@ -731,12 +731,15 @@ class Bench:
         self.warnings: list[str] = []
 
     def pair(self, label: str, tree: Path) -> Pair:
+        # one destination per tree size: with --keep and several sizes, each size keeps
+        # its own (a shared one made the second size start from the first one's tree)
         run = self.work / "run"
+        name = f"{label}-f{self.args.files}"
         return Pair(
             src=tree / "src",
-            dst={t.name: run / f"dst-{label}-{t.name}" for t in self.tools + self.extra},
+            dst={t.name: run / f"dst-{name}-{t.name}" for t in self.tools + self.extra},
             state={
-                t.name: run / f"state-{label}-{t.name}" / "hsync.sqlite"
+                t.name: run / f"state-{name}-{t.name}" / "hsync.sqlite"
                 for t in self.tools + self.extra
             },
         )
