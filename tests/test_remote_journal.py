@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from test_remote import HOST, run
-from test_remote_window import _agent_wrapper, _cut, _downable_rsh, _far_journal, _spec, _start_push
+from test_remote_window import LostForGood, _agent_wrapper, _far_journal, _start_push
 from treeutil import assert_same_tree, build
 
 from hsync.history import History
@@ -54,25 +54,16 @@ def test_a_batch_left_begun_by_a_killed_agent_is_rolled_by_the_next_one(
     """An agent killed in the middle of a batch, its sender unable to reconnect, leaves
     the batch begun in the far journal; the next agent marks it rolled forward (so the
     pruning of old batches reaches it) while the next run converges."""
-    spec = _spec()
-    src = build(tmp_path / "src", spec)
-    dst = tmp_path / "dst"
-    state = tmp_path / "h.sqlite"
-    rsh, down = _downable_rsh(tmp_path, remote)
-    wrapper, far_state = _agent_wrapper(tmp_path)
-    proc = _start_push(src, dst, wrapper, "--state", str(state), "-e", str(rsh))
-    killed = _cut(proc, remote, dst, "agent", before=down.touch)
-    out, err = proc.communicate(timeout=180)
-    assert killed, "the push ended before the agent could be killed"
-    assert proc.returncode == 2, (out, err)
-    batches, _ = _far_journal(far_state)
+    lost = LostForGood(tmp_path, remote, _start_push, "agent")
+    assert lost.returncode == 2, (lost.out, lost.err)
+    batches, _ = _far_journal(lost.far_state)
     assert [st for st, _ in batches if st in (BEGUN, RUNNING)], batches
-    down.unlink()
-    r = run("sync", "--json", "--state", state, "-e", rsh, "--remote-hsync", wrapper,
-            src, f"{HOST}:{dst}")
+    lost.host_back()
+    r = run("sync", "--json", "--state", lost.state, "-e", lost.rsh, "--remote-hsync",
+            lost.wrapper, lost.src, f"{HOST}:{lost.dst}")
     assert r.returncode == 0, r.stderr
-    assert_same_tree(src, dst)
-    batches, _ = _far_journal(far_state)
+    assert_same_tree(lost.src, lost.dst)
+    batches, _ = _far_journal(lost.far_state)
     assert not [st for st, _ in batches if st in (BEGUN, RUNNING)], batches
     assert ROLLED in [st for st, _ in batches]
 

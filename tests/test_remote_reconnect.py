@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from test_remote import HOST, _files, run
-from test_remote_window import _agent_wrapper, _cut, _downable_rsh, _spec
+from test_remote_window import LostForGood, _agent_wrapper, _cut, _spec
 from treeutil import assert_same_tree, build, hsync_bin
 
 
@@ -52,23 +52,13 @@ def test_a_pull_whose_link_is_lost_for_good_ends_with_one_line(remote: Any,
                                                                tmp_path: Path) -> None:
     """Reconnecting fails (the host stays unreachable): the run ends (exit 2, one line
     naming the host), nothing torn under a final name; the next run converges."""
-    spec = _spec()
-    src = build(tmp_path / "src", spec)
-    dst = tmp_path / "dst"
-    state = tmp_path / "h.sqlite"
-    rsh, down = _downable_rsh(tmp_path, remote)
-    wrapper, _ = _agent_wrapper(tmp_path)
-    proc = _start_pull(src, dst, wrapper, "--state", str(state), "-e", str(rsh))
-    killed = _cut(proc, remote, dst, "ssh", before=down.touch)
-    out, err = proc.communicate(timeout=180)
-    assert killed, "the pull ended before the link could be cut"
-    assert proc.returncode != 0, (out, err)
-    assert HOST in err and "Traceback" not in err, err
-    for name, data in _files(dst).items():  # nothing torn under a final name
-        if ".hsync-tmp" not in name:
-            assert data == spec[name], name
-    down.unlink()
-    r = run("sync", "--json", "--state", state, "-e", rsh, f"{HOST}:{src}", dst)
+    lost = LostForGood(tmp_path, remote, _start_pull, "ssh")
+    assert lost.returncode != 0, (lost.out, lost.err)
+    assert HOST in lost.err and "Traceback" not in lost.err, lost.err
+    lost.landed()  # nothing torn under a final name
+    lost.host_back()
+    r = run("sync", "--json", "--state", lost.state, "-e", lost.rsh, f"{HOST}:{lost.src}",
+            lost.dst)
     assert r.returncode == 0, r.stderr
-    assert_same_tree(src, dst)
-    assert not [n for n in _files(dst) if ".hsync-tmp" in n]
+    assert_same_tree(lost.src, lost.dst)
+    assert not [n for n in _files(lost.dst) if ".hsync-tmp" in n]

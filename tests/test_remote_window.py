@@ -90,6 +90,35 @@ def _cut(proc: subprocess.Popen[str], remote: Any, dst: Path, victim: str,
     return False
 
 
+class LostForGood:
+    """A run whose link was cut once some files landed, with the host then
+    unreachable for its reconnects (``lost_for_good``): what a test checks after."""
+
+    def __init__(self, tmp_path: Path, remote: Any, start: Any, victim: str) -> None:
+        self.spec = _spec()
+        self.src = build(tmp_path / "src", self.spec)
+        self.dst = tmp_path / "dst"
+        self.state = tmp_path / "h.sqlite"
+        self.rsh, self.down = _downable_rsh(tmp_path, remote)
+        self.wrapper, self.far_state = _agent_wrapper(tmp_path)
+        proc = start(self.src, self.dst, self.wrapper, "--state", str(self.state),
+                     "-e", str(self.rsh))
+        killed = _cut(proc, remote, self.dst, victim, before=self.down.touch)
+        self.out, self.err = proc.communicate(timeout=180)
+        self.returncode = proc.returncode
+        assert killed, f"the run ended before the {victim} could be killed"
+
+    def landed(self) -> set[str]:
+        """The files under their final names, each checked whole (none torn)."""
+        out = {n: d for n, d in _files(self.dst).items() if ".hsync-tmp" not in n}
+        for name, data in out.items():
+            assert data == self.spec[name], name
+        return set(out)
+
+    def host_back(self) -> None:
+        self.down.unlink()
+
+
 @pytest.mark.parametrize("victim", ["ssh", "agent"])
 def test_link_cut_in_a_window_is_resumed_in_the_run(remote: Any, tmp_path: Path,
                                                      victim: str) -> None:
@@ -131,29 +160,19 @@ def test_link_lost_for_good_ends_the_run_and_the_next_resumes(remote: Any,
                                                               tmp_path: Path) -> None:
     """Reconnecting fails (the host stays unreachable): one line naming the host, exit
     2, nothing torn; the next run resumes and converges."""
-    spec = _spec()
-    src = build(tmp_path / "src", spec)
-    dst = tmp_path / "dst"
-    state = tmp_path / "h.sqlite"
-    rsh, down = _downable_rsh(tmp_path, remote)
-    wrapper, _ = _agent_wrapper(tmp_path)
-    proc = _start_push(src, dst, wrapper, "--state", str(state), "-e", str(rsh))
-    killed = _cut(proc, remote, dst, "ssh", before=down.touch)
-    out, err = proc.communicate(timeout=180)
-    assert killed, "the push ended before the link could be cut"
-    assert proc.returncode == 2, (out, err)
+    lost = LostForGood(tmp_path, remote, _start_push, "ssh")
+    err = lost.err
+    assert lost.returncode == 2, (lost.out, err)
     assert len(err.strip().splitlines()) == 1 and HOST in err and "reconnect" in err, err
-    for name, data in _files(dst).items():  # nothing torn under a final name
-        if ".hsync-tmp" not in name:
-            assert data == spec[name], name
-    landed = {n for n in _files(dst) if ".hsync-tmp" not in n}
-    assert 0 < len(landed) < len(spec)
-    down.unlink()
-    r = run("sync", "--json", "--state", state, "-e", rsh, src, f"{HOST}:{dst}")
+    landed = lost.landed()  # nothing torn under a final name
+    assert 0 < len(landed) < len(lost.spec)
+    lost.host_back()
+    r = run("sync", "--json", "--state", lost.state, "-e", lost.rsh, lost.src,
+            f"{HOST}:{lost.dst}")
     assert r.returncode == 0, r.stderr
-    assert_same_tree(src, dst)
-    assert not [n for n in _files(dst) if ".hsync-tmp" in n]
-    dirs = json.loads(r.stdout)["counts"]["create"] - (len(spec) - len(landed))
+    assert_same_tree(lost.src, lost.dst)
+    assert not [n for n in _files(lost.dst) if ".hsync-tmp" in n]
+    dirs = json.loads(r.stdout)["counts"]["create"] - (len(lost.spec) - len(landed))
     assert 0 <= dirs <= 3  # what landed was not copied again
 
 
