@@ -60,13 +60,16 @@ NOTHING: Any = _Nothing()
 
 
 class _Field:
-    __slots__ = ("converter", "default", "eq", "factory", "init", "kw_only", "name", "repr")
+    __slots__ = ("alias", "converter", "default", "eq", "factory", "init", "kw_only", "name",
+                 "repr")
 
     def __init__(
         self, default: Any, factory: Callable[[], Any] | None, eq: bool, repr: bool,
         init: bool, kw_only: bool, converter: Callable[[Any], Any] | None,
     ) -> None:
-        self.name = ""
+        self.name = self.alias = ""
+        """The field's attribute, and the ``__init__`` argument that sets it (a
+        private name's alias drops its underscores, as attrs's)."""
         self.default, self.factory, self.eq, self.repr = default, factory, eq, repr
         self.init, self.kw_only, self.converter = init, kw_only, converter
 
@@ -106,10 +109,8 @@ def evolve(inst: T, **changes: Any) -> T:
 
         return attrs.evolve(inst, **changes)  # type: ignore[misc]
     for f in fields:
-        if f.init:
-            alias = f.name.lstrip("_")
-            if alias not in changes:
-                changes[alias] = getattr(inst, f.name)
+        if f.init and f.alias not in changes:
+            changes[f.alias] = getattr(inst, f.name)
     return cls(**changes)
 
 
@@ -141,7 +142,7 @@ def _build(cls: type[T], *, frozen: bool, kw_only: bool) -> type[T]:
         f = value if isinstance(value, _Field) else _Field(
             value, None, True, True, True, False, None
         )
-        f.name = name
+        f.name, f.alias = name, name.lstrip("_")
         f.kw_only = f.kw_only or kw_only
         fields.append(f)
     names = tuple(f.name for f in fields)
@@ -194,11 +195,11 @@ def _methods(
     everything = attrgetter(*names) if len(names) > 1 else (
         (lambda obj: (getattr(obj, names[0]),)) if names else (lambda obj: ())
     )
-    shown = [(f.name.lstrip("_"), f.name) for f in fields if f.repr]
+    shown = [(f.alias, f.name) for f in fields if f.repr]
 
     made = [0]
     positional = [f for f in fields if f.init and not f.kw_only]
-    aliases = {f.name.lstrip("_"): f for f in fields if f.init}
+    aliases = {f.alias: f for f in fields if f.init}
 
     def bind(self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         """What the compiled ``__init__`` does, read from the fields (slower per call,
@@ -208,7 +209,7 @@ def _methods(
                             f"arguments but {len(args) + 1} were given")
         given = dict(kwargs)
         for f, value in zip(positional, args, strict=False):
-            alias = f.name.lstrip("_")
+            alias = f.alias
             if alias in given:
                 raise TypeError(f"{cls_name}.__init__() got multiple values for argument "
                                 f"'{alias}'")
@@ -218,7 +219,7 @@ def _methods(
                 raise TypeError(f"{cls_name}.__init__() got an unexpected keyword argument "
                                 f"'{name}'")
         for f in fields:
-            alias = f.name.lstrip("_")
+            alias = f.alias
             if f.init and alias in given:
                 value = given[alias]
             elif f.factory is not None:
@@ -289,7 +290,7 @@ def _compile_init(cls_name: str, fields: list[_Field], post_init: bool) -> Any:
     keywords: list[str] = []
     body: list[str] = []
     for i, f in enumerate(fields):
-        alias = f.name.lstrip("_")
+        alias = f.alias
         if f.factory is not None:
             globs[f"_f{i}"] = f.factory
         elif f.default is not NOTHING:

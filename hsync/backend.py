@@ -706,13 +706,20 @@ def _load(spec: str) -> BackendFactory:
     return cls
 
 
+def plain_path(location: str) -> bool:
+    """``location`` is a plain path by its form alone (no colon before its first slash;
+    ``./a:b`` and ``/x:y`` are paths): a local tree, without asking the plugins."""
+    head, sep, _ = location.partition(":")
+    return not sep or not head or location.startswith(("./", "/")) or "/" in head
+
+
 def scheme_of(location: str) -> str:
-    """The URL scheme of ``location``: "file" for a plain path (``./a:b`` and ``/x:y``
-    are paths), "ssh" for rsync's ``[user@]host:path`` (a colon before the first
-    slash, where the part before it is not a known scheme)."""
-    head, sep, rest = location.partition(":")
-    if not sep or not head or location.startswith(("./", "/")) or "/" in head:
+    """The URL scheme of ``location``: "file" for a plain path (``plain_path``), "ssh"
+    for rsync's ``[user@]host:path`` (a colon before the first slash, where the part
+    before it is not a known scheme)."""
+    if plain_path(location):
         return "file"
+    head, _, rest = location.partition(":")
     scheme = head.lower()
     if head.isascii() and head.replace("+", "").replace("-", "").isalnum() and (
         len(head) > 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -113,8 +114,6 @@ def keep_wal(db: sqlite3.Connection) -> bool:
     first (the handle must name this database). False where neither works (the WAL
     is then checkpointed at close, as before: slower, as safe)."""
     db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
-    import sys
-
     if sys.version_info >= (3, 12):
         try:
             db.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)  # type: ignore[attr-defined]
@@ -133,8 +132,6 @@ def _no_checkpoint_on_close(db: sqlite3.Connection) -> bool:
     ``sqlite3 *`` handle (right after the object header, unchanged from 3.6 to 3.11);
     the handle is trusted only when SQLite names this connection's file by it."""
     global _capi
-    import sys
-
     if sys.implementation.name != "cpython" or sys.version_info >= (3, 12) or \
             not sys.platform.startswith("linux") or \
             sqlite3.sqlite_version_info < (3, 16, 2):

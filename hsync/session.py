@@ -28,6 +28,7 @@ from .backend import (
     Windowed,
     id_map,
     open_endpoint,
+    plain_path,
     relation,
     schema_aware,
 )
@@ -78,7 +79,7 @@ class PairSession:
         self.notices: list[str] = []
         self._lock: int | None = None
         """Warnings about the pair's state, for the report and the log."""
-        if _plain_path(source_url) and _plain_path(destination_url):
+        if plain_path(source_url) and plain_path(destination_url):
             self._open(source_url, destination_url, credentials)  # nothing to reach
         else:
             from .remote import Reach, reaching  # the small part: how to reach a far tree
@@ -335,13 +336,6 @@ class PairSession:
         """The history when it is complete (moves may be taken from it), else None."""
         h = self.history
         return h if h is not None and h.complete else None
-
-
-def _plain_path(location: str) -> bool:
-    """A location that is a plain path by its form alone (``backend.scheme_of``'s first
-    test: no colon before a slash): no remote endpoint, without asking the plugins."""
-    head, sep, _ = location.partition(":")
-    return not sep or not head or location.startswith(("./", "/")) or "/" in head
 
 
 def _ctime_lag(endpoint: Endpoint) -> int:

@@ -75,17 +75,15 @@ _INIT: dict[type, list[tuple[str, str]]] = {}
 
 def _init_fields(cls: type) -> list[tuple[str, str]]:
     """``(name, alias)`` of the fields ``cls.__init__`` takes: a value class's own
-    (``_values``: a private name's alias drops its underscores, as attrs's), else
-    attrs's."""
+    (``_values``, read without importing attrs), else attrs's."""
     out = _INIT.get(cls)
     if out is None:
-        own = cls.__dict__.get("__value_fields__")
-        if own is not None:
-            out = [(f.name, f.name.lstrip("_")) for f in own if f.init]
-        else:
+        fields = cls.__dict__.get("__value_fields__")
+        if fields is None:
             import attrs
 
-            out = [(f.name, f.alias) for f in attrs.fields(cls) if f.init]
+            fields = attrs.fields(cls)
+        out = [(f.name, f.alias) for f in fields if f.init]
         _INIT[cls] = out
     return out
 
