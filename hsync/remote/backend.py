@@ -93,25 +93,35 @@ first (``PairSession`` checks the roots and maps owners by name), so their answe
 back with the open's."""
 
 
-def asked(backend: Any, method: str) -> Any:
-    """The answer to ``method`` (no arguments): the one sent with the open
-    (``EARLY``), the first time (the open's round trip carried it), else asked now."""
-    early = backend._early.pop(method, None)
-    if early is not None:
-        return early()
-    answer = backend.link.ask(method)
-    settle(backend)  # answered before it: no wait of its own
-    return answer()
+class _Asking:
+    """What a remote backend and its capability mixins share: the link, and the
+    answers not waited for yet (requests sent with the open, ``EARLY``; requests whose
+    answer says nothing but success)."""
 
+    link: Link
+    _early: dict[str, Callable[[], Any]]
+    """Requests sent with the open (``EARLY``), their answers not yet taken."""
+    _later: list[Callable[[], Any]]
+    """Requests whose answer says nothing but success, not yet taken (``_settle``)."""
 
-def settle(backend: Any) -> None:
-    """Take the answers of the requests sent without waiting (``configure_scan``):
-    their errors are raised here, before a scan's result or a
-    batch is used. Called after a request is sent, it waits for nothing of its own
-    (the agent answers in order)."""
-    later: list[Callable[[], Any]] = backend._later
-    while later:
-        later.pop(0)()
+    def _asked(self, method: str) -> Any:
+        """The answer to ``method`` (no arguments): the one sent with the open
+        (``EARLY``), the first time (the open's round trip carried it), else asked now."""
+        early = self._early.pop(method, None)
+        if early is not None:
+            return early()
+        answer = self.link.ask(method)
+        self._settle()  # answered before it: no wait of its own
+        return answer()
+
+    def _settle(self) -> None:
+        """Take the answers of the requests sent without waiting (``configure_scan``):
+        their errors are raised here, before a scan's result or a batch is used.
+        Called after a request is sent, it waits for nothing of its own (the agent
+        answers in order)."""
+        later = self._later
+        while later:
+            later.pop(0)()
 SIGNATURES_MAX = 64 << 20
 """Signature bytes asked for ahead of one batch at most (384 KiB per GiB of file): the
 files beyond are sent whole."""
@@ -459,7 +469,7 @@ class _RemoteWatch:
         return None
 
 
-class RemoteBackend:
+class RemoteBackend(_Asking):
     """A tree on another host, through an agent (see the module docstring)."""
 
     def __init__(self, location: str, url: RemoteUrl, link: Link, role: Role,
@@ -500,10 +510,8 @@ class RemoteBackend:
         self._relinking = threading.Lock()
         self._wired = (0, 0)
         """Bytes sent and received on the links that broke before this one."""
-        self._early: dict[str, Callable[[], Any]] = {}
-        """Requests sent with the open (``EARLY``), their answers not yet taken."""
-        self._later: list[Callable[[], Any]] = []
-        """Requests whose answer says nothing but success, not yet taken (``settle``)."""
+        self._early = {}
+        self._later = []
 
     def __repr__(self) -> str:
         return f"RemoteBackend({self.url!r}, role={self.role!r})"
@@ -515,23 +523,23 @@ class RemoteBackend:
         return self.remote.endpoint() + path
 
     def root_error(self) -> str | None:
-        out: str | None = asked(self, "root_error")
+        out: str | None = self._asked("root_error")
         return out
 
     def root_id(self) -> Hashable | None:
-        out: Hashable | None = asked(self, "root_id")
+        out: Hashable | None = self._asked("root_id")
         return out
 
     def is_empty(self) -> bool:
         answer = self.link.ask("is_empty")
-        settle(self)
+        self._settle()
         return bool(answer())
 
     def scan(self, subtree: Key = (), *, exclude: Exclude | None = None,
              cancel: Cancel = NEVER) -> Snapshot:
         cancel.check()
         answer = self.link.ask("scan", subtree, exclude)
-        settle(self)
+        self._settle()
         return decode_snapshot(answer())
 
     def stat(self, key: Key) -> Node | None:
@@ -669,7 +677,7 @@ class RemoteBackend:
         """Send a batch: its sequence number, ops, the part of ``final`` its apply
         reads, then its content; return without waiting for the acknowledgement. The
         agent applies the batches in the order sent."""
-        settle(self)
+        self._settle()
         if cancel.cancelled():
             return _Pending(self, ApplyResult(problems=[
                 Problem(op.key, f"{op.op} not run: {cancel.reason}", op=op.op, kind=CANCELLED)
@@ -1083,32 +1091,26 @@ def _final_part(ops: Sequence[Op], final: Snapshot) -> dict[str, Any]:
 
 
 # -- the capability mixins: a backend offers what its far side offers ----------------------
-class _SortedWalk:
-    link: Link
-
+class _SortedWalk(_Asking):
     def walk_sorted(self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
                     ) -> Iterator[tuple[Key, Row | tuple[str] | None]]:
-        settle(self)
+        self._settle()
         for page in self.link.stream("walk_sorted", exclude):
             cancel.check()
             yield from page
 
 
-class _Streaming:
-    link: Link
-
+class _Streaming(_Asking):
     def stream(self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
                ) -> Iterator[tuple[Key, Node | str | None]]:
-        settle(self)
+        self._settle()
         for page in self.link.stream("stream", exclude):
             cancel.check()
             for key, n in page:
                 yield key, Node(*n) if isinstance(n, tuple) else n
 
 
-class _DigestScanning:
-    link: Link
-
+class _DigestScanning(_Asking):
     def digest_scan(self, exclude: Exclude | None = None, *, background: bool = False,
                     cancel: Cancel = NEVER) -> _RemoteScan:
         # the far side scans at once, beside whatever runs here; its handle is the
@@ -1116,15 +1118,13 @@ class _DigestScanning:
         rid, started = self.link.ask_id("digest_scan", exclude, True)
 
         def begun() -> Any:
-            settle(self)
+            self._settle()
             return started()
 
         return _RemoteScan(self.link, rid, begun)
 
 
-class _BulkHashing:
-    link: Link
-
+class _BulkHashing(_Asking):
     def hash_many(self, keys: Sequence[Key]) -> list[Hashed]:
         out: list[Hashed] = list(self.link.call("hash_many", list(keys)))
         return out
@@ -1136,14 +1136,12 @@ class _BulkHashing:
         raise TypeError("a remote endpoint is not handed to another process")
 
 
-class _Watchable:
-    link: Link
-
+class _Watchable(_Asking):
     def watch(self, sink: WatchSink) -> _RemoteWatch:
         return _RemoteWatch(self.link, sink)
 
 
-class _Metadata:
+class _Metadata(_Asking):
     """Owner, group, xattrs and ACLs, kept by the far backend: its user and group names
     (a pair maps ids by name across hosts) and the negotiation, forwarded."""
 
@@ -1151,7 +1149,7 @@ class _Metadata:
     _keep: Keep | None
 
     def id_names(self) -> IdNames:
-        users, groups = asked(self, "id_names")
+        users, groups = self._asked("id_names")
         return dict(users), dict(groups)
 
     def metadata(self, wanted: Keep) -> Keep:
@@ -1177,18 +1175,15 @@ class _CtimeClock:
         return int(lag) + apart
 
 
-class _ScanConfigurable:
+class _ScanConfigurable(_Asking):
     """``-x`` and ``--no-specials`` reach the far tree's scans (its backend takes
     ``ScanOptions``)."""
 
-    link: Link
-
     def configure_scan(self, options: ScanOptions) -> None:
         self._scan_options = options  # sent again to an agent started after a break
-        # its answer (None, or an error) is taken before the first scan (``settle``)
-        later: list[Callable[[], Any]] = self._later  # type: ignore[attr-defined]
-        later.append(self.link.ask("configure_scan", options.specials,
-                                   options.one_file_system))
+        # its answer (None, or an error) is taken before the first scan (``_settle``)
+        self._later.append(self.link.ask("configure_scan", options.specials,
+                                         options.one_file_system))
 
 
 _MIXINS = {
