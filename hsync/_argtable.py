@@ -5,7 +5,11 @@ not edit; ``python -m hsync.fastcli > hsync/_argtable.py`` writes it, and
 An option is (name, opts, secondary opts, kind, multiple, default, minimum).
 """
 
-from typing import Any
+from __future__ import annotations
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 TABLE: dict[str, Any] = {
     'sync': {

@@ -23,18 +23,76 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol, runtime_checkable
 
 from ._values import define, evolve, field, field_names, frozen
 from .cancel import NEVER, Cancel
 from .errors import UsageError
 
+TYPE_CHECKING = False  # not typing's: a sync does not import typing (issue 15 item 1)
 if TYPE_CHECKING:
+    from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
+
     from .filters import Exclude
     from .model import Key, Node, Op, Problem, Row, Snapshot
 
-Role = Literal["source", "destination"]
-Relation = Literal["same", "inside", "contains"]
+    Role = Literal["source", "destination"]
+    Relation = Literal["same", "inside", "contains"]
+else:
+
+    class _ProtocolMeta(type):
+        """The run-time side of the contract's protocols without ``typing`` (whose
+        import is a tenth of a small sync's start-up): ``isinstance(x, P)`` for a
+        ``@runtime_checkable`` protocol ``P`` is what ``typing`` checks, that ``x``
+        has every member ``P`` declares (its methods, and its annotated attributes),
+        a method not None. The type checker sees ``typing.Protocol`` itself."""
+
+        _SKIP = frozenset({
+            "__module__", "__qualname__", "__doc__", "__annotations__", "__dict__",
+            "__weakref__", "__init__", "__new__", "__slots__", "__init_subclass__",
+            "__subclasshook__", "__class_getitem__", "__parameters__", "__orig_bases__",
+        })
+
+        def __new__(mcs, name: str, bases: tuple[type, ...], ns: dict[str, object]):
+            cls = super().__new__(mcs, name, bases, ns)
+            # a protocol names Protocol among its bases (typing's rule); a class
+            # derived from a protocol is an ordinary class
+            cls._proto_is = any(b.__dict__.get("_proto_base", False) for b in bases)
+            cls._proto_runtime = False
+            members: dict[str, bool] = {}  # name -> is a method
+            for base in reversed(cls.__mro__[:-1]):
+                if not base.__dict__.get("_proto_is", False) and base is not cls:
+                    continue
+                for attr in base.__dict__.get("__annotations__", {}):  # noqa: RUF063 (no inspect)
+                    members.setdefault(attr, False)
+                for attr, value in base.__dict__.items():
+                    if attr not in mcs._SKIP and not attr.startswith("_proto_"):
+                        members[attr] = callable(value)
+            cls._proto_members = tuple(members.items())
+            return cls
+
+        def __instancecheck__(cls, instance: object) -> bool:
+            if not cls.__dict__.get("_proto_is", False):
+                return super().__instancecheck__(instance)
+            if not cls._proto_runtime:
+                raise TypeError(
+                    "Instance and class checks can only be used with @runtime_checkable"
+                    " protocols"
+                )
+            return all(
+                hasattr(instance, attr) and not (method and getattr(instance, attr) is None)
+                for attr, method in cls._proto_members
+            )
+
+    class Protocol(metaclass=_ProtocolMeta):
+        __slots__ = ()
+        _proto_base = True
+
+    def runtime_checkable(cls: type) -> type:
+        cls._proto_runtime = True
+        return cls
+
+    # the aliases, for a backend that imports them at run time (typed as above)
+    Role = Relation = str
 
 
 # -- values --------------------------------------------------------------------------------
@@ -443,8 +501,11 @@ class DigestScanning(Protocol):
         ...
 
 
-Hashed = tuple[bytes | None, int, Any]
-"""(the content hash or None when unreadable, bytes read, the ``look`` at open time)"""
+if TYPE_CHECKING:
+    Hashed = tuple[bytes | None, int, Any]
+    """(the content hash or None when unreadable, bytes read, the ``look`` at open time)"""
+else:
+    Hashed = tuple
 
 
 @runtime_checkable

@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any, NoReturn
 
 from .errors import (
     EXIT_DIFFER,
@@ -29,6 +28,10 @@ from .errors import (
 )
 from .itemize import describe, escape, show_key
 from .model import key_str
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 _state = {"debug": False}
 """``hsync --debug``: tracebacks, and every plan checked."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
 from ._values import define, field
 from .cancel import NEVER, Cancel
@@ -27,6 +26,10 @@ from .model import DELETE, MOVE, Key, Plan, Rows, Snapshot, has_unread, same_row
 from .planner import check_plan, plan
 from .region import Region, scan_region_pair
 from .session import PairSession
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @define

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import os
 import re
-from typing import TYPE_CHECKING
 
 from .backend import Credentials, scheme_of
 from .errors import UsageError
 
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
 if TYPE_CHECKING:
     from pathlib import Path
 

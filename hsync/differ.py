@@ -22,7 +22,6 @@ Evidence for the matching, strongest first (SPEC section 3):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Literal, Protocol
 
 from .model import (
     CONTAINERS,
@@ -41,7 +40,13 @@ from .model import (
     same_content,
 )
 
-Side = Literal["source", "destination"]
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Literal, Protocol
+
+    Side = Literal["source", "destination"]
+else:
+    Side = str
 Digest = Callable[[Side, Key], bytes | None]
 """Content hash oracle: ``digest(side, key)`` (memoised by the caller)."""
 
@@ -54,25 +59,27 @@ LOOKUP_LIMIT = 5000
 (an index lookup each); beyond, its identities are read once, whole."""
 
 
-class HistoryView(Protocol):
-    """What diff needs from the history of the last sync."""
+if TYPE_CHECKING:  # what diff needs of a history (a protocol for the type checker)
 
-    def lookup_many(
-        self, identities: Iterable[int | str | None]
-    ) -> Mapping[int | str | None, tuple[Key, Node]]:
-        """identity -> (key, node) as synced last time, for the identities it knows."""
-        ...
+    class HistoryView(Protocol):
+        """What diff needs from the history of the last sync."""
 
-    def moved_from(
-        self, places: Mapping[int | str | None, Key]
-    ) -> Mapping[int | str | None, Key]:
-        """identity -> the key it was synced at, for the identities of ``places``
-        (identity -> key now) synced elsewhere than where they are now."""
-        ...
+        def lookup_many(
+            self, identities: Iterable[int | str | None]
+        ) -> Mapping[int | str | None, tuple[Key, Node]]:
+            """identity -> (key, node) as synced last time, for the identities it knows."""
+            ...
 
-    def identities(self) -> Iterable[tuple[object, Key]]:
-        """``(identity, key)`` of every node synced last time."""
-        ...
+        def moved_from(
+            self, places: Mapping[int | str | None, Key]
+        ) -> Mapping[int | str | None, Key]:
+            """identity -> the key it was synced at, for the identities of ``places``
+            (identity -> key now) synced elsewhere than where they are now."""
+            ...
+
+        def identities(self) -> Iterable[tuple[object, Key]]:
+            """``(identity, key)`` of every node synced last time."""
+            ...
 
 
 class MemoryHistory:

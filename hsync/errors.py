@@ -18,7 +18,9 @@ the next one), ``skip`` (deliberately left alone: a node that appeared since the
 
 from __future__ import annotations
 
-from typing import Final, Literal
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Final, Literal
 
 EXIT_OK: Final = 0
 """Success; for ``diff`` and ``verify``: the trees are in sync."""
@@ -32,7 +34,10 @@ EXIT_INTERRUPTED: Final = 130
 """Ctrl-C in a one-shot command (the shell's 128 + SIGINT); a watch or a daemon stopped
 by SIGINT or SIGTERM finishes its batch and exits 0."""
 
-ProblemKind = Literal["error", "retry", "skip", "cancelled"]
+if TYPE_CHECKING:
+    ProblemKind = Literal["error", "retry", "skip", "cancelled"]
+else:
+    ProblemKind = str
 ERROR: Final = "error"
 RETRY: Final = "retry"
 SKIP: Final = "skip"

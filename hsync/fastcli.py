@@ -18,9 +18,11 @@ Regenerate the table after changing an option of a hot command::
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._argtable import TABLE
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 _INT_CHARS = frozenset("0123456789")
 _FLOAT_CHARS = frozenset("0123456789.")
@@ -207,7 +209,11 @@ def table_source() -> str:
         "An option is (name, opts, secondary opts, kind, multiple, default, minimum).",
         '"""',
         "",
-        "from typing import Any",
+        "from __future__ import annotations",
+        "",
+        "TYPE_CHECKING = False  # not typing's: a sync does not import typing",
+        "if TYPE_CHECKING:",
+        "    from typing import Any",
         "",
         "TABLE: dict[str, Any] = {",
     ]

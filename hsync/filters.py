@@ -23,11 +23,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
 
 from ._values import field, frozen
 from .errors import UsageError
 from .model import Key
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 Matcher = tuple["re.Pattern[str]", bool, bool]
 """A compiled pattern: its regex (matched against the whole path), whether a match

@@ -25,9 +25,12 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
 
 from .model import ENTRY, Fingerprint, Key, Node, Snapshot, data_digest, fingerprint, sha256
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEMA_VERSION = 6
 _SEP = "\0"

@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import IO
 
 from .model import ENTRY, Key, Op, key_dn, key_str
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import IO
 
 _SEPARATORS = frozenset("\u0085\u2028\u2029")
 """Unicode line breaks (NEL, LINE and PARAGRAPH SEPARATOR): some readers split on them."""

@@ -55,10 +55,13 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 from .history import keep_wal
 from .model import Op
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 KEEP = 64
 """Batches kept per pair; older ones are pruned."""

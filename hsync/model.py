@@ -10,9 +10,14 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, KeysView, Mapping, Sequence
-from typing import Any, Literal
 
 from ._values import define, field, frozen
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Any, Literal
+else:
+    Any = object  # in the run-time value of the type aliases below
 
 Key = tuple[str, ...]
 ROOT: Key = ()
@@ -24,7 +29,10 @@ ENTRY = "entry"
 SPECIAL = "special"
 """A FIFO or a device node: ``mode`` is the whole ``st_mode`` (its type in the
 ``S_IFMT`` bits), ``size`` the device number (``st_rdev``; 0 for a FIFO)."""
-NodeKind = Literal["dir", "file", "symlink", "entry", "special"]
+if TYPE_CHECKING:
+    NodeKind = Literal["dir", "file", "symlink", "entry", "special"]
+else:
+    NodeKind = str
 NEEDS_ROOT = " (only root can create one)"
 """Ends the reason a scan gives for a device node it left out (``Snapshot.skipped``)
 because this process could not create it: the report says it once per run."""
@@ -35,7 +43,10 @@ CREATE = "create"
 UPDATE = "update"
 MOVE = "move"
 DELETE = "delete"
-OpName = Literal["create", "update", "move", "delete"]
+if TYPE_CHECKING:
+    OpName = Literal["create", "update", "move", "delete"]
+else:
+    OpName = str
 
 
 @frozen

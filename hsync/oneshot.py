@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from .backend import Credentials
 from .cancel import NEVER, Cancel
@@ -14,6 +13,7 @@ from .model import FILE, Op, Plan, Problem, Rows, Snapshot
 from .options import DEFAULT, Options, Report
 from .session import PairSession
 
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
 if TYPE_CHECKING:
     from .apply import Applied
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from ._values import define, field, frozen
 from .errors import EXIT_OK, EXIT_PARTIAL
 from .filters import strings
 from .model import CREATE, DELETE, MOVE, NEEDS_ROOT, UPDATE, Key, Plan, Problem
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _counts() -> dict[str, int]:

@@ -15,7 +15,6 @@ the root is a full comparison.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
 
 from ._values import frozen
 from .cancel import NEVER, Cancel
@@ -23,7 +22,10 @@ from .errors import SafetyError
 from .filters import Exclude
 from .model import CONTAINERS, DIR, Key, Node, Snapshot, data_digest
 
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
 if TYPE_CHECKING:
+    from typing import Any
+
     from .backend import Endpoint
     from .history import History
 

@@ -15,7 +15,6 @@ import sqlite3
 import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from ._values import evolve
 from .backend import (
@@ -38,6 +37,7 @@ from .filters import build as build_filter
 from .model import Key
 from .options import DEFAULT, Options
 
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
 if TYPE_CHECKING:
     from .history import History
     from .journal import Journal

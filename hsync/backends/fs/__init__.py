@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import stat as _stat
 from collections.abc import Callable, Hashable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO
 
 from ..._values import evolve
 from ...backend import (
@@ -53,6 +52,10 @@ from .posix import (
 from .scan import ALL_KINDS, Flags, stat_row
 from .scan import scan as scan_tree
 from .scan import walk_sorted as walk_tree
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 __all__ = ["TMP_PREFIX", "FsBackend"]
 

@@ -18,11 +18,14 @@ import signal
 import threading
 from collections.abc import Callable, Iterable
 from enum import IntEnum
-from typing import Any, BinaryIO
 
 from ...backend import DigestSummary
 from ...model import Key, Row, Rows, Snapshot, Table
 from .posix import die_with_parent
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO
 
 Scanner = Callable[[dict[Key, int], dict[Key, int]], tuple[Snapshot, list[Key]]]
 """Runs the full scan filling the listing digests and the subtree digests; returns it

@@ -20,11 +20,14 @@ import grp
 import os
 import pwd
 import stat
-from typing import Any
 
 from ..._values import evolve
 from ...backend import IdNames, Keep
 from ...model import UNREAD
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 Meta = tuple["int | None", "int | None", "tuple[tuple[str, bytes], ...] | str | None"]
 """(uid, gid, xattrs); xattrs is ``model.UNREAD`` where not read (unchanged)."""

@@ -10,18 +10,19 @@ tree is refused by ``check_key``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import itertools
 import os
-import re
 import signal
 import stat
 import struct
-from typing import Any
 
 from ...errors import TargetChanged
 from ...model import NEEDS_ROOT, Key
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 TMP_PREFIX = ".hsync-tmp-"
 """Temporary files of an unfinished publish: never synced, removed by the next run."""
@@ -42,28 +43,36 @@ FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 """Errors that concern the whole destination: no later write can succeed either."""
 
 
-def _load_libc() -> Any:
-    try:
-        return ctypes.CDLL(None, use_errno=True)
-    except OSError:
-        return None
-
-
-_LIBC: Any = _load_libc()
-"""The one libc handle (None where the process has none to load)."""
+_LIBC: dict[str, Any] = {}
+"""libc's functions by name (None where missing), loaded through ``ctypes`` when one is
+first called: a no-op sync calls none of them, and ``ctypes`` costs it 2-3 ms to
+import (issue 15 item 1)."""
 
 
 def _fn(name: str) -> Any:
-    return getattr(_LIBC, name, None) if _LIBC is not None else None
+    try:
+        return _LIBC[name]
+    except KeyError:
+        pass
+    import ctypes
+
+    if "" not in _LIBC:  # the one libc handle (None where there is none to load)
+        try:
+            _LIBC[""] = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            _LIBC[""] = None
+    fn = getattr(_LIBC[""], name, None) if _LIBC[""] is not None else None
+    if fn is not None and name == "syscall":
+        fn.restype = ctypes.c_long
+    _LIBC[name] = fn
+    return fn
 
 
-_renameat2: Any = _fn("renameat2")
-_syscall: Any = _fn("syscall")
-if _syscall is not None:
-    _syscall.restype = ctypes.c_long
-_syncfs: Any = _fn("syncfs")
-_prctl: Any = _fn("prctl")
-_statx: Any = _fn("statx")
+def _errno() -> int:
+    """``errno`` as the last call through ``_fn`` left it."""
+    import ctypes
+
+    return ctypes.get_errno()
 
 _STATX_BTIME = 0x800
 _AT_SYMLINK_NOFOLLOW = 0x100
@@ -77,11 +86,14 @@ def birth_time(name: str, dir_fd: int) -> int:
     directory itself), never following a symlink; 0 where the filesystem keeps none or
     statx is missing. With the inode number it makes an identity that dies with its
     node (SPEC 1); ``hsync._walk`` reads the same field for every listed name."""
-    if _statx is None:
+    statx = _fn("statx")
+    if statx is None:
         return 0
+    import ctypes
+
     buf = ctypes.create_string_buffer(_STATX_SIZE)
     flags = _AT_SYMLINK_NOFOLLOW | (_AT_EMPTY_PATH if not name else 0)
-    if _statx(dir_fd, os.fsencode(name), flags, _STATX_BTIME, buf) != 0:
+    if statx(dir_fd, os.fsencode(name), flags, _STATX_BTIME, buf) != 0:
         return 0
     mask, = struct.unpack_from("<I", buf, 0)
     if not mask & _STATX_BTIME:
@@ -115,7 +127,7 @@ def join(root: str, key: Key) -> str:
 _counter = itertools.count()
 
 
-_TMP_NAME = re.compile(r"\.hsync-tmp-[0-9a-f]{1,16}-[0-9a-f]{1,16}-[0-9a-f]{8}")
+_HEX = frozenset("0123456789abcdef")
 
 
 _process: list[tuple[str, int]] = []  # (this process's id in hex, a random 32-bit salt)
@@ -145,7 +157,15 @@ def tmp_name() -> str:
 def is_tmp_name(name: str) -> bool:
     """True for a name ``tmp_name`` makes; any other name is an ordinary node, even
     one that starts with ``TMP_PREFIX``."""
-    return name.startswith(TMP_PREFIX) and _TMP_NAME.fullmatch(name) is not None
+    if not name.startswith(TMP_PREFIX):
+        return False
+    # TMP_PREFIX, then hex fields of 1-16, 1-16 and 8 digits joined by "-" (no ``re``:
+    # a sync does not import it)
+    parts = name[len(TMP_PREFIX):].split("-")
+    return (
+        len(parts) == 3 and 0 < len(parts[0]) <= 16 and 0 < len(parts[1]) <= 16
+        and len(parts[2]) == 8 and _HEX.issuperset(parts[0] + parts[1] + parts[2])
+    )
 
 
 def unlink_quiet(name: str, dfd: int) -> None:
@@ -195,18 +215,37 @@ def root_device(root: str) -> int:
 
 
 # -- opening ------------------------------------------------------------------------------
-class _OpenHow(ctypes.Structure):
-    _fields_ = (
-        ("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)
-    )
-
-
 _RESOLVE = 0x04 | 0x08  # RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH
-_SYS_OPENAT2 = ctypes.c_long(437)  # the same number on every architecture (Linux 5.6)
-_HOW = _OpenHow(O_DIR, 0, _RESOLVE)
-_HOW_REF = ctypes.byref(_HOW)
-_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_HOW))
-_openat2: list[Any] = [_syscall]
+
+
+def _load_openat2() -> Any:
+    """openat2(O_DIR, RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH) through libc's syscall(2),
+    as a function ``(root_fd, path bytes) -> (fd, errno)``; None without syscall."""
+    syscall = _fn("syscall")
+    if syscall is None:
+        return None
+    import ctypes
+
+    class OpenHow(ctypes.Structure):
+        _fields_ = (
+            ("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64),
+            ("resolve", ctypes.c_uint64),
+        )
+
+    nr = ctypes.c_long(437)  # the same number on every architecture (Linux 5.6)
+    how = OpenHow(O_DIR, 0, _RESOLVE)
+    how_ref, how_size = ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))
+    c_long, get_errno = ctypes.c_long, ctypes.get_errno
+
+    def openat2(root_fd: int, raw: bytes) -> tuple[int, int]:
+        fd = syscall(nr, c_long(root_fd), raw, how_ref, how_size)
+        return (fd, 0) if fd >= 0 else (-1, get_errno())
+
+    return openat2
+
+
+_openat2: list[Any] = []
+"""``[_load_openat2()]`` once loaded; ``[None]`` once it is known to be missing."""
 _SWAPPED = (errno.ELOOP, errno.ENOTDIR, errno.EXDEV)
 _SWAPPED_MSG = (
     "{}: no longer a directory (a symlink or a file was put there): nothing written "
@@ -224,13 +263,14 @@ def open_beneath(root_fd: int, rel: Key) -> int:
         return os.dup(root_fd)
     path = "/".join(rel)
     raw = os.fsencode(path)
+    if not _openat2:
+        _openat2.append(_load_openat2())
     call = _openat2[0]
     if call is not None and len(raw) < 4000:
         for _ in range(3):  # EAGAIN: a rename raced the lookup; try again
-            fd = call(_SYS_OPENAT2, ctypes.c_long(root_fd), raw, _HOW_REF, _HOW_SIZE)
+            fd, err = call(root_fd, raw)
             if fd >= 0:
                 return int(fd)
-            err = ctypes.get_errno()
             if err == errno.EAGAIN:
                 continue
             if err in (errno.ENOSYS, errno.EPERM):  # no openat2 (or a seccomp filter)
@@ -266,10 +306,11 @@ def rename_noreplace(old: str, new: str, old_fd: int, new_fd: int) -> None:
     RENAME_NOREPLACE; where the kernel or filesystem lacks it, a check then a rename).
     Names are relative to the directory descriptors. ``TargetChanged`` when ``new``
     exists."""
-    if _renameat2 is not None:
-        if _renameat2(old_fd, os.fsencode(old), new_fd, os.fsencode(new), 1) == 0:
+    renameat2 = _fn("renameat2")
+    if renameat2 is not None:
+        if renameat2(old_fd, os.fsencode(old), new_fd, os.fsencode(new), 1) == 0:
             return
-        err = ctypes.get_errno()
+        err = _errno()
         if err == errno.EEXIST:
             raise TargetChanged("a node appeared on the destination since the scan")
         if err not in (errno.EINVAL, errno.ENOSYS):
@@ -401,7 +442,8 @@ def _copy_range(fd_in: int, fd_out: int, start: int, stop: int) -> None:
 
 def syncfs(path: str) -> None:
     """Flush the filesystem holding ``path`` (one call per batch; SPEC section 5)."""
-    if _syncfs is None:
+    call = _fn("syncfs")
+    if call is None:
         os.sync()
         return
     try:
@@ -410,7 +452,7 @@ def syncfs(path: str) -> None:
         os.sync()
         return
     try:
-        if _syncfs(fd) != 0:
+        if call(fd) != 0:
             os.sync()
     finally:
         os.close(fd)
@@ -419,8 +461,9 @@ def syncfs(path: str) -> None:
 def die_with_parent(parent: int) -> None:
     """In a forked worker (a copy worker, a scanning child): die with the parent, so a
     killed run neither goes on writing nor walking."""
-    if _prctl is not None:
+    prctl = _fn("prctl")
+    if prctl is not None:
         with contextlib.suppress(OSError):
-            _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
         os._exit(1)

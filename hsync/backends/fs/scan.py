@@ -20,7 +20,6 @@ import os
 import stat
 from array import array
 from collections.abc import Iterator
-from typing import Any
 
 from ...cancel import NEVER, Cancel
 from ...errors import TargetChanged
@@ -36,6 +35,12 @@ from .posix import (
     open_root,
     special_kind,
 )
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from typing import Any
+else:
+    Any = object  # in the run-time value of the type aliases below
 
 Entry = tuple[str, Any, int, int, int, int, int, int, int, int, int]
 """One listed name: ``(name, st_mode, st_size, st_mtime_ns, st_ino, st_dev, hash,
