@@ -16,7 +16,6 @@ arguments or history files).
 from __future__ import annotations
 
 import os
-import re
 
 from .backend import Credentials, scheme_of
 from .errors import UsageError
@@ -62,6 +61,8 @@ def read_password_file(path: str | os.PathLike[str], where: str = "") -> str:
 def redacted(location: str) -> str:
     """``location`` without what could be a secret: the user information before ``@``
     and everything from the first ``?`` on (LDAP URL extensions)."""
+    import re  # only for a URL that may carry a secret (see refuse_secret_in_url)
+
     out = re.sub(_USERINFO, r"\1", location)
     return out.split("?", 1)[0]
 
@@ -74,6 +75,8 @@ def refuse_secret_in_url(location: str, *, user: bool = False) -> None:
     them."""
     if "@" not in location and "=" not in location:
         return  # neither user information nor a URL extension: nothing to look at
+    import re
+
     m = re.match(_USERINFO, location)
     if (m and (":" in m.group(2) or (user and m.group(2)))) or re.search(_BINDPW, location):
         raise UsageError(

@@ -21,7 +21,6 @@ be forwarded over a byte stream or to another process and compiled there.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 from ._values import field, frozen
@@ -30,6 +29,7 @@ from .model import Key
 
 TYPE_CHECKING = False  # not typing's: a sync does not import typing
 if TYPE_CHECKING:
+    import re
     from typing import Any
 
 Matcher = tuple["re.Pattern[str]", bool, bool]
@@ -48,6 +48,8 @@ def _rules(values: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
 
 def _glob(pattern: str) -> str:
     """The regex of a wildcard pattern's body (no anchoring, no trailing slash)."""
+    import re  # only where there are patterns: a sync without them does not import it
+
     out: list[str] = []
     i, n = 0, len(pattern)
     while i < n:
@@ -154,6 +156,8 @@ class Exclude:
         return cls(patterns, rules) if patterns or rules else None
 
     def _compile(self) -> tuple[tuple[Matcher, ...], tuple[Matcher, ...]]:
+        import re
+
         rules: list[Matcher] = []
         for sign, pattern in self.rules:
             c = _compile(pattern, rsync=True)

@@ -280,3 +280,23 @@ def test_rounds_of_scan_diff_plan_apply_converge(tmp_path: Path) -> None:
     os.symlink("elsewhere", src / "l")
     assert round_()["delete"] >= 3
     assert sum(round_().values()) == 0
+
+
+@pytest.mark.parametrize("name", [
+    ".hsync-tmp-1f-0-0a1b2c3d", ".hsync-tmp-", ".hsync-tmp-a-b-1234567",
+    ".hsync-tmp-A-b-12345678", ".hsync-tmp--b-12345678", ".hsync-tmp-a-b-12345678-",
+    ".hsync-tmp-" + "a" * 17 + "-b-12345678", ".hsync-tmp-a-b-1234567g",
+    "x.hsync-tmp-a-b-12345678", ".hsync-tmp-a-b-12345678\n", ".hsync-tmp-a-b-１２345678",
+    ".hsync-tmp-a-b-c-12345678", "notes.txt",
+])  # fmt: skip
+def test_is_tmp_name_is_the_form_tmp_name_makes(name: str) -> None:
+    """``is_tmp_name`` (checked without ``re``: a sync does not import it) accepts
+    exactly the names of the form ``tmp_name`` makes: the prefix, then hex fields of
+    1-16, 1-16 and 8 lowercase digits."""
+    import re
+
+    from hsync.backends.fs.posix import is_tmp_name, tmp_name
+
+    form = re.compile(r"\.hsync-tmp-[0-9a-f]{1,16}-[0-9a-f]{1,16}-[0-9a-f]{8}")
+    assert is_tmp_name(name) == (form.fullmatch(name) is not None)
+    assert is_tmp_name(tmp_name())

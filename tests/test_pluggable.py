@@ -160,3 +160,52 @@ def test_watch_propagates_and_stops_cleanly(scheme: str, state: str) -> None:
     assert wait_until(
         lambda: not [x for x in threading.enumerate() if x not in before and x.is_alive()], 2
     ), [x for x in threading.enumerate() if x not in before]
+
+
+def test_a_capability_is_recognised_by_its_members_without_typing() -> None:
+    """The contract's optional protocols are checked at run time without ``typing``
+    (start-up, issue 15 item 1), as ``typing.runtime_checkable`` checks them: an object
+    offers a capability when it has every member the protocol declares, none of its
+    methods None; a protocol that is not run-time checkable refuses the check; a class
+    derived from a protocol is an ordinary class."""
+    from hsync.backend import Backend, DigestScan, Linked, Metadata
+
+    class Both:
+        def id_names(self) -> dict[str, dict[int, str]]:
+            return {}
+
+        def metadata(self, wanted: object) -> object:
+            return wanted
+
+    class Half:
+        def id_names(self) -> dict[str, dict[int, str]]:
+            return {}
+
+    class Nulled(Both):
+        metadata = None  # type: ignore[assignment]
+
+    assert isinstance(Both(), Metadata)
+    assert not isinstance(Half(), Metadata)
+    assert not isinstance(Nulled(), Metadata)
+    with pytest.raises(TypeError):
+        isinstance(Both(), DigestScan)
+
+    class Counted(Linked):
+        def wire(self) -> tuple[int, int]:
+            return (0, 0)
+
+    class Other:
+        def wire(self) -> tuple[int, int]:
+            return (1, 1)
+
+    assert isinstance(Counted(), Linked) and isinstance(Other(), Linked)
+    assert not isinstance(Other(), Counted)  # an ordinary class: by its subclasses only
+    assert not isinstance(Half(), Backend)
+    # the required protocol's members: its methods and its annotated attributes
+    members = ("url", "capabilities", "canonical_url", "root_error", "root_id", "is_empty",
+               "scan", "stat", "read", "digest", "apply_batch", "close")
+    whole = type("Whole", (), dict.fromkeys(members, lambda *a: None))
+    assert isinstance(whole(), Backend)
+    for left_out in members:
+        part = type("Part", (), {m: lambda *a: None for m in members if m != left_out})
+        assert not isinstance(part(), Backend), left_out

@@ -62,7 +62,7 @@ def test_local_sync_imports_only_what_it_uses(tmp_path: Path) -> None:
 
 
 NOT_FOR_A_SMALL_NO_OP = NOT_FOR_A_NO_OP | {
-    "attr", "attrs", "hashlib", "_hashlib", "hsync.apply", "hsync.backends.fs.apply",
+    "typing", "attr", "attrs", "hashlib", "_hashlib", "hsync.apply", "hsync.backends.fs.apply",
     "hsync.remote", "hsync.populate", "<forked>",
 }  # fmt: skip
 """A no-op of a small tree: no attrs (the value types are ``hsync._values``), no
@@ -89,6 +89,31 @@ def test_a_no_op_of_a_small_tree_forks_nothing_and_imports_no_attrs(tmp_path: Pa
     assert set(json.loads(proc.stdout)["counts"].values()) == {0}
     assert "hsync.oneshot" in modules and "hsync.digests" in modules  # a digest no-op
     assert not modules & NOT_FOR_A_SMALL_NO_OP, sorted(modules & NOT_FOR_A_SMALL_NO_OP)
+
+
+NOT_FOR_A_PLAIN_NO_OP = NOT_FOR_A_SMALL_NO_OP | {
+    "typing", "re", "json", "inspect", "ast", "hsync.remote.early",
+}  # fmt: skip
+"""A no-op of a small tree without ``--json``: besides, no ``typing`` (the backend
+contract's protocols are checked without it), no ``re`` (neither the command's script,
+which is not pip's console-script wrapper, nor a filter without patterns, nor a URL
+that cannot carry a secret) and no ``json``."""
+
+
+def test_a_no_op_of_a_small_tree_imports_neither_typing_nor_re(tmp_path: Path) -> None:
+    src, dst, state = _ten_files(tmp_path)
+    sync = ("sync", str(src), str(dst), "--state", state, "--no-progress")
+    assert run_with_modules(tmp_path, *sync, no_site=True)[0].returncode == 0  # first copy
+    proc, modules = run_with_modules(tmp_path, *sync, no_site=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("0 created, 0 updated, 0 moved, 0 deleted"), proc.stdout
+    assert "hsync.oneshot" in modules and "hsync.digests" in modules  # a digest no-op
+    assert not modules & NOT_FOR_A_PLAIN_NO_OP, sorted(modules & NOT_FOR_A_PLAIN_NO_OP)
+    # with --json: json (and the re it imports), still no typing
+    proc, modules = run_with_modules(tmp_path, *sync, "--json", no_site=True)
+    assert proc.returncode == 0, proc.stderr
+    assert set(json.loads(proc.stdout)["counts"].values()) == {0}
+    assert "json" in modules and "typing" not in modules
 
 
 def test_a_change_to_a_small_tree_is_synced_without_a_child(tmp_path: Path) -> None:

@@ -126,16 +126,29 @@ finally:
 
 
 def run_with_modules(
-    tmp_path: Path, *args: str, stdin: str = ""
+    tmp_path: Path, *args: str, stdin: str = "", no_site: bool = False
 ) -> tuple[subprocess.CompletedProcess[str], set[str]]:
     """Run the installed ``hsync`` with ``args`` in a child interpreter: the finished
     process and the names of the modules it had imported when it ended, and
     ``"<forked>"`` among them when it forked a child process (a scan child, copy
-    workers)."""
+    workers). ``no_site``: without the ``site`` module (``-S``), hsync and the packages
+    beside it found through ``PYTHONPATH``, so that no ``.pth`` hook of the test
+    environment is counted (an editable install's finder imports ``re``, ``pathlib``)."""
+    import sysconfig
+
+    import hsync
+
     out = tmp_path / "modules.txt"
+    env = None
+    flags: list[str] = []
+    if no_site:
+        flags = ["-S"]
+        where = [str(Path(hsync.__file__).parent.parent), sysconfig.get_paths()["purelib"],
+                 sysconfig.get_paths()["platlib"]]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(where)}
     proc = subprocess.run(
-        [sys.executable, "-c", _MODULES_PROBE, str(out), hsync_bin(), *args],
-        capture_output=True, text=True, timeout=120, input=stdin,
+        [sys.executable, *flags, "-c", _MODULES_PROBE, str(out), hsync_bin(), *args],
+        capture_output=True, text=True, timeout=120, input=stdin, env=env,
     )
     return proc, set(out.read_text().split("\n"))
 
