@@ -8,7 +8,8 @@
 
 ``startup``: per install, ``python -c pass`` (its interpreter), ``hsync --version`` and
 ``hsync sync SRC DST --state STATE --no-progress --json`` (a no-op of a small tree:
-sync it once first), plus ``rsync -a --delete`` of the same trees; the ratios to
+sync it once first) and the same without ``--json`` (its one line of text), plus
+``rsync -a --delete`` of the same trees; the ratios to
 ``python -c pass`` are printed too (the start-up target of issue 15). ``memory``:
 ``hsync diff SRC DST`` with a new, empty history each time (a full
 comparison: both trees scanned and compared whole). ``noop``: ``hsync sync SRC DST
@@ -82,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             tools[f"{v}: hsync --version"] = [hsync, "--version"]
             tools[f"{v}: hsync sync (no-op)"] = [hsync, "sync", args.src, args.dst, "--state",
                                                  args.state, "--no-progress", "--json"]
+            tools[f"{v}: hsync sync (no-op, text)"] = [
+                hsync, "sync", args.src, args.dst, "--state", args.state, "--no-progress"]
         elif args.what == "initial":
             tools[v] = [hsync, "sync", args.src, "{dst}", "--state", "{dst}.state",
                         "--no-progress"]
@@ -123,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.what == "startup":  # medians of the per-round ratios to the same round's pass
         for v in args.venvs:
             base = results[f"{v}: python -c pass"]
-            for name in (f"{v}: hsync --version", f"{v}: hsync sync (no-op)", "rsync"):
+            for name in (f"{v}: hsync --version", f"{v}: hsync sync (no-op)",
+                         f"{v}: hsync sync (no-op, text)", "rsync"):
                 walls = [x[0] / b[0] for x, b in zip(results[name], base, strict=True)]
                 cpus = [x[1] / b[1] for x, b in zip(results[name], base, strict=True) if b[1]]
                 print(f"{name} / {v}: python -c pass: wall {statistics.median(walls):.2f}x, "
