@@ -92,15 +92,16 @@ def test_a_no_op_of_a_small_tree_forks_nothing_and_imports_no_attrs(tmp_path: Pa
 
 
 NOT_FOR_A_PLAIN_NO_OP = NOT_FOR_A_SMALL_NO_OP | {
-    "typing", "re", "json", "inspect", "ast", "hsync.remote.early",
+    "typing", "re", "json", "enum", "signal", "inspect", "ast", "hsync.remote.early",
 }  # fmt: skip
 """A no-op of a small tree without ``--json``: besides, no ``typing`` (the backend
 contract's protocols are checked without it), no ``re`` (neither the command's script,
 which is not pip's console-script wrapper, nor a filter without patterns, nor a URL
-that cannot carry a secret) and no ``json``."""
+that cannot carry a secret), no ``json``, and neither ``signal``'s Python module nor
+the ``enum`` it builds its enums with (``_signal`` has the same functions)."""
 
 
-def test_a_no_op_of_a_small_tree_imports_neither_typing_nor_re(tmp_path: Path) -> None:
+def test_a_no_op_of_a_small_tree_imports_neither_typing_nor_re_nor_enum(tmp_path: Path) -> None:
     src, dst, state = _ten_files(tmp_path)
     sync = ("sync", str(src), str(dst), "--state", state, "--no-progress")
     assert run_with_modules(tmp_path, *sync, no_site=True)[0].returncode == 0  # first copy

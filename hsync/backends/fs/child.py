@@ -14,10 +14,8 @@ from __future__ import annotations
 import contextlib
 import marshal
 import os
-import signal
 import threading
 from collections.abc import Callable, Iterable
-from enum import IntEnum
 
 from ...backend import DigestSummary
 from ...model import Key, Row, Rows, Snapshot, Table
@@ -25,7 +23,11 @@ from .posix import die_with_parent
 
 TYPE_CHECKING = False  # not typing's: a sync does not import typing
 if TYPE_CHECKING:
+    import signal as _signal
     from typing import Any, BinaryIO
+else:  # signal's C half, the same functions and constants: the Python module
+    # builds its enums at import (enum with it, 2-4 ms of a small sync's start-up)
+    import _signal
 
 Scanner = Callable[[dict[Key, int], dict[Key, int]], tuple[Snapshot, list[Key]]]
 """Runs the full scan filling the listing digests and the subtree digests; returns it
@@ -34,7 +36,10 @@ Remember = Callable[[list[Key]], None]
 """Hands the temporaries a scan found to the backend (the next apply removes them)."""
 
 
-class Request(IntEnum):
+class Request:
+    """What the caller asks the scanning child (an int on the pipe). Plain ints, not an
+    ``IntEnum``: ``enum`` is not imported by a small sync (start-up)."""
+
     SUMMARY = 1
     LISTINGS = 2
     ROWS = 3
@@ -89,12 +94,12 @@ class _Scanned:
         return (self.rows.to_wire(), snap.incomplete, snap.skipped, self.temps,
                 snap.holds_excluded, snap.mounts)
 
-    def answer(self, request: Request, args: tuple[Any, ...]) -> Any:
-        if request is Request.SUMMARY:
+    def answer(self, request: int, args: tuple[Any, ...]) -> Any:
+        if request == Request.SUMMARY:
             return self.summary()
-        if request is Request.LISTINGS:
+        if request == Request.LISTINGS:
             return self.listings(*args)
-        if request is Request.ROWS:
+        if request == Request.ROWS:
             return self.rows_of(*args)
         return self.everything()
 
@@ -186,15 +191,17 @@ class ScanChild:
                 message = _receive(req)
                 if message is None:
                     return
-                request = Request(message[0])
-                if request is Request.BYE:
+                request = int(message[0])
+                if not Request.SUMMARY <= request <= Request.BYE:
+                    raise ValueError(f"{request} is not a scan child's request")
+                if request == Request.BYE:
                     return
                 _send(res, scanned.answer(request, tuple(message[1:])))
-                if request is Request.ALL:
+                if request == Request.ALL:
                     return
 
     # -- the caller ---------------------------------------------------------------------
-    def _ask(self, request: Request, *args: Any) -> Any:
+    def _ask(self, request: int, *args: Any) -> Any:
         if self.pid:
             try:
                 _send(self._req, (int(request), *args))
@@ -237,7 +244,7 @@ class ScanChild:
         if self.pid:
             # not waiting for a scan nobody will ask for (a cancelled comparison)
             with contextlib.suppress(OSError):
-                os.kill(self.pid, signal.SIGKILL)
+                os.kill(self.pid, _signal.SIGKILL)
             self._end()
 
     def _end(self) -> None:
