@@ -132,7 +132,8 @@ class DigestSummary:
     """What a digest scan saw, small enough to ship: one digest per directory listed
     (two directories with equal digests hold the same names with the same payloads),
     what could not be read, the special files left out, the directories holding
-    excluded nodes, the node count and the root's row."""
+    excluded nodes, the node count and the root's row (what ``rows((),)`` gives: a
+    remote scan answers that from the summary)."""
 
     digests: dict[Key, int]
     incomplete: dict[Key, str]
@@ -565,6 +566,11 @@ class Linked(Protocol):
         """Bytes sent and received on the link so far (as they crossed it)."""
         ...
 
+    def round_trips(self) -> int:
+        """The round trips of the link this side has waited on so far, one after the
+        other (requests sent together, before the answers they depend on, are one)."""
+        ...
+
 
 @runtime_checkable
 class ResumableWatchable(Protocol):
@@ -587,7 +593,11 @@ class Metadata(Protocol):
     def metadata(self, wanted: Keep) -> Keep:
         """From now on, scans carry (and applies set) what of ``wanted`` this endpoint
         can read (source) or hold (destination: owner only where it may chown,
-        attribute namespaces its filesystem supports); returns that."""
+        attribute namespaces its filesystem supports); returns that. What it keeps is
+        narrowed by what it can do, not by what it was asked before: asked again with
+        what it returned, or less of it (fewer of owner, group, ACLs, a subset of the
+        namespaces; any id maps and ``since_ns``), it returns ``wanted`` itself (a
+        remote endpoint answers such a request without waiting for its far side)."""
         ...
 
 

@@ -229,7 +229,7 @@ class BackendConformance:
                              "streaming": ["stream"], "digest_scanning": ["digest_scan"],
                              "bulk_hashing": ["hash_many", "look"], "watchable": ["watch"],
                              "resumable": ["watch_from"], "prefetching": ["prefetch"],
-                             "linked": ["wire"],
+                             "linked": ["wire", "round_trips"],
                              "metadata": ["id_names", "metadata"],
                              "windowed": ["window", "batch_limits", "submit_batch"]}[name]:
                     assert callable(getattr(b, attr)), (name, attr)
@@ -277,6 +277,28 @@ class BackendConformance:
             assert absent.stat(adapter.key("a")) is None
         finally:
             absent.close()
+
+    def test_backend_metadata_narrows_by_ability(self, adapter: Adapter) -> None:
+        """``Metadata.metadata``: asked again with what it returned, or less, an endpoint
+        returns what it was asked (a remote one answers that without waiting)."""
+        from hsync._values import evolve
+        from hsync.backend import Keep
+
+        adapter.build("source", BASE)
+        everything = Keep(owner=True, group=True, acls=True,
+                          xattrs=frozenset({"user", "trusted", "security"}))
+        for role in ("source", "destination"):
+            with self.opened(adapter, role) as b:
+                if not isinstance(b, Metadata):
+                    pytest.skip("the backend keeps no owner, group, xattrs or ACLs")
+                kept = b.metadata(everything)
+                fewer = [kept, evolve(kept, owner=False), evolve(kept, acls=False),
+                         evolve(kept, xattrs=frozenset(sorted(kept.xattrs)[1:])),
+                         evolve(kept, since_ns=123, uids=((1, 2),), gids=((3, 4),)),
+                         Keep()]
+                for wanted in fewer:
+                    assert b.metadata(wanted) == wanted, (role, wanted)
+                b.scan()  # what it was told last is what its scans carry
 
     def test_backend_stat(self, adapter: Adapter) -> None:
         adapter.build("source", BASE)
