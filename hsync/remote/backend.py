@@ -1221,9 +1221,7 @@ class _Metadata(_Asking):
         if kept is not None and _within(wanted, kept):
             self._later.append(self.link.ask("metadata", wanted))
             return wanted
-        ask = self.link.ask("metadata", wanted)
-        self._settle()
-        out: Keep = ask()
+        out: Keep = self.link.call("metadata", wanted)
         self._kept = out
         return out
 
