@@ -594,10 +594,10 @@ class Metadata(Protocol):
         """From now on, scans carry (and applies set) what of ``wanted`` this endpoint
         can read (source) or hold (destination: owner only where it may chown,
         attribute namespaces its filesystem supports); returns that. What it keeps is
-        narrowed by what it can do, not by what it was asked before: asked again with
-        what it returned, or less of it (fewer of owner, group, ACLs, a subset of the
-        namespaces; any id maps and ``since_ns``), it returns ``wanted`` itself (a
-        remote endpoint answers such a request without waiting for its far side)."""
+        narrowed part by part by what it can do, never by what it was asked before
+        or what else is asked: the answer is ``wanted.narrowed(everything)``, where
+        ``everything`` is its answer to all there is (a remote endpoint answers from
+        that, said when it opens, without waiting for its far side)."""
         ...
 
 

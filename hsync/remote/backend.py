@@ -556,6 +556,9 @@ class RemoteBackend(_Asking):
         self._later = []
         self._kept: Keep | None = None
         """The far side's answer to the last ``metadata`` it was waited for."""
+        self._can: Keep | None = opened.get("keeps")
+        """What of all the metadata there is the far tree can keep, said as it opened
+        (None: an agent that does not say, or no metadata)."""
         self._clock: Callable[[], tuple[Any, int, int]] | None = None
 
     def __repr__(self) -> str:
@@ -1204,7 +1207,7 @@ class _Metadata(_Asking):
 
     link: Link
     _keep: Keep | None
-
+    _can: Keep | None
     _kept: Keep | None
 
     def id_names(self) -> IdNames:
@@ -1212,18 +1215,33 @@ class _Metadata(_Asking):
         return dict(users), dict(groups)
 
     def metadata(self, wanted: Keep) -> Keep:
-        """Forwarded; asked again with what the far side said it keeps, or less (the
-        negotiation's second round, the marks of ``Keep.since_ns``), it is not waited
-        for: the contract says the answer is ``wanted`` itself (``Metadata``); its
-        error, if any, is raised before the next scan or batch (``_settle``)."""
+        """Forwarded, and not waited for: the contract (``Metadata``) says the answer
+        is what of ``wanted`` the tree can keep, which the far side said as it opened
+        (``keeps``), or, from an agent that does not say it, ``wanted`` itself when it
+        asks for no more than the far side kept the last time. The far side's answer
+        is taken before the next scan or batch (``_settle``): an error there, or an
+        answer that is not the one foreseen, is raised then."""
         self._keep = wanted  # a new link after a break negotiates the same again
-        kept = self._kept
-        if kept is not None and _within(wanted, kept):
-            self._later.append(self.link.ask("metadata", wanted))
-            return wanted
-        out: Keep = self.link.call("metadata", wanted)
-        self._kept = out
-        return out
+        can, kept = self._can, self._kept
+        if can is not None:
+            foreseen = wanted.narrowed(can)
+        elif kept is not None and _within(wanted, kept):
+            foreseen = wanted
+        else:
+            out: Keep = self.link.call("metadata", wanted)
+            self._kept = out
+            return out
+        ask = self.link.ask("metadata", wanted)
+
+        def check() -> None:
+            got = ask()
+            if got != foreseen:
+                raise BackendError(
+                    f"{self.link.host}: the far tree keeps {got!r} of the metadata "
+                    f"asked, not {foreseen!r} as it said when it opened")
+
+        self._later.append(check)
+        return foreseen
 
 
 def _within(wanted: Keep, kept: Keep) -> bool:
