@@ -133,6 +133,11 @@ class _Asking:
         about again (a watch's root may go), not taken from the open's answers."""
         self._facts.clear()
         self._early.clear()
+        self._ask_clock()
+
+    def _ask_clock(self) -> None:
+        """Where the far tree says how its ctimes lag (``_CtimeClock``): its clock read
+        now, once, beside the first scan or batch."""
 
     def _settle(self) -> None:
         """Take the answers of the requests sent without waiting (``configure_scan``):
@@ -1260,13 +1265,22 @@ class _CtimeClock(_Asking):
     link: Link
     role: Role
     _clock: Callable[[], tuple[Any, int, int]] | None
-    """The far clock as read right behind the open (``open_remote``), not yet taken."""
+    """The far clock as read beside the first scan or batch, not yet taken."""
+    _clock_asked = False
+
+    def _ask_clock(self) -> None:
+        # not with the open: sent before the agent is up (the ssh login, its start), its
+        # answer would bracket the far clock read by all of that
+        if not self._clock_asked:
+            self._clock_asked = True
+            self._clock = self.link.ask_timed("ctime_clock")
 
     def ctime_lag_ns(self) -> int:
-        """The first time, from the far clock read right behind the open (the open's
+        """The first time, from the far clock read beside the first scan or batch (that
         round trip carried it: a run does not wait for it at its end) where it says a
-        fine clock (under ``FINE_LAG_NS``) or the root was there then (a source's is;
-        a root this run created was not, and says a coarse one); else asked now."""
+        fine clock (under ``FINE_LAG_NS``) or the root was there at the open (a
+        source's is; a root this run created was not, and says a coarse one); else
+        asked now."""
         clock, self._clock = self._clock, None
         if clock is not None:
             try:
@@ -1341,7 +1355,6 @@ def open_remote(
         # what every session asks first, sent with the open: its answers wait here
         # (taken once each: ``RemoteBackend._asked``)
         early = {m: link.ask(m) for m in EARLY}
-        clock = link.ask_timed("ctime_clock")  # answered as an error where not kept
         opened = opening()
     except BaseException:
         link.close()
@@ -1350,7 +1363,6 @@ def open_remote(
     backend: RemoteBackend = cls(location, url, link, role, opened, reach=link.reach,
                                  exclude_attrs=exclude_attrs)
     backend._early = early
-    backend._clock = clock
     return backend
 
 
