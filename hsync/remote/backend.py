@@ -1298,7 +1298,7 @@ class _CtimeClock(_Asking):
 
 
 FINE_LAG_NS = 10**9
-"""A far clock read at the open that says a lag under this stands for the run."""
+"""A far clock read beside the first scan that says a lag under this stands for the run."""
 
 
 def _lag(lag: int, far_now: int, before: int, after: int) -> int:
