@@ -190,7 +190,8 @@ class DigestSummary:
     """What a digest scan saw, small enough to ship: one digest per directory listed
     (two directories with equal digests hold the same names with the same payloads),
     what could not be read, the special files left out, the directories holding
-    excluded nodes, the node count and the root's row."""
+    excluded nodes, the node count and the root's row (what ``rows((),)`` gives: a
+    remote scan answers that from the summary)."""
 
     digests: dict[Key, int]
     incomplete: dict[Key, str]
@@ -626,6 +627,11 @@ class Linked(Protocol):
         """Bytes sent and received on the link so far (as they crossed it)."""
         ...
 
+    def round_trips(self) -> int:
+        """The round trips of the link this side has waited on so far, one after the
+        other (requests sent together, before the answers they depend on, are one)."""
+        ...
+
 
 @runtime_checkable
 class ResumableWatchable(Protocol):
@@ -648,7 +654,11 @@ class Metadata(Protocol):
     def metadata(self, wanted: Keep) -> Keep:
         """From now on, scans carry (and applies set) what of ``wanted`` this endpoint
         can read (source) or hold (destination: owner only where it may chown,
-        attribute namespaces its filesystem supports); returns that."""
+        attribute namespaces its filesystem supports); returns that. What it keeps is
+        narrowed part by part by what it can do, never by what it was asked before
+        or what else is asked: the answer is ``wanted.narrowed(everything)``, where
+        ``everything`` is its answer to all there is (a remote endpoint answers from
+        that, said when it opens, without waiting for its far side)."""
         ...
 
 

@@ -295,6 +295,8 @@ def _stats(report: Any) -> str:
     if report.wire is not None:  # a remote endpoint: what crossed its link (rsync's)
         rows.append(("Bytes on wire", f"{report.wire.get('sent', 0):,} sent, "
                                       f"{report.wire.get('received', 0):,} received"))
+    if report.round_trips is not None:
+        rows.append(("Round trips", f"{report.round_trips:,} waited on"))
     rows += [
         ("Failures", f"{len(report.problems):,}"),
         ("Elapsed", f"{report.elapsed:.2f} s"),

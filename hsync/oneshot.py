@@ -61,6 +61,7 @@ def sync_once(
                     session.mark_equal(started, changed=not quiet)
         report.notices = list(session.notices)
         report.wire = session.wire()
+        report.round_trips = session.round_trips()
     report.source, report.destination = source_url, destination_url
     report.elapsed = time.perf_counter() - t0
     return report

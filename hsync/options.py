@@ -113,6 +113,9 @@ class Report:
     wire: dict[str, int] | None = None
     """Bytes sent and received on the links to remote endpoints (after compression);
     None when neither endpoint is remote."""
+    round_trips: int | None = None
+    """The round trips on those links the run waited on, one after the other (the
+    ssh login's own not counted: ``Linked.round_trips``); None when neither is remote."""
 
     @property
     def planned(self) -> dict[str, int]:
@@ -168,6 +171,7 @@ class Report:
             "compared": self.compared,
             "elapsed": round(self.elapsed, 6),
             **({"bytes_on_wire": self.wire} if self.wire is not None else {}),
+            **({"round_trips": self.round_trips} if self.round_trips is not None else {}),
         }
 
 

@@ -143,6 +143,14 @@ class PairSession:
         counts = [link.wire() for link in links]
         return {"sent": sum(c[0] for c in counts), "received": sum(c[1] for c in counts)}
 
+    def round_trips(self) -> int | None:
+        """The round trips waited on on the links of remote endpoints so far, one after
+        the other (``Linked.round_trips``; both remote: the sum); None when neither
+        is remote."""
+        links = [e.features.linked for e in (self.source, self.destination)
+                 if e.features.linked is not None]
+        return sum(link.round_trips() for link in links) if links else None
+
     def close(self) -> None:
         """Close the journal, the history and both endpoints (idempotent)."""
         if self.journal is not None:

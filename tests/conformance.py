@@ -229,7 +229,7 @@ class BackendConformance:
                              "streaming": ["stream"], "digest_scanning": ["digest_scan"],
                              "bulk_hashing": ["hash_many", "look"], "watchable": ["watch"],
                              "resumable": ["watch_from"], "prefetching": ["prefetch"],
-                             "linked": ["wire"],
+                             "linked": ["wire", "round_trips"],
                              "metadata": ["id_names", "metadata"],
                              "windowed": ["window", "batch_limits", "submit_batch"]}[name]:
                     assert callable(getattr(b, attr)), (name, attr)
@@ -277,6 +277,28 @@ class BackendConformance:
             assert absent.stat(adapter.key("a")) is None
         finally:
             absent.close()
+
+    def test_backend_metadata_narrows_by_ability(self, adapter: Adapter) -> None:
+        """``Metadata.metadata``: what an endpoint keeps of what it is asked is what it
+        can keep of all there is, part by part (a remote one answers from that without
+        waiting), whatever it was asked before."""
+        from hsync._values import evolve
+        from hsync.backend import Keep
+
+        adapter.build("source", BASE)
+        everything = Keep(owner=True, group=True, acls=True,
+                          xattrs=frozenset({"user", "trusted", "security"}))
+        asks = [everything, Keep(), Keep(owner=True), Keep(group=True, acls=True),
+                Keep(xattrs=frozenset({"user"})), Keep(xattrs=frozenset({"trusted"})),
+                evolve(everything, since_ns=123, uids=((1, 2),), gids=((3, 4),))]
+        for role in ("source", "destination"):
+            with self.opened(adapter, role) as b:
+                if not isinstance(b, Metadata):
+                    pytest.skip("the backend keeps no owner, group, xattrs or ACLs")
+                can = b.metadata(everything)
+                for wanted in [*asks, *reversed(asks)]:
+                    assert b.metadata(wanted) == wanted.narrowed(can), (role, wanted)
+                b.scan()  # what it was told last is what its scans carry
 
     def test_backend_stat(self, adapter: Adapter) -> None:
         adapter.build("source", BASE)

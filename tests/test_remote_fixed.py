@@ -31,8 +31,8 @@ def waits(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     real_open, real_answer = transport.Link.open, transport.Link.answer
     methods: dict[int, str] = {}
 
-    def open_(self: Any, method: str, *args: Any) -> Any:
-        rid, q = real_open(self, method, *args)
+    def open_(self: Any, method: str, *args: Any, **kw: Any) -> Any:
+        rid, q = real_open(self, method, *args, **kw)
         methods[rid] = method
         return rid, q
 

@@ -39,6 +39,7 @@ from ..backend import (
     CtimeClock,
     DigestScan,
     Endpoint,
+    Keep,
     ScanConfigurable,
     ScanOptions,
     Watch,
@@ -371,7 +372,23 @@ class Agent:
             "url": b.url, "canonical": b.canonical_url(),
             "capabilities": self.endpoint.capabilities,
             "features": features,
+            "keeps": self._keeps(location, role, exclude_attrs),
         }
+
+    def _keeps(self, location: str, role: str, exclude_attrs: Sequence[str]) -> Keep | None:
+        """What of all the metadata there is the tree can keep (``Metadata``), asked of
+        an endpoint opened for that alone (the tree's own is told nothing before the
+        session asks): the client answers the negotiation's requests from it (each
+        what it asks and this keep) and does not wait for them. None: no metadata."""
+        if self.endpoint is None or self.endpoint.features.metadata is None:
+            return None
+        probe = open_endpoint(location, role=role,  # type: ignore[arg-type]
+                              exclude_attrs=exclude_attrs)
+        try:
+            metadata = probe.features.metadata
+            return metadata.metadata(EVERYTHING) if metadata is not None else None
+        finally:
+            probe.close()
 
     def do_ctime_clock(self, rid: int) -> Any:
         """``CtimeClock`` of the far tree, with this host's clock read as it answers
@@ -926,6 +943,10 @@ def _same(now: Node, node: Node) -> bool:
         return now.target == node.target
     return True
 
+
+EVERYTHING = Keep(owner=True, group=True, acls=True,
+                  xattrs=frozenset(("user", "trusted", "security")))
+"""All the metadata a pair can ask to keep (``_keeps``)."""
 
 LOCK_WAIT = 60.0
 """Seconds a new agent waits for the one before it to end (its batch's last files)."""

@@ -90,7 +90,9 @@ flight (about 8 s in all; then the run ends and the next one resumes)."""
 EARLY = ("root_error", "root_id", "id_names")
 """Requests sent right behind the open, without waiting for it: a session asks them
 first (``PairSession`` checks the roots and maps owners by name), so their answers come
-back with the open's."""
+back with the open's. Their answers stand until the first scan, batch or watch begins
+(``_Asking._begin``): a session that checks a root twice before its first scan (at the
+open, then as the comparison starts) waits for it once."""
 
 
 class _Asking:
@@ -101,18 +103,41 @@ class _Asking:
     link: Link
     _early: dict[str, Callable[[], Any]]
     """Requests sent with the open (``EARLY``), their answers not yet taken."""
+    _facts: dict[str, Any]
+    """The answers of ``EARLY`` taken, standing until the first scan or batch."""
+    _root_at_open: bool | None = None
+    """Whether the far root was there when the tree was opened (None: not asked)."""
     _later: list[Callable[[], Any]]
     """Requests whose answer says nothing but success, not yet taken (``_settle``)."""
 
     def _asked(self, method: str) -> Any:
         """The answer to ``method`` (no arguments): the one sent with the open
-        (``EARLY``), the first time (the open's round trip carried it), else asked now."""
+        (``EARLY``) until the first scan, batch or watch begins (``_begin``: the far
+        tree as it was opened, nothing done to it yet; the open's round trip carried
+        it), else asked now."""
+        if method in self._facts:
+            return self._facts[method]
         early = self._early.pop(method, None)
         if early is not None:
-            return early()
-        answer = self.link.ask(method)
+            answer = early()
+            self._facts[method] = answer
+            if method == "root_id":
+                self._root_at_open = answer is not None
+            return answer
+        ask = self.link.ask(method)
         self._settle()  # answered before it: no wait of its own
-        return answer()
+        return ask()
+
+    def _begin(self) -> None:
+        """A scan, a batch or a watch begins: from now on the far tree's root is asked
+        about again (a watch's root may go), not taken from the open's answers."""
+        self._facts.clear()
+        self._early.clear()
+        self._ask_clock()
+
+    def _ask_clock(self) -> None:
+        """Where the far tree says how its ctimes lag (``_CtimeClock``): its clock read
+        now, once, beside the first scan or batch."""
 
     def _settle(self) -> None:
         """Take the answers of the requests sent without waiting (``configure_scan``):
@@ -356,7 +381,13 @@ class _FarCancel:
 
 
 class _RemoteScan:
-    """A digest scan running on the far side (``DigestScan``), by its handle there."""
+    """A digest scan running on the far side (``DigestScan``), by its handle there.
+
+    Nothing waits for the scan's start: the summary is asked right behind it (by the
+    handle, the start's request id; the agent answers in order), and its close is
+    not waited for (``ds_close`` says only that it is closed: a request sent after it
+    is served after it, and the link's close waits for the agent, which answers it
+    first)."""
 
     def __init__(self, link: Link, handle: int,
                  started: Callable[[], Any] | None = None) -> None:
@@ -366,6 +397,8 @@ class _RemoteScan:
         """The answer to the request that started the scan, not yet taken (the scan's
         handle is that request's id: nothing waits for it before the summary)."""
         self._closed = False
+        self._root: Any = _UNSEEN
+        """The root's row as the summary gave it (``rows`` of the root alone is that)."""
 
     def _begun(self) -> None:
         """The scan's start answered (long ago by now: the far scan runs beside this
@@ -375,8 +408,10 @@ class _RemoteScan:
             started()
 
     def summary(self) -> DigestSummary:
+        asked = self.link.ask("ds_summary", self.handle)  # sent before the start's answer
         self._begun()
-        s: DigestSummary = self.link.call("ds_summary", self.handle)
+        s: DigestSummary = asked()
+        self._root = s.root
         return evolve(s, digests=dict(s.digests), incomplete=dict(s.incomplete),
                             skipped=list(s.skipped), held=set(s.held))
 
@@ -386,8 +421,12 @@ class _RemoteScan:
                                                       list(dirs))}
 
     def rows(self, keys: Iterable[Key] = (), subtrees: Iterable[Key] = ()) -> dict[Key, Row]:
+        keys, subtrees = list(keys), list(subtrees)
+        if not subtrees and self._root is not _UNSEEN and all(k == () for k in keys):
+            # the root's row alone (a no-op's comparison): the summary carried it
+            return {(): self._root} if keys and self._root is not None else {}
         self._begun()
-        return dict(self.link.call("ds_rows", self.handle, list(keys), list(subtrees)))
+        return dict(self.link.call("ds_rows", self.handle, keys, subtrees))
 
     def snapshot(self) -> Snapshot:
         self._begun()
@@ -400,7 +439,12 @@ class _RemoteScan:
             self._closed = True
             if not self.link.closed:
                 with contextlib.suppress(BackendError):
-                    self.link.call("ds_close", self.handle)
+                    # not waited for: its answer says only "closed" (an error closing
+                    # a scan there was never the run's: it was ignored when waited for)
+                    self.link.tell("ds_close", self.handle)
+
+
+_UNSEEN = object()
 
 
 class _RemoteWatch:
@@ -510,8 +554,17 @@ class RemoteBackend(_Asking):
         self._relinking = threading.Lock()
         self._wired = (0, 0)
         """Bytes sent and received on the links that broke before this one."""
+        self._trips = 0
+        """Round trips waited on on the links that broke before this one."""
         self._early = {}
+        self._facts = {}
         self._later = []
+        self._kept: Keep | None = None
+        """The far side's answer to the last ``metadata`` it was waited for."""
+        self._can: Keep | None = opened.get("keeps")
+        """What of all the metadata there is the far tree can keep, said as it opened
+        (None: an agent that does not say, or no metadata)."""
+        self._clock: Callable[[], tuple[Any, int, int]] | None = None
 
     def __repr__(self) -> str:
         return f"RemoteBackend({self.url!r}, role={self.role!r})"
@@ -538,6 +591,7 @@ class RemoteBackend(_Asking):
     def scan(self, subtree: Key = (), *, exclude: Exclude | None = None,
              cancel: Cancel = NEVER) -> Snapshot:
         cancel.check()
+        self._begin()
         answer = self.link.ask("scan", subtree, exclude)
         self._settle()
         return decode_snapshot(answer())
@@ -677,6 +731,7 @@ class RemoteBackend(_Asking):
         """Send a batch: its sequence number, ops, the part of ``final`` its apply
         reads, then its content; return without waiting for the acknowledgement. The
         agent applies the batches in the order sent."""
+        self._begin()
         self._settle()
         if cancel.cancelled():
             return _Pending(self, ApplyResult(problems=[
@@ -833,9 +888,12 @@ class RemoteBackend(_Asking):
         old = self.link
         old.abandon()
         self._early.clear()  # the old link's answers: lost with it
+        self._facts.clear()
         self._later.clear()
+        self._clock = None
         sent, received = old.wire
         self._wired = (self._wired[0] + sent, self._wired[1] + received)
+        self._trips += old.round_trips
         link = Link(self.remote, self.reach)
         self.link = link
         link.call("open", self.remote.path, self.role, self._exclude_attrs)
@@ -992,6 +1050,9 @@ class RemoteBackend(_Asking):
         sent, received = self.link.wire
         return self._wired[0] + sent, self._wired[1] + received
 
+    def round_trips(self) -> int:
+        return self._trips + self.link.round_trips
+
     # -- Related ---------------------------------------------------------------------------
     def relation(self, other_url: str) -> Relation | None:
         """Two trees of the same far endpoint, by their far paths."""
@@ -1094,6 +1155,7 @@ def _final_part(ops: Sequence[Op], final: Snapshot) -> dict[str, Any]:
 class _SortedWalk(_Asking):
     def walk_sorted(self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
                     ) -> Iterator[tuple[Key, Row | tuple[str] | None]]:
+        self._begin()
         self._settle()
         for page in self.link.stream("walk_sorted", exclude):
             cancel.check()
@@ -1103,6 +1165,7 @@ class _SortedWalk(_Asking):
 class _Streaming(_Asking):
     def stream(self, exclude: Exclude | None = None, *, cancel: Cancel = NEVER
                ) -> Iterator[tuple[Key, Node | str | None]]:
+        self._begin()
         self._settle()
         for page in self.link.stream("stream", exclude):
             cancel.check()
@@ -1115,6 +1178,7 @@ class _DigestScanning(_Asking):
                     cancel: Cancel = NEVER) -> _RemoteScan:
         # the far side scans at once, beside whatever runs here; its handle is the
         # request's id (the agent's ``do_digest_scan``): no round trip waited for here
+        self._begin()
         rid, started = self.link.ask_id("digest_scan", exclude, True)
 
         def begun() -> Any:
@@ -1138,6 +1202,7 @@ class _BulkHashing(_Asking):
 
 class _Watchable(_Asking):
     def watch(self, sink: WatchSink) -> _RemoteWatch:
+        self._begin()
         return _RemoteWatch(self.link, sink)
 
 
@@ -1147,18 +1212,50 @@ class _Metadata(_Asking):
 
     link: Link
     _keep: Keep | None
+    _can: Keep | None
+    _kept: Keep | None
 
     def id_names(self) -> IdNames:
         users, groups = self._asked("id_names")
         return dict(users), dict(groups)
 
     def metadata(self, wanted: Keep) -> Keep:
-        out: Keep = self.link.call("metadata", wanted)
+        """Forwarded, and not waited for: the contract (``Metadata``) says the answer
+        is what of ``wanted`` the tree can keep, which the far side said as it opened
+        (``keeps``), or, from an agent that does not say it, ``wanted`` itself when it
+        asks for no more than the far side kept the last time. The far side's answer
+        is taken before the next scan or batch (``_settle``): an error there, or an
+        answer that is not the one foreseen, is raised then."""
         self._keep = wanted  # a new link after a break negotiates the same again
-        return out
+        can, kept = self._can, self._kept
+        if can is not None:
+            foreseen = wanted.narrowed(can)
+        elif kept is not None and _within(wanted, kept):
+            foreseen = wanted
+        else:
+            out: Keep = self.link.call("metadata", wanted)
+            self._kept = out
+            return out
+        ask = self.link.ask("metadata", wanted)
+
+        def check() -> None:
+            got = ask()
+            if got != foreseen:
+                raise BackendError(
+                    f"{self.link.host}: the far tree keeps {got!r} of the metadata "
+                    f"asked, not {foreseen!r} as it said when it opened")
+
+        self._later.append(check)
+        return foreseen
 
 
-class _CtimeClock:
+def _within(wanted: Keep, kept: Keep) -> bool:
+    """Whether ``wanted`` asks for nothing beyond what ``kept`` holds."""
+    return ((kept.owner or not wanted.owner) and (kept.group or not wanted.group)
+            and (kept.acls or not wanted.acls) and wanted.xattrs <= kept.xattrs)
+
+
+class _CtimeClock(_Asking):
     """How far behind this host's clock the far tree's ctimes may be: the far
     filesystem's own lag, plus how far apart the two hosts' clocks are, measured over
     the link (the far clock read while this side's was read before and after: half
@@ -1166,13 +1263,49 @@ class _CtimeClock:
     that is as much."""
 
     link: Link
+    role: Role
+    _clock: Callable[[], tuple[Any, int, int]] | None
+    """The far clock as read beside the first scan or batch, not yet taken."""
+    _clock_asked = False
+
+    def _ask_clock(self) -> None:
+        # not with the open: sent before the agent is up (the ssh login, its start), its
+        # answer would bracket the far clock read by all of that
+        if not self._clock_asked:
+            self._clock_asked = True
+            self._clock = self.link.ask_timed("ctime_clock")
 
     def ctime_lag_ns(self) -> int:
-        before = time.time_ns()
-        lag, far_now = self.link.call("ctime_clock")
-        after = time.time_ns()
-        apart = abs(int(far_now) - (before + after) // 2) + (after - before) // 2 + 1
-        return int(lag) + apart
+        """The first time, from the far clock read beside the first scan or batch (that
+        round trip carried it: a run does not wait for it at its end) where it says a
+        fine clock (under ``FINE_LAG_NS``) or the root was there at the open (a
+        source's is; a root this run created was not, and says a coarse one); else
+        asked now."""
+        clock, self._clock = self._clock, None
+        if clock is not None:
+            try:
+                (lag, far_now), before, after = clock()
+            except (HsyncError, OSError):
+                pass
+            else:
+                out = _lag(lag, far_now, before, after)
+                if out < FINE_LAG_NS or self._root_at_open or self.role == "source":
+                    return out
+        answer = self.link.ask_timed("ctime_clock")
+        self._settle()
+        (lag, far_now), before, after = answer()
+        return _lag(lag, far_now, before, after)
+
+
+FINE_LAG_NS = 10**9
+"""A far clock read beside the first scan that says a lag under this stands for the run."""
+
+
+def _lag(lag: int, far_now: int, before: int, after: int) -> int:
+    """The far tree's ctime lag plus how far apart the clocks may be: the far clock was
+    read between ``before`` and ``after`` here (half of that is the uncertainty)."""
+    apart = abs(int(far_now) - (before + after) // 2) + (after - before) // 2 + 1
+    return int(lag) + apart
 
 
 class _ScanConfigurable(_Asking):

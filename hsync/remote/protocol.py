@@ -32,7 +32,10 @@ PROTOCOL = 4
 3 (the remote speed-up): ``configure_scan``, ``read_deltas`` (replacing ``read_delta``),
 ``cancel`` of a running batch, the error kinds ``source_changed``/``target_changed``.
 4 (the batch window): batches carry the sender's session and a resumed flag, the agent
-applies a window of them in order and answers ``acknowledged`` and ``outstanding``."""
+applies a window of them in order and answers ``acknowledged`` and ``outstanding``.
+The open's answer may say ``keeps`` (what metadata the far tree can keep): a client
+that reads it does not wait for the negotiation's ``metadata`` answers; one that does
+not, or an agent that does not say it, work as before (no message changed)."""
 MAGIC = "hsync-agent"
 
 _HEADER = struct.Struct(">IB")

@@ -16,6 +16,7 @@ import queue
 import shlex
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -83,6 +84,12 @@ class Link:
         # saved and the far side's start-up overlapped with this side's
         self._hello_q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._waiting[0] = self._hello_q
+        self._depth: dict[int, int] = {0: 1}
+        """The round trip each request in flight was sent in (``round_trips``)."""
+        self._level = 0
+        """The deepest round trip whose answer this side has taken so far."""
+        self._arrivals: dict[int, int] = {}
+        """When the answers of the requests asked with ``ask_timed`` arrived (ns)."""
         self._reader = threading.Thread(target=self._read_loop, daemon=True,
                                         name=f"hsync-link-{self.host}")
         try:
@@ -138,6 +145,7 @@ class Link:
             tag, value = self._hello_q.get()
             with self._lock:
                 self._waiting.pop(0, None)
+            self._took(0)
             if tag == "lost":
                 self._hello_q.put((tag, value))  # a later caller fails the same way
                 if self._garbled:
@@ -159,6 +167,26 @@ class Link:
                 )
             self._hello = hello
 
+    # -- round trips -------------------------------------------------------------------
+    @property
+    def round_trips(self) -> int:
+        """The round trips this side has waited on so far, one after the other: a
+        request sent before any answer was taken is in the first (the hello, the
+        requests pipelined behind it), one sent after the answer of a request of the
+        n-th is in the (n+1)-th; this counts the deepest whose answer was taken. It
+        does not depend on timing (an answer already there when it is taken counts as
+        if waited for): on a link with latency, a run waits at least this many round
+        trips. The ssh login's own are not in it."""
+        return self._level
+
+    def _took(self, rid: int) -> None:
+        """An answer frame of ``rid`` was taken: what is sent from now on may depend
+        on it."""
+        with self._lock:
+            depth = self._depth.pop(rid, 0)
+            if depth > self._level:
+                self._level = depth
+
     # -- requests ----------------------------------------------------------------------
     def _read_loop(self) -> None:
         try:
@@ -166,6 +194,8 @@ class Link:
                 rid, tag, value = self.framer.recv()  # a bad shape: not an agent
                 with self._lock:
                     q = self._waiting.get(rid)
+                    if rid in self._arrivals:
+                        self._arrivals[rid] = time.time_ns()
                 if q is not None:
                     q.put((tag, value))
         except LinkClosed as e:
@@ -190,14 +220,19 @@ class Link:
             return BackendError(f"{self.host}: the link is closed")
         return LinkLost(f"{self.host}: {why}" + (f": {said}" if said else ""))
 
-    def open(self, method: str, *args: Any) -> tuple[int, queue.SimpleQueue[Any]]:
-        """Send a request; its id and the queue its answers arrive on."""
+    def open(self, method: str, *args: Any, timed: bool = False
+             ) -> tuple[int, queue.SimpleQueue[Any]]:
+        """Send a request; its id and the queue its answers arrive on (``timed``: the
+        time its answer arrives is noted, ``ask_timed``)."""
         rid = next(self._ids)
         q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         with self._lock:
             if self._broken is not None:
                 raise self._error(self._broken)
             self._waiting[rid] = q
+            self._depth[rid] = self._level + 1
+            if timed:
+                self._arrivals[rid] = 0
         try:
             self.framer.send([rid, method, list(args)])
         except LinkClosed as e:
@@ -217,6 +252,7 @@ class Link:
     def finish(self, rid: int) -> None:
         with self._lock:
             self._waiting.pop(rid, None)
+            self._depth.pop(rid, None)
 
     def tell(self, method: str, *args: Any) -> None:
         """Send a request whose answer nobody waits for (a cancel)."""
@@ -239,6 +275,7 @@ class Link:
                     raise
                 if tag == "lost":
                     raise self._error(value)
+                self._took(rid)
                 yield tag, value
                 if tag in ("ok", "err"):
                     return
@@ -271,14 +308,32 @@ class Link:
     def ask_id(self, method: str, *args: Any) -> tuple[int, Callable[[], Any]]:
         """``ask``, with the request's id."""
         rid, q = self.open(method, *args)
+        return rid, lambda: self._wait(rid, q)
 
-        def wait() -> Any:
-            for tag, value in self.answer(rid, q):
-                if tag in ("ok", "err"):
-                    return self.result(tag, value)
-            raise self._error("no answer")  # pragma: no cover
+    def _wait(self, rid: int, q: queue.SimpleQueue[Any]) -> Any:
+        """The result of request ``rid`` (waited for), or what ``call`` raises."""
+        for tag, value in self.answer(rid, q):
+            if tag in ("ok", "err"):
+                return self.result(tag, value)
+        raise self._error("no answer")  # pragma: no cover
 
-        return rid, wait
+    def ask_timed(self, method: str, *args: Any) -> Callable[[], tuple[Any, int, int]]:
+        """``ask``, and when: what this returns waits for the answer and returns it with
+        the time (``time.time_ns``) just before the request was sent and the time its
+        answer arrived (not when it was taken: a clock read there is bracketed by the
+        two, however late the answer is used)."""
+        sent = time.time_ns()
+        rid, q = self.open(method, *args, timed=True)
+
+        def timed() -> tuple[Any, int, int]:
+            try:
+                answer = self._wait(rid, q)
+            finally:
+                with self._lock:
+                    arrived = self._arrivals.pop(rid, 0)
+            return answer, sent, arrived or time.time_ns()
+
+        return timed
 
     def stream(self, method: str, *args: Any, on_event: Callable[[Any], None] | None = None
                ) -> Iterator[Any]:

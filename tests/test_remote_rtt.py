@@ -1,0 +1,80 @@
+"""The round trips a remote run waits on (issue 14: on a link with 40 ms of round
+trip, each one is 40 ms of every run), against a real sshd on 127.0.0.1.
+
+``hsync sync --json`` says ``round_trips``: the requests the run waited on one after
+the other (a request sent before the answers it depends on is in the same round trip
+as they are; the count does not depend on timing, so it is the same on loopback as on
+a slow link). A no-op re-sync waits on the open (with the hello, the roots' state, the
+owners' names and the far clock pipelined behind it; its answer says what metadata
+the far tree can keep) and the far digest scan's summary: not on the negotiation of
+the metadata kept, a second look at the root, the root's row, the scan's close.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from treeutil import assert_same_tree, build, hsync_bin
+
+HOST = "127.0.0.1"
+NO_OP = 2
+"""The round trips of a no-op re-sync, push or pull (main at b24909b waited on 9)."""
+RENAME = 6
+"""Of a push of a renamed directory (main at b24909b: 13): the no-op's, the listings
+and rows of the directories that differ, the look at the old directory's attributes
+(``compare.read_unread``) and the batch's acknowledgement."""
+
+
+def sync(*args: Any) -> dict[str, Any]:
+    r = subprocess.run([hsync_bin(), "sync", "--json", *(os.fspath(a) for a in args)],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                       timeout=180, check=False)
+    assert r.returncode == 0, r.stderr
+    report: dict[str, Any] = json.loads(r.stdout)
+    return report
+
+
+def spec() -> dict[str, Any]:
+    return {"d/f": b"x" * 3000, "d/e/g": b"y", "h": b"z" * 70000, "k/l": b""}
+
+
+def test_a_no_op_push_waits_on_two_round_trips(remote: Any, tmp_path: Path) -> None:
+    src = build(tmp_path / "src", spec())
+    dst = tmp_path / "dst"
+    state = tmp_path / "h.sqlite"
+    first = sync("--state", state, src, f"{HOST}:{dst}")
+    assert first["counts"]["create"] > 0
+    assert_same_tree(src, dst)
+    for _ in range(2):
+        again = sync("--state", state, src, f"{HOST}:{dst}")
+        assert again["counts"] == {"create": 0, "update": 0, "move": 0, "delete": 0}
+        assert again["round_trips"] <= NO_OP, again["round_trips"]
+    # a rename waits on what the comparison asks of the directories that differ and
+    # on its batch's acknowledgement (durable there), not on the far clock at its end
+    os.rename(src / "d", src / "moved")
+    renamed = sync("--state", state, src, f"{HOST}:{dst}")
+    assert renamed["counts"]["move"] == 1
+    assert_same_tree(src, dst)
+    assert renamed["round_trips"] <= RENAME, renamed["round_trips"]
+
+
+def test_a_no_op_pull_waits_on_two_round_trips(remote: Any, tmp_path: Path) -> None:
+    src = build(tmp_path / "src", spec())
+    dst = tmp_path / "dst"
+    state = tmp_path / "h.sqlite"
+    sync("--state", state, f"{HOST}:{src}", dst)
+    assert_same_tree(src, dst)
+    for _ in range(2):
+        again = sync("--state", state, f"{HOST}:{src}", dst)
+        assert again["counts"] == {"create": 0, "update": 0, "move": 0, "delete": 0}
+        assert again["round_trips"] <= NO_OP, again["round_trips"]
+
+
+def test_a_local_run_says_no_round_trips(tmp_path: Path) -> None:
+    src = build(tmp_path / "src", spec())
+    report = sync("--state", tmp_path / "h.sqlite", src, tmp_path / "dst")
+    assert "round_trips" not in report and "bytes_on_wire" not in report
