@@ -194,9 +194,15 @@ def test_a_capability_is_recognised_by_its_members_without_typing() -> None:
         def wire(self) -> tuple[int, int]:
             return (0, 0)
 
+        def round_trips(self) -> int:
+            return 0
+
     class Other:
         def wire(self) -> tuple[int, int]:
             return (1, 1)
+
+        def round_trips(self) -> int:
+            return 1
 
     assert isinstance(Counted(), Linked) and isinstance(Other(), Linked)
     assert not isinstance(Other(), Counted)  # an ordinary class: by its subclasses only
