@@ -623,20 +623,21 @@ def test_the_initial_copy_into_an_empty_destination_streams_in_batches(tmp_path:
     os.chmod(dst / "t1" / "m1", 0o755)
 
 
-def test_the_watch_s_first_pass_copies_a_tree_as_sync_does_in_one_streamed_batch(
+def test_the_watch_s_first_pass_copies_a_large_tree_as_sync_does_in_one_streamed_batch(
     tmp_path: Path,
 ) -> None:
-    # a tree of more nodes than ``batch_ops`` (1,000): ``sync`` streams the walk into one
-    # batch (copies start before the walk ends, one flush); the watch's first pass used
-    # to cut it into a batch (and a flush) per ``batch_ops`` instead
+    # a tree larger than populate.PREFILL: ``sync`` streams the walk into one batch (its
+    # copy workers start before the walk ends, one flush); the watch's first pass used
+    # to cut it into a batch (and a flush) per ``batch_ops`` (1,000) instead
     from hsync import diff
     from hsync.journal import Journal
+    from hsync.populate import PREFILL
 
     src, dst = tmp_path / "src", tmp_path / "dst"
-    for i in range(1200):
-        write(src / f"d{i % 20:02d}" / f"s{i % 3}" / f"f{i}.bin", os.urandom(i % 3000))
+    for i in range(2600):
+        write(src / f"d{i % 40:02d}" / f"s{i % 3}" / f"f{i}.bin", os.urandom(i % 5000))
     nodes = sum(1 for _ in src.rglob("*"))
-    assert nodes > WatchOptions().batch_ops
+    assert nodes > PREFILL
     with running(src, dst, tmp_path) as (pw, rounds):
         assert rounds[0].full and not rounds[0].problems, rounds[0]
         assert pw.status.counts["create"] == nodes + 1  # and the root

@@ -50,10 +50,7 @@ PROCESS_MIN_FILES = 2000
 CHUNK_FILES = 64
 CHUNK_BYTES = 4 << 20
 AHEAD_CHUNKS = 8
-"""Chunks handed to a thread pool (a watch: its observer's threads rule out forked
-workers) and not yet copied, at most (``Copies.flush`` waits): a stop waits for these
-(the walk ends at a cancel), about what a batch of ``batch_ops`` held before the watch's
-initial copy was streamed. A process pool (``sync``) is not held back."""
+"""Chunks handed to the pool and not yet copied, at most (``Copies.flush`` waits)."""
 
 LocalTree = tuple[str, int]
 """A source that is a local tree: its root and its root's device (copied by path)."""
@@ -323,7 +320,6 @@ class Copies:
         self.inflight: list[tuple[list[Op], Future[list[Outcome]]]] = []
         self.settled = 0
         """``inflight``'s first chunks known to be copied."""
-        self.ahead = AHEAD_CHUNKS
         self.chunk: list[Op] = []
         self.chunk_bytes = 0
         self.executor: Executor | None = None
@@ -359,12 +355,10 @@ class Copies:
                 initializer=die_with_parent,
                 initargs=(os.getpid(),),
             )
-            self.ahead = 1 << 62
         else:
             from concurrent.futures import ThreadPoolExecutor
 
             executor = ThreadPoolExecutor(COPY_THREADS, thread_name_prefix="hsync-copy")
-            self.ahead = AHEAD_CHUNKS
         with executor:
             self.executor = executor
             try:
@@ -394,9 +388,9 @@ class Copies:
             self.inflight.append((self.chunk, fut))
             self.chunk = []
             self.chunk_bytes = 0
-            # at most ``ahead`` chunks queued but not copied: a stop (the walk ends at
-            # a cancel) waits for those only
-            while len(self.inflight) - self.settled > self.ahead:
+            # at most AHEAD_CHUNKS queued but not copied: a stop (the walk ends at a
+            # cancel) waits for those only, and memory stays flat on a large tree
+            while len(self.inflight) - self.settled > AHEAD_CHUNKS:
                 from concurrent.futures import wait
 
                 wait((self.inflight[self.settled][1],))
