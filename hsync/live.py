@@ -52,9 +52,9 @@ from .dirty import Dirty
 from .errors import CANCELLED, Cancelled, HsyncError, LinkLost, SafetyError
 from .filters import build as build_filter
 from .itemize import describe
-from .model import FILE, Key, Op, Problem
+from .model import Key, Op, Problem
 from .options import Options, withheld_line
-from .populate import can_populate, initial_batching, populate
+from .populate import can_populate, populate
 from .region import Region, quick_pass
 from .resume import ResumeKeeper
 from .session import PairSession
@@ -541,14 +541,7 @@ class PairWatch:
         said = time.monotonic()
 
         def applied(op: Op) -> None:  # the first ops one line each, the rest summed up
-            nonlocal shown, said
-            copied[0] += 1
-            copied[1] += op.node.size if op.kind == FILE and op.node is not None else 0
-            now = time.monotonic()
-            if now - said >= PROGRESS_EVERY:  # progress while a (large) batch runs
-                said = now
-                self.log.info("initial copy: %d node(s), %s copied in %.0f s so far",
-                              copied[0], _mib(copied[1]), now - t0)
+            nonlocal shown
             if self.wopts.verbose or shown < INITIAL_OPS_LOGGED:
                 shown += 1
                 self.log.applied(op)
@@ -560,18 +553,21 @@ class PairWatch:
                               INITIAL_OPS_LOGGED, PROGRESS_EVERY)
             self.log.applied(op, logging.DEBUG)
 
-        def counted(result: ApplyResult) -> None:  # the status, batch by batch
+        def counted(result: ApplyResult) -> None:  # progress while it runs
+            nonlocal said
             st.bytes_copied += result.bytes_copied
             for op in result.done:
                 st.counts[op.op] += 1
+            copied[0] += len(result.done)
+            copied[1] += result.bytes_copied
+            now = time.monotonic()
+            if now - said >= PROGRESS_EVERY:
+                said = now
+                self.log.info("initial copy: %d node(s), %s copied in %.0f s so far",
+                              copied[0], _mib(copied[1]), now - t0)
 
-        # as ``sync`` copies: a local tree's walk streamed into one batch (its copy
-        # workers start before the walk ends, one flush), not a batch (and a flush) per
-        # ``batch_ops``; a stop still ends it early (the walk stops at a cancel, after
-        # the ``batch_ops`` walked before it started and the copies queued)
-        done = populate(session, batching=initial_batching(session, self.batching),
-                        cancel=self._stopped, on_batch=counted, on_done=applied,
-                        prefill=self.wopts.batch_ops)
+        done = populate(session, batching=self.batching, cancel=self._stopped,
+                        on_batch=counted, on_done=applied)
         seconds = time.monotonic() - t0
         total = sum(done.planned.values())
         st.full_comparisons += 1

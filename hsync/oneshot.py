@@ -156,10 +156,14 @@ def _streamed(
     session: PairSession, on_done: Callable[[Op], None] | None, cancel: Cancel
 ) -> Report:
     """The initial copy, streamed (``populate``); the report a planned sync would give."""
-    from .populate import initial_batching, populate
+    # a source read ahead in a thread (a server) gets small batches that keep the
+    # writer going; a filesystem walk stays inline, in batches as large as a planned
+    # sync's (the applier may then fork copy workers, and flushes once)
+    from .apply import ONE_SHOT, STREAMED
+    from .populate import populate
 
-    done = populate(session, batching=initial_batching(session), cancel=cancel,
-                    on_done=on_done, keep=0)
+    batching = STREAMED if session.source.capabilities.waits else ONE_SHOT
+    done = populate(session, batching=batching, cancel=cancel, on_done=on_done, keep=0)
     report = Report(source=session.source.url, destination=session.destination.url)
     report.counts = done.counts
     report.streamed = done.planned

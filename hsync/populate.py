@@ -29,8 +29,6 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from .apply import (
-    ONE_SHOT,
-    STREAMED,
     Applied,
     Batching,
     Started,
@@ -97,19 +95,6 @@ def can_populate(session: PairSession) -> bool:
     )
 
 
-def initial_batching(session: PairSession, waiting: Batching | None = None) -> Batching:
-    """The batches of an initial copy, for ``sync`` and a watch alike. A source read
-    ahead in a thread (a server: ``waits``) gets ``waiting`` (default ``STREAMED``:
-    small batches that keep the writer going); a filesystem walk stays inline, in
-    batches as large as a planned sync's, so a local destination takes the walk as one
-    streamed batch (``Stream``: the copy workers start before the walk ends, one flush
-    at the end). A stop still ends such a batch early: the walk stops at a cancel, and
-    what was handed out is finished and recorded."""
-    if session.source.capabilities.waits:
-        return waiting if waiting is not None else STREAMED
-    return ONE_SHOT
-
-
 def walk(
     source: Streaming, exclude: Exclude | None, skipped: list[tuple[Key, str]], cancel: Cancel
 ) -> Iterator[tuple[Key, Node | None]]:
@@ -131,7 +116,6 @@ def populate(
     on_batch: Callable[[ApplyResult], None] | None = None,
     on_done: Callable[[Op], None] | None = None,
     keep: int = 10_000,
-    prefill: int = PREFILL,
 ) -> Populated:
     """Copy the source into the empty destination, a batch at a time.
 
@@ -140,9 +124,7 @@ def populate(
     not wait for a full batch). A source that waits on a server is walked in a thread;
     a filesystem walk stays on this thread (the applier may then fork copy workers).
     ``cancel`` is checked after each batch (and by the walk). ``keep``: how many of the
-    ops done are kept in ``Populated.done``. ``prefill``: the ops walked before a
-    streamed batch starts (all of them are applied, even after a stop: a watch passes
-    its ``batch_ops``, what a stop may wait for). Raises ``SafetyError`` when the source root
+    ops done are kept in ``Populated.done``. Raises ``SafetyError`` when the source root
     is gone or cannot be listed (nothing is written then)."""
     source, destination, history = session.source, session.destination, session.history
     batching = batching_for(session, batching)
@@ -263,7 +245,7 @@ def populate(
             if op is None:
                 break
             ops.append(op)
-            if streams and len(ops) >= prefill and not full():
+            if streams and len(ops) >= PREFILL and not full():
                 # as many ops as a small tree has: a larger one is streamed into this
                 # batch (and its copies may go to worker processes)
                 stream = Stream(ops, more)

@@ -49,8 +49,6 @@ once, and the initial copy under load": 20k files, two interleaved A/Bs, 7 round
 PROCESS_MIN_FILES = 2000
 CHUNK_FILES = 64
 CHUNK_BYTES = 4 << 20
-AHEAD_CHUNKS = 8
-"""Chunks handed to the pool and not yet copied, at most (``Copies.flush`` waits)."""
 
 LocalTree = tuple[str, int]
 """A source that is a local tree: its root and its root's device (copied by path)."""
@@ -318,8 +316,6 @@ class Copies:
         self.unstable = unstable
         self.sparse = sparse
         self.inflight: list[tuple[list[Op], Future[list[Outcome]]]] = []
-        self.settled = 0
-        """``inflight``'s first chunks known to be copied."""
         self.chunk: list[Op] = []
         self.chunk_bytes = 0
         self.executor: Executor | None = None
@@ -334,9 +330,7 @@ class Copies:
         # streamed only when the tree has more nodes than a small batch
         known: Sequence[Op] = getattr(ops, "known", ops)
         files = sum(1 for op in known if op.kind == FILE and op.op in (CREATE, UPDATE))
-        # nothing will be queued: no pool (a no-op run imports none); a stream's files
-        # may come later (a pool starts its workers at the first copy)
-        if not files and known is ops:
+        if not files:  # nothing will be queued: no pool (a no-op run imports none)
             yield
             return
         executor: Executor
@@ -388,13 +382,6 @@ class Copies:
             self.inflight.append((self.chunk, fut))
             self.chunk = []
             self.chunk_bytes = 0
-            # at most AHEAD_CHUNKS queued but not copied: a stop (the walk ends at a
-            # cancel) waits for those only, and memory stays flat on a large tree
-            while len(self.inflight) - self.settled > AHEAD_CHUNKS:
-                from concurrent.futures import wait
-
-                wait((self.inflight[self.settled][1],))
-                self.settled += 1
 
     def collect(self) -> list[tuple[Op, Outcome]]:
         """Wait for every copy queued; each op with its outcome."""
@@ -403,7 +390,6 @@ class Copies:
         for ops, fut in self.inflight:
             out += zip(ops, fut.result(), strict=True)
         self.inflight = []
-        self.settled = 0
         return out
 
     def item(self, op: Op) -> CopyItem:
