@@ -17,8 +17,9 @@ comparison: both trees scanned and compared whole). ``noop``: ``hsync sync SRC D
 ``rsync -a --delete`` of the same trees. ``initial``: ``hsync sync SRC DST.N --state
 DST.N.state`` into a new destination each time, beside ``rsync -a SRC/ DST.N/; sync -f
 DST.N`` as one command (the same durability), the source read whole (untimed) before
-each command; each destination is deleted after the
-last round, not between commands. Each command is spawned directly and reaped
+each command; the previous command's destination is deleted before it and the disk
+flushed and settled (``bench_fs.settle``), so a command pays only for its own writes
+and one destination at a time exists. Each command is spawned directly and reaped
 with ``os.wait4``: wall clock, CPU (user + system, its children included) and peak RSS
 (``ru_maxrss``: the largest single process, the run or its scan child). Medians.
 Stdlib only; ``os.sync()`` before each command.
@@ -28,12 +29,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import os
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
+
+from bench_fs import settle
 
 
 def run(argv: Sequence[str]) -> tuple[float, float, int, int]:
@@ -102,9 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names[r % len(names):] + names[: r % len(names)]:
             cmd = list(tools[name])
             if args.what == "initial":
+                _remove(made)
                 dst = f"{args.dst}.{len(made)}"
                 made.append(dst)
                 cmd = [c.replace("{dst}", dst) for c in cmd]
+                settle(Path(os.path.dirname(os.path.abspath(dst))))
             state = None
             if args.what == "memory":
                 state = tempfile.mktemp(prefix="ab-state-", dir=tempfile.gettempdir())
@@ -132,16 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cpus = [x[1] / b[1] for x, b in zip(results[name], base, strict=True) if b[1]]
                 print(f"{name} / {v}: python -c pass: wall {statistics.median(walls):.2f}x, "
                       f"cpu {statistics.median(cpus):.2f}x" if cpus else "")
-    # the figures first: deleting the destinations can take minutes (a busy disk)
     sys.stdout.flush()
-    for dst in made:
-        import glob
-        import shutil
+    _remove(made)
+    return 0
 
+
+def _remove(made: list[str]) -> None:
+    """Delete the destinations (and their histories) made so far."""
+    for dst in made:
         shutil.rmtree(dst, ignore_errors=True)
         for f in glob.glob(glob.escape(dst) + ".state*"):
             os.unlink(f)
-    return 0
 
 
 if __name__ == "__main__":

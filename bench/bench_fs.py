@@ -393,6 +393,44 @@ def warm(root: Path) -> int:
     return total
 
 
+def _disk_counters(path: Path) -> tuple[int, int, int] | None:
+    """In-flight requests, discards completed and sectors written of the block device
+    holding ``path`` (``/sys/dev/block/MAJ:MIN/stat``, a partition's or the disk's),
+    None where it cannot be read."""
+    dev = os.stat(path).st_dev
+    try:
+        fields = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/stat").read_text().split()
+    except OSError:
+        return None
+    discards = int(fields[11]) if len(fields) > 11 else 0
+    return int(fields[8]), discards, int(fields[6])
+
+
+def settle(path: Path, quiet: float = 0.3, limit: float = 10.0) -> float:
+    """Flush everything (twice: the second commits the journal of the first, and ext4
+    mounted ``discard`` issues the freed blocks' discards at commit), then wait until the
+    device of ``path`` has issued no new discard for ``quiet`` seconds, or ``limit``
+    seconds have passed (another process may be deleting too). Other writers are not
+    waited for: the flush before each command (``Tool.sync``) bills nobody for them.
+    The seconds waited."""
+    t = time.perf_counter()
+    os.sync()
+    os.sync()
+    last = _disk_counters(path)
+    if last is None:
+        return time.perf_counter() - t
+    calm = time.perf_counter()
+    while time.perf_counter() - t < limit:
+        time.sleep(0.05)
+        now = _disk_counters(path)
+        if now is None or now[1] != last[1]:
+            calm = time.perf_counter()
+        elif time.perf_counter() - calm >= quiet:
+            break
+        last = now
+    return time.perf_counter() - t
+
+
 def snapshot(root: Path) -> dict[str, tuple[str, int, int, int]]:
     """relative path -> (kind, size, mode bits, mtime_ns) for everything under root."""
     out: dict[str, tuple[str, int, int, int]] = {}
@@ -729,6 +767,7 @@ class Bench:
         self.work = work
         self.runs: list[Run] = []
         self.warnings: list[str] = []
+        self.settles: list[tuple[float, float]] = []  # scenario a: (deleted, settled) s
 
     def pair(self, label: str, tree: Path) -> Pair:
         # one destination per tree size: with --keep and several sizes, each size keeps
@@ -822,25 +861,30 @@ class Bench:
 
     # a
     def scenario_a(self, pair: Pair) -> None:
-        # Old destinations are renamed into a trash directory and deleted after the last
-        # round: deleting 100k files right before a timed command would bill whichever
-        # tool runs first for the journal and discard work.
-        trash = self.work / "trash"
+        # Each round starts from nothing of the previous one: its destinations are deleted
+        # and the filesystem flushed and settled (untimed) before the first command, so a
+        # timed command pays only for its own writes. A trash kept to the end (as before)
+        # was flushed inside later timed commands (``syncfs``/``sync -f`` flush the whole
+        # filesystem, and the deletes' journal and discards went with it) and made the disk
+        # use grow with the rounds; now at most one destination per tool exists.
         tools = self.tools + self.extra
-        try:
-            for rnd in range(self.args.rounds):
-                for tool in tools:
-                    dst, state_dir = pair.dst[tool.name], pair.state[tool.name].parent
-                    if dst.exists():
-                        trash.mkdir(parents=True, exist_ok=True)
-                        dst.rename(trash / f"{dst.name}-{rnd}")
-                    if state_dir.exists():
-                        shutil.rmtree(state_dir)
-                    if tool.name == "hsync":
-                        state_dir.mkdir(parents=True)
-                self.timed_round(pair, "a", rnd, tools, before=lambda: warm(pair.src))
-        finally:
-            shutil.rmtree(trash, ignore_errors=True)
+        for rnd in range(self.args.rounds):
+            t = time.perf_counter()
+            for tool in tools:
+                dst, state_dir = pair.dst[tool.name], pair.state[tool.name].parent
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.rmtree(state_dir, ignore_errors=True)
+                if tool.name == "hsync":
+                    state_dir.mkdir(parents=True)
+            deleted = time.perf_counter() - t
+            waited = settle(self.work)
+            log(f"  [a] round {rnd + 1}: old destinations deleted in {deleted:.2f} s, "
+                f"the disk settled in {waited:.2f} s")
+            self.settles.append((round(deleted, 3), round(waited, 3)))
+            self.timed_round(pair, "a", rnd, tools, before=lambda: warm(pair.src))
+        for tool in tools:  # the last round's, before the next scenario or size
+            shutil.rmtree(pair.dst[tool.name], ignore_errors=True)
+        settle(self.work)
 
     # b
     def scenario_b(self, pair: Pair) -> None:
@@ -1352,6 +1396,7 @@ def run_size(
         "summary": summary,
         "startup": startup,
         "warnings": bench.warnings,
+        "settles": bench.settles,
         "runs": [asdict(r) for r in bench.runs],
     }
 
@@ -1428,7 +1473,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if work == here or here in work.parents:
         raise SystemExit(f"--workdir must be outside the repository ({here})")
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(work / "trash", ignore_errors=True)  # left by an interrupted run
+    shutil.rmtree(work / "trash", ignore_errors=True)  # left by an older version's run
     out_path: Path = args.out or work / "results.json"
     tools, extra = make_tools(args, work)
     floor = rss_floor(work / "logs")
