@@ -23,7 +23,20 @@ from typing import Any
 from ._values import define, field
 from .cancel import NEVER, Cancel
 from .differ import Side, diff, relinks
-from .model import DELETE, MOVE, Key, Plan, Row, Rows, Snapshot, has_unread, same_row
+from .model import (
+    DELETE,
+    MOVE,
+    UNREAD,
+    Key,
+    Plan,
+    Row,
+    Rows,
+    Snapshot,
+    Table,
+    data_digest,
+    has_unread,
+    same_row,
+)
 from .planner import check_plan, plan
 from .region import Region, scan_region_pair
 from .session import PairSession
@@ -209,6 +222,8 @@ def read_unread(session: PairSession, src: Snapshot, dst: Snapshot) -> None:
             sources = _move_sources(session, other, rows) if only else None
             if sources is not None:
                 todo = [k for k in todo if k not in only or k in sources]
+            todo = _as_synced(session, rows, other, todo)
+            snap.nodes._cache.clear()
         for k in todo:
             try:
                 node = backend.stat(k)
@@ -218,6 +233,41 @@ def read_unread(session: PairSession, src: Snapshot, dst: Snapshot) -> None:
             if node is not None and node.kind == r[0]:
                 rows[k] = (*r[:6], node.data)
                 snap.nodes._cache.pop(k, None)
+
+
+def _as_synced(
+    session: PairSession, rows: dict[Key, Row] | Table, src: Mapping[Key, Row],
+    todo: list[Key],
+) -> list[Key]:
+    """Of ``todo`` (destination nodes whose attributes were not read, ``rows``), those
+    still to be read in full: the others take their attributes from the source's node
+    at their key (``src``, read), which the history says is what the last sync wrote
+    there (its ``fp`` equals the digest of the source's data). A destination node
+    whose attributes were not read is unchanged since the last sync (a write of them
+    moves its ctime), so it holds what that sync left: the source's data then, the same
+    as now. A directory that lost files then costs no ``lstat`` either (its row differs
+    by its mtime only)."""
+    history = session.history_trusted
+    if history is None:
+        return todo
+    asked = [k for k in todo if (o := src.get(k)) is not None and o[0] == rows[k][0]
+             and len(o) > 6 and type(o[6]) is tuple and len(o[6]) == 3
+             and not has_unread(o[6])]
+    if not asked:
+        return todo
+    fps = history.fingerprints(asked)
+    left = set(todo)
+    for k in asked:
+        o, r = src[k], rows[k]
+        fp = fps.get(k)
+        if fp is None or fp == "?" or fp != data_digest(o[0], o[6]):
+            continue
+        mine = r[6]
+        if type(mine) is not tuple or len(mine) != 3 or mine[2] != UNREAD:
+            continue
+        rows[k] = (*r[:6], (mine[0], mine[1], o[6][2]))
+        left.discard(k)
+    return [k for k in todo if k in left]
 
 
 def _move_sources(

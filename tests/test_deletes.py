@@ -326,7 +326,9 @@ def test_the_files_a_spread_delete_removes_are_not_read_again(
     """Files deleted on the source, spread over directories: the destination's copies
     (unchanged since the last sync) are deleted without their attributes read again
     (a delete needs none: the applier checks kind, size and mtime before it removes
-    a node), and the trees end equal."""
+    a node), nor are their directories' (unchanged since the last sync, which gave
+    them the source's attributes: the history's fingerprint says the source's are
+    still those), and the trees end equal."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     build(src, {f"d{d}/f{i}": b"%d" % i for d in range(12) for i in range(8)})
     time.sleep(CTIME_LAG)
@@ -338,7 +340,39 @@ def test_the_files_a_spread_delete_removes_are_not_read_again(
     asked = _stats_of(monkeypatch, dst)
     report = sync_once(str(src), str(dst), Options(state=state))
     assert report.ok and report.counts["delete"] == len(gone), report.problems
-    assert [k for k in asked if k in gone] == []
+    assert asked == []
+    assert_same_tree(src, dst)
+
+
+def _xattr(path: Path, value: bytes) -> None:
+    try:
+        os.setxattr(path, "user.hsync-test", value)
+    except OSError:
+        pytest.skip("no user extended attributes on this filesystem")
+
+
+@pytest.mark.parametrize("where", ["source", "destination"])
+def test_a_directory_attribute_changed_beside_a_delete_is_synced(
+    tmp_path: Path, where: str,
+) -> None:
+    """A directory that lost a file on the source and whose extended attribute changed
+    too, on the source (the history's fingerprint of its data no longer matches) or
+    behind hsync's back on the destination (its ctime moved: read in full): the
+    destination's directory ends with the source's attribute, beside the delete."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    build(src, {**{f"d/f{i}": b"%d" % i for i in range(6)},
+                **{f"e{i}/x": b"x" for i in range(8)}})
+    _xattr(src / "d", b"one")
+    time.sleep(CTIME_LAG)
+    state = str(tmp_path / "state.sqlite")
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    assert os.getxattr(dst / "d", "user.hsync-test") == b"one"
+    os.unlink(src / "d" / "f3")
+    _xattr(src / "d" if where == "source" else dst / "d", b"two")
+    report = sync_once(str(src), str(dst), Options(state=state))
+    assert report.ok and report.counts["delete"] == 1, report.problems
+    assert os.getxattr(dst / "d", "user.hsync-test") == os.getxattr(
+        src / "d", "user.hsync-test")
     assert_same_tree(src, dst)
 
 
