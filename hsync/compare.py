@@ -17,12 +17,25 @@ A stat-only quick pass (``hsync.region.quick_pass``) and the streamed initial co
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from ._values import define, field
 from .cancel import NEVER, Cancel
 from .differ import Side, diff, relinks
-from .model import DELETE, MOVE, Key, Plan, Rows, Snapshot, has_unread, same_row
+from .model import (
+    DELETE,
+    MOVE,
+    UNREAD,
+    Key,
+    Plan,
+    Row,
+    Rows,
+    Snapshot,
+    Table,
+    data_digest,
+    has_unread,
+    same_row,
+)
 from .planner import check_plan, plan
 from .region import Region, scan_region_pair
 from .session import PairSession
@@ -207,6 +220,13 @@ def read_unread(session: PairSession, src: Snapshot, dst: Snapshot) -> None:
         rows = snap.nodes.rows
         todo = [k for k, r in rows.items() if has_unread(r[6])
                 and ((o := other.get(k)) is None or not same_row(r, o))]
+        if snap is dst and todo:
+            only = {k for k in todo if k not in other}
+            sources = _move_sources(session, other, rows) if only else None
+            if sources is not None:
+                todo = [k for k in todo if k not in only or k in sources]
+            todo = _as_synced(session, rows, other, todo)
+            snap.nodes._cache.clear()
         for k in todo:
             try:
                 node = backend.stat(k)
@@ -216,6 +236,62 @@ def read_unread(session: PairSession, src: Snapshot, dst: Snapshot) -> None:
             if node is not None and node.kind == r[0]:
                 rows[k] = (*r[:6], node.data)
                 snap.nodes._cache.pop(k, None)
+
+
+def _as_synced(
+    session: PairSession, rows: dict[Key, Row] | Table, src: Mapping[Key, Row],
+    todo: list[Key],
+) -> list[Key]:
+    """Of ``todo`` (destination nodes whose attributes were not read, ``rows``), those
+    still to be read in full: the others take their attributes from the source's node
+    at their key (``src``, read), which the history says is what the last sync wrote
+    there (its ``fp`` equals the digest of the source's data). A destination node
+    whose attributes were not read is unchanged since the last sync (a write of them
+    moves its ctime), so it holds what that sync left: the source's data then, the same
+    as now. A directory that lost files then costs no ``lstat`` either (its row differs
+    by its mtime only)."""
+    history = session.history_trusted
+    if history is None:
+        return todo
+    asked = [k for k in todo if (o := src.get(k)) is not None and o[0] == rows[k][0]
+             and len(o) > 6 and type(o[6]) is tuple and len(o[6]) == 3
+             and not has_unread(o[6])]
+    if not asked:
+        return todo
+    fps = history.fingerprints(asked)
+    left = set(todo)
+    for k in asked:
+        o, r = src[k], rows[k]
+        fp = fps.get(k)
+        if fp is None or fp == "?" or fp != data_digest(o[0], o[6]):
+            continue
+        mine = r[6]
+        if type(mine) is not tuple or len(mine) != 3 or mine[2] != UNREAD:
+            continue
+        rows[k] = (*r[:6], (mine[0], mine[1], o[6][2]))
+        left.discard(k)
+    return [k for k in todo if k in left]
+
+
+def _move_sources(
+    session: PairSession, src: Mapping[Key, Row], dst: Mapping[Key, Row]
+) -> set[Key] | None:
+    """The destination-only keys diff may move elsewhere (None: any of them). A node
+    only on the destination is deleted unless it is a move's origin, and a delete needs
+    none of its attributes (the applier checks kind, size and mtime), so
+    ``read_unread`` reads only these of the destination-only nodes: without any node
+    only on the source nothing is matched by similarity, and by identity only the
+    places the history gives the source's nodes whose attributes were read (a node
+    moved or linked since the mark has a new ctime: an ``UNREAD`` one is where the
+    history has it). A spread delete then costs no ``lstat`` per node deleted."""
+    if any(k not in dst for k in src):
+        return None  # a new node may be matched to a gone one by size and mtime
+    history = session.history_trusted
+    if history is None:
+        return set()  # nothing is matched by identity
+    here: dict[int | str | None, Key] = {r[5]: k for k, r in src.items()
+            if len(r) > 6 and r[5] is not None and not has_unread(r[6])}
+    return set(history.moved_from(here).values()) if here else set()
 
 
 def plan_between(

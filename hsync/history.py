@@ -352,6 +352,22 @@ class History:
             out.pop(i, None)
         return out
 
+    def fingerprints(self, keys: Iterable[Key]) -> dict[Key, str | None]:
+        """The ``fp`` (``model.data_digest`` of the data last synced) of each of
+        ``keys`` the history holds."""
+        wanted = {encode_key(k): k for k in keys}
+        items = list(wanted)
+        out: dict[Key, str | None] = {}
+        for start in range(0, len(items), 500):
+            chunk = items[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, fp in self.db.execute(
+                f"SELECT key, fp FROM nodes WHERE pair=? AND key IN ({marks})",
+                (self.pair, *chunk),
+            ):
+                out[wanted[key]] = fp
+        return out
+
     def is_empty(self) -> bool:
         """True when no node below the root was recorded for this pair."""
         return self.db.execute(

@@ -302,3 +302,111 @@ def test_only_the_directory_whose_listing_changed_is_compared(tmp_path: Path) ->
     assert report["compared"] == {"source": 2, "destination": 4}
     assert report["scanned"] == {"source": 219, "destination": 221}
     assert_same_tree(src, dst)
+
+
+def _stats_of(monkeypatch: pytest.MonkeyPatch, dst: Path) -> list[tuple[str, ...]]:
+    """The keys the destination's backend is asked to ``stat`` (read in full) from now on."""
+    from hsync.backends.fs import FsBackend
+
+    asked: list[tuple[str, ...]] = []
+    stat = FsBackend.stat
+
+    def counted(self: FsBackend, key: tuple[str, ...]) -> object:
+        if os.path.samefile(self.root, dst):
+            asked.append(key)
+        return stat(self, key)
+
+    monkeypatch.setattr(FsBackend, "stat", counted)
+    return asked
+
+
+def test_the_files_a_spread_delete_removes_are_not_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Files deleted on the source, spread over directories: the destination's copies
+    (unchanged since the last sync) are deleted without their attributes read again
+    (a delete needs none: the applier checks kind, size and mtime before it removes
+    a node), nor are their directories' (unchanged since the last sync, which gave
+    them the source's attributes: the history's fingerprint says the source's are
+    still those), and the trees end equal."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    build(src, {f"d{d}/f{i}": b"%d" % i for d in range(12) for i in range(8)})
+    time.sleep(CTIME_LAG)
+    state = str(tmp_path / "state.sqlite")
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    gone = [(f"d{d}", f"f{d % 8}") for d in range(0, 12, 2)]
+    for k in gone:
+        os.unlink(src.joinpath(*k))
+    asked = _stats_of(monkeypatch, dst)
+    report = sync_once(str(src), str(dst), Options(state=state))
+    assert report.ok and report.counts["delete"] == len(gone), report.problems
+    assert asked == []
+    assert_same_tree(src, dst)
+
+
+def _xattr(path: Path, value: bytes) -> None:
+    try:
+        os.setxattr(path, "user.hsync-test", value)
+    except OSError:
+        pytest.skip("no user extended attributes on this filesystem")
+
+
+@pytest.mark.parametrize("where", ["source", "destination"])
+def test_a_directory_attribute_changed_beside_a_delete_is_synced(
+    tmp_path: Path, where: str,
+) -> None:
+    """A directory that lost a file on the source and whose extended attribute changed
+    too, on the source (the history's fingerprint of its data no longer matches) or
+    behind hsync's back on the destination (its ctime moved: read in full): the
+    destination's directory ends with the source's attribute, beside the delete."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    build(src, {**{f"d/f{i}": b"%d" % i for i in range(6)},
+                **{f"e{i}/x": b"x" for i in range(8)}})
+    _xattr(src / "d", b"one")
+    time.sleep(CTIME_LAG)
+    state = str(tmp_path / "state.sqlite")
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    assert os.getxattr(dst / "d", "user.hsync-test") == b"one"
+    os.unlink(src / "d" / "f3")
+    _xattr(src / "d" if where == "source" else dst / "d", b"two")
+    report = sync_once(str(src), str(dst), Options(state=state))
+    assert report.ok and report.counts["delete"] == 1, report.problems
+    assert os.getxattr(dst / "d", "user.hsync-test") == os.getxattr(
+        src / "d", "user.hsync-test")
+    assert_same_tree(src, dst)
+
+
+def test_a_file_renamed_over_another_beside_deletes_moves_with_its_attributes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A file renamed over another name on the source (no name new on the source),
+    beside spread deletes: the destination's file is moved there (its old place read
+    in full, so that its attributes compare equal: no attribute update), the replaced
+    file and the deleted ones removed, and the moved file keeps its extended
+    attribute and its inode."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    build(src, {"d/a": b"aaa", "d/b": b"bb", "d/gone": b"g",
+                **{f"e{i}/x": b"x" for i in range(6)}, **{f"e{i}/y": b"y" for i in range(6)}})
+    try:
+        os.setxattr(src / "d" / "a", "user.hsync-test", b"kept")
+    except OSError:
+        pytest.skip("no user extended attributes on this filesystem")
+    time.sleep(CTIME_LAG)
+    state = str(tmp_path / "state.sqlite")
+    assert sync_once(str(src), str(dst), Options(state=state)).ok
+    inode = os.stat(dst / "d" / "a").st_ino
+    os.replace(src / "d" / "a", src / "d" / "b")
+    os.unlink(src / "d" / "gone")
+    for i in range(0, 6, 2):
+        os.unlink(src / f"e{i}" / "y")
+    asked = _stats_of(monkeypatch, dst)
+    report = sync_once(str(src), str(dst), Options(state=state))
+    assert report.ok, report.problems
+    assert report.counts["move"] == 1 and report.bytes_copied == 0
+    assert report.counts["delete"] == 5  # the replaced b, gone, three y
+    assert report.counts["update"] == 4  # the four directories' mtimes: no file's attributes
+    assert ("d", "a") in asked  # the move's origin, read in full
+    assert [k for k in asked if k[-1] in ("gone", "y")] == []
+    assert os.stat(dst / "d" / "b").st_ino == inode
+    assert os.getxattr(dst / "d" / "b", "user.hsync-test") == b"kept"
+    assert_same_tree(src, dst)

@@ -75,9 +75,8 @@ class _Scanned:
         }
 
     def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Row]]]:
-        rows = self.rows
-        row = rows.row
-        return {d: [(name, row(i)) for i, name in rows.listing(d)] for d in dirs}
+        listing = self.rows.listing_rows
+        return {d: listing(d) for d in dirs}
 
     def rows_of(self, keys: Iterable[Key], subtrees: Iterable[Key]) -> dict[Key, Row]:
         rows = self.rows
