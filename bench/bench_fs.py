@@ -882,9 +882,9 @@ class Bench:
                 f"the disk settled in {waited:.2f} s")
             self.settles.append((round(deleted, 3), round(waited, 3)))
             self.timed_round(pair, "a", rnd, tools, before=lambda: warm(pair.src))
-        for tool in tools:  # the last round's, before the next scenario or size
-            shutil.rmtree(pair.dst[tool.name], ignore_errors=True)
-        settle(self.work)
+        # the last round's copies (and hsync's history of them) stay: they are what the
+        # next scenarios start from (deleting a destination whose history stays makes
+        # hsync refuse it as gone, as it should)
 
     # b
     def scenario_b(self, pair: Pair) -> None:
