@@ -323,11 +323,12 @@ class _Items:
     run finishes its batch and its history, and ends as ``main`` says."""
 
     def __init__(self, *, print_lines: bool, log: Any) -> None:
-        import threading
-
         self.print_lines = print_lines
         self.log = log
-        self.lock = threading.Lock()
+        if print_lines:  # a run that prints no line does not import threading
+            import threading
+
+            self.lock = threading.Lock()
 
     @property
     def wanted(self) -> bool:

@@ -16,7 +16,6 @@ A stat-only quick pass (``hsync.region.quick_pass``) and the streamed initial co
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 
 from ._values import define, field
@@ -187,6 +186,8 @@ def _in_thread(scan: Callable[[], Snapshot]) -> Callable[[], Snapshot]:
             out.append(scan())
         except BaseException as e:  # handed to the caller
             out.append(e)
+
+    import threading  # only here: a small no-op starts no thread
 
     t = threading.Thread(target=run, name="hsync-scan", daemon=True)
     t.start()

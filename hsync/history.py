@@ -21,7 +21,6 @@ and the options that shape the rows): a token whose context differs is not retur
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,7 +29,15 @@ from .model import ENTRY, Fingerprint, Key, Node, Snapshot, data_digest, fingerp
 
 TYPE_CHECKING = False  # not typing's: a sync does not import typing
 if TYPE_CHECKING:
+    import sqlite3
     from typing import Any
+else:
+    try:  # CPython's C module, all that ``sqlite3`` re-exports but its default date
+        # adapters (``sqlite3.dbapi2`` imports ``datetime`` for them: 1-2 ms of a small
+        # sync; the history stores no dates). The journal and the session use it too.
+        import _sqlite3 as sqlite3
+    except ImportError:  # another implementation, or a build without it
+        import sqlite3
 
 SCHEMA_VERSION = 6
 _SEP = "\0"
@@ -137,7 +144,7 @@ def _no_checkpoint_on_close(db: sqlite3.Connection) -> bool:
     global _capi
     if sys.implementation.name != "cpython" or sys.version_info >= (3, 12) or \
             not sys.platform.startswith("linux") or \
-            sqlite3.sqlite_version_info < (3, 16, 2):
+            _version(sqlite3.sqlite_version) < (3, 16, 2):
         return False
     try:
         import ctypes
@@ -163,6 +170,12 @@ def _no_checkpoint_on_close(db: sqlite3.Connection) -> bool:
     except (ImportError, OSError, AttributeError, ValueError, sqlite3.Error):
         return False
     return rc == 0 and done.value == 1
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """``sqlite3.sqlite_version_info`` (made by ``sqlite3.dbapi2``) from the C module's
+    ``sqlite_version``."""
+    return tuple(int(part) for part in text.split("."))
 
 
 def _related(a: Key, b: Key) -> bool:

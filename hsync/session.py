@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sqlite3
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -406,7 +405,7 @@ def open_history(
     hear (a corrupt history set aside) is appended to ``notices``."""
     if options.state == "" or options.delete is False:
         return None, None
-    from .history import History, default_state_path
+    from .history import History, default_state_path, sqlite3
     from .journal import open_for, recover
 
     path = options.state or default_state_path()
