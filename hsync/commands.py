@@ -190,6 +190,8 @@ def sync(
     from .itemize import LogFile
     from .oneshot import sync_once
 
+    _ends_with_the_process()
+
     creds = _credentials(src, dst, src_bind_dn, src_password_file, dst_bind_dn,
                          dst_password_file, ca_file, starttls)
 
@@ -304,6 +306,15 @@ def _stats(report: Any) -> str:
     return "\n".join(f"{name + ':':<16}{value}" for name, value in rows)
 
 
+def _ends_with_the_process() -> None:
+    """A one-shot command (its process ends in ``end_process``'s ``os._exit`` once it
+    returns) leaves its history and journal connections to that end: no close, so no
+    checkpoint and no ctypes call to prevent one (``history.LEFT_TO_THE_EXIT``)."""
+    from . import history
+
+    history.LEFT_TO_THE_EXIT = True
+
+
 def _both(*callbacks: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
     """One ``on_done`` that calls each given callback; None when none is given."""
     given = [cb for cb in callbacks if cb is not None]
@@ -360,6 +371,8 @@ def diff(
 ) -> int:
     """Print the plan that would make DST equal to SRC. Exit 0 in sync, 1 differ."""
     from .oneshot import compare
+
+    _ends_with_the_process()
 
     creds = _credentials(src, dst, src_bind_dn, src_password_file, dst_bind_dn,
                          dst_password_file, ca_file, starttls)

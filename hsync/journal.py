@@ -54,7 +54,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from .history import keep_wal, sqlite3  # _sqlite3 where there is one (see history)
+from .history import close_keeping_wal, keep_wal, sqlite3  # _sqlite3 where there is one
 from .model import Op
 
 TYPE_CHECKING = False  # not typing's: a sync does not import typing
@@ -159,7 +159,7 @@ class Journal:
         return db
 
     def close(self) -> None:
-        self.db.close()
+        close_keeping_wal(self.db)
 
     def unfinished(self) -> list[int]:
         """Sequence numbers of batches begun and never marked done."""

@@ -87,7 +87,15 @@ def birth_time(name: str, dir_fd: int) -> int:
     """The birth time (ns) of ``name`` in the directory ``dir_fd`` (``""``: the
     directory itself), never following a symlink; 0 where the filesystem keeps none or
     statx is missing. With the inode number it makes an identity that dies with its
-    node (SPEC 1); ``hsync._walk`` reads the same field for every listed name."""
+    node (SPEC 1); ``hsync._walk`` reads the same field for every listed name, and
+    this one with ``_walk.btime`` where it was built (no ctypes: a small no-op reads
+    the birth time of each root)."""
+    try:
+        from ..._walk import btime
+    except ImportError:
+        pass
+    else:
+        return btime(dir_fd, name)
     statx = _fn("statx")
     if statx is None:
         return 0
@@ -224,7 +232,15 @@ _RESOLVE = 0x04 | 0x08  # RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH
 
 def _load_openat2() -> Any:
     """openat2(O_DIR, RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH) through libc's syscall(2),
-    as a function ``(root_fd, path bytes) -> (fd, errno)``; None without syscall."""
+    as a function ``(root_fd, path bytes) -> (fd, errno)``; None without syscall.
+    ``hsync._walk`` makes the call where it was built (no ctypes: a small no-op opens
+    its directories below the roots with it)."""
+    try:
+        from ..._walk import openat2 as call
+    except ImportError:
+        pass
+    else:
+        return lambda root_fd, raw: call(root_fd, raw, O_DIR, _RESOLVE)
     syscall = _fn("syscall")
     if syscall is None:
         return None
