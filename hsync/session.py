@@ -25,6 +25,7 @@ from .backend import (
     ScanOptions,
     Windowed,
     id_map,
+    local_path,
     open_endpoint,
     plain_path,
     relation,
@@ -383,7 +384,9 @@ def negotiate(
             f"{destination.url}: its filesystem cannot keep {', '.join(lost)}: "
             f"not synced (--no-xattrs, --no-acls to say so)"
         )
-    if (keep.owner or keep.group) and not options.numeric_ids:
+    if (keep.owner or keep.group) and not options.numeric_ids and not (
+        local_path(source.url) and local_path(destination.url)
+    ):  # two trees of this machine: the same names (not read twice: a no-op's ~1 ms)
         (su, sg), (du, dg) = src.id_names(), dst.id_names()
         if (su, sg) != (du, dg):  # the same names for the same ids: one host, as is
             keep = evolve(keep, uids=id_map(su, du) if keep.owner else (),
