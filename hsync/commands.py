@@ -25,7 +25,6 @@ from .errors import (
     UsageError,
     exit_code,
 )
-from .itemize import describe, escape, show_key
 from .model import key_str
 
 TYPE_CHECKING = False  # not typing's: a sync does not import typing
@@ -94,6 +93,24 @@ def _dumps(obj: Any) -> str:
         return out(obj, "")
     except _NotPlain:
         return str(_json().dumps(obj, indent=2))
+
+
+def describe(op: Any) -> str:
+    from .itemize import describe  # only where ops are printed: not by a no-op
+
+    return describe(op)
+
+
+def escape(name: str) -> str:
+    from .itemize import escape
+
+    return escape(name)
+
+
+def show_key(key: Any, kind: str = "") -> str:
+    from .itemize import show_key
+
+    return show_key(key, kind)
 
 
 def _err(message: str) -> None:
@@ -237,7 +254,6 @@ def sync(
     group: bool, xattrs: bool, acls: bool, numeric_ids: bool,
 ) -> int:
     """Make DST equal to SRC (SRC's contents go into DST, like rsync SRC/ DST/)."""
-    from .itemize import LogFile
     from .oneshot import sync_once
 
     _ends_with_the_process()
@@ -261,6 +277,8 @@ def sync(
     bar = _Progress() if show and not dry_run else None
     log = None
     if log_file is not None:
+        from .itemize import LogFile
+
         try:
             log = LogFile(log_file)
         except OSError as e:

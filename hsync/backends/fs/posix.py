@@ -13,7 +13,6 @@ import errno
 import itertools
 import os
 import stat
-import struct
 
 from ...errors import TargetChanged
 from ...model import NEEDS_ROOT, Key
@@ -100,6 +99,7 @@ def birth_time(name: str, dir_fd: int) -> int:
     if statx is None:
         return 0
     import ctypes
+    import struct
 
     buf = ctypes.create_string_buffer(_STATX_SIZE)
     flags = _AT_SYMLINK_NOFOLLOW | (_AT_EMPTY_PATH if not name else 0)
