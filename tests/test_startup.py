@@ -119,7 +119,7 @@ def test_a_no_op_of_a_small_tree_imports_neither_typing_nor_re_nor_enum(tmp_path
 
 NOT_FOR_A_LEAN_NO_OP = NOT_FOR_A_PLAIN_NO_OP | {
     "sqlite3", "sqlite3.dbapi2", "datetime", "_datetime", "math", "threading", "contextlib",
-    "ctypes", "_ctypes", "struct", "pwd", "grp", "hsync.itemize",
+    "ctypes", "_ctypes", "struct", "pwd", "grp", "hsync.itemize", "hsync.planner",
 }  # fmt: skip
 """A no-op of a small tree, with ``--json`` or without: besides, neither ``sqlite3``'s
 Python module (its default date adapters import ``datetime``: the history, the journal
@@ -129,7 +129,8 @@ started, no lock taken), nor ``contextlib``, nor ``ctypes`` (the roots' birth ti
 open to the process's end, so no ctypes call keeps their WAL at close on Python 3.11),
 nor ``json`` with ``re`` and ``enum`` for ``--json`` (the report is written by
 ``commands._dumps``, the same text), nor the user and group databases (two local trees
-map no names), nor ``hsync.itemize`` (no op, no log file: nothing to describe)."""
+map no names), nor ``hsync.itemize`` (no op, no log file: nothing to describe), nor
+``hsync.planner`` (no change to order)."""
 
 
 def test_a_no_op_of_a_small_tree_imports_neither_sqlite3_nor_threading_nor_ctypes(
