@@ -31,6 +31,12 @@
 #include <sys/sysmacros.h>
 #include <stdint.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/syscall.h>
+#ifndef SYS_openat2
+#define SYS_openat2 437 /* the same number on every architecture (Linux 5.6) */
+#endif
+#endif
 
 /* splitmix64's finalizer: every input bit reaches every output bit */
 static inline uint64_t
@@ -184,10 +190,65 @@ fail:
     return NULL;
 }
 
+/* btime(dir_fd, name): the birth time (ns) of name in the directory dir_fd ("": the
+ * directory itself), never following a symlink; 0 where the filesystem keeps none or
+ * statx fails (hsync.backends.fs.posix.birth_time, without ctypes). */
+static PyObject *
+walk_btime(PyObject *self, PyObject *args)
+{
+    int fd;
+    PyObject *name;
+    if (!PyArg_ParseTuple(args, "iO&:btime", &fd, PyUnicode_FSConverter, &name))
+        return NULL;
+    long long born = 0;
+#ifdef STATX_BTIME
+    const char *n = PyBytes_AS_STRING(name);
+    struct statx sx;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = statx(fd, n, AT_SYMLINK_NOFOLLOW | (n[0] ? 0 : AT_EMPTY_PATH), STATX_BTIME, &sx);
+    Py_END_ALLOW_THREADS
+    if (rc == 0 && (sx.stx_mask & STATX_BTIME))
+        born = (long long)sx.stx_btime.tv_sec * 1000000000LL + sx.stx_btime.tv_nsec;
+#endif
+    Py_DECREF(name);
+    return PyLong_FromLongLong(born);
+}
+
+/* openat2(dir_fd, path, flags, resolve) -> (fd, 0) or (-1, errno): openat2(2) with
+ * struct open_how {flags, 0, resolve} (hsync.backends.fs.posix.open_beneath, without
+ * ctypes); (-1, ENOSYS) where the system has no such call. */
+static PyObject *
+walk_openat2(PyObject *self, PyObject *args)
+{
+    int fd;
+    const char *path;
+    unsigned long long flags, resolve;
+    if (!PyArg_ParseTuple(args, "iyKK:openat2", &fd, &path, &flags, &resolve))
+        return NULL;
+#if defined(__linux__) && defined(SYS_openat2)
+    struct { uint64_t flags, mode, resolve; } how = {flags, 0, resolve};
+    long rc;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    rc = syscall(SYS_openat2, fd, path, &how, sizeof how);
+    if (rc < 0)
+        err = errno;
+    Py_END_ALLOW_THREADS
+    return Py_BuildValue("(li)", rc < 0 ? -1L : rc, err);
+#else
+    return Py_BuildValue("(ii)", -1, ENOSYS);
+#endif
+}
+
 static PyMethodDef methods[] = {
     {"list", walk_list, METH_VARARGS,
      "list(fd, xattrs=False, strip=0, since=0) -> [(name, mode, size, mtime_ns, ino, dev, hash, btime_ns, uid, gid,"
      " xattrs_size) | (name, None, errno, ...)]"},
+    {"openat2", walk_openat2, METH_VARARGS,
+     "openat2(dir_fd, path, flags, resolve) -> (fd, 0) | (-1, errno)"},
+    {"btime", walk_btime, METH_VARARGS,
+     "btime(dir_fd, name) -> the birth time in ns of name in dir_fd (\"\": itself), 0 if none"},
     {NULL, NULL, 0, NULL},
 };
 

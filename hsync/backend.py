@@ -58,6 +58,14 @@ else:
             # derived from a protocol is an ordinary class
             cls._proto_is = any(b.__dict__.get("_proto_base", False) for b in bases)
             cls._proto_runtime = False
+            return cls
+
+        def _proto_members(cls) -> tuple[tuple[str, bool], ...]:
+            """The protocol's members, name and whether a method, read on the first
+            check (not at import: most of the 22 protocols are never checked)."""
+            found = cls.__dict__.get("_proto_found")
+            if found is not None:
+                return found  # type: ignore[no-any-return]
             members: dict[str, bool] = {}  # name -> is a method
             for base in reversed(cls.__mro__[:-1]):
                 if not base.__dict__.get("_proto_is", False) and base is not cls:
@@ -65,10 +73,11 @@ else:
                 for attr in base.__dict__.get("__annotations__", {}):  # noqa: RUF063 (no inspect)
                     members.setdefault(attr, False)
                 for attr, value in base.__dict__.items():
-                    if attr not in mcs._SKIP and not attr.startswith("_proto_"):
+                    if attr not in cls._SKIP and not attr.startswith("_proto_"):
                         members[attr] = callable(value)
-            cls._proto_members = tuple(members.items())
-            return cls
+            found = tuple(members.items())
+            type.__setattr__(cls, "_proto_found", found)
+            return found
 
         def __instancecheck__(cls, instance: object) -> bool:
             if not cls.__dict__.get("_proto_is", False):
@@ -80,7 +89,7 @@ else:
                 )
             return all(
                 hasattr(instance, attr) and not (method and getattr(instance, attr) is None)
-                for attr, method in cls._proto_members
+                for attr, method in cls._proto_members()
             )
 
     class Protocol(metaclass=_ProtocolMeta):

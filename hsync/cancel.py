@@ -9,10 +9,13 @@ the source changed under the comparison"). Over a byte stream it is one message.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+import time
 
 from .errors import Cancelled
+
+TYPE_CHECKING = False  # not typing's: a sync does not import typing
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class Cancel:
@@ -21,6 +24,8 @@ class Cancel:
     __slots__ = ("_event", "_when", "reason")
 
     def __init__(self, when: Callable[[], bool] | None = None) -> None:
+        import threading  # not at import: NEVER needs no event, nor a no-op threading
+
         self._event = threading.Event()
         self._when = when
         self.reason = "cancelled"
@@ -53,6 +58,10 @@ class Cancel:
 class _Never(Cancel):
     __slots__ = ()
 
+    def __init__(self) -> None:
+        self._when = None
+        self.reason = "cancelled"
+
     def cancel(self, reason: str = "cancelled") -> None:
         raise TypeError("NEVER cannot be cancelled")
 
@@ -61,6 +70,10 @@ class _Never(Cancel):
 
     def check(self) -> None:
         return None
+
+    def wait(self, seconds: float) -> bool:
+        time.sleep(seconds)
+        return False
 
 
 NEVER: Cancel = _Never()

@@ -25,7 +25,6 @@ from .errors import (
     UsageError,
     exit_code,
 )
-from .itemize import describe, escape, show_key
 from .model import key_str
 
 TYPE_CHECKING = False  # not typing's: a sync does not import typing
@@ -44,6 +43,74 @@ def _json() -> Any:
     import json  # only for --json (and status files): 5-10 ms of start-up otherwise
 
     return json
+
+
+class _NotPlain(Exception):
+    """A value ``_dumps`` leaves to ``json``."""
+
+
+def _dumps(obj: Any) -> str:
+    """``json.dumps(obj, indent=2)``, the same text, for what a report holds (dicts with
+    string keys, lists, tuples, strings, ints, floats, booleans, None) without importing
+    ``json``, which imports ``re`` and ``enum`` (3-5 ms of a small ``--json`` sync).
+    Strings are escaped by ``_json``'s ``encode_basestring_ascii``, as ``json.dumps``
+    escapes them; anything else goes to ``json.dumps`` whole."""
+    try:
+        from _json import encode_basestring_ascii as quote
+    except ImportError:
+        return str(_json().dumps(obj, indent=2))
+    special = {True: "true", False: "false", None: "null"}
+
+    def out(o: Any, indent: str) -> str:
+        t = type(o)
+        if t is str:
+            return str(quote(o))
+        if o is None or t is bool:
+            return special[o]
+        if t is int:
+            return int.__repr__(o)
+        if t is float:
+            if o != o:
+                return "NaN"
+            if o in (float("inf"), float("-inf")):
+                return "Infinity" if o > 0 else "-Infinity"
+            return float.__repr__(o)
+        inner = indent + "  "
+        if t is dict:
+            if not o:
+                return "{}"
+            if any(type(k) is not str for k in o):
+                raise _NotPlain
+            items = [f"{inner}{quote(k)}: {out(v, inner)}" for k, v in o.items()]
+            return "{\n" + ",\n".join(items) + f"\n{indent}}}"
+        if t is list or t is tuple:
+            if not o:
+                return "[]"
+            return "[\n" + ",\n".join(inner + out(v, inner) for v in o) + f"\n{indent}]"
+        raise _NotPlain
+
+    try:
+        return out(obj, "")
+    except _NotPlain:
+        return str(_json().dumps(obj, indent=2))
+
+
+def describe(op: Any) -> str:
+    from .itemize import describe  # only where ops are printed: not by a no-op
+
+    return describe(op)
+
+
+def escape(name: str) -> str:
+    from .itemize import escape
+
+    return escape(name)
+
+
+def show_key(key: Any, kind: str = "") -> str:
+    from .itemize import show_key
+
+    return show_key(key, kind)
 
 
 def _err(message: str) -> None:
@@ -187,8 +254,9 @@ def sync(
     group: bool, xattrs: bool, acls: bool, numeric_ids: bool,
 ) -> int:
     """Make DST equal to SRC (SRC's contents go into DST, like rsync SRC/ DST/)."""
-    from .itemize import LogFile
     from .oneshot import sync_once
+
+    _ends_with_the_process()
 
     creds = _credentials(src, dst, src_bind_dn, src_password_file, dst_bind_dn,
                          dst_password_file, ca_file, starttls)
@@ -209,6 +277,8 @@ def sync(
     bar = _Progress() if show and not dry_run else None
     log = None
     if log_file is not None:
+        from .itemize import LogFile
+
         try:
             log = LogFile(log_file)
         except OSError as e:
@@ -236,7 +306,7 @@ def sync(
         out = report.to_json()
         if dry_run and report.plan is not None:
             out["plan"] = report.plan.to_json()
-        print(_json().dumps(out, indent=2))
+        print(_dumps(out))
     else:
         if dry_run and report.plan is not None:
             for op in report.plan:
@@ -304,6 +374,15 @@ def _stats(report: Any) -> str:
     return "\n".join(f"{name + ':':<16}{value}" for name, value in rows)
 
 
+def _ends_with_the_process() -> None:
+    """A one-shot command (its process ends in ``end_process``'s ``os._exit`` once it
+    returns) leaves its history and journal connections to that end: no close, so no
+    checkpoint and no ctypes call to prevent one (``history.LEFT_TO_THE_EXIT``)."""
+    from . import history
+
+    history.LEFT_TO_THE_EXIT = True
+
+
 def _both(*callbacks: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
     """One ``on_done`` that calls each given callback; None when none is given."""
     given = [cb for cb in callbacks if cb is not None]
@@ -323,11 +402,12 @@ class _Items:
     run finishes its batch and its history, and ends as ``main`` says."""
 
     def __init__(self, *, print_lines: bool, log: Any) -> None:
-        import threading
-
         self.print_lines = print_lines
         self.log = log
-        self.lock = threading.Lock()
+        if print_lines:  # a run that prints no line does not import threading
+            import threading
+
+            self.lock = threading.Lock()
 
     @property
     def wanted(self) -> bool:
@@ -359,6 +439,8 @@ def diff(
 ) -> int:
     """Print the plan that would make DST equal to SRC. Exit 0 in sync, 1 differ."""
     from .oneshot import compare
+
+    _ends_with_the_process()
 
     creds = _credentials(src, dst, src_bind_dn, src_password_file, dst_bind_dn,
                          dst_password_file, ca_file, starttls)
@@ -414,7 +496,7 @@ def verify(
             **_meta(owner, group, xattrs, acls, numeric_ids),
         )
     if json_out:
-        print(_json().dumps(report.to_json(), indent=2))
+        print(_dumps(report.to_json()))
     else:
         for d in report.differences:
             print(f"{d.what:<9}{show_key(d.key)}  ({escape(d.detail)})")

@@ -16,7 +16,6 @@ A stat-only quick pass (``hsync.region.quick_pass``) and the streamed initial co
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Mapping
 
 from ._values import define, field
@@ -36,7 +35,6 @@ from .model import (
     has_unread,
     same_row,
 )
-from .planner import check_plan, plan
 from .region import Region, scan_region_pair
 from .session import PairSession
 
@@ -187,6 +185,8 @@ def _in_thread(scan: Callable[[], Snapshot]) -> Callable[[], Snapshot]:
             out.append(scan())
         except BaseException as e:  # handed to the caller
             out.append(e)
+
+    import threading  # only here: a small no-op starts no thread
 
     t = threading.Thread(target=run, name="hsync-scan", daemon=True)
     t.start()
@@ -356,8 +356,15 @@ def plan_between(
         moved = {(c.key, c.to) for c in changes if c.op == MOVE}
         if any((d, s) not in moved for s, d in src.folded.items()):
             raise Unfolded
-    the_plan = plan(changes, dst, case_insensitive=caps.case_insensitive)
+    if changes:
+        from .planner import plan  # not imported by a run with nothing to change
+
+        the_plan = plan(changes, dst, case_insensitive=caps.case_insensitive)
+    else:
+        the_plan = Plan(ops=(), changes=())  # what plan() makes of no change
     if options.check:
+        from .planner import check_plan
+
         check_plan(
             the_plan.ops, dst, src, case_insensitive=caps.case_insensitive,
             allow_extra=not delete or bool(warnings),

@@ -21,7 +21,6 @@ and the options that shape the rows): a token whose context differs is not retur
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,7 +29,15 @@ from .model import ENTRY, Fingerprint, Key, Node, Snapshot, data_digest, fingerp
 
 TYPE_CHECKING = False  # not typing's: a sync does not import typing
 if TYPE_CHECKING:
+    import sqlite3
     from typing import Any
+else:
+    try:  # CPython's C module, all that ``sqlite3`` re-exports but its default date
+        # adapters (``sqlite3.dbapi2`` imports ``datetime`` for them: 1-2 ms of a small
+        # sync; the history stores no dates). The journal and the session use it too.
+        import _sqlite3 as sqlite3
+    except ImportError:  # another implementation, or a build without it
+        import sqlite3
 
 SCHEMA_VERSION = 6
 _SEP = "\0"
@@ -100,8 +107,9 @@ WAL_LIMIT = 4 << 20
 """Bytes a WAL kept between runs is truncated to once checkpointed (``keep_wal``)."""
 
 
-def keep_wal(db: sqlite3.Connection) -> bool:
-    """Leave ``db``'s WAL in place when the connection closes: no checkpoint on close.
+def keep_wal(db: sqlite3.Connection) -> None:
+    """Leave ``db``'s WAL in place when the connection closes: no checkpoint on close
+    (``close_keeping_wal`` closes it).
 
     SQLite's last connection to a WAL database checkpoints it when it closes (the
     WAL's pages written into the database, both fsynced, the WAL deleted), and the
@@ -112,18 +120,38 @@ def keep_wal(db: sqlite3.Connection) -> bool:
     ``wal_autocheckpoint`` (1000 pages: a rename's record writes tens), by the
     commit that makes it so; ``journal_size_limit`` then trims the file.
 
-    ``SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE``: ``Connection.setconfig`` from Python 3.12;
-    before, the same call made through ctypes on the connection's handle, checked
-    first (the handle must name this database). False where neither works (the WAL
-    is then checkpointed at close, as before: slower, as safe)."""
+    ``SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE``: ``Connection.setconfig`` from Python 3.12,
+    here; before, the same call made through ctypes on the connection's handle, by
+    ``close_keeping_wal`` (only a connection that is closed needs it: ctypes is not
+    imported by a one-shot command, see ``LEFT_TO_THE_EXIT``). Where neither works the
+    WAL is checkpointed at close, as before: slower, as safe."""
     db.execute(f"PRAGMA journal_size_limit={WAL_LIMIT}")
     if sys.version_info >= (3, 12):
-        try:
+        try:  # noqa: SIM105 (no contextlib on a no-op's path)
             db.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)  # type: ignore[attr-defined]
         except sqlite3.Error:
-            return False
-        return True
-    return _no_checkpoint_on_close(db)
+            pass
+
+
+LEFT_TO_THE_EXIT = False
+"""Set by a one-shot command (``hsync sync``, ``hsync diff``), whose process ends with
+``os._exit`` once its run returns (``commands.end_process``): ``close_keeping_wal``
+then leaves the connection to the process's end instead of closing it. The WAL stays
+as a close without a checkpoint leaves it (and as a kill -9 does: SQLite's locks go
+with the process, the next connection reads the WAL as it was left); what was
+committed was committed before, a transaction still open is rolled back either way.
+It spares such a run the ctypes call of ``keep_wal`` before Python 3.12 (``ctypes``'
+import is 2-3 ms of a small no-op sync)."""
+
+
+def close_keeping_wal(db: sqlite3.Connection) -> None:
+    """Close ``db`` (opened with ``keep_wal``) without checkpointing its WAL; in a
+    one-shot command's process, leave it to the process's end (``LEFT_TO_THE_EXIT``)."""
+    if LEFT_TO_THE_EXIT:
+        return
+    if sys.version_info < (3, 12):
+        _no_checkpoint_on_close(db)
+    db.close()
 
 
 _NO_CKPT_ON_CLOSE = 1006  # SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE (sqlite3.h, since 3.16.2)
@@ -137,7 +165,7 @@ def _no_checkpoint_on_close(db: sqlite3.Connection) -> bool:
     global _capi
     if sys.implementation.name != "cpython" or sys.version_info >= (3, 12) or \
             not sys.platform.startswith("linux") or \
-            sqlite3.sqlite_version_info < (3, 16, 2):
+            _version(sqlite3.sqlite_version) < (3, 16, 2):
         return False
     try:
         import ctypes
@@ -163,6 +191,12 @@ def _no_checkpoint_on_close(db: sqlite3.Connection) -> bool:
     except (ImportError, OSError, AttributeError, ValueError, sqlite3.Error):
         return False
     return rc == 0 and done.value == 1
+
+
+def _version(text: str) -> tuple[int, ...]:
+    """``sqlite3.sqlite_version_info`` (made by ``sqlite3.dbapi2``) from the C module's
+    ``sqlite_version``."""
+    return tuple(int(part) for part in text.split("."))
 
 
 def _related(a: Key, b: Key) -> bool:
@@ -267,7 +301,10 @@ class History:
             return self._connect(path)
 
     def close(self) -> None:
-        self.db.close()
+        if self.readonly:
+            self.db.close()
+        else:
+            close_keeping_wal(self.db)
 
     # -- reading ------------------------------------------------------------------------
     @property

@@ -9,7 +9,6 @@ reads goes through ``escape``.
 from __future__ import annotations
 
 import os
-import threading
 import time
 
 from .model import ENTRY, Key, Op, key_dn, key_str
@@ -70,6 +69,8 @@ class LogFile:
     every line is flushed as it is written (a run that is killed keeps its record)."""
 
     def __init__(self, path: str) -> None:
+        import threading  # only for --log-file: a no-op does not import it
+
         self.path = path
         self._lock = threading.Lock()
         self._f: IO[str] = open(  # noqa: SIM115 (closed by close())

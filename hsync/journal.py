@@ -49,14 +49,12 @@ the rest from the first unacknowledged one.
 
 from __future__ import annotations
 
-import contextlib
 import marshal
 import os
-import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
-from .history import keep_wal
+from .history import close_keeping_wal, keep_wal, sqlite3  # _sqlite3 where there is one
 from .model import Op
 
 TYPE_CHECKING = False  # not typing's: a sync does not import typing
@@ -161,7 +159,7 @@ class Journal:
         return db
 
     def close(self) -> None:
-        self.db.close()
+        close_keeping_wal(self.db)
 
     def unfinished(self) -> list[int]:
         """Sequence numbers of batches begun and never marked done."""
@@ -282,22 +280,12 @@ class Journal:
             )
         self.unflushed.clear()
 
-    @contextlib.contextmanager
-    def _commit(self, durable: bool) -> Iterator[None]:
+    def _commit(self, durable: bool) -> _Commit:
         """One transaction; flushed to the disk when ``durable`` (``synchronous=FULL``),
         else only written: no fsync, and no checkpoint either (a checkpoint made without
         a flush could move what it wrote out of the WAL that the next flushed commit
         flushes, and a WAL's unflushed tail is dropped whole, never half-applied)."""
-        if not durable:
-            self.db.execute("PRAGMA synchronous=OFF")
-            self.db.execute("PRAGMA wal_autocheckpoint=0")
-        try:
-            with self.db:
-                yield
-        finally:
-            if not durable:
-                self.db.execute("PRAGMA synchronous=FULL")
-                self.db.execute("PRAGMA wal_autocheckpoint=1000")
+        return _Commit(self.db, durable)
 
     def done(self, seq: int | None = None, *, durable: bool = True,
              session: str | None = None, sender_seq: int = 0,
@@ -364,6 +352,30 @@ class Journal:
                 "SELECT seq, state, n_ops FROM batches WHERE pair=? ORDER BY seq", (self.pair,)
             )
         )
+
+
+class _Commit:
+    """``Journal._commit``'s context (a class: ``contextlib`` is not imported by a run
+    that writes no batch)."""
+
+    __slots__ = ("db", "durable")
+
+    def __init__(self, db: sqlite3.Connection, durable: bool) -> None:
+        self.db, self.durable = db, durable
+
+    def __enter__(self) -> None:
+        if not self.durable:
+            self.db.execute("PRAGMA synchronous=OFF")
+            self.db.execute("PRAGMA wal_autocheckpoint=0")
+        self.db.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.db.__exit__(*exc)  # commits, or rolls back what raised
+        finally:
+            if not self.durable:
+                self.db.execute("PRAGMA synchronous=FULL")
+                self.db.execute("PRAGMA wal_autocheckpoint=1000")
 
 
 def _alive(pid: int) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sqlite3
 import time
 from collections.abc import Mapping
 from types import TracebackType
@@ -26,6 +25,7 @@ from .backend import (
     ScanOptions,
     Windowed,
     id_map,
+    local_path,
     open_endpoint,
     plain_path,
     relation,
@@ -384,7 +384,9 @@ def negotiate(
             f"{destination.url}: its filesystem cannot keep {', '.join(lost)}: "
             f"not synced (--no-xattrs, --no-acls to say so)"
         )
-    if (keep.owner or keep.group) and not options.numeric_ids:
+    if (keep.owner or keep.group) and not options.numeric_ids and not (
+        local_path(source.url) and local_path(destination.url)
+    ):  # two trees of this machine: the same names (not read twice: a no-op's ~1 ms)
         (su, sg), (du, dg) = src.id_names(), dst.id_names()
         if (su, sg) != (du, dg):  # the same names for the same ids: one host, as is
             keep = evolve(keep, uids=id_map(su, du) if keep.owner else (),
@@ -406,7 +408,7 @@ def open_history(
     hear (a corrupt history set aside) is appended to ``notices``."""
     if options.state == "" or options.delete is False:
         return None, None
-    from .history import History, default_state_path
+    from .history import History, default_state_path, sqlite3
     from .journal import open_for, recover
 
     path = options.state or default_state_path()

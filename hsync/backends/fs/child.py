@@ -11,10 +11,9 @@ running) or fails.
 
 from __future__ import annotations
 
-import contextlib
 import marshal
 import os
-import threading
+import sys
 from collections.abc import Callable, Iterable
 
 from ...backend import DigestSummary
@@ -155,7 +154,9 @@ class ScanChild:
         self._local = LocalScan(scanner, remember)
         self._summary: DigestSummary | None = None
         self.pid = 0
-        if threading.active_count() > 1 or not hasattr(os, "fork"):
+        # no fork beside another thread; without threading imported, there is none
+        threading = sys.modules.get("threading")
+        if (threading and threading.active_count() > 1) or not hasattr(os, "fork"):
             return
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
@@ -242,18 +243,24 @@ class ScanChild:
         """Ends the child (idempotent)."""
         if self.pid:
             # not waiting for a scan nobody will ask for (a cancelled comparison)
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105 (contextlib is not on a no-op's path)
                 os.kill(self.pid, _signal.SIGKILL)
+            except OSError:
+                pass
             self._end()
 
     def _end(self) -> None:
         if not self.pid:
             return
         for f in (self._req, self._res):
-            with contextlib.suppress(OSError):
+            try:  # noqa: SIM105
                 f.close()
-        with contextlib.suppress(ChildProcessError):
+            except OSError:
+                pass
+        try:  # noqa: SIM105
             os.waitpid(self.pid, 0)
+        except ChildProcessError:
+            pass
         self.pid = 0
 
 

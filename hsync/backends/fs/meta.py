@@ -16,9 +16,7 @@ bits), a set-id bit never left on a file whose owner or group is not the source'
 from __future__ import annotations
 
 import errno
-import grp
 import os
-import pwd
 import stat
 
 from ..._values import evolve
@@ -60,6 +58,9 @@ def is_admin() -> bool:
 
 def id_names() -> IdNames:
     """This machine's user and group names by id (the first name of an id wins)."""
+    import grp  # only here: a sync of two local trees maps no names (session.negotiate)
+    import pwd
+
     users: dict[int, str] = {}
     groups: dict[int, str] = {}
     for p in pwd.getpwall():

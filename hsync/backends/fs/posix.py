@@ -9,12 +9,10 @@ tree is refused by ``check_key``.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import itertools
 import os
 import stat
-import struct
 
 from ...errors import TargetChanged
 from ...model import NEEDS_ROOT, Key
@@ -88,11 +86,20 @@ def birth_time(name: str, dir_fd: int) -> int:
     """The birth time (ns) of ``name`` in the directory ``dir_fd`` (``""``: the
     directory itself), never following a symlink; 0 where the filesystem keeps none or
     statx is missing. With the inode number it makes an identity that dies with its
-    node (SPEC 1); ``hsync._walk`` reads the same field for every listed name."""
+    node (SPEC 1); ``hsync._walk`` reads the same field for every listed name, and
+    this one with ``_walk.btime`` where it was built (no ctypes: a small no-op reads
+    the birth time of each root)."""
+    try:
+        from ..._walk import btime
+    except ImportError:
+        pass
+    else:
+        return btime(dir_fd, name)
     statx = _fn("statx")
     if statx is None:
         return 0
     import ctypes
+    import struct
 
     buf = ctypes.create_string_buffer(_STATX_SIZE)
     flags = _AT_SYMLINK_NOFOLLOW | (_AT_EMPTY_PATH if not name else 0)
@@ -172,8 +179,10 @@ def is_tmp_name(name: str) -> bool:
 
 
 def unlink_quiet(name: str, dfd: int) -> None:
-    with contextlib.suppress(OSError):
+    try:  # noqa: SIM105 (contextlib is not on a no-op's path)
         os.unlink(name, dir_fd=dfd)
+    except OSError:
+        pass
 
 
 def special_kind(mode: int, specials: bool = True) -> str:
@@ -223,7 +232,15 @@ _RESOLVE = 0x04 | 0x08  # RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH
 
 def _load_openat2() -> Any:
     """openat2(O_DIR, RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH) through libc's syscall(2),
-    as a function ``(root_fd, path bytes) -> (fd, errno)``; None without syscall."""
+    as a function ``(root_fd, path bytes) -> (fd, errno)``; None without syscall.
+    ``hsync._walk`` makes the call where it was built (no ctypes: a small no-op opens
+    its directories below the roots with it)."""
+    try:
+        from ..._walk import openat2 as call
+    except ImportError:
+        pass
+    else:
+        return lambda root_fd, raw: call(root_fd, raw, O_DIR, _RESOLVE)
     syscall = _fn("syscall")
     if syscall is None:
         return None
@@ -466,7 +483,9 @@ def die_with_parent(parent: int) -> None:
     killed run neither goes on writing nor walking."""
     prctl = _fn("prctl")
     if prctl is not None:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105
             prctl(1, _signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
     if os.getppid() != parent:
         os._exit(1)
