@@ -12,7 +12,8 @@ round by round because the disk is shared and noisy:
   d  re-sync after deleting DELETES files spread over the tree (default min(1000, 1%))
   e  re-sync after renaming a directory of 300 files of 1 MiB each (a copy of the tree
      with that directory added)
-  s  start-up alone: ``hsync --version`` and a no-op ``hsync sync`` of a 10-file tree
+  s  start-up alone: ``hsync --version`` and a no-op ``hsync sync`` of a 10-file tree (as
+     typed, and with ``--json`` as the other scenarios run it)
      against ``python -c pass`` (hsync's interpreter) and ``rsync`` of the same tree
 
 ``--sizes 5k,20k,100k`` runs all of it per tree size (files/20 directories each, same
@@ -935,7 +936,10 @@ class Bench:
             cmds["hsync --version"] = [hsync.exe, "--version"]
             state = small / "state" / "hsync.sqlite"
             state.parent.mkdir()
-            cmds["hsync sync (10 files, no-op)"] = hsync.argv(small / "src", small / "dh", state)
+            # as a user types it (its one line of text), then as this benchmark runs it
+            argv = hsync.argv(small / "src", small / "dh", state)
+            cmds["hsync sync (10 files, no-op)"] = [a for a in argv if a != "--json"]
+            cmds["hsync sync --json (10 files, no-op)"] = argv
         if rsync is not None:
             cmds["rsync (10 files, no-op)"] = rsync.argv(small / "src", small / "dr", small)
         for argv in cmds.values():  # the first copy, untimed

@@ -45,56 +45,6 @@ def _json() -> Any:
     return json
 
 
-class _NotPlain(Exception):
-    """A value ``_dumps`` leaves to ``json``."""
-
-
-def _dumps(obj: Any) -> str:
-    """``json.dumps(obj, indent=2)``, the same text, for what a report holds (dicts with
-    string keys, lists, tuples, strings, ints, floats, booleans, None) without importing
-    ``json``, which imports ``re`` and ``enum`` (3-5 ms of a small ``--json`` sync).
-    Strings are escaped by ``_json``'s ``encode_basestring_ascii``, as ``json.dumps``
-    escapes them; anything else goes to ``json.dumps`` whole."""
-    try:
-        from _json import encode_basestring_ascii as quote
-    except ImportError:
-        return str(_json().dumps(obj, indent=2))
-    special = {True: "true", False: "false", None: "null"}
-
-    def out(o: Any, indent: str) -> str:
-        t = type(o)
-        if t is str:
-            return str(quote(o))
-        if o is None or t is bool:
-            return special[o]
-        if t is int:
-            return int.__repr__(o)
-        if t is float:
-            if o != o:
-                return "NaN"
-            if o in (float("inf"), float("-inf")):
-                return "Infinity" if o > 0 else "-Infinity"
-            return float.__repr__(o)
-        inner = indent + "  "
-        if t is dict:
-            if not o:
-                return "{}"
-            if any(type(k) is not str for k in o):
-                raise _NotPlain
-            items = [f"{inner}{quote(k)}: {out(v, inner)}" for k, v in o.items()]
-            return "{\n" + ",\n".join(items) + f"\n{indent}}}"
-        if t is list or t is tuple:
-            if not o:
-                return "[]"
-            return "[\n" + ",\n".join(inner + out(v, inner) for v in o) + f"\n{indent}]"
-        raise _NotPlain
-
-    try:
-        return out(obj, "")
-    except _NotPlain:
-        return str(_json().dumps(obj, indent=2))
-
-
 def describe(op: Any) -> str:
     from .itemize import describe  # only where ops are printed: not by a no-op
 
@@ -306,7 +256,7 @@ def sync(
         out = report.to_json()
         if dry_run and report.plan is not None:
             out["plan"] = report.plan.to_json()
-        print(_dumps(out))
+        print(_json().dumps(out, indent=2))
     else:
         if dry_run and report.plan is not None:
             for op in report.plan:
@@ -496,7 +446,7 @@ def verify(
             **_meta(owner, group, xattrs, acls, numeric_ids),
         )
     if json_out:
-        print(_dumps(report.to_json()))
+        print(_json().dumps(report.to_json(), indent=2))
     else:
         for d in report.differences:
             print(f"{d.what:<9}{show_key(d.key)}  ({escape(d.detail)})")
