@@ -21,7 +21,6 @@ import time
 from collections import ChainMap, deque
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from functools import partial
-from typing import Any, overload
 
 from ._values import define, evolve, field, frozen
 from .backend import ApplyOptions, ApplyResult, PendingBatch
@@ -42,6 +41,10 @@ from .model import (
     Snapshot,
 )
 from .session import PairSession
+
+TYPE_CHECKING = False  # not typing's: a sync that applies ops does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @frozen(kw_only=True)
@@ -172,11 +175,7 @@ class Stream(Sequence[Op]):
     def __len__(self) -> int:
         return len(self.known)
 
-    @overload
-    def __getitem__(self, i: int) -> Op: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[Op]: ...
-    def __getitem__(self, i: int | slice) -> Op | Sequence[Op]:
+    def __getitem__(self, i: Any) -> Any:  # an index, an Op; a slice, a list of them
         return self.known[i]
 
 
@@ -272,6 +271,8 @@ def finish_batch(
     if any(p.kind == RETRY for p in result.problems):
         retry_changed(session, ops, final, result, options, cancel=started.cancel,
                       on_done=started.on_done)
+    # every write of the batch ended (a far one: acknowledged): ``mark_equal``
+    session.written_ns = time.time_ns()
     try:
         if while_flushing is not None:
             if started.logged is not None and result.durable is not None:
