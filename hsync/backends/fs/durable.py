@@ -24,7 +24,9 @@ from .posix import O_META, open_beneath, open_root, syncfs
 from .workers import Workers, ran
 
 FEW = 16
-"""Nodes flushed one by one at most; more get one ``syncfs``."""
+"""Nodes flushed each by its own ``fsync`` at most; more get one ``syncfs`` (on this
+project's disk ``syncfs`` was as cheap or cheaper from 29 directories on, even beside
+another process's writes: ``bench/bench_flush.py``)."""
 THREADS = 8
 """``fsync`` calls in flight at once."""
 
