@@ -17,11 +17,12 @@ never trusted alone (a run that finds the batch unfinished compares everything).
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections import ChainMap, deque
 from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from functools import partial
-from typing import Any, overload
 
 from ._values import define, evolve, field, frozen
 from .backend import ApplyOptions, ApplyResult, PendingBatch
@@ -42,6 +43,10 @@ from .model import (
     Snapshot,
 )
 from .session import PairSession
+
+TYPE_CHECKING = False  # not typing's: a sync that applies ops does not import typing
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @frozen(kw_only=True)
@@ -124,6 +129,9 @@ class Started:
     """Where the result comes from, when the batch is in flight (a remote one)."""
     cancel: Cancel = NEVER
     on_done: Callable[[Op], None] | None = None
+    journal_synced: Callable[[], None] | None = None
+    """Waits for the journal's flush of this batch's record, started on a thread beside
+    the ops (``start_batch``), and raises what it raised; None: not started."""
 
 
 class Stream(Sequence[Op]):
@@ -172,11 +180,7 @@ class Stream(Sequence[Op]):
     def __len__(self) -> int:
         return len(self.known)
 
-    @overload
-    def __getitem__(self, i: int) -> Op: ...
-    @overload
-    def __getitem__(self, i: slice) -> Sequence[Op]: ...
-    def __getitem__(self, i: int | slice) -> Op | Sequence[Op]:
+    def __getitem__(self, i: Any) -> Any:  # an index, an Op; a slice, a list of them
         return self.known[i]
 
 
@@ -241,10 +245,23 @@ def start_batch(
         started.pending = windowed.submit_batch(
             ops, session.source.backend, final, options=options, cancel=cancel)
     else:
-        started.result = destination.backend.apply_batch(
-            ops, session.source.backend, final, options=options, cancel=cancel,
-            on_done=on_done,
-        )
+        if logged is not None and stream is None and options.defer_durable:
+            assert journal is not None
+            # the record's flush, due before the history is recorded (``finish_batch``),
+            # waits on the disk beside the ops instead of after them (a spread delete's
+            # unlinks wait on the disk too); nothing else uses the journal meanwhile:
+            # this batch runs alone, its ops all journaled already
+            started.journal_synced = _on_thread(partial(journal.sync, logged))
+        try:
+            started.result = destination.backend.apply_batch(
+                ops, session.source.backend, final, options=options, cancel=cancel,
+                on_done=on_done,
+            )
+        except BaseException:
+            if started.journal_synced is not None:  # done with the journal before it
+                with contextlib.suppress(Exception):  # goes on to close it
+                    started.journal_synced()
+            raise
         if stream is not None:
             stream.close()  # what a cancel or a full disk left unwalked stays so
     return started
@@ -261,6 +278,8 @@ def finish_batch(
     its flush. ``while_flushing(result)`` runs once the ops are applied, while the
     destination's flush still runs where it can defer it: the caller records the
     history there."""
+    if started.journal_synced is not None:
+        started.journal_synced()  # before anything else uses the journal
     result = started.result
     if result is None:
         assert started.pending is not None
@@ -272,6 +291,8 @@ def finish_batch(
     if any(p.kind == RETRY for p in result.problems):
         retry_changed(session, ops, final, result, options, cancel=started.cancel,
                       on_done=started.on_done)
+    # every write of the batch ended (a far one: acknowledged): ``mark_equal``
+    session.written_ns = time.time_ns()
     try:
         if while_flushing is not None:
             if started.logged is not None and result.durable is not None:
@@ -290,6 +311,28 @@ def finish_batch(
         # comparison): a watch round does not wait for one more fsync
         session.journal.done(started.logged, durable=False)
     return result
+
+
+def _on_thread(call: Callable[[], None]) -> Callable[[], None]:
+    """``call`` started on a thread; what is returned waits for it and raises what it
+    raised."""
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as e:  # raised by the caller's wait
+            error.append(e)
+
+    thread = threading.Thread(target=run, name="hsync-journal")
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if error:
+            raise error[0]
+
+    return wait
 
 
 def run_batch(

@@ -77,6 +77,9 @@ class PairSession:
         self.history: History | None = None
         self.journal: Journal | None = None
         self.notices: list[str] = []
+        self.written_ns: int | None = None
+        """When the last batch applied to the destination had ended its writes (this
+        host's clock; ``mark_equal``), None before any."""
         self._lock: int | None = None
         """Warnings about the pair's state, for the report and the log."""
         if plain_path(source_url) and plain_path(destination_url):
@@ -192,13 +195,14 @@ class PairSession:
         its writes to the destination durable by now: attributes of nodes unchanged
         since need not be read again. Each side gets its own mark: the source's is
         when its scan began (a change after it moved a ctime past it); the
-        destination's is now, and the run ends a clock tick later (a change after it
-        has a later ctime), so that the nodes this sync wrote are not read back
-        (the first re-sync after a copy would otherwise list and compare every
-        directory it wrote into). Each is set back by how far the endpoint's ctimes
+        destination's is after its last write, and the run ends a clock tick later (a
+        change after it has a later ctime), so that the nodes this sync wrote are not
+        read back (the first re-sync after a copy would otherwise list and compare
+        every directory it wrote into). Each is set back by how far the endpoint's ctimes
         may lag this host's clock (``CtimeClock``: over ssh, the far tree's lag plus the
         distance between the two hosts' clocks), and the run waits the destination's
-        lag after its mark; where either is 2 s or more (a filesystem stamping whole
+        lag after its mark (less the time since its last write to the destination:
+        ``written_ns``); where either is 2 s or more (a filesystem stamping whole
         seconds, a far clock that far off, an endpoint that cannot say) both sides
         keep one mark, their start less 2 s. The price:
         an attribute changed on the destination by someone else while this sync
@@ -224,11 +228,17 @@ class PairSession:
                 since = started_ns - CLOCK_MARGIN_NS
                 self.history.set_meta_since(since, since, self.keep.signature())
                 return
-            # the destination's mark: now, every write of this run done and durable;
-            # a tick later, a change from then on has a ctime past it (the run's own
-            # last writes, a directory's mtime set a moment ago, stay before it)
-            written = time.time_ns()
-            time.sleep(dst_lag / 1e9)
+            # the destination's mark: after every write of this run (durable by now),
+            # and the run ends a tick after it, so that a change from then on has a
+            # ctime past it (the run's own last writes, a directory's mtime set a
+            # moment ago, stay before it). Where the last write ended a tick ago or
+            # more (the history recorded and the flush waited for since), the mark is
+            # a tick before now and the run does not wait.
+            now = time.time_ns()
+            last = self.written_ns
+            written = now if last is None else min(now, max(last, now - dst_lag))
+            if written + dst_lag > now:
+                time.sleep((written + dst_lag - now) / 1e9)
             self.history.set_meta_since(started_ns - src_lag, written, self.keep.signature())
 
     # -- the rules of SPEC 8 ----------------------------------------------------------------

@@ -83,9 +83,9 @@ def test_disk_full_stops_with_one_line_removes_its_temp_and_converges_later(
         assert len(data) == 400_000 and len(set(data)) == 1, path
 
     db = sqlite3.connect(str(tmp_path / "state.journal.sqlite"))
-    # unfinished: written before it ran (not flushed: the full disk stopped the batch
-    # before any history was recorded, the only thing that needs the flush)
-    assert [r[0] for r in db.execute("SELECT state FROM batches")] == ["begun"]
+    # unfinished: written before it ran (its flush, begun beside the ops, may have
+    # ended or not: the full disk stopped the batch before any history was recorded)
+    assert [r[0] for r in db.execute("SELECT state FROM batches")] in (["begun"], ["running"])
     db.close()
 
     subprocess.run(["mount", "-o", "remount,size=40m", str(small_fs)], check=True)

@@ -498,10 +498,11 @@ def test_the_marks_are_kept_per_side_and_an_older_single_mark_is_both(tmp_path: 
 
 
 def test_a_local_filesystem_stamping_ns_lags_a_tick_others_two_seconds(tmp_path: Path) -> None:
-    from hsync.backends.fs.meta import COARSE_NS, TICK_NS, ctime_lag_ns
+    from hsync.backends.fs.meta import COARSE_NS, TICK_NS, ctime_lag_ns, tick_ns
 
     fine = os.lstat(tmp_path).st_ctime_ns % 10**9 != 0
-    assert ctime_lag_ns(str(tmp_path)) == (TICK_NS if fine else COARSE_NS)
+    assert ctime_lag_ns(str(tmp_path)) == (tick_ns() if fine else COARSE_NS)
+    assert 0 < tick_ns() <= TICK_NS
     assert ctime_lag_ns("/proc") == COARSE_NS  # not a filesystem of this host's disks
     assert ctime_lag_ns(str(tmp_path / "gone")) == COARSE_NS
 
@@ -529,3 +530,30 @@ def test_new_files_get_exactly_the_source_attributes_where_the_directory_hands_s
             # no inherited ACL left behind, the source's own attributes there
             assert _xattrs(dst / rel) == _xattrs(src / rel), (dst, rel)
         assert _diff(src, dst, tmp_path, ok=0).strip() == "in sync"
+
+
+def test_a_destination_attribute_changed_right_after_a_sync_that_changed_it_is_seen(
+    tmp_path: Path,
+) -> None:
+    """A sync that changed the destination marks it (``mark_equal``): what changes there
+    after the run returned has a ctime past the mark and is read by the next sync. The
+    mark is after the run's last write, and the run returns a tick of the coarse clock
+    after the mark (``tick_ns``; less the time the history's record and the flush took
+    since the last write): an attribute set on the destination at once, over and over,
+    is still seen."""
+    from hsync.oneshot import sync_once
+    from hsync.options import Options
+
+    src = build(tmp_path / "src", {f"d/f{i}": b"%d" % i for i in range(12)})
+    if not _xattrs_supported(src):
+        pytest.skip(f"{src}: no extended attributes on this filesystem")
+    dst = tmp_path / "dst"
+    options = Options(state=str(tmp_path / "history.sqlite"))
+    assert sync_once(str(src), str(dst), options).ok
+    for i in range(6):
+        (src / "d" / f"f{i}").unlink()  # a change: the run marks the destination
+        report = sync_once(str(src), str(dst), options)
+        assert report.ok and report.counts["delete"] == 1, report
+        os.setxattr(dst / "d" / "f11", "user.k", b"set at once")  # right after it
+        again = sync_once(str(src), str(dst), options)
+        assert again.ok and _xattrs(dst / "d" / "f11") == {}, (i, again.counts)

@@ -235,3 +235,38 @@ def test_a_no_op_sync_writes_nothing_to_the_history(tmp_path: Path) -> None:
     assert subprocess.run(sync, capture_output=True).returncode == 0
     assert (dst / "d" / "new").read_text() == "new\n"
     assert _since(state) != mark
+
+
+NOT_FOR_DELETES = {"typing", "concurrent.futures", "logging", "traceback"}
+"""A sync that deletes files and sets its directories' mtimes (on threads, or fsyncs a
+few directories on threads) imports no ``typing`` and no ``concurrent.futures`` (whose
+``logging`` cost a delete of 50 files in a 5,000-file tree as much as its unlinks):
+the applier's threads are ``backends.fs.workers``."""
+
+
+def test_a_sync_that_deletes_files_imports_neither_typing_nor_concurrent_futures(
+    tmp_path: Path,
+) -> None:
+    src, dst, state = tmp_path / "src", tmp_path / "dst", str(tmp_path / "state")
+    for d in range(40):
+        (src / f"d{d:02d}").mkdir(parents=True)
+        for f in range(3):
+            (src / f"d{d:02d}" / f"f{f}").write_text(f"{d}-{f}\n")
+    sync = ("sync", str(src), str(dst), "--state", state, "--no-progress")
+    assert run_with_modules(tmp_path, *sync, no_site=True)[0].returncode == 0  # first copy
+    # a file from each of 40 directories: the unlinks and the 40 mtimes on threads, one
+    # syncfs; then 2 from 2 directories: an fsync of each directory, on threads
+    for gone in ([f"d{d:02d}/f0" for d in range(40)], ["d00/f1", "d01/f1"]):
+        for name in gone:
+            (src / name).unlink()
+        proc, modules = run_with_modules(tmp_path, *sync, no_site=True)
+        assert proc.returncode == 0, proc.stderr
+        dirs = len({name.split("/")[0] for name in gone})
+        assert proc.stdout.startswith(f"0 created, {dirs} updated, 0 moved, {len(gone)} "
+                                      "deleted"), proc.stdout
+        assert "hsync.backends.fs.workers" in modules  # the probe saw the threads' module
+        assert not modules & NOT_FOR_DELETES, sorted(modules & NOT_FOR_DELETES)
+        assert sorted(p.relative_to(dst) for p in dst.rglob("*")) == sorted(
+            p.relative_to(src) for p in src.rglob("*"))
+        for d in src.iterdir():
+            assert (dst / d.name).stat().st_mtime_ns == d.stat().st_mtime_ns

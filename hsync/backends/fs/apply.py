@@ -24,7 +24,6 @@ import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from functools import partial
-from typing import TYPE_CHECKING
 
 from ...backend import ApplyOptions, ApplyResult, ContentSource
 from ...cancel import Cancel
@@ -61,9 +60,7 @@ from .posix import (
     tmp_name,
     unlink_quiet,
 )
-
-if TYPE_CHECKING:  # a sync that deletes no file starts no pool (start-up)
-    from concurrent.futures import Future, ThreadPoolExecutor
+from .workers import Job, Workers
 
 UNLINK_THREADS = 8
 """Files deleted at once: an ``unlink`` mostly waits on the disk (the inode, the
@@ -106,8 +103,8 @@ class Batch:
         self._root_fd: int | None = None
         self.groups: dict[object, list[Key]] = {}
         self.linked: list[Op] = []  # file ops done by a link, after the copies
-        self.unlinks: list[tuple[Op, Future[None]]] = []  # file deletes in flight
-        self._unlinker: ThreadPoolExecutor | None = None
+        self.unlinks: list[tuple[Op, Job]] = []  # file deletes in flight
+        self._unlinker: Workers | None = None
 
     # -- the batch ----------------------------------------------------------------------
     def run(self, ops: Sequence[Op]) -> ApplyResult:
@@ -124,7 +121,7 @@ class Batch:
                 finally:
                     self.unlinked()
                     if self._unlinker is not None:
-                        self._unlinker.shutdown()
+                        self._unlinker.close()
                         self._unlinker = None
                 self.barrier()
                 self.run_linked()
@@ -398,11 +395,9 @@ class Batch:
         self.barrier()
         self.root_fd()  # opened here, once, not by the pool's threads
         if self._unlinker is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._unlinker = ThreadPoolExecutor(UNLINK_THREADS, thread_name_prefix="hsync-rm")
+            self._unlinker = Workers(UNLINK_THREADS, "hsync-rm")
         self.dirs.touch(op.key)
-        self.unlinks.append((op, self._unlinker.submit(self.unlink, op)))
+        self.unlinks.append((op, self._unlinker.submit(partial(self.unlink, op))))
 
     def unlink(self, op: Op) -> None:
         with self.parent(op.key) as (dfd, name):
@@ -416,9 +411,9 @@ class Batch:
     def unlinked(self) -> None:
         """Wait for the file deletes in flight; each is done or a problem."""
         pending, self.unlinks = self.unlinks, []
-        for op, future in pending:
+        for op, job in pending:
             try:
-                future.result()
+                job.result()
             except PermissionError as e:
                 self.retry_writable(op, e, partial(self.unlink_now, op))
                 continue

@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from functools import partial
 
 from ...errors import NodeError, TargetChanged, problem_kind
 from ...model import DIR, Key, Node, Problem, Snapshot
 from .meta import chown, set_xattrs
 from .posix import open_beneath
+from .workers import Workers, ran
 
 THREADS = 8
 """Directory mtimes set at once (each ``utime`` may wait on the disk's journal)."""
@@ -103,23 +105,15 @@ class Touched:
                 mtimes.append((key, node.mtime_ns))
         if mtimes:
             rfd = root_fd()
-
-            def mtime(item: tuple[Key, int]) -> BaseException | None:
-                try:
-                    _set_mtime(rfd, *item)
-                except (OSError, NodeError) as e:
-                    return e
-                return None
-
             if len(mtimes) >= POOL_MIN:
-                from concurrent.futures import ThreadPoolExecutor  # only when used
-
-                with ThreadPoolExecutor(THREADS, thread_name_prefix="hsync-mtime") as pool:
-                    outcomes = list(pool.map(mtime, mtimes))
+                with Workers(THREADS, "hsync-mtime") as pool:
+                    jobs = pool.run_all(partial(_set_mtime, rfd, *item) for item in mtimes)
             else:
-                outcomes = [mtime(item) for item in mtimes]
-            for (key, _), e in zip(mtimes, outcomes, strict=True):
-                if e is not None:
+                jobs = [ran(partial(_set_mtime, rfd, *item)) for item in mtimes]
+            for (key, _), job in zip(mtimes, jobs, strict=True):
+                try:
+                    job.result()
+                except (OSError, NodeError) as e:
                     problems += _problem(key, e)
         for key, node in sorted(full, key=lambda kn: len(kn[0]), reverse=True):
             if node is None:

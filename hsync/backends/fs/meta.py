@@ -18,6 +18,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import sys
+import time
 
 from ..._values import evolve
 from ...backend import IdNames, Keep
@@ -266,7 +268,11 @@ def set_xattrs(
 
 TICK_NS = 20 * 10**6
 """A ctime stamped by this host's coarse clock is behind the real time by less than a
-clock tick (10 ms at 100 Hz): the lag of a local filesystem that stamps to the ns."""
+clock tick (10 ms at 100 Hz): the lag of a local filesystem that stamps to the ns is two
+ticks (``tick_ns``), at most this."""
+_COARSE_CLOCK = 5
+"""Linux's ``CLOCK_REALTIME_COARSE`` (``time`` has no name for it): the clock a local
+filesystem stamps its ctimes from; its resolution is the kernel's tick."""
 COARSE_NS = 2 * 10**9
 """The lag assumed of any other (whole seconds, a network filesystem's server)."""
 FINE_FILESYSTEMS = frozenset({
@@ -276,8 +282,21 @@ FINE_FILESYSTEMS = frozenset({
 with large inodes: a tree whose root's ctime is whole seconds is taken as coarse)."""
 
 
+def tick_ns() -> int:
+    """Two ticks of the clock this host's filesystems stamp ctimes from (4 ms at 250 Hz:
+    8 ms), at most ``TICK_NS`` (also where the tick cannot be read). A sync that changed
+    the destination ends this long after its last write (``PairSession.mark_equal``)."""
+    if not sys.platform.startswith("linux"):
+        return TICK_NS
+    try:
+        tick = round(time.clock_getres(_COARSE_CLOCK) * 1e9)
+    except OSError:
+        return TICK_NS
+    return min(TICK_NS, 2 * tick) if tick > 0 else TICK_NS
+
+
 def ctime_lag_ns(root: str) -> int:
-    """``backend.CtimeClock.ctime_lag_ns`` of the tree at ``root``: ``TICK_NS`` on a
+    """``backend.CtimeClock.ctime_lag_ns`` of the tree at ``root``: ``tick_ns()`` on a
     filesystem of ``FINE_FILESYSTEMS`` (by ``/proc/self/mountinfo``) whose root's ctime
     has a fraction of a second, else ``COARSE_NS``."""
     try:
@@ -296,7 +315,7 @@ def ctime_lag_ns(root: str) -> int:
                     kind = parts[parts.index("-", 6) + 1]  # the last mount of it wins
     except (OSError, IndexError):
         return COARSE_NS
-    return TICK_NS if kind in FINE_FILESYSTEMS else COARSE_NS
+    return tick_ns() if kind in FINE_FILESYSTEMS else COARSE_NS
 
 
 def inherits_none(dfd: int) -> bool:
