@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Mapping
 
 from ._values import define, field
+from .backend import stat_many
 from .cancel import NEVER, Cancel
 from .differ import Side, diff, relinks
 from .model import (
@@ -212,9 +213,9 @@ def read_unread(session: PairSession, src: Snapshot, dst: Snapshot) -> None:
         return
     if not isinstance(src.nodes, Rows) or not isinstance(dst.nodes, Rows):
         return
-    for snap, other, backend in (
-        (src, dst.nodes.rows, session.source.backend),
-        (dst, src.nodes.rows, session.destination.backend),
+    for snap, other, endpoint in (
+        (src, dst.nodes.rows, session.source),
+        (dst, src.nodes.rows, session.destination),
     ):
         assert isinstance(snap.nodes, Rows)
         rows = snap.nodes.rows
@@ -227,10 +228,9 @@ def read_unread(session: PairSession, src: Snapshot, dst: Snapshot) -> None:
                 todo = [k for k in todo if k not in only or k in sources]
             todo = _as_synced(session, rows, other, todo)
             snap.nodes._cache.clear()
-        for k in todo:
-            try:
-                node = backend.stat(k)
-            except OSError:
+        # together: over a link one round trip for all of them (``Linked.stat_many``)
+        for k, node in stat_many(endpoint, todo).items():
+            if isinstance(node, OSError):
                 continue
             r = rows[k]
             if node is not None and node.kind == r[0]:
