@@ -38,8 +38,10 @@ batches in flight, and ``--batch-ops`` sets the ops per batch of every hsync.
 
 Bytes on the wire: hsync's ``--json`` report (``bytes_on_wire``, counted by hsync on
 its link, after compression); rsync's ``--stats`` (total bytes sent + received).
-Prints a markdown table: per scenario and tool, the median time, the median ratio to
-``rsync -a`` and the median bytes on the wire.
+Round trips (hsync only): its ``--json`` report's ``round_trips``, the requests each
+run waited on one after the other (the same on any link; each costs a link's round
+trip, ``--latency``). Prints a markdown table: per scenario and tool, the median time,
+the median ratio to ``rsync -a``, the median bytes on the wire and round trips.
 
 Run it with a regular install (not an editable one: with PYTHONDONTWRITEBYTECODE each
 run would recompile hsync): ``python3 -m venv /tmp/venv-b && /tmp/venv-b/bin/pip
@@ -121,8 +123,9 @@ class Tool:
         for _ in range(2 if self.name.startswith("hsync") else 1):
             self.run(src)
 
-    def run(self, src: Path) -> tuple[float, int]:
-        """One sync of ``src``; its wall time and bytes on the wire."""
+    def run(self, src: Path) -> tuple[float, int, int | None]:
+        """One sync of ``src``; its wall time, bytes on the wire and (hsync) the round
+        trips it waited on."""
         if self.name.startswith("hsync"):
             argv = [*self.argv, "--json", "--state", str(self.state), f"{src}",
                     f"{HOST}:{self.dst}"]
@@ -134,12 +137,13 @@ class Tool:
         if p.returncode != 0:
             raise SystemExit(f"{self.name} failed ({p.returncode}): {p.stderr.strip()}")
         if self.name.startswith("hsync"):
-            wire = json.loads(p.stdout)["bytes_on_wire"]
-            return elapsed, wire["sent"] + wire["received"]
+            report = json.loads(p.stdout)
+            wire = report["bytes_on_wire"]
+            return elapsed, wire["sent"] + wire["received"], report.get("round_trips")
         sent = re.search(r"Total bytes sent: ([\d,]+)", p.stdout)
         got = re.search(r"Total bytes received: ([\d,]+)", p.stdout)
         n = sum(int(m.group(1).replace(",", "")) for m in (sent, got) if m)
-        return elapsed, n
+        return elapsed, n, None
 
 
 def main() -> None:
@@ -226,11 +230,16 @@ def main() -> None:
     times: dict[tuple[str, str], list[float]] = {}
     wire: dict[tuple[str, str], list[int]] = {}
     ratios: dict[tuple[str, str], list[float]] = {}
+    trips: dict[tuple[str, str], list[int]] = {}
 
-    def record(scenario: str, tool: Tool, result: tuple[float, int]) -> None:
+    def record(scenario: str, tool: Tool, result: tuple[float, int, int | None]) -> None:
         times.setdefault((scenario, tool.name), []).append(result[0])
         wire.setdefault((scenario, tool.name), []).append(result[1])
-        print(f"  {scenario} {tool.name:8} {result[0]:8.2f} s  {result[1]:>12,} B",
+        said = ""
+        if result[2] is not None:
+            trips.setdefault((scenario, tool.name), []).append(result[2])
+            said = f"  {result[2]:>3} round trips"
+        print(f"  {scenario} {tool.name:8} {result[0]:8.2f} s  {result[1]:>12,} B{said}",
               file=sys.stderr)
 
     def renamed(name: str) -> tuple[str, str]:
@@ -303,17 +312,19 @@ def main() -> None:
              "f": f"{args.change:,} files rewritten"}
     print(f"\n{args.rounds} rounds, medians; ratio: the median of the per-round ratios "
           "to rsync -a\n")
-    print("| scenario | tool | time (s) | ratio to rsync -a | bytes on the wire |")
-    print("| --- | --- | ---: | ---: | ---: |")
+    print("| scenario | tool | time (s) | ratio to rsync -a | bytes on the wire "
+          "| round trips |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
     floor = times[("0", "ssh true")]
     print(f"| `ssh {HOST} true` (the floor of both tools) | ssh | "
-          f"{statistics.median(floor):.2f} | | |")
+          f"{statistics.median(floor):.2f} | | | |")
     for s in scenarios:
         for t in tools:
             key = (s, t.name)
+            rt = f"{statistics.median(trips[key]):g}" if key in trips else ""
             print(f"| {names[s]} | {t.name} | {statistics.median(times[key]):.2f} | "
                   f"{statistics.median(ratios[key]):.2f} | "
-                  f"{int(statistics.median(wire[key])):,} |")
+                  f"{int(statistics.median(wire[key])):,} | {rt} |")
 
 
 

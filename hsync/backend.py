@@ -641,6 +641,11 @@ class Linked(Protocol):
         other (requests sent together, before the answers they depend on, are one)."""
         ...
 
+    def stat_many(self, keys: Sequence[Key]) -> dict[Key, Node | OSError | None]:
+        """``stat`` of each of ``keys``, asked together (one round trip for all, not one
+        each): the node, None where absent, or the ``OSError`` its ``stat`` raised."""
+        ...
+
 
 @runtime_checkable
 class ResumableWatchable(Protocol):
@@ -857,6 +862,22 @@ def open_backend(
     return backend_class(location)(
         location, role=role, credentials=credentials, exclude_attrs=tuple(exclude_attrs)
     )
+
+
+def stat_many(endpoint: Endpoint, keys: Sequence[Key]) -> dict[Key, Node | OSError | None]:
+    """``stat`` of each of ``keys`` on ``endpoint`` (``Linked.stat_many``: together, in
+    one round trip, over a link; else one after the other): the node, None where
+    absent, or the ``OSError`` its ``stat`` raised."""
+    linked = endpoint.features.linked
+    if linked is not None and len(keys) > 1:
+        return linked.stat_many(keys)
+    out: dict[Key, Node | OSError | None] = {}
+    for k in keys:
+        try:
+            out[k] = endpoint.backend.stat(k)
+        except OSError as e:
+            out[k] = e
+    return out
 
 
 def open_endpoint(

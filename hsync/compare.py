@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from ._values import define, field
+from .backend import stat_many
 from .cancel import NEVER, Cancel
 from .differ import Side, diff, relinks
 from .model import (
@@ -212,9 +213,9 @@ def read_unread(session: PairSession, src: Snapshot, dst: Snapshot) -> None:
         return
     if not isinstance(src.nodes, Rows) or not isinstance(dst.nodes, Rows):
         return
-    for snap, other, backend in (
-        (src, dst.nodes.rows, session.source.backend),
-        (dst, src.nodes.rows, session.destination.backend),
+    for snap, other, endpoint in (
+        (src, dst.nodes.rows, session.source),
+        (dst, src.nodes.rows, session.destination),
     ):
         assert isinstance(snap.nodes, Rows)
         rows = snap.nodes.rows
@@ -222,15 +223,15 @@ def read_unread(session: PairSession, src: Snapshot, dst: Snapshot) -> None:
                 and ((o := other.get(k)) is None or not same_row(r, o))]
         if snap is dst and todo:
             only = {k for k in todo if k not in other}
-            sources = _move_sources(session, other, rows) if only else None
+            origins = _origins(session, other, only) if only else {}
+            sources = _move_sources(session, other, rows, origins) if only else None
             if sources is not None:
                 todo = [k for k in todo if k not in only or k in sources]
-            todo = _as_synced(session, rows, other, todo)
+            todo = _as_synced(session, rows, other, todo, origins)
             snap.nodes._cache.clear()
-        for k in todo:
-            try:
-                node = backend.stat(k)
-            except OSError:
+        # together: over a link one round trip for all of them (``Linked.stat_many``)
+        for k, node in stat_many(endpoint, todo).items():
+            if isinstance(node, OSError):
                 continue
             r = rows[k]
             if node is not None and node.kind == r[0]:
@@ -240,7 +241,7 @@ def read_unread(session: PairSession, src: Snapshot, dst: Snapshot) -> None:
 
 def _as_synced(
     session: PairSession, rows: dict[Key, Row] | Table, src: Mapping[Key, Row],
-    todo: list[Key],
+    todo: list[Key], origins: Mapping[Key, Key] | None = None,
 ) -> list[Key]:
     """Of ``todo`` (destination nodes whose attributes were not read, ``rows``), those
     still to be read in full: the others take their attributes from the source's node
@@ -249,11 +250,16 @@ def _as_synced(
     whose attributes were not read is unchanged since the last sync (a write of them
     moves its ctime), so it holds what that sync left: the source's data then, the same
     as now. A directory that lost files then costs no ``lstat`` either (its row differs
-    by its mtime only)."""
+    by its mtime only). ``origins``: destination-only keys whose node a source node
+    moved away from (``_origins``: destination key -> where the source node is now),
+    compared with that node: a renamed directory's old place then costs no ``stat``
+    either (over a link, a round trip)."""
     history = session.history_trusted
     if history is None:
         return todo
-    asked = [k for k in todo if (o := src.get(k)) is not None and o[0] == rows[k][0]
+    at = origins or {}
+    asked = [k for k in todo
+             if (o := src.get(at.get(k, k))) is not None and o[0] == rows[k][0]
              and len(o) > 6 and type(o[6]) is tuple and len(o[6]) == 3
              and not has_unread(o[6])]
     if not asked:
@@ -261,7 +267,7 @@ def _as_synced(
     fps = history.fingerprints(asked)
     left = set(todo)
     for k in asked:
-        o, r = src[k], rows[k]
+        o, r = src[at.get(k, k)], rows[k]
         fp = fps.get(k)
         if fp is None or fp == "?" or fp != data_digest(o[0], o[6]):
             continue
@@ -273,8 +279,24 @@ def _as_synced(
     return [k for k in todo if k in left]
 
 
+def _origins(session: PairSession, src: Mapping[Key, Row], only: set[Key]) -> dict[Key, Key]:
+    """Of the destination-only keys ``only``, those the history says a source node whose
+    attributes were read was synced at (it moved since: a rename sets its ctime), each
+    with the key that node is at now."""
+    history = session.history_trusted
+    if history is None:
+        return {}
+    here: dict[int | str | None, Key] = {r[5]: k for k, r in src.items()
+            if len(r) > 6 and r[5] is not None and not has_unread(r[6])}
+    if not here:
+        return {}
+    return {was: here[ident] for ident, was in history.moved_from(here).items()
+            if was in only}
+
+
 def _move_sources(
-    session: PairSession, src: Mapping[Key, Row], dst: Mapping[Key, Row]
+    session: PairSession, src: Mapping[Key, Row], dst: Mapping[Key, Row],
+    origins: Mapping[Key, Key],
 ) -> set[Key] | None:
     """The destination-only keys diff may move elsewhere (None: any of them). A node
     only on the destination is deleted unless it is a move's origin, and a delete needs
@@ -286,12 +308,7 @@ def _move_sources(
     history has it). A spread delete then costs no ``lstat`` per node deleted."""
     if any(k not in dst for k in src):
         return None  # a new node may be matched to a gone one by size and mtime
-    history = session.history_trusted
-    if history is None:
-        return set()  # nothing is matched by identity
-    here: dict[int | str | None, Key] = {r[5]: k for k, r in src.items()
-            if len(r) > 6 and r[5] is not None and not has_unread(r[6])}
-    return set(history.moved_from(here).values()) if here else set()
+    return set(origins)  # by identity (``_origins``: of the destination-only keys)
 
 
 def plan_between(

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 from ._values import frozen
+from .backend import stat_many
 from .cancel import NEVER, Cancel
 from .errors import SafetyError
 from .filters import Exclude
@@ -110,21 +111,24 @@ def scan_region(
     context: set[Key] = {(), *region.shallow}  # the root, always: is the tree there?
     for k in (*region.deep, *region.shallow):
         context.update(k[:i] for i in range(len(k)))
-    for k in sorted(context, key=len):
-        if k and (k[:-1] not in nodes or nodes[k[:-1]].kind not in CONTAINERS):
-            continue  # under an absent node or a leaf: absent too
-        try:
-            node = backend.stat(k)
-        except OSError as e:
-            snap.incomplete[k] = e.strerror or str(e)
-            continue
-        if node is None:
-            continue
-        if k and exclude is not None and exclude(k, node.kind == DIR):
-            snap.holds_excluded.add(k[:-1])
-            continue
-        nodes[k] = node
-        snap.partial.add(k)
+    by_depth: dict[int, list[Key]] = {}
+    for k in context:
+        by_depth.setdefault(len(k), []).append(k)
+    for depth in sorted(by_depth):
+        # a level at a time, together (over a link: one round trip per level)
+        level = [k for k in sorted(by_depth[depth])
+                 if not k or (k[:-1] in nodes and nodes[k[:-1]].kind in CONTAINERS)]
+        for k, node in stat_many(endpoint, level).items():
+            if isinstance(node, OSError):
+                snap.incomplete[k] = node.strerror or str(node)
+                continue
+            if node is None:
+                continue
+            if k and exclude is not None and exclude(k, node.kind == DIR):
+                snap.holds_excluded.add(k[:-1])
+                continue
+            nodes[k] = node
+            snap.partial.add(k)
     for k in sorted(region.deep, key=len):
         parent = nodes.get(k[:-1])
         if (

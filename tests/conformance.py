@@ -229,7 +229,7 @@ class BackendConformance:
                              "streaming": ["stream"], "digest_scanning": ["digest_scan"],
                              "bulk_hashing": ["hash_many", "look"], "watchable": ["watch"],
                              "resumable": ["watch_from"], "prefetching": ["prefetch"],
-                             "linked": ["wire", "round_trips"],
+                             "linked": ["wire", "round_trips", "stat_many"],
                              "metadata": ["id_names", "metadata"],
                              "windowed": ["window", "batch_limits", "submit_batch"]}[name]:
                     assert callable(getattr(b, attr)), (name, attr)
@@ -313,6 +313,10 @@ class BackendConformance:
             assert b.stat(adapter.key("nope")) is None
             assert b.stat(adapter.key("nope/deeper")) is None
             assert b.stat(adapter.key("c/under")) is None  # below a leaf
+            if isinstance(b, Linked):  # asked together (one round trip), answered alike
+                keys = [leaf, box, adapter.key("a/sub/z"), adapter.key("nope"),
+                        adapter.key("nope/deeper"), adapter.key("c/under")]
+                assert b.stat_many(keys) == {k: b.stat(k) for k in keys}
 
     def test_backend_scan_whole(self, adapter: Adapter) -> None:
         adapter.build("source", BASE)

@@ -504,7 +504,9 @@ def test_a_local_filesystem_stamping_ns_lags_a_tick_others_two_seconds(tmp_path:
     assert ctime_lag_ns(str(tmp_path)) == (tick_ns() if fine else COARSE_NS)
     assert 0 < tick_ns() <= TICK_NS
     assert ctime_lag_ns("/proc") == COARSE_NS  # not a filesystem of this host's disks
-    assert ctime_lag_ns(str(tmp_path / "gone")) == COARSE_NS
+    # a root not there yet (an initial copy's): the filesystem it will be created on
+    assert ctime_lag_ns(str(tmp_path / "gone" / "deeper")) == ctime_lag_ns(str(tmp_path))
+    assert ctime_lag_ns("/proc/hsync-not-there") == COARSE_NS
 
 
 @root_only

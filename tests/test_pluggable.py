@@ -204,6 +204,9 @@ def test_a_capability_is_recognised_by_its_members_without_typing() -> None:
         def round_trips(self) -> int:
             return 1
 
+        def stat_many(self, keys: object) -> dict[object, object]:
+            return {}
+
     assert isinstance(Counted(), Linked) and isinstance(Other(), Linked)
     assert not isinstance(Other(), Counted)  # an ordinary class: by its subclasses only
     assert not isinstance(Half(), Backend)

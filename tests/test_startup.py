@@ -7,11 +7,12 @@ start-up takes is measured in ``bench/bench_fs.py``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from treeutil import hsync_bin, run_with_modules
+from treeutil import _MODULES_PROBE, hsync_bin, run_with_modules
 
 # Never needed by --version: the parser, the value types, the whole pipeline.
 NOT_FOR_VERSION = {
@@ -270,3 +271,53 @@ def test_a_sync_that_deletes_files_imports_neither_typing_nor_concurrent_futures
             p.relative_to(src) for p in src.rglob("*"))
         for d in src.iterdir():
             assert (dst / d.name).stat().st_mtime_ns == d.stat().st_mtime_ns
+
+
+NOT_FOR_THE_AGENT = {
+    "typing", "re", "enum", "signal", "platform", "zstandard", "typer", "click", "attr",
+    "attrs", "sqlite3", "hsync.cli", "hsync.remote.backend", "hsync.remote.transport",
+}  # fmt: skip
+"""What ``hsync agent`` (the far side of every remote run, started by each: its
+start-up is on each run's critical path) does not import to open a tree and answer
+what a no-op asks first: not ``typing`` (nor the ``re`` and ``enum`` it brings), not
+``signal``'s Python module, and not zstandard's package, whose ``__init__`` imports
+``platform`` and ``typing`` to choose the C extension that is loaded by itself
+(``protocol._zstd``); sqlite (the journal) only once a batch arrives."""
+
+
+def test_the_agent_answers_the_open_without_typing_or_zstandards_package(
+    tmp_path: Path,
+) -> None:
+    import sysconfig
+
+    import hsync
+    from hsync.remote.protocol import MAGIC, PROTOCOL, Framer, hsync_version
+
+    tree = tmp_path / "tree"
+    (tree / "d").mkdir(parents=True)
+    (tree / "d" / "f").write_bytes(b"x" * 1000)
+    out = tmp_path / "modules.txt"
+    where = [str(Path(hsync.__file__).parent.parent), sysconfig.get_paths()["purelib"],
+             sysconfig.get_paths()["platlib"]]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(where)}
+    proc = subprocess.Popen(  # as ssh starts it, without site's .pth hooks (``-S``)
+        [sys.executable, "-S", "-c", _MODULES_PROBE, str(out), hsync_bin(), "agent"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    frames = Framer(proc.stdout, proc.stdin, compress=True)
+    frames.send([0, "hello", [MAGIC, PROTOCOL, hsync_version(), True]])
+    frames.send([1, "open", [str(tree), "destination", []]])
+    frames.send([2, "root_id", []])
+    frames.send([3, "digest_scan", [None, False]])
+    answers = {}
+    while len(answers) < 4:
+        rid, tag, value = frames.recv()
+        answers[rid] = (tag, value)
+    proc.stdin.close()
+    assert proc.wait(timeout=60) == 0
+    assert answers[0][1]["protocol"] == PROTOCOL
+    assert answers[2][0] == "ok" and answers[2][1] is not None  # the tree is there
+    modules = set(out.read_text().split("\n"))
+    assert "hsync.remote.agent" in modules and "hsync.backends.fs" in modules
+    assert not modules & NOT_FOR_THE_AGENT, sorted(modules & NOT_FOR_THE_AGENT)

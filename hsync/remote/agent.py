@@ -31,7 +31,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from .._values import astuple, evolve
 from ..backend import (
@@ -59,7 +58,10 @@ from .protocol import (
     pack,
 )
 
+TYPE_CHECKING = False  # not typing's: the agent's start-up is every remote run's
 if TYPE_CHECKING:
+    from typing import Any, BinaryIO
+
     from .. import delta as deltas
 else:  # imported by the requests that use it: a no-op run never loads librsync
     deltas = None
@@ -216,7 +218,7 @@ class Incoming:
             raise SourceChanged("its delta did not apply (no trailer); sent whole next")
         made = _load_deltas().Patched(spool.file(0, last=last),
                                       lambda: self._basis.read(key), trailer, mtime)
-        return cast(BinaryIO, made)
+        return made
 
 
 class _Sink:

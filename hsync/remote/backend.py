@@ -128,12 +128,22 @@ class _Asking:
         self._settle()  # answered before it: no wait of its own
         return ask()
 
+    _begun_once = False
+    """A scan, batch or watch began: the open's answers no longer stand."""
+
     def _begin(self) -> None:
         """A scan, a batch or a watch begins: from now on the far tree's root is asked
         about again (a watch's root may go), not taken from the open's answers."""
         self._facts.clear()
         self._early.clear()
+        self._begun_once = True
         self._ask_clock()
+
+    def _absent_at_open(self) -> bool:
+        """True while the open's answers stand and said the far root was absent then:
+        nothing has been done to the far tree since (an initial copy's destination)."""
+        return (not self._begun_once and ("root_id" in self._facts or "root_id" in self._early)
+                and self._asked("root_id") is None)
 
     def _ask_clock(self) -> None:
         """Where the far tree says how its ctimes lag (``_CtimeClock``): its clock read
@@ -399,6 +409,14 @@ class _RemoteScan:
         self._closed = False
         self._root: Any = _UNSEEN
         """The root's row as the summary gave it (``rows`` of the root alone is that)."""
+        self._got: dict[Key, Row] = {}
+        """The rows the far scan sent so far: a scan's rows do not change, so what was
+        asked once is not asked again (a comparison asks its regions' rows in rounds,
+        ``digests.compare_by_digests``, the last one mostly what the earlier got)."""
+        self._keys: set[Key] = set()
+        """Keys whose rows were asked (``_got`` holds those that are there)."""
+        self._trees: set[Key] = set()
+        """Subtrees whose rows were asked, all of them."""
 
     def _begun(self) -> None:
         """The scan's start answered (long ago by now: the far scan runs beside this
@@ -412,6 +430,9 @@ class _RemoteScan:
         self._begun()
         s: DigestSummary = asked()
         self._root = s.root
+        self._keys.add(())
+        if s.root is not None:
+            self._got[()] = s.root
         return evolve(s, digests=dict(s.digests), incomplete=dict(s.incomplete),
                             skipped=list(s.skipped), held=set(s.held))
 
@@ -421,12 +442,23 @@ class _RemoteScan:
                                                       list(dirs))}
 
     def rows(self, keys: Iterable[Key] = (), subtrees: Iterable[Key] = ()) -> dict[Key, Row]:
+        """Only what was not asked before is asked (the root's row came with the
+        summary): a comparison's last round of rows costs no round trip."""
         keys, subtrees = list(keys), list(subtrees)
-        if not subtrees and self._root is not _UNSEEN and all(k == () for k in keys):
-            # the root's row alone (a no-op's comparison): the summary carried it
-            return {(): self._root} if keys and self._root is not None else {}
-        self._begun()
-        return dict(self.link.call("ds_rows", self.handle, keys, subtrees))
+        trees = self._trees
+        new_keys = [k for k in keys if k not in self._keys and not _under(k, trees)]
+        new_trees = [t for t in subtrees if not _under(t, trees)]
+        if new_keys or new_trees:
+            self._begun()
+            self._got.update(self.link.call("ds_rows", self.handle, new_keys, new_trees))
+            self._keys.update(new_keys)
+            trees.update(new_trees)
+        got = self._got
+        out = {k: got[k] for k in keys if k in got}
+        if subtrees:
+            wanted = set(subtrees)
+            out.update((k, r) for k, r in got.items() if _under(k, wanted))
+        return out
 
     def snapshot(self) -> Snapshot:
         self._begun()
@@ -445,6 +477,11 @@ class _RemoteScan:
 
 
 _UNSEEN = object()
+
+
+def _under(key: Key, trees: set[Key]) -> bool:
+    """Whether ``key`` is one of ``trees`` or below one."""
+    return bool(trees) and any(key[:i] in trees for i in range(len(key) + 1))
 
 
 class _RemoteWatch:
@@ -584,9 +621,19 @@ class RemoteBackend(_Asking):
         return out
 
     def is_empty(self) -> bool:
+        """Answered from the open's answers where the root was absent then (the
+        contract's empty tree), else asked once until the first scan or batch begins
+        (a session asks it twice before an initial copy: may it delete, may it stream)."""
+        if self._absent_at_open():
+            return True
+        if "is_empty" in self._facts:
+            return bool(self._facts["is_empty"])
         answer = self.link.ask("is_empty")
         self._settle()
-        return bool(answer())
+        out = bool(answer())
+        if not self._begun_once:
+            self._facts["is_empty"] = out
+        return out
 
     def scan(self, subtree: Key = (), *, exclude: Exclude | None = None,
              cancel: Cancel = NEVER) -> Snapshot:
@@ -597,7 +644,21 @@ class RemoteBackend(_Asking):
         return decode_snapshot(answer())
 
     def stat(self, key: Key) -> Node | None:
+        if key == () and self._absent_at_open():
+            return None  # the root absent at the open, nothing done since
         out: Node | None = self.link.call("stat", key)
+        return out
+
+    def stat_many(self, keys: Sequence[Key]) -> dict[Key, Node | OSError | None]:
+        """``Linked.stat_many``: the requests sent back to back, then their answers
+        taken: one round trip for all of them (the agent answers in order)."""
+        asked = [(k, self.link.ask("stat", k)) for k in keys]
+        out: dict[Key, Node | OSError | None] = {}
+        for k, answer in asked:
+            try:
+                out[k] = answer()
+            except OSError as e:
+                out[k] = e
         return out
 
     def read(self, key: Key) -> BinaryIO:

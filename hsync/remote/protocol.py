@@ -19,13 +19,17 @@ bytes on the wire.
 
 from __future__ import annotations
 
-import signal
 import struct
 import threading
-from typing import IO, Any, BinaryIO
 
 import msgpack
-import zstandard
+
+TYPE_CHECKING = False  # not typing's: the agent's start-up is every remote run's
+if TYPE_CHECKING:
+    import signal as _signal
+    from typing import IO, Any, BinaryIO
+else:  # signal's C half, the same functions: the Python module builds enums at import
+    import _signal
 
 PROTOCOL = 4
 """Bumped when the messages change incompatibly; the handshake refuses a mismatch.
@@ -39,7 +43,7 @@ not, or an agent that does not say it, work as before (no message changed)."""
 MAGIC = "hsync-agent"
 
 _HEADER = struct.Struct(">IB")
-_STOPS = {signal.SIGINT, signal.SIGTERM}
+_STOPS = {_signal.SIGINT, _signal.SIGTERM}
 COMPRESSED = 1
 MIN_COMPRESS = 256
 """Frames shorter than this are sent as they are (a header costs more than it saves)."""
@@ -53,6 +57,49 @@ _EXT_FROZENSET = 1
 _EXT_SET = 2
 _EXT_VALUE = 3
 _EXT_BIGINT = 4
+
+
+_ZSTD: list[Any] = []
+
+
+def _zstd() -> Any:
+    """zstandard's compressor and decompressor classes: its C extension module loaded by
+    itself where it is there, else the package. The package's ``__init__`` imports
+    ``platform`` and ``typing`` (with ``re`` and ``enum``) only to choose that same
+    extension on CPython: 35-45 ms of each end's start-up on this machine's CPU,
+    against 3-4 ms for the extension alone (bench/README.md, "The agent's start-up")."""
+    if _ZSTD:
+        return _ZSTD[0]
+    import os
+    import sys
+
+    module: Any = None
+    if os.environ.get("PYTHON_ZSTANDARD_IMPORT_POLICY", "default").strip() == "default":
+        try:
+            import importlib.machinery as machinery
+
+            name = "zstandard.backend_c"
+            spec = machinery.PathFinder.find_spec("zstandard")
+            where = spec.submodule_search_locations if spec is not None else None
+            top: str = next(iter(where), "") if where else ""
+            module = sys.modules.get(name)
+            for suffix in machinery.EXTENSION_SUFFIXES if top and module is None else ():
+                path = os.path.join(top, "backend_c" + suffix)
+                if os.path.exists(path):
+                    loader = machinery.ExtensionFileLoader(name, path)
+                    found = machinery.ModuleSpec(name, loader, origin=path)
+                    module = loader.create_module(found)
+                    loader.exec_module(module)
+                    sys.modules[name] = module  # the package's own import takes it
+                    break
+            if module is not None:
+                module.ZstdCompressor, module.ZstdDecompressor  # noqa: B018
+        except Exception:  # another layout: the package chooses
+            module = None
+    if module is None:
+        import zstandard as module
+    _ZSTD.append(module)
+    return module
 
 
 def hsync_version() -> str:
@@ -148,8 +195,9 @@ class Framer:
         self.wfile = wfile
         self.compress = compress
         self._wlock = threading.Lock()
-        self._zc = zstandard.ZstdCompressor(level=3)
-        self._zd = zstandard.ZstdDecompressor()
+        zstd = _zstd()
+        self._zc = zstd.ZstdCompressor(level=3)
+        self._zd = zstd.ZstdDecompressor()
         self.sent = 0
         self.received = 0
 
@@ -168,7 +216,7 @@ class Framer:
             # through a frame would leave the other side reading a torn stream), and a
             # write a signal cut short is resumed where it stopped
             main = threading.current_thread() is threading.main_thread()
-            mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS) if main else None
+            mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, _STOPS) if main else None
             try:
                 self._write(_HEADER.pack(len(payload), flags))
                 self._write(payload)
@@ -177,7 +225,7 @@ class Framer:
                 raise LinkClosed(str(e)) from None
             finally:
                 if mask is not None:
-                    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+                    _signal.pthread_sigmask(_signal.SIG_SETMASK, mask)
             self.sent += _HEADER.size + len(payload)
 
     def _write(self, data: bytes) -> None:

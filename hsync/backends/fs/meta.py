@@ -298,11 +298,21 @@ def tick_ns() -> int:
 def ctime_lag_ns(root: str) -> int:
     """``backend.CtimeClock.ctime_lag_ns`` of the tree at ``root``: ``tick_ns()`` on a
     filesystem of ``FINE_FILESYSTEMS`` (by ``/proc/self/mountinfo``) whose root's ctime
-    has a fraction of a second, else ``COARSE_NS``."""
-    try:
-        st = os.lstat(root)
-    except OSError:
-        return COARSE_NS
+    has a fraction of a second, else ``COARSE_NS``. A root not there yet (an initial
+    copy's, created by its first batch) is judged by the directory it will be created
+    in: the same filesystem (a name that does not exist is no mount point)."""
+    where = root
+    while True:
+        try:
+            st = os.lstat(where)
+            break
+        except FileNotFoundError:
+            up = os.path.dirname(where)
+            if up == where:
+                return COARSE_NS
+            where = up
+        except OSError:
+            return COARSE_NS
     if st.st_ctime_ns % 10**9 == 0:
         return COARSE_NS
     want = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
