@@ -40,7 +40,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -59,6 +59,9 @@ from .region import Region, quick_pass
 from .resume import ResumeKeeper
 from .session import PairSession
 from .status import PairStatus, StatusFile
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 log = logging.getLogger("hsync.watch")
 
@@ -161,6 +164,7 @@ class PairWatch:
         on_round: Callable[[RoundResult], None] | None = None,
         on_compared: Callable[[Region], None] | None = None,
         credentials: tuple[Credentials | None, Credentials | None] = (None, None),
+        early: Executor | None = None,
     ) -> None:
         self.source_url = source_url
         self.destination_url = destination_url
@@ -196,6 +200,9 @@ class PairWatch:
         self.resume = ResumeKeeper(options)
         self.watcher: Watch | None = None
         """The source's watch while one runs (tests inject faults at its boundary)."""
+        self._early = early
+        """Copy workers forked before any thread ran (``copy.forked_early``), for the
+        first pass into an empty destination; shut down after the first round."""
 
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -237,8 +244,15 @@ class PairWatch:
                     if not self.stopping:
                         self._wait_for_root(session)
         finally:
+            self._release_early()
             self.status.state = "stopped"
             self.status_file.write()
+
+    def _release_early(self) -> None:
+        """The early copy workers are for the first round only: they end after it."""
+        if self._early is not None:
+            self._early.shutdown(wait=True, cancel_futures=True)
+            self._early = None
 
     def _start_watch(self, session: PairSession) -> Watch | None:
         """The source's watch, started (resumed from the history's token where it can
@@ -318,6 +332,7 @@ class PairWatch:
                     return
                 if region:
                     synced = self._round(session, region, first, quick)
+                    self._release_early()
                     if self._dst_root is None:  # created by this first round
                         self._dst_root = session.destination.backend.root_id()
                     synced = synced and not self.stopping and not (
@@ -567,7 +582,7 @@ class PairWatch:
                               copied[0], _mib(copied[1]), now - t0)
 
         done = populate(session, batching=self.batching, cancel=self._stopped,
-                        on_batch=counted, on_done=applied)
+                        on_batch=counted, on_done=applied, early=self._early)
         seconds = time.monotonic() - t0
         total = sum(done.planned.values())
         st.full_comparisons += 1

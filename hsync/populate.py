@@ -38,7 +38,7 @@ from .apply import (
     start_batch,
     window,
 )
-from .backend import ApplyResult, Streaming
+from .backend import ApplyResult, KeepsWorkers, Streaming
 from .cancel import NEVER, Cancel
 from .errors import SafetyError
 from .filters import Exclude
@@ -59,6 +59,8 @@ from .model import (
 from .session import PairSession
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from .backend import Endpoint
 
 CHUNK = 256
@@ -116,6 +118,7 @@ def populate(
     on_batch: Callable[[ApplyResult], None] | None = None,
     on_done: Callable[[Op], None] | None = None,
     keep: int = 10_000,
+    early: Executor | None = None,
 ) -> Populated:
     """Copy the source into the empty destination, a batch at a time.
 
@@ -125,7 +128,31 @@ def populate(
     a filesystem walk stays on this thread (the applier may then fork copy workers).
     ``cancel`` is checked after each batch (and by the walk). ``keep``: how many of the
     ops done are kept in ``Populated.done``. Raises ``SafetyError`` when the source root
-    is gone or cannot be listed (nothing is written then)."""
+    is gone or cannot be listed (nothing is written then).
+
+    A destination that can keeps one pool of copy workers over all the batches
+    (``KeepsWorkers``: processes, not threads, for a copy cut into many batches that
+    each hold too few files to earn a pool of their own); ``early``: workers started
+    before any other thread ran (``copy.forked_early``), for a caller whose threads run
+    by now (a watch). Its workers end when the copy does."""
+    backend = session.destination.backend
+    kept = (backend.keep_workers(early) if isinstance(backend, KeepsWorkers)
+            else contextlib.nullcontext())
+    with kept:
+        return _populate(session, batching=batching, cancel=cancel, on_batch=on_batch,
+                         on_done=on_done, keep=keep)
+
+
+def _populate(
+    session: PairSession,
+    *,
+    batching: Batching,
+    cancel: Cancel,
+    on_batch: Callable[[ApplyResult], None] | None,
+    on_done: Callable[[Op], None] | None,
+    keep: int,
+) -> Populated:
+    """``populate`` within the kept workers' block."""
     source, destination, history = session.source, session.destination, session.history
     batching = batching_for(session, batching)
     streaming = source.features.streaming

@@ -27,7 +27,7 @@ from .posix import (
     check_key,
     copy_fd,
     copy_sparse,
-    die_with_parent,
+    copy_worker,
     open_beneath,
     open_root,
     rename_into,
@@ -296,6 +296,70 @@ def _copy_holes(fd_in: int, fd_out: int, size: int) -> int:
     return copy_fd(fd_in, fd_out, size)
 
 
+def process_pool() -> Executor:
+    """COPY_PROCESSES forked copy workers (``copy_chunk``'s), each dying with the
+    thread that forked it (``posix.copy_worker``: with this process when it is the main
+    thread). Only where no other thread runs: a lock another thread holds at the fork
+    stays held in the child forever."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(
+        COPY_PROCESSES,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=copy_worker,
+        initargs=(os.getpid(),),
+    )
+
+
+def _started() -> None:
+    """Nothing: the task that makes a pool fork its workers now."""
+
+
+def forked_early() -> Executor | None:
+    """Copy workers forked now, while this process has no other thread, for copies that
+    come later from a thread (a watch's first pass: its observer's thread and the
+    daemon's pair threads run by then, so it could not fork them itself); None where
+    another thread already runs or there is no fork. A pool with the fork method forks
+    all its workers at its first task (Python >= 3.11: ``_launch_processes``); the
+    caller shuts it down."""
+    if threading.active_count() != 1 or not hasattr(os, "fork"):
+        return None
+    executor = process_pool()
+    executor.submit(_started).result()
+    return executor
+
+
+class Workers:
+    """Copy worker processes kept over the batches of one long run of copies (an
+    initial copy cut into many batches: a watch's first pass) instead of a pool per
+    batch: ``forked_early``'s, or forked by the first batch that needs them (the
+    batches so far hold PROCESS_MIN_FILES files, or one is streamed) where no other
+    thread runs; None (threads, per batch) else. Its workers end at ``close``."""
+
+    def __init__(self, executor: Executor | None = None) -> None:
+        self.files = 0
+        self.executor = executor
+
+    def take(self, files: int, many: bool) -> Executor | None:
+        """The kept pool for a batch of ``files`` copies (``many``: enough for a pool of
+        processes on its own); None: this batch takes threads."""
+        self.files += files
+        if (
+            self.executor is None
+            and (many or self.files >= PROCESS_MIN_FILES)
+            and threading.active_count() == 1
+            and hasattr(os, "fork")
+        ):
+            self.executor = process_pool()
+        return self.executor
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
+
+
 class Copies:
     """The content copies of one batch: queued, handed to a pool a chunk at a time (up
     to CHUNK_FILES files or CHUNK_BYTES bytes: one hand-off per chunk, not per file),
@@ -304,9 +368,11 @@ class Copies:
     def __init__(
         self, root: str, source: ContentSource, local: LocalTree | None, fsync: bool,
         parent: Parent, unstable: bool = False, prefixes: tuple[str, ...] = (),
-        sparse: bool = True,
+        sparse: bool = True, workers: Workers | None = None,
     ) -> None:
         self.root = root
+        self.workers = workers
+        """Copy workers kept over several batches (``Workers``), or None."""
         self.prefixes = prefixes
         """The attribute namespaces the destination keeps (``meta.Reader.prefixes``)."""
         self.src = source
@@ -333,22 +399,20 @@ class Copies:
         if not files:  # nothing will be queued: no pool (a no-op run imports none)
             yield
             return
+        many = files >= PROCESS_MIN_FILES or known is not ops
+        if self.local is not None and self.workers is not None:
+            kept = self.workers.take(files, many)
+            if kept is not None:  # the kept workers: not shut down with this batch
+                self.executor = kept
+                try:
+                    yield
+                finally:
+                    self.executor = None
+                return
         executor: Executor
-        if (
-            self.local is not None
-            and (files >= PROCESS_MIN_FILES or known is not ops)
-            and threading.active_count() == 1
-            and hasattr(os, "fork")
-        ):
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            executor = ProcessPoolExecutor(
-                COPY_PROCESSES,
-                mp_context=multiprocessing.get_context("fork"),
-                initializer=die_with_parent,
-                initargs=(os.getpid(),),
-            )
+        if (self.local is not None and many and threading.active_count() == 1
+                and hasattr(os, "fork")):
+            executor = process_pool()
         else:
             from concurrent.futures import ThreadPoolExecutor
 
