@@ -442,11 +442,14 @@ class KeepsWorkers(Protocol):
     """A destination whose copies may run on workers kept over several batches (an
     initial copy cut into many: a watch's first pass) rather than a pool per batch."""
 
-    def keep_workers(self, early: Executor | None = None) -> AbstractContextManager[None]:
+    def keep_workers(
+        self, early: Executor | None = None, bounded: bool = False
+    ) -> AbstractContextManager[None]:
         """While the block runs, the batches applied from this thread share one pool of
         copy workers: ``early`` (worker processes started before any other thread, by
         the backend's own helper), or started when they have copies enough to earn it;
-        its workers end when the block does."""
+        its workers end when the block does. ``bounded``: few copies queued and not yet
+        done at a time (what a stop waits for), else as many as the walk finds."""
         ...
 
 

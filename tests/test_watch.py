@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -620,6 +621,38 @@ def test_the_initial_copy_into_an_empty_destination_streams_in_batches(tmp_path:
         assert_same_tree(src, dst)
     os.chmod(src / "t1" / "m1", 0o755)
     os.chmod(dst / "t1" / "m1", 0o755)
+
+
+def test_the_watch_s_first_pass_copies_a_tree_as_sync_does_in_one_streamed_batch(
+    tmp_path: Path,
+) -> None:
+    # (session 21's, branch ic2) a tree of more nodes than ``batch_ops`` (1,000): ``sync``
+    # streams the walk into one batch (copies start before the walk ends, one flush);
+    # the watch's first pass used to cut it into a batch (and a flush) per ``batch_ops``
+    from hsync import diff
+    from hsync.journal import Journal
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for i in range(1200):
+        write(src / f"d{i % 20:02d}" / f"s{i % 3}" / f"f{i}.bin", os.urandom(i % 3000))
+    nodes = sum(1 for _ in src.rglob("*"))
+    assert nodes > WatchOptions().batch_ops
+    with running(src, dst, tmp_path) as (pw, rounds):
+        assert rounds[0].full and not rounds[0].problems, rounds[0]
+        assert pw.status.counts["create"] == nodes + 1  # and the root
+        assert_same_tree(src, dst)
+    state = tmp_path / "history.sqlite"
+    assert diff(str(src), str(dst), state=str(state)).to_json() == []  # the history is whole
+    db = sqlite3.connect(tmp_path / "history.journal.sqlite")
+    try:
+        (pair,) = db.execute("SELECT DISTINCT pair FROM batches").fetchone()
+    finally:
+        db.close()
+    journal = Journal(str(tmp_path / "history.journal.sqlite"), str(pair))
+    try:
+        assert journal.batches() == [(1, "done", nodes + 1)]  # one batch: one flush
+    finally:
+        journal.close()
 
 
 def test_sigterm_during_the_initial_copy_stops_within_5s_and_a_restart_finishes(

@@ -215,18 +215,22 @@ class FsBackend:
 
     # -- KeepsWorkers -----------------------------------------------------------------------
     @contextlib.contextmanager
-    def keep_workers(self, early: Executor | None = None) -> Iterator[None]:
+    def keep_workers(
+        self, early: Executor | None = None, bounded: bool = False
+    ) -> Iterator[None]:
         """Copy workers kept over the batches this thread applies while the block runs
         (``copy.Workers``): ``early``'s (``copy.forked_early``: shut down when the block
         ends), or forked by the first batch that needs them where no other thread runs.
+        ``bounded``: at most AHEAD_CHUNKS chunks queued and not yet copied (a stop
+        waits for them).
         Per thread: a daemon's pairs each have their own."""
-        from .copy import Workers
+        from .copy import AHEAD_CHUNKS, Workers
 
         me = threading.get_ident()
         if me in self._workers:  # nested: the outer block's workers
             yield
             return
-        workers = self._workers[me] = Workers(early)
+        workers = self._workers[me] = Workers(early, AHEAD_CHUNKS if bounded else None)
         try:
             yield
         finally:

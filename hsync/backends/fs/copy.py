@@ -49,6 +49,11 @@ once, and the initial copy under load": 20k files, two interleaved A/Bs, 7 round
 PROCESS_MIN_FILES = 2000
 CHUNK_FILES = 64
 CHUNK_BYTES = 4 << 20
+AHEAD_CHUNKS = 16
+"""Chunks handed to the pool and not yet copied, at most, in a watch's first pass
+(``Workers.ahead``): its walk is streamed into one batch, and a stop (the walk ends at
+a cancel) waits for these only, about what one of its ``batch_ops`` batches held
+(1,024 files); four workers stay fed. ``sync`` holds none back."""
 
 LocalTree = tuple[str, int]
 """A source that is a local tree: its root and its root's device (copied by path)."""
@@ -337,9 +342,12 @@ class Workers:
     batches so far hold PROCESS_MIN_FILES files, or one is streamed) where no other
     thread runs; None (threads, per batch) else. Its workers end at ``close``."""
 
-    def __init__(self, executor: Executor | None = None) -> None:
+    def __init__(self, executor: Executor | None = None, ahead: int | None = None) -> None:
         self.files = 0
         self.executor = executor
+        self.ahead = ahead
+        """Chunks queued and not yet copied, at most (None: no bound): what a stop
+        waits for."""
 
     def take(self, files: int, many: bool) -> Executor | None:
         """The kept pool for a batch of ``files`` copies (``many``: enough for a pool of
@@ -382,6 +390,8 @@ class Copies:
         self.unstable = unstable
         self.sparse = sparse
         self.inflight: list[tuple[list[Op], Future[list[Outcome]]]] = []
+        self.settled = 0
+        """``inflight``'s first chunks known to be copied (``Workers.ahead``)."""
         self.chunk: list[Op] = []
         self.chunk_bytes = 0
         self.executor: Executor | None = None
@@ -396,7 +406,8 @@ class Copies:
         # streamed only when the tree has more nodes than a small batch
         known: Sequence[Op] = getattr(ops, "known", ops)
         files = sum(1 for op in known if op.kind == FILE and op.op in (CREATE, UPDATE))
-        if not files:  # nothing will be queued: no pool (a no-op run imports none)
+        if not files and known is ops:  # nothing will be queued: no pool (a no-op run
+            # imports none); a stream's later ops may hold files though its first do not
             yield
             return
         many = files >= PROCESS_MIN_FILES or known is not ops
@@ -446,6 +457,14 @@ class Copies:
             self.inflight.append((self.chunk, fut))
             self.chunk = []
             self.chunk_bytes = 0
+            ahead = self.workers.ahead if self.workers is not None else None
+            if ahead is not None and len(self.inflight) - self.settled > ahead:
+                # a stop (the walk ends at a cancel) waits for these only
+                from concurrent.futures import wait
+
+                while len(self.inflight) - self.settled > ahead:
+                    wait((self.inflight[self.settled][1],))
+                    self.settled += 1
 
     def collect(self) -> list[tuple[Op, Outcome]]:
         """Wait for every copy queued; each op with its outcome."""
@@ -454,6 +473,7 @@ class Copies:
         for ops, fut in self.inflight:
             out += zip(ops, fut.result(), strict=True)
         self.inflight = []
+        self.settled = 0
         return out
 
     def item(self, op: Op) -> CopyItem:
