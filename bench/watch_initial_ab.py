@@ -1,9 +1,9 @@
 """A/B of `hsync watch SRC DST` into an empty DST: seconds from spawn to the log line
 "initial copy into an empty destination", interleaved per round (the order reversed every
 other round), with `rsync -a; sync -f` beside and, with ONESHOT=1 in the environment, the
-first install's `hsync sync` into an empty DST. The disk is flushed before each command
-(`os.sync()` twice, then one second); "children seen" counts the watch's child processes
+first install's `hsync sync` into an empty DST. "children seen" counts the watch's child processes
 (its copy workers) while it copies. The last line is JSON (every round, the medians).
+The disk is settled as ``bench_fs`` does (the discards of the deletes before quiet).
 
 Usage: python3 bench/watch_initial_ab.py SRC WORK ROUNDS VENV... (each VENV/bin/hsync,
 a regular install: `pip install .`, not editable).
@@ -19,11 +19,16 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import bench_fs
 
 
-def settle() -> None:
-    os.sync()
-    os.sync()
+def settle(work: str) -> None:
+    """``bench_fs.settle``: flushed, and the device's discards of what was deleted
+    before (ext4 mounted ``discard``) quiet for 0.3 s (at most 10 s), then one second."""
+    bench_fs.settle(Path(work))
     time.sleep(1.0)
 
 
@@ -54,7 +59,7 @@ def descendants(pid: int) -> set[int]:
 def watch_once(src: str, work: str, venv: str) -> tuple[float, int]:
     name = os.path.basename(venv)
     clean(work, name)
-    settle()
+    settle(work)
     t0 = time.monotonic()
     p = subprocess.Popen([f"{venv}/bin/hsync", "watch", src, f"{work}/{name}-dst",
                           "--state", f"{work}/{name}-state"],
@@ -80,7 +85,7 @@ def watch_once(src: str, work: str, venv: str) -> tuple[float, int]:
 def sync_once(src: str, work: str, venv: str) -> float:
     name = "sync-" + os.path.basename(venv)
     clean(work, name)
-    settle()
+    settle(work)
     t0 = time.monotonic()
     subprocess.run([f"{venv}/bin/hsync", "sync", src, f"{work}/{name}-dst", "--state",
                     f"{work}/{name}-state"], check=True, stdout=subprocess.DEVNULL)
@@ -93,7 +98,7 @@ def rsync_once(src: str, work: str) -> float:
     d = f"{work}/rsync-dst"
     if os.path.exists(d):
         shutil.rmtree(d)
-    settle()
+    settle(work)
     t0 = time.monotonic()
     subprocess.run(["rsync", "-a", src + "/", d + "/"], check=True)
     subprocess.run(["sync", "-f", d], check=True)
