@@ -30,6 +30,8 @@ from .errors import UsageError
 
 TYPE_CHECKING = False  # not typing's: a sync does not import typing (issue 15 item 1)
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+    from contextlib import AbstractContextManager
     from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
 
     from .filters import Exclude
@@ -442,6 +444,22 @@ class ScanConfigurable(Protocol):
     """A backend whose scans take ``ScanOptions`` (set once, after opening)."""
 
     def configure_scan(self, options: ScanOptions) -> None: ...
+
+
+@runtime_checkable
+class KeepsWorkers(Protocol):
+    """A destination whose copies may run on workers kept over several batches (an
+    initial copy cut into many: a watch's first pass) rather than a pool per batch."""
+
+    def keep_workers(
+        self, early: Executor | None = None, bounded: bool = False
+    ) -> AbstractContextManager[None]:
+        """While the block runs, the batches applied from this thread share one pool of
+        copy workers: ``early`` (worker processes started before any other thread, by
+        the backend's own helper), or started when they have copies enough to earn it;
+        its workers end when the block does. ``bounded``: few copies queued and not yet
+        done at a time (what a stop waits for), else as many as the walk finds."""
+        ...
 
 
 @runtime_checkable

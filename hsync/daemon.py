@@ -21,18 +21,21 @@ import time
 import tomllib
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from ._values import evolve
-from .backend import Credentials
+from .backend import Credentials, scheme_of
 from .credentials import for_side, refuse_secret_in_url
 from .credentials import private as private_mode
 from .errors import EXIT_OK, BackendError, HsyncError, LinkLost, UsageError
 from .itemize import escape
 from .live import PairWatch, StatusFile, WatchOptions
 from .options import Options
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 log = logging.getLogger("hsync.daemon")
 
@@ -341,12 +344,15 @@ class _Running:
     """One pair's loop in its own thread. ``once``: an error that ends the loop ends
     the pair (``hsync watch``); otherwise it is retried (a daemon keeps trying)."""
 
-    def __init__(self, config: PairConfig, status: StatusFile, *, once: bool = False) -> None:
+    def __init__(
+        self, config: PairConfig, status: StatusFile, *, once: bool = False,
+        early: Executor | None = None,
+    ) -> None:
         self.config = config
         self.once = once
         self.watch = PairWatch(
             config.source, config.destination, config.options, config.wopts,
-            name=config.name, status=status, credentials=config.credentials,
+            name=config.name, status=status, credentials=config.credentials, early=early,
         )
         self.error: HsyncError | None = None
         self.thread = threading.Thread(target=self._run, name=f"hsync-pair-{config.name}")
@@ -403,6 +409,33 @@ class _Running:
             w.pause(OPEN_RETRY)  # a daemon keeps trying (a mount not up yet)
 
 
+def _early_workers(pairs: tuple[PairConfig, ...]) -> Executor | None:
+    """Copy workers for the first pass of the one pair started while no other thread
+    runs (``hsync watch``, a daemon of one pair, at its start), when both its ends are
+    local trees and the destination is missing or an empty directory: forked now
+    (``copy.forked_early``, 70-90 ms on a loaded machine), as the pair's thread and its
+    observer's thread cannot fork them safely later. The pair shuts them down after its
+    first round, used or not (the destination decides: ``populate.can_populate``)."""
+    if len(pairs) != 1 or threading.active_count() != 1:
+        return None
+    p = pairs[0]
+    if scheme_of(p.source) != "file" or scheme_of(p.destination) != "file":
+        return None
+    dst = p.destination[len("file://"):] if p.destination.startswith("file://") else (
+        p.destination)
+    try:
+        with os.scandir(dst) as names:
+            if next(names, None) is not None:
+                return None  # no initial copy to come (or one of what a restart left)
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return None
+    from .backends.fs.copy import forked_early
+
+    return forked_early()
+
+
 class Supervisor:
     """Runs the pairs of a config, each in its own thread."""
 
@@ -415,8 +448,9 @@ class Supervisor:
         self.start(pairs)
 
     def start(self, pairs: tuple[PairConfig, ...]) -> None:
+        early = _early_workers(pairs)
         for p in pairs:
-            r = _Running(p, self.status, once=self.once)
+            r = _Running(p, self.status, once=self.once, early=early)
             self.running[p.name] = r
             r.thread.start()
             r.watch.log.info("watching %s -> %s", p.source, p.destination)

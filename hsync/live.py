@@ -40,11 +40,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Iterable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .apply import Batching, apply_plan, record
+from .apply import ONE_SHOT, Batching, apply_plan, record
 from .backend import ApplyResult, Credentials, Watch
 from .cancel import Cancel
 from .compare import Comparison, compare_region, compare_trees
@@ -52,13 +52,16 @@ from .dirty import Dirty
 from .errors import CANCELLED, Cancelled, HsyncError, LinkLost, SafetyError
 from .filters import build as build_filter
 from .itemize import describe
-from .model import Key, Op, Problem
+from .model import FILE, Key, Op, Problem
 from .options import Options, withheld_line
-from .populate import can_populate, populate
+from .populate import can_populate, populate, streamed
 from .region import Region, quick_pass
 from .resume import ResumeKeeper
 from .session import PairSession
 from .status import PairStatus, StatusFile
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor
 
 log = logging.getLogger("hsync.watch")
 
@@ -161,6 +164,7 @@ class PairWatch:
         on_round: Callable[[RoundResult], None] | None = None,
         on_compared: Callable[[Region], None] | None = None,
         credentials: tuple[Credentials | None, Credentials | None] = (None, None),
+        early: Executor | None = None,
     ) -> None:
         self.source_url = source_url
         self.destination_url = destination_url
@@ -196,6 +200,9 @@ class PairWatch:
         self.resume = ResumeKeeper(options)
         self.watcher: Watch | None = None
         """The source's watch while one runs (tests inject faults at its boundary)."""
+        self._early = early
+        """Copy workers forked before any thread ran (``copy.forked_early``), for the
+        first pass into an empty destination; shut down after the first round."""
 
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -237,8 +244,15 @@ class PairWatch:
                     if not self.stopping:
                         self._wait_for_root(session)
         finally:
+            self._release_early()
             self.status.state = "stopped"
             self.status_file.write()
+
+    def _release_early(self) -> None:
+        """The early copy workers are for the first round only: they end after it."""
+        if self._early is not None:
+            self._early.shutdown(wait=True, cancel_futures=True)
+            self._early = None
 
     def _start_watch(self, session: PairSession) -> Watch | None:
         """The source's watch, started (resumed from the history's token where it can
@@ -318,6 +332,7 @@ class PairWatch:
                     return
                 if region:
                     synced = self._round(session, region, first, quick)
+                    self._release_early()
                     if self._dst_root is None:  # created by this first round
                         self._dst_root = session.destination.backend.root_id()
                     synced = synced and not self.stopping and not (
@@ -541,7 +556,14 @@ class PairWatch:
         said = time.monotonic()
 
         def applied(op: Op) -> None:  # the first ops one line each, the rest summed up
-            nonlocal shown
+            nonlocal shown, said
+            copied[0] += 1
+            copied[1] += op.node.size if op.kind == FILE and op.node is not None else 0
+            now = time.monotonic()
+            if now - said >= PROGRESS_EVERY:  # progress while a (streamed) batch runs
+                said = now
+                self.log.info("initial copy: %d node(s), %s copied in %.0f s so far",
+                              copied[0], _mib(copied[1]), now - t0)
             if self.wopts.verbose or shown < INITIAL_OPS_LOGGED:
                 shown += 1
                 self.log.applied(op)
@@ -553,21 +575,20 @@ class PairWatch:
                               INITIAL_OPS_LOGGED, PROGRESS_EVERY)
             self.log.applied(op, logging.DEBUG)
 
-        def counted(result: ApplyResult) -> None:  # progress while it runs
-            nonlocal said
+        def counted(result: ApplyResult) -> None:  # the status, batch by batch
             st.bytes_copied += result.bytes_copied
             for op in result.done:
                 st.counts[op.op] += 1
-            copied[0] += len(result.done)
-            copied[1] += result.bytes_copied
-            now = time.monotonic()
-            if now - said >= PROGRESS_EVERY:
-                said = now
-                self.log.info("initial copy: %d node(s), %s copied in %.0f s so far",
-                              copied[0], _mib(copied[1]), now - t0)
 
-        done = populate(session, batching=self.batching, cancel=self._stopped,
-                        on_batch=counted, on_done=applied)
+        # a local tree's walk streamed into batches as large as ``sync``'s (one flush
+        # each, the copies started before the walk ends), not a batch and a flush per
+        # ``batch_ops``; a stop ends the walk, and waits for the ``batch_ops`` walked
+        # before the stream started and the few copies queued (``bounded``), no more
+        whole = streamed(session)
+        done = populate(session, batching=ONE_SHOT if whole else self.batching,
+                        cancel=self._stopped, on_batch=counted, on_done=applied,
+                        early=self._early, bounded=whole,
+                        prefill=self.wopts.batch_ops)
         seconds = time.monotonic() - t0
         total = sum(done.planned.values())
         st.full_comparisons += 1

@@ -38,7 +38,7 @@ from .apply import (
     start_batch,
     window,
 )
-from .backend import ApplyResult, Streaming
+from .backend import ApplyResult, KeepsWorkers, Streaming
 from .cancel import NEVER, Cancel
 from .errors import SafetyError
 from .filters import Exclude
@@ -59,6 +59,8 @@ from .model import (
 from .session import PairSession
 
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
+
     from .backend import Endpoint
 
 CHUNK = 256
@@ -95,6 +97,14 @@ def can_populate(session: PairSession) -> bool:
     )
 
 
+def streamed(session: PairSession) -> bool:
+    """True when a batch of ``populate`` takes the walk's ops as they are found
+    (``Stream``): a walk on this thread (not a source that waits on a server) into a
+    local destination that takes a stream (not a window of batches in flight)."""
+    return (not session.source.capabilities.waits and window(session) == 1
+            and session.destination.capabilities.streamed_ops)
+
+
 def walk(
     source: Streaming, exclude: Exclude | None, skipped: list[tuple[Key, str]], cancel: Cancel
 ) -> Iterator[tuple[Key, Node | None]]:
@@ -116,6 +126,9 @@ def populate(
     on_batch: Callable[[ApplyResult], None] | None = None,
     on_done: Callable[[Op], None] | None = None,
     keep: int = 10_000,
+    early: Executor | None = None,
+    bounded: bool = False,
+    prefill: int = PREFILL,
 ) -> Populated:
     """Copy the source into the empty destination, a batch at a time.
 
@@ -125,7 +138,35 @@ def populate(
     a filesystem walk stays on this thread (the applier may then fork copy workers).
     ``cancel`` is checked after each batch (and by the walk). ``keep``: how many of the
     ops done are kept in ``Populated.done``. Raises ``SafetyError`` when the source root
-    is gone or cannot be listed (nothing is written then)."""
+    is gone or cannot be listed (nothing is written then). ``prefill``: the ops walked
+    before a batch into a local destination is streamed (``Stream``; they are all
+    applied, even after a stop).
+
+    A destination that can keeps one pool of copy workers over all the batches
+    (``KeepsWorkers``: processes, not threads, for a copy cut into many batches that
+    each hold too few files to earn a pool of their own); ``early``: workers started
+    before any other thread ran (``copy.forked_early``), for a caller whose threads run
+    by now (a watch); ``bounded``: few copies queued and not yet done at a time (what a
+    stop waits for). Its workers end when the copy does."""
+    backend = session.destination.backend
+    kept = (backend.keep_workers(early, bounded) if isinstance(backend, KeepsWorkers)
+            else contextlib.nullcontext())
+    with kept:
+        return _populate(session, batching=batching, cancel=cancel, on_batch=on_batch,
+                         on_done=on_done, keep=keep, prefill=prefill)
+
+
+def _populate(
+    session: PairSession,
+    *,
+    batching: Batching,
+    cancel: Cancel,
+    on_batch: Callable[[ApplyResult], None] | None,
+    on_done: Callable[[Op], None] | None,
+    keep: int,
+    prefill: int,
+) -> Populated:
+    """``populate`` within the kept workers' block."""
     source, destination, history = session.source, session.destination, session.history
     batching = batching_for(session, batching)
     streaming = source.features.streaming
@@ -191,8 +232,7 @@ def populate(
     walked = walk(streaming, session.exclude, out.skipped, cancel)
     # a walk on this thread into a local destination: each batch takes its ops as the
     # walk finds them (``Stream``), so the copies start before the walk ends
-    streams = (not source.capabilities.waits and width == 1
-               and destination.capabilities.streamed_ops)
+    streams = streamed(session)
     with nodes_of(_fingerprinted(walked)) as nodes:
         pending = iter(nodes)
 
@@ -245,7 +285,7 @@ def populate(
             if op is None:
                 break
             ops.append(op)
-            if streams and len(ops) >= PREFILL and not full():
+            if streams and len(ops) >= prefill and not full():
                 # as many ops as a small tree has: a larger one is streamed into this
                 # batch (and its copies may go to worker processes)
                 stream = Stream(ops, more)

@@ -8,6 +8,7 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
@@ -622,6 +623,38 @@ def test_the_initial_copy_into_an_empty_destination_streams_in_batches(tmp_path:
     os.chmod(dst / "t1" / "m1", 0o755)
 
 
+def test_the_watch_s_first_pass_copies_a_tree_as_sync_does_in_one_streamed_batch(
+    tmp_path: Path,
+) -> None:
+    # (session 21's, branch ic2) a tree of more nodes than ``batch_ops`` (1,000): ``sync``
+    # streams the walk into one batch (copies start before the walk ends, one flush);
+    # the watch's first pass used to cut it into a batch (and a flush) per ``batch_ops``
+    from hsync import diff
+    from hsync.journal import Journal
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for i in range(1200):
+        write(src / f"d{i % 20:02d}" / f"s{i % 3}" / f"f{i}.bin", os.urandom(i % 3000))
+    nodes = sum(1 for _ in src.rglob("*"))
+    assert nodes > WatchOptions().batch_ops
+    with running(src, dst, tmp_path) as (pw, rounds):
+        assert rounds[0].full and not rounds[0].problems, rounds[0]
+        assert pw.status.counts["create"] == nodes + 1  # and the root
+        assert_same_tree(src, dst)
+    state = tmp_path / "history.sqlite"
+    assert diff(str(src), str(dst), state=str(state)).to_json() == []  # the history is whole
+    db = sqlite3.connect(tmp_path / "history.journal.sqlite")
+    try:
+        (pair,) = db.execute("SELECT DISTINCT pair FROM batches").fetchone()
+    finally:
+        db.close()
+    journal = Journal(str(tmp_path / "history.journal.sqlite"), str(pair))
+    try:
+        assert journal.batches() == [(1, "done", nodes + 1)]  # one batch: one flush
+    finally:
+        journal.close()
+
+
 def test_sigterm_during_the_initial_copy_stops_within_5s_and_a_restart_finishes(
     tmp_path: Path,
 ) -> None:
@@ -664,6 +697,126 @@ def test_a_watch_killed_mid_copy_leaves_nothing_torn_and_a_restart_converges(
         assert p.wait(10) == 0
     assert not list(dst.rglob(".hsync-tmp-*"))
     assert_same_tree(src, dst)
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (its children, theirs, ...), as /proc lists them."""
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tasks:
+            try:
+                with open(f"/proc/{p}/task/{t}/children") as f:
+                    kids = {int(c) for c in f.read().split()}
+            except OSError:
+                continue
+            todo += kids - out
+            out |= kids
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` runs (a zombie, or a pid gone, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@contextmanager
+def watch_logging(cmd: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], list[str]]]:
+    """``spawned(cmd)`` with its log read into a list of lines as it comes."""
+    lines: list[str] = []
+    with spawned(cmd) as p:
+        assert p.stderr is not None
+        err = p.stderr
+        reader = threading.Thread(
+            target=lambda: lines.extend(iter(lambda: err.readline().decode(), "")),
+            name="test-log-reader",
+        )
+        reader.start()
+        try:
+            yield p, lines
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            reader.join(10)
+
+
+def test_a_watch_copies_many_small_files_on_worker_processes_that_end_after_the_first_pass(
+    tmp_path: Path,
+) -> None:
+    """Issue 15 item 5: a watch's initial copy ran its copies on threads (its observer's
+    thread runs, so it could not fork), several times slower than the one-shot's forked
+    workers. Now its first pass copies on worker processes, forked before any thread,
+    which end once that pass is done; the watch then goes on as before."""
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "h.sqlite"
+    for i in range(3000):
+        write(src / f"d{i % 30}" / f"e{i % 7}" / f"f{i}.txt", f"{i}\n".encode() * (i % 50))
+    cmd = [hsync_bin(), "watch", str(src), str(dst), "--state", str(state)]
+    with watch_logging(cmd) as (p, lines):
+        workers: set[int] = set()
+
+        def copied() -> bool:
+            workers.update(_descendants(p.pid))
+            return any("initial copy into an empty destination" in line for line in lines)
+
+        wait_for(copied, timeout=120, what="the initial copy")
+        assert len(workers) >= 2, f"no copy worker process seen: {workers}"
+        assert_same_tree(src, dst)
+        wait_for(lambda: not any(_alive(w) for w in workers), timeout=10,
+                 what="the workers to end after the first pass")
+        assert not _descendants(p.pid)
+        write(src / "d0" / "late.txt", b"after the first pass")
+        converge(src, dst, timeout=20)
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+    assert not any("Traceback" in line for line in lines), "".join(lines)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_watch_stopped_in_its_first_pass_leaves_no_copy_worker_behind(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGTERM in the middle of the first pass: the batch in flight finishes, the
+    workers end with the watch; SIGKILL: they die with it (``PR_SET_PDEATHSIG``),
+    nothing goes on writing into the destination."""
+    src, dst, state = tmp_path / "src", tmp_path / "dst", tmp_path / "h.sqlite"
+    for i in range(6000):
+        write(src / f"d{i % 60}" / f"f{i}.bin", os.urandom(1000 + i % 3000))
+    cmd = [hsync_bin(), "watch", str(src), str(dst), "--state", str(state)]
+    with watch_logging(cmd) as (p, lines):
+        workers: set[int] = set()
+
+        def under_way() -> bool:
+            workers.update(_descendants(p.pid))
+            return dst.exists() and sum(1 for _ in dst.rglob("*.bin")) > 200
+
+        wait_for(under_way, timeout=60, what="the copy to be under way")
+        assert workers, "no copy worker process"
+        assert not any("initial copy into an empty destination" in line for line in lines)
+        p.send_signal(sig)
+        code = p.wait(10)
+        assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), "".join(lines)
+        wait_for(lambda: not any(_alive(w) for w in workers), timeout=5,
+                 what="the workers to end with the watch")
+    if sig == signal.SIGKILL:
+        time.sleep(0.5)  # a worker left alive would go on publishing meanwhile
+    published = {q: q.stat().st_mtime_ns for q in dst.rglob("*.bin")}
+    time.sleep(0.5)
+    assert {q: q.stat().st_mtime_ns for q in dst.rglob("*.bin")} == published
+    for f in published:  # whatever is under a final name is whole
+        assert f.read_bytes() == (src / f.relative_to(dst)).read_bytes(), f
+    if sig == signal.SIGTERM:
+        assert not list(dst.rglob(".hsync-tmp-*"))
+        assert not any("Traceback" in line for line in lines), "".join(lines)
 
 
 def test_periodic_verify_finds_a_flipped_byte_and_the_loop_repairs_it(tmp_path: Path) -> None:

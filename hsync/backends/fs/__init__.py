@@ -12,8 +12,10 @@ child), ``hashing`` (bulk hashing for verify), ``watcher`` (inotify).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat as _stat
+import threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 
 from ..._values import evolve
@@ -55,7 +57,10 @@ from .scan import walk_sorted as walk_tree
 
 TYPE_CHECKING = False  # not typing's: a sync does not import typing
 if TYPE_CHECKING:
+    from concurrent.futures import Executor
     from typing import Any, BinaryIO
+
+    from .copy import Workers
 
 __all__ = ["TMP_PREFIX", "FsBackend"]
 
@@ -93,6 +98,8 @@ class FsBackend:
         """What the scans keep besides files, directories and symlinks (``configure_scan``)."""
         self._meta: _meta.Reader | None = None
         """What rows carry beyond the basic payload (``metadata``); None: nothing."""
+        self._workers: dict[int, Workers] = {}
+        """Copy workers kept (``keep_workers``), by the thread that keeps them."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_reopen, (type(self), self.url, self.role))
@@ -203,8 +210,32 @@ class FsBackend:
         from .apply import Batch  # not imported by a run that applies nothing
 
         batch = Batch(self.root, self._stale, source, local, final, options, cancel, on_done,
-                      self._meta)
+                      self._meta, self._workers.get(threading.get_ident()))
         return batch.run(ops)
+
+    # -- KeepsWorkers -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def keep_workers(
+        self, early: Executor | None = None, bounded: bool = False
+    ) -> Iterator[None]:
+        """Copy workers kept over the batches this thread applies while the block runs
+        (``copy.Workers``): ``early``'s (``copy.forked_early``: shut down when the block
+        ends), or forked by the first batch that needs them where no other thread runs.
+        ``bounded``: at most AHEAD_CHUNKS chunks queued and not yet copied (a stop
+        waits for them).
+        Per thread: a daemon's pairs each have their own."""
+        from .copy import AHEAD_CHUNKS, Workers
+
+        me = threading.get_ident()
+        if me in self._workers:  # nested: the outer block's workers
+            yield
+            return
+        workers = self._workers[me] = Workers(early, AHEAD_CHUNKS if bounded else None)
+        try:
+            yield
+        finally:
+            del self._workers[me]
+            workers.close()
 
     def close(self) -> None:
         pass
@@ -329,6 +360,7 @@ if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.M
         BackendFactory,
         BulkHashing,
         DigestScanning,
+        KeepsWorkers,
         Metadata,
         Related,
         ScanConfigurable,
@@ -343,6 +375,7 @@ if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.M
     _backend: Backend = FsBackend("/")
     _related: Related = FsBackend("/")
     _scan_configurable: ScanConfigurable = FsBackend("/")
+    _keeps_workers: KeepsWorkers = FsBackend("/")
     _sorted_walk: SortedWalk = FsBackend("/")
     _streaming: Streaming = FsBackend("/")
     _digest_scanning: DigestScanning = FsBackend("/")

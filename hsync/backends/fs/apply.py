@@ -43,7 +43,7 @@ from ...model import (
     Problem,
     Snapshot,
 )
-from .copy import Copies, LocalTree
+from .copy import Copies, LocalTree, Workers
 from .dirs import Touched
 from .durable import flush_nodes, touched
 from .meta import Reader, chown, proc_path, safe_mode, set_xattrs
@@ -81,6 +81,7 @@ class Batch:
         cancel: Cancel,
         on_done: Callable[[Op], None] | None,
         meta: Reader | None = None,
+        workers: Workers | None = None,
     ) -> None:
         self.root = root
         self.prefixes = meta.prefixes if meta is not None else ()
@@ -96,7 +97,7 @@ class Batch:
         self.dirs = Touched(self.prefixes)
         self.copies = Copies(
             root, source, local, options.fsync, self.parent, options.copy_unstable,
-            self.prefixes, options.sparse,
+            self.prefixes, options.sparse, workers,
         )
         self.lock = threading.Lock()
         self.full: tuple[Key, OSError] | None = None

@@ -26,7 +26,7 @@ from .posix import (
     check_key,
     copy_fd,
     copy_sparse,
-    die_with_parent,
+    copy_worker,
     open_beneath,
     open_root,
     rename_into,
@@ -54,6 +54,11 @@ once, and the initial copy under load": 20k files, two interleaved A/Bs, 7 round
 PROCESS_MIN_FILES = 2000
 CHUNK_FILES = 64
 CHUNK_BYTES = 4 << 20
+AHEAD_CHUNKS = 16
+"""Chunks handed to the pool and not yet copied, at most, in a watch's first pass
+(``Workers.ahead``): its walk is streamed into one batch, and a stop (the walk ends at
+a cancel) waits for these only, about what one of its ``batch_ops`` batches held
+(1,024 files); four workers stay fed. ``sync`` holds none back."""
 
 LocalTree = tuple[str, int]
 """A source that is a local tree: its root and its root's device (copied by path)."""
@@ -301,6 +306,73 @@ def _copy_holes(fd_in: int, fd_out: int, size: int) -> int:
     return copy_fd(fd_in, fd_out, size)
 
 
+def process_pool() -> Executor:
+    """COPY_PROCESSES forked copy workers (``copy_chunk``'s), each dying with the
+    thread that forked it (``posix.copy_worker``: with this process when it is the main
+    thread). Only where no other thread runs: a lock another thread holds at the fork
+    stays held in the child forever."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(
+        COPY_PROCESSES,
+        mp_context=multiprocessing.get_context("fork"),
+        initializer=copy_worker,
+        initargs=(os.getpid(),),
+    )
+
+
+def _started() -> None:
+    """Nothing: the task that makes a pool fork its workers now."""
+
+
+def forked_early() -> Executor | None:
+    """Copy workers forked now, while this process has no other thread, for copies that
+    come later from a thread (a watch's first pass: its observer's thread and the
+    daemon's pair threads run by then, so it could not fork them itself); None where
+    another thread already runs or there is no fork. A pool with the fork method forks
+    all its workers at its first task (Python >= 3.11: ``_launch_processes``); the
+    caller shuts it down."""
+    if threading.active_count() != 1 or not hasattr(os, "fork"):
+        return None
+    executor = process_pool()
+    executor.submit(_started).result()
+    return executor
+
+
+class Workers:
+    """Copy worker processes kept over the batches of one long run of copies (an
+    initial copy cut into many batches: a watch's first pass) instead of a pool per
+    batch: ``forked_early``'s, or forked by the first batch that needs them (the
+    batches so far hold PROCESS_MIN_FILES files, or one is streamed) where no other
+    thread runs; None (threads, per batch) else. Its workers end at ``close``."""
+
+    def __init__(self, executor: Executor | None = None, ahead: int | None = None) -> None:
+        self.files = 0
+        self.executor = executor
+        self.ahead = ahead
+        """Chunks queued and not yet copied, at most (None: no bound): what a stop
+        waits for."""
+
+    def take(self, files: int, many: bool) -> Executor | None:
+        """The kept pool for a batch of ``files`` copies (``many``: enough for a pool of
+        processes on its own); None: this batch takes threads."""
+        self.files += files
+        if (
+            self.executor is None
+            and (many or self.files >= PROCESS_MIN_FILES)
+            and threading.active_count() == 1
+            and hasattr(os, "fork")
+        ):
+            self.executor = process_pool()
+        return self.executor
+
+    def close(self) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
+            self.executor = None
+
+
 class Copies:
     """The content copies of one batch: queued, handed to a pool a chunk at a time (up
     to CHUNK_FILES files or CHUNK_BYTES bytes: one hand-off per chunk, not per file),
@@ -309,9 +381,11 @@ class Copies:
     def __init__(
         self, root: str, source: ContentSource, local: LocalTree | None, fsync: bool,
         parent: Parent, unstable: bool = False, prefixes: tuple[str, ...] = (),
-        sparse: bool = True,
+        sparse: bool = True, workers: Workers | None = None,
     ) -> None:
         self.root = root
+        self.workers = workers
+        """Copy workers kept over several batches (``Workers``), or None."""
         self.prefixes = prefixes
         """The attribute namespaces the destination keeps (``meta.Reader.prefixes``)."""
         self.src = source
@@ -321,6 +395,8 @@ class Copies:
         self.unstable = unstable
         self.sparse = sparse
         self.inflight: list[tuple[list[Op], Future[list[Outcome]]]] = []
+        self.settled = 0
+        """``inflight``'s first chunks known to be copied (``Workers.ahead``)."""
         self.chunk: list[Op] = []
         self.chunk_bytes = 0
         self.executor: Executor | None = None
@@ -335,25 +411,24 @@ class Copies:
         # streamed only when the tree has more nodes than a small batch
         known: Sequence[Op] = getattr(ops, "known", ops)
         files = sum(1 for op in known if op.kind == FILE and op.op in (CREATE, UPDATE))
-        if not files:  # nothing will be queued: no pool (a no-op run imports none)
+        if not files and known is ops:  # nothing will be queued: no pool (a no-op run
+            # imports none); a stream's later ops may hold files though its first do not
             yield
             return
+        many = files >= PROCESS_MIN_FILES or known is not ops
+        if self.local is not None and self.workers is not None:
+            kept = self.workers.take(files, many)
+            if kept is not None:  # the kept workers: not shut down with this batch
+                self.executor = kept
+                try:
+                    yield
+                finally:
+                    self.executor = None
+                return
         executor: Executor
-        if (
-            self.local is not None
-            and (files >= PROCESS_MIN_FILES or known is not ops)
-            and threading.active_count() == 1
-            and hasattr(os, "fork")
-        ):
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            executor = ProcessPoolExecutor(
-                COPY_PROCESSES,
-                mp_context=multiprocessing.get_context("fork"),
-                initializer=die_with_parent,
-                initargs=(os.getpid(),),
-            )
+        if (self.local is not None and many and threading.active_count() == 1
+                and hasattr(os, "fork")):
+            executor = process_pool()
         else:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -387,6 +462,14 @@ class Copies:
             self.inflight.append((self.chunk, fut))
             self.chunk = []
             self.chunk_bytes = 0
+            ahead = self.workers.ahead if self.workers is not None else None
+            if ahead is not None and len(self.inflight) - self.settled > ahead:
+                # a stop (the walk ends at a cancel) waits for these only
+                from concurrent.futures import wait
+
+                while len(self.inflight) - self.settled > ahead:
+                    wait((self.inflight[self.settled][1],))
+                    self.settled += 1
 
     def collect(self) -> list[tuple[Op, Outcome]]:
         """Wait for every copy queued; each op with its outcome."""
@@ -395,6 +478,7 @@ class Copies:
         for ops, fut in self.inflight:
             out += zip(ops, fut.result(), strict=True)
         self.inflight = []
+        self.settled = 0
         return out
 
     def item(self, op: Op) -> CopyItem:

@@ -489,3 +489,14 @@ def die_with_parent(parent: int) -> None:
             pass
     if os.getppid() != parent:
         os._exit(1)
+
+
+def copy_worker(parent: int) -> None:
+    """In a copy worker (``copy.process_pool``): die with the parent
+    (``die_with_parent``), and leave the signals that stop a run to it: a Ctrl-C (sent
+    to the whole process group) or a service manager's SIGTERM to every process of the
+    unit asks the parent to finish the batch in flight, which needs its workers alive;
+    the parent ends them when it is done."""
+    die_with_parent(parent)
+    for sig in (_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP):
+        _signal.signal(sig, _signal.SIG_IGN)
