@@ -60,7 +60,7 @@ from .posix import (
     tmp_name,
     unlink_quiet,
 )
-from .workers import Job, Workers
+from .workers import Job, Threads
 
 UNLINK_THREADS = 8
 """Files deleted at once: an ``unlink`` mostly waits on the disk (the inode, the
@@ -105,7 +105,7 @@ class Batch:
         self.groups: dict[object, list[Key]] = {}
         self.linked: list[Op] = []  # file ops done by a link, after the copies
         self.unlinks: list[tuple[Op, Job]] = []  # file deletes in flight
-        self._unlinker: Workers | None = None
+        self._unlinker: Threads | None = None
 
     # -- the batch ----------------------------------------------------------------------
     def run(self, ops: Sequence[Op]) -> ApplyResult:
@@ -396,7 +396,7 @@ class Batch:
         self.barrier()
         self.root_fd()  # opened here, once, not by the pool's threads
         if self._unlinker is None:
-            self._unlinker = Workers(UNLINK_THREADS, "hsync-rm")
+            self._unlinker = Threads(UNLINK_THREADS, "hsync-rm")
         self.dirs.touch(op.key)
         self.unlinks.append((op, self._unlinker.submit(partial(self.unlink, op))))
 

@@ -22,7 +22,7 @@ from ...errors import NodeError, TargetChanged, problem_kind
 from ...model import DIR, Key, Node, Problem, Snapshot
 from .meta import chown, set_xattrs
 from .posix import open_beneath
-from .workers import Workers, ran
+from .workers import Threads, ran
 
 THREADS = 8
 """Directory mtimes set at once (each ``utime`` may wait on the disk's journal)."""
@@ -106,7 +106,7 @@ class Touched:
         if mtimes:
             rfd = root_fd()
             if len(mtimes) >= POOL_MIN:
-                with Workers(THREADS, "hsync-mtime") as pool:
+                with Threads(THREADS, "hsync-mtime") as pool:
                     jobs = pool.run_all(partial(_set_mtime, rfd, *item) for item in mtimes)
             else:
                 jobs = [ran(partial(_set_mtime, rfd, *item)) for item in mtimes]

@@ -21,7 +21,7 @@ from functools import partial
 from ...errors import NodeError
 from ...model import CREATE, DELETE, DIR, FILE, MOVE, UPDATE, Key, Op
 from .posix import O_META, open_beneath, open_root, syncfs
-from .workers import Workers, ran
+from .workers import Threads, ran
 
 FEW = 16
 """Nodes flushed each by its own ``fsync`` at most; more get one ``syncfs`` (on this
@@ -77,7 +77,7 @@ def flush_nodes(root: str, nodes: dict[Key, bool]) -> None:
     try:
         calls = [partial(_fsync, root_fd, key, is_dir) for key, is_dir in nodes.items()]
         if len(calls) > 1:
-            with Workers(THREADS, "hsync-fsync") as pool:
+            with Threads(THREADS, "hsync-fsync") as pool:
                 jobs = pool.run_all(calls)
         else:
             jobs = [ran(call) for call in calls]

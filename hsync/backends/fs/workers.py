@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 
 class Job:
-    """One call queued on ``Workers``: ``result()`` waits for it and returns its value
+    """One call queued on ``Threads``: ``result()`` waits for it and returns its value
     or raises what it raised."""
 
     __slots__ = ("_call", "_done", "_error", "_value")
@@ -46,7 +46,7 @@ def ran(call: Callable[[], object]) -> Job:
     return job
 
 
-class Workers:
+class Threads:
     """Up to ``threads`` threads named ``name``, started as jobs come; ``close`` (or
     leaving the ``with`` block) lets them finish what is queued and joins them."""
 
@@ -63,7 +63,7 @@ class Workers:
         job = Job(call)
         with self._ready:
             if self._closed:
-                raise RuntimeError("Workers closed")
+                raise RuntimeError("Threads closed")
             self._jobs.append(job)
             if self._idle:  # one waiting thread woken per job (it counted itself idle)
                 self._idle -= 1
@@ -101,7 +101,7 @@ class Workers:
         for thread in self._threads:
             thread.join()
 
-    def __enter__(self) -> Workers:
+    def __enter__(self) -> Threads:
         return self
 
     def __exit__(self, *exc: object) -> None:
