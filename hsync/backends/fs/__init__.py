@@ -12,10 +12,9 @@ child), ``hashing`` (bulk hashing for verify), ``watcher`` (inotify).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat as _stat
-import threading
+from _thread import get_ident  # threading's, without importing threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
 
 from ..._values import evolve
@@ -58,6 +57,7 @@ from .scan import walk_sorted as walk_tree
 TYPE_CHECKING = False  # not typing's: a sync does not import typing
 if TYPE_CHECKING:
     from concurrent.futures import Executor
+    from contextlib import AbstractContextManager
     from typing import Any, BinaryIO
 
     from .copy import Workers
@@ -210,32 +210,20 @@ class FsBackend:
         from .apply import Batch  # not imported by a run that applies nothing
 
         batch = Batch(self.root, self._stale, source, local, final, options, cancel, on_done,
-                      self._meta, self._workers.get(threading.get_ident()))
+                      self._meta, self._workers.get(get_ident()))
         return batch.run(ops)
 
     # -- KeepsWorkers -----------------------------------------------------------------------
-    @contextlib.contextmanager
     def keep_workers(
         self, early: Executor | None = None, bounded: bool = False
-    ) -> Iterator[None]:
+    ) -> AbstractContextManager[None]:
         """Copy workers kept over the batches this thread applies while the block runs
         (``copy.Workers``): ``early``'s (``copy.forked_early``: shut down when the block
         ends), or forked by the first batch that needs them where no other thread runs.
         ``bounded``: at most AHEAD_CHUNKS chunks queued and not yet copied (a stop
         waits for them).
         Per thread: a daemon's pairs each have their own."""
-        from .copy import AHEAD_CHUNKS, Workers
-
-        me = threading.get_ident()
-        if me in self._workers:  # nested: the outer block's workers
-            yield
-            return
-        workers = self._workers[me] = Workers(early, AHEAD_CHUNKS if bounded else None)
-        try:
-            yield
-        finally:
-            del self._workers[me]
-            workers.close()
+        return _KeptWorkers(self._workers, early, bounded)
 
     def close(self) -> None:
         pass
@@ -387,3 +375,27 @@ if TYPE_CHECKING:  # what FsBackend claims, checked by mypy (rclone's var _ fs.M
 
     def _watch(w: FsWatcher) -> Watch:
         return w
+
+
+class _KeptWorkers:
+    """``FsBackend.keep_workers``'s block (a class: ``contextlib`` is not on a no-op's
+    path). A nested block on the same thread uses the outer block's workers."""
+
+    def __init__(self, kept: dict[int, Workers], early: Executor | None, bounded: bool) -> None:
+        self._kept = kept
+        self._early = early
+        self._bounded = bounded
+        self._mine: Workers | None = None
+
+    def __enter__(self) -> None:
+        from .copy import AHEAD_CHUNKS, Workers
+
+        me = get_ident()
+        if me not in self._kept:
+            self._mine = self._kept[me] = Workers(
+                self._early, AHEAD_CHUNKS if self._bounded else None)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._mine is not None:
+            del self._kept[get_ident()]
+            self._mine.close()
