@@ -375,7 +375,7 @@ def warm(root: Path) -> int:
     then starts with the source in the page cache. Without it the first command of a
     round read whatever of the source another process's I/O (a big tree's benchmark
     beside this one) had evicted since the last round, and the next ones did not: the
-    tool run first was billed for the disk reads (``bench/README.md``, "A fair initial
+    tool run first was billed for the disk reads (``bench/HISTORY.md``, "A fair initial
     copy"). The bytes read."""
     total = 0
     stack = [str(root)]

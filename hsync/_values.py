@@ -5,7 +5,7 @@ Every run of ``hsync`` creates its value types (nodes, ops, options, the backend
 contract's values) before it does anything, and attrs costs more than the rest of a
 small sync: its import (``typing``, ``inspect`` with ``ast`` and ``dis``, ``platform``,
 its own validators built as attrs classes) and the 22 classes built with it took 42-47
-ms of a 10-file no-op of 89-104 ms (bench/README.md, "The fixed cost of a small
+ms of a 10-file no-op of 89-104 ms (bench/HISTORY.md, "The fixed cost of a small
 sync"). The classes are declared as before (annotations, ``field(default=...,
 factory=..., eq=..., repr=..., init=..., kw_only=..., converter=...)``) and get what
 attrs generates for them: ``__slots__`` (and a weakref slot), an ``__init__`` (private

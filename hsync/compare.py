@@ -163,7 +163,7 @@ SMALL_TREE = 1000
 """A pair whose history holds at most this many nodes scans its destination in this
 process, after the source: forking a child, shipping its answers over a pipe and
 reaping it cost more than the walk of a tree this small (on the 2 shared cores the
-two ways crossed between 500 and 1,000 nodes; bench/README.md, "The fixed cost of a
+two ways crossed between 500 and 1,000 nodes; bench/HISTORY.md, "The fixed cost of a
 small sync")."""
 
 

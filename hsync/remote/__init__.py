@@ -48,7 +48,7 @@ class Reach:
 
 WINDOW = 4
 """Batches a push keeps in flight by default: the next ones cross the link while the far
-side applies and flushes one (measured in bench/README.md, "window")."""
+side applies and flushes one (measured in bench/HISTORY.md, "The window of batches in flight")."""
 BATCH_OPS = 2000
 """Ops one batch to a far destination holds at most by default (and ``BATCH_BYTES`` of
 content): small enough that a window of them overlaps the link and the far flush, large

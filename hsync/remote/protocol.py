@@ -67,7 +67,8 @@ def _zstd() -> Any:
     itself where it is there, else the package. The package's ``__init__`` imports
     ``platform`` and ``typing`` (with ``re`` and ``enum``) only to choose that same
     extension on CPython: 35-45 ms of each end's start-up on this machine's CPU,
-    against 3-4 ms for the extension alone (bench/README.md, "The agent's start-up")."""
+    against 3-4 ms for the extension alone (bench/HISTORY.md, "The last round trips and
+    the agent's start-up")."""
     if _ZSTD:
         return _ZSTD[0]
     import os

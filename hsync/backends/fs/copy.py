@@ -49,7 +49,7 @@ COPY_THREADS = 3
 COPY_PROCESSES = 4
 """Forked copy workers for many small files from a local tree. More than the cores:
 a worker waits on the disk (a create, a page read or written back) most of the time,
-and four in flight overlap those waits (bench/README.md, "The append over ssh written
+and four in flight overlap those waits (bench/HISTORY.md, "The append over ssh written
 once, and the initial copy under load": 20k files, two interleaved A/Bs, 7 rounds)."""
 PROCESS_MIN_FILES = 2000
 CHUNK_FILES = 64
