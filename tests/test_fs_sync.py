@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from treeutil import DIR, File, Link, assert_same_tree, build
+from treeutil import DIR, File, Link, alive, assert_same_tree, build
 
 from hsync.history import History
 from hsync.model import Plan
@@ -267,14 +267,6 @@ def _children_of(pid: int) -> list[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.timeout(120)
 def test_copy_workers_die_with_a_killed_run(tmp_path: Path) -> None:
     """Regression: after kill -9 of a run, its copy worker processes went on writing
@@ -309,9 +301,9 @@ def test_copy_workers_die_with_a_killed_run(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(w) for w in workers):
+    while time.monotonic() < deadline and any(alive(w) for w in workers):
         time.sleep(0.05)
-    assert not any(_alive(w) for w in workers), "copy workers outlived the killed run"
+    assert not any(alive(w) for w in workers), "copy workers outlived the killed run"
 
 
 def test_create_never_clobbers_a_file_that_appeared_since_the_scan(tmp_path: Path) -> None:
@@ -451,9 +443,9 @@ def test_the_scanning_child_dies_with_a_killed_run(tmp_path: Path) -> None:
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
     deadline = time.monotonic() + 10
-    while _alive(children[0]) and time.monotonic() < deadline:
+    while alive(children[0]) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(children[0])
+    assert not alive(children[0])
 
 
 @pytest.mark.parametrize(

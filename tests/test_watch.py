@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from treeutil import assert_same_tree, build, hsync_bin, reuse_inode
+from treeutil import alive, assert_same_tree, build, hsync_bin, reuse_inode
 
 from hsync.live import Dirty, PairWatch, RoundResult, StatusFile, WatchOptions
 from hsync.oneshot import compare
@@ -50,11 +50,11 @@ def no_leaks() -> Iterator[None]:
     yield
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        extra = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
+        extra = [t for t in threading.enumerate() if t not in threads and t.isalive()]
         if not extra and _inotify_watches() <= watches:
             break
         time.sleep(0.05)
-    extra = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
+    extra = [t for t in threading.enumerate() if t not in threads and t.isalive()]
     assert not extra, f"threads leaked: {extra}"
     assert _inotify_watches() <= watches, "inotify watches leaked"
 
@@ -119,7 +119,7 @@ def running(
     finally:
         pw.stop()
         t.join(10)
-        assert not t.is_alive(), "the loop did not stop"
+        assert not t.isalive(), "the loop did not stop"
     assert not errors, errors
 
 
@@ -720,15 +720,6 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    """``pid`` runs (a zombie, or a pid gone, does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @contextmanager
 def watch_logging(cmd: list[str]) -> Iterator[tuple[subprocess.Popen[bytes], list[str]]]:
     """``spawned(cmd)`` with its log read into a list of lines as it comes."""
@@ -771,7 +762,7 @@ def test_a_watch_copies_many_small_files_on_worker_processes_that_end_after_the_
         wait_for(copied, timeout=120, what="the initial copy")
         assert len(workers) >= 2, f"no copy worker process seen: {workers}"
         assert_same_tree(src, dst)
-        wait_for(lambda: not any(_alive(w) for w in workers), timeout=10,
+        wait_for(lambda: not any(alive(w) for w in workers), timeout=10,
                  what="the workers to end after the first pass")
         assert not _descendants(p.pid)
         write(src / "d0" / "late.txt", b"after the first pass")
@@ -805,7 +796,7 @@ def test_a_watch_stopped_in_its_first_pass_leaves_no_copy_worker_behind(
         p.send_signal(sig)
         code = p.wait(10)
         assert code == (0 if sig == signal.SIGTERM else -signal.SIGKILL), "".join(lines)
-        wait_for(lambda: not any(_alive(w) for w in workers), timeout=5,
+        wait_for(lambda: not any(alive(w) for w in workers), timeout=5,
                  what="the workers to end with the watch")
     if sig == signal.SIGKILL:
         time.sleep(0.5)  # a worker left alive would go on publishing meanwhile

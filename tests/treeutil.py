@@ -196,6 +196,15 @@ def snapshot(
     return Snapshot(nodes=nodes, incomplete=inc)
 
 
+def alive(pid: int) -> bool:
+    """``pid`` runs (a zombie, or a pid gone, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def reuse_inode(old: Path, new: Path, content: bytes, tries: int = 20_000) -> bool:
     """Delete ``old`` and create ``new`` (``content``, ``old``'s mtime) so that it gets
     ``old``'s freed inode where the filesystem reuses inodes (ext4 hands out the lowest
