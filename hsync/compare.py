@@ -228,7 +228,7 @@ def read_unread(session: PairSession, src: Snapshot, dst: Snapshot) -> None:
             if sources is not None:
                 todo = [k for k in todo if k not in only or k in sources]
             todo = _as_synced(session, rows, other, todo, origins)
-            snap.nodes._cache.clear()
+            snap.nodes.forget()
         # together: over a link one round trip for all of them (``Linked.stat_many``)
         for k, node in stat_many(endpoint, todo).items():
             if isinstance(node, OSError):
@@ -236,7 +236,7 @@ def read_unread(session: PairSession, src: Snapshot, dst: Snapshot) -> None:
             r = rows[k]
             if node is not None and node.kind == r[0]:
                 rows[k] = (*r[:6], node.data)
-                snap.nodes._cache.pop(k, None)
+                snap.nodes.forget(k)
 
 
 def _as_synced(

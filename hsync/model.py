@@ -565,6 +565,14 @@ class Rows(Mapping[Key, Node]):
     def get(self, key: Key, default: Any = None) -> Any:
         return self[key] if key in self.rows else default
 
+    def forget(self, key: Key | None = None) -> None:
+        """Drop the node built from ``key``'s row (None: every one): its row in
+        ``rows`` was replaced (attributes read after the scan)."""
+        if key is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(key, None)
+
     def __contains__(self, key: object) -> bool:
         return key in self.rows
 

@@ -50,11 +50,11 @@ def no_leaks() -> Iterator[None]:
     yield
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        extra = [t for t in threading.enumerate() if t not in threads and t.isalive()]
+        extra = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
         if not extra and _inotify_watches() <= watches:
             break
         time.sleep(0.05)
-    extra = [t for t in threading.enumerate() if t not in threads and t.isalive()]
+    extra = [t for t in threading.enumerate() if t not in threads and t.is_alive()]
     assert not extra, f"threads leaked: {extra}"
     assert _inotify_watches() <= watches, "inotify watches leaked"
 
@@ -119,7 +119,7 @@ def running(
     finally:
         pw.stop()
         t.join(10)
-        assert not t.isalive(), "the loop did not stop"
+        assert not t.is_alive(), "the loop did not stop"
     assert not errors, errors
 
 
