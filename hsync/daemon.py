@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._values import evolve
-from .backend import Credentials, scheme_of
+from .backend import Credentials, local_path
 from .credentials import for_side, refuse_secret_in_url
 from .credentials import private as private_mode
 from .errors import EXIT_OK, BackendError, HsyncError, LinkLost, UsageError
@@ -419,10 +419,9 @@ def _early_workers(pairs: tuple[PairConfig, ...]) -> Executor | None:
     if len(pairs) != 1 or threading.active_count() != 1:
         return None
     p = pairs[0]
-    if scheme_of(p.source) != "file" or scheme_of(p.destination) != "file":
+    dst = local_path(p.destination)
+    if dst is None or local_path(p.source) is None:
         return None
-    dst = p.destination[len("file://"):] if p.destination.startswith("file://") else (
-        p.destination)
     try:
         with os.scandir(dst) as names:
             if next(names, None) is not None:

@@ -523,6 +523,18 @@ def test_diff_plan(case: Case) -> None:
         case.properties(rows)
 
 
+def test_no_change_plans_the_empty_plan_compare_builds_without_the_planner() -> None:
+    """``compare.plan_between`` does not import the planner when nothing differs and
+    uses ``Plan(ops=(), changes=())`` for it: that must be what ``plan`` makes of no
+    change."""
+    from hsync.model import Plan
+
+    tree = {"d": D(), "d/f": F(3, 1), "l": L("d/f")}
+    for case_insensitive in (False, True):
+        assert plan(diff(snapshot(tree), snapshot(tree)), snapshot(tree),
+                    case_insensitive=case_insensitive) == Plan(ops=(), changes=())
+
+
 def test_case_only_rename_without_temporary_fails_check_on_case_insensitive() -> None:
     """check_plan itself catches a direct case-only rename on a case-insensitive tree."""
     dst = snapshot({"a": F(1, 1)})

@@ -22,7 +22,7 @@ from ...errors import NodeError, TargetChanged, problem_kind
 from ...model import DIR, Key, Node, Problem, Snapshot
 from .meta import chown, set_xattrs
 from .posix import open_beneath
-from .workers import Threads, ran
+from .workers import run_all
 
 THREADS = 8
 """Directory mtimes set at once (each ``utime`` may wait on the disk's journal)."""
@@ -105,11 +105,8 @@ class Touched:
                 mtimes.append((key, node.mtime_ns))
         if mtimes:
             rfd = root_fd()
-            if len(mtimes) >= POOL_MIN:
-                with Threads(THREADS, "hsync-mtime") as pool:
-                    jobs = pool.run_all(partial(_set_mtime, rfd, *item) for item in mtimes)
-            else:
-                jobs = [ran(partial(_set_mtime, rfd, *item)) for item in mtimes]
+            jobs = run_all([partial(_set_mtime, rfd, *item) for item in mtimes], THREADS,
+                           "hsync-mtime", at_least=POOL_MIN)
             for (key, _), job in zip(mtimes, jobs, strict=True):
                 try:
                     job.result()

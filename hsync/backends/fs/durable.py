@@ -21,7 +21,7 @@ from functools import partial
 from ...errors import NodeError
 from ...model import CREATE, DELETE, DIR, FILE, MOVE, UPDATE, Key, Op
 from .posix import O_META, open_beneath, open_root, syncfs
-from .workers import Threads, ran
+from .workers import run_all
 
 FEW = 16
 """Nodes flushed each by its own ``fsync`` at most; more get one ``syncfs`` (on this
@@ -76,12 +76,7 @@ def flush_nodes(root: str, nodes: dict[Key, bool]) -> None:
         return
     try:
         calls = [partial(_fsync, root_fd, key, is_dir) for key, is_dir in nodes.items()]
-        if len(calls) > 1:
-            with Threads(THREADS, "hsync-fsync") as pool:
-                jobs = pool.run_all(calls)
-        else:
-            jobs = [ran(call) for call in calls]
-        for job in jobs:
+        for job in run_all(calls, THREADS, "hsync-fsync"):
             job.result()
     except (OSError, NodeError):
         syncfs(root)

@@ -39,11 +39,18 @@ class Job:
         return self._value
 
 
-def ran(call: Callable[[], object]) -> Job:
-    """``call`` run now, on this thread, as a finished ``Job``."""
-    job = Job(call)
-    job.run()
-    return job
+def run_all(calls: Sequence[Callable[[], object]], threads: int, name: str,
+            at_least: int = 2) -> Sequence[Job]:
+    """Every call of ``calls`` run, each one's ``Job`` in order (``result()`` returns
+    at once): on up to ``threads`` threads named ``name`` where there are ``at_least``
+    calls, else here, one after another (no thread for one call)."""
+    if len(calls) < at_least:
+        jobs = [Job(call) for call in calls]
+        for job in jobs:
+            job.run()
+        return jobs
+    with Threads(threads, name) as pool:
+        return pool.run_all(calls)
 
 
 class Threads:
