@@ -9,6 +9,14 @@ a tool's latency is the time from the write's close to that moment, its debounce
 delay included (hsync ``--debounce``, lsyncd ``delay``: both ``--delay`` ms). Prints
 p50 and p90 per tool. lsyncd is Debian's (``apt-get install lsyncd``).
 
+``--renames N`` adds N rounds that each rename a directory of ``--rename-files`` files
+of ``--rename-size`` bytes (issue 14's "rename of a directory of 1,000 files" and "of
+1,000 x 1 MiB files", as a watch sees them): a tool's latency is the time from the
+rename to the moment its destination holds the new name with every file and no longer
+the old one. Whether the destination renamed its copy (the files keep their inode
+numbers there) or copied it anew is printed beside the latency: lsyncd's
+``default.rsyncssh`` runs ``mv`` over ssh for a move, hsync renames on the far side.
+
 Run it with a regular install (``python3 -m venv /tmp/venv-b && /tmp/venv-b/bin/pip
 install . && /tmp/venv-b/bin/python bench/bench_ssh_live.py``). ``--hsync-b PATH`` runs a
 second install beside the first (each with its own agent, ``--remote-hsync``): an A/B
@@ -71,6 +79,30 @@ def wait_for(paths: dict[str, Path], data: bytes, t0: float, timeout: float
     return got
 
 
+def _ino(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
+
+
+def wait_renamed(paths: dict[str, tuple[Path, Path]], files: int, last: str, t0: float,
+                 timeout: float) -> dict[str, float]:
+    """The time each destination came to hold ``new`` with ``files`` entries (``last``
+    among them) and no ``old`` (after ``t0``), polling all together."""
+    got: dict[str, float] = {}
+    deadline = t0 + timeout
+    while len(got) < len(paths) and time.perf_counter() < deadline:
+        for name, (old, new) in paths.items():
+            if name in got or old.exists() or not (new / last).exists():
+                continue
+            with contextlib.suppress(OSError):
+                if len(os.listdir(new)) == files:
+                    got[name] = time.perf_counter() - t0
+        time.sleep(0.001)
+    return got
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,6 +110,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--delay", type=int, default=100, help="debounce / delay, ms")
     ap.add_argument("--gap", type=float, default=1.0, help="seconds between writes")
+    ap.add_argument("--renames", type=int, default=0,
+                    help="rounds that rename a directory (after the writes)")
+    ap.add_argument("--rename-files", type=int, default=1000)
+    ap.add_argument("--rename-size", type=int, default=512, help="bytes per file")
     ap.add_argument("--workdir", default="/tmp/hsync-bench-ssh-live")
     ap.add_argument("--hsync", default=str(Path(sys.executable).with_name("hsync")))
     ap.add_argument("--hsync-b", metavar="PATH",
@@ -96,6 +132,11 @@ def main() -> None:
         d = src / f"d{i % 20}"
         d.mkdir(parents=True, exist_ok=True)
         (d / f"f{i}").write_bytes(os.urandom(512))
+    moved = src / "moved" / "r0"
+    if args.renames:
+        moved.mkdir(parents=True)
+        for i in range(args.rename_files):
+            (moved / f"m{i}").write_bytes(os.urandom(args.rename_size))
     hsyncs = {"hsync": args.hsync}
     if args.hsync_b:
         hsyncs["hsync-b"] = args.hsync_b
@@ -137,6 +178,23 @@ def main() -> None:
                 lat[n].append(got.get(n, float("inf")))
             print(f"  round {r + 1}: " + "  ".join(f"{n} {got.get(n, -1) * 1000:7.1f} ms"
                                                    for n in dst), file=sys.stderr)
+        ren: dict[str, list[float]] = {n: [] for n in dst}
+        kept: dict[str, list[bool]] = {n: [] for n in dst}
+        last = f"m{args.rename_files - 1}"
+        for r in range(args.renames):
+            time.sleep(args.gap)
+            old, new = Path("moved") / f"r{r}", Path("moved") / f"r{r + 1}"
+            inos = {n: _ino(d / old / last) for n, d in dst.items()}
+            os.rename(src / old, src / new)
+            t0 = time.perf_counter()
+            got = wait_renamed({n: (d / old, d / new) for n, d in dst.items()},
+                               args.rename_files, last, t0, 120)
+            for n, d in dst.items():
+                ren[n].append(got.get(n, float("inf")))
+                kept[n].append(inos[n] is not None and _ino(d / new / last) == inos[n])
+            print(f"  rename {r + 1}: " + "  ".join(
+                f"{n} {got.get(n, -1) * 1000:7.1f} ms"
+                f" ({'renamed' if kept[n][-1] else 'copied'})" for n in dst), file=sys.stderr)
     finally:
         for p in procs:
             with contextlib.suppress(ProcessLookupError):
@@ -158,6 +216,14 @@ def main() -> None:
     print("| --- | ---: | ---: |")
     for n, v in lat.items():
         print(f"| {n} | {statistics.median(v) * 1000:.0f} | {q(v, 0.9):.0f} |")
+    if args.renames:
+        print(f"\n{args.renames} renames of a directory of {args.rename_files} files of "
+              f"{args.rename_size} B\n")
+        print("| tool | p50 (ms) | p90 (ms) | renamed on the far side (not copied) |")
+        print("| --- | ---: | ---: | ---: |")
+        for n, v in ren.items():
+            print(f"| {n} | {statistics.median(v) * 1000:.0f} | {q(v, 0.9):.0f} | "
+                  f"{sum(kept[n])}/{len(kept[n])} |")
 
 
 if __name__ == "__main__":
