@@ -67,6 +67,12 @@ class Dirty:
         self.lost_reason: str | None = None
         self.lost_quick = True  # a stat-only pass against the history may stand for it
         self.unwatched_keys: dict[Key, str] = {}
+        self.moves: dict[Key, Key] = {}
+        """Directories moved within the tree (new key -> old key) with nothing below
+        either key reported since: each is offered to the loop as a folded pair (one
+        node on each side, ``Region.folded``), which the comparison checks by identity."""
+        self._move_keys: dict[Key, Key] = {}
+        """Both keys of each of ``moves`` -> its new key."""
         self.inflight: Region | None = None
         self.inflight_above: set[Key] = set()
         self.stale = False
@@ -82,6 +88,8 @@ class Dirty:
             return
         with self.cond:
             (self.deep if deep else self.shallow).add(key)
+            if self._move_keys:
+                self._unfold_above(key)
             if writing:
                 # not a reason for a round by itself: the close, or ``settle``, is
                 self.writing[key] = time.monotonic()
@@ -95,6 +103,43 @@ class Dirty:
             if self.inflight is not None and not self.stale and self._touches(key):
                 self.stale = True
             self.cond.notify_all()
+
+    def moved(self, old: Key, new: Key) -> None:
+        """A directory moved from ``old`` to ``new``, both in the tree, reported (both
+        keys ``dirty``) just before. Offered as a folded pair while nothing is reported
+        below either key; one moved again keeps its first key (a chain folds whole)."""
+        if not old or not new or old == new:
+            return
+        ex = self.exclude
+        if ex is not None and (not ex.by_name() or ex.covers(old) or ex.covers(new)):
+            return  # what is excluded below it may depend on where it is: compared whole
+        with self.cond:
+            origin = self.moves.pop(old, None)
+            if origin is None:
+                origin = old
+            self._move_keys.pop(old, None)
+            if origin == new or self._pending_below(origin) or self._pending_below(new):
+                self._move_keys.pop(origin, None)
+                return  # changed below before it moved: compared whole
+            self.moves[new] = origin
+            self._move_keys[new] = self._move_keys[origin] = new
+
+    def _pending_below(self, top: Key) -> bool:
+        """Something pending or being written strictly below ``top``."""
+        n = len(top)
+        return any(
+            len(k) > n and k[:n] == top
+            for keys in (self.deep, self.shallow, self.writing) for k in keys
+        )
+
+    def _unfold_above(self, key: Key) -> None:
+        """A report strictly below a moved directory's old or new key: that move is
+        compared whole."""
+        for i in range(1, len(key)):
+            new = self._move_keys.get(key[:i])
+            if new is not None:
+                self._move_keys.pop(new, None)
+                self._move_keys.pop(self.moves.pop(new), None)
 
     def _touches(self, key: Key) -> bool:
         """``Region.touches`` for the region in flight, in O(depth) per event."""
@@ -120,6 +165,8 @@ class Dirty:
     def unwatched(self, key: Key, reason: str) -> None:
         with self.cond:
             self.unwatched_keys[key] = reason
+            self.moves.clear()  # what is below an unwatched directory is not reported
+            self._move_keys.clear()
             self.deep.add(key)
             self._touch()
             self.cond.notify_all()
@@ -194,13 +241,15 @@ class Dirty:
                 self.lost_reason = None
                 self.lost_quick = True
             first = self.first
+            folded = list(self.moves.items())
+            self.moves, self._move_keys = {}, {}
             self.deep, self.shallow = set(), set()
             self.first = self.last = None  # a full comparison not allowed yet: a deadline
             if self.quick and self.write_ended:
                 self.quick_at = time.monotonic()
             self.write_ended = self.quick = False
             self._hold_writing(deep, shallow)
-            return Region.of(deep, shallow), first, quick
+            return Region.of(deep, shallow, folded), first, quick
 
     def _hold_writing(self, deep: set[Key], shallow: set[Key]) -> None:
         """Move back to the pending sets what covers a file still being written: the
@@ -240,6 +289,12 @@ class Dirty:
         with self.cond:
             self.deep |= region.deep
             self.shallow |= region.shallow
+            for new, old in region.folded:  # offered again unless reported below since
+                if new not in self.moves and not (
+                    self._pending_below(old) or self._pending_below(new)
+                ):
+                    self.moves[new] = old
+                    self._move_keys[new] = self._move_keys[old] = new
             now = time.monotonic()
             self.first = min(x for x in (self.first, first, now) if x is not None)
             self.last = self.quick_at = now

@@ -192,6 +192,22 @@ class Exclude:
         object.__setattr__(self, "rules", _rules(state.get("rules", ())))
         object.__setattr__(self, "_compiled", None)
 
+    def by_name(self) -> bool:
+        """True when every pattern and rule matches a node by its own name (no ``/``
+        inside, no ``**``): whether a node below a directory is excluded then does not
+        depend on where the directory is, so a directory moved with nothing changed
+        below it needs no rescan to know what is excluded below it."""
+        bodies = [b for _, b in self.rules]
+        bodies += [line[1:] if line.startswith("!") else line for line in self.patterns]
+        for body in bodies:
+            body = body.rstrip(" ")
+            if body.endswith("/***"):
+                body = body[:-4]
+            body = body.rstrip("/")
+            if "/" in body or "**" in body:
+                return False
+        return True
+
     def covers(self, key: Key) -> bool:
         """True when ``key`` or an ancestor is excluded, whatever the kinds (the kind of
         a key named by a watch event is not known)."""

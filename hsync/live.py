@@ -324,6 +324,8 @@ class PairWatch:
                 # taken now or in earlier rounds
                 token = self.resume.checkpoint(session, self.dirty, self.watcher)
                 region, first, quick = self.dirty.take(allow_full=now >= self._full_not_before)
+                if region.folded and self._retry_keys:
+                    region = _unfold_retried(region, self._retry_keys)
                 self.status.unwatched = {
                     "/".join(k): v for k, v in self.dirty.unwatched_keys.items()
                 }
@@ -725,3 +727,13 @@ class _Timers:
         if pw.dirty.lost_reason is not None:
             times.append(pw._full_not_before)
         return min(times) if times else None
+
+
+def _unfold_retried(region: Region, retry: set[Key]) -> Region:
+    """``region`` without the folded moves that hold a key whose op failed and waits
+    for its retry: that directory differs below from what the history says."""
+    kept = [
+        (new, old) for new, old in region.folded
+        if not any(k[: len(new)] == new or k[: len(old)] == old for k in retry)
+    ]
+    return Region.of(region.deep, region.shallow, kept)

@@ -74,6 +74,13 @@ def test_watch_push_and_pull(watching: Callable[..., Any], tmp_path: Path) -> No
     assert wait_for(lambda: (pulled / "x").exists())
     (far / "y").write_bytes(b"from afar")
     assert wait_for(lambda: (pulled / "y").exists() and (pulled / "y").read_bytes() == b"from afar")
+    # a directory renamed on the far side: its watch reports the move, renamed here
+    build(far / "dir", {"z": b"z"})
+    assert wait_for(lambda: (pulled / "dir" / "z").exists())
+    inode = (pulled / "dir" / "z").stat().st_ino
+    os.rename(far / "dir", far / "moved")
+    assert wait_for(lambda: (pulled / "moved" / "z").exists() and not (pulled / "dir").exists())
+    assert (pulled / "moved" / "z").stat().st_ino == inode
 
 
 def test_watch_reconnects_after_a_lost_link(watching: Callable[..., Any],

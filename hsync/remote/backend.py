@@ -525,6 +525,10 @@ class _RemoteWatch:
             self.sink.dirty(tuple(event[1]), deep=event[2], writing=event[3])
         elif what == "lost":
             self.sink.lost(event[1])
+        elif what == "moved":
+            moved = getattr(self.sink, "moved", None)  # optional (``WatchSink``)
+            if moved is not None:
+                moved(tuple(event[1]), tuple(event[2]))
         elif what == "unwatched":
             self.sink.unwatched(tuple(event[1]), event[2])
         elif what == "died":

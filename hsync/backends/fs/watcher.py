@@ -16,7 +16,8 @@ subclass of its inotify watch group):
 Facts measured here (shared/notes/baselines.md): watchdog's default event mask
 overflows the 16,384-event queue at once on a real tree, so an ``event_filter`` is
 passed; a directory rename fans out into one synthesised event per descendant, which
-are dropped (the one ``DirMovedEvent`` dirties both whole subtrees).
+are dropped (the one ``DirMovedEvent`` dirties both whole subtrees, and is reported as
+a move, ``sink.moved``, where the sink has it).
 """
 
 from __future__ import annotations
@@ -169,8 +170,12 @@ class _Handler(FileSystemEventHandler):
         if not isinstance(event, (FileModifiedEvent, FileAttribEvent)):
             self.open.discard(key)  # closed, deleted or moved: no longer being written
         if isinstance(event, (DirMovedEvent, FileMovedEvent)):
+            dest = _key_of(self.base, event.dest_path)
             self._appeared_or_went(key)
-            self._appeared_or_went(_key_of(self.base, event.dest_path))
+            self._appeared_or_went(dest)
+            moved = getattr(self.sink, "moved", None)  # optional (``WatchSink.moved``)
+            if isinstance(event, DirMovedEvent) and key and dest and moved is not None:
+                moved(key, dest)
         elif isinstance(event, _DEEP):
             self._appeared_or_went(key)
         elif isinstance(event, FileModifiedEvent) and key is not None:
