@@ -11,15 +11,16 @@ after the write, deleted, moved) or until it has been quiet for ``settle`` secon
 log never closed). ``max_delay`` does not apply to it; everything else goes as usual.
 
 A write that ends (a file closed after its write, or deleted or moved while written)
-needs no long debounce: the file is complete. The round then starts once
-``close_quiet`` (default 0: at once) passed without another notification, until an
-event that is not about a file's content comes (a create, delete or move: a burst may
-be going on). Events that come within ``BURST_GAP`` (or the debounce, if shorter) of a
-take made early that way (a burst that goes on while its first file's round runs) wait
-for the whole debounce again, and every event extends the wait: a burst (a ``git
-checkout`` of 1,000 files) costs the round of its first file (often restarted and
-merged into the next, since the burst's next creates touch it) and then one round per
-quiet period, or per ``max_delay`` of events.
+needs no long debounce: the file is complete; so does a directory moved within the tree
+with nothing reported below it (``moved``: one rename, compared as one node). The round
+then starts once ``close_quiet`` (default 0: at once) passed without another
+notification, until an event that is not about a file's content comes (a create, delete
+or move: a burst may be going on). Events that come within ``BURST_GAP`` (or the
+debounce, if shorter) of a take made early that way (a burst that goes on while its
+first file's round runs) wait for the whole debounce again, and every event extends the
+wait: a burst (a ``git checkout`` of 1,000 files) costs the round of its first file
+(often restarted and merged into the next, since the burst's next creates touch it) and
+then one round per quiet period, or per ``max_delay`` of events.
 """
 
 from __future__ import annotations
@@ -123,6 +124,10 @@ class Dirty:
                 return  # changed below before it moved: compared whole
             self.moves[new] = origin
             self._move_keys[new] = self._move_keys[origin] = new
+            # one rename, complete by itself: no long debounce, as for a write that
+            # ended (a burst of them still waits: ``ready_at``)
+            self.write_ended = True
+            self.cond.notify_all()
 
     def _pending_below(self, top: Key) -> bool:
         """Something pending or being written strictly below ``top``."""

@@ -166,6 +166,31 @@ def test_a_lone_close_is_ready_at_once_and_a_burst_after_it_waits() -> None:
     assert time.monotonic() - t0 < 4
 
 
+def test_a_lone_directory_rename_is_ready_at_once_and_one_after_a_change_below_waits(
+) -> None:
+    """A directory renamed within the tree, nothing reported below it: one rename,
+    complete, ready without the debounce and offered folded. The same after a file
+    below it changed waits for the debounce, and is not folded."""
+    d = Dirty()
+    for k, deep in ((("a",), True), (("b",), True), ((), False)):
+        d.dirty(k, deep=deep)
+    d.moved(("a",), ("b",))
+    t0 = time.monotonic()
+    assert d.wait(30.0, 60.0, t0 + 5) is True
+    assert time.monotonic() - t0 < 4, "a lone rename waited for the debounce"
+    region, _first, _quick = d.take(allow_full=False)
+    assert region == Region.of([("a",), ("b",)], [()], [(("b",), ("a",))])
+    time.sleep(BURST_GAP)
+    d.dirty(("b", "f"), deep=False)  # a file below it changed, then it moved
+    for k, deep in ((("b",), True), (("c",), True), ((), False)):
+        d.dirty(k, deep=deep)
+    d.moved(("b",), ("c",))
+    t0 = time.monotonic()
+    assert d.wait(30.0, 60.0, t0 + 0.5) is False
+    region, _first, _quick = d.take(allow_full=False)
+    assert region.folded == ()
+
+
 def test_a_lone_file_at_the_defaults_arrives_in_one_round_without_a_restart(
     tmp_path: Path,
 ) -> None:
