@@ -295,11 +295,11 @@ class WatchSink(Protocol):
     """Where a watch reports what changed (it never applies anything). Called from the
     watch's own thread(s); each call returns quickly.
 
-    A sink may also have ``moved(old, new)`` (``hsync.dirty.Dirty`` has): a watch that
-    can tell that a directory moved from ``old`` to ``new``, both in the tree, calls it
-    right after the two ``dirty`` calls of the move, where the sink has it. The loop
-    then compares the directory as one node moved, while nothing is reported below
-    either key (``Region.folded``)."""
+    A sink may also have ``moved(old, new, *, directory)`` (``hsync.dirty.Dirty``
+    has): a watch that can tell that a node moved from ``old`` to ``new``, both in the
+    tree, calls it right after the two ``dirty`` calls of the move, where the sink has
+    it. A moved file is then complete (no long debounce); a moved directory is compared
+    as one node, while nothing is reported below either key (``Region.folded``)."""
 
     def dirty(self, key: Key, *, deep: bool = True, writing: bool = False) -> None:
         """``key`` changed. ``deep``: anything at or below it may have changed (created,

@@ -11,7 +11,8 @@ after the write, deleted, moved) or until it has been quiet for ``settle`` secon
 log never closed). ``max_delay`` does not apply to it; everything else goes as usual.
 
 A write that ends (a file closed after its write, or deleted or moved while written)
-needs no long debounce: the file is complete; so does a directory moved within the tree
+needs no long debounce: the file is complete; so do a file moved within the tree (a
+save written to a temporary name, then renamed) and a directory moved within the tree
 with nothing reported below it (``moved``: one rename, compared as one node). The round
 then starts once ``close_quiet`` (default 0: at once) passed without another
 notification, until an event that is not about a file's content comes (a create, delete
@@ -64,6 +65,11 @@ class Dirty:
         ``put_back``): events that come soon after it are a burst going on."""
         self.quick = False
         """The pending work is due after ``close_quiet`` (a lone write that ended)."""
+        self.quick_keys: frozenset[Key] = frozenset()
+        """The keys of that early take: a file among them renamed soon after is a save
+        (written to a temporary name, closed, renamed) finishing, not a burst."""
+        self._save_ended = False
+        """Such a rename came while the early round ran: its ``put_back`` is no burst."""
         self.last: float | None = None
         self.lost_reason: str | None = None
         self.lost_quick = True  # a stat-only pass against the history may stand for it
@@ -105,11 +111,24 @@ class Dirty:
                 self.stale = True
             self.cond.notify_all()
 
-    def moved(self, old: Key, new: Key) -> None:
-        """A directory moved from ``old`` to ``new``, both in the tree, reported (both
-        keys ``dirty``) just before. Offered as a folded pair while nothing is reported
-        below either key; one moved again keeps its first key (a chain folds whole)."""
+    def moved(self, old: Key, new: Key, *, directory: bool = True) -> None:
+        """A node moved from ``old`` to ``new``, both in the tree, reported (both keys
+        ``dirty``) just before. A file moved is complete, as a write that ended (a save
+        written to a temporary name and renamed over the file). A directory is offered
+        as a folded pair while nothing is reported below either key; one moved again
+        keeps its first key (a chain folds whole)."""
         if not old or not new or old == new:
+            return
+        if not directory:
+            with self.cond:
+                if new not in self.writing:  # else its close says when
+                    self.write_ended = True
+                    if old in self.quick_keys:
+                        # the early round took the temporary file: its rename ends
+                        # that save (the round restarts or follows), not a burst
+                        self.quick_at = float("-inf")
+                        self._save_ended = True
+                    self.cond.notify_all()
             return
         ex = self.exclude
         if ex is not None and (not ex.by_name() or ex.covers(old) or ex.covers(new)):
@@ -130,12 +149,20 @@ class Dirty:
             self.cond.notify_all()
 
     def _pending_below(self, top: Key) -> bool:
-        """Something pending or being written strictly below ``top``."""
+        """Something pending, being written or in the round in flight strictly below
+        ``top`` (that round may not apply it: it is put back if the move makes it
+        stale)."""
         n = len(top)
+        r = self.inflight
+        flying = () if r is None else (r.deep, r.shallow)
         return any(
             len(k) > n and k[:n] == top
-            for keys in (self.deep, self.shallow, self.writing) for k in keys
+            for keys in (self.deep, self.shallow, self.writing, *flying) for k in keys
         )
+
+    def _drop_move(self, new: Key) -> None:
+        self._move_keys.pop(new, None)
+        self._move_keys.pop(self.moves.pop(new), None)
 
     def _unfold_above(self, key: Key) -> None:
         """A report strictly below a moved directory's old or new key: that move is
@@ -143,8 +170,7 @@ class Dirty:
         for i in range(1, len(key)):
             new = self._move_keys.get(key[:i])
             if new is not None:
-                self._move_keys.pop(new, None)
-                self._move_keys.pop(self.moves.pop(new), None)
+                self._drop_move(new)
 
     def _touches(self, key: Key) -> bool:
         """``Region.touches`` for the region in flight, in O(depth) per event."""
@@ -252,7 +278,10 @@ class Dirty:
             self.first = self.last = None  # a full comparison not allowed yet: a deadline
             if self.quick and self.write_ended:
                 self.quick_at = time.monotonic()
-            self.write_ended = self.quick = False
+                self.quick_keys = frozenset((*deep, *shallow))
+            else:
+                self.quick_keys = frozenset()
+            self.write_ended = self.quick = self._save_ended = False
             self._hold_writing(deep, shallow)
             return Region.of(deep, shallow, folded), first, quick
 
@@ -294,15 +323,19 @@ class Dirty:
         with self.cond:
             self.deep |= region.deep
             self.shallow |= region.shallow
-            for new, old in region.folded:  # offered again unless reported below since
-                if new not in self.moves and not (
-                    self._pending_below(old) or self._pending_below(new)
-                ):
+            for new, old in region.folded:  # offered again
+                if new not in self.moves:
                     self.moves[new] = old
                     self._move_keys[new] = self._move_keys[old] = new
+            for new, old in list(self.moves.items()):  # unless reported below since
+                if self._pending_below(old) or self._pending_below(new):
+                    self._drop_move(new)
             now = time.monotonic()
             self.first = min(x for x in (self.first, first, now) if x is not None)
-            self.last = self.quick_at = now
+            self.last = now
+            # events soon after are a burst, unless a save's rename restarted the round
+            self.quick_at = float("-inf") if self._save_ended else now
+            self._save_ended = False
             self.inflight = None
             self.stale = False
             self.cond.notify_all()

@@ -441,9 +441,11 @@ def test_a_directory_renamed_under_the_watch_is_one_move_compared_as_one_node(
 def test_a_directory_renamed_and_changed_inside_is_compared_whole(
     tmp_path: Path, when: str
 ) -> None:
-    """A file rewritten below a directory just before or just after the directory is
-    renamed (both in one round): the round cannot take the directory as one node, it
-    compares both subtrees and copies the new content."""
+    """A file rewritten below a directory just before the directory is renamed: the
+    round cannot take the directory as one node, it compares both subtrees and copies
+    the new content. Just after: the rename may go first, folded (it is ready at once),
+    and the write in the next round; the content arrives either way (that a report
+    below a folded pair unfolds it is test_watch_latency's)."""
     src, dst = tmp_path / "src", tmp_path / "dst"
     for i in range(20):
         write(src / "big" / f"f{i:02d}", b"old %d" % i)
@@ -458,7 +460,8 @@ def test_a_directory_renamed_and_changed_inside_is_compared_whole(
             write(src / "renamed" / "f07", b"new content")
         converge(src, dst)
         assert (dst / "renamed" / "f07").read_bytes() == b"new content"
-        assert all(r.region.folded == () for r in rounds)
+        if when == "before":
+            assert all(r.region.folded == () for r in rounds)
 
 
 def test_a_renamed_directory_is_compared_whole_where_excludes_depend_on_the_path(

@@ -233,8 +233,8 @@ class _Sink:
     def lost(self, reason: str) -> None:
         self.send(["lost", reason])
 
-    def moved(self, old: Key, new: Key) -> None:
-        self.send(["moved", old, new])  # an older client ignores it
+    def moved(self, old: Key, new: Key, *, directory: bool = True) -> None:
+        self.send(["moved", old, new, directory])  # an older client ignores it
 
     def unwatched(self, key: Key, reason: str) -> None:
         self.send(["unwatched", key, reason])

@@ -174,8 +174,8 @@ class _Handler(FileSystemEventHandler):
             self._appeared_or_went(key)
             self._appeared_or_went(dest)
             moved = getattr(self.sink, "moved", None)  # optional (``WatchSink.moved``)
-            if isinstance(event, DirMovedEvent) and key and dest and moved is not None:
-                moved(key, dest)
+            if key and dest and moved is not None:
+                moved(key, dest, directory=isinstance(event, DirMovedEvent))
         elif isinstance(event, _DEEP):
             self._appeared_or_went(key)
         elif isinstance(event, FileModifiedEvent) and key is not None:
