@@ -79,6 +79,10 @@ class VerifyReport:
     elapsed: float = 0.0
     repair: Any = None
     """The ``Report`` of the repairing sync, when one ran."""
+    round_trips: int | None = None
+    """The round trips on the links to remote endpoints verify waited on, one after the
+    other (``Linked.round_trips``; the repair's not counted: its own report says them);
+    None when neither endpoint is remote."""
 
     @property
     def exit_code(self) -> int:
@@ -100,6 +104,8 @@ class VerifyReport:
             "bytes_hashed": self.bytes_hashed,
             "elapsed": round(self.elapsed, 6),
         }
+        if self.round_trips is not None:
+            out["round_trips"] = self.round_trips
         if self.repair is not None:
             out["repair"] = self.repair.to_json()
         return out
@@ -449,6 +455,7 @@ def verify(
             chunk_bytes=chunk_bytes,
         )
         report = verifier.run()
+        report.round_trips = session.round_trips()
     if repair and report.differences:
         report.repair = sync_once(src, dst, options)
     return report

@@ -110,3 +110,48 @@ def test_a_local_run_says_no_round_trips(tmp_path: Path) -> None:
     src = build(tmp_path / "src", spec())
     report = sync("--state", tmp_path / "h.sqlite", src, tmp_path / "dst")
     assert "round_trips" not in report and "bytes_on_wire" not in report
+
+
+VERIFY = 8
+"""Of a verify that finds 10 differences on the far side (main at 929b674: 35, a look,
+a stat and a hash asked one key at a time): the open, the scans, the hashes of the
+files, and the settle re-check's one round for all the candidates together (their
+looks, nodes and hashes, each asked for all keys at once)."""
+
+
+def verify(*args: Any) -> tuple[int, dict[str, Any]]:
+    r = subprocess.run([hsync_bin(), "verify", "--json", "--settle", "0",
+                        *(os.fspath(a) for a in args)],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                       timeout=180, check=False)
+    assert r.returncode in (0, 1), r.stderr
+    report: dict[str, Any] = json.loads(r.stdout)
+    return r.returncode, report
+
+
+def test_verify_rechecks_its_differences_together(remote: Any, tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {**spec(), **{f"d/v{i}": b"%05d" % i for i in range(10)},
+                                   **{f"k/m{i}": b"m" for i in range(10)}})
+    dst = tmp_path / "dst"
+    sync("--state", tmp_path / "h.sqlite", src, f"{HOST}:{dst}")
+    code, same = verify(src, f"{HOST}:{dst}")
+    assert code == 0 and same["consistent"] and same["round_trips"] <= VERIFY - 3
+    # 5 files with other bytes of the same size and mtime (only a hash tells), and 5
+    # files with another mode, on the far side
+    for i in range(5):
+        far = dst / "d" / f"v{i}"
+        st = os.stat(far)
+        far.write_bytes(b"X%04d" % i)
+        os.utime(far, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.chmod(dst / "k" / f"m{i}", 0o600)
+    code, found = verify(src, f"{HOST}:{dst}")
+    assert code == 1
+    assert sorted((d["path"], d["difference"]) for d in found["differences"]) == [
+        *((f"d/v{i}", "content") for i in range(5)),
+        *((f"k/m{i}", "metadata") for i in range(5)),
+    ]
+    assert found["round_trips"] <= VERIFY, found["round_trips"]
+    # pulled: the source is the far side, its looks asked together too
+    code, pulled = verify(f"{HOST}:{dst}", src)
+    assert code == 1 and len(pulled["differences"]) == 10
+    assert pulled["round_trips"] <= VERIFY, pulled["round_trips"]
