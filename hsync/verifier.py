@@ -175,8 +175,9 @@ def _meta_diff(s: Node, d: Node) -> str:
 def _data_diff(s: Any, d: Any) -> str:
     """A filesystem node's owner, group and extended attributes (``(uid, gid,
     xattrs)``) named where they differ; "attributes" for other data (LDAP)."""
-    if not (isinstance(s, tuple) and isinstance(d, tuple) and len(s) == len(d) == 3):
-        return "attributes"
+    if not (isinstance(s, tuple) and isinstance(d, tuple) and len(s) == len(d) == 3
+            and all(i is None or isinstance(i, int) for i in (s[0], s[1], d[0], d[1]))):
+        return "attributes"  # an LDAP entry's three attributes are no (uid, gid, xattrs)
     out = []
     if s[0] != d[0]:
         out.append(f"owner {s[0]} != {d[0]}")
