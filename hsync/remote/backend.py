@@ -661,6 +661,15 @@ class RemoteBackend(_Asking):
                 out[k] = e
         return out
 
+    def look_many(self, keys: Sequence[Key]) -> dict[Key, Any]:
+        """``Linked.look_many``: one request for all of them where the agent says it
+        answers one (``look_many`` among its features), else the ``look`` requests sent
+        back to back (an agent from before it): one round trip either way."""
+        if "look_many" in self.far_features:
+            return dict(zip(keys, self.link.call("look_many", list(keys)), strict=True))
+        asked = [(k, self.link.ask("look", k)) for k in keys]
+        return {k: answer() for k, answer in asked}
+
     def read(self, key: Key) -> BinaryIO:
         if key in self._delta_keys:
             self._delta_keys.discard(key)
