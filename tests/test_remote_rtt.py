@@ -112,15 +112,18 @@ def test_a_local_run_says_no_round_trips(tmp_path: Path) -> None:
     assert "round_trips" not in report and "bytes_on_wire" not in report
 
 
-VERIFY_EQUAL = 5
-"""Of a verify of a far destination equal to the source: the open, the far scan (begun
-beside the source's, then its snapshot), the files' hashes on the far side, its end."""
-VERIFY = 9
-"""Of a verify that finds 10 differences on the far side (main at 929b674: 35, a look,
-a stat and a hash asked one key at a time): the equal one's, a look at the candidates
-found without a hash (their metadata differs), and the settle re-check's one round for
-all the candidates together: their looks, their nodes, their files' hashes, each asked
-for all of them at once (``look_many``, ``stat_many``, ``hash_many``)."""
+VERIFY_EQUAL = 3
+"""Of a verify of a far destination equal to the source (main at 929b674: 5): the open,
+the far scan's snapshot (asked right behind its start, as a summary is; the
+configure_scan and metadata answers taken with it), the files' hashes on the far
+side; not whether the destination is empty (a verify deletes nothing)."""
+VERIFY = 7
+"""Of a verify that finds 10 differences on the far side, pushed or pulled (main at
+929b674: 35, a look, a stat and a hash asked one key at a time): the equal one's, a
+look at the candidates found without a hash (their metadata differs), and the settle
+re-check's one round for all the candidates together: their looks, their nodes, their
+files' hashes, each asked for all of them at once (``look_many``, ``stat_many``,
+``hash_many``)."""
 
 
 def verify(*args: Any) -> tuple[int, dict[str, Any]]:

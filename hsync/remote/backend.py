@@ -393,7 +393,8 @@ class _FarCancel:
 class _RemoteScan:
     """A digest scan running on the far side (``DigestScan``), by its handle there.
 
-    Nothing waits for the scan's start: the summary is asked right behind it (by the
+    Nothing waits for the scan's start: the summary (or the snapshot, ``verify``'s) is
+    asked right behind it (by the
     handle, the start's request id; the agent answers in order), and its close is
     not waited for (``ds_close`` says only that it is closed: a request sent after it
     is served after it, and the link's close waits for the agent, which answers it
@@ -461,8 +462,9 @@ class _RemoteScan:
         return out
 
     def snapshot(self) -> Snapshot:
+        asked = self.link.ask("ds_snapshot", self.handle)  # as the summary is
         self._begun()
-        snap = decode_snapshot(self.link.call("ds_snapshot", self.handle))
+        snap = decode_snapshot(asked())
         self.close()
         return snap
 
