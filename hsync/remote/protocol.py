@@ -20,16 +20,46 @@ bytes on the wire.
 from __future__ import annotations
 
 import struct
+import sys
 import threading
-
-import msgpack
 
 TYPE_CHECKING = False  # not typing's: the agent's start-up is every remote run's
 if TYPE_CHECKING:
     import signal as _signal
     from typing import IO, Any, BinaryIO
+
+    import msgpack
 else:  # signal's C half, the same functions: the Python module builds enums at import
     import _signal
+
+
+def _import_msgpack() -> Any:
+    """msgpack, imported with ``_datetime`` standing in for ``datetime``. msgpack's
+    ``ext`` (its Timestamp) and its C extension (the datetime C API, for packing
+    datetimes) import ``datetime``, whose Python module (3.11) defines every class in
+    Python before it replaces them with ``_datetime``'s: 2-3 ms of each end's start-up
+    on this machine (bench/HISTORY.md), for timestamps hsync never sends. ``_datetime``
+    holds the same classes and the C API's capsule. The stand-in is there only while
+    msgpack is imported: a later ``import datetime`` gets the real module."""
+    if "datetime" in sys.modules:
+        import msgpack
+
+        return msgpack
+    try:
+        _datetime = __import__("_datetime")
+    except ImportError:  # another Python: the ordinary import
+        _datetime = None
+    if _datetime is not None:
+        sys.modules["datetime"] = _datetime
+    try:
+        import msgpack
+    finally:
+        if _datetime is not None and sys.modules.get("datetime") is _datetime:
+            del sys.modules["datetime"]
+    return msgpack
+
+
+msgpack = _import_msgpack()
 
 PROTOCOL = 4
 """Bumped when the messages change incompatibly; the handshake refuses a mismatch.
@@ -111,13 +141,23 @@ def hsync_version() -> str:
     return __version__
 
 
-def _classes() -> dict[str, type]:
-    from ..backend import ApplyOptions, Capabilities, DigestSummary, Keep
-    from ..filters import Exclude
-    from ..model import Change, Fingerprint, Node, Op, Problem
+def _class(name: str) -> type | None:
+    """The value class that crosses the link under ``name``. ``Exclude`` is looked up
+    only when one crosses (its module, the filters, is no part of an agent's start-up:
+    a scan without excludes sends None)."""
+    if not _CLASSES:
+        from ..backend import ApplyOptions, Capabilities, DigestSummary, Keep
+        from ..model import Change, Fingerprint, Node, Op, Problem
 
-    return {c.__name__: c for c in (Node, Op, Problem, Change, Fingerprint, Exclude,
-                                    ApplyOptions, Capabilities, DigestSummary, Keep)}
+        _CLASSES.update((c.__name__, c) for c in (
+            Node, Op, Problem, Change, Fingerprint, ApplyOptions, Capabilities,
+            DigestSummary, Keep))
+    cls = _CLASSES.get(name)
+    if cls is None and name == "Exclude":
+        from ..filters import Exclude
+
+        cls = _CLASSES[name] = Exclude
+    return cls
 
 
 _CLASSES: dict[str, type] = {}
@@ -148,9 +188,7 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, set):
         return msgpack.ExtType(_EXT_SET, pack(list(obj)))
     name = type(obj).__name__
-    if not _CLASSES:
-        _CLASSES.update(_classes())
-    if _CLASSES.get(name) is type(obj):
+    if _class(name) is type(obj):
         fields = {alias: getattr(obj, f) for f, alias in _init_fields(type(obj))}
         return msgpack.ExtType(_EXT_VALUE, pack([name, fields]))
     raise TypeError(f"cannot send a {type(obj).__name__} over the link")
@@ -165,9 +203,9 @@ def _ext(code: int, data: bytes) -> Any:
         return int.from_bytes(data, "big", signed=True)
     if code == _EXT_VALUE:
         name, fields = unpack(data)
-        if not _CLASSES:
-            _CLASSES.update(_classes())
-        cls = _CLASSES[name]
+        cls = _class(name)
+        if cls is None:
+            raise ValueError(f"no value class {name!r}")
         known = {alias for _, alias in _init_fields(cls)}
         return cls(**{k: v for k, v in fields.items() if k in known})
     return msgpack.ExtType(code, data)
