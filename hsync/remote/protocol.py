@@ -40,7 +40,8 @@ def _import_msgpack() -> Any:
     Python before it replaces them with ``_datetime``'s: 2-3 ms of each end's start-up
     on this machine (bench/HISTORY.md), for timestamps hsync never sends. ``_datetime``
     holds the same classes and the C API's capsule. The stand-in is there only while
-    msgpack is imported: a later ``import datetime`` gets the real module."""
+    msgpack is imported: a later ``import datetime`` gets the real module (one in
+    another thread meanwhile gets ``_datetime``: the same classes)."""
     if "datetime" in sys.modules:
         import msgpack
 
