@@ -670,6 +670,11 @@ class Linked(Protocol):
         each): the node, None where absent, or the ``OSError`` its ``stat`` raised."""
         ...
 
+    def look_many(self, keys: Sequence[Key]) -> dict[Key, Any]:
+        """``BulkHashing.look`` of each of ``keys``, asked together (one round trip for
+        all, not one each); asked only of an endpoint that is ``BulkHashing`` too."""
+        ...
+
 
 @runtime_checkable
 class ResumableWatchable(Protocol):
@@ -902,6 +907,19 @@ def stat_many(endpoint: Endpoint, keys: Sequence[Key]) -> dict[Key, Node | OSErr
         except OSError as e:
             out[k] = e
     return out
+
+
+def look_many(endpoint: Endpoint, keys: Sequence[Key]) -> dict[Key, Any]:
+    """``BulkHashing.look`` of each of ``keys`` on ``endpoint`` (``Linked.look_many``:
+    together, in one round trip, over a link; else one after the other). The endpoint
+    must be ``BulkHashing`` (``Features.bulk_hashing``)."""
+    bulk = endpoint.features.bulk_hashing
+    if bulk is None:
+        raise TypeError(f"{endpoint.url}: not BulkHashing: no look")
+    linked = endpoint.features.linked
+    if linked is not None and len(keys) > 1:
+        return linked.look_many(keys)
+    return {k: bulk.look(k) for k in keys}
 
 
 def open_endpoint(

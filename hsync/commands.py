@@ -436,15 +436,15 @@ def verify(
     xattrs: bool, acls: bool, numeric_ids: bool,
 ) -> int:
     """Compare SRC and DST content and all (xxhash). Exit 0 consistent, 1 differences."""
-    from .remote import Reach, reaching
     from .verifier import verify as run_verify
 
     opts = _options(exclude=exclude, exclude_from=exclude_from)
-    with reaching(Reach(rsh=rsh, remote_hsync=remote_hsync, compress=compress)):
-        report = run_verify(
-            src, dst, exclude=opts.exclude, settle=settle, repair=repair, state=state,
-            **_meta(owner, group, xattrs, acls, numeric_ids),
-        )
+    # how the far tree is reached goes in the options: the session reaches it by them
+    report = run_verify(
+        src, dst, exclude=opts.exclude, settle=settle, repair=repair, state=state,
+        rsh=rsh, remote_hsync=remote_hsync, compress=compress,
+        **_meta(owner, group, xattrs, acls, numeric_ids),
+    )
     if json_out:
         print(_json().dumps(report.to_json(), indent=2))
     else:

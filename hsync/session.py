@@ -113,7 +113,8 @@ class PairSession:
                     self.destination.backend.name_pair(self.history.pair)
                 self._attributes_since()
             self._check_destination_was_there()
-            self.deletes_allowed = self._may_delete()
+            if history:  # else asked when first read: a verify never plans deletes
+                self._deletes = self._may_delete()
         except BaseException:
             self.close()
             raise
@@ -314,6 +315,22 @@ class PairSession:
                 "before (an unmounted disk?); not recreated: mount it, or create the "
                 "directory to sync into it again"
             )
+
+    _deletes: bool | None = None
+
+    @property
+    def deletes_allowed(self) -> bool:
+        """Whether destination-only nodes may be deleted (``_may_delete``): decided as
+        the pair opens; in a session without history (``verify``, which plans no
+        deletions: over a link, whether the destination is empty is a round trip)
+        when first asked."""
+        if self._deletes is None:
+            self._deletes = self._may_delete()
+        return self._deletes
+
+    @deletes_allowed.setter
+    def deletes_allowed(self, value: bool) -> None:
+        self._deletes = value
 
     def _may_delete(self) -> bool:
         """Whether destination-only nodes may be deleted (SPEC 8): always with

@@ -34,7 +34,7 @@ from typing import Any
 import attrs
 
 from ._values import evolve
-from .backend import Endpoint, Hashed
+from .backend import Endpoint, Hashed, look_many, stat_many
 from .errors import EXIT_DIFFER, EXIT_OK, EXIT_USAGE, UsageError
 from .filters import Exclude
 from .model import DIR, FILE, SPECIAL, SYMLINK, Key, Node, Rows, Snapshot, key_str
@@ -79,6 +79,10 @@ class VerifyReport:
     elapsed: float = 0.0
     repair: Any = None
     """The ``Report`` of the repairing sync, when one ran."""
+    round_trips: int | None = None
+    """The round trips on the links to remote endpoints verify waited on, one after the
+    other (``Linked.round_trips``; the repair's not counted: its own report says them);
+    None when neither endpoint is remote."""
 
     @property
     def exit_code(self) -> int:
@@ -100,6 +104,8 @@ class VerifyReport:
             "bytes_hashed": self.bytes_hashed,
             "elapsed": round(self.elapsed, 6),
         }
+        if self.round_trips is not None:
+            out["round_trips"] = self.round_trips
         if self.repair is not None:
             out["repair"] = self.repair.to_json()
         return out
@@ -119,24 +125,31 @@ class _Side:
         self.backend = endpoint.backend
         self.bulk = endpoint.features.bulk_hashing
 
-    def look(self, key: Key) -> Look:
+    def looks(self, keys: Sequence[Key]) -> dict[Key, Look]:
+        """A look at each of ``keys``, asked together (over a link: one round trip for
+        all, ``look_many`` or ``stat_many``)."""
         if self.bulk is not None:
-            return self.bulk.look(key)
-        node = self.backend.stat(key)
-        return None if node is None else (node.kind, node.mode, node.size, node.mtime_ns,
-                                          node.target, node.data)
+            return look_many(self.endpoint, keys)
+        return {
+            k: None if n is None else (n.kind, n.mode, n.size, n.mtime_ns, n.target, n.data)
+            for k, n in self.nodes(keys).items()
+        }
 
-    def node(self, key: Key) -> Node | None:
-        """The node at ``key`` now (for a re-check)."""
-        return self.backend.stat(key)
-
-    def hash(self, key: Key) -> Hashed:
-        return self.hash_many([key])[0]
+    def nodes(self, keys: Sequence[Key]) -> dict[Key, Node | None]:
+        """The node at each of ``keys`` now (for a re-check), asked together
+        (``stat_many``); a ``stat`` that failed raises its ``OSError``."""
+        out: dict[Key, Node | None] = {}
+        for k, n in stat_many(self.endpoint, keys).items():
+            if isinstance(n, OSError):
+                raise n
+            out[k] = n
+        return out
 
     def hash_many(self, keys: Sequence[Key]) -> list[Hashed]:
         if self.bulk is not None:
             return self.bulk.hash_many(keys)
-        return [(self.backend.digest(k), 0, self.look(k)) for k in keys]
+        looks = self.looks(keys)  # before the reads: a change during one shows
+        return [(self.backend.digest(k), 0, looks[k]) for k in keys]
 
     def submit(self, pool: Executor, keys: Sequence[Key]) -> Future[list[Hashed]]:
         if self.bulk is not None:
@@ -169,8 +182,9 @@ def _meta_diff(s: Node, d: Node) -> str:
 def _data_diff(s: Any, d: Any) -> str:
     """A filesystem node's owner, group and extended attributes (``(uid, gid,
     xattrs)``) named where they differ; "attributes" for other data (LDAP)."""
-    if not (isinstance(s, tuple) and isinstance(d, tuple) and len(s) == len(d) == 3):
-        return "attributes"
+    if not (isinstance(s, tuple) and isinstance(d, tuple) and len(s) == len(d) == 3
+            and all(i is None or isinstance(i, int) for i in (s[0], s[1], d[0], d[1]))):
+        return "attributes"  # an LDAP entry's three attributes are no (uid, gid, xattrs)
     out = []
     if s[0] != d[0]:
         out.append(f"owner {s[0]} != {d[0]}")
@@ -372,47 +386,64 @@ class Verifier:
     def _recheck(
         self, candidates: list[Difference], looks: dict[Key, tuple[Look, Look]]
     ) -> None:
-        """Report only what persists while the source stands still (module doc)."""
-        first = {
-            c.key: looks.get(c.key) or (self.src.look(c.key), self.dst.look(c.key))
-            for c in candidates
-        }
+        """Report only what persists while the source stands still (module doc). Each
+        round looks at all its candidates together, then reads their nodes and hashes
+        their files together: over a link, a few round trips a round, not a few a key."""
+        unlooked = [c.key for c in candidates if c.key not in looks]
+        if unlooked:
+            src_look, dst_look = self.src.looks(unlooked), self.dst.looks(unlooked)
+            looks = {**looks, **{k: (src_look[k], dst_look[k]) for k in unlooked}}
+        first = {c.key: looks[c.key] for c in candidates}
         if self.on_candidate is not None:
             for c in candidates:
                 self.on_candidate(c)
         last = dict(first)
-        todo = candidates
+        todo = [c.key for c in candidates]
         for round_ in range(self.rounds):
             if self.settle > 0:
                 time.sleep(self.settle)
-            again: list[Difference] = []
-            for c in todo:
-                key = c.key
-                now_src, now_dst = self.src.look(key), self.dst.look(key)
-                if now_src != first[key][0] or (self.is_pending and self.is_pending(key)):
+            now_src, now_dst = self.src.looks(todo), self.dst.looks(todo)
+            steady: list[Key] = []
+            for key in todo:
+                if now_src[key] != first[key][0] or (self.is_pending and self.is_pending(key)):
                     self.report.pending.append(key)
-                    continue
-                still = self._still_differs(key)
+                else:
+                    steady.append(key)
+            again: list[Key] = []
+            for key, still in zip(steady, self._still_differ(steady), strict=True):
                 if still is None:
                     continue  # equal now: a sync caught up
-                if now_dst != last[key][1] and round_ + 1 < self.rounds:
-                    last[key] = (now_src, now_dst)
-                    again.append(still)  # the destination is being written: wait again
+                if now_dst[key] != last[key][1] and round_ + 1 < self.rounds:
+                    last[key] = (now_src[key], now_dst[key])
+                    again.append(key)  # the destination is being written: wait again
                     continue
                 self.report.differences.append(still)
             todo = again
             if not todo:
                 break
 
-    def _still_differs(self, key: Key) -> Difference | None:
-        s, d = self.src.node(key), self.dst.node(key)
-        diff = self._compare_nodes(key, s, d)
-        if diff is not None or s is None or s.kind != FILE:
-            return diff
-        a, b = self.src.hash(key)[0], self.dst.hash(key)[0]
-        if a is None or b is None:
-            return Difference(key, CONTENT, "cannot be read")
-        return None if a == b else Difference(key, CONTENT, "same size, different bytes")
+    def _still_differ(self, keys: list[Key]) -> list[Difference | None]:
+        """What differs now at each of ``keys`` (None: equal), their nodes read and
+        their files hashed together on each side."""
+        if not keys:
+            return []
+        src_nodes, dst_nodes = self.src.nodes(keys), self.dst.nodes(keys)
+        out: list[Difference | None] = []
+        files: list[int] = []
+        for key in keys:
+            s = src_nodes[key]
+            out.append(self._compare_nodes(key, s, dst_nodes[key]))
+            if out[-1] is None and s is not None and s.kind == FILE:
+                files.append(len(out) - 1)
+        if files:
+            hashed = [keys[i] for i in files]
+            hs, hd = self.src.hash_many(hashed), self.dst.hash_many(hashed)
+            for i, (a, _, _), (b, _, _) in zip(files, hs, hd, strict=True):
+                if a is None or b is None:
+                    out[i] = Difference(keys[i], CONTENT, "cannot be read")
+                elif a != b:
+                    out[i] = Difference(keys[i], CONTENT, "same size, different bytes")
+        return out
 
 
 def verify(
@@ -427,20 +458,19 @@ def verify(
     on_candidate: Callable[[Difference], None] | None = None,
     chunk_files: int = CHUNK_FILES,
     chunk_bytes: int = CHUNK_BYTES,
-    **metadata: Any,
+    **options: Any,
 ) -> VerifyReport:
     """Compare ``src`` and ``dst`` content and all; with ``repair``, fix what differs
-    through a checksum sync (the pipeline of ``hsync.sync``). ``metadata``: the
-    ``Options`` of what is kept (``owner``, ``group``, ``xattrs``, ``acls``,
-    ``numeric_ids``). Raises ``HsyncError`` for bad input (exit 2)."""
+    through a checksum sync (the pipeline of ``hsync.sync``). ``options``: the other
+    ``Options`` of both, what is kept (``owner``, ``group``, ``xattrs``, ``acls``,
+    ``numeric_ids``) and how a far tree is reached (``rsh``, ``remote_hsync``,
+    ``compress``). Raises ``HsyncError`` for bad input (exit 2)."""
     from .oneshot import sync_once
     from .options import Options
     from .session import PairSession
 
-    options = evolve(
-        Options(checksum=True, exclude=tuple(exclude), state=state), **metadata
-    )
-    with PairSession(src, dst, options, history=False) as session:
+    opts = evolve(Options(checksum=True, exclude=tuple(exclude), state=state), **options)
+    with PairSession(src, dst, opts, history=False) as session:
         if session.destination.backend.root_id() is None:
             raise UsageError(f"{session.destination.url}: destination does not exist")
         verifier = Verifier(
@@ -449,6 +479,7 @@ def verify(
             chunk_bytes=chunk_bytes,
         )
         report = verifier.run()
+        report.round_trips = session.round_trips()
     if repair and report.differences:
-        report.repair = sync_once(src, dst, options)
+        report.repair = sync_once(src, dst, opts)
     return report

@@ -37,6 +37,7 @@ from hsync.backend import (
     Streaming,
     Watchable,
     Windowed,
+    look_many,
     open_backend,
     open_endpoint,
 )
@@ -146,6 +147,24 @@ class BackendConformance:
         report = self.sync(adapter)
         assert report.counts == {"create": 0, "update": 1, "move": 0, "delete": 0}
 
+    def test_verify(self, adapter: Adapter) -> None:
+        """``hsync verify``: consistent after a sync; a node the sync has not caught up
+        with is a difference (it stays one through the settle re-check, which looks
+        at it, reads its node and hashes it again, with ``look_many``, ``stat_many``
+        and ``hash_many`` where the backend has them, else one by one)."""
+        adapter.build("source", BASE)
+        self.sync(adapter)
+        src, dst = adapter.url("source"), adapter.url("destination")
+        assert hsync.verify(src, dst, settle=0).exit_code == 0
+        adapter.write("a/sub/z", "9")
+        adapter.write("c", "55")
+        found = hsync.verify(src, dst, settle=0)
+        assert sorted(d.key for d in found.differences) == sorted(
+            [adapter.key("a/sub/z"), adapter.key("c")])
+        assert found.exit_code == 1 and not found.pending
+        self.sync(adapter)
+        assert hsync.verify(src, dst, settle=0).exit_code == 0
+
     def test_move_subtree(self, adapter: Adapter) -> None:
         adapter.build("source", BASE)
         self.sync(adapter)
@@ -229,7 +248,8 @@ class BackendConformance:
                              "streaming": ["stream"], "digest_scanning": ["digest_scan"],
                              "bulk_hashing": ["hash_many", "look"], "watchable": ["watch"],
                              "resumable": ["watch_from"], "prefetching": ["prefetch"],
-                             "linked": ["wire", "round_trips", "stat_many"],
+                             "linked": ["wire", "round_trips", "stat_many",
+                                        "look_many"],
                              "metadata": ["id_names", "metadata"],
                              "windowed": ["window", "batch_limits", "submit_batch"]}[name]:
                     assert callable(getattr(b, attr)), (name, attr)
@@ -317,6 +337,33 @@ class BackendConformance:
                 keys = [leaf, box, adapter.key("a/sub/z"), adapter.key("nope"),
                         adapter.key("nope/deeper"), adapter.key("c/under")]
                 assert b.stat_many(keys) == {k: b.stat(k) for k in keys}
+
+    def test_backend_bulk_hashing(self, adapter: Adapter) -> None:
+        """``BulkHashing`` (``hsync verify``): one ``(hash, bytes read, look)`` per key,
+        None for what cannot be read; ``look_many`` gives the looks ``look`` gives (over
+        a link asked together, ``Linked.look_many``; else the default, one by one)."""
+        adapter.build("source", BASE)
+        endpoint = open_endpoint(adapter.url("source"), role="source")
+        try:
+            bulk = endpoint.features.bulk_hashing
+            if bulk is None:
+                pytest.skip("the backend does not hash in bulk")
+            x, y, z, c, nope = (adapter.key(p) for p in ("a/x", "a/y", "a/sub/z", "c", "nope"))
+            hashed = bulk.hash_many([x, y, z, c, nope])
+            assert [h[0] is not None for h in hashed] == [True] * 4 + [False]
+            assert len({h[0] for h in hashed[:4]}) == 4  # four contents, four hashes
+            assert [h[2] is not None for h in hashed] == [True] * 4 + [False]
+            keys = [(), adapter.key("a"), x, z, c, nope, adapter.key("nope/deeper"),
+                    adapter.key("c/under")]
+            looks = look_many(endpoint, keys)
+            assert looks == {k: bulk.look(k) for k in keys}
+            assert [looks[k] is None for k in keys] == [False] * 5 + [True] * 3
+            assert look_many(endpoint, [c]) == {c: looks[c]}
+            linked = endpoint.features.linked
+            if linked is not None:
+                assert linked.look_many(keys) == looks
+        finally:
+            endpoint.close()
 
     def test_backend_scan_whole(self, adapter: Adapter) -> None:
         adapter.build("source", BASE)

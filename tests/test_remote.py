@@ -119,6 +119,21 @@ def test_verify_hashes_on_each_side(remote: Any, tmp_path: Path) -> None:
     assert r.returncode == 1 and "b" in r.stdout
 
 
+def test_verify_reaches_the_far_tree_as_told(remote: Any, tmp_path: Path) -> None:
+    """``verify``'s ``--remote-hsync`` and ``-e`` are used, as ``sync``'s are."""
+    src = build(tmp_path / "src", {"a": b"1"})
+    dst = tmp_path / "dst"
+    assert run("sync", src, f"{HOST}:{dst}").returncode == 0
+    r = run("verify", "--remote-hsync", "/nonexistent/hsync", src, f"{HOST}:{dst}")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert HOST in r.stderr and "not found" in r.stderr and "Traceback" not in r.stderr
+    r = run("verify", "-e", "ssh -o BatchMode=yes -o ConnectTimeout=5 -p 1", src,
+            f"{HOST}:{dst}")
+    assert r.returncode == 2 and HOST in r.stderr, r.stdout + r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert run("verify", src, f"{HOST}:{dst}").returncode == 0
+
+
 def test_missing_remote_hsync_is_one_line(remote: Any, tmp_path: Path) -> None:
     src = build(tmp_path / "src", {"a": b"1"})
     r = run("sync", "--remote-hsync", "/nonexistent/hsync", src, f"{HOST}:{tmp_path / 'd'}")

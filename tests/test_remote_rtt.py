@@ -110,3 +110,83 @@ def test_a_local_run_says_no_round_trips(tmp_path: Path) -> None:
     src = build(tmp_path / "src", spec())
     report = sync("--state", tmp_path / "h.sqlite", src, tmp_path / "dst")
     assert "round_trips" not in report and "bytes_on_wire" not in report
+
+
+VERIFY_EQUAL = 3
+"""Of a verify of a far destination equal to the source (main at 929b674: 5): the open,
+the far scan's snapshot (asked right behind its start, as a summary is; the
+configure_scan and metadata answers taken with it), the files' hashes on the far
+side; not whether the destination is empty (a verify deletes nothing)."""
+VERIFY = 7
+"""Of a verify that finds 10 differences on the far side, pushed or pulled (main at
+929b674: 35, a look, a stat and a hash asked one key at a time): the equal one's, a
+look at the candidates found without a hash (their metadata differs), and the settle
+re-check's one round for all the candidates together: their looks, their nodes, their
+files' hashes, each asked for all of them at once (``look_many``, ``stat_many``,
+``hash_many``)."""
+
+
+def verify(*args: Any) -> tuple[int, dict[str, Any]]:
+    r = subprocess.run([hsync_bin(), "verify", "--json", "--settle", "0",
+                        *(os.fspath(a) for a in args)],
+                       capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                       timeout=180, check=False)
+    assert r.returncode in (0, 1), r.stderr
+    report: dict[str, Any] = json.loads(r.stdout)
+    return r.returncode, report
+
+
+def test_verify_rechecks_its_differences_together(remote: Any, tmp_path: Path) -> None:
+    src = build(tmp_path / "src", {**spec(), **{f"d/v{i}": b"%05d" % i for i in range(10)},
+                                   **{f"k/m{i}": b"m" for i in range(10)}})
+    dst = tmp_path / "dst"
+    sync("--state", tmp_path / "h.sqlite", src, f"{HOST}:{dst}")
+    code, same = verify(src, f"{HOST}:{dst}")
+    assert code == 0 and same["consistent"]
+    assert same["round_trips"] <= VERIFY_EQUAL, same["round_trips"]
+    # 5 files with other bytes of the same size and mtime (only a hash tells), and 5
+    # files with another mode, on the far side
+    for i in range(5):
+        far = dst / "d" / f"v{i}"
+        st = os.stat(far)
+        far.write_bytes(b"X%04d" % i)
+        os.utime(far, ns=(st.st_atime_ns, st.st_mtime_ns))
+        os.chmod(dst / "k" / f"m{i}", 0o600)
+    code, found = verify(src, f"{HOST}:{dst}")
+    assert code == 1
+    assert sorted((d["path"], d["difference"]) for d in found["differences"]) == [
+        *((f"d/v{i}", "content") for i in range(5)),
+        *((f"k/m{i}", "metadata") for i in range(5)),
+    ]
+    assert found["round_trips"] <= VERIFY, found["round_trips"]
+    # pulled: the source is the far side, its looks asked together too
+    code, pulled = verify(f"{HOST}:{dst}", src)
+    assert code == 1 and len(pulled["differences"]) == 10
+    assert pulled["round_trips"] <= VERIFY, pulled["round_trips"]
+
+
+def test_looks_are_asked_together(remote: Any, tmp_path: Path) -> None:
+    """``look_many`` of a far tree waits on one round trip for all its keys: one
+    request where the agent answers it, else (an agent that does not say it does)
+    the ``look`` requests back to back, answered alike."""
+    from hsync.backend import look_many, open_endpoint
+
+    src = build(tmp_path / "src", {f"d/f{i}": b"%d" % i for i in range(10)})
+    keys = [("d", f"f{i}") for i in range(12)]  # two are not there
+    far = open_endpoint(f"{HOST}:{src}", role="source")
+    try:
+        linked = far.features.linked
+        assert linked is not None and far.features.bulk_hashing is not None
+        far.backend.root_id()  # the open's round trip
+        before = linked.round_trips()
+        looks = look_many(far, keys)
+        assert linked.round_trips() == before + 1
+        assert [v is None for v in looks.values()] == [False] * 10 + [True] * 2
+        assert looks == {k: far.features.bulk_hashing.look(k) for k in keys}
+        before = linked.round_trips()
+        old = far.backend.far_features  # type: ignore[attr-defined]
+        far.backend.far_features = tuple(f for f in old if f != "look_many")  # type: ignore[attr-defined]
+        assert look_many(far, keys) == looks
+        assert linked.round_trips() == before + 1
+    finally:
+        far.close()

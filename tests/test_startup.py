@@ -276,13 +276,16 @@ def test_a_sync_that_deletes_files_imports_neither_typing_nor_concurrent_futures
 NOT_FOR_THE_AGENT = {
     "typing", "re", "enum", "signal", "platform", "zstandard", "typer", "click", "attr",
     "attrs", "sqlite3", "hsync.cli", "hsync.remote.backend", "hsync.remote.transport",
+    "hsync.filters",
 }  # fmt: skip
 """What ``hsync agent`` (the far side of every remote run, started by each: its
 start-up is on each run's critical path) does not import to open a tree and answer
 what a no-op asks first: not ``typing`` (nor the ``re`` and ``enum`` it brings), not
 ``signal``'s Python module, and not zstandard's package, whose ``__init__`` imports
 ``platform`` and ``typing`` to choose the C extension that is loaded by itself
-(``protocol._zstd``); sqlite (the journal) only once a batch arrives."""
+(``protocol._zstd``); sqlite (the journal) only once a batch arrives. Nor the
+filters (a scan without excludes is sent None; ``Exclude`` is looked up when one
+crosses). (msgpack imports ``datetime`` for its timestamps: 2-3 ms, kept.)"""
 
 
 def test_the_agent_answers_the_open_without_typing_or_zstandards_package(
@@ -291,6 +294,7 @@ def test_the_agent_answers_the_open_without_typing_or_zstandards_package(
     import sysconfig
 
     import hsync
+    from hsync.backend import Keep
     from hsync.remote.protocol import MAGIC, PROTOCOL, Framer, hsync_version
 
     tree = tmp_path / "tree"
@@ -310,14 +314,19 @@ def test_the_agent_answers_the_open_without_typing_or_zstandards_package(
     frames.send([1, "open", [str(tree), "destination", []]])
     frames.send([2, "root_id", []])
     frames.send([3, "digest_scan", [None, False]])
+    frames.send([4, "configure_scan", [True, False]])
+    frames.send([5, "metadata", [Keep(owner=True, group=True)]])  # a value crosses
+    frames.send([6, "ctime_clock", []])
     answers = {}
-    while len(answers) < 4:
+    while len(answers) < 7:
         rid, tag, value = frames.recv()
         answers[rid] = (tag, value)
     proc.stdin.close()
     assert proc.wait(timeout=60) == 0
     assert answers[0][1]["protocol"] == PROTOCOL
     assert answers[2][0] == "ok" and answers[2][1] is not None  # the tree is there
+    assert {tag for tag, _ in answers.values()} == {"ok"}, answers
+    assert isinstance(answers[5][1], Keep)
     modules = set(out.read_text().split("\n"))
     assert "hsync.remote.agent" in modules and "hsync.backends.fs" in modules
     assert not modules & NOT_FOR_THE_AGENT, sorted(modules & NOT_FOR_THE_AGENT)

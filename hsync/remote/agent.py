@@ -42,6 +42,7 @@ from ..backend import (
     ScanConfigurable,
     ScanOptions,
     Watch,
+    look_many,
     open_endpoint,
 )
 from ..cancel import Cancel
@@ -373,6 +374,8 @@ class Agent:
             features.append("scan_configurable")
         if isinstance(b, CtimeClock):  # nor is this one
             features.append("ctime_clock")
+        if self.endpoint.features.bulk_hashing is not None:  # a request, not a feature
+            features.append("look_many")
         return {
             "url": b.url, "canonical": b.canonical_url(),
             "capabilities": self.endpoint.capabilities,
@@ -830,6 +833,11 @@ class Agent:
 
     def do_look(self, rid: int, key: Key) -> Any:
         return self.endpoint.features.bulk_hashing.look(key)  # type: ignore[union-attr]
+
+    def do_look_many(self, rid: int, keys: Sequence[Key]) -> Any:
+        """``Linked.look_many`` of the client: the looks of all ``keys`` in one answer."""
+        looks = look_many(self.endpoint, keys)  # type: ignore[arg-type]
+        return [looks[k] for k in keys]
 
     # -- watches ------------------------------------------------------------------------------
     def do_watch(self, rid: int) -> Any:

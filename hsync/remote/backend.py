@@ -393,7 +393,8 @@ class _FarCancel:
 class _RemoteScan:
     """A digest scan running on the far side (``DigestScan``), by its handle there.
 
-    Nothing waits for the scan's start: the summary is asked right behind it (by the
+    Nothing waits for the scan's start: the summary (or the snapshot, ``verify``'s) is
+    asked right behind it (by the
     handle, the start's request id; the agent answers in order), and its close is
     not waited for (``ds_close`` says only that it is closed: a request sent after it
     is served after it, and the link's close waits for the agent, which answers it
@@ -461,8 +462,9 @@ class _RemoteScan:
         return out
 
     def snapshot(self) -> Snapshot:
+        asked = self.link.ask("ds_snapshot", self.handle)  # as the summary is
         self._begun()
-        snap = decode_snapshot(self.link.call("ds_snapshot", self.handle))
+        snap = decode_snapshot(asked())
         self.close()
         return snap
 
@@ -664,6 +666,15 @@ class RemoteBackend(_Asking):
             except OSError as e:
                 out[k] = e
         return out
+
+    def look_many(self, keys: Sequence[Key]) -> dict[Key, Any]:
+        """``Linked.look_many``: one request for all of them where the agent says it
+        answers one (``look_many`` among its features), else the ``look`` requests sent
+        back to back (an agent from before it): one round trip either way."""
+        if "look_many" in self.far_features:
+            return dict(zip(keys, self.link.call("look_many", list(keys)), strict=True))
+        asked = [(k, self.link.ask("look", k)) for k in keys]
+        return {k: answer() for k, answer in asked}
 
     def read(self, key: Key) -> BinaryIO:
         if key in self._delta_keys:

@@ -111,13 +111,23 @@ def hsync_version() -> str:
     return __version__
 
 
-def _classes() -> dict[str, type]:
-    from ..backend import ApplyOptions, Capabilities, DigestSummary, Keep
-    from ..filters import Exclude
-    from ..model import Change, Fingerprint, Node, Op, Problem
+def _class(name: str) -> type | None:
+    """The value class that crosses the link under ``name``. ``Exclude`` is looked up
+    only when one crosses (its module, the filters, is no part of an agent's start-up:
+    a scan without excludes sends None)."""
+    if not _CLASSES:
+        from ..backend import ApplyOptions, Capabilities, DigestSummary, Keep
+        from ..model import Change, Fingerprint, Node, Op, Problem
 
-    return {c.__name__: c for c in (Node, Op, Problem, Change, Fingerprint, Exclude,
-                                    ApplyOptions, Capabilities, DigestSummary, Keep)}
+        _CLASSES.update((c.__name__, c) for c in (
+            Node, Op, Problem, Change, Fingerprint, ApplyOptions, Capabilities,
+            DigestSummary, Keep))
+    cls = _CLASSES.get(name)
+    if cls is None and name == "Exclude":
+        from ..filters import Exclude
+
+        cls = _CLASSES[name] = Exclude
+    return cls
 
 
 _CLASSES: dict[str, type] = {}
@@ -148,9 +158,7 @@ def _default(obj: Any) -> Any:
     if isinstance(obj, set):
         return msgpack.ExtType(_EXT_SET, pack(list(obj)))
     name = type(obj).__name__
-    if not _CLASSES:
-        _CLASSES.update(_classes())
-    if _CLASSES.get(name) is type(obj):
+    if _class(name) is type(obj):
         fields = {alias: getattr(obj, f) for f, alias in _init_fields(type(obj))}
         return msgpack.ExtType(_EXT_VALUE, pack([name, fields]))
     raise TypeError(f"cannot send a {type(obj).__name__} over the link")
@@ -165,9 +173,9 @@ def _ext(code: int, data: bytes) -> Any:
         return int.from_bytes(data, "big", signed=True)
     if code == _EXT_VALUE:
         name, fields = unpack(data)
-        if not _CLASSES:
-            _CLASSES.update(_classes())
-        cls = _CLASSES[name]
+        cls = _class(name)
+        if cls is None:
+            raise ValueError(f"no value class {name!r}")
         known = {alias for _, alias in _init_fields(cls)}
         return cls(**{k: v for k, v in fields.items() if k in known})
     return msgpack.ExtType(code, data)

@@ -36,7 +36,6 @@ from ...backend import (
 )
 from ...cancel import NEVER, Cancel
 from ...errors import BackendError, NodeError, SourceChanged, UsageError
-from ...filters import Exclude
 from ...model import Key, Node, Op, Row, Snapshot
 from . import meta as _meta
 from .child import LocalScan, ScanChild
@@ -60,6 +59,7 @@ if TYPE_CHECKING:
     from contextlib import AbstractContextManager
     from typing import Any, BinaryIO
 
+    from ...filters import Exclude  # annotations only: an agent serves without it
     from .copy import Workers
 
 __all__ = ["TMP_PREFIX", "FsBackend"]

@@ -23,7 +23,6 @@ from collections.abc import Iterator
 
 from ...cancel import NEVER, Cancel
 from ...errors import TargetChanged
-from ...filters import Exclude
 from ...model import DIR, FILE, KIND_CODES, SPECIAL, SYMLINK, Key, Row, Rows, Snapshot, Table
 from .meta import Reader, proc_path
 from .posix import (
@@ -39,6 +38,8 @@ from .posix import (
 TYPE_CHECKING = False  # not typing's: a sync does not import typing
 if TYPE_CHECKING:
     from typing import Any
+
+    from ...filters import Exclude  # annotations only: an agent serves without it
 else:
     Any = object  # in the run-time value of the type aliases below
 
