@@ -150,6 +150,32 @@ def test_host_colon_path_is_not_a_local_directory(remote: Any, tmp_path: Path) -
     assert r.returncode == 0 and (tmp_path / "x:y" / "a").exists()
 
 
+def test_the_location_s_port_and_user_win_over_the_rsh_s(remote: Any, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$HSYNC_RSH`` (or ``-e``) with a ``-p`` and a ``-l`` for most hosts, and a
+    location that names its own: ssh takes the first ``-p`` and ``-l`` it is given, so
+    they were the rsh's, and the run reached another port (another machine behind the
+    same address) or logged in as another user."""
+    from sshd import _free_port
+
+    src = build(tmp_path / "src", {"a": b"1"})
+    closed = _free_port()  # nothing listens there
+    argv = shlex.split(remote.rsh)
+    argv[argv.index("-p") + 1] = str(closed)
+    monkeypatch.setenv("HSYNC_RSH", shlex.join([*argv, "-l", "no-such-user-hsync"]))
+    far = tmp_path / "far"
+    r = run("sync", src, f"ssh://{remote.user}@{HOST}:{remote.port}{far}")
+    assert r.returncode == 0, r.stderr
+    assert (far / "a").read_bytes() == b"1"
+    r = run("sync", f"{remote.user}@{HOST}:{far}", tmp_path / "back")  # rsync's form
+    assert r.returncode == 2 and f"port {closed}" in r.stderr, r.stderr  # no port of its own
+    # the other way round: the location's port is closed, the rsh's is the sshd's
+    monkeypatch.setenv("HSYNC_RSH", remote.rsh)
+    r = run("sync", src, f"ssh://{HOST}:{closed}{tmp_path / 'elsewhere'}")
+    assert r.returncode == 2 and f"port {closed}" in r.stderr, r.stderr
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_awkward_remote_path_and_command(remote: Any, tmp_path: Path) -> None:
     """Spaces, quotes, ``;`` and a name that is not UTF-8, in the remote path and in
     the remote command (``--remote-hsync``): nothing reaches a shell unquoted."""
