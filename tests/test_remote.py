@@ -18,7 +18,7 @@ from treeutil import DIR, File, Link, assert_same_tree, build, hsync_bin
 
 import hsync
 from hsync.backend import open_endpoint
-from hsync.errors import HsyncError
+from hsync.errors import BackendError, HsyncError
 
 HOST = "127.0.0.1"
 
@@ -135,6 +135,33 @@ def test_unreachable_host_is_one_line(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert len(r.stderr.strip().splitlines()) == 1 and HOST in r.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_a_link_that_never_started_says_why_not_that_it_was_lost(remote: Any,
+                                                                  tmp_path: Path) -> None:
+    """ssh could not connect (a closed port): a request asked once its process had
+    ended said "connection lost (end of stream)", a ``LinkLost`` (which a pull or a
+    watch retries as if it had been up), instead of what ssh said; which of the two a
+    run printed depended on timing."""
+    from sshd import _free_port
+
+    from hsync.errors import LinkLost
+    from hsync.remote import Reach
+    from hsync.remote.transport import Link
+    from hsync.remote.url import parse
+
+    closed = _free_port()
+    try:  # sending the hello may fail already (ssh gone): that says why too
+        link = Link(parse(f"ssh://{HOST}:{closed}{tmp_path}"), Reach())
+        link.proc.wait(timeout=30)
+        link._reader.join(timeout=30)  # it saw the end of the stream: the link is broken
+        link.call("open", str(tmp_path), "source", [])
+    except BackendError as e:
+        failed = e
+    assert not isinstance(failed, LinkLost)
+    message = str(failed)
+    assert message.startswith(f"{HOST}: ssh failed: ") and f"port {closed}" in message
+    assert "lost" not in message
 
 
 def test_host_colon_path_is_not_a_local_directory(remote: Any, tmp_path: Path) -> None:
