@@ -164,6 +164,19 @@ def test_a_link_that_never_started_says_why_not_that_it_was_lost(remote: Any,
     assert "lost" not in message
 
 
+def test_a_batch_failing_there_as_a_whole_names_the_host_and_the_tree(remote: Any,
+                                                                       tmp_path: Path) -> None:
+    """A far batch that failed as a whole with an OSError (here: the destination's root
+    cannot be made under /proc) said only ``OSError: No such file or directory``."""
+    src = build(tmp_path / "src", {"a": b"1"})
+    far = "/proc/hsync-cannot-be-made"
+    r = run("sync", src, f"{HOST}:{far}")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"hsync: error: {HOST}: {far}: the batch failed there: No such file or directory"
+    ], r.stderr
+
+
 def test_host_colon_path_is_not_a_local_directory(remote: Any, tmp_path: Path) -> None:
     """rsync's ``host:path``: before, this made a local directory named ``host:path``."""
     src = build(tmp_path / "src", {"a": b"1"})

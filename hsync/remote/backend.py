@@ -879,7 +879,10 @@ class RemoteBackend(_Asking):
                     self._flying.popleft()
                     if head.stop is not None:
                         head.stop.close()
-                    head.error = e
+                    # the far error's text alone named neither the host nor the tree
+                    head.error = e if isinstance(e, HsyncError) else BackendError(
+                        f"{self.link.host}: {self.remote.path}: the batch failed there: "
+                        f"{e.strerror or e}")
                     if self._interrupted:
                         self._drain_interrupted()
                     continue
