@@ -286,6 +286,29 @@ def test_api_and_endpoint_features(remote: Any, tmp_path: Path) -> None:
         hsync.sync(str(src), "ssh:///x")
 
 
+def test_a_pull_tells_each_file_as_it_arrives(remote: Any, tmp_path: Path) -> None:
+    """``--progress`` counts a file's bytes when the apply tells it done (``on_done``). A
+    pull's copies were told only at their batch's barrier (a batch holds up to 1 GiB):
+    over a slow link the bar stood at 0 B until all of them had arrived."""
+    from hsync.model import FILE
+    from hsync.oneshot import sync_once
+
+    n = 12
+    src = build(tmp_path / "src", {f"f{i:02}": os.urandom(4 << 20) for i in range(n)})
+    dst = tmp_path / "dst"
+    arrived: list[int] = []  # the files published when each was told
+
+    def done(op: Any) -> None:
+        if op.kind == FILE:
+            arrived.append(sum(1 for name in os.listdir(dst) if name.startswith("f")))
+
+    # as ``hsync sync --progress`` runs it: the plan first (the bar's total), then the apply
+    report = sync_once(f"{HOST}:{src}", str(dst), on_planned=lambda plan: None, on_done=done)
+    assert not report.problems and len(arrived) == n
+    assert_same_tree(src, dst)
+    assert arrived[0] < n, arrived  # the first was told before the last had arrived
+
+
 # -- faults ------------------------------------------------------------------------------------
 def _children(pid: int) -> list[int]:
     out: list[int] = []
