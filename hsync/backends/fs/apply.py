@@ -258,15 +258,21 @@ class Batch:
             self.result.bytes_copied += nbytes
         if self.on_done is not None:
             with self.telling:
-                if id(op) not in self.told:
-                    self.on_done(op)
+                if id(op) not in self.told:  # a chunk's callback may come after this
+                    self.told.add(id(op))
+                    try:
+                        self.on_done(op)
+                    except BaseException:
+                        self.tell_failed = True  # no pool thread tells the rest
+                        raise
 
     def landed(self, ops: list[Op], outcomes: list[Outcome]) -> None:
         """A chunk of copies landed (called from the thread that finished it): each file
         copied is told to ``on_done`` now, not at the barrier that collects the batch's
         copies, so a progress bar moves as the files arrive (a batch of a pull holds up
         to 1 GiB, which a slow link takes minutes to bring); ``ok`` does not tell it
-        again. A copy that failed is left to the barrier; so is every op after an
+        again, nor this one what ``ok`` told first (a future's waiter may run before
+        its callbacks). A copy that failed is left to the barrier; so is every op after an
         ``on_done`` that raised here (a closed stdout under ``-i``): ``ok`` calls it
         again on the batch's own thread, where what it raises ends the run as before,
         not in a pool's thread that would only log it."""
@@ -275,7 +281,7 @@ class Batch:
             for op, outcome in zip(ops, outcomes, strict=True):
                 if self.tell_failed:
                     return
-                if isinstance(outcome, int):
+                if isinstance(outcome, int) and id(op) not in self.told:
                     try:
                         self.on_done(op)
                     except BaseException:
