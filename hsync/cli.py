@@ -510,8 +510,10 @@ def status(
             c = p.get("counts", {})
             print(f"{escape(str(p.get('name')))}: {p.get('state')}  "
                   f"{escape(str(p.get('source')))} -> {escape(str(p.get('destination')))}")
-            print(f"  last round {p.get('last_round_at')} ({p.get('last_round_seconds')} s, "
-                  f"lag {p.get('last_lag_seconds')} s); rounds {p.get('rounds')}, full "
+            last = ("no round yet" if p.get("last_round_at") is None else
+                    f"last round {p.get('last_round_at')} ({p.get('last_round_seconds')} s, "
+                    f"lag {p.get('last_lag_seconds')} s)")
+            print(f"  {last}; rounds {p.get('rounds')}, full "
                   f"comparisons {p.get('full_comparisons')}, restarts {p.get('restarts')}")
             print(f"  pending {p.get('pending')}; {c.get('create', 0)} created, "
                   f"{c.get('update', 0)} updated, {c.get('move', 0)} moved, "

@@ -500,6 +500,9 @@ def diff(
         gone = [k for k in dst.keys() - src.keys()] if len(dst) + len(new) != len(src) else []
     if checksum:
         assert digest is not None
+        prefetch = getattr(digest, "prefetch", None)
+        if prefetch is not None and same_size:
+            prefetch(same_size)  # together: one round trip over a link, not one per file
         # presumed-equal files are equal only if their content is
         changed += [k for k in same_size if digest("source", k) != digest("destination", k)]
     for k in frozen:

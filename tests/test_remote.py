@@ -18,7 +18,7 @@ from treeutil import DIR, File, Link, assert_same_tree, build, hsync_bin
 
 import hsync
 from hsync.backend import open_endpoint
-from hsync.errors import HsyncError
+from hsync.errors import BackendError, HsyncError
 
 HOST = "127.0.0.1"
 
@@ -152,6 +152,46 @@ def test_unreachable_host_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "d").exists()
 
 
+def test_a_link_that_never_started_says_why_not_that_it_was_lost(remote: Any,
+                                                                  tmp_path: Path) -> None:
+    """ssh could not connect (a closed port): a request asked once its process had
+    ended said "connection lost (end of stream)", a ``LinkLost`` (which a pull or a
+    watch retries as if it had been up), instead of what ssh said; which of the two a
+    run printed depended on timing."""
+    from sshd import _free_port
+
+    from hsync.errors import LinkLost
+    from hsync.remote import Reach
+    from hsync.remote.transport import Link
+    from hsync.remote.url import parse
+
+    closed = _free_port()
+    try:  # sending the hello may fail already (ssh gone): that says why too
+        link = Link(parse(f"ssh://{HOST}:{closed}{tmp_path}"), Reach())
+        link.proc.wait(timeout=30)
+        link._reader.join(timeout=30)  # it saw the end of the stream: the link is broken
+        link.call("open", str(tmp_path), "source", [])
+    except BackendError as e:
+        failed = e
+    assert not isinstance(failed, LinkLost)
+    message = str(failed)
+    assert message.startswith(f"{HOST}: ssh failed: ") and f"port {closed}" in message
+    assert "lost" not in message
+
+
+def test_a_batch_failing_there_as_a_whole_names_the_host_and_the_tree(remote: Any,
+                                                                       tmp_path: Path) -> None:
+    """A far batch that failed as a whole with an OSError (here: the destination's root
+    cannot be made under /proc) said only ``OSError: No such file or directory``."""
+    src = build(tmp_path / "src", {"a": b"1"})
+    far = "/proc/hsync-cannot-be-made"
+    r = run("sync", src, f"{HOST}:{far}")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"hsync: error: {HOST}: {far}: the batch failed there: No such file or directory"
+    ], r.stderr
+
+
 def test_host_colon_path_is_not_a_local_directory(remote: Any, tmp_path: Path) -> None:
     """rsync's ``host:path``: before, this made a local directory named ``host:path``."""
     src = build(tmp_path / "src", {"a": b"1"})
@@ -163,6 +203,32 @@ def test_host_colon_path_is_not_a_local_directory(remote: Any, tmp_path: Path) -
     # ./a:b stays a local path
     r = run("sync", src, "./x:y")
     assert r.returncode == 0 and (tmp_path / "x:y" / "a").exists()
+
+
+def test_the_location_s_port_and_user_win_over_the_rsh_s(remote: Any, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """``$HSYNC_RSH`` (or ``-e``) with a ``-p`` and a ``-l`` for most hosts, and a
+    location that names its own: ssh takes the first ``-p`` and ``-l`` it is given, so
+    they were the rsh's, and the run reached another port (another machine behind the
+    same address) or logged in as another user."""
+    from sshd import _free_port
+
+    src = build(tmp_path / "src", {"a": b"1"})
+    closed = _free_port()  # nothing listens there
+    argv = shlex.split(remote.rsh)
+    argv[argv.index("-p") + 1] = str(closed)
+    monkeypatch.setenv("HSYNC_RSH", shlex.join([*argv, "-l", "no-such-user-hsync"]))
+    far = tmp_path / "far"
+    r = run("sync", src, f"ssh://{remote.user}@{HOST}:{remote.port}{far}")
+    assert r.returncode == 0, r.stderr
+    assert (far / "a").read_bytes() == b"1"
+    r = run("sync", f"{remote.user}@{HOST}:{far}", tmp_path / "back")  # rsync's form
+    assert r.returncode == 2 and f"port {closed}" in r.stderr, r.stderr  # no port of its own
+    # the other way round: the location's port is closed, the rsh's is the sshd's
+    monkeypatch.setenv("HSYNC_RSH", remote.rsh)
+    r = run("sync", src, f"ssh://{HOST}:{closed}{tmp_path / 'elsewhere'}")
+    assert r.returncode == 2 and f"port {closed}" in r.stderr, r.stderr
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_awkward_remote_path_and_command(remote: Any, tmp_path: Path) -> None:
@@ -233,6 +299,29 @@ def test_api_and_endpoint_features(remote: Any, tmp_path: Path) -> None:
         ep.close()
     with pytest.raises(HsyncError, match="no host name"):
         hsync.sync(str(src), "ssh:///x")
+
+
+def test_a_pull_tells_each_file_as_it_arrives(remote: Any, tmp_path: Path) -> None:
+    """``--progress`` counts a file's bytes when the apply tells it done (``on_done``). A
+    pull's copies were told only at their batch's barrier (a batch holds up to 1 GiB):
+    over a slow link the bar stood at 0 B until all of them had arrived."""
+    from hsync.model import FILE
+    from hsync.oneshot import sync_once
+
+    n = 12
+    src = build(tmp_path / "src", {f"f{i:02}": os.urandom(4 << 20) for i in range(n)})
+    dst = tmp_path / "dst"
+    arrived: list[int] = []  # the files published when each was told
+
+    def done(op: Any) -> None:
+        if op.kind == FILE:
+            arrived.append(sum(1 for name in os.listdir(dst) if name.startswith("f")))
+
+    # as ``hsync sync --progress`` runs it: the plan first (the bar's total), then the apply
+    report = sync_once(f"{HOST}:{src}", str(dst), on_planned=lambda plan: None, on_done=done)
+    assert not report.problems and len(arrived) == n
+    assert_same_tree(src, dst)
+    assert arrived[0] < n, arrived  # the first was told before the last had arrived
 
 
 # -- faults ------------------------------------------------------------------------------------

@@ -137,3 +137,30 @@ def test_a_pull_watch_reconnects_and_says_since_when(watching: Callable[..., Any
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert "reconnecting in 1 s" in out, out
+
+
+def test_status_of_a_remote_pair_that_never_connected(remote: Any, tmp_path: Path) -> None:
+    """A daemon's remote pair whose agent cannot start (no hsync at the path given):
+    ``hsync status`` says the pair is in error and why, exit 1; it printed "last round
+    None (None s, lag None s)" for the round it never had."""
+    src = build(tmp_path / "src", {"a": b"1"})
+    config = tmp_path / "hsync.toml"
+    st_path = tmp_path / "status.json"
+    config.write_text(
+        f'status_file = "{st_path}"\n[[pair]]\nname = "far"\nsource = "{src}"\n'
+        f'destination = "{HOST}:{tmp_path / "dst"}"\nremote_hsync = "/nonexistent/hsync"\n'
+    )
+    proc = subprocess.Popen([hsync_bin(), "daemon", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_for(lambda: status(st_path).get("state") == "error", 60), status(st_path)
+        r = subprocess.run([hsync_bin(), "status", "--status-file", str(st_path)],
+                           capture_output=True, text=True, timeout=60, check=False)
+        assert r.returncode == 1
+        assert "None" not in r.stdout, r.stdout
+        assert "no round yet" in r.stdout
+        assert "hsync not found on the remote host" in r.stdout
+        assert not (tmp_path / "dst").exists()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)

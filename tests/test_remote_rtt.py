@@ -190,3 +190,32 @@ def test_looks_are_asked_together(remote: Any, tmp_path: Path) -> None:
         assert linked.round_trips() == before + 1
     finally:
         far.close()
+
+
+def test_checksum_asks_the_far_digests_together(remote: Any, tmp_path: Path) -> None:
+    """``--checksum`` compares every file of equal size and mtime by its digest: the far
+    side's were asked one after the other, a round trip per file (40 files: 43 round
+    trips, with 40 ms of latency 1.7 s; 100,000 files over an hour). Push, pull, and a
+    file whose content changed under the same size and mtime, found either way."""
+    src = build(tmp_path / "src", {f"d/f{i:02}": f"file {i}\n".encode() * 50
+                                   for i in range(40)})
+    dst = tmp_path / "dst"
+    sync(src, f"{HOST}:{dst}")
+    pushed = sync("--checksum", src, f"{HOST}:{dst}")
+    assert sum(pushed["counts"].values()) == 0
+    assert pushed["round_trips"] <= NO_OP + 2, pushed["round_trips"]
+    pulled_to = tmp_path / "pulled"
+    sync(f"{HOST}:{dst}", pulled_to)
+    pulled = sync("--checksum", f"{HOST}:{dst}", pulled_to)
+    assert sum(pulled["counts"].values()) == 0
+    assert pulled["round_trips"] <= NO_OP + 2, pulled["round_trips"]
+    # what --checksum is for: the same size and mtime, another content
+    for tree in (dst, pulled_to):
+        f = tree / "d" / "f07"
+        st = f.stat()
+        f.write_bytes(f.read_bytes().upper())
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert sync("--checksum", src, f"{HOST}:{dst}")["counts"]["update"] == 1
+    assert sync("--checksum", f"{HOST}:{src}", pulled_to)["counts"]["update"] == 1
+    assert_same_tree(src, dst)
+    assert_same_tree(src, pulled_to)

@@ -714,6 +714,17 @@ class RemoteBackend(_Asking):
         out: bytes | None = self.link.call("digest", key)
         return out
 
+    def digest_many(self, keys: Sequence[Key]) -> dict[Key, bytes | None]:
+        """``digest`` of each of ``keys``: the requests sent back to back, then their
+        answers taken (one round trip, as ``stat_many``). A key whose digest failed
+        there is left out (asked alone, ``digest`` raises what it raises)."""
+        asked = [(k, self.link.ask("digest", k)) for k in keys]
+        out: dict[Key, bytes | None] = {}
+        for k, answer in asked:
+            with contextlib.suppress(OSError, NodeError):
+                out[k] = answer()
+        return out
+
     # -- deltas when this is the source: the local destination patches -------------------
     def delta_bases(self, basis: Backend, ops: Sequence[Op]) -> None:
         """The batch about to run writes to ``basis`` (a local destination backend):
@@ -894,7 +905,10 @@ class RemoteBackend(_Asking):
                     self._flying.popleft()
                     if head.stop is not None:
                         head.stop.close()
-                    head.error = e
+                    # the far error's text alone named neither the host nor the tree
+                    head.error = e if isinstance(e, HsyncError) else BackendError(
+                        f"{self.link.host}: {self.remote.path}: the batch failed there: "
+                        f"{e.strerror or e}")
                     if self._interrupted:
                         self._drain_interrupted()
                     continue

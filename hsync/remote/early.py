@@ -51,12 +51,21 @@ def remote_command(rsh: str, host: str, user: str | None, port: int | None,
                    remote_hsync: str | None) -> list[str]:
     """The local argv that runs the agent on ``host``: the ssh command (``rsh`` split as
     a shell would), its options for this host, then the remote command, each word of it
-    quoted for the remote shell (``ValueError`` for an ``rsh`` that does not split)."""
+    quoted for the remote shell (``ValueError`` for an ``rsh`` that does not split).
+
+    The location's port and user go right after ``ssh`` itself, before the options of
+    ``rsh``: ssh takes the first ``-p`` and ``-l`` it is given, so ``ssh://host:2202/x``
+    with ``-e "ssh -p 2201"`` (or ``$HSYNC_RSH``) reaches port 2202, the one the
+    location names, not another machine behind the same host. A command that is not
+    ``ssh`` (a wrapper such as ``sshpass -f FILE ssh``) gets them at its end."""
     argv = shlex.split(rsh)
+    mine: list[str] = []
     if port:
-        argv += ["-p", str(port)]
+        mine += ["-p", str(port)]
     if user:
-        argv += ["-l", user]
+        mine += ["-l", user]
+    at = 1 if argv and os.path.basename(argv[0]) == "ssh" else len(argv)
+    argv[at:at] = mine
     remote = [remote_hsync or "hsync", "agent"]
     return [*argv, host, " ".join(shlex.quote(w) for w in remote)]
 

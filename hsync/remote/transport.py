@@ -215,9 +215,18 @@ class Link:
             q.put(("lost", why))
 
     def _error(self, why: str) -> BackendError:
-        said = next((s for s in reversed(self._stderr) if s.strip()), "")
+        """Why a request failed on a broken link. A link that broke before the agent's
+        hello came is one that never started (ssh could not log in, the host refused,
+        no hsync there): that is what is said, as ``ready`` says it, not a connection
+        "lost" (and not ``LinkLost``: there is nothing to reconnect to)."""
         if self.closed:
             return BackendError(f"{self.host}: the link is closed")
+        if self._hello is None:
+            try:
+                self.ready()
+            except BackendError as e:
+                return e
+        said = next((s for s in reversed(self._stderr) if s.strip()), "")
         return LinkLost(f"{self.host}: {why}" + (f": {said}" if said else ""))
 
     def open(self, method: str, *args: Any, timed: bool = False
@@ -227,12 +236,14 @@ class Link:
         rid = next(self._ids)
         q: queue.SimpleQueue[Any] = queue.SimpleQueue()
         with self._lock:
-            if self._broken is not None:
-                raise self._error(self._broken)
-            self._waiting[rid] = q
-            self._depth[rid] = self._level + 1
-            if timed:
-                self._arrivals[rid] = 0
+            broken = self._broken
+            if broken is None:
+                self._waiting[rid] = q
+                self._depth[rid] = self._level + 1
+                if timed:
+                    self._arrivals[rid] = 0
+        if broken is not None:
+            raise self._error(broken)
         try:
             self.framer.send([rid, method, list(args)])
         except LinkClosed as e:

@@ -43,7 +43,7 @@ from ...model import (
     Problem,
     Snapshot,
 )
-from .copy import Copies, LocalTree, Workers
+from .copy import Copies, LocalTree, Outcome, Workers
 from .dirs import Touched
 from .durable import flush_nodes, touched
 from .meta import Reader, chown, proc_path, safe_mode, set_xattrs
@@ -95,9 +95,14 @@ class Batch:
         self.on_done = on_done
         self.result = ApplyResult()
         self.dirs = Touched(self.prefixes)
+        self.told: set[int] = set()
+        """The ops (``id``) told to ``on_done`` as their copy landed (``landed``)."""
+        self.telling = threading.Lock()
+        self.tell_failed = False
         self.copies = Copies(
             root, source, local, options.fsync, self.parent, options.copy_unstable,
             self.prefixes, options.sparse, workers,
+            landed=self.landed if on_done is not None else None,
         )
         self.lock = threading.Lock()
         self.full: tuple[Key, OSError] | None = None
@@ -252,7 +257,37 @@ class Batch:
             self.result.done.append(op)
             self.result.bytes_copied += nbytes
         if self.on_done is not None:
-            self.on_done(op)
+            with self.telling:
+                if id(op) not in self.told:  # a chunk's callback may come after this
+                    self.told.add(id(op))
+                    try:
+                        self.on_done(op)
+                    except BaseException:
+                        self.tell_failed = True  # no pool thread tells the rest
+                        raise
+
+    def landed(self, ops: list[Op], outcomes: list[Outcome]) -> None:
+        """A chunk of copies landed (called from the thread that finished it): each file
+        copied is told to ``on_done`` now, not at the barrier that collects the batch's
+        copies, so a progress bar moves as the files arrive (a batch of a pull holds up
+        to 1 GiB, which a slow link takes minutes to bring); ``ok`` does not tell it
+        again, nor this one what ``ok`` told first (a future's waiter may run before
+        its callbacks). A copy that failed is left to the barrier; so is every op after an
+        ``on_done`` that raised here (a closed stdout under ``-i``): ``ok`` calls it
+        again on the batch's own thread, where what it raises ends the run as before,
+        not in a pool's thread that would only log it."""
+        assert self.on_done is not None
+        with self.telling:
+            for op, outcome in zip(ops, outcomes, strict=True):
+                if self.tell_failed:
+                    return
+                if isinstance(outcome, int) and id(op) not in self.told:
+                    try:
+                        self.on_done(op)
+                    except BaseException:
+                        self.tell_failed = True
+                        return
+                    self.told.add(id(op))
 
     def retry_writable(self, op: Op, error: OSError, again: Callable[[], object]) -> None:
         """A directory without owner write (a read-only tree, a module cache) refuses

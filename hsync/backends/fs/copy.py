@@ -382,8 +382,12 @@ class Copies:
         self, root: str, source: ContentSource, local: LocalTree | None, fsync: bool,
         parent: Parent, unstable: bool = False, prefixes: tuple[str, ...] = (),
         sparse: bool = True, workers: Workers | None = None,
+        landed: Callable[[list[Op], list[Outcome]], None] | None = None,
     ) -> None:
         self.root = root
+        self.landed = landed
+        """Told each chunk's outcomes as soon as it is copied (from the thread that
+        finished it), before the barrier collects them: a progress bar's bytes."""
         self.workers = workers
         """Copy workers kept over several batches (``Workers``), or None."""
         self.prefixes = prefixes
@@ -460,6 +464,9 @@ class Copies:
             else:
                 fut = self.executor.submit(self.copy_many, self.chunk)
             self.inflight.append((self.chunk, fut))
+            if self.landed is not None:
+                chunk = self.chunk
+                fut.add_done_callback(lambda f: self._landed(chunk, f))
             self.chunk = []
             self.chunk_bytes = 0
             ahead = self.workers.ahead if self.workers is not None else None
@@ -470,6 +477,10 @@ class Copies:
                 while len(self.inflight) - self.settled > ahead:
                     wait((self.inflight[self.settled][1],))
                     self.settled += 1
+
+    def _landed(self, ops: list[Op], fut: Future[list[Outcome]]) -> None:
+        if self.landed is not None and not fut.cancelled() and fut.exception() is None:
+            self.landed(ops, fut.result())
 
     def collect(self) -> list[tuple[Op, Outcome]]:
         """Wait for every copy queued; each op with its outcome."""
