@@ -245,7 +245,7 @@ def sync(
         )
         if log is not None:
             for p in report.problems:
-                log.write(escape(f"error: {_problem(p, src)}"))
+                log.write(escape(f"error: {_problem(p, src, dst)}"))
             log.write(f"done: {_summary(report, dry_run)}; exit {report.exit_code}")
     finally:
         if bar:
@@ -270,7 +270,7 @@ def sync(
         if not any(p.message == w for p in report.problems):
             _err(f"warning: {w}")
     for p in report.problems:
-        _err(_problem(p, src))
+        _err(_problem(p, src, dst))
     for line in report.notices:
         _err(f"warning: {line}")
     if report.withheld_line:
@@ -290,9 +290,10 @@ def _summary(report: Any, dry_run: bool) -> str:
     )
 
 
-def _problem(p: Any, root: str) -> str:
-    """A problem's line, not yet escaped."""
-    return f"{key_str(p.key) or root}: {p.message}"
+def _problem(p: Any, src: str, dst: str) -> str:
+    """A problem's line, not yet escaped: a node's key, or the tree it is about (the
+    destination for the deletions a run held back, else the source)."""
+    return f"{key_str(p.key) or (dst if p.op == 'delete' else src)}: {p.message}"
 
 
 def _stats(report: Any) -> str:
@@ -469,7 +470,7 @@ def verify(
         _err(f"{key_str(key) or '.'}: not verified: {why}")
     if report.repair is not None:
         for p in report.repair.problems:
-            _err(_problem(p, src))
+            _err(_problem(p, src, dst))
     return report.exit_code
 
 

@@ -123,8 +123,8 @@ def _report(session: PairSession, cmp: Comparison) -> Report:
         Problem(k, f"not synced: the destination {why}", kind="retry")
         for k, why in cmp.dst.incomplete.items()
     )
-    if cmp.warnings:
-        report.problems.append(Problem((), cmp.warnings[0]))
+    if cmp.warnings:  # --max-delete held the deletions back: about the destination
+        report.problems.append(Problem((), cmp.warnings[0], op="delete"))
     return report
 
 
