@@ -120,7 +120,7 @@ class Link:
             name = shlex.join(self.argv[-1:]).strip("'")
             return BackendError(
                 f"{self.host}: hsync not found on the remote host (ran {name!r}; "
-                "--remote-hsync PATH names it)"
+                "--remote-hsync PATH, or remote_hsync in a daemon's config, names it)"
             )
         if rc == 255:
             return BackendError(f"{self.host}: ssh failed: {said or 'exit 255'}")
