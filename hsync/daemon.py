@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ._values import evolve
-from .backend import Credentials, local_path
+from .backend import Credentials, local_path, scheme_of
 from .credentials import for_side, refuse_secret_in_url
 from .credentials import private as private_mode
 from .errors import EXIT_OK, BackendError, HsyncError, LinkLost, UsageError
@@ -355,6 +355,7 @@ class _Running:
             name=config.name, status=status, credentials=config.credentials, early=early,
         )
         self.error: HsyncError | None = None
+        self._remote = "ssh" in (scheme_of(config.source), scheme_of(config.destination))
         self.thread = threading.Thread(target=self._run, name=f"hsync-pair-{config.name}")
 
     def _run(self) -> None:
@@ -367,6 +368,9 @@ class _Running:
                 return
             except BackendError as e:
                 if not isinstance(e, LinkLost) and w.status.link != "down":
+                    if w.status.link is None and self._remote:
+                        # never connected yet (ssh refused, no hsync there): say so
+                        w.status.link, w.status.link_since = "down", time.time()
                     self._failed(e)
                     if self.once:
                         return

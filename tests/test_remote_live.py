@@ -141,8 +141,9 @@ def test_a_pull_watch_reconnects_and_says_since_when(watching: Callable[..., Any
 
 def test_status_of_a_remote_pair_that_never_connected(remote: Any, tmp_path: Path) -> None:
     """A daemon's remote pair whose agent cannot start (no hsync at the path given):
-    ``hsync status`` says the pair is in error and why, exit 1; it printed "last round
-    None (None s, lag None s)" for the round it never had."""
+    ``hsync status`` says the pair is in error and why, and that its link is down since
+    the first try, exit 1; it printed "last round None (None s, lag None s)" for the
+    round it never had."""
     src = build(tmp_path / "src", {"a": b"1"})
     config = tmp_path / "hsync.toml"
     st_path = tmp_path / "status.json"
@@ -160,6 +161,7 @@ def test_status_of_a_remote_pair_that_never_connected(remote: Any, tmp_path: Pat
         assert "None" not in r.stdout, r.stdout
         assert "no round yet" in r.stdout
         assert "hsync not found on the remote host" in r.stdout
+        assert "link down since" in r.stdout, r.stdout  # never up: down since the try
         assert not (tmp_path / "dst").exists()
     finally:
         proc.send_signal(signal.SIGTERM)
