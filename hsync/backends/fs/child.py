@@ -140,7 +140,7 @@ class LocalScan:
     ) -> Callable[[], dict[Key, list[tuple[str, Row]]]]:
         """Listed when taken: in this process there is nothing to overlap."""
         dirs = list(dirs)
-        return lambda: self.listings(dirs)
+        return lambda: self._scanned().listings(dirs)
 
     def rows(self, keys: Iterable[Key] = (), subtrees: Iterable[Key] = ()) -> dict[Key, Row]:
         return self._scanned().rows_of(keys, subtrees)
