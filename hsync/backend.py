@@ -509,6 +509,15 @@ class DigestScan(Protocol):
         """The ``(name, row)`` children of each of ``dirs``."""
         ...
 
+    def ask_listings(
+        self, dirs: Iterable[Key]
+    ) -> Callable[[], dict[Key, list[tuple[str, Row]]]]:
+        """``listings``, asked now and taken later: calling what this returns gives
+        what ``listings`` gives (once). A scan running elsewhere (a child process, the
+        far side of a link) lists them while the caller does something else meanwhile
+        (lists the other tree's); other requests may be made before it is taken."""
+        ...
+
     def rows(self, keys: Iterable[Key] = (), subtrees: Iterable[Key] = ()) -> dict[Key, Row]:
         """The rows of ``keys``, and of ``subtrees`` with everything below them (keys
         that are not there are left out)."""

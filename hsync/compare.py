@@ -117,6 +117,9 @@ def scan_both(
         child = dscan.digest_scan(
             dexclude, background=_worth_a_child(session), cancel=cancel
         )
+        # after the fork (none beside a thread): the WAL earlier runs left, written
+        # into the history while the trees are scanned
+        checkpointed = session.history.start_checkpoint() if session.history else None
         try:
             session.check_source_root()  # again: a watch's root may have gone since
             sscan = source.features.digest_scanning
@@ -141,6 +144,8 @@ def scan_both(
             dst = child.snapshot()
         finally:
             child.close()
+            if checkpointed is not None:
+                checkpointed()
         session.check_source(src.incomplete, len(src.nodes), len(dst.nodes))
         return src, dst
     collect: Callable[[], Snapshot] = Snapshot

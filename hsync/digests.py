@@ -56,10 +56,15 @@ def compare_by_digests(
     dirty = dirty_directories(mine.digests, theirs.digests)
     if len(dirty) > DIRTY_SHARE * max(1, len(mine.digests)):
         return None
-    ours = here.listings(dirty) if dirty else {}
-    region, listed = listing_region(
-        src_root, theirs.root, ours, there.listings(dirty) if dirty else {}
-    )
+    ours: dict[Key, list[tuple[str, Row]]] = {}
+    theirs_listed: dict[Key, list[tuple[str, Row]]] = {}
+    if dirty:
+        # asked first: the destination's scan (a child, the far side) lists and ships
+        # them while the source's are listed here
+        asked = there.ask_listings(dirty)
+        ours = here.listings(dirty)
+        theirs_listed = asked()
+    region, listed = listing_region(src_root, theirs.root, ours, theirs_listed)
     folded = fold_moves(region, here, listed, mine.trees, theirs.trees, history) if fold else {}
     region = _with_origins(region, here, dirty, history, set(folded), ours)
     folded = {s: d for s, d in folded.items() if _folded_top(s, d, region)}

@@ -411,3 +411,124 @@ def test_a_file_renamed_over_another_beside_deletes_moves_with_its_attributes(
     assert os.stat(dst / "d" / "b").st_ino == inode
     assert os.getxattr(dst / "d" / "b", "user.hsync-test") == b"kept"
     assert_same_tree(src, dst)
+
+
+def test_the_destination_listings_asked_ahead_are_what_listings_gives(tmp_path: Path) -> None:
+    """A spread delete asks the destination's scan (a forked child here) for the
+    dirty directories' listings before it lists the source's (``ask_listings``): the
+    answer taken later, after other requests were made meanwhile, is the listings, the
+    same as a scan in this process gives."""
+    from hsync.backends.fs import FsBackend
+
+    files = _tree(tmp_path / "t", dirs=6, files=120, seed=9)
+    backend = FsBackend(str(tmp_path / "t"))
+    dirs = sorted({tuple(rel.split("/")[:-1]) for rel in files[::7]})
+    local = backend.digest_scan()
+    want = local.listings(dirs)
+    assert sum(len(v) for v in want.values()) > len(dirs)
+    child = backend.digest_scan(background=True)
+    try:
+        assert child.pid  # type: ignore[attr-defined]  # (a child indeed)
+        child.summary()
+        take = child.ask_listings(dirs)
+        assert child.rows(keys=[dirs[0]]) == local.rows(keys=[dirs[0]])  # meanwhile
+        again = child.ask_listings(dirs[:1])  # a second one before the first is taken
+        assert take() == want
+        assert again() == {dirs[0]: want[dirs[0]]}
+        assert child.listings(dirs) == want
+    finally:
+        child.close()
+    assert local.ask_listings(dirs)() == want
+
+
+def test_a_rewritten_row_takes_a_new_identity_and_keeps_an_equal_one(tmp_path: Path) -> None:
+    """The record sets a row's identity apart from its payload (only where it changed):
+    a file replaced by another (a new inode) at the same key is found at that key by its
+    new identity, no longer by its old one; a directory whose mtime alone changed keeps
+    its identity."""
+    from hsync.model import Node, Rows, Snapshot
+
+    def snap(file_ident: int, dir_mtime: int) -> Snapshot:
+        return Snapshot(nodes=Rows({
+            (): ("dir", 0o755, 0, 1, None, 1, None),
+            ("d",): ("dir", 0o755, 0, dir_mtime, None, 2, None),
+            ("d", "f"): ("file", 0o644, 3, 5, None, file_ident, None),
+        }))
+
+    h = History(str(tmp_path / "h.sqlite"), "file:///s", "file:///d")
+    first = snap(10, 1)
+    h.record(first, list(first.nodes), full=True)
+    second = snap(11, 2)
+    h.record(second, [("d",), ("d", "f")])
+    found = h.lookup_many([2, 10, 11])
+    assert set(found) == {2, 11}
+    assert found[11][0] == ("d", "f") and found[2][0] == ("d",)
+    assert found[2][1] == Node("dir", 0, 0, 2, None, 2, None)
+    h.close()
+
+
+def test_a_one_shot_record_leaves_its_wal_to_the_next_runs_scan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a one-shot command's process the record's commit does not checkpoint the WAL
+    (a spread delete's record at 100k writes about 2,450 pages, past the default
+    checkpoint): it is left in place, every row readable from it, and the next run's
+    ``start_checkpoint`` writes it into the database and truncates it."""
+    import hsync.history as history_module
+    from hsync.model import Rows, Snapshot
+
+    monkeypatch.setattr(history_module, "LEFT_TO_THE_EXIT", True)
+    path = str(tmp_path / "h.sqlite")
+    h = History(path, "file:///s", "file:///d")
+    rows: dict[tuple[str, ...], tuple[Any, ...]] = {(): ("dir", 0o755, 0, 1, None, 1, None)}
+    for d in range(60):
+        rows[(f"dir{d:03d}",)] = ("dir", 0o755, 0, 1, None, 100 + d, None)
+        for i in range(500):
+            rows[(f"dir{d:03d}", f"file-{i:05d}")] = (
+                "file", 0o644, i, T0 + i, None, (d << 20) + i + 1000, None)
+    big = Snapshot(nodes=Rows(rows))
+    before = os.path.getsize(path)
+    h.record(big, list(rows), full=True)
+    wal = path + "-wal"
+    assert os.path.getsize(wal) > history_module.WAL_LIMIT
+    assert os.path.getsize(path) == before  # not checkpointed: the rows are in the WAL
+    assert History(path, "file:///s", "file:///d").holds_more_than(len(rows) - 2)
+    join = h.start_checkpoint()
+    assert join is not None
+    join()
+    assert os.path.getsize(wal) == 0
+    db = sqlite3.connect(path)  # the database file alone holds every row now
+    assert db.execute("SELECT count(*) FROM nodes").fetchone() == (len(rows),)
+    db.close()
+    assert h.start_checkpoint() is None  # nothing left to do
+
+
+def test_a_re_sync_checkpoints_the_wal_an_earlier_run_left(tmp_path: Path) -> None:
+    """A WAL an earlier run left past the limit (its commits not checkpointed) is
+    written into the history and truncated by the next ``hsync sync``, beside its scan:
+    nothing committed is lost and the run compares by digests as before."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    _tree(src, dirs=4, files=40, seed=5)
+    state = str(tmp_path / "state.sqlite")
+    hsync_cmd = [hsync_bin(), "sync", "--json", "--state", state, str(src), str(dst)]
+    assert subprocess.run(hsync_cmd, capture_output=True, check=False).returncode == 0
+    # an earlier run's commit left 6 MB in the WAL (a process that ends without closing
+    # its connection, as a one-shot command does)
+    fill = (
+        "import os, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1]); db.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "with db:\n"
+        "    db.execute(\"INSERT INTO meta VALUES ('test-filler', ?)\", (os.urandom(6 << 20),))\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", fill, state], check=True)
+    assert os.path.getsize(state + "-wal") > 6 << 20
+    r = subprocess.run(hsync_cmd, capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["compared"] == {"source": 1, "destination": 1}  # digests, as before
+    assert os.path.getsize(state + "-wal") == 0
+    db = sqlite3.connect(state)
+    ((size,),) = db.execute("SELECT length(value) FROM meta WHERE name='test-filler'")
+    db.close()
+    assert size == 6 << 20

@@ -44,22 +44,33 @@ def _ops(plan: Plan | None) -> list[tuple[str, str, str | None]]:
 
 class RowsAsked:
     """How many rows the comparison asked of the digest scans (both sides): a spy on
-    the handles' ``rows`` and ``listings`` answers, the real scans underneath."""
+    the handles' ``rows``, ``listings`` and ``ask_listings`` answers (none of the three
+    calls another), the real scans underneath."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.keys: list[Key] = []
         for cls in (LocalScan, ScanChild):
             for name in ("rows", "listings"):
                 monkeypatch.setattr(cls, name, self._spy(getattr(cls, name)))
+            monkeypatch.setattr(cls, "ask_listings", self._spy_asked(cls.ask_listings))
+
+    def _spy_asked(self, method: Any) -> Any:
+        def spied(handle: Any, *args: Any, **kw: Any) -> Any:
+            take = method(handle, *args, **kw)
+            return lambda: self._count(take())
+
+        return spied
+
+    def _count(self, out: dict[Key, Any]) -> dict[Key, Any]:
+        for k, v in out.items():
+            self.keys.append(k)
+            if isinstance(v, list):  # a listing: (name, row) per child
+                self.keys.extend((*k, name) for name, _ in v)
+        return out
 
     def _spy(self, method: Any) -> Any:
         def spied(handle: Any, *args: Any, **kw: Any) -> Any:
-            out = method(handle, *args, **kw)
-            for k, v in out.items():
-                self.keys.append(k)
-                if isinstance(v, list):  # a listing: (name, row) per child
-                    self.keys.extend((*k, name) for name, _ in v)
-            return out
+            return self._count(method(handle, *args, **kw))
 
         return spied
 

@@ -438,9 +438,16 @@ class _RemoteScan:
                             skipped=list(s.skipped), held=set(s.held))
 
     def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Row]]]:
+        return self.ask_listings(dirs)()
+
+    def ask_listings(
+        self, dirs: Iterable[Key]
+    ) -> Callable[[], dict[Key, list[tuple[str, Row]]]]:
+        """Sent now: the round trip and the far side's listing overlap what this side
+        does before it takes them."""
         self._begun()
-        return {k: list(v) for k, v in self.link.call("ds_listings", self.handle,
-                                                      list(dirs))}
+        asked = self.link.ask("ds_listings", self.handle, list(dirs))
+        return lambda: {k: list(v) for k, v in asked()}
 
     def rows(self, keys: Iterable[Key] = (), subtrees: Iterable[Key] = ()) -> dict[Key, Row]:
         """Only what was not asked before is asked (the root's row came with the

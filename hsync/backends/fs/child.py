@@ -135,6 +135,13 @@ class LocalScan:
     def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Row]]]:
         return self._scanned().listings(dirs)
 
+    def ask_listings(
+        self, dirs: Iterable[Key]
+    ) -> Callable[[], dict[Key, list[tuple[str, Row]]]]:
+        """Listed when taken: in this process there is nothing to overlap."""
+        dirs = list(dirs)
+        return lambda: self._scanned().listings(dirs)
+
     def rows(self, keys: Iterable[Key] = (), subtrees: Iterable[Key] = ()) -> dict[Key, Row]:
         return self._scanned().rows_of(keys, subtrees)
 
@@ -153,6 +160,9 @@ class ScanChild:
         self._remember = remember
         self._local = LocalScan(scanner, remember)
         self._summary: DigestSummary | None = None
+        self._owed: list[Any] | None = None
+        """The box of the request sent and not yet answered (``_post``), if any: the
+        child answers in order, so its answer is read before another request's."""
         self.pid = 0
         # no fork beside another thread; without threading imported, there is none
         threading = sys.modules.get("threading")
@@ -202,16 +212,45 @@ class ScanChild:
 
     # -- the caller ---------------------------------------------------------------------
     def _ask(self, request: int, *args: Any) -> Any:
+        return self._post(request, *args)()
+
+    def _post(self, request: int, *args: Any) -> Callable[[], Any]:
+        """Send ``request`` now; what is returned takes its answer (once). Where the
+        child failed, the scan runs here instead and answers."""
+        self._drain()
+        box: list[Any] = []
         if self.pid:
             try:
                 _send(self._req, (int(request), *args))
-                answer = _receive(self._res)
             except OSError:
-                answer = None
+                box.append(None)
+            else:
+                self._owed = box
+
+        def take() -> Any:
+            if self._owed is box:
+                self._drain()
+            answer = box[0] if box else None
             if answer is not None:
                 return answer
-            self._end()  # the child failed: scan here instead
-        return self._local._scanned().answer(request, args)
+            self._end()  # the child failed (or was never there): scan here instead
+            return self._local._scanned().answer(request, args)
+
+        return take
+
+    def _drain(self) -> None:
+        """Read the answer owed to the request sent last, into its box (None: the
+        child failed or is gone)."""
+        box, self._owed = self._owed, None
+        if box is None:
+            return
+        answer = None
+        if self.pid:
+            try:  # noqa: SIM105 (contextlib is not on a no-op's path)
+                answer = _receive(self._res)
+            except OSError:
+                pass
+        box.append(answer)
 
     def summary(self) -> DigestSummary:
         if self._summary is None:
@@ -222,6 +261,13 @@ class ScanChild:
 
     def listings(self, dirs: Iterable[Key]) -> dict[Key, list[tuple[str, Row]]]:
         return self._ask(Request.LISTINGS, list(dirs))
+
+    def ask_listings(
+        self, dirs: Iterable[Key]
+    ) -> Callable[[], dict[Key, list[tuple[str, Row]]]]:
+        """Sent now: the child lists them (and marshals them) while the caller lists
+        its own tree's."""
+        return self._post(Request.LISTINGS, list(dirs))
 
     def rows(self, keys: Iterable[Key] = (), subtrees: Iterable[Key] = ()) -> dict[Key, Row]:
         return self._ask(Request.ROWS, list(keys), list(subtrees))
