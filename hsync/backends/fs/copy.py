@@ -30,6 +30,7 @@ from .posix import (
     open_beneath,
     open_root,
     rename_into,
+    start_writeback,
     tmp_name,
     umask,
     unlink_quiet,
@@ -222,6 +223,8 @@ def publish(
             if unstable and copied > size:  # it grew: what it held at the scan
                 os.ftruncate(fd_out, size)
                 copied = size
+            if copied and not fsync:  # the disk writes it while the copy goes on
+                start_writeback(fd_out)
             _finish(fd_out, mode, mtime_ns, fsync, meta, prefixes, owner, bare)
         finally:
             os.close(fd_out)
@@ -262,6 +265,8 @@ def _publish_made(
             if unstable and copied > size:
                 os.ftruncate(fd_out, size)
                 copied = size
+            if copied and not fsync:
+                start_writeback(fd_out)
             _finish(fd_out, mode, mtime_ns, fsync, meta, prefixes, owner)
         finally:
             os.close(fd_out)
