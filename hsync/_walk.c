@@ -241,6 +241,24 @@ walk_openat2(PyObject *self, PyObject *args)
 #endif
 }
 
+/* writeback(fd) -> None: sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE), the writeback
+ * of the file's dirty pages started and not waited for (hsync.backends.fs.posix.
+ * start_writeback, without ctypes: one call per file copied). Errors are ignored: the
+ * batch's flush makes the file durable either way. */
+static PyObject *
+walk_writeback(PyObject *self, PyObject *args)
+{
+    int fd;
+    if (!PyArg_ParseTuple(args, "i:writeback", &fd))
+        return NULL;
+#if defined(__linux__) && defined(SYNC_FILE_RANGE_WRITE)
+    Py_BEGIN_ALLOW_THREADS
+    (void)sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+    Py_END_ALLOW_THREADS
+#endif
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"list", walk_list, METH_VARARGS,
      "list(fd, xattrs=False, strip=0, since=0) -> [(name, mode, size, mtime_ns, ino, dev, hash, btime_ns, uid, gid,"
@@ -249,6 +267,8 @@ static PyMethodDef methods[] = {
      "openat2(dir_fd, path, flags, resolve) -> (fd, 0) | (-1, errno)"},
     {"btime", walk_btime, METH_VARARGS,
      "btime(dir_fd, name) -> the birth time in ns of name in dir_fd (\"\": itself), 0 if none"},
+    {"writeback", walk_writeback, METH_VARARGS,
+     "writeback(fd) -> None: the writeback of fd's dirty pages started, not waited for"},
     {NULL, NULL, 0, NULL},
 };
 

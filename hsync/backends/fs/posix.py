@@ -414,6 +414,44 @@ def copy_fd(fd_in: int, fd_out: int, size_hint: int) -> int:
     return total
 
 
+def _load_writeback() -> Any:
+    """``sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`` as a function of ``fd``
+    (``hsync._walk.writeback`` where it was built, else through ``ctypes``); None
+    where the system has no such call (not Linux)."""
+    try:
+        from ..._walk import writeback
+    except ImportError:
+        pass
+    else:
+        return writeback
+    call = _fn("sync_file_range")
+    if call is None:
+        return None
+    import ctypes
+
+    call.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return lambda fd: call(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+_SYNC_FILE_RANGE_WRITE = 2
+_writeback: list[Any] = []
+"""``[_load_writeback()]`` once loaded."""
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing the dirty pages of the file open as ``fd`` back to the disk, and
+    do not wait for it (Linux's ``sync_file_range(SYNC_FILE_RANGE_WRITE)``, what dpkg
+    does before its fsyncs): a batch's flush (``syncfs``) then finds them written or
+    under way, and the disk works while the copy goes on instead of after it. Nothing
+    where the system has no such call; an error is ignored (the flush still makes the
+    file durable)."""
+    if not _writeback:
+        _writeback.append(_load_writeback())
+    call = _writeback[0]
+    if call is not None:
+        call(fd)
+
+
 def copy_sparse(fd_in: int, fd_out: int, size: int) -> int:
     """Copy the first ``size`` bytes of ``fd_in`` keeping its holes (rsync -S): only the
     data extents (``SEEK_DATA``/``SEEK_HOLE``) are written, each at its own offset, and
