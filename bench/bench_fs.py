@@ -835,10 +835,14 @@ class Bench:
         tools: list[Tool] | None = None,
         before: Callable[[], None] | None = None,
     ) -> None:
-        """One timed command per tool, the order reversed every other round;
-        ``before()`` runs (untimed) before each of them."""
+        """One timed command per tool, the order rotated every round (each tool goes
+        first, second, ... as often as the others over as many rounds as there are
+        tools: in scenario a the command that runs first after the previous round's
+        destinations were deleted is the slowest, whichever it is); ``before()`` runs
+        (untimed) before each of them."""
         tools = tools or self.tools
-        order = tools if rnd % 2 == 0 else list(reversed(tools))
+        k = rnd % len(tools)
+        order = tools[k:] + tools[:k]
         source = SourceState.of(pair.src)
         parts = []
         for tool in order:
