@@ -26,10 +26,8 @@ of two versions in one run, under the same load.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -38,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from sshd import Sshd, available
+from watching import ino, stop, wait_renamed
 
 HOST = "127.0.0.1"
 
@@ -75,30 +74,6 @@ def wait_for(paths: dict[str, Path], data: bytes, t0: float, timeout: float
                     got[name] = time.perf_counter() - t0
             except OSError:
                 pass
-        time.sleep(0.001)
-    return got
-
-
-def _ino(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
-        return None
-
-
-def wait_renamed(paths: dict[str, tuple[Path, Path]], files: int, last: str, t0: float,
-                 timeout: float) -> dict[str, float]:
-    """The time each destination came to hold ``new`` with ``files`` entries (``last``
-    among them) and no ``old`` (after ``t0``), polling all together."""
-    got: dict[str, float] = {}
-    deadline = t0 + timeout
-    while len(got) < len(paths) and time.perf_counter() < deadline:
-        for name, (old, new) in paths.items():
-            if name in got or old.exists() or not (new / last).exists():
-                continue
-            with contextlib.suppress(OSError):
-                if len(os.listdir(new)) == files:
-                    got[name] = time.perf_counter() - t0
         time.sleep(0.001)
     return got
 
@@ -184,26 +159,19 @@ def main() -> None:
         for r in range(args.renames):
             time.sleep(args.gap)
             old, new = Path("moved") / f"r{r}", Path("moved") / f"r{r + 1}"
-            inos = {n: _ino(d / old / last) for n, d in dst.items()}
+            inos = {n: ino(d / old / last) for n, d in dst.items()}
             os.rename(src / old, src / new)
             t0 = time.perf_counter()
             got = wait_renamed({n: (d / old, d / new) for n, d in dst.items()},
                                args.rename_files, last, t0, 120)
             for n, d in dst.items():
                 ren[n].append(got.get(n, float("inf")))
-                kept[n].append(inos[n] is not None and _ino(d / new / last) == inos[n])
+                kept[n].append(inos[n] is not None and ino(d / new / last) == inos[n])
             print(f"  rename {r + 1}: " + "  ".join(
                 f"{n} {got.get(n, -1) * 1000:7.1f} ms"
                 f" ({'renamed' if kept[n][-1] else 'copied'})" for n in dst), file=sys.stderr)
     finally:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop(procs)
         server.stop()
 
     def q(v: list[float], p: float) -> float:

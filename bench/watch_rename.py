@@ -21,42 +21,15 @@ when missing.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-
-def _ino(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
-        return None
-
-
-def _renamed(old: Path, new: Path, files: int, last: str) -> bool:
-    if old.exists() or not (new / last).exists():
-        return False
-    try:
-        return len(os.listdir(new)) == files
-    except OSError:
-        return False
-
-
-def _wait(paths: dict[str, tuple[Path, Path]], files: int, last: str, t0: float,
-          timeout: float) -> dict[str, float]:
-    got: dict[str, float] = {}
-    while len(got) < len(paths) and time.perf_counter() < t0 + timeout:
-        for name, (old, new) in paths.items():
-            if name not in got and _renamed(old, new, files, last):
-                got[name] = time.perf_counter() - t0
-        time.sleep(0.001)
-    return got
+from watching import ino, stop, wait_renamed
 
 
 def _lsyncd_config(work: Path, src: Path, dst: Path, delay: float) -> Path:
@@ -123,11 +96,11 @@ def main() -> None:
         for r in range(args.rounds):
             time.sleep(args.gap)
             old, new = Path("moved") / f"r{r}", Path("moved") / f"r{r + 1}"
-            inos = {n: _ino(d / old / last) for n, d in (*dst.items(), ("rsync -a --delete",
+            inos = {n: ino(d / old / last) for n, d in (*dst.items(), ("rsync -a --delete",
                                                                           rsync_dst))}
             os.rename(src / old, src / new)
             t0 = time.perf_counter()
-            got = _wait({n: (d / old, d / new) for n, d in dst.items()}, args.rename_files,
+            got = wait_renamed({n: (d / old, d / new) for n, d in dst.items()}, args.rename_files,
                         last, t0, 300)
             os.sync()
             t1 = time.perf_counter()
@@ -135,19 +108,12 @@ def main() -> None:
             got["rsync -a --delete"] = time.perf_counter() - t1
             for n, d in (*dst.items(), ("rsync -a --delete", rsync_dst)):
                 lat[n].append(got.get(n, float("inf")))
-                kept[n].append(inos[n] is not None and _ino(d / new / last) == inos[n])
+                kept[n].append(inos[n] is not None and ino(d / new / last) == inos[n])
             print(f"  round {r + 1}: " + "  ".join(
                 f"{n} {got.get(n, -1) * 1000:8.1f} ms ({'renamed' if kept[n][-1] else 'copied'})"
                 for n in lat), file=sys.stderr)
     finally:
-        for p in procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+        stop(procs)
 
     base = statistics.median(lat["rsync -a --delete"])
     print(f"\n{args.rounds} renames of a directory of {args.rename_files} x "
