@@ -684,6 +684,11 @@ class Linked(Protocol):
         all, not one each); asked only of an endpoint that is ``BulkHashing`` too."""
         ...
 
+    def digest_many(self, keys: Sequence[Key]) -> dict[Key, bytes | None]:
+        """``digest`` of each of ``keys``, asked together (one round trip for all); a
+        key whose digest failed is left out (``digest`` asked alone raises it)."""
+        ...
+
 
 @runtime_checkable
 class ResumableWatchable(Protocol):

@@ -513,8 +513,9 @@ def status(
             last = ("no round yet" if p.get("last_round_at") is None else
                     f"last round {p.get('last_round_at')} ({p.get('last_round_seconds')} s, "
                     f"lag {p.get('last_lag_seconds')} s)")
-            print(f"  {last}; rounds {p.get('rounds')}, full "
-                  f"comparisons {p.get('full_comparisons')}, restarts {p.get('restarts')}")
+            print(f"  {last}; rounds {p.get('rounds')}, full comparisons "
+                  f"{p.get('full_comparisons')}, quick passes {p.get('quick_passes', 0)}, "
+                  f"restarts {p.get('restarts')}")
             print(f"  pending {p.get('pending')}; {c.get('create', 0)} created, "
                   f"{c.get('update', 0)} updated, {c.get('move', 0)} moved, "
                   f"{c.get('delete', 0)} deleted; {_human_bytes(p.get('bytes_copied', 0))} copied; "

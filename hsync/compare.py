@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from ._values import define, field
-from .backend import stat_many
+from .backend import Endpoint, stat_many
 from .cancel import NEVER, Cancel
 from .differ import Side, diff, relinks
 from .model import (
@@ -317,12 +317,15 @@ def _move_sources(
 
 
 class _Digests:
-    """``differ``'s digest oracle over the two backends, each answer kept. ``prefetch``
-    asks a side that can (``digest_many``: a remote tree) for many at once: ``--checksum``
-    over a link waited on a round trip per file (150 files: 153 round trips)."""
+    """``differ``'s digest oracle over the two endpoints, each answer kept.
+    ``prefetch`` asks a side reached over a link (``Linked.digest_many``) for many at
+    once: ``--checksum`` over a link waited on a round trip per file (150 files: 153
+    round trips)."""
 
-    def __init__(self, source: Any, destination: Any) -> None:
-        self.backends = {"source": source, "destination": destination}
+    def __init__(self, source: Endpoint, destination: Endpoint) -> None:
+        self.backends = {"source": source.backend, "destination": destination.backend}
+        self.linked = {"source": source.features.linked,
+                       "destination": destination.features.linked}
         self.known: dict[tuple[Side, Key], bytes | None] = {}
 
     def __call__(self, side: Side, key: Key) -> bytes | None:
@@ -334,10 +337,10 @@ class _Digests:
     def prefetch(self, keys: list[Key]) -> None:
         side: Side
         for side in ("source", "destination"):
-            many = getattr(self.backends[side], "digest_many", None)
+            linked = self.linked[side]
             todo = [k for k in keys if (side, k) not in self.known]
-            if many is not None and len(todo) > 1:
-                for k, d in many(todo).items():
+            if linked is not None and len(todo) > 1:
+                for k, d in linked.digest_many(todo).items():
                     self.known[(side, k)] = d
 
 
@@ -354,14 +357,14 @@ def plan_between(
     comparison lists what was kept."""
     options = session.options
     checksum = checksum or options.checksum
-    source, destination = session.source.backend, session.destination.backend
     read_unread(session, src, dst)
     caps = session.destination.capabilities
-    digest = _Digests(source, destination)
+    digest = _Digests(session.source, session.destination)
     history = session.history_trusted
     delete = session.deletes_allowed
     changes = diff(
-        src, dst, history, checksum=checksum, digest=digest, delete=delete,
+        src, dst, history, checksum=checksum, digest=digest, prefetch=digest.prefetch,
+        delete=delete,
         moves=caps.subtree_move and delete,
         parents_witness=session.source.capabilities.renames_touch_parents,
     )

@@ -425,6 +425,7 @@ def diff(
     *,
     checksum: bool = False,
     digest: Digest | None = None,
+    prefetch: Callable[[list[Key]], None] | None = None,
     delete: bool = True,
     moves: bool = True,
     replace: bool = True,
@@ -439,7 +440,8 @@ def diff(
     containers whose payload differs can have moved, and a no-op costs nothing more;
     else every node is checked against the history (one read of it).
 
-    Pure given its inputs (``digest`` is a read-only oracle over the two trees). With
+    Pure given its inputs (``digest`` is a read-only oracle over the two trees;
+    ``prefetch(keys)``, where given, warms it for many keys together). With
     ``delete=False`` no move is inferred and destination nodes are removed only where
     a source node of another kind needs their key (a type change); with
     ``replace=False`` not even then: such a source node is left out.
@@ -500,7 +502,6 @@ def diff(
         gone = [k for k in dst.keys() - src.keys()] if len(dst) + len(new) != len(src) else []
     if checksum:
         assert digest is not None
-        prefetch = getattr(digest, "prefetch", None)
         if prefetch is not None and same_size:
             prefetch(same_size)  # together: one round trip over a link, not one per file
         # presumed-equal files are equal only if their content is

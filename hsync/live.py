@@ -421,7 +421,8 @@ class PairWatch:
             if found is None:
                 self.dirty.end()
                 return self._populate(session, t0, first)
-            cmp, full = found
+            cmp, kind = found
+            full = kind != "region"
             region = cmp.region if cmp.region is not None else Region.of([()])
             if self.on_compared is not None:
                 self.on_compared(region)
@@ -440,8 +441,10 @@ class PairWatch:
         self.dirty.end()
         self._in_a_row = 0
         self._blocked = None
-        if full:
+        if kind == "full":
             st.full_comparisons += 1
+        elif kind == "quick":
+            st.quick_passes += 1
         t1 = time.monotonic()
         done, problems = self._apply(session, cmp)
         phases = (("waited", t0 - first if first is not None else 0.0), ("compared", t1 - t0),
@@ -451,9 +454,12 @@ class PairWatch:
 
     def _compare(
         self, session: PairSession, region: Region, quick: bool
-    ) -> tuple[Comparison, bool] | None:
-        """The comparison of ``region`` and whether it was a full one; None when the
-        destination is empty and the source streams (an initial copy is due)."""
+    ) -> tuple[Comparison, str] | None:
+        """The comparison of ``region`` and how the round found it: ``"full"`` (both
+        trees compared), ``"quick"`` (the source's metadata against the history, then
+        what differs compared: no content read where nothing changed) or ``"region"``
+        (the dirty subtrees alone); None when the destination is empty and the source
+        streams (an initial copy is due)."""
         history = session.history
         passed = False
         if region.full and quick and history is not None and history.complete:
@@ -470,14 +476,14 @@ class PairWatch:
             checksum, self._checksum_next = self._checksum_next, False
             cmp = compare_region(session, region, cancel=self._comparing, checksum=checksum)
             if cmp is not None:
-                return cmp, passed
+                return cmp, "quick" if passed else "region"
             self._checksum_next = checksum  # not used: for the next region
             self.dirty.begin(Region.of([()]))
         cmp = compare_trees(session, cancel=self._comparing)
         if not self._blocked:
             # the next loss of notifications waits a while before another full comparison
             self._full_not_before = time.monotonic() + self._backoff_full()
-        return cmp, True
+        return cmp, "full"
 
     def _restarted(self, region: Region, first: float | None) -> None:
         """The source changed under the comparison (or a stop came): the region goes

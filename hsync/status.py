@@ -28,6 +28,11 @@ class PairStatus:
     state: str = "starting"  # starting, syncing, idle, waiting, error, stopped
     rounds: int = 0
     full_comparisons: int = 0
+    """Rounds that compared both trees whole (the start-up without a complete history,
+    ``--rescan-interval``, a source root that came back)."""
+    quick_passes: int = 0
+    """Rounds that compared the source's metadata against the history instead (a
+    restart, a reconnected link, lost notifications), then only what differed."""
     restarts: int = 0
     counts: dict[str, int] = attrs.field(
         factory=lambda: dict.fromkeys((CREATE, UPDATE, MOVE, DELETE), 0)
@@ -86,6 +91,7 @@ class PairStatus:
             "state": self.state,
             "rounds": self.rounds,
             "full_comparisons": self.full_comparisons,
+            "quick_passes": self.quick_passes,
             "restarts": self.restarts,
             "counts": dict(self.counts),
             "bytes_copied": self.bytes_copied,

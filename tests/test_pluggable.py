@@ -207,6 +207,12 @@ def test_a_capability_is_recognised_by_its_members_without_typing() -> None:
         def stat_many(self, keys: object) -> dict[object, object]:
             return {}
 
+        def look_many(self, keys: object) -> dict[object, object]:
+            return {}
+
+        def digest_many(self, keys: object) -> dict[object, object]:
+            return {}
+
     assert isinstance(Counted(), Linked) and isinstance(Other(), Linked)
     assert not isinstance(Other(), Counted)  # an ordinary class: by its subclasses only
     assert not isinstance(Half(), Backend)

@@ -317,7 +317,7 @@ def test_queue_overflow_leads_to_one_full_comparison(tmp_path: Path) -> None:
     write(src / "x" / "f.txt", b"f")
     with running(src, dst, tmp_path) as (pw, _rounds):
         converge(src, dst)
-        fulls = pw.status.full_comparisons
+        fulls, quicks = pw.status.full_comparisons, pw.status.quick_passes
         # the kernel drops the events of a change (what an overflow means) ...
         sink = pw.dirty
         sink.dirty = lambda *a, **k: None  # type: ignore[method-assign]
@@ -326,12 +326,13 @@ def test_queue_overflow_leads_to_one_full_comparison(tmp_path: Path) -> None:
         time.sleep(0.5)
         del sink.dirty  # back to the class's method
         assert not (dst / "x" / "lost.txt").exists()
-        # ... and then says so: one full comparison (stat-only against the history)
+        # ... and then says so: one pass over the whole source (stat-only against the
+        # history), not a comparison of both trees
         fd = pw.watcher.observer._inotify_fd
         fd.handle_event(InotifyEvent(-1, InotifyConstants.IN_Q_OVERFLOW, 0, b""))
         converge(src, dst)
-        time.sleep(1.0)  # no reset loop: exactly one more full comparison
-        assert pw.status.full_comparisons == fulls + 1
+        time.sleep(1.0)  # no reset loop: exactly one more pass
+        assert (pw.status.quick_passes, pw.status.full_comparisons) == (quicks + 1, fulls)
 
 
 def test_directories_that_cannot_be_watched_are_polled(tmp_path: Path) -> None:
@@ -390,6 +391,9 @@ def test_a_restarted_watch_finds_moves_made_while_it_was_down(tmp_path: Path) ->
     with running(src, dst, tmp_path) as (pw, rounds):
         converge(src, dst)
     assert rounds[0].full
+    # what the status file says: one quick pass, no comparison of both trees
+    assert (pw.status.quick_passes, pw.status.full_comparisons) == (1, 0)
+    assert pw.status.to_json()["quick_passes"] == 1
     # the stat-only pass against the history found the two places, nothing else
     # (a directory renamed with nothing changed below it: folded, one node each side)
     assert rounds[0].region == Region.of(
