@@ -90,7 +90,8 @@ def test_watch_reconnects_after_a_lost_link(watching: Callable[..., Any],
     proc = watching(str(src), f"{HOST}:{dst}")
     st_path = tmp_path / "status.json"
     assert wait_for(lambda: (dst / "a").exists() and status(st_path).get("state") == "idle")
-    assert status(st_path)["link"] == "up"
+    before = status(st_path)
+    assert before["link"] == "up"
     ssh = [c for c in _children(proc.pid) if _cmdline(c)[:1] == ["ssh"]]
     assert len(ssh) == 1
     os.kill(ssh[0], signal.SIGKILL)
@@ -98,8 +99,13 @@ def test_watch_reconnects_after_a_lost_link(watching: Callable[..., Any],
     (src / "b").write_bytes(b"while the link was down")
     # reconnected (a new ssh), resumed: what changed meanwhile arrives
     assert wait_for(lambda: (dst / "b").exists(), 60), status(st_path)
+    assert wait_for(lambda: status(st_path)["rounds"] > before["rounds"], 30)
     st = status(st_path)
     assert st["link"] == "up" and st["state"] in ("idle", "syncing")
+    # resumed from the history: the source's metadata against it, both trees not
+    # compared whole again
+    assert st["quick_passes"] == before["quick_passes"] + 1, st
+    assert st["full_comparisons"] == before["full_comparisons"], st
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
