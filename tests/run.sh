@@ -49,6 +49,6 @@ fi
 echo "== ruff"
 "$venv/bin/ruff" check .
 echo "== mypy"
-"$venv/bin/mypy" hsync
+"$venv/bin/mypy" hsync plugins/ldap/hsync_ldap
 echo "== pytest"
 exec "$venv/bin/python" -m pytest "$@"

@@ -38,7 +38,7 @@ import ldapurl
 from ldap.controls import SimplePagedResultsControl
 from ldap.controls.simple import ManageDSAITControl
 
-from hsync.backend import Credentials
+from hsync.backend import Credentials, evolve
 from hsync.credentials import refuse_secret_in_url
 from hsync.errors import BackendError, UsageError
 
@@ -103,7 +103,7 @@ def resolve(credentials: Credentials | None, role: str, url: str) -> Credentials
     if password and not dn:
         raise UsageError(f"{url}: a password but no bind DN (--{side}-bind-dn, or "
                          f"HSYNC_{side.upper()}_BIND_DN)")
-    return attrs.evolve(credentials, bind_dn=dn, password=password)
+    return evolve(credentials, bind_dn=dn, password=password)
 
 
 @attrs.frozen
