@@ -193,7 +193,7 @@ def test_a_restart_resumes_from_the_cookie_without_reading_the_source(
 
     assert left(src, dst) == []
     # no full comparison and no quick pass: only what changed was read
-    assert pw.status.full_comparisons == 0
+    assert (pw.status.full_comparisons, pw.status.quick_passes) == (0, 0)
     assert rounds and not any(r.full for r in rounds)
     assert restart_reads < (BIG + 33) // 4, (restart_reads, first_reads)
     # the subtree move is one modrdn; the destination kept its entries' entryUUIDs
@@ -228,7 +228,8 @@ def test_a_cookie_the_server_cannot_resume_from_falls_back_to_a_full_comparison(
     rounds: list[RoundResult] = []
     pw = run_watch(src, dst, state, same, rounds)
     assert left(src, dst) == []
-    assert pw.status.full_comparisons == 1  # the fallback: today's start-up comparison
+    # the fallback: the start-up's pass over the whole source (against the history)
+    assert (pw.status.full_comparisons, pw.status.quick_passes) == (0, 1)
     assert pw.status.counts["delete"] == 2  # what was deleted; no mass delete
     assert pw.status.counts["create"] == 2
     assert token(state) not in (None, tamper)  # a fresh token after the full round
@@ -262,7 +263,7 @@ def test_a_source_database_recreated_under_the_same_url_is_not_resumed(
     rounds: list[RoundResult] = []
     pw = run_watch(src, dst, state, same, rounds)
     assert left(src, dst) == []
-    assert pw.status.full_comparisons == 1
+    assert (pw.status.full_comparisons, pw.status.quick_passes) == (0, 1)
     assert pw.status.counts["delete"] == 1
     assert token(state) not in (None, old)
 
@@ -305,7 +306,7 @@ def test_a_failed_round_does_not_advance_the_token(tmp_path: Path,
             return any(r.problems for r in rounds) and got.get("sn") == {b"Fine"}
 
         pw = run_watch(src, dst, state, failed_and_rest_done, rounds)
-        assert pw.status.full_comparisons == 0
+        assert (pw.status.full_comparisons, pw.status.quick_passes) == (0, 0)
         assert any("cn=admins" in p.message for r in rounds for p in r.problems)
         assert token(state) == synced_to  # not advanced past the failed add
 
@@ -314,7 +315,8 @@ def test_a_failed_round_does_not_advance_the_token(tmp_path: Path,
         dst_server.start()
         rounds = []
         pw = run_watch(src, dst, state, same, rounds)
-        assert pw.status.full_comparisons == 0  # resumed from the token ...
+        # resumed from the token ...
+        assert (pw.status.full_comparisons, pw.status.quick_passes) == (0, 0)
         assert "cn=admins,ou=old" in entries(dst_server, DST_BASE)  # ... and retried
         assert token(state) not in (None, synced_to)
     finally:
