@@ -10,6 +10,8 @@ round by round because the disk is shared and noisy:
   b  no-op re-sync
   c  re-sync after renaming the directory that holds about 10% of the tree's files
   d  re-sync after deleting DELETES files spread over the tree (default min(1000, 1%))
+     (``rsync -a --delete; sync -f DST`` beside it for information: hsync's deletes are
+     durable when it exits)
   e  re-sync after renaming a directory of 300 files of 1 MiB each (a copy of the tree
      with that directory added)
   s  start-up alone: ``hsync --version`` and a no-op ``hsync sync`` of a 10-file tree (as
@@ -764,7 +766,7 @@ class Bench:
     ) -> None:
         self.args = args
         self.tools = tools
-        self.extra = extra  # tools of scenario a only (rsync+sync)
+        self.extra = extra  # tools of scenarios a and d only (rsync+sync)
         self.work = work
         self.runs: list[Run] = []
         self.warnings: list[str] = []
@@ -808,10 +810,11 @@ class Bench:
             self.warnings.append(msg)
             log(f"  warning: {msg}")
 
-    def ensure_synced(self, pair: Pair, scenario: str, rnd: int, warmup: bool) -> None:
-        """Make both destinations equal to the source (untimed syncs where needed)."""
+    def ensure_synced(self, pair: Pair, scenario: str, rnd: int, warmup: bool,
+                      tools: list[Tool] | None = None) -> None:
+        """Make the destinations equal to the source (untimed syncs where needed)."""
         source = SourceState.of(pair.src)
-        for tool in self.tools:
+        for tool in tools or self.tools:
             state = pair.state[tool.name]
             if tool.name == "hsync":
                 state.parent.mkdir(parents=True, exist_ok=True)
@@ -912,14 +915,17 @@ class Bench:
 
     # d
     def scenario_d(self, pair: Pair, tree: Path, victims: list[str]) -> None:
+        # rsync+sync beside plain rsync, for information: hsync's deletes are durable
+        # when it exits (one syncfs), rsync's are not; the target is against plain rsync
+        tools = self.tools + self.extra
         mutation = Mutation(tree)
         aside = self.work / "aside"
-        self.ensure_synced(pair, "d", -1, warmup=True)
+        self.ensure_synced(pair, "d", -1, warmup=True, tools=tools)
         try:
             for rnd in range(self.args.rounds):
-                self.ensure_synced(pair, "d", rnd, warmup=False)
+                self.ensure_synced(pair, "d", rnd, warmup=False, tools=tools)
                 mutation.delete_files(victims, aside)
-                self.timed_round(pair, "d", rnd)
+                self.timed_round(pair, "d", rnd, tools)
                 mutation.delete_restore()
         finally:
             mutation.delete_restore()
@@ -1038,12 +1044,24 @@ def summarize(bench: Bench, scenarios: str, fmt: dict[str, str]) -> dict[str, An
 
         entry["peer"] = PEER.get(sc, "rsync")
         ratios = ratios_to(entry["peer"])
+        # the order of the tools rotates every round: over a multiple of as many rounds
+        # as tools, each tool ran as often at each place, and the ratio of the totals
+        # is free of what a place costs (in scenario a, the first command after the
+        # previous round's deletes is the slowest, whichever it is)
+        both = [rs for rs in by_round.values()
+                if all(t in rs and rs[t].ok and rs[t].verified for t in ("hsync", entry["peer"]))]
+        if both and sum(rs[entry["peer"]].seconds for rs in both) > 0:
+            entry["ratio_of_totals"] = round(
+                sum(rs["hsync"].seconds for rs in both)
+                / sum(rs[entry["peer"]].seconds for rs in both), 4)
         entry["ratios"] = [round(x, 4) for x in ratios]
         entry["median_ratio"] = _median(ratios)
         # the spread of the rounds: a median of 3-5 rounds means little when they swing
         entry["ratio_range"] = [round(min(ratios), 4), round(max(ratios), 4)] if ratios else None
         if entry["peer"] != "rsync":
             entry["median_ratio_vs_rsync"] = _median(ratios_to("rsync"))
+        elif any("rsync+sync" in rs for rs in by_round.values()):
+            entry["median_ratio_vs_rsync_sync"] = _median(ratios_to("rsync+sync"))
         met: bool | None = None
         why = ""
         if entry["median_ratio"] is not None:
@@ -1103,6 +1121,8 @@ def markdown_table(summary: dict[str, Any], rss_floor_kib: int | None) -> str:
         if e["peer"] != "rsync":
             plain = e.get("median_ratio_vs_rsync")
             ratio += f" vs {e['peer']}" + ("" if plain is None else f" ({plain:.3f}x vs rsync)")
+        elif e.get("median_ratio_vs_rsync_sync") is not None:
+            ratio += f" ({e['median_ratio_vs_rsync_sync']:.3f}x vs rsync+sync)"
         met = {True: "met", False: "NOT met", None: "n/a"}[e["target_met"]]
         if e["target_note"]:
             met += f" ({e['target_note']})"
@@ -1453,6 +1473,8 @@ def sizes_table(results: list[dict[str, Any]]) -> str:
             spread = ""
             if e.get("ratio_range"):
                 spread = f", rounds {e['ratio_range'][0]:.2f}-{e['ratio_range'][1]:.2f}x"
+            if sc == "a" and e.get("ratio_of_totals") is not None:
+                spread += f"; of the totals {e['ratio_of_totals']:.2f}x"
             cells.append(
                 f"**{e['median_ratio']:.2f}x**{mark} ({_fmt_s(h)} / {_fmt_s(p)} s{extra}{spread})"
             )
