@@ -1044,16 +1044,6 @@ def summarize(bench: Bench, scenarios: str, fmt: dict[str, str]) -> dict[str, An
 
         entry["peer"] = PEER.get(sc, "rsync")
         ratios = ratios_to(entry["peer"])
-        # the order of the tools rotates every round: over a multiple of as many rounds
-        # as tools, each tool ran as often at each place, and the ratio of the totals
-        # is free of what a place costs (in scenario a, the first command after the
-        # previous round's deletes is the slowest, whichever it is)
-        both = [rs for rs in by_round.values()
-                if all(t in rs and rs[t].ok and rs[t].verified for t in ("hsync", entry["peer"]))]
-        if both and sum(rs[entry["peer"]].seconds for rs in both) > 0:
-            entry["ratio_of_totals"] = round(
-                sum(rs["hsync"].seconds for rs in both)
-                / sum(rs[entry["peer"]].seconds for rs in both), 4)
         entry["ratios"] = [round(x, 4) for x in ratios]
         entry["median_ratio"] = _median(ratios)
         # the spread of the rounds: a median of 3-5 rounds means little when they swing
@@ -1473,8 +1463,6 @@ def sizes_table(results: list[dict[str, Any]]) -> str:
             spread = ""
             if e.get("ratio_range"):
                 spread = f", rounds {e['ratio_range'][0]:.2f}-{e['ratio_range'][1]:.2f}x"
-            if sc == "a" and e.get("ratio_of_totals") is not None:
-                spread += f"; of the totals {e['ratio_of_totals']:.2f}x"
             cells.append(
                 f"**{e['median_ratio']:.2f}x**{mark} ({_fmt_s(h)} / {_fmt_s(p)} s{extra}{spread})"
             )
