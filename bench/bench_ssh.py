@@ -36,6 +36,11 @@ capped), as a link to another site would have.
 (``hsync-wN``; plain ``hsync`` runs with the default window): a push keeps that many
 batches in flight, and ``--batch-ops`` sets the ops per batch of every hsync.
 
+``--pin`` models two hosts of one core each on a 2-core machine: the sshd, and what
+it starts (hsync's agent, rsync's receiver), runs on CPU 1, the local commands on CPU
+0. Without it the four busy processes of a copy (both ends and both ssh ends) share
+both cores, and the run measures their total CPU more than either end's.
+
 Bytes on the wire: hsync's ``--json`` report (``bytes_on_wire``, counted by hsync on
 its link, after compression); rsync's ``--stats`` (total bytes sent + received).
 Round trips (hsync only): its ``--json`` report's ``round_trips``, the requests each
@@ -174,6 +179,11 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.0,
                     help="round-trip time in ms added to the link of every tool "
                          "(bench/latency_relay.py as ssh's ProxyCommand; 0: none)")
+    ap.add_argument("--pin", action="store_true",
+                    help="two hosts of one core each: the sshd (and what it starts: the "
+                         "far hsync agent, rsync's receiver) on CPU 1, this script and "
+                         "the local commands on CPU 0 (without it all of them share the "
+                         "machine's cores)")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse the source tree a run with the same sizes generated in "
                          "--workdir (the destinations and states are made again)")
@@ -211,7 +221,11 @@ def main() -> None:
     scenarios = [s for s in scenarios if s in wanted]
     if keep and "b1" in scenarios:
         scenarios.remove("b1")  # the first re-sync after a copy: there is no copy
+    if args.pin:  # the sshd and its sessions inherit CPU 1; the rest of us CPU 0
+        os.sched_setaffinity(0, {1})
     server = Sshd(str(work / "sshd"))
+    if args.pin:
+        os.sched_setaffinity(0, {0})
     rsh = server.rsh
     if args.latency:
         relay = Path(__file__).resolve().with_name("latency_relay.py")
