@@ -19,6 +19,7 @@ bytes on the wire.
 
 from __future__ import annotations
 
+import io
 import struct
 import threading
 
@@ -302,11 +303,14 @@ class Spool:
         self.size += len(data)
 
     def file(self, mtime_ns: int, *, last: bool = True) -> BinaryIO:
-        """An open file of the content (``last``: the spool is not read again)."""
+        """An open file of the content (``last``: the spool is not read again). Content
+        held in memory comes as ``Chunks``: a filesystem's apply writes it straight into
+        the file it publishes (``write_into``), not into a memfd first and then from
+        there (two copies of every small file a push or a pull sends)."""
         import os
 
         if self.fd is None:
-            return content_file(self.parts, mtime_ns)
+            return Chunks(self.parts, self.size, mtime_ns)  # type: ignore[return-value]
         fd = self.fd if last else os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY)
         if last:
             self.fd = None
@@ -320,6 +324,47 @@ class Spool:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+class Chunks(io.RawIOBase):
+    """Content held in memory (a ``Spool``'s parts), as a file that writes itself
+    (``backends.fs.copy.WritesItself``): ``write_into(fd)`` writes the parts straight
+    into ``fd``; read as a file (``fileno``, ``read``), it is put in a memfd first
+    (``content_file``), whose mtime is ``mtime_ns``."""
+
+    def __init__(self, parts: list[bytes], size: int, mtime_ns: int) -> None:
+        super().__init__()
+        self._parts = parts
+        self.size = size
+        self.mtime_ns = mtime_ns
+        self._file: BinaryIO | None = None
+
+    def write_into(self, fd: int) -> int:
+        """The parts written to ``fd`` (empty, at offset 0); the bytes written."""
+        for part in self._parts:
+            _write_all(fd, part)
+        return self.size
+
+    def _made(self) -> BinaryIO:
+        if self._file is None:
+            self._file = content_file(self._parts, self.mtime_ns)
+        return self._file
+
+    def fileno(self) -> int:
+        return self._made().fileno()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        got: int = self._made().readinto(buffer)  # type: ignore[attr-defined]
+        return got
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        super().close()
 
 
 def _write_all(fd: int, data: bytes) -> None:
