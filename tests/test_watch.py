@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -805,8 +806,18 @@ def test_a_watch_killed_mid_copy_leaves_nothing_torn_and_a_restart_converges(
         p.wait()
     for f in dst.rglob("*.bin"):  # whatever is under a final name is whole
         assert f.read_bytes() == (src / f.relative_to(dst)).read_bytes(), f
-    with spawned(cmd, stderr=subprocess.DEVNULL) as p:
+    status = tmp_path / "status.json"
+
+    def idle() -> bool:  # the restarted watch is up and its first round is done
+        with contextlib.suppress(OSError, ValueError, LookupError):
+            return bool(json.loads(status.read_text())["pairs"][0]["state"] == "idle")
+        return False
+
+    with spawned([*cmd, "--status-file", str(status)], stderr=subprocess.DEVNULL) as p:
         converge(src, dst, timeout=60)
+        # (the first watch may have copied everything before its kill: the tree can be
+        # equal before the restarted one has even set its signal handlers)
+        wait_for(idle, timeout=60, what="the restarted watch to finish its first round")
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
     assert not list(dst.rglob(".hsync-tmp-*"))
