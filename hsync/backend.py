@@ -293,13 +293,7 @@ class ContentSource(Protocol):
 
 class WatchSink(Protocol):
     """Where a watch reports what changed (it never applies anything). Called from the
-    watch's own thread(s); each call returns quickly.
-
-    A sink may also have ``moved(old, new, *, directory)`` (``hsync.dirty.Dirty``
-    has): a watch that can tell that a node moved from ``old`` to ``new``, both in the
-    tree, calls it right after the two ``dirty`` calls of the move, where the sink has
-    it. A moved file is then complete (no long debounce); a moved directory is compared
-    as one node, while nothing is reported below either key (``Region.folded``)."""
+    watch's own thread(s); each call returns quickly."""
 
     def dirty(self, key: Key, *, deep: bool = True, writing: bool = False) -> None:
         """``key`` changed. ``deep``: anything at or below it may have changed (created,
@@ -309,6 +303,14 @@ class WatchSink(Protocol):
         published until a later call for it without ``writing`` (closed after the
         write, deleted, moved) or a quiet period (``--settle``). A backend that cannot
         tell leaves it False."""
+        ...
+
+    def moved(self, old: Key, new: Key, *, directory: bool = True) -> None:
+        """A node moved from ``old`` to ``new``, both in the tree, told right after the
+        two ``dirty`` calls of the move by a watch that can tell (inotify's paired
+        events; a watch that cannot never calls it). A moved file is then complete (no
+        long debounce); a moved directory is compared as one node while nothing is
+        reported below either key (``Region.folded``)."""
         ...
 
     def lost(self, reason: str) -> None:

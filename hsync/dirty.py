@@ -141,8 +141,7 @@ class Dirty:
             if origin == new or self._pending_below(origin) or self._pending_below(new):
                 self._move_keys.pop(origin, None)
                 return  # changed below before it moved: compared whole
-            self.moves[new] = origin
-            self._move_keys[new] = self._move_keys[origin] = new
+            self._add_move(new, origin)
             # one rename, complete by itself: no long debounce, as for a write that
             # ended (a burst of them still waits: ``ready_at``)
             self.write_ended = True
@@ -159,6 +158,10 @@ class Dirty:
             len(k) > n and k[:n] == top
             for keys in (self.deep, self.shallow, self.writing, *flying) for k in keys
         )
+
+    def _add_move(self, new: Key, old: Key) -> None:
+        self.moves[new] = old
+        self._move_keys[new] = self._move_keys[old] = new
 
     def _drop_move(self, new: Key) -> None:
         self._move_keys.pop(new, None)
@@ -325,8 +328,7 @@ class Dirty:
             self.shallow |= region.shallow
             for new, old in region.folded:  # offered again
                 if new not in self.moves:
-                    self.moves[new] = old
-                    self._move_keys[new] = self._move_keys[old] = new
+                    self._add_move(new, old)
             for new, old in list(self.moves.items()):  # unless reported below since
                 if self._pending_below(old) or self._pending_below(new):
                     self._drop_move(new)

@@ -616,6 +616,7 @@ class RecordingSink:
         self.seen: list[tuple[Key, bool]] = []
         self.lost_reasons: list[str] = []
         self.unwatched_keys: list[Key] = []
+        self.moves: list[tuple[Key, Key]] = []
         self.cond = threading.Condition()
 
     def dirty(self, key: Key, *, deep: bool = True, writing: bool = False) -> None:
@@ -627,6 +628,9 @@ class RecordingSink:
         with self.cond:
             self.lost_reasons.append(reason)
             self.cond.notify_all()
+
+    def moved(self, old: Key, new: Key, *, directory: bool = True) -> None:
+        self.moves.append((old, new))
 
     def unwatched(self, key: Key, reason: str) -> None:
         self.unwatched_keys.append(key)

@@ -35,6 +35,10 @@ class RecordingSink:
         with self.lock:
             self.calls.append(("lost", reason))
 
+    def moved(self, old: Key, new: Key, *, directory: bool = True) -> None:
+        with self.lock:
+            self.calls.append(("moved", old, new))
+
     def unwatched(self, key: Key, reason: str) -> None:
         with self.lock:
             self.calls.append(("unwatched", key, reason))

@@ -535,9 +535,7 @@ class _RemoteWatch:
         elif what == "lost":
             self.sink.lost(event[1])
         elif what == "moved":
-            moved = getattr(self.sink, "moved", None)  # optional (``WatchSink``)
-            if moved is not None:
-                moved(tuple(event[1]), tuple(event[2]), directory=bool(event[3]))
+            self.sink.moved(tuple(event[1]), tuple(event[2]), directory=bool(event[3]))
         elif what == "unwatched":
             self.sink.unwatched(tuple(event[1]), event[2])
         elif what == "died":

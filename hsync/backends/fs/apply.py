@@ -258,13 +258,7 @@ class Batch:
             self.result.bytes_copied += nbytes
         if self.on_done is not None:
             with self.telling:
-                if id(op) not in self.told:  # a chunk's callback may come after this
-                    self.told.add(id(op))
-                    try:
-                        self.on_done(op)
-                    except BaseException:
-                        self.tell_failed = True  # no pool thread tells the rest
-                        raise
+                self._tell(op)  # a chunk's callback may come after this: told once
 
     def landed(self, ops: list[Op], outcomes: list[Outcome]) -> None:
         """A chunk of copies landed (called from the thread that finished it): each file
@@ -276,18 +270,28 @@ class Batch:
         ``on_done`` that raised here (a closed stdout under ``-i``): ``ok`` calls it
         again on the batch's own thread, where what it raises ends the run as before,
         not in a pool's thread that would only log it."""
-        assert self.on_done is not None
         with self.telling:
             for op, outcome in zip(ops, outcomes, strict=True):
                 if self.tell_failed:
                     return
-                if isinstance(outcome, int) and id(op) not in self.told:
+                if isinstance(outcome, int):
                     try:
-                        self.on_done(op)
+                        self._tell(op)
                     except BaseException:
-                        self.tell_failed = True
                         return
-                    self.told.add(id(op))
+
+    def _tell(self, op: Op) -> None:
+        """``on_done(op)`` unless ``op`` was told already (``telling`` held); what it
+        raises stops the pool's threads telling the rest (``tell_failed``)."""
+        assert self.on_done is not None
+        if id(op) in self.told:
+            return
+        try:
+            self.on_done(op)
+        except BaseException:
+            self.tell_failed = True
+            raise
+        self.told.add(id(op))
 
     def retry_writable(self, op: Op, error: OSError, again: Callable[[], object]) -> None:
         """A directory without owner write (a read-only tree, a module cache) refuses

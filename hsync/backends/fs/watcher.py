@@ -173,9 +173,8 @@ class _Handler(FileSystemEventHandler):
             dest = _key_of(self.base, event.dest_path)
             self._appeared_or_went(key)
             self._appeared_or_went(dest)
-            moved = getattr(self.sink, "moved", None)  # optional (``WatchSink.moved``)
-            if key and dest and moved is not None:
-                moved(key, dest, directory=isinstance(event, DirMovedEvent))
+            if key and dest:
+                self.sink.moved(key, dest, directory=isinstance(event, DirMovedEvent))
         elif isinstance(event, _DEEP):
             self._appeared_or_went(key)
         elif isinstance(event, FileModifiedEvent) and key is not None:
