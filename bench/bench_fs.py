@@ -409,6 +409,59 @@ def _disk_counters(path: Path) -> tuple[int, int, int] | None:
     return int(fields[8]), discards, int(fields[6])
 
 
+RECENTLY_DELETED = 305.0
+"""Seconds after a delete within which ext4 without a journal does not reuse the freed
+inode while its inode table block is dirty (``RECENTCY_DIRTY``, 300 s; 60 s when it is
+clean, ``RECENTCY_MIN``), and a create scans past every such inode of its block group
+to find one it may use: in ``open(O_CREAT)``, ``find_inode_bit`` -> ``recently_deleted``.
+On this project's machine (a root filesystem without a journal) a create cost 330-680
+us of kernel CPU within that window after 100,000 deletes, 14 us once it had passed
+(bench/HISTORY.md, "The filesystem's recently deleted inodes"): a copy timed after the
+previous round's deletes measured the kernel's scan, not the tool."""
+
+
+def unjournaled_ext4(path: Path) -> bool:
+    """Whether ``path`` is on an ext4 filesystem without a journal (its options in
+    ``/proc/fs/ext4/DEV/options`` name no ``data=`` mode: only a journal has one)."""
+    dev = os.stat(path).st_dev
+    try:
+        name = os.path.basename(os.path.realpath(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}"))
+        options = Path(f"/proc/fs/ext4/{name}/options").read_text().split()
+    except OSError:
+        return False
+    return not any(o.startswith("data=") for o in options)
+
+
+def deletes_window(path: Path, choice: float | None) -> float:
+    """The seconds to wait after deleting trees in ``path`` before a timed copy into it:
+    ``choice`` when given, else ``RECENTLY_DELETED`` on an ext4 without a journal (see
+    there), else 0."""
+    if choice is not None:
+        return choice
+    return RECENTLY_DELETED if unjournaled_ext4(path) else 0.0
+
+
+_DELETED: list[float] = []
+"""When this process last deleted a tree (``delete_tree``), ``time.monotonic()``."""
+
+
+def delete_tree(path: Path) -> None:
+    """``shutil.rmtree``, noting when (for ``wait_deletes``) if there was a tree."""
+    if path.exists():
+        shutil.rmtree(path, ignore_errors=True)
+        _DELETED[:] = [time.monotonic()]
+
+
+def wait_deletes(window: float) -> float:
+    """Flush, then sleep until ``window`` seconds have passed since this process last
+    deleted a tree (none: no sleep); the seconds slept."""
+    os.sync()
+    left = _DELETED[0] + window - time.monotonic() if _DELETED else 0.0
+    if left > 0:
+        time.sleep(left)
+    return max(left, 0.0)
+
+
 def settle(path: Path, quiet: float = 0.3, limit: float = 10.0) -> float:
     """Flush everything (twice: the second commits the journal of the first, and ext4
     mounted ``discard`` issues the freed blocks' discards at commit), then wait until the
@@ -874,19 +927,24 @@ class Bench:
         # timed command pays only for its own writes. A trash kept to the end (as before)
         # was flushed inside later timed commands (``syncfs``/``sync -f`` flush the whole
         # filesystem, and the deletes' journal and discards went with it) and made the disk
-        # use grow with the rounds; now at most one destination per tool exists.
+        # use grow with the rounds; now at most one destination per tool exists. On an
+        # ext4 without a journal the deleted inodes are waited out too (``RECENTLY_DELETED``:
+        # until then each create of the next round scans past them).
         tools = self.tools + self.extra
         for rnd in range(self.args.rounds):
             t = time.perf_counter()
             for tool in tools:
                 dst, state_dir = pair.dst[tool.name], pair.state[tool.name].parent
-                shutil.rmtree(dst, ignore_errors=True)
-                shutil.rmtree(state_dir, ignore_errors=True)
+                delete_tree(dst)
+                delete_tree(state_dir)
                 if tool.name == "hsync":
                     state_dir.mkdir(parents=True)
             deleted = time.perf_counter() - t
+            window = deletes_window(self.work, self.args.after_deletes)
+            slept = wait_deletes(window)
             waited = settle(self.work)
             log(f"  [a] round {rnd + 1}: old destinations deleted in {deleted:.2f} s, "
+                f"{slept:.0f} s waited for their inodes to be reusable, "
                 f"the disk settled in {waited:.2f} s")
             self.settles.append((round(deleted, 3), round(waited, 3)))
             self.timed_round(pair, "a", rnd, tools, before=lambda: warm(pair.src))
@@ -1253,6 +1311,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1800.0,
         help="kill a sync that runs longer (seconds, 0: never; default %(default)s)",
     )
+    p.add_argument(
+        "--after-deletes",
+        type=float,
+        default=None,
+        help="seconds to wait after a round's old destinations are deleted, before its "
+        "initial copies (a): default 305 on an ext4 without a journal, which does not "
+        "reuse a deleted inode for up to 300 s and makes every create scan past them "
+        "meanwhile; else 0",
+    )
     p.add_argument("--regen", action="store_true", help="regenerate the cached trees")
     p.add_argument("--keep", action="store_true", help="keep destinations after the run")
     args = p.parse_args(argv)
@@ -1524,7 +1591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps({"env": env, "sizes": per_size}, indent=1))
         if not args.keep:
-            shutil.rmtree(work / "run", ignore_errors=True)
+            delete_tree(work / "run")
 
     out: list[str] = []
     for res in per_size:
