@@ -61,7 +61,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -69,9 +68,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from sshd import Sshd, available
-
 from bench_fs import delete_tree, deletes_window, wait_deletes
+from sshd import Sshd, available
 
 HOST = "127.0.0.1"
 MIB = 1 << 20

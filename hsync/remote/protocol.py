@@ -150,6 +150,10 @@ def _init_fields(cls: type) -> list[tuple[str, str]]:
     return out
 
 
+_KNOWN: dict[type, frozenset[str]] = {}
+"""A value class's init arguments (``_ext`` drops any other a newer sender adds)."""
+
+
 def _default(obj: Any) -> Any:
     if isinstance(obj, int):  # beyond 64 bits (an identity with its device)
         return msgpack.ExtType(_EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8, "big",
@@ -177,7 +181,11 @@ def _ext(code: int, data: bytes) -> Any:
         cls = _class(name)
         if cls is None:
             raise ValueError(f"no value class {name!r}")
-        known = {alias for _, alias in _init_fields(cls)}
+        known = _KNOWN.get(cls)
+        if known is None:
+            known = _KNOWN[cls] = frozenset(alias for _, alias in _init_fields(cls))
+        if known.issuperset(fields):  # as this version sends them
+            return cls(**fields)
         return cls(**{k: v for k, v in fields.items() if k in known})
     return msgpack.ExtType(code, data)
 

@@ -100,7 +100,7 @@ class Batch:
         self.telling = threading.Lock()
         self.tell_failed = False
         self.copies = Copies(
-            root, source, local, options.fsync, self.parent, options.copy_unstable,
+            root, source, local, options.fsync, self.open_dir, options.copy_unstable,
             self.prefixes, options.sparse, workers,
             landed=self.landed if on_done is not None else None,
         )
@@ -332,8 +332,15 @@ class Batch:
     def root_fd(self) -> int:
         """The destination root, opened once per batch."""
         if self._root_fd is None:
-            self._root_fd = open_root(self.root)
+            with self.lock:  # the copy threads open directories beneath it too
+                if self._root_fd is None:
+                    self._root_fd = open_root(self.root)
         return self._root_fd
+
+    def open_dir(self, key: Key) -> int:
+        """A descriptor of the directory at ``key``, reached from the root as ``parent``
+        reaches one (the caller closes it)."""
+        return open_beneath(self.root_fd(), key)
 
     @contextlib.contextmanager
     def parent(self, key: Key) -> Iterator[tuple[int, str]]:
@@ -343,7 +350,7 @@ class Batch:
         and no path is longer than one name (PATH_MAX does not apply)."""
         assert key, "the root has no parent"
         check_key(key)
-        fd = open_beneath(self.root_fd(), key[:-1])
+        fd = self.open_dir(key[:-1])
         try:
             yield fd, key[-1]
         finally:

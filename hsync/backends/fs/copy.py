@@ -14,7 +14,7 @@ import os
 import stat
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 
 from ...backend import ContentSource, Protocol
 from ...errors import NodeError, SourceChanged
@@ -72,8 +72,13 @@ instead of 1.26 / 0.65 s (bench/HISTORY.md, "Writeback started while copying")."
 
 LocalTree = tuple[str, int]
 """A source that is a local tree: its root and its root's device (copied by path)."""
-Parent = Callable[[Key], AbstractContextManager[tuple[int, str]]]
-"""``key`` -> (a descriptor of its parent directory on the destination, its name)."""
+OpenDir = Callable[[Key], int]
+"""``key`` -> a descriptor of the directory at ``key`` on the destination (the caller
+closes it)."""
+Opened = dict[Key, tuple[int, "tuple[int, int] | None", bool]]
+"""The destination directories a chunk's copies have open: each one's descriptor, the
+owner a file created there gets (``new_owner``), and whether it gets no attribute
+(``meta.inherits_none``)."""
 Outcome = int | BaseException
 """The bytes copied, or why not."""
 
@@ -209,7 +214,7 @@ def publish(
     per file, and as little Python as that allows."""
     if not isinstance(fd_in, int):
         return _publish_made(fd_in, dfd, final, size, mtime_ns, mode, fsync, replace,
-                             unstable, meta, prefixes, owner)
+                             unstable, meta, prefixes, owner, bare)
     before = os.fstat(fd_in)
     if (
         (before.st_size < size if unstable else before.st_size != size)
@@ -257,7 +262,7 @@ def publish(
 def _publish_made(
     made: WritesItself, dfd: int, final: str, size: int, mtime_ns: int, mode: int,
     fsync: bool, replace: bool, unstable: bool, meta: Meta | None,
-    prefixes: tuple[str, ...], owner: tuple[int, int] | None,
+    prefixes: tuple[str, ...], owner: tuple[int, int] | None, bare: bool,
 ) -> int:
     """``publish`` of content that writes itself into the temporary file."""
     if (made.size < size if unstable else made.size != size) or (
@@ -276,7 +281,7 @@ def _publish_made(
                 copied = size
             if copied >= WRITEBACK_MIN and not fsync:
                 start_writeback(fd_out)
-            _finish(fd_out, mode, mtime_ns, fsync, meta, prefixes, owner)
+            _finish(fd_out, mode, mtime_ns, fsync, meta, prefixes, owner, bare)
         finally:
             os.close(fd_out)
         rename_into(tmp, final, dfd, replace=replace)
@@ -394,7 +399,7 @@ class Copies:
 
     def __init__(
         self, root: str, source: ContentSource, local: LocalTree | None, fsync: bool,
-        parent: Parent, unstable: bool = False, prefixes: tuple[str, ...] = (),
+        open_dir: OpenDir, unstable: bool = False, prefixes: tuple[str, ...] = (),
         sparse: bool = True, workers: Workers | None = None,
         landed: Callable[[list[Op], list[Outcome]], None] | None = None,
     ) -> None:
@@ -409,7 +414,7 @@ class Copies:
         self.src = source
         self.local = local
         self.fsync = fsync
-        self.parent = parent
+        self.open_dir = open_dir
         self.unstable = unstable
         self.sparse = sparse
         self.inflight: list[tuple[list[Op], Future[list[Outcome]]]] = []
@@ -517,41 +522,66 @@ class Copies:
         )
 
     def copy_many(self, ops: list[Op]) -> list[Outcome]:
-        """Copies for a source that is not a local tree (streams from ``read``)."""
+        """Copies for a source that is not a local tree (streams from ``read``). Each
+        destination directory is opened once per chunk (its files are neighbours,
+        mostly), as ``copy_chunk`` does: no move or delete runs on the destination
+        while a chunk is copied."""
         out: list[Outcome] = []
-        for op in ops:
-            try:
-                out.append(self.copy(op))
-            except (OSError, NodeError) as e:
-                out.append(e)
+        opened: Opened = {}
+        try:
+            for op in ops:
+                try:
+                    out.append(self._streamed(op, opened))
+                except (OSError, NodeError) as e:
+                    out.append(e)
+        finally:
+            for fd, _, _ in opened.values():
+                os.close(fd)
         return out
 
     def copy(self, op: Op) -> int:
         """Publish the source file at ``op.key`` now; return the bytes copied."""
-        node = op.node
-        assert node is not None
+        assert op.node is not None
         check_key(op.key)  # refuses names that could leave either tree
         if self.local is not None:
             outcome = copy_chunk([self.item(op)], self.fsync, self.unstable, self.sparse)[0]
             if isinstance(outcome, BaseException):
                 raise outcome
             return outcome
-        stream = self.src.read(op.key)
-        if hasattr(stream, "write_into"):  # made as it is written: once, into the temporary
-            try:
-                with self.parent(op.key) as (dfd, name):
-                    return publish(cast(WritesItself, stream), dfd, name, node.size,
-                                   node.mtime_ns, node.mode, None, 0, self.fsync,
-                                   op.op == UPDATE, self.unstable, node.data, self.prefixes)
-            finally:
-                stream.close()
-        fd_in = os.dup(stream.fileno())
-        stream.close()
+        opened: Opened = {}
         try:
-            with self.parent(op.key) as (dfd, name):
-                # a stream's descriptor says nothing of the source's identity
-                return publish(fd_in, dfd, name, node.size, node.mtime_ns, node.mode,
-                               None, 0, self.fsync, op.op == UPDATE, self.unstable,
-                               node.data, self.prefixes, self.sparse)
+            return self._streamed(op, opened)
         finally:
-            os.close(fd_in)
+            for fd, _, _ in opened.values():
+                os.close(fd)
+
+    def _streamed(self, op: Op, opened: Opened) -> int:
+        """``copy`` of a file streamed from ``read``, into a directory of ``opened``."""
+        node = op.node
+        assert node is not None
+        stream = self.src.read(op.key)
+        try:
+            parent = op.key[:-1]
+            where = opened.get(parent)
+            if where is None:
+                dfd = self.open_dir(parent)
+                try:
+                    where = (dfd, new_owner(dfd, os.geteuid(), os.getegid()),
+                             bool(self.prefixes) and inherits_none(dfd))
+                except BaseException:
+                    os.close(dfd)
+                    raise
+                opened[parent] = where
+            dfd, owner, bare = where
+            if hasattr(stream, "write_into"):  # made as it is written: once, into the
+                # temporary file
+                return publish(cast(WritesItself, stream), dfd, op.key[-1], node.size,
+                               node.mtime_ns, node.mode, None, 0, self.fsync,
+                               op.op == UPDATE, self.unstable, node.data, self.prefixes,
+                               owner=owner, bare=bare)
+            # a stream's descriptor says nothing of the source's identity
+            return publish(stream.fileno(), dfd, op.key[-1], node.size, node.mtime_ns,
+                           node.mode, None, 0, self.fsync, op.op == UPDATE, self.unstable,
+                           node.data, self.prefixes, self.sparse, owner, bare)
+        finally:
+            stream.close()
