@@ -395,3 +395,30 @@ def test_a_big_file_is_spooled_not_held(remote: Any, tmp_path: Path) -> None:
     r = run("sync", f"{HOST}:{tmp_path / 'pushed'}", tmp_path / "pulled")
     assert r.returncode == 0, r.stderr
     assert_same_tree(src, tmp_path / "pulled")
+
+
+def test_values_cross_the_link_whole_and_a_far_journal_of_protocol_4_still_reads() -> None:
+    """What a batch carries (ops, their nodes with an identity beyond 64 bits and a
+    node's attributes, a problem) reads back equal, beside maps that are data (a map of
+    names, an empty one); and an answer a protocol-4 agent kept in its journal (a value
+    class as an extension holding a packed map) still reads after an upgrade: a batch
+    resumed from it is answered from it."""
+    import msgpack
+
+    from hsync.model import CREATE, FILE, Node, Op, Problem
+    from hsync.remote.protocol import _EXT_VALUE, pack, unpack
+
+    node = Node(kind=FILE, mode=0o100600, size=3, mtime_ns=5, identity=(2049 << 128) | 9,
+                data=(("user.a", frozenset({b"x"})),))
+    op = Op(op=CREATE, kind=FILE, key=("d", "f"), node=node, content=True)
+    problem = Problem(("d", "f"), "it changed", op=CREATE)
+    value = {"ops": [op, op], "problems": [problem], "names": {"a b": 1, "": 2}, "empty": {}}
+    got = unpack(pack(value))
+    assert got["ops"] == (op, op) and got["ops"][0].node.identity == node.identity
+    assert got["problems"] == (problem,)
+    assert got["names"] == {"a b": 1, "": 2} and got["empty"] == {}
+
+    old = msgpack.packb({"done": [0], "problems": [msgpack.ExtType(_EXT_VALUE, msgpack.packb(
+        ["Problem", {"key": ["d", "f"], "message": "it changed", "op": CREATE}]))]},
+        use_bin_type=True)
+    assert unpack(old)["problems"] == (problem,)
