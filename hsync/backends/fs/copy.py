@@ -76,9 +76,8 @@ OpenDir = Callable[[Key], int]
 """``key`` -> a descriptor of the directory at ``key`` on the destination (the caller
 closes it)."""
 Opened = dict[Key, tuple[int, "tuple[int, int] | None", bool]]
-"""The destination directories a chunk's copies have open: each one's descriptor, the
-owner a file created there gets (``new_owner``), and whether it gets no attribute
-(``meta.inherits_none``)."""
+"""The destination directories a chunk's copies have open: each one's descriptor, and
+what is known of a file created there (``made_there``)."""
 Outcome = int | BaseException
 """The bytes copied, or why not."""
 
@@ -112,8 +111,7 @@ def copy_chunk(
         fd = opened[key] = open_beneath(rfd, key)
         return fd
 
-    owners: dict[Key, tuple[int, int] | None] = {}  # a new file's owner there
-    bare: dict[Key, bool] = {}  # a new file there has no attribute (``inherits_none``)
+    made: dict[Key, tuple[tuple[int, int] | None, bool]] = {}  # ``made_there``
     euid, egid = os.geteuid(), os.getegid()
     osopen = os.open
     try:
@@ -123,8 +121,7 @@ def copy_chunk(
                 dfd = parents.get(parent)
                 if dfd is None:
                     dfd = directory(parents, root, parent)
-                    owners[parent] = new_owner(dfd, euid, egid)
-                    bare[parent] = bool(prefixes) and inherits_none(dfd)
+                    made[parent] = made_there(dfd, prefixes, euid, egid)
                 src_dir = src_key[:-1]
                 sfd = sources.get(src_dir)
                 if sfd is None:
@@ -133,7 +130,7 @@ def copy_chunk(
                 try:
                     out.append(publish(fd_in, dfd, name, size, mtime_ns, mode, identity,
                                        src_dev, fsync, replace, unstable, meta, prefixes,
-                                       sparse, owners[parent], bare[parent]))
+                                       sparse, *made[parent]))
                 finally:
                     os.close(fd_in)
             except (OSError, NodeError) as e:
@@ -152,6 +149,15 @@ def new_owner(dfd: int, euid: int, egid: int) -> tuple[int, int] | None:
     directory, or a filesystem mounted ``grpid``, hands down the directory's group);
     None where they are not."""
     return (euid, egid) if os.fstat(dfd).st_gid == egid else None
+
+
+def made_there(
+    dfd: int, prefixes: tuple[str, ...], euid: int, egid: int
+) -> tuple[tuple[int, int] | None, bool]:
+    """What ``publish`` may take as known of a file created in directory ``dfd``: its
+    owner (``new_owner``), and whether it gets no attribute (``meta.inherits_none``,
+    asked only where attributes are kept: ``prefixes``)."""
+    return new_owner(dfd, euid, egid), bool(prefixes) and inherits_none(dfd)
 
 
 _INO = (1 << 64) - 1
@@ -545,15 +551,11 @@ class Copies:
         check_key(op.key)  # refuses names that could leave either tree
         if self.local is not None:
             outcome = copy_chunk([self.item(op)], self.fsync, self.unstable, self.sparse)[0]
-            if isinstance(outcome, BaseException):
-                raise outcome
-            return outcome
-        opened: Opened = {}
-        try:
-            return self._streamed(op, opened)
-        finally:
-            for fd, _, _ in opened.values():
-                os.close(fd)
+        else:
+            outcome = self.copy_many([op])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     def _streamed(self, op: Op, opened: Opened) -> int:
         """``copy`` of a file streamed from ``read``, into a directory of ``opened``."""
@@ -566,8 +568,7 @@ class Copies:
             if where is None:
                 dfd = self.open_dir(parent)
                 try:
-                    where = (dfd, new_owner(dfd, os.geteuid(), os.getegid()),
-                             bool(self.prefixes) and inherits_none(dfd))
+                    where = (dfd, *made_there(dfd, self.prefixes, os.geteuid(), os.getegid()))
                 except BaseException:
                     os.close(dfd)
                     raise
