@@ -664,6 +664,17 @@ class Prefetching(Protocol):
 
 
 @runtime_checkable
+class Spooling(Protocol):
+    """A destination where content arriving over a link may wait for its apply in an
+    unnamed file on the destination's own filesystem, which the apply then links in
+    rather than copies (a big file is written once)."""
+
+    def spool_dir(self) -> str | None:
+        """A directory on the destination's filesystem for that, or None."""
+        ...
+
+
+@runtime_checkable
 class Linked(Protocol):
     """The endpoint is reached over a link whose bytes are counted."""
 
@@ -774,6 +785,7 @@ class Features:
     linked: Linked | None = None
     metadata: Metadata | None = None
     windowed: Windowed | None = None
+    spooling: Spooling | None = None
 
     @classmethod
     def of(cls, backend: Backend) -> Features:
@@ -790,6 +802,7 @@ class Features:
             linked=backend if isinstance(backend, Linked) else None,
             metadata=backend if isinstance(backend, Metadata) else None,
             windowed=backend if isinstance(backend, Windowed) else None,
+            spooling=backend if isinstance(backend, Spooling) else None,
         )
 
     def names(self) -> list[str]:

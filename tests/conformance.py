@@ -34,6 +34,7 @@ from hsync.backend import (
     Related,
     ResumableWatchable,
     SortedWalk,
+    Spooling,
     Streaming,
     Watchable,
     Windowed,
@@ -238,7 +239,7 @@ class BackendConformance:
                 "digest_scanning": DigestScanning, "bulk_hashing": BulkHashing,
                 "watchable": Watchable, "resumable": ResumableWatchable,
                 "prefetching": Prefetching, "linked": Linked,
-                "metadata": Metadata, "windowed": Windowed,
+                "metadata": Metadata, "windowed": Windowed, "spooling": Spooling,
             }
             for name, proto in protocols.items():
                 claimed = getattr(features, name)
@@ -251,7 +252,8 @@ class BackendConformance:
                              "linked": ["wire", "round_trips", "stat_many",
                                         "look_many"],
                              "metadata": ["id_names", "metadata"],
-                             "windowed": ["window", "batch_limits", "submit_batch"]}[name]:
+                             "windowed": ["window", "batch_limits", "submit_batch"],
+                             "spooling": ["spool_dir"]}[name]:
                     assert callable(getattr(b, attr)), (name, attr)
         endpoint = open_endpoint(adapter.url("source"), role="source")
         try:

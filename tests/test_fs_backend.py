@@ -300,3 +300,107 @@ def test_is_tmp_name_is_the_form_tmp_name_makes(name: str) -> None:
     form = re.compile(r"\.hsync-tmp-[0-9a-f]{1,16}-[0-9a-f]{1,16}-[0-9a-f]{8}")
     assert is_tmp_name(name) == (form.fullmatch(name) is not None)
     assert is_tmp_name(tmp_name())
+
+
+class _Arriving:
+    """A content source as the far side of a push is one: each file's content arrives
+    over the link and waits in a ``Spool`` made near the destination (``near``, as the
+    agent makes it from the destination's ``Spooling``). ``spooled`` keeps the inode
+    each big file waited in."""
+
+    def __init__(self, src: Path, near: str | None) -> None:
+        self.src, self.near = src, near
+        self.spooled: dict[Key, int] = {}
+
+    def read(self, key: Key) -> object:
+        from hsync.remote.protocol import Spool
+
+        path = self.src.joinpath(*key)
+        spool = Spool(self.near)
+        data = path.read_bytes()
+        for i in range(0, len(data), 1 << 20):
+            spool.add(data[i:i + (1 << 20)])
+        if spool.fd is not None:
+            self.spooled[key] = os.fstat(spool.fd).st_ino
+        return spool.file(path.stat().st_mtime_ns)
+
+
+def _push(src: Path, dst: Path, near: str | None) -> tuple[_Arriving, list[object]]:
+    ops, snap = _creates(FsBackend(str(src)))
+    arriving = _Arriving(src, near)
+    result = FsBackend(str(dst), role="destination").apply_batch(
+        ops, arriving, snap  # type: ignore[arg-type]
+    )
+    return arriving, list(result.problems)
+
+
+BIG = 9 << 20  # over MEMFD_MAX: spooled in a file, not held in memory
+
+
+def _tmp_names(root: Path) -> list[str]:
+    from hsync.backends.fs.posix import is_tmp_name
+
+    return [n for _, _, names in os.walk(root) for n in names if is_tmp_name(n)]
+
+
+def test_a_big_file_spooled_near_the_destination_is_linked_in_not_copied(
+    tmp_path: Path,
+) -> None:
+    """A big file pushed is written once on the far side: the unnamed file it arrived
+    in, made on the destination's filesystem, becomes the published file."""
+    src = build(tmp_path / "src", {"a/big": os.urandom(BIG), "a/small": b"s"})
+    os.chmod(src / "a" / "big", 0o640)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    arriving, problems = _push(src, dst, str(dst))
+    assert problems == []
+    assert (dst / "a" / "big").read_bytes() == (src / "a" / "big").read_bytes()
+    st, want = os.lstat(dst / "a" / "big"), os.lstat(src / "a" / "big")
+    assert st.st_ino == arriving.spooled[("a", "big")]  # the spooled file itself
+    assert (st.st_mode, st.st_mtime_ns, st.st_nlink) == (want.st_mode, want.st_mtime_ns, 1)
+    assert (dst / "a" / "small").read_bytes() == b"s"
+    assert _tmp_names(dst) == []
+
+
+def test_a_big_file_spooled_on_another_filesystem_is_copied(
+    tmp_path: Path, mounted: Path
+) -> None:
+    """The destination's subdirectory is another filesystem (a tmpfs mounted there): the
+    spooled file cannot be linked across, so it is copied, whole and under its name."""
+    src = build(tmp_path / "src", {"mnt/big": os.urandom(BIG)})
+    dst = tmp_path / "t"
+    arriving, problems = _push(src, dst, str(dst))
+    assert problems == []
+    assert (mounted / "big").read_bytes() == (src / "mnt" / "big").read_bytes()
+    assert os.lstat(mounted / "big").st_ino != arriving.spooled[("mnt", "big")]
+    assert _tmp_names(dst) == []
+
+
+def test_a_big_file_gets_what_its_directory_hands_down_not_what_the_spool_had(
+    tmp_path: Path,
+) -> None:
+    """A file published in a directory with a default ACL gets that ACL, and in a
+    set-group-id directory that directory's group, as a file created there does; a file
+    spooled at the destination's root has neither, so there it is copied, not linked."""
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    src = build(tmp_path / "src", {"acl/big": os.urandom(BIG), "sgid/big": os.urandom(BIG)})
+    dst = tmp_path / "dst"
+    (dst / "acl").mkdir(parents=True)
+    (dst / "sgid").mkdir()
+    if subprocess.run(["setfacl", "-d", "-m", "u:1234:r", str(dst / "acl")]).returncode:
+        pytest.skip("setfacl is missing or ACLs are off here")
+    os.chown(dst / "sgid", 0, 4321)
+    os.chmod(dst / "sgid", 0o2755)
+    ops, snap = _creates(FsBackend(str(src)))
+    ops = [op for op in ops if len(op.key) == 2]  # the directories are there
+    arriving = _Arriving(src, str(dst))
+    result = FsBackend(str(dst), role="destination").apply_batch(
+        ops, arriving, snap  # type: ignore[arg-type]
+    )
+    assert not result.problems, result.problems
+    for d in ("acl", "sgid"):
+        assert (dst / d / "big").read_bytes() == (src / d / "big").read_bytes()
+        assert os.lstat(dst / d / "big").st_ino != arriving.spooled[(d, "big")]
+    assert os.getxattr(dst / "acl" / "big", "system.posix_acl_access")
+    assert os.lstat(dst / "sgid" / "big").st_gid == 4321

@@ -96,3 +96,37 @@ def test_the_resync_after_a_remote_sync_that_wrote_compares_nothing_it_wrote(
     repaired = sync()
     assert repaired["counts"].get("update") == 1, repaired["counts"]
     assert os.getxattr(dst / "d1/e2/f3", "user.k") == b"d1/e2/f3"
+
+
+def test_a_big_file_keeps_its_owner_set_id_bit_attributes_and_acl_both_ways(
+    remote: Any, tmp_path: Path
+) -> None:
+    """A file over the size held in memory waits on the receiving side in an unnamed
+    file on the destination's filesystem, which is then linked in: it gets its owner
+    before its mode (a set-uid file never becomes root's), its attributes, its ACL and
+    its mtime as a copied file does."""
+    from hsync.remote.protocol import MEMFD_MAX
+
+    data = os.urandom(MEMFD_MAX + 12345)
+    src = build(tmp_path / "src", {"d/big": data})
+    big = src / "d" / "big"
+    os.chown(big, 1234, 5678)
+    os.chmod(big, 0o4750)
+    os.setxattr(big, "user.origin", b"big one")
+    subprocess.run(["setfacl", "-m", "u:1234:rw,g:5678:r", big], check=True)
+    os.utime(big, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    st = big.stat()
+    want = (*_meta(big), st.st_mode, st.st_mtime_ns, data)
+
+    def got(path: Path) -> tuple[object, ...]:
+        st = path.stat()
+        return (*_meta(path), st.st_mode, st.st_mtime_ns, path.read_bytes())
+
+    r = run("sync", src, f"{HOST}:{tmp_path / 'pushed'}")
+    assert r.returncode == 0, r.stderr
+    assert got(tmp_path / "pushed" / "d" / "big") == want
+    r = run("sync", f"{HOST}:{tmp_path / 'pushed'}", tmp_path / "pulled")
+    assert r.returncode == 0, r.stderr
+    assert got(tmp_path / "pulled" / "d" / "big") == want
+    for side in ("pushed", "pulled"):
+        assert sorted(os.listdir(tmp_path / side / "d")) == ["big"]  # no temporary left

@@ -140,8 +140,11 @@ class Incoming:
     """The content a batch's ops read (``ContentSource``): each file arrives in pages;
     ``read`` waits for the whole file."""
 
-    def __init__(self, url: str, reads: dict[Key, int], basis: Any = None) -> None:
+    def __init__(self, url: str, reads: dict[Key, int], basis: Any = None,
+                 spool_dir: str | None = None) -> None:
         self.url = url
+        self._near = spool_dir
+        """Where a big file waits for its apply (``Spooling``): linked in from there."""
         self._basis = basis
         """The backend holding the old files a delta patches (the destination)."""
         self._deltas: set[Key] = set()
@@ -167,7 +170,7 @@ class Incoming:
                 if data:
                     spool = self._parts.get(key)
                     if spool is None:
-                        spool = self._parts[key] = Spool()
+                        spool = self._parts[key] = Spool(self._near)
                     spool.add(data)
                 if end is not None:
                     mtime, error = end
@@ -568,7 +571,9 @@ class Agent:
         for op in ops:
             if op.node is not None and op.node.kind == FILE:
                 reads[op.key] = reads.get(op.key, 0) + 1
-        incoming = Incoming(self.backend.url, reads, self.backend)
+        spooling = self.endpoint.features.spooling if self.endpoint else None
+        incoming = Incoming(self.backend.url, reads, self.backend,
+                            spooling.spool_dir() if spooling is not None else None)
         snap = decode_snapshot(final)
         token = Cancel()
         self.applies[rid] = (incoming, seq, token)

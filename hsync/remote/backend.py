@@ -57,6 +57,7 @@ from ..backend import (
     Relation,
     Role,
     ScanOptions,
+    Spooling,
     WatchSink,
 )
 from ..cancel import NEVER, Cancel
@@ -597,6 +598,8 @@ class RemoteBackend(_Asking):
         self._whole: set[Key] = set()
         """Files whose delta failed: sent whole from now on."""
         self._delta_basis: Any = None
+        self._near: str | None = None
+        """Where a big file read for the destination waits (its ``Spooling``)."""
         self._delta_keys: set[Key] = set()
         self._deltas: _Deltas | None = None
         self._relinking = threading.Lock()
@@ -694,7 +697,7 @@ class RemoteBackend(_Asking):
                 return f
         for _ in range(len(RECONNECT_DELAYS)):
             link = self.link
-            spool = Spool()
+            spool = Spool(self._near)
             try:
                 rid, q = link.open("read", key)
                 for tag, value in link.answer(rid, q):
@@ -735,8 +738,10 @@ class RemoteBackend(_Asking):
         """The batch about to run writes to ``basis`` (a local destination backend):
         the files it updates that a delta is worth it for are read as a delta against
         its old file there (``_read_delta``), not prefetched whole. Called before
-        ``prefetch``."""
+        ``prefetch``. A big file read for it waits in an unnamed file on its
+        filesystem (``Spooling``), which its apply links in."""
         self._delta_basis = basis
+        self._near = basis.spool_dir() if isinstance(basis, Spooling) else None
         self._delta_keys = set()
         if not deltas.available() or isinstance(basis, Linked):
             return  # a far destination would ship its old file here to be signed

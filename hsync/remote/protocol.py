@@ -338,26 +338,31 @@ class Framer:
 
 
 MEMFD_MAX = 8 << 20
-"""Content up to this size is held in memory (a memfd); larger goes to a temporary
-file."""
+"""Content up to this size is held in memory; larger goes to an unnamed temporary file."""
 
 
 class Spool:
     """A file's content as it arrives: in memory up to ``MEMFD_MAX``, then in an
-    unnamed temporary file (a big file is never held in memory whole)."""
+    unnamed temporary file (a big file is never held in memory whole).
 
-    def __init__(self) -> None:
+    ``near``: a directory on the filesystem the content is on its way to (the
+    destination's root, ``Spooling``): the temporary file is made there (``O_TMPFILE``),
+    and the apply that publishes it links it in (``SpoolFile.link_into``) instead of
+    copying it from elsewhere: a big file pushed is written once on the far side, not
+    twice. Where that cannot be (no such directory, a filesystem without
+    ``O_TMPFILE``), it goes to the system's temporary directory."""
+
+    def __init__(self, near: str | None = None) -> None:
         self.parts: list[bytes] = []
         self.size = 0
         self.fd: int | None = None
+        self.near = near
+        self.linkable = False
+        """The content is in an unnamed file made in ``near``."""
 
     def add(self, data: bytes) -> None:
-        import os
-        import tempfile
-
         if self.fd is None and self.size + len(data) > MEMFD_MAX:
-            with tempfile.TemporaryFile() as tmp:
-                self.fd = os.dup(tmp.fileno())
+            self.fd, self.linkable = unnamed_file(self.near)
             for p in self.parts:
                 _write_all(self.fd, p)
             self.parts = []
@@ -371,7 +376,8 @@ class Spool:
         """An open file of the content (``last``: the spool is not read again). Content
         held in memory comes as ``Chunks``: a filesystem's apply writes it straight into
         the file it publishes (``write_into``), not into a memfd first and then from
-        there (two copies of every small file a push or a pull sends)."""
+        there (two copies of every small file a push or a pull sends). Content in an
+        unnamed file comes as a ``SpoolFile``, which the last reader may link in."""
         import os
 
         if self.fd is None:
@@ -381,7 +387,7 @@ class Spool:
             self.fd = None
         os.utime(fd, ns=(mtime_ns, mtime_ns))
         os.lseek(fd, 0, os.SEEK_SET)
-        return os.fdopen(fd, "rb")
+        return SpoolFile(fd, linkable=last and self.linkable)
 
     def close(self) -> None:
         import os
@@ -389,6 +395,52 @@ class Spool:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def unnamed_file(near: str | None) -> tuple[int, bool]:
+    """A new unnamed file open for reading and writing: made in directory ``near``
+    (``O_TMPFILE``, so it can be linked in there later: True), else in the system's
+    temporary directory (False)."""
+    import os
+    import tempfile
+
+    if near is not None and hasattr(os, "O_TMPFILE"):
+        try:
+            return os.open(near, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600), True
+        except OSError:
+            pass  # gone, not a directory, no O_TMPFILE on that filesystem, no right
+    with tempfile.TemporaryFile() as tmp:  # unnamed; the duplicate keeps it
+        return os.dup(tmp.fileno()), False
+
+
+class SpoolFile(io.FileIO):
+    """A spooled file's content, read from its unnamed file; the last reader of a spool
+    made near the destination may link that file in (``link_into``: it implements
+    ``backends.fs.copy.LinksItself``) rather than copy it."""
+
+    def __init__(self, fd: int, *, linkable: bool) -> None:
+        super().__init__(fd, "rb", closefd=True)
+        self.linkable = linkable
+
+    def link_into(self, dfd: int, name: str) -> bool:
+        """Give the unnamed file ``name`` in directory ``dfd`` (where nothing has that
+        name): True; False when it cannot be (not made for it, or on another
+        filesystem: the caller copies it)."""
+        import errno
+        import os
+
+        if not self.linkable:
+            return False
+        try:
+            os.link(f"/proc/self/fd/{self.fileno()}", name, dst_dir_fd=dfd,
+                    follow_symlinks=True)
+        except OSError as e:
+            if e.errno in (errno.EXDEV, errno.ENOENT, errno.EOPNOTSUPP, errno.EPERM,
+                           errno.EMLINK):
+                return False
+            raise
+        self.linkable = False  # one name only
+        return True
 
 
 class Chunks(io.RawIOBase):

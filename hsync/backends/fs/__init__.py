@@ -107,6 +107,10 @@ class FsBackend:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r}, role={self.role!r})"
 
+    # -- Spooling: content arriving over a link waits on this filesystem ----------------
+    def spool_dir(self) -> str | None:
+        return self.root if self.role != "source" else None
+
     # -- Backend --------------------------------------------------------------------------
     def canonical_url(self) -> str:
         return f"file://{os.path.realpath(self.root)}"

@@ -183,6 +183,19 @@ class WritesItself(Protocol):
         ...
 
 
+class LinksItself(Protocol):
+    """Content that arrived in an unnamed file on the destination's filesystem (a big
+    file pushed: ``remote.protocol.SpoolFile``): ``publish_linked`` gives that file a
+    name instead of copying it. A file object too, for any other reader."""
+
+    def fileno(self) -> int: ...
+
+    def link_into(self, dfd: int, name: str) -> bool:
+        """Give the file ``name`` in ``dfd`` (free there): True; False when it cannot
+        be linked there (the caller copies it)."""
+        ...
+
+
 def publish(
     fd_in: int | WritesItself, dfd: int, final: str, size: int, mtime_ns: int, mode: int,
     identity: int | str | None, src_dev: int, fsync: bool, replace: bool,
@@ -263,6 +276,45 @@ def publish(
         unlink_quiet(tmp, dfd)
         raise
     return copied
+
+
+def publish_linked(
+    made: LinksItself, dfd: int, final: str, size: int, mtime_ns: int, mode: int,
+    fsync: bool, replace: bool, unstable: bool, meta: Meta | None,
+    prefixes: tuple[str, ...],
+) -> int | None:
+    """``publish`` of content in an unnamed file that can be linked into ``dfd``: its
+    owner, mode, attributes and mtime set as a copy's would be, then it is linked under
+    a temporary name and renamed to ``final``. Returns the bytes published, or None
+    where a file made in ``dfd`` could differ from it in what ``meta`` does not set
+    (``dfd`` hands down an attribute or a group it has not got), or it cannot be
+    linked there: the caller copies it."""
+    fd = made.fileno()
+    st = os.fstat(fd)
+    if (st.st_size < size if unstable else st.st_size != size) or (
+        st.st_mtime_ns != mtime_ns and not unstable
+    ):
+        raise SourceChanged("the source file changed since it was scanned")
+    if os.listxattr(fd) or not inherits_none(dfd):
+        return None  # a default ACL or a label: as a file created in dfd gets them
+    if (meta is None or meta[0] is None or meta[1] is None) and (  # owner not all set:
+        (st.st_uid, st.st_gid) != new_owner(dfd, os.geteuid(), os.getegid())  # as made there
+    ):
+        return None
+    if unstable and st.st_size > size:
+        os.ftruncate(fd, size)
+    # as created by O_CREATE with the node's permission bits, then as any copy
+    os.fchmod(fd, mode & 0o777 & ~umask())
+    _finish(fd, mode, mtime_ns, fsync, meta, prefixes, None)
+    tmp = tmp_name()
+    if not made.link_into(dfd, tmp):
+        return None
+    try:
+        rename_into(tmp, final, dfd, replace=replace)
+    except BaseException:
+        unlink_quiet(tmp, dfd)
+        raise
+    return size
 
 
 def _publish_made(
@@ -574,6 +626,13 @@ class Copies:
                     raise
                 opened[parent] = where
             dfd, owner, bare = where
+            if getattr(stream, "linkable", False):  # spooled unnamed near the destination
+                done = publish_linked(cast(LinksItself, stream), dfd, op.key[-1],
+                                      node.size, node.mtime_ns, node.mode, self.fsync,
+                                      op.op == UPDATE, self.unstable, node.data,
+                                      self.prefixes)
+                if done is not None:
+                    return done
             if hasattr(stream, "write_into"):  # made as it is written: once, into the
                 # temporary file
                 return publish(cast(WritesItself, stream), dfd, op.key[-1], node.size,
