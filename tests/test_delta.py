@@ -324,3 +324,78 @@ def test_patch_reading_the_delta_stream_directly_leaves_the_trailer_ready(
         os.close(fd)
     assert got == stream.trailer()
     assert (tmp_path / "out").read_bytes() == b"x" + base
+
+
+# -------------------------------------------------------------------- appends
+
+def _append_trip(tmp_path: Path, old: bytes, new: bytes) -> tuple[bytes, delta.Trailer,
+                                                                    delta.Trailer]:
+    """Sender: the digest of its file's first len(old) bytes; receiver: its old file's;
+    equal, the sender sends ``AppendStream`` and the receiver patches the old file."""
+    o, n = _write(tmp_path / "old", old), _write(tmp_path / "new", new)
+    ofd, nfd = os.open(o, os.O_RDONLY), os.open(n, os.O_RDONLY)
+    outfd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        assert delta.prefix_digest(nfd, len(old)) == delta.whole_digest(ofd)[1]
+        assert delta.whole_digest(ofd)[0] == len(old)
+        stream = delta.AppendStream(len(old), nfd)
+        dlt = b"".join(stream)
+        got = delta.patch(ofd, [dlt], outfd)
+        return dlt, stream.trailer(), got
+    finally:
+        for fd in (ofd, nfd, outfd):
+            os.close(fd)
+
+
+@pytest.mark.parametrize("old_size", [0, 1, 255, 256, 65535, 65536, 300_000])
+@pytest.mark.parametrize("tail_size", [0, 1, 255, 256, 65536, MiB + 3])
+def test_an_append_crosses_as_copy_the_old_file_then_the_new_bytes(
+        tmp_path: Path, old_size: int, tail_size: int) -> None:
+    """librsync's own patch applies the append delta at every width of its commands;
+    what crosses is the new bytes and a few bytes of commands, and the trailer is the
+    whole new file's."""
+    old = os.urandom(old_size)
+    new = old + os.urandom(tail_size)
+    dlt, sent, got = _append_trip(tmp_path, old, new)
+    assert (tmp_path / "out").read_bytes() == new
+    assert got == sent == delta.Trailer(len(new), xxhash.xxh3_128_digest(new))
+    assert len(dlt) <= tail_size + 4 + 1 + 1 + 8 + 1 + 8 + 1
+
+
+def test_prefix_digest_of_a_file_shorter_than_asked_is_none(tmp_path: Path) -> None:
+    fd = os.open(_write(tmp_path / "f", b"abc"), os.O_RDONLY)
+    try:
+        assert delta.prefix_digest(fd, 4) is None
+        assert delta.prefix_digest(fd, 3) == xxhash.xxh3_128_digest(b"abc")
+        assert delta.prefix_digest(fd, 0) == xxhash.xxh3_128_digest(b"")
+    finally:
+        os.close(fd)
+
+
+def test_an_append_stream_whose_old_part_changed_fails_the_receivers_check(
+        tmp_path: Path, base: bytes) -> None:
+    """The sender's file changed in its old part after the digests were compared: the
+    trailer covers what it holds now, so the patched file does not verify."""
+    o = _write(tmp_path / "old", base)
+    n = _write(tmp_path / "new", b"X" + base[1:] + b"tail")
+    ofd, nfd = os.open(o, os.O_RDONLY), os.open(n, os.O_RDONLY)
+    outfd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        stream = delta.AppendStream(len(base), nfd)
+        got = delta.patch(ofd, [b"".join(stream)], outfd)
+        assert got != stream.trailer()
+    finally:
+        for fd in (ofd, nfd, outfd):
+            os.close(fd)
+
+
+@settings(max_examples=200, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(old=st.binary(max_size=3000), tail=st.binary(max_size=3000))
+def test_property_an_append_patched_is_the_new_file(
+        tmp_path: Path, old: bytes, tail: bytes) -> None:
+    work = tmp_path / os.urandom(6).hex()
+    work.mkdir()
+    _, sent, got = _append_trip(work, old, old + tail)
+    assert (work / "out").read_bytes() == old + tail
+    assert got == sent

@@ -43,6 +43,29 @@ def test_push_appended_file_crosses_as_a_delta(remote: Any, tmp_path: Path) -> N
     assert_same_tree(src, tmp_path / "dst")
 
 
+def test_push_an_appended_file_needs_no_signature(remote: Any, tmp_path: Path) -> None:
+    """A file that only grew: its old part's digest equals the far old file's, so the
+    far side sends no signature back (about 100 KiB for 64 MiB) and the delta is the
+    new bytes; a file that grew and changed at its start is signed and sent as a delta
+    as before. Both arrive whole and right."""
+    src = build(tmp_path / "src", {"log": os.urandom(BIG), "db": os.urandom(BIG)})
+    dst = f"{HOST}:{tmp_path / 'dst'}"
+    assert _sent(run("sync", "--json", src, dst), "sent") > 2 * BIG
+    _append(src / "log", MiB)
+    r = run("sync", "--json", src, dst)
+    assert _sent(r, "received") < 32 << 10, r.stdout  # no signature came back
+    assert _sent(r, "sent") < MiB + (64 << 10)
+    assert_same_tree(src, tmp_path / "dst")
+
+    with open(src / "db", "r+b") as f:  # changed at its start, and grown
+        f.write(b"changed")
+    _append(src / "db", MiB)
+    r = run("sync", "--json", src, dst)
+    assert _sent(r, "received") > 64 << 10  # its signature
+    assert _sent(r, "sent") < 2 * MiB
+    assert_same_tree(src, tmp_path / "dst")
+
+
 def test_pull_appended_file_crosses_as_a_delta(remote: Any, tmp_path: Path) -> None:
     far = build(tmp_path / "far", {"big": os.urandom(BIG), "small": b"s"})
     here = tmp_path / "here"
@@ -77,8 +100,8 @@ def test_push_stale_basis_falls_back_to_the_whole_file(
     _append(src / "big", MiB)
     signed = RemoteBackend._signatures
 
-    def then_changed(self: RemoteBackend, ops: Any) -> Any:
-        out = signed(self, ops)
+    def then_changed(self: RemoteBackend, ops: Any, source: Any) -> Any:
+        out = signed(self, ops, source)
         if out:
             _scribble(dst / "big")
         return out

@@ -539,15 +539,21 @@ class Agent:
 
     def do_signatures(self, rid: int, wanted: Sequence[Sequence[Any]]) -> Any:
         """The signatures of the old files a batch's deltas patch, in pages of
-        ``[key, chunks]`` (chunks empty: no delta for that key: it is sent whole)."""
+        ``[key, chunks]`` (chunks empty: no delta for that key: it is sent whole).
+        An item ``[key, basis, size, digest]`` says the new file's first ``size`` bytes
+        have that digest: where the old file is just those bytes, the answer is ``[key,
+        [], size]`` (the new file only grew: its delta needs no signature)."""
         _load_deltas()
         page: list[Any] = []
         size = 0
-        for key, basis in wanted:
+        for key, basis, *prefix in wanted:
             chunks: list[bytes] = []
             try:
                 with self.backend.read(tuple(basis)) as f:
-                    chunks = list(deltas.signature(f.fileno()))
+                    if prefix and deltas.whole_digest(f.fileno()) == tuple(prefix):
+                        page.append([key, [], prefix[0]])
+                    else:
+                        chunks = list(deltas.signature(f.fileno()))
             except (OSError, NodeError, deltas.DeltaError):
                 chunks = []
             if chunks:

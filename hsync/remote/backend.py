@@ -883,7 +883,7 @@ class RemoteBackend(_Asking):
     def _send(self, batch: _Batch, *, resumed: bool = False) -> None:
         """The batch's request, then its content (``resumed``: the far side began it
         before the link broke and checks each op against what is there)."""
-        sigs = self._signatures(batch.ops)
+        sigs = self._signatures(batch.ops, batch.source)
         batch.sigs = set(sigs)
         batch.answer = None
         if batch.stop is not None:  # sent again: the cancel goes to the new request
@@ -1016,11 +1016,18 @@ class RemoteBackend(_Asking):
             else:
                 self._send(batch, resumed=batch.seq in begun)
 
-    def _signatures(self, ops: Sequence[Op]) -> dict[Key, list[bytes]]:
+    def _signatures(self, ops: Sequence[Op], source: ContentSource
+                    ) -> dict[Key, list[bytes] | int]:
         """The signatures of the far side's old files, for the files of the batch a
         delta is worth it for (``use_delta``): asked for all at once, one round trip
         per batch. An updated file's old version is at its key, or at the source of a
-        move earlier in the batch (the far side signs it before the batch runs)."""
+        move earlier in the batch (the far side signs it before the batch runs).
+
+        A file that is no shorter than it was goes with the digest of its first old
+        size bytes here: where the far side's old file has that digest, the file only
+        grew (a log, a mailbox, a growing archive), and its answer is that old size
+        instead of a signature (``deltas.AppendStream``: neither side runs the rolling
+        search). Else it signs the old file as for any other."""
         if not deltas.available():
             return {}
         wanted: list[list[Any]] = []
@@ -1039,23 +1046,39 @@ class RemoteBackend(_Asking):
             total += _signature_size(op.old.size)
             if total > SIGNATURES_MAX:
                 break
-            wanted.append([op.key, basis])
+            wanted.append([op.key, basis, *self._prefix(source, op.key, op.old.size)])
         if not wanted:
             return {}
-        out: dict[Key, list[bytes]] = {}
+        out: dict[Key, list[bytes] | int] = {}
         for page in self.link.stream("signatures", wanted):
-            for key, chunks in page:
-                out[tuple(key)] = list(chunks)
+            for key, chunks, *appended in page:
+                out[tuple(key)] = appended[0] if appended else list(chunks)
         return out
 
-    def _send_delta(self, rid: int, key: Key, f: BinaryIO, sig: list[bytes],
+    @staticmethod
+    def _prefix(source: ContentSource, key: Key, old_size: int) -> list[Any]:
+        """``[old_size, digest]`` of the source file's first ``old_size`` bytes, or
+        nothing (it is shorter now, or not a file with a descriptor)."""
+        try:
+            with source.read(key) as f:
+                if not _has_fd(f):
+                    return []
+                digest = deltas.prefix_digest(f.fileno(), old_size)
+        except (OSError, NodeError):
+            return []
+        return [] if digest is None else [old_size, digest]
+
+    def _send_delta(self, rid: int, key: Key, f: BinaryIO, sig: list[bytes] | int,
                     page: list[Any], size: int) -> tuple[list[Any], int, bool]:
-        """``f``'s content as a delta against the far side's old file: pages of
-        ``[key, data, None, 1]``, then the end ``[mtime_ns, None, size, digest]``. False
-        when no delta could be made (then nothing of this file was sent)."""
+        """``f``'s content as a delta against the far side's old file (``sig`` its
+        signature, or its size where it is this file's beginning): pages of ``[key,
+        data, None, 1]``, then the end ``[mtime_ns, None, size, digest]``. False when no
+        delta could be made (then nothing of this file was sent)."""
         before = os.fstat(f.fileno())
         try:
-            stream = deltas.delta(sig, f.fileno())
+            stream: deltas.DeltaStream | deltas.AppendStream = (
+                deltas.AppendStream(sig, f.fileno()) if isinstance(sig, int)
+                else deltas.delta(sig, f.fileno()))
             chunks = iter(stream)
             first = next(chunks, b"")
         except deltas.DeltaError:
@@ -1083,7 +1106,7 @@ class RemoteBackend(_Asking):
         return page, size, True
 
     def _send_content(self, rid: int, ops: Sequence[Op], source: ContentSource,
-                      sigs: dict[Key, list[bytes]] | None = None,
+                      sigs: dict[Key, list[bytes] | int] | None = None,
                       stop: _FarCancel | None = None) -> None:
         """The content of every file the batch creates or updates, in pages of
         ``[key, data, end]`` (``end``: None while the file goes on, else ``[mtime_ns,

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 else:  # signal's C half, the same functions: the Python module builds enums at import
     import _signal
 
-PROTOCOL = 5
+PROTOCOL = 6
 """Bumped when the messages change incompatibly; the handshake refuses a mismatch.
 3 (the remote speed-up): ``configure_scan``, ``read_deltas`` (replacing ``read_delta``),
 ``cancel`` of a running batch, the error kinds ``source_changed``/``target_changed``.
@@ -44,7 +44,10 @@ not, or an agent that does not say it, work as before (no message changed).
 5 (cheaper values): a value class crosses as a map of its fields with its name under
 the key ``VALUE`` (``_default``, ``_hook``), not as an extension holding a packed map (one
 nested pack and unpack per node and op: 100,000 ops of a push cost about 0.5 s more to
-decode on the far side and 0.7 s more to encode here)."""
+decode on the far side and 0.7 s more to encode here).
+6 (appends): a ``signatures`` item may carry the size and digest of the new file's
+beginning; the answer for an old file that is that beginning is its size, not a
+signature (the sender then sends "copy the old file, then these bytes")."""
 MAGIC = "hsync-agent"
 
 _HEADER = struct.Struct(">IB")
