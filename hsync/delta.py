@@ -68,9 +68,9 @@ import attrs
 import xxhash
 
 __all__ = [
-    "AppendStream",
     "CHUNK",
     "DELTA_MIN_SIZE",
+    "AppendStream",
     "DeltaError",
     "DeltaStream",
     "DeltaUnavailable",
