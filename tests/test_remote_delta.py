@@ -66,6 +66,29 @@ def test_push_an_appended_file_needs_no_signature(remote: Any, tmp_path: Path) -
     assert_same_tree(src, tmp_path / "dst")
 
 
+def test_pull_an_appended_file_needs_no_signature(remote: Any, tmp_path: Path) -> None:
+    """The same, pulled: the digest of the local old file goes instead of its signature
+    (about 100 KiB for 64 MiB), and the far side sends the new bytes; a file that grew
+    and changed at its start is asked for again, signed."""
+    far = build(tmp_path / "far", {"log": os.urandom(BIG), "db": os.urandom(BIG)})
+    here = tmp_path / "here"
+    src = f"{HOST}:{far}"
+    assert _sent(run("sync", "--json", src, here), "received") > 2 * BIG
+    _append(far / "log", MiB)
+    r = run("sync", "--json", src, here)
+    assert _sent(r, "sent") < 32 << 10, r.stdout  # no signature went
+    assert _sent(r, "received") < MiB + (64 << 10)
+    assert_same_tree(far, here)
+
+    with open(far / "db", "r+b") as f:  # changed at its start, and grown
+        f.write(b"changed")
+    _append(far / "db", MiB)
+    r = run("sync", "--json", src, here)
+    assert _sent(r, "sent") > 64 << 10  # its signature, asked for after the digest
+    assert _sent(r, "received") < 2 * MiB
+    assert_same_tree(far, here)
+
+
 def test_pull_appended_file_crosses_as_a_delta(remote: Any, tmp_path: Path) -> None:
     far = build(tmp_path / "far", {"big": os.urandom(BIG), "small": b"s"})
     here = tmp_path / "here"
@@ -112,27 +135,32 @@ def test_push_stale_basis_falls_back_to_the_whole_file(
     assert (dst / "big").read_bytes() == (src / "big").read_bytes()
 
 
+@pytest.mark.parametrize("how", ["_digest", "_sign"])
 def test_pull_stale_basis_falls_back_to_the_whole_file(
-        remote: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The local old file changes between its signature and the patch: the delta does
-    not verify here, and the file is read again whole."""
+        remote: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    """The local old file changes between its digest (a file that only grew there) or
+    its signature (one also changed at its start) and the patch: the delta does not
+    verify here, and the file is read again whole."""
     import hsync
     from hsync.remote.backend import _Deltas
 
     far = build(tmp_path / "far", {"big": os.urandom(4 * MiB)})
     here = tmp_path / "here"
     hsync.sync(f"{HOST}:{far}", str(here))
+    if how == "_sign":
+        with open(far / "big", "r+b") as f:
+            f.write(b"changed")
     _append(far / "big", MiB)
-    signed = _Deltas._sign
+    taken = getattr(_Deltas, how)
     calls: list[Any] = []
 
     def then_changed(self: _Deltas, key: Any) -> Any:
-        out = signed(self, key)
+        out = taken(self, key)
         calls.append(key)
         _scribble(here / "big")
         return out
 
-    monkeypatch.setattr(_Deltas, "_sign", then_changed)
+    monkeypatch.setattr(_Deltas, how, then_changed)
     report = hsync.sync(f"{HOST}:{far}", str(here))
     assert calls == [("big",)]
     assert not report.problems, report.problems

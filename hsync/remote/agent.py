@@ -51,6 +51,7 @@ from ..model import CREATE, DELETE, DIR, FILE, MOVE, SYMLINK, UPDATE, Key, Node,
 from .protocol import (
     CHUNK,
     MAGIC,
+    NOT_APPENDED,
     PROTOCOL,
     Framer,
     LinkClosed,
@@ -469,17 +470,27 @@ class Agent:
         """Many files as deltas against the signatures of the client's old files
         (``[key, chunks]`` each), in pages of ``[key, data, end]``: ``end`` None while
         the file's delta goes on, then ``[mtime_ns, size, digest]``, or ``[None, why]``
-        when no verified delta can be made (the client reads that file whole)."""
+        when no verified delta can be made (the client reads that file whole). An item
+        ``[key, [], size, digest]`` gives the old file's size and digest instead of a
+        signature: where this file begins with it, its delta is an append
+        (``deltas.AppendStream``); else its end is ``[None, NOT_APPENDED]``."""
         _load_deltas()
         page: list[Any] = []
         size = 0
-        for key, sig in wanted:
+        for key, sig, *prefix in wanted:
             key = tuple(key)
             end: list[Any]
             try:
                 with self.backend.read(key) as f:
                     before = os.fstat(f.fileno())
-                    stream = deltas.delta(list(sig), f.fileno())
+                    stream: deltas.DeltaStream | deltas.AppendStream
+                    if not prefix:
+                        stream = deltas.delta(list(sig), f.fileno())
+                    elif deltas.prefix_digest(f.fileno(), prefix[0]) == prefix[1]:
+                        stream = deltas.AppendStream(prefix[0], f.fileno())
+                    else:
+                        page.append([key, b"", [None, NOT_APPENDED]])
+                        continue
                     for chunk in stream:
                         page.append([key, chunk, None])
                         size += len(chunk)

@@ -74,7 +74,7 @@ from ..filters import Exclude
 from ..model import CREATE, DIR, FILE, MOVE, UPDATE, Key, Node, Op, Problem, Row, Snapshot
 from . import BATCH_BYTES, Reach, current
 from .agent import decode_snapshot, encode_snapshot
-from .protocol import CHUNK, INLINE, Spool, content_file, unpack
+from .protocol import CHUNK, INLINE, NOT_APPENDED, Spool, content_file, unpack
 from .transport import Link
 from .url import RemoteUrl, parse
 
@@ -263,9 +263,12 @@ class _Deltas:
     for whole files). A delta is kept (in memory, or an unnamed temporary file when
     big) until the apply reads its file."""
 
-    def __init__(self, link: Link, basis: Any, keys: list[Key]) -> None:
+    def __init__(self, link: Link, basis: Any, keys: list[Key],
+                 grown: dict[Key, int] | None = None) -> None:
         self.link = link
         self.basis = basis
+        self.grown = grown or {}
+        """The keys whose file is no shorter than the old one here: perhaps appended."""
         self.cond = threading.Condition()
         self.spools: dict[Key, Spool] = {}
         self.ends: dict[Key, Any] = {}
@@ -283,36 +286,61 @@ class _Deltas:
         except (OSError, NodeError, deltas.DeltaError):
             return []
 
-    def _run(self, keys: list[Key]) -> None:
+    def _digest(self, key: Key) -> list[Any]:
+        """``[size, digest]`` of the old file here, whole (or nothing)."""
         try:
-            i = 0
-            while i < len(keys) and not self.stopped:
-                wanted: list[list[Any]] = []
-                size = 0
-                while i < len(keys) and size < SIGNATURES_MAX:
-                    sig = self._sign(keys[i])
-                    if sig:
-                        wanted.append([keys[i], sig])
-                        size += sum(len(c) for c in sig)
-                    else:
-                        self._end(keys[i], [None, "no signature"])
-                    i += 1
-                if not wanted:
-                    continue
-                for page in self.link.stream("read_deltas", wanted):
-                    for key, data, end in page:
-                        key = tuple(key)
-                        if data:
-                            spool = self.spools.get(key)
-                            if spool is None:
-                                spool = self.spools[key] = Spool()
-                            spool.add(data)
-                        if end is not None:
-                            self._end(key, end)
+            with self.basis.read(key) as old:
+                return list(deltas.whole_digest(old.fileno()))
+        except (OSError, NodeError):
+            return []
+
+    def _run(self, keys: list[Key]) -> None:
+        """First the files that may only have grown, with the digest of their old file
+        and no signature (the far side sends an append where its file begins with
+        it, else says ``NOT_APPENDED``); then the others and those, signed."""
+        try:
+            first = [[k, [], *d] for k in keys if k in self.grown and (d := self._digest(k))]
+            refused = set(self._ask(first)) if first else set()
+            asked = {item[0] for item in first}
+            self._signed([k for k in keys if k not in asked or k in refused])
         except Exception as e:
             with self.cond:
                 self.failed = str(e)
                 self.cond.notify_all()
+
+    def _signed(self, keys: list[Key]) -> None:
+        i = 0
+        while i < len(keys) and not self.stopped:
+            wanted: list[list[Any]] = []
+            size = 0
+            while i < len(keys) and size < SIGNATURES_MAX:
+                sig = self._sign(keys[i])
+                if sig:
+                    wanted.append([keys[i], sig])
+                    size += sum(len(c) for c in sig)
+                else:
+                    self._end(keys[i], [None, "no signature"])
+                i += 1
+            if wanted:
+                self._ask(wanted)
+
+    def _ask(self, wanted: list[list[Any]]) -> list[Key]:
+        """One ``read_deltas`` request; the keys the far side found not appended."""
+        refused: list[Key] = []
+        for page in self.link.stream("read_deltas", wanted):
+            for key, data, end in page:
+                key = tuple(key)
+                if data:
+                    spool = self.spools.get(key)
+                    if spool is None:
+                        spool = self.spools[key] = Spool()
+                    spool.add(data)
+                if end is not None:
+                    if end[0] is None and end[1] == NOT_APPENDED:
+                        refused.append(key)
+                    else:
+                        self._end(key, end)
+        return refused
 
     def _end(self, key: Key, end: Any) -> None:
         with self.cond:
@@ -601,6 +629,8 @@ class RemoteBackend(_Asking):
         self._near: str | None = None
         """Where a big file read for the destination waits (its ``Spooling``)."""
         self._delta_keys: set[Key] = set()
+        self._grown: dict[Key, int] = {}
+        """Of those, the files no shorter than their old version (perhaps appended)."""
         self._deltas: _Deltas | None = None
         self._relinking = threading.Lock()
         self._wired = (0, 0)
@@ -743,6 +773,7 @@ class RemoteBackend(_Asking):
         self._delta_basis = basis
         self._near = basis.spool_dir() if isinstance(basis, Spooling) else None
         self._delta_keys = set()
+        self._grown = {}
         if not deltas.available() or isinstance(basis, Linked):
             return  # a far destination would ship its old file here to be signed
         for op in ops:
@@ -751,6 +782,8 @@ class RemoteBackend(_Asking):
                     and op.old.kind == FILE and op.key not in self._whole
                     and deltas.use_delta(op.old.size, op.node.size)):
                 self._delta_keys.add(op.key)
+                if op.node.size >= op.old.size:
+                    self._grown[op.key] = op.old.size
 
     def _read_delta(self, key: Key) -> BinaryIO | None:
         """The new content of ``key``: the far side's delta against the destination's
@@ -784,7 +817,7 @@ class RemoteBackend(_Asking):
             self._deltas = None
         if self._delta_keys:
             self._deltas = _Deltas(self.link, self._delta_basis,
-                                   [k for k in keys if k in self._delta_keys])
+                                   [k for k in keys if k in self._delta_keys], self._grown)
         keys = [k for k in keys if k not in self._delta_keys]
         if keys:
             self._prefetch = _Prefetch(self, list(keys))

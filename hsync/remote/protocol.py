@@ -47,8 +47,13 @@ nested pack and unpack per node and op: 100,000 ops of a push cost about 0.5 s m
 decode on the far side and 0.7 s more to encode here).
 6 (appends): a ``signatures`` item may carry the size and digest of the new file's
 beginning; the answer for an old file that is that beginning is its size, not a
-signature (the sender then sends "copy the old file, then these bytes")."""
+signature (the sender then sends "copy the old file, then these bytes"); a
+``read_deltas`` item may carry the size and digest of the old file in place of a
+signature, answered by such a delta, or by the end ``NOT_APPENDED``."""
 MAGIC = "hsync-agent"
+NOT_APPENDED = "not only appended"
+"""A ``read_deltas`` end for a file asked for as an append (with the digest of the old
+file) whose beginning is not that old file: the client asks again with a signature."""
 
 _HEADER = struct.Struct(">IB")
 _STOPS = {_signal.SIGINT, _signal.SIGTERM}
