@@ -404,3 +404,78 @@ def test_a_big_file_gets_what_its_directory_hands_down_not_what_the_spool_had(
         assert os.lstat(dst / d / "big").st_ino != arriving.spooled[(d, "big")]
     assert os.getxattr(dst / "acl" / "big", "system.posix_acl_access")
     assert os.lstat(dst / "sgid" / "big").st_gid == 4321
+
+
+class _Watching:
+    """Content that writes itself (``WritesItself``) and, while it is written, records
+    what the destination directory shows."""
+
+    def __init__(self, src: Path, seen: list[list[str]], where: Path) -> None:
+        self.src, self.seen, self.where = src, seen, where
+
+    def read(self, key: Key) -> object:
+        path = self.src.joinpath(*key)
+        data, mtime = path.read_bytes(), path.stat().st_mtime_ns
+        seen, where = self.seen, self.where
+
+        class Made:
+            size, mtime_ns = len(data), mtime
+
+            def write_into(self, fd: int) -> int:
+                os.write(fd, data[: len(data) // 2])
+                seen.append(sorted(os.listdir(where)))  # half of it written
+                os.write(fd, data[len(data) // 2:])
+                return len(data)
+
+            def fileno(self) -> int:
+                raise OSError("read as a file")
+
+            def close(self) -> None:
+                pass
+
+        return Made()
+
+
+def test_a_file_being_written_is_seen_under_no_name(tmp_path: Path) -> None:
+    """A file is written unnamed and linked in whole: while half of it is written the
+    directory shows neither its name nor a temporary one (and a crash then would leave
+    nothing behind)."""
+    src = build(tmp_path / "src", {"d/a": b"a" * 1000, "d/b": b"b" * 2000})
+    dst = tmp_path / "dst"
+    (dst / "d").mkdir(parents=True)
+    seen: list[list[str]] = []
+    ops, snap = _creates(FsBackend(str(src)))
+    result = FsBackend(str(dst), role="destination").apply_batch(
+        [op for op in ops if op.key != ("d",)], _Watching(src, seen, dst / "d"),  # type: ignore[arg-type]
+        snap,
+    )
+    assert not result.problems, result.problems
+    assert len(seen) == 2
+    for listing in seen:  # the other file done, or nothing: not this one, no temporary
+        assert len(listing) <= 1 and set(listing) <= {"a", "b"}, listing
+    assert sorted(os.listdir(dst / "d")) == ["a", "b"]
+    assert (dst / "d" / "b").read_bytes() == b"b" * 2000
+
+
+def test_where_the_filesystem_makes_no_unnamed_file_a_temporary_name_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback (a network or FUSE filesystem without ``O_TMPFILE``): the file is
+    written under a temporary name, renamed once whole; nothing is left of it."""
+    from hsync.backends.fs import posix
+    from hsync.backends.fs.posix import is_tmp_name
+
+    src = build(tmp_path / "src", {"d/a": b"a" * 1000})
+    dst = tmp_path / "dst"
+    (dst / "d").mkdir(parents=True)
+    monkeypatch.setattr(posix, "_NO_UNNAMED", {os.stat(dst).st_dev})
+    seen: list[list[str]] = []
+    ops, snap = _creates(FsBackend(str(src)))
+    result = FsBackend(str(dst), role="destination").apply_batch(
+        [op for op in ops if op.key != ("d",)], _Watching(src, seen, dst / "d"),  # type: ignore[arg-type]
+        snap,
+    )
+    assert not result.problems, result.problems
+    assert len(seen) == 1 and len(seen[0]) == 1 and is_tmp_name(seen[0][0])
+    assert os.listdir(dst / "d") == ["a"]
+    assert (dst / "d" / "a").read_bytes() == b"a" * 1000

@@ -17,16 +17,17 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from ...backend import ContentSource, Protocol
-from ...errors import NodeError, SourceChanged
+from ...errors import NodeError, SourceChanged, TargetChanged
 from ...model import CREATE, FILE, UPDATE, Key, Op
 from .meta import SETID, Meta, chown, inherits_none, safe_mode, set_xattrs
 from .posix import (
-    O_CREATE,
     O_READ,
     check_key,
     copy_fd,
     copy_sparse,
     copy_worker,
+    link_unnamed,
+    new_file,
     open_beneath,
     open_root,
     rename_into,
@@ -245,8 +246,7 @@ def publish(
         )
     ):
         raise SourceChanged("the source file changed since it was scanned")
-    tmp = tmp_name()
-    fd_out = os.open(tmp, O_CREATE, mode & 0o777, dir_fd=dfd)
+    fd_out, tmp = new_file(dfd, mode & 0o777)
     try:
         try:
             if sparse and before.st_blocks * 512 < size:
@@ -259,21 +259,25 @@ def publish(
             if copied >= WRITEBACK_MIN and not fsync:  # written while the copy goes on
                 start_writeback(fd_out)
             _finish(fd_out, mode, mtime_ns, fsync, meta, prefixes, owner, bare)
+            after = os.fstat(fd_in)
+            if unstable:
+                if copied != size:
+                    raise SourceChanged("the source file shrank while it was copied")
+            elif (
+                copied != before.st_size
+                or after.st_size != before.st_size
+                or after.st_mtime_ns != before.st_mtime_ns
+            ):
+                raise SourceChanged("the source file changed while it was copied")
+            if tmp is None:  # unnamed: linked in while open
+                link_unnamed(fd_out, final, dfd, replace=replace)
         finally:
             os.close(fd_out)
-        after = os.fstat(fd_in)
-        if unstable:
-            if copied != size:
-                raise SourceChanged("the source file shrank while it was copied")
-        elif (
-            copied != before.st_size
-            or after.st_size != before.st_size
-            or after.st_mtime_ns != before.st_mtime_ns
-        ):
-            raise SourceChanged("the source file changed while it was copied")
-        rename_into(tmp, final, dfd, replace=replace)
+        if tmp is not None:  # named: renamed once closed
+            rename_into(tmp, final, dfd, replace=replace)
     except BaseException:
-        unlink_quiet(tmp, dfd)
+        if tmp is not None:
+            unlink_quiet(tmp, dfd)
         raise
     return copied
 
@@ -306,11 +310,16 @@ def publish_linked(
     # as created by O_CREATE with the node's permission bits, then as any copy
     os.fchmod(fd, mode & 0o777 & ~umask())
     _finish(fd, mode, mtime_ns, fsync, meta, prefixes, None)
+    if not replace:
+        try:
+            return size if made.link_into(dfd, final) else None
+        except FileExistsError:
+            raise TargetChanged("a node appeared on the destination since the scan") from None
     tmp = tmp_name()
     if not made.link_into(dfd, tmp):
         return None
     try:
-        rename_into(tmp, final, dfd, replace=replace)
+        rename_into(tmp, final, dfd, replace=True)
     except BaseException:
         unlink_quiet(tmp, dfd)
         raise
@@ -327,8 +336,7 @@ def _publish_made(
         made.mtime_ns != mtime_ns and not unstable
     ):
         raise SourceChanged("the source file changed since it was scanned")
-    tmp = tmp_name()
-    fd_out = os.open(tmp, O_CREATE, mode & 0o777, dir_fd=dfd)
+    fd_out, tmp = new_file(dfd, mode & 0o777)
     try:
         try:
             copied = made.write_into(fd_out)
@@ -340,11 +348,15 @@ def _publish_made(
             if copied >= WRITEBACK_MIN and not fsync:
                 start_writeback(fd_out)
             _finish(fd_out, mode, mtime_ns, fsync, meta, prefixes, owner, bare)
+            if tmp is None:  # unnamed: linked in while open
+                link_unnamed(fd_out, final, dfd, replace=replace)
         finally:
             os.close(fd_out)
-        rename_into(tmp, final, dfd, replace=replace)
+        if tmp is not None:  # named: renamed once closed
+            rename_into(tmp, final, dfd, replace=replace)
     except BaseException:
-        unlink_quiet(tmp, dfd)
+        if tmp is not None:
+            unlink_quiet(tmp, dfd)
         raise
     return copied
 
