@@ -5,10 +5,11 @@ Reading never follows a symlink below the root (the root itself may be one); nam
 ``str`` with surrogate escapes, so a name that is not UTF-8 survives. Writing publishes
 content written whole into an unnamed file (``O_TMPFILE``), then linked in under its
 name (or, where the filesystem makes no unnamed file, under a temporary name,
-``TMP_PREFIX``, renamed over the final one), and never writes through a symlink. ``FsBackend`` is thin; the work is in the modules, one per
-job: ``posix`` (the syscalls), ``scan`` (listing, rows, scans, the sorted walk),
-``apply`` and ``copy`` (a batch of ops), ``child`` (the digest scan, perhaps in a forked
-child), ``hashing`` (bulk hashing for verify), ``watcher`` (inotify).
+``TMP_PREFIX``, renamed over the final one), and never writes through a symlink.
+``FsBackend`` is thin; the work is in the modules, one per job: ``posix`` (the
+syscalls), ``scan`` (listing, rows, scans, the sorted walk), ``apply`` and ``copy`` (a
+batch of ops), ``child`` (the digest scan, perhaps in a forked child), ``hashing`` (bulk
+hashing for verify), ``watcher`` (inotify).
 """
 
 from __future__ import annotations
