@@ -479,3 +479,15 @@ def test_where_the_filesystem_makes_no_unnamed_file_a_temporary_name_is_used(
     assert len(seen) == 1 and len(seen[0]) == 1 and is_tmp_name(seen[0][0])
     assert os.listdir(dst / "d") == ["a"]
     assert (dst / "d" / "a").read_bytes() == b"a" * 1000
+
+
+def test_content_for_a_destination_not_made_yet_waits_beside_it(tmp_path: Path) -> None:
+    """A push into a new directory: its big files arrive before the first batch makes
+    the root, so they wait in its parent (the same filesystem), not in /tmp, and are
+    linked in all the same."""
+    new = tmp_path / "new"
+    dst = FsBackend(str(new), role="destination")
+    assert dst.spool_dir() == str(tmp_path)
+    new.mkdir()
+    assert dst.spool_dir() == str(new)
+    assert FsBackend(str(new), role="source").spool_dir() is None

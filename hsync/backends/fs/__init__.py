@@ -111,7 +111,14 @@ class FsBackend:
 
     # -- Spooling: content arriving over a link waits on this filesystem ----------------
     def spool_dir(self) -> str | None:
-        return self.root if self.role != "source" else None
+        """The root; before the first batch has made it, its parent (a directory made
+        there is on the same filesystem)."""
+        if self.role == "source":
+            return None
+        for path in (self.root, os.path.dirname(self.root.rstrip("/"))):
+            if path and os.path.isdir(path):
+                return path
+        return None
 
     # -- Backend --------------------------------------------------------------------------
     def canonical_url(self) -> str:
