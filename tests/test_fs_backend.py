@@ -436,11 +436,10 @@ class _Watching:
         return Made()
 
 
-def test_a_file_being_written_is_seen_under_no_name(tmp_path: Path) -> None:
-    """A file is written unnamed and linked in whole: while half of it is written the
-    directory shows neither its name nor a temporary one (and a crash then would leave
-    nothing behind)."""
-    src = build(tmp_path / "src", {"d/a": b"a" * 1000, "d/b": b"b" * 2000})
+def _write_watched(tmp_path: Path, files: dict[str, bytes]) -> tuple[Path, list[list[str]]]:
+    """The files of ``files`` (all in ``d/``) created in ``dst/d`` from content that
+    records what ``dst/d`` shows while each is half written."""
+    src = build(tmp_path / "src", files)
     dst = tmp_path / "dst"
     (dst / "d").mkdir(parents=True)
     seen: list[list[str]] = []
@@ -450,6 +449,14 @@ def test_a_file_being_written_is_seen_under_no_name(tmp_path: Path) -> None:
         snap,
     )
     assert not result.problems, result.problems
+    return dst, seen
+
+
+def test_a_file_being_written_is_seen_under_no_name(tmp_path: Path) -> None:
+    """A file is written unnamed and linked in whole: while half of it is written the
+    directory shows neither its name nor a temporary one (and a crash then would leave
+    nothing behind)."""
+    dst, seen = _write_watched(tmp_path, {"d/a": b"a" * 1000, "d/b": b"b" * 2000})
     assert len(seen) == 2
     for listing in seen:  # the other file done, or nothing: not this one, no temporary
         assert len(listing) <= 1 and set(listing) <= {"a", "b"}, listing
@@ -465,17 +472,8 @@ def test_where_the_filesystem_makes_no_unnamed_file_a_temporary_name_is_used(
     from hsync.backends.fs import posix
     from hsync.backends.fs.posix import is_tmp_name
 
-    src = build(tmp_path / "src", {"d/a": b"a" * 1000})
-    dst = tmp_path / "dst"
-    (dst / "d").mkdir(parents=True)
-    monkeypatch.setattr(posix, "_NO_UNNAMED", {os.stat(dst).st_dev})
-    seen: list[list[str]] = []
-    ops, snap = _creates(FsBackend(str(src)))
-    result = FsBackend(str(dst), role="destination").apply_batch(
-        [op for op in ops if op.key != ("d",)], _Watching(src, seen, dst / "d"),  # type: ignore[arg-type]
-        snap,
-    )
-    assert not result.problems, result.problems
+    monkeypatch.setattr(posix, "_NO_UNNAMED", {os.stat(tmp_path).st_dev})
+    dst, seen = _write_watched(tmp_path, {"d/a": b"a" * 1000})
     assert len(seen) == 1 and len(seen[0]) == 1 and is_tmp_name(seen[0][0])
     assert os.listdir(dst / "d") == ["a"]
     assert (dst / "d" / "a").read_bytes() == b"a" * 1000
