@@ -288,8 +288,9 @@ def publish_linked(
     prefixes: tuple[str, ...],
 ) -> int | None:
     """``publish`` of content in an unnamed file that can be linked into ``dfd``: its
-    owner, mode, attributes and mtime set as a copy's would be, then it is linked under
-    a temporary name and renamed to ``final``. Returns the bytes published, or None
+    owner, mode, attributes and mtime set as a copy's would be, then it is linked in as
+    ``final`` (an update: under a temporary name, renamed over). Returns the bytes
+    published, or None
     where a file made in ``dfd`` could differ from it in what ``meta`` does not set
     (``dfd`` hands down an attribute or a group it has not got), or it cannot be
     linked there: the caller copies it."""
