@@ -238,7 +238,8 @@ def start_batch(
         prefetching.delta_bases(destination.backend, ops)  # deltas against the old files
         prefetching.prefetch([op.key for op in ops if op.node is not None
                               and op.node.kind == FILE and (op.op == CREATE
-                                  or (op.op == UPDATE and op.content))])
+                                  or (op.op == UPDATE and op.content))],
+                             sparse=options.sparse)
     started = Started(ops, final, options, logged, cancel=cancel, on_done=on_done)
     windowed = destination.features.windowed
     if windowed is not None and windowed.window() > 1:

@@ -652,9 +652,10 @@ class Prefetching(Protocol):
     """Content is far away (a remote endpoint): told which files a batch will read, it
     fetches them all at once (one stream per batch, not one round trip per ``read``)."""
 
-    def prefetch(self, keys: Sequence[Key]) -> None:
+    def prefetch(self, keys: Sequence[Key], *, sparse: bool = False) -> None:
         """``read`` will soon be called for ``keys`` (in about that order); forgets
-        what an earlier call fetched and was not read."""
+        what an earlier call fetched and was not read. ``sparse``
+        (``ApplyOptions.sparse``): a file with holes is read keeping them."""
         ...
 
     def delta_bases(self, basis: Backend, ops: Sequence[Op]) -> None:

@@ -422,3 +422,41 @@ def test_values_cross_the_link_whole_and_a_far_journal_of_protocol_4_still_reads
         ["Problem", {"key": ["d", "f"], "message": "it changed", "op": CREATE}]))]},
         use_bin_type=True)
     assert unpack(old)["problems"] == (problem,)
+
+
+# -- files with holes ------------------------------------------------------------------------
+def test_a_file_with_holes_keeps_its_holes_both_ways_and_sends_its_data_only(
+        remote: Any, tmp_path: Path) -> None:
+    """A 64 MiB disk image holding 8 KiB, a 16 MiB file that is all hole and a small
+    file with a hole before its data: pushed, then pulled back, each has its content
+    and allocates about what the source does; without compression, what crosses is
+    about the data, not the sizes. ``--no-sparse`` (rsync without ``-S``) writes the holes there."""
+    from test_kinds import allocated, holes_supported, sparse_file
+
+    src = tmp_path / "src"
+    src.mkdir()
+    if not holes_supported(src):
+        pytest.skip(f"{src}: this filesystem keeps no holes")
+    MiB = 1 << 20
+    sparse_file(src / "disk.img", 64 * MiB, [(MiB, b"\xaa" * 4096), (40 * MiB, b"\x55" * 4096)])
+    sparse_file(src / "all-hole", 16 * MiB, [])
+    sparse_file(src / "small", 200_000, [(150_000, b"tail" * 1000)])
+    r = run("sync", "--json", "--no-compress", src, f"{HOST}:{tmp_path / 'dst'}")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bytes_on_wire"]["sent"] < 2 * MiB
+    assert_same_tree(src, tmp_path / "dst")
+    for name in ("disk.img", "all-hole", "small"):
+        assert allocated(tmp_path / "dst" / name) <= allocated(src / name) + 64 * 1024, name
+
+    r = run("sync", "--json", "--no-compress", f"{HOST}:{tmp_path / 'dst'}",
+            tmp_path / "pulled")  # and back: a pull keeps them too
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["bytes_on_wire"]["received"] < 2 * MiB
+    assert_same_tree(src, tmp_path / "pulled")
+    for name in ("disk.img", "all-hole", "small"):
+        assert allocated(tmp_path / "pulled" / name) <= allocated(src / name) + 64 * 1024, name
+
+    r = run("sync", "--no-sparse", src, f"{HOST}:{tmp_path / 'dense'}")
+    assert r.returncode == 0, r.stderr
+    assert_same_tree(src, tmp_path / "dense")
+    assert allocated(tmp_path / "dense" / "disk.img") >= 64 * MiB

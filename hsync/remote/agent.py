@@ -24,13 +24,14 @@ agent from touching the tree until the old one has ended.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .._values import astuple, evolve
 from ..backend import (
@@ -136,6 +137,39 @@ def read_whole(f: BinaryIO) -> tuple[list[bytes], int, int]:
     return chunks, before.st_size, before.st_mtime_ns
 
 
+def data_pieces(fd: int, size: int) -> Iterator[tuple[bytes, int | None]]:
+    """The first ``size`` bytes of a file with holes as ``(data, offset)``: its data
+    extents (``SEEK_DATA``/``SEEK_HOLE``) in chunks, then ``(b"", size)`` for its length
+    (a trailing hole). Where the filesystem cannot seek to data, the whole file in
+    chunks, each with its offset."""
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno != errno.ENXIO:
+                    raise
+                break  # only a hole left
+            if start >= size:
+                break
+            stop = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+            while start < stop:
+                chunk = os.pread(fd, min(CHUNK, stop - start), start)
+                if not chunk:
+                    return  # shorter now: the caller's fstat tells
+                yield chunk, start
+                start += len(chunk)
+            pos = stop
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP) or pos:
+            raise
+        while chunk := os.pread(fd, CHUNK, pos):  # no seeking to data here
+            yield chunk, pos
+            pos += len(chunk)
+    yield b"", size
+
+
 # -- a batch's content, as it arrives ------------------------------------------------------
 class Incoming:
     """The content a batch's ops read (``ContentSource``): each file arrives in pages;
@@ -161,18 +195,20 @@ class Incoming:
 
     def add(self, page: Sequence[Any]) -> None:
         with self._cond:
-            for key, data, end, *is_delta in page:
+            for key, data, end, *rest in page:
+                is_delta = rest[0] if rest else 0  # then, for a file with holes, the offset
+                at = rest[1] if len(rest) > 1 else None
                 if is_delta:
                     _load_deltas()
                     self._deltas.add(key)
                     if end is not None and end[1] is None:
                         self._trailers[key] = deltas.Trailer(end[2], end[3])
                         end = end[:2]
-                if data:
+                if data or at is not None:
                     spool = self._parts.get(key)
                     if spool is None:
                         spool = self._parts[key] = Spool(self._near)
-                    spool.add(data)
+                    spool.add(data, at)
                 if end is not None:
                     mtime, error = end
                     self._done[key] = (mtime, error)
@@ -437,14 +473,21 @@ class Agent:
     def do_digest(self, rid: int, key: Key) -> Any:
         return self.backend.digest(key)
 
-    def do_read(self, rid: int, key: Key) -> Any:
-        """One file, streamed in chunks (``item`` frames), then its mtime."""
+    def do_read(self, rid: int, key: Key, sparse: bool = False) -> Any:
+        """One file, streamed in chunks (``item`` frames), then its mtime. ``sparse``:
+        a file with holes sends its data extents only, each item ``[chunk, offset]``,
+        the last ``[b"", size]`` (``data_pieces``)."""
         with self.backend.read(key) as f:
             before = os.fstat(f.fileno())
             total = 0
-            while chunk := f.read(CHUNK):
-                total += len(chunk)
-                self.framer.send([rid, "item", chunk])
+            if sparse and before.st_blocks * 512 < before.st_size:
+                for chunk, at in data_pieces(f.fileno(), before.st_size):
+                    total = (at or 0) + len(chunk)
+                    self.framer.send([rid, "item", [chunk, at]])
+            else:
+                while chunk := f.read(CHUNK):
+                    total += len(chunk)
+                    self.framer.send([rid, "item", chunk])
             after = os.fstat(f.fileno())
         if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or \
                 total != before.st_size:
@@ -515,17 +558,19 @@ class Agent:
             self.framer.send([rid, "item", page])
         return None
 
-    def do_read_many(self, rid: int, keys: Sequence[Key], limit: int) -> Any:
+    def do_read_many(self, rid: int, keys: Sequence[Key], limit: int,
+                     sparse: bool = False) -> Any:
         """Many files in pages of ``[key, data, end]`` (``end``: None while more of the
         file follows, else ``[mtime_ns, error or None]``). A file larger than ``limit``
-        is not sent: its end says ``"big"``, the client reads it on its own."""
+        is not sent: its end says ``"big"``, the client reads it on its own; so is,
+        with ``sparse``, a file with holes (``do_read`` keeps them)."""
         page: list[Any] = []
         size = 0
         for key in keys:
             try:
                 with self.backend.read(key) as f:
                     st = os.fstat(f.fileno())
-                    if st.st_size > limit:
+                    if st.st_size > limit or (sparse and st.st_blocks * 512 < st.st_size):
                         page.append([key, b"", [st.st_mtime_ns, "big"]])
                         continue
                     chunks, _, mtime = read_whole(f)

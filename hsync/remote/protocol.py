@@ -49,7 +49,11 @@ decode on the far side and 0.7 s more to encode here).
 beginning; the answer for an old file that is that beginning is its size, not a
 signature (the sender then sends "copy the old file, then these bytes"); a
 ``read_deltas`` item may carry the size and digest of the old file in place of a
-signature, answered by such a delta, or by the end ``NOT_APPENDED``."""
+signature, answered by such a delta, or by the end ``NOT_APPENDED``. Holes: a content
+page item may carry its offset (``[key, data, None, 0, offset]``; a file with holes sends
+its data extents only, then an empty piece at its length), ``read`` and ``read_many``
+take a ``sparse`` flag (a ``read`` item is then ``[data, offset]``; ``read_many`` leaves
+such a file to ``read``)."""
 MAGIC = "hsync-agent"
 NOT_APPENDED = "not only appended"
 """A ``read_deltas`` end for a file asked for as an append (with the digest of the old
@@ -367,8 +371,28 @@ class Spool:
         self.near = near
         self.linkable = False
         """The content is in an unnamed file made in ``near``."""
+        self.holes = False
+        """Pieces came with their offsets: the file is cut to ``size`` when read."""
 
-    def add(self, data: bytes) -> None:
+    def add(self, data: bytes, at: int | None = None) -> None:
+        """The next piece of the content; ``at``: its offset, for a file with holes
+        (the pieces of its data extents, then an empty one at its length): such a file
+        is spooled in a file whatever its size, its holes left unwritten."""
+        if at is not None:
+            import os
+
+            if self.fd is None:
+                self.fd, self.linkable = unnamed_file(self.near)
+                for p in self.parts:
+                    _write_all(self.fd, p)
+                self.parts = []
+            self.holes = True
+            view, pos = memoryview(data), at
+            while view:
+                n = os.pwrite(self.fd, view, pos)
+                view, pos = view[n:], pos + n
+            self.size = max(self.size, at + len(data))
+            return
         if self.fd is None and self.size + len(data) > MEMFD_MAX:
             self.fd, self.linkable = unnamed_file(self.near)
             for p in self.parts:
@@ -390,6 +414,8 @@ class Spool:
 
         if self.fd is None:
             return Chunks(self.parts, self.size, mtime_ns)  # type: ignore[return-value]
+        if self.holes:
+            os.ftruncate(self.fd, self.size)  # a hole at its end
         fd = self.fd if last else os.open(f"/proc/self/fd/{self.fd}", os.O_RDONLY)
         if last:
             self.fd = None
