@@ -142,28 +142,22 @@ def data_pieces(fd: int, size: int) -> Iterator[tuple[bytes, int | None]]:
     extents (``SEEK_DATA``/``SEEK_HOLE``) in chunks, then ``(b"", size)`` for its length
     (a trailing hole). Where the filesystem cannot seek to data, the whole file in
     chunks, each with its offset."""
-    pos = 0
+    from ..backends.fs.posix import data_extents
+
+    began = False
     try:
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as e:
-                if e.errno != errno.ENXIO:
-                    raise
-                break  # only a hole left
-            if start >= size:
-                break
-            stop = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        for start, stop in data_extents(fd, size):
             while start < stop:
                 chunk = os.pread(fd, min(CHUNK, stop - start), start)
                 if not chunk:
                     return  # shorter now: the caller's fstat tells
+                began = True
                 yield chunk, start
                 start += len(chunk)
-            pos = stop
     except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP) or pos:
+        if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP) or began:
             raise
+        pos = 0
         while chunk := os.pread(fd, CHUNK, pos):  # no seeking to data here
             yield chunk, pos
             pos += len(chunk)

@@ -20,6 +20,7 @@ from ...model import NEEDS_ROOT, Key
 TYPE_CHECKING = False  # not typing's: a sync does not import typing
 if TYPE_CHECKING:
     import signal as _signal
+    from collections.abc import Iterator
     from typing import Any
 else:  # signal's C half, the same functions and constants: the Python module
     # builds its enums at import (enum with it, 2-4 ms of a small sync's start-up)
@@ -508,21 +509,29 @@ def copy_sparse(fd_in: int, fd_out: int, size: int) -> int:
     bytes covered: ``size``, or less when the file is now shorter. ``OSError``
     (EINVAL, ENXIO for a filesystem without the seeks) is the caller's to fall back."""
     end = min(size, os.lseek(fd_in, 0, os.SEEK_END))
+    for start, stop in data_extents(fd_in, end):
+        _copy_range(fd_in, fd_out, start, stop)
+    os.ftruncate(fd_out, end)
+    return end
+
+
+def data_extents(fd: int, end: int) -> Iterator[tuple[int, int]]:
+    """The data extents (``SEEK_DATA``/``SEEK_HOLE``) of the first ``end`` bytes of
+    ``fd``, as ``(start, stop)``. ``OSError`` (EINVAL for a filesystem without the
+    seeks) is the caller's."""
     pos = 0
     while pos < end:
         try:
-            start = os.lseek(fd_in, pos, os.SEEK_DATA)
+            start = os.lseek(fd, pos, os.SEEK_DATA)
         except OSError as e:
             if e.errno != errno.ENXIO:
                 raise
-            break  # only a hole left
+            return  # only a hole left
         if start >= end:
-            break
-        stop = min(os.lseek(fd_in, start, os.SEEK_HOLE), end)
-        _copy_range(fd_in, fd_out, start, stop)
+            return
+        stop = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+        yield start, stop
         pos = stop
-    os.ftruncate(fd_out, end)
-    return end
 
 
 def _copy_range(fd_in: int, fd_out: int, start: int, stop: int) -> None:
