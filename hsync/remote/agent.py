@@ -137,7 +137,7 @@ def read_whole(f: BinaryIO) -> tuple[list[bytes], int, int]:
     return chunks, before.st_size, before.st_mtime_ns
 
 
-def data_pieces(fd: int, size: int) -> Iterator[tuple[bytes, int | None]]:
+def data_pieces(fd: int, size: int) -> Iterator[tuple[bytes, int]]:
     """The first ``size`` bytes of a file with holes as ``(data, offset)``: its data
     extents (``SEEK_DATA``/``SEEK_HOLE``) in chunks, then ``(b"", size)`` for its length
     (a trailing hole). Where the filesystem cannot seek to data, the whole file in
@@ -476,7 +476,7 @@ class Agent:
             total = 0
             if sparse and before.st_blocks * 512 < before.st_size:
                 for chunk, at in data_pieces(f.fileno(), before.st_size):
-                    total = (at or 0) + len(chunk)
+                    total = at + len(chunk)
                     self.framer.send([rid, "item", [chunk, at]])
             else:
                 while chunk := f.read(CHUNK):

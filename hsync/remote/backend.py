@@ -265,10 +265,10 @@ class _Deltas:
     big) until the apply reads its file."""
 
     def __init__(self, link: Link, basis: Any, keys: list[Key],
-                 grown: dict[Key, int] | None = None) -> None:
+                 grown: set[Key] | None = None) -> None:
         self.link = link
         self.basis = basis
-        self.grown = grown or {}
+        self.grown = grown or set()
         """The keys whose file is no shorter than the old one here: perhaps appended."""
         self.cond = threading.Condition()
         self.spools: dict[Key, Spool] = {}
@@ -628,11 +628,11 @@ class RemoteBackend(_Asking):
         """Files whose delta failed: sent whole from now on."""
         self._delta_basis: Any = None
         self._near: str | None = None
+        """Where a big file read for the destination waits (its ``Spooling``)."""
         self._sparse = False
         """A file with holes read for the destination keeps them (``prefetch``)."""
-        """Where a big file read for the destination waits (its ``Spooling``)."""
         self._delta_keys: set[Key] = set()
-        self._grown: dict[Key, int] = {}
+        self._grown: set[Key] = set()
         """Of those, the files no shorter than their old version (perhaps appended)."""
         self._deltas: _Deltas | None = None
         self._relinking = threading.Lock()
@@ -779,7 +779,7 @@ class RemoteBackend(_Asking):
         self._delta_basis = basis
         self._near = basis.spool_dir() if isinstance(basis, Spooling) else None
         self._delta_keys = set()
-        self._grown = {}
+        self._grown = set()
         if not deltas.available() or isinstance(basis, Linked):
             return  # a far destination would ship its old file here to be signed
         for op in ops:
@@ -789,7 +789,7 @@ class RemoteBackend(_Asking):
                     and deltas.use_delta(op.old.size, op.node.size)):
                 self._delta_keys.add(op.key)
                 if op.node.size >= op.old.size:
-                    self._grown[op.key] = op.old.size
+                    self._grown.add(op.key)
 
     def _read_delta(self, key: Key) -> BinaryIO | None:
         """The new content of ``key``: the far side's delta against the destination's
@@ -1087,7 +1087,9 @@ class RemoteBackend(_Asking):
             total += _signature_size(op.old.size)
             if total > SIGNATURES_MAX:
                 break
-            wanted.append([op.key, basis, *self._prefix(source, op.key, op.old.size)])
+            grew = op.node.size >= op.old.size  # perhaps appended to
+            wanted.append([op.key, basis,
+                           *(self._prefix(source, op.key, op.old.size) if grew else ())])
         if not wanted:
             return {}
         out: dict[Key, list[bytes] | int] = {}

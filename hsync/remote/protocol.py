@@ -359,7 +359,7 @@ class Spool:
 
     ``near``: a directory on the filesystem the content is on its way to (the
     destination's root, ``Spooling``): the temporary file is made there (``O_TMPFILE``),
-    and the apply that publishes it links it in (``SpoolFile.link_into``) instead of
+    and the apply that publishes it links it in (``SpoolFile``) instead of
     copying it from elsewhere: a big file pushed is written once on the far side, not
     twice. Where that cannot be (no such directory, a filesystem without
     ``O_TMPFILE``), it goes to the system's temporary directory."""
@@ -379,7 +379,6 @@ class Spool:
         (the pieces of its data extents, then an empty one at its length): such a file
         is spooled in a file whatever its size, its holes left unwritten."""
         if at is not None:
-            import os
 
             if self.fd is None:
                 self.fd, self.linkable = unnamed_file(self.near)
@@ -387,10 +386,7 @@ class Spool:
                     _write_all(self.fd, p)
                 self.parts = []
             self.holes = True
-            view, pos = memoryview(data), at
-            while view:
-                n = os.pwrite(self.fd, view, pos)
-                view, pos = view[n:], pos + n
+            _write_all(self.fd, data, at)
             self.size = max(self.size, at + len(data))
             return
         if self.fd is None and self.size + len(data) > MEMFD_MAX:
@@ -448,33 +444,13 @@ def unnamed_file(near: str | None) -> tuple[int, bool]:
 
 
 class SpoolFile(io.FileIO):
-    """A spooled file's content, read from its unnamed file; the last reader of a spool
-    made near the destination may link that file in (``link_into``: it implements
-    ``backends.fs.copy.LinksItself``) rather than copy it."""
+    """A spooled file's content, read from its unnamed file. ``linkable``: it was made
+    near the destination and this is its last reader, so the apply may link the file in
+    (``backends.fs.copy.LinksItself``, ``publish_linked``) rather than copy it."""
 
     def __init__(self, fd: int, *, linkable: bool) -> None:
         super().__init__(fd, "rb", closefd=True)
         self.linkable = linkable
-
-    def link_into(self, dfd: int, name: str) -> bool:
-        """Give the unnamed file ``name`` in directory ``dfd`` (where nothing has that
-        name): True; False when it cannot be (not made for it, or on another
-        filesystem: the caller copies it)."""
-        import errno
-        import os
-
-        if not self.linkable:
-            return False
-        try:
-            os.link(f"/proc/self/fd/{self.fileno()}", name, dst_dir_fd=dfd,
-                    follow_symlinks=True)
-        except OSError as e:
-            if e.errno in (errno.EXDEV, errno.ENOENT, errno.EOPNOTSUPP, errno.EPERM,
-                           errno.EMLINK):
-                return False
-            raise
-        self.linkable = False  # one name only
-        return True
 
 
 class Chunks(io.RawIOBase):
@@ -518,12 +494,16 @@ class Chunks(io.RawIOBase):
         super().close()
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: bytes, at: int | None = None) -> None:
+    """All of ``data`` to ``fd``: at its position, or at offset ``at``."""
     import os
 
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        n = os.write(fd, view) if at is None else os.pwrite(fd, view, at)
+        view = view[n:]
+        if at is not None:
+            at += n
 
 
 def content_file(chunks: list[bytes], mtime_ns: int) -> BinaryIO:
@@ -531,14 +511,12 @@ def content_file(chunks: list[bytes], mtime_ns: int) -> BinaryIO:
     what a backend's apply reads a file's content from (it checks size and mtime as it
     would on the source itself)."""
     import os
-    import tempfile
 
     size = sum(len(c) for c in chunks)
     if size <= MEMFD_MAX and hasattr(os, "memfd_create"):
         fd = os.memfd_create("hsync-content", os.MFD_CLOEXEC)
     else:
-        with tempfile.TemporaryFile() as tmp:  # unnamed; the duplicate keeps it
-            fd = os.dup(tmp.fileno())
+        fd = unnamed_file(None)[0]
     try:
         for c in chunks:
             view = memoryview(c)

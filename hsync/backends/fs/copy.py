@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from ...backend import ContentSource, Protocol
-from ...errors import NodeError, SourceChanged, TargetChanged
+from ...errors import NodeError, SourceChanged
 from ...model import CREATE, FILE, UPDATE, Key, Op
 from .meta import SETID, Meta, chown, inherits_none, safe_mode, set_xattrs
 from .posix import (
@@ -32,7 +32,6 @@ from .posix import (
     open_root,
     rename_into,
     start_writeback,
-    tmp_name,
     umask,
     unlink_quiet,
 )
@@ -189,12 +188,10 @@ class LinksItself(Protocol):
     file pushed: ``remote.protocol.SpoolFile``): ``publish_linked`` gives that file a
     name instead of copying it. A file object too, for any other reader."""
 
-    def fileno(self) -> int: ...
+    linkable: bool
+    """Its last reader may link it in (no other reader copies it afterwards)."""
 
-    def link_into(self, dfd: int, name: str) -> bool:
-        """Give the file ``name`` in ``dfd`` (free there): True; False when it cannot
-        be linked there (the caller copies it)."""
-        ...
+    def fileno(self) -> int: ...
 
 
 def publish(
@@ -311,19 +308,14 @@ def publish_linked(
     # as created by O_CREATE with the node's permission bits, then as any copy
     os.fchmod(fd, mode & 0o777 & ~umask())
     _finish(fd, mode, mtime_ns, fsync, meta, prefixes, None)
-    if not replace:
-        try:
-            return size if made.link_into(dfd, final) else None
-        except FileExistsError:
-            raise TargetChanged("a node appeared on the destination since the scan") from None
-    tmp = tmp_name()
-    if not made.link_into(dfd, tmp):
-        return None
     try:
-        rename_into(tmp, final, dfd, replace=True)
-    except BaseException:
-        unlink_quiet(tmp, dfd)
+        link_unnamed(fd, final, dfd, replace=replace)
+    except OSError as e:
+        if e.errno in (errno.EXDEV, errno.ENOENT, errno.EOPNOTSUPP, errno.EPERM, errno.EMLINK):
+            # another filesystem, or no linking there: copied
+            return None
         raise
+    made.linkable = False  # one name only
     return size
 
 
