@@ -216,8 +216,13 @@ def _populate(
         def record(result: ApplyResult) -> None:  # while the batch is flushed
             if history is not None:
                 failed = {p.key for p in result.problems}
-                history.record(final, [k for k in (*its_batch, ()) if k not in failed],
-                               fingerprints=its_fps)
+                # the batch's nodes and the root's, in a dict: a ChainMap's lookups
+                # are Python's (0.2 s of recording a copy of 100,000 files)
+                nodes = dict(its_batch)
+                if (root := final.nodes.get(())) is not None:
+                    nodes[()] = root
+                history.record(Snapshot(nodes=nodes),
+                               [k for k in nodes if k not in failed], fingerprints=its_fps)
 
         started = start_batch(session, ops if stream is None else stream, final,
                               on_done=on_done, defer=True)

@@ -57,6 +57,7 @@ from .protocol import (
     Framer,
     LinkClosed,
     Spool,
+    decode_ops,
     hsync_version,
     pack,
 )
@@ -617,12 +618,13 @@ class Agent:
         return None
 
     # -- batches: applied one after the other, in the order sent ------------------------------
-    def do_apply(self, rid: int, seq: int, ops: Sequence[Op], final: dict[str, Any],
+    def do_apply(self, rid: int, seq: int, rows: Sequence[Any], final: dict[str, Any],
                  options: ApplyOptions, pair: str, session: str = "",
                  resumed: bool = False) -> Any:
         """A batch: queued for the applier thread (batches are applied in the order
         they arrive, each while its content pages arrive; the sender keeps a window
         of them in flight). Answered once applied, flushed and journaled."""
+        ops = decode_ops(rows)
         reads: dict[Key, int] = {}
         for op in ops:
             if op.node is not None and op.node.kind == FILE:

@@ -75,7 +75,7 @@ from ..filters import Exclude
 from ..model import CREATE, DIR, FILE, MOVE, UPDATE, Key, Node, Op, Problem, Row, Snapshot
 from . import BATCH_BYTES, Reach, current
 from .agent import data_pieces, decode_snapshot, encode_snapshot
-from .protocol import CHUNK, INLINE, NOT_APPENDED, Spool, content_file, unpack
+from .protocol import CHUNK, INLINE, NOT_APPENDED, Spool, content_file, encode_ops, unpack
 from .transport import Link
 from .url import RemoteUrl, parse
 
@@ -929,7 +929,8 @@ class RemoteBackend(_Asking):
         if batch.stop is not None:  # sent again: the cancel goes to the new request
             batch.stop.close()
             batch.stop = None
-        rid, q = self.link.open("apply", batch.seq, batch.ops, batch.final, batch.options,
+        rid, q = self.link.open("apply", batch.seq, encode_ops(batch.ops), batch.final,
+                                batch.options,
                                 self.pair, self.session, resumed)
         batch.rid, batch.q = rid, q
         batch.stop = _FarCancel(self.link, rid, batch.cancel)
@@ -1179,7 +1180,18 @@ class RemoteBackend(_Asking):
                         if done:
                             continue
                     # streamed a chunk at a time: a big file is never held whole
-                    before = os.fstat(f.fileno()) if _has_fd(f) else None
+                    fd = f.fileno() if _has_fd(f) else None
+                    before = os.fstat(fd) if fd is not None else None
+                    if fd is not None and before is not None and before.st_size < CHUNK \
+                            and not (sparse and before.st_blocks * 512 < before.st_size):
+                        # read at once, and crosses as one item with its end
+                        small = _read_small(fd, before.st_size)
+                        size += len(small)
+                        page.append([key, small, _end(before, os.fstat(fd), len(small))])
+                        if len(page) >= 1000 or size >= PAGE_BYTES:
+                            self.link.send_more(rid, page)
+                            page, size = [], 0
+                        continue
                     got = 0
                     pieces: Iterable[tuple[bytes, int | None]] = (
                         data_pieces(f.fileno(), before.st_size)
@@ -1202,13 +1214,8 @@ class RemoteBackend(_Asking):
                 why = str(e) if isinstance(e, NodeError) else (e.strerror or str(e))
                 page.append([key, b"", [0, why]])
                 continue
-            if before is None or after is None:
-                page.append([key, b"", [0, None]])
-            elif (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) \
-                    or got != before.st_size:
-                page.append([key, b"", [0, "the source file changed while it was read"]])
-            else:
-                page.append([key, b"", [before.st_mtime_ns, None]])
+            page.append([key, b"", [0, None] if before is None or after is None
+                         else _end(before, after, got)])
             if len(page) >= 1000:
                 self.link.send_more(rid, page)
                 page, size = [], 0
@@ -1305,6 +1312,29 @@ def _signature_size(size: int) -> int:
     return 12 + (size // block + 1) * 12
 
 
+def _read_small(fd: int, size: int) -> bytes:
+    """A small file of ``size`` bytes read whole, in one ``read`` where it is that size
+    (a read asks one byte more: a file that grew since its stat shows it). The stat
+    after the read tells whether it changed in between (``_end``)."""
+    data = os.read(fd, size + 1)
+    while 0 < len(data) < size:  # a short read: the rest, or the end
+        more = os.read(fd, size + 1 - len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def _end(before: os.stat_result, after: os.stat_result, got: int) -> list[Any]:
+    """A file's end as a content page gives it, ``[mtime_ns, error]``, from its stat
+    before and after it was read whole (``got`` bytes): changed while it was read where
+    they differ or ``got`` is not its size."""
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) \
+            or got != before.st_size:
+        return [0, "the source file changed while it was read"]
+    return [before.st_mtime_ns, None]
+
+
 def _has_fd(f: Any) -> bool:
     try:
         f.fileno()
@@ -1318,16 +1348,24 @@ def _final_part(ops: Sequence[Op], final: Snapshot) -> dict[str, Any]:
     (their metadata, set once their children settled), and the hard-link groups."""
     nodes = final.nodes
     want: dict[Key, Node] = {}
+    seen: set[Key] = set()
     for op in ops:
+        below = op.kind != DIR  # a file's own key is no directory's
         for k in (op.key, op.to):
             if k is None:
                 continue
-            for i in range(len(k) + 1):
+            # up from the key to the first prefix seen (its own were seen with it);
+            # kept parents first
+            up: list[tuple[Key, Node]] = []
+            for i in range(len(k) - below, -1, -1):
                 p = k[:i]
-                if p not in want:
-                    n = nodes.get(p)
-                    if n is not None and n.kind == DIR:
-                        want[p] = n
+                if p in seen:
+                    break
+                seen.add(p)
+                n = nodes.get(p)
+                if n is not None and n.kind == DIR:
+                    up.append((p, n))
+            want.update(reversed(up))
     return encode_snapshot(Snapshot(nodes=want))
 
 

@@ -18,6 +18,7 @@ import os
 import stat as _stat
 from _thread import get_ident  # threading's, without importing threading
 from collections.abc import Callable, Hashable, Iterator, Sequence
+from io import FileIO
 
 from ..._values import evolve
 from ...backend import (
@@ -195,7 +196,9 @@ class FsBackend:
         if not _stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise SourceChanged(f"{'/'.join(key)} is no longer a regular file")
-        return os.fdopen(fd, "rb")
+        # unbuffered: its readers read chunks of a megabyte, or all of it (a buffered
+        # reader cost a push of 100,000 small files 0.3 s to make)
+        return FileIO(fd, "rb")
 
     def digest(self, key: Key) -> bytes | None:
         import xxhash
