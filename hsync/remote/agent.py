@@ -189,8 +189,17 @@ class Incoming:
         """The link broke before all of the content arrived."""
 
     def add(self, page: Sequence[Any]) -> None:
+        parts, done = self._parts, self._done
         with self._cond:
-            for key, data, end, *rest in page:
+            for item in page:
+                if len(item) == 3 and item[2] is not None and item[0] not in parts:
+                    # a small file whole in one item, with its end (the most of them)
+                    key, data, end = item
+                    if data:
+                        parts[key] = Spool.whole(data)
+                    done[key] = (end[0], end[1])
+                    continue
+                key, data, end, *rest = item
                 is_delta = rest[0] if rest else 0  # then, for a file with holes, the offset
                 at = rest[1] if len(rest) > 1 else None
                 if is_delta:

@@ -416,6 +416,14 @@ class Spool:
         self.holes = False
         """Pieces came with their offsets: the file is cut to ``size`` when read."""
 
+    @classmethod
+    def whole(cls, data: bytes) -> Spool:
+        """A small file's content, arrived whole in one piece."""
+        spool = cls()
+        spool.parts.append(data)
+        spool.size = len(data)
+        return spool
+
     def add(self, data: bytes, at: int | None = None) -> None:
         """The next piece of the content; ``at``: its offset, for a file with holes
         (the pieces of its data extents, then an empty one at its length): such a file
