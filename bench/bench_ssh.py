@@ -108,8 +108,21 @@ def generate_append(path: Path, mib: int) -> None:
             f.write(os.urandom(MIB))
 
 
+def cpu_busy() -> tuple[float, ...]:
+    """Seconds each CPU has spent busy (user, nice, system, interrupts) since boot."""
+    out = []
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith("cpu") and line[3].isdigit():
+                v = [int(x) for x in line.split()[1:8]]
+                out.append((v[0] + v[1] + v[2] + v[5] + v[6]) / tick)
+    return tuple(out)
+
+
 class Tool:
     def __init__(self, name: str, argv: list[str], work: Path) -> None:
+        self.cpu: tuple[float, ...] = ()
         self.name = name
         self.argv = argv
         self.dst = work / f"dst-{name}"
@@ -130,7 +143,9 @@ class Tool:
 
     def run(self, src: Path) -> tuple[float, int, int | None]:
         """One sync of ``src``; its wall time, bytes on the wire and (hsync) the round
-        trips it waited on."""
+        trips it waited on. ``self.cpu``: the busy seconds of CPU 0 and CPU 1 while it
+        ran (with ``--pin``, this end and the far end: sshd and the agent or rsync's
+        receiver)."""
         if self.name.startswith("hsync"):
             argv = [*self.argv, "--json", "--state", str(self.state), f"{src}",
                     f"{HOST}:{self.dst}"]
@@ -138,9 +153,11 @@ class Tool:
             argv = [*self.argv, "--stats", f"{src}/", f"{HOST}:{self.dst}/"]
         os.sync()  # untimed: no tool pays for the previous one's dirty pages (hsync's far
         # flush is a syncfs of the destination's filesystem, rsync flushes nothing)
+        c0 = cpu_busy()
         t0 = time.perf_counter()
         p = subprocess.run(argv, capture_output=True, text=True, check=False)
         elapsed = time.perf_counter() - t0
+        self.cpu = tuple(b - a for a, b in zip(c0, cpu_busy(), strict=True))
         if p.returncode != 0:
             raise SystemExit(f"{self.name} failed ({p.returncode}): {p.stderr.strip()}")
         if self.name.startswith("hsync"):
@@ -252,14 +269,16 @@ def main() -> None:
     wire: dict[tuple[str, str], list[int]] = {}
     ratios: dict[tuple[str, str], list[float]] = {}
     trips: dict[tuple[str, str], list[int]] = {}
+    cpus: dict[tuple[str, str], list[tuple[float, ...]]] = {}
 
     def record(scenario: str, tool: Tool, result: tuple[float, int, int | None]) -> None:
         times.setdefault((scenario, tool.name), []).append(result[0])
         wire.setdefault((scenario, tool.name), []).append(result[1])
-        said = ""
+        cpus.setdefault((scenario, tool.name), []).append(tool.cpu[:2])
+        said = f"  cpu {tool.cpu[0]:.2f} + {tool.cpu[1]:.2f} s" if len(tool.cpu) > 1 else ""
         if result[2] is not None:
             trips.setdefault((scenario, tool.name), []).append(result[2])
-            said = f"  {result[2]:>3} round trips"
+            said += f"  {result[2]:>3} round trips"
         print(f"  {scenario} {tool.name:8} {result[0]:8.2f} s  {result[1]:>12,} B{said}",
               file=sys.stderr)
 
@@ -339,19 +358,24 @@ def main() -> None:
              "f": f"{args.change:,} files rewritten"}
     print(f"\n{args.rounds} rounds, medians; ratio: the median of the per-round ratios "
           "to rsync -a\n")
+    ends = "CPU 0 / CPU 1 (s)" if args.pin else "CPU s, both cores"
     print("| scenario | tool | time (s) | ratio to rsync -a | bytes on the wire "
-          "| round trips |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+          f"| round trips | {ends} |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     floor = times[("0", "ssh true")]
     print(f"| `ssh {HOST} true` (the floor of both tools) | ssh | "
-          f"{statistics.median(floor):.2f} | | | |")
+          f"{statistics.median(floor):.2f} | | | | |")
     for s in scenarios:
         for t in tools:
             key = (s, t.name)
             rt = f"{statistics.median(trips[key]):g}" if key in trips else ""
+            used = cpus.get(key, [])
+            cpu = (" / ".join(f"{statistics.median(c[i] for c in used):.2f}" for i in (0, 1))
+                   if args.pin else f"{statistics.median(sum(c) for c in used):.2f}"
+                   ) if used and len(used[0]) > 1 else ""
             print(f"| {names[s]} | {t.name} | {statistics.median(times[key]):.2f} | "
                   f"{statistics.median(ratios[key]):.2f} | "
-                  f"{int(statistics.median(wire[key])):,} | {rt} |")
+                  f"{int(statistics.median(wire[key])):,} | {rt} | {cpu} |")
 
 
 

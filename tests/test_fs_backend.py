@@ -489,3 +489,55 @@ def test_content_for_a_destination_not_made_yet_waits_beside_it(tmp_path: Path) 
     new.mkdir()
     assert dst.spool_dir() == str(new)
     assert FsBackend(str(new), role="source").spool_dir() is None
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o777, 0o4755, 0o2750])
+@pytest.mark.parametrize("mtime_ns", [1_700_000_000_123_456_789, -1_500_000_001])
+def test_a_small_file_made_in_one_call_is_what_the_long_way_makes(
+        tmp_path: Path, mode: int, mtime_ns: int) -> None:
+    """A small file a push sends, held whole in memory, is made by one call of the C
+    helper (``posix.create_whole``: written unnamed, its mode and times set, linked
+    in). It is the file the long way makes (``new_file``, a write, ``_finish``,
+    ``link_unnamed``): content, mode bits past the umask and the set-id ones, mtime
+    before 1970 too, owner; a name taken is refused and left as it was; without the
+    helper nothing is made and the caller goes the long way."""
+    from hsync.backends.fs import posix
+    from hsync.backends.fs.meta import safe_mode
+    from hsync.errors import TargetChanged
+
+    data = os.urandom(3000)
+    fast, slow = tmp_path / "fast", tmp_path / "slow"
+    fast.mkdir()
+    slow.mkdir()
+    ffd, sfd = os.open(fast, os.O_RDONLY), os.open(slow, os.O_RDONLY)
+    try:
+        want = safe_mode(mode, (0, 0, None), True)
+        chmod = want if want & ~0o777 or posix.umask() & want else -1
+        assert posix.create_whole(ffd, "f", data, want, chmod, mtime_ns)
+        out, tmp = posix.new_file(sfd, mode & 0o777)
+        try:
+            os.write(out, data)
+            fs_copy._finish(out, mode, mtime_ns, False, (0, 0, None), (), None)
+            posix.link_unnamed(out, "f", sfd, replace=False)
+        finally:
+            os.close(out)
+        assert tmp is None  # unnamed there too
+        a, b = os.stat(fast / "f"), os.stat(slow / "f")
+        assert (fast / "f").read_bytes() == data
+        assert (a.st_mode, a.st_mtime_ns, a.st_atime_ns, a.st_uid, a.st_gid, a.st_nlink) == (
+            b.st_mode, b.st_mtime_ns, b.st_atime_ns, b.st_uid, b.st_gid, b.st_nlink)
+        assert stat.S_IMODE(a.st_mode) == mode & ~(0 if chmod != -1 else posix.umask())
+        assert a.st_mtime_ns == mtime_ns
+        with pytest.raises(TargetChanged):  # a create never clobbers
+            posix.create_whole(ffd, "f", b"other", want, chmod, mtime_ns)
+        assert (fast / "f").read_bytes() == data
+        kept = list(posix._CREATE)
+        posix._CREATE[:] = [None]  # as where the C helper was not built
+        try:
+            assert not posix.create_whole(ffd, "g", data, want, chmod, mtime_ns)
+        finally:
+            posix._CREATE[:] = kept
+        assert sorted(os.listdir(fast)) == ["f"]
+    finally:
+        os.close(ffd)
+        os.close(sfd)

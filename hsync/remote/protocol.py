@@ -516,6 +516,10 @@ class Chunks(io.RawIOBase):
         self.mtime_ns = mtime_ns
         self._file: BinaryIO | None = None
 
+    def held(self) -> bytes:
+        """The content, whole (``backends.fs.copy.HeldWhole``)."""
+        return self._parts[0] if len(self._parts) == 1 else b"".join(self._parts)
+
     def write_into(self, fd: int) -> int:
         """The parts written to ``fd`` (empty, at offset 0); the bytes written."""
         for part in self._parts:

@@ -19,13 +19,23 @@ from contextlib import contextmanager
 from ...backend import ContentSource, Protocol
 from ...errors import NodeError, SourceChanged
 from ...model import CREATE, FILE, UPDATE, Key, Op
-from .meta import SETID, Meta, chown, inherits_none, safe_mode, set_xattrs
+from .meta import (
+    SETID,
+    Meta,
+    chown,
+    chown_needed,
+    inherits_none,
+    safe_mode,
+    set_xattrs,
+    xattrs_needed,
+)
 from .posix import (
     O_READ,
     check_key,
     copy_fd,
     copy_sparse,
     copy_worker,
+    create_whole,
     link_unnamed,
     new_file,
     open_beneath,
@@ -162,6 +172,13 @@ def made_there(
 
 _INO = (1 << 64) - 1
 """The inode number in an identity's low 64 bits."""
+
+
+class HeldWhole(Protocol):
+    """Content held in memory whole (a small file that crossed a link): ``held()``
+    gives its bytes, and ``_publish_made`` may make the file in one call."""
+
+    def held(self) -> bytes: ...
 
 
 class WritesItself(Protocol):
@@ -324,11 +341,21 @@ def _publish_made(
     fsync: bool, replace: bool, unstable: bool, meta: Meta | None,
     prefixes: tuple[str, ...], owner: tuple[int, int] | None, bare: bool,
 ) -> int:
-    """``publish`` of content that writes itself into the temporary file."""
+    """``publish`` of content that writes itself into the temporary file. A small
+    file held in memory whole (``HeldWhole``), created where nothing but its mode and
+    mtime is to be set, is made in one call (``create_whole``)."""
     if (made.size < size if unstable else made.size != size) or (
         made.mtime_ns != mtime_ns and not unstable
     ):
         raise SourceChanged("the source file changed since it was scanned")
+    held = getattr(made, "held", None)
+    if held is not None and size < WRITEBACK_MIN and not (replace or fsync or unstable) \
+            and not chown_needed(meta, owner if not mode & SETID else None) \
+            and not xattrs_needed(meta, prefixes, bare=bare):
+        mode = safe_mode(mode, meta, True)
+        if create_whole(dfd, final, held(), mode,
+                        mode if mode & ~UMASK_SAFE or umask() & mode else -1, mtime_ns):
+            return size
     fd_out, tmp = new_file(dfd, mode & 0o777)
     try:
         try:

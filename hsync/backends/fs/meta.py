@@ -188,6 +188,14 @@ def safe_mode(mode: int, meta: Meta | None, owned: bool) -> int:
     return mode
 
 
+def chown_needed(meta: Meta | None, has: tuple[int, int] | None = None) -> bool:
+    """Whether ``chown`` would call the system for ``meta``: an owner or group is kept
+    and the node is not known to have it already (``has``)."""
+    if meta is None or (meta[0] is None and meta[1] is None):
+        return False
+    return has is None or meta[0] not in (None, has[0]) or meta[1] not in (None, has[1])
+
+
 def chown(
     where: Any, meta: Meta | None, dfd: int | None = None, *,
     has: tuple[int, int] | None = None,
@@ -198,10 +206,9 @@ def chown(
     ``where`` is known to have (a file just created): no call when they are those
     asked for. A refusal (EPERM: not root, a filesystem that keeps no owners) is
     False, not an error: the caller strips the set-id bits."""
-    if meta is None or (meta[0] is None and meta[1] is None):
+    if not chown_needed(meta, has):
         return True
-    if has is not None and meta[0] in (None, has[0]) and meta[1] in (None, has[1]):
-        return True
+    assert meta is not None
     uid = -1 if meta[0] is None else meta[0]
     gid = -1 if meta[1] is None else meta[1]
     try:
@@ -218,6 +225,15 @@ def chown(
     return True
 
 
+def xattrs_needed(meta: Meta | None, prefixes: tuple[str, ...], *, bare: bool = False
+                  ) -> bool:
+    """Whether ``set_xattrs`` would call the system: attributes are kept and read, and
+    the node is not known to have none where none are wanted (``bare``)."""
+    if not prefixes or meta is None or isinstance(meta[2], str):
+        return False
+    return not (bare and not meta[2])
+
+
 def set_xattrs(
     where: Any, meta: Meta | None, prefixes: tuple[str, ...], *, bare: bool = False
 ) -> list[str]:
@@ -228,11 +244,10 @@ def set_xattrs(
 
     ``bare``: ``where`` is known to have no attribute (a file just created in a
     directory that has none, ``inherits_none``): nothing is listed or removed."""
-    if not prefixes or meta is None or isinstance(meta[2], str):
-        return []  # not kept, or UNREAD: unchanged since the last sync (never comes here)
+    if not xattrs_needed(meta, prefixes, bare=bare):
+        return []  # not kept, UNREAD (unchanged since the last sync), or none and bare
+    assert meta is not None and not isinstance(meta[2], str)
     want = dict(meta[2] or ())
-    if bare and not want:
-        return []
     follow = not isinstance(where, str)
     failed: list[str] = []
     try:

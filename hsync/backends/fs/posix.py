@@ -359,10 +359,7 @@ def new_file(dfd: int, mode: int) -> tuple[int, str | None]:
     directory where a temporary name and a rename make two; creates about 30% cheaper
     here). Where the filesystem cannot (a network or FUSE filesystem, an old kernel),
     under a ``tmp_name``, renamed once closed (``rename_into``)."""
-    if not _UNNAMED:
-        _UNNAMED.append(O_UNNAMED != os.O_WRONLY | os.O_CLOEXEC
-                        and os.path.isdir("/proc/self/fd"))
-    if _UNNAMED[0] and not (_NO_UNNAMED and os.fstat(dfd).st_dev in _NO_UNNAMED):
+    if _unnamed_in(dfd):
         try:
             return os.open(".", O_UNNAMED, mode, dir_fd=dfd), None
         except OSError as e:
@@ -371,6 +368,46 @@ def new_file(dfd: int, mode: int) -> tuple[int, str | None]:
             _NO_UNNAMED.add(os.fstat(dfd).st_dev)
     tmp = tmp_name()
     return os.open(tmp, O_CREATE, mode, dir_fd=dfd), tmp
+
+
+_CREATE: list[Any] = []
+"""``[hsync._walk.create]`` once looked up; ``[None]`` where it was not built."""
+
+
+def create_whole(dfd: int, final: str, data: bytes, mode: int, chmod: int,
+                 mtime_ns: int) -> bool:
+    """A new file of ``data`` (a small file held in memory whole) published as ``final``
+    in ``dfd`` at once, as ``new_file``, a write, ``fchmod`` to ``chmod`` (-1: none),
+    ``utime`` and ``link_unnamed`` (never over a node that is there: ``TargetChanged``)
+    would, in one call of the C helper (``hsync._walk.create``) instead of six from
+    Python. False, with nothing made, where it cannot: the helper was not built, or
+    the filesystem makes no unnamed file (the caller publishes it the long way)."""
+    if not _CREATE:
+        try:
+            from ..._walk import create as call
+        except ImportError:
+            call = None  # type: ignore[assignment]
+        _CREATE.append(call)
+    call = _CREATE[0]
+    if call is None or not _unnamed_in(dfd):
+        return False
+    err, stage = call(dfd, final, data, mode & 0o777, chmod, mtime_ns)
+    if not err:
+        return True
+    if stage == 0 and err in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+        _NO_UNNAMED.add(os.fstat(dfd).st_dev)
+        return False
+    if stage == 2 and err == errno.EEXIST:
+        raise TargetChanged("a node appeared on the destination since the scan")
+    raise OSError(err, os.strerror(err), final)
+
+
+def _unnamed_in(dfd: int) -> bool:
+    """Whether files are made unnamed in directory ``dfd`` (``new_file``)."""
+    if not _UNNAMED:
+        _UNNAMED.append(O_UNNAMED != os.O_WRONLY | os.O_CLOEXEC
+                        and os.path.isdir("/proc/self/fd"))
+    return _UNNAMED[0] and not (_NO_UNNAMED and os.fstat(dfd).st_dev in _NO_UNNAMED)
 
 
 def link_unnamed(fd: int, final: str, dfd: int, *, replace: bool) -> None:
