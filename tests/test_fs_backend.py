@@ -541,3 +541,30 @@ def test_a_small_file_made_in_one_call_is_what_the_long_way_makes(
     finally:
         os.close(ffd)
         os.close(sfd)
+
+
+def test_a_file_is_read_only_where_no_symlink_leads(tmp_path: Path) -> None:
+    """``read`` opens a source file in one openat2 below the root
+    (``posix.open_file_beneath``): its content where it is a file; a symlink put in its
+    place, or in place of a directory on the way, is not followed (the source changed:
+    a retry), even one that leads to a file inside the tree; an absent file is not
+    found."""
+    from hsync.errors import SourceChanged
+
+    src = build(tmp_path / "src", {"d/f": b"content", "g": b"other", "e/f": b"elsewhere"})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f").write_bytes(b"secret")
+    b = FsBackend(str(src))
+    with b.read(("d", "f")) as f:
+        assert f.read() == b"content"
+    os.replace(src / "g", src / "g.old")
+    os.symlink("d/f", src / "g")  # a symlink in the file's place, to a file inside
+    with pytest.raises(SourceChanged):
+        b.read(("g",))
+    os.rename(src / "e", src / "e.old")
+    os.symlink(outside, src / "e")  # a directory on the way swapped for a symlink
+    with pytest.raises(SourceChanged):
+        b.read(("e", "f"))
+    with pytest.raises(FileNotFoundError):
+        b.read(("d", "absent"))

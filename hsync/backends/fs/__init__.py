@@ -44,11 +44,10 @@ from . import meta as _meta
 from .child import LocalScan, ScanChild
 from .posix import (
     CHUNK,
-    O_READ,
     TMP_PREFIX,
     check_key,
     is_tmp_name,
-    open_beneath,
+    open_file_beneath,
     open_root,
     root_device,
 )
@@ -184,15 +183,11 @@ class FsBackend:
         check_key(key)
         root_fd = open_root(self.root)
         try:
-            dfd = open_beneath(root_fd, key[:-1])
+            fd = open_file_beneath(root_fd, key)
         except NodeError as e:
             raise SourceChanged(str(e)) from None
         finally:
             os.close(root_fd)
-        try:
-            fd = os.open(key[-1], O_READ, dir_fd=dfd)
-        finally:
-            os.close(dfd)
         if not _stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise SourceChanged(f"{'/'.join(key)} is no longer a regular file")

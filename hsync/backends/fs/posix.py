@@ -241,7 +241,7 @@ def _load_openat2() -> Any:
     except ImportError:
         pass
     else:
-        return lambda root_fd, raw: call(root_fd, raw, O_DIR, _RESOLVE)
+        return lambda root_fd, raw, flags=O_DIR: call(root_fd, raw, flags, _RESOLVE)
     syscall = _fn("syscall")
     if syscall is None:
         return None
@@ -258,8 +258,9 @@ def _load_openat2() -> Any:
     how_ref, how_size = ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))
     c_long, get_errno = ctypes.c_long, ctypes.get_errno
 
-    def openat2(root_fd: int, raw: bytes) -> tuple[int, int]:
-        fd = syscall(nr, c_long(root_fd), raw, how_ref, how_size)
+    def openat2(root_fd: int, raw: bytes, flags: int = O_DIR) -> tuple[int, int]:
+        ref = how_ref if flags == O_DIR else ctypes.byref(OpenHow(flags, 0, _RESOLVE))
+        fd = syscall(nr, c_long(root_fd), raw, ref, how_size)
         return (fd, 0) if fd >= 0 else (-1, get_errno())
 
     return openat2
@@ -314,6 +315,38 @@ def open_beneath(root_fd: int, rel: Key) -> int:
             raise TargetChanged(_SWAPPED_MSG.format(path)) from None
         raise
     return fd
+
+
+def open_file_beneath(root_fd: int, key: Key) -> int:
+    """A new descriptor (``O_READ``) of the node at ``key`` below the directory
+    ``root_fd``, reached without following any symlink: one openat2 where the kernel
+    has it (a file read for its content: before, its directory was opened, then the
+    file in it, then the directory closed), else ``open_beneath`` and an ``openat``.
+    ``FileNotFoundError`` when a name is absent; ``TargetChanged`` when one on the way
+    is a symlink or not a directory, or the node itself is a symlink."""
+    path = "/".join(key)
+    raw = os.fsencode(path)
+    if not _openat2:
+        _openat2.append(_load_openat2())
+    call = _openat2[0]
+    if call is not None and len(raw) < 4000:
+        for _ in range(3):  # EAGAIN: a rename raced the lookup; try again
+            fd, err = call(root_fd, raw, O_READ)
+            if fd >= 0:
+                return int(fd)
+            if err == errno.EAGAIN:
+                continue
+            if err in (errno.ENOSYS, errno.EPERM, errno.ENAMETOOLONG):
+                break  # as open_beneath finds it, below
+            if err in _SWAPPED:
+                raise TargetChanged(
+                    f"{path}: a symlink on the way to it, or in its place: not read")
+            raise OSError(err, os.strerror(err), path)
+    dfd = open_beneath(root_fd, key[:-1])
+    try:
+        return os.open(key[-1], O_READ, dir_fd=dfd)
+    finally:
+        os.close(dfd)
 
 
 def open_root(root: str) -> int:
