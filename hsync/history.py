@@ -537,6 +537,11 @@ class History:
                 (f"since:{self.pair}", f"{source_ns}:{destination_ns} {signature}"),
             )
 
+    def has_rows(self) -> bool:
+        """Whether any node of this pair is recorded."""
+        return self.db.execute(
+            "SELECT 1 FROM nodes WHERE pair=? LIMIT 1", (self.pair,)).fetchone() is not None
+
     def forget(self) -> None:
         """Stop trusting the history of this pair until the next full record (a killed
         run's batch may have left the destination anywhere; see ``journal.recover``)."""
@@ -571,6 +576,7 @@ class History:
         fingerprints: Mapping[Key, str] | None = None,
         renames: Iterable[tuple[Key, Key]] = (),
         identities: Iterable[tuple[Key, object]] = (),
+        fresh: bool = False,
     ) -> None:
         """Record what the last sync made true.
 
@@ -584,6 +590,9 @@ class History:
         rotation of directories is fine (through a name no key has).
         ``identities``: ``(key, identity)`` of nodes unchanged but for their identity
         (replaced in place by an equal one): the recorded rows, where there are, take it.
+        ``fresh``: the pair had no rows when the run began (``has_rows``: an initial
+        copy's batches), so every row of ``set_keys`` is new or was written by this run,
+        with its identity: no row's identity is checked after the insert.
         """
         db = self.db
         nodes: Mapping[Key, Node] = source.nodes
@@ -647,7 +656,7 @@ class History:
             )
             db.executemany(
                 "UPDATE nodes SET ident=?1 WHERE pair=?2 AND key=?3 AND ident IS NOT ?1",
-                [(r[2], self.pair, r[1]) for r in rows]
+                ([] if fresh else [(r[2], self.pair, r[1]) for r in rows])
                 + [(identity_form(i), self.pair, encode_key(k)) for k, i in identities],
             )
             db.execute(

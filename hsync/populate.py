@@ -177,6 +177,8 @@ def _populate(
         raise SafetyError(f"{source.url}: source root is gone; nothing done")
     dst_root = destination.backend.stat(())
     out.seen = {"source": 1, "destination": 0 if dst_root is None else 1}
+    # none of the pair's nodes recorded: the batches' rows are all this run's own
+    fresh = history is not None and not history.has_rows()
     dirs: dict[Key, Node] = {(): root}  # containers seen (a batch's final snapshot)
     batch: dict[Key, Node] = {}
     fps: dict[Key, str] = {}  # entries' fingerprints, computed by the walking thread
@@ -222,7 +224,8 @@ def _populate(
                 if (root := final.nodes.get(())) is not None:
                     nodes[()] = root
                 history.record(Snapshot(nodes=nodes),
-                               [k for k in nodes if k not in failed], fingerprints=its_fps)
+                               [k for k in nodes if k not in failed], fingerprints=its_fps,
+                               fresh=fresh)
 
         started = start_batch(session, ops if stream is None else stream, final,
                               on_done=on_done, defer=True)
