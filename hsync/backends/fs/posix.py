@@ -275,6 +275,35 @@ _SWAPPED_MSG = (
 )
 
 
+def _in_one(root_fd: int, path: str, flags: int, swapped: str) -> int | None:
+    """``path`` below ``root_fd`` opened with ``flags`` in one openat2 (no symlink
+    followed, the tree not left); None where that cannot be (no openat2, or a seccomp
+    filter refusing it: then never tried again; a path over PATH_MAX): the caller
+    goes name by name. ``TargetChanged`` (saying ``swapped``) for a symlink or a
+    non-directory on the way."""
+    raw = os.fsencode(path)
+    if not _openat2:
+        _openat2.append(_load_openat2())
+    call = _openat2[0]
+    if call is None or len(raw) >= 4000:
+        return None
+    for _ in range(3):  # EAGAIN: a rename raced the lookup; try again
+        fd, err = call(root_fd, raw, flags)
+        if fd >= 0:
+            return int(fd)
+        if err == errno.EAGAIN:
+            continue
+        if err in (errno.ENOSYS, errno.EPERM):  # no openat2 (or a seccomp filter)
+            _openat2[0] = None
+            return None
+        if err == errno.ENAMETOOLONG:
+            return None
+        if err in _SWAPPED:
+            raise TargetChanged(swapped)
+        raise OSError(err, os.strerror(err), path)
+    return None
+
+
 def open_beneath(root_fd: int, rel: Key) -> int:
     """A new descriptor of directory ``rel`` below the directory ``root_fd``, reached
     without following any symlink and without leaving it: openat2(RESOLVE_NO_SYMLINKS |
@@ -284,25 +313,9 @@ def open_beneath(root_fd: int, rel: Key) -> int:
     if not rel:
         return os.dup(root_fd)
     path = "/".join(rel)
-    raw = os.fsencode(path)
-    if not _openat2:
-        _openat2.append(_load_openat2())
-    call = _openat2[0]
-    if call is not None and len(raw) < 4000:
-        for _ in range(3):  # EAGAIN: a rename raced the lookup; try again
-            fd, err = call(root_fd, raw)
-            if fd >= 0:
-                return int(fd)
-            if err == errno.EAGAIN:
-                continue
-            if err in (errno.ENOSYS, errno.EPERM):  # no openat2 (or a seccomp filter)
-                _openat2[0] = None
-                break
-            if err == errno.ENAMETOOLONG:
-                break  # name by name below
-            if err in _SWAPPED:
-                raise TargetChanged(_SWAPPED_MSG.format(path))
-            raise OSError(err, os.strerror(err), path)
+    got = _in_one(root_fd, path, O_DIR, _SWAPPED_MSG.format(path))
+    if got is not None:
+        return got
     fd = os.dup(root_fd)
     try:
         for name in rel:
@@ -325,23 +338,10 @@ def open_file_beneath(root_fd: int, key: Key) -> int:
     ``FileNotFoundError`` when a name is absent; ``TargetChanged`` when one on the way
     is a symlink or not a directory, or the node itself is a symlink."""
     path = "/".join(key)
-    raw = os.fsencode(path)
-    if not _openat2:
-        _openat2.append(_load_openat2())
-    call = _openat2[0]
-    if call is not None and len(raw) < 4000:
-        for _ in range(3):  # EAGAIN: a rename raced the lookup; try again
-            fd, err = call(root_fd, raw, O_READ)
-            if fd >= 0:
-                return int(fd)
-            if err == errno.EAGAIN:
-                continue
-            if err in (errno.ENOSYS, errno.EPERM, errno.ENAMETOOLONG):
-                break  # as open_beneath finds it, below
-            if err in _SWAPPED:
-                raise TargetChanged(
-                    f"{path}: a symlink on the way to it, or in its place: not read")
-            raise OSError(err, os.strerror(err), path)
+    got = _in_one(root_fd, path, O_READ,
+                  f"{path}: a symlink on the way to it, or in its place: not read")
+    if got is not None:
+        return got
     dfd = open_beneath(root_fd, key[:-1])
     try:
         return os.open(key[-1], O_READ, dir_fd=dfd)
