@@ -71,8 +71,9 @@ def _start_push(src: Path, dst: Path, wrapper: Path, *extra: str) -> subprocess.
 
 
 def _cut(proc: subprocess.Popen[str], remote: Any, dst: Path, victim: str,
-         before: Any = None) -> bool:
-    """Kill the ssh client or the agent once some files of the push landed."""
+         before: Any = None, ready: Any = None) -> bool:
+    """Kill the ssh client or the agent once some files of the push landed (and
+    ``ready()`` says so, where given)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and proc.poll() is None:
         if victim == "ssh":
@@ -81,7 +82,8 @@ def _cut(proc: subprocess.Popen[str], remote: Any, dst: Path, victim: str,
             targets = _agents_of(remote.proc.pid)
         landed = sum(1 for _, _, names in os.walk(dst) for n in names
                      if ".hsync-tmp" not in n)
-        if targets and landed >= 25:  # a batch or so in, most still to come
+        # a batch or so in, most still to come
+        if targets and landed >= 25 and (ready is None or ready()):
             if before is not None:
                 before()
             os.kill(targets[0], signal.SIGKILL)
@@ -94,7 +96,8 @@ class LostForGood:
     """A run whose link was cut once some files landed, with the host then
     unreachable for its reconnects (``lost_for_good``): what a test checks after."""
 
-    def __init__(self, tmp_path: Path, remote: Any, start: Any, victim: str) -> None:
+    def __init__(self, tmp_path: Path, remote: Any, start: Any, victim: str,
+                 ready: Any = None) -> None:
         self.spec = _spec()
         self.src = build(tmp_path / "src", self.spec)
         self.dst = tmp_path / "dst"
@@ -103,7 +106,8 @@ class LostForGood:
         self.wrapper, self.far_state = _agent_wrapper(tmp_path)
         proc = start(self.src, self.dst, self.wrapper, "--state", str(self.state),
                      "-e", str(self.rsh))
-        killed = _cut(proc, remote, self.dst, victim, before=self.down.touch)
+        killed = _cut(proc, remote, self.dst, victim, before=self.down.touch,
+                      ready=None if ready is None else lambda: ready(self.far_state))
         self.out, self.err = proc.communicate(timeout=180)
         self.returncode = proc.returncode
         assert killed, f"the run ended before the {victim} could be killed"
