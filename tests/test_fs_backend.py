@@ -9,6 +9,7 @@ import stat
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from treeutil import build
@@ -568,3 +569,44 @@ def test_a_file_is_read_only_where_no_symlink_leads(tmp_path: Path) -> None:
         b.read(("e", "f"))
     with pytest.raises(FileNotFoundError):
         b.read(("d", "absent"))
+
+
+def test_a_held_small_file_is_published_in_one_call_only_where_nothing_else_is_set(
+        tmp_path: Path) -> None:
+    """``publish`` of a small file that crossed a link (held whole in memory) makes it
+    with one call of the C helper where only its mode and mtime are to be set; where
+    its owner is to change, or it is to be flushed, the long way, which does that.
+    Either way the file is the one asked for."""
+    from hsync.backends.fs import posix
+    from hsync.remote.protocol import Chunks
+
+    try:
+        from hsync._walk import create as real
+    except ImportError:
+        pytest.skip("the C helper was not built")
+    calls: list[str] = []
+
+    def counted(dfd: int, name: str, *rest: Any) -> tuple[int, int]:
+        calls.append(name)
+        return real(dfd, name, *rest)
+
+    me = (os.geteuid(), os.getegid())
+    cases = [("plain", (*me, None), False), ("flushed", (*me, None), True)]
+    if os.geteuid() == 0:
+        cases.append(("chowned", (1234, 4321, None), False))
+    kept = list(posix._CREATE)
+    posix._CREATE[:] = [counted]
+    dfd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        for name, meta, fsync in cases:
+            made = Chunks([b"abc"], 3, 5_000_000_000)
+            assert fs_copy.publish(made, dfd, name, 3, 5_000_000_000, 0o640, None, 0,
+                                   fsync, False, meta=meta, owner=me) == 3
+            st = os.stat(tmp_path / name)
+            assert (st.st_uid, st.st_gid) == meta[:2]
+            assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o640, 5_000_000_000)
+            assert (tmp_path / name).read_bytes() == b"abc"
+    finally:
+        posix._CREATE[:] = kept
+        os.close(dfd)
+    assert calls == ["plain"]

@@ -1182,41 +1182,40 @@ class RemoteBackend(_Asking):
                     # streamed a chunk at a time: a big file is never held whole
                     fd = f.fileno() if _has_fd(f) else None
                     before = os.fstat(fd) if fd is not None else None
+                    holes = sparse and before is not None \
+                        and before.st_blocks * 512 < before.st_size
                     if fd is not None and before is not None and before.st_size < CHUNK \
-                            and not (sparse and before.st_blocks * 512 < before.st_size):
+                            and not holes:
                         # read at once, and crosses as one item with its end
                         small = _read_small(fd, before.st_size)
                         size += len(small)
-                        page.append([key, small, _end(before, os.fstat(fd), len(small))])
-                        if len(page) >= 1000 or size >= PAGE_BYTES:
-                            self.link.send_more(rid, page)
-                            page, size = [], 0
-                        continue
-                    got = 0
-                    pieces: Iterable[tuple[bytes, int | None]] = (
-                        data_pieces(f.fileno(), before.st_size)
-                        if sparse and before is not None
-                        and before.st_blocks * 512 < before.st_size
-                        else ((chunk, None) for chunk in iter(partial(f.read, CHUNK), b"")))
-                    for chunk, at in pieces:
-                        if at is None:
-                            got += len(chunk)
-                            page.append([key, chunk, None])
-                        else:
-                            got = at + len(chunk)
-                            page.append([key, chunk, None, 0, at])
-                        size += len(chunk)
-                        if size >= PAGE_BYTES:
-                            self.link.send_more(rid, page)
-                            page, size = [], 0
-                    after = os.fstat(f.fileno()) if before is not None else None
+                        last = [key, small, _end(before, os.fstat(fd), len(small))]
+                    else:
+                        got = 0
+                        pieces: Iterable[tuple[bytes, int | None]] = (
+                            data_pieces(f.fileno(), before.st_size)
+                            if holes and before is not None
+                            else ((chunk, None)
+                                  for chunk in iter(partial(f.read, CHUNK), b"")))
+                        for chunk, at in pieces:
+                            if at is None:
+                                got += len(chunk)
+                                page.append([key, chunk, None])
+                            else:
+                                got = at + len(chunk)
+                                page.append([key, chunk, None, 0, at])
+                            size += len(chunk)
+                            if size >= PAGE_BYTES:
+                                self.link.send_more(rid, page)
+                                page, size = [], 0
+                        last = [key, b"", [0, None] if before is None
+                                else _end(before, os.fstat(f.fileno()), got)]
             except (OSError, NodeError) as e:
                 why = str(e) if isinstance(e, NodeError) else (e.strerror or str(e))
                 page.append([key, b"", [0, why]])
                 continue
-            page.append([key, b"", [0, None] if before is None or after is None
-                         else _end(before, after, got)])
-            if len(page) >= 1000:
+            page.append(last)
+            if len(page) >= 1000 or size >= PAGE_BYTES:
                 self.link.send_more(rid, page)
                 page, size = [], 0
         if page:

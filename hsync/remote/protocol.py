@@ -181,8 +181,7 @@ _KNOWN: dict[type, frozenset[str]] = {}
 
 def _default(obj: Any) -> Any:
     if isinstance(obj, int):  # beyond 64 bits (an identity with its device)
-        return msgpack.ExtType(_EXT_BIGINT, obj.to_bytes((obj.bit_length() + 8) // 8, "big",
-                                                         signed=True))
+        return msgpack.ExtType(_EXT_BIGINT, _int_bytes(obj))
     if isinstance(obj, frozenset):
         return msgpack.ExtType(_EXT_FROZENSET, pack(list(obj)))
     if isinstance(obj, set):
@@ -194,6 +193,12 @@ def _default(obj: Any) -> Any:
             fields[alias] = getattr(obj, f)
         return fields
     raise TypeError(f"cannot send a {type(obj).__name__} over the link")
+
+
+def _int_bytes(value: int) -> bytes:
+    """An int as the bytes it crosses as beyond msgpack's 64 bits (``int.from_bytes``,
+    big-endian, signed, reads it back)."""
+    return value.to_bytes((value.bit_length() + 8) // 8, "big", signed=True)
 
 
 def _hook(fields: dict[Any, Any]) -> Any:
@@ -242,7 +247,7 @@ def _node_row(n: Node | None) -> Any:
         return None
     identity: Any = n.identity
     if type(identity) is int and not -(1 << 63) <= identity < (1 << 64):
-        identity = identity.to_bytes((identity.bit_length() + 8) // 8, "big", signed=True)
+        identity = _int_bytes(identity)
     return (n.kind, n.mode, n.size, n.mtime_ns, n.target, identity, n.data)
 
 
