@@ -58,6 +58,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import io
+import itertools
 import os
 import struct
 import threading
@@ -458,13 +459,114 @@ def delta(sig: Iterable[bytes], fd: int) -> DeltaStream:
     return DeltaStream(sig, fd)
 
 
-def patch(basis_fd: int, chunks: Iterable[bytes], out_fd: int) -> Trailer:
-    """Write the old file at `basis_fd` patched by the delta `chunks` to `out_fd`.
+def patch(basis_fd: int, chunks: Iterable[bytes], out_fd: int, *,
+          size: int | None = None) -> Trailer:
+    """Write the old file at `basis_fd` patched by the delta `chunks` to `out_fd`
+    (empty, at offset 0); `size`: the delta's length, where it is known.
 
     Returns the `Trailer` of what was written, for the caller to compare with the
     sender's. Raises `DeltaError` on a corrupt delta or an unreadable basis (the basis
     shrank under a copy): the output is then garbage and must be discarded.
+
+    A delta of `size` bytes that is "copy the old file, then these bytes" (what
+    `AppendStream` writes) is applied without librsync (`_patch_append`): the old part
+    copied by the kernel.
     """
+    if size is None:
+        return _patch_rs(basis_fd, chunks, out_fd)
+    source = iter(chunks)
+    head = b""
+    for piece in source:  # enough of the delta to tell its form
+        head += piece
+        if len(head) >= _APPEND_HEAD:
+            break
+    form = _append_form(head)
+    rest = itertools.chain((head,), source)
+    if form is not None and size == form[2] + form[1] + 1:
+        return _patch_append(basis_fd, form, rest, out_fd)
+    return _patch_rs(basis_fd, rest, out_fd)
+
+
+_APPEND_HEAD = 4 + (1 + 8 + 8) + (1 + 8)
+"""The longest beginning of a delta ``AppendStream`` writes, before its literal bytes."""
+
+
+def _append_form(head: bytes) -> tuple[int, int, int] | None:
+    """``(old, tail, start)`` where ``head``, the beginning of a delta, is what
+    ``AppendStream`` writes: the magic, "copy bytes 0..old of the old file" (absent when
+    old is 0), "tail literal bytes" (absent when tail is 0), whose bytes begin at offset
+    ``start``; else None (any other delta: librsync patches it)."""
+    if len(head) < 4 or struct.unpack_from(">I", head)[0] != _RS_DELTA_MAGIC:
+        return None
+    pos, old, tail = 4, 0, 0
+    if pos < len(head) and _RS_OP_COPY_N1_N1 <= head[pos] < _RS_OP_COPY_N1_N1 + 16:
+        code = head[pos] - _RS_OP_COPY_N1_N1
+        where, length = _WIDTHS[code // 4], _WIDTHS[code % 4]
+        end = pos + 1 + where + length
+        if len(head) < end or int.from_bytes(head[pos + 1:pos + 1 + where], "big"):
+            return None  # a copy from elsewhere than the old file's start
+        old = int.from_bytes(head[pos + 1 + where:end], "big")
+        pos = end
+    if pos < len(head) and _RS_OP_LITERAL_N1 <= head[pos] < _RS_OP_LITERAL_N1 + 4:
+        width = _WIDTHS[head[pos] - _RS_OP_LITERAL_N1]
+        if len(head) < pos + 1 + width:
+            return None
+        tail = int.from_bytes(head[pos + 1:pos + 1 + width], "big")
+        pos += 1 + width
+    return old, tail, pos
+
+
+def _patch_append(basis_fd: int, form: tuple[int, int, int], delta: Iterable[bytes],
+                  out_fd: int) -> Trailer:
+    """An append delta applied: the old file's first ``old`` bytes copied by the kernel
+    (``copy_file_range``: no pass through this process, and a shared extent where the
+    filesystem can clone one), hashed from the page cache, then the literal bytes
+    written. For a 1 GiB file the old part costs about half of what librsync's
+    patch costs here (the old file read into its buffer, copied out to a bytes object,
+    hashed and written). An old file that changed while it was copied (its size,
+    mtime or ctime) is a ``DeltaError``, as a librsync patch of a shrunk basis is."""
+    from .backends.fs.posix import copy_range
+
+    old, tail, start = form
+    before = os.fstat(basis_fd)
+    if before.st_size < old:
+        raise DeltaError("patch: the old file is shorter than the delta copies")
+    copy_range(basis_fd, out_fd, 0, old)
+    hasher = _Hasher()
+    offset = 0
+    while offset < old:
+        data = os.pread(basis_fd, min(CHUNK, old - offset), offset)
+        if not data:
+            raise DeltaError("patch: the old file shrank while it was copied")
+        hasher.update(data)
+        offset += len(data)
+    after = os.fstat(basis_fd)
+    if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
+            before.st_size, before.st_mtime_ns, before.st_ctime_ns):
+        raise DeltaError("patch: the old file changed while it was copied")
+    os.lseek(out_fd, old, os.SEEK_SET)
+    skip, left = start, tail + 1  # the command bytes, then the literal and the end
+    for piece in delta:
+        view = memoryview(piece)[skip:]
+        skip = max(0, skip - len(piece))
+        if not view:
+            continue
+        if len(view) > left:
+            raise DeltaError("patch: the delta goes on past its end command")
+        left -= len(view)
+        literal = view[:len(view) - 1] if left == 0 else view  # the end command stays out
+        if left == 0 and view[len(view) - 1:] != b"\0":
+            raise DeltaError("patch: the delta does not end with its end command")
+        hasher.update(literal)
+        while literal:
+            literal = literal[os.write(out_fd, literal):]
+    if left:
+        raise DeltaError("patch: the delta ended before its literal bytes did")
+    return hasher.trailer()
+
+
+def _patch_rs(basis_fd: int, chunks: Iterable[bytes], out_fd: int) -> Trailer:
+    """``patch`` by librsync: any delta."""
     lib = _load()
     failure: list[BaseException] = []
 
@@ -495,6 +597,18 @@ def patch(basis_fd: int, chunks: Iterable[bytes], out_fd: int) -> Trailer:
             raise DeltaError(f"patch: reading the basis: {failure[0]}") from failure[0]
         raise exc
     return hasher.trailer()
+
+
+def _length(f: BinaryIO) -> int | None:
+    """The length of a delta held in ``f`` (a file, or content held in memory that says
+    its ``size``), None where it cannot be told."""
+    size = getattr(f, "size", None)
+    if isinstance(size, int):
+        return size
+    try:
+        return os.fstat(f.fileno()).st_size - f.tell()
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return None
 
 
 class Patched(io.RawIOBase):
@@ -530,7 +644,8 @@ class Patched(io.RawIOBase):
             raise SourceChanged("its delta was already applied")
         try:
             with d, self._basis() as basis:
-                got = patch(basis.fileno(), iter(lambda: d.read(CHUNK), b""), fd)
+                got = patch(basis.fileno(), iter(lambda: d.read(CHUNK), b""), fd,
+                            size=_length(d))
             if got != self.trailer:
                 raise DeltaError("the patched file differs from the source's")
         except (OSError, NodeError, DeltaError) as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 import subprocess
 import sys
 import textwrap
@@ -328,10 +329,12 @@ def test_patch_reading_the_delta_stream_directly_leaves_the_trailer_ready(
 
 # -------------------------------------------------------------------- appends
 
-def _append_trip(tmp_path: Path, old: bytes, new: bytes) -> tuple[bytes, delta.Trailer,
-                                                                    delta.Trailer]:
+def _append_trip(tmp_path: Path, old: bytes, new: bytes, *, known: bool = False,
+                 ) -> tuple[bytes, delta.Trailer, delta.Trailer]:
     """Sender: the digest of its file's first len(old) bytes; receiver: its old file's;
-    equal, the sender sends ``AppendStream`` and the receiver patches the old file."""
+    equal, the sender sends ``AppendStream`` and the receiver patches the old file
+    (``known``: told the delta's length, as a receiver holding it is, it applies it
+    without librsync; else librsync does)."""
     o, n = _write(tmp_path / "old", old), _write(tmp_path / "new", new)
     ofd, nfd = os.open(o, os.O_RDONLY), os.open(n, os.O_RDONLY)
     outfd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -340,7 +343,7 @@ def _append_trip(tmp_path: Path, old: bytes, new: bytes) -> tuple[bytes, delta.T
         assert delta.whole_digest(ofd)[0] == len(old)
         stream = delta.AppendStream(len(old), nfd)
         dlt = b"".join(stream)
-        got = delta.patch(ofd, [dlt], outfd)
+        got = delta.patch(ofd, [dlt[:7], dlt[7:]], outfd, size=len(dlt) if known else None)
         return dlt, stream.trailer(), got
     finally:
         for fd in (ofd, nfd, outfd):
@@ -360,6 +363,63 @@ def test_an_append_crosses_as_copy_the_old_file_then_the_new_bytes(
     assert (tmp_path / "out").read_bytes() == new
     assert got == sent == delta.Trailer(len(new), xxhash.xxh3_128_digest(new))
     assert len(dlt) <= tail_size + 4 + 1 + 1 + 8 + 1 + 8 + 1
+
+
+@pytest.mark.parametrize("old_size", [0, 1, 255, 256, 65535, 65536, 300_000])
+@pytest.mark.parametrize("tail_size", [0, 1, 256, 65536, MiB + 3])
+def test_an_append_delta_of_known_length_is_patched_to_librsyncs_file_and_trailer(
+        tmp_path: Path, old_size: int, tail_size: int) -> None:
+    """The receiver that holds the delta knows its length: "copy the old file, then these
+    bytes" is applied by copying the old part in the kernel, with the same file and the
+    same trailer as librsync's patch."""
+    old = os.urandom(old_size)
+    new = old + os.urandom(tail_size)
+    _, sent, got = _append_trip(tmp_path, old, new, known=True)
+    assert (tmp_path / "out").read_bytes() == new
+    assert got == sent == delta.Trailer(len(new), xxhash.xxh3_128_digest(new))
+
+
+def _commands(old: int, tail: bytes, more: bytes = b"") -> bytes:
+    """A delta: copy bytes 0..old of the old file, then ``tail``, then ``more`` commands,
+    then the end."""
+    return (struct.pack(">I", 0x72730236) + bytes([0x45 + 4 * 0 + 3]) + b"\0"
+            + old.to_bytes(8, "big") + bytes([0x41 + 3]) + len(tail).to_bytes(8, "big")
+            + tail + more + b"\0")
+
+
+def _patch_bytes(tmp_path: Path, basis: bytes, dlt: bytes) -> tuple[bytes, delta.Trailer]:
+    ofd = os.open(_write(tmp_path / "basis", basis), os.O_RDONLY)
+    outfd = os.open(tmp_path / "out", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        got = delta.patch(ofd, [dlt], outfd, size=len(dlt))
+        return (tmp_path / "out").read_bytes(), got
+    finally:
+        os.close(ofd)
+        os.close(outfd)
+
+
+def test_a_delta_that_begins_as_an_append_and_goes_on_is_patched_whole(
+        tmp_path: Path) -> None:
+    """A delta whose first commands are an append's but which has more (a copy from
+    the middle of the old file after the literal) is librsync's to apply: its length
+    tells it from an append."""
+    basis = os.urandom(5000)
+    more = bytes([0x45 + 4 * 1 + 1]) + (1000).to_bytes(2, "big") + (300).to_bytes(2, "big")
+    out, got = _patch_bytes(tmp_path, basis, _commands(2000, b"tail", more))
+    assert out == basis[:2000] + b"tail" + basis[1000:1300]
+    assert got == delta.Trailer(len(out), xxhash.xxh3_128_digest(out))
+
+
+def test_an_append_delta_against_an_old_file_shorter_than_its_copy_fails(
+        tmp_path: Path) -> None:
+    with pytest.raises(delta.DeltaError, match="shorter"):
+        _patch_bytes(tmp_path, b"x" * 100, _commands(200, b"tail"))
+
+
+def test_an_append_delta_without_its_end_command_fails(tmp_path: Path) -> None:
+    dlt = _commands(100, b"tail")[:-1] + b"\1"
+    with pytest.raises(delta.DeltaError, match="end command"):
+        _patch_bytes(tmp_path, b"x" * 100, dlt)
 
 
 def test_prefix_digest_of_a_file_shorter_than_asked_is_none(tmp_path: Path) -> None:
@@ -396,6 +456,7 @@ def test_property_an_append_patched_is_the_new_file(
         tmp_path: Path, old: bytes, tail: bytes) -> None:
     work = tmp_path / os.urandom(6).hex()
     work.mkdir()
-    _, sent, got = _append_trip(work, old, old + tail)
-    assert (work / "out").read_bytes() == old + tail
-    assert got == sent
+    for known in (False, True):  # librsync's patch, and the kernel's copy
+        _, sent, got = _append_trip(work, old, old + tail, known=known)
+        assert (work / "out").read_bytes() == old + tail
+        assert got == sent

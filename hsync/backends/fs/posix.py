@@ -580,7 +580,7 @@ def copy_sparse(fd_in: int, fd_out: int, size: int) -> int:
     (EINVAL, ENXIO for a filesystem without the seeks) is the caller's to fall back."""
     end = min(size, os.lseek(fd_in, 0, os.SEEK_END))
     for start, stop in data_extents(fd_in, end):
-        _copy_range(fd_in, fd_out, start, stop)
+        copy_range(fd_in, fd_out, start, stop)
     os.ftruncate(fd_out, end)
     return end
 
@@ -604,7 +604,7 @@ def data_extents(fd: int, end: int) -> Iterator[tuple[int, int]]:
         pos = stop
 
 
-def _copy_range(fd_in: int, fd_out: int, start: int, stop: int) -> None:
+def copy_range(fd_in: int, fd_out: int, start: int, stop: int) -> None:
     """Bytes ``start``..``stop`` of ``fd_in`` to the same offsets of ``fd_out``."""
     pos = start
     if _copy_file_range_ok[0]:
