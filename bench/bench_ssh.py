@@ -10,14 +10,16 @@ Starts its own sshd on 127.0.0.1 (``tests/sshd.py``: keys in the work directory,
 nothing in ``~/.ssh``), generates a tree, then times each tool on the scenarios below,
 interleaved round by round (the first tool rotates), each command a whole process:
 
-  a  initial copy into an empty destination (a push)
+  a  initial copy into an empty destination (a push); as root the page cache is
+     dropped and the source read back in before each tool's copy (``drop_caches``)
   b1 the first re-sync after the copy (hsync reads back the attributes of the nodes
      it just wrote: their ctime is after the last sync's start)
   b  no-op re-sync (the second)
   c  re-sync after renaming a directory of --batch files (renamed back on odd rounds)
   d  re-sync after renaming a directory of --big files of 1 MiB
   e  re-sync after appending 1 MiB (random) to a file of --append MiB (grows 1 MiB a
-     round): the changed file crosses as a delta (rsync's algorithm, both tools)
+     round): the changed file crosses as a delta (rsync's algorithm, both tools); both
+     copies of the big file (the source's, the tool's own) are read first, untimed
   f  with --change N: re-sync after rewriting N small files of ``bulk/`` (new content,
      same sizes; a different N each round)
 
@@ -133,6 +135,21 @@ def warm(root: Path) -> float:
             finally:
                 os.close(fd)
     return time.perf_counter() - t0
+
+
+def drop_caches() -> bool:
+    """The page cache emptied (``/proc/sys/vm/drop_caches``; root only), after a sync:
+    every tool's initial copy then starts with the same free memory. Without it the
+    tools after the first find the memory full of the copies before them and reclaim
+    it as they write, on the far core (session 28: the same rsync copy 21.4 s in the
+    first place, 31.7 s in the second). False where it cannot be done."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1")
+    except OSError:
+        return False
+    return True
 
 
 def cpu_busy() -> tuple[float, ...]:
@@ -345,7 +362,12 @@ def main() -> None:
                           "reusable", file=sys.stderr)
             for t in order:
                 if "a" in scenarios:
+                    dropped = drop_caches()
                     warmed = warm(src)
+                    if not dropped and r == 0 and t is order[0]:
+                        print("  could not drop the page cache (not root): each copy "
+                              "starts with the memory the ones before it left",
+                              file=sys.stderr)
                     if warmed > 5:
                         print(f"  read the source again first ({warmed:.0f} s): it had "
                               "left the page cache", file=sys.stderr)
@@ -369,7 +391,11 @@ def main() -> None:
             if "e" in scenarios:
                 with open(src / "append" / "huge", "ab") as f:
                     f.write(os.urandom(MIB))
-                for t in order:
+                for t in order:  # both copies of the big file read back in: the
+                    # machine pages out what a minute left unused, and the tool after
+                    # a long scenario would read them from the disk
+                    warm(src / "append")
+                    warm(t.dst / "append")
                     record("e", t, t.run(src))
             if "f" in scenarios:
                 bulk = src / ("bulk" if (src / "bulk").exists() else "bulk-renamed")
