@@ -290,7 +290,10 @@ walk_create(PyObject *self, PyObject *args)
         const char *p = data.buf;
         Py_ssize_t left = data.len;
         while (left > 0) {
-            ssize_t n = write(fd, p, (size_t)left);
+            /* at most 64 KiB a write: the kernel gives a write a folio of its size,
+               and a large one costs a virtual machine's host a fault per page
+               (posix.WRITE_PIECE) */
+            ssize_t n = write(fd, p, (size_t)(left < 65536 ? left : 65536));
             if (n < 0) {
                 if (errno == EINTR)
                     continue;

@@ -525,7 +525,7 @@ def _patch_append(basis_fd: int, form: tuple[int, int, int], delta: Iterable[byt
     patch costs here (the old file read into its buffer, copied out to a bytes object,
     hashed and written). An old file that changed while it was copied (its size,
     mtime or ctime) is a ``DeltaError``, as a librsync patch of a shrunk basis is."""
-    from .backends.fs.posix import copy_range
+    from .backends.fs.posix import copy_range, write_all
 
     old, tail, start = form
     before = os.fstat(basis_fd)
@@ -558,8 +558,7 @@ def _patch_append(basis_fd: int, form: tuple[int, int, int], delta: Iterable[byt
         if left == 0 and view[len(view) - 1:] != b"\0":
             raise DeltaError("patch: the delta does not end with its end command")
         hasher.update(literal)
-        while literal:
-            literal = literal[os.write(out_fd, literal):]
+        write_all(out_fd, literal)
     if left:
         raise DeltaError("patch: the delta ended before its literal bytes did")
     return hasher.trailer()
@@ -583,15 +582,15 @@ def _patch_rs(basis_fd: int, chunks: Iterable[bytes], out_fd: int) -> Trailer:
         length[0] = got
         return _RS_DONE
 
+    from .backends.fs.posix import write_all
+
     callback = _COPY_CB(copy)  # referenced until the job ends
     hasher = _Hasher()
     try:
         job = lib.rs_patch_begin(callback, None)
         for piece in _drive(lib, job, "patch", chunks):
             hasher.update(piece)
-            view = memoryview(piece)
-            while view:
-                view = view[os.write(out_fd, view):]
+            write_all(out_fd, piece)
     except DeltaError as exc:
         if failure:
             raise DeltaError(f"patch: reading the basis: {failure[0]}") from failure[0]

@@ -554,15 +554,12 @@ class Chunks(io.RawIOBase):
 
 
 def _write_all(fd: int, data: bytes, at: int | None = None) -> None:
-    """All of ``data`` to ``fd``: at its position, or at offset ``at``."""
-    import os
+    """All of ``data`` to ``fd``: at its position, or at offset ``at``, in writes of at
+    most ``posix.WRITE_PIECE`` (a megabyte written at once costs a virtual machine's
+    host a fault per page)."""
+    from ..backends.fs.posix import write_all
 
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view) if at is None else os.pwrite(fd, view, at)
-        view = view[n:]
-        if at is not None:
-            at += n
+    write_all(fd, data, at)
 
 
 def content_file(chunks: list[bytes], mtime_ns: int) -> BinaryIO:
@@ -578,10 +575,7 @@ def content_file(chunks: list[bytes], mtime_ns: int) -> BinaryIO:
         fd = unnamed_file(None)[0]
     try:
         for c in chunks:
-            view = memoryview(c)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
+            _write_all(fd, c)
         os.utime(fd, ns=(mtime_ns, mtime_ns))
         os.lseek(fd, 0, os.SEEK_SET)
     except BaseException:
