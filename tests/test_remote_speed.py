@@ -284,3 +284,44 @@ def test_agent_timeline_and_profile_say_where_the_far_time_goes(remote: Any,
     assert len(ends) == 2, events
     calls = {f[2] for f in pstats.Stats(str(profile)).stats}  # type: ignore[attr-defined]
     assert "do_ds_summary" in calls and "serve" not in calls
+
+
+def _frames(values: list[Any]) -> list[tuple[int, int, Any]]:
+    """Each value sent by a compressing ``Framer``: (payload length, flags, the value
+    read back)."""
+    import io
+
+    from hsync.remote.protocol import Framer
+
+    out = io.BytesIO()
+    sender = Framer(io.BytesIO(), out, compress=True)
+    for v in values:
+        sender.send(v)
+    raw = out.getvalue()
+    reader = Framer(io.BytesIO(raw), io.BytesIO(), compress=True)
+    got, pos = [], 0
+    for _ in values:
+        length, flags = int.from_bytes(raw[pos:pos + 4], "big"), raw[pos + 4]
+        got.append((length, flags, reader.recv()))
+        pos += 5 + length
+    return got
+
+
+def test_bulk_frames_are_compressed_where_samples_of_them_compress() -> None:
+    """A frame of content is compressed where samples spread over it compress: a page
+    of random bytes is sent as it is, one whose second half compresses (a random file
+    then a text file) and a page of many small text files are compressed; each reads
+    back as sent."""
+    from hsync.remote.protocol import COMPRESSED
+
+    noise = os.urandom(1 << 20)
+    half = [[b"a", os.urandom(1 << 19), None], [b"b", b"hsync " * 90_000, None]]
+    small = [[f"f{i}".encode(), f"line {i} of a small text file\n".encode() * 40, None]
+             for i in range(1000)]
+    (n1, f1, v1), (n2, f2, v2), (n3, f3, v3) = _frames([[b"k", noise], half, small])
+    assert not f1 & COMPRESSED and n1 > 1 << 20
+    assert f2 & COMPRESSED and n2 < (1 << 19) + 100_000
+    assert f3 & COMPRESSED and n3 < 200_000
+    assert v1 == (b"k", noise)
+    assert [list(x) for x in v2] == half
+    assert [list(x) for x in v3] == small
