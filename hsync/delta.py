@@ -598,18 +598,6 @@ def _patch_rs(basis_fd: int, chunks: Iterable[bytes], out_fd: int) -> Trailer:
     return hasher.trailer()
 
 
-def _length(f: BinaryIO) -> int | None:
-    """The length of a delta held in ``f`` (a file, or content held in memory that says
-    its ``size``), None where it cannot be told."""
-    size = getattr(f, "size", None)
-    if isinstance(size, int):
-        return size
-    try:
-        return os.fstat(f.fileno()).st_size - f.tell()
-    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
-        return None
-
-
 class Patched(io.RawIOBase):
     """A file's new content made by patching: its delta (``delta``, a file) applied to
     the receiver's old file (``basis()`` opens it), checked against the sender's
@@ -624,9 +612,12 @@ class Patched(io.RawIOBase):
     receiver reads it whole then."""
 
     def __init__(self, delta: BinaryIO, basis: Callable[[], BinaryIO], trailer: Trailer,
-                 mtime_ns: int, on_fail: Callable[[], None] | None = None) -> None:
+                 mtime_ns: int, on_fail: Callable[[], None] | None = None,
+                 delta_size: int | None = None) -> None:
         super().__init__()
         self._delta: BinaryIO | None = delta
+        self._delta_size = delta_size
+        """The delta's length, where the receiver knows it (``patch``'s ``size``)."""
         self._basis = basis
         self.trailer = trailer
         self.size = trailer.size
@@ -644,7 +635,7 @@ class Patched(io.RawIOBase):
         try:
             with d, self._basis() as basis:
                 got = patch(basis.fileno(), iter(lambda: d.read(CHUNK), b""), fd,
-                            size=_length(d))
+                            size=self._delta_size)
             if got != self.trailer:
                 raise DeltaError("the patched file differs from the source's")
         except (OSError, NodeError, DeltaError) as e:

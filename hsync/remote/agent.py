@@ -262,7 +262,8 @@ class Incoming:
             spool.close()
             raise SourceChanged("its delta did not apply (no trailer); sent whole next")
         made = _load_deltas().Patched(spool.file(0, last=last),
-                                      lambda: self._basis.read(key), trailer, mtime)
+                                      lambda: self._basis.read(key), trailer, mtime,
+                                      delta_size=spool.size)
         return made
 
 

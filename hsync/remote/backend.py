@@ -811,7 +811,7 @@ class RemoteBackend(_Asking):
         basis = self._delta_basis
         made = deltas.Patched(spool.file(0), lambda: basis.read(key),
                               deltas.Trailer(size, digest), mtime,
-                              on_fail=lambda: self._whole.add(key))
+                              on_fail=lambda: self._whole.add(key), delta_size=spool.size)
         return cast(BinaryIO, made)
 
     def prefetch(self, keys: Sequence[Key], *, sparse: bool = False) -> None:
