@@ -384,15 +384,21 @@ def _width(n: int) -> int:
 def prefix_digest(fd: int, size: int) -> bytes | None:
     """XXH3-128 of the first ``size`` bytes of the file open at ``fd`` (None when it
     holds fewer): compared with the digest of a whole old file, it tells an append."""
-    h = xxhash.xxh3_128()
+    h = _Hasher()
+    return h.hash.digest() if _hash_head(fd, size, h) else None
+
+
+def _hash_head(fd: int, size: int, hasher: _Hasher) -> bool:
+    """The first ``size`` bytes of the file open at ``fd`` fed to ``hasher``; False
+    when it holds fewer."""
     offset = 0
     while offset < size:
         data = os.pread(fd, min(CHUNK, size - offset), offset)
         if not data:
-            return None
-        h.update(data)
+            return False
+        hasher.update(data)
         offset += len(data)
-    return h.digest()
+    return True
 
 
 def whole_digest(fd: int) -> tuple[int, bytes]:
@@ -533,13 +539,8 @@ def _patch_append(basis_fd: int, form: tuple[int, int, int], delta: Iterable[byt
         raise DeltaError("patch: the old file is shorter than the delta copies")
     copy_range(basis_fd, out_fd, 0, old)
     hasher = _Hasher()
-    offset = 0
-    while offset < old:
-        data = os.pread(basis_fd, min(CHUNK, old - offset), offset)
-        if not data:
-            raise DeltaError("patch: the old file shrank while it was copied")
-        hasher.update(data)
-        offset += len(data)
+    if not _hash_head(basis_fd, old, hasher):
+        raise DeltaError("patch: the old file shrank while it was copied")
     after = os.fstat(basis_fd)
     if (after.st_size, after.st_mtime_ns, after.st_ctime_ns) != (
             before.st_size, before.st_mtime_ns, before.st_ctime_ns):

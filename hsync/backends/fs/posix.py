@@ -504,7 +504,7 @@ WRITE_PIECE = 64 << 10
 high-order free blocks, which a virtual machine with free page reporting
 (virtio-balloon) has handed back to its host, and the copy into it then faults every
 page back in from the host. Measured here (a Firecracker guest, ext4): 1,000 files of
-1 MiB cost 6.7-8.1 s of system time written in 1 MiB writes, 4.0 s in 256 KiB, 2.6 s
+1 MiB cost 6.7-9.6 s of system time written in 1 MiB writes, 4.0 s in 256 KiB, 2.6 s
 in 128 KiB, 0.3-0.5 s in 64 KiB; a push of the 2.4 GB bench tree spent 38% of its far
 core there (rsync's receiver, writing in small pieces, 1.5%). The kernel's own copies
 (``copy_file_range``, ``sendfile``) write through a pipe of 64 KiB already."""
