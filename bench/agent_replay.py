@@ -12,10 +12,12 @@ a tmpfs, whose system time is steady where a disk's is not):
 ``record`` pushes SRC into DST (removed first) over a real sshd on 127.0.0.1, the far
 hsync being ``VENV``'s behind a wrapper that copies what it reads to STREAM. ``replay``
 removes DST, feeds STREAM to ``VENV``'s agent (on CPU ``--cpu``) and waits until every
-batch is answered, then prints its wall time, its user and system time, and the user
-and system time of its threads by name (the main thread reads the link, ``hsync-apply``
-runs the batches, ``hsync-copy`` publishes the files). A replay must use an install that
-speaks the stream's protocol. The answers go nowhere: nothing waits on them.
+batch is answered, then prints its wall time, its user and system time, the user and
+system time of its threads by name (the main thread reads the link, ``hsync-apply``
+runs the batches, ``hsync-copy`` publishes the files) and the time it spent in the
+cyclic garbage collector. DST must be the record's: the stream names the tree it opens
+(replayed into a tree that is there, every create fails). A replay must use an install
+that speaks the stream's protocol. The answers go nowhere: nothing waits on them.
 """
 
 from __future__ import annotations
@@ -33,8 +35,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 AGENT = r'''
-import collections, json, os, sys, threading, time
+import collections, gc, json, os, sys, threading, time
 per = collections.defaultdict(lambda: [0.0, 0.0])
+collected = [0.0, 0, 0]  # seconds in the cyclic collector, collections, full ones
+began = [0.0]
+
+def collector(phase, info):
+    if phase == "start":
+        began[0] = time.perf_counter()
+    else:
+        collected[0] += time.perf_counter() - began[0]
+        collected[1] += 1
+        collected[2] += info["generation"] == 2
+gc.callbacks.append(collector)
 
 def times():
     with open(f"/proc/self/task/{threading.get_native_id()}/stat") as f:
@@ -61,6 +74,8 @@ def drained(self):  # the end of the stream: every batch answered first
         time.sleep(0.002)
     shutdown(self)
 agent.Agent._shutdown = drained
+if hasattr(agent, "_collect_rarely"):  # as run_agent sets it (since session 29)
+    agent._collect_rarely()
 t0, c0 = time.perf_counter(), os.times()
 rfile = os.fdopen(os.dup(0), "rb", buffering=1 << 16)
 wfile = open(os.devnull, "wb")
@@ -68,7 +83,7 @@ agent.Agent(agent.Framer(rfile, wfile, compress=True), None).serve()
 c1 = os.times()
 per["main"] = list(times())
 print(json.dumps({"wall": time.perf_counter() - t0, "user": c1.user - c0.user,
-                  "system": c1.system - c0.system, "threads": per}))
+                  "system": c1.system - c0.system, "threads": per, "gc": collected}))
 '''
 
 
@@ -107,13 +122,16 @@ def replay(venv: str, stream: str, dst: str, rounds: int, cpu: int) -> None:
             raise SystemExit(f"the replay failed: {p.stderr.strip()[-500:]}")
         got = json.loads(p.stdout.strip().splitlines()[-1])
         threads = "  ".join(f"{k} {u:.2f}+{s:.2f}" for k, (u, s) in sorted(got["threads"].items()))
+        took, times, full = got["gc"]
         print(f"wall {got['wall']:.2f}  user {got['user']:.2f}  system {got['system']:.2f}"
-              f"   {threads}", file=sys.stderr)
+              f"   {threads}   collector {took:.2f} s in {times} ({full} full)",
+              file=sys.stderr)
         runs.append(got)
     shutil.rmtree(dst, ignore_errors=True)
     print(f"median of {rounds}: wall {statistics.median(r['wall'] for r in runs):.2f} s, "
           f"user {statistics.median(r['user'] for r in runs):.2f} s, "
-          f"system {statistics.median(r['system'] for r in runs):.2f} s")
+          f"system {statistics.median(r['system'] for r in runs):.2f} s, "
+          f"in the cyclic collector {statistics.median(r['gc'][0] for r in runs):.2f} s")
 
 
 def main() -> None:

@@ -1058,6 +1058,19 @@ def main(argv: Sequence[str]) -> int | None:
     return run_agent(restrict)
 
 
+def _collect_rarely() -> None:
+    """The cyclic collector as the command line sets it (``commands.start_process``),
+    and the objects of the start-up (modules, functions, classes) set aside from it
+    (``gc.freeze``). A batch's ops and nodes live until it is applied: with the default
+    thresholds each was examined again and again as more arrived, and a push of
+    100,000 files cost the agent about 1.0 s in 1,000 collections, 7 of them full
+    (``bench/agent_replay.py`` prints it); 0.35 s in 6 with these."""
+    import gc
+
+    gc.set_threshold(100_000, 50, 100)
+    gc.freeze()
+
+
 def run_agent(restrict: str | None = None) -> int:
     """Serve on stdin/stdout until the end of input, then end the process (exit status
     0); 2 (returned) for a ``--restrict`` that is not a directory."""
@@ -1071,6 +1084,7 @@ def run_agent(restrict: str | None = None) -> int:
     os.dup2(devnull, 1)
     os.close(devnull)
     framer = Framer(rfile, wfile, compress=True)
+    _collect_rarely()
     Agent(framer, restrict).serve()
     # at once: the client's run waits for this process to end (the ssh session closes
     # with it); no teardown of the heap, no checkpoint of the journal's WAL at close
