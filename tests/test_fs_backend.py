@@ -3,6 +3,7 @@ of a problem, how two trees overlap."""
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import stat
@@ -664,3 +665,27 @@ def test_content_reaches_the_page_cache_in_writes_of_at_most_a_piece() -> None:
             os.close(empty)
         assert sum(sizes) == len(data)
         assert max(sizes) <= WRITE_PIECE
+
+
+def test_a_deferred_flush_that_fails_fails_when_it_is_waited_for(tmp_path: Path) -> None:
+    """A batch whose flush runs in the background (``defer_durable``: the history is
+    recorded, a far agent applies its next batch meanwhile) is durable only when the
+    flush succeeded: waiting for one that failed raises its error, as the flush would
+    have raised in place (a thread's ``join`` had swallowed it: the batch was
+    acknowledged). The filesystem's own flushes fall back to ``sync`` rather than fail;
+    an ``fsync`` of a descriptor that is gone fails for real."""
+    from hsync.backends.fs.apply import in_background
+
+    fd = os.open(tmp_path, os.O_RDONLY)
+    os.close(fd)
+    wait = in_background(lambda: os.fsync(fd))
+    with pytest.raises(OSError) as e:
+        wait()
+    assert e.value.errno == errno.EBADF
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    kept = os.open(f, os.O_RDONLY)
+    try:
+        in_background(lambda: os.fsync(kept))()  # one that succeeds returns
+    finally:
+        os.close(kept)

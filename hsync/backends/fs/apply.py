@@ -67,6 +67,28 @@ UNLINK_THREADS = 8
 journal), so a few in flight overlap those waits."""
 
 
+def in_background(flush: Callable[[], None]) -> Callable[[], None]:
+    """``flush`` started in a thread of its own; what this returns waits for it to end
+    and raises what it raised (a flush that failed fails its batch, deferred or not)."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            flush()
+        except BaseException as e:  # handed to the waiter: never lost in the thread
+            failed.append(e)
+
+    thread = threading.Thread(target=run, name="hsync-syncfs")
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if failed:
+            raise failed[0]
+
+    return wait
+
+
 class Batch:
     """One batch of ops on the destination tree at ``root`` (``run`` runs it once)."""
 
@@ -200,10 +222,8 @@ class Batch:
             flush_nodes, self.root, few)
         if self.defer_durable:
             # the flush waits on the disk, not on Python: the caller's own work
-            # (recording the history) runs meanwhile
-            thread = threading.Thread(target=flush, name="hsync-syncfs")
-            thread.start()
-            self.result.durable = thread.join
+            # (recording the history, a far agent's next batch) runs meanwhile
+            self.result.durable = in_background(flush)
         else:
             flush()
 
