@@ -1059,15 +1059,18 @@ def main(argv: Sequence[str]) -> int | None:
 
 
 def _collect_rarely() -> None:
-    """The cyclic collector as the command line sets it (``commands.start_process``),
-    and the objects of the start-up (modules, functions, classes) set aside from it
-    (``gc.freeze``). A batch's ops and nodes live until it is applied: with the default
+    """The cyclic collector run once per million objects kept (the command line's
+    ``commands.start_process``: per 100,000), and the objects of the start-up (modules,
+    functions, classes) set aside from it (``gc.freeze``). A batch's ops, nodes and
+    content live until it is applied, a window of batches at a time: with the default
     thresholds each was examined again and again as more arrived, and a push of
-    100,000 files cost the agent about 1.0 s in 1,000 collections, 7 of them full
-    (``bench/agent_replay.py`` prints it); 0.35 s in 6 with these."""
+    100,000 files cost the agent 0.66-0.91 s in about 1,000 collections, 7 of them
+    full; 0.25-0.35 s in 6 at the command line's; none at these
+    (``bench/agent_replay.py`` prints it). What the agent frees is freed as it goes
+    (reference counts): the collector only finds cycles, which it hardly makes."""
     import gc
 
-    gc.set_threshold(100_000, 50, 100)
+    gc.set_threshold(1_000_000, 50, 100)
     gc.freeze()
 
 
