@@ -70,21 +70,11 @@ journal), so a few in flight overlap those waits."""
 def in_background(flush: Callable[[], None]) -> Callable[[], None]:
     """``flush`` started in a thread of its own; what this returns waits for it to end
     and raises what it raised (a flush that failed fails its batch, deferred or not)."""
-    failed: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            flush()
-        except BaseException as e:  # handed to the waiter: never lost in the thread
-            failed.append(e)
-
-    thread = threading.Thread(target=run, name="hsync-syncfs")
-    thread.start()
+    job = Job(flush)
+    threading.Thread(target=job.run, name="hsync-syncfs").start()
 
     def wait() -> None:
-        thread.join()
-        if failed:
-            raise failed[0]
+        job.result()
 
     return wait
 
