@@ -1064,7 +1064,7 @@ def _collect_rarely() -> None:
     functions, classes) set aside from it (``gc.freeze``). A batch's ops, nodes and
     content live until it is applied, a window of batches at a time: with the default
     thresholds each was examined again and again as more arrived, and a push of
-    100,000 files cost the agent 0.66-0.91 s in about 1,000 collections, 7 of them
+    100,000 files cost the agent 0.66-1.02 s in about 1,000 collections, 7 of them
     full; 0.25-0.35 s in 6 at the command line's; none at these
     (``bench/agent_replay.py`` prints it). What the agent frees is freed as it goes
     (reference counts): the collector only finds cycles, which it hardly makes."""

@@ -212,7 +212,7 @@ class Batch:
             flush_nodes, self.root, few)
         if self.defer_durable:
             # the flush waits on the disk, not on Python: the caller's own work
-            # (recording the history, a far agent's next batch) runs meanwhile
+            # (recording the history) runs meanwhile
             self.result.durable = in_background(flush)
         else:
             flush()
